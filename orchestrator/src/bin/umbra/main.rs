@@ -1,0 +1,35 @@
+//! `umbra`, the operator's CLI. Each subcommand lives in a module of its own beside this file
+//! (`certs.rs`, `forecast.rs`, ...); this file only parses arguments, sets up logging and
+//! dispatches. It must not hold subcommand logic.
+
+mod certs;
+
+use clap::{Parser, Subcommand};
+
+/// Umbra moves a service's traffic between regions without its users noticing.
+#[derive(Debug, Parser)]
+#[command(name = "umbra", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Issue a CA and per-node certificates for a cluster layout.
+    Certs(certs::CertsArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Certs(args) => certs::run(args),
+    }
+}

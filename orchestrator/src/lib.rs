@@ -1,0 +1,4 @@
+//! Umbra's domain: regions, services, pools and migrations as a replicated state machine;
+//! demand forecasting and pool sizing; the controllers that turn replicated state into side
+//! effects; DNS providers; the operator API. The binaries `umbra-orchestrator` and `umbra`
+//! are thin shells over this library.

@@ -1,0 +1,3 @@
+//! The region agent process.
+
+fn main() {}
