@@ -1,3 +1,5 @@
 //! Umbra's hands in one region: instance providers (local processes, Docker), the warmer that
 //! drives synthetic traffic at shadow instances, replication drivers, the region's load
 //! balancer, and the sample service used by the demo and the tests.
+
+pub mod sample;
