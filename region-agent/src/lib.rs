@@ -2,4 +2,7 @@
 //! drives synthetic traffic at shadow instances, replication drivers, the region's load
 //! balancer, and the sample service used by the demo and the tests.
 
+pub mod lb;
+pub mod loadgen;
+
 pub mod sample;
