@@ -2,3 +2,8 @@
 //! demand forecasting and pool sizing; the controllers that turn replicated state into side
 //! effects; DNS providers; the operator API. The binaries `umbra-orchestrator` and `umbra`
 //! are thin shells over this library.
+
+pub mod demand;
+pub mod forecast;
+pub mod simulate;
+pub mod sizing;

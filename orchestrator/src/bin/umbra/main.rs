@@ -2,7 +2,10 @@
 //! (`certs.rs`, `forecast.rs`, ...); this file only parses arguments, sets up logging and
 //! dispatches. It must not hold subcommand logic.
 
+mod backtest;
 mod certs;
+mod forecast;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +21,12 @@ struct Cli {
 enum Command {
     /// Issue a CA and per-node certificates for a cluster layout.
     Certs(certs::CertsArgs),
+    /// Forecast a demand series (CSV or Prometheus): mean and quantiles per slice.
+    Forecast(forecast::ForecastArgs),
+    /// Rolling-origin backtest of the forecaster against seasonal naive baselines.
+    Backtest(backtest::BacktestArgs),
+    /// Replay a demand trace against pool policies and compare misses, idle time and cost.
+    Simulate(simulate::SimulateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +40,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Certs(args) => certs::run(args),
+        Command::Forecast(args) => forecast::run(args),
+        Command::Backtest(args) => backtest::run(args),
+        Command::Simulate(args) => simulate::run(args),
     }
 }
