@@ -1,3 +1,26 @@
 //! A Raft node on tikv raft-rs: durable log and snapshots, the Ready loop, peer transport over
 //! `umbra-proto`, membership changes and ReadIndex reads, generic over a `StateMachine`.
 //! It knows nothing about migrations.
+//!
+//! Map: `config` (validated tuning), `storage` (raft-engine log, hard state, snapshots),
+//! `node` (the driver thread and the `RaftNode` handle), `state_machine` (the trait),
+//! `kv` (a small key-value machine for the node binary and tests), `transport` (the seam),
+//! `memory` (an in-memory fault-injecting network for tests), `logging` (slog → tracing),
+//! `metrics` (Prometheus).
+
+pub mod config;
+pub mod kv;
+pub mod logging;
+pub mod memory;
+pub mod metrics;
+pub mod node;
+pub mod state_machine;
+pub mod storage;
+pub mod transport;
+
+pub use config::{Config, ConfigError};
+pub use node::{
+    MembershipChange, NodeOptions, NodeStatus, RaftNode, RequestError, Role, StartError,
+};
+pub use state_machine::{RestoreError, StateMachine};
+pub use transport::{Inbound, Mailbox, MailboxReceiver, Transport, mailbox};

@@ -1,0 +1,218 @@
+//! A small key-value `StateMachine` used by the node binary, the tests and the benchmark until
+//! the orchestrator's own replicated state replaces it. It also keeps an order-sensitive digest
+//! of everything applied, so tests can check that members applied the same commands in the
+//! same order. Commands and answers are postcard-encoded.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state_machine::{RestoreError, StateMachine};
+
+/// A write to the key-value store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvCommand {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+/// A read of the key-value store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvQuery {
+    Get {
+        key: String,
+    },
+    /// Digest and count of everything applied so far.
+    Digest,
+}
+
+/// The answer to a command or a query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvAnswer {
+    /// A write was applied at this log index; `previous` is the value it replaced.
+    Written {
+        index: u64,
+        previous: Option<Vec<u8>>,
+    },
+    Value(Option<Vec<u8>>),
+    Digest(KvDigest),
+    /// The bytes were not a command or query of this machine.
+    Malformed(String),
+}
+
+/// An order-sensitive summary of the applied commands: equal digests at equal counts mean the
+/// same commands were applied in the same order (up to FNV-1a collisions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct KvDigest {
+    pub commands_applied: u64,
+    pub last_index: u64,
+    pub fnv1a: u64,
+    pub keys: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct KvStateMachine {
+    entries: BTreeMap<String, Vec<u8>>,
+    digest: KvDigest,
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    if hash == 0 {
+        hash = FNV_OFFSET;
+    }
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    hash
+}
+
+fn encode(answer: &KvAnswer) -> Vec<u8> {
+    postcard::to_stdvec(answer).expect("answers always encode")
+}
+
+impl KvStateMachine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Vec<u8>> {
+        self.entries.get(key)
+    }
+
+    pub fn digest(&self) -> KvDigest {
+        self.digest
+    }
+}
+
+impl StateMachine for KvStateMachine {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        let answer = match postcard::from_bytes::<KvCommand>(command) {
+            Ok(KvCommand::Put { key, value }) => {
+                let previous = self.entries.insert(key, value);
+                KvAnswer::Written { index, previous }
+            }
+            Ok(KvCommand::Delete { key }) => {
+                let previous = self.entries.remove(&key);
+                KvAnswer::Written { index, previous }
+            }
+            Err(error) => KvAnswer::Malformed(format!("not a key-value command: {error}")),
+        };
+        self.digest.commands_applied += 1;
+        self.digest.last_index = index;
+        self.digest.fnv1a = fnv1a(fnv1a(self.digest.fnv1a, &index.to_le_bytes()), command);
+        self.digest.keys = self.entries.len() as u64;
+        encode(&answer)
+    }
+
+    fn query(&self, query: &[u8]) -> Vec<u8> {
+        let answer = match postcard::from_bytes::<KvQuery>(query) {
+            Ok(KvQuery::Get { key }) => KvAnswer::Value(self.entries.get(&key).cloned()),
+            Ok(KvQuery::Digest) => KvAnswer::Digest(self.digest),
+            Err(error) => KvAnswer::Malformed(format!("not a key-value query: {error}")),
+        };
+        encode(&answer)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("state always encodes")
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        *self = postcard::from_bytes(snapshot).map_err(|e| RestoreError(e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl KvCommand {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("commands always encode")
+    }
+}
+
+impl KvQuery {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("queries always encode")
+    }
+}
+
+impl KvAnswer {
+    pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str) -> Vec<u8> {
+        KvCommand::Put {
+            key: key.into(),
+            value: value.into(),
+        }
+        .encode()
+    }
+
+    #[test]
+    fn table_of_commands_and_answers() {
+        let mut kv = KvStateMachine::new();
+        let cases: Vec<(Vec<u8>, KvAnswer)> = vec![
+            (
+                put("a", "1"),
+                KvAnswer::Written {
+                    index: 1,
+                    previous: None,
+                },
+            ),
+            (
+                put("a", "2"),
+                KvAnswer::Written {
+                    index: 2,
+                    previous: Some(b"1".to_vec()),
+                },
+            ),
+            (
+                KvCommand::Delete { key: "a".into() }.encode(),
+                KvAnswer::Written {
+                    index: 3,
+                    previous: Some(b"2".to_vec()),
+                },
+            ),
+            (
+                KvCommand::Delete { key: "zz".into() }.encode(),
+                KvAnswer::Written {
+                    index: 4,
+                    previous: None,
+                },
+            ),
+        ];
+        for (i, (command, expected)) in cases.into_iter().enumerate() {
+            let got = KvAnswer::decode(&kv.apply(i as u64 + 1, &command)).unwrap();
+            assert_eq!(got, expected, "command {i}");
+        }
+        let garbage = KvAnswer::decode(&kv.apply(5, &[0xff, 0xff, 0xff])).unwrap();
+        assert!(matches!(garbage, KvAnswer::Malformed(_)), "{garbage:?}");
+        assert_eq!(kv.digest().commands_applied, 5);
+    }
+
+    #[test]
+    fn digest_depends_on_order_and_survives_snapshots() {
+        let mut ab = KvStateMachine::new();
+        ab.apply(1, &put("a", "1"));
+        ab.apply(2, &put("b", "1"));
+        let mut ba = KvStateMachine::new();
+        ba.apply(1, &put("b", "1"));
+        ba.apply(2, &put("a", "1"));
+        assert_ne!(ab.digest(), ba.digest());
+
+        let mut restored = KvStateMachine::new();
+        restored.restore(&ab.snapshot()).unwrap();
+        assert_eq!(restored.digest(), ab.digest());
+        assert_eq!(restored.get("a").map(Vec::as_slice), Some(&b"1"[..]));
+        assert!(restored.restore(b"\xff\xff").is_err());
+    }
+}

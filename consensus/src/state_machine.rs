@@ -1,0 +1,26 @@
+//! The replicated state machine a Raft node drives: commands are applied in log order on
+//! every member, so `apply` must be deterministic (no clocks, no randomness, no I/O).
+
+/// A restore that failed because the snapshot bytes are not this machine's.
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot cannot be restored: {0}")]
+pub struct RestoreError(pub String);
+
+/// What a Raft node replicates. Every member applies the same commands in the same order and
+/// must reach the same state and produce the same results.
+pub trait StateMachine: Send + 'static {
+    /// Applies the committed command at log `index` and returns the result the proposer gets.
+    /// A command the machine does not understand must still return (an error result), never
+    /// panic: it is in the log forever.
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8>;
+
+    /// Answers a read-only query against the current state (used after a ReadIndex round, so
+    /// the answer is linearizable).
+    fn query(&self, query: &[u8]) -> Vec<u8>;
+
+    /// Serialises the whole state.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Replaces the whole state with a snapshot produced by `snapshot`.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError>;
+}

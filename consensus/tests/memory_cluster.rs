@@ -1,0 +1,316 @@
+//! Layer-2 tests: whole Raft clusters in one process on the in-memory network, with real
+//! raft-engine stores in temp dirs and faults from a pinned seed (printed on failure).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use umbra_consensus::kv::{KvAnswer, KvCommand, KvQuery, KvStateMachine};
+use umbra_consensus::memory::MemoryNetwork;
+use umbra_consensus::{
+    Config, MembershipChange, NodeOptions, RaftNode, RequestError, Role, mailbox,
+};
+
+/// Short ticks keep elections fast in tests; the ratios stay those of the defaults.
+fn test_config() -> Config {
+    Config {
+        tick_interval_ms: 20,
+        snapshot_interval_entries: 50,
+        request_timeout_ms: 3_000,
+        ..Config::default()
+    }
+}
+
+struct Cluster {
+    network: MemoryNetwork,
+    dir: tempfile::TempDir,
+    nodes: BTreeMap<u64, RaftNode>,
+    voters: Vec<u64>,
+}
+
+impl Cluster {
+    fn new(seed: u64, size: u64) -> anyhow::Result<Self> {
+        eprintln!("memory cluster seed: {seed} (set UMBRA_TEST_SEED to replay)");
+        let mut cluster = Self {
+            network: MemoryNetwork::new(seed),
+            dir: tempfile::tempdir()?,
+            nodes: BTreeMap::new(),
+            voters: (1..=size).collect(),
+        };
+        for id in 1..=size {
+            cluster.start(id, cluster.voters.clone())?;
+        }
+        Ok(cluster)
+    }
+
+    fn start(&mut self, id: u64, initial_voters: Vec<u64>) -> anyhow::Result<()> {
+        let (mailbox, inbox) = mailbox(4096);
+        let transport = self.network.attach(id, mailbox);
+        let node = RaftNode::start(
+            NodeOptions {
+                id,
+                data_dir: self.dir.path().join(format!("node-{id}")),
+                config: test_config(),
+                initial_voters,
+                peers: BTreeMap::new(),
+            },
+            KvStateMachine::new(),
+            transport,
+            inbox,
+            &prometheus::Registry::new(),
+        )?;
+        self.nodes.insert(id, node);
+        Ok(())
+    }
+
+    fn stop(&mut self, id: u64) {
+        if let Some(node) = self.nodes.remove(&id) {
+            node.shutdown();
+        }
+    }
+
+    async fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Self) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = check(self) {
+                return Ok(value);
+            }
+            if Instant::now() > deadline {
+                let statuses: Vec<_> = self.nodes.values().map(|n| n.status()).collect();
+                bail!(
+                    "timed out waiting for {what} (seed {}): {statuses:#?}",
+                    self.network.seed()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The one leader that every running voter agrees on.
+    async fn leader(&self) -> anyhow::Result<u64> {
+        self.wait_for("an agreed leader", Duration::from_secs(10), |c| {
+            let statuses: Vec<_> = c.nodes.values().map(|n| n.status()).collect();
+            let leaders: Vec<_> = statuses.iter().filter(|s| s.role == Role::Leader).collect();
+            match leaders.as_slice() {
+                [leader]
+                    if statuses
+                        .iter()
+                        .filter(|s| leader.voters.contains(&s.id))
+                        .all(|s| s.leader == Some(leader.id)) =>
+                {
+                    Some(leader.id)
+                }
+                _ => None,
+            }
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, value: &str) -> anyhow::Result<u64> {
+        let command = KvCommand::Put {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+        }
+        .encode();
+        for _attempt in 0..20 {
+            let leader = self.leader().await?;
+            match self.nodes[&leader].propose(command.clone()).await {
+                Ok(answer) => match KvAnswer::decode(&answer)? {
+                    KvAnswer::Written { index, .. } => return Ok(index),
+                    other => bail!("unexpected answer {other:?}"),
+                },
+                Err(RequestError::NotLeader { .. } | RequestError::Dropped) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(error) => return Err(error).context("propose"),
+            }
+        }
+        bail!("no leader accepted {key} (seed {})", self.network.seed())
+    }
+
+    /// Waits until every running node applied the same commands in the same order, up to
+    /// at least `index`.
+    async fn wait_same_digest(&self, index: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut digests = Vec::new();
+            for node in self.nodes.values() {
+                match KvAnswer::decode(&node.read_local(KvQuery::Digest.encode()).await?)? {
+                    KvAnswer::Digest(digest) => digests.push(digest),
+                    other => bail!("unexpected {other:?}"),
+                }
+            }
+            if digests[0].last_index >= index && digests.iter().all(|d| *d == digests[0]) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "digests differ (seed {}): {digests:#?}",
+                    self.network.seed()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("UMBRA_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_0001)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_and_replicate_in_order() -> anyhow::Result<()> {
+    let cluster = Cluster::new(seed(), 3)?;
+    let mut last = 0;
+    for i in 0..120 {
+        last = cluster.put(&format!("k{i}"), &format!("v{i}")).await?;
+    }
+    cluster.wait_same_digest(last).await?;
+    // Snapshots were taken (interval 50) and the state is still right.
+    let leader = cluster.leader().await?;
+    let answer = cluster.nodes[&leader]
+        .read(KvQuery::Get { key: "k7".into() }.encode())
+        .await?;
+    assert_eq!(
+        KvAnswer::decode(&answer)?,
+        KvAnswer::Value(Some(b"v7".to_vec()))
+    );
+    for node in cluster.nodes.values() {
+        let proposers = node.status().term_proposers;
+        assert!(proposers.values().all(|p| p.len() == 1), "{proposers:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_cannot_commit_and_its_entry_is_discarded() -> anyhow::Result<()> {
+    let cluster = Cluster::new(seed(), 3)?;
+    cluster.put("before", "1").await?;
+    let old = cluster.leader().await?;
+    cluster.network.isolate(old);
+    // The cut-off leader appends but can never commit; the proposal must not succeed.
+    let stranded = cluster.nodes[&old].propose(
+        KvCommand::Put {
+            key: "stranded".into(),
+            value: b"x".to_vec(),
+        }
+        .encode(),
+    );
+    let new = cluster
+        .wait_for(
+            "a new leader among the others",
+            Duration::from_secs(10),
+            |c| {
+                c.nodes
+                    .iter()
+                    .filter(|(id, _)| **id != old)
+                    .map(|(_, n)| n.status())
+                    .find(|s| s.role == Role::Leader)
+                    .map(|s| s.id)
+            },
+        )
+        .await?;
+    assert_ne!(new, old);
+    let outcome = stranded.await;
+    assert!(
+        matches!(
+            outcome,
+            Err(RequestError::Dropped
+                | RequestError::Timeout { .. }
+                | RequestError::NotLeader { .. })
+        ),
+        "stranded proposal must not be acknowledged: {outcome:?}"
+    );
+    cluster.network.heal();
+    let index = cluster.put("after", "2").await?;
+    cluster.wait_same_digest(index).await?;
+    let leader = cluster.leader().await?;
+    let answer = cluster.nodes[&leader]
+        .read(
+            KvQuery::Get {
+                key: "stranded".into(),
+            }
+            .encode(),
+        )
+        .await?;
+    assert_eq!(KvAnswer::decode(&answer)?, KvAnswer::Value(None));
+    // The old leader stepped down and follows.
+    assert_eq!(cluster.nodes[&old].status().role, Role::Follower);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_network_still_commits_and_restart_keeps_everything() -> anyhow::Result<()> {
+    let mut cluster = Cluster::new(seed(), 3)?;
+    cluster.network.set_drop_probability(0.1);
+    cluster.network.set_delay_ms(0, 5);
+    let mut last = 0;
+    for i in 0..60 {
+        last = cluster.put(&format!("k{i}"), "v").await?;
+    }
+    cluster.network.heal();
+    cluster.wait_same_digest(last).await?;
+    for id in 1..=3 {
+        cluster.stop(id);
+    }
+    // Give the driver threads a moment to close their stores.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for id in 1..=3 {
+        cluster.start(id, vec![1, 2, 3])?;
+    }
+    let leader = cluster.leader().await?;
+    for i in 0..60 {
+        let answer = cluster.nodes[&leader]
+            .read(
+                KvQuery::Get {
+                    key: format!("k{i}"),
+                }
+                .encode(),
+            )
+            .await?;
+        assert_eq!(
+            KvAnswer::decode(&answer)?,
+            KvAnswer::Value(Some(b"v".to_vec())),
+            "k{i}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_a_fourth_node_then_remove_one() -> anyhow::Result<()> {
+    let mut cluster = Cluster::new(seed(), 3)?;
+    for i in 0..80 {
+        cluster.put(&format!("k{i}"), "v").await?;
+    }
+    cluster.start(4, Vec::new())?;
+    let leader = cluster.leader().await?;
+    let voters = cluster.nodes[&leader]
+        .change_membership(MembershipChange::AddVoter {
+            id: 4,
+            address: "memory:4".into(),
+        })
+        .await?;
+    assert_eq!(voters, vec![1, 2, 3, 4]);
+    let index = cluster.put("with-four", "1").await?;
+    // Node 4 caught up through a snapshot (the log was compacted at 50).
+    cluster.wait_same_digest(index).await?;
+    let leader = cluster.leader().await?;
+    let removed = (1..=3).find(|id| *id != leader).expect("a follower");
+    let voters = cluster.nodes[&leader]
+        .change_membership(MembershipChange::Remove { id: removed })
+        .await?;
+    assert!(!voters.contains(&removed));
+    cluster.stop(removed);
+    let index = cluster.put("after-remove", "1").await?;
+    cluster.wait_same_digest(index).await?;
+    Ok(())
+}
