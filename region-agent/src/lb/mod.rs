@@ -5,6 +5,7 @@
 //! follows as client caches expire. This module defines what every load balancer must offer;
 //! it must not know about migrations, steps or SLOs (the orchestrator decides the weights).
 
+pub mod haproxy;
 pub mod named_backend;
 pub mod proxy;
 
@@ -100,7 +101,9 @@ pub struct BackendStats {
     /// Connect failures, upstream errors and 5xx responses.
     pub errors: u64,
     pub in_flight: u64,
-    /// Time to response headers; `None` until something was measured.
+    /// Mean time to response headers (HAProxy: over its last 1024 requests).
+    pub latency_ms_mean: Option<f64>,
+    /// Time to response headers; `None` until measured or when the balancer keeps no quantiles.
     pub latency_ms_p50: Option<f64>,
     pub latency_ms_p99: Option<f64>,
 }

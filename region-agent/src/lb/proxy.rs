@@ -361,6 +361,7 @@ fn stats_of(
         requests: c.requests.load(Ordering::Relaxed),
         errors: c.errors.load(Ordering::Relaxed),
         in_flight: c.in_flight.load(Ordering::Relaxed),
+        latency_ms_mean: (!h.is_empty()).then(|| h.mean() / 1000.0),
         latency_ms_p50: q(0.50),
         latency_ms_p99: q(0.99),
     }
