@@ -6,3 +6,5 @@ pub mod lb;
 pub mod loadgen;
 
 pub mod sample;
+pub mod provider;
+pub mod agent;

@@ -1,0 +1,240 @@
+//! The agent's configuration file (TOML): its region, state directory, provider, orchestrator
+//! addresses and certificates. Plain structs with [`AgentConfig::validate`]; serde only at the
+//! file edge. Building a provider from it lives here too, so a bad provider name is refused
+//! before anything is created.
+//!
+//! ```toml
+//! region = "eu-west"
+//! state_dir = "/var/lib/umbra-agent"
+//! orchestrators = ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
+//! certs_dir = "/etc/umbra/certs"     # ca.pem, agent-eu-west.pem/.key (umbra certs init)
+//! heartbeat_ms = 1000
+//! [provider]
+//! kind = "process"                    # or "docker"
+//! backing_latency_ms = 30
+//! # sample_binary = "/usr/local/bin/umbra-sample"   (process; default: next to umbra-agent)
+//! # image = "umbra-sample:local"                    (docker)
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::provider::docker::{DEFAULT_IMAGE, DockerConfig, DockerRuntime};
+use crate::provider::process::{ProcessConfig, ProcessRuntime};
+use crate::provider::{AnyProvider, Provider, ProviderError, ProviderKind};
+use crate::sample::DEFAULT_BACKING_LATENCY_MS;
+
+/// Heartbeat period: one second keeps the leader's view of a region fresh for step analysis
+/// windows of tens of seconds, at negligible cost.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 1_000;
+
+/// Errors of the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read agent config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file does not parse.
+    #[error("agent config {path} is not valid TOML for this version: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A value is invalid.
+    #[error("invalid agent config: {0}")]
+    Invalid(String),
+    /// The provider could not be built.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
+
+/// Which provider and how to run instances.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    /// `process` or `docker` (kept a string so an unknown name gets our message).
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// Backing-store latency of the sample service instances.
+    #[serde(default = "default_latency")]
+    pub backing_latency_ms: u64,
+    /// The sample binary (process provider).
+    #[serde(default)]
+    pub sample_binary: Option<PathBuf>,
+    /// The image (docker provider).
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+fn default_kind() -> String {
+    "process".into()
+}
+fn default_latency() -> u64 {
+    DEFAULT_BACKING_LATENCY_MS
+}
+
+impl Default for ProviderSection {
+    fn default() -> Self {
+        ProviderSection {
+            kind: default_kind(),
+            backing_latency_ms: default_latency(),
+            sample_binary: None,
+            image: None,
+        }
+    }
+}
+
+/// The agent's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The region this agent serves; must match its certificate.
+    pub region: String,
+    /// Where instance records and the command ledger live.
+    pub state_dir: PathBuf,
+    /// Orchestrators' agent-gateway addresses.
+    #[serde(default)]
+    pub orchestrators: Vec<SocketAddr>,
+    /// Directory with `ca.pem` and this agent's certificate and key.
+    #[serde(default)]
+    pub certs_dir: Option<PathBuf>,
+    /// Heartbeat period in ms.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_ms: u64,
+    /// Instances.
+    #[serde(default)]
+    pub provider: ProviderSection,
+}
+
+fn default_heartbeat() -> u64 {
+    DEFAULT_HEARTBEAT_MS
+}
+
+impl AgentConfig {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: AgentConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value; the message says what to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        umbra_proto::Identity::new(umbra_proto::Role::Agent, self.region.clone())
+            .map_err(|e| ConfigError::Invalid(format!("region: {e}")))?;
+        self.provider_kind()?;
+        if !(100..=60_000).contains(&self.heartbeat_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "heartbeat_ms {} must be between 100 and 60000",
+                self.heartbeat_ms
+            )));
+        }
+        if self.provider.backing_latency_ms > 60_000 {
+            return Err(ConfigError::Invalid(
+                "provider.backing_latency_ms must be at most 60000".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The provider kind, or the unknown-provider error.
+    pub fn provider_kind(&self) -> Result<ProviderKind, ConfigError> {
+        Ok(self.provider.kind.parse::<ProviderKind>()?)
+    }
+
+    /// Builds the provider (adopting instances recorded in the state directory).
+    pub async fn build_provider(&self) -> Result<AnyProvider, ConfigError> {
+        build_provider(
+            self.provider_kind()?,
+            &self.state_dir,
+            &self.region,
+            &self.provider,
+        )
+        .await
+    }
+}
+
+/// The sample binary next to the running executable (where cargo and packages put it).
+pub fn sample_binary_next_to_exe() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("umbra-sample")))
+        .unwrap_or_else(|| PathBuf::from("umbra-sample"))
+}
+
+/// Builds a provider of `kind` on `state_dir`.
+pub async fn build_provider(
+    kind: ProviderKind,
+    state_dir: &Path,
+    owner: &str,
+    section: &ProviderSection,
+) -> Result<AnyProvider, ConfigError> {
+    Ok(match kind {
+        ProviderKind::Process => {
+            let binary = section
+                .sample_binary
+                .clone()
+                .unwrap_or_else(sample_binary_next_to_exe);
+            let runtime = ProcessRuntime::new(
+                ProcessConfig::sample(binary, section.backing_latency_ms),
+                state_dir,
+            )?;
+            AnyProvider::Process(Provider::open(runtime, state_dir).await?)
+        }
+        ProviderKind::Docker => {
+            let runtime = DockerRuntime::connect(DockerConfig {
+                image: section
+                    .image
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_IMAGE.into()),
+                owner: owner.to_owned(),
+                backing_latency_ms: section.backing_latency_ms,
+            })
+            .await?;
+            AnyProvider::Docker(Provider::open(runtime, state_dir).await?)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_provider_is_refused_with_the_choices() {
+        let config: AgentConfig = toml::from_str(
+            "region = \"eu-west\"\nstate_dir = \"/tmp/x\"\n[provider]\nkind = \"lambda\"\n",
+        )
+        .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("unknown provider \"lambda\""), "{err}");
+        assert!(err.contains("\"docker\""), "{err}");
+    }
+
+    #[test]
+    fn defaults_and_bad_values() {
+        let config: AgentConfig =
+            toml::from_str("region = \"eu-west\"\nstate_dir = \"/tmp/x\"\n").unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.provider_kind().unwrap(), ProviderKind::Process);
+        let bad: AgentConfig =
+            toml::from_str("region = \"EU West\"\nstate_dir = \"/tmp/x\"\n").unwrap();
+        assert!(bad.validate().is_err());
+    }
+}

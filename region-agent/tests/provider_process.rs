@@ -1,0 +1,196 @@
+//! The process provider against real `umbra-sample` processes: the lifecycle with measured
+//! transitions, and adoption after the owning agent process is SIGKILLed (no process is left
+//! behind: the restarted provider adopts every instance and stops them all).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use umbra_agent::provider::process::{ENV_PROVIDER_STATE, ProcessConfig, ProcessRuntime};
+use umbra_agent::provider::{InstanceState, Operation, Provider};
+
+fn sample_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_umbra-sample"))
+}
+
+/// Pids of live (not zombie) processes whose environment names this provider state directory.
+fn processes_of(state_dir: &Path) -> Vec<u32> {
+    let state_dir = std::fs::canonicalize(state_dir).unwrap();
+    let marker = format!("{ENV_PROVIDER_STATE}={}", state_dir.display());
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true);
+        if !zombie && env.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+async fn get(addr: &str, path: &str) -> reqwest::Result<reqwest::StatusCode> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()?;
+    Ok(client
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await?
+        .status())
+}
+
+#[tokio::test]
+async fn provision_activate_pause_resume_stop_with_timings() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let runtime = ProcessRuntime::new(ProcessConfig::sample(sample_binary(), 30), dir.path())?;
+    let provider = Provider::open(runtime, dir.path()).await?;
+    let ids: Vec<String> = (1..=5).map(|i| format!("shop-{i}")).collect();
+    let reports = provider.provision(&ids).await?;
+    assert!(reports.iter().all(|r| r.state == InstanceState::Dormant));
+    assert!(
+        processes_of(dir.path()).is_empty(),
+        "dormant means no process"
+    );
+
+    for id in &ids[..3] {
+        let r = provider.apply(id, Operation::Activate).await?;
+        assert_eq!(r.state, InstanceState::Active);
+        let addr = r.addr.clone().expect("an active instance has an address");
+        assert_eq!(get(&addr, "/healthz").await?, 200);
+        let t = r.transitions.last().unwrap();
+        assert_eq!(
+            (t.from, t.to),
+            (InstanceState::Dormant, InstanceState::Active)
+        );
+        println!("{id}: dormant→serving {} ms", t.millis);
+    }
+    assert_eq!(processes_of(dir.path()).len(), 3);
+
+    let paused = provider.apply(&ids[0], Operation::Pause).await?;
+    assert_eq!(paused.state, InstanceState::Paused);
+    let addr = paused.addr.clone().unwrap();
+    assert!(
+        get(&addr, "/healthz").await.is_err(),
+        "a SIGSTOPped instance must not answer"
+    );
+    let resumed = provider.apply(&ids[0], Operation::Resume).await?;
+    assert_eq!(
+        resumed.state,
+        InstanceState::Active,
+        "resume returns to the paused-from state"
+    );
+    let t = resumed.transitions.last().unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (InstanceState::Paused, InstanceState::Active)
+    );
+    println!("{}: paused→serving {} ms", ids[0], t.millis);
+    assert_eq!(get(&addr, "/healthz").await?, 200);
+
+    // Bad transitions change nothing.
+    let err = provider.apply(&ids[4], Operation::Pause).await.unwrap_err();
+    assert!(err.to_string().contains("Dormant"), "{err}");
+    assert_eq!(provider.get(&ids[4]).await?.state, InstanceState::Dormant);
+
+    for id in &ids {
+        assert_eq!(
+            provider.apply(id, Operation::Stop).await?.state,
+            InstanceState::Stopped
+        );
+    }
+    let listed = provider.list().await;
+    assert_eq!(listed.len(), 5);
+    assert!(listed.iter().all(|r| r.state == InstanceState::Stopped));
+    assert!(
+        listed[..3].iter().all(|r| r.transitions.len() >= 3),
+        "create, activate and stop are all measured: {listed:?}"
+    );
+    assert!(processes_of(dir.path()).is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_killed_agent_is_replaced_by_one_that_adopts_its_instances() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // The "agent" is a real process: umbra-agent's local mode provisions, activates 2 of 3
+    // instances, pauses one, and holds; we SIGKILL it.
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_umbra-agent"))
+        .args(["local", "--state-dir"])
+        .arg(dir.path())
+        .args(["--sample-binary"])
+        .arg(sample_binary())
+        .args([
+            "--provision",
+            "a-1,a-2,a-3",
+            "--activate",
+            "a-1,a-2",
+            "--pause",
+            "a-2",
+            "--hold",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while processes_of(dir.path()).len() < 2 || !dir.path().join("local-ready").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not set up its instances"
+        );
+        if let Some(status) = agent.try_wait()? {
+            anyhow::bail!("umbra-agent local exited early: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent.kill()?; // SIGKILL
+    agent.wait()?;
+    let orphans = processes_of(dir.path());
+    assert_eq!(orphans.len(), 2, "instances outlive a killed agent");
+
+    let runtime = ProcessRuntime::new(ProcessConfig::sample(sample_binary(), 30), dir.path())?;
+    let provider = Provider::open(runtime, dir.path()).await?;
+    let states: Vec<_> = provider
+        .list()
+        .await
+        .into_iter()
+        .map(|r| (r.id, r.state))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("a-1".to_string(), InstanceState::Active),
+            ("a-2".to_string(), InstanceState::Paused),
+            ("a-3".to_string(), InstanceState::Dormant),
+        ]
+    );
+    // The adopted paused instance resumes to where it was.
+    assert_eq!(
+        provider.apply("a-2", Operation::Resume).await?.state,
+        InstanceState::Active
+    );
+    for id in ["a-1", "a-2", "a-3"] {
+        provider.remove(id).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_of(dir.path()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "processes left behind: {:?}",
+            processes_of(dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(provider.list().await.is_empty());
+    Ok(())
+}
