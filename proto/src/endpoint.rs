@@ -642,7 +642,10 @@ impl IncomingConnection {
     }
 }
 
-/// An established connection with a verified peer.
+/// An established connection with a verified peer. Cheap to clone. Dropping the last clone
+/// closes the connection at once and abandons data not yet delivered, so a side that sends
+/// a final answer keeps the connection until the peer has read it (e.g. wait for
+/// [`Connection::closed`] with a timeout).
 #[derive(Debug, Clone)]
 pub struct Connection {
     inner: quinn::Connection,

@@ -6,7 +6,7 @@
 //! input: every byte sequence yields frames, "need more bytes", or a [`FrameError`].
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec, LengthDelimitedCodecError};
 
 /// Default maximum frame size: 16 MiB. Large enough for a Raft append batch or a snapshot
 /// chunk of the orchestrator's state (which is kilobytes to a few megabytes), small enough
@@ -48,6 +48,10 @@ pub enum FrameError {
 pub struct FrameCodec {
     inner: LengthDelimitedCodec,
     max_frame_bytes: usize,
+    /// The inner codec has consumed a length prefix and waits for the body; tracked here
+    /// because an end of stream right after a prefix leaves the buffer empty, yet the frame
+    /// is truncated.
+    mid_frame: bool,
 }
 
 impl FrameCodec {
@@ -60,6 +64,7 @@ impl FrameCodec {
         Self {
             inner,
             max_frame_bytes,
+            mid_frame: false,
         }
     }
 
@@ -80,24 +85,37 @@ impl Decoder for FrameCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
-        // Check the announced length ourselves so the error names it; the inner codec would
-        // only say "frame size too big".
-        if src.len() >= LENGTH_PREFIX_BYTES {
-            let announced_bytes = u64::from((&src[..LENGTH_PREFIX_BYTES]).get_u32());
-            if announced_bytes > self.max_frame_bytes as u64 {
-                return Err(FrameError::TooLarge {
-                    announced_bytes,
-                    max_bytes: self.max_frame_bytes,
-                });
+        let buffered_before = src.len();
+        match self.inner.decode(src) {
+            Ok(Some(frame)) => {
+                self.mid_frame = false;
+                Ok(Some(frame.freeze()))
             }
+            Ok(None) => {
+                self.mid_frame |= src.len() < buffered_before;
+                Ok(None)
+            }
+            // The inner codec refuses an oversized head without consuming it, so the
+            // announced length can still be read for the error message.
+            Err(err)
+                if err
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>())
+                    && src.len() >= LENGTH_PREFIX_BYTES =>
+            {
+                Err(FrameError::TooLarge {
+                    announced_bytes: u64::from((&src[..LENGTH_PREFIX_BYTES]).get_u32()),
+                    max_bytes: self.max_frame_bytes,
+                })
+            }
+            Err(err) => Err(FrameError::Io(err)),
         }
-        Ok(self.inner.decode(src)?.map(BytesMut::freeze))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() => Ok(None),
+            None if src.is_empty() && !self.mid_frame => Ok(None),
             None => Err(FrameError::Truncated {
                 buffered_bytes: src.len(),
             }),
@@ -170,7 +188,7 @@ mod tests {
         buf.truncate(buf.len() - 3);
         let err = FrameCodec::new(1024).decode_eof(&mut buf).unwrap_err();
         assert!(
-            matches!(err, FrameError::Truncated { buffered_bytes: 12 }),
+            matches!(err, FrameError::Truncated { buffered_bytes: 8 }),
             "{err}"
         );
     }

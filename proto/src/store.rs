@@ -46,7 +46,8 @@ pub enum MembershipChange {
     AddNode {
         /// Its Raft node id.
         node_id: u64,
-        /// Its QUIC address, where the others reach it.
+        /// Its QUIC address, where the others reach it. IP and port only: serde's encoding
+        /// of `SocketAddr` drops an IPv6 scope id and flow label.
         addr: SocketAddr,
     },
     /// Remove a node from the group.
