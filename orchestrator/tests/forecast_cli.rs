@@ -1,0 +1,176 @@
+//! `umbra forecast`, `umbra backtest` and `umbra simulate` as a user runs them: the real
+//! binary on files. Checks the output formats scripts rely on (`--json`, the forecast CSV) and
+//! that mistakes (a bad CSV cell, too little history, an unknown policy) get a message that
+//! says where and what to do.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn taylor() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/taylor_halfhourly.csv")
+        .display()
+        .to_string()
+}
+
+fn umbra(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_umbra"))
+        .args(args)
+        .output()
+        .expect("run umbra")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn forecast_json_has_quantiles_per_slice() {
+    let data = taylor();
+    let out = umbra(&[
+        "forecast",
+        "--csv",
+        &data,
+        "--slice-secs",
+        "1800",
+        "--horizon",
+        "6",
+        "--calibration-origins",
+        "7",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["unique_id"], "demand_mw");
+    assert_eq!(v["model"], "mstl_ets");
+    assert_eq!(v["calibration"]["kind"], "conformal");
+    let slices = v["slices"].as_array().unwrap();
+    assert_eq!(slices.len(), 6);
+    assert_eq!(slices[0]["start"], "2000-08-28T00:00:00Z");
+    for s in slices {
+        let (p50, p90, p99) = (
+            s["p50"].as_f64().unwrap(),
+            s["p90"].as_f64().unwrap(),
+            s["p99"].as_f64().unwrap(),
+        );
+        assert!(p50 <= p90 && p90 <= p99, "{s}");
+    }
+}
+
+#[test]
+fn bad_csv_cell_names_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.csv");
+    std::fs::write(
+        &path,
+        "timestamp,service,region,value\n2026-01-01T00:00:00Z,shop,eu,1\n2026-01-01T00:05:00Z,shop,eu,lots\n",
+    )
+    .unwrap();
+    let out = umbra(&["forecast", "--csv", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("line 3, column 4 (value)"), "{err}");
+    assert!(err.contains("\"lots\" is not a number"), "{err}");
+}
+
+#[test]
+fn too_little_history_says_how_much_is_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short.csv");
+    let mut text = String::from("timestamp,requests\n");
+    for i in 0..100 {
+        text.push_str(&format!("{},{}\n", 1_767_225_600 + i * 300, 100 + i % 7));
+    }
+    std::fs::write(&path, text).unwrap();
+    let out = umbra(&["forecast", "--csv", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("too little history") && err.contains("100 slices, need at least 289"),
+        "{err}"
+    );
+}
+
+#[test]
+fn backtest_emits_the_scorer_csv_and_json() {
+    let data = taylor();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("fc.csv");
+    let out = umbra(&[
+        "backtest",
+        "--csv",
+        &data,
+        "--slice-secs",
+        "1800",
+        "--horizon",
+        "48",
+        "--origins",
+        "2",
+        "--warmup-origins",
+        "0",
+        "--json",
+        "--emit-forecasts",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let models: Vec<&str> = v["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["model"].as_str().unwrap())
+        .collect();
+    for m in ["umbra", "mstl_ets", "snaive_weekly", "snaive_daily"] {
+        assert!(models.contains(&m), "{models:?}");
+    }
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("unique_id,origin,step,model,mean,lo-80,hi-80,lo-90,hi-90,seconds\n"));
+    assert_eq!(text.lines().count(), 1 + 2 * 4 * 48);
+}
+
+#[test]
+fn simulate_rejects_unknown_policy_and_prints_a_table() {
+    let data = taylor();
+    let out = umbra(&[
+        "simulate",
+        "--trace",
+        &data,
+        "--slice-secs",
+        "1800",
+        "--policy",
+        "magic",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown policy \"magic\""),
+        "{}",
+        stderr(&out)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("sim.svg");
+    let out = umbra(&[
+        "simulate",
+        "--trace",
+        &data,
+        "--slice-secs",
+        "1800",
+        "--days",
+        "2",
+        "--calibration-origins",
+        "7",
+        "--policy",
+        "reactive,umbra",
+        "--json",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[1]["policy"], "umbra");
+    assert_eq!(results[1]["steps"], 2 * 1440);
+    let drawing = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawing.starts_with("<svg") && drawing.contains("umbra warm capacity"));
+}
