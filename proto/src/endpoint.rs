@@ -508,8 +508,7 @@ impl Endpoint {
             .map_err(|err| CredentialError::Tls(rustls::Error::General(err.to_string())))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(transport);
-        let mut inner = quinn::Endpoint::server(server, addr)
-            .map_err(|source| EndpointError::Bind { addr, source })?;
+        let mut inner = bind(addr, credentials, Some(server))?;
         inner.set_default_client_config(client_config(credentials, &config)?);
         Ok(Endpoint {
             inner,
@@ -524,8 +523,8 @@ impl Endpoint {
         credentials: &Credentials,
         config: TransportConfig,
     ) -> Result<Endpoint, EndpointError> {
-        let mut inner =
-            quinn::Endpoint::client(addr).map_err(|source| EndpointError::Bind { addr, source })?;
+        config.validate()?;
+        let mut inner = bind(addr, credentials, None)?;
         inner.set_default_client_config(client_config(credentials, &config)?);
         Ok(Endpoint {
             inner,
@@ -597,6 +596,28 @@ impl Endpoint {
     pub async fn wait_idle(&self) {
         self.inner.wait_idle().await;
     }
+}
+
+/// Binds a UDP socket and starts a quinn endpoint whose stateless-reset key and
+/// connection-id key are derived from the member's private key (see
+/// `Credentials::stateless_reset_key`), so peers of a member that crashed and restarted learn
+/// at once that their old connections are gone.
+fn bind(
+    addr: SocketAddr,
+    credentials: &Credentials,
+    server: Option<quinn::ServerConfig>,
+) -> Result<quinn::Endpoint, EndpointError> {
+    let wrap = |source| EndpointError::Bind { addr, source };
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| wrap(std::io::Error::other("no tokio runtime is running")))?;
+    let socket = std::net::UdpSocket::bind(addr).map_err(wrap)?;
+    let mut config = quinn::EndpointConfig::new(Arc::new(credentials.stateless_reset_key()));
+    let cid_key = credentials.connection_id_key();
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            as Box<dyn quinn::ConnectionIdGenerator>
+    });
+    quinn::Endpoint::new(config, server, socket, runtime).map_err(wrap)
 }
 
 fn client_config(

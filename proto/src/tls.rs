@@ -204,6 +204,36 @@ impl Credentials {
         &self.cert
     }
 
+    /// The key QUIC stateless-reset tokens are derived from: a hash of this member's private
+    /// key, so it is secret and the same in every incarnation of the member. A member that
+    /// restarts (after SIGKILL, say) can then reset its peers' stale connections the moment
+    /// their next packet arrives, instead of leaving them to the idle timeout (RFC 9000
+    /// § 10.3). Two processes holding the same key and address are the only way to collide,
+    /// and that is the same member.
+    pub(crate) fn stateless_reset_key(&self) -> ring::hmac::Key {
+        let secret = self.derive_secret(b"umbra quic stateless reset key v1\0");
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)
+    }
+
+    /// The key of the connection-id generator, stable across restarts for the same reason
+    /// as [`Credentials::stateless_reset_key`]: a restarted endpoint only answers packets
+    /// whose connection id its generator recognises as one of its own.
+    pub(crate) fn connection_id_key(&self) -> u64 {
+        let secret = self.derive_secret(b"umbra quic connection id key v1\0");
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&secret[..8]);
+        u64::from_le_bytes(key)
+    }
+
+    fn derive_secret(&self, label: &[u8]) -> [u8; 32] {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(label);
+        context.update(self.key.secret_der());
+        let mut secret = [0u8; 32];
+        secret.copy_from_slice(context.finish().as_ref());
+        secret
+    }
+
     fn roots(&self) -> Result<Arc<RootCertStore>, CredentialError> {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.clone())?;

@@ -640,3 +640,103 @@ async fn a_receiver_with_a_smaller_limit_stops_the_stream_with_a_clear_code() ->
         .await
         .context("the connection must survive a refused frame")
 }
+
+/// A member that crashes (no CONNECTION_CLOSE sent) and restarts on the same address resets
+/// its peers' stale connections as soon as they send to it, because its stateless-reset key
+/// is derived from its private key; peers do not wait out the idle timeout.
+#[tokio::test]
+async fn a_restarted_member_resets_stale_connections_at_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    cluster(dir.path())?;
+    // An idle timeout far above the deadline: only a stateless reset can end the
+    // connection in time.
+    let config = TransportConfig {
+        idle_timeout: Duration::from_secs(120),
+        ..TransportConfig::default()
+    };
+    let two = creds(dir.path(), Role::Orchestrator, "2")?;
+
+    // The member that will crash runs on a runtime of its own, so it can be stopped dead:
+    // `shutdown_background` drops its tasks without letting them send anything.
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let addr = {
+        let _inside = doomed.enter();
+        let endpoint = Endpoint::server(loopback(), &two, config.clone())?;
+        let addr = endpoint.local_addr()?;
+        let (tx, _events) = mpsc::channel(16);
+        doomed.spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                if let Ok(conn) = incoming.establish().await {
+                    tokio::spawn(serve_connection(conn, tx.clone()));
+                }
+            }
+        });
+        addr
+    };
+
+    let one = Endpoint::client(
+        loopback(),
+        &creds(dir.path(), Role::Orchestrator, "1")?,
+        config.clone(),
+    )?;
+    let conn = within(
+        "connect",
+        one.connect(addr, &Identity::orchestrator(2).server_name()),
+    )
+    .await??;
+    echo_once(&conn, 1).await?;
+
+    doomed.shutdown_background();
+    // Same identity, same address, new process state. The port may take a moment to free.
+    let restarted = within("rebind", async {
+        loop {
+            match Endpoint::server(addr, &two, config.clone()) {
+                Ok(endpoint) => return endpoint,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await?;
+    let (tx, _events) = mpsc::channel(16);
+    let serving = restarted.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = serving.accept().await {
+            if let Ok(conn) = incoming.establish().await {
+                tokio::spawn(serve_connection(conn, tx.clone()));
+            }
+        }
+    });
+
+    let crashed_at = std::time::Instant::now();
+    // Anything sent on the stale connection reaches the new incarnation, which answers with
+    // a stateless reset.
+    let mut stale = within("open", conn.open_stream(StreamKind::Raft))
+        .await?
+        .err();
+    if stale.is_none() {
+        stale = Some(StreamError::Link(within("closed", conn.closed()).await?));
+    }
+    let reason = conn
+        .close_reason()
+        .context("the stale connection must be closed")?;
+    assert!(
+        matches!(reason, LinkError::Quic(quinn::ConnectionError::Reset)),
+        "expected a stateless reset, got {reason} (stream: {stale:?})"
+    );
+    let detected_after = crashed_at.elapsed();
+    assert!(
+        detected_after < config.idle_timeout / 4,
+        "took {detected_after:?}"
+    );
+    println!("stale connection reset {detected_after:?} after the member came back");
+
+    let conn = within(
+        "reconnect",
+        one.connect(addr, &Identity::orchestrator(2).server_name()),
+    )
+    .await??;
+    echo_once(&conn, 1).await
+}
