@@ -8,3 +8,5 @@ pub mod loadgen;
 pub mod sample;
 pub mod provider;
 pub mod agent;
+pub mod replication;
+pub mod warmer;
