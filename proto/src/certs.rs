@@ -22,6 +22,13 @@ pub const DEFAULT_ORCHESTRATORS: u64 = 3;
 pub const DEFAULT_REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 /// Default operator name.
 pub const DEFAULT_OPERATORS: [&str; 1] = ["admin"];
+/// The CA is valid for ten years: replacing it means re-issuing every member at once.
+pub const CA_VALIDITY: time::Duration = time::Duration::days(3650);
+/// Member certificates are valid for two years; re-issue with `umbra certs add` before then.
+pub const MEMBER_VALIDITY: time::Duration = time::Duration::days(730);
+/// Certificates start being valid an hour before they were issued, so a node whose clock
+/// runs a little behind the issuer's still accepts them (clock skew between machines).
+pub const CLOCK_SKEW_ALLOWANCE: time::Duration = time::Duration::hours(1);
 
 /// Why certificates could not be issued.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +145,7 @@ pub fn init(layout: &Layout, out_dir: &Path) -> Result<Issued, CertsError> {
 
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::default();
+    set_validity(&mut ca_params, CA_VALIDITY);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let mut name = DistinguishedName::new();
@@ -196,6 +204,7 @@ fn issue_member(
 ) -> Result<(Identity, PathBuf, PathBuf), CertsError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
+    set_validity(&mut params, MEMBER_VALIDITY);
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, identity.to_string());
     name.push(DnType::OrganizationName, "Umbra");
@@ -224,6 +233,12 @@ fn issue_member(
     write_file(&key_path, &key.serialize_pem(), true)?;
     write_file(&cert_path, &cert.pem(), false)?;
     Ok((identity.clone(), cert_path, key_path))
+}
+
+fn set_validity(params: &mut CertificateParams, validity: time::Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - CLOCK_SKEW_ALLOWANCE;
+    params.not_after = now + validity;
 }
 
 fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), CertsError> {

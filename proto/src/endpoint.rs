@@ -44,6 +44,9 @@ pub mod codes {
     pub const HEADER_TIMEOUT: u32 = 0x14;
     /// The stream failed for a local reason (I/O); not the peer's fault.
     pub const STREAM_FAILED: u32 = 0x15;
+    /// The peer's role may open this kind of stream, but this process does not serve it
+    /// (e.g. operator streams on a node without the operator API).
+    pub const KIND_NOT_SERVED: u32 = 0x16;
     /// The peer's role may not open this kind of stream (a connection close code).
     pub const ROLE_REFUSED: u32 = 0x20;
 
@@ -57,6 +60,7 @@ pub mod codes {
             c if c == u64::from(VERSION_MISMATCH) => "protocol version mismatch",
             c if c == u64::from(HEADER_TIMEOUT) => "stream header did not arrive in time",
             c if c == u64::from(STREAM_FAILED) => "stream failed on the peer",
+            c if c == u64::from(KIND_NOT_SERVED) => "this kind of stream is not served here",
             c if c == u64::from(ROLE_REFUSED) => "role may not open this kind of stream",
             _ => "unknown error code",
         }
@@ -73,6 +77,10 @@ pub const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time to open a stream (header out, reply back): 5 s, like the handshake.
 pub const DEFAULT_STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default cap on handshakes waiting to be accepted: a cluster has a handful of
+/// orchestrators, a few agents per region and some operators, so 1,024 pending handshakes
+/// is generous; quinn's own default (65,536) is sized for public servers.
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1024;
 /// Default cap on concurrently open bidirectional streams per connection: room for one
 /// stream per in-flight client request at the benchmark's 64 proposers, four times over.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -92,6 +100,8 @@ pub struct TransportConfig {
     pub stream_open_timeout: Duration,
     /// Bidirectional streams a peer may have open at once on one connection.
     pub max_concurrent_streams: u32,
+    /// Incoming handshakes held before new ones are refused (servers only).
+    pub max_pending_handshakes: usize,
 }
 
 impl Default for TransportConfig {
@@ -103,6 +113,7 @@ impl Default for TransportConfig {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             stream_open_timeout: DEFAULT_STREAM_OPEN_TIMEOUT,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
         }
     }
 }
@@ -148,6 +159,11 @@ impl TransportConfig {
         if self.max_concurrent_streams == 0 {
             return Err(ConfigError(
                 "max_concurrent_streams must be above zero".into(),
+            ));
+        }
+        if self.max_pending_handshakes == 0 {
+            return Err(ConfigError(
+                "max_pending_handshakes must be above zero".into(),
             ));
         }
         Ok(())
@@ -507,7 +523,9 @@ impl Endpoint {
         let crypto = QuicServerConfig::try_from(Arc::new(credentials.server_config()?))
             .map_err(|err| CredentialError::Tls(rustls::Error::General(err.to_string())))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(transport);
+        server
+            .transport_config(transport)
+            .max_incoming(config.max_pending_handshakes);
         let mut inner = bind(addr, credentials, Some(server))?;
         inner.set_default_client_config(client_config(credentials, &config)?);
         Ok(Endpoint {
@@ -956,5 +974,110 @@ impl FrameReceiver {
     /// Stops reading with `code`; the peer's sends fail with [`StreamError::Stopped`].
     pub fn stop(&mut self, code: u32) {
         let _ = self.inner.get_mut().stop(VarInt::from_u32(code));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        TransportConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unworkable_settings_are_refused_with_the_field_named() {
+        let base = TransportConfig::default();
+        let cases: [(&str, TransportConfig); 6] = [
+            (
+                "max_frame_bytes",
+                TransportConfig {
+                    max_frame_bytes: 10,
+                    ..base.clone()
+                },
+            ),
+            (
+                "idle_timeout",
+                TransportConfig {
+                    idle_timeout: Duration::ZERO,
+                    ..base.clone()
+                },
+            ),
+            (
+                "keep_alive_interval",
+                TransportConfig {
+                    keep_alive_interval: base.idle_timeout,
+                    ..base.clone()
+                },
+            ),
+            (
+                "stream_open_timeout",
+                TransportConfig {
+                    stream_open_timeout: Duration::ZERO,
+                    ..base.clone()
+                },
+            ),
+            (
+                "max_concurrent_streams",
+                TransportConfig {
+                    max_concurrent_streams: 0,
+                    ..base.clone()
+                },
+            ),
+            (
+                "max_pending_handshakes",
+                TransportConfig {
+                    max_pending_handshakes: 0,
+                    ..base.clone()
+                },
+            ),
+        ];
+        for (field, config) in cases {
+            let err = config.validate().expect_err(field);
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn only_orchestrators_may_open_raft_streams() {
+        let table = [
+            (StreamKind::Raft, Role::Orchestrator, true),
+            (StreamKind::Raft, Role::Agent, false),
+            (StreamKind::Raft, Role::Operator, false),
+            (StreamKind::Client, Role::Orchestrator, true),
+            (StreamKind::Client, Role::Agent, false),
+            (StreamKind::Client, Role::Operator, true),
+            (StreamKind::Agent, Role::Orchestrator, true),
+            (StreamKind::Agent, Role::Agent, true),
+            (StreamKind::Agent, Role::Operator, false),
+            (StreamKind::Operator, Role::Orchestrator, false),
+            (StreamKind::Operator, Role::Agent, false),
+            (StreamKind::Operator, Role::Operator, true),
+        ];
+        for (kind, role, allowed) in table {
+            assert_eq!(kind.permits(role), allowed, "{kind:?} by {role}");
+        }
+    }
+
+    #[test]
+    fn every_code_has_a_meaning() {
+        for code in [
+            codes::NORMAL,
+            codes::FRAME_TOO_LARGE,
+            codes::FRAME_TRUNCATED,
+            codes::MESSAGE_MALFORMED,
+            codes::VERSION_MISMATCH,
+            codes::HEADER_TIMEOUT,
+            codes::STREAM_FAILED,
+            codes::KIND_NOT_SERVED,
+            codes::ROLE_REFUSED,
+        ] {
+            assert_ne!(
+                codes::describe(u64::from(code)),
+                "unknown error code",
+                "{code}"
+            );
+        }
     }
 }

@@ -39,6 +39,27 @@ fn init_writes_every_member_with_private_keys() -> anyhow::Result<()> {
         let loaded = Credentials::load(dir.path(), identity)?;
         assert_eq!(loaded.identity(), identity);
     }
+    // Validity: from shortly before now, for the documented periods.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    for (file, validity) in [
+        ("ca.pem", certs::CA_VALIDITY),
+        ("orchestrator-1.pem", certs::MEMBER_VALIDITY),
+    ] {
+        let pem = std::fs::read(dir.path().join(file))?;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)?;
+        let cert = pem.parse_x509()?;
+        let not_before = cert.validity().not_before.timestamp();
+        let not_after = cert.validity().not_after.timestamp();
+        assert!(not_before <= now && now - not_before <= 2 * 3600, "{file}");
+        let days = (not_after - now) / 86_400;
+        assert!(
+            (days - validity.whole_days()).abs() <= 1,
+            "{file}: {days} days"
+        );
+    }
+
     // A second init into the same directory would replace the CA; it is refused.
     assert!(matches!(
         certs::init(&layout, dir.path()),
