@@ -88,3 +88,75 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use umbra_proto::Credentials;
+
+    /// `umbra certs ...` as the real CLI nests it.
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        certs: CertsArgs,
+    }
+
+    fn run_cli(args: &[&str]) -> anyhow::Result<()> {
+        run(Cli::try_parse_from(std::iter::once("certs").chain(args.iter().copied()))?.certs)
+    }
+
+    #[test]
+    fn init_then_add_write_loadable_members() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let out = dir.path().join("certs");
+        let out_str = out.to_str().context("utf-8 temp path")?;
+        run_cli(&[
+            "init",
+            "--out",
+            out_str,
+            "--orchestrators",
+            "2",
+            "--regions",
+            "eu-west,ap-south",
+            "--operators",
+            "admin",
+        ])?;
+        for identity in [
+            Identity::orchestrator(1),
+            Identity::orchestrator(2),
+            Identity::new(Role::Agent, "eu-west")?,
+            Identity::new(Role::Agent, "ap-south")?,
+            Identity::new(Role::Operator, "admin")?,
+        ] {
+            Credentials::load(&out, &identity)?;
+        }
+        assert!(!out.join("orchestrator-3.pem").exists());
+        assert!(!out.join("agent-us-east.pem").exists());
+
+        run_cli(&[
+            "add",
+            "--dir",
+            out_str,
+            "--role",
+            "orchestrator",
+            "--id",
+            "3",
+        ])?;
+        Credentials::load(&out, &Identity::orchestrator(3))?;
+
+        let again = run_cli(&["init", "--out", out_str]).expect_err("CA exists");
+        assert!(
+            format!("{again:#}").contains("refusing to replace"),
+            "{again:#}"
+        );
+        let bad_role = run_cli(&["add", "--dir", out_str, "--role", "king", "--id", "1"])
+            .expect_err("unknown role");
+        assert!(
+            bad_role
+                .to_string()
+                .contains("orchestrator, agent or operator")
+        );
+        Ok(())
+    }
+}
