@@ -5,7 +5,7 @@
 //! Map: `config` (validated tuning), `storage` (raft-engine log, hard state, snapshots),
 //! `node` (the driver thread and the `RaftNode` handle), `state_machine` (the trait),
 //! `kv` (a small key-value machine for the node binary and tests), `transport` (the seam),
-//! `memory` (an in-memory fault-injecting network for tests), `logging` (slog → tracing),
+//! `quic` (the QUIC transport over `umbra-proto`), `memory` (an in-memory fault-injecting network for tests), `logging` (slog → tracing),
 //! `metrics` (Prometheus).
 
 pub mod config;
@@ -14,6 +14,7 @@ pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod node;
+pub mod quic;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;

@@ -5,5 +5,6 @@
 
 pub mod demand;
 pub mod forecast;
+pub mod node;
 pub mod simulate;
 pub mod sizing;

@@ -4,7 +4,9 @@
 
 mod backtest;
 mod certs;
+mod demo;
 mod forecast;
+mod kv;
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +21,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a local 3-node Raft cluster, write and read through it, stop it.
+    Demo(demo::DemoArgs),
+    /// Put, get or delete a key in a running cluster's replicated store.
+    Kv(kv::KvArgs),
     /// Issue a CA and per-node certificates for a cluster layout.
     Certs(certs::CertsArgs),
     /// Forecast a demand series (CSV or Prometheus): mean and quantiles per slice.
@@ -39,6 +45,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Kv(args) => kv::run(args),
         Command::Certs(args) => certs::run(args),
         Command::Forecast(args) => forecast::run(args),
         Command::Backtest(args) => backtest::run(args),

@@ -1,0 +1,338 @@
+//! Runs one orchestrator node: the Raft node (with the key-value state machine until the
+//! migration state replaces it), one QUIC endpoint for peers (Raft streams) and clients
+//! (store requests), and a loopback HTTP endpoint for `/metrics` and `/status`. It wires
+//! parts together; Raft logic stays in `umbra-consensus`, wire types in `umbra-proto`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc};
+use umbra_consensus::kv::{KvAnswer, KvDigest, KvQuery, KvStateMachine};
+use umbra_consensus::quic::{QuicTransport, serve_raft_stream};
+use umbra_consensus::{MembershipChange, NodeOptions, NodeStatus, RaftNode, RequestError};
+use umbra_proto::{
+    ClientError, ClientErrorKind, ClientOutcome, ClientRequest, ClientRequestBody, ClientResponse,
+    Credentials, Endpoint, FramedStream, Identity, LeaderHint, StreamKind, TransportConfig,
+};
+
+use super::config::NodeConfig;
+
+/// Requests served at once on one client stream; more wait for a slot (backpressure). 256
+/// matches `umbra-proto`'s stream limit per connection.
+const MAX_REQUESTS_IN_FLIGHT_PER_STREAM: usize = 256;
+
+/// What `/status` returns: Raft's view and the state machine's digest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminStatus {
+    pub raft: NodeStatus,
+    pub digest: Option<KvDigest>,
+    pub listen: SocketAddr,
+}
+
+/// A running node: its Raft handle and endpoints. Dropping it does not stop it; call
+/// `shutdown`.
+pub struct RunningNode {
+    pub raft: RaftNode,
+    pub endpoint: Endpoint,
+    pub admin_address: Option<SocketAddr>,
+}
+
+impl RunningNode {
+    pub fn shutdown(&self) {
+        self.endpoint.close();
+        self.raft.shutdown();
+    }
+}
+
+/// Starts a node from a validated config.
+pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+    config.validate()?;
+    let identity = Identity::orchestrator(config.id);
+    let credentials = Credentials::load(&config.certs_dir, &identity).with_context(|| {
+        format!(
+            "loading {identity}'s certificate from {}",
+            config.certs_dir.display()
+        )
+    })?;
+    let endpoint = Endpoint::server(config.listen, &credentials, TransportConfig::default())
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let (mailbox, inbox) = umbra_consensus::mailbox(umbra_consensus::transport::MAILBOX_CAPACITY);
+    let transport = QuicTransport::new(config.id, endpoint.clone(), mailbox.clone());
+    let registry = prometheus::Registry::new();
+    let peers: BTreeMap<u64, String> = config
+        .peers
+        .iter()
+        .map(|p| (p.id, p.address.to_string()))
+        .collect();
+    let raft = RaftNode::start(
+        NodeOptions {
+            id: config.id,
+            data_dir: config.data_dir.clone(),
+            config: config.raft.clone(),
+            initial_voters: config.initial_voters(),
+            peers: peers.clone(),
+        },
+        KvStateMachine::new(),
+        transport,
+        inbox,
+        &registry,
+    )
+    .context("starting the raft node")?;
+    let addresses = Arc::new(std::sync::Mutex::new(
+        peers
+            .iter()
+            .filter_map(|(id, a)| Some((*id, a.parse().ok()?)))
+            .collect::<BTreeMap<u64, SocketAddr>>(),
+    ));
+    let server = Server {
+        id: config.id,
+        raft: raft.clone(),
+        mailbox,
+        addresses,
+    };
+    tokio::spawn(server.clone().accept_loop(endpoint.clone()));
+    let admin_address = match config.admin_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("admin endpoint on {address}"))?;
+            let bound = listener.local_addr()?;
+            tokio::spawn(admin_loop(
+                listener,
+                server,
+                registry,
+                endpoint.local_addr()?,
+            ));
+            Some(bound)
+        }
+        None => None,
+    };
+    tracing::info!(id = config.id, listen = %config.listen, ?admin_address, "orchestrator node started");
+    Ok(RunningNode {
+        raft,
+        endpoint,
+        admin_address,
+    })
+}
+
+#[derive(Clone)]
+struct Server {
+    id: u64,
+    raft: RaftNode,
+    mailbox: umbra_consensus::Mailbox,
+    /// Peer addresses, for leader hints. Members added later are learnt from their
+    /// membership change.
+    addresses: Arc<std::sync::Mutex<BTreeMap<u64, SocketAddr>>>,
+}
+
+impl Server {
+    async fn accept_loop(self, endpoint: Endpoint) {
+        while let Some(incoming) = endpoint.accept().await {
+            let server = self.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                let connection = match incoming.establish().await {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        tracing::warn!(%remote, %error, "refused a connection");
+                        return;
+                    }
+                };
+                loop {
+                    match connection.accept_stream().await {
+                        Ok(stream) => {
+                            tokio::spawn(server.clone().serve_stream(stream));
+                        }
+                        Err(error) => {
+                            tracing::debug!(%remote, peer = %connection.peer(), %error, "connection ended");
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    async fn serve_stream(self, stream: FramedStream) {
+        let peer = stream.peer().clone();
+        match stream.kind() {
+            StreamKind::Raft => {
+                if let Err(error) = serve_raft_stream(stream, self.id, self.mailbox.clone()).await {
+                    tracing::warn!(%peer, %error, "raft stream closed");
+                }
+            }
+            StreamKind::Client => self.serve_client_stream(stream).await,
+            kind => {
+                // umbra-proto let the role open it, but this node does not serve it yet.
+                tracing::warn!(%peer, ?kind, "stream kind not served by this node");
+                let mut stream = stream;
+                stream.abort(umbra_proto::codes::STREAM_FAILED);
+            }
+        }
+    }
+
+    async fn serve_client_stream(self, stream: FramedStream) {
+        let peer = stream.peer().clone();
+        let (mut sender, mut receiver) = stream.split();
+        let (responses_tx, mut responses_rx) =
+            mpsc::channel::<ClientResponse>(MAX_REQUESTS_IN_FLIGHT_PER_STREAM);
+        let writer = tokio::spawn(async move {
+            while let Some(response) = responses_rx.recv().await {
+                if sender.send(&response).await.is_err() {
+                    return;
+                }
+            }
+            sender.finish();
+        });
+        let slots = Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT_PER_STREAM));
+        loop {
+            let request = match receiver.recv::<ClientRequest>().await {
+                Ok(Some(request)) => request,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(%peer, %error, "client stream closed on bad input");
+                    break;
+                }
+            };
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let server = self.clone();
+            let responses = responses_tx.clone();
+            tokio::spawn(async move {
+                let outcome = server.answer(request.body).await;
+                let _ = responses
+                    .send(ClientResponse {
+                        id: request.id,
+                        outcome,
+                    })
+                    .await;
+                drop(slot);
+            });
+        }
+        drop(responses_tx);
+        let _ = writer.await;
+    }
+
+    fn hint(&self) -> LeaderHint {
+        let status = self.raft.status();
+        let leader_addr = status.leader.and_then(|id| {
+            self.addresses
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+                .copied()
+        });
+        LeaderHint {
+            leader_id: status.leader,
+            leader_addr,
+            term: status.term,
+        }
+    }
+
+    fn failure(&self, error: RequestError) -> ClientOutcome {
+        let kind = match &error {
+            RequestError::NotLeader { .. } => return ClientOutcome::NotLeader(self.hint()),
+            RequestError::Dropped => ClientErrorKind::Dropped,
+            RequestError::Timeout { .. } => ClientErrorKind::Timeout,
+            RequestError::Busy => ClientErrorKind::Dropped,
+            RequestError::TooLarge { .. } | RequestError::Membership(_) => ClientErrorKind::Invalid,
+            RequestError::Stopped => ClientErrorKind::ShuttingDown,
+        };
+        ClientOutcome::Failed(ClientError {
+            kind,
+            message: error.to_string(),
+        })
+    }
+
+    async fn answer(&self, body: ClientRequestBody) -> ClientOutcome {
+        match body {
+            ClientRequestBody::Propose { command } => match self.raft.propose(command).await {
+                Ok(result) => ClientOutcome::Applied { result },
+                Err(error) => self.failure(error),
+            },
+            ClientRequestBody::Read { query } => match self.raft.read(query).await {
+                Ok(result) => ClientOutcome::ReadResult { result },
+                Err(error) => self.failure(error),
+            },
+            ClientRequestBody::LeaderInfo => ClientOutcome::Leader(self.hint()),
+            ClientRequestBody::ChangeMembership(change) => {
+                let (change, added) = match change {
+                    umbra_proto::MembershipChange::AddNode { node_id, addr } => (
+                        MembershipChange::AddVoter {
+                            id: node_id,
+                            address: addr.to_string(),
+                        },
+                        Some((node_id, addr)),
+                    ),
+                    umbra_proto::MembershipChange::RemoveNode { node_id } => {
+                        (MembershipChange::Remove { id: node_id }, None)
+                    }
+                };
+                match self.raft.change_membership(change).await {
+                    Ok(voters) => {
+                        if let Some((id, addr)) = added {
+                            self.addresses
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(id, addr);
+                        }
+                        ClientOutcome::Applied {
+                            result: postcard::to_stdvec(&voters)
+                                .expect("a list of ids always encodes"),
+                        }
+                    }
+                    Err(error) => self.failure(error),
+                }
+            }
+        }
+    }
+
+    async fn admin_status(&self, listen: SocketAddr) -> AdminStatus {
+        let digest = match self.raft.read_local(KvQuery::Digest.encode()).await {
+            Ok(bytes) => match KvAnswer::decode(&bytes) {
+                Ok(KvAnswer::Digest(digest)) => Some(digest),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        AdminStatus {
+            raft: self.raft.status(),
+            digest,
+            listen,
+        }
+    }
+}
+
+/// Serves `/metrics` (Prometheus text) and `/status` (JSON) over HTTP on loopback.
+async fn admin_loop(
+    listener: tokio::net::TcpListener,
+    server: Server,
+    registry: prometheus::Registry,
+    listen: SocketAddr,
+) {
+    use axum::routing::get;
+    let metrics = move || {
+        let registry = registry.clone();
+        async move {
+            let mut text = String::new();
+            match prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text) {
+                Ok(()) => (axum::http::StatusCode::OK, text),
+                Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+    };
+    let status = move || {
+        let server = server.clone();
+        async move { axum::Json(server.admin_status(listen).await) }
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status));
+    if let Err(error) = axum::serve(listener, app).await {
+        tracing::error!(%error, "admin endpoint stopped");
+    }
+}
