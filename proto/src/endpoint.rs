@@ -242,6 +242,14 @@ pub enum LinkError {
         /// The TLS alert or local verification error.
         reason: String,
     },
+    /// The peer speaks another major version of the Umbra protocol (no common ALPN id).
+    #[error(
+        "peer speaks another Umbra protocol version (ALPN mismatch): {reason}; run the same Umbra version on every node"
+    )]
+    ProtocolMismatch {
+        /// The TLS alert.
+        reason: String,
+    },
     /// The peer refused a stream because of this side's role.
     #[error("refused by peer: {reason}")]
     RoleRefused {
@@ -267,6 +275,10 @@ pub enum LinkError {
     Quic(quinn::ConnectionError),
 }
 
+/// TLS alert 120, no_application_protocol (RFC 8446 § 6.2), as a QUIC crypto error code: the
+/// peer does not offer the ALPN protocol [`crate::tls::ALPN_PROTOCOL`].
+const NO_APPLICATION_PROTOCOL_ALERT: u8 = 120;
+
 impl From<quinn::ConnectionError> for LinkError {
     fn from(err: quinn::ConnectionError) -> Self {
         use quinn::ConnectionError as E;
@@ -285,6 +297,22 @@ impl From<quinn::ConnectionError> for LinkError {
                 code: close.error_code.into_inner(),
                 reason: String::from_utf8_lossy(&close.reason).into_owned(),
             },
+            E::ConnectionClosed(ref close)
+                if close.error_code
+                    == quinn::TransportErrorCode::crypto(NO_APPLICATION_PROTOCOL_ALERT) =>
+            {
+                LinkError::ProtocolMismatch {
+                    reason: err.to_string(),
+                }
+            }
+            E::TransportError(ref transport)
+                if transport.code
+                    == quinn::TransportErrorCode::crypto(NO_APPLICATION_PROTOCOL_ALERT) =>
+            {
+                LinkError::ProtocolMismatch {
+                    reason: err.to_string(),
+                }
+            }
             E::ConnectionClosed(ref close) if is_crypto(close.error_code) => {
                 LinkError::CertificateRefused {
                     reason: err.to_string(),

@@ -740,3 +740,30 @@ async fn a_restarted_member_resets_stale_connections_at_once() -> anyhow::Result
     .await??;
     echo_once(&conn, 1).await
 }
+
+/// A peer offering another ALPN id (another major protocol version) is refused during the
+/// handshake, and the refusal says so rather than blaming certificates.
+#[tokio::test]
+async fn another_protocol_major_version_is_refused_at_handshake() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    cluster(dir.path())?;
+    let server = EchoServer::start(
+        &creds(dir.path(), Role::Orchestrator, "1")?,
+        TransportConfig::default(),
+    )?;
+    let mut tls = creds(dir.path(), Role::Orchestrator, "2")?.client_config()?;
+    tls.alpn_protocols = vec![b"umbra/2".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(std::sync::Arc::new(tls))?;
+    let mut future = quinn::Endpoint::client(loopback())?;
+    future.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let err = within(
+        "connect",
+        future.connect(server.addr, &Role::Orchestrator.server_name())?,
+    )
+    .await?
+    .expect_err("another ALPN must be refused");
+    let link = LinkError::from(err);
+    assert!(matches!(link, LinkError::ProtocolMismatch { .. }), "{link}");
+    assert!(link.to_string().contains("same Umbra version"), "{link}");
+    Ok(())
+}
