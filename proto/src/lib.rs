@@ -14,10 +14,15 @@
 //! let addr = server.local_addr()?;
 //! tokio::spawn(async move {
 //!     while let Some(incoming) = server.accept().await {
-//!         let Ok(conn) = incoming.establish().await else { continue };
-//!         let Ok(mut stream) = conn.accept_stream().await else { continue };
-//!         // stream.kind() == StreamKind::Raft, and conn.peer() is an orchestrator.
-//!         while let Ok(Some(msg)) = stream.recv::<RaftMessage>().await { let _ = msg; }
+//!         tokio::spawn(async move {
+//!             // Handshake: the client's certificate must come from the cluster CA.
+//!             let Ok(conn) = incoming.establish().await else { return };
+//!             // Refuses (closes with codes::ROLE_REFUSED) a role the kind does not permit.
+//!             while let Ok(mut stream) = conn.accept_stream().await {
+//!                 // Here stream.kind() is Raft, so conn.peer().role() is Orchestrator.
+//!                 while let Ok(Some(msg)) = stream.recv::<RaftMessage>().await { let _ = msg; }
+//!             }
+//!         });
 //!     }
 //! });
 //! let peer = Credentials::load(dir, &Identity::orchestrator(2))?;
@@ -31,7 +36,8 @@
 //! Modules: [`envelope`] (version + postcard), [`frame`] (length-delimited framing),
 //! [`identity`] (roles and ids in certificates), [`tls`] (credentials, rustls configs),
 //! [`certs`] (issuing with rcgen), [`endpoint`] (QUIC endpoints, connections, typed
-//! streams), [`raft`] and [`store`] (wire types for `consensus`).
+//! streams), [`raft`] and [`store`] (wire types for `consensus`), [`agent`] (orchestrator ⇄
+//! region agent wire types).
 
 pub mod agent;
 pub mod certs;
