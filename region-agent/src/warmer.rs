@@ -6,7 +6,8 @@
 //! the gate as a function of measured windows and elapsed time); [`warm`] is the driver, which
 //! runs the traffic helper's open-loop load generator ([`crate::loadgen`]) in consecutive
 //! windows of about [`WINDOW`] and feeds each window's numbers to the tracker. The gate judges
-//! the latest window, not the whole run, because the point is how the instance serves *now*.
+//! the latest [`GATE_WINDOWS`] windows, not the whole run, because the point is how the
+//! instance serves *now*, and not a single window, because one lucky second proves nothing.
 //!
 //! Errors, for the gate, are what a user would call a failure: 5xx, timeouts, connection
 //! failures. A 404 is a served answer (the key is absent) and is not an error; note that the
@@ -16,9 +17,11 @@
 //! It must never replay writes at a target that holds real data: a mix with a non-safe method
 //! is refused unless the plan says `allow_writes`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use hyper::{Method, Uri};
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
@@ -30,9 +33,12 @@ use crate::loadgen::{LoadConfig, LoadError, LoadGenerator, LoadReport, RequestSp
 /// Length of one measured window: one second gives a p99 over hundreds of requests at the
 /// rates warm-ups use, and a gate decision every second.
 pub const WINDOW: Duration = Duration::from_secs(1);
-/// Fewest requests in a window for its p99 to count: below 100 the 99th percentile is the
-/// maximum of a handful of samples.
-pub const MIN_WINDOW_REQUESTS: u64 = 100;
+/// Windows judged together by the gate: three seconds of traffic, so readiness is sustained
+/// rather than one lucky window.
+pub const GATE_WINDOWS: usize = 3;
+/// Fewest answered requests across the judged windows for their p99 to count: below a few
+/// hundred, the 99th percentile is the maximum of a handful of samples.
+pub const MIN_WINDOW_REQUESTS: u64 = 300;
 /// Longest warm-up cap accepted (1 hour).
 pub const MAX_DURATION_MS: u64 = 3_600_000;
 /// Highest rate accepted for a warm-up, req/s.
@@ -161,14 +167,14 @@ fn check_gate(gate: &ReadinessGate) -> Result<(), PlanError> {
 }
 
 /// What one measured window saw.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct WindowStats {
     /// Requests completed in the window.
     pub requests: u64,
     /// Of which failed (5xx, timeouts, connection failures).
     pub errors: u64,
-    /// p99 latency of the window's answered requests, ms.
-    pub p99_ms: f64,
+    /// Latencies of the window's answered requests, in microseconds.
+    pub latency_us: Histogram<u64>,
 }
 
 impl WindowStats {
@@ -183,24 +189,19 @@ impl WindowStats {
         WindowStats {
             requests: report.counts.completed,
             errors: report.counts.failed().saturating_sub(client_errors),
-            p99_ms: report.latency_ok.p99_us as f64 / 1_000.0,
-        }
-    }
-
-    fn error_rate(&self) -> f64 {
-        if self.requests == 0 {
-            0.0
-        } else {
-            self.errors as f64 / self.requests as f64
+            latency_us: report.latency_ok_histogram.clone(),
         }
     }
 }
 
-/// The gate as a state machine over windows: pure, time passed in.
+/// The gate as a state machine over windows: pure, time passed in. It judges the last
+/// [`GATE_WINDOWS`] windows together (their merged latency histogram and summed errors), so
+/// one lucky second cannot declare an instance ready.
 #[derive(Debug, Clone)]
 pub struct WarmupTracker {
     gate: ReadinessGate,
     cap: Duration,
+    recent: VecDeque<WindowStats>,
     progress: WarmupProgress,
 }
 
@@ -210,6 +211,7 @@ impl WarmupTracker {
         WarmupTracker {
             gate: plan.gate.clone(),
             cap: Duration::from_millis(plan.mix.max_duration_ms),
+            recent: VecDeque::new(),
             progress: WarmupProgress {
                 instance: instance.to_owned(),
                 phase: WarmupPhase::Running,
@@ -229,26 +231,46 @@ impl WarmupTracker {
 
     /// Takes a finished window; `elapsed` is the time since the warm-up began.
     pub fn handle_window(&mut self, window: WindowStats, elapsed: Duration) -> &WarmupProgress {
-        let p = &mut self.progress;
-        if p.phase != WarmupPhase::Running {
-            return p;
+        if self.progress.phase != WarmupPhase::Running {
+            return &self.progress;
         }
-        p.requests += window.requests;
-        p.errors += window.errors;
-        p.window_p99_ms = window.p99_ms;
-        p.window_error_rate = window.error_rate();
-        p.elapsed_ms = elapsed.as_millis() as u64;
-        let limit = self.gate.reference_p99_ms * (1.0 + self.gate.p99_tolerance_pct / 100.0);
-        let ready = p.requests >= self.gate.min_requests
-            && window.requests >= MIN_WINDOW_REQUESTS.min(self.gate.min_requests.max(1))
-            && window.p99_ms <= limit
-            && window.error_rate() <= self.gate.max_error_rate;
+        self.progress.requests += window.requests;
+        self.progress.errors += window.errors;
+        self.progress.elapsed_ms = elapsed.as_millis() as u64;
+        self.recent.push_back(window);
+        while self.recent.len() > GATE_WINDOWS {
+            self.recent.pop_front();
+        }
+        let mut merged = self.recent[0].latency_us.clone();
+        for w in self.recent.iter().skip(1) {
+            // Same bounds for every window (the load generator's), so adding cannot fail.
+            let _ = merged.add(&w.latency_us);
+        }
+        let requests: u64 = self.recent.iter().map(|w| w.requests).sum();
+        let errors: u64 = self.recent.iter().map(|w| w.errors).sum();
+        let error_rate = if requests == 0 {
+            0.0
+        } else {
+            errors as f64 / requests as f64
+        };
+        let p99_ms = if merged.is_empty() {
+            f64::INFINITY
+        } else {
+            merged.value_at_quantile(0.99) as f64 / 1_000.0
+        };
+        self.progress.window_p99_ms = if p99_ms.is_finite() { p99_ms } else { 0.0 };
+        self.progress.window_error_rate = error_rate;
+        let ready = self.recent.len() == GATE_WINDOWS
+            && self.progress.requests >= self.gate.min_requests
+            && merged.len() >= MIN_WINDOW_REQUESTS
+            && p99_ms <= self.p99_limit_ms()
+            && error_rate <= self.gate.max_error_rate;
         if ready {
-            p.phase = WarmupPhase::Ready;
+            self.progress.phase = WarmupPhase::Ready;
         } else if elapsed >= self.cap {
-            p.phase = WarmupPhase::CapReached;
+            self.progress.phase = WarmupPhase::CapReached;
         }
-        p
+        &self.progress
     }
 
     /// Time left before the cap.
@@ -466,47 +488,79 @@ mod tests {
     #[test]
     fn the_gate_over_windows() {
         let p = plan();
-        let w = |requests, errors, p99_ms| WindowStats {
-            requests,
-            errors,
-            p99_ms,
+        // A window of `requests` answered requests: `slow` of them at 40 ms, the rest at 2 ms.
+        let w = |requests: u64, errors: u64, slow: u64| {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
+            for i in 0..requests {
+                h.record(if i < slow { 40_000 } else { 2_000 }).unwrap();
+            }
+            WindowStats {
+                requests,
+                errors,
+                latency_us: h,
+            }
         };
-        let ms = Duration::from_millis;
-        // Slow window: not ready.
+        let s = Duration::from_secs;
         let mut t = WarmupTracker::new("i", &p);
+        // Cold windows: 10 % slow requests, p99 = 40 ms > 15 ms limit.
         assert_eq!(
-            t.handle_window(w(200, 0, 40.0), ms(1_000)).phase,
+            t.handle_window(w(200, 0, 20), s(1)).phase,
             WarmupPhase::Running
         );
-        // Fast but too few requests in total (400 < 500): not ready.
         assert_eq!(
-            t.handle_window(w(200, 0, 5.0), ms(2_000)).phase,
+            t.handle_window(w(200, 0, 0), s(2)).phase,
             WarmupPhase::Running
         );
-        // Fast, enough requests, but errors above 1 %: not ready.
+        // Three judged windows but the first of them is still cold (20 of 600 slow > 1 %).
         assert_eq!(
-            t.handle_window(w(200, 10, 5.0), ms(3_000)).phase,
+            t.handle_window(w(200, 0, 0), s(3)).phase,
             WarmupPhase::Running
         );
-        // p99 at the limit (10 ms + 50 %) and no errors: ready.
+        // Fast, but errors above 1 % over the judged windows.
         assert_eq!(
-            t.handle_window(w(200, 0, 15.0), ms(4_000)).phase,
+            t.handle_window(w(200, 10, 0), s(4)).phase,
+            WarmupPhase::Running
+        );
+        assert_eq!(
+            t.handle_window(w(200, 0, 0), s(5)).phase,
+            WarmupPhase::Running
+        );
+        assert_eq!(
+            t.handle_window(w(200, 0, 0), s(6)).phase,
+            WarmupPhase::Running
+        );
+        // Three clean, fast windows: ready.
+        assert_eq!(
+            t.handle_window(w(200, 0, 1), s(7)).phase,
             WarmupPhase::Ready
         );
+        assert_eq!(t.progress().requests, 1_400);
         // Once decided, later windows change nothing.
         assert_eq!(
-            t.handle_window(w(200, 200, 99.0), ms(5_000)).phase,
+            t.handle_window(w(200, 200, 200), s(8)).phase,
             WarmupPhase::Ready
         );
         // Never fast: the cap ends it.
         let mut t = WarmupTracker::new("i", &p);
         assert_eq!(
-            t.handle_window(w(200, 0, 40.0), ms(9_000)).phase,
+            t.handle_window(w(200, 0, 50), s(9)).phase,
             WarmupPhase::Running
         );
         assert_eq!(
-            t.handle_window(w(200, 0, 40.0), ms(10_000)).phase,
+            t.handle_window(w(200, 0, 50), s(10)).phase,
             WarmupPhase::CapReached
+        );
+        // Fast from the start but fewer than min_requests in total: not ready.
+        let mut t = WarmupTracker::new("i", &p);
+        for i in 1..=3 {
+            assert_eq!(
+                t.handle_window(w(150, 0, 0), s(i)).phase,
+                WarmupPhase::Running
+            );
+        }
+        assert_eq!(
+            t.handle_window(w(150, 0, 0), s(4)).phase,
+            WarmupPhase::Ready
         );
     }
 

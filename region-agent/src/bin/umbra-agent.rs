@@ -1,6 +1,7 @@
 //! The region agent process.
 //!
 //! ```text
+//! umbra-agent run --config agent.toml          # connect to the orchestrators and serve
 //! umbra-agent local --state-dir DIR [--provider process|docker] \
 //!     [--provision a,b] [--activate a] [--pause a] [--resume a] [--stop a] [--remove a] \
 //!     [--list] [--hold]
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use umbra_agent::agent::config::{ProviderSection, build_provider};
+use umbra_agent::agent::config::{AgentConfig, ProviderSection, build_provider};
 use umbra_agent::provider::{Operation, ProviderKind};
 
 #[derive(Parser, Debug)]
@@ -25,49 +26,58 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Connect to the orchestrators and execute their commands.
+    Run {
+        /// The agent configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Run provider operations locally, in this order: provision, activate, pause, resume,
     /// stop, remove, then list.
-    Local {
-        /// Provider state directory (instance records and data).
-        #[arg(long)]
-        state_dir: PathBuf,
-        /// `process` or `docker`.
-        #[arg(long, default_value = "process")]
-        provider: String,
-        /// Sample binary for the process provider (default: next to this executable).
-        #[arg(long)]
-        sample_binary: Option<PathBuf>,
-        /// Owner label for the docker provider.
-        #[arg(long, default_value = "local")]
-        owner: String,
-        /// Backing latency of the sample instances, ms.
-        #[arg(long, default_value_t = umbra_agent::sample::DEFAULT_BACKING_LATENCY_MS)]
-        backing_latency_ms: u64,
-        /// Instances to create (dormant), comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        provision: Vec<String>,
-        /// Instances to activate.
-        #[arg(long, value_delimiter = ',')]
-        activate: Vec<String>,
-        /// Instances to pause.
-        #[arg(long, value_delimiter = ',')]
-        pause: Vec<String>,
-        /// Instances to resume.
-        #[arg(long, value_delimiter = ',')]
-        resume: Vec<String>,
-        /// Instances to stop.
-        #[arg(long, value_delimiter = ',')]
-        stop: Vec<String>,
-        /// Instances to remove.
-        #[arg(long, value_delimiter = ',')]
-        remove: Vec<String>,
-        /// Print every instance as JSON at the end.
-        #[arg(long)]
-        list: bool,
-        /// Stay running afterwards (until killed); writes `local-ready` in the state directory.
-        #[arg(long)]
-        hold: bool,
-    },
+    Local(Box<LocalArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+struct LocalArgs {
+    /// Provider state directory (instance records and data).
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// `process` or `docker`.
+    #[arg(long, default_value = "process")]
+    provider: String,
+    /// Sample binary for the process provider (default: next to this executable).
+    #[arg(long)]
+    sample_binary: Option<PathBuf>,
+    /// Owner label for the docker provider.
+    #[arg(long, default_value = "local")]
+    owner: String,
+    /// Backing latency of the sample instances, ms.
+    #[arg(long, default_value_t = umbra_agent::sample::DEFAULT_BACKING_LATENCY_MS)]
+    backing_latency_ms: u64,
+    /// Instances to create (dormant), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    provision: Vec<String>,
+    /// Instances to activate.
+    #[arg(long, value_delimiter = ',')]
+    activate: Vec<String>,
+    /// Instances to pause.
+    #[arg(long, value_delimiter = ',')]
+    pause: Vec<String>,
+    /// Instances to resume.
+    #[arg(long, value_delimiter = ',')]
+    resume: Vec<String>,
+    /// Instances to stop.
+    #[arg(long, value_delimiter = ',')]
+    stop: Vec<String>,
+    /// Instances to remove.
+    #[arg(long, value_delimiter = ',')]
+    remove: Vec<String>,
+    /// Print every instance as JSON at the end.
+    #[arg(long)]
+    list: bool,
+    /// Stay running afterwards (until killed); writes `local-ready` in the state directory.
+    #[arg(long)]
+    hold: bool,
 }
 
 #[tokio::main]
@@ -79,21 +89,26 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Args::parse().command {
-        Cmd::Local {
-            state_dir,
-            provider,
-            sample_binary,
-            owner,
-            backing_latency_ms,
-            provision,
-            activate,
-            pause,
-            resume,
-            stop,
-            remove,
-            list,
-            hold,
-        } => {
+        Cmd::Run { config } => {
+            let config = AgentConfig::load(&config)?;
+            Ok(umbra_agent::agent::run(config).await?)
+        }
+        Cmd::Local(args) => {
+            let LocalArgs {
+                state_dir,
+                provider,
+                sample_binary,
+                owner,
+                backing_latency_ms,
+                provision,
+                activate,
+                pause,
+                resume,
+                stop,
+                remove,
+                list,
+                hold,
+            } = *args;
             let kind: ProviderKind = provider.parse()?;
             let section = ProviderSection {
                 kind: provider,

@@ -1,0 +1,277 @@
+//! Turns admitted commands into provider, warmer and replication calls, and assembles the
+//! heartbeat report (instances and their measured transitions, warm-up progress, replication
+//! positions). It must not decide whether a command may run: [`super::core`] did that.
+//!
+//! Replication here is the sample service's log shipping: the target is one of this agent's
+//! instances and the source is the URL the leader names.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use umbra_proto::agent::{
+    AgentAction, CommandOutcome, CommandResult, InstanceReport, Refusal, ReplicationReport,
+    WarmupProgress,
+};
+
+use crate::provider::{AnyProvider, Operation, ProviderError};
+use crate::replication::{ReplicationDriver, ReplicationError, SampleLogShipping};
+use crate::warmer::{self, WarmError, WarmupTracker};
+
+/// Longest `WaitForZeroLag` accepted: a cutover holds writes while it waits, so a plan asking
+/// for more than ten minutes is a mistake.
+pub const MAX_LAG_WAIT_MS: u64 = 600_000;
+
+/// Executes commands for one region.
+pub struct Executor {
+    provider: AnyProvider,
+    replications: Mutex<BTreeMap<String, Arc<SampleLogShipping>>>,
+    warmups: Mutex<BTreeMap<String, watch::Receiver<WarmupProgress>>>,
+    shutdown: CancellationToken,
+}
+
+fn refused(reason: impl Into<String>) -> CommandOutcome {
+    CommandOutcome::Refused(Refusal::BadRequest {
+        reason: reason.into(),
+    })
+}
+
+fn failed(reason: impl std::fmt::Display) -> CommandOutcome {
+    CommandOutcome::Failed {
+        reason: reason.to_string(),
+    }
+}
+
+/// Maps a provider error: mistakes in the command are refusals (nothing changed), the rest are
+/// failures.
+fn provider_outcome(e: ProviderError) -> CommandOutcome {
+    match e {
+        ProviderError::InvalidId(_)
+        | ProviderError::NotFound(_)
+        | ProviderError::AlreadyExists(_)
+        | ProviderError::BadState { .. } => refused(e.to_string()),
+        other => failed(other),
+    }
+}
+
+impl Executor {
+    /// An executor over `provider`.
+    pub fn new(provider: AnyProvider) -> Self {
+        Executor {
+            provider,
+            replications: Mutex::new(BTreeMap::new()),
+            warmups: Mutex::new(BTreeMap::new()),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// The provider.
+    pub fn provider(&self) -> &AnyProvider {
+        &self.provider
+    }
+
+    /// Stops running warm-ups (between windows).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    async fn instance_url(&self, id: &str) -> Result<String, CommandOutcome> {
+        let rec = self.provider.get(id).await.map_err(provider_outcome)?;
+        match rec.addr {
+            Some(addr) => Ok(format!("http://{addr}")),
+            None => Err(refused(format!(
+                "instance {id:?} has not been started; start it first"
+            ))),
+        }
+    }
+
+    fn driver(&self, id: &str) -> Result<Arc<SampleLogShipping>, CommandOutcome> {
+        self.replications
+            .lock()
+            .expect("replications lock")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| refused(format!("no replication into {id:?}; start one first")))
+    }
+
+    async fn replication_result(&self, id: &str, driver: &SampleLogShipping) -> CommandOutcome {
+        match driver.positions().await {
+            Ok(p) => CommandOutcome::Done(CommandResult::Replication(ReplicationReport {
+                instance: id.to_owned(),
+                source: driver.source().to_owned(),
+                source_position: p.source,
+                target_position: p.target,
+                source_fenced: p.source_fenced,
+                promoted: p.target_promoted,
+            })),
+            Err(e) => failed(e),
+        }
+    }
+
+    async fn instances(&self, ids: &[&str]) -> CommandOutcome {
+        let all = self.provider.list().await;
+        let picked: Vec<InstanceReport> = all
+            .into_iter()
+            .filter(|r| ids.contains(&r.id.as_str()))
+            .collect();
+        CommandOutcome::Done(CommandResult::Instances(picked))
+    }
+
+    /// Runs one action to its end.
+    pub async fn execute(&self, action: &AgentAction) -> CommandOutcome {
+        let lifecycle = |instance: &String, op| (instance.clone(), op);
+        let op = match action {
+            AgentAction::Provision { instances } => {
+                return match self.provider.provision(instances).await {
+                    Ok(reports) => CommandOutcome::Done(CommandResult::Instances(reports)),
+                    Err(e) => provider_outcome(e),
+                };
+            }
+            AgentAction::Remove { instance } => {
+                return match self.provider.remove(instance).await {
+                    Ok(()) => CommandOutcome::Done(CommandResult::Instances(vec![])),
+                    Err(e) => provider_outcome(e),
+                };
+            }
+            AgentAction::Start { instance } => lifecycle(instance, Operation::Start),
+            AgentAction::Activate { instance } => lifecycle(instance, Operation::Activate),
+            AgentAction::Deactivate { instance } => lifecycle(instance, Operation::Deactivate),
+            AgentAction::Pause { instance } => lifecycle(instance, Operation::Pause),
+            AgentAction::Resume { instance } => lifecycle(instance, Operation::Resume),
+            AgentAction::Stop { instance } => lifecycle(instance, Operation::Stop),
+            AgentAction::Warm { instance, plan } => {
+                if let Err(e) = warmer::check_plan(plan) {
+                    return refused(e.to_string());
+                }
+                let url = match self.instance_url(instance).await {
+                    Ok(u) => u,
+                    Err(o) => return o,
+                };
+                let (tx, rx) =
+                    watch::channel(WarmupTracker::new(instance, plan).progress().clone());
+                self.warmups
+                    .lock()
+                    .expect("warmups lock")
+                    .insert(instance.clone(), rx);
+                return match warmer::warm(instance, &url, plan, &tx, &self.shutdown).await {
+                    Ok(p) => CommandOutcome::Done(CommandResult::Warmup(p)),
+                    Err(WarmError::Plan(e)) => refused(e.to_string()),
+                    Err(e) => failed(e),
+                };
+            }
+            AgentAction::StartReplication { instance, source } => {
+                let url = match self.instance_url(instance).await {
+                    Ok(u) => u,
+                    Err(o) => return o,
+                };
+                let driver = match SampleLogShipping::new(source, &url) {
+                    Ok(d) => Arc::new(d),
+                    Err(e) => return refused(e.to_string()),
+                };
+                if let Err(e) = driver.start().await {
+                    return failed(e);
+                }
+                self.replications
+                    .lock()
+                    .expect("replications lock")
+                    .insert(instance.clone(), driver.clone());
+                return self.replication_result(instance, &driver).await;
+            }
+            AgentAction::FenceSource { instance } => {
+                let driver = match self.driver(instance) {
+                    Ok(d) => d,
+                    Err(o) => return o,
+                };
+                if let Err(e) = driver.fence_source().await {
+                    return failed(e);
+                }
+                return self.replication_result(instance, &driver).await;
+            }
+            AgentAction::WaitForZeroLag {
+                instance,
+                timeout_ms,
+            } => {
+                if *timeout_ms == 0 || *timeout_ms > MAX_LAG_WAIT_MS {
+                    return refused(format!(
+                        "timeout_ms {timeout_ms} must be between 1 and {MAX_LAG_WAIT_MS}"
+                    ));
+                }
+                let driver = match self.driver(instance) {
+                    Ok(d) => d,
+                    Err(o) => return o,
+                };
+                return match driver
+                    .wait_for_zero_lag(Duration::from_millis(*timeout_ms))
+                    .await
+                {
+                    Ok(_) => self.replication_result(instance, &driver).await,
+                    Err(e) => failed(e),
+                };
+            }
+            AgentAction::Promote { instance } => {
+                let driver = match self.driver(instance) {
+                    Ok(d) => d,
+                    Err(o) => return o,
+                };
+                return match driver.promote().await {
+                    Ok(()) => self.replication_result(instance, &driver).await,
+                    Err(e @ ReplicationError::UnsafePromote(_)) => refused(e.to_string()),
+                    Err(e) => failed(e),
+                };
+            }
+            AgentAction::StopReplication { instance } => {
+                let driver = match self.driver(instance) {
+                    Ok(d) => d,
+                    Err(o) => return o,
+                };
+                if let Err(e) = driver.stop().await {
+                    return failed(e);
+                }
+                let out = self.replication_result(instance, &driver).await;
+                self.replications
+                    .lock()
+                    .expect("replications lock")
+                    .remove(instance);
+                return out;
+            }
+        };
+        let (instance, op) = op;
+        match self.provider.apply(&instance, op).await {
+            Ok(_) => self.instances(&[instance.as_str()]).await,
+            Err(e) => provider_outcome(e),
+        }
+    }
+
+    /// Warm-up progress of every warm-up started (latest value).
+    pub fn warmups(&self) -> Vec<WarmupProgress> {
+        self.warmups
+            .lock()
+            .expect("warmups lock")
+            .values()
+            .map(|rx| rx.borrow().clone())
+            .collect()
+    }
+
+    /// Replication positions of every replication driven (ones that cannot be read now are
+    /// left out of this report).
+    pub async fn replication(&self) -> Vec<ReplicationReport> {
+        let drivers: Vec<(String, Arc<SampleLogShipping>)> = self
+            .replications
+            .lock()
+            .expect("replications lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (id, d) in drivers {
+            if let CommandOutcome::Done(CommandResult::Replication(r)) =
+                self.replication_result(&id, &d).await
+            {
+                out.push(r);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,298 @@
+//! The agent's session over real QUIC with mutual TLS (proto endpoints, certificates from
+//! `certs::init`), against three stand-in orchestrators that speak the agent protocol: the
+//! agent finds the leader through a NotLeader hint, executes commands (a repeated operation id
+//! returns the first outcome; another region is refused), follows a leader change, refuses a
+//! command with a stale term, and will not follow a deposed leader that still claims its old
+//! term. The stand-ins hold the leadership in a variable the test changes; the real gateway is
+//! the orchestrator's.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use umbra_agent::agent::Agent;
+use umbra_agent::agent::session::{SessionConfig, run_session};
+use umbra_agent::provider::process::{ProcessConfig, ProcessRuntime};
+use umbra_agent::provider::{AnyProvider, InstanceState, Provider};
+use umbra_proto::agent::{
+    AgentAction, AgentCommand, AgentHello, CommandOutcome, CommandResult, FromAgent, HelloReply,
+    Refusal, ToAgent,
+};
+use umbra_proto::certs::Layout;
+use umbra_proto::{
+    Connection, Credentials, Endpoint, FramedStream, Identity, Role, TransportConfig,
+};
+
+type Leader = Arc<Mutex<(u64, u64)>>;
+
+struct Followed {
+    node: u64,
+    stream: FramedStream,
+    conn: Connection,
+}
+
+/// Three orchestrator endpoints; the one named in `leader` answers Leader{term} and hands the
+/// stream to the test, the others answer NotLeader with the leader's address.
+async fn stand_in_cluster(
+    certs: &std::path::Path,
+    leader: Leader,
+) -> anyhow::Result<(Vec<SocketAddr>, mpsc::Receiver<Followed>)> {
+    let mut endpoints = Vec::new();
+    for node in 1..=3u64 {
+        let creds = Credentials::load(certs, &Identity::orchestrator(node))?;
+        endpoints.push(Endpoint::server(
+            "127.0.0.1:0".parse()?,
+            &creds,
+            TransportConfig::default(),
+        )?);
+    }
+    let addrs: Vec<SocketAddr> = endpoints
+        .iter()
+        .map(|e| e.local_addr())
+        .collect::<Result<_, _>>()?;
+    let (tx, rx) = mpsc::channel(8);
+    for (i, ep) in endpoints.into_iter().enumerate() {
+        let node = i as u64 + 1;
+        let (leader, tx, addrs) = (leader.clone(), tx.clone(), addrs.clone());
+        tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                let (leader, tx, addrs) = (leader.clone(), tx.clone(), addrs.clone());
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.establish().await else {
+                        return;
+                    };
+                    assert_eq!(conn.peer().role(), Role::Agent);
+                    let Ok(mut stream) = conn.accept_stream().await else {
+                        return;
+                    };
+                    let Ok(Some(hello)) = stream.recv::<AgentHello>().await else {
+                        return;
+                    };
+                    assert_eq!(hello.region, "eu-west");
+                    let (leader_node, term) = *leader.lock().unwrap();
+                    if leader_node == node {
+                        let reply = HelloReply::Leader {
+                            node_id: node,
+                            term,
+                        };
+                        if stream.send(&reply).await.is_ok() {
+                            let _ = tx.send(Followed { node, stream, conn }).await;
+                        }
+                    } else {
+                        let reply = HelloReply::NotLeader {
+                            leader_id: Some(leader_node),
+                            leader_addr: Some(addrs[leader_node as usize - 1].to_string()),
+                        };
+                        let _ = stream.send(&reply).await;
+                        // Keep the connection until the agent closes it.
+                        let _ = stream.recv::<AgentHello>().await;
+                    }
+                });
+            }
+        });
+    }
+    Ok((addrs, rx))
+}
+
+async fn next_followed(rx: &mut mpsc::Receiver<Followed>) -> anyhow::Result<Followed> {
+    tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("cluster stopped"))
+}
+
+/// Sends a command and returns its outcome (skipping heartbeats).
+async fn command(
+    f: &mut Followed,
+    op_id: &str,
+    term: u64,
+    region: &str,
+    action: AgentAction,
+) -> anyhow::Result<CommandOutcome> {
+    let cmd = AgentCommand {
+        op_id: op_id.into(),
+        term,
+        region: region.into(),
+        action,
+    };
+    f.stream.send(&ToAgent::Command(cmd)).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, f.stream.recv::<FromAgent>())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("agent closed the stream"))?;
+        if let FromAgent::Outcome {
+            op_id: got,
+            outcome,
+        } = msg
+            && got == op_id
+        {
+            return Ok(outcome);
+        }
+    }
+}
+
+fn instance_state(outcome: &CommandOutcome) -> Option<InstanceState> {
+    match outcome {
+        CommandOutcome::Done(CommandResult::Instances(v)) => v.first().map(|r| r.state),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_follows_the_leader_and_fences_stale_terms() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs)?;
+    umbra_proto::certs::init(
+        &Layout {
+            orchestrators: 3,
+            regions: vec!["eu-west".into()],
+            operators: vec![],
+        },
+        &certs,
+    )?;
+    let leader: Leader = Arc::new(Mutex::new((2, 3)));
+    let (addrs, mut followed) = stand_in_cluster(&certs, leader.clone()).await?;
+
+    let state = dir.path().join("agent");
+    let sample = PathBuf::from(env!("CARGO_BIN_EXE_umbra-sample"));
+    let provider = Provider::open(
+        ProcessRuntime::new(ProcessConfig::sample(sample, 5), &state)?,
+        &state,
+    )
+    .await?;
+    let agent = Arc::new(Agent::with_provider(
+        "eu-west",
+        &state,
+        AnyProvider::Process(provider),
+    )?);
+    let creds = Credentials::load(&certs, &Identity::new(Role::Agent, "eu-west")?)?;
+    let endpoint = Endpoint::client("127.0.0.1:0".parse()?, &creds, TransportConfig::default())?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let session = tokio::spawn(run_session(
+        agent.clone(),
+        endpoint,
+        SessionConfig {
+            // Node 1 first: it is not the leader and must redirect.
+            orchestrators: addrs.clone(),
+            heartbeat: Duration::from_millis(200),
+        },
+        shutdown.clone(),
+    ));
+
+    // Found through node 1's hint.
+    let mut f = next_followed(&mut followed).await?;
+    assert_eq!(f.node, 2);
+    let provision = AgentAction::Provision {
+        instances: vec!["s-1".into()],
+    };
+    let first = command(&mut f, "p-1", 3, "eu-west", provision.clone()).await?;
+    assert_eq!(instance_state(&first), Some(InstanceState::Dormant));
+    // The same operation again: the first outcome, nothing done twice.
+    let again = command(&mut f, "p-1", 3, "eu-west", provision).await?;
+    assert_eq!(again, first);
+    assert_eq!(agent.executor().provider().list().await.len(), 1);
+    // Another region's command: refused, nothing changes.
+    let other = command(
+        &mut f,
+        "x-1",
+        3,
+        "us-east",
+        AgentAction::Start {
+            instance: "s-1".into(),
+        },
+    )
+    .await?;
+    assert!(
+        matches!(other, CommandOutcome::Refused(Refusal::WrongRegion { .. })),
+        "{other:?}"
+    );
+    assert_eq!(
+        agent.executor().provider().list().await[0].state,
+        InstanceState::Dormant
+    );
+
+    // Heartbeats carry the instances and the term.
+    let report = loop {
+        if let Some(FromAgent::Report(r)) = f.stream.recv::<FromAgent>().await? {
+            break r;
+        }
+    };
+    assert_eq!((report.region.as_str(), report.newest_term), ("eu-west", 3));
+    assert_eq!(report.instances.len(), 1);
+
+    // Leader change: node 3 wins term 4; node 2's link drops.
+    *leader.lock().unwrap() = (3, 4);
+    f.conn.close(0, "leadership lost");
+    let mut f = next_followed(&mut followed).await?;
+    assert_eq!(f.node, 3);
+    let active = command(
+        &mut f,
+        "a-1",
+        4,
+        "eu-west",
+        AgentAction::Activate {
+            instance: "s-1".into(),
+        },
+    )
+    .await?;
+    assert_eq!(instance_state(&active), Some(InstanceState::Active));
+    // A command stamped with the old term (e.g. relayed from the deposed leader): refused.
+    let stale = command(
+        &mut f,
+        "st-1",
+        3,
+        "eu-west",
+        AgentAction::Stop {
+            instance: "s-1".into(),
+        },
+    )
+    .await?;
+    assert_eq!(
+        stale,
+        CommandOutcome::Refused(Refusal::StaleTerm {
+            command_term: 3,
+            newest_term: 4
+        })
+    );
+    assert_eq!(
+        agent.executor().provider().list().await[0].state,
+        InstanceState::Active
+    );
+
+    // The deposed node 2 still claims term 3: the agent does not follow it...
+    *leader.lock().unwrap() = (2, 3);
+    f.conn.close(0, "partitioned");
+    let mut deposed = next_followed(&mut followed).await?;
+    assert_eq!(deposed.node, 2);
+    let refused =
+        tokio::time::timeout(Duration::from_secs(10), deposed.stream.recv::<FromAgent>()).await?;
+    assert!(
+        !matches!(refused, Ok(Some(_))),
+        "the agent must not serve a leader with a stale term: {refused:?}"
+    );
+    // ...and follows node 3 again once it announces term 5.
+    *leader.lock().unwrap() = (3, 5);
+    let mut f = next_followed(&mut followed).await?;
+    while f.node != 3 {
+        f = next_followed(&mut followed).await?;
+    }
+    let stopped = command(
+        &mut f,
+        "s-1-stop",
+        5,
+        "eu-west",
+        AgentAction::Stop {
+            instance: "s-1".into(),
+        },
+    )
+    .await?;
+    assert_eq!(instance_state(&stopped), Some(InstanceState::Stopped));
+    assert_eq!(agent.newest_term(), 5);
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), session).await???;
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! Warm-up acceptance against real `umbra-sample` processes (30 ms backing store): a cold
+//! instance's p99 is far above a warm one's; the warmer drives a declared Zipf mix until its
+//! gate holds (p99 within the tolerance of the warm source's measured p99), and a fresh
+//! measurement afterwards is within the gate. Numbers are printed for the closing note.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use umbra_agent::loadgen::{LoadConfig, LoadGenerator, Target};
+use umbra_agent::warmer::{MixSource, WarmupTracker, warm};
+use umbra_proto::agent::{
+    ReadinessGate, RequestMix, RequestTemplate, WarmPlan, WarmupPhase, WarmupProgress,
+};
+
+const BACKING_LATENCY_MS: u64 = 30;
+const KEYS: u64 = 200;
+
+struct Sample {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Sample {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_sample(data_dir: &Path) -> anyhow::Result<Sample> {
+    let port_file = data_dir.with_extension("port");
+    let _ = std::fs::remove_file(&port_file);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_umbra-sample"))
+        .args(["--listen", "127.0.0.1:0", "--backing-latency-ms"])
+        .arg(BACKING_LATENCY_MS.to_string())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--port-file")
+        .arg(&port_file)
+        .stdout(Stdio::null())
+        .env("RUST_LOG", "warn")
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(p) = std::fs::read_to_string(&port_file)
+            && let Ok(port) = p.trim().parse()
+        {
+            return Ok(Sample { child, port });
+        }
+        anyhow::ensure!(child.try_wait()?.is_none(), "umbra-sample exited");
+        anyhow::ensure!(Instant::now() < deadline, "umbra-sample did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Writes the keys, then restarts the instance: the data is in its WAL, its cache is empty.
+async fn seeded_cold_instance(dir: &Path) -> anyhow::Result<Sample> {
+    let s = spawn_sample(dir)?;
+    let http = reqwest::Client::new();
+    for i in 0..KEYS {
+        let r = http
+            .put(format!("http://127.0.0.1:{}/kv/key-{i}", s.port))
+            .body(format!("value-{i}"))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 200);
+    }
+    drop(s);
+    spawn_sample(dir)
+}
+
+fn mix(rate_per_sec: f64, max_duration_ms: u64) -> RequestMix {
+    RequestMix {
+        requests: vec![RequestTemplate {
+            method: "GET".into(),
+            path: "/kv/{key}".into(),
+            weight: 1.0,
+        }],
+        key_count: KEYS,
+        zipf_exponent: 1.0,
+        rate_per_sec,
+        max_duration_ms,
+    }
+}
+
+/// p99 (ms) of `secs` seconds of the mix at `port`.
+async fn measure_p99_ms(port: u16, secs: u64, seed: u64) -> anyhow::Result<f64> {
+    let rate = 400.0;
+    let source = MixSource::new(mix(rate, 60_000), seed)?;
+    let config = LoadConfig::new(
+        Target::Urls(vec![format!("http://127.0.0.1:{port}").parse()?]),
+        rate,
+        (rate as u64) * secs,
+        Duration::from_secs(secs),
+    );
+    let report = LoadGenerator::new(config, move |seq| source.request(seq))?
+        .run()
+        .await?;
+    anyhow::ensure!(
+        report.counts.failed() == 0,
+        "errors while measuring: {:?}",
+        report.counts
+    );
+    Ok(report.latency_ok.p99_us as f64 / 1000.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_instance_is_slow_and_the_warmer_stops_when_it_is_warm() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // The source region's instance, warmed by reading every key once.
+    let source = seeded_cold_instance(&dir.path().join("source")).await?;
+    let http = reqwest::Client::new();
+    for i in 0..KEYS {
+        http.get(format!("http://127.0.0.1:{}/kv/key-{i}", source.port))
+            .send()
+            .await?;
+    }
+    let warm_p99 = measure_p99_ms(source.port, 3, 1).await?;
+
+    // A cold shadow: same data, empty cache.
+    let cold_probe = seeded_cold_instance(&dir.path().join("probe")).await?;
+    let cold_p99 = measure_p99_ms(cold_probe.port, 3, 2).await?;
+    println!("cold p99 {cold_p99:.1} ms, warm p99 {warm_p99:.1} ms");
+    assert!(
+        cold_p99 >= BACKING_LATENCY_MS as f64 && cold_p99 > 2.0 * warm_p99,
+        "a cold instance must be far slower: cold {cold_p99} ms vs warm {warm_p99} ms"
+    );
+
+    // Warm another cold shadow with the warmer.
+    let target = seeded_cold_instance(&dir.path().join("target")).await?;
+    let plan = WarmPlan {
+        mix: mix(400.0, 60_000),
+        gate: ReadinessGate {
+            reference_p99_ms: warm_p99,
+            p99_tolerance_pct: 100.0,
+            max_error_rate: 0.001,
+            min_requests: 1_000,
+        },
+        allow_writes: false,
+    };
+    let limit_ms = WarmupTracker::new("target", &plan).p99_limit_ms();
+    let (tx, mut rx) = watch::channel(WarmupProgress {
+        instance: String::new(),
+        phase: WarmupPhase::Running,
+        requests: 0,
+        errors: 0,
+        window_p99_ms: 0.0,
+        window_error_rate: 0.0,
+        elapsed_ms: 0,
+    });
+    let watcher = tokio::spawn(async move {
+        let mut updates = 0;
+        while rx.changed().await.is_ok() {
+            updates += 1;
+        }
+        updates
+    });
+    let url = format!("http://127.0.0.1:{}", target.port);
+    let done = warm("target", &url, &plan, &tx, &CancellationToken::new()).await?;
+    drop(tx);
+    let updates = watcher.await?;
+    println!(
+        "warmer: {:?} after {} ms and {} requests, last window p99 {:.1} ms (limit {limit_ms:.1} ms), {updates} progress updates",
+        done.phase, done.elapsed_ms, done.requests, done.window_p99_ms
+    );
+    assert_eq!(
+        done.phase,
+        WarmupPhase::Ready,
+        "the gate did not hold before the cap: {done:?}"
+    );
+    assert!(updates >= 2, "progress is reported along the way");
+    let after = measure_p99_ms(target.port, 3, 3).await?;
+    println!("p99 after ready: {after:.1} ms (gate limit {limit_ms:.1} ms)");
+    assert!(
+        after <= limit_ms,
+        "p99 after ready {after} ms is above the gate {limit_ms} ms"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_mix_with_writes_is_refused_before_any_request() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let target = spawn_sample(&dir.path().join("t"))?;
+    let mut plan = WarmPlan {
+        mix: mix(100.0, 1_000),
+        gate: ReadinessGate {
+            reference_p99_ms: 5.0,
+            p99_tolerance_pct: 10.0,
+            max_error_rate: 0.0,
+            min_requests: 10,
+        },
+        allow_writes: false,
+    };
+    plan.mix.requests[0].method = "PUT".into();
+    let (tx, _rx) = watch::channel(WarmupTracker::new("t", &plan).progress().clone());
+    let url = format!("http://127.0.0.1:{}", target.port);
+    let err = warm("t", &url, &plan, &tx, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("replay writes"), "{err}");
+    plan.mix.requests[0].method = "GET".into();
+    plan.mix.rate_per_sec = -1.0;
+    let err = warm("t", &url, &plan, &tx, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("rate_per_sec -1"), "{err}");
+    let status: serde_json::Value = reqwest::get(format!("{url}/admin/status"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(status["last_seq"], 0, "nothing was written");
+    let metrics = reqwest::get(format!("{url}/metrics")).await?.text().await?;
+    assert!(
+        !metrics.contains("op=\"get\""),
+        "no request reached the target"
+    );
+    Ok(())
+}
