@@ -19,7 +19,9 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build --manifest-path "$root/Car
     -p umbra-agent --bin umbra-sample --target "$triple" --target-dir "$target_dir"
 bin="$target_dir/$triple/debug/umbra-sample"
 
-if ldd "$bin" >/dev/null 2>&1; then
+# ldd prints "statically linked" or "not a dynamic executable" for a static binary, and
+# "lib => path" lines for a dynamic one.
+if ldd "$bin" 2>&1 | grep -q '=>'; then
     echo "error: $bin is dynamically linked; a FROM scratch image cannot run it" >&2
     exit 1
 fi
