@@ -1,0 +1,257 @@
+//! The agent's executor end to end, without the network: commands go through
+//! `Agent::handle_command` (core + executor) against real `umbra-sample` processes — provision,
+//! activate, replicate from a source, fence, lag 0, promote, warm — and bad input (an unknown
+//! provider, a negative rate, another region, promotion before the fence) is refused with a
+//! clear message and changes nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use umbra_agent::agent::Agent;
+use umbra_agent::provider::process::{ProcessConfig, ProcessRuntime};
+use umbra_agent::provider::{AnyProvider, InstanceState, Provider};
+use umbra_proto::agent::{
+    AgentAction, AgentCommand, CommandOutcome, CommandResult, ReadinessGate, Refusal, RequestMix,
+    RequestTemplate, WarmPlan, WarmupPhase,
+};
+
+fn sample() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_umbra-sample"))
+}
+
+struct Source(Child, u16);
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_source(dir: &Path) -> anyhow::Result<Source> {
+    let port_file = dir.join("source.port");
+    let mut child = Command::new(sample())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--backing-latency-ms",
+            "5",
+            "--data-dir",
+        ])
+        .arg(dir.join("source"))
+        .arg("--port-file")
+        .arg(&port_file)
+        .stdout(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(p) = std::fs::read_to_string(&port_file)
+            && let Ok(port) = p.trim().parse()
+        {
+            return Ok(Source(child, port));
+        }
+        anyhow::ensure!(child.try_wait()?.is_none(), "source exited");
+        anyhow::ensure!(Instant::now() < deadline, "source did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+async fn agent(state: &Path) -> anyhow::Result<Agent> {
+    let provider = Provider::open(
+        ProcessRuntime::new(ProcessConfig::sample(sample(), 5), state)?,
+        state,
+    )
+    .await?;
+    Ok(Agent::with_provider(
+        "eu-west",
+        state,
+        AnyProvider::Process(provider),
+    )?)
+}
+
+fn cmd(op: &str, action: AgentAction) -> AgentCommand {
+    AgentCommand {
+        op_id: op.into(),
+        term: 1,
+        region: "eu-west".into(),
+        action,
+    }
+}
+
+fn plan(rate_per_sec: f64) -> WarmPlan {
+    WarmPlan {
+        mix: RequestMix {
+            requests: vec![RequestTemplate {
+                method: "GET".into(),
+                path: "/kv/{key}".into(),
+                weight: 1.0,
+            }],
+            key_count: 50,
+            zipf_exponent: 0.8,
+            rate_per_sec,
+            max_duration_ms: 20_000,
+        },
+        gate: ReadinessGate {
+            // Generous: this test is about the command path; the gate's numbers are measured
+            // in warmup_sample.rs.
+            reference_p99_ms: 20.0,
+            p99_tolerance_pct: 100.0,
+            max_error_rate: 0.01,
+            min_requests: 300,
+        },
+        allow_writes: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_fence_promote_and_warm_through_commands() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let source = spawn_source(dir.path())?;
+    let src_url = format!("http://127.0.0.1:{}", source.1);
+    let http = reqwest::Client::new();
+    for i in 0..50 {
+        http.put(format!("{src_url}/kv/key-{i}"))
+            .body(format!("v{i}"))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    let state = dir.path().join("agent");
+    let agent = agent(&state).await?;
+    let run = |op: &'static str, a: AgentAction| {
+        let agent = &agent;
+        async move { agent.handle_command(&cmd(op, a)).await }
+    };
+    let t = || "t-1".to_string();
+    run(
+        "p",
+        AgentAction::Provision {
+            instances: vec![t()],
+        },
+    )
+    .await;
+    let out = run("a", AgentAction::Activate { instance: t() }).await;
+    assert!(
+        matches!(&out, CommandOutcome::Done(CommandResult::Instances(v)) if v[0].state == InstanceState::Active),
+        "{out:?}"
+    );
+
+    // Promote before anything: refused, nothing changes.
+    let early = run("pr0", AgentAction::Promote { instance: t() }).await;
+    assert!(
+        matches!(early, CommandOutcome::Refused(Refusal::BadRequest { .. })),
+        "{early:?}"
+    );
+
+    let started = run(
+        "r",
+        AgentAction::StartReplication {
+            instance: t(),
+            source: src_url.clone(),
+        },
+    )
+    .await;
+    assert!(
+        matches!(started, CommandOutcome::Done(CommandResult::Replication(_))),
+        "{started:?}"
+    );
+    let unfenced = run("pr1", AgentAction::Promote { instance: t() }).await;
+    match &unfenced {
+        CommandOutcome::Refused(Refusal::BadRequest { reason }) => {
+            assert!(reason.contains("fence it first"), "{reason}")
+        }
+        other => panic!("promotion before the fence must be refused: {other:?}"),
+    }
+    run("f", AgentAction::FenceSource { instance: t() }).await;
+    let zero = run(
+        "w0",
+        AgentAction::WaitForZeroLag {
+            instance: t(),
+            timeout_ms: 30_000,
+        },
+    )
+    .await;
+    let CommandOutcome::Done(CommandResult::Replication(r)) = &zero else {
+        panic!("lag did not reach 0: {zero:?}");
+    };
+    assert_eq!(
+        (r.source_position, r.target_position, r.source_fenced),
+        (50, 50, true)
+    );
+    let promoted = run("pr2", AgentAction::Promote { instance: t() }).await;
+    let CommandOutcome::Done(CommandResult::Replication(r)) = &promoted else {
+        panic!("promote failed: {promoted:?}");
+    };
+    assert!(r.promoted);
+
+    // Bad warm plans are refused before any traffic.
+    let negative = run(
+        "warm-bad",
+        AgentAction::Warm {
+            instance: t(),
+            plan: plan(-10.0),
+        },
+    )
+    .await;
+    match &negative {
+        CommandOutcome::Refused(Refusal::BadRequest { reason }) => {
+            assert!(reason.contains("rate_per_sec -10"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let warmed = run(
+        "warm",
+        AgentAction::Warm {
+            instance: t(),
+            plan: plan(300.0),
+        },
+    )
+    .await;
+    let CommandOutcome::Done(CommandResult::Warmup(p)) = &warmed else {
+        panic!("warm-up failed: {warmed:?}");
+    };
+    println!("warm-up through a command: {p:?}");
+    assert_eq!(p.phase, WarmupPhase::Ready);
+    let report = agent.report().await;
+    assert_eq!(report.warmups.len(), 1);
+    assert_eq!(report.replication.len(), 1);
+
+    run("stop", AgentAction::Stop { instance: t() }).await;
+    agent.executor().provider().remove("t-1").await?;
+    Ok(())
+}
+
+#[test]
+fn an_unknown_provider_stops_the_agent_before_it_creates_anything() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "region = \"eu-west\"\nstate_dir = {:?}\n[provider]\nkind = \"lambda\"\n",
+            state.display().to_string()
+        ),
+    )?;
+    let out = Command::new(env!("CARGO_BIN_EXE_umbra-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("unknown provider \"lambda\"") && stderr.contains("\"process\""),
+        "{stderr}"
+    );
+    assert!(!state.exists(), "nothing may be created");
+    let out = Command::new(env!("CARGO_BIN_EXE_umbra-agent"))
+        .args(["local", "--provider", "kubernetes", "--state-dir"])
+        .arg(&state)
+        .args(["--provision", "x"])
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown provider \"kubernetes\""));
+    assert!(!state.exists(), "nothing may be created");
+    Ok(())
+}
