@@ -503,7 +503,7 @@ async fn add_a_fourth_node_remove_one_and_keep_committing() -> anyhow::Result<()
         client.propose(put(&format!("after-{i}"), "v")).await?;
     }
     cluster
-        .wait_for_same_state(&remaining, 272, CATCH_UP)
+        .wait_for_same_state(&remaining, 271, CATCH_UP)
         .await?;
     assert_eq!(get(&mut client, "after-19").await?, Some(b"v".to_vec()));
     Ok(())
