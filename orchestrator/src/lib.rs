@@ -4,7 +4,9 @@
 //! are thin shells over this library.
 
 pub mod demand;
+pub mod dns;
 pub mod forecast;
 pub mod node;
 pub mod simulate;
 pub mod sizing;
+pub mod ttl_plan;
