@@ -16,6 +16,7 @@ use umbra_orchestrator::forecast::calendar::{Event, EventCalendar};
 use umbra_orchestrator::forecast::{
     Calibration, ForecastConfig, ForecastError, Forecaster, ModelKind, SeriesState,
 };
+use umbra_orchestrator::sizing::{DEFAULT_LIMITS, InstanceProfile, SizingPolicy, Tier};
 
 fn taylor() -> DemandSeries {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/taylor_halfhourly.csv");
@@ -205,6 +206,26 @@ fn calibration_and_quantiles_are_ordered() {
         assert!(s.p50 <= s.p90 && s.p90 <= s.p99, "{s:?}");
         assert!(s.p50 > 10_000.0 && s.p99 < 60_000.0, "{s:?}");
     }
+    // The executor's path: slice time → step → pool size.
+    let noon = f.start + chrono::Duration::hours(12);
+    assert_eq!(f.step_at(f.start), Some(0));
+    assert_eq!(f.step_at(noon + chrono::Duration::minutes(10)), Some(24));
+    assert_eq!(f.step_at(f.start + chrono::Duration::hours(24)), None);
+    assert_eq!(f.step_at(f.start - chrono::Duration::minutes(1)), None);
+    let policy = SizingPolicy {
+        tier: Tier::Guaranteed { quantile: 0.99 },
+        profile: InstanceProfile {
+            capacity: 1_000.0,
+            warm_cost_per_slice: 1.0,
+            dormant_cost_per_slice: 1.0,
+            dormant_activation_secs: 0.0,
+        },
+        limits: DEFAULT_LIMITS,
+        cost_miss: 10.0,
+        slice_secs: 1800.0,
+    };
+    let pool = policy.size(&f.quantile_fn(24));
+    assert_eq!(pool.total(), (f.quantile(24, 0.99) / 1_000.0).ceil() as u32);
 }
 
 #[test]

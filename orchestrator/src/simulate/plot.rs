@@ -39,6 +39,7 @@ fn thin(values: &[f64], hours_per_step: f64) -> Vec<(f64, f64)> {
         .iter()
         .enumerate()
         .step_by(stride)
+        .filter(|(_, v)| v.is_finite())
         .map(|(i, &v)| (i as f64 * hours_per_step, v))
         .collect()
 }
@@ -52,16 +53,22 @@ pub fn render_svg(input: &PlotInput<'_>, width: u32, height: u32) -> Result<Stri
         root.fill(&WHITE).map_err(|e| err(&e))?;
         let steps = input.demand.values.len();
         let x_max = (steps.max(1) as f64) * input.hours_per_step;
-        let mut y_max = input.demand.values.iter().copied().fold(0.0, f64::max);
-        for s in input.pools.iter().chain(input.band.iter().map(|b| &b.1)) {
-            y_max = s.values.iter().copied().fold(y_max, f64::max);
-        }
+        let lines = || {
+            std::iter::once(&input.demand)
+                .chain(input.pools.iter())
+                .chain(input.band.iter().flat_map(|b| [&b.0, &b.1]))
+                .flat_map(|s| s.values.iter().copied().filter(|v| v.is_finite()))
+        };
+        let y_max = lines().fold(0.0, f64::max);
+        let y_min = lines().fold(f64::INFINITY, f64::min).min(y_max);
+        // Leave the lower third free for the legend.
+        let y_low = (y_min - 0.5 * (y_max - y_min)).max(0.0);
         let mut chart = ChartBuilder::on(&root)
             .caption(input.title, ("sans-serif", 20))
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_max * 1.05 + 1.0)
+            .build_cartesian_2d(0.0..x_max, y_low..y_max * 1.02 + 1.0)
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()
@@ -112,7 +119,7 @@ pub fn render_svg(input: &PlotInput<'_>, width: u32, height: u32) -> Result<Stri
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(SeriesLabelPosition::LowerLeft)
             .draw()
             .map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;

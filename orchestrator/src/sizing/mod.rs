@@ -22,7 +22,9 @@ pub const MAX_POOL_QUANTILE: f64 = 0.999;
 
 /// How much a service's capacity is guaranteed.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "tier", rename_all = "snake_case")]
+// Externally tagged: the replicated state stores tiers with postcard, which cannot decode
+// internally tagged enums. In TOML: `tier = { probabilistic = { cost_miss = 4.0, cost_idle = 1.0 } }`.
+#[serde(rename_all = "snake_case")]
 pub enum Tier {
     /// Hold a fixed high quantile of demand, whatever it costs.
     Guaranteed { quantile: f64 },

@@ -86,6 +86,9 @@ pub struct SimulateArgs {
     /// Draw demand, forecast band and pools as SVG.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+    /// Days drawn by --plot, from the start of the replayed window.
+    #[arg(long, default_value_t = 7)]
+    pub plot_days: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -268,9 +271,10 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         results.push(r);
     }
     if let Some(path) = &args.plot {
+        let steps = (args.plot_days.max(1) * 86_400 / args.step_secs as usize).min(demand.len());
         draw(
             path,
-            &demand,
+            &demand[..steps],
             &outlook,
             &results,
             &config,
@@ -342,8 +346,8 @@ fn draw(
             let values = r
                 .warm_by_step
                 .iter()
-                .zip(&r.dormant_by_step)
-                .map(|(&w, _)| f64::from(w) * config.capacity_per_step)
+                .take(steps)
+                .map(|&w| f64::from(w) * config.capacity_per_step)
                 .collect();
             (format!("{} warm capacity", r.policy), values)
         })
@@ -356,6 +360,7 @@ fn draw(
         r.warm_by_step
             .iter()
             .zip(&r.dormant_by_step)
+            .take(steps)
             .map(|(&w, &d)| f64::from(w + d) * config.capacity_per_step)
             .collect()
     });
