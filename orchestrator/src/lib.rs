@@ -3,10 +3,13 @@
 //! effects; DNS providers; the operator API. The binaries `umbra-orchestrator` and `umbra`
 //! are thin shells over this library.
 
+pub mod ttl_plan;
+pub mod api;
 pub mod demand;
 pub mod dns;
 pub mod forecast;
+pub mod migration;
 pub mod node;
 pub mod simulate;
+pub mod state;
 pub mod sizing;
-pub mod ttl_plan;

@@ -1,0 +1,601 @@
+//! The migration state machine, sans-IO: a plain function of (replicated migration record,
+//! what the executor observed, now) that says which transition to propose and which side
+//! effects must hold in the current phase.
+//!
+//! It is level-triggered, like a Kubernetes controller rather than a script: [`decide`]
+//! returns the actions that must be *ensured* in the current phase (each idempotent, keyed by
+//! migration, phase and step), not a one-shot list. A leader that takes over mid-migration
+//! calls it again on the replicated record and the agents' fresh reports and lands exactly
+//! where its predecessor was. This module must not do I/O or read a clock: time comes in as
+//! `now_ms` (Unix milliseconds, from the proposer), so replay and tests are deterministic.
+
+mod readiness;
+
+pub use readiness::{Gate, Readiness, readiness};
+
+use serde::{Deserialize, Serialize};
+
+/// The default cutover schedule: 10 % → 50 % → 100 % of traffic to the target region (the
+/// common canary shape; DESIGN.md "Cut over in steps").
+pub const DEFAULT_STEPS_PERCENT: [u8; 3] = [10, 50, 100];
+
+/// Where a migration is. Terminal phases are `Completed`, `RolledBack` and `Failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    /// Created; waiting for `start − lead time`.
+    Planned,
+    /// Shadow instances are being created and started in the target region.
+    Provisioning,
+    /// Synthetic traffic warms every shadow instance until its readiness gate holds.
+    Warming,
+    /// The target's data catches up with the source's.
+    Replicating,
+    /// Every gate holds; waiting for the cutover time.
+    Ready,
+    /// The source region's load balancer sends `steps_percent[step]` % to the target.
+    CuttingOver {
+        /// Index into the migration's `steps_percent`.
+        step: usize,
+    },
+    /// All traffic is on the target; the source keeps forwarding until DNS caches expire.
+    Draining,
+    /// Done: traffic and data live in the target region.
+    Completed,
+    /// Traffic is going back to the source.
+    RollingBack,
+    /// Traffic is back on the source; the shadow is kept for a retry or released.
+    RolledBack,
+    /// A rollback did not complete in time: an operator must look.
+    Failed,
+}
+
+impl Phase {
+    /// True once nothing more will happen to the migration.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Completed | Phase::RolledBack | Phase::Failed)
+    }
+
+    /// A stable lower-case name for logs, metrics, operation ids and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Planned => "planned",
+            Phase::Provisioning => "provisioning",
+            Phase::Warming => "warming",
+            Phase::Replicating => "replicating",
+            Phase::Ready => "ready",
+            Phase::CuttingOver { .. } => "cutting_over",
+            Phase::Draining => "draining",
+            Phase::Completed => "completed",
+            Phase::RollingBack => "rolling_back",
+            Phase::RolledBack => "rolled_back",
+            Phase::Failed => "failed",
+        }
+    }
+
+    /// Whether `self → to` is an edge of the state machine. The replicated state refuses any
+    /// other transition, so a confused or deposed leader cannot corrupt a migration.
+    pub fn may_become(self, to: Phase, steps: usize) -> bool {
+        use Phase::*;
+        match (self, to) {
+            (Planned, Provisioning) => true,
+            (Provisioning, Warming | Replicating) => true,
+            (Warming, Replicating) => true,
+            (Replicating, Ready) => true,
+            (Ready, CuttingOver { step: 0 }) => true,
+            (CuttingOver { step: a }, CuttingOver { step: b }) => b == a + 1 && b < steps,
+            (CuttingOver { step }, Draining) => step + 1 == steps,
+            (Draining, Completed) => true,
+            (RollingBack, RolledBack | Failed) => true,
+            (from, RollingBack) => !from.is_terminal() && from != RollingBack,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Phase::CuttingOver { step } => write!(f, "cutting_over[{step}]"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// The service-level objective judged during each cutover step, on the target's traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Slo {
+    /// Highest tolerated share of failed requests, 0..1.
+    pub max_error_rate: f64,
+    /// Highest tolerated 99th-percentile latency, milliseconds.
+    pub max_p99_ms: f64,
+    /// Fewest requests a reading needs before it can judge (fewer: no verdict, keep waiting).
+    pub min_samples: u64,
+}
+
+/// How long each phase may take before the migration gives up and rolls back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseDeadlines {
+    /// Creating and starting every shadow instance.
+    pub provisioning_ms: u64,
+    /// Warming every shadow instance until its gate holds.
+    pub warming_ms: u64,
+    /// Replication lag coming under its bound.
+    pub replicating_ms: u64,
+    /// Traffic back on the source after a rollback starts; past it the migration is Failed.
+    pub rolling_back_ms: u64,
+}
+
+/// Everything fixed when a migration is created: what to move, when, and the rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationSpec {
+    /// Unique id, assigned by the replicated state (e.g. `shop-3`).
+    pub id: String,
+    /// The service being moved.
+    pub service: String,
+    /// Source region.
+    pub from: String,
+    /// Target region.
+    pub to: String,
+    /// Start of the time slice the traffic should be in the target for (Unix ms).
+    pub cutover_at_ms: u64,
+    /// How long before `cutover_at_ms` provisioning starts.
+    pub lead_time_ms: u64,
+    /// Cutover schedule: strictly increasing shares (percent) ending at 100.
+    pub steps_percent: Vec<u8>,
+    /// How long each step holds while the SLO is judged.
+    pub analysis_window_ms: u64,
+    /// How long the source keeps forwarding after the last step (old DNS TTL + margin).
+    pub drain_ms: u64,
+    /// Whether shadow instances are warmed with synthetic traffic (off only to show the cold
+    /// baseline).
+    pub warm_up: bool,
+    /// Highest replication lag (entries) at which the target counts as caught up.
+    pub max_replication_lag: u64,
+    /// The SLO judged at each step.
+    pub slo: Slo,
+    /// Phase deadlines.
+    pub deadlines: PhaseDeadlines,
+}
+
+/// Why a migration spec is unusable.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    /// Source and target are the same region.
+    #[error(
+        "source and target region are both {0:?}: a migration moves traffic between two regions"
+    )]
+    SameRegion(String),
+    /// The step schedule is not strictly increasing, or does not end at 100.
+    #[error(
+        "cutover steps {0:?} must be strictly increasing percentages in 1..=100 ending at 100, e.g. [10, 50, 100]"
+    )]
+    BadSteps(Vec<u8>),
+    /// An SLO bound is out of range.
+    #[error("SLO {0}")]
+    BadSlo(String),
+    /// A duration is zero where it must not be.
+    #[error("{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+}
+
+/// Checks a cutover schedule: strictly increasing percentages in 1..=100 ending at 100.
+pub fn validate_steps(steps: &[u8]) -> Result<(), SpecError> {
+    let increasing = steps.windows(2).all(|w| w[0] < w[1]);
+    if steps.is_empty() || !increasing || steps[0] == 0 || steps.last() != Some(&100) {
+        return Err(SpecError::BadSteps(steps.to_vec()));
+    }
+    Ok(())
+}
+
+impl Slo {
+    /// Checks the bounds are in range.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !(0.0..=1.0).contains(&self.max_error_rate) {
+            return Err(SpecError::BadSlo(format!(
+                "max_error_rate {} must be within 0..=1",
+                self.max_error_rate
+            )));
+        }
+        if self.max_p99_ms.is_nan() || self.max_p99_ms <= 0.0 {
+            return Err(SpecError::BadSlo(format!(
+                "max_p99_ms {} must be positive",
+                self.max_p99_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl MigrationSpec {
+    /// Checks the spec's own consistency (regions and services are checked against the
+    /// replicated state by its caller).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.from == self.to {
+            return Err(SpecError::SameRegion(self.from.clone()));
+        }
+        validate_steps(&self.steps_percent)?;
+        self.slo.validate()?;
+        for (name, value) in [
+            ("analysis_window_ms", self.analysis_window_ms),
+            ("deadlines.provisioning_ms", self.deadlines.provisioning_ms),
+            ("deadlines.warming_ms", self.deadlines.warming_ms),
+            ("deadlines.replicating_ms", self.deadlines.replicating_ms),
+            ("deadlines.rolling_back_ms", self.deadlines.rolling_back_ms),
+        ] {
+            if value == 0 {
+                return Err(SpecError::ZeroDuration(name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The share (percent) of traffic the target should get in `phase`.
+    pub fn target_share(&self, phase: Phase) -> u8 {
+        match phase {
+            Phase::CuttingOver { step } => self.steps_percent[step],
+            Phase::Draining | Phase::Completed => 100,
+            _ => 0,
+        }
+    }
+}
+
+/// A migration as replicated: its spec, where it is, and since when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationRecord {
+    /// What was asked.
+    pub spec: MigrationSpec,
+    /// Where it is.
+    pub phase: Phase,
+    /// When the current phase was entered (Unix ms, the proposing leader's clock).
+    pub phase_since_ms: u64,
+    /// Shadow pool size, fixed by the sizing at the start of provisioning.
+    pub shadow_instances: u32,
+    /// Whether the target was promoted to single writer (rolling back past this point
+    /// means promoting the source again).
+    pub promoted: bool,
+}
+
+/// What the executor saw this round. Nothing here is replicated: a new leader gathers it
+/// afresh from the agents, the load balancers and the SLO source.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observations {
+    /// Shadow instances created and serving in the target region.
+    pub shadow_serving: u32,
+    /// Shadow instances whose warm-up readiness gate holds.
+    pub shadow_warm: u32,
+    /// Replication from the source into the target, once it runs.
+    pub replication: Option<ReplicationObserved>,
+    /// Share (percent) the source region's load balancer currently sends to the target, as
+    /// the agent last confirmed it.
+    pub share_applied: Option<u8>,
+    /// The SLO reading for the target's traffic since the current step's share applied.
+    pub slo: Option<SloReading>,
+    /// An operator asked for a rollback, with this reason.
+    pub rollback_requested: Option<String>,
+}
+
+/// Replication as observed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplicationObserved {
+    /// Entries the target still lacks.
+    pub lag: u64,
+    /// The target is the writer.
+    pub promoted: bool,
+}
+
+/// One SLO reading: error rate and p99 over the requests in its window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SloReading {
+    /// Requests counted.
+    pub samples: u64,
+    /// Failed share, 0..1.
+    pub error_rate: f64,
+    /// 99th-percentile latency, milliseconds.
+    pub p99_ms: f64,
+}
+
+impl Slo {
+    /// `Some(reason)` when the reading breaks the SLO; `None` when it holds or has too few
+    /// samples to say.
+    pub fn breach(&self, reading: &SloReading) -> Option<String> {
+        if reading.samples < self.min_samples {
+            return None;
+        }
+        if reading.error_rate > self.max_error_rate {
+            return Some(format!(
+                "error rate {:.2}% over {} requests exceeds the SLO's {:.2}%",
+                reading.error_rate * 100.0,
+                reading.samples,
+                self.max_error_rate * 100.0
+            ));
+        }
+        if reading.p99_ms > self.max_p99_ms {
+            return Some(format!(
+                "p99 {:.1} ms over {} requests exceeds the SLO's {:.1} ms",
+                reading.p99_ms, reading.samples, self.max_p99_ms
+            ));
+        }
+        None
+    }
+}
+
+/// A side effect that must hold in the current phase. The executor makes each one true
+/// idempotently (operation id = migration id, phase, step and action), so ensuring it twice
+/// does nothing the second time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `instances` shadow instances exist and serve in the target region.
+    EnsureShadow {
+        /// Pool size.
+        instances: u32,
+    },
+    /// Every shadow instance is being warmed (or already passed its gate).
+    EnsureWarm,
+    /// The target replicates from the source.
+    EnsureReplication,
+    /// Source fenced, lag 0, target promoted: the single writer moves to the target.
+    PromoteTarget,
+    /// Source fenced, lag 0, source promoted: the single writer moves back (rollback after
+    /// promotion).
+    PromoteSource,
+    /// The source's load balancer sends `percent` % to the target's front, and DNS follows.
+    SetShare {
+        /// Share for the target, percent.
+        percent: u8,
+    },
+    /// Shadow instances are stopped and removed (after a rollback that does not keep them).
+    ReleaseShadow,
+    /// The source's instances are stopped (after a completed migration has drained).
+    ReleaseSource,
+}
+
+/// A proposed phase change with the reason the audit log keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// The phase to move to.
+    pub to: Phase,
+    /// Why, in words an operator reads in `umbra status`.
+    pub reason: String,
+}
+
+/// What [`decide`] concluded.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decision {
+    /// The transition to propose, if any. Actions are for the *current* phase; once the
+    /// transition applies, the next round returns the new phase's actions.
+    pub transition: Option<Transition>,
+    /// What must hold now.
+    pub actions: Vec<Action>,
+    /// A change of the replicated `promoted` flag to propose: the agents confirmed that the
+    /// single writer moved. Replicated so the audit log has it and a rollback knows it must
+    /// move the writer back.
+    pub promoted: Option<bool>,
+}
+
+impl Decision {
+    /// Stay in the phase; make `actions` hold.
+    fn hold(actions: Vec<Action>) -> Self {
+        Decision {
+            actions,
+            ..Decision::default()
+        }
+    }
+
+    /// Make `actions` hold, and move on (or not) as `transition` says.
+    fn advance(transition: Option<Transition>, actions: Vec<Action>) -> Self {
+        Decision {
+            transition,
+            actions,
+            promoted: None,
+        }
+    }
+
+    /// Record that the single writer moved (`true`: to the target) before anything else.
+    fn record_promoted(promoted: bool) -> Self {
+        Decision {
+            promoted: Some(promoted),
+            ..Decision::default()
+        }
+    }
+}
+
+fn to(phase: Phase, reason: impl Into<String>) -> Option<Transition> {
+    Some(Transition {
+        to: phase,
+        reason: reason.into(),
+    })
+}
+
+/// The heart of the executor: given the replicated record, this round's observations and
+/// the time, what must hold and what comes next.
+pub fn decide(record: &MigrationRecord, seen: &Observations, now_ms: u64) -> Decision {
+    let spec = &record.spec;
+    let elapsed_ms = now_ms.saturating_sub(record.phase_since_ms);
+    let n = record.shadow_instances;
+    let shadow = Action::EnsureShadow { instances: n };
+
+    if let Some(reason) = &seen.rollback_requested
+        && record
+            .phase
+            .may_become(Phase::RollingBack, spec.steps_percent.len())
+    {
+        return Decision::advance(
+            to(Phase::RollingBack, format!("operator asked: {reason}")),
+            Vec::new(),
+        );
+    }
+
+    let deadline_passed = |limit_ms: u64, what: &str| {
+        (elapsed_ms > limit_ms).then(|| Transition {
+            to: Phase::RollingBack,
+            reason: format!("{what} did not finish within {limit_ms} ms"),
+        })
+    };
+
+    match record.phase {
+        Phase::Planned => {
+            let transition =
+                (now_ms + spec.lead_time_ms >= spec.cutover_at_ms).then(|| Transition {
+                    to: Phase::Provisioning,
+                    reason: format!(
+                        "lead time reached: cutover in {} ms",
+                        spec.cutover_at_ms.saturating_sub(now_ms)
+                    ),
+                });
+            Decision::advance(transition, Vec::new())
+        }
+        Phase::Provisioning => {
+            let transition = if seen.shadow_serving < n {
+                deadline_passed(spec.deadlines.provisioning_ms, "provisioning")
+            } else if spec.warm_up {
+                to(Phase::Warming, format!("{n} shadow instances serving"))
+            } else {
+                to(
+                    Phase::Replicating,
+                    format!("{n} shadow instances serving; warm-up skipped by the plan"),
+                )
+            };
+            Decision::advance(transition, vec![shadow])
+        }
+        Phase::Warming => {
+            let transition = if seen.shadow_warm >= n {
+                to(
+                    Phase::Replicating,
+                    format!("readiness gate holds on all {n} shadow instances"),
+                )
+            } else {
+                deadline_passed(spec.deadlines.warming_ms, "warm-up")
+            };
+            Decision::advance(transition, vec![shadow, Action::EnsureWarm])
+        }
+        Phase::Replicating => {
+            let transition = match seen.replication {
+                Some(r) if r.lag <= spec.max_replication_lag => to(
+                    Phase::Ready,
+                    format!(
+                        "replication lag {} within the bound of {}",
+                        r.lag, spec.max_replication_lag
+                    ),
+                ),
+                _ => deadline_passed(spec.deadlines.replicating_ms, "replication catch-up"),
+            };
+            Decision::advance(transition, vec![shadow, Action::EnsureReplication])
+        }
+        Phase::Ready => {
+            let transition = (now_ms >= spec.cutover_at_ms).then(|| Transition {
+                to: Phase::CuttingOver { step: 0 },
+                reason: format!(
+                    "cutover time reached; first step {}%",
+                    spec.steps_percent[0]
+                ),
+            });
+            Decision::advance(transition, vec![shadow, Action::EnsureReplication])
+        }
+        Phase::CuttingOver { step } => cutting_over(record, seen, step, elapsed_ms),
+        Phase::Draining => {
+            let transition = (elapsed_ms >= spec.drain_ms).then(|| Transition {
+                to: Phase::Completed,
+                reason: format!(
+                    "source drained for {} ms (old DNS TTL + margin)",
+                    spec.drain_ms
+                ),
+            });
+            Decision::advance(transition, vec![Action::SetShare { percent: 100 }])
+        }
+        Phase::RollingBack => rolling_back(record, seen, elapsed_ms),
+        Phase::RolledBack => Decision::hold(vec![Action::SetShare { percent: 0 }]),
+        Phase::Completed => Decision::hold(vec![
+            Action::SetShare { percent: 100 },
+            Action::ReleaseSource,
+        ]),
+        Phase::Failed => Decision::default(),
+    }
+}
+
+fn cutting_over(
+    record: &MigrationRecord,
+    seen: &Observations,
+    step: usize,
+    elapsed_ms: u64,
+) -> Decision {
+    let spec = &record.spec;
+    let percent = spec.steps_percent[step];
+    let mut actions = vec![Action::EnsureShadow {
+        instances: record.shadow_instances,
+    }];
+    // The single writer moves before the target takes all traffic, never after: at 100 %
+    // the source serves nothing, and a write it accepted after the move would be lost.
+    if percent == 100 && !record.promoted {
+        if seen.replication.is_some_and(|r| r.promoted) {
+            return Decision::record_promoted(true);
+        }
+        actions.extend([Action::EnsureReplication, Action::PromoteTarget]);
+        return Decision::hold(actions);
+    }
+    if !record.promoted {
+        actions.push(Action::EnsureReplication);
+    }
+    actions.push(Action::SetShare { percent });
+
+    if seen.share_applied != Some(percent) {
+        return Decision::hold(actions);
+    }
+    if let Some(reason) = seen.slo.as_ref().and_then(|r| spec.slo.breach(r)) {
+        let reason = format!("SLO breach at {percent}%: {reason}");
+        return Decision::advance(to(Phase::RollingBack, reason), actions);
+    }
+    if elapsed_ms < spec.analysis_window_ms {
+        return Decision::hold(actions);
+    }
+    let judged = seen.slo.map_or_else(
+        || "no traffic to judge".to_owned(),
+        |r| {
+            format!(
+                "{} requests, error rate {:.2}%, p99 {:.1} ms",
+                r.samples,
+                r.error_rate * 100.0,
+                r.p99_ms
+            )
+        },
+    );
+    let window = spec.analysis_window_ms;
+    let transition = match spec.steps_percent.get(step + 1) {
+        Some(next) => to(
+            Phase::CuttingOver { step: step + 1 },
+            format!("{percent}% held {window} ms within the SLO ({judged}); next {next}%"),
+        ),
+        None => to(
+            Phase::Draining,
+            format!("100% held {window} ms within the SLO ({judged})"),
+        ),
+    };
+    Decision::advance(transition, actions)
+}
+
+fn rolling_back(record: &MigrationRecord, seen: &Observations, elapsed_ms: u64) -> Decision {
+    let spec = &record.spec;
+    let mut actions = vec![Action::SetShare { percent: 0 }];
+    if record.promoted {
+        if seen.replication.is_some_and(|r| !r.promoted) {
+            return Decision::record_promoted(false);
+        }
+        actions.push(Action::PromoteSource);
+    }
+    let transition = if seen.share_applied == Some(0) && !record.promoted {
+        to(Phase::RolledBack, "all traffic back on the source")
+    } else if elapsed_ms > spec.deadlines.rolling_back_ms {
+        to(
+            Phase::Failed,
+            format!(
+                "traffic not confirmed back on the source within {} ms: operator needed",
+                spec.deadlines.rolling_back_ms
+            ),
+        )
+    } else {
+        None
+    };
+    Decision::advance(transition, actions)
+}
+
+#[cfg(test)]
+mod tests;

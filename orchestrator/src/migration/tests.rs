@@ -1,0 +1,681 @@
+//! Table-driven tests of the migration state machine (raft-rs `testdata` style: each row is
+//! an input and what must come out), a walk through a whole migration, and a property test
+//! that `decide` only ever proposes edges the replicated state accepts.
+
+use super::*;
+
+const T0: u64 = 1_800_000_000_000;
+
+fn spec() -> MigrationSpec {
+    MigrationSpec {
+        id: "shop-1".to_owned(),
+        service: "shop".to_owned(),
+        from: "us-east".to_owned(),
+        to: "eu-west".to_owned(),
+        cutover_at_ms: T0 + 60_000,
+        lead_time_ms: 30_000,
+        steps_percent: DEFAULT_STEPS_PERCENT.to_vec(),
+        analysis_window_ms: 5_000,
+        drain_ms: 2_000,
+        warm_up: true,
+        max_replication_lag: 10,
+        slo: Slo {
+            max_error_rate: 0.01,
+            max_p99_ms: 100.0,
+            min_samples: 50,
+        },
+        deadlines: PhaseDeadlines {
+            provisioning_ms: 20_000,
+            warming_ms: 20_000,
+            replicating_ms: 20_000,
+            rolling_back_ms: 1_000,
+        },
+    }
+}
+
+fn record(phase: Phase, promoted: bool) -> MigrationRecord {
+    MigrationRecord {
+        spec: spec(),
+        phase,
+        phase_since_ms: T0,
+        shadow_instances: 3,
+        promoted,
+    }
+}
+
+fn healthy(samples: u64) -> Option<SloReading> {
+    Some(SloReading {
+        samples,
+        error_rate: 0.0,
+        p99_ms: 20.0,
+    })
+}
+
+fn caught_up(promoted: bool) -> Option<ReplicationObserved> {
+    Some(ReplicationObserved { lag: 0, promoted })
+}
+
+struct Row {
+    name: &'static str,
+    phase: Phase,
+    promoted: bool,
+    elapsed_ms: u64,
+    seen: Observations,
+    to: Option<Phase>,
+    promoted_change: Option<bool>,
+    actions: Vec<Action>,
+}
+
+#[test]
+fn decisions_table() {
+    use Action::*;
+    let shadow = EnsureShadow { instances: 3 };
+    let rows = vec![
+        Row {
+            name: "planned waits before the lead time",
+            phase: Phase::Planned,
+            promoted: false,
+            elapsed_ms: 29_999,
+            seen: Observations::default(),
+            to: None,
+            promoted_change: None,
+            actions: vec![],
+        },
+        Row {
+            name: "planned starts provisioning at cutover − lead time",
+            phase: Phase::Planned,
+            promoted: false,
+            elapsed_ms: 30_000,
+            seen: Observations::default(),
+            to: Some(Phase::Provisioning),
+            promoted_change: None,
+            actions: vec![],
+        },
+        Row {
+            name: "provisioning ensures the pool while it comes up",
+            phase: Phase::Provisioning,
+            promoted: false,
+            elapsed_ms: 1_000,
+            seen: Observations {
+                shadow_serving: 2,
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![shadow.clone()],
+        },
+        Row {
+            name: "provisioning done moves to warming",
+            phase: Phase::Provisioning,
+            promoted: false,
+            elapsed_ms: 1_000,
+            seen: Observations {
+                shadow_serving: 3,
+                ..Observations::default()
+            },
+            to: Some(Phase::Warming),
+            promoted_change: None,
+            actions: vec![shadow.clone()],
+        },
+        Row {
+            name: "provisioning past its deadline rolls back",
+            phase: Phase::Provisioning,
+            promoted: false,
+            elapsed_ms: 20_001,
+            seen: Observations {
+                shadow_serving: 2,
+                ..Observations::default()
+            },
+            to: Some(Phase::RollingBack),
+            promoted_change: None,
+            actions: vec![shadow.clone()],
+        },
+        Row {
+            name: "warming waits for every gate",
+            phase: Phase::Warming,
+            promoted: false,
+            elapsed_ms: 1_000,
+            seen: Observations {
+                shadow_serving: 3,
+                shadow_warm: 2,
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureWarm],
+        },
+        Row {
+            name: "all warm moves to replicating",
+            phase: Phase::Warming,
+            promoted: false,
+            elapsed_ms: 1_000,
+            seen: Observations {
+                shadow_serving: 3,
+                shadow_warm: 3,
+                ..Observations::default()
+            },
+            to: Some(Phase::Replicating),
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureWarm],
+        },
+        Row {
+            name: "lag above the bound keeps replicating",
+            phase: Phase::Replicating,
+            promoted: false,
+            elapsed_ms: 1_000,
+            seen: Observations {
+                replication: Some(ReplicationObserved {
+                    lag: 11,
+                    promoted: false,
+                }),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication],
+        },
+        Row {
+            name: "lag within the bound is ready",
+            phase: Phase::Replicating,
+            promoted: false,
+            elapsed_ms: 1_000,
+            seen: Observations {
+                replication: Some(ReplicationObserved {
+                    lag: 10,
+                    promoted: false,
+                }),
+                ..Observations::default()
+            },
+            to: Some(Phase::Ready),
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication],
+        },
+        Row {
+            name: "ready waits for the cutover time",
+            phase: Phase::Ready,
+            promoted: false,
+            elapsed_ms: 59_999,
+            seen: Observations::default(),
+            to: None,
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication],
+        },
+        Row {
+            name: "ready cuts over at the slice start",
+            phase: Phase::Ready,
+            promoted: false,
+            elapsed_ms: 60_000,
+            seen: Observations::default(),
+            to: Some(Phase::CuttingOver { step: 0 }),
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication],
+        },
+        Row {
+            name: "a step holds until its share is confirmed",
+            phase: Phase::CuttingOver { step: 0 },
+            promoted: false,
+            elapsed_ms: 9_000,
+            seen: Observations {
+                share_applied: Some(0),
+                slo: healthy(500),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication, SetShare { percent: 10 }],
+        },
+        Row {
+            name: "a step holds for its analysis window",
+            phase: Phase::CuttingOver { step: 0 },
+            promoted: false,
+            elapsed_ms: 4_999,
+            seen: Observations {
+                share_applied: Some(10),
+                slo: healthy(500),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication, SetShare { percent: 10 }],
+        },
+        Row {
+            name: "a healthy step moves to the next",
+            phase: Phase::CuttingOver { step: 0 },
+            promoted: false,
+            elapsed_ms: 5_000,
+            seen: Observations {
+                share_applied: Some(10),
+                slo: healthy(500),
+                ..Observations::default()
+            },
+            to: Some(Phase::CuttingOver { step: 1 }),
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication, SetShare { percent: 10 }],
+        },
+        Row {
+            name: "an error-rate breach rolls back before the window ends",
+            phase: Phase::CuttingOver { step: 1 },
+            promoted: false,
+            elapsed_ms: 100,
+            seen: Observations {
+                share_applied: Some(50),
+                slo: Some(SloReading {
+                    samples: 200,
+                    error_rate: 0.2,
+                    p99_ms: 10.0,
+                }),
+                ..Observations::default()
+            },
+            to: Some(Phase::RollingBack),
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication, SetShare { percent: 50 }],
+        },
+        Row {
+            name: "a latency breach rolls back",
+            phase: Phase::CuttingOver { step: 1 },
+            promoted: false,
+            elapsed_ms: 100,
+            seen: Observations {
+                share_applied: Some(50),
+                slo: Some(SloReading {
+                    samples: 200,
+                    error_rate: 0.0,
+                    p99_ms: 250.0,
+                }),
+                ..Observations::default()
+            },
+            to: Some(Phase::RollingBack),
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication, SetShare { percent: 50 }],
+        },
+        Row {
+            name: "too few samples give no verdict",
+            phase: Phase::CuttingOver { step: 1 },
+            promoted: false,
+            elapsed_ms: 100,
+            seen: Observations {
+                share_applied: Some(50),
+                slo: Some(SloReading {
+                    samples: 49,
+                    error_rate: 1.0,
+                    p99_ms: 1_000.0,
+                }),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication, SetShare { percent: 50 }],
+        },
+        Row {
+            name: "the last step promotes the target before taking all traffic",
+            phase: Phase::CuttingOver { step: 2 },
+            promoted: false,
+            elapsed_ms: 0,
+            seen: Observations {
+                share_applied: Some(50),
+                replication: caught_up(false),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication, PromoteTarget],
+        },
+        Row {
+            name: "a confirmed promotion is recorded first",
+            phase: Phase::CuttingOver { step: 2 },
+            promoted: false,
+            elapsed_ms: 0,
+            seen: Observations {
+                share_applied: Some(50),
+                replication: caught_up(true),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: Some(true),
+            actions: vec![],
+        },
+        Row {
+            name: "after promotion the last step shifts all traffic",
+            phase: Phase::CuttingOver { step: 2 },
+            promoted: true,
+            elapsed_ms: 10,
+            seen: Observations {
+                share_applied: Some(50),
+                replication: caught_up(true),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![shadow.clone(), SetShare { percent: 100 }],
+        },
+        Row {
+            name: "the last healthy step drains the source",
+            phase: Phase::CuttingOver { step: 2 },
+            promoted: true,
+            elapsed_ms: 5_000,
+            seen: Observations {
+                share_applied: Some(100),
+                replication: caught_up(true),
+                slo: healthy(1_000),
+                ..Observations::default()
+            },
+            to: Some(Phase::Draining),
+            promoted_change: None,
+            actions: vec![shadow.clone(), SetShare { percent: 100 }],
+        },
+        Row {
+            name: "draining completes after the drain time",
+            phase: Phase::Draining,
+            promoted: true,
+            elapsed_ms: 2_000,
+            seen: Observations::default(),
+            to: Some(Phase::Completed),
+            promoted_change: None,
+            actions: vec![SetShare { percent: 100 }],
+        },
+        Row {
+            name: "rolling back restores the source's share",
+            phase: Phase::RollingBack,
+            promoted: false,
+            elapsed_ms: 10,
+            seen: Observations {
+                share_applied: Some(50),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![SetShare { percent: 0 }],
+        },
+        Row {
+            name: "rolled back once the source has every request",
+            phase: Phase::RollingBack,
+            promoted: false,
+            elapsed_ms: 10,
+            seen: Observations {
+                share_applied: Some(0),
+                ..Observations::default()
+            },
+            to: Some(Phase::RolledBack),
+            promoted_change: None,
+            actions: vec![SetShare { percent: 0 }],
+        },
+        Row {
+            name: "rolling back after promotion moves the writer back",
+            phase: Phase::RollingBack,
+            promoted: true,
+            elapsed_ms: 10,
+            seen: Observations {
+                share_applied: Some(0),
+                replication: caught_up(true),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![SetShare { percent: 0 }, PromoteSource],
+        },
+        Row {
+            name: "a writer back on the source is recorded",
+            phase: Phase::RollingBack,
+            promoted: true,
+            elapsed_ms: 10,
+            seen: Observations {
+                share_applied: Some(0),
+                replication: caught_up(false),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: Some(false),
+            actions: vec![],
+        },
+        Row {
+            name: "a rollback that cannot finish fails loudly",
+            phase: Phase::RollingBack,
+            promoted: false,
+            elapsed_ms: 1_001,
+            seen: Observations {
+                share_applied: Some(50),
+                ..Observations::default()
+            },
+            to: Some(Phase::Failed),
+            promoted_change: None,
+            actions: vec![SetShare { percent: 0 }],
+        },
+        Row {
+            name: "an operator rollback wins over everything else",
+            phase: Phase::CuttingOver { step: 0 },
+            promoted: false,
+            elapsed_ms: 5_000,
+            seen: Observations {
+                share_applied: Some(10),
+                slo: healthy(500),
+                rollback_requested: Some("drill".to_owned()),
+                ..Observations::default()
+            },
+            to: Some(Phase::RollingBack),
+            promoted_change: None,
+            actions: vec![],
+        },
+        Row {
+            name: "an operator rollback of a completed migration is ignored",
+            phase: Phase::Completed,
+            promoted: true,
+            elapsed_ms: 5_000,
+            seen: Observations {
+                rollback_requested: Some("too late".to_owned()),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![SetShare { percent: 100 }, ReleaseSource],
+        },
+    ];
+
+    for row in rows {
+        let record = record(row.phase, row.promoted);
+        let decision = decide(&record, &row.seen, T0 + row.elapsed_ms);
+        assert_eq!(
+            decision.transition.as_ref().map(|t| t.to),
+            row.to,
+            "{}: transition ({:?})",
+            row.name,
+            decision.transition
+        );
+        assert_eq!(
+            decision.promoted, row.promoted_change,
+            "{}: promoted",
+            row.name
+        );
+        assert_eq!(decision.actions, row.actions, "{}: actions", row.name);
+        if let Some(t) = &decision.transition {
+            assert!(
+                !t.reason.is_empty(),
+                "{}: a transition needs a reason",
+                row.name
+            );
+            assert!(
+                row.phase.may_become(t.to, record.spec.steps_percent.len()),
+                "{}: {} → {} is not an edge",
+                row.name,
+                row.phase,
+                t.to
+            );
+        }
+    }
+}
+
+/// Drives one migration from Planned to Completed with a world that does what it is told,
+/// the way the executor and the replicated state will, and checks the phases in order.
+#[test]
+fn a_whole_migration_walks_every_phase_once() {
+    let mut record = record(Phase::Planned, false);
+    let mut seen = Observations::default();
+    let mut now = T0;
+    let mut phases = vec![record.phase];
+    for _round in 0..1_000 {
+        let decision = decide(&record, &seen, now);
+        // The world applies every action at once.
+        for action in &decision.actions {
+            match action {
+                Action::EnsureShadow { instances } => seen.shadow_serving = *instances,
+                Action::EnsureWarm => seen.shadow_warm = record.shadow_instances,
+                Action::EnsureReplication => seen.replication = caught_up(false),
+                Action::PromoteTarget => seen.replication = caught_up(true),
+                Action::PromoteSource => seen.replication = caught_up(false),
+                Action::SetShare { percent } => {
+                    seen.share_applied = Some(*percent);
+                    seen.slo = healthy(1_000);
+                }
+                Action::ReleaseShadow | Action::ReleaseSource => {}
+            }
+        }
+        if let Some(p) = decision.promoted {
+            record.promoted = p;
+        }
+        if let Some(t) = decision.transition {
+            assert!(
+                record.phase.may_become(t.to, 3),
+                "{} → {}",
+                record.phase,
+                t.to
+            );
+            record.phase = t.to;
+            record.phase_since_ms = now;
+            phases.push(t.to);
+        }
+        if record.phase.is_terminal() {
+            break;
+        }
+        now += 500;
+    }
+    use Phase::*;
+    assert_eq!(
+        phases,
+        vec![
+            Planned,
+            Provisioning,
+            Warming,
+            Replicating,
+            Ready,
+            CuttingOver { step: 0 },
+            CuttingOver { step: 1 },
+            CuttingOver { step: 2 },
+            Draining,
+            Completed
+        ]
+    );
+    assert!(record.promoted);
+}
+
+#[test]
+fn specs_are_validated() {
+    let ok = spec();
+    assert_eq!(ok.validate(), Ok(()));
+    type Breaks = fn(&mut MigrationSpec);
+    let cases: Vec<(&str, Breaks)> = vec![
+        ("same region", |s| s.to = s.from.clone()),
+        ("empty steps", |s| s.steps_percent.clear()),
+        ("not ending at 100", |s| s.steps_percent = vec![10, 50]),
+        ("decreasing", |s| s.steps_percent = vec![50, 10, 100]),
+        ("zero first step", |s| s.steps_percent = vec![0, 100]),
+        ("error rate above 1", |s| s.slo.max_error_rate = 1.5),
+        ("p99 not positive", |s| s.slo.max_p99_ms = 0.0),
+        ("zero window", |s| s.analysis_window_ms = 0),
+        ("zero rollback deadline", |s| {
+            s.deadlines.rolling_back_ms = 0
+        }),
+    ];
+    for (name, break_it) in cases {
+        let mut bad = spec();
+        break_it(&mut bad);
+        let err = bad.validate().expect_err(name);
+        assert!(!err.to_string().is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn readiness_is_100_only_when_every_gate_holds() {
+    let record = record(Phase::Ready, false);
+    let mut seen = Observations {
+        shadow_serving: 3,
+        shadow_warm: 3,
+        replication: Some(ReplicationObserved {
+            lag: 11,
+            promoted: false,
+        }),
+        ..Observations::default()
+    };
+    let almost = readiness(&record, &seen);
+    assert!(almost.score < 100, "{almost:?}");
+    assert!(
+        almost.score >= 90,
+        "two gates hold, lag is close: {almost:?}"
+    );
+    seen.replication = caught_up(false);
+    let ready = readiness(&record, &seen);
+    assert_eq!(ready.score, 100);
+    assert!(ready.gates.iter().all(|g| g.holds));
+    let cold = readiness(&record, &Observations::default());
+    assert_eq!(cold.score, 0, "{cold:?}");
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_phase() -> impl Strategy<Value = Phase> {
+        prop_oneof![
+            Just(Phase::Planned),
+            Just(Phase::Provisioning),
+            Just(Phase::Warming),
+            Just(Phase::Replicating),
+            Just(Phase::Ready),
+            (0usize..3).prop_map(|step| Phase::CuttingOver { step }),
+            Just(Phase::Draining),
+            Just(Phase::Completed),
+            Just(Phase::RollingBack),
+            Just(Phase::RolledBack),
+            Just(Phase::Failed),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the world reports, `decide` proposes only edges of the state machine and
+        /// never acts in a terminal phase except to keep traffic where it ended.
+        #[test]
+        fn decide_only_proposes_edges(
+            phase in any_phase(),
+            promoted in any::<bool>(),
+            elapsed in 0u64..200_000,
+            serving in 0u32..5,
+            warm in 0u32..5,
+            lag in proptest::option::of(0u64..50),
+            target_promoted in any::<bool>(),
+            share in proptest::option::of(prop_oneof![Just(0u8), Just(10), Just(50), Just(100)]),
+            samples in 0u64..500,
+            error_rate in 0.0f64..0.1,
+            p99 in 1.0f64..300.0,
+            rollback in any::<bool>(),
+        ) {
+            let record = record(phase, promoted);
+            let seen = Observations {
+                shadow_serving: serving,
+                shadow_warm: warm,
+                replication: lag.map(|lag| ReplicationObserved { lag, promoted: target_promoted }),
+                share_applied: share,
+                slo: Some(SloReading { samples, error_rate, p99_ms: p99 }),
+                rollback_requested: rollback.then(|| "drill".to_owned()),
+            };
+            let decision = decide(&record, &seen, T0 + elapsed);
+            if let Some(t) = &decision.transition {
+                prop_assert!(phase.may_become(t.to, 3), "{} → {}", phase, t.to);
+            }
+            if phase.is_terminal() {
+                prop_assert!(decision.transition.is_none());
+                let keeps_traffic = decision.actions.iter().all(|a| {
+                    matches!(a, Action::SetShare { .. } | Action::ReleaseSource)
+                });
+                prop_assert!(keeps_traffic, "{:?}", decision.actions);
+            }
+        }
+    }
+}

@@ -1,0 +1,720 @@
+//! The orchestrators' replicated state: regions, services, migrations, schedules, the DNS
+//! weights each service's record should carry, and an audit log of every change with its
+//! reason. It is the `StateMachine` the Raft group replicates.
+//!
+//! Every command is checked by [`OrchestratorState::check`] twice: by the API before it
+//! proposes (so bad input costs no log entry and gets its error at once) and again when it
+//! applies (the state may have moved between the two). A rejected command changes nothing
+//! and says why. `apply` is deterministic: time comes inside the command (the proposing
+//! leader's clock), maps are ordered, and nothing here does I/O.
+//!
+//! Fencing: every command from a leader carries its Raft term; the state remembers the
+//! highest term it has applied and rejects an executor command from an older term, so a
+//! deposed leader's late proposal (forwarded by raft-rs after it stepped down) cannot act
+//! twice. Transitions also name the phase they start from, so a repeated transition is
+//! rejected rather than applied again.
+
+pub mod plan;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use umbra_consensus::{RestoreError, StateMachine};
+
+use crate::migration::{MigrationRecord, MigrationSpec, Phase, PhaseDeadlines};
+pub use plan::{Plan, PlanError, RegionSpec, ReplicationKind, ScheduleSpec, ServiceSpec};
+
+/// Largest audit log kept in the state (entries). Older entries are dropped from the
+/// replicated state only; each one is also a Raft log entry and a tracing event.
+pub const MAX_AUDIT_ENTRIES: usize = 100_000;
+
+/// Default phase deadlines for migrations the state creates: ten minutes to provision and
+/// to warm, five to catch up, and one second to put traffic back (the acceptance bound on
+/// rollback time).
+pub const DEFAULT_DEADLINES: PhaseDeadlines = PhaseDeadlines {
+    provisioning_ms: 600_000,
+    warming_ms: 600_000,
+    replicating_ms: 300_000,
+    rolling_back_ms: 1_000,
+};
+
+/// A service as replicated: its spec and where it lives now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// What the operator applied.
+    pub spec: ServiceSpec,
+    /// The region serving it now (moved only by completed migrations).
+    pub primary_region: String,
+    /// The migration in flight, if any (at most one per service).
+    pub active_migration: Option<String>,
+}
+
+/// The weights a service's DNS record should carry, by region.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DnsWeights {
+    /// Weight per region name (relative).
+    pub weights: BTreeMap<String, u32>,
+    /// TTL of the record.
+    pub ttl_secs: u32,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Raft log index of the command.
+    pub index: u64,
+    /// When (Unix ms, the proposer's clock).
+    pub at_ms: u64,
+    /// Raft term of the proposing leader (0 for operator commands).
+    pub term: u64,
+    /// What it is about: a migration id, a service, or `plan`.
+    pub subject: String,
+    /// What happened, e.g. `provisioning → warming` or `share 50%`.
+    pub event: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What an operator asks for with `umbra migrate`, or a schedule creates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationRequest {
+    /// The service to move.
+    pub service: String,
+    /// Expected source region (`None`: wherever the service is now).
+    pub from: Option<String>,
+    /// Target region.
+    pub to: String,
+    /// Start of the slice the traffic should be in the target for (Unix ms).
+    pub cutover_at_ms: u64,
+    /// Warm the shadow pool (off only to show the cold baseline).
+    pub warm_up: bool,
+    /// Override the service's lead time (ms).
+    pub lead_time_ms: Option<u64>,
+    /// Override the service's analysis window (ms).
+    pub analysis_window_ms: Option<u64>,
+    /// Override the drain time (ms); default: the service's normal DNS TTL plus 10 %.
+    pub drain_ms: Option<u64>,
+    /// Set by schedules: `schedule/slice-start`, so a schedule fires once per slice even
+    /// when two leaders in a row see it due.
+    pub schedule_key: Option<String>,
+}
+
+/// A change to the replicated state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create or update regions, services and schedules.
+    ApplyPlan {
+        /// The plan.
+        plan: Plan,
+        /// When.
+        at_ms: u64,
+    },
+    /// Create a migration.
+    CreateMigration {
+        /// What to move.
+        request: MigrationRequest,
+        /// When.
+        at_ms: u64,
+    },
+    /// Move a migration to another phase (the executor, on the leader).
+    Transition {
+        /// The migration.
+        id: String,
+        /// The phase it must be in now.
+        from: Phase,
+        /// The phase to move to.
+        to: Phase,
+        /// Why (kept in the audit log).
+        reason: String,
+        /// Shadow pool size, set when provisioning starts.
+        shadow_instances: Option<u32>,
+        /// Proposing leader's term.
+        term: u64,
+        /// When.
+        at_ms: u64,
+    },
+    /// Record that the single writer moved (`true`: to the target).
+    SetPromoted {
+        /// The migration.
+        id: String,
+        /// Whether the target is the writer now.
+        promoted: bool,
+        /// Proposing leader's term.
+        term: u64,
+        /// When.
+        at_ms: u64,
+    },
+    /// An operator asks a migration to roll back.
+    RequestRollback {
+        /// The migration.
+        id: String,
+        /// Why.
+        reason: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// Set the weights of a service's DNS record (the DNS controller, on the leader).
+    SetDnsWeights {
+        /// The service.
+        service: String,
+        /// The weights and TTL.
+        dns: DnsWeights,
+        /// Why.
+        reason: String,
+        /// Proposing leader's term.
+        term: u64,
+        /// When.
+        at_ms: u64,
+    },
+}
+
+/// What applying a command produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Applied {
+    /// A plan was applied: how many regions, services and schedules it created or updated.
+    Plan {
+        /// Regions created or updated.
+        regions: usize,
+        /// Services created or updated.
+        services: usize,
+        /// Schedules created or updated.
+        schedules: usize,
+    },
+    /// A migration exists with this id (new, or the one a schedule already created).
+    Migration {
+        /// Its id.
+        id: String,
+    },
+    /// Anything else.
+    Done,
+}
+
+/// Why a command was rejected; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{0}")]
+pub struct Rejected(pub String);
+
+/// The answer to a command, as the proposer receives it.
+pub type Outcome = Result<Applied, Rejected>;
+
+/// A read of the replicated state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Query {
+    /// Everything but the audit log.
+    Overview,
+    /// Audit entries with index > `after_index`, at most `limit`.
+    Audit {
+        /// Exclusive lower bound.
+        after_index: u64,
+        /// Most entries returned.
+        limit: usize,
+    },
+    /// Would this command apply now? A dry run on the current state, so the API rejects bad
+    /// input before it costs a log entry.
+    Check(Box<Command>),
+}
+
+/// The answer to [`Query::Overview`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Overview {
+    /// Regions by name.
+    pub regions: BTreeMap<String, RegionSpec>,
+    /// Services by name.
+    pub services: BTreeMap<String, ServiceState>,
+    /// Migrations by id.
+    pub migrations: BTreeMap<String, MigrationRecord>,
+    /// Schedules by name.
+    pub schedules: BTreeMap<String, ScheduleSpec>,
+    /// DNS weights by service.
+    pub dns: BTreeMap<String, DnsWeights>,
+    /// Index of the last applied command.
+    pub applied_index: u64,
+}
+
+/// The answer to a query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum QueryAnswer {
+    /// See [`Overview`].
+    Overview(Box<Overview>),
+    /// Audit entries, oldest first.
+    Audit(Vec<AuditEntry>),
+    /// The dry run's verdict.
+    Check(Result<(), Rejected>),
+    /// The query bytes were not understood.
+    Malformed(String),
+}
+
+/// The replicated state machine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OrchestratorState {
+    regions: BTreeMap<String, RegionSpec>,
+    services: BTreeMap<String, ServiceState>,
+    migrations: BTreeMap<String, MigrationRecord>,
+    schedules: BTreeMap<String, ScheduleSpec>,
+    dns: BTreeMap<String, DnsWeights>,
+    /// `schedule_key` → migration id, so a schedule fires once per slice.
+    fired: BTreeMap<String, String>,
+    audit: Vec<AuditEntry>,
+    next_migration: u64,
+    highest_term: u64,
+    applied_index: u64,
+}
+
+impl OrchestratorState {
+    /// A read-only view of everything but the audit log.
+    pub fn overview(&self) -> Overview {
+        Overview {
+            regions: self.regions.clone(),
+            services: self.services.clone(),
+            migrations: self.migrations.clone(),
+            schedules: self.schedules.clone(),
+            dns: self.dns.clone(),
+            applied_index: self.applied_index,
+        }
+    }
+
+    /// The audit log, oldest first.
+    pub fn audit(&self) -> &[AuditEntry] {
+        &self.audit
+    }
+
+    /// Checks `command` against the current state without changing it.
+    pub fn check(&self, command: &Command) -> Result<(), Rejected> {
+        self.clone().execute(command, 0).map(|_| ())
+    }
+
+    /// Applies `command` as log entry `index`: all or nothing.
+    pub fn apply_command(&mut self, index: u64, command: &Command) -> Outcome {
+        let mut next = self.clone();
+        let outcome = next.execute(command, index);
+        if outcome.is_ok() {
+            next.applied_index = index;
+            *self = next;
+        } else {
+            self.applied_index = index;
+        }
+        outcome
+    }
+
+    fn stale_term(&mut self, term: u64) -> Result<(), Rejected> {
+        if term < self.highest_term {
+            return Err(Rejected(format!(
+                "term {term} is older than term {} already applied: a deposed leader's command",
+                self.highest_term
+            )));
+        }
+        self.highest_term = term;
+        Ok(())
+    }
+
+    fn record(&mut self, entry: AuditEntry) {
+        tracing::info!(
+            subject = %entry.subject,
+            index = entry.index,
+            term = entry.term,
+            "{}: {}",
+            entry.event,
+            entry.reason
+        );
+        self.audit.push(entry);
+        if self.audit.len() > MAX_AUDIT_ENTRIES {
+            let excess = self.audit.len() - MAX_AUDIT_ENTRIES;
+            self.audit.drain(..excess);
+        }
+    }
+
+    fn unknown_region(&self, what: &str, region: &str) -> Rejected {
+        let known: Vec<&str> = self.regions.keys().map(String::as_str).collect();
+        Rejected(format!(
+            "{what} names region {region:?}, which is not declared; declared regions: {}. Apply a plan with that [[region]] first",
+            known.join(", ")
+        ))
+    }
+
+    fn execute(&mut self, command: &Command, index: u64) -> Outcome {
+        match command {
+            Command::ApplyPlan { plan, at_ms } => self.apply_plan(plan, index, *at_ms),
+            Command::CreateMigration { request, at_ms } => {
+                self.create_migration(request, index, *at_ms)
+            }
+            Command::Transition {
+                id,
+                from,
+                to,
+                reason,
+                shadow_instances,
+                term,
+                at_ms,
+            } => {
+                self.stale_term(*term)?;
+                let record = self
+                    .migrations
+                    .get_mut(id)
+                    .ok_or_else(|| Rejected(format!("no migration {id:?}")))?;
+                if record.phase != *from {
+                    return Err(Rejected(format!(
+                        "migration {id} is {} now, not {from}: the transition was already made or overtaken",
+                        record.phase
+                    )));
+                }
+                if !from.may_become(*to, record.spec.steps_percent.len()) {
+                    return Err(Rejected(format!(
+                        "migration {id} cannot go from {from} to {to}"
+                    )));
+                }
+                if let Some(n) = shadow_instances {
+                    record.shadow_instances = *n;
+                }
+                record.phase = *to;
+                record.phase_since_ms = *at_ms;
+                let service_name = record.spec.service.clone();
+                let target = record.spec.to.clone();
+                if to.is_terminal() {
+                    let service = self
+                        .services
+                        .get_mut(&service_name)
+                        .expect("a migration's service exists while it is active");
+                    service.active_migration = None;
+                    if *to == Phase::Completed {
+                        service.primary_region = target;
+                    }
+                }
+                self.record(AuditEntry {
+                    index,
+                    at_ms: *at_ms,
+                    term: *term,
+                    subject: id.clone(),
+                    event: format!("{from} → {to}"),
+                    reason: reason.clone(),
+                });
+                Ok(Applied::Done)
+            }
+            Command::SetPromoted {
+                id,
+                promoted,
+                term,
+                at_ms,
+            } => {
+                self.stale_term(*term)?;
+                let record = self
+                    .migrations
+                    .get_mut(id)
+                    .ok_or_else(|| Rejected(format!("no migration {id:?}")))?;
+                if record.promoted == *promoted {
+                    return Err(Rejected(format!(
+                        "migration {id} already has promoted = {promoted}"
+                    )));
+                }
+                record.promoted = *promoted;
+                let (event, reason) = if *promoted {
+                    ("writer → target", "source fenced, lag 0, target promoted")
+                } else {
+                    ("writer → source", "rollback moved the single writer back")
+                };
+                self.record(AuditEntry {
+                    index,
+                    at_ms: *at_ms,
+                    term: *term,
+                    subject: id.clone(),
+                    event: event.to_owned(),
+                    reason: reason.to_owned(),
+                });
+                Ok(Applied::Done)
+            }
+            Command::RequestRollback { id, reason, at_ms } => {
+                let record = self
+                    .migrations
+                    .get(id)
+                    .ok_or_else(|| Rejected(format!("no migration {id:?}")))?;
+                if !record
+                    .phase
+                    .may_become(Phase::RollingBack, record.spec.steps_percent.len())
+                {
+                    return Err(Rejected(format!(
+                        "migration {id} is {}: there is nothing to roll back",
+                        record.phase
+                    )));
+                }
+                let from = record.phase;
+                let record = self.migrations.get_mut(id).expect("checked above");
+                record.phase = Phase::RollingBack;
+                record.phase_since_ms = *at_ms;
+                self.record(AuditEntry {
+                    index,
+                    at_ms: *at_ms,
+                    term: 0,
+                    subject: id.clone(),
+                    event: format!("{from} → {}", Phase::RollingBack),
+                    reason: format!("operator asked: {reason}"),
+                });
+                Ok(Applied::Done)
+            }
+            Command::SetDnsWeights {
+                service,
+                dns,
+                reason,
+                term,
+                at_ms,
+            } => {
+                self.stale_term(*term)?;
+                if !self.services.contains_key(service) {
+                    return Err(Rejected(format!("no service {service:?}")));
+                }
+                if let Some(region) = dns.weights.keys().find(|r| !self.regions.contains_key(*r)) {
+                    return Err(self.unknown_region("DNS weights", region));
+                }
+                if dns.weights.values().all(|w| *w == 0) {
+                    return Err(Rejected(
+                        "DNS weights must give some region a weight above zero".to_owned(),
+                    ));
+                }
+                let event = format!(
+                    "dns {}",
+                    dns.weights
+                        .iter()
+                        .map(|(r, w)| format!("{r}={w}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ) + &format!(" ttl {}s", dns.ttl_secs);
+                self.dns.insert(service.clone(), dns.clone());
+                self.record(AuditEntry {
+                    index,
+                    at_ms: *at_ms,
+                    term: *term,
+                    subject: service.clone(),
+                    event,
+                    reason: reason.clone(),
+                });
+                Ok(Applied::Done)
+            }
+        }
+    }
+
+    fn apply_plan(&mut self, plan: &Plan, index: u64, at_ms: u64) -> Outcome {
+        plan.validate(
+            self.regions.keys().map(String::as_str),
+            self.services.keys().map(String::as_str),
+        )
+        .map_err(|e| Rejected(e.to_string()))?;
+        for service in &plan.services {
+            if let Some(existing) = self.services.get(&service.name) {
+                if existing.primary_region != service.primary_region {
+                    return Err(Rejected(format!(
+                        "service {:?} is served from {} now; a plan cannot move it to {} (use `umbra migrate`)",
+                        service.name, existing.primary_region, service.primary_region
+                    )));
+                }
+                if let Some(active) = &existing.active_migration {
+                    return Err(Rejected(format!(
+                        "service {:?} has migration {active} in flight; apply its changes after it ends",
+                        service.name
+                    )));
+                }
+            }
+        }
+        for region in &plan.regions {
+            self.regions.insert(region.name.clone(), region.clone());
+        }
+        for service in &plan.services {
+            let state = self
+                .services
+                .entry(service.name.clone())
+                .or_insert_with(|| ServiceState {
+                    spec: service.clone(),
+                    primary_region: service.primary_region.clone(),
+                    active_migration: None,
+                });
+            state.spec = service.clone();
+            // A new service starts with all of its DNS weight on its primary region.
+            self.dns
+                .entry(service.name.clone())
+                .or_insert_with(|| DnsWeights {
+                    weights: BTreeMap::from([(service.primary_region.clone(), 1)]),
+                    ttl_secs: service.dns_ttl_secs,
+                });
+        }
+        for schedule in &plan.schedules {
+            self.schedules
+                .insert(schedule.name.clone(), schedule.clone());
+        }
+        let applied = Applied::Plan {
+            regions: plan.regions.len(),
+            services: plan.services.len(),
+            schedules: plan.schedules.len(),
+        };
+        self.record(AuditEntry {
+            index,
+            at_ms,
+            term: 0,
+            subject: "plan".to_owned(),
+            event: format!(
+                "applied {} regions, {} services, {} schedules",
+                plan.regions.len(),
+                plan.services.len(),
+                plan.schedules.len()
+            ),
+            reason: "operator applied a plan".to_owned(),
+        });
+        Ok(applied)
+    }
+
+    fn create_migration(&mut self, request: &MigrationRequest, index: u64, at_ms: u64) -> Outcome {
+        if let Some(key) = &request.schedule_key
+            && let Some(id) = self.fired.get(key)
+        {
+            return Ok(Applied::Migration { id: id.clone() });
+        }
+        let service = self.services.get(&request.service).ok_or_else(|| {
+            Rejected(format!(
+                "no service {:?}; declared services: {}",
+                request.service,
+                self.services.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        if !self.regions.contains_key(&request.to) {
+            return Err(self.unknown_region("the migration's target", &request.to));
+        }
+        if let Some(from) = &request.from {
+            if !self.regions.contains_key(from) {
+                return Err(self.unknown_region("the migration's source", from));
+            }
+            if *from != service.primary_region {
+                return Err(Rejected(format!(
+                    "service {:?} is served from {}, not {from}",
+                    request.service, service.primary_region
+                )));
+            }
+        }
+        if let Some(active) = &service.active_migration {
+            return Err(Rejected(format!(
+                "service {:?} already has migration {active} in flight; roll it back or wait",
+                request.service
+            )));
+        }
+        let spec = &service.spec;
+        self.next_migration += 1;
+        let id = format!("{}-{}", request.service, self.next_migration);
+        let migration = MigrationSpec {
+            id: id.clone(),
+            service: request.service.clone(),
+            from: service.primary_region.clone(),
+            to: request.to.clone(),
+            cutover_at_ms: request.cutover_at_ms,
+            lead_time_ms: request
+                .lead_time_ms
+                .unwrap_or(spec.lead_time_secs.saturating_mul(1_000)),
+            steps_percent: spec.steps_percent.clone(),
+            analysis_window_ms: request
+                .analysis_window_ms
+                .unwrap_or(spec.analysis_window_secs.saturating_mul(1_000)),
+            // Clients may cache the old answer for one old TTL; 10 % on top for clocks.
+            drain_ms: request
+                .drain_ms
+                .unwrap_or(u64::from(spec.dns_ttl_secs) * 1_100),
+            warm_up: request.warm_up,
+            max_replication_lag: spec.max_replication_lag,
+            slo: spec.slo.clone(),
+            deadlines: DEFAULT_DEADLINES,
+        };
+        migration
+            .validate()
+            .map_err(|e| Rejected(format!("migration for {:?}: {e}", request.service)))?;
+        let reason = match &request.schedule_key {
+            Some(key) => format!("schedule {key}"),
+            None => "operator asked".to_owned(),
+        };
+        let event = format!(
+            "created: {} {} → {} at {}",
+            request.service, migration.from, migration.to, migration.cutover_at_ms
+        );
+        self.migrations.insert(
+            id.clone(),
+            MigrationRecord {
+                spec: migration,
+                phase: Phase::Planned,
+                phase_since_ms: at_ms,
+                shadow_instances: spec.min_instances,
+                promoted: false,
+            },
+        );
+        self.services
+            .get_mut(&request.service)
+            .expect("checked above")
+            .active_migration = Some(id.clone());
+        if let Some(key) = &request.schedule_key {
+            self.fired.insert(key.clone(), id.clone());
+        }
+        self.record(AuditEntry {
+            index,
+            at_ms,
+            term: 0,
+            subject: id.clone(),
+            event,
+            reason,
+        });
+        Ok(Applied::Migration { id })
+    }
+}
+
+/// Encodes a command for a proposal (versioned envelope, postcard).
+pub fn encode_command(command: &Command) -> Vec<u8> {
+    umbra_proto::envelope::encode(command).expect("commands always serialise")
+}
+
+/// Decodes the outcome a proposal returned.
+pub fn decode_outcome(bytes: &[u8]) -> Result<Outcome, umbra_proto::EnvelopeError> {
+    umbra_proto::envelope::decode(bytes)
+}
+
+/// Encodes a query.
+pub fn encode_query(query: &Query) -> Vec<u8> {
+    umbra_proto::envelope::encode(query).expect("queries always serialise")
+}
+
+/// Decodes a query's answer.
+pub fn decode_answer(bytes: &[u8]) -> Result<QueryAnswer, umbra_proto::EnvelopeError> {
+    umbra_proto::envelope::decode(bytes)
+}
+
+impl StateMachine for OrchestratorState {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        let outcome = match umbra_proto::envelope::decode::<Command>(command) {
+            Ok(command) => self.apply_command(index, &command),
+            Err(e) => {
+                self.applied_index = index;
+                Err(Rejected(format!("not an orchestrator command: {e}")))
+            }
+        };
+        umbra_proto::envelope::encode(&outcome).expect("outcomes always serialise")
+    }
+
+    fn query(&self, query: &[u8]) -> Vec<u8> {
+        let answer = match umbra_proto::envelope::decode::<Query>(query) {
+            Ok(Query::Overview) => QueryAnswer::Overview(Box::new(self.overview())),
+            Ok(Query::Audit { after_index, limit }) => QueryAnswer::Audit(
+                self.audit
+                    .iter()
+                    .filter(|e| e.index > after_index)
+                    .take(limit)
+                    .cloned()
+                    .collect(),
+            ),
+            Ok(Query::Check(command)) => QueryAnswer::Check(self.check(&command)),
+            Err(e) => QueryAnswer::Malformed(e.to_string()),
+        };
+        umbra_proto::envelope::encode(&answer).expect("answers always serialise")
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        umbra_proto::envelope::encode(self).expect("the state always serialises")
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        *self = umbra_proto::envelope::decode(snapshot)
+            .map_err(|e| RestoreError(format!("not an orchestrator snapshot: {e}")))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

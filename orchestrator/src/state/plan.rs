@@ -1,0 +1,364 @@
+//! The desired configuration an operator applies with `umbra apply -f FILE.toml`: regions,
+//! services and schedules. serde lives here, at the file edge; `validate` checks what can be
+//! checked without the replicated state (names, ranges, references within the plan), and
+//! [`super::OrchestratorState`] checks the rest when the plan is applied.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use umbra_proto::agent::WarmPlan;
+
+use crate::migration::Slo;
+use crate::sizing::Tier;
+
+/// Default DNS TTL of a service record outside migrations: 300 s, a common managed-DNS
+/// default (Route 53's console default).
+pub const DEFAULT_DNS_TTL_SECS: u32 = 300;
+/// Default TTL during a cutover: 5 s, short enough that clients follow a step within one
+/// analysis window.
+pub const DEFAULT_CUTOVER_TTL_SECS: u32 = 5;
+/// Default analysis window per cutover step: 60 s, one Prometheus scrape interval of 15 s
+/// four times over.
+pub const DEFAULT_ANALYSIS_WINDOW_SECS: u64 = 60;
+/// Default lead time: provisioning starts 15 minutes before the slice, room for dormant
+/// instances to start, warm and catch up.
+pub const DEFAULT_LEAD_TIME_SECS: u64 = 900;
+
+/// A whole plan file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// Regions, by name.
+    #[serde(default, rename = "region")]
+    pub regions: Vec<RegionSpec>,
+    /// Services, by name.
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceSpec>,
+    /// Schedules that create migrations.
+    #[serde(default, rename = "schedule")]
+    pub schedules: Vec<ScheduleSpec>,
+}
+
+/// One region.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionSpec {
+    /// Region name, e.g. `eu-west`; the agent's certificate names it.
+    pub name: String,
+    /// The region's load-balancer front (`ip:port`): where clients and other regions'
+    /// load balancers send this region's share.
+    pub front: String,
+    /// Cost of one warm instance-hour (serving or ready to).
+    #[serde(default = "default_warm_cost")]
+    pub warm_instance_hour: f64,
+    /// Cost of one dormant instance-hour (created, not started).
+    #[serde(default = "default_dormant_cost")]
+    pub dormant_instance_hour: f64,
+}
+
+fn default_warm_cost() -> f64 {
+    1.0
+}
+
+fn default_dormant_cost() -> f64 {
+    0.1
+}
+
+/// How a service's data follows it between regions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicationKind {
+    /// Stateless: nothing to replicate.
+    None,
+    /// The sample service's write-ahead-log shipping.
+    SampleLogShipping,
+}
+
+/// One service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Service name, e.g. `shop`.
+    pub name: String,
+    /// Fully qualified DNS name clients resolve, e.g. `shop.umbra.test.`.
+    pub hostname: String,
+    /// The region that serves the service when it is first applied. Afterwards only
+    /// migrations move it.
+    pub primary_region: String,
+    /// Requests per second one instance serves within the SLO.
+    pub capacity_rps_per_instance: f64,
+    /// Smallest shadow pool.
+    #[serde(default = "one")]
+    pub min_instances: u32,
+    /// Largest shadow pool.
+    pub max_instances: u32,
+    /// How much capacity is guaranteed.
+    pub tier: Tier,
+    /// DNS TTL outside migrations.
+    #[serde(default = "default_dns_ttl")]
+    pub dns_ttl_secs: u32,
+    /// DNS TTL during a cutover (lowered one old TTL ahead).
+    #[serde(default = "default_cutover_ttl")]
+    pub cutover_ttl_secs: u32,
+    /// Cutover schedule in percent, ending at 100.
+    #[serde(default = "default_steps")]
+    pub steps_percent: Vec<u8>,
+    /// How long each step holds while the SLO is judged.
+    #[serde(default = "default_window")]
+    pub analysis_window_secs: u64,
+    /// How long before a slice provisioning starts.
+    #[serde(default = "default_lead")]
+    pub lead_time_secs: u64,
+    /// The SLO judged at each step.
+    pub slo: Slo,
+    /// Synthetic warm-up traffic and its readiness gate.
+    pub warmup: WarmPlan,
+    /// How data follows the service.
+    pub replication: ReplicationKind,
+    /// Highest replication lag (entries) at which the target counts as caught up.
+    #[serde(default)]
+    pub max_replication_lag: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_dns_ttl() -> u32 {
+    DEFAULT_DNS_TTL_SECS
+}
+fn default_cutover_ttl() -> u32 {
+    DEFAULT_CUTOVER_TTL_SECS
+}
+fn default_steps() -> Vec<u8> {
+    crate::migration::DEFAULT_STEPS_PERCENT.to_vec()
+}
+fn default_window() -> u64 {
+    DEFAULT_ANALYSIS_WINDOW_SECS
+}
+fn default_lead() -> u64 {
+    DEFAULT_LEAD_TIME_SECS
+}
+
+/// A schedule that creates migrations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// Schedule name, unique.
+    pub name: String,
+    /// The service it moves.
+    pub service: String,
+    /// Follow the sun: each leg makes `region` primary from `at_hour_utc` on, every day.
+    pub legs: Vec<ScheduleLeg>,
+}
+
+/// One leg of a follow-the-sun schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleLeg {
+    /// Hour of the day (UTC, 0–23) the region becomes primary.
+    pub at_hour_utc: u8,
+    /// The region.
+    pub region: String,
+}
+
+/// Why a plan is unusable; each message says what to change.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    /// The file is not a valid plan (syntax, unknown field, wrong type).
+    #[error("{0}")]
+    Syntax(String),
+    /// Two entries share a name.
+    #[error("{kind} {name:?} is declared twice; names must be unique")]
+    Duplicate { kind: &'static str, name: String },
+    /// A reference to a region nobody declared.
+    #[error(
+        "{what} names region {region:?}, which is not declared; declared regions: {known}. Add a [[region]] or fix the name"
+    )]
+    UnknownRegion {
+        what: String,
+        region: String,
+        known: String,
+    },
+    /// A reference to a service nobody declared.
+    #[error("{what} names service {service:?}, which is not declared")]
+    UnknownService { what: String, service: String },
+    /// A value out of range.
+    #[error("{what}: {problem}")]
+    Invalid { what: String, problem: String },
+}
+
+impl Plan {
+    /// Parses a plan file. Errors carry the line and column (the toml crate's spans).
+    pub fn from_toml(text: &str) -> Result<Plan, PlanError> {
+        toml::from_str(text).map_err(|e| PlanError::Syntax(e.to_string()))
+    }
+
+    /// Checks the plan on its own. `known_regions` are regions already in the replicated
+    /// state, which the plan may name without redeclaring.
+    pub fn validate<'a>(
+        &self,
+        known_regions: impl IntoIterator<Item = &'a str>,
+        known_services: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), PlanError> {
+        let mut regions: BTreeSet<&str> = known_regions.into_iter().collect();
+        let mut declared = BTreeSet::new();
+        for region in &self.regions {
+            if !declared.insert(region.name.as_str()) {
+                return Err(PlanError::Duplicate {
+                    kind: "region",
+                    name: region.name.clone(),
+                });
+            }
+            regions.insert(region.name.as_str());
+            region.validate()?;
+        }
+        let known = || regions.iter().copied().collect::<Vec<_>>().join(", ");
+        let region_exists = |what: String, region: &str| {
+            if regions.contains(region) {
+                Ok(())
+            } else {
+                Err(PlanError::UnknownRegion {
+                    what,
+                    region: region.to_owned(),
+                    known: known(),
+                })
+            }
+        };
+        let mut services: BTreeSet<&str> = known_services.into_iter().collect();
+        let mut declared = BTreeSet::new();
+        for service in &self.services {
+            if !declared.insert(service.name.as_str()) {
+                return Err(PlanError::Duplicate {
+                    kind: "service",
+                    name: service.name.clone(),
+                });
+            }
+            services.insert(service.name.as_str());
+            region_exists(
+                format!("service {:?} primary_region", service.name),
+                &service.primary_region,
+            )?;
+            service.validate()?;
+        }
+        let mut declared = BTreeSet::new();
+        for schedule in &self.schedules {
+            if !declared.insert(schedule.name.as_str()) {
+                return Err(PlanError::Duplicate {
+                    kind: "schedule",
+                    name: schedule.name.clone(),
+                });
+            }
+            if !services.contains(schedule.service.as_str()) {
+                return Err(PlanError::UnknownService {
+                    what: format!("schedule {:?}", schedule.name),
+                    service: schedule.service.clone(),
+                });
+            }
+            if schedule.legs.len() < 2 {
+                return Err(invalid(
+                    format!("schedule {:?}", schedule.name),
+                    "needs at least two legs to move anything",
+                ));
+            }
+            let mut hours = BTreeSet::new();
+            for leg in &schedule.legs {
+                region_exists(format!("schedule {:?} leg", schedule.name), &leg.region)?;
+                if leg.at_hour_utc > 23 || !hours.insert(leg.at_hour_utc) {
+                    return Err(invalid(
+                        format!("schedule {:?}", schedule.name),
+                        format!("leg hour {} must be 0–23 and unique", leg.at_hour_utc),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn invalid(what: impl Into<String>, problem: impl Into<String>) -> PlanError {
+    PlanError::Invalid {
+        what: what.into(),
+        problem: problem.into(),
+    }
+}
+
+fn check_name(kind: &str, name: &str) -> Result<(), PlanError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            format!("{kind} name {name:?}"),
+            "use 1–63 lower-case letters, digits and '-'",
+        ))
+    }
+}
+
+impl RegionSpec {
+    fn validate(&self) -> Result<(), PlanError> {
+        check_name("region", &self.name)?;
+        let what = || format!("region {:?}", self.name);
+        self.front.parse::<std::net::SocketAddr>().map_err(|e| {
+            invalid(
+                what(),
+                format!("front {:?} is not ip:port: {e}", self.front),
+            )
+        })?;
+        for (field, cost) in [
+            ("warm_instance_hour", self.warm_instance_hour),
+            ("dormant_instance_hour", self.dormant_instance_hour),
+        ] {
+            if !(cost.is_finite() && cost >= 0.0) {
+                return Err(invalid(what(), format!("{field} {cost} must be ≥ 0")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The front's socket address (validated when the plan was applied).
+    pub fn front_addr(&self) -> std::net::SocketAddr {
+        self.front
+            .parse()
+            .expect("region fronts are validated before they are applied")
+    }
+}
+
+impl ServiceSpec {
+    fn validate(&self) -> Result<(), PlanError> {
+        check_name("service", &self.name)?;
+        let what = || format!("service {:?}", self.name);
+        crate::dns::parse_fqdn(&self.hostname)
+            .map_err(|e| invalid(what(), format!("hostname: {e}")))?;
+        if !(self.capacity_rps_per_instance.is_finite() && self.capacity_rps_per_instance > 0.0) {
+            return Err(invalid(what(), "capacity_rps_per_instance must be > 0"));
+        }
+        if self.min_instances == 0 || self.min_instances > self.max_instances {
+            return Err(invalid(
+                what(),
+                format!(
+                    "need 1 ≤ min_instances ({}) ≤ max_instances ({})",
+                    self.min_instances, self.max_instances
+                ),
+            ));
+        }
+        self.tier
+            .validate()
+            .map_err(|e| invalid(what(), e.to_string()))?;
+        if self.cutover_ttl_secs == 0 || self.cutover_ttl_secs > self.dns_ttl_secs {
+            return Err(invalid(what(), "need 0 < cutover_ttl_secs ≤ dns_ttl_secs"));
+        }
+        if self.warmup.mix.rate_per_sec.is_nan() || self.warmup.mix.rate_per_sec <= 0.0 {
+            return Err(invalid(what(), "warmup.mix.rate_per_sec must be > 0"));
+        }
+        if self.analysis_window_secs == 0 {
+            return Err(invalid(what(), "analysis_window_secs must be > 0"));
+        }
+        crate::migration::validate_steps(&self.steps_percent)
+            .and_then(|()| self.slo.validate())
+            .map_err(|e| invalid(what(), e.to_string()))
+    }
+}

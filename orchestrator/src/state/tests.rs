@@ -1,0 +1,306 @@
+//! The replicated state's rules, checked through its public commands: bad input is refused
+//! with a clear message and changes nothing; transitions are fenced by phase and term;
+//! schedules fire once per slice; a snapshot restores the same state.
+
+use super::*;
+
+pub(crate) const PLAN: &str = r#"
+[[region]]
+name = "us-east"
+front = "127.0.0.11:8080"
+
+[[region]]
+name = "eu-west"
+front = "127.0.0.12:8080"
+
+[[service]]
+name = "shop"
+hostname = "shop.umbra.test."
+primary_region = "us-east"
+capacity_rps_per_instance = 100.0
+max_instances = 4
+tier = { probabilistic = { cost_miss = 4.0, cost_idle = 1.0 } }
+replication = "sample-log-shipping"
+slo = { max_error_rate = 0.01, max_p99_ms = 100.0, min_samples = 50 }
+
+[service.warmup]
+allow_writes = false
+mix = { requests = [{ method = "GET", path = "/kv/{key}", weight = 1.0 }], key_count = 1000, zipf_exponent = 1.0, rate_per_sec = 200.0, max_duration_ms = 30000 }
+gate = { reference_p99_ms = 5.0, p99_tolerance_pct = 50.0, max_error_rate = 0.01, min_requests = 200 }
+
+[[schedule]]
+name = "sun"
+service = "shop"
+legs = [{ at_hour_utc = 0, region = "eu-west" }, { at_hour_utc = 12, region = "us-east" }]
+"#;
+
+fn planned() -> OrchestratorState {
+    let mut state = OrchestratorState::default();
+    let plan = Plan::from_toml(PLAN).expect("the test plan parses");
+    state
+        .apply_command(1, &Command::ApplyPlan { plan, at_ms: 1 })
+        .expect("the test plan applies");
+    state
+}
+
+fn migrate(state: &mut OrchestratorState, index: u64, to: &str) -> Outcome {
+    state.apply_command(
+        index,
+        &Command::CreateMigration {
+            request: MigrationRequest {
+                service: "shop".to_owned(),
+                from: None,
+                to: to.to_owned(),
+                cutover_at_ms: 100_000,
+                warm_up: true,
+                lead_time_ms: None,
+                analysis_window_ms: None,
+                drain_ms: None,
+                schedule_key: None,
+            },
+            at_ms: 10,
+        },
+    )
+}
+
+fn transition(id: &str, from: Phase, to: Phase, term: u64) -> Command {
+    Command::Transition {
+        id: id.to_owned(),
+        from,
+        to,
+        reason: "test".to_owned(),
+        shadow_instances: None,
+        term,
+        at_ms: 20,
+    }
+}
+
+#[test]
+fn a_plan_naming_an_unknown_region_is_refused_and_changes_nothing() {
+    let mut state = planned();
+    let before = state.clone();
+    let text = PLAN.replace(
+        "primary_region = \"us-east\"",
+        "primary_region = \"mars-1\"",
+    );
+    let plan = Plan::from_toml(&text).unwrap();
+    let err = state
+        .apply_command(2, &Command::ApplyPlan { plan, at_ms: 2 })
+        .expect_err("unknown region");
+    assert!(err.0.contains("\"mars-1\""), "{err}");
+    assert!(
+        err.0.contains("us-east"),
+        "the message lists the known regions: {err}"
+    );
+    assert_eq!(state.overview().regions, before.overview().regions);
+    assert_eq!(state.overview().services, before.overview().services);
+    assert_eq!(state.audit(), before.audit());
+}
+
+#[test]
+fn malformed_plans_say_where() {
+    let err = Plan::from_toml("[[region]]\nname = \"x\"\nfront = 5\n").expect_err("bad type");
+    assert!(err.to_string().contains("line 3"), "{err}");
+    let err = Plan::from_toml("[[region]]\nname = \"x\"\nfrnt = \"a\"\n").expect_err("typo");
+    assert!(err.to_string().contains("frnt"), "{err}");
+}
+
+#[test]
+fn migrations_to_unknown_regions_or_busy_services_are_refused() {
+    let mut state = planned();
+    let err = migrate(&mut state, 2, "ap-south").expect_err("unknown region");
+    assert!(err.0.contains("\"ap-south\""), "{err}");
+    assert!(state.overview().migrations.is_empty());
+
+    assert_eq!(
+        migrate(&mut state, 3, "eu-west"),
+        Ok(Applied::Migration {
+            id: "shop-1".to_owned()
+        })
+    );
+    let err = migrate(&mut state, 4, "eu-west").expect_err("busy");
+    assert!(err.0.contains("shop-1"), "{err}");
+    let err = migrate(&mut state, 5, "us-east").expect_err("same region");
+    assert!(
+        err.0.contains("two regions") || err.0.contains("shop-1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn transitions_are_fenced_by_phase_and_term() {
+    let mut state = planned();
+    migrate(&mut state, 2, "eu-west").unwrap();
+    let first = transition("shop-1", Phase::Planned, Phase::Provisioning, 3);
+    assert_eq!(state.apply_command(3, &first), Ok(Applied::Done));
+    // The same transition again (a new leader repeating it) is refused, not applied twice.
+    let again = state.apply_command(4, &first).expect_err("repeated");
+    assert!(again.0.contains("already made"), "{again}");
+    // A deposed leader's command from an older term is refused.
+    let stale = transition("shop-1", Phase::Provisioning, Phase::Warming, 2);
+    let err = state.apply_command(5, &stale).expect_err("stale term");
+    assert!(err.0.contains("deposed"), "{err}");
+    // Not an edge of the state machine.
+    let jump = transition("shop-1", Phase::Provisioning, Phase::Completed, 3);
+    assert!(state.apply_command(6, &jump).is_err());
+    let audit: Vec<_> = state
+        .audit()
+        .iter()
+        .filter(|e| e.subject == "shop-1")
+        .map(|e| e.event.as_str())
+        .collect();
+    assert_eq!(
+        audit,
+        vec![
+            "created: shop us-east → eu-west at 100000",
+            "planned → provisioning"
+        ]
+    );
+}
+
+#[test]
+fn a_completed_migration_moves_the_primary_region_and_frees_the_service() {
+    let mut state = planned();
+    migrate(&mut state, 2, "eu-west").unwrap();
+    let path = [
+        Phase::Planned,
+        Phase::Provisioning,
+        Phase::Warming,
+        Phase::Replicating,
+        Phase::Ready,
+        Phase::CuttingOver { step: 0 },
+        Phase::CuttingOver { step: 1 },
+        Phase::CuttingOver { step: 2 },
+        Phase::Draining,
+        Phase::Completed,
+    ];
+    for (i, pair) in path.windows(2).enumerate() {
+        let outcome = state.apply_command(3 + i as u64, &transition("shop-1", pair[0], pair[1], 1));
+        assert_eq!(outcome, Ok(Applied::Done), "{} → {}", pair[0], pair[1]);
+    }
+    let overview = state.overview();
+    assert_eq!(overview.services["shop"].primary_region, "eu-west");
+    assert_eq!(overview.services["shop"].active_migration, None);
+    // Re-applying the original plan must not silently move the service back.
+    let plan = Plan::from_toml(PLAN).unwrap();
+    let err = state
+        .apply_command(20, &Command::ApplyPlan { plan, at_ms: 30 })
+        .expect_err("plan would move the service");
+    assert!(err.0.contains("umbra migrate"), "{err}");
+}
+
+#[test]
+fn an_operator_rollback_is_recorded_and_only_for_live_migrations() {
+    let mut state = planned();
+    migrate(&mut state, 2, "eu-west").unwrap();
+    let rollback = Command::RequestRollback {
+        id: "shop-1".to_owned(),
+        reason: "drill".to_owned(),
+        at_ms: 40,
+    };
+    assert_eq!(state.apply_command(3, &rollback), Ok(Applied::Done));
+    assert_eq!(
+        state.overview().migrations["shop-1"].phase,
+        Phase::RollingBack
+    );
+    assert!(
+        state.apply_command(4, &rollback).is_err(),
+        "already rolling back"
+    );
+    let unknown = Command::RequestRollback {
+        id: "nope-9".to_owned(),
+        reason: "x".to_owned(),
+        at_ms: 41,
+    };
+    assert!(state.apply_command(5, &unknown).is_err());
+}
+
+#[test]
+fn a_schedule_fires_once_per_slice() {
+    let mut state = planned();
+    let request = MigrationRequest {
+        service: "shop".to_owned(),
+        from: None,
+        to: "eu-west".to_owned(),
+        cutover_at_ms: 86_400_000,
+        warm_up: true,
+        lead_time_ms: None,
+        analysis_window_ms: None,
+        drain_ms: None,
+        schedule_key: Some("sun/86400000".to_owned()),
+    };
+    let create = Command::CreateMigration { request, at_ms: 1 };
+    let first = state.apply_command(2, &create).unwrap();
+    let second = state.apply_command(3, &create).unwrap();
+    assert_eq!(
+        first, second,
+        "the second leader gets the same migration back"
+    );
+    assert_eq!(state.overview().migrations.len(), 1);
+}
+
+#[test]
+fn dns_weights_name_known_regions_only() {
+    let mut state = planned();
+    assert_eq!(
+        state.overview().dns["shop"].weights,
+        BTreeMap::from([("us-east".to_owned(), 1)])
+    );
+    let set = |weights: &[(&str, u32)], term| Command::SetDnsWeights {
+        service: "shop".to_owned(),
+        dns: DnsWeights {
+            weights: weights.iter().map(|(r, w)| (r.to_string(), *w)).collect(),
+            ttl_secs: 5,
+        },
+        reason: "step".to_owned(),
+        term,
+        at_ms: 50,
+    };
+    assert_eq!(
+        state.apply_command(2, &set(&[("us-east", 90), ("eu-west", 10)], 1)),
+        Ok(Applied::Done)
+    );
+    assert!(state.apply_command(3, &set(&[("mars-1", 1)], 1)).is_err());
+    assert!(state.apply_command(4, &set(&[("us-east", 0)], 1)).is_err());
+    assert_eq!(state.overview().dns["shop"].weights["eu-west"], 10);
+}
+
+#[test]
+fn the_state_machine_round_trips_snapshots_and_refuses_garbage() {
+    let mut state = planned();
+    migrate(&mut state, 2, "eu-west").unwrap();
+    let snapshot = StateMachine::snapshot(&state);
+    let mut restored = OrchestratorState::default();
+    restored.restore(&snapshot).unwrap();
+    assert_eq!(restored, state);
+    assert!(restored.restore(b"garbage").is_err());
+
+    let answer = StateMachine::apply(&mut restored, 3, b"\x01garbage");
+    let outcome = decode_outcome(&answer).unwrap();
+    assert!(outcome.is_err());
+    assert_eq!(
+        restored.overview().migrations.len(),
+        1,
+        "garbage changed nothing"
+    );
+
+    let check = Query::Check(Box::new(Command::CreateMigration {
+        request: MigrationRequest {
+            service: "shop".to_owned(),
+            from: None,
+            to: "eu-west".to_owned(),
+            cutover_at_ms: 0,
+            warm_up: true,
+            lead_time_ms: None,
+            analysis_window_ms: None,
+            drain_ms: None,
+            schedule_key: None,
+        },
+        at_ms: 0,
+    }));
+    let answer = decode_answer(&restored.query(&encode_query(&check))).unwrap();
+    assert!(
+        matches!(answer, QueryAnswer::Check(Err(_))),
+        "shop already has a migration in flight: {answer:?}"
+    );
+}
