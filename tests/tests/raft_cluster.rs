@@ -267,6 +267,7 @@ async fn paused_leader_cannot_commit_steps_down_and_loses_its_entry() -> anyhow:
         .context("the old leader answers after SIGCONT")??
         .context("stream ended without an answer")?;
     assert_eq!(answer.id, 7);
+    eprintln!("the deposed leader answered: {:?}", answer.outcome);
     match &answer.outcome {
         ClientOutcome::NotLeader(_) => {}
         ClientOutcome::Failed(error) => {
@@ -528,5 +529,103 @@ async fn a_missing_binary_or_a_bad_config_gets_a_clear_message() -> anyhow::Resu
     ensure!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     ensure!(stderr.contains("node.toml"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn umbra_kv_puts_and_gets_through_any_node() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.wait_for_leader(ELECTION).await?;
+    let follower = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let umbra = umbra_tests::binary("umbra")?;
+    let run = |args: Vec<String>| {
+        let output = std::process::Command::new(&umbra).args(&args).output()?;
+        anyhow::Ok((
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    };
+    let node = cluster.nodes[&follower].listen().to_string();
+    let certs = cluster.certs_dir.display().to_string();
+    // Entering through a follower: the CLI follows the leader hint.
+    let (ok, stdout, stderr) = tokio::task::block_in_place(|| {
+        run(vec![
+            "kv".into(),
+            "put".into(),
+            "colour".into(),
+            "blue".into(),
+            "--node".into(),
+            node.clone(),
+            "--certs".into(),
+            certs.clone(),
+        ])
+    })?;
+    ensure!(ok, "umbra kv put failed: {stderr}");
+    ensure!(stdout.contains("applied at log index"), "{stdout}");
+    let (ok, stdout, stderr) = tokio::task::block_in_place(|| {
+        run(vec![
+            "kv".into(),
+            "get".into(),
+            "colour".into(),
+            "--node".into(),
+            node.clone(),
+            "--certs".into(),
+            certs.clone(),
+        ])
+    })?;
+    ensure!(ok, "umbra kv get failed: {stderr}");
+    assert_eq!(stdout.trim(), "blue");
+    // A missing --certs is a clear mistake message, not a panic.
+    let (ok, _, stderr) = tokio::task::block_in_place(|| {
+        run(vec![
+            "kv".into(),
+            "get".into(),
+            "x".into(),
+            "--node".into(),
+            node.clone(),
+        ])
+    })?;
+    ensure!(!ok && stderr.contains("umbra certs init"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn umbra_demo_runs_twice_and_leaves_nothing_running() -> anyhow::Result<()> {
+    let umbra = umbra_tests::binary("umbra")?;
+    for run in 1..=2 {
+        let output = tokio::task::block_in_place(|| {
+            std::process::Command::new(&umbra)
+                .args(["demo", "--json", "--keys", "10"])
+                .output()
+        })?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(output.status.success(), "demo run {run} failed: {stderr}");
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("demo run {run} printed no JSON"))?;
+        assert_eq!(
+            report["identical_state"],
+            serde_json::json!(true),
+            "{report}"
+        );
+        assert_eq!(report["keys_read_back"], serde_json::json!(10), "{report}");
+        // Every node it started is gone: their admin ports no longer answer.
+        for node in report["nodes"].as_array().context("nodes")? {
+            let admin = node["admin"].as_str().context("admin address")?;
+            let answer = reqwest::Client::new()
+                .get(format!("http://{admin}/status"))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await;
+            ensure!(
+                answer.is_err(),
+                "demo run {run} left node {} running",
+                node["id"]
+            );
+        }
+    }
     Ok(())
 }

@@ -193,7 +193,12 @@ impl Server {
                 Ok(Some(request)) => request,
                 Ok(None) => break,
                 Err(error) => {
-                    tracing::warn!(%peer, %error, "client stream closed on bad input");
+                    // A vanished client is routine; bad frames from a client are worth a warning.
+                    if error.link_error().is_some() {
+                        tracing::debug!(%peer, %error, "client connection ended");
+                    } else {
+                        tracing::warn!(%peer, %error, "client stream closed on bad input");
+                    }
                     break;
                 }
             };

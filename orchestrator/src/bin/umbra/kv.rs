@@ -14,61 +14,89 @@ use umbra_proto::{Credentials, Identity, Role};
 pub struct KvArgs {
     #[command(subcommand)]
     command: KvCommandArgs,
+}
+
+/// Which cluster to talk to, and as whom.
+#[derive(Debug, clap::Args)]
+struct Target {
     /// Address of any node (QUIC, host:port); repeat or comma-separate for several.
-    #[arg(long = "node", value_delimiter = ',', required = true, global = true)]
+    #[arg(long = "node", value_delimiter = ',', required = true)]
     nodes: Vec<SocketAddr>,
     /// Directory written by `umbra certs init`.
-    #[arg(long, global = true)]
+    #[arg(long)]
     certs: Option<PathBuf>,
     /// Operator name whose certificate to use (`operator-<name>.pem` in --certs).
-    #[arg(long = "as", default_value = "admin", global = true)]
+    #[arg(long = "as", default_value = "admin")]
     operator: String,
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum KvCommandArgs {
     /// Write KEY = VALUE through the leader and wait until it is applied.
-    Put { key: String, value: String },
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Read KEY linearizably (through the leader).
-    Get { key: String },
+    Get {
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Delete KEY.
-    Delete { key: String },
+    Delete {
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+enum Request {
+    Propose(Vec<u8>),
+    Read(Vec<u8>),
 }
 
 pub fn run(args: KvArgs) -> anyhow::Result<()> {
-    let certs = args
+    let (target, request) = match args.command {
+        KvCommandArgs::Put { key, value, target } => (
+            target,
+            Request::Propose(
+                KvCommand::Put {
+                    key,
+                    value: value.into_bytes(),
+                }
+                .encode(),
+            ),
+        ),
+        KvCommandArgs::Delete { key, target } => {
+            (target, Request::Propose(KvCommand::Delete { key }.encode()))
+        }
+        KvCommandArgs::Get { key, target } => {
+            (target, Request::Read(KvQuery::Get { key }.encode()))
+        }
+    };
+    let certs = target
         .certs
         .context("--certs DIR is required: the directory written by `umbra certs init`")?;
-    let identity = Identity::new(Role::Operator, args.operator.clone())?;
+    let identity = Identity::new(Role::Operator, target.operator.clone())?;
     let credentials = Credentials::load(&certs, &identity).with_context(|| {
         format!(
             "loading {identity}'s certificate from {} (issue one with `umbra certs add --dir {} --role operator --id {}`)",
             certs.display(),
             certs.display(),
-            args.operator
+            target.operator
         )
     })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let mut client = StoreClient::new(&credentials, args.nodes)?;
-        let answer = match args.command {
-            KvCommandArgs::Put { key, value } => {
-                client
-                    .propose(
-                        KvCommand::Put {
-                            key,
-                            value: value.into_bytes(),
-                        }
-                        .encode(),
-                    )
-                    .await?
-            }
-            KvCommandArgs::Delete { key } => {
-                client.propose(KvCommand::Delete { key }.encode()).await?
-            }
-            KvCommandArgs::Get { key } => client.read(KvQuery::Get { key }.encode()).await?,
+        let mut client = StoreClient::new(&credentials, target.nodes)?;
+        let answer = match request {
+            Request::Propose(command) => client.propose(command).await?,
+            Request::Read(query) => client.read(query).await?,
         };
         match KvAnswer::decode(&answer).context("decoding the node's answer")? {
             KvAnswer::Written { index, previous } => {
