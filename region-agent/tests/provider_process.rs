@@ -194,3 +194,29 @@ async fn a_killed_agent_is_replaced_by_one_that_adopts_its_instances() -> anyhow
     assert!(provider.list().await.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_process_started_but_not_yet_recorded_is_still_adopted() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let make = || ProcessRuntime::new(ProcessConfig::sample(sample_binary(), 5), dir.path());
+    let provider = Provider::open(make()?, dir.path()).await?;
+    provider.provision(&["c-1".to_string()]).await?;
+    provider.apply("c-1", Operation::Start).await?;
+    drop(provider);
+    // Simulate an agent killed after spawning but before recording: the record says dormant,
+    // with no pid and no address.
+    let record = dir.path().join("instances/c-1.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&record)?)?;
+    json["state"] = "Dormant".into();
+    json["pid"] = serde_json::Value::Null;
+    json["addr"] = serde_json::Value::Null;
+    std::fs::write(&record, serde_json::to_vec(&json)?)?;
+
+    let provider = Provider::open(make()?, dir.path()).await?;
+    let rec = provider.get("c-1").await?;
+    assert_eq!(rec.state, InstanceState::Warm, "found through its pid file");
+    assert_eq!(get(&rec.addr.unwrap().to_string(), "/healthz").await?, 200);
+    provider.remove("c-1").await?;
+    assert!(processes_of(dir.path()).is_empty());
+    Ok(())
+}

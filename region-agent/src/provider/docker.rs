@@ -128,6 +128,15 @@ impl DockerRuntime {
     }
 }
 
+/// The host port Docker published for the service port.
+fn published_port(settings: Option<bollard::models::NetworkSettings>) -> Option<u16> {
+    settings
+        .and_then(|n| n.ports)
+        .and_then(|p| p.get(&format!("{CONTAINER_PORT}/tcp")).cloned().flatten())
+        .and_then(|b| b.into_iter().find_map(|b| b.host_port))
+        .and_then(|p| p.parse::<u16>().ok())
+}
+
 fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
@@ -186,6 +195,10 @@ impl Runtime for DockerRuntime {
     }
 
     async fn start(&self, rec: &mut InstanceRecord) -> Result<(), ProviderError> {
+        if rec.container_id.is_none() {
+            // Recorded but never created (the agent died in between): create it now.
+            self.create(rec).await?;
+        }
         let id = self.container(rec)?.to_owned();
         self.docker
             .start_container(&id, None)
@@ -196,12 +209,7 @@ impl Runtime for DockerRuntime {
             .inspect_container(&id, None)
             .await
             .map_err(|e| err(format!("inspecting {:?}: {e}", rec.id)))?;
-        let port = info
-            .network_settings
-            .and_then(|n| n.ports)
-            .and_then(|p| p.get(&format!("{CONTAINER_PORT}/tcp")).cloned().flatten())
-            .and_then(|b| b.into_iter().find_map(|b| b.host_port))
-            .and_then(|p| p.parse::<u16>().ok())
+        let port = published_port(info.network_settings)
             .ok_or_else(|| err(format!("container of {:?} has no published port", rec.id)))?;
         rec.addr = Some(SocketAddr::from(([127, 0, 0, 1], port)));
         Ok(())
@@ -256,11 +264,14 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    async fn observe(&self, rec: &InstanceRecord) -> Result<Observed, ProviderError> {
-        let Some(id) = rec.container_id.as_deref() else {
-            return Ok(Observed::Absent);
-        };
-        let info = match self.docker.inspect_container(id, None).await {
+    async fn observe(&self, rec: &mut InstanceRecord) -> Result<Observed, ProviderError> {
+        // Without a recorded id (the agent died between creating the container and recording
+        // it), look the container up by its name.
+        let key = rec
+            .container_id
+            .clone()
+            .unwrap_or_else(|| self.name_of(&rec.id));
+        let info = match self.docker.inspect_container(&key, None).await {
             Ok(info) => info,
             Err(e) if is_not_found(&e) => return Ok(Observed::Absent),
             Err(e) => return Err(err(format!("inspecting {:?}: {e}", rec.id))),
@@ -273,6 +284,14 @@ impl Runtime for DockerRuntime {
             .is_some_and(|o| *o == self.config.owner);
         if !owned {
             return Ok(Observed::Absent);
+        }
+        if rec.container_id.is_none() {
+            rec.container_id = info.id.clone();
+        }
+        if rec.addr.is_none()
+            && let Some(port) = published_port(info.network_settings.clone())
+        {
+            rec.addr = Some(SocketAddr::from(([127, 0, 0, 1], port)));
         }
         Ok(match info.state.and_then(|s| s.status) {
             Some(ContainerStateStatusEnum::CREATED) => Observed::Created,

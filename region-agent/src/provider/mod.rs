@@ -274,10 +274,11 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         rec: &InstanceRecord,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
-    /// What is really there for this record.
+    /// What is really there for this record. May fill in what a crash kept from being
+    /// recorded (a pid, a container id, an address) when it finds it by the instance's name.
     fn observe(
         &self,
-        rec: &InstanceRecord,
+        rec: &mut InstanceRecord,
     ) -> impl Future<Output = Result<Observed, ProviderError>> + Send;
 }
 
@@ -373,7 +374,7 @@ impl<R: Runtime> Provider<R> {
 
     async fn adopt(&self, mut rec: InstanceRecord) -> Result<InstanceRecord, ProviderError> {
         use InstanceState::*;
-        let observed = self.runtime.observe(&rec).await?;
+        let observed = self.runtime.observe(&mut rec).await?;
         let running_state = match rec.state {
             Active => Active,
             Paused => rec.paused_from.unwrap_or(Warm),
@@ -449,7 +450,13 @@ impl<R: Runtime> Provider<R> {
                 container_id: None,
                 transitions: Vec::new(),
             };
-            self.runtime.create(&mut rec).await?;
+            // Recorded before the runtime acts, so an agent killed half-way leaves a record that
+            // the next agent reconciles (and adopts what was created) instead of an orphan.
+            self.persist(&rec)?;
+            if let Err(e) = self.runtime.create(&mut rec).await {
+                let _ = std::fs::remove_file(self.record_path(id));
+                return Err(e);
+            }
             push_timing(&mut rec, InstanceState::Stopped, started);
             // "Created" is recorded as a transition from Stopped (nothing) to Dormant.
             rec.state = InstanceState::Dormant;

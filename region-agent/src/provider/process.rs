@@ -253,6 +253,10 @@ impl Runtime for ProcessRuntime {
             .id()
             .ok_or_else(|| Self::err("the child exited at once"))?;
         rec.pid = Some(pid);
+        // The pid file covers a crash of the agent before the provider records the pid:
+        // adoption finds the process through it (and checks it is ours).
+        std::fs::write(dir.join("pid"), format!("{pid}\n"))
+            .map_err(|e| Self::err(format!("writing the pid file: {e}")))?;
         let deadline = Instant::now() + PORT_FILE_TIMEOUT;
         let port = loop {
             if let Ok(text) = std::fs::read_to_string(&port_file)
@@ -305,6 +309,7 @@ impl Runtime for ProcessRuntime {
         if !self.is_ours(pid, &rec.id) || self.exited(&rec.id, pid) {
             self.children.lock().expect("children lock").remove(&rec.id);
             rec.pid = None;
+            let _ = std::fs::remove_file(self.instance_dir(&rec.id).join("pid"));
             return Ok(());
         }
         // A stopped process handles SIGTERM only once continued.
@@ -320,6 +325,7 @@ impl Runtime for ProcessRuntime {
         }
         self.children.lock().expect("children lock").remove(&rec.id);
         rec.pid = None;
+        let _ = std::fs::remove_file(self.instance_dir(&rec.id).join("pid"));
         Ok(())
     }
 
@@ -334,7 +340,20 @@ impl Runtime for ProcessRuntime {
         }
     }
 
-    async fn observe(&self, rec: &InstanceRecord) -> Result<Observed, ProviderError> {
+    async fn observe(&self, rec: &mut InstanceRecord) -> Result<Observed, ProviderError> {
+        let dir = self.instance_dir(&rec.id);
+        if rec.pid.is_none()
+            && let Ok(text) = std::fs::read_to_string(dir.join("pid"))
+            && let Ok(pid) = text.trim().parse::<u32>()
+            && self.is_ours(pid, &rec.id)
+        {
+            rec.pid = Some(pid);
+            if let Ok(port) = std::fs::read_to_string(dir.join("port"))
+                && let Ok(port) = port.trim().parse::<u16>()
+            {
+                rec.addr = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+            }
+        }
         let Some(pid) = rec.pid else {
             return Ok(Observed::Absent);
         };

@@ -19,6 +19,11 @@
 //!   `{"error_rate":0.1,"added_latency_ms":50}`; `POST /admin/fence`, `/admin/unfence`,
 //!   `/admin/follow` `{"source":"http://…"}`, `/admin/unfollow`, `/admin/promote`.
 //!
+//! Known limits, acceptable for a sample: the whole log is also kept in memory (it is what
+//! `/wal` serves), so memory grows with the WAL; there is no compaction; and a replica
+//! checks only that the source's log is at least as long as its own, not that the shared prefix
+//! is identical (a replica re-pointed at a diverged primary is not detected).
+//!
 //! What it must not do: hold a lock across an `.await`, accept a client write anywhere but in
 //! the WAL writer's order (that is what makes a fence exact), or grow a request without bound
 //! (bodies, batches and waits are capped).
