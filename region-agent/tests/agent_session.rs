@@ -296,3 +296,112 @@ async fn the_agent_follows_the_leader_and_fences_stale_terms() -> anyhow::Result
     tokio::time::timeout(Duration::from_secs(10), session).await???;
     Ok(())
 }
+
+/// Kills the child on drop, so a failed assertion leaves no agent behind.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_binary_keeps_its_ledger_and_instances_across_a_sigkill() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs)?;
+    umbra_proto::certs::init(
+        &Layout {
+            orchestrators: 3,
+            regions: vec!["eu-west".into()],
+            operators: vec![],
+        },
+        &certs,
+    )?;
+    let leader: Leader = Arc::new(Mutex::new((1, 3)));
+    let (addrs, mut followed) = stand_in_cluster(&certs, leader.clone()).await?;
+    let state = dir.path().join("agent");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "region = \"eu-west\"\nstate_dir = {state:?}\norchestrators = {addrs:?}\n\
+             certs_dir = {certs:?}\nheartbeat_ms = 200\n[provider]\nkind = \"process\"\n\
+             backing_latency_ms = 5\nsample_binary = {sample:?}\n",
+            state = state.display().to_string(),
+            addrs = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            certs = certs.display().to_string(),
+            sample = env!("CARGO_BIN_EXE_umbra-sample"),
+        ),
+    )?;
+    let spawn = || -> anyhow::Result<ChildGuard> {
+        Ok(ChildGuard(
+            std::process::Command::new(env!("CARGO_BIN_EXE_umbra-agent"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "warn")
+                .spawn()?,
+        ))
+    };
+    let agent = spawn()?;
+    let mut f = next_followed(&mut followed).await?;
+    let provision = AgentAction::Provision {
+        instances: vec!["k-1".into()],
+    };
+    let first = command(&mut f, "p-1", 3, "eu-west", provision.clone()).await?;
+    let activate = AgentAction::Activate {
+        instance: "k-1".into(),
+    };
+    let active = command(&mut f, "a-1", 3, "eu-west", activate).await?;
+    assert_eq!(instance_state(&active), Some(InstanceState::Active));
+
+    drop(agent); // SIGKILL
+    let _agent = spawn()?;
+    let mut f = next_followed(&mut followed).await?;
+    // The instance was adopted, still active.
+    let report = loop {
+        if let Some(FromAgent::Report(r)) = f.stream.recv::<FromAgent>().await? {
+            break r;
+        }
+    };
+    assert_eq!(report.instances.len(), 1);
+    assert_eq!(report.instances[0].state, InstanceState::Active);
+    assert_eq!(
+        report.newest_term, 3,
+        "the newest term survived the restart"
+    );
+    // The finished operation is remembered: the first outcome, not a second provision.
+    assert_eq!(
+        command(&mut f, "p-1", 3, "eu-west", provision).await?,
+        first
+    );
+    // Fencing survived too.
+    let stale = command(
+        &mut f,
+        "s-0",
+        2,
+        "eu-west",
+        AgentAction::Stop {
+            instance: "k-1".into(),
+        },
+    )
+    .await?;
+    assert!(
+        matches!(stale, CommandOutcome::Refused(Refusal::StaleTerm { .. })),
+        "{stale:?}"
+    );
+    let removed = command(
+        &mut f,
+        "r-1",
+        3,
+        "eu-west",
+        AgentAction::Remove {
+            instance: "k-1".into(),
+        },
+    )
+    .await?;
+    assert!(matches!(removed, CommandOutcome::Done(_)), "{removed:?}");
+    Ok(())
+}
