@@ -262,6 +262,29 @@ async fn the_agent_follows_the_leader_and_fences_stale_terms() -> anyhow::Result
         InstanceState::Active
     );
 
+    // The agent's /metrics says the same.
+    let (metrics_addr, metrics_task) =
+        umbra_agent::agent::metrics::serve(agent.clone(), "127.0.0.1:0".parse()?).await?;
+    let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await?
+        .text()
+        .await?;
+    for line in [
+        "umbra_agent_newest_term 4",
+        "umbra_agent_instances{state=\"active\"} 1",
+        "umbra_agent_commands_total{result=\"replayed\"} 1",
+        "umbra_agent_commands_total{result=\"refused\"} 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+    assert!(text.contains(
+        "umbra_agent_last_transition_ms{from=\"dormant\",instance=\"s-1\",to=\"active\"}"
+    ));
+    metrics_task.abort();
+
     // The deposed node 2 still claims term 3: the agent does not follow it...
     *leader.lock().unwrap() = (2, 3);
     f.conn.close(0, "partitioned");

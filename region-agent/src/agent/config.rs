@@ -9,6 +9,7 @@
 //! orchestrators = ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
 //! certs_dir = "/etc/umbra/certs"     # ca.pem, agent-eu-west.pem/.key (umbra certs init)
 //! heartbeat_ms = 1000
+//! metrics_listen = "127.0.0.1:9464"   # Prometheus /metrics (optional)
 //! [provider]
 //! kind = "process"                    # or "docker"
 //! backing_latency_ms = 30
@@ -110,6 +111,9 @@ pub struct AgentConfig {
     /// Heartbeat period in ms.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_ms: u64,
+    /// Where to serve Prometheus `/metrics` (off when absent).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Instances.
     #[serde(default)]
     pub provider: ProviderSection,

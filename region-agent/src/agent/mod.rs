@@ -1,7 +1,7 @@
 //! The agent proper: its configuration ([`config`]), the sans-IO command core that enforces
 //! idempotency, term fencing and the region check ([`core`]), the executor that turns commands
 //! into provider, warmer and replication calls ([`executor`]), and the QUIC session that
-//! follows the orchestrators' leader ([`session`]). [`Agent`] ties core and executor together
+//! follows the orchestrators' leader ([`session`]), and its Prometheus endpoint ([`metrics`]). [`Agent`] ties core and executor together
 //! and persists the core (newest term and finished operations) in `<state_dir>/ledger.json`,
 //! so a restarted agent still refuses a deposed leader and still answers a retried operation
 //! with its first outcome.
@@ -9,6 +9,7 @@
 pub mod config;
 pub mod core;
 pub mod executor;
+pub mod metrics;
 pub mod session;
 
 use std::path::{Path, PathBuf};
@@ -46,6 +47,7 @@ pub struct Agent {
     core: Mutex<CommandCore>,
     ledger_path: PathBuf,
     executor: Executor,
+    metrics: metrics::AgentMetrics,
 }
 
 impl Agent {
@@ -88,12 +90,18 @@ impl Agent {
             core: Mutex::new(core),
             ledger_path,
             executor: Executor::new(provider),
+            metrics: metrics::AgentMetrics::new(),
         })
     }
 
     /// The executor (and through it the provider).
     pub fn executor(&self) -> &Executor {
         &self.executor
+    }
+
+    /// The agent's metric families.
+    pub fn metrics(&self) -> &metrics::AgentMetrics {
+        &self.metrics
     }
 
     /// The newest leader term seen.
@@ -140,15 +148,19 @@ impl Agent {
                 // Without a durable term and ledger entry, running the command could break
                 // fencing or idempotency after a crash: do not run it.
                 *core = before;
-                return CommandOutcome::Failed {
+                let outcome = CommandOutcome::Failed {
                     reason: format!("cannot persist the command ledger: {e}"),
                 };
+                self.metrics.count_command(&outcome, false);
+                return outcome;
             }
             admission
         };
         match admission {
             Admission::Reply(outcome) => {
                 tracing::info!(op_id = %cmd.op_id, term = cmd.term, ?outcome, "answered without acting");
+                let replayed = !matches!(outcome, CommandOutcome::Refused(_));
+                self.metrics.count_command(&outcome, replayed);
                 outcome
             }
             Admission::Execute => {
@@ -159,6 +171,7 @@ impl Agent {
                 if let Err(e) = self.persist(&core) {
                     tracing::error!(error = %e, "cannot persist the command ledger");
                 }
+                self.metrics.count_command(&outcome, false);
                 outcome
             }
         }
@@ -180,10 +193,28 @@ impl Agent {
     }
 }
 
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs an agent from its configuration until the process is stopped.
 pub async fn run(config: AgentConfig) -> Result<(), session::SessionError> {
     let agent = std::sync::Arc::new(Agent::open(&config).await?);
     let endpoint = session::client_endpoint(&config)?;
+    let _metrics = match config.metrics_listen {
+        Some(addr) => {
+            let (bound, task) = metrics::serve(agent.clone(), addr)
+                .await
+                .map_err(|e| session::SessionError::Endpoint(format!("metrics on {addr}: {e}")))?;
+            tracing::info!(%bound, "serving /metrics");
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
     let session_config = session::SessionConfig::from_agent_config(&config);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
