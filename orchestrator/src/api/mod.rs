@@ -1,0 +1,329 @@
+//! The operator API: HTTPS + JSON on every orchestrator, for `umbra apply`, `migrate`,
+//! `status` and `rollback`. The server (`server`) checks who is calling (a client certificate
+//! from the cluster CA with the `operator` role, plus a bearer token), dry-runs every write
+//! with [`Query::Check`] so bad input costs no log entry, then proposes it through a
+//! [`Replicated`] store: [`MemoryReplicated`] over an in-process [`OrchestratorState`] (tests,
+//! tools), or [`RaftReplicated`] over the node's Raft group, which forwards to the leader
+//! when this node is a follower. `client` is the HTTPS client the CLI and the tests use.
+//!
+//! This module must not decide what a command does (that is `state`), must not log the
+//! token, and must not trust anything a request says about who sent it: identity comes from
+//! the verified TLS certificate only.
+
+mod auth;
+pub mod client;
+mod memory;
+mod raft;
+mod server;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::migration::{MigrationRecord, Observations, Phase, Readiness};
+use crate::state::{AuditEntry, Command, Outcome, Overview, Query, QueryAnswer};
+
+pub use auth::{BearerToken, TokenError};
+pub use client::{ApiClient, ClientError};
+pub use memory::MemoryReplicated;
+pub use raft::RaftReplicated;
+pub use server::{RunningApi, ServeError, serve};
+
+/// Largest request body accepted: 1 MiB. A plan of a few hundred services is tens of KiB;
+/// anything near this bound is a mistake, not a plan.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// Longest a request may take end to end: 15 s, longer than the Raft node's own 5 s request
+/// timeout plus the forwarding client's 8 s wait, so the cluster's verdict arrives first.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest a TLS handshake plus request head may take: 5 s, so a client that connects and
+/// says nothing cannot hold a connection slot.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more wait in the kernel's accept queue. Operators are few.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Audit entries `GET /v1/audit` returns when no `limit` is given, and the most it returns.
+pub const DEFAULT_AUDIT_LIMIT: usize = 100;
+/// See [`DEFAULT_AUDIT_LIMIT`].
+pub const MAX_AUDIT_LIMIT: usize = 1_000;
+/// Audit entries `GET /v1/status` includes (the most recent ones).
+pub const STATUS_AUDIT_ENTRIES: usize = 20;
+
+/// How the operator API listens and what it accepts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address to listen on (HTTPS).
+    pub listen: SocketAddr,
+    /// File holding the bearer token (one line). Read once at start; never logged.
+    pub token_file: PathBuf,
+    /// Largest request body, bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Longest a request may take, milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Longest a TLS handshake plus request head may take, milliseconds.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Connections served at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_body() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+fn default_request_timeout_ms() -> u64 {
+    DEFAULT_REQUEST_TIMEOUT.as_millis() as u64
+}
+fn default_handshake_timeout_ms() -> u64 {
+    DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64
+}
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+
+/// Why an [`ApiConfig`] is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiConfigError {
+    /// A limit is zero.
+    #[error("api.{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
+impl ApiConfig {
+    /// A config with the default limits.
+    pub fn new(listen: SocketAddr, token_file: PathBuf) -> Self {
+        Self {
+            listen,
+            token_file,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            request_timeout_ms: default_request_timeout_ms(),
+            handshake_timeout_ms: default_handshake_timeout_ms(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+
+    /// Checks the limits.
+    pub fn validate(&self) -> Result<(), ApiConfigError> {
+        for (name, value) in [
+            ("max_body_bytes", self.max_body_bytes as u64),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("max_connections", self.max_connections as u64),
+        ] {
+            if value == 0 {
+                return Err(ApiConfigError::Zero(name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why the replicated store could not answer. Each message says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// No leader is known (an election is under way, or there is no quorum).
+    #[error("no orchestrator leads the cluster right now ({0}); retry in a few seconds")]
+    NoLeader(String),
+    /// The cluster did not answer; nothing was applied.
+    #[error("the cluster did not answer ({0}); nothing was applied, retry")]
+    Unavailable(String),
+    /// A write was sent but its fate is unknown (timeout, lost connection).
+    #[error(
+        "the write was sent but its outcome is unknown ({0}); check `umbra status` before retrying"
+    )]
+    OutcomeUnknown(String),
+    /// The state machine answered something this API does not understand (a version skew
+    /// between orchestrators, or a bug).
+    #[error("the cluster's answer could not be understood: {0}")]
+    Garbled(String),
+}
+
+/// Who leads the cluster, as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    /// This node's Raft id (`None` for a store that is not a Raft member).
+    pub this_node: Option<u64>,
+    /// The leader's Raft id, if one is known.
+    pub leader: Option<u64>,
+    /// The current Raft term.
+    pub term: u64,
+}
+
+/// What the executor last observed per migration (shadow instances serving and warm,
+/// replication lag). It is not replicated: the leader's executor publishes it here, and
+/// `GET /v1/status` turns it into a readiness score on that node. Other nodes show no
+/// readiness until they lead.
+#[derive(Debug, Clone, Default)]
+pub struct ObservationBoard {
+    seen: Arc<RwLock<BTreeMap<String, Observations>>>,
+}
+
+impl ObservationBoard {
+    /// Publishes the latest observations of migration `id`.
+    pub fn publish(&self, id: &str, observations: Observations) {
+        self.seen
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), observations);
+    }
+
+    /// Forgets migration `id` (it ended, or this node stopped leading).
+    pub fn forget(&self, id: &str) {
+        self.seen
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// The latest observations of migration `id`.
+    pub fn get(&self, id: &str) -> Option<Observations> {
+        self.seen
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+}
+
+/// The replicated store the API reads and writes. Implementations must apply a command at
+/// most once per `propose` call (no blind retries of writes).
+#[async_trait::async_trait]
+pub trait Replicated: Send + Sync + 'static {
+    /// Replicates `command` and returns the state's verdict once it is applied.
+    async fn propose(&self, command: Command) -> Result<Outcome, ApiError>;
+    /// A linearizable read.
+    async fn query(&self, query: Query) -> Result<QueryAnswer, ApiError>;
+    /// Who leads, as this node sees it now.
+    fn leader(&self) -> LeaderInfo;
+    /// What the executor last observed for migration `id`, if this node runs it.
+    fn observations(&self, id: &str) -> Option<Observations>;
+}
+
+/// The JSON body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong and what to do about it.
+    pub error: String,
+}
+
+/// The body of `POST /v1/migrations/{id}/rollback`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// Why (kept in the audit log).
+    pub reason: String,
+}
+
+/// The answer of `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Always true when the API answers.
+    pub ok: bool,
+    /// Who leads.
+    pub leader: LeaderInfo,
+}
+
+/// One migration as `GET /v1/status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationStatus {
+    /// Its id.
+    pub id: String,
+    /// The service it moves.
+    pub service: String,
+    /// Source region.
+    pub from: String,
+    /// Target region.
+    pub to: String,
+    /// Where it is, e.g. `cutting_over[1]`.
+    pub phase: String,
+    /// Since when (Unix ms).
+    pub phase_since_ms: u64,
+    /// Nothing more will happen to it.
+    pub terminal: bool,
+    /// Share of traffic (percent) the target should carry in this phase.
+    pub target_share_percent: u8,
+    /// Lifecycle stages finished (see [`progress`]).
+    pub stages_done: u64,
+    /// Lifecycle stages in all: planned, provisioning, warming, replicating, ready, one per
+    /// cutover step, draining, completed.
+    pub stages_total: u64,
+    /// When the traffic should be in the target (Unix ms).
+    pub cutover_at_ms: u64,
+    /// Shadow pool size.
+    pub shadow_instances: u32,
+    /// Whether the target is the single writer.
+    pub promoted: bool,
+    /// Readiness of the target before cutover, when this node's executor observed it.
+    pub readiness: Option<Readiness>,
+}
+
+/// The answer of `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Who leads.
+    pub leader: LeaderInfo,
+    /// Regions, services, schedules, DNS weights (and migrations, in full).
+    pub overview: Overview,
+    /// Every migration, newest first.
+    pub migrations: Vec<MigrationStatus>,
+    /// The most recent audit entries, oldest first.
+    pub recent_audit: Vec<AuditEntry>,
+}
+
+/// A migration's place in its lifecycle as (stages done, stages in all), for progress bars.
+/// A rollback counts as finished when it is terminal and as not started otherwise, so a
+/// bar never runs backwards while the traffic is still going back.
+pub fn progress(record: &MigrationRecord) -> (u64, u64) {
+    let steps = record.spec.steps_percent.len() as u64;
+    // Planned, Provisioning, Warming, Replicating, Ready, steps…, Draining, Completed.
+    let total = 6 + steps;
+    let done = match record.phase {
+        Phase::Planned => 0,
+        Phase::Provisioning => 1,
+        Phase::Warming => 2,
+        Phase::Replicating => 3,
+        Phase::Ready => 4,
+        Phase::CuttingOver { step } => 5 + step as u64,
+        Phase::Draining => 5 + steps,
+        Phase::Completed | Phase::RolledBack | Phase::Failed => total,
+        Phase::RollingBack => 0,
+    };
+    (done, total)
+}
+
+impl MigrationStatus {
+    /// The status of `record`, with the readiness computed from `seen` when given.
+    pub fn of(record: &MigrationRecord, seen: Option<&Observations>) -> Self {
+        let (stages_done, stages_total) = progress(record);
+        let spec = &record.spec;
+        Self {
+            id: spec.id.clone(),
+            service: spec.service.clone(),
+            from: spec.from.clone(),
+            to: spec.to.clone(),
+            phase: record.phase.to_string(),
+            phase_since_ms: record.phase_since_ms,
+            terminal: record.phase.is_terminal(),
+            target_share_percent: spec.target_share(record.phase),
+            stages_done,
+            stages_total,
+            cutover_at_ms: spec.cutover_at_ms,
+            shadow_instances: record.shadow_instances,
+            promoted: record.promoted,
+            readiness: seen.map(|seen| crate::migration::readiness(record, seen)),
+        }
+    }
+}
+
+/// Unix milliseconds now (the proposer's clock, which commands carry).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,403 @@
+//! The operator API end to end over real HTTPS on loopback, with certificates from
+//! `umbra_proto::certs`, against the in-memory replicated store: who may call (operator
+//! certificate and token), what bad input gets (a clear JSON error, nothing changed), and
+//! that a migration shows up in the status as a user would read it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use umbra_orchestrator::api::{
+    self, ApiClient, ApiConfig, BearerToken, ClientError, MemoryReplicated, RunningApi,
+};
+use umbra_orchestrator::migration::{Observations, ReplicationObserved};
+use umbra_orchestrator::state::{Applied, MigrationRequest};
+use umbra_proto::certs::{self, Layout};
+use umbra_proto::{Credentials, Identity, Role};
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+const PLAN: &str = r#"
+[[region]]
+name = "us-east"
+front = "127.0.0.11:8080"
+
+[[region]]
+name = "eu-west"
+front = "127.0.0.12:8080"
+
+[[service]]
+name = "shop"
+hostname = "shop.umbra.test."
+primary_region = "us-east"
+capacity_rps_per_instance = 100.0
+max_instances = 4
+tier = { probabilistic = { cost_miss = 4.0, cost_idle = 1.0 } }
+replication = "sample-log-shipping"
+slo = { max_error_rate = 0.01, max_p99_ms = 100.0, min_samples = 50 }
+
+[service.warmup]
+allow_writes = false
+mix = { requests = [{ method = "GET", path = "/kv/{key}", weight = 1.0 }], key_count = 1000, zipf_exponent = 1.0, rate_per_sec = 200.0, max_duration_ms = 30000 }
+gate = { reference_p99_ms = 5.0, p99_tolerance_pct = 50.0, max_error_rate = 0.01, min_requests = 200 }
+"#;
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    certs: PathBuf,
+    api: RunningApi,
+    store: Arc<MemoryReplicated>,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        certs::init(&Layout::default(), &certs).expect("certs init");
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+        let credentials =
+            Credentials::load(&certs, &Identity::orchestrator(1)).expect("orchestrator creds");
+        let store = Arc::new(MemoryReplicated::new());
+        let config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), token_file);
+        let api = api::serve(&config, &credentials, store.clone())
+            .await
+            .expect("the API starts");
+        Harness {
+            _dir: dir,
+            certs,
+            api,
+            store,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://{}", self.api.local_addr())
+    }
+
+    fn client_as(&self, role: Role, id: &str, token: &str) -> ApiClient {
+        let identity = Identity::new(role, id).expect("identity");
+        let credentials = Credentials::load(&self.certs, &identity).expect("credentials");
+        ApiClient::new(
+            &self.url(),
+            &credentials,
+            BearerToken::new(token).expect("token"),
+        )
+        .expect("client")
+        .with_timeout(Duration::from_secs(30))
+    }
+
+    fn operator(&self) -> ApiClient {
+        self.client_as(Role::Operator, "admin", TOKEN)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.api.shutdown();
+    }
+}
+
+fn refused(result: Result<impl std::fmt::Debug, ClientError>) -> (StatusCode, String) {
+    match result {
+        Err(ClientError::Refused { status, message }) => (status, message),
+        other => panic!("expected an HTTP refusal, got {other:?}"),
+    }
+}
+
+fn migration(to: &str) -> MigrationRequest {
+    MigrationRequest {
+        service: "shop".to_owned(),
+        from: None,
+        to: to.to_owned(),
+        // Far ahead: the migration stays Planned while the test looks at it.
+        cutover_at_ms: 4_000_000_000_000,
+        warm_up: true,
+        lead_time_ms: None,
+        analysis_window_ms: None,
+        drain_ms: None,
+        schedule_key: None,
+    }
+}
+
+/// Sends `request` as raw HTTP/1.1 over TLS with an operator certificate and returns the
+/// status line and the body, to see exactly what a client without our library gets.
+async fn raw_https(certs: &Path, address: SocketAddr, request: &str) -> (String, String) {
+    let identity = Identity::new(Role::Operator, "admin").unwrap();
+    let credentials = Credentials::load(certs, &identity).unwrap();
+    let mut tls = credentials.client_config().unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("orchestrator.umbra").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and closes")
+        .ok();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_token_is_refused_with_a_json_error_and_changes_nothing() {
+    let h = Harness::start().await;
+    let (status, body) = raw_https(
+        &h.certs,
+        h.api.local_addr(),
+        "POST /v1/plan HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status.contains("401"), "{status}");
+    let error: serde_json::Value = serde_json::from_str(&body).expect("a JSON body");
+    let message = error["error"].as_str().expect("an error field");
+    assert!(message.contains("--token-file"), "{message}");
+
+    let wrong = h.client_as(Role::Operator, "admin", "not-the-token-0123456789");
+    let (status, message) = refused(wrong.apply_plan_toml(PLAN).await);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(message.contains("not this cluster's"), "{message}");
+    assert!(!message.contains(TOKEN), "the token must not be echoed");
+    assert!(h.store.state().audit().is_empty(), "nothing was applied");
+}
+
+#[tokio::test]
+async fn an_agent_certificate_is_refused_even_with_the_token() {
+    let h = Harness::start().await;
+    let agent = h.client_as(Role::Agent, "eu-west", TOKEN);
+    let (status, message) = refused(agent.apply_plan_toml(PLAN).await);
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(message.contains("operator certificates only"), "{message}");
+    let (status, _) = refused(agent.status().await);
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(h.store.state().audit().is_empty(), "nothing was applied");
+}
+
+fn expect_tls_refusal(result: Result<impl std::fmt::Debug, ClientError>) -> String {
+    match result {
+        Err(error @ ClientError::Tls { .. }) => {
+            let message = error.to_string();
+            assert!(message.contains("same cluster CA"), "{message}");
+            message
+        }
+        other => panic!("expected a TLS refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn certificates_from_another_ca_are_refused_in_the_handshake() {
+    let h = Harness::start().await;
+    let other = tempfile::tempdir().unwrap();
+    certs::init(&Layout::default(), other.path()).unwrap();
+    let identity = Identity::new(Role::Operator, "admin").unwrap();
+    let token = || BearerToken::new(TOKEN).unwrap();
+
+    // A client of another cluster refuses this cluster's server certificate.
+    let foreign = Credentials::load(other.path(), &identity).unwrap();
+    let client = ApiClient::new(&h.url(), &foreign, token()).unwrap();
+    expect_tls_refusal(client.status().await);
+
+    // The server refuses a client certificate from another CA, even when the client trusts
+    // the right CA (TLS 1.3: the refusal arrives as an alert on the first read).
+    let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
+    let mixed = Credentials::from_pem(
+        &read(&h.certs, "ca.pem"),
+        &read(other.path(), "operator-admin.pem"),
+        &read(other.path(), "operator-admin.key"),
+    )
+    .unwrap();
+    let client = ApiClient::new(&h.url(), &mixed, token()).unwrap();
+    let message = expect_tls_refusal(client.status().await);
+    assert!(message.to_lowercase().contains("alert"), "{message}");
+    assert!(h.store.state().audit().is_empty());
+}
+
+#[tokio::test]
+async fn a_plan_naming_an_unknown_region_is_refused_with_the_states_message() {
+    let h = Harness::start().await;
+    let client = h.operator();
+    let applied = client
+        .apply_plan_toml(PLAN)
+        .await
+        .expect("the plan applies");
+    assert_eq!(
+        applied,
+        Applied::Plan {
+            regions: 2,
+            services: 1,
+            schedules: 0
+        }
+    );
+    let before = client.status().await.unwrap();
+
+    let bad = PLAN.replace(
+        "primary_region = \"us-east\"",
+        "primary_region = \"mars-north\"",
+    );
+    let (status, message) = refused(client.apply_plan_toml(&bad).await);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        message.contains("\"mars-north\"") && message.contains("not declared"),
+        "{message}"
+    );
+    let after = client.status().await.unwrap();
+    assert_eq!(before.overview, after.overview, "nothing changed");
+    assert_eq!(
+        h.store.state().audit().len(),
+        1,
+        "the refusal cost no entry"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_plan_is_refused_with_line_and_column() {
+    let h = Harness::start().await;
+    let client = h.operator();
+    let (status, message) = refused(
+        client
+            .apply_plan_toml("[[region]]\nname = \"x\"\nfront = 5\n")
+            .await,
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("line 3"), "{message}");
+    assert!(h.store.state().audit().is_empty());
+}
+
+#[tokio::test]
+async fn migrate_then_status_shows_it_planned_with_readiness_once_observed() {
+    let h = Harness::start().await;
+    let client = h.operator();
+    client.apply_plan_toml(PLAN).await.unwrap();
+    let Applied::Migration { id } = client.migrate(&migration("eu-west")).await.unwrap() else {
+        panic!("expected a migration id");
+    };
+    let report = client.status().await.unwrap();
+    let shown = report
+        .migrations
+        .iter()
+        .find(|m| m.id == id)
+        .expect("the migration is listed");
+    assert_eq!(shown.phase, "planned");
+    assert_eq!(
+        (shown.from.as_str(), shown.to.as_str()),
+        ("us-east", "eu-west")
+    );
+    assert_eq!(shown.stages_done, 0);
+    assert_eq!(
+        shown.stages_total, 9,
+        "5 stages + 3 steps + draining/completed"
+    );
+    assert!(shown.readiness.is_none(), "nothing observed yet");
+    assert!(
+        report
+            .recent_audit
+            .iter()
+            .any(|e| e.subject == id && e.event.starts_with("created")),
+        "{:?}",
+        report.recent_audit
+    );
+
+    h.store.observation_board().publish(
+        &id,
+        Observations {
+            shadow_serving: 1,
+            shadow_warm: 0,
+            replication: Some(ReplicationObserved {
+                lag: 0,
+                promoted: false,
+            }),
+            ..Observations::default()
+        },
+    );
+    let report = client.status().await.unwrap();
+    let readiness = report.migrations[0].readiness.as_ref().expect("observed");
+    assert!(
+        readiness.score < 100,
+        "warm-up has not passed: {readiness:?}"
+    );
+    assert!(readiness.gates.iter().any(|g| g.name == "warm" && !g.holds));
+
+    // A second migration of the same service conflicts with the one in flight.
+    let (status, message) = refused(client.migrate(&migration("eu-west")).await);
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(message.contains("in flight"), "{message}");
+    let audit = client.audit(0, 10).await.unwrap();
+    assert_eq!(audit.len(), 2, "plan and creation: {audit:?}");
+}
+
+#[tokio::test]
+async fn rollback_of_an_unknown_id_is_404_and_of_a_known_one_is_recorded() {
+    let h = Harness::start().await;
+    let client = h.operator();
+    client.apply_plan_toml(PLAN).await.unwrap();
+    let (status, message) = refused(client.rollback("shop-99", "drill").await);
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(message.contains("shop-99"), "{message}");
+
+    let Applied::Migration { id } = client.migrate(&migration("eu-west")).await.unwrap() else {
+        panic!("expected a migration id");
+    };
+    let (status, message) = refused(client.rollback(&id, "  ").await);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("reason"), "{message}");
+    client.rollback(&id, "change freeze").await.unwrap();
+    let report = client.status().await.unwrap();
+    assert_eq!(report.migrations[0].phase, "rolling_back");
+    let last = report.recent_audit.last().unwrap();
+    assert!(last.reason.contains("change freeze"), "{last:?}");
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors_that_say_what_to_do() {
+    let h = Harness::start().await;
+    let client = h.operator();
+    client.apply_plan_toml(PLAN).await.unwrap();
+    let (status, message) = refused(client.migrate(&migration("mars-north")).await);
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(message.contains("\"mars-north\""), "{message}");
+
+    let (status, message) = refused(
+        client
+            .call::<serde_json::Value>(Method::GET, "/v1/audit?limit=100000", None)
+            .await,
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("limit"), "{message}");
+
+    let (status, _) = refused(
+        client
+            .call::<serde_json::Value>(Method::GET, "/v1/nothing", None)
+            .await,
+    );
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, _) = refused(
+        client
+            .call::<serde_json::Value>(Method::GET, "/v1/plan", None)
+            .await,
+    );
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    let huge = format!("# {}\n{PLAN}", "x".repeat(api::DEFAULT_MAX_BODY_BYTES));
+    let (status, message) = refused(client.apply_plan_toml(&huge).await);
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(message.contains("bytes"), "{message}");
+
+    let health = client.health().await.unwrap();
+    assert!(health.ok);
+    assert_eq!(
+        h.store.state().audit().len(),
+        1,
+        "only the plan was applied"
+    );
+}
