@@ -74,7 +74,7 @@ fn umbra_beats_reactive_predictive_mean_and_fixed_on_taylor() {
     };
     let hysteresis = Hysteresis {
         shrink_after_slices: 5,
-        shrink_band: 0.05,
+        shrink_band: 0.0,
     };
     let umbra = simulate(
         &config,
@@ -104,13 +104,14 @@ fn umbra_beats_reactive_predictive_mean_and_fixed_on_taylor() {
         fixed_pool_matching(&config, &demand, &outlook, 1.0 - umbra.served_share);
     for r in [&umbra, &reactive, &predictive, &fixed] {
         eprintln!(
-            "{:<24} served {:.6} missed {:>9.0} idle {:>8.1} dormant {:>7.1} cost {:>8.2}",
+            "{:<24} served {:.6} missed {:>9.0} idle {:>8.1} dormant {:>7.1} cost {:>8.2} resizes {}",
             r.policy,
             r.served_share,
             r.missed,
             r.idle_instance_hours,
             r.dormant_instance_hours,
-            r.cost_total
+            r.cost_total,
+            r.resizes
         );
     }
     assert!(

@@ -203,14 +203,107 @@ impl Policy for PredictiveMean {
     }
 }
 
-/// Umbra's policy: the tiered newsvendor sizing of [`crate::sizing`] on the forecast
-/// quantiles, one launch delay ahead, split into warm and dormant, with hysteresis; dormant
-/// instances are promoted when observed demand outgrows the warm ones.
+/// Umbra's policy: the tiered newsvendor sizing of [`crate::sizing`] on demand quantiles one
+/// launch delay ahead, split into warm and dormant, with hysteresis; dormant instances are
+/// promoted when observed demand outgrows the warm ones. The quantiles are the day-ahead
+/// forecast's until the nowcast (below) has six hours of errors, then the nowcast's: on the
+/// Taylor trace that turned a policy that cost 2.5 % more than `reactive` into the cheapest.
 pub struct Umbra {
     pub sizing: SizingPolicy,
     pub hysteresis: Hysteresis,
     pub lead_steps: usize,
     pool: PoolState,
+    nowcast: Nowcast,
+}
+
+/// Steps of nowcast errors kept: one day at 1-minute steps, so every hour of the day is in it.
+pub const NOWCAST_WINDOW_STEPS: usize = 1_440;
+/// Nowcast errors needed before the nowcast replaces the day-ahead quantiles: six hours.
+pub const NOWCAST_MIN_STEPS: usize = 360;
+/// Steps between re-sorting the nowcast errors (their quantiles move slowly).
+const NOWCAST_REFRESH_STEPS: usize = 30;
+
+/// The short-horizon demand distribution. The day-ahead forecast's quantiles hold the whole
+/// day's uncertainty, most of it a level error that persists for hours and is visible in the
+/// latest observation. A nowcast for `lead` steps ahead is the last observation plus the
+/// forecast's expected change, `observed(t) + mean(t + k) − mean(t)`; its own errors, measured
+/// as the trace is replayed, give the quantiles (the same conformal idea as the forecaster's,
+/// at a two-minute horizon). Only errors whose outcome has been observed are used.
+struct Nowcast {
+    /// (step the prediction is for, predicted demand), oldest first.
+    pending: VecDeque<(usize, f64)>,
+    errors: VecDeque<f64>,
+    sorted: Vec<f64>,
+    refreshed_at: usize,
+}
+
+impl Nowcast {
+    fn new() -> Self {
+        Self {
+            pending: VecDeque::new(),
+            errors: VecDeque::new(),
+            sorted: Vec::new(),
+            refreshed_at: 0,
+        }
+    }
+
+    /// Score predictions whose step has been observed; predict `lead` steps ahead.
+    fn handle_observation(
+        &mut self,
+        step: usize,
+        observed: &[f64],
+        outlook: &dyn DemandOutlook,
+        lead: usize,
+    ) {
+        while let Some(&(at, predicted)) = self.pending.front() {
+            if at > step {
+                break;
+            }
+            self.pending.pop_front();
+            self.errors.push_back(observed[at] - predicted);
+            if self.errors.len() > NOWCAST_WINDOW_STEPS {
+                self.errors.pop_front();
+            }
+        }
+        self.pending.push_back((
+            step + lead,
+            self.predict(step, observed, outlook, step + lead),
+        ));
+        if self.sorted.is_empty() || step >= self.refreshed_at + NOWCAST_REFRESH_STEPS {
+            self.sorted = self.errors.iter().copied().collect();
+            self.sorted.sort_by(f64::total_cmp);
+            self.refreshed_at = step;
+        }
+    }
+
+    fn predict(
+        &self,
+        step: usize,
+        observed: &[f64],
+        outlook: &dyn DemandOutlook,
+        at: usize,
+    ) -> f64 {
+        observed[step] + outlook.mean(at) - outlook.mean(step)
+    }
+
+    fn ready(&self) -> bool {
+        self.sorted.len() >= NOWCAST_MIN_STEPS
+    }
+
+    /// Quantile `q` of demand at step `at`, seen from `step`.
+    fn quantile(
+        &self,
+        step: usize,
+        observed: &[f64],
+        outlook: &dyn DemandOutlook,
+        at: usize,
+        q: f64,
+    ) -> f64 {
+        let pos = q * (self.sorted.len() - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        let error = self.sorted[lo] + (self.sorted[hi] - self.sorted[lo]) * (pos - lo as f64);
+        (self.predict(step, observed, outlook, at) + error).max(0.0)
+    }
 }
 
 impl Umbra {
@@ -220,6 +313,7 @@ impl Umbra {
             hysteresis,
             lead_steps,
             pool: PoolState::default(),
+            nowcast: Nowcast::new(),
         }
     }
 
@@ -259,9 +353,16 @@ impl Policy for Umbra {
     fn decide(&mut self, step: usize, observed: &[f64], outlook: &dyn DemandOutlook) -> PoolTarget {
         // Hold, at every step until new capacity could arrive, the largest pool any of
         // them needs.
+        self.nowcast
+            .handle_observation(step, observed, outlook, self.lead_steps);
         let (mut warm, mut total) = (0, 0);
         for s in step + 1..=step + self.lead_steps {
-            let t = self.sizing.size(&|q| outlook.quantile(s, q));
+            let t = if self.nowcast.ready() {
+                self.sizing
+                    .size(&|q| self.nowcast.quantile(step, observed, outlook, s, q))
+            } else {
+                self.sizing.size(&|q| outlook.quantile(s, q))
+            };
             warm = warm.max(t.warm);
             total = total.max(t.total());
         }
@@ -304,6 +405,9 @@ pub struct SimResult {
     pub cost_dormant: f64,
     pub cost_misses: f64,
     pub cost_total: f64,
+    /// Decisions that changed the pool (warm or dormant target) from the previous one: how
+    /// much the policy churns instances.
+    pub resizes: usize,
     /// Warm instances serving at each step (for plots).
     #[serde(skip)]
     pub warm_by_step: Vec<u32>,
@@ -350,11 +454,13 @@ pub fn simulate(
         cost_dormant: 0.0,
         cost_misses: 0.0,
         cost_total: 0.0,
+        resizes: 0,
         warm_by_step: Vec::with_capacity(demand.len()),
         dormant_by_step: Vec::with_capacity(demand.len()),
     };
     let hours_per_step = f64::from(config.step_secs) / 3600.0;
     let mut served_total = 0.0;
+    let mut previous_target = initial;
     for (step, &d) in demand.iter().enumerate() {
         while warm_coming.front().is_some_and(|&at| at <= step) {
             warm_coming.pop_front();
@@ -380,6 +486,10 @@ pub fn simulate(
         r.dormant_by_step.push(dormant_ready);
 
         let target = policy.decide(step, &demand[..=step], outlook);
+        if target != previous_target {
+            r.resizes += 1;
+            previous_target = target;
+        }
         // Warm side: activate dormant instances first, then launch cold; shrink by cancelling
         // launches first, then stopping serving instances.
         let warm_now = ready + warm_coming.len() as u32;
@@ -585,6 +695,29 @@ mod tests {
         assert_eq!(r.served_share, 1.0);
         // 3 instances × 3 minutes, serving 4.5 instance-minutes.
         assert!((r.idle_instance_hours - 4.5 / 60.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn nowcast_removes_a_persistent_level_error() {
+        // The forecast has the right shape (a ramp) but is 100 too low everywhere.
+        struct Ramp;
+        impl DemandOutlook for Ramp {
+            fn mean(&self, step: usize) -> f64 {
+                step as f64
+            }
+            fn quantile(&self, step: usize, _: f64) -> f64 {
+                self.mean(step)
+            }
+        }
+        let observed: Vec<f64> = (0..500).map(|s| s as f64 + 100.0).collect();
+        let mut nowcast = Nowcast::new();
+        for step in 0..=NOWCAST_MIN_STEPS + 40 {
+            nowcast.handle_observation(step, &observed, &Ramp, 2);
+        }
+        assert!(nowcast.ready());
+        let step = NOWCAST_MIN_STEPS + 40;
+        let q99 = nowcast.quantile(step, &observed, &Ramp, step + 2, 0.99);
+        assert!((q99 - observed[step + 2]).abs() < 1e-9, "{q99}");
     }
 
     #[test]
