@@ -2,12 +2,17 @@
 //! (`certs.rs`, `forecast.rs`, ...); this file only parses arguments, sets up logging and
 //! dispatches. It must not hold subcommand logic.
 
+mod apply;
 mod backtest;
 mod certs;
 mod demo;
 mod forecast;
 mod kv;
+mod migrate;
+mod operator;
+mod rollback;
 mod simulate;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +38,14 @@ enum Command {
     Backtest(backtest::BacktestArgs),
     /// Replay a demand trace against pool policies and compare misses, idle time and cost.
     Simulate(simulate::SimulateArgs),
+    /// Apply a plan (regions, services, schedules) through the operator API.
+    Apply(apply::ApplyArgs),
+    /// Start moving a service's traffic to another region.
+    Migrate(migrate::MigrateArgs),
+    /// Show the cluster's migrations, readiness and recent audit log (--watch: live).
+    Status(status::StatusArgs),
+    /// Roll a migration back.
+    Rollback(rollback::RollbackArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,5 +64,9 @@ fn main() -> anyhow::Result<()> {
         Command::Forecast(args) => forecast::run(args),
         Command::Backtest(args) => backtest::run(args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Apply(args) => apply::run(args),
+        Command::Migrate(args) => migrate::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Rollback(args) => rollback::run(args),
     }
 }

@@ -1,0 +1,198 @@
+//! `umbra status [--watch]`: what the cluster is doing. Once: the leader, every migration
+//! (phase, lifecycle stage, target share, readiness) and the recent audit log. With
+//! `--watch`: a live progress bar per migration (stages done / total, readiness score) and
+//! one line per phase change, until every migration shown has ended (or Ctrl-C).
+//!
+//! It only reads; it must not change the cluster.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use umbra_orchestrator::api::{MigrationStatus, StatusReport};
+
+use crate::operator::{ApiArgs, print_json, rfc3339};
+
+/// Default pause between polls of `--watch`: 500 ms, fast enough to see a 10 % step of a
+/// demo with a few-second analysis window.
+const DEFAULT_WATCH_INTERVAL_MS: u64 = 500;
+
+/// Arguments of `umbra status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Keep polling and show live progress until every migration has ended.
+    #[arg(long)]
+    watch: bool,
+    /// Pause between polls with --watch (ms).
+    #[arg(long, default_value_t = DEFAULT_WATCH_INTERVAL_MS)]
+    interval_ms: u64,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.interval_ms > 0,
+        "--interval-ms must be greater than zero"
+    );
+    args.api.run(async |client| {
+        if !args.watch {
+            let report = client.status().await?;
+            return if args.api.json {
+                print_json(&report)
+            } else {
+                print_report(&report);
+                Ok(())
+            };
+        }
+        let mut watch = Watch::default();
+        loop {
+            let report = client.status().await?;
+            if args.api.json {
+                // One JSON document per line, so `jq` can follow the stream.
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                watch.show(&report);
+            }
+            if report.migrations.iter().all(|m| m.terminal) {
+                watch.finish();
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(args.interval_ms)) => {}
+                _ = tokio::signal::ctrl_c() => {
+                    watch.finish();
+                    return Ok(());
+                }
+            }
+        }
+    })
+}
+
+fn readiness_text(migration: &MigrationStatus) -> String {
+    match &migration.readiness {
+        Some(readiness) => format!("readiness {}/100", readiness.score),
+        None => "readiness n/a".to_owned(),
+    }
+}
+
+fn line(migration: &MigrationStatus) -> String {
+    format!(
+        "{} {} {} → {}: {} (stage {}/{}, target share {}%, {} shadow, {})",
+        migration.id,
+        migration.service,
+        migration.from,
+        migration.to,
+        migration.phase,
+        migration.stages_done,
+        migration.stages_total,
+        migration.target_share_percent,
+        migration.shadow_instances,
+        readiness_text(migration),
+    )
+}
+
+fn print_report(report: &StatusReport) {
+    let leader = &report.leader;
+    match (leader.leader, leader.this_node) {
+        (Some(id), _) => println!("leader: orchestrator {id} (term {})", leader.term),
+        (None, Some(_)) => println!("leader: none known (term {})", leader.term),
+        (None, None) => println!("leader: not a Raft cluster"),
+    }
+    println!(
+        "{} regions, {} services, {} schedules; applied index {}",
+        report.overview.regions.len(),
+        report.overview.services.len(),
+        report.overview.schedules.len(),
+        report.overview.applied_index
+    );
+    if report.migrations.is_empty() {
+        println!("no migrations");
+    }
+    for migration in &report.migrations {
+        println!("{}", line(migration));
+        println!(
+            "    cutover at {}, phase since {}",
+            rfc3339(migration.cutover_at_ms),
+            rfc3339(migration.phase_since_ms)
+        );
+        if let Some(readiness) = &migration.readiness {
+            for gate in &readiness.gates {
+                let mark = if gate.holds { "ok" } else { ".." };
+                println!("    [{mark}] {}: {}", gate.name, gate.detail);
+            }
+        }
+    }
+    if !report.recent_audit.is_empty() {
+        println!("recent audit:");
+        for entry in &report.recent_audit {
+            println!(
+                "  #{} {} {}: {} ({})",
+                entry.index,
+                rfc3339(entry.at_ms),
+                entry.subject,
+                entry.event,
+                entry.reason
+            );
+        }
+    }
+}
+
+/// The live view: one bar per migration, and a printed line whenever a phase changes.
+#[derive(Default)]
+struct Watch {
+    bars: MultiProgress,
+    shown: BTreeMap<String, (ProgressBar, String)>,
+    last_audit: u64,
+}
+
+impl Watch {
+    fn show(&mut self, report: &StatusReport) {
+        for entry in &report.recent_audit {
+            if entry.index > self.last_audit {
+                self.bars.suspend(|| {
+                    println!(
+                        "{} {}: {} ({})",
+                        rfc3339(entry.at_ms),
+                        entry.subject,
+                        entry.event,
+                        entry.reason
+                    )
+                });
+                self.last_audit = entry.index;
+            }
+        }
+        let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg}")
+            .expect("the template is valid")
+            .progress_chars("=> ");
+        for migration in &report.migrations {
+            let (bar, phase) = self.shown.entry(migration.id.clone()).or_insert_with(|| {
+                let bar = self
+                    .bars
+                    .add(ProgressBar::new(migration.stages_total).with_style(style.clone()));
+                bar.set_prefix(migration.id.clone());
+                (bar, String::new())
+            });
+            bar.set_length(migration.stages_total);
+            bar.set_position(migration.stages_done);
+            bar.set_message(format!(
+                "{} → {} {} share {}% {}",
+                migration.from,
+                migration.to,
+                migration.phase,
+                migration.target_share_percent,
+                readiness_text(migration)
+            ));
+            if *phase != migration.phase && migration.terminal {
+                bar.finish();
+            }
+            phase.clone_from(&migration.phase);
+        }
+    }
+
+    fn finish(&mut self) {
+        for (bar, _) in self.shown.values() {
+            bar.finish();
+        }
+    }
+}
