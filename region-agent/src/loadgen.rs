@@ -164,6 +164,13 @@ impl LoadConfig {
                     if url.scheme_str() != Some("http") || url.authority().is_none() {
                         return bad(format!("target URL {url} must look like http://host:port"));
                     }
+                    // Paths come from the request source; a base URL's own path would be
+                    // silently dropped, so refuse it.
+                    if url.path_and_query().is_some_and(|p| p.as_str() != "/") {
+                        return bad(format!(
+                            "target URL {url} has a path; give only http://host:port and put paths in the requests"
+                        ));
+                    }
                 }
             }
             Target::Service(s) => {
@@ -847,6 +854,13 @@ mod tests {
                 "https",
                 LoadConfig {
                     target: urls(&["https://127.0.0.1:1"]),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "path",
+                LoadConfig {
+                    target: urls(&["http://127.0.0.1:1/api"]),
                     ..ok.clone()
                 },
             ),

@@ -102,6 +102,9 @@ impl ProxyConfig {
         if self.max_connections == 0 || self.max_connections > 1_000_000 {
             return bad("max_connections must be in 1..=1000000");
         }
+        if self.max_body_bytes == 0 {
+            return bad("max_body_bytes must be positive (it bounds buffered request bodies)");
+        }
         if self.max_attempts == 0 || self.max_attempts > 10 {
             return bad("max_attempts must be in 1..=10");
         }
