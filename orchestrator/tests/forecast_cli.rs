@@ -174,3 +174,63 @@ fn simulate_rejects_unknown_policy_and_prints_a_table() {
     let drawing = std::fs::read_to_string(&svg).unwrap();
     assert!(drawing.starts_with("<svg") && drawing.contains("umbra warm capacity"));
 }
+
+#[test]
+fn gaps_and_duplicates_are_repaired_and_reported() {
+    // Three days at 5 minutes with a repeated row and two missing slices.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gappy.csv");
+    let mut text = String::from("timestamp,service,region,value\n");
+    for i in 0..864i64 {
+        if i == 100 || i == 101 {
+            continue;
+        }
+        let value = 1000.0 + 300.0 * ((i % 288) as f64 / 288.0 * std::f64::consts::TAU).sin();
+        text.push_str(&format!(
+            "{},shop,eu-west,{value}\n",
+            1_767_225_600 + i * 300
+        ));
+        if i == 500 {
+            text.push_str(&format!(
+                "{},shop,eu-west,{value}\n",
+                1_767_225_600 + i * 300 + 30
+            ));
+        }
+    }
+    std::fs::write(&path, text).unwrap();
+    let out = umbra(&[
+        "forecast",
+        "--csv",
+        path.to_str().unwrap(),
+        "--horizon",
+        "12",
+        "--calibration-origins",
+        "0",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["unique_id"], "shop/eu-west");
+    assert_eq!(v["history"]["duplicates"], 1);
+    assert_eq!(v["history"]["filled_slices"], 2);
+    assert_eq!(v["history"]["gaps"][0][0], "2026-01-01T08:20:00+00:00");
+    assert_eq!(v["history_slices"], 864);
+    // Three days: MSTL with the daily season only, and no calibration asked for.
+    assert_eq!(v["periods"], serde_json::json!([288]));
+    assert_eq!(v["calibration"]["kind"], "parametric");
+
+    // A gap longer than --max-gap-secs is refused with advice.
+    let out = umbra(&[
+        "forecast",
+        "--csv",
+        path.to_str().unwrap(),
+        "--max-gap-secs",
+        "300",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("raise --max-gap-secs"),
+        "{}",
+        stderr(&out)
+    );
+}
