@@ -157,6 +157,17 @@ pub enum AgentAction {
         /// The target instance.
         instance: String,
     },
+    /// This region's front sends `percent` % of new requests for `service` to `target_front`
+    /// (another region's front, `host:port`) and the rest to its local active instances;
+    /// `percent` 0 removes the remote backend. Idempotent.
+    SetShare {
+        /// The service.
+        service: String,
+        /// The other region's front address, `host:port`.
+        target_front: String,
+        /// Share of new requests sent there, 0..=100.
+        percent: u8,
+    },
 }
 
 /// The outcome of a command.
@@ -182,6 +193,8 @@ pub enum CommandResult {
     Warmup(WarmupProgress),
     /// Replication state after the command.
     Replication(ReplicationReport),
+    /// The front after a share change.
+    Front(FrontReport),
 }
 
 /// Why a command was refused.
@@ -363,6 +376,43 @@ pub struct AgentReport {
     pub replication: Vec<ReplicationReport>,
     /// Unix time of the report, in milliseconds.
     pub at_unix_ms: u64,
+    /// The region front, when this agent runs one.
+    pub front: Option<FrontReport>,
+}
+
+/// A share of a service's traffic that a front forwards to another region's front.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareReport {
+    /// The service.
+    pub service: String,
+    /// The other region's front, `host:port`.
+    pub target_front: String,
+    /// Share of new requests forwarded, 0..=100.
+    pub percent: u8,
+}
+
+/// What a region's front served. Counters cover the LOCAL backends only (the region's own
+/// instances), so a target region's report measures the target's instances, not traffic it
+/// forwarded elsewhere.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrontReport {
+    /// The front's listen address.
+    pub listen: String,
+    /// Requests to local backends since the front started.
+    pub requests_total: u64,
+    /// Of which failed (connect failures, upstream errors, 5xx).
+    pub errors_total: u64,
+    /// Length of the recent window, ms (time since the previous report).
+    pub window_ms: u64,
+    /// Requests to local backends in the window.
+    pub window_requests: u64,
+    /// Failed requests in the window.
+    pub window_errors: u64,
+    /// p99 time to response headers of local backends (see the agent's front module for the
+    /// period it covers), ms; `None` before any request.
+    pub window_p99_ms: Option<f64>,
+    /// Shares as applied.
+    pub shares: Vec<ShareReport>,
 }
 
 #[cfg(test)]

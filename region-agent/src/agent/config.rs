@@ -10,6 +10,8 @@
 //! certs_dir = "/etc/umbra/certs"     # ca.pem, agent-eu-west.pem/.key (umbra certs init)
 //! heartbeat_ms = 1000
 //! metrics_listen = "127.0.0.1:9464"   # Prometheus /metrics (optional)
+//! [front]                            # optional: the region front (embedded proxy)
+//! listen = "127.0.0.12:8000"
 //! [provider]
 //! kind = "process"                    # or "docker"
 //! backing_latency_ms = 30
@@ -117,6 +119,18 @@ pub struct AgentConfig {
     /// Instances.
     #[serde(default)]
     pub provider: ProviderSection,
+    /// The region front (embedded proxy), if this agent runs one.
+    #[serde(default)]
+    pub front: Option<FrontSection>,
+}
+
+/// The region front.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontSection {
+    /// Where the front listens, e.g. `127.0.0.12:8000` (fronts of different regions share a
+    /// port on distinct loopback addresses, because a DNS A record carries no port).
+    pub listen: SocketAddr,
 }
 
 fn default_heartbeat() -> u64 {

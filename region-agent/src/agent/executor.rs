@@ -12,10 +12,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use umbra_proto::agent::{
-    AgentAction, CommandOutcome, CommandResult, InstanceReport, Refusal, ReplicationReport,
-    WarmupProgress,
+    AgentAction, CommandOutcome, CommandResult, FrontReport, InstanceReport, Refusal,
+    ReplicationReport, WarmupProgress,
 };
 
+use super::front::Front;
 use crate::provider::{AnyProvider, Operation, ProviderError};
 use crate::replication::{ReplicationDriver, ReplicationError, SampleLogShipping};
 use crate::warmer::{self, WarmError, WarmupTracker};
@@ -27,6 +28,7 @@ pub const MAX_LAG_WAIT_MS: u64 = 600_000;
 /// Executes commands for one region.
 pub struct Executor {
     provider: AnyProvider,
+    front: Option<Front>,
     replications: Mutex<BTreeMap<String, Arc<SampleLogShipping>>>,
     warmups: Mutex<BTreeMap<String, watch::Receiver<WarmupProgress>>>,
     shutdown: CancellationToken,
@@ -57,10 +59,11 @@ fn provider_outcome(e: ProviderError) -> CommandOutcome {
 }
 
 impl Executor {
-    /// An executor over `provider`.
-    pub fn new(provider: AnyProvider) -> Self {
+    /// An executor over `provider`, with the region front if this agent runs one.
+    pub fn new(provider: AnyProvider, front: Option<Front>) -> Self {
         Executor {
             provider,
+            front,
             replications: Mutex::new(BTreeMap::new()),
             warmups: Mutex::new(BTreeMap::new()),
             shutdown: CancellationToken::new(),
@@ -70,6 +73,34 @@ impl Executor {
     /// The provider.
     pub fn provider(&self) -> &AnyProvider {
         &self.provider
+    }
+
+    /// The region front, if any.
+    pub fn front(&self) -> Option<&Front> {
+        self.front.as_ref()
+    }
+
+    /// Aligns the front's backends with the active instances (logged, not fatal: the next
+    /// command or heartbeat retries).
+    async fn reconcile_front(&self) {
+        if let Some(front) = &self.front
+            && let Err(e) = front.reconcile(&self.provider.list().await).await
+        {
+            tracing::warn!(error = %e, "front backends not updated");
+        }
+    }
+
+    /// The front's report for a heartbeat (reconciling first).
+    pub async fn front_report(&self) -> Option<FrontReport> {
+        let front = self.front.as_ref()?;
+        self.reconcile_front().await;
+        match front.report(true).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "front stats unavailable");
+                None
+            }
+        }
     }
 
     /// Stops running warm-ups (between windows).
@@ -130,10 +161,12 @@ impl Executor {
                 };
             }
             AgentAction::Remove { instance } => {
-                return match self.provider.remove(instance).await {
+                let outcome = match self.provider.remove(instance).await {
                     Ok(()) => CommandOutcome::Done(CommandResult::Instances(vec![])),
                     Err(e) => provider_outcome(e),
                 };
+                self.reconcile_front().await;
+                return outcome;
             }
             AgentAction::Start { instance } => lifecycle(instance, Operation::Start),
             AgentAction::Activate { instance } => lifecycle(instance, Operation::Activate),
@@ -221,6 +254,27 @@ impl Executor {
                     Err(e) => failed(e),
                 };
             }
+            AgentAction::SetShare {
+                service,
+                target_front,
+                percent,
+            } => {
+                let Some(front) = &self.front else {
+                    return refused(
+                        "this agent runs no region front; set [front] listen in its config",
+                    );
+                };
+                if let Err(e) = front.set_share(service, target_front, *percent) {
+                    return refused(e.to_string());
+                }
+                if let Err(e) = front.reconcile(&self.provider.list().await).await {
+                    return failed(e);
+                }
+                return match front.report(false).await {
+                    Ok(r) => CommandOutcome::Done(CommandResult::Front(r)),
+                    Err(e) => failed(e),
+                };
+            }
             AgentAction::StopReplication { instance } => {
                 let driver = match self.driver(instance) {
                     Ok(d) => d,
@@ -238,10 +292,14 @@ impl Executor {
             }
         };
         let (instance, op) = op;
-        match self.provider.apply(&instance, op).await {
+        let outcome = match self.provider.apply(&instance, op).await {
             Ok(_) => self.instances(&[instance.as_str()]).await,
             Err(e) => provider_outcome(e),
-        }
+        };
+        // An instance entering or leaving Active changes the front's backends now, not at the
+        // next heartbeat.
+        self.reconcile_front().await;
+        outcome
     }
 
     /// Warm-up progress of every warm-up started (latest value).

@@ -1,7 +1,9 @@
 //! The agent proper: its configuration ([`config`]), the sans-IO command core that enforces
 //! idempotency, term fencing and the region check ([`core`]), the executor that turns commands
 //! into provider, warmer and replication calls ([`executor`]), and the QUIC session that
-//! follows the orchestrators' leader ([`session`]), and its Prometheus endpoint ([`metrics`]). [`Agent`] ties core and executor together
+//! follows the orchestrators' leader ([`session`]), the region front ([`front`]: the embedded
+//! proxy over this region's active instances plus cutover shares), and its Prometheus
+//! endpoint ([`metrics`]). [`Agent`] ties core and executor together
 //! and persists the core (newest term and finished operations) in `<state_dir>/ledger.json`,
 //! so a restarted agent still refuses a deposed leader and still answers a retried operation
 //! with its first outcome.
@@ -9,6 +11,7 @@
 pub mod config;
 pub mod core;
 pub mod executor;
+pub mod front;
 pub mod metrics;
 pub mod session;
 
@@ -32,6 +35,14 @@ pub enum AgentError {
     /// Configuration or provider.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The region front could not start.
+    #[error("region front on {listen}: {message}")]
+    Front {
+        /// The configured address.
+        listen: std::net::SocketAddr,
+        /// What failed.
+        message: String,
+    },
     /// The ledger could not be read or written.
     #[error("command ledger {path}: {message}")]
     Ledger {
@@ -55,14 +66,34 @@ impl Agent {
     pub async fn open(config: &AgentConfig) -> Result<Agent, AgentError> {
         config.validate()?;
         let provider = config.build_provider().await?;
-        Agent::with_provider(&config.region, &config.state_dir, provider)
+        let front =
+            match &config.front {
+                Some(section) => Some(front::Front::start(section.listen).await.map_err(|e| {
+                    AgentError::Front {
+                        listen: section.listen,
+                        message: e.to_string(),
+                    }
+                })?),
+                None => None,
+            };
+        Agent::with_parts(&config.region, &config.state_dir, provider, front)
     }
 
-    /// An agent over an existing provider.
+    /// An agent over an existing provider, without a front.
     pub fn with_provider(
         region: &str,
         state_dir: &Path,
         provider: AnyProvider,
+    ) -> Result<Agent, AgentError> {
+        Agent::with_parts(region, state_dir, provider, None)
+    }
+
+    /// An agent over an existing provider and front.
+    pub fn with_parts(
+        region: &str,
+        state_dir: &Path,
+        provider: AnyProvider,
+        front: Option<front::Front>,
     ) -> Result<Agent, AgentError> {
         let ledger_path = state_dir.join(LEDGER_FILE);
         let err = |message: String| AgentError::Ledger {
@@ -89,7 +120,7 @@ impl Agent {
         Ok(Agent {
             core: Mutex::new(core),
             ledger_path,
-            executor: Executor::new(provider),
+            executor: Executor::new(provider, front),
             metrics: metrics::AgentMetrics::new(),
         })
     }
@@ -189,6 +220,7 @@ impl Agent {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
+            front: self.executor.front_report().await,
         }
     }
 }

@@ -1,0 +1,303 @@
+//! The region front: the embedded weighted proxy (`crate::lb::proxy`) on the region's front
+//! address, whose backends are this region's ACTIVE instances plus — during a cutover away
+//! from this region — other regions' fronts with the share the leader set (`SetShare`). A
+//! load-balancer share applies to the very next request, which is why a cutover moves traffic
+//! here before DNS follows.
+//!
+//! [`weights`] is the pure part (instances and shares → backend weights, exact percentages);
+//! [`Front`] reconciles the proxy with it after every command and heartbeat, and reports what
+//! the LOCAL backends served (the report of a target region measures its own instances).
+//!
+//! Known limit: the proxy keeps cumulative latency histograms, so `window_p99_ms` is the p99
+//! since each backend was configured, not over the window; the request and error counts are
+//! true window deltas. A windowed latency needs a rotating histogram in the proxy.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use umbra_proto::agent::{FrontReport, InstanceReport, InstanceState, ShareReport};
+
+use crate::lb::proxy::{EmbeddedProxy, ProxyConfig};
+use crate::lb::{BackendWeight, LbError, LoadBalancer, MAX_WEIGHT};
+
+/// Prefix of a remote front's backend name (followed by the service).
+const REMOTE_PREFIX: &str = "front-";
+
+/// A share as requested.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// The other region's front.
+    pub target_front: SocketAddr,
+    /// 0..=100.
+    pub percent: u8,
+}
+
+/// Why a share was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ShareError {
+    /// The percentage is out of range.
+    #[error("percent {0} must be between 0 and 100")]
+    Percent(u8),
+    /// The target is not `ip:port`.
+    #[error("target_front {0:?} must be an ip:port address")]
+    Target(String),
+    /// The shares of all services would exceed 100 %.
+    #[error("shares would add up to {0} %, above 100 %")]
+    Total(u32),
+    /// The service name cannot be a backend name.
+    #[error("service {0:?} must be ASCII letters, digits, '-', '_' or '.'")]
+    Service(String),
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Backend weights for `local` instances and `shares` (by service): with `p` the total share,
+/// each remote front gets `percent × n` and each of the `n` local instances `100 − p`, so the
+/// remote fraction is exactly `percent` %. Weights are reduced by their common divisor and, if
+/// still above [`MAX_WEIGHT`], scaled down (rounding, at least 1 for a non-zero weight).
+pub fn weights(
+    local: &[(String, SocketAddr)],
+    shares: &BTreeMap<String, Share>,
+) -> Vec<BackendWeight> {
+    let n = local.len() as u32;
+    let total: u32 = shares.values().map(|s| u32::from(s.percent)).sum();
+    let mut out: Vec<BackendWeight> = local
+        .iter()
+        .map(|(id, addr)| BackendWeight::new(id.clone(), *addr, 100u32.saturating_sub(total)))
+        .collect();
+    for (service, share) in shares {
+        if share.percent == 0 {
+            continue;
+        }
+        let w = u32::from(share.percent) * n.max(1);
+        out.push(BackendWeight::new(
+            format!("{REMOTE_PREFIX}{service}"),
+            share.target_front,
+            w,
+        ));
+    }
+    let divisor = out.iter().map(|b| b.weight).filter(|w| *w > 0).fold(0, gcd);
+    if divisor > 1 {
+        for b in &mut out {
+            b.weight /= divisor;
+        }
+    }
+    let max = out.iter().map(|b| b.weight).max().unwrap_or(0);
+    if max > MAX_WEIGHT {
+        for b in &mut out {
+            if b.weight > 0 {
+                b.weight = ((u64::from(b.weight) * u64::from(MAX_WEIGHT) + u64::from(max) / 2)
+                    / u64::from(max))
+                .max(1) as u32;
+            }
+        }
+    }
+    out
+}
+
+struct FrontState {
+    shares: BTreeMap<String, Share>,
+    applied: Option<Vec<BackendWeight>>,
+    last: Option<(Instant, u64, u64)>,
+}
+
+/// The running front.
+pub struct Front {
+    proxy: EmbeddedProxy,
+    state: Mutex<FrontState>,
+}
+
+impl Front {
+    /// Starts the proxy on `listen` with no backends (requests fail until instances are
+    /// active, which is the truth).
+    pub async fn start(listen: SocketAddr) -> Result<Front, LbError> {
+        let proxy = EmbeddedProxy::start(ProxyConfig::new(listen), &[]).await?;
+        Ok(Front {
+            proxy,
+            state: Mutex::new(FrontState {
+                shares: BTreeMap::new(),
+                applied: None,
+                last: None,
+            }),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.proxy.local_addr()
+    }
+
+    /// Records a share (checked first: on error nothing changes). Call [`Front::reconcile`]
+    /// afterwards to apply it.
+    pub fn set_share(
+        &self,
+        service: &str,
+        target_front: &str,
+        percent: u8,
+    ) -> Result<(), ShareError> {
+        if percent > 100 {
+            return Err(ShareError::Percent(percent));
+        }
+        if service.is_empty()
+            || !service
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(ShareError::Service(service.to_owned()));
+        }
+        let target: SocketAddr = target_front
+            .parse()
+            .map_err(|_| ShareError::Target(target_front.to_owned()))?;
+        let mut state = self.state.lock().expect("front lock");
+        let others: u32 = state
+            .shares
+            .iter()
+            .filter(|(s, _)| s.as_str() != service)
+            .map(|(_, s)| u32::from(s.percent))
+            .sum();
+        if others + u32::from(percent) > 100 {
+            return Err(ShareError::Total(others + u32::from(percent)));
+        }
+        if percent == 0 {
+            state.shares.remove(service);
+        } else {
+            state.shares.insert(
+                service.to_owned(),
+                Share {
+                    target_front: target,
+                    percent,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Makes the proxy's backends match the active instances and the shares (no-op when
+    /// nothing changed).
+    pub async fn reconcile(&self, instances: &[InstanceReport]) -> Result<(), LbError> {
+        let local: Vec<(String, SocketAddr)> = instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Active)
+            .filter_map(|i| Some((i.id.clone(), i.addr.as_deref()?.parse().ok()?)))
+            .collect();
+        let wanted = {
+            let state = self.state.lock().expect("front lock");
+            let wanted = weights(&local, &state.shares);
+            if state.applied.as_ref() == Some(&wanted) {
+                return Ok(());
+            }
+            wanted
+        };
+        self.proxy.set_backends(&wanted).await?;
+        tracing::info!(backends = ?wanted, "front backends set");
+        self.state.lock().expect("front lock").applied = Some(wanted);
+        Ok(())
+    }
+
+    /// What the local backends served. With `advance`, the window runs from the previous
+    /// advancing call to now and the next window starts here (heartbeats); without, the window
+    /// is reported but not restarted (command outcomes).
+    pub async fn report(&self, advance: bool) -> Result<FrontReport, LbError> {
+        let stats = self.proxy.stats().await?;
+        let local: Vec<_> = stats
+            .iter()
+            .filter(|s| !s.name.starts_with(REMOTE_PREFIX))
+            .collect();
+        let requests_total: u64 = local.iter().map(|s| s.requests).sum();
+        let errors_total: u64 = local.iter().map(|s| s.errors).sum();
+        let p99 = local
+            .iter()
+            .filter_map(|s| s.latency_ms_p99)
+            .fold(None, |acc: Option<f64>, v| {
+                Some(acc.map_or(v, |a| a.max(v)))
+            });
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("front lock");
+        let (window_ms, window_requests, window_errors) = match state.last {
+            Some((at, r, e)) => (
+                now.duration_since(at).as_millis() as u64,
+                requests_total.saturating_sub(r),
+                errors_total.saturating_sub(e),
+            ),
+            None => (0, requests_total, errors_total),
+        };
+        if advance {
+            state.last = Some((now, requests_total, errors_total));
+        }
+        Ok(FrontReport {
+            listen: self.local_addr().to_string(),
+            requests_total,
+            errors_total,
+            window_ms,
+            window_requests,
+            window_errors,
+            window_p99_ms: p99,
+            shares: state
+                .shares
+                .iter()
+                .map(|(service, s)| ShareReport {
+                    service: service.clone(),
+                    target_front: s.target_front.to_string(),
+                    percent: s.percent,
+                })
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    fn share(percent: u8) -> BTreeMap<String, Share> {
+        BTreeMap::from([(
+            "shop".to_string(),
+            Share {
+                target_front: addr(9),
+                percent,
+            },
+        )])
+    }
+
+    fn remote_fraction(ws: &[BackendWeight]) -> f64 {
+        let total: u32 = ws.iter().map(|b| b.weight).sum();
+        let remote: u32 = ws
+            .iter()
+            .filter(|b| b.name.starts_with(REMOTE_PREFIX))
+            .map(|b| b.weight)
+            .sum();
+        f64::from(remote) / f64::from(total)
+    }
+
+    #[test]
+    fn shares_are_exact_percentages() {
+        let local: Vec<_> = (1..=3).map(|i| (format!("i-{i}"), addr(i))).collect();
+        for (percent, n) in [(0u8, 3usize), (10, 3), (50, 3), (100, 3), (10, 1), (37, 2)] {
+            let ws = weights(&local[..n], &share(percent));
+            assert!(ws.iter().all(|b| b.weight <= MAX_WEIGHT), "{ws:?}");
+            assert!(
+                (remote_fraction(&ws) - f64::from(percent) / 100.0).abs() < 1e-9,
+                "{percent} % over {n}: {ws:?}"
+            );
+        }
+        // No local instance: all traffic to the remote front, or none at all.
+        assert_eq!(remote_fraction(&weights(&[], &share(30))), 1.0);
+        assert!(weights(&[], &share(0)).is_empty());
+    }
+
+    #[test]
+    fn large_sets_are_scaled_into_range() {
+        let local: Vec<_> = (1..=7).map(|i| (format!("i-{i}"), addr(i))).collect();
+        let ws = weights(&local, &share(49));
+        assert!(ws.iter().all(|b| b.weight <= MAX_WEIGHT && b.weight > 0));
+        assert!((remote_fraction(&ws) - 0.49).abs() < 0.01, "{ws:?}");
+    }
+}
