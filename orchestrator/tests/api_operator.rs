@@ -401,3 +401,57 @@ async fn bad_requests_get_json_errors_that_say_what_to_do() {
         "only the plan was applied"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_the_handshake_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    certs::init(&Layout::default(), &certs).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let credentials = Credentials::load(&certs, &Identity::orchestrator(1)).unwrap();
+    let mut config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), token_file);
+    config.handshake_timeout_ms = 200;
+    let running = api::serve(&config, &credentials, Arc::new(MemoryReplicated::new()))
+        .await
+        .unwrap();
+    let mut idle = tokio::net::TcpStream::connect(running.local_addr())
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 64];
+    // The server closes the silent connection after its handshake timeout; the read sees
+    // the end (or a reset) long before this test's own bound.
+    let read = tokio::time::timeout(Duration::from_secs(30), idle.read(&mut buffer))
+        .await
+        .expect("the server drops a silent client");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    running.shutdown();
+}
+
+#[tokio::test]
+async fn the_api_refuses_to_start_with_a_weak_token_or_zero_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    certs::init(&Layout::default(), &certs).unwrap();
+    let credentials = Credentials::load(&certs, &Identity::orchestrator(1)).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "short\n").unwrap();
+    let store = || Arc::new(MemoryReplicated::new());
+    let config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), token_file.clone());
+    let error = api::serve(&config, &credentials, store())
+        .await
+        .expect_err("a short token is refused");
+    assert!(error.to_string().contains("openssl rand"), "{error}");
+    assert!(
+        !error.to_string().contains("short"),
+        "the token is not echoed: {error}"
+    );
+
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let mut config = config;
+    config.max_body_bytes = 0;
+    let error = api::serve(&config, &credentials, store())
+        .await
+        .expect_err("a zero limit is refused");
+    assert!(error.to_string().contains("max_body_bytes"), "{error}");
+}
