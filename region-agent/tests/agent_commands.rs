@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use umbra_agent::agent::Agent;
 use umbra_agent::provider::process::{ProcessConfig, ProcessRuntime};
 use umbra_agent::provider::{AnyProvider, InstanceState, Provider};
@@ -118,6 +120,7 @@ async fn replicate_fence_promote_and_warm_through_commands() -> anyhow::Result<(
             .error_for_status()?;
     }
     let state = dir.path().join("agent");
+    let _reaper = common::Reaper::new(&state);
     let agent = agent(&state).await?;
     let run = |op: &'static str, a: AgentAction| {
         let agent = &agent;

@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod common;
+
 use umbra_agent::agent::Agent;
 use umbra_agent::agent::front::Front;
 use umbra_agent::loadgen::{LoadConfig, LoadGenerator, RequestSpec, Target};
@@ -77,6 +79,10 @@ async fn send(front: std::net::SocketAddr, requests: u64) -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_share_moves_exactly_that_part_of_the_traffic() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
+    let _reapers = [
+        common::Reaper::new(&dir.path().join("us-east")),
+        common::Reaper::new(&dir.path().join("eu-west")),
+    ];
     let east = region("us-east", dir.path()).await?;
     let west = region("eu-west", dir.path()).await?;
     let east_front = east.executor().front().unwrap().local_addr();

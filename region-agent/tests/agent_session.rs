@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+
 use tokio::sync::mpsc;
 use umbra_agent::agent::Agent;
 use umbra_agent::agent::session::{SessionConfig, run_session};
@@ -157,6 +159,7 @@ async fn the_agent_follows_the_leader_and_fences_stale_terms() -> anyhow::Result
     let (addrs, mut followed) = stand_in_cluster(&certs, leader.clone()).await?;
 
     let state = dir.path().join("agent");
+    let _reaper = common::Reaper::new(&state);
     let sample = PathBuf::from(env!("CARGO_BIN_EXE_umbra-sample"));
     let provider = Provider::open(
         ProcessRuntime::new(ProcessConfig::sample(sample, 5), &state)?,
@@ -346,6 +349,7 @@ async fn the_agent_binary_keeps_its_ledger_and_instances_across_a_sigkill() -> a
     let leader: Leader = Arc::new(Mutex::new((1, 3)));
     let (addrs, mut followed) = stand_in_cluster(&certs, leader.clone()).await?;
     let state = dir.path().join("agent");
+    let _reaper = common::Reaper::new(&state);
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,

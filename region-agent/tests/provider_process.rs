@@ -2,42 +2,17 @@
 //! transitions, and adoption after the owning agent process is SIGKILLed (no process is left
 //! behind: the restarted provider adopts every instance and stops them all).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use umbra_agent::provider::process::{ENV_PROVIDER_STATE, ProcessConfig, ProcessRuntime};
+mod common;
+
+use common::{Reaper, processes_of};
+use umbra_agent::provider::process::{ProcessConfig, ProcessRuntime};
 use umbra_agent::provider::{InstanceState, Operation, Provider};
 
 fn sample_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_umbra-sample"))
-}
-
-/// Pids of live (not zombie) processes whose environment names this provider state directory.
-fn processes_of(state_dir: &Path) -> Vec<u32> {
-    let state_dir = std::fs::canonicalize(state_dir).unwrap();
-    let marker = format!("{ENV_PROVIDER_STATE}={}", state_dir.display());
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(true);
-        if !zombie && env.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 async fn get(addr: &str, path: &str) -> reqwest::Result<reqwest::StatusCode> {
@@ -54,6 +29,7 @@ async fn get(addr: &str, path: &str) -> reqwest::Result<reqwest::StatusCode> {
 #[tokio::test]
 async fn provision_activate_pause_resume_stop_with_timings() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
+    let _reaper = Reaper::new(dir.path());
     let runtime = ProcessRuntime::new(ProcessConfig::sample(sample_binary(), 30), dir.path())?;
     let provider = Provider::open(runtime, dir.path()).await?;
     let ids: Vec<String> = (1..=5).map(|i| format!("shop-{i}")).collect();
@@ -124,6 +100,7 @@ async fn provision_activate_pause_resume_stop_with_timings() -> anyhow::Result<(
 #[tokio::test]
 async fn a_killed_agent_is_replaced_by_one_that_adopts_its_instances() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
+    let _reaper = Reaper::new(dir.path());
     // The "agent" is a real process: umbra-agent's local mode provisions, activates 2 of 3
     // instances, pauses one, and holds; we SIGKILL it.
     let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_umbra-agent"))
@@ -198,6 +175,7 @@ async fn a_killed_agent_is_replaced_by_one_that_adopts_its_instances() -> anyhow
 #[tokio::test]
 async fn a_process_started_but_not_yet_recorded_is_still_adopted() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
+    let _reaper = Reaper::new(dir.path());
     let make = || ProcessRuntime::new(ProcessConfig::sample(sample_binary(), 5), dir.path());
     let provider = Provider::open(make()?, dir.path()).await?;
     provider.provision(&["c-1".to_string()]).await?;
