@@ -66,8 +66,9 @@ impl Harness {
         std::fs::write(&token_file, "cli-test-token-0123456789abcdef\n").expect("token");
         let credentials = Credentials::load(&certs, &Identity::orchestrator(1)).unwrap();
         let store = Arc::new(MemoryReplicated::new());
+        let registry = prometheus::Registry::new();
         let config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), token_file.clone());
-        let api = api::serve(&config, &credentials, store.clone())
+        let api = api::serve(&config, &credentials, store.clone(), &registry)
             .await
             .unwrap();
         Harness {

@@ -50,6 +50,7 @@ struct Harness {
     certs: PathBuf,
     api: RunningApi,
     store: Arc<MemoryReplicated>,
+    registry: prometheus::Registry,
 }
 
 impl Harness {
@@ -62,8 +63,9 @@ impl Harness {
         let credentials =
             Credentials::load(&certs, &Identity::orchestrator(1)).expect("orchestrator creds");
         let store = Arc::new(MemoryReplicated::new());
+        let registry = prometheus::Registry::new();
         let config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), token_file);
-        let api = api::serve(&config, &credentials, store.clone())
+        let api = api::serve(&config, &credentials, store.clone(), &registry)
             .await
             .expect("the API starts");
         Harness {
@@ -71,6 +73,7 @@ impl Harness {
             certs,
             api,
             store,
+            registry,
         }
     }
 
@@ -412,9 +415,14 @@ async fn a_client_that_never_finishes_the_handshake_is_dropped() {
     let credentials = Credentials::load(&certs, &Identity::orchestrator(1)).unwrap();
     let mut config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), token_file);
     config.handshake_timeout_ms = 200;
-    let running = api::serve(&config, &credentials, Arc::new(MemoryReplicated::new()))
-        .await
-        .unwrap();
+    let running = api::serve(
+        &config,
+        &credentials,
+        Arc::new(MemoryReplicated::new()),
+        &prometheus::Registry::new(),
+    )
+    .await
+    .unwrap();
     let mut idle = tokio::net::TcpStream::connect(running.local_addr())
         .await
         .unwrap();
@@ -438,7 +446,7 @@ async fn the_api_refuses_to_start_with_a_weak_token_or_zero_limits() {
     std::fs::write(&token_file, "short\n").unwrap();
     let store = || Arc::new(MemoryReplicated::new());
     let config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), token_file.clone());
-    let error = api::serve(&config, &credentials, store())
+    let error = api::serve(&config, &credentials, store(), &prometheus::Registry::new())
         .await
         .expect_err("a short token is refused");
     assert!(error.to_string().contains("openssl rand"), "{error}");
@@ -450,7 +458,7 @@ async fn the_api_refuses_to_start_with_a_weak_token_or_zero_limits() {
     std::fs::write(&token_file, TOKEN).unwrap();
     let mut config = config;
     config.max_body_bytes = 0;
-    let error = api::serve(&config, &credentials, store())
+    let error = api::serve(&config, &credentials, store(), &prometheus::Registry::new())
         .await
         .expect_err("a zero limit is refused");
     assert!(error.to_string().contains("max_body_bytes"), "{error}");

@@ -188,9 +188,14 @@ impl Cluster {
                 ObservationBoard::default(),
             );
             let config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), token_file.clone());
-            let api = api::serve(&config, &credentials, Arc::new(store))
-                .await
-                .unwrap();
+            let api = api::serve(
+                &config,
+                &credentials,
+                Arc::new(store),
+                &prometheus::Registry::new(),
+            )
+            .await
+            .unwrap();
             members.insert(
                 id,
                 Member {

@@ -53,6 +53,9 @@ pub enum ServeError {
     /// The node's credentials cannot make a TLS server.
     #[error("TLS server configuration: {0}")]
     Tls(#[from] umbra_proto::CredentialError),
+    /// The metrics could not be registered (already registered in this registry).
+    #[error("registering the operator API's metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     /// The listen address cannot be bound.
     #[error("cannot listen on {address} for the operator API: {source}")]
     Bind {
@@ -92,19 +95,67 @@ struct Caller(Option<Identity>);
 #[derive(Clone)]
 struct AppState {
     store: Arc<dyn Replicated>,
+    metrics: ApiMetrics,
     token: Arc<BearerToken>,
     max_body_bytes: usize,
     request_timeout: Duration,
 }
 
+/// Request counters and latencies, labelled by route (the route template, so the label
+/// set stays bounded whatever paths clients send).
+#[derive(Clone)]
+struct ApiMetrics {
+    requests: prometheus::IntCounterVec,
+    seconds: prometheus::HistogramVec,
+}
+
+impl ApiMetrics {
+    fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let requests = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "umbra_api_requests_total",
+                "Operator API requests by route and HTTP status.",
+            ),
+            &["route", "status"],
+        )?;
+        let seconds = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "umbra_api_request_duration_seconds",
+                "Operator API request latency by route (writes include the Raft round).",
+            ),
+            &["route"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(seconds.clone()))?;
+        Ok(Self { requests, seconds })
+    }
+}
+
+/// The route template of `path`, for metric labels.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/plan" => "/v1/plan",
+        "/v1/migrations" => "/v1/migrations",
+        "/v1/status" => "/v1/status",
+        "/v1/audit" => "/v1/audit",
+        "/healthz" => "/healthz",
+        p if p.starts_with("/v1/migrations/") && p.ends_with("/rollback") => {
+            "/v1/migrations/{id}/rollback"
+        }
+        _ => "other",
+    }
+}
+
 /// Starts the operator API on `config.listen`, presenting `credentials` (this
-/// orchestrator's) and serving `store`.
+/// orchestrator's) and serving `store`; its metrics go to `registry`.
 pub async fn serve(
     config: &ApiConfig,
     credentials: &Credentials,
     store: Arc<dyn Replicated>,
+    registry: &prometheus::Registry,
 ) -> Result<RunningApi, ServeError> {
     config.validate()?;
+    let metrics = ApiMetrics::register(registry)?;
     let token = BearerToken::load(&config.token_file)?;
     let mut tls = credentials.server_config()?;
     tls.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
@@ -121,6 +172,7 @@ pub async fn serve(
     })?;
     let state = AppState {
         store,
+        metrics,
         token: Arc::new(token),
         max_body_bytes: config.max_body_bytes,
         request_timeout: Duration::from_millis(config.request_timeout_ms),
@@ -280,8 +332,25 @@ fn garbled(answer: &QueryAnswer) -> Refusal {
     ApiError::Garbled(format!("unexpected answer {answer:?}")).into()
 }
 
-/// Bounds every request's time, so a stuck cluster cannot hold connections forever.
+/// Bounds every request's time, so a stuck cluster cannot hold connections forever, and
+/// counts it.
 async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = route_label(request.uri().path());
+    let started = std::time::Instant::now();
+    let response = bounded(&state, request, next).await;
+    let metrics = &state.metrics;
+    metrics
+        .requests
+        .with_label_values(&[route, response.status().as_str()])
+        .inc();
+    metrics
+        .seconds
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn bounded(state: &AppState, request: Request, next: Next) -> Response {
     match tokio::time::timeout(state.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => error(
