@@ -403,6 +403,19 @@ async fn bad_requests_get_json_errors_that_say_what_to_do() {
         1,
         "only the plan was applied"
     );
+
+    let mut text = String::new();
+    prometheus::TextEncoder::new()
+        .encode_utf8(&h.registry.gather(), &mut text)
+        .unwrap();
+    for line in [
+        r#"umbra_api_requests_total{route="/v1/plan",status="200"} 1"#,
+        r#"umbra_api_requests_total{route="/v1/plan",status="413"} 1"#,
+        r#"umbra_api_requests_total{route="/v1/plan",status="405"} 1"#,
+        r#"umbra_api_requests_total{route="other",status="404"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
 }
 
 #[tokio::test]
