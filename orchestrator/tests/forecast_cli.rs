@@ -234,3 +234,69 @@ fn gaps_and_duplicates_are_repaired_and_reported() {
         stderr(&out)
     );
 }
+
+#[test]
+fn events_file_scales_and_overrides_the_printed_forecast() {
+    let data = taylor();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.toml");
+    std::fs::write(
+        &events,
+        r#"
+        [[event]]
+        name = "campaign"
+        start = "2000-08-28T00:00:00Z"
+        end = "2000-08-28T01:00:00Z"
+        scale = 2.0
+
+        [[event]]
+        name = "backup"
+        start = "2000-08-28T02:00:00Z"
+        end = "2000-08-28T02:30:00Z"
+        value = 0
+        "#,
+    )
+    .unwrap();
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "forecast",
+            "--csv",
+            &data,
+            "--slice-secs",
+            "1800",
+            "--horizon",
+            "6",
+            "--calibration-origins",
+            "0",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = umbra(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let plain = run(&[]);
+    let with_events = run(&["--events", events.to_str().unwrap()]);
+    let p90 = |v: &serde_json::Value, i: usize| v["slices"][i]["p90"].as_f64().unwrap();
+    for i in 0..2 {
+        assert!((p90(&with_events, i) - 2.0 * p90(&plain, i)).abs() < 1e-6);
+        assert_eq!(with_events["slices"][i]["event"], "campaign");
+    }
+    assert_eq!(p90(&with_events, 3), p90(&plain, 3));
+    assert_eq!(p90(&with_events, 4), 0.0);
+    assert_eq!(with_events["slices"][4]["event"], "backup");
+
+    // A malformed calendar is refused with the file named.
+    std::fs::write(&events, "[[event]]\nname = \"x\"\n").unwrap();
+    let out = umbra(&[
+        "forecast",
+        "--csv",
+        &data,
+        "--slice-secs",
+        "1800",
+        "--events",
+        events.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("events.toml"), "{}", stderr(&out));
+}
