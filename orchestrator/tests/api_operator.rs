@@ -419,7 +419,7 @@ async fn bad_requests_get_json_errors_that_say_what_to_do() {
 }
 
 #[tokio::test]
-async fn a_client_that_never_finishes_the_handshake_is_dropped() {
+async fn silent_and_idle_clients_are_dropped_after_the_handshake_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     certs::init(&Layout::default(), &certs).unwrap();
@@ -446,6 +446,17 @@ async fn a_client_that_never_finishes_the_handshake_is_dropped() {
         .await
         .expect("the server drops a silent client");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    // An idle keep-alive connection is closed after the same timeout, so idle clients
+    // cannot hold the connection slots either: the raw read below ends only when the
+    // server closes.
+    let (status, _) = raw_https(
+        &certs,
+        running.local_addr(),
+        &format!("GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"),
+    )
+    .await;
+    assert!(status.contains("200"), "{status}");
     running.shutdown();
 }
 

@@ -327,3 +327,94 @@ pub(crate) fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migration::{MigrationSpec, PhaseDeadlines, Slo};
+
+    fn record(phase: Phase) -> MigrationRecord {
+        MigrationRecord {
+            spec: MigrationSpec {
+                id: "shop-1".to_owned(),
+                service: "shop".to_owned(),
+                from: "us-east".to_owned(),
+                to: "eu-west".to_owned(),
+                cutover_at_ms: 1_000,
+                lead_time_ms: 100,
+                steps_percent: vec![10, 50, 100],
+                analysis_window_ms: 10,
+                drain_ms: 10,
+                warm_up: true,
+                max_replication_lag: 0,
+                slo: Slo {
+                    max_error_rate: 0.01,
+                    max_p99_ms: 100.0,
+                    min_samples: 10,
+                },
+                deadlines: PhaseDeadlines {
+                    provisioning_ms: 1,
+                    warming_ms: 1,
+                    replicating_ms: 1,
+                    rolling_back_ms: 1,
+                },
+            },
+            phase,
+            phase_since_ms: 0,
+            shadow_instances: 2,
+            promoted: false,
+        }
+    }
+
+    #[test]
+    fn progress_moves_forward_through_the_lifecycle_and_never_back_in_a_rollback() {
+        let table = [
+            (Phase::Planned, 0),
+            (Phase::Provisioning, 1),
+            (Phase::Warming, 2),
+            (Phase::Replicating, 3),
+            (Phase::Ready, 4),
+            (Phase::CuttingOver { step: 0 }, 5),
+            (Phase::CuttingOver { step: 2 }, 7),
+            (Phase::Draining, 8),
+            (Phase::Completed, 9),
+            (Phase::RollingBack, 0),
+            (Phase::RolledBack, 9),
+            (Phase::Failed, 9),
+        ];
+        for (phase, done) in table {
+            assert_eq!(progress(&record(phase)), (done, 9), "{phase}");
+        }
+    }
+
+    #[test]
+    fn status_shows_the_share_and_readiness_only_when_observed() {
+        let cutting = record(Phase::CuttingOver { step: 1 });
+        let status = MigrationStatus::of(&cutting, None);
+        assert_eq!(status.phase, "cutting_over[1]");
+        assert_eq!(status.target_share_percent, 50);
+        assert!(status.readiness.is_none());
+        let seen = Observations {
+            shadow_serving: 2,
+            shadow_warm: 2,
+            replication: Some(crate::migration::ReplicationObserved {
+                lag: 0,
+                promoted: false,
+            }),
+            ..Observations::default()
+        };
+        let status = MigrationStatus::of(&record(Phase::Ready), Some(&seen));
+        assert_eq!(status.readiness.expect("observed").score, 100);
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let mut config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), "token".into());
+        assert_eq!(config.validate(), Ok(()));
+        config.request_timeout_ms = 0;
+        assert_eq!(
+            config.validate(),
+            Err(ApiConfigError::Zero("request_timeout_ms"))
+        );
+    }
+}
