@@ -5,8 +5,8 @@
 pub mod lb;
 pub mod loadgen;
 
-pub mod sample;
-pub mod provider;
 pub mod agent;
+pub mod provider;
 pub mod replication;
+pub mod sample;
 pub mod warmer;

@@ -250,8 +250,14 @@ pub async fn run(config: AgentConfig) -> Result<(), session::SessionError> {
     let session_config = session::SessionConfig::from_agent_config(&config);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| session::SessionError::Endpoint(format!("SIGTERM handler: {e}")))?;
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        // Instances keep running: the next agent on this state directory adopts them.
         stop.cancel();
     });
     session::run_session(agent, endpoint, session_config, shutdown).await
