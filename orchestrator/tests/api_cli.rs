@@ -272,3 +272,78 @@ async fn an_unreachable_api_and_a_foreign_certificate_get_clear_errors() {
     assert!(!run.success);
     assert!(run.stderr.contains("same cluster CA"), "{}", run.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_follows_a_migration_through_every_phase_and_exits_when_it_ends() {
+    let h = Harness::start().await;
+    let plan = h.write("plan.toml", PLAN);
+    assert!(
+        h.umbra(&["apply", "-f", plan.to_str().unwrap()])
+            .await
+            .success
+    );
+    let run = h
+        .umbra(&["migrate", "shop", "--to", "eu-west", "--json"])
+        .await;
+    assert!(run.success, "{}", run.stderr);
+    let applied: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let id = applied["Migration"]["id"].as_str().unwrap().to_owned();
+
+    let watcher = {
+        let api = format!("https://{}", h.api.local_addr());
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_umbra"));
+        command
+            .args(["status", "--watch", "--interval-ms", "50"])
+            .env("UMBRA_API", api)
+            .env("UMBRA_CERTS", &h.certs)
+            .env("UMBRA_TOKEN_FILE", &h.token_file)
+            .kill_on_drop(true);
+        command.output()
+    };
+    let watcher = tokio::spawn(watcher);
+
+    // What the executor would do, one phase at a time.
+    let path = [
+        Phase::Planned,
+        Phase::Provisioning,
+        Phase::Warming,
+        Phase::Replicating,
+        Phase::Ready,
+        Phase::CuttingOver { step: 0 },
+        Phase::CuttingOver { step: 1 },
+        Phase::CuttingOver { step: 2 },
+        Phase::Draining,
+        Phase::Completed,
+    ];
+    for pair in path.windows(2) {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        h.store
+            .propose(Command::Transition {
+                id: id.clone(),
+                from: pair[0],
+                to: pair[1],
+                reason: "test executor".to_owned(),
+                shadow_instances: Some(2),
+                term: 1,
+                at_ms: 1,
+            })
+            .await
+            .expect("the store answers")
+            .expect("the transition applies");
+    }
+    let output = tokio::time::timeout(RUN_TIMEOUT, watcher)
+        .await
+        .expect("watch exits once the migration completed")
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let mut from = 0;
+    for pair in path.windows(2) {
+        let event = format!("{id}: {} → {}", pair[0], pair[1]);
+        let at = stdout[from..]
+            .find(&event)
+            .unwrap_or_else(|| panic!("{event:?} missing or out of order in:\n{stdout}"));
+        from += at + event.len();
+    }
+}
