@@ -163,8 +163,8 @@ pub enum HistoryError {
         secs: u64,
         max_secs: u32,
     },
-    #[error("series {key}: observation at {at} is not aligned to any slice (before the first)")]
-    Unaligned { key: SeriesKey, at: String },
+    #[error("series {key}: slice {at} is outside the range of timestamps this program handles")]
+    OutOfRange { key: SeriesKey, at: String },
 }
 
 /// Bucket observations into slices of `config.slice_secs` (floor of the timestamp), average
@@ -206,7 +206,7 @@ pub fn build_series(
     let start = Utc
         .timestamp_opt(first * slice, 0)
         .single()
-        .ok_or_else(|| HistoryError::Unaligned {
+        .ok_or_else(|| HistoryError::OutOfRange {
             key: key.clone(),
             at: first.to_string(),
         })?;

@@ -389,8 +389,8 @@ impl Forecaster {
 
     /// Forecast the `horizon` slices after the end of `history`, choosing the candidate with
     /// the lowest rolling error, and record every candidate's forecast in `state` for later
-    /// scoring. `timer` measures each candidate's fit (pass `&mut || std::time::Instant::now()`
-    /// style closures from drivers; tests may pass a fake).
+    /// scoring. `timer` returns seconds on a monotonic clock and times each candidate's fit;
+    /// drivers pass one over `Instant`, tests may pass a fake.
     pub fn forecast(
         &self,
         state: &mut SeriesState,
