@@ -1,6 +1,6 @@
 //! A tiny HTTP/1.1 server that answers every request with 200 and its own name (in the body
 //! and in the `x-umbra-backend` header), so a client can tell which backend served it. Used
-//! by the load balancer tests, the proxy benchmark and `umbra-load --serve`, where shares and
+//! by the load balancer tests, the proxy benchmark and `umbra-load serve`, where shares and
 //! overhead are measured; it is not a service to put real traffic on. `GET /slow/<ms>` waits
 //! that long (at most `MAX_SLOW_MS`) before answering, to hold a request in flight on purpose.
 
