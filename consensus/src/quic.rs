@@ -4,8 +4,9 @@
 //! mailbox. Only orchestrator-role certificates may open Raft streams; `umbra-proto` enforces
 //! that at accept time. It must not interpret messages beyond their addressing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use raft::eraftpb::{Message, MessageType};
@@ -23,6 +24,39 @@ const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// about one default election timeout.
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// Peers whose Raft traffic this node drops, both ways, as a partitioned network would.
+/// Empty unless fault injection (tests, drills) cuts links; consulted per message.
+#[derive(Debug, Clone, Default)]
+pub struct TrafficCut {
+    peers: Arc<RwLock<BTreeSet<u64>>>,
+}
+
+impl TrafficCut {
+    /// Drops all Raft traffic to and from `peers` (replacing any earlier cut).
+    pub fn cut(&self, peers: impl IntoIterator<Item = u64>) {
+        *self.peers.write().unwrap_or_else(|p| p.into_inner()) = peers.into_iter().collect();
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        self.peers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    pub fn is_cut(&self, peer: u64) -> bool {
+        self.peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&peer)
+    }
+
+    pub fn peers(&self) -> BTreeSet<u64> {
+        self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// Sends Raft messages to peers over QUIC.
 pub struct QuicTransport {
     id: u64,
@@ -30,6 +64,7 @@ pub struct QuicTransport {
     mailbox: Mailbox,
     runtime: tokio::runtime::Handle,
     peers: HashMap<u64, PeerLink>,
+    cut: TrafficCut,
 }
 
 struct PeerLink {
@@ -40,13 +75,15 @@ struct PeerLink {
 impl QuicTransport {
     /// A transport for node `id` sending from `endpoint`; delivery failures go to `mailbox`.
     /// Peer tasks run on the runtime current at construction (not the Raft driver's thread).
-    pub fn new(id: u64, endpoint: Endpoint, mailbox: Mailbox) -> Self {
+    /// Messages to peers in `cut` are dropped silently, as a partition would.
+    pub fn new(id: u64, endpoint: Endpoint, mailbox: Mailbox, cut: TrafficCut) -> Self {
         Self {
             id,
             endpoint,
             mailbox,
             runtime: tokio::runtime::Handle::current(),
             peers: HashMap::new(),
+            cut,
         }
     }
 }
@@ -55,6 +92,9 @@ impl Transport for QuicTransport {
     fn send(&mut self, messages: Vec<Message>) {
         for message in messages {
             let to = message.to;
+            if self.cut.is_cut(to) {
+                continue;
+            }
             let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
             let queued = self
                 .peers
@@ -189,11 +229,12 @@ pub enum RaftStreamError {
 /// Reads Raft messages from an accepted `StreamKind::Raft` stream into node `id`'s mailbox
 /// until the peer ends it. A message whose sender differs from the certificate's node id is
 /// a forgery: the stream is aborted. Messages for another node id are dropped (a node that
-/// used to live at this address).
+/// used to live at this address), and so are messages from peers in `cut`.
 pub async fn serve_raft_stream(
     mut stream: FramedStream,
     id: u64,
     mailbox: Mailbox,
+    cut: TrafficCut,
 ) -> Result<(), RaftStreamError> {
     let peer = stream.peer().clone();
     if peer.role() != Role::Orchestrator {
@@ -208,7 +249,7 @@ pub async fn serve_raft_stream(
                 claimed: frame.from,
             });
         }
-        if frame.to != id {
+        if frame.to != id || cut.is_cut(frame.from) {
             continue;
         }
         let message = match decode_message(&frame.message) {

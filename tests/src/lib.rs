@@ -79,13 +79,16 @@ where
 }
 
 /// Raft tuning for tests: 50 ms ticks so elections take about a second on a loaded 2-core
-/// machine, and frequent snapshots so catch-up by snapshot is exercised.
+/// machine, frequent snapshots so catch-up by snapshot is exercised, and a long request
+/// timeout so a proposal stranded on a cut-off leader lives until the cut heals (the test
+/// then sees it dropped, not timed out).
 pub fn test_raft_config() -> umbra_consensus::Config {
     umbra_consensus::Config {
         tick_interval_ms: 50,
         election_ticks: 10,
         heartbeat_ticks: 1,
         snapshot_interval_entries: 200,
+        request_timeout_ms: 15_000,
         ..umbra_consensus::Config::default()
     }
 }
@@ -198,6 +201,7 @@ impl Cluster {
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], free_port()?))),
             join,
             peers,
+            fault_injection: true,
             raft: self.raft.clone(),
         };
         let config_path = node_dir.join("node.toml");
@@ -298,6 +302,25 @@ impl Cluster {
         let node = self.node_mut(id)?;
         node.signal(Signal::SIGCONT)?;
         node.paused = false;
+        Ok(())
+    }
+
+    /// Drops node `id`'s Raft traffic with `peers`, both ways (its clients still reach it).
+    pub async fn cut(&self, id: u64, peers: &[u64]) -> anyhow::Result<()> {
+        let url = format!("http://{}/faults/cut", self.node(id)?.admin());
+        self.http
+            .post(&url)
+            .json(&serde_json::json!({ "peers": peers }))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    /// Restores node `id`'s Raft traffic.
+    pub async fn heal(&self, id: u64) -> anyhow::Result<()> {
+        let url = format!("http://{}/faults/heal", self.node(id)?.admin());
+        self.http.post(&url).send().await?.error_for_status()?;
         Ok(())
     }
 

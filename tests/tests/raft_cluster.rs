@@ -299,6 +299,89 @@ async fn paused_leader_cannot_commit_steps_down_and_loses_its_entry() -> anyhow:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_off_leader_cannot_commit_steps_down_and_its_entry_is_discarded() -> anyhow::Result<()>
+{
+    let cluster = Cluster::start(3).await?;
+    let old_leader = cluster.wait_for_leader(ELECTION).await?;
+    let others: Vec<u64> = [1, 2, 3]
+        .into_iter()
+        .filter(|id| *id != old_leader)
+        .collect();
+    let mut client = cluster.client_starting_at(old_leader)?;
+    client.propose(put("before", "1")).await?;
+    let old_term = cluster.status(old_leader).await?.raft.term;
+
+    // The old leader drops all Raft traffic with the other two; clients still reach it.
+    let credentials = cluster.operator_credentials()?;
+    let endpoint = Endpoint::client(
+        "127.0.0.1:0".parse()?,
+        &credentials,
+        TransportConfig::default(),
+    )?;
+    let connection = endpoint
+        .connect(
+            cluster.nodes[&old_leader].listen(),
+            &Role::Orchestrator.server_name(),
+        )
+        .await?;
+    let mut stream = connection.open_stream(StreamKind::Client).await?;
+    cluster.cut(old_leader, &others).await?;
+    stream
+        .send(&ClientRequest {
+            id: 9,
+            body: ClientRequestBody::Propose {
+                command: put("stranded", "x"),
+            },
+        })
+        .await?;
+    // It appends the entry but cannot commit it.
+    let stranded = wait_for(
+        "the stranded entry in the old leader's log",
+        ELECTION,
+        || async {
+            let status = cluster.status(old_leader).await.ok()?;
+            (status.raft.last_index > status.raft.commit_index).then_some(status.raft)
+        },
+    )
+    .await?;
+    let new_leader = cluster.wait_for_leader_among(&others, ELECTION).await?;
+    let mut others_client = cluster.client_starting_at(new_leader)?;
+    others_client.propose(put("during", "2")).await?;
+    let old_status = cluster.status(old_leader).await?.raft;
+    ensure!(
+        old_status.commit_index < stranded.last_index,
+        "the cut-off leader committed its entry: {old_status:?}"
+    );
+
+    cluster.heal(old_leader).await?;
+    let answer = tokio::time::timeout(Duration::from_secs(20), stream.recv::<ClientResponse>())
+        .await
+        .context("the old leader answers the stranded proposal after the cut heals")??
+        .context("stream ended without an answer")?;
+    assert_eq!(answer.id, 9);
+    match &answer.outcome {
+        ClientOutcome::Failed(error) => assert!(
+            matches!(error.kind, umbra_proto::ClientErrorKind::Dropped),
+            "the stranded proposal must be reported dropped: {error:?}"
+        ),
+        other => panic!("the cut-off leader's proposal must be dropped, got {other:?}"),
+    }
+    wait_for("the old leader to follow", ELECTION, || async {
+        let status = cluster.status(old_leader).await.ok()?;
+        (status.raft.role == umbra_consensus::Role::Follower
+            && status.raft.term > old_term
+            && status.raft.leader.is_some_and(|l| l != old_leader))
+        .then_some(())
+    })
+    .await?;
+    others_client.propose(put("after", "3")).await?;
+    assert_eq!(get(&mut others_client, "stranded").await?, None);
+    cluster.wait_for_same_state(&[1, 2, 3], 3, CATCH_UP).await?;
+    assert_one_leader_per_term(&cluster.statuses(&[1, 2, 3]).await);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_ca_and_agent_certificates_are_refused_on_the_raft_stream() -> anyhow::Result<()> {
     let cluster = Cluster::start(3).await?;
     cluster.wait_for_leader(ELECTION).await?;

@@ -38,6 +38,10 @@ pub struct NodeConfig {
     /// Founding members (including this node) with their QUIC addresses.
     #[serde(rename = "peer", default)]
     pub peers: Vec<PeerConfig>,
+    /// Serves `POST /faults/cut` and `POST /faults/heal` on the admin endpoint, which drop
+    /// this node's Raft traffic with chosen peers (tests and drills). Off unless set.
+    #[serde(default)]
+    pub fault_injection: bool,
     /// Raft tuning; every field optional.
     #[serde(default)]
     pub raft: umbra_consensus::Config,
@@ -74,6 +78,8 @@ pub enum NodeConfigError {
         "admin_listen {0} must be a loopback address: /status and /metrics are unauthenticated"
     )]
     AdminNotLoopback(SocketAddr),
+    #[error("fault_injection = true needs admin_listen: the faults are set through it")]
+    FaultsWithoutAdmin,
     #[error("certs_dir {0} has no ca.pem; run `umbra certs init --out {0}` first")]
     NoCertificates(PathBuf),
     #[error(transparent)]
@@ -122,6 +128,9 @@ impl NodeConfig {
         {
             return Err(NodeConfigError::AdminNotLoopback(admin));
         }
+        if self.fault_injection && self.admin_listen.is_none() {
+            return Err(NodeConfigError::FaultsWithoutAdmin);
+        }
         if !self.certs_dir.join(umbra_proto::tls::CA_CERT_FILE).exists() {
             return Err(NodeConfigError::NoCertificates(self.certs_dir.clone()));
         }
@@ -166,6 +175,7 @@ mod tests {
                     address: "127.0.0.1:7002".parse().unwrap(),
                 },
             ],
+            fault_injection: false,
             raft: umbra_consensus::Config::default(),
         }
     }

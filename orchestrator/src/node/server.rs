@@ -11,7 +11,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 use umbra_consensus::kv::{KvAnswer, KvDigest, KvQuery, KvStateMachine};
-use umbra_consensus::quic::{QuicTransport, serve_raft_stream};
+use umbra_consensus::quic::{QuicTransport, TrafficCut, serve_raft_stream};
 use umbra_consensus::{MembershipChange, NodeOptions, NodeStatus, RaftNode, RequestError};
 use umbra_proto::{
     ClientError, ClientErrorKind, ClientOutcome, ClientRequest, ClientRequestBody, ClientResponse,
@@ -60,7 +60,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let endpoint = Endpoint::server(config.listen, &credentials, TransportConfig::default())
         .with_context(|| format!("listening on {}", config.listen))?;
     let (mailbox, inbox) = umbra_consensus::mailbox(umbra_consensus::transport::MAILBOX_CAPACITY);
-    let transport = QuicTransport::new(config.id, endpoint.clone(), mailbox.clone());
+    let cut = TrafficCut::default();
+    let transport = QuicTransport::new(config.id, endpoint.clone(), mailbox.clone(), cut.clone());
     let registry = prometheus::Registry::new();
     let peers: BTreeMap<u64, String> = config
         .peers
@@ -92,6 +93,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         raft: raft.clone(),
         mailbox,
         addresses,
+        cut,
     };
     tokio::spawn(server.clone().accept_loop(endpoint.clone()));
     let admin_address = match config.admin_listen {
@@ -105,6 +107,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
                 server,
                 registry,
                 endpoint.local_addr()?,
+                config.fault_injection,
             ));
             Some(bound)
         }
@@ -126,6 +129,8 @@ struct Server {
     /// Peer addresses, for leader hints. Members added later are learnt from their
     /// membership change.
     addresses: Arc<std::sync::Mutex<BTreeMap<u64, SocketAddr>>>,
+    /// Peers whose Raft traffic is dropped (fault injection; empty otherwise).
+    cut: TrafficCut,
 }
 
 impl Server {
@@ -160,7 +165,9 @@ impl Server {
         let peer = stream.peer().clone();
         match stream.kind() {
             StreamKind::Raft => {
-                if let Err(error) = serve_raft_stream(stream, self.id, self.mailbox.clone()).await {
+                if let Err(error) =
+                    serve_raft_stream(stream, self.id, self.mailbox.clone(), self.cut.clone()).await
+                {
                     tracing::warn!(%peer, %error, "raft stream closed");
                 }
             }
@@ -312,14 +319,23 @@ impl Server {
     }
 }
 
-/// Serves `/metrics` (Prometheus text) and `/status` (JSON) over HTTP on loopback.
+/// Body of `POST /faults/cut`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CutRequest {
+    /// Peers whose Raft traffic this node drops, both ways.
+    pub peers: Vec<u64>,
+}
+
+/// Serves `/metrics` (Prometheus text) and `/status` (JSON) over HTTP on loopback, and with
+/// `faults` the fault-injection routes.
 async fn admin_loop(
     listener: tokio::net::TcpListener,
     server: Server,
     registry: prometheus::Registry,
     listen: SocketAddr,
+    faults: bool,
 ) {
-    use axum::routing::get;
+    use axum::routing::{get, post};
     let metrics = move || {
         let registry = registry.clone();
         async move {
@@ -330,13 +346,34 @@ async fn admin_loop(
             }
         }
     };
+    let cut = server.cut.clone();
     let status = move || {
         let server = server.clone();
         async move { axum::Json(server.admin_status(listen).await) }
     };
-    let app = axum::Router::new()
+    let mut app = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/status", get(status));
+    if faults {
+        let heal = cut.clone();
+        app = app
+            .route(
+                "/faults/cut",
+                post(move |axum::Json(request): axum::Json<CutRequest>| async move {
+                    tracing::warn!(peers = ?request.peers, "fault injection: dropping raft traffic");
+                    cut.cut(request.peers);
+                    axum::Json(cut.peers())
+                }),
+            )
+            .route(
+                "/faults/heal",
+                post(move || async move {
+                    tracing::warn!("fault injection: raft traffic restored");
+                    heal.heal();
+                    axum::Json(heal.peers())
+                }),
+            );
+    }
     if let Err(error) = axum::serve(listener, app).await {
         tracing::error!(%error, "admin endpoint stopped");
     }

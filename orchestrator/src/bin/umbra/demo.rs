@@ -180,6 +180,7 @@ async fn demo(
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], free_port()?))),
             join: false,
             peers: peers.clone(),
+            fault_injection: false,
             raft: umbra_consensus::Config::default(),
         };
         let path = node_dir.join("node.toml");
