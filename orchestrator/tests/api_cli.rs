@@ -140,7 +140,9 @@ async fn apply_migrate_status_rollback_as_an_operator_sees_them() {
     let run = h.umbra(&["migrate", "shop", "--to", "mars-north"]).await;
     assert!(!run.success);
     assert!(
-        run.stderr.contains("\"mars-north\"") && run.stderr.contains("not declared"),
+        run.stderr.contains("\"mars-north\"")
+            && run.stderr.contains("not declared")
+            && run.stderr.contains("HTTP 400"),
         "{}",
         run.stderr
     );

@@ -358,6 +358,12 @@ async fn rollback_of_an_unknown_id_is_404_and_of_a_known_one_is_recorded() {
     assert_eq!(report.migrations[0].phase, "rolling_back");
     let last = report.recent_audit.last().unwrap();
     assert!(last.reason.contains("change freeze"), "{last:?}");
+    // Rolling back again clashes with the migration's phase: 409, and costs no entry.
+    let entries = h.store.state().audit().len();
+    let (status, message) = refused(client.rollback(&id, "again").await);
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(message.contains("nothing to roll back"), "{message}");
+    assert_eq!(h.store.state().audit().len(), entries);
 }
 
 #[tokio::test]
@@ -365,9 +371,21 @@ async fn bad_requests_get_json_errors_that_say_what_to_do() {
     let h = Harness::start().await;
     let client = h.operator();
     client.apply_plan_toml(PLAN).await.unwrap();
+    // An undeclared region is wrong input (400); an undeclared service is not found (404).
     let (status, message) = refused(client.migrate(&migration("mars-north")).await);
-    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(message.contains("\"mars-north\""), "{message}");
+    let mut unknown_service = migration("eu-west");
+    unknown_service.service = "cart".to_owned();
+    let (status, message) = refused(client.migrate(&unknown_service).await);
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(message.contains("\"cart\""), "{message}");
+    // shop is served from us-east: a declared but wrong source clashes with the state (409).
+    let mut wrong_source = migration("eu-west");
+    wrong_source.from = Some("eu-west".to_owned());
+    let (status, message) = refused(client.migrate(&wrong_source).await);
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(message.contains("served from us-east"), "{message}");
 
     let (status, message) = refused(
         client

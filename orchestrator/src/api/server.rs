@@ -3,8 +3,10 @@
 //! from it with `umbra_proto::Identity` and handed to the routes as a request extension.
 //!
 //! Every `/v1` request needs an `operator` certificate (403 otherwise) and the bearer token
-//! (401 otherwise). Writes are checked with `Query::Check` first (bad input: 400/404/409,
-//! no log entry), then proposed. Every error answer is `{"error": "..."}` saying what to do.
+//! (401 otherwise). Writes are checked with `Query::Check` first (a refusal costs no log
+//! entry), then proposed; a refusal's status comes from its `RejectKind`: invalid input 400,
+//! no such migration or service 404, a clash with the current state or a deposed leader's
+//! term 409. Every error answer is `{"error": "..."}` saying what to do.
 //! Limits: connections, handshake and header time, body size, request time.
 //!
 //! This module must not log the token or request bodies (plans may hold addresses operators
@@ -34,7 +36,9 @@ use super::{
     MAX_AUDIT_LIMIT, MigrationStatus, Replicated, RollbackRequest, STATUS_AUDIT_ENTRIES,
     StatusReport, TokenError, now_ms,
 };
-use crate::state::{Command, MigrationRequest, Overview, Plan, Query, QueryAnswer};
+use crate::state::{
+    Command, MigrationRequest, Overview, Plan, Query, QueryAnswer, RejectKind, Rejected,
+};
 
 /// ALPN id of HTTP/1.1 (RFC 7301 § 6): the API speaks HTTP/1.1 only.
 const ALPN_HTTP11: &[u8] = b"http/1.1";
@@ -324,6 +328,17 @@ impl From<ApiError> for Refusal {
     }
 }
 
+impl From<Rejected> for Refusal {
+    fn from(rejected: Rejected) -> Self {
+        let status = match rejected.kind {
+            RejectKind::Invalid => StatusCode::BAD_REQUEST,
+            RejectKind::NotFound => StatusCode::NOT_FOUND,
+            RejectKind::Conflict | RejectKind::Stale => StatusCode::CONFLICT,
+        };
+        Refusal(status, rejected.message)
+    }
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     Refusal(status, message.into()).into_response()
 }
@@ -439,21 +454,19 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Resul
     })
 }
 
-/// Dry-runs `command`, then proposes it. `rejected` is the status of a refusal by the check.
-async fn write(
-    store: &dyn Replicated,
-    command: Command,
-    rejected: StatusCode,
-) -> Result<Response, Refusal> {
+/// Dry-runs `command`, then proposes it. A refusal by either answers with its kind's
+/// status: the state may have moved between the two (another operator's write), and the
+/// refusal at apply time describes what happened (e.g. a migration created in between is
+/// a conflict, 409).
+async fn write(store: &dyn Replicated, command: Command) -> Result<Response, Refusal> {
     match store.query(Query::Check(Box::new(command.clone()))).await? {
         QueryAnswer::Check(Ok(())) => {}
-        QueryAnswer::Check(Err(refusal)) => return Err(Refusal(rejected, refusal.0)),
+        QueryAnswer::Check(Err(refusal)) => return Err(refusal.into()),
         other => return Err(garbled(&other)),
     }
     match store.propose(command).await? {
         Ok(applied) => Ok((StatusCode::OK, Json(applied)).into_response()),
-        // The state moved between the check and the proposal: a conflict by definition.
-        Err(refusal) => Err(Refusal(StatusCode::CONFLICT, refusal.0)),
+        Err(refusal) => Err(refusal.into()),
     }
 }
 
@@ -494,7 +507,7 @@ async fn apply_plan(
         plan,
         at_ms: now_ms(),
     };
-    write(state.store.as_ref(), command, StatusCode::BAD_REQUEST).await
+    write(state.store.as_ref(), command).await
 }
 
 async fn create_migration(State(state): State<AppState>, body: Body) -> Result<Response, Refusal> {
@@ -510,9 +523,7 @@ async fn create_migration(State(state): State<AppState>, body: Body) -> Result<R
         request,
         at_ms: now_ms(),
     };
-    // Refusals here are about the replicated state (unknown service or region, a migration
-    // already in flight), not the request's syntax.
-    write(state.store.as_ref(), command, StatusCode::CONFLICT).await
+    write(state.store.as_ref(), command).await
 }
 
 async fn rollback(
@@ -528,22 +539,14 @@ async fn rollback(
             "say why in `reason`; the audit log keeps it".to_owned(),
         ));
     }
-    if !overview(state.store.as_ref())
-        .await?
-        .migrations
-        .contains_key(&id)
-    {
-        return Err(Refusal(
-            StatusCode::NOT_FOUND,
-            format!("no migration {id:?}; `umbra status` lists the migrations"),
-        ));
-    }
+    // An unknown id is the state's NotFound (404), from the same check as every other
+    // refusal, so no separate lookup can disagree with it.
     let command = Command::RequestRollback {
         id,
         reason: request.reason,
         at_ms: now_ms(),
     };
-    write(state.store.as_ref(), command, StatusCode::CONFLICT).await
+    write(state.store.as_ref(), command).await
 }
 
 /// The numeric suffix of a migration id (`shop-12` → 12): the state numbers migrations in

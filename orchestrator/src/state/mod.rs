@@ -5,7 +5,9 @@
 //! Every command is checked by [`OrchestratorState::check`] twice: by the API before it
 //! proposes (so bad input costs no log entry and gets its error at once) and again when it
 //! applies (the state may have moved between the two). A rejected command changes nothing
-//! and says why. `apply` is deterministic: time comes inside the command (the proposing
+//! and says why, with a [`RejectKind`] (invalid input, not found, conflict with the current
+//! state, a deposed leader's term) so callers need not parse the message. `apply` is
+//! deterministic: time comes inside the command (the proposing
 //! leader's clock), maps are ordered, and nothing here does I/O.
 //!
 //! Fencing: every command from a leader carries its Raft term; the state remembers the
@@ -189,10 +191,60 @@ pub enum Applied {
     Done,
 }
 
-/// Why a command was rejected; nothing changed.
+/// What sort of refusal a [`Rejected`] is, so callers (the API's status codes, the
+/// executor's retry decisions) need not parse the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectKind {
+    /// The command itself is wrong whatever the state: an undeclared region, a bad plan,
+    /// a transition that is not an edge of the phase machine.
+    Invalid,
+    /// It names a migration or service that does not exist.
+    NotFound,
+    /// It is valid but clashes with the current state: a migration already in flight, a
+    /// phase that has moved on, a plan that would move a service.
+    Conflict,
+    /// It comes from a deposed leader (an older Raft term than one already applied).
+    Stale,
+}
+
+/// Why a command was rejected; nothing changed. Displays as its message alone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{0}")]
-pub struct Rejected(pub String);
+#[error("{message}")]
+pub struct Rejected {
+    /// What sort of refusal.
+    pub kind: RejectKind,
+    /// What is wrong and what to do, for an operator.
+    pub message: String,
+}
+
+impl Rejected {
+    /// The command is wrong whatever the state.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(RejectKind::Invalid, message)
+    }
+
+    /// No such migration or service.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(RejectKind::NotFound, message)
+    }
+
+    /// Valid, but clashes with the current state.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(RejectKind::Conflict, message)
+    }
+
+    /// A deposed leader's command.
+    pub fn stale(message: impl Into<String>) -> Self {
+        Self::new(RejectKind::Stale, message)
+    }
+
+    fn new(kind: RejectKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
 
 /// The answer to a command, as the proposer receives it.
 pub type Outcome = Result<Applied, Rejected>;
@@ -298,7 +350,7 @@ impl OrchestratorState {
 
     fn stale_term(&mut self, term: u64) -> Result<(), Rejected> {
         if term < self.highest_term {
-            return Err(Rejected(format!(
+            return Err(Rejected::stale(format!(
                 "term {term} is older than term {} already applied: a deposed leader's command",
                 self.highest_term
             )));
@@ -325,7 +377,7 @@ impl OrchestratorState {
 
     fn unknown_region(&self, what: &str, region: &str) -> Rejected {
         let known: Vec<&str> = self.regions.keys().map(String::as_str).collect();
-        Rejected(format!(
+        Rejected::invalid(format!(
             "{what} names region {region:?}, which is not declared; declared regions: {}. Apply a plan with that [[region]] first",
             known.join(", ")
         ))
@@ -350,15 +402,15 @@ impl OrchestratorState {
                 let record = self
                     .migrations
                     .get_mut(id)
-                    .ok_or_else(|| Rejected(format!("no migration {id:?}")))?;
+                    .ok_or_else(|| Rejected::not_found(format!("no migration {id:?}")))?;
                 if record.phase != *from {
-                    return Err(Rejected(format!(
+                    return Err(Rejected::conflict(format!(
                         "migration {id} is {} now, not {from}: the transition was already made or overtaken",
                         record.phase
                     )));
                 }
                 if !from.may_become(*to, record.spec.steps_percent.len()) {
-                    return Err(Rejected(format!(
+                    return Err(Rejected::invalid(format!(
                         "migration {id} cannot go from {from} to {to}"
                     )));
                 }
@@ -399,9 +451,9 @@ impl OrchestratorState {
                 let record = self
                     .migrations
                     .get_mut(id)
-                    .ok_or_else(|| Rejected(format!("no migration {id:?}")))?;
+                    .ok_or_else(|| Rejected::not_found(format!("no migration {id:?}")))?;
                 if record.promoted == *promoted {
-                    return Err(Rejected(format!(
+                    return Err(Rejected::conflict(format!(
                         "migration {id} already has promoted = {promoted}"
                     )));
                 }
@@ -422,15 +474,16 @@ impl OrchestratorState {
                 Ok(Applied::Done)
             }
             Command::RequestRollback { id, reason, at_ms } => {
-                let record = self
-                    .migrations
-                    .get(id)
-                    .ok_or_else(|| Rejected(format!("no migration {id:?}")))?;
+                let record = self.migrations.get(id).ok_or_else(|| {
+                    Rejected::not_found(format!(
+                        "no migration {id:?}; `umbra status` lists the migrations"
+                    ))
+                })?;
                 if !record
                     .phase
                     .may_become(Phase::RollingBack, record.spec.steps_percent.len())
                 {
-                    return Err(Rejected(format!(
+                    return Err(Rejected::conflict(format!(
                         "migration {id} is {}: there is nothing to roll back",
                         record.phase
                     )));
@@ -458,13 +511,13 @@ impl OrchestratorState {
             } => {
                 self.stale_term(*term)?;
                 if !self.services.contains_key(service) {
-                    return Err(Rejected(format!("no service {service:?}")));
+                    return Err(Rejected::not_found(format!("no service {service:?}")));
                 }
                 if let Some(region) = dns.weights.keys().find(|r| !self.regions.contains_key(*r)) {
                     return Err(self.unknown_region("DNS weights", region));
                 }
                 if dns.weights.values().all(|w| *w == 0) {
-                    return Err(Rejected(
+                    return Err(Rejected::invalid(
                         "DNS weights must give some region a weight above zero".to_owned(),
                     ));
                 }
@@ -495,17 +548,17 @@ impl OrchestratorState {
             self.regions.keys().map(String::as_str),
             self.services.keys().map(String::as_str),
         )
-        .map_err(|e| Rejected(e.to_string()))?;
+        .map_err(|e| Rejected::invalid(e.to_string()))?;
         for service in &plan.services {
             if let Some(existing) = self.services.get(&service.name) {
                 if existing.primary_region != service.primary_region {
-                    return Err(Rejected(format!(
+                    return Err(Rejected::conflict(format!(
                         "service {:?} is served from {} now; a plan cannot move it to {} (use `umbra migrate`)",
                         service.name, existing.primary_region, service.primary_region
                     )));
                 }
                 if let Some(active) = &existing.active_migration {
-                    return Err(Rejected(format!(
+                    return Err(Rejected::conflict(format!(
                         "service {:?} has migration {active} in flight; apply its changes after it ends",
                         service.name
                     )));
@@ -565,7 +618,7 @@ impl OrchestratorState {
             return Ok(Applied::Migration { id: id.clone() });
         }
         let service = self.services.get(&request.service).ok_or_else(|| {
-            Rejected(format!(
+            Rejected::not_found(format!(
                 "no service {:?}; declared services: {}",
                 request.service,
                 self.services.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -579,14 +632,14 @@ impl OrchestratorState {
                 return Err(self.unknown_region("the migration's source", from));
             }
             if *from != service.primary_region {
-                return Err(Rejected(format!(
+                return Err(Rejected::conflict(format!(
                     "service {:?} is served from {}, not {from}",
                     request.service, service.primary_region
                 )));
             }
         }
         if let Some(active) = &service.active_migration {
-            return Err(Rejected(format!(
+            return Err(Rejected::conflict(format!(
                 "service {:?} already has migration {active} in flight; roll it back or wait",
                 request.service
             )));
@@ -618,7 +671,7 @@ impl OrchestratorState {
         };
         migration
             .validate()
-            .map_err(|e| Rejected(format!("migration for {:?}: {e}", request.service)))?;
+            .map_err(|e| Rejected::invalid(format!("migration for {:?}: {e}", request.service)))?;
         let reason = match &request.schedule_key {
             Some(key) => format!("schedule {key}"),
             None => "operator asked".to_owned(),
@@ -682,7 +735,9 @@ impl StateMachine for OrchestratorState {
             Ok(command) => self.apply_command(index, &command),
             Err(e) => {
                 self.applied_index = index;
-                Err(Rejected(format!("not an orchestrator command: {e}")))
+                Err(Rejected::invalid(format!(
+                    "not an orchestrator command: {e}"
+                )))
             }
         };
         umbra_proto::envelope::encode(&outcome).expect("outcomes always serialise")

@@ -1,5 +1,6 @@
 //! The replicated state's rules, checked through its public commands: bad input is refused
-//! with a clear message and changes nothing; transitions are fenced by phase and term;
+//! with a clear message and the right kind (invalid, not found, conflict, stale) and changes
+//! nothing; transitions are fenced by phase and term;
 //! schedules fire once per slice; a snapshot restores the same state.
 
 use super::*;
@@ -87,9 +88,10 @@ fn a_plan_naming_an_unknown_region_is_refused_and_changes_nothing() {
     let err = state
         .apply_command(2, &Command::ApplyPlan { plan, at_ms: 2 })
         .expect_err("unknown region");
-    assert!(err.0.contains("\"mars-1\""), "{err}");
+    assert_eq!(err.kind, RejectKind::Invalid, "{err}");
+    assert!(err.message.contains("\"mars-1\""), "{err}");
     assert!(
-        err.0.contains("us-east"),
+        err.to_string().contains("us-east"),
         "the message lists the known regions: {err}"
     );
     assert_eq!(state.overview().regions, before.overview().regions);
@@ -109,7 +111,8 @@ fn malformed_plans_say_where() {
 fn migrations_to_unknown_regions_or_busy_services_are_refused() {
     let mut state = planned();
     let err = migrate(&mut state, 2, "ap-south").expect_err("unknown region");
-    assert!(err.0.contains("\"ap-south\""), "{err}");
+    assert_eq!(err.kind, RejectKind::Invalid, "{err}");
+    assert!(err.message.contains("\"ap-south\""), "{err}");
     assert!(state.overview().migrations.is_empty());
 
     assert_eq!(
@@ -119,12 +122,47 @@ fn migrations_to_unknown_regions_or_busy_services_are_refused() {
         })
     );
     let err = migrate(&mut state, 4, "eu-west").expect_err("busy");
-    assert!(err.0.contains("shop-1"), "{err}");
+    assert_eq!(err.kind, RejectKind::Conflict, "{err}");
+    assert!(err.message.contains("shop-1"), "{err}");
     let err = migrate(&mut state, 5, "us-east").expect_err("same region");
     assert!(
-        err.0.contains("two regions") || err.0.contains("shop-1"),
+        err.message.contains("two regions") || err.message.contains("shop-1"),
         "{err}"
     );
+}
+
+#[test]
+fn a_migration_of_an_unknown_service_is_not_found_and_from_the_wrong_region_conflicts() {
+    let mut state = planned();
+    let request = |service: &str, from: &str| Command::CreateMigration {
+        request: MigrationRequest {
+            service: service.to_owned(),
+            from: Some(from.to_owned()),
+            to: "eu-west".to_owned(),
+            cutover_at_ms: 100_000,
+            warm_up: true,
+            lead_time_ms: None,
+            analysis_window_ms: None,
+            drain_ms: None,
+            schedule_key: None,
+        },
+        at_ms: 10,
+    };
+    let err = state
+        .apply_command(2, &request("cart", "us-east"))
+        .expect_err("no such service");
+    assert_eq!(err.kind, RejectKind::NotFound, "{err}");
+    assert!(err.message.contains("shop"), "lists the services: {err}");
+    // eu-west is declared but shop is not served from there: valid input, wrong state.
+    let err = state
+        .apply_command(3, &request("shop", "eu-west"))
+        .expect_err("wrong source");
+    assert_eq!(err.kind, RejectKind::Conflict, "{err}");
+    let err = state
+        .apply_command(4, &request("shop", "mars-1"))
+        .expect_err("undeclared source");
+    assert_eq!(err.kind, RejectKind::Invalid, "{err}");
+    assert!(state.overview().migrations.is_empty());
 }
 
 #[test]
@@ -135,14 +173,22 @@ fn transitions_are_fenced_by_phase_and_term() {
     assert_eq!(state.apply_command(3, &first), Ok(Applied::Done));
     // The same transition again (a new leader repeating it) is refused, not applied twice.
     let again = state.apply_command(4, &first).expect_err("repeated");
-    assert!(again.0.contains("already made"), "{again}");
+    assert_eq!(again.kind, RejectKind::Conflict, "{again}");
+    assert!(again.message.contains("already made"), "{again}");
     // A deposed leader's command from an older term is refused.
     let stale = transition("shop-1", Phase::Provisioning, Phase::Warming, 2);
     let err = state.apply_command(5, &stale).expect_err("stale term");
-    assert!(err.0.contains("deposed"), "{err}");
+    assert_eq!(err.kind, RejectKind::Stale, "{err}");
+    assert!(err.message.contains("deposed"), "{err}");
     // Not an edge of the state machine.
     let jump = transition("shop-1", Phase::Provisioning, Phase::Completed, 3);
-    assert!(state.apply_command(6, &jump).is_err());
+    let err = state.apply_command(6, &jump).expect_err("not an edge");
+    assert_eq!(err.kind, RejectKind::Invalid, "{err}");
+    let unknown = transition("shop-9", Phase::Provisioning, Phase::Warming, 3);
+    let err = state
+        .apply_command(7, &unknown)
+        .expect_err("no such migration");
+    assert_eq!(err.kind, RejectKind::NotFound, "{err}");
     let audit: Vec<_> = state
         .audit()
         .iter()
@@ -186,7 +232,8 @@ fn a_completed_migration_moves_the_primary_region_and_frees_the_service() {
     let err = state
         .apply_command(20, &Command::ApplyPlan { plan, at_ms: 30 })
         .expect_err("plan would move the service");
-    assert!(err.0.contains("umbra migrate"), "{err}");
+    assert_eq!(err.kind, RejectKind::Conflict, "{err}");
+    assert!(err.message.contains("umbra migrate"), "{err}");
 }
 
 #[test]
@@ -203,16 +250,18 @@ fn an_operator_rollback_is_recorded_and_only_for_live_migrations() {
         state.overview().migrations["shop-1"].phase,
         Phase::RollingBack
     );
-    assert!(
-        state.apply_command(4, &rollback).is_err(),
-        "already rolling back"
-    );
+    let err = state
+        .apply_command(4, &rollback)
+        .expect_err("already rolling back");
+    assert_eq!(err.kind, RejectKind::Conflict, "{err}");
     let unknown = Command::RequestRollback {
         id: "nope-9".to_owned(),
         reason: "x".to_owned(),
         at_ms: 41,
     };
-    assert!(state.apply_command(5, &unknown).is_err());
+    let err = state.apply_command(5, &unknown).expect_err("unknown id");
+    assert_eq!(err.kind, RejectKind::NotFound, "{err}");
+    assert!(err.message.contains("umbra status"), "{err}");
 }
 
 #[test]
@@ -260,8 +309,18 @@ fn dns_weights_name_known_regions_only() {
         state.apply_command(2, &set(&[("us-east", 90), ("eu-west", 10)], 1)),
         Ok(Applied::Done)
     );
-    assert!(state.apply_command(3, &set(&[("mars-1", 1)], 1)).is_err());
-    assert!(state.apply_command(4, &set(&[("us-east", 0)], 1)).is_err());
+    for (index, weights) in [(3, &[("mars-1", 1)]), (4, &[("us-east", 0)])] {
+        let err = state
+            .apply_command(index, &set(weights, 1))
+            .expect_err("unknown region or no weight");
+        assert_eq!(err.kind, RejectKind::Invalid, "{err}");
+    }
+    let mut other = set(&[("us-east", 1)], 1);
+    if let Command::SetDnsWeights { service, .. } = &mut other {
+        *service = "cart".to_owned();
+    }
+    let err = state.apply_command(5, &other).expect_err("no such service");
+    assert_eq!(err.kind, RejectKind::NotFound, "{err}");
     assert_eq!(state.overview().dns["shop"].weights["eu-west"], 10);
 }
 
@@ -277,7 +336,10 @@ fn the_state_machine_round_trips_snapshots_and_refuses_garbage() {
 
     let answer = StateMachine::apply(&mut restored, 3, b"\x01garbage");
     let outcome = decode_outcome(&answer).unwrap();
-    assert!(outcome.is_err());
+    assert!(
+        matches!(&outcome, Err(r) if r.kind == RejectKind::Invalid),
+        "{outcome:?}"
+    );
     assert_eq!(
         restored.overview().migrations.len(),
         1,
@@ -300,7 +362,7 @@ fn the_state_machine_round_trips_snapshots_and_refuses_garbage() {
     }));
     let answer = decode_answer(&restored.query(&encode_query(&check))).unwrap();
     assert!(
-        matches!(answer, QueryAnswer::Check(Err(_))),
+        matches!(&answer, QueryAnswer::Check(Err(r)) if r.kind == RejectKind::Conflict),
         "shop already has a migration in flight: {answer:?}"
     );
 }
