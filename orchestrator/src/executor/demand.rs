@@ -1,0 +1,315 @@
+//! Sizing a migration's shadow pool: demand history for (service, target region) from a
+//! [`DemandSource`], a forecast of the cutover slice (`crate::forecast`), and the service's
+//! tier turned into a pool size (`crate::sizing`), clamped to the service's
+//! `min_instances..=max_instances`. History values are requests per second per slice, the unit
+//! of `capacity_rps_per_instance`.
+//!
+//! Sources: [`CsvDirectory`] (every `*.csv` in a directory, long form
+//! `timestamp,service,region,value`) and [`MemoryDemand`] (series handed over in process, e.g.
+//! the demo's synthetic two weeks). This module reads files only in `CsvDirectory`; the
+//! forecast itself is CPU work the driver runs off the async threads.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+
+use crate::demand::{DemandSeries, HistoryConfig, SeriesKey, build_series, csv_source};
+use crate::forecast::calendar::EventCalendar;
+use crate::forecast::{ForecastConfig, Forecaster, SeriesState};
+use crate::sizing::{DEFAULT_LIMITS, InstanceProfile, SizingPolicy, Tier};
+use crate::state::{RegionSpec, ServiceSpec};
+
+/// Longest forecast horizon computed to reach a cutover slice: two days. A migration planned
+/// further ahead is sized when its lead time comes, not from a forecast that far out.
+pub const MAX_HORIZON_SECS: i64 = 2 * 86_400;
+/// Seconds a dormant instance takes to serve once activated, when nothing was measured: the
+/// process provider starts a sample instance in well under a second; 5 s leaves margin.
+pub const DEFAULT_ACTIVATION_SECS: f64 = 5.0;
+
+/// Why history could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DemandError {
+    /// A CSV file could not be read or parsed.
+    #[error(transparent)]
+    Csv(#[from] csv_source::CsvError),
+    /// The observations do not make a series.
+    #[error(transparent)]
+    History(#[from] crate::demand::HistoryError),
+    /// The directory could not be listed.
+    #[error("demand history directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Where demand history comes from.
+pub trait DemandSource: Send + Sync {
+    /// The history of `key`, or `None` when the source has none.
+    fn history(&self, key: &SeriesKey) -> Result<Option<DemandSeries>, DemandError>;
+}
+
+/// Series held in memory.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryDemand {
+    series: BTreeMap<SeriesKey, DemandSeries>,
+}
+
+impl MemoryDemand {
+    /// A source holding `series`.
+    pub fn new(series: impl IntoIterator<Item = DemandSeries>) -> Self {
+        Self {
+            series: series.into_iter().map(|s| (s.key.clone(), s)).collect(),
+        }
+    }
+}
+
+impl DemandSource for MemoryDemand {
+    fn history(&self, key: &SeriesKey) -> Result<Option<DemandSeries>, DemandError> {
+        Ok(self.series.get(key).cloned())
+    }
+}
+
+/// Every `*.csv` file of a directory (long form), read when a migration is sized.
+#[derive(Debug, Clone)]
+pub struct CsvDirectory {
+    /// The directory.
+    pub dir: PathBuf,
+    /// How observations become slices.
+    pub history: HistoryConfig,
+}
+
+impl DemandSource for CsvDirectory {
+    fn history(&self, key: &SeriesKey) -> Result<Option<DemandSeries>, DemandError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| DemandError::Dir {
+            path: self.dir.display().to_string(),
+            source,
+        })?;
+        let mut observations = Vec::new();
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+            .collect();
+        files.sort();
+        for path in files {
+            if let Some(found) = csv_source::read_csv(&path, None)?.remove(key) {
+                observations.extend(found);
+            }
+        }
+        if observations.is_empty() {
+            return Ok(None);
+        }
+        let (series, _report) = build_series(key.clone(), &observations, &self.history)?;
+        Ok(Some(series))
+    }
+}
+
+/// A pool size and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowSize {
+    /// Instances to provision.
+    pub instances: u32,
+    /// What it was computed from, for the audit log.
+    pub reason: String,
+}
+
+/// Sizes the shadow pool of `service` in `region` for the slice containing `cutover_at`.
+/// Falls back to `min_instances` (saying why) when there is no usable history.
+pub fn size_shadow_pool(
+    source: &dyn DemandSource,
+    service: &ServiceSpec,
+    region: &RegionSpec,
+    cutover_at: DateTime<Utc>,
+) -> ShadowSize {
+    let clamp = |n: u32| n.clamp(service.min_instances, service.max_instances);
+    let fallback = |why: String| ShadowSize {
+        instances: service.min_instances,
+        reason: format!("{why}; holding min_instances {}", service.min_instances),
+    };
+    let key = SeriesKey::new(&service.name, &region.name);
+    let history = match source.history(&key) {
+        Ok(Some(h)) if h.len() >= 2 => h,
+        Ok(_) => return fallback(format!("no demand history for {key}")),
+        Err(e) => return fallback(format!("demand history for {key} unusable: {e}")),
+    };
+    let slice_secs = i64::from(history.slice_secs);
+    let origin = history.slice_start(history.len());
+    let ahead = (cutover_at - origin)
+        .num_seconds()
+        .clamp(0, MAX_HORIZON_SECS);
+    let step = (ahead / slice_secs) as usize;
+    let horizon = step + 1;
+    let forecaster = match Forecaster::new(
+        ForecastConfig::for_slice_secs(history.slice_secs),
+        EventCalendar::default(),
+    ) {
+        Ok(f) => f,
+        Err(e) => return fallback(format!("forecaster: {e}")),
+    };
+    let started = std::time::Instant::now();
+    let mut timer = move || started.elapsed().as_secs_f64();
+    let set = match forecaster.forecast(&mut SeriesState::default(), &history, horizon, &mut timer)
+    {
+        Ok(set) => set,
+        Err(e) => return fallback(format!("forecast for {key} failed: {e}")),
+    };
+    let forecast = set.chosen;
+    let slice_hours = history.slice_secs as f64 / 3600.0;
+    let cost_miss = match service.tier {
+        Tier::Probabilistic { cost_miss, .. } => cost_miss,
+        _ => region.warm_instance_hour * slice_hours,
+    };
+    let policy = SizingPolicy {
+        tier: service.tier,
+        profile: InstanceProfile {
+            capacity: service.capacity_rps_per_instance,
+            warm_cost_per_slice: region.warm_instance_hour * slice_hours,
+            dormant_cost_per_slice: region.dormant_instance_hour.min(region.warm_instance_hour)
+                * slice_hours,
+            dormant_activation_secs: DEFAULT_ACTIVATION_SECS,
+        },
+        limits: DEFAULT_LIMITS,
+        cost_miss,
+        slice_secs: history.slice_secs as f64,
+    };
+    if let Err(e) = policy.validate() {
+        return fallback(format!("sizing policy: {e}"));
+    }
+    let target = policy.size(&forecast.quantile_fn(step));
+    let quantile = service.tier.quantile().unwrap_or(0.0);
+    // Shadow instances are all started and warmed: the pool is the total, warm and dormant.
+    let instances = clamp(target.total());
+    ShadowSize {
+        instances,
+        reason: format!(
+            "forecast {} for the slice at {}: mean {:.1} rps, q{:.2} {:.1} rps at {} rps per instance → {} (clamped to {}..={})",
+            forecast.model.name(),
+            forecast.slice_start(step).to_rfc3339(),
+            forecast.mean(step),
+            quantile,
+            if quantile > 0.0 {
+                forecast.quantile(step, quantile)
+            } else {
+                0.0
+            },
+            service.capacity_rps_per_instance,
+            instances,
+            service.min_instances,
+            service.max_instances
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn spec(min: u32, max: u32) -> (ServiceSpec, RegionSpec) {
+        let plan = crate::state::Plan::from_toml(&format!(
+            r#"
+[[region]]
+name = "eu-west"
+front = "127.0.0.12:8080"
+[[service]]
+name = "shop"
+hostname = "shop.umbra.test."
+primary_region = "eu-west"
+capacity_rps_per_instance = 50.0
+min_instances = {min}
+max_instances = {max}
+tier = {{ probabilistic = {{ cost_miss = 4.0, cost_idle = 1.0 }} }}
+replication = "none"
+slo = {{ max_error_rate = 0.01, max_p99_ms = 100.0, min_samples = 50 }}
+[service.warmup]
+allow_writes = false
+mix = {{ requests = [{{ method = "GET", path = "/kv/{{key}}", weight = 1.0 }}], key_count = 10, zipf_exponent = 1.0, rate_per_sec = 10.0, max_duration_ms = 1000 }}
+gate = {{ reference_p99_ms = 5.0, p99_tolerance_pct = 50.0, max_error_rate = 0.01, min_requests = 20 }}
+"#
+        ))
+        .unwrap();
+        (plan.services[0].clone(), plan.regions[0].clone())
+    }
+
+    /// Two weeks of 30-minute slices with a daily peak of `peak` rps at 12:00 UTC.
+    fn history(peak: f64) -> DemandSeries {
+        let start = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+        let values = (0..14 * 48)
+            .map(|i| {
+                let hour = (i % 48) as f64 / 2.0;
+                let phase = (hour - 12.0) / 24.0 * std::f64::consts::TAU;
+                peak * (0.55 + 0.45 * phase.cos())
+            })
+            .collect();
+        DemandSeries {
+            key: SeriesKey::new("shop", "eu-west"),
+            start,
+            slice_secs: 1800,
+            values,
+        }
+    }
+
+    #[test]
+    fn the_pool_follows_the_forecast_of_the_cutover_slice_within_the_limits() {
+        let (service, region) = spec(1, 20);
+        let source = MemoryDemand::new([history(400.0)]);
+        let noon = Utc.with_ymd_and_hms(2026, 11, 15, 12, 0, 0).unwrap();
+        let night = Utc.with_ymd_and_hms(2026, 11, 15, 0, 0, 0).unwrap();
+        let at_noon = size_shadow_pool(&source, &service, &region, noon);
+        let at_night = size_shadow_pool(&source, &service, &region, night);
+        // 400 rps at 50 per instance is 8 at the peak; the night trough is 40 rps, 1.
+        assert!((8..=10).contains(&at_noon.instances), "noon: {at_noon:?}");
+        assert!(at_night.instances <= 2, "night: {at_night:?}");
+        let (small, _) = spec(1, 3);
+        assert_eq!(
+            size_shadow_pool(&source, &small, &region, noon).instances,
+            3,
+            "clamped to max_instances"
+        );
+    }
+
+    #[test]
+    fn no_history_holds_the_minimum_and_says_so() {
+        let (service, region) = spec(2, 20);
+        let noon = Utc.with_ymd_and_hms(2026, 11, 15, 12, 0, 0).unwrap();
+        let size = size_shadow_pool(&MemoryDemand::default(), &service, &region, noon);
+        assert_eq!(size.instances, 2);
+        assert!(size.reason.contains("no demand history"), "{}", size.reason);
+    }
+
+    #[test]
+    fn a_csv_directory_is_read_in_long_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = String::from("timestamp,service,region,value\n");
+        let series = history(100.0);
+        for (i, v) in series.values.iter().enumerate() {
+            text.push_str(&format!(
+                "{},shop,eu-west,{v}\n",
+                series.slice_start(i).to_rfc3339()
+            ));
+        }
+        std::fs::write(dir.path().join("demand.csv"), text).unwrap();
+        let source = CsvDirectory {
+            dir: dir.path().to_owned(),
+            history: HistoryConfig {
+                slice_secs: 1800,
+                ..HistoryConfig::default()
+            },
+        };
+        let read = source
+            .history(&SeriesKey::new("shop", "eu-west"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.values.len(), series.values.len());
+        assert!(
+            source
+                .history(&SeriesKey::new("shop", "us-east"))
+                .unwrap()
+                .is_none()
+        );
+    }
+}

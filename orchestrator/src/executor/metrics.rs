@@ -1,0 +1,100 @@
+//! The executor's Prometheus metrics, registered in the node's registry. Labels are bounded:
+//! migration ids (one series per migration the leader ran), phase names, action kinds and
+//! outcome classes. This module must not decide anything.
+
+use prometheus::{
+    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+/// Buckets of the time a migration spends in a phase, seconds: from a sub-second rollback to
+/// an hour of provisioning.
+const PHASE_SECONDS_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// The executor's metric families.
+#[derive(Clone)]
+pub struct ExecutorMetrics {
+    /// Lifecycle stage (`api::progress`) per migration; a rolled-back migration reads its
+    /// terminal stage count.
+    pub phase: IntGaugeVec,
+    /// Seconds spent in each phase, observed when the migration leaves it.
+    pub phase_seconds: HistogramVec,
+    /// Rollbacks started, by cause (`slo`, `deadline`, `operator`).
+    pub rollbacks: IntCounterVec,
+    /// Agent commands by action and outcome class.
+    pub commands: IntCounterVec,
+    /// Last rollback time per migration: breach detected → share 0 confirmed, milliseconds.
+    pub rollback_ms: GaugeVec,
+    /// Transitions proposed, by result (`applied`, `rejected`, `error`).
+    pub proposals: IntCounterVec,
+    /// DNS verifications after a weight change, by result.
+    pub dns_verifications: IntCounterVec,
+}
+
+impl ExecutorMetrics {
+    /// Creates the families and registers them in `registry` (a family already registered
+    /// there by an earlier executor of this process is an error the caller reports).
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = Self {
+            phase: IntGaugeVec::new(
+                Opts::new(
+                    "umbra_executor_migration_stage",
+                    "Lifecycle stages a migration finished (planned=0 … completed), as the leader sees it",
+                ),
+                &["migration", "phase"],
+            )?,
+            phase_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "umbra_executor_phase_seconds",
+                    "Time a migration spent in a phase, observed when it left the phase",
+                )
+                .buckets(PHASE_SECONDS_BUCKETS.to_vec()),
+                &["phase"],
+            )?,
+            rollbacks: IntCounterVec::new(
+                Opts::new(
+                    "umbra_executor_rollbacks_total",
+                    "Rollbacks started, by cause",
+                ),
+                &["cause"],
+            )?,
+            commands: IntCounterVec::new(
+                Opts::new(
+                    "umbra_executor_agent_commands_total",
+                    "Agent commands sent, by action and outcome",
+                ),
+                &["action", "outcome"],
+            )?,
+            rollback_ms: GaugeVec::new(
+                Opts::new(
+                    "umbra_executor_rollback_ms",
+                    "Breach detected to all traffic back on the source (share 0 confirmed), ms",
+                ),
+                &["migration"],
+            )?,
+            proposals: IntCounterVec::new(
+                Opts::new(
+                    "umbra_executor_proposals_total",
+                    "Commands the executor proposed to the replicated state, by result",
+                ),
+                &["command", "result"],
+            )?,
+            dns_verifications: IntCounterVec::new(
+                Opts::new(
+                    "umbra_executor_dns_verifications_total",
+                    "Checks that every DNS server serves the new weights, by result",
+                ),
+                &["result"],
+            )?,
+        };
+        registry.register(Box::new(metrics.phase.clone()))?;
+        registry.register(Box::new(metrics.phase_seconds.clone()))?;
+        registry.register(Box::new(metrics.rollbacks.clone()))?;
+        registry.register(Box::new(metrics.commands.clone()))?;
+        registry.register(Box::new(metrics.rollback_ms.clone()))?;
+        registry.register(Box::new(metrics.proposals.clone()))?;
+        registry.register(Box::new(metrics.dns_verifications.clone()))?;
+        Ok(metrics)
+    }
+}

@@ -1,0 +1,780 @@
+//! The executor's pure part: from the replicated overview and the agents' latest reports, what
+//! the leader sees ([`observe`]), which agent commands make an [`Action`] hold ([`commands`]),
+//! which DNS weights a service's record should carry ([`desired_dns`]), which instances form
+//! a service's pool in a region ([`pool_of`]), and which schedule legs are due
+//! ([`due_schedule_requests`]). No I/O, no clock: `now` comes in.
+//!
+//! Ids are deterministic so a new leader repeats its predecessor's: shadow instance
+//! `{migration}-{k}`; operation `{migration}/{phase}/{step}/{action}[/{instance}]`, where an
+//! action that belongs to one phase (provisioning, warming, replication) is keyed by that
+//! phase even when a later phase ensures it again, so the agent answers from its ledger instead
+//! of provisioning twice.
+
+use std::collections::BTreeMap;
+
+use umbra_proto::agent::{
+    AgentAction, AgentReport, CommandOutcome, CommandResult, InstanceState, WarmPlan, WarmupPhase,
+};
+
+use crate::dns::{WeightedAddress, WeightedRecordSet};
+use crate::migration::{Action, MigrationRecord, Observations, Phase, ReplicationObserved};
+use crate::state::{DnsWeights, MigrationRequest, Overview, ReplicationKind, ServiceState};
+
+/// One agent command the executor wants to hold, with its deterministic id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedCommand {
+    /// Operation id before any retry suffix.
+    pub op_id: String,
+    /// The region whose agent runs it.
+    pub region: String,
+    /// What to do.
+    pub action: AgentAction,
+    /// An operation that must have succeeded first (same region or not).
+    pub after: Option<String>,
+}
+
+/// Shadow instance ids of a migration: `{id}-1` … `{id}-{n}`.
+pub fn shadow_ids(record: &MigrationRecord) -> Vec<String> {
+    (1..=record.shadow_instances)
+        .map(|k| format!("{}-{k}", record.spec.id))
+        .collect()
+}
+
+/// The instances that serve `service` in `region`: the shadow pool of the latest completed
+/// migration into `region` if that is the service's latest completed migration, otherwise the
+/// region's home pool `{service}-{region}-{k}` (k up to the service's `min_instances`).
+/// `excluding` leaves one migration out (the pool a migration moves FROM is the one that
+/// existed before it completed).
+pub fn pool_of(
+    overview: &Overview,
+    service: &str,
+    region: &str,
+    excluding: Option<&str>,
+) -> Vec<String> {
+    let latest_completed = overview
+        .migrations
+        .values()
+        .filter(|m| m.spec.service == service && m.phase == Phase::Completed)
+        .filter(|m| Some(m.spec.id.as_str()) != excluding)
+        .max_by_key(|m| (m.phase_since_ms, migration_number(&m.spec.id)));
+    match latest_completed {
+        Some(m) if m.spec.to == region => shadow_ids(m),
+        _ => home_pool(overview, service, region),
+    }
+}
+
+/// The home pool of a service in a region (see [`pool_of`]).
+pub fn home_pool(overview: &Overview, service: &str, region: &str) -> Vec<String> {
+    let n = overview
+        .services
+        .get(service)
+        .map_or(1, |s| s.spec.min_instances);
+    (1..=n).map(|k| format!("{service}-{region}-{k}")).collect()
+}
+
+/// The numeric suffix of a migration id (`shop-12` → 12), to order migrations created in the
+/// same millisecond.
+pub fn migration_number(id: &str) -> u64 {
+    id.rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The latest migration of every service (the one whose terminal holds still apply).
+pub fn latest_migrations(overview: &Overview) -> BTreeMap<String, String> {
+    let mut latest: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    for m in overview.migrations.values() {
+        let n = migration_number(&m.spec.id);
+        let entry = latest
+            .entry(m.spec.service.clone())
+            .or_insert((n, m.spec.id.clone()));
+        if n > entry.0 {
+            *entry = (n, m.spec.id.clone());
+        }
+    }
+    latest.into_iter().map(|(s, (_, id))| (s, id)).collect()
+}
+
+fn instance<'a>(
+    report: Option<&'a AgentReport>,
+    id: &str,
+) -> Option<&'a umbra_proto::agent::InstanceReport> {
+    report?.instances.iter().find(|i| i.id == id)
+}
+
+fn is_active(report: Option<&AgentReport>, id: &str) -> bool {
+    instance(report, id).is_some_and(|i| i.state == InstanceState::Active && i.addr.is_some())
+}
+
+/// The base URL of the first serving instance of `pool` (the single writer of a service in a
+/// region: the sample service keeps its data per instance, and replication pulls from one).
+pub fn primary_url(report: Option<&AgentReport>, pool: &[String]) -> Option<String> {
+    pool.iter()
+        .filter_map(|id| instance(report, id))
+        .find(|i| i.state == InstanceState::Active)
+        .and_then(|i| i.addr.as_ref())
+        .map(|addr| format!("http://{addr}"))
+}
+
+/// The share (percent) of `service` a front report says it forwards; 0 when none.
+pub fn share_in(front: &umbra_proto::agent::FrontReport, service: &str) -> u8 {
+    front
+        .shares
+        .iter()
+        .find(|s| s.service == service)
+        .map_or(0, |s| s.percent)
+}
+
+/// What the executor knows beyond the reports: outcomes of its own operations this leadership.
+pub trait OpView {
+    /// The outcome of operation `op_id` (base id), if it succeeded.
+    fn done(&self, op_id: &str) -> Option<&CommandOutcome>;
+}
+
+/// Observations of `record` from the reports (by region) and this leadership's outcomes. The
+/// SLO reading is left out: it needs a baseline the driver keeps.
+pub fn observe(
+    record: &MigrationRecord,
+    service: &ServiceState,
+    overview: &Overview,
+    reports: &BTreeMap<String, AgentReport>,
+    ops: &dyn OpView,
+) -> Observations {
+    let spec = &record.spec;
+    let target = reports.get(&spec.to);
+    let source = reports.get(&spec.from);
+    let shadows = shadow_ids(record);
+    let shadow_serving = shadows.iter().filter(|id| is_active(target, id)).count() as u32;
+    let shadow_warm = shadows
+        .iter()
+        .filter(|id| {
+            let reported = target.is_some_and(|r| {
+                r.warmups
+                    .iter()
+                    .any(|w| &w.instance == *id && w.phase == WarmupPhase::Ready)
+            });
+            let answered = matches!(
+                ops.done(&warm_op(record, id)),
+                Some(CommandOutcome::Done(CommandResult::Warmup(p))) if p.phase == WarmupPhase::Ready
+            );
+            reported || answered
+        })
+        .count() as u32;
+    let replication = match service.spec.replication {
+        ReplicationKind::None => Some(ReplicationObserved {
+            lag: 0,
+            // Nothing to move: the writer is wherever the state machine asks for it.
+            promoted: match record.phase {
+                Phase::RollingBack => false,
+                Phase::CuttingOver { .. } => {
+                    record.promoted || spec.target_share(record.phase) == 100
+                }
+                _ => record.promoted,
+            },
+        }),
+        ReplicationKind::SampleLogShipping => {
+            sample_replication(record, &shadows, target, source, overview)
+        }
+    };
+    let share_applied = share_applied(record, source, ops);
+    Observations {
+        shadow_serving,
+        shadow_warm,
+        replication,
+        share_applied,
+        slo: None,
+        rollback_requested: None,
+    }
+}
+
+fn sample_replication(
+    record: &MigrationRecord,
+    shadows: &[String],
+    target: Option<&AgentReport>,
+    source: Option<&AgentReport>,
+    overview: &Overview,
+) -> Option<ReplicationObserved> {
+    let reports: Vec<_> = shadows
+        .iter()
+        .map(|id| target?.replication.iter().find(|r| &r.instance == id))
+        .collect::<Option<Vec<_>>>()?;
+    if reports.is_empty() {
+        return None;
+    }
+    let lag = reports
+        .iter()
+        .map(|r| r.source_position.saturating_sub(r.target_position))
+        .max()
+        .unwrap_or(0);
+    let mut promoted = reports.iter().all(|r| r.promoted);
+    if record.phase == Phase::RollingBack && record.promoted {
+        // The writer is back on the source once the source's primary was promoted again.
+        let pool = pool_of(
+            overview,
+            &record.spec.service,
+            &record.spec.from,
+            Some(&record.spec.id),
+        );
+        let source_promoted = pool.first().is_some_and(|primary| {
+            source.is_some_and(|s| {
+                s.replication
+                    .iter()
+                    .any(|r| &r.instance == primary && r.promoted)
+            })
+        });
+        promoted = !source_promoted;
+    }
+    Some(ReplicationObserved { lag, promoted })
+}
+
+fn share_applied(
+    record: &MigrationRecord,
+    source: Option<&AgentReport>,
+    ops: &dyn OpView,
+) -> Option<u8> {
+    let wanted = match record.phase {
+        Phase::RollingBack | Phase::RolledBack => 0,
+        phase => record.spec.target_share(phase),
+    };
+    let op = set_share_op(record, wanted);
+    if let Some(CommandOutcome::Done(CommandResult::Front(front))) = ops.done(&op) {
+        return Some(share_in(front, &record.spec.service));
+    }
+    source
+        .and_then(|r| r.front.as_ref())
+        .map(|f| share_in(f, &record.spec.service))
+}
+
+fn op(record: &MigrationRecord, phase: Phase, action: &str) -> String {
+    let step = match phase {
+        Phase::CuttingOver { step } => step,
+        _ => 0,
+    };
+    format!("{}/{}/{step}/{action}", record.spec.id, phase.name())
+}
+
+fn warm_op(record: &MigrationRecord, instance: &str) -> String {
+    format!("{}/{instance}", op(record, Phase::Warming, "warm"))
+}
+
+/// The id of the `SetShare` operation of `record`'s current phase.
+pub fn set_share_op(record: &MigrationRecord, percent: u8) -> String {
+    format!("{}/{percent}", op(record, record.phase, "set_share"))
+}
+
+/// Everything the command planning needs besides the record.
+pub struct CommandContext<'a> {
+    /// The replicated overview.
+    pub overview: &'a Overview,
+    /// Latest reports by region.
+    pub reports: &'a BTreeMap<String, AgentReport>,
+    /// The warm-up plan with the reference p99 already chosen.
+    pub warm_plan: WarmPlan,
+    /// `WaitForZeroLag` timeout.
+    pub zero_lag_timeout_ms: u64,
+}
+
+/// The agent commands that make `action` hold for `record`, in dependency order.
+pub fn commands(
+    record: &MigrationRecord,
+    action: &Action,
+    ctx: &CommandContext<'_>,
+) -> Vec<PlannedCommand> {
+    let spec = &record.spec;
+    let target = ctx.reports.get(&spec.to);
+    let source = ctx.reports.get(&spec.from);
+    let front = |region: &str| ctx.overview.regions.get(region).map(|r| r.front.clone());
+    let shadows = shadow_ids(record);
+    let source_pool = pool_of(ctx.overview, &spec.service, &spec.from, Some(&spec.id));
+    let replication = ctx
+        .overview
+        .services
+        .get(&spec.service)
+        .map_or(ReplicationKind::None, |s| s.spec.replication);
+    let cmd =
+        |op_id: String, region: &str, action: AgentAction, after: Option<String>| PlannedCommand {
+            op_id,
+            region: region.to_owned(),
+            action,
+            after,
+        };
+    let mut out = Vec::new();
+    match action {
+        Action::EnsureShadow { .. } => {
+            // The target's front must not forward this service anywhere (an earlier migration
+            // away from the target may have left a share behind).
+            if let Some(source_front) = front(&spec.from) {
+                out.push(cmd(
+                    op(record, Phase::Provisioning, "clear_target_share"),
+                    &spec.to,
+                    AgentAction::SetShare {
+                        service: spec.service.clone(),
+                        target_front: source_front,
+                        percent: 0,
+                    },
+                    None,
+                ));
+            }
+            out.extend(ensure_pool(
+                &op(record, Phase::Provisioning, "ensure_shadow"),
+                &spec.to,
+                &shadows,
+                target,
+            ));
+        }
+        Action::EnsureWarm => {
+            for id in &shadows {
+                if is_active(target, id) {
+                    out.push(cmd(
+                        warm_op(record, id),
+                        &spec.to,
+                        AgentAction::Warm {
+                            instance: id.clone(),
+                            plan: ctx.warm_plan.clone(),
+                        },
+                        None,
+                    ));
+                }
+            }
+        }
+        Action::EnsureReplication => {
+            if replication == ReplicationKind::SampleLogShipping
+                && let Some(source_url) = primary_url(source, &source_pool)
+            {
+                for id in &shadows {
+                    if is_active(target, id) {
+                        out.push(cmd(
+                            format!("{}/{id}", op(record, Phase::Replicating, "replicate")),
+                            &spec.to,
+                            AgentAction::StartReplication {
+                                instance: id.clone(),
+                                source: source_url.clone(),
+                            },
+                            None,
+                        ));
+                    }
+                }
+            }
+        }
+        Action::PromoteTarget => {
+            if replication == ReplicationKind::SampleLogShipping {
+                let base = op(record, record.phase, "promote_target");
+                for id in &shadows {
+                    out.extend(move_writer(&base, &spec.to, id, ctx.zero_lag_timeout_ms));
+                }
+            }
+        }
+        Action::PromoteSource => {
+            if replication == ReplicationKind::SampleLogShipping
+                && let (Some(primary), Some(shadow_url)) =
+                    (source_pool.first(), primary_url(target, &shadows))
+            {
+                // The mirror image of the cutover: the source follows the target, then the
+                // target is fenced and the source promoted once it caught up.
+                let base = op(record, Phase::RollingBack, "promote_source");
+                let follow = format!("{base}/follow/{primary}");
+                out.push(cmd(
+                    follow.clone(),
+                    &spec.from,
+                    AgentAction::StartReplication {
+                        instance: primary.clone(),
+                        source: shadow_url,
+                    },
+                    None,
+                ));
+                let mut moves = move_writer(&base, &spec.from, primary, ctx.zero_lag_timeout_ms);
+                if let Some(first) = moves.first_mut() {
+                    first.after = Some(follow);
+                }
+                out.extend(moves);
+            }
+        }
+        Action::SetShare { percent } => {
+            if let Some(target_front) = front(&spec.to) {
+                out.push(cmd(
+                    set_share_op(record, *percent),
+                    &spec.from,
+                    AgentAction::SetShare {
+                        service: spec.service.clone(),
+                        target_front,
+                        percent: *percent,
+                    },
+                    None,
+                ));
+            }
+        }
+        Action::ReleaseShadow => {
+            for id in &shadows {
+                if instance(target, id).is_some_and(|i| i.state != InstanceState::Stopped) {
+                    out.push(cmd(
+                        format!("{}/{id}", op(record, record.phase, "release_shadow")),
+                        &spec.to,
+                        AgentAction::Stop {
+                            instance: id.clone(),
+                        },
+                        None,
+                    ));
+                }
+            }
+        }
+        Action::ReleaseSource => {
+            for id in &source_pool {
+                if instance(source, id).is_some_and(|i| i.state != InstanceState::Stopped) {
+                    out.push(cmd(
+                        format!("{}/{id}", op(record, Phase::Completed, "release_source")),
+                        &spec.from,
+                        AgentAction::Stop {
+                            instance: id.clone(),
+                        },
+                        None,
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Fence the source of `instance`'s replication, wait for lag 0, promote it: in that order.
+fn move_writer(base: &str, region: &str, instance: &str, timeout_ms: u64) -> Vec<PlannedCommand> {
+    let fence = format!("{base}/fence/{instance}");
+    let wait = format!("{base}/zero_lag/{instance}");
+    let promote = format!("{base}/promote/{instance}");
+    vec![
+        PlannedCommand {
+            op_id: fence.clone(),
+            region: region.to_owned(),
+            action: AgentAction::FenceSource {
+                instance: instance.to_owned(),
+            },
+            after: None,
+        },
+        PlannedCommand {
+            op_id: wait.clone(),
+            region: region.to_owned(),
+            action: AgentAction::WaitForZeroLag {
+                instance: instance.to_owned(),
+                timeout_ms,
+            },
+            after: Some(fence),
+        },
+        PlannedCommand {
+            op_id: promote,
+            region: region.to_owned(),
+            action: AgentAction::Promote {
+                instance: instance.to_owned(),
+            },
+            after: Some(wait),
+        },
+    ]
+}
+
+/// Commands that make `pool` exist and serve in `region`: provision the ids the report does
+/// not list, activate the ones not active. Nothing until the region has reported (the report
+/// is what tells which exist).
+pub fn ensure_pool(
+    base: &str,
+    region: &str,
+    pool: &[String],
+    report: Option<&AgentReport>,
+) -> Vec<PlannedCommand> {
+    let Some(report) = report else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let missing: Vec<String> = pool
+        .iter()
+        .filter(|id| instance(Some(report), id).is_none())
+        .cloned()
+        .collect();
+    let provision = format!("{base}/provision");
+    if !missing.is_empty() {
+        out.push(PlannedCommand {
+            op_id: provision.clone(),
+            region: region.to_owned(),
+            action: AgentAction::Provision { instances: missing },
+            after: None,
+        });
+    }
+    for id in pool {
+        if !is_active(Some(report), id) {
+            let exists = instance(Some(report), id).is_some();
+            out.push(PlannedCommand {
+                op_id: format!("{base}/activate/{id}"),
+                region: region.to_owned(),
+                action: AgentAction::Activate {
+                    instance: id.clone(),
+                },
+                after: (!exists).then(|| provision.clone()),
+            });
+        }
+    }
+    out
+}
+
+/// The weights and TTL a service's record should carry for `record` in its current phase, or
+/// `None` to leave the record alone. DNS follows the load balancer: a cutover step's weights
+/// are published once the source front confirmed the step's share; a rollback puts all weight
+/// back on the source at once.
+pub fn desired_dns(
+    record: &MigrationRecord,
+    service: &ServiceState,
+    share_applied: Option<u8>,
+) -> Option<DnsWeights> {
+    let spec = &record.spec;
+    let weights = |target_percent: u8| {
+        let mut w = BTreeMap::new();
+        if target_percent < 100 {
+            w.insert(spec.from.clone(), u32::from(100 - target_percent));
+        }
+        if target_percent > 0 {
+            w.insert(spec.to.clone(), u32::from(target_percent));
+        }
+        w
+    };
+    let cutover_ttl = service.spec.cutover_ttl_secs;
+    let normal_ttl = service.spec.dns_ttl_secs;
+    let (percent, ttl_secs) = match record.phase {
+        Phase::Planned => return None,
+        Phase::CuttingOver { .. } | Phase::Draining => {
+            let p = spec.target_share(record.phase);
+            if share_applied != Some(p) {
+                return None;
+            }
+            (p, cutover_ttl)
+        }
+        Phase::Completed => (100, normal_ttl),
+        Phase::RolledBack | Phase::Failed => (0, normal_ttl),
+        // The TTL goes down when provisioning starts: the lead time is at least one old TTL
+        // ahead of the cutover, so caches hold the short TTL by the first step.
+        Phase::Provisioning
+        | Phase::Warming
+        | Phase::Replicating
+        | Phase::Ready
+        | Phase::RollingBack => (0, cutover_ttl),
+    };
+    Some(DnsWeights {
+        weights: weights(percent),
+        ttl_secs,
+    })
+}
+
+/// The record set every orchestrator's embedded DNS server should serve for `service`: its
+/// replicated weights, each region mapped to its front's IP (a DNS record carries no port).
+pub fn dns_record_set(overview: &Overview, service: &str) -> Option<WeightedRecordSet> {
+    let state = overview.services.get(service)?;
+    let dns = overview.dns.get(service)?;
+    let max = dns.weights.values().copied().max().unwrap_or(0).max(1);
+    let addresses = dns
+        .weights
+        .iter()
+        .filter_map(|(region, weight)| {
+            let front = overview.regions.get(region)?.front_addr();
+            // Scaled into DNS's 0..=255 weight range, keeping ratios.
+            let scaled = (u64::from(*weight) * u64::from(crate::dns::MAX_ADDRESS_WEIGHT)
+                / u64::from(max))
+            .min(u64::from(crate::dns::MAX_ADDRESS_WEIGHT)) as u8;
+            Some(WeightedAddress {
+                addr: front.ip(),
+                weight: if *weight > 0 { scaled.max(1) } else { 0 },
+            })
+        })
+        .collect();
+    Some(WeightedRecordSet::new(
+        state.spec.hostname.clone(),
+        dns.ttl_secs,
+        addresses,
+    ))
+}
+
+const DAY_MS: u64 = 86_400_000;
+const HOUR_MS: u64 = 3_600_000;
+
+/// Migrations the follow-the-sun schedules ask for at `now_ms`: for each schedule, the next leg
+/// (the first leg time at or after now) is due once `now ≥ leg − lead time`, if it moves the
+/// service somewhere else and the service has no migration in flight. The `schedule_key`
+/// (`schedule/leg-start-ms`) makes the state create it once per leg even when two leaders in a
+/// row propose it.
+pub fn due_schedule_requests(overview: &Overview, now_ms: u64) -> Vec<MigrationRequest> {
+    let mut out = Vec::new();
+    for schedule in overview.schedules.values() {
+        let Some(service) = overview.services.get(&schedule.service) else {
+            continue;
+        };
+        let day_start = now_ms - now_ms % DAY_MS;
+        let next = schedule
+            .legs
+            .iter()
+            .flat_map(|leg| {
+                let today = day_start + u64::from(leg.at_hour_utc) * HOUR_MS;
+                [(today, leg), (today + DAY_MS, leg)]
+            })
+            .filter(|(at, _)| *at >= now_ms)
+            .min_by_key(|(at, _)| *at);
+        let Some((at_ms, leg)) = next else {
+            continue;
+        };
+        let lead_ms = service.spec.lead_time_secs.saturating_mul(1_000);
+        if now_ms + lead_ms < at_ms
+            || service.primary_region == leg.region
+            || service.active_migration.is_some()
+        {
+            continue;
+        }
+        out.push(MigrationRequest {
+            service: schedule.service.clone(),
+            from: None,
+            to: leg.region.clone(),
+            cutover_at_ms: at_ms,
+            warm_up: true,
+            lead_time_ms: None,
+            analysis_window_ms: None,
+            drain_ms: None,
+            schedule_key: Some(format!("{}/{at_ms}", schedule.name)),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Command, OrchestratorState, Plan};
+
+    const PLAN: &str = r#"
+[[region]]
+name = "us-east"
+front = "127.0.0.11:8080"
+
+[[region]]
+name = "eu-west"
+front = "127.0.0.12:8080"
+
+[[service]]
+name = "shop"
+hostname = "shop.umbra.test."
+primary_region = "us-east"
+capacity_rps_per_instance = 100.0
+min_instances = 2
+max_instances = 4
+tier = { probabilistic = { cost_miss = 4.0, cost_idle = 1.0 } }
+replication = "none"
+lead_time_secs = 600
+slo = { max_error_rate = 0.01, max_p99_ms = 100.0, min_samples = 50 }
+
+[service.warmup]
+allow_writes = false
+mix = { requests = [{ method = "GET", path = "/kv/{key}", weight = 1.0 }], key_count = 1000, zipf_exponent = 1.0, rate_per_sec = 200.0, max_duration_ms = 30000 }
+gate = { reference_p99_ms = 5.0, p99_tolerance_pct = 50.0, max_error_rate = 0.01, min_requests = 200 }
+
+[[schedule]]
+name = "sun"
+service = "shop"
+legs = [{ at_hour_utc = 6, region = "eu-west" }, { at_hour_utc = 18, region = "us-east" }]
+"#;
+
+    fn overview() -> Overview {
+        let mut state = OrchestratorState::default();
+        let plan = Plan::from_toml(PLAN).unwrap();
+        state
+            .apply_command(1, &Command::ApplyPlan { plan, at_ms: 1 })
+            .unwrap();
+        state.overview()
+    }
+
+    #[test]
+    fn a_schedule_leg_is_due_one_lead_time_ahead_and_only_when_it_moves_the_service() {
+        let ov = overview();
+        let six = 6 * HOUR_MS;
+        // Table: (now, due?). Lead time is 10 minutes.
+        for (now, due) in [
+            (six - 11 * 60_000, false),
+            (six - 10 * 60_000, true),
+            (six - 1, true),
+            (six, true),
+        ] {
+            let got = due_schedule_requests(&ov, now);
+            assert_eq!(got.len(), usize::from(due), "at {now}");
+            if due {
+                assert_eq!(got[0].to, "eu-west");
+                assert_eq!(got[0].cutover_at_ms, six);
+                assert_eq!(got[0].schedule_key.as_deref(), Some("sun/21600000"));
+            }
+        }
+        // The 18:00 leg goes back to us-east, where the service already is: nothing to do.
+        assert!(due_schedule_requests(&ov, 18 * HOUR_MS - 60_000).is_empty());
+    }
+
+    #[test]
+    fn dns_follows_the_confirmed_share_and_goes_home_on_rollback() {
+        let mut state = OrchestratorState::default();
+        let plan = Plan::from_toml(PLAN).unwrap();
+        state
+            .apply_command(1, &Command::ApplyPlan { plan, at_ms: 1 })
+            .unwrap();
+        let ov = state.overview();
+        let service = ov.services["shop"].clone();
+        let request = due_schedule_requests(&ov, 6 * HOUR_MS - 60_000).remove(0);
+        state
+            .apply_command(2, &Command::CreateMigration { request, at_ms: 2 })
+            .unwrap();
+        let mut record = state.overview().migrations.values().next().unwrap().clone();
+        assert_eq!(
+            desired_dns(&record, &service, None),
+            None,
+            "planned: untouched"
+        );
+        record.phase = Phase::CuttingOver { step: 1 };
+        assert_eq!(
+            desired_dns(&record, &service, Some(10)),
+            None,
+            "50% not confirmed yet"
+        );
+        let at_50 = desired_dns(&record, &service, Some(50)).unwrap();
+        assert_eq!(at_50.ttl_secs, 5);
+        assert_eq!(
+            at_50.weights,
+            BTreeMap::from([("us-east".to_owned(), 50), ("eu-west".to_owned(), 50)])
+        );
+        record.phase = Phase::RollingBack;
+        let back = desired_dns(&record, &service, Some(50)).unwrap();
+        assert_eq!(back.weights, BTreeMap::from([("us-east".to_owned(), 100)]));
+        record.phase = Phase::Completed;
+        let done = desired_dns(&record, &service, None).unwrap();
+        assert_eq!(done.weights, BTreeMap::from([("eu-west".to_owned(), 100)]));
+        assert_eq!(done.ttl_secs, 300);
+    }
+
+    #[test]
+    fn a_pool_is_the_latest_completed_migrations_shadow_or_the_home_pool() {
+        let mut ov = overview();
+        assert_eq!(
+            pool_of(&ov, "shop", "us-east", None),
+            vec!["shop-us-east-1", "shop-us-east-2"]
+        );
+        let mut state = OrchestratorState::default();
+        let plan = Plan::from_toml(PLAN).unwrap();
+        state
+            .apply_command(1, &Command::ApplyPlan { plan, at_ms: 1 })
+            .unwrap();
+        let request = due_schedule_requests(&ov, 6 * HOUR_MS - 60_000).remove(0);
+        state
+            .apply_command(2, &Command::CreateMigration { request, at_ms: 2 })
+            .unwrap();
+        ov = state.overview();
+        let record = ov.migrations.values_mut().next().unwrap();
+        record.phase = Phase::Completed;
+        record.shadow_instances = 3;
+        let id = record.spec.id.clone();
+        assert_eq!(
+            pool_of(&ov, "shop", "eu-west", None),
+            vec![format!("{id}-1"), format!("{id}-2"), format!("{id}-3")]
+        );
+        assert_eq!(
+            pool_of(&ov, "shop", "eu-west", Some(&id)),
+            vec!["shop-eu-west-1", "shop-eu-west-2"],
+            "the pool a migration moved from existed before it"
+        );
+    }
+}
