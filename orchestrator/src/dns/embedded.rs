@@ -5,11 +5,13 @@
 //! answered with one address chosen by weight (smooth weighted round robin, so over any run
 //! of queries the shares match the weights as closely as integers allow — the behaviour of
 //! weighted routing at hosted DNS providers, without their randomness). Records are changed
-//! in-process through `DnsProvider`; every change bumps the SOA serial. It serves UDP and TCP
+//! in-process: one set through `DnsProvider`, or the whole zone in one step with
+//! `WeightedZone::replace_all` (what `replicated` uses); every change bumps the SOA serial. It serves UDP and TCP
 //! on one port. It must not accept dynamic updates from the network (use `rfc2136` against a
 //! real server for that) and must not answer for names outside its zone.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -117,6 +119,16 @@ struct ServedSet {
     v6: Picker,
 }
 
+impl ServedSet {
+    fn new(set: &WeightedRecordSet) -> Self {
+        Self {
+            set: set.clone(),
+            v4: Picker::new(set.addresses.iter().copied().filter(|a| a.addr.is_ipv4())),
+            v6: Picker::new(set.addresses.iter().copied().filter(|a| a.addr.is_ipv6())),
+        }
+    }
+}
+
 struct ZoneState {
     serial: u32,
     soa: Arc<RecordSet>,
@@ -183,16 +195,54 @@ impl WeightedZone {
         self.state.read().expect("zone lock").serial
     }
 
-    /// Replaces a record set and bumps the serial.
-    pub fn set(&self, set: &WeightedRecordSet) -> Result<(), DnsError> {
-        let name = set.validate(&self.origin_name)?;
-        let served = ServedSet {
-            set: set.clone(),
-            v4: Picker::new(set.addresses.iter().copied().filter(|a| a.addr.is_ipv4())),
-            v6: Picker::new(set.addresses.iter().copied().filter(|a| a.addr.is_ipv6())),
-        };
+    /// The zone's origin, e.g. `umbra.test.`.
+    pub fn origin_name(&self) -> &Name {
+        &self.origin_name
+    }
+
+    /// Every record set the zone holds, sorted by name.
+    pub fn record_sets(&self) -> Vec<WeightedRecordSet> {
+        let state = self.state.read().expect("zone lock");
+        let mut sets: Vec<WeightedRecordSet> = state.sets.values().map(|s| s.set.clone()).collect();
+        sets.sort_by(|a, b| a.name.cmp(&b.name));
+        sets
+    }
+
+    /// Makes the zone hold exactly `sets`, in one change that queries see whole or not at all:
+    /// every set is validated first (one invalid set, or a name given twice, changes
+    /// nothing), names not in `sets` are removed, unchanged sets keep their round-robin
+    /// position (so re-applying the same content does not skew the shares), and the serial is
+    /// bumped once if anything changed. Returns whether anything changed.
+    pub fn replace_all(&self, sets: &[WeightedRecordSet]) -> Result<bool, DnsError> {
+        let mut wanted: HashMap<LowerName, &WeightedRecordSet> = HashMap::with_capacity(sets.len());
+        for set in sets {
+            let name = LowerName::new(&set.validate(&self.origin_name)?);
+            if wanted.insert(name, set).is_some() {
+                return Err(DnsError::Invalid(format!(
+                    "{} is given twice; a name has one record set",
+                    set.name
+                )));
+            }
+        }
         let mut state = self.state.write().expect("zone lock");
-        state.sets.insert(LowerName::new(&name), served);
+        let before = state.sets.len();
+        state
+            .sets
+            .retain(|name, served| wanted.get(name).is_some_and(|set| served.set == **set));
+        let mut changed = state.sets.len() != before;
+        for (name, set) in wanted {
+            if let Entry::Vacant(vacant) = state.sets.entry(name) {
+                vacant.insert(ServedSet::new(set));
+                changed = true;
+            }
+        }
+        if changed {
+            self.bump_serial(&mut state);
+        }
+        Ok(changed)
+    }
+
+    fn bump_serial(&self, state: &mut ZoneState) {
         // RFC 1982 serial arithmetic wraps; 0 is skipped because some tools treat it as unset.
         state.serial = state.serial.wrapping_add(1).max(1);
         state.soa = Arc::new(Self::soa_set(
@@ -200,6 +250,15 @@ impl WeightedZone {
             state.serial,
             self.negative_ttl_secs,
         ));
+    }
+
+    /// Replaces a record set and bumps the serial.
+    pub fn set(&self, set: &WeightedRecordSet) -> Result<(), DnsError> {
+        let name = set.validate(&self.origin_name)?;
+        let served = ServedSet::new(set);
+        let mut state = self.state.write().expect("zone lock");
+        state.sets.insert(LowerName::new(&name), served);
+        self.bump_serial(&mut state);
         Ok(())
     }
 

@@ -5,11 +5,14 @@
 //! hickory-server, answering one address per query chosen by weight, the default for the demo)
 //! and `rfc2136` (dynamic update signed with TSIG, for BIND and other standard servers).
 //! `verify` asks every authoritative server with hickory-resolver until the new records are
-//! served. DNS follows the load balancers in a cutover: clients cache answers for the TTL, so
-//! this module must not decide when to change records (`ttl_plan` and the DNS controller do)
-//! and must never report a change as done before it was seen served.
+//! served. `replicated` keeps each orchestrator's embedded zone equal to the replicated `dns`
+//! weights and verifies that every orchestrator serves a change. DNS follows the load
+//! balancers in a cutover: clients cache answers for the TTL, so this module must not decide
+//! when to change records or to what (`ttl_plan` and the executor do, through the replicated
+//! log) and must never report a change as done before it was seen served.
 
 pub mod embedded;
+pub mod replicated;
 pub mod rfc2136;
 pub mod verify;
 

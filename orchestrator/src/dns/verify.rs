@@ -1,5 +1,5 @@
 //! Verification that a record set change is served: hickory-resolver asks each authoritative
-//! server, bypassing its cache, until the answers are exactly the new set (every served
+//! server (all at once), bypassing its cache, until the answers are exactly the new set (every served
 //! address seen, nothing else, the new TTL), or a deadline passes with a clear error.
 //!
 //! A weighted server answers one address per query, so one round asks enough times to see
@@ -62,18 +62,21 @@ pub fn resolver_for(server: SocketAddr) -> Result<TokioResolver, DnsError> {
         })
 }
 
-/// Waits until every server serves `set`, at most `timeout` in total.
+/// Waits until every server serves `set`, at most `timeout` in total. The servers are asked
+/// concurrently; the first one that runs out of time is the error (results in `servers`
+/// order).
 pub async fn verify_served(
     servers: &[SocketAddr],
     set: &WeightedRecordSet,
     timeout: Duration,
 ) -> Result<Vec<ServerVerified>, DnsError> {
     let started = Instant::now();
-    let mut out = Vec::with_capacity(servers.len());
-    for &server in servers {
-        out.push(verify_one(server, set, started + timeout, started).await?);
-    }
-    Ok(out)
+    futures::future::try_join_all(
+        servers
+            .iter()
+            .map(|&server| verify_one(server, set, started + timeout, started)),
+    )
+    .await
 }
 
 async fn verify_one(
@@ -89,7 +92,15 @@ async fn verify_one(
     let mut last_seen;
     loop {
         rounds += 1;
-        match round(&resolver, set, &expected, &mut queries).await {
+        // A silent server must not stretch the wait past the deadline (one query may take
+        // QUERY_TIMEOUT per attempt).
+        let answered = tokio::time::timeout_at(
+            deadline.into(),
+            round(&resolver, set, &expected, &mut queries),
+        )
+        .await
+        .unwrap_or_else(|_| Err("no complete round of answers before the deadline".into()));
+        match answered {
             Ok(()) => {
                 return Ok(ServerVerified {
                     server,
