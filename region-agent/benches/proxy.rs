@@ -4,7 +4,8 @@
 //! Two measurements per path: (1) added latency at a fixed offered rate, open-loop, from
 //! `umbra-load run` (latency from the scheduled send time, so queueing counts), reported as
 //! p50/p99 minus the direct path's; (2) the most requests per second a closed-loop `wrk`
-//! (Debian package `wrk`) gets with a fixed number of connections. All processes share the
+//! gets with a fixed number of connections. Needs `wrk`: `apt-get install -y wrk` first
+//! (`.ci/install-deps` leaves it out: this bench does not run in CI). All processes share the
 //! same two cores, so the numbers compare paths, not machines. Run with
 //! `cargo bench -p umbra-agent --bench proxy -- [--rate N] [--secs S] [--connections C]`.
 //! It must not be run as a test (it takes tens of seconds and saturates the CPU).
