@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -48,17 +48,7 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// A free loopback UDP port (QUIC) that is also free for TCP, chosen by the OS.
-pub fn free_port() -> anyhow::Result<u16> {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind("127.0.0.1:0")?;
-        let port = udp.local_addr()?.port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free loopback port found in 50 tries")
-}
+pub use umbra_orchestrator::node::free_loopback_port as free_port;
 
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout` naming `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
@@ -202,6 +192,12 @@ impl Cluster {
             join,
             peers,
             fault_injection: true,
+            // The Raft test/bench mode: the key-value machine, no API, DNS or executor.
+            state_machine: umbra_orchestrator::node::StateMachineKind::Kv,
+            api: None,
+            gateway: Default::default(),
+            dns: None,
+            executor: Default::default(),
             raft: self.raft.clone(),
         };
         let config_path = node_dir.join("node.toml");

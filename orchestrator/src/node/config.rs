@@ -1,12 +1,178 @@
 //! The orchestrator node's configuration file (`node.toml`): who this node is, where it
-//! listens, where it keeps its log, its certificates, its peers and Raft tuning. Parsed with
-//! serde at this edge and checked by `validate()`; nothing else in the node reads files.
+//! listens, where it keeps its log, its certificates, its peers, Raft tuning, which state
+//! machine it replicates, and the services it runs on top (`[api]`, `[gateway]`, `[dns]`,
+//! `[executor]`). Parsed with serde at this edge and checked by `validate()`; nothing else in
+//! the node reads the file. It must not start anything: `node::server` and `node::services` do.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::api::ApiConfig;
+use crate::executor::ExecutorConfig;
+use crate::gateway::GatewayConfig;
+
+/// Which state machine the Raft group replicates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateMachineKind {
+    /// `state::OrchestratorState`: regions, services, migrations, DNS weights. What a
+    /// deployment runs; the only mode with the API, gateway, DNS and executor.
+    #[default]
+    Orchestrator,
+    /// The key-value machine of `umbra-consensus`: the Raft test and benchmark mode (`umbra
+    /// kv`, the Raft acceptance tests and bench). Runs no `[api]`, `[dns]` or `[executor]`.
+    Kv,
+}
+
+/// `[gateway]`: the agent gateway on this node's QUIC endpoint (agents open streams of kind
+/// `Agent` on the same port as Raft). Always on in orchestrator mode; this tunes its limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Commands queued per agent stream.
+    #[serde(default = "default_command_queue")]
+    pub command_queue: usize,
+    /// How long an agent has to send its hello, ms.
+    #[serde(default = "default_hello_timeout_ms")]
+    pub hello_timeout_ms: u64,
+}
+
+fn default_command_queue() -> usize {
+    crate::gateway::DEFAULT_COMMAND_QUEUE
+}
+fn default_hello_timeout_ms() -> u64 {
+    crate::gateway::DEFAULT_HELLO_TIMEOUT.as_millis() as u64
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            command_queue: default_command_queue(),
+            hello_timeout_ms: default_hello_timeout_ms(),
+        }
+    }
+}
+
+impl GatewaySection {
+    /// The gateway's config for node `id`; agents are pointed at the peers' QUIC addresses.
+    pub fn gateway_config(&self, id: u64, peers: &[PeerConfig]) -> GatewayConfig {
+        GatewayConfig {
+            command_queue: self.command_queue,
+            hello_timeout: std::time::Duration::from_millis(self.hello_timeout_ms),
+            ..GatewayConfig::new(id, peers.iter().map(|p| (p.id, p.address)).collect())
+        }
+    }
+}
+
+/// `[dns]`: the embedded authoritative server for the service zone. It serves the replicated
+/// DNS weights, so every orchestrator answers the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// UDP and TCP address (one port for both; port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// The zone served, e.g. `umbra.test.`; services' hostnames must lie inside it.
+    pub zone: String,
+}
+
+/// `[executor]`: the migration executor, which acts only while this node leads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorSection {
+    /// `false` keeps this node from ever executing migrations (it still votes and serves).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Round period, ms.
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Longest wait for an agent command's outcome, ms.
+    #[serde(default = "default_command_timeout_ms")]
+    pub command_timeout_ms: u64,
+    /// Longest retry delay of an agent command, ms.
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// Every orchestrator's DNS server (`[dns] listen` of each node), checked after each
+    /// change of weights; empty: no verification.
+    #[serde(default)]
+    pub dns_servers: Vec<SocketAddr>,
+    /// How long every DNS server has to serve new weights, ms.
+    #[serde(default = "default_dns_verify_timeout_ms")]
+    pub dns_verify_timeout_ms: u64,
+    /// Run follow-the-sun schedules.
+    #[serde(default = "default_true")]
+    pub schedules: bool,
+    /// Demand history for sizing shadow pools: every `*.csv` here (long form
+    /// `timestamp,service,region,value`). Unset: pools get the service's `min_instances`.
+    #[serde(default)]
+    pub demand_csv_dir: Option<PathBuf>,
+    /// Slice width of that history, seconds.
+    #[serde(default = "default_slice_secs")]
+    pub demand_slice_secs: u32,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_tick_ms() -> u64 {
+    crate::executor::DEFAULT_TICK_MS
+}
+fn default_command_timeout_ms() -> u64 {
+    crate::executor::DEFAULT_COMMAND_TIMEOUT_MS
+}
+fn default_retry_max_ms() -> u64 {
+    crate::executor::DEFAULT_RETRY_MAX_MS
+}
+fn default_dns_verify_timeout_ms() -> u64 {
+    crate::executor::DEFAULT_DNS_VERIFY_TIMEOUT_MS
+}
+fn default_slice_secs() -> u32 {
+    crate::demand::HistoryConfig::default().slice_secs
+}
+
+impl Default for ExecutorSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            tick_ms: default_tick_ms(),
+            command_timeout_ms: default_command_timeout_ms(),
+            retry_max_ms: default_retry_max_ms(),
+            dns_servers: Vec::new(),
+            dns_verify_timeout_ms: default_dns_verify_timeout_ms(),
+            schedules: true,
+            demand_csv_dir: None,
+            demand_slice_secs: default_slice_secs(),
+        }
+    }
+}
+
+impl ExecutorSection {
+    /// The executor's settings (the rest at the executor's defaults).
+    pub fn executor_config(&self) -> ExecutorConfig {
+        ExecutorConfig {
+            tick_ms: self.tick_ms,
+            command_timeout_ms: self.command_timeout_ms,
+            retry_max_ms: self.retry_max_ms,
+            retry_min_ms: ExecutorConfig::default()
+                .retry_min_ms
+                .min(self.retry_max_ms),
+            dns_servers: self.dns_servers.clone(),
+            dns_verify_timeout_ms: self.dns_verify_timeout_ms,
+            schedules: self.schedules,
+            ..ExecutorConfig::default()
+        }
+    }
+
+    /// How the CSV history becomes slices.
+    pub fn history_config(&self) -> crate::demand::HistoryConfig {
+        crate::demand::HistoryConfig {
+            slice_secs: self.demand_slice_secs,
+            ..crate::demand::HistoryConfig::default()
+        }
+    }
+}
 
 /// One `[[peer]]` entry: a founding member of the Raft group (this node included).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,7 +183,7 @@ pub struct PeerConfig {
 }
 
 /// The whole `node.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Raft node id; the certificate `orchestrator-<id>.pem` in `certs_dir` must match.
@@ -42,9 +208,24 @@ pub struct NodeConfig {
     /// this node's Raft traffic with chosen peers (tests and drills). Off unless set.
     #[serde(default)]
     pub fault_injection: bool,
+    /// What the Raft group replicates: `orchestrator` (default) or `kv` (Raft tests/bench).
+    #[serde(default)]
+    pub state_machine: StateMachineKind,
     /// Raft tuning; every field optional.
     #[serde(default)]
     pub raft: umbra_consensus::Config,
+    /// The operator API (HTTPS); none unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiConfig>,
+    /// Agent gateway limits (the gateway runs in orchestrator mode).
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    /// The embedded DNS server; none unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsSection>,
+    /// The migration executor (orchestrator mode; runs on the leader only).
+    #[serde(default)]
+    pub executor: ExecutorSection,
 }
 
 /// A configuration that cannot work, with what to change.
@@ -84,6 +265,24 @@ pub enum NodeConfigError {
     NoCertificates(PathBuf),
     #[error(transparent)]
     Raft(#[from] umbra_consensus::ConfigError),
+    #[error(
+        "[{0}] needs state_machine = \"orchestrator\"; the kv machine (Raft tests and bench) runs no {0}"
+    )]
+    SectionNeedsOrchestrator(&'static str),
+    #[error("[api]: {0}")]
+    Api(#[from] crate::api::ApiConfigError),
+    #[error("[gateway]: {0}")]
+    Gateway(#[from] crate::gateway::GatewayError),
+    #[error("[dns] zone {zone:?}: {reason}")]
+    DnsZone { zone: String, reason: String },
+    #[error("[dns] listen {listen} and [api] listen {api} are one address; give each its own port")]
+    DnsApiClash { listen: SocketAddr, api: SocketAddr },
+    #[error("[executor]: {0}")]
+    Executor(#[from] crate::executor::ExecutorConfigError),
+    #[error("[executor] demand_csv_dir {0} is not a directory; create it or leave the key out")]
+    DemandDir(PathBuf),
+    #[error("[executor] demand_slice_secs: {0}")]
+    DemandSlice(String),
 }
 
 impl NodeConfig {
@@ -135,6 +334,52 @@ impl NodeConfig {
             return Err(NodeConfigError::NoCertificates(self.certs_dir.clone()));
         }
         self.raft.validate()?;
+        self.validate_services()
+    }
+
+    fn validate_services(&self) -> Result<(), NodeConfigError> {
+        if self.state_machine == StateMachineKind::Kv {
+            if self.api.is_some() {
+                return Err(NodeConfigError::SectionNeedsOrchestrator("api"));
+            }
+            if self.dns.is_some() {
+                return Err(NodeConfigError::SectionNeedsOrchestrator("dns"));
+            }
+            return Ok(());
+        }
+        if let Some(api) = &self.api {
+            api.validate()?;
+        }
+        self.gateway
+            .gateway_config(self.id, &self.peers)
+            .validate()?;
+        if let Some(dns) = &self.dns {
+            crate::dns::embedded::EmbeddedDnsConfig::new(dns.zone.clone(), dns.listen)
+                .validate()
+                .map_err(|e| NodeConfigError::DnsZone {
+                    zone: dns.zone.clone(),
+                    reason: e.to_string(),
+                })?;
+            if let Some(api) = &self.api
+                && api.listen == dns.listen
+                && api.listen.port() != 0
+            {
+                return Err(NodeConfigError::DnsApiClash {
+                    listen: dns.listen,
+                    api: api.listen,
+                });
+            }
+        }
+        self.executor.executor_config().validate()?;
+        if let Some(dir) = &self.executor.demand_csv_dir
+            && !dir.is_dir()
+        {
+            return Err(NodeConfigError::DemandDir(dir.clone()));
+        }
+        self.executor
+            .history_config()
+            .validate()
+            .map_err(|e| NodeConfigError::DemandSlice(e.to_string()))?;
         Ok(())
     }
 
@@ -176,8 +421,60 @@ mod tests {
                 },
             ],
             fault_injection: false,
+            state_machine: StateMachineKind::Orchestrator,
             raft: umbra_consensus::Config::default(),
+            api: None,
+            gateway: GatewaySection::default(),
+            dns: None,
+            executor: ExecutorSection::default(),
         }
+    }
+
+    #[test]
+    fn sections_parse_with_defaults_and_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+        let text = format!(
+            r#"id = 1
+listen = "127.0.0.1:7001"
+data_dir = "{d}/data"
+certs_dir = "{d}"
+
+[[peer]]
+id = 1
+address = "127.0.0.1:7001"
+
+[api]
+listen = "127.0.0.1:8443"
+token_file = "{d}/token"
+
+[dns]
+listen = "127.0.0.1:5353"
+zone = "umbra.test."
+
+[executor]
+dns_servers = ["127.0.0.1:5353"]
+demand_csv_dir = "{d}"
+"#,
+            d = dir.path().display()
+        );
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = NodeConfig::load(&path).unwrap();
+        assert_eq!(config.state_machine, StateMachineKind::Orchestrator);
+        assert_eq!(config.api.as_ref().unwrap().listen.port(), 8443);
+        assert_eq!(config.dns.as_ref().unwrap().zone, "umbra.test.");
+        assert_eq!(config.gateway, GatewaySection::default());
+        let executor = config.executor.executor_config();
+        assert_eq!(executor.dns_servers.len(), 1);
+        assert_eq!(executor.tick_ms, crate::executor::DEFAULT_TICK_MS);
+        std::fs::write(&path, config.to_toml()).unwrap();
+        assert_eq!(NodeConfig::load(&path).unwrap(), config);
+
+        let kv = format!("state_machine = \"kv\"\n{text}");
+        std::fs::write(&path, kv).unwrap();
+        let message = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(message.contains("[api] needs state_machine"), "{message}");
     }
 
     #[test]
@@ -233,6 +530,67 @@ mod tests {
                 "{message:?} should mention {expected:?}"
             );
         }
+        let api = ApiConfig::new("127.0.0.1:8443".parse().unwrap(), dir.path().join("token"));
+        let dns = DnsSection {
+            listen: "127.0.0.1:8443".parse().unwrap(),
+            zone: "umbra.test.".into(),
+        };
+        let service_cases: Vec<(NodeConfig, &str)> = vec![
+            (
+                NodeConfig {
+                    state_machine: StateMachineKind::Kv,
+                    api: Some(api.clone()),
+                    ..good.clone()
+                },
+                "needs state_machine = \"orchestrator\"",
+            ),
+            (
+                NodeConfig {
+                    dns: Some(DnsSection {
+                        zone: ".".into(),
+                        ..dns.clone()
+                    }),
+                    ..good.clone()
+                },
+                "[dns] zone",
+            ),
+            (
+                NodeConfig {
+                    api: Some(api.clone()),
+                    dns: Some(dns.clone()),
+                    ..good.clone()
+                },
+                "give each its own port",
+            ),
+            (
+                NodeConfig {
+                    executor: ExecutorSection {
+                        demand_csv_dir: Some(dir.path().join("missing")),
+                        ..ExecutorSection::default()
+                    },
+                    ..good.clone()
+                },
+                "not a directory",
+            ),
+            (
+                NodeConfig {
+                    executor: ExecutorSection {
+                        tick_ms: 0,
+                        ..ExecutorSection::default()
+                    },
+                    ..good.clone()
+                },
+                "tick_ms must be greater than zero",
+            ),
+        ];
+        for (config, expected) in service_cases {
+            let message = config.validate().expect_err(expected).to_string();
+            assert!(
+                message.contains(expected),
+                "{message:?} should mention {expected:?}"
+            );
+        }
+
         let unknown = dir.path().join("bad.toml");
         std::fs::write(&unknown, format!("{}\nbogus = 1\n", good.to_toml())).unwrap();
         assert!(NodeConfig::load(&unknown).is_err());

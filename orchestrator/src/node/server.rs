@@ -18,7 +18,10 @@ use umbra_proto::{
     Credentials, Endpoint, FramedStream, Identity, LeaderHint, StreamKind, TransportConfig,
 };
 
-use super::config::NodeConfig;
+use super::config::{NodeConfig, StateMachineKind};
+use super::services::{NodeServices, SERVICES_STOP_GRACE};
+use crate::gateway::AgentGateway;
+use crate::state::OrchestratorState;
 
 /// Requests served at once on one client stream; more wait for a slot (backpressure). 256
 /// matches `umbra-proto`'s stream limit per connection.
@@ -38,12 +41,24 @@ pub struct RunningNode {
     pub raft: RaftNode,
     pub endpoint: Endpoint,
     pub admin_address: Option<SocketAddr>,
+    /// API, gateway, DNS and executor (orchestrator mode only; see `node::services`).
+    pub services: Option<NodeServices>,
 }
 
 impl RunningNode {
     pub fn shutdown(&self) {
+        if let Some(services) = &self.services {
+            services.shutdown();
+        }
         self.endpoint.close();
         self.raft.shutdown();
+    }
+
+    /// After `shutdown`: waits (bounded) for the services to stop.
+    pub async fn services_stopped(&self) {
+        if let Some(services) = &self.services {
+            services.stopped(SERVICES_STOP_GRACE).await;
+        }
     }
 }
 
@@ -68,20 +83,32 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .iter()
         .map(|p| (p.id, p.address.to_string()))
         .collect();
-    let raft = RaftNode::start(
-        NodeOptions {
-            id: config.id,
-            data_dir: config.data_dir.clone(),
-            config: config.raft.clone(),
-            initial_voters: config.initial_voters(),
-            peers: peers.clone(),
-        },
-        KvStateMachine::new(),
-        transport,
-        inbox,
-        &registry,
-    )
+    let options = NodeOptions {
+        id: config.id,
+        data_dir: config.data_dir.clone(),
+        config: config.raft.clone(),
+        initial_voters: config.initial_voters(),
+        peers: peers.clone(),
+    };
+    let raft = match config.state_machine {
+        StateMachineKind::Orchestrator => RaftNode::start(
+            options,
+            OrchestratorState::default(),
+            transport,
+            inbox,
+            &registry,
+        ),
+        StateMachineKind::Kv => {
+            RaftNode::start(options, KvStateMachine::new(), transport, inbox, &registry)
+        }
+    }
     .context("starting the raft node")?;
+    let services = match config.state_machine {
+        StateMachineKind::Orchestrator => {
+            Some(NodeServices::start(&config, &raft, &credentials, &registry).await?)
+        }
+        StateMachineKind::Kv => None,
+    };
     let addresses = Arc::new(std::sync::Mutex::new(
         peers
             .iter()
@@ -94,6 +121,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         mailbox,
         addresses,
         cut,
+        agents: services.as_ref().map(|s| s.gateway().clone()),
     };
     tokio::spawn(server.clone().accept_loop(endpoint.clone()));
     let admin_address = match config.admin_listen {
@@ -118,6 +146,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         raft,
         endpoint,
         admin_address,
+        services,
     })
 }
 
@@ -131,6 +160,8 @@ struct Server {
     addresses: Arc<std::sync::Mutex<BTreeMap<u64, SocketAddr>>>,
     /// Peers whose Raft traffic is dropped (fault injection; empty otherwise).
     cut: TrafficCut,
+    /// Where agent streams go (orchestrator mode); `None` refuses them.
+    agents: Option<AgentGateway>,
 }
 
 impl Server {
@@ -172,6 +203,11 @@ impl Server {
                 }
             }
             StreamKind::Client => self.serve_client_stream(stream).await,
+            StreamKind::Agent if self.agents.is_some() => {
+                if let Some(gateway) = &self.agents {
+                    gateway.serve_stream(stream).await;
+                }
+            }
             kind => {
                 // umbra-proto let the role open it, but this node does not serve it yet.
                 tracing::warn!(%peer, ?kind, "stream kind not served by this node");

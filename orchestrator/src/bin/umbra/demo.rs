@@ -3,7 +3,7 @@
 //! for a leader, writes keys through the cluster and reads them back linearizably, shows
 //! every node's state, then stops everything it started — also on Ctrl-C or an error.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use umbra_consensus::kv::{KvAnswer, KvCommand, KvQuery};
-use umbra_orchestrator::node::{AdminStatus, NodeConfig, PeerConfig, StoreClient};
+use umbra_orchestrator::node::{
+    AdminStatus, NodeConfig, PeerConfig, StoreClient, free_loopback_port as free_port,
+};
 use umbra_proto::certs::{self, Layout};
 use umbra_proto::{Credentials, Identity, Role};
 
@@ -90,10 +92,6 @@ impl Drop for Processes {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn orchestrator_binary() -> anyhow::Result<PathBuf> {
@@ -181,6 +179,12 @@ async fn demo(
             join: false,
             peers: peers.clone(),
             fault_injection: false,
+            // The Raft test/bench mode: the key-value machine, no API, DNS or executor.
+            state_machine: umbra_orchestrator::node::StateMachineKind::Kv,
+            api: None,
+            gateway: Default::default(),
+            dns: None,
+            executor: Default::default(),
             raft: umbra_consensus::Config::default(),
         };
         let path = node_dir.join("node.toml");
