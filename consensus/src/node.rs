@@ -360,6 +360,14 @@ impl RaftNode {
     pub fn shutdown(&self) {
         let _ = self.shutdown.try_send(());
     }
+
+    /// Waits until the driver thread has ended and closed the store (after `shutdown`, or a
+    /// fatal error), so the data dir can be reopened.
+    pub async fn stopped(&self) {
+        let mut status = self.status.clone();
+        // The driver owns the sender; it is dropped, after the store, when the driver ends.
+        while status.changed().await.is_ok() {}
+    }
 }
 
 enum PendingKind {

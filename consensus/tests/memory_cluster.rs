@@ -63,10 +63,15 @@ impl Cluster {
         Ok(())
     }
 
-    fn stop(&mut self, id: u64) {
+    /// Stops node `id` and waits until its store is closed.
+    async fn stop(&mut self, id: u64) -> anyhow::Result<()> {
         if let Some(node) = self.nodes.remove(&id) {
             node.shutdown();
+            tokio::time::timeout(Duration::from_secs(10), node.stopped())
+                .await
+                .context("node did not stop within 10 s")?;
         }
+        Ok(())
     }
 
     async fn wait_for<T>(
@@ -259,10 +264,8 @@ async fn lossy_network_still_commits_and_restart_keeps_everything() -> anyhow::R
     cluster.network.heal();
     cluster.wait_same_digest(last).await?;
     for id in 1..=3 {
-        cluster.stop(id);
+        cluster.stop(id).await?;
     }
-    // Give the driver threads a moment to close their stores.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     for id in 1..=3 {
         cluster.start(id, vec![1, 2, 3])?;
     }
@@ -309,7 +312,7 @@ async fn add_a_fourth_node_then_remove_one() -> anyhow::Result<()> {
         .change_membership(MembershipChange::Remove { id: removed })
         .await?;
     assert!(!voters.contains(&removed));
-    cluster.stop(removed);
+    cluster.stop(removed).await?;
     let index = cluster.put("after-remove", "1").await?;
     cluster.wait_same_digest(index).await?;
     Ok(())
