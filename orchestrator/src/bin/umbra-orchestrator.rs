@@ -1,7 +1,8 @@
-//! The orchestrator process: a Raft member serving the replicated store (and, later, the
-//! operator API and the agent gateway). `umbra-orchestrator --config node.toml`. This file
-//! only parses arguments, sets up logging and waits for a signal; the wiring lives in
-//! `umbra_orchestrator::node`.
+//! The orchestrator process: a Raft member replicating the orchestrator state, with the
+//! operator API, the agent gateway, the embedded DNS server and (while it leads) the migration
+//! executor, as its `node.toml` says. `umbra-orchestrator --config node.toml`. This file only
+//! parses arguments, sets up logging, waits for SIGTERM/Ctrl-C or a fatal Raft error and
+//! shuts down in order; the wiring lives in `umbra_orchestrator::node`.
 
 use std::path::PathBuf;
 
@@ -9,11 +10,15 @@ use anyhow::Context;
 use clap::Parser;
 use umbra_orchestrator::node::{self, NodeConfig};
 
+/// How long a SIGTERM'd node waits for its Raft driver to close the log.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// An Umbra orchestrator node.
 #[derive(Debug, Parser)]
 #[command(name = "umbra-orchestrator", version, about)]
 struct Args {
-    /// The node's TOML configuration (id, listen, data_dir, certs_dir, [[peer]], [raft]).
+    /// The node's TOML configuration (id, listen, data_dir, certs_dir, [[peer]], [raft],
+    /// state_machine, [api], [gateway], [dns], [executor]).
     #[arg(long)]
     config: PathBuf,
 }
@@ -49,5 +54,18 @@ async fn main() -> anyhow::Result<()> {
     };
     tracing::info!("shutting down");
     running.shutdown();
+    // Services first (the executor stands down, DNS and API stop answering), then the log.
+    running.services_stopped().await;
+    // Let the driver close the log cleanly; everything acknowledged is already fsynced, so
+    // giving up after the grace period loses nothing.
+    if tokio::time::timeout(SHUTDOWN_GRACE, running.raft.stopped())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?SHUTDOWN_GRACE,
+            "raft driver did not stop in time; exiting anyway"
+        );
+    }
     outcome
 }
