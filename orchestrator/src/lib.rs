@@ -6,6 +6,7 @@
 pub mod ttl_plan;
 pub mod api;
 pub mod demand;
+pub mod demo;
 pub mod dns;
 pub mod executor;
 pub mod forecast;

@@ -1,0 +1,302 @@
+//! The processes `umbra demo` starts, and the guarantee that it stops them: every child is
+//! registered here with its log file; dropping the [`Supervisor`] (normal end, error, Ctrl-C)
+//! sends SIGTERM, waits a grace period, then SIGKILLs what is left, and finally kills the
+//! sample-service instances the agents started (they run in their own sessions and outlive an
+//! agent on purpose, for adoption, so they must be found by the marker in their environment).
+//!
+//! This module must not decide what to start; it only runs, watches and stops.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use umbra_agent::provider::process::ENV_PROVIDER_STATE;
+
+/// How long a process gets to exit after SIGTERM before it is killed: the orchestrator and
+/// agent shut down in well under a second; five leave room on a loaded laptop.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Log lines quoted when a process dies unexpectedly.
+const LOG_TAIL_LINES: usize = 20;
+
+/// A process that stopped when it should not have.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// It could not be started.
+    #[error("cannot start {name} ({program}): {source}")]
+    Spawn {
+        /// Which one.
+        name: String,
+        /// The binary.
+        program: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// It exited on its own.
+    #[error("{name} exited ({status}); the end of its log {log}:\n{tail}")]
+    Exited {
+        /// Which one.
+        name: String,
+        /// Its exit status.
+        status: String,
+        /// Its log file.
+        log: String,
+        /// The last lines of it.
+        tail: String,
+    },
+    /// No process of that name is running.
+    #[error("no running process named {0}")]
+    Unknown(String),
+}
+
+struct Supervised {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    /// Instance state directory of an agent, whose sample processes must go too.
+    instances_of: Option<PathBuf>,
+    /// Killed on purpose (`--kill-leader`): not an unexpected exit.
+    killed: bool,
+}
+
+/// Every process the demo started.
+#[derive(Default)]
+pub struct Supervisor {
+    children: Vec<Supervised>,
+    /// Agent state directories whose instances are reaped at the end, also after the agent
+    /// itself was stopped.
+    instance_dirs: Vec<PathBuf>,
+}
+
+impl Supervisor {
+    /// A supervisor with nothing running.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts `command` as `name`, stdout and stderr into `log`. `instances_of` names an
+    /// agent's provider state directory, whose instance processes are reaped at the end.
+    pub fn spawn(
+        &mut self,
+        name: &str,
+        mut command: Command,
+        log: &Path,
+        instances_of: Option<&Path>,
+    ) -> Result<u32, ProcessError> {
+        let spawn_error = |source| ProcessError::Spawn {
+            name: name.to_owned(),
+            program: command_program(&command),
+            source,
+        };
+        let file = std::fs::File::create(log).map_err(spawn_error)?;
+        let err = file.try_clone().map_err(spawn_error)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .map_err(|source| ProcessError::Spawn {
+                name: name.to_owned(),
+                program: command_program(&command),
+                source,
+            })?;
+        let pid = child.id();
+        if let Some(dir) = instances_of {
+            self.instance_dirs.push(dir.to_owned());
+        }
+        self.children.push(Supervised {
+            name: name.to_owned(),
+            child,
+            log: log.to_owned(),
+            instances_of: instances_of.map(Path::to_owned),
+            killed: false,
+        });
+        Ok(pid)
+    }
+
+    /// An error for the first process that exited without being asked to.
+    pub fn check(&mut self) -> Result<(), ProcessError> {
+        for s in &mut self.children {
+            if s.killed {
+                continue;
+            }
+            if let Ok(Some(status)) = s.child.try_wait() {
+                return Err(ProcessError::Exited {
+                    name: s.name.clone(),
+                    status: status.to_string(),
+                    log: s.log.display().to_string(),
+                    tail: log_tail(&s.log),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs `name` (a crash on purpose) and reaps it.
+    pub fn kill(&mut self, name: &str) -> Result<(), ProcessError> {
+        let s = self
+            .children
+            .iter_mut()
+            .find(|s| s.name == name && !s.killed)
+            .ok_or_else(|| ProcessError::Unknown(name.to_owned()))?;
+        s.killed = true;
+        let _ = s.child.kill();
+        let _ = s.child.wait();
+        Ok(())
+    }
+
+    /// Stops everything: SIGTERM, a grace period, SIGKILL; then the agents' instances.
+    /// Idempotent.
+    pub fn stop_all(&mut self) {
+        for s in &self.children {
+            if !s.killed {
+                let _ = kill(Pid::from_raw(s.child.id() as i32), Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for s in &mut self.children {
+            while Instant::now() < deadline && matches!(s.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+            if let Some(dir) = &s.instances_of {
+                kill_instances(dir);
+            }
+        }
+        self.children.clear();
+        for dir in std::mem::take(&mut self.instance_dirs) {
+            kill_instances(&dir);
+        }
+    }
+
+    /// Names of the processes still running (not killed on purpose).
+    pub fn running(&mut self) -> Vec<String> {
+        self.children
+            .iter_mut()
+            .filter_map(|s| {
+                (!s.killed && matches!(s.child.try_wait(), Ok(None))).then(|| s.name.clone())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+fn command_program(command: &Command) -> String {
+    command.get_program().to_string_lossy().into_owned()
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+}
+
+/// Pids of the live instance processes of a process-provider state directory: every process
+/// whose environment carries the provider's marker for that directory.
+pub fn instance_pids(state_dir: &Path) -> Vec<u32> {
+    let Ok(state_dir) = std::fs::canonicalize(state_dir) else {
+        return Vec::new();
+    };
+    let marker = format!("{ENV_PROVIDER_STATE}={}", state_dir.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            let live = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            });
+            live && std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()))
+        })
+        .collect()
+}
+
+fn kill_instances(state_dir: &Path) {
+    for pid in instance_pids(state_dir) {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unexpected_exit_is_reported_with_its_log_and_drop_stops_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut supervisor = Supervisor::new();
+        let mut sleeper = Command::new("sleep");
+        sleeper.arg("600");
+        let sleeper_pid = supervisor
+            .spawn("sleeper", sleeper, &dir.path().join("sleeper.log"), None)
+            .unwrap();
+        let mut failing = Command::new("sh");
+        failing.args(["-c", "echo the reason it failed; exit 3"]);
+        supervisor
+            .spawn("failing", failing, &dir.path().join("failing.log"), None)
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let error = loop {
+            if let Err(e) = supervisor.check() {
+                break e.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the failing process was not noticed"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(error.contains("failing exited"), "{error}");
+        assert!(error.contains("the reason it failed"), "{error}");
+        assert_eq!(supervisor.running(), vec!["sleeper".to_owned()]);
+        supervisor.kill("sleeper").unwrap();
+        assert!(supervisor.kill("sleeper").is_err(), "killed once");
+        drop(supervisor);
+        assert!(
+            !Path::new(&format!("/proc/{sleeper_pid}")).exists(),
+            "the sleeper is gone"
+        );
+    }
+
+    #[test]
+    fn instances_in_their_own_session_are_found_by_their_marker_and_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("agent-state");
+        std::fs::create_dir_all(&state).unwrap();
+        let canonical = std::fs::canonicalize(&state).unwrap();
+        // Stands in for an instance the agent started: a grandchild the supervisor never saw.
+        let mut shell = Command::new("sh");
+        shell
+            .args(["-c", "setsid sleep 600 & echo started"])
+            .env(ENV_PROVIDER_STATE, &canonical);
+        let mut supervisor = Supervisor::new();
+        supervisor
+            .spawn("agent", shell, &dir.path().join("agent.log"), Some(&state))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while instance_pids(&state).is_empty() {
+            assert!(Instant::now() < deadline, "the instance did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        supervisor.stop_all();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !instance_pids(&state).is_empty() {
+            assert!(Instant::now() < deadline, "the instance outlived the demo");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
