@@ -44,8 +44,6 @@ use crate::gateway::{AgentGateway, GatewayError};
 use crate::migration::{self, MigrationRecord, Observations, Phase, SloReading};
 use crate::state::{Command, DnsWeights, Overview, Query, QueryAnswer};
 
-pub use plan::dns_record_set;
-
 /// Executor round period: 100 ms, a tenth of the agents' default heartbeat, so a report is
 /// acted on within 100 ms of arriving (answers wake the executor at once).
 pub const DEFAULT_TICK_MS: u64 = 100;
@@ -798,16 +796,17 @@ impl Leadership {
         if servers.is_empty() {
             return;
         }
-        let mut after = overview.clone();
-        after.dns.insert(name.clone(), want);
-        let Some(set) = plan::dns_record_set(&after, name) else {
-            return;
-        };
+        let overview = overview.clone();
+        let service = name.clone();
         let timeout = Duration::from_millis(self.context.config.dns_verify_timeout_ms);
         let counter = self.context.metrics.dns_verifications.clone();
         tokio::spawn(
             async move {
-                match crate::dns::verify::verify_served(&servers, &set, timeout).await {
+                let verified = crate::dns::replicated::verify_weights_served(
+                    &servers, &overview, &service, &want, timeout,
+                )
+                .await;
+                match verified {
                     Ok(verified) => {
                         tracing::info!(
                             servers = verified.len(),

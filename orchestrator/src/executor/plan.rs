@@ -16,7 +16,6 @@ use umbra_proto::agent::{
     AgentAction, AgentReport, CommandOutcome, CommandResult, InstanceState, WarmPlan, WarmupPhase,
 };
 
-use crate::dns::{WeightedAddress, WeightedRecordSet};
 use crate::migration::{Action, MigrationRecord, Observations, Phase, ReplicationObserved};
 use crate::state::{DnsWeights, MigrationRequest, Overview, ReplicationKind, ServiceState};
 
@@ -558,34 +557,6 @@ pub fn desired_dns(
         weights: weights(percent),
         ttl_secs,
     })
-}
-
-/// The record set every orchestrator's embedded DNS server should serve for `service`: its
-/// replicated weights, each region mapped to its front's IP (a DNS record carries no port).
-pub fn dns_record_set(overview: &Overview, service: &str) -> Option<WeightedRecordSet> {
-    let state = overview.services.get(service)?;
-    let dns = overview.dns.get(service)?;
-    let max = dns.weights.values().copied().max().unwrap_or(0).max(1);
-    let addresses = dns
-        .weights
-        .iter()
-        .filter_map(|(region, weight)| {
-            let front = overview.regions.get(region)?.front_addr();
-            // Scaled into DNS's 0..=255 weight range, keeping ratios.
-            let scaled = (u64::from(*weight) * u64::from(crate::dns::MAX_ADDRESS_WEIGHT)
-                / u64::from(max))
-            .min(u64::from(crate::dns::MAX_ADDRESS_WEIGHT)) as u8;
-            Some(WeightedAddress {
-                addr: front.ip(),
-                weight: if *weight > 0 { scaled.max(1) } else { 0 },
-            })
-        })
-        .collect();
-    Some(WeightedRecordSet::new(
-        state.spec.hostname.clone(),
-        dns.ttl_secs,
-        addresses,
-    ))
 }
 
 const DAY_MS: u64 = 86_400_000;
