@@ -2,8 +2,9 @@
 //! each with its operator API, agent gateway, embedded DNS server and executor, as a
 //! deployment runs them. Through the API (`api::ApiClient`, operator certificate + token):
 //! a plan applies and reads back from every node, a plan naming an unknown region is refused
-//! with a message that names it, and every node's DNS server answers the service's name with
-//! the primary region's front (each node serves its own replica of the weights). Then the
+//! with a message that names it, every node's own replica (admin `/status`, not the API,
+//! which reads through the leader) holds the same state, and every node's DNS server answers
+//! the service's name with the primary region's front (each serves its own replica). Then the
 //! leader is SIGKILLed: a survivor's API still answers, a new leader is elected, writes go
 //! through, and the survivors' DNS still answers. SIGTERM stops a node cleanly (exit 0).
 //!
@@ -19,9 +20,10 @@ use hickory_proto::rr::{RData, RecordType};
 use umbra_orchestrator::api::{ApiClient, ApiConfig, BearerToken};
 use umbra_orchestrator::dns::verify::resolver_for;
 use umbra_orchestrator::node::{
-    DnsSection, ExecutorSection, GatewaySection, NodeConfig, PeerConfig, StateMachineKind,
-    free_loopback_port,
+    AdminStatus, DnsSection, ExecutorSection, GatewaySection, NodeConfig, PeerConfig,
+    StateMachineKind, free_loopback_port,
 };
+use umbra_orchestrator::state::Overview;
 use umbra_proto::certs::{self, Layout};
 use umbra_proto::{Credentials, Identity, Role};
 
@@ -61,6 +63,7 @@ struct Node {
     id: u64,
     api: SocketAddr,
     dns: SocketAddr,
+    admin: SocketAddr,
     config_path: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
@@ -126,6 +129,7 @@ impl Cluster {
         let mut peers = Vec::new();
         let mut apis = Vec::new();
         let mut dns = Vec::new();
+        let mut admins = Vec::new();
         for id in 1..=3 {
             peers.push(PeerConfig {
                 id,
@@ -133,6 +137,7 @@ impl Cluster {
             });
             apis.push(localhost(free_loopback_port()?));
             dns.push(localhost(free_loopback_port()?));
+            admins.push(localhost(free_loopback_port()?));
         }
         let mut nodes = Vec::new();
         for (i, peer) in peers.iter().enumerate() {
@@ -143,7 +148,7 @@ impl Cluster {
                 listen: peer.address,
                 data_dir: node_dir.join("data"),
                 certs_dir: certs_dir.clone(),
-                admin_listen: None,
+                admin_listen: Some(admins[i]),
                 join: false,
                 peers: peers.clone(),
                 fault_injection: false,
@@ -167,6 +172,7 @@ impl Cluster {
                 id: peer.id,
                 api: apis[i],
                 dns: dns[i],
+                admin: admins[i],
                 config_path,
                 log_path: node_dir.join("node.log"),
                 child: None,
@@ -278,6 +284,45 @@ async fn wait_for_record(
     bail!("DNS server {server} never answered {name} with {expected:?}; last: {last}")
 }
 
+/// Waits until every running node's own replica (admin `/status`) holds `expected`'s regions,
+/// services and DNS weights; how many nodes were compared.
+async fn wait_for_replicas(nodes: &[Node], expected: &Overview) -> anyhow::Result<usize> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let deadline = Instant::now() + CLUSTER_DEADLINE;
+    let same = |o: &Overview| {
+        o.regions == expected.regions && o.services == expected.services && o.dns == expected.dns
+    };
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let mut agreed = 0;
+        for node in nodes.iter().filter(|n| n.child.is_some()) {
+            let status: Result<AdminStatus, _> = match http
+                .get(format!("http://{}/status", node.admin))
+                .send()
+                .await
+            {
+                Ok(response) => response.json().await,
+                Err(error) => Err(error),
+            };
+            match status {
+                Ok(AdminStatus {
+                    overview: Some(overview),
+                    ..
+                }) if same(&overview) => agreed += 1,
+                Ok(status) => last = format!("node {} holds {:?}", node.id, status.overview),
+                Err(error) => last = format!("node {}: {error}", node.id),
+            }
+        }
+        if agreed == nodes.iter().filter(|n| n.child.is_some()).count() {
+            return Ok(agreed);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the replicas never agreed; last: {last}")
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test IPs parse")
 }
@@ -315,6 +360,9 @@ async fn three_processes_serve_api_and_dns_and_survive_the_leader() -> anyhow::R
         overviews.push(status.overview);
     }
     assert!(overviews.windows(2).all(|w| w[0] == w[1]));
+    // The API reads through the leader; each node's own replica is on its admin `/status`.
+    let replicas = wait_for_replicas(&cluster.nodes, &overviews[0]).await?;
+    assert_eq!(replicas, 3);
 
     // Every node's DNS serves the replicated weights: all weight on us-east's front.
     for node in &cluster.nodes {
@@ -343,6 +391,8 @@ async fn three_processes_serve_api_and_dns_and_survive_the_leader() -> anyhow::R
         .apply_plan_toml(&grown)
         .await
         .context("a write after the leader died")?;
+    let after = cluster.client(cluster.node(survivor))?.status().await?;
+    assert_eq!(wait_for_replicas(&cluster.nodes, &after.overview).await?, 2);
     for id in &survivors {
         let status = cluster.client(cluster.node(*id))?.status().await?;
         assert_eq!(status.overview.regions.len(), 3, "node {id}");

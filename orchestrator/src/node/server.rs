@@ -33,6 +33,11 @@ pub struct AdminStatus {
     pub raft: NodeStatus,
     pub digest: Option<KvDigest>,
     pub listen: SocketAddr,
+    /// This node's own replica of the orchestrator state (orchestrator mode), as last
+    /// published after an apply: unlike the API, which reads through the leader, it shows what
+    /// this node holds, so replicas can be compared.
+    #[serde(default)]
+    pub overview: Option<crate::state::Overview>,
 }
 
 /// A running node: its Raft handle and endpoints. Dropping it does not stop it; call
@@ -122,6 +127,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         addresses,
         cut,
         agents: services.as_ref().map(|s| s.gateway().clone()),
+        overviews: services.as_ref().map(NodeServices::overviews),
     };
     tokio::spawn(server.clone().accept_loop(endpoint.clone()));
     let admin_address = match config.admin_listen {
@@ -162,6 +168,8 @@ struct Server {
     cut: TrafficCut,
     /// Where agent streams go (orchestrator mode); `None` refuses them.
     agents: Option<AgentGateway>,
+    /// The latest applied orchestrator state (orchestrator mode), for `/status`.
+    overviews: Option<tokio::sync::watch::Receiver<Arc<crate::state::Overview>>>,
 }
 
 impl Server {
@@ -351,6 +359,10 @@ impl Server {
             raft: self.raft.status(),
             digest,
             listen,
+            overview: self
+                .overviews
+                .as_ref()
+                .map(|o| crate::state::Overview::clone(&o.borrow())),
         }
     }
 }
