@@ -4,7 +4,9 @@
 //! a plan applies and reads back from every node, a plan naming an unknown region is refused
 //! with a message that names it, every node's own replica (admin `/status`, not the API,
 //! which reads through the leader) holds the same state, and every node's DNS server answers
-//! the service's name with the primary region's front (each serves its own replica). Then the
+//! the service's name with the primary region's front (each serves its own replica). An agent
+//! (region certificate) opening an agent stream on any node's QUIC endpoint gets the
+//! gateway's hello reply: `Leader` from the leader, `NotLeader` naming the leader elsewhere. Then the
 //! leader is SIGKILLed: a survivor's API still answers, a new leader is elected, writes go
 //! through, and the survivors' DNS still answers. SIGTERM stops a node cleanly (exit 0).
 //!
@@ -24,10 +26,13 @@ use umbra_orchestrator::node::{
     StateMachineKind, free_loopback_port,
 };
 use umbra_orchestrator::state::Overview;
+use umbra_proto::agent::{AgentHello, HelloReply};
 use umbra_proto::certs::{self, Layout};
-use umbra_proto::{Credentials, Identity, Role};
+use umbra_proto::{Credentials, Endpoint, Identity, Role, StreamKind, TransportConfig};
 
 const ZONE: &str = "umbra.test.";
+/// The region whose agent certificate the test uses to open agent streams.
+const REGION: &str = "us-east";
 const HOSTNAME: &str = "shop.umbra.test.";
 /// How long an election plus the first API answer may take on a loaded 2-core machine.
 const CLUSTER_DEADLINE: Duration = Duration::from_secs(60);
@@ -61,6 +66,7 @@ gate = { reference_p99_ms = 5.0, p99_tolerance_pct = 50.0, max_error_rate = 0.01
 /// One orchestrator process; SIGKILLed on drop if still running.
 struct Node {
     id: u64,
+    quic: SocketAddr,
     api: SocketAddr,
     dns: SocketAddr,
     admin: SocketAddr,
@@ -107,6 +113,7 @@ struct Cluster {
     _dir: tempfile::TempDir,
     nodes: Vec<Node>,
     operator: Credentials,
+    agent: Credentials,
     token: BearerToken,
 }
 
@@ -117,7 +124,7 @@ impl Cluster {
         certs::init(
             &Layout {
                 orchestrators: 3,
-                regions: Vec::new(),
+                regions: vec![REGION.into()],
                 operators: vec!["admin".into()],
             },
             &certs_dir,
@@ -170,6 +177,7 @@ impl Cluster {
             std::fs::write(&config_path, config.to_toml())?;
             let mut node = Node {
                 id: peer.id,
+                quic: peer.address,
                 api: apis[i],
                 dns: dns[i],
                 admin: admins[i],
@@ -181,10 +189,12 @@ impl Cluster {
             nodes.push(node);
         }
         let operator = Credentials::load(&certs_dir, &Identity::new(Role::Operator, "admin")?)?;
+        let agent = Credentials::load(&certs_dir, &Identity::new(Role::Agent, REGION)?)?;
         Ok(Self {
             _dir: dir,
             nodes,
             operator,
+            agent,
             token: BearerToken::new(token_value).context("test token")?,
         })
     }
@@ -248,6 +258,32 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Opens an agent stream (agent certificate of `REGION`) on `node`'s QUIC endpoint and returns
+/// the gateway's answer to the hello.
+async fn agent_hello(cluster: &Cluster, node: &Node) -> anyhow::Result<HelloReply> {
+    let endpoint = Endpoint::client(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        &cluster.agent,
+        TransportConfig::default(),
+    )?;
+    let connection = endpoint
+        .connect(node.quic, &Identity::orchestrator(node.id).server_name())
+        .await?;
+    let mut stream = connection.open_stream(StreamKind::Agent).await?;
+    stream
+        .send(&AgentHello {
+            region: REGION.into(),
+            newest_term: 0,
+        })
+        .await?;
+    let reply = tokio::time::timeout(API_CALL_TIMEOUT, stream.recv::<HelloReply>())
+        .await
+        .context("no hello reply in time")??
+        .context("the node closed the agent stream without a reply")?;
+    endpoint.close();
+    Ok(reply)
 }
 
 /// The addresses `server` answers for `name` (A records), asked with a fresh resolver so no
@@ -371,8 +407,32 @@ async fn three_processes_serve_api_and_dns_and_survive_the_leader() -> anyhow::R
             .with_context(|| format!("node {}", node.id))?;
     }
 
-    // SIGKILL the leader; a survivor's API still answers and a new leader takes writes.
+    // Agents reach the gateway on every node's QUIC endpoint: the leader takes the stream,
+    // the others point at the leader.
     let leader = cluster.leader_seen_by(follower, &[1, 2, 3]).await?;
+    for node in &cluster.nodes {
+        let reply = agent_hello(&cluster, node).await?;
+        if node.id == leader {
+            assert!(
+                matches!(reply, HelloReply::Leader { node_id, .. } if node_id == leader),
+                "node {}: {reply:?}",
+                node.id
+            );
+        } else {
+            let leader_quic = cluster.node(leader).quic.to_string();
+            assert_eq!(
+                reply,
+                HelloReply::NotLeader {
+                    leader_id: Some(leader),
+                    leader_addr: Some(leader_quic),
+                },
+                "node {}",
+                node.id
+            );
+        }
+    }
+
+    // SIGKILL the leader; a survivor's API still answers and a new leader takes writes.
     cluster
         .nodes
         .iter_mut()
