@@ -1,0 +1,116 @@
+//! A leader dies mid-cutover and the next one finishes the migration (`executor_support`:
+//! three Raft nodes on consensus's in-memory network, each with its QUIC endpoint, agent
+//! gateway and executor; two real agents with sample instances). At the 50 % step the leader
+//! is killed the way a SIGKILL would (executor, endpoint and Raft node stop, the node is cut
+//! off); the agents follow the new leader through NotLeader hints, its executor resumes from
+//! the replicated state, re-reads what the agents report instead of repeating actions, and
+//! completes the migration. The audit log holds each phase transition exactly once, no client
+//! request failed, and the surviving members hold the same state.
+
+use std::collections::BTreeMap;
+
+use umbra_orchestrator::migration::Phase;
+
+mod executor_support;
+
+use executor_support::{Client, SOURCE, TARGET, World, transitions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_leader_resumes_a_migration_whose_leader_died_mid_cutover() -> anyhow::Result<()> {
+    let mut world = World::start(3).await?;
+    world.wait_source_serving().await?;
+    let client = Client::start(world.regions[SOURCE].front);
+    let id = world.migrate().await?;
+    let first_leader = world.leader().await?;
+    let mut killed = None;
+    let mut phases = Vec::new();
+    // `follow` borrows the world; kill between polls instead.
+    let deadline = std::time::Instant::now() + executor_support::MIGRATION_DEADLINE;
+    loop {
+        let phase = match world.overview().await {
+            Ok(o) => o.migrations[&id].phase,
+            Err(error) => {
+                eprintln!("overview unavailable: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if phases.last() != Some(&phase) {
+            eprintln!("{id}: {phase}");
+            phases.push(phase);
+        }
+        if phase == (Phase::CuttingOver { step: 1 }) && killed.is_none() {
+            let leader = world.leader().await?;
+            eprintln!("killing leader {leader}");
+            world.kill(leader);
+            killed = Some(leader);
+        }
+        if phase.is_terminal() {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{id} still {phase}; phases {phases:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (total, failed) = client.stop().await;
+    eprintln!("requests {total}, failed {failed}");
+
+    assert_eq!(
+        killed,
+        Some(first_leader),
+        "the first leader died mid-cutover"
+    );
+    let new_leader = world.leader().await?;
+    assert_ne!(new_leader, first_leader);
+    assert_eq!(phases.last(), Some(&Phase::Completed), "phases {phases:?}");
+    let audit = world.audit().await?;
+    assert_eq!(
+        transitions(&audit, &id),
+        [
+            "planned → provisioning",
+            "provisioning → warming",
+            "warming → replicating",
+            "replicating → ready",
+            "ready → cutting_over[0]",
+            "cutting_over[0] → cutting_over[1]",
+            "cutting_over[1] → cutting_over[2]",
+            "cutting_over[2] → draining",
+            "draining → completed",
+        ],
+        "each provisioning and cutover step exactly once"
+    );
+    let terms: Vec<u64> = audit
+        .iter()
+        .filter(|e| e.subject == id && e.term > 0)
+        .map(|e| e.term)
+        .collect();
+    assert!(
+        terms.first() < terms.last(),
+        "the second leader (a later term) finished what the first began: {terms:?}"
+    );
+    assert_eq!(failed, 0, "no request failed across the leader's death");
+    assert!(total >= 500, "{total}");
+    // The survivors hold the same state.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let states = world.local_overviews().await?;
+        let mut values = states.values();
+        let first = values.next().expect("two survivors");
+        if values.all(|o| o == first) {
+            assert_eq!(first.services["shop"].primary_region, TARGET);
+            assert_eq!(
+                first.dns["shop"].weights,
+                BTreeMap::from([(TARGET.to_owned(), 100)])
+            );
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the survivors did not converge"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
