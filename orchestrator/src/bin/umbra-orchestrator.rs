@@ -13,6 +13,10 @@ use umbra_orchestrator::node::{self, NodeConfig};
 /// How long a SIGTERM'd node waits for its Raft driver to close the log.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Log filter when `RUST_LOG` is unset. hickory's server logs every DNS query at info, which
+/// under a traffic client's load would drown the node's own events.
+const DEFAULT_LOG_FILTER: &str = "info,raft=warn,hickory_server=warn";
+
 /// An Umbra orchestrator node.
 #[derive(Debug, Parser)]
 #[command(name = "umbra-orchestrator", version, about)]
@@ -28,8 +32,10 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
+        // Colours only on a terminal: node logs usually go to files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();

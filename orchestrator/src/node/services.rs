@@ -86,7 +86,6 @@ impl NodeServices {
                     .with_context(|| {
                         format!("starting the operator API on {}", api_config.listen)
                     })?;
-                tracing::info!(api = %running.local_addr(), "operator API started");
                 Some(running)
             }
             None => None,
