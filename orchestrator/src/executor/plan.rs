@@ -717,6 +717,149 @@ legs = [{ at_hour_utc = 6, region = "eu-west" }, { at_hour_utc = 18, region = "u
         assert_eq!(done.ttl_secs, 300);
     }
 
+    fn report(region: &str, instances: &[(&str, InstanceState)]) -> AgentReport {
+        AgentReport {
+            region: region.to_owned(),
+            newest_term: 1,
+            instances: instances
+                .iter()
+                .enumerate()
+                .map(|(i, (id, state))| umbra_proto::agent::InstanceReport {
+                    id: (*id).to_owned(),
+                    state: *state,
+                    addr: (*state != InstanceState::Dormant)
+                        .then(|| format!("127.0.0.1:{}", 9000 + i)),
+                    transitions: Vec::new(),
+                })
+                .collect(),
+            warmups: Vec::new(),
+            replication: Vec::new(),
+            at_unix_ms: 0,
+            front: None,
+        }
+    }
+
+    fn migration(replication: &str) -> (Overview, MigrationRecord) {
+        let mut state = OrchestratorState::default();
+        let plan = Plan::from_toml(&PLAN.replace(
+            "replication = \"none\"",
+            &format!("replication = \"{replication}\""),
+        ))
+        .unwrap();
+        state
+            .apply_command(1, &Command::ApplyPlan { plan, at_ms: 1 })
+            .unwrap();
+        let request = due_schedule_requests(&state.overview(), 6 * HOUR_MS - 60_000).remove(0);
+        state
+            .apply_command(2, &Command::CreateMigration { request, at_ms: 2 })
+            .unwrap();
+        let overview = state.overview();
+        let mut record = overview.migrations.values().next().unwrap().clone();
+        record.shadow_instances = 2;
+        (overview, record)
+    }
+
+    struct NoOps;
+    impl OpView for NoOps {
+        fn done(&self, _: &str) -> Option<&CommandOutcome> {
+            None
+        }
+    }
+
+    #[test]
+    fn shadows_are_provisioned_only_where_missing_and_activated_after_the_provision() {
+        let (overview, mut record) = migration("none");
+        record.phase = Phase::Provisioning;
+        let id = record.spec.id.clone();
+        let reports = BTreeMap::from([(
+            "eu-west".to_owned(),
+            report("eu-west", &[(&format!("{id}-1"), InstanceState::Active)]),
+        )]);
+        let ctx = CommandContext {
+            overview: &overview,
+            reports: &reports,
+            warm_plan: overview.services["shop"].spec.warmup.clone(),
+            zero_lag_timeout_ms: 1_000,
+        };
+        let got = commands(&record, &Action::EnsureShadow { instances: 2 }, &ctx);
+        let provision = format!("{id}/provisioning/0/ensure_shadow/provision");
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0].region, "eu-west");
+        assert!(matches!(
+            got[0].action,
+            AgentAction::SetShare { percent: 0, .. }
+        ));
+        assert_eq!(got[1].op_id, provision);
+        assert_eq!(
+            got[1].action,
+            AgentAction::Provision {
+                instances: vec![format!("{id}-2")]
+            }
+        );
+        assert_eq!(got[2].after.as_ref(), Some(&provision));
+        // The same action in a later phase keeps the provisioning phase's ids: a new leader or
+        // a later phase gets the agent's recorded answer instead of a second provision.
+        record.phase = Phase::CuttingOver { step: 1 };
+        let later = commands(&record, &Action::EnsureShadow { instances: 2 }, &ctx);
+        assert_eq!(later, got);
+    }
+
+    #[test]
+    fn the_writer_moves_fence_then_zero_lag_then_promote_on_every_shadow() {
+        let (overview, mut record) = migration("sample-log-shipping");
+        record.phase = Phase::CuttingOver { step: 2 };
+        let reports = BTreeMap::new();
+        let ctx = CommandContext {
+            overview: &overview,
+            reports: &reports,
+            warm_plan: overview.services["shop"].spec.warmup.clone(),
+            zero_lag_timeout_ms: 1_000,
+        };
+        let got = commands(&record, &Action::PromoteTarget, &ctx);
+        assert_eq!(got.len(), 6);
+        for chain in got.chunks(3) {
+            assert!(matches!(chain[0].action, AgentAction::FenceSource { .. }));
+            assert!(matches!(
+                chain[1].action,
+                AgentAction::WaitForZeroLag {
+                    timeout_ms: 1_000,
+                    ..
+                }
+            ));
+            assert!(matches!(chain[2].action, AgentAction::Promote { .. }));
+            assert_eq!(chain[0].after, None);
+            assert_eq!(chain[1].after.as_ref(), Some(&chain[0].op_id));
+            assert_eq!(chain[2].after.as_ref(), Some(&chain[1].op_id));
+            assert!(chain[0].op_id.starts_with(&format!(
+                "{}/cutting_over/2/promote_target/fence/",
+                record.spec.id
+            )));
+        }
+        // Nothing to move for a stateless service.
+        let (overview, mut record) = migration("none");
+        record.phase = Phase::CuttingOver { step: 2 };
+        let ctx = CommandContext {
+            overview: &overview,
+            ..ctx
+        };
+        assert!(commands(&record, &Action::PromoteTarget, &ctx).is_empty());
+        let seen = observe(
+            &record,
+            &overview.services["shop"],
+            &overview,
+            &reports,
+            &NoOps,
+        );
+        assert_eq!(
+            seen.replication,
+            Some(ReplicationObserved {
+                lag: 0,
+                promoted: true
+            }),
+            "a stateless target counts as promoted at 100 %"
+        );
+    }
+
     #[test]
     fn a_pool_is_the_latest_completed_migrations_shadow_or_the_home_pool() {
         let mut ov = overview();
