@@ -279,6 +279,8 @@ pub enum NodeConfigError {
     DnsApiClash { listen: SocketAddr, api: SocketAddr },
     #[error("[executor]: {0}")]
     Executor(#[from] crate::executor::ExecutorConfigError),
+    #[error("[executor] dns_servers lists {0} twice; list each orchestrator's [dns] listen once")]
+    DuplicateDnsServer(SocketAddr),
     #[error("[executor] demand_csv_dir {0} is not a directory; create it or leave the key out")]
     DemandDir(PathBuf),
     #[error("[executor] demand_slice_secs: {0}")]
@@ -371,6 +373,12 @@ impl NodeConfig {
             }
         }
         self.executor.executor_config().validate()?;
+        let mut servers = BTreeSet::new();
+        for server in &self.executor.dns_servers {
+            if !servers.insert(server) {
+                return Err(NodeConfigError::DuplicateDnsServer(*server));
+            }
+        }
         if let Some(dir) = &self.executor.demand_csv_dir
             && !dir.is_dir()
         {
@@ -581,6 +589,16 @@ demand_csv_dir = "{d}"
                     ..good.clone()
                 },
                 "tick_ms must be greater than zero",
+            ),
+            (
+                NodeConfig {
+                    executor: ExecutorSection {
+                        dns_servers: vec![dns.listen, dns.listen],
+                        ..ExecutorSection::default()
+                    },
+                    ..good.clone()
+                },
+                "lists 127.0.0.1:8443 twice",
             ),
         ];
         for (config, expected) in service_cases {
