@@ -13,6 +13,10 @@
 //!    DNS weights are back on the source, and the audit log says how long it took
 //!    (`rollback_ms`, breach detected → share 0 confirmed), which must be ≤ 1,000 ms.
 //!
+//! 3. There and back: a second migration moves the service home again. Its source pool is the
+//!    first migration's shadow pool, the old source front's forwarding share is cleared
+//!    before it becomes the target, and the service ends on the home region with DNS there.
+//!
 //! Needs `umbra-sample` built next to the test binary: `cargo build -p umbra-agent --bins`.
 
 use std::collections::BTreeMap;
@@ -157,6 +161,59 @@ async fn a_failing_target_at_the_50_percent_step_rolls_back_within_a_second() ->
     assert_eq!(
         after_failed, 0,
         "after the rollback nothing fails ({before} did before)"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_migration_brings_the_service_back_home() -> anyhow::Result<()> {
+    let world = World::start(1).await?;
+    world.wait_source_serving().await?;
+    let there = world.migrate().await?;
+    let phases = world.follow(&there, async |_| Ok(())).await?;
+    assert_eq!(phases.last(), Some(&Phase::Completed), "there: {phases:?}");
+
+    // Clients now reach the service through the target's front (DNS points there).
+    let client = Client::start(world.regions[TARGET].front);
+    let back = world.migrate_between(TARGET, SOURCE).await?;
+    let phases = world.follow(&back, async |_| Ok(())).await?;
+    let (total, failed) = client.stop().await;
+    eprintln!("requests {total}, failed {failed}");
+    assert_eq!(phases.last(), Some(&Phase::Completed), "back: {phases:?}");
+
+    let overview = world.overview().await?;
+    assert_eq!(overview.services["shop"].primary_region, SOURCE);
+    assert_eq!(
+        overview.dns["shop"].weights,
+        BTreeMap::from([(SOURCE.to_owned(), 100)])
+    );
+    // The home front no longer forwards shop anywhere; the target's front forwards it all home.
+    let home = world.regions[SOURCE]
+        .agent
+        .executor()
+        .front_report()
+        .await
+        .context("home front")?;
+    assert!(
+        home.shares.iter().all(|s| s.percent == 0),
+        "{:?}",
+        home.shares
+    );
+    let away = world.regions[TARGET]
+        .agent
+        .executor()
+        .front_report()
+        .await
+        .context("target front")?;
+    assert_eq!(away.shares.len(), 1);
+    assert_eq!(away.shares[0].percent, 100);
+    assert_eq!(failed, 0, "no request failed on the way back");
+    // The way back replicated from the first migration's shadow (its pool in the target).
+    let audit = world.audit().await?;
+    assert!(
+        transitions(&audit, &back).len() == 9,
+        "{:?}",
+        transitions(&audit, &back)
     );
     Ok(())
 }

@@ -428,6 +428,7 @@ impl Leadership {
                 }
                 self.slo.remove(&id);
                 if !is_latest {
+                    self.forget(&id);
                     continue;
                 }
             }
@@ -435,6 +436,18 @@ impl Leadership {
             self.drive(record.clone(), &overview, &reports, now_ms)
                 .instrument(span)
                 .await;
+        }
+    }
+
+    /// Drops what this leadership remembers about a migration that nothing will act on again
+    /// (terminal and superseded), so memory stays bounded by the live migrations.
+    fn forget(&mut self, id: &str) {
+        let prefix = format!("{id}/");
+        lock(&self.ops).retain(|op, _| !op.starts_with(&prefix));
+        self.rollback_started.remove(id);
+        self.sizing.remove(id);
+        if let Some(phase) = self.stage_labels.remove(id) {
+            let _ = self.context.metrics.phase.remove_label_values(&[id, phase]);
         }
     }
 
