@@ -29,7 +29,7 @@ use umbra_orchestrator::api::{ObservationBoard, RaftReplicated, Replicated};
 use umbra_orchestrator::demand::{DemandSeries, SeriesKey};
 use umbra_orchestrator::executor::demand::MemoryDemand;
 use umbra_orchestrator::executor::metrics::ExecutorMetrics;
-use umbra_orchestrator::executor::{self, ExecutorConfig, ExecutorContext, SystemClock};
+use umbra_orchestrator::executor::{self, Clock, ExecutorConfig, ExecutorContext, SystemClock};
 use umbra_orchestrator::gateway::{AgentGateway, GatewayConfig};
 use umbra_orchestrator::migration::Phase;
 use umbra_orchestrator::state::{
@@ -99,7 +99,8 @@ fn sample_binary() -> anyhow::Result<PathBuf> {
 /// The plan. The warm-up mix carries `GET /healthz` beside the key reads because the warmer
 /// judges latency on 2xx/3xx answers only, and a fresh shadow (no data until replication)
 /// answers every key read 404 (executor-requests.md, to the agent helper).
-pub fn plan(fronts: &BTreeMap<&str, SocketAddr>) -> String {
+/// `service_times` replaces the service's TTL lines (see [`short_windows`]).
+pub fn plan(fronts: &BTreeMap<&str, SocketAddr>, service_times: &str) -> String {
     format!(
         r#"
 [[region]]
@@ -119,8 +120,7 @@ min_instances = 1
 max_instances = 2
 tier = {{ probabilistic = {{ cost_miss = 4.0, cost_idle = 1.0 }} }}
 replication = "sample-log-shipping"
-dns_ttl_secs = 60
-cutover_ttl_secs = 5
+{}
 slo = {{ max_error_rate = 0.05, max_p99_ms = 500.0, min_samples = 20 }}
 
 [service.warmup]
@@ -128,8 +128,24 @@ allow_writes = false
 mix = {{ requests = [{{ method = "GET", path = "/kv/{{key}}", weight = 1.0 }}, {{ method = "GET", path = "/healthz", weight = 1.0 }}], key_count = 200, zipf_exponent = 1.0, rate_per_sec = 200.0, max_duration_ms = 10000 }}
 gate = {{ reference_p99_ms = 50.0, p99_tolerance_pct = 100.0, max_error_rate = 0.01, min_requests = 100 }}
 "#,
-        fronts[SOURCE], fronts[TARGET]
+        fronts[SOURCE],
+        fronts[TARGET],
+        if service_times.is_empty() {
+            DEFAULT_TIMES
+        } else {
+            service_times
+        }
     )
+}
+
+/// The service's TTLs in the tests' plan: migrations created by the tests override the
+/// windows per request.
+pub const DEFAULT_TIMES: &str = "dns_ttl_secs = 60\ncutover_ttl_secs = 5";
+
+/// Service-level times short enough for a migration that takes the service's own settings
+/// (a scheduled one): 1 s TTLs (drain 1.1 s), 1 s analysis windows, 60 s lead time.
+pub fn short_windows() -> String {
+    "dns_ttl_secs = 1\ncutover_ttl_secs = 1\nanalysis_window_secs = 1\nlead_time_secs = 60".into()
 }
 
 /// Two weeks of 30-minute slices at a flat 150 rps in the target: at 100 rps per instance
@@ -195,6 +211,17 @@ impl Drop for World {
 impl World {
     /// `nodes` orchestrators (1 or 3) and the two agents, plan applied.
     pub async fn start(nodes: u64) -> anyhow::Result<World> {
+        Self::start_with(nodes, Arc::new(SystemClock), "", "").await
+    }
+
+    /// Same, with the executors' clock, the service's times (see [`plan`]) and text appended
+    /// to the plan (e.g. a schedule).
+    pub async fn start_with(
+        nodes: u64,
+        clock: Arc<dyn Clock>,
+        service_times: &str,
+        extra_plan: &str,
+    ) -> anyhow::Result<World> {
         init_tracing();
         eprintln!("memory network seed: {SEED}");
         let dir = tempfile::tempdir()?;
@@ -273,7 +300,7 @@ impl World {
                     gateway,
                     board,
                     demand: Arc::new(MemoryDemand::new([history()])),
-                    clock: Arc::new(SystemClock),
+                    clock: clock.clone(),
                     metrics: ExecutorMetrics::new(&prometheus::Registry::new())?,
                     config: ExecutorConfig {
                         retry_max_ms: 1_000,
@@ -347,7 +374,7 @@ impl World {
         };
         world.leader().await?;
         let fronts = world.regions.iter().map(|(r, g)| (*r, g.front)).collect();
-        let plan = Plan::from_toml(&plan(&fronts))?;
+        let plan = Plan::from_toml(&(plan(&fronts, service_times) + extra_plan))?;
         world
             .propose(Command::ApplyPlan {
                 plan,
