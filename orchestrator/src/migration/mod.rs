@@ -26,9 +26,10 @@ pub enum Phase {
     Planned,
     /// Shadow instances are being created and started in the target region.
     Provisioning,
-    /// Synthetic traffic warms every shadow instance until its readiness gate holds.
+    /// Synthetic traffic warms every shadow instance until its readiness gate holds, while
+    /// replication already streams the source's data into them.
     Warming,
-    /// The target's data catches up with the source's.
+    /// The target's data catches up with the source's (lag under its bound).
     Replicating,
     /// Every gate holds; waiting for the cutover time.
     Ready,
@@ -466,7 +467,13 @@ pub fn decide(record: &MigrationRecord, seen: &Observations, now_ms: u64) -> Dec
             } else {
                 deadline_passed(spec.deadlines.warming_ms, "warm-up")
             };
-            Decision::advance(transition, vec![shadow, Action::EnsureWarm])
+            // Replication starts with warm-up, not after it: a read-through cache warmed
+            // on an empty replica learns "absent" for every key, and the readiness gate would
+            // judge an instance that holds none of the data it is about to serve.
+            Decision::advance(
+                transition,
+                vec![shadow, Action::EnsureReplication, Action::EnsureWarm],
+            )
         }
         Phase::Replicating => {
             let transition = match seen.replication {

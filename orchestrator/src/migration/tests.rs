@@ -142,7 +142,7 @@ fn decisions_table() {
             },
             to: None,
             promoted_change: None,
-            actions: vec![shadow.clone(), EnsureWarm],
+            actions: vec![shadow.clone(), EnsureReplication, EnsureWarm],
         },
         Row {
             name: "all warm moves to replicating",
@@ -156,7 +156,7 @@ fn decisions_table() {
             },
             to: Some(Phase::Replicating),
             promoted_change: None,
-            actions: vec![shadow.clone(), EnsureWarm],
+            actions: vec![shadow.clone(), EnsureReplication, EnsureWarm],
         },
         Row {
             name: "lag above the bound keeps replicating",

@@ -31,13 +31,15 @@ pub use plan::{Plan, PlanError, RegionSpec, ReplicationKind, ScheduleSpec, Servi
 pub const MAX_AUDIT_ENTRIES: usize = 100_000;
 
 /// Default phase deadlines for migrations the state creates: ten minutes to provision and
-/// to warm, five to catch up, and one second to put traffic back (the acceptance bound on
-/// rollback time).
+/// to warm, five to catch up. Traffic goes back within a second in practice (the demo measures
+/// it); the 30 s rollback deadline only decides when a rollback that cannot be confirmed —
+/// agents unreachable across a leader change, say — is declared Failed for an operator, and
+/// Failed is terminal, so it must not fire on a slow reconnect.
 pub const DEFAULT_DEADLINES: PhaseDeadlines = PhaseDeadlines {
     provisioning_ms: 600_000,
     warming_ms: 600_000,
     replicating_ms: 300_000,
-    rolling_back_ms: 1_000,
+    rolling_back_ms: 30_000,
 };
 
 /// A service as replicated: its spec and where it lives now.
