@@ -3,7 +3,6 @@
 //! effects; DNS providers; the operator API. The binaries `umbra-orchestrator` and `umbra`
 //! are thin shells over this library.
 
-pub mod ttl_plan;
 pub mod api;
 pub mod demand;
 pub mod demo;
@@ -14,5 +13,6 @@ pub mod gateway;
 pub mod migration;
 pub mod node;
 pub mod simulate;
-pub mod state;
 pub mod sizing;
+pub mod state;
+pub mod ttl_plan;
