@@ -680,8 +680,12 @@ async fn finish(
     let record = watched.overview.migrations.get(&watched.id);
     let steps = record.map_or(3, |r| r.spec.steps_percent.len());
     let cutover = report::cutover_start(&phases);
-    // The last five seconds show where the traffic ended up.
-    let summary = report::summarize(&segments, cutover, 5);
+    // Where the traffic ended up: once the migration ended and cached DNS answers expired.
+    let settled_at_ms = phases
+        .last()
+        .map_or(u64::MAX, |p| p.start)
+        .saturating_add(u64::from(options.timing.cutover_ttl_secs) * 1000);
+    let summary = report::summarize(&segments, cutover, settled_at_ms);
     let identical_state = same_state_everywhere(orchestrators, &watched.overview, topology).await;
     progress(&format!(
         "every live orchestrator holds the same state: {}",
@@ -709,6 +713,7 @@ async fn finish(
         killed_leader: watched.killed_leader,
         identical_state,
         demo_secs: started.elapsed().as_secs_f64(),
+        timeline: report::timeline(&segments),
     })
 }
 

@@ -91,7 +91,7 @@ pub struct DemoTiming {
 impl Default for DemoTiming {
     fn default() -> Self {
         Self {
-            lead_time_secs: 25,
+            lead_time_secs: 15,
             analysis_window_secs: 5,
             dns_ttl_secs: 4,
             cutover_ttl_secs: 1,
@@ -238,7 +238,7 @@ mod tests {
             "127.0.0.12:18080".parse().unwrap()
         );
         let request = migration_request("us-east", "eu-west", 1_000, &timing, true);
-        assert_eq!(request.cutover_at_ms, 26_000);
+        assert_eq!(request.cutover_at_ms, 16_000);
         state
             .apply_command(
                 2,

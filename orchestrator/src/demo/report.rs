@@ -134,15 +134,17 @@ pub struct TrafficSummary {
     pub p99_ms_first_10s_after_cutover: Option<f64>,
     /// Requests by front address over the whole run.
     pub by_front: BTreeMap<String, u64>,
-    /// Requests by front address over the last segments (where traffic ended up).
+    /// Requests by front address once the migration ended and one DNS TTL passed.
     pub by_front_at_end: BTreeMap<String, u64>,
 }
 
-/// Sums the segments; `cutover_at_ms` splits steady from after-cutover.
+/// Sums the segments; `cutover_at_ms` splits steady from after-cutover; segments that
+/// started at or after `settled_at_ms` (the migration's end plus one DNS TTL) show where the
+/// traffic ended up.
 pub fn summarize(
     segments: &[TrafficSegment],
     cutover_at_ms: Option<u64>,
-    end_segments: usize,
+    settled_at_ms: u64,
 ) -> TrafficSummary {
     let mut total = OutcomeCounts::default();
     let mut by_front = BTreeMap::new();
@@ -159,7 +161,7 @@ pub fn summarize(
         }
     }
     let mut by_front_at_end = BTreeMap::new();
-    for s in segments.iter().rev().take(end_segments) {
+    for s in segments.iter().filter(|s| s.start_ms >= settled_at_ms) {
         for (addr, n) in &s.by_address {
             *by_front_at_end.entry(addr.clone()).or_insert(0) += n;
         }
@@ -195,6 +197,32 @@ pub fn summarize(
     }
 }
 
+/// One second of traffic as the client saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SecondOfTraffic {
+    /// Start of the second (Unix ms).
+    pub start: u64,
+    /// Requests sent.
+    pub requests: u64,
+    /// Of which failed.
+    pub failed: u64,
+    /// p99 of the successful ones, ms.
+    pub p99_ms: f64,
+}
+
+/// The run second by second.
+pub fn timeline(segments: &[TrafficSegment]) -> Vec<SecondOfTraffic> {
+    segments
+        .iter()
+        .map(|s| SecondOfTraffic {
+            start: s.start_ms,
+            requests: s.counts.scheduled,
+            failed: s.counts.failed(),
+            p99_ms: p99_ms(std::iter::once(s)),
+        })
+        .collect()
+}
+
 /// The final report (`umbra demo --json` prints it).
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoReport {
@@ -228,9 +256,10 @@ pub struct DemoReport {
     pub phases: Vec<PhaseSpan>,
     /// Breach detected → weights restored, when it rolled back.
     pub rollback_ms: Option<u64>,
-    /// Requests by front over the run and over its last seconds.
+    /// Requests by front over the run.
     pub by_front: BTreeMap<String, u64>,
-    /// Requests by front over the last seconds of the run.
+    /// Requests by front once the migration ended and one DNS TTL passed (where the traffic
+    /// ended up).
     pub by_front_at_end: BTreeMap<String, u64>,
     /// How often the audit shows entering provisioning and each cutover step.
     pub audit_step_counts: BTreeMap<String, usize>,
@@ -240,6 +269,8 @@ pub struct DemoReport {
     pub identical_state: bool,
     /// Wall time of the whole demo.
     pub demo_secs: f64,
+    /// The traffic second by second.
+    pub timeline: Vec<SecondOfTraffic>,
 }
 
 #[cfg(test)]
@@ -335,7 +366,7 @@ mod tests {
         for k in 20..25 {
             segments.push(segment(k * 1000, 3, 0, "127.0.0.12:80"));
         }
-        let summary = summarize(&segments, Some(10_000), 2);
+        let summary = summarize(&segments, Some(10_000), 23_000);
         assert_eq!(summary.requests_total, 2501);
         assert_eq!(summary.requests_failed, 1);
         assert_eq!(summary.failures["http_error"], 1);
@@ -347,7 +378,7 @@ mod tests {
             summary.by_front_at_end,
             [("127.0.0.12:80".to_owned(), 200)].into()
         );
-        let no_cutover = summarize(&segments, None, 1);
+        let no_cutover = summarize(&segments, None, 24_000);
         assert!(no_cutover.p99_ms_first_10s_after_cutover.is_none());
         assert!((no_cutover.p99_ms_steady - 8.0).abs() < 0.01);
         assert_eq!(p99_ms(&[]), 0.0);

@@ -1,361 +1,130 @@
-//! `umbra demo`: the main job until the migration demo exists. Issues certificates into a
-//! temp dir, starts a local Raft cluster of `umbra-orchestrator` processes on loopback, waits
-//! for a leader, writes keys through the cluster and reads them back linearizably, shows
-//! every node's state, then stops everything it started — also on Ctrl-C or an error.
+//! `umbra demo [--json] [--inject-fault] [--kill-leader] [--no-warm]`: one real region
+//! migration on this machine (three orchestrators, three region agents with their fronts and
+//! sample instances, traffic through the orchestrators' DNS). The work is
+//! `umbra_orchestrator::demo`; this file parses flags, prints progress on stderr and the final
+//! report on stdout (`--json`: one JSON object), and turns Ctrl-C into a clean stop.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use serde::Serialize;
-use umbra_consensus::kv::{KvAnswer, KvCommand, KvQuery};
-use umbra_orchestrator::node::{
-    AdminStatus, NodeConfig, PeerConfig, StoreClient, free_loopback_port as free_port,
-};
-use umbra_proto::certs::{self, Layout};
-use umbra_proto::{Credentials, Identity, Role};
-
-/// How long the cluster may take to elect its first leader: many election timeouts, for a
-/// loaded laptop.
-const LEADER_DEADLINE: Duration = Duration::from_secs(30);
-/// How long a node gets to exit after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+use umbra_orchestrator::demo::report::DemoReport;
+use umbra_orchestrator::demo::{DemoOptions, run as run_demo};
 
 /// Arguments of `umbra demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Number of orchestrator processes.
-    #[arg(long, default_value_t = 3)]
-    nodes: u64,
-    /// Keys to write and read back.
-    #[arg(long, default_value_t = 50)]
-    keys: u32,
-    /// Print one JSON document instead of text.
+    /// Print one JSON object (the final report) on stdout; progress stays on stderr.
     #[arg(long)]
     json: bool,
-    /// Keep the temp dir (certificates, configs, data, logs) for inspection.
+    /// The target's sample service starts failing at the 50 % step: the migration must roll
+    /// back by itself.
     #[arg(long)]
-    keep: bool,
-}
-
-#[derive(Debug, Serialize)]
-struct DemoReport {
-    leader: u64,
-    term: u64,
-    elected_after_ms: u64,
-    keys_written: u32,
-    keys_read_back: u32,
-    write_latency_ms_p50: f64,
-    write_latency_ms_max: f64,
-    nodes: Vec<NodeReport>,
-    identical_state: bool,
-    dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Serialize)]
-struct NodeReport {
-    id: u64,
-    listen: SocketAddr,
-    admin: Option<SocketAddr>,
-    role: String,
-    term: u64,
-    applied_index: u64,
-    commands_applied: Option<u64>,
-}
-
-/// The processes the demo started; killed on drop, so every exit path stops them.
-struct Processes {
-    children: Vec<(u64, Child)>,
-}
-
-impl Processes {
-    fn stop(&mut self) {
-        for (_, child) in &self.children {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + STOP_GRACE;
-        for (_, child) in &mut self.children {
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.children.clear();
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn orchestrator_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.with_file_name("umbra-orchestrator");
-    if !path.is_file() {
-        bail!(
-            "{} not found next to umbra; build both with `cargo build --workspace --bins`",
-            path.display()
-        );
-    }
-    Ok(path)
+    inject_fault: bool,
+    /// SIGKILL the leading orchestrator mid-cutover (at the 50 % step).
+    #[arg(long)]
+    kill_leader: bool,
+    /// Skip the warm-up of the shadow pool (the cold baseline).
+    #[arg(long)]
+    no_warm: bool,
+    /// Requests per second the traffic client offers.
+    #[arg(long, default_value_t = 400.0)]
+    rate: f64,
+    /// Keep the traffic running until at least this many requests were sent.
+    #[arg(long, default_value_t = 20_000)]
+    min_requests: u64,
+    /// Keep certificates, configs, data and logs in this directory (default: a temp dir,
+    /// removed at the end).
+    #[arg(long)]
+    keep: Option<PathBuf>,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    if !(1..=7).contains(&args.nodes) {
-        bail!("--nodes must be between 1 and 7 (3 or 5 is usual)");
-    }
-    let binary = orchestrator_binary()?;
-    let dir = tempfile::Builder::new().prefix("umbra-demo-").tempdir()?;
-    let mut processes = Processes {
-        children: Vec::new(),
-    };
+    let exe = std::env::current_exe().context("locating the umbra binary")?;
+    let bin_dir = exe
+        .parent()
+        .context("the umbra binary has no directory")?
+        .to_owned();
+    let mut options = DemoOptions::new(bin_dir);
+    options.inject_fault = args.inject_fault;
+    options.kill_leader = args.kill_leader;
+    options.no_warm = args.no_warm;
+    options.load.rate_per_sec = args.rate;
+    options.min_requests = args.min_requests;
+    options.work_dir = args.keep.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let outcome = runtime.block_on(async {
+    let progress = |line: &str| eprintln!("{line}");
+    let result = runtime.block_on(async {
         tokio::select! {
-            result = demo(&args, &binary, dir.path(), &mut processes) => result,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; stopping the cluster")),
+            result = run_demo(&options, &progress) => result.map_err(anyhow::Error::from),
+            // Dropping the demo future drops its supervisor, which stops every process.
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; stopped everything the demo started")),
         }
     });
-    processes.stop();
-    let kept = args.keep.then(|| dir.keep());
-    match outcome {
-        Ok(mut report) => {
-            report.dir = kept;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print_report(&report);
-            }
-            if !report.identical_state {
-                bail!("the nodes did not converge to the same state");
-            }
-            Ok(())
-        }
-        Err(error) => Err(error),
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
     }
+    if let Some(dir) = &args.keep {
+        eprintln!("files kept in {}", dir.display());
+    }
+    let expected = if args.inject_fault {
+        "rolled_back"
+    } else {
+        "completed"
+    };
+    if report.outcome != expected {
+        bail!(
+            "the migration ended {} (expected {expected}); see the phases above",
+            report.outcome
+        );
+    }
+    Ok(())
 }
 
-async fn demo(
-    args: &DemoArgs,
-    binary: &Path,
-    dir: &Path,
-    processes: &mut Processes,
-) -> anyhow::Result<DemoReport> {
-    let certs_dir = dir.join("certs");
-    certs::init(
-        &Layout {
-            orchestrators: args.nodes,
-            regions: Vec::new(),
-            operators: vec!["admin".into()],
-        },
-        &certs_dir,
-    )?;
-    let mut peers = Vec::new();
-    for id in 1..=args.nodes {
-        peers.push(PeerConfig {
-            id,
-            address: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-        });
-    }
-    let mut configs = Vec::new();
-    for peer in &peers {
-        let node_dir = dir.join(format!("node-{}", peer.id));
-        std::fs::create_dir_all(&node_dir)?;
-        let config = NodeConfig {
-            id: peer.id,
-            listen: peer.address,
-            data_dir: node_dir.join("data"),
-            certs_dir: certs_dir.clone(),
-            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], free_port()?))),
-            join: false,
-            peers: peers.clone(),
-            fault_injection: false,
-            // The Raft test/bench mode: the key-value machine, no API, DNS or executor.
-            state_machine: umbra_orchestrator::node::StateMachineKind::Kv,
-            api: None,
-            gateway: Default::default(),
-            dns: None,
-            executor: Default::default(),
-            raft: umbra_consensus::Config::default(),
-        };
-        let path = node_dir.join("node.toml");
-        std::fs::write(&path, config.to_toml())?;
-        let log = std::fs::File::create(node_dir.join("node.log"))?;
-        let child = Command::new(binary)
-            .arg("--config")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        processes.children.push((peer.id, child));
-        if !args.json {
-            println!("started node {} on {} (QUIC)", peer.id, peer.address);
-        }
-        configs.push(config);
-    }
-
-    let credentials = Credentials::load(&certs_dir, &Identity::new(Role::Operator, "admin")?)?;
-    let mut client = StoreClient::new(&credentials, peers.iter().map(|p| p.address).collect())?;
-    let started = Instant::now();
-    let hint = loop {
-        if let Ok(hint) = client.leader().await
-            && hint.leader_id.is_some()
-        {
-            break hint;
-        }
-        for (id, child) in &mut processes.children {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = dir.join(format!("node-{id}")).join("node.log");
-                bail!(
-                    "node {id} exited ({status}); its log: {}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-        }
-        if started.elapsed() > LEADER_DEADLINE {
-            bail!("no leader after {LEADER_DEADLINE:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let elected_after_ms = started.elapsed().as_millis() as u64;
-    let leader = hint.leader_id.unwrap_or_default();
-    if !args.json {
-        println!(
-            "node {leader} leads term {} ({elected_after_ms} ms after start)",
-            hint.term
-        );
-    }
-
-    let mut latencies_ms = Vec::new();
-    for i in 0..args.keys {
-        let command = KvCommand::Put {
-            key: format!("key-{i}"),
-            value: format!("value-{i}").into_bytes(),
-        };
-        let sent = Instant::now();
-        client.propose(command.encode()).await?;
-        latencies_ms.push(sent.elapsed().as_secs_f64() * 1000.0);
-    }
-    let mut read_back = 0;
-    for i in 0..args.keys {
-        let answer = client
-            .read(
-                KvQuery::Get {
-                    key: format!("key-{i}"),
-                }
-                .encode(),
-            )
-            .await?;
-        if KvAnswer::decode(&answer)? == KvAnswer::Value(Some(format!("value-{i}").into_bytes())) {
-            read_back += 1;
-        }
-    }
-    latencies_ms.sort_by(f64::total_cmp);
-    if !args.json {
-        println!(
-            "wrote {} keys through the leader, read {read_back} back linearizably",
-            args.keys
-        );
-    }
-
-    // Every node's own view, once they have all applied the writes.
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let statuses = loop {
-        let mut statuses = Vec::new();
-        for config in &configs {
-            let admin = config.admin_listen.context("admin address")?;
-            let status: Option<AdminStatus> =
-                match http.get(format!("http://{admin}/status")).send().await {
-                    Ok(response) => response.json().await.ok(),
-                    Err(_) => None,
-                };
-            statuses.push((config, status));
-        }
-        let digests: Vec<_> = statuses
-            .iter()
-            .map(|(_, s)| s.as_ref().and_then(|s| s.digest))
-            .collect();
-        let converged = digests.iter().all(|d| d.is_some() && *d == digests[0])
-            && digests[0].is_some_and(|d| d.commands_applied >= u64::from(args.keys));
-        if converged || Instant::now() > deadline {
-            break (statuses, converged);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let (statuses, identical_state) = statuses;
-    let nodes = statuses
-        .into_iter()
-        .map(|(config, status)| NodeReport {
-            id: config.id,
-            listen: config.listen,
-            admin: config.admin_listen,
-            role: status
-                .as_ref()
-                .map(|s| format!("{:?}", s.raft.role))
-                .unwrap_or_else(|| "unreachable".into()),
-            term: status.as_ref().map(|s| s.raft.term).unwrap_or_default(),
-            applied_index: status
-                .as_ref()
-                .map(|s| s.raft.applied_index)
-                .unwrap_or_default(),
-            commands_applied: status.and_then(|s| s.digest).map(|d| d.commands_applied),
-        })
-        .collect();
-    Ok(DemoReport {
-        leader,
-        term: hint.term,
-        elected_after_ms,
-        keys_written: args.keys,
-        keys_read_back: read_back,
-        write_latency_ms_p50: latencies_ms
-            .get(latencies_ms.len() / 2)
-            .copied()
-            .unwrap_or(0.0),
-        write_latency_ms_max: latencies_ms.last().copied().unwrap_or(0.0),
-        nodes,
-        identical_state,
-        dir: None,
-    })
-}
-
-fn print_report(report: &DemoReport) {
+fn print_report(r: &DemoReport) {
     println!(
-        "write latency: p50 {:.2} ms, max {:.2} ms (fsync on every node)",
-        report.write_latency_ms_p50, report.write_latency_ms_max
+        "migration {} ({} → {}): {}",
+        r.migration, r.from, r.to, r.outcome
     );
-    for node in &report.nodes {
-        println!(
-            "node {}: {:<9} term {:<3} applied index {:<5} commands {}  (metrics: http://{}/metrics)",
-            node.id,
-            node.role,
-            node.term,
-            node.applied_index,
-            node.commands_applied
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "?".into()),
-            node.admin.map(|a| a.to_string()).unwrap_or_default(),
-        );
+    for phase in &r.phases {
+        let took = phase
+            .end
+            .map(|end| format!("{:>7.1} s", end.saturating_sub(phase.start) as f64 / 1000.0))
+            .unwrap_or_else(|| "      -  ".into());
+        println!("  {:<18} {took}", phase.name);
     }
     println!(
-        "all nodes hold the same state: {}",
-        if report.identical_state { "yes" } else { "NO" }
+        "requests: {} sent at {} req/s over {:.0} s, {} failed {:?}",
+        r.requests_total, r.rate_per_sec, r.traffic_secs, r.requests_failed, r.failures
     );
-    if let Some(dir) = &report.dir {
-        println!("files kept in {}", dir.display());
+    println!(
+        "p99: {:.1} ms steady, {} in the first 10 s after the cutover ({} warm-up)",
+        r.p99_ms_steady,
+        r.p99_ms_first_10s_after_cutover
+            .map(|p| format!("{p:.1} ms"))
+            .unwrap_or_else(|| "no cutover".into()),
+        if r.warm_up { "with" } else { "without" }
+    );
+    println!("shadow instances: {}", r.shadow_instances);
+    if let Some(ms) = r.rollback_ms {
+        println!("rollback: breach detected → all weights restored in {ms} ms");
     }
-    println!("stopped every process the demo started");
+    if let Some(id) = r.killed_leader {
+        println!("killed orchestrator {id} (the leader) mid-cutover");
+    }
+    println!("traffic at the end by front: {:?}", r.by_front_at_end);
+    println!(
+        "audit (each exactly once expected): {:?}",
+        r.audit_step_counts
+    );
+    println!(
+        "every live orchestrator holds the same state: {}",
+        if r.identical_state { "yes" } else { "NO" }
+    );
+    println!("demo took {:.1} s", r.demo_secs);
 }

@@ -26,7 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start a local 3-node Raft cluster, write and read through it, stop it.
+    /// Migrate a service between regions on this machine: 3 orchestrators, 3 region agents,
+    /// traffic through DNS; prints each phase and a final report, then stops everything.
     Demo(demo::DemoArgs),
     /// Put, get or delete a key in a running cluster's replicated store.
     Kv(kv::KvArgs),

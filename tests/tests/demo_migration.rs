@@ -1,0 +1,165 @@
+//! End-to-end runs of the migration demo (`umbra_orchestrator::demo`, what `umbra demo` runs):
+//! three real `umbra-orchestrator` processes, three real `umbra-agent` processes with their
+//! fronts and `umbra-sample` instances, traffic by name through the orchestrators' DNS. Loads
+//! are smaller than the CLI's defaults (the acceptance numbers come from `umbra demo --json`),
+//! the assertions are the ones a user would check: the outcome, no failed request, the audit
+//! steps once each, the same state everywhere, nothing left running.
+//!
+//! The runs are heavy (seven processes plus instances on two cores); nextest runs this binary's
+//! tests one at a time (`.ci/nextest.toml` puts the `umbra-tests` package in one group).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use umbra_orchestrator::demo::processes::instance_pids;
+use umbra_orchestrator::demo::report::DemoReport;
+use umbra_orchestrator::demo::{DemoOptions, run};
+
+fn options(work_dir: &Path) -> anyhow::Result<DemoOptions> {
+    let bin_dir = umbra_tests::binary("umbra-orchestrator")?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut options = DemoOptions::new(bin_dir);
+    options.work_dir = Some(work_dir.to_owned());
+    // Smaller than `umbra demo`: 200 req/s, a 6 s baseline, no minimum request count.
+    options.load.rate_per_sec = 200.0;
+    options.steady_secs = 6;
+    options.settle_secs = 3;
+    options.min_requests = 0;
+    Ok(options)
+}
+
+async fn run_demo(options: &DemoOptions) -> anyhow::Result<DemoReport> {
+    let report = run(options, &|line| eprintln!("{line}")).await?;
+    eprintln!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(report)
+}
+
+/// Every agent state directory of a run has no live instance process left.
+fn assert_nothing_left(work_dir: &Path) {
+    for region in ["us-east", "eu-west", "ap-south"] {
+        let state: PathBuf = work_dir.join(format!("agent-{region}")).join("state");
+        assert_eq!(
+            instance_pids(&state),
+            Vec::<u32>::new(),
+            "instances of {region} outlived the demo"
+        );
+    }
+}
+
+/// The front address of a demo region.
+fn front_ip(region: &str) -> &'static str {
+    match region {
+        "us-east" => "127.0.0.11",
+        "eu-west" => "127.0.0.12",
+        "ap-south" => "127.0.0.13",
+        other => panic!("unexpected region {other}"),
+    }
+}
+
+fn assert_steps_once(report: &DemoReport) {
+    for (step, count) in &report.audit_step_counts {
+        assert_eq!(*count, 1, "{step} appears {count} times in the audit");
+    }
+}
+
+fn phase_names(report: &DemoReport) -> Vec<&str> {
+    report.phases.iter().map(|p| p.name.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_migration_completes_without_a_failed_request_and_runs_twice() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let mut options = options(dir.path())?;
+    options.no_warm = true;
+    let report = run_demo(&options).await?;
+    assert_eq!(report.outcome, "completed", "{report:#?}");
+    assert_eq!(report.requests_failed, 0, "{:?}", report.failures);
+    assert!(report.requests_total > 5_000, "{}", report.requests_total);
+    assert!(report.shadow_instances >= 1);
+    assert!(report.identical_state, "the orchestrators disagree");
+    assert_steps_once(&report);
+    assert_eq!(
+        phase_names(&report),
+        [
+            "planned",
+            "provisioning",
+            "replicating",
+            "ready",
+            "cutting_over[0]",
+            "cutting_over[1]",
+            "cutting_over[2]",
+            "draining",
+            "completed"
+        ]
+    );
+    assert!(report.p99_ms_first_10s_after_cutover.is_some());
+    // All traffic ended on the target's front.
+    let target = front_ip(&report.to);
+    assert!(
+        report.by_front_at_end.keys().all(|a| a.starts_with(target)),
+        "{:?}",
+        report.by_front_at_end
+    );
+    assert_nothing_left(dir.path());
+    // A second run works (fresh ports, fresh state) and also stops everything.
+    let second = tempfile::tempdir()?;
+    let mut again = options.clone();
+    again.work_dir = Some(second.path().to_owned());
+    again.steady_secs = 3;
+    let report = tokio::time::timeout(Duration::from_secs(180), run_demo(&again)).await??;
+    assert_eq!(report.outcome, "completed");
+    assert_eq!(report.requests_failed, 0, "{:?}", report.failures);
+    assert_nothing_left(second.path());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_failing_at_the_50_percent_step_rolls_back_within_a_second() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let mut options = options(dir.path())?;
+    options.no_warm = true;
+    options.inject_fault = true;
+    let report = run_demo(&options).await?;
+    assert_eq!(report.outcome, "rolled_back", "{report:#?}");
+    let rollback_ms = report.rollback_ms.expect("a rollback time");
+    assert!(rollback_ms <= 1_000, "rollback took {rollback_ms} ms");
+    let names = phase_names(&report);
+    assert!(
+        names.ends_with(&["cutting_over[1]", "rolling_back", "rolled_back"]),
+        "{names:?}"
+    );
+    // Traffic is back on the source.
+    let source = front_ip(&report.from);
+    assert!(
+        report.by_front_at_end.keys().all(|a| a.starts_with(source)),
+        "{:?}",
+        report.by_front_at_end
+    );
+    assert!(report.identical_state, "the orchestrators disagree");
+    assert_nothing_left(dir.path());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_mid_cutover_loses_no_request_and_repeats_no_step() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let mut options = options(dir.path())?;
+    options.no_warm = true;
+    options.kill_leader = true;
+    let report = run_demo(&options).await?;
+    assert!(report.killed_leader.is_some(), "no leader was killed");
+    assert_eq!(report.outcome, "completed", "{report:#?}");
+    assert_eq!(report.requests_failed, 0, "{:?}", report.failures);
+    assert_steps_once(&report);
+    assert!(
+        report.identical_state,
+        "the surviving orchestrators disagree"
+    );
+    assert_nothing_left(dir.path());
+    Ok(())
+}
