@@ -233,13 +233,23 @@ pub async fn run(
     result
 }
 
-async fn demo(
+/// The processes of a demo, started and with a leader, before any plan.
+struct Cluster {
+    topology: DemoTopology,
+    regions: Vec<String>,
+    orchestrators: Vec<Orchestrator>,
+    agent_state_dirs: BTreeMap<String, PathBuf>,
+    demand: Vec<history::RegionDemand>,
+}
+
+/// Certificates, demand history, three orchestrators and three agents, until one leads.
+async fn start_cluster(
     options: &DemoOptions,
     dir: &Path,
     supervisor: &mut Supervisor,
     started: Instant,
     progress: &(dyn Fn(&str) + Sync),
-) -> Result<DemoReport, DemoError> {
+) -> Result<Cluster, DemoError> {
     let topology = DemoTopology::new(free_front_port()?);
     let regions = topology.region_names();
     let certs_dir = dir.join("certs");
@@ -419,6 +429,110 @@ async fn demo(
         leader.1,
         started.elapsed().as_secs_f64()
     ));
+    Ok(Cluster {
+        topology,
+        regions,
+        orchestrators,
+        agent_state_dirs,
+        demand,
+    })
+}
+
+/// The demo's processes started with nothing applied (three orchestrators with a leader, three
+/// agents), for checking what the operator API answers against real processes. Dropping it
+/// stops everything it started.
+pub struct IdleCluster {
+    cluster: Cluster,
+    supervisor: Supervisor,
+    timing: DemoTiming,
+    load: DemoLoad,
+    _dir: tempfile::TempDir,
+}
+
+impl IdleCluster {
+    /// Starts the processes of `options` in a fresh temp dir and waits for a leader.
+    pub async fn start(
+        options: &DemoOptions,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Self, DemoError> {
+        options.validate()?;
+        let dir = tempfile::Builder::new()
+            .prefix("umbra-demo-")
+            .tempdir()
+            .map_err(io("creating the demo's temp dir"))?;
+        let mut supervisor = Supervisor::new();
+        let cluster = start_cluster(
+            options,
+            dir.path(),
+            &mut supervisor,
+            Instant::now(),
+            progress,
+        )
+        .await?;
+        Ok(Self {
+            cluster,
+            supervisor,
+            timing: options.timing.clone(),
+            load: options.load.clone(),
+            _dir: dir,
+        })
+    }
+
+    /// The plan `umbra demo` would apply to this cluster.
+    pub fn demo_plan(&self) -> String {
+        plan::plan_toml(&self.cluster.topology, &self.timing, &self.load)
+    }
+
+    /// `POST /v1/plan` through any live orchestrator; the error is the API's message.
+    pub async fn apply_plan_toml(&self, text: &str) -> Result<Applied, String> {
+        call_any(&self.cluster.orchestrators, |api| {
+            let text = text.to_owned();
+            async move { api.apply_plan_toml(&text).await }
+        })
+        .await
+    }
+
+    /// `POST /v1/migrations` through any live orchestrator; the error is the API's message.
+    pub async fn migrate(
+        &self,
+        request: &crate::state::MigrationRequest,
+    ) -> Result<Applied, String> {
+        call_any(&self.cluster.orchestrators, |api| {
+            let request = request.clone();
+            async move { api.migrate(&request).await }
+        })
+        .await
+    }
+
+    /// The replicated state, as `GET /v1/status` shows it.
+    pub async fn overview(&self) -> Result<Overview, String> {
+        call_live(&self.cluster.orchestrators, |api| async move {
+            api.status().await
+        })
+        .await
+        .map(|status| status.overview)
+    }
+
+    /// Processes still running (all seven unless one died).
+    pub fn running(&mut self) -> Vec<String> {
+        self.supervisor.running()
+    }
+}
+
+async fn demo(
+    options: &DemoOptions,
+    dir: &Path,
+    supervisor: &mut Supervisor,
+    started: Instant,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<DemoReport, DemoError> {
+    let Cluster {
+        topology,
+        regions,
+        mut orchestrators,
+        agent_state_dirs,
+        demand,
+    } = start_cluster(options, dir, supervisor, started, progress).await?;
     let plan_text = plan::plan_toml(&topology, &options.timing, &options.load);
     std::fs::write(dir.join("plan.toml"), &plan_text).map_err(io("writing plan.toml"))?;
     Plan::from_toml(&plan_text).map_err(|e| DemoError::Setup(format!("demo plan: {e}")))?;
