@@ -145,17 +145,24 @@ async fn a_target_failing_at_the_50_percent_step_rolls_back_within_a_second() ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_leader_mid_cutover_loses_no_request_and_repeats_no_step() -> anyhow::Result<()>
-{
+async fn a_warm_migration_survives_killing_the_leader_mid_cutover_with_no_failed_request()
+-> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut options = options(dir.path())?;
-    options.no_warm = true;
+    // The full default path: warm-up included (the other runs skip it to stay short).
     options.kill_leader = true;
     let report = run_demo(&options).await?;
     assert!(report.killed_leader.is_some(), "no leader was killed");
     assert_eq!(report.outcome, "completed", "{report:#?}");
     assert_eq!(report.requests_failed, 0, "{:?}", report.failures);
     assert_steps_once(&report);
+    let names = phase_names(&report);
+    assert_eq!(
+        names[..5],
+        ["planned", "provisioning", "warming", "replicating", "ready"],
+        "the shadow is warmed before the cutover"
+    );
+    assert_eq!(names.last(), Some(&"completed"));
     assert!(
         report.identical_state,
         "the surviving orchestrators disagree"
