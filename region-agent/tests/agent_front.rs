@@ -101,6 +101,9 @@ async fn a_share_moves_exactly_that_part_of_the_traffic() -> anyhow::Result<()> 
         (200, 0),
         "no share: all local"
     );
+    // The p99 covers the recent requests of local backends: east's, none at west.
+    assert!(e.window_p99_ms.is_some_and(|p99| p99 > 0.0), "{e:?}");
+    assert_eq!(w.window_p99_ms, None, "{w:?}");
 
     let share = AgentAction::SetShare {
         service: "shop".into(),

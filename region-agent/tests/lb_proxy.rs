@@ -1,6 +1,7 @@
 //! The embedded proxy under real load: weight steps with shares measured from the client
 //! side, a backend process SIGKILLed mid-run, a backend that refuses connections, in-flight
-//! requests across a weight change, and drain. Backends are real HTTP servers (in-process,
+//! requests across a weight change, drain, and the recent-latency window following a backend
+//! whose latency changes. Backends are real HTTP servers (in-process,
 //! or `umbra-load serve` child processes where a process must die).
 
 use std::net::SocketAddr;
@@ -311,5 +312,64 @@ async fn refused_connection_is_retried_and_in_flight_requests_finish() -> Result
         proxy.drain("nope").await,
         Err(umbra_agent::lb::LbError::UnknownBackend(_))
     ));
+    Ok(())
+}
+
+/// A backend that answers in 200 ms, then at once: once a latency window has passed, the
+/// proxy's recent p99 is the fast one, while the cumulative p99 keeps the slow history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recent_p99_follows_a_latency_change_the_cumulative_one_does_not() -> Result<()> {
+    const SLOW_MS: f64 = 200.0;
+    let a = NamedBackend::start("a", any_port()).await?;
+    let mut config = ProxyConfig::new(any_port());
+    config.latency_window = Duration::from_secs(1);
+    config.latency_window_buckets = 4;
+    let window = config.latency_window;
+    let proxy = EmbeddedProxy::start(config, &[BackendWeight::new("a", a.local_addr(), 1)]).await?;
+    let base = format!("http://{}", proxy.local_addr());
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    assert_eq!(proxy.recent_latency(|_| true).latency_ms_p99, None);
+
+    // 40 slow requests, all at once.
+    let slow = futures::future::join_all(
+        (0..40).map(|_| client.get(format!("{base}/slow/{SLOW_MS}")).send()),
+    )
+    .await;
+    let slow_done = std::time::Instant::now();
+    for r in slow {
+        assert_eq!(r?.status(), 200);
+    }
+    let recent = proxy.recent_latency(|_| true);
+    assert_eq!(recent.responses, 40, "{recent:?}");
+    assert!(recent.latency_ms_p99 >= Some(SLOW_MS), "{recent:?}");
+
+    // Fast requests, paced (bounded: about 100) until a whole window has passed since the last
+    // slow response: every slow sample has then left the window.
+    let mut pace = tokio::time::interval(Duration::from_millis(10));
+    let mut fast = 0u64;
+    while slow_done.elapsed() <= window + Duration::from_millis(50) && fast < 1_000 {
+        pace.tick().await;
+        assert_eq!(client.get(format!("{base}/")).send().await?.status(), 200);
+        fast += 1;
+    }
+    let recent = proxy.recent_latency(|_| true);
+    let cumulative = proxy.stats().await?[0].latency_ms_p99;
+    println!("after {fast} fast requests: recent {recent:?}, cumulative p99 {cumulative:?}");
+    assert!(
+        recent.responses > 0 && recent.responses <= fast,
+        "only fast requests are in the window: {recent:?}"
+    );
+    assert!(
+        recent.latency_ms_p99.is_some_and(|p99| p99 < SLOW_MS / 2.0),
+        "{recent:?}"
+    );
+    assert!(
+        cumulative.is_some_and(|p99| p99 >= SLOW_MS),
+        "the cumulative p99 keeps the slow requests: {cumulative:?}"
+    );
+    // Backends are chosen by name: none matches, nothing to report.
+    assert_eq!(proxy.recent_latency(|name| name == "b").responses, 0);
     Ok(())
 }

@@ -8,9 +8,11 @@
 //! [`Front`] reconciles the proxy with it after every command and heartbeat, and reports what
 //! the LOCAL backends served (the report of a target region measures its own instances).
 //!
-//! Known limit: the proxy keeps cumulative latency histograms, so `window_p99_ms` is the p99
-//! since each backend was configured, not over the window; the request and error counts are
-//! true window deltas. A windowed latency needs a rotating histogram in the proxy.
+//! `window_p99_ms` is the p99 over the proxy's recent-latency window
+//! ([`crate::lb::proxy::DEFAULT_LATENCY_WINDOW`], the last 4–5 s) of all local backends' requests
+//! merged, so a cutover step is judged on how the instances answer now; the request and error
+//! counts are deltas since the previous heartbeat. The two windows differ in length: the
+//! latency one is fixed so that a p99 always has a few seconds of samples behind it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -209,12 +211,10 @@ impl Front {
             .collect();
         let requests_total: u64 = local.iter().map(|s| s.requests).sum();
         let errors_total: u64 = local.iter().map(|s| s.errors).sum();
-        let p99 = local
-            .iter()
-            .filter_map(|s| s.latency_ms_p99)
-            .fold(None, |acc: Option<f64>, v| {
-                Some(acc.map_or(v, |a| a.max(v)))
-            });
+        let p99 = self
+            .proxy
+            .recent_latency(|name| !name.starts_with(REMOTE_PREFIX))
+            .latency_ms_p99;
         let now = Instant::now();
         let mut state = self.state.lock().expect("front lock");
         let (window_ms, window_requests, window_errors) = match state.last {

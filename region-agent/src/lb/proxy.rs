@@ -9,6 +9,9 @@
 //! retried on another backend before the client sees an error; requests whose method is
 //! idempotent are also retried when the connection breaks before a response arrives.
 //! Request bodies are buffered (bounded) so a retry can resend them; response bodies stream.
+//! Latency is kept twice per backend: a cumulative histogram (`LoadBalancer::stats`) and a
+//! recent window of rotating histograms ([`EmbeddedProxy::recent_latency`]), so a cutover step
+//! is judged on what the backends do now, not on their whole history.
 //! This module must not decide weights: the orchestrator does, through `LoadBalancer`.
 
 use std::collections::HashMap;
@@ -54,8 +57,22 @@ pub const DEFAULT_MAX_ATTEMPTS: usize = 3;
 /// How long a backend that refused a connection is skipped unless configured: long enough
 /// not to hammer a dead process, short enough that a restarted one is back within seconds.
 pub const DEFAULT_EJECT_DURATION: Duration = Duration::from_secs(5);
+/// Length of the recent-latency window unless configured: long enough for a few hundred
+/// samples at modest traffic (a p99 needs them), short enough that a cutover step (the demo
+/// holds each for 5 s) is judged on its own requests once the window has passed.
+pub const DEFAULT_LATENCY_WINDOW: Duration = Duration::from_secs(5);
+/// Rotating histograms making up the window unless configured: 1 s each, so a sample leaves
+/// the window between 4 and 5 s after it was recorded.
+pub const DEFAULT_LATENCY_WINDOW_BUCKETS: usize = 5;
+/// Most histograms one window may rotate through (each is ~20 KiB, kept per backend).
+pub const MAX_LATENCY_WINDOW_BUCKETS: usize = 60;
 /// Latency histograms span 1 µs to 10 min at 3 significant figures.
 const HISTOGRAM_MAX_US: u64 = 600_000_000;
+/// Window histograms span 1 µs to 60 s (longer is a timeout, clamped to 60 s) at 2 significant
+/// figures (1 % resolution, plenty for an SLO in ms): 2,560 counters, 20 KiB each, where the
+/// cumulative histogram's range and precision would take 172 KiB per bucket.
+const WINDOW_HISTOGRAM_MAX_US: u64 = 60_000_000;
+const WINDOW_HISTOGRAM_SIGFIG: u8 = 2;
 
 /// Hop-by-hop headers (RFC 9110 § 7.6.1) are for one connection and are not forwarded.
 const HOP_BY_HOP: [&str; 8] = [
@@ -79,6 +96,11 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     pub max_attempts: usize,
     pub eject_duration: Duration,
+    /// How far back [`EmbeddedProxy::recent_latency`] looks.
+    pub latency_window: Duration,
+    /// Rotating histograms over `latency_window`; a sample leaves the window between
+    /// `latency_window − latency_window / buckets` and `latency_window` after it was taken.
+    pub latency_window_buckets: usize,
 }
 
 impl ProxyConfig {
@@ -91,6 +113,8 @@ impl ProxyConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             eject_duration: DEFAULT_EJECT_DURATION,
+            latency_window: DEFAULT_LATENCY_WINDOW,
+            latency_window_buckets: DEFAULT_LATENCY_WINDOW_BUCKETS,
         }
     }
 
@@ -108,8 +132,77 @@ impl ProxyConfig {
         if self.max_attempts == 0 || self.max_attempts > 10 {
             return bad("max_attempts must be in 1..=10");
         }
+        if !(1..=MAX_LATENCY_WINDOW_BUCKETS).contains(&self.latency_window_buckets) {
+            return Err(LbError::InvalidConfig(format!(
+                "latency_window_buckets must be in 1..={MAX_LATENCY_WINDOW_BUCKETS}"
+            )));
+        }
+        let bucket_ms = self.latency_window.as_millis() / self.latency_window_buckets as u128;
+        if bucket_ms == 0 || self.latency_window > Duration::from_secs(3600) {
+            return bad(
+                "latency_window must be at least 1 ms per bucket and at most 1 hour \
+                 (it is the period a front's p99 covers)",
+            );
+        }
         Ok(())
     }
+}
+
+/// Latency of the requests of the last window: a ring of histograms, each covering
+/// `bucket_ms` of the proxy's clock and reused (reset) when its slot comes round again, so
+/// memory is fixed whatever the traffic. Time is passed in (ms since the proxy started).
+struct WindowHistogram {
+    bucket_ms: u64,
+    /// (bucket number = `now_ms / bucket_ms` when the slot was last reset, its samples in µs).
+    slots: Vec<(u64, Histogram<u64>)>,
+}
+
+impl WindowHistogram {
+    fn new(window: Duration, buckets: usize) -> Self {
+        let buckets = buckets.max(1);
+        let bucket_ms =
+            (u64::try_from(window.as_millis()).unwrap_or(u64::MAX) / buckets as u64).max(1);
+        let empty = Histogram::new_with_bounds(1, WINDOW_HISTOGRAM_MAX_US, WINDOW_HISTOGRAM_SIGFIG)
+            .expect("constant histogram bounds");
+        Self {
+            bucket_ms,
+            slots: vec![(0, empty); buckets],
+        }
+    }
+
+    fn record(&mut self, us: u64, now_ms: u64) {
+        let bucket = now_ms / self.bucket_ms;
+        let len = self.slots.len() as u64;
+        let (number, histogram) = &mut self.slots[(bucket % len) as usize];
+        if *number != bucket {
+            // The slot last held samples one full window ago: they have left the window.
+            histogram.reset();
+            *number = bucket;
+        }
+        histogram.saturating_record(us);
+    }
+
+    /// Adds the samples still inside the window at `now_ms` to `into`.
+    fn add_to(&self, into: &mut Histogram<u64>, now_ms: u64) {
+        let current = now_ms / self.bucket_ms;
+        let len = self.slots.len() as u64;
+        for (number, histogram) in &self.slots {
+            if *number <= current && *number + len > current && !histogram.is_empty() {
+                into.add(histogram)
+                    .expect("window histograms share their bounds");
+            }
+        }
+    }
+
+    fn empty_like(&self) -> Histogram<u64> {
+        Histogram::new_from(&self.slots[0].1)
+    }
+}
+
+/// A backend's latency histograms, cumulative and recent.
+struct Latency {
+    total_us: Histogram<u64>,
+    recent_us: WindowHistogram,
 }
 
 /// Counters that outlive weight changes (kept per backend name).
@@ -120,23 +213,40 @@ struct BackendCounters {
     /// Milliseconds since the proxy started until which the backend is skipped (0: never).
     ejected_until_ms: AtomicU64,
     drain_requested: std::sync::atomic::AtomicBool,
-    latency_us: Mutex<Histogram<u64>>,
+    latency: Mutex<Latency>,
 }
 
 impl BackendCounters {
-    fn new() -> Self {
+    fn new(config: &ProxyConfig) -> Self {
         Self {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             ejected_until_ms: AtomicU64::new(0),
             drain_requested: std::sync::atomic::AtomicBool::new(false),
-            latency_us: Mutex::new(
-                Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 3)
+            latency: Mutex::new(Latency {
+                total_us: Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 3)
                     .expect("constant histogram bounds"),
-            ),
+                recent_us: WindowHistogram::new(
+                    config.latency_window,
+                    config.latency_window_buckets,
+                ),
+            }),
         }
     }
+}
+
+/// Time to response headers over the proxy's recent window, for a set of backends merged into
+/// one distribution (a p99 over all their requests, not the worst backend's p99).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecentLatency {
+    /// The period covered (`ProxyConfig::latency_window`).
+    pub window: Duration,
+    /// Responses measured in the window.
+    pub responses: u64,
+    /// `None` when nothing was measured in the window.
+    pub latency_ms_p50: Option<f64>,
+    pub latency_ms_p99: Option<f64>,
 }
 
 struct Slot {
@@ -242,6 +352,12 @@ impl EmbeddedProxy {
         self.local_addr
     }
 
+    /// Time to response headers over the last [`ProxyConfig::latency_window`] of the backends
+    /// whose name `include` accepts (including backends since removed from the table).
+    pub fn recent_latency(&self, include: impl Fn(&str) -> bool) -> RecentLatency {
+        self.inner.recent_latency(&include)
+    }
+
     /// Stops accepting, lets open connections finish their current request, and waits for
     /// the accept loop (bounded by `grace`).
     pub async fn shutdown(mut self, grace: Duration) {
@@ -270,7 +386,7 @@ impl Inner {
         for b in backends {
             let c = counters
                 .entry(b.name.clone())
-                .or_insert_with(|| Arc::new(BackendCounters::new()))
+                .or_insert_with(|| Arc::new(BackendCounters::new(&self.config)))
                 .clone();
             // A new explicit weight supersedes an earlier drain request.
             c.drain_requested.store(false, Ordering::Relaxed);
@@ -321,6 +437,30 @@ impl Inner {
         fallback
     }
 
+    fn recent_latency(&self, include: &dyn Fn(&str) -> bool) -> RecentLatency {
+        let now_ms = self.now_ms();
+        let mut merged: Option<Histogram<u64>> = None;
+        // Removed backends count too: their last requests are part of the recent past.
+        let counters = self.counters.lock().expect("counters lock");
+        for (_, c) in counters.iter().filter(|(name, _)| include(name)) {
+            let latency = c.latency.lock().expect("latency lock");
+            let into = merged.get_or_insert_with(|| latency.recent_us.empty_like());
+            latency.recent_us.add_to(into, now_ms);
+        }
+        let merged = merged.filter(|h| !h.is_empty());
+        let q = |q: f64| {
+            merged
+                .as_ref()
+                .map(|h| h.value_at_quantile(q) as f64 / 1000.0)
+        };
+        RecentLatency {
+            window: self.config.latency_window,
+            responses: merged.as_ref().map_or(0, |h| h.len()),
+            latency_ms_p50: q(0.50),
+            latency_ms_p99: q(0.99),
+        }
+    }
+
     fn stats(&self) -> Vec<BackendStats> {
         let table = self.table.load();
         let now_ms = self.now_ms();
@@ -354,7 +494,8 @@ fn stats_of(
     } else {
         BackendState::Ready
     };
-    let h = c.latency_us.lock().expect("latency lock");
+    let latency = c.latency.lock().expect("latency lock");
+    let h = &latency.total_us;
     let q = |q: f64| (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0);
     BackendStats {
         name: name.to_string(),
@@ -512,10 +653,12 @@ async fn handle_request(
                 let us = u64::try_from(started.elapsed().as_micros())
                     .unwrap_or(u64::MAX)
                     .max(1);
-                c.latency_us
-                    .lock()
-                    .expect("latency lock")
-                    .saturating_record(us);
+                let now_ms = inner.now_ms();
+                {
+                    let mut latency = c.latency.lock().expect("latency lock");
+                    latency.total_us.saturating_record(us);
+                    latency.recent_us.record(us, now_ms);
+                }
                 if response.status().is_server_error() {
                     c.errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -611,7 +754,69 @@ impl LoadBalancer for EmbeddedProxy {
 
 #[cfg(test)]
 mod tests {
-    use super::smooth_schedule;
+    use std::time::Duration;
+
+    use hdrhistogram::Histogram;
+
+    use super::{WindowHistogram, smooth_schedule};
+
+    fn p99_ms(window: &WindowHistogram, now_ms: u64) -> Option<f64> {
+        let mut merged = window.empty_like();
+        window.add_to(&mut merged, now_ms);
+        (!merged.is_empty()).then(|| merged.value_at_quantile(0.99) as f64 / 1000.0)
+    }
+
+    #[test]
+    fn the_window_p99_follows_a_latency_change_and_the_cumulative_one_does_not() {
+        // 1 s window in 4 buckets of 250 ms.
+        let mut window = WindowHistogram::new(Duration::from_secs(1), 4);
+        let mut total = Histogram::<u64>::new_with_bounds(1, super::HISTOGRAM_MAX_US, 3).unwrap();
+        let mut record = |window: &mut WindowHistogram, us: u64, now_ms: u64| {
+            window.record(us, now_ms);
+            total.saturating_record(us);
+        };
+        // 0..2 s: 50 ms per request, 100 requests a second.
+        for i in 0..200u64 {
+            record(&mut window, 50_000, i * 10);
+        }
+        let slow = p99_ms(&window, 1_999).unwrap();
+        assert!((49.0..=51.0).contains(&slow), "{slow}");
+        // From 2 s on: 2 ms per request.
+        let mut followed_at = None;
+        for i in 0..200u64 {
+            let now_ms = 2_000 + i * 10;
+            record(&mut window, 2_000, now_ms);
+            let p99 = p99_ms(&window, now_ms).unwrap();
+            if followed_at.is_none() && p99 < 3.0 {
+                followed_at = Some(now_ms);
+            }
+            // Never mixed up: a sample is in the window or it is not.
+            assert!(!(3.0..=49.0).contains(&p99), "{p99} at {now_ms}");
+        }
+        // The last slow sample (1 990 ms, bucket 7) leaves when bucket 11 starts (2 750 ms):
+        // between window − bucket (750 ms) and window (1 s) after it was taken.
+        assert_eq!(followed_at, Some(2_750));
+        let cumulative_p99 = total.value_at_quantile(0.99) as f64 / 1000.0;
+        assert!(cumulative_p99 > 49.0, "{cumulative_p99}");
+        // Quiet for a whole window: nothing left to report.
+        assert_eq!(p99_ms(&window, 3_990 + 1_000), None);
+    }
+
+    #[test]
+    fn a_window_reuses_its_histograms() {
+        let mut window = WindowHistogram::new(Duration::from_secs(5), 5);
+        // A long run of traffic (an hour of 1 s buckets) leaves memory as it was.
+        for now_ms in (0..3_600_000u64).step_by(100) {
+            window.record(1 + now_ms % 7_000, now_ms);
+        }
+        assert_eq!(window.slots.len(), 5);
+        let counters: usize = window.slots.iter().map(|(_, h)| h.distinct_values()).sum();
+        assert!(counters * 8 <= 5 * 21 * 1024, "{counters} counters");
+        // Only the last 5 s of samples count: 10 a second.
+        let mut merged = window.empty_like();
+        window.add_to(&mut merged, 3_599_999);
+        assert_eq!(merged.len(), 50);
+    }
 
     #[test]
     fn smooth_schedule_gives_exact_spread_out_shares() {
