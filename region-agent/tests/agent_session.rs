@@ -15,7 +15,7 @@ mod common;
 
 use tokio::sync::mpsc;
 use umbra_agent::agent::Agent;
-use umbra_agent::agent::session::{SessionConfig, run_session};
+use umbra_agent::agent::session::{SessionConfig, run_session, transport_config};
 use umbra_agent::provider::process::{ProcessConfig, ProcessRuntime};
 use umbra_agent::provider::{AnyProvider, InstanceState, Provider};
 use umbra_proto::agent::{
@@ -172,7 +172,7 @@ async fn the_agent_follows_the_leader_and_fences_stale_terms() -> anyhow::Result
         AnyProvider::Process(provider),
     )?);
     let creds = Credentials::load(&certs, &Identity::new(Role::Agent, "eu-west")?)?;
-    let endpoint = Endpoint::client("127.0.0.1:0".parse()?, &creds, TransportConfig::default())?;
+    let endpoint = Endpoint::client("127.0.0.1:0".parse()?, &creds, transport_config())?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let session = tokio::spawn(run_session(
         agent.clone(),

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use umbra_agent::agent::Agent;
 use umbra_agent::agent::front::Front;
-use umbra_agent::agent::session::{SessionConfig, run_session};
+use umbra_agent::agent::session::{SessionConfig, run_session, transport_config};
 use umbra_agent::provider::process::{ENV_PROVIDER_STATE, ProcessConfig, ProcessRuntime};
 use umbra_agent::provider::{AnyProvider, Provider};
 use umbra_consensus::memory::MemoryNetwork;
@@ -345,7 +345,8 @@ impl World {
             let agent_endpoint = Endpoint::client(
                 "127.0.0.1:0".parse()?,
                 &agent_credentials,
-                TransportConfig::default(),
+                // The agent's own transport (short idle timeout and keep-alive), as `umbra-agent` uses.
+                transport_config(),
             )?;
             tokio::spawn(run_session(
                 agent.clone(),

@@ -9,17 +9,25 @@
 //! "leader" announcing a term older than the newest seen is not followed (a deposed leader),
 //! and each command's term is checked again by the core.
 //!
+//! Failover is fast and bounded ([`LeaderSearch`], the pure part): the connection sends
+//! keep-alives every [`KEEP_ALIVE_INTERVAL`] and is dropped after [`IDLE_TIMEOUT`] of silence,
+//! so a leader that died without a word is noticed within seconds; reaching an orchestrator
+//! (handshake, stream, hello reply) gets [`CONNECT_TIMEOUT`] — orchestrators are near — and
+//! only after a round in which none answered does the budget grow (up to [`HELLO_TIMEOUT`], for
+//! a loaded machine); an address that could not be reached is skipped for
+//! [`UNREACHABLE_SKIP`], also when followers still hint it while they elect its successor.
+//!
 //! Commands run in their own tasks (a warm-up takes seconds), bounded by
 //! [`MAX_CONCURRENT_COMMANDS`]; outcomes and heartbeats share one bounded outgoing queue.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use umbra_proto::agent::{AgentHello, FromAgent, HelloReply, ToAgent};
-use umbra_proto::{Credentials, Endpoint, Identity, Role, StreamKind, TransportConfig};
+use umbra_proto::{Credentials, Endpoint, Identity, LinkError, Role, StreamKind, TransportConfig};
 
 use super::config::AgentConfig;
 use super::{Agent, AgentError};
@@ -32,8 +40,26 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(50);
 pub const MAX_CONCURRENT_COMMANDS: usize = 16;
 /// Outgoing messages queued at most (outcomes and reports).
 pub const OUTGOING_QUEUE: usize = 64;
-/// How long the hello exchange may take.
+/// Longest time allowed to reach an orchestrator (handshake, stream open, hello reply); the
+/// budget grows to it from [`CONNECT_TIMEOUT`] only while no orchestrator answers at all.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// First time allowed to reach an orchestrator: orchestrators are near their agents (same or
+/// a neighbouring region, round trips of tens of ms), so a handshake that has not finished in
+/// 1 s is almost always to a dead address; waiting the general 5 s there is what made agents
+/// take ~10 s to follow a new leader.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The agent's QUIC idle timeout (QUIC uses the lower of both sides', so this applies to the
+/// whole connection): a leader that died without closing is noticed this long after it last
+/// answered, instead of the endpoint default's 10 s.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Keep-alive pings on the agent's connection: three fit in [`IDLE_TIMEOUT`], so two lost
+/// pings in a row do not drop a live link.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long an address that could not be reached is skipped (as a hint and in the rotation)
+/// while others are left to try: longer than an election on a loaded machine, during which
+/// followers still hint the dead leader, short enough that a restarted orchestrator is tried
+/// again soon.
+pub const UNREACHABLE_SKIP: Duration = Duration::from_secs(2);
 
 /// Errors of the session.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +94,19 @@ impl SessionConfig {
     }
 }
 
+/// The transport of an agent's endpoint: the default limits with the short idle timeout and
+/// keep-alive above; the handshake limit is the longest reach budget (the session bounds
+/// each attempt more tightly).
+pub fn transport_config() -> TransportConfig {
+    TransportConfig {
+        idle_timeout: IDLE_TIMEOUT,
+        keep_alive_interval: KEEP_ALIVE_INTERVAL,
+        handshake_timeout: HELLO_TIMEOUT,
+        stream_open_timeout: HELLO_TIMEOUT,
+        ..TransportConfig::default()
+    }
+}
+
 /// A client endpoint with this agent's certificate.
 pub fn client_endpoint(config: &AgentConfig) -> Result<Endpoint, SessionError> {
     let dir = config.certs_dir.as_ref().ok_or_else(|| {
@@ -82,7 +121,7 @@ pub fn client_endpoint(config: &AgentConfig) -> Result<Endpoint, SessionError> {
     Endpoint::client(
         "0.0.0.0:0".parse().expect("valid address"),
         &credentials,
-        TransportConfig::default(),
+        transport_config(),
     )
     .map_err(|e| SessionError::Endpoint(e.to_string()))
 }
@@ -91,10 +130,132 @@ pub fn client_endpoint(config: &AgentConfig) -> Result<Endpoint, SessionError> {
 enum Attempt {
     /// Try this address next.
     Redirect(Option<SocketAddr>),
-    /// Served a leader until the link ended.
-    Served,
+    /// Served a leader until the link ended; `gone` when the connection itself failed (timed
+    /// out, closed, reset), not just the stream (the leader stepping down ends only that).
+    Served { gone: bool },
+    /// Answered, but as a leader of a term older than the newest seen (deposed).
+    Stale(String),
     /// Could not reach or use this orchestrator.
     Failed(String),
+}
+
+/// What the session does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchStep {
+    /// Try to reach this orchestrator within `budget`.
+    Try { addr: SocketAddr, budget: Duration },
+    /// A round found no leader: wait this long first.
+    Pause(Duration),
+}
+
+/// Where to look for the leader next: hints first, then the configured orchestrators in turn,
+/// skipping addresses that recently could not be reached; a pause after a round without a
+/// leader. Pure (time is passed in), driven by [`run_session`].
+#[derive(Debug, Clone)]
+pub struct LeaderSearch {
+    orchestrators: Vec<SocketAddr>,
+    next: usize,
+    hint: Option<SocketAddr>,
+    /// Addresses skipped until the instant given.
+    unreachable: Vec<(SocketAddr, Instant)>,
+    /// Attempts since the last pause or leader that found no leader.
+    misses: usize,
+    /// Whether any orchestrator answered in this round (a hint, or a leader of a stale term).
+    answered: bool,
+    backoff: Duration,
+    budget: Duration,
+}
+
+impl LeaderSearch {
+    /// A search over `orchestrators` (non-empty, checked by [`run_session`]).
+    pub fn new(orchestrators: Vec<SocketAddr>) -> Self {
+        LeaderSearch {
+            orchestrators,
+            next: 0,
+            hint: None,
+            unreachable: Vec::new(),
+            misses: 0,
+            answered: false,
+            backoff: MIN_BACKOFF,
+            budget: CONNECT_TIMEOUT,
+        }
+    }
+
+    fn skipped(&self, addr: SocketAddr) -> bool {
+        self.unreachable.iter().any(|(a, _)| *a == addr)
+    }
+
+    /// The next step at `now`.
+    pub fn next_step(&mut self, now: Instant) -> SearchStep {
+        if self.misses > self.orchestrators.len() {
+            // A full round without a leader (elections take a few hundred ms). Only when
+            // nobody answered may the orchestrators be too loaded for the budget: grow it.
+            self.misses = 0;
+            if !self.answered {
+                self.budget = (self.budget * 2).min(HELLO_TIMEOUT);
+            }
+            self.answered = false;
+            let pause = self.backoff;
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            return SearchStep::Pause(pause);
+        }
+        self.unreachable.retain(|(_, until)| *until > now);
+        let budget = self.budget;
+        if let Some(addr) = self.hint.take()
+            && !self.skipped(addr)
+        {
+            return SearchStep::Try { addr, budget };
+        }
+        let n = self.orchestrators.len();
+        let pick = (0..n)
+            .map(|k| (self.next + k) % n)
+            .find(|&i| !self.skipped(self.orchestrators[i]))
+            // Every address was unreachable a moment ago: one of them may be back.
+            .unwrap_or(self.next % n);
+        self.next = pick + 1;
+        SearchStep::Try {
+            addr: self.orchestrators[pick],
+            budget,
+        }
+    }
+
+    /// `from` is not the leader and hinted `hint`.
+    pub fn redirected(&mut self, hint: Option<SocketAddr>) {
+        self.hint = hint;
+        self.answered = true;
+        self.misses += 1;
+    }
+
+    /// `addr` answered but cannot be followed (a deposed leader's term): skipped for a while
+    /// like an unreachable address, but the answer shows the budget is enough.
+    pub fn refused(&mut self, addr: SocketAddr, now: Instant) {
+        self.mark(addr, now);
+        self.answered = true;
+        self.misses += 1;
+    }
+
+    /// `addr` could not be reached (or did not answer in time) at `now`.
+    pub fn unreachable(&mut self, addr: SocketAddr, now: Instant) {
+        self.mark(addr, now);
+        self.misses += 1;
+    }
+
+    /// The link to a leader ended; `gone` when its connection failed (the address is then
+    /// skipped like an unreachable one: a dead leader is what followers still hint).
+    pub fn served(&mut self, addr: SocketAddr, gone: bool, now: Instant) {
+        self.misses = 0;
+        self.answered = false;
+        self.backoff = MIN_BACKOFF;
+        self.budget = CONNECT_TIMEOUT;
+        if gone {
+            self.mark(addr, now);
+        }
+    }
+
+    fn mark(&mut self, addr: SocketAddr, now: Instant) {
+        self.unreachable.retain(|(a, _)| *a != addr);
+        self.unreachable.push((addr, now + UNREACHABLE_SKIP));
+    }
 }
 
 /// Follows the leader and serves it until `shutdown`.
@@ -108,48 +269,39 @@ pub async fn run_session(
         return Err(SessionError::NoOrchestrators);
     }
     let commands = Arc::new(Semaphore::new(MAX_CONCURRENT_COMMANDS));
-    let mut next = 0usize;
-    let mut hint: Option<SocketAddr> = None;
-    let mut backoff = MIN_BACKOFF;
-    let mut failures_in_round = 0usize;
+    let mut search = LeaderSearch::new(config.orchestrators.clone());
     while !shutdown.is_cancelled() {
-        let addr = match hint.take() {
-            Some(a) => a,
-            None => {
-                let a = config.orchestrators[next % config.orchestrators.len()];
-                next += 1;
-                a
+        let (addr, budget) = match search.next_step(Instant::now()) {
+            SearchStep::Try { addr, budget } => (addr, budget),
+            SearchStep::Pause(pause) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
             }
         };
         let attempt = tokio::select! {
-            a = attempt(&agent, &endpoint, addr, &config, &commands) => a,
+            a = attempt(&agent, &endpoint, addr, budget, &config, &commands) => a,
             _ = shutdown.cancelled() => break,
         };
         match attempt {
             Attempt::Redirect(h) => {
                 tracing::info!(%addr, hint = ?h, "not the leader; following the hint");
-                hint = h;
-                failures_in_round += 1;
+                search.redirected(h);
             }
-            Attempt::Served => {
-                tracing::warn!(%addr, "link to the leader ended; looking for the leader");
-                backoff = MIN_BACKOFF;
-                failures_in_round = 0;
-                continue;
+            Attempt::Served { gone } => {
+                tracing::warn!(%addr, gone, "link to the leader ended; looking for the leader");
+                search.served(addr, gone, Instant::now());
+            }
+            Attempt::Stale(reason) => {
+                tracing::warn!(%addr, %reason, "not following a deposed leader");
+                search.refused(addr, Instant::now());
             }
             Attempt::Failed(reason) => {
                 tracing::warn!(%addr, %reason, "orchestrator unavailable");
-                failures_in_round += 1;
+                search.unreachable(addr, Instant::now());
             }
-        }
-        if failures_in_round > config.orchestrators.len() {
-            // A full round without a leader: back off (elections take a few hundred ms).
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.cancelled() => break,
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            failures_in_round = 0;
         }
     }
     agent.executor().shutdown();
@@ -160,41 +312,53 @@ async fn attempt(
     agent: &Arc<Agent>,
     endpoint: &Endpoint,
     addr: SocketAddr,
+    budget: Duration,
     config: &SessionConfig,
     commands: &Arc<Semaphore>,
 ) -> Attempt {
-    let conn = match endpoint
-        .connect(addr, &Role::Orchestrator.server_name())
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => return Attempt::Failed(e.to_string()),
-    };
-    let mut stream = match conn.open_stream(StreamKind::Agent).await {
-        Ok(s) => s,
-        Err(e) => return Attempt::Failed(e.to_string()),
-    };
     let hello = AgentHello {
         region: agent.region(),
         newest_term: agent.newest_term(),
     };
-    let reply = tokio::time::timeout(HELLO_TIMEOUT, async {
-        stream.send(&hello).await?;
-        stream.recv::<HelloReply>().await
+    // One budget for handshake, stream and hello: a dead address costs `budget`, not the sum
+    // of three transport limits. Dropping a half-done handshake abandons that connection.
+    let reached = tokio::time::timeout(budget, async {
+        let conn = endpoint
+            .connect(addr, &Role::Orchestrator.server_name())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut stream = conn
+            .open_stream(StreamKind::Agent)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream.send(&hello).await.map_err(|e| e.to_string())?;
+        let reply = stream
+            .recv::<HelloReply>()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((conn, stream, reply))
     })
     .await;
-    let (node_id, term) = match reply {
-        Err(_) => return Attempt::Failed(format!("no hello reply within {HELLO_TIMEOUT:?}")),
-        Ok(Err(e)) => return Attempt::Failed(e.to_string()),
-        Ok(Ok(None)) => return Attempt::Failed("stream closed before the hello reply".into()),
-        Ok(Ok(Some(HelloReply::NotLeader { leader_addr, .. }))) => {
+    let (conn, stream, node_id, term) = match reached {
+        Err(_) => {
+            return Attempt::Failed(format!(
+                "no hello reply within {budget:?} (handshake, stream and hello)"
+            ));
+        }
+        Ok(Err(reason)) => return Attempt::Failed(reason),
+        Ok(Ok((_, _, None))) => {
+            return Attempt::Failed("stream closed before the hello reply".into());
+        }
+        Ok(Ok((_, _, Some(HelloReply::NotLeader { leader_addr, .. })))) => {
             return Attempt::Redirect(leader_addr.and_then(|a| a.parse().ok()));
         }
-        Ok(Ok(Some(HelloReply::Leader { node_id, term }))) => (node_id, term),
+        Ok(Ok((conn, stream, Some(HelloReply::Leader { node_id, term })))) => {
+            (conn, stream, node_id, term)
+        }
     };
     if !agent.handle_leader_term(term) {
         conn.close(0, "stale leader term");
-        return Attempt::Failed(format!(
+        return Attempt::Stale(format!(
             "orchestrator {node_id} claims leadership for term {term}, older than {}",
             agent.newest_term()
         ));
@@ -251,6 +415,131 @@ async fn attempt(
     reporter.abort();
     drop(out_tx);
     writer.abort();
+    // A connection that failed (idle timeout, closed or reset by the peer) means the address
+    // is gone for now; a stream ended on a live connection means the leader stepped down.
+    let gone = conn.close_reason().is_some_and(|reason| {
+        tracing::info!(%addr, %reason, "connection to the leader lost");
+        !matches!(reason, LinkError::LocallyClosed)
+    });
     conn.close(0, "agent stream ended");
-    Attempt::Served
+    Attempt::Served { gone }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs() -> Vec<SocketAddr> {
+        (1..=3)
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect()
+    }
+
+    fn tried(step: SearchStep) -> SocketAddr {
+        match step {
+            SearchStep::Try { addr, .. } => addr,
+            SearchStep::Pause(p) => panic!("paused {p:?}"),
+        }
+    }
+
+    #[test]
+    fn a_dead_leader_hinted_by_followers_is_not_tried_again() {
+        let [a, b, c] = addrs()[..] else {
+            unreachable!()
+        };
+        let mut search = LeaderSearch::new(vec![a, b, c]);
+        let t0 = Instant::now();
+        assert_eq!(tried(search.next_step(t0)), a);
+        // a led until its connection failed.
+        search.served(a, true, t0);
+        assert_eq!(
+            search.next_step(t0),
+            SearchStep::Try {
+                addr: b,
+                budget: CONNECT_TIMEOUT
+            }
+        );
+        // b has not noticed yet and hints a: skipped, c is next.
+        search.redirected(Some(a));
+        assert_eq!(tried(search.next_step(t0)), c);
+        search.redirected(Some(a));
+        assert_eq!(tried(search.next_step(t0)), b);
+        // The election is over: b hints c, the new leader.
+        search.redirected(Some(c));
+        assert_eq!(tried(search.next_step(t0)), c);
+        // Once the skip has ended, a is tried again (it may have restarted).
+        search.served(c, true, t0);
+        let later = t0 + UNREACHABLE_SKIP + Duration::from_millis(1);
+        search.redirected(Some(a));
+        assert_eq!(tried(search.next_step(later)), a);
+    }
+
+    #[test]
+    fn a_stream_ended_by_a_live_leader_does_not_skip_it() {
+        let [a, b, c] = addrs()[..] else {
+            unreachable!()
+        };
+        let mut search = LeaderSearch::new(vec![a, b, c]);
+        let t0 = Instant::now();
+        assert_eq!(tried(search.next_step(t0)), a);
+        search.served(a, false, t0);
+        assert_eq!(tried(search.next_step(t0)), b);
+        search.redirected(Some(a));
+        assert_eq!(tried(search.next_step(t0)), a);
+    }
+
+    #[test]
+    fn rounds_without_a_leader_pause_and_only_silence_grows_the_budget() {
+        let [a, b, c] = addrs()[..] else {
+            unreachable!()
+        };
+        let mut search = LeaderSearch::new(vec![a, b, c]);
+        let t0 = Instant::now();
+        // An election in progress: everyone answers, nobody knows the leader.
+        let mut pauses = Vec::new();
+        for _ in 0..20 {
+            match search.next_step(t0) {
+                SearchStep::Try { budget, .. } => {
+                    assert_eq!(budget, CONNECT_TIMEOUT, "answers keep the budget short");
+                    search.redirected(None);
+                }
+                SearchStep::Pause(p) => pauses.push(p),
+            }
+        }
+        assert_eq!(pauses[..3], [MIN_BACKOFF, MIN_BACKOFF * 2, MIN_BACKOFF * 4]);
+        assert!(pauses.iter().all(|p| *p <= MAX_BACKOFF));
+        // Nobody answers (a loaded machine, or all down): the budget doubles up to the limit,
+        // and every address is still tried even though all are marked unreachable.
+        let mut budgets = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            if let SearchStep::Try { addr, budget } = search.next_step(t0) {
+                budgets.push(budget);
+                seen.insert(addr);
+                search.unreachable(addr, t0);
+            }
+        }
+        assert_eq!(budgets.first(), Some(&CONNECT_TIMEOUT));
+        assert_eq!(budgets.last(), Some(&HELLO_TIMEOUT));
+        assert!(budgets.windows(2).all(|w| w[0] <= w[1]), "{budgets:?}");
+        assert_eq!(seen.len(), 3);
+        // A leader resets the budget.
+        search.served(b, false, t0);
+        assert!(matches!(
+            search.next_step(t0 + UNREACHABLE_SKIP * 2),
+            SearchStep::Try {
+                budget: CONNECT_TIMEOUT,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_agent_transport_is_valid_and_notices_silence_fast() {
+        let t = transport_config();
+        t.validate().unwrap();
+        assert_eq!(t.idle_timeout, IDLE_TIMEOUT);
+        assert!(KEEP_ALIVE_INTERVAL * 3 <= IDLE_TIMEOUT);
+        assert!(CONNECT_TIMEOUT < HELLO_TIMEOUT);
+    }
 }
