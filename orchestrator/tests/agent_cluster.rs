@@ -44,10 +44,10 @@ const REGION: &str = "us-east";
 const OTHER_REGION: &str = "eu-west";
 /// The stand-in's orchestrator identity: a fourth certificate from the cluster's CA.
 const STAND_IN_ID: u64 = 4;
-/// Bound on each wait. An agent notices a SIGKILLed leader only through the QUIC idle timeout
-/// (`umbra_proto::endpoint::DEFAULT_IDLE_TIMEOUT`, 10 s: a dead process sends no close), and
-/// each dead orchestrator it tries costs a handshake timeout (5 s); an election on a loaded
-/// 2-core machine adds seconds. 90 s leaves room for all of that several times over.
+/// Bound on each wait. An agent notices a SIGKILLed leader only through its connection's idle
+/// timeout (3 s for agent sessions: a dead process sends no close), each attempt at an
+/// orchestrator costs up to 1–5 s, and an election on a loaded 2-core machine adds seconds.
+/// 90 s leaves room for all of that several times over.
 const DEADLINE: Duration = Duration::from_secs(90);
 /// Agent heartbeat: frequent, so a report arrives soon after each command.
 const HEARTBEAT_MS: u64 = 200;

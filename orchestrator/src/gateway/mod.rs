@@ -29,8 +29,10 @@ use umbra_proto::{FramedStream, Role, StreamKind, codes};
 /// Commands queued per agent stream before [`AgentGateway::send`] waits: an executor round
 /// sends at most a few per region, so 64 is room for a burst without unbounded memory.
 pub const DEFAULT_COMMAND_QUEUE: usize = 64;
-/// How long the agent has to send its hello after opening the stream: the same 5 s the agent
-/// gives the orchestrator for the reply (`umbra_agent::agent::session::HELLO_TIMEOUT`).
+/// How long the agent has to send its hello after opening the stream: 5 s, the most the agent
+/// itself allows for a whole attempt (it starts at 1 s and doubles only after a round in which
+/// no orchestrator answered, `umbra_agent::agent::session`), so a slow but live agent is
+/// never cut off first by this side.
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Commands awaiting an outcome on one stream at most; the agent runs 16 at once
 /// (`MAX_CONCURRENT_COMMANDS`), the rest wait in its queue.
