@@ -139,8 +139,10 @@ pub fn plan_toml(topology: &DemoTopology, timing: &DemoTiming, load: &DemoLoad) 
         ));
     }
     let primary = &topology.regions[0].name;
-    // The SLO: 1 % errors and a 100 ms p99 (a cold read costs the sample's 30 ms backing
-    // latency, so only a broken target breaches it); 50 requests before a verdict.
+    // The SLO: 1 % errors and a 300 ms p99, judged on at least 100 requests. A cold read
+    // costs the sample's 30 ms backing latency; a 2-core laptop busy with builds was seen to
+    // stall a step's first 59 requests to a p99 of 182 ms (a rollback at 10 % with nothing
+    // wrong), so the latency bound leaves room for that and only a broken target breaches.
     out.push_str(&format!(
         r#"[[service]]
 name = "{SERVICE}"
@@ -157,7 +159,7 @@ analysis_window_secs = {window}
 lead_time_secs = {lead}
 replication = "sample-log-shipping"
 max_replication_lag = 0
-slo = {{ max_error_rate = 0.01, max_p99_ms = 100.0, min_samples = 50 }}
+slo = {{ max_error_rate = 0.01, max_p99_ms = 300.0, min_samples = 100 }}
 
 [service.warmup]
 allow_writes = false
