@@ -109,7 +109,9 @@ pub struct Slo {
     pub max_error_rate: f64,
     /// Highest tolerated 99th-percentile latency, milliseconds.
     pub max_p99_ms: f64,
-    /// Fewest requests a reading needs before it can judge (fewer: no verdict, keep waiting).
+    /// Fewest requests a reading needs before it can judge: fewer gives no verdict, and a
+    /// step does not pass until this many requests were judged at its share (0: a step may
+    /// pass on time alone, for services that may see no traffic).
     pub min_samples: u64,
 }
 
@@ -551,7 +553,13 @@ fn cutting_over(
         let reason = format!("SLO breach at {percent}%: {reason}");
         return Decision::advance(to(Phase::RollingBack, reason), actions);
     }
-    if elapsed_ms < spec.analysis_window_ms {
+    // A step passes on evidence, not on time alone: the window must have passed AND the SLO
+    // must have judged at least `min_samples` requests at this share. Without the second half,
+    // a new leader (whose reading starts from zero) would pass a step whose window elapsed
+    // under its predecessor with nothing judged. `min_samples = 0` opts out, for services
+    // that may see no traffic.
+    let judged_samples = seen.slo.map_or(0, |r| r.samples);
+    if elapsed_ms < spec.analysis_window_ms || judged_samples < spec.slo.min_samples {
         return Decision::hold(actions);
     }
     let judged = seen.slo.map_or_else(

@@ -253,6 +253,34 @@ fn decisions_table() {
             actions: vec![shadow.clone(), EnsureReplication, SetShare { percent: 10 }],
         },
         Row {
+            name: "a step does not pass on time alone: too few requests judged",
+            phase: Phase::CuttingOver { step: 0 },
+            promoted: false,
+            elapsed_ms: 60_000,
+            seen: Observations {
+                share_applied: Some(10),
+                slo: healthy(49),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication, SetShare { percent: 10 }],
+        },
+        Row {
+            name: "a step with no reading at all holds (e.g. a new leader just took over)",
+            phase: Phase::CuttingOver { step: 1 },
+            promoted: false,
+            elapsed_ms: 60_000,
+            seen: Observations {
+                share_applied: Some(50),
+                slo: None,
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication, SetShare { percent: 50 }],
+        },
+        Row {
             name: "an error-rate breach rolls back before the window ends",
             phase: Phase::CuttingOver { step: 1 },
             promoted: false,
