@@ -169,9 +169,17 @@ async fn a_failing_target_at_the_50_percent_step_rolls_back_within_a_second() ->
 async fn a_second_migration_brings_the_service_back_home() -> anyhow::Result<()> {
     let world = World::start(1).await?;
     world.wait_source_serving().await?;
+    // A step passes only once the SLO judged enough requests, so the way there needs traffic
+    // at the source's front too.
+    let outbound = Client::start(world.regions[SOURCE].front);
     let there = world.migrate().await?;
     let phases = world.follow(&there, async |_| Ok(())).await?;
+    let (out_total, out_failed) = outbound.stop().await;
     assert_eq!(phases.last(), Some(&Phase::Completed), "there: {phases:?}");
+    assert_eq!(
+        out_failed, 0,
+        "no request failed on the way there ({out_total} sent)"
+    );
 
     // Clients now reach the service through the target's front (DNS points there).
     let client = Client::start(world.regions[TARGET].front);

@@ -55,6 +55,9 @@ async fn a_follow_the_sun_leg_creates_its_migration_once_and_it_completes() -> a
     });
     let times = executor_support::short_windows();
     let world = World::start_with(1, clock, &times, SCHEDULE).await?;
+    // Cutover steps pass only once the SLO judged enough requests: users keep coming.
+    world.wait_source_serving().await?;
+    let client = executor_support::Client::start(world.regions[executor_support::SOURCE].front);
     // The leg is due at once: its migration appears without anyone asking.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let id = loop {
@@ -69,7 +72,9 @@ async fn a_follow_the_sun_leg_creates_its_migration_once_and_it_completes() -> a
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     let phases = world.follow(&id, async |_| Ok(())).await?;
+    let (total, failed) = client.stop().await;
     assert_eq!(phases.last(), Some(&Phase::Completed), "phases {phases:?}");
+    assert_eq!(failed, 0, "no request failed ({total} sent)");
     let overview = world.overview().await?;
     assert_eq!(overview.migrations.len(), 1, "the leg fired once");
     let record = &overview.migrations[&id];
