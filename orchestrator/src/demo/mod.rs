@@ -1038,28 +1038,16 @@ fn free_dns_port() -> Result<u16, DemoError> {
     ))
 }
 
-/// A TCP port free on all three front addresses (127.0.0.11/12/13).
+/// A TCP port free on all three front addresses (127.0.0.11/12/13), below the ephemeral
+/// range so the demo's own client connections cannot take it first.
 fn free_front_port() -> Result<u16, DemoError> {
     let ips = [11, 12, 13].map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)));
-    for _ in 0..20 {
-        let first = TcpListener::bind((ips[0], 0)).map_err(|e| {
-            DemoError::Setup(format!(
-                "cannot listen on {}: {e}; the demo's fronts need 127.0.0.11-13 (all of \
-                 127.0.0.0/8 is loopback on Linux)",
-                ips[0]
-            ))
-        })?;
-        let port = first.local_addr().map_err(io("binding a front"))?.port();
-        if ips[1..]
-            .iter()
-            .all(|ip| TcpListener::bind((*ip, port)).is_ok())
-        {
-            return Ok(port);
-        }
-    }
-    Err(DemoError::Setup(
-        "no port free on 127.0.0.11, .12 and .13 after 20 tries".into(),
-    ))
+    crate::node::free_tcp_port_on(&ips).map_err(|e| {
+        DemoError::Setup(format!(
+            "no port free on 127.0.0.11, .12 and .13: {e}; the demo's fronts need them (all of \
+             127.0.0.0/8 is loopback on Linux)"
+        ))
+    })
 }
 
 #[cfg(test)]

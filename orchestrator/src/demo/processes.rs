@@ -92,6 +92,9 @@ impl Supervisor {
         let file = std::fs::File::create(log).map_err(spawn_error)?;
         let err = file.try_clone().map_err(spawn_error)?;
         let child = command
+            // A child that fails prints its error, not a backtrace (which RUST_BACKTRACE in
+            // a test environment would add): the last lines of its log are what the demo shows.
+            .env("RUST_LIB_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err)
