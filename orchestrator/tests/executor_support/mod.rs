@@ -51,14 +51,25 @@ pub const MIGRATION_DEADLINE: Duration = Duration::from_secs(120);
 
 /// SIGKILLs every instance process of a provider state directory when dropped, also when a
 /// test fails half-way (instances run in their own sessions and would outlive the test).
-struct Reaper(PathBuf);
+struct Reaper {
+    /// `UMBRA_PROVIDER_STATE=<canonical state dir>`, computed when the reaper is made: by the
+    /// time it drops, the temp dir may be gone (World drops `_dir` first) and could no longer
+    /// be canonicalised, which once let every instance outlive its test.
+    marker: String,
+}
+
+impl Reaper {
+    fn new(state: &Path) -> anyhow::Result<Reaper> {
+        let dir = std::fs::canonicalize(state)?;
+        Ok(Reaper {
+            marker: format!("{ENV_PROVIDER_STATE}={}", dir.display()),
+        })
+    }
+}
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        let Ok(dir) = std::fs::canonicalize(&self.0) else {
-            return;
-        };
-        let marker = format!("{ENV_PROVIDER_STATE}={}", dir.display());
+        let marker = &self.marker;
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return;
         };
@@ -326,7 +337,7 @@ impl World {
         for region in [SOURCE, TARGET] {
             let state = dir.path().join(region);
             std::fs::create_dir_all(&state)?;
-            let reaper = Reaper(state.clone());
+            let reaper = Reaper::new(&state)?;
             let provider = Provider::open(
                 ProcessRuntime::new(ProcessConfig::sample(sample.clone(), 5), &state)?,
                 &state,
