@@ -1,18 +1,18 @@
-//! Umbra's domain: regions, services, pools and migrations as a replicated state machine;
-//! demand forecasting and pool sizing; the controllers that turn replicated state into side
-//! effects; DNS providers; the operator API. The binaries `umbra-orchestrator` and `umbra`
-//! are thin shells over this library.
+//! Umbra's product library: regions, services, pools and migrations as a replicated state
+//! machine (`state`, `migration`); the controllers that turn replicated state into side
+//! effects (`executor`, `gateway`, `zone_sync`); the replicated store they share (`store`);
+//! the operator API (`api`); and the process wiring of one orchestrator (`node`). The binary
+//! `umbra-orchestrator` is a thin shell over this library.
+//!
+//! Forecasting and sizing live in `umbra-forecast`, DNS providers in `umbra-dns`, the demo in
+//! `umbra-demo`, and the `umbra` CLI in `umbra-cli`: this library depends on none of the
+//! agent's crates.
 
 pub mod api;
-pub mod demand;
-pub mod demo;
-pub mod dns;
 pub mod executor;
-pub mod forecast;
 pub mod gateway;
 pub mod migration;
 pub mod node;
-pub mod simulate;
-pub mod sizing;
 pub mod state;
-pub mod ttl_plan;
+pub mod store;
+pub mod zone_sync;

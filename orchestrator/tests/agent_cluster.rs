@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::sync::mpsc;
+use umbra_demo::ports::free_loopback_port;
 use umbra_orchestrator::node::{
     AdminStatus, ExecutorSection, GatewaySection, NodeConfig, PeerConfig, StateMachineKind,
-    free_loopback_port,
 };
 use umbra_proto::agent::{
     AgentAction, AgentCommand, AgentHello, AgentReport, CommandOutcome, CommandResult, FromAgent,

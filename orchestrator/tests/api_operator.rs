@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use umbra_orchestrator::api::{
-    self, ApiClient, ApiConfig, BearerToken, ClientError, MemoryReplicated, RunningApi,
-};
+use umbra_orchestrator::api::{self, ApiClient, ApiConfig, BearerToken, ClientError, RunningApi};
 use umbra_orchestrator::migration::{Observations, ReplicationObserved};
 use umbra_orchestrator::state::{Applied, MigrationRequest};
+use umbra_orchestrator::store::MemoryReplicated;
 use umbra_proto::certs::{self, Layout};
 use umbra_proto::{Credentials, Identity, Role};
 

@@ -14,12 +14,11 @@ use std::time::{Duration, Instant};
 
 use umbra_consensus::memory::MemoryNetwork;
 use umbra_consensus::{Config, NodeOptions, RaftNode, RequestError, Role as RaftRole, mailbox};
-use umbra_orchestrator::api::{
-    self, ApiClient, ApiConfig, BearerToken, ObservationBoard, RaftReplicated, RunningApi,
-};
+use umbra_orchestrator::api::{self, ApiClient, ApiConfig, BearerToken, RunningApi};
 use umbra_orchestrator::state::{
     Applied, MigrationRequest, OrchestratorState, Query, QueryAnswer, decode_answer, encode_query,
 };
+use umbra_orchestrator::store::{ObservationBoard, RaftReplicated};
 use umbra_proto::certs::{self, Layout};
 use umbra_proto::{
     ClientError, ClientErrorKind, ClientOutcome, ClientRequest, ClientRequestBody, ClientResponse,

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use hickory_proto::rr::{RData, RecordType};
 use tokio::sync::watch;
-use umbra_orchestrator::dns::DnsError;
-use umbra_orchestrator::dns::embedded::{EmbeddedDns, EmbeddedDnsConfig};
-use umbra_orchestrator::dns::replicated::{
+use umbra_dns::DnsError;
+use umbra_dns::embedded::{EmbeddedDns, EmbeddedDnsConfig};
+use umbra_dns::verify::resolver_for;
+use umbra_orchestrator::state::{Command, DnsWeights, OrchestratorState, Overview, Plan};
+use umbra_orchestrator::zone_sync::{
     SkippedService, ZoneSync, ZoneSyncMetrics, spawn, verify_weights_served,
 };
-use umbra_orchestrator::dns::verify::resolver_for;
-use umbra_orchestrator::state::{Command, DnsWeights, OrchestratorState, Overview, Plan};
 
 const ZONE: &str = "umbra.test.";
 const SHOP: &str = "shop.umbra.test.";

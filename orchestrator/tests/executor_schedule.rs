@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
-use umbra_orchestrator::executor::Clock;
 use umbra_orchestrator::migration::Phase;
+use umbra_orchestrator::store::Clock;
 
 mod executor_support;
 

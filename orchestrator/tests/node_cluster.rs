@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hickory_proto::rr::{RData, RecordType};
+use umbra_demo::ports::free_loopback_port;
+use umbra_dns::verify::resolver_for;
 use umbra_orchestrator::api::{ApiClient, ApiConfig, BearerToken};
-use umbra_orchestrator::dns::verify::resolver_for;
 use umbra_orchestrator::node::{
     AdminStatus, DnsSection, ExecutorSection, GatewaySection, NodeConfig, PeerConfig,
-    StateMachineKind, free_loopback_port,
+    StateMachineKind,
 };
 use umbra_orchestrator::state::Overview;
 use umbra_proto::agent::{AgentHello, HelloReply};

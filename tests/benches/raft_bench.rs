@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use umbra_consensus::kv::KvCommand;
-use umbra_orchestrator::node::StoreClient;
+use umbra_orchestrator::store::StoreClient;
 use umbra_tests::Cluster;
 
 #[derive(Debug, Parser)]

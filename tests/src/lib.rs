@@ -17,7 +17,8 @@ use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use umbra_consensus::Role as RaftRole;
-use umbra_orchestrator::node::{AdminStatus, NodeConfig, PeerConfig, StoreClient};
+use umbra_orchestrator::node::{AdminStatus, NodeConfig, PeerConfig};
+use umbra_orchestrator::store::StoreClient;
 use umbra_proto::certs::{self, Layout};
 use umbra_proto::{Credentials, Identity, Role};
 
@@ -48,7 +49,7 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
-pub use umbra_orchestrator::node::free_loopback_port as free_port;
+pub use umbra_demo::ports::free_loopback_port as free_port;
 
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout` naming `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
@@ -65,6 +66,40 @@ where
             bail!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How long a SIGSTOPped process may take to stop in every thread.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until every thread of `pid` is in the stopped state (`T` in `/proc/PID/task/*/stat`).
+pub fn wait_until_stopped(pid: Pid, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let tasks = PathBuf::from(format!("/proc/{pid}/task"));
+    loop {
+        let mut all_stopped = true;
+        for task in
+            std::fs::read_dir(&tasks).with_context(|| format!("reading {}", tasks.display()))?
+        {
+            let stat = std::fs::read_to_string(task?.path().join("stat")).unwrap_or_default();
+            // "tid (comm) STATE ...": comm may hold spaces and parentheses, so the state is
+            // the first field after the last ')'.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            // A thread that exited meanwhile has no stat left; it needs no stopping.
+            if state.is_some_and(|state| state != "T") {
+                all_stopped = false;
+                break;
+            }
+        }
+        if all_stopped {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("process {pid} did not stop within {timeout:?} of SIGSTOP");
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -285,12 +320,16 @@ impl Cluster {
         self.spawn(id)
     }
 
-    /// SIGSTOP: the process freezes, its sockets stay open.
+    /// SIGSTOP, then waits until every thread of the process is stopped: the process
+    /// freezes, its sockets stay open. `kill` returns as soon as the signal is queued, while
+    /// threads still running may answer a request for a while; a test that relies on the pause
+    /// must not begin before the kernel reports it (`/proc/PID/task/*/stat` state `T`).
     pub fn pause(&mut self, id: u64) -> anyhow::Result<()> {
         let node = self.node_mut(id)?;
         node.signal(Signal::SIGSTOP)?;
         node.paused = true;
-        Ok(())
+        let pid = node.pid().expect("signal() checked that it runs");
+        wait_until_stopped(pid, PAUSE_TIMEOUT)
     }
 
     /// SIGCONT.

@@ -1,4 +1,4 @@
-//! End-to-end runs of the migration demo (`umbra_orchestrator::demo`, what `umbra demo` runs):
+//! End-to-end runs of the migration demo (`umbra_demo`, what `umbra demo` runs):
 //! three real `umbra-orchestrator` processes, three real `umbra-agent` processes with their
 //! fronts and `umbra-sample` instances, traffic by name through the orchestrators' DNS. Loads
 //! are smaller than the CLI's defaults (the acceptance numbers come from `umbra demo --json`),
@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use umbra_orchestrator::demo::processes::instance_pids;
-use umbra_orchestrator::demo::report::DemoReport;
-use umbra_orchestrator::demo::{DemoOptions, run};
+use umbra_demo::processes::instance_pids;
+use umbra_demo::report::DemoReport;
+use umbra_demo::{DemoOptions, run};
 
 fn options(work_dir: &Path) -> anyhow::Result<DemoOptions> {
     let bin_dir = umbra_tests::binary("umbra-orchestrator")?

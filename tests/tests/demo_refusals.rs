@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use umbra_orchestrator::demo::plan::{DemoTiming, migration_request};
-use umbra_orchestrator::demo::{DemoOptions, IdleCluster};
+use umbra_demo::scenario::{DemoTiming, migration_request};
+use umbra_demo::{DemoOptions, IdleCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_or_migration_naming_an_unknown_region_is_refused_and_changes_nothing()

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use umbra_consensus::kv::{KvAnswer, KvCommand, KvQuery};
-use umbra_orchestrator::node::{AdminStatus, StoreClient};
+use umbra_orchestrator::node::AdminStatus;
+use umbra_orchestrator::store::StoreClient;
 use umbra_proto::certs::{self, Layout};
 use umbra_proto::{
     ClientOutcome, ClientRequest, ClientRequestBody, ClientResponse, Credentials, Endpoint,

@@ -1,10 +1,9 @@
 //! The operator API: HTTPS + JSON on every orchestrator, for `umbra apply`, `migrate`,
 //! `status` and `rollback`. The server (`server`) checks who is calling (a client certificate
 //! from the cluster CA with the `operator` role, plus a bearer token), dry-runs every write
-//! with [`Query::Check`] so bad input costs no log entry, then proposes it through a
-//! [`Replicated`] store: [`MemoryReplicated`] over an in-process [`OrchestratorState`] (tests,
-//! tools), or [`RaftReplicated`] over the node's Raft group, which forwards to the leader
-//! when this node is a follower. `client` is the HTTPS client the CLI and the tests use.
+//! with `Query::Check` so bad input costs no log entry, then proposes it through a
+//! [`Replicated`](crate::store::Replicated) store (`crate::store`). `client` is the HTTPS
+//! client the CLI and the tests use.
 //!
 //! This module must not decide what a command does (that is `state`), must not log the
 //! token, and must not trust anything a request says about who sent it: identity comes from
@@ -12,25 +11,20 @@
 
 mod auth;
 pub mod client;
-mod memory;
-mod raft;
 mod server;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::migration::{MigrationRecord, Observations, Phase, Readiness};
-use crate::state::{AuditEntry, Command, Outcome, Overview, Query, QueryAnswer};
+use crate::migration::{MigrationRecord, Observations, Readiness, progress};
+use crate::state::{AuditEntry, Overview};
+use crate::store::LeaderInfo;
 
 pub use auth::{BearerToken, TokenError};
 pub use client::{ApiClient, ClientError};
-pub use memory::MemoryReplicated;
-pub use raft::RaftReplicated;
 pub use server::{RunningApi, ServeError, serve};
 
 /// Largest request body accepted: 1 MiB. A plan of a few hundred services is tens of KiB;
@@ -123,87 +117,6 @@ impl ApiConfig {
     }
 }
 
-/// Why the replicated store could not answer. Each message says what to do.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ApiError {
-    /// No leader is known (an election is under way, or there is no quorum).
-    #[error("no orchestrator leads the cluster right now ({0}); retry in a few seconds")]
-    NoLeader(String),
-    /// The cluster did not answer; nothing was applied.
-    #[error("the cluster did not answer ({0}); nothing was applied, retry")]
-    Unavailable(String),
-    /// A write was sent but its fate is unknown (timeout, lost connection).
-    #[error(
-        "the write was sent but its outcome is unknown ({0}); check `umbra status` before retrying"
-    )]
-    OutcomeUnknown(String),
-    /// The state machine answered something this API does not understand (a version skew
-    /// between orchestrators, or a bug).
-    #[error("the cluster's answer could not be understood: {0}")]
-    Garbled(String),
-}
-
-/// Who leads the cluster, as this node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaderInfo {
-    /// This node's Raft id (`None` for a store that is not a Raft member).
-    pub this_node: Option<u64>,
-    /// The leader's Raft id, if one is known.
-    pub leader: Option<u64>,
-    /// The current Raft term.
-    pub term: u64,
-}
-
-/// What the executor last observed per migration (shadow instances serving and warm,
-/// replication lag). It is not replicated: the leader's executor publishes it here, and
-/// `GET /v1/status` turns it into a readiness score on that node. Other nodes show no
-/// readiness until they lead.
-#[derive(Debug, Clone, Default)]
-pub struct ObservationBoard {
-    seen: Arc<RwLock<BTreeMap<String, Observations>>>,
-}
-
-impl ObservationBoard {
-    /// Publishes the latest observations of migration `id`.
-    pub fn publish(&self, id: &str, observations: Observations) {
-        self.seen
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_owned(), observations);
-    }
-
-    /// Forgets migration `id` (it ended, or this node stopped leading).
-    pub fn forget(&self, id: &str) {
-        self.seen
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-    }
-
-    /// The latest observations of migration `id`.
-    pub fn get(&self, id: &str) -> Option<Observations> {
-        self.seen
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-    }
-}
-
-/// The replicated store the API reads and writes. Implementations must apply a command at
-/// most once per `propose` call (no blind retries of writes).
-#[async_trait::async_trait]
-pub trait Replicated: Send + Sync + 'static {
-    /// Replicates `command` and returns the state's verdict once it is applied.
-    async fn propose(&self, command: Command) -> Result<Outcome, ApiError>;
-    /// A linearizable read.
-    async fn query(&self, query: Query) -> Result<QueryAnswer, ApiError>;
-    /// Who leads, as this node sees it now.
-    fn leader(&self) -> LeaderInfo;
-    /// What the executor last observed for migration `id`, if this node runs it.
-    fn observations(&self, id: &str) -> Option<Observations>;
-}
-
 /// The JSON body of every error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -275,27 +188,6 @@ pub struct StatusReport {
     pub recent_audit: Vec<AuditEntry>,
 }
 
-/// A migration's place in its lifecycle as (stages done, stages in all), for progress bars.
-/// A rollback counts as finished when it is terminal and as not started otherwise, so a
-/// bar never runs backwards while the traffic is still going back.
-pub fn progress(record: &MigrationRecord) -> (u64, u64) {
-    let steps = record.spec.steps_percent.len() as u64;
-    // Planned, Provisioning, Warming, Replicating, Ready, steps…, Draining, Completed.
-    let total = 6 + steps;
-    let done = match record.phase {
-        Phase::Planned => 0,
-        Phase::Provisioning => 1,
-        Phase::Warming => 2,
-        Phase::Replicating => 3,
-        Phase::Ready => 4,
-        Phase::CuttingOver { step } => 5 + step as u64,
-        Phase::Draining => 5 + steps,
-        Phase::Completed | Phase::RolledBack | Phase::Failed => total,
-        Phase::RollingBack => 0,
-    };
-    (done, total)
-}
-
 impl MigrationStatus {
     /// The status of `record`, with the readiness computed from `seen` when given.
     pub fn of(record: &MigrationRecord, seen: Option<&Observations>) -> Self {
@@ -320,18 +212,10 @@ impl MigrationStatus {
     }
 }
 
-/// Unix milliseconds now (the proposer's clock, which commands carry).
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migration::{MigrationSpec, PhaseDeadlines, Slo};
+    use crate::migration::{MigrationSpec, Phase, PhaseDeadlines, Slo};
 
     fn record(phase: Phase) -> MigrationRecord {
         MigrationRecord {

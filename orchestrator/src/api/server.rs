@@ -32,13 +32,14 @@ use tokio::sync::{Semaphore, watch};
 use umbra_proto::{Credentials, Identity, Role};
 
 use super::{
-    ApiConfig, ApiConfigError, ApiError, BearerToken, DEFAULT_AUDIT_LIMIT, ErrorBody, Health,
-    MAX_AUDIT_LIMIT, MigrationStatus, Replicated, RollbackRequest, STATUS_AUDIT_ENTRIES,
-    StatusReport, TokenError, now_ms,
+    ApiConfig, ApiConfigError, BearerToken, DEFAULT_AUDIT_LIMIT, ErrorBody, Health,
+    MAX_AUDIT_LIMIT, MigrationStatus, RollbackRequest, STATUS_AUDIT_ENTRIES, StatusReport,
+    TokenError,
 };
 use crate::state::{
     Command, MigrationRequest, Overview, Plan, Query, QueryAnswer, RejectKind, Rejected,
 };
+use crate::store::{Clock, Replicated, StoreError, SystemClock};
 
 /// ALPN id of HTTP/1.1 (RFC 7301 § 6): the API speaks HTTP/1.1 only.
 const ALPN_HTTP11: &[u8] = b"http/1.1";
@@ -317,12 +318,12 @@ impl IntoResponse for Refusal {
     }
 }
 
-impl From<ApiError> for Refusal {
-    fn from(failure: ApiError) -> Self {
+impl From<StoreError> for Refusal {
+    fn from(failure: StoreError) -> Self {
         let status = match failure {
-            ApiError::NoLeader(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Garbled(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            StoreError::NoLeader(_) | StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
+            StoreError::Garbled(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Refusal(status, failure.to_string())
     }
@@ -344,7 +345,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 fn garbled(answer: &QueryAnswer) -> Refusal {
-    ApiError::Garbled(format!("unexpected answer {answer:?}")).into()
+    StoreError::Garbled(format!("unexpected answer {answer:?}")).into()
 }
 
 /// Bounds every request's time, so a stuck cluster cannot hold connections forever, and
@@ -505,7 +506,7 @@ async fn apply_plan(
     };
     let command = Command::ApplyPlan {
         plan,
-        at_ms: now_ms(),
+        at_ms: SystemClock.now_ms(),
     };
     write(state.store.as_ref(), command).await
 }
@@ -521,7 +522,7 @@ async fn create_migration(State(state): State<AppState>, body: Body) -> Result<R
     }
     let command = Command::CreateMigration {
         request,
-        at_ms: now_ms(),
+        at_ms: SystemClock.now_ms(),
     };
     write(state.store.as_ref(), command).await
 }
@@ -544,7 +545,7 @@ async fn rollback(
     let command = Command::RequestRollback {
         id,
         reason: request.reason,
-        at_ms: now_ms(),
+        at_ms: SystemClock.now_ms(),
     };
     write(state.store.as_ref(), command).await
 }

@@ -1,6 +1,6 @@
 //! Sizing a migration's shadow pool: demand history for (service, target region) from a
 //! [`DemandSource`], a forecast of the cutover slice (`crate::forecast`), and the service's
-//! tier turned into a pool size (`crate::sizing`), clamped to the service's
+//! tier turned into a pool size (`umbra_forecast::sizing`), clamped to the service's
 //! `min_instances..=max_instances`. History values are requests per second per slice, the unit
 //! of `capacity_rps_per_instance`.
 //!
@@ -14,11 +14,11 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 
-use crate::demand::{DemandSeries, HistoryConfig, SeriesKey, build_series, csv_source};
-use crate::forecast::calendar::EventCalendar;
-use crate::forecast::{ForecastConfig, Forecaster, SeriesState};
-use crate::sizing::{DEFAULT_LIMITS, InstanceProfile, SizingPolicy, Tier};
 use crate::state::{RegionSpec, ServiceSpec};
+use umbra_forecast::calendar::EventCalendar;
+use umbra_forecast::history::{DemandSeries, HistoryConfig, SeriesKey, build_series, csv_source};
+use umbra_forecast::sizing::{DEFAULT_LIMITS, InstanceProfile, SizingPolicy, Tier};
+use umbra_forecast::{ForecastConfig, Forecaster, SeriesState};
 
 /// Longest forecast horizon computed to reach a cutover slice: two days. A migration planned
 /// further ahead is sized when its lead time comes, not from a forecast that far out.
@@ -35,7 +35,7 @@ pub enum DemandError {
     Csv(#[from] csv_source::CsvError),
     /// The observations do not make a series.
     #[error(transparent)]
-    History(#[from] crate::demand::HistoryError),
+    History(#[from] umbra_forecast::history::HistoryError),
     /// The directory could not be listed.
     #[error("demand history directory {path}: {source}")]
     Dir {

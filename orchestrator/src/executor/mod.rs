@@ -39,10 +39,10 @@ use umbra_proto::agent::{AgentCommand, AgentReport, CommandOutcome, CommandResul
 use self::demand::{DemandSource, ShadowSize};
 use self::metrics::ExecutorMetrics;
 use self::plan::{CommandContext, OpView, PlannedCommand};
-use crate::api::{ObservationBoard, Replicated};
 use crate::gateway::{AgentGateway, GatewayError};
 use crate::migration::{self, MigrationRecord, Observations, Phase, SloReading};
 use crate::state::{Command, DnsWeights, Overview, Query, QueryAnswer};
+use crate::store::{Clock, ObservationBoard, Replicated};
 
 /// Executor round period: 100 ms, a tenth of the agents' default heartbeat, so a report is
 /// acted on within 100 ms of arriving (answers wake the executor at once).
@@ -139,23 +139,6 @@ impl ExecutorConfig {
             return Err(ExecutorConfigError::RetryBounds);
         }
         Ok(())
-    }
-}
-
-/// Where the executor's `now` comes from (Unix ms). Commands carry it, so every decision about
-/// deadlines and windows is made on one clock; the demo may pass a shifted one.
-pub trait Clock: Send + Sync {
-    /// Unix milliseconds now.
-    fn now_ms(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        crate::api::now_ms()
     }
 }
 
@@ -768,7 +751,7 @@ impl Leadership {
         {
             let _ = gauge.remove_label_values(&[id, old]);
         }
-        let (done, _) = crate::api::progress(record);
+        let (done, _) = crate::migration::progress(record);
         gauge.with_label_values(&[id, phase]).set(done as i64);
     }
 
@@ -815,7 +798,7 @@ impl Leadership {
         let counter = self.context.metrics.dns_verifications.clone();
         tokio::spawn(
             async move {
-                let verified = crate::dns::replicated::verify_weights_served(
+                let verified = crate::zone_sync::verify_weights_served(
                     &servers, &overview, &service, &want, timeout,
                 )
                 .await;

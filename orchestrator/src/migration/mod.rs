@@ -612,5 +612,26 @@ fn rolling_back(record: &MigrationRecord, seen: &Observations, elapsed_ms: u64) 
     Decision::advance(transition, actions)
 }
 
+/// A migration's place in its lifecycle as (stages done, stages in all), for progress bars.
+/// A rollback counts as finished when it is terminal and as not started otherwise, so a
+/// bar never runs backwards while the traffic is still going back.
+pub fn progress(record: &MigrationRecord) -> (u64, u64) {
+    let steps = record.spec.steps_percent.len() as u64;
+    // Planned, Provisioning, Warming, Replicating, Ready, steps…, Draining, Completed.
+    let total = 6 + steps;
+    let done = match record.phase {
+        Phase::Planned => 0,
+        Phase::Provisioning => 1,
+        Phase::Warming => 2,
+        Phase::Replicating => 3,
+        Phase::Ready => 4,
+        Phase::CuttingOver { step } => 5 + step as u64,
+        Phase::Draining => 5 + steps,
+        Phase::Completed | Phase::RolledBack | Phase::Failed => total,
+        Phase::RollingBack => 0,
+    };
+    (done, total)
+}
+
 #[cfg(test)]
 mod tests;

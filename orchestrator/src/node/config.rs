@@ -129,7 +129,7 @@ fn default_dns_verify_timeout_ms() -> u64 {
     crate::executor::DEFAULT_DNS_VERIFY_TIMEOUT_MS
 }
 fn default_slice_secs() -> u32 {
-    crate::demand::HistoryConfig::default().slice_secs
+    umbra_forecast::history::HistoryConfig::default().slice_secs
 }
 
 impl Default for ExecutorSection {
@@ -166,10 +166,10 @@ impl ExecutorSection {
     }
 
     /// How the CSV history becomes slices.
-    pub fn history_config(&self) -> crate::demand::HistoryConfig {
-        crate::demand::HistoryConfig {
+    pub fn history_config(&self) -> umbra_forecast::history::HistoryConfig {
+        umbra_forecast::history::HistoryConfig {
             slice_secs: self.demand_slice_secs,
-            ..crate::demand::HistoryConfig::default()
+            ..umbra_forecast::history::HistoryConfig::default()
         }
     }
 }
@@ -356,7 +356,7 @@ impl NodeConfig {
             .gateway_config(self.id, &self.peers)
             .validate()?;
         if let Some(dns) = &self.dns {
-            crate::dns::embedded::EmbeddedDnsConfig::new(dns.zone.clone(), dns.listen)
+            umbra_dns::embedded::EmbeddedDnsConfig::new(dns.zone.clone(), dns.listen)
                 .validate()
                 .map_err(|e| NodeConfigError::DnsZone {
                     zone: dns.zone.clone(),

@@ -19,14 +19,15 @@ use umbra_consensus::RaftNode;
 use umbra_proto::Credentials;
 
 use super::config::NodeConfig;
-use crate::api::{self, ObservationBoard, RaftReplicated, Replicated, RunningApi};
-use crate::dns::embedded::{EmbeddedDns, EmbeddedDnsConfig};
-use crate::dns::replicated::{self as dns_sync, ZoneSync, ZoneSyncMetrics};
+use crate::api::{self, RunningApi};
 use crate::executor::demand::{CsvDirectory, DemandSource, MemoryDemand};
 use crate::executor::metrics::ExecutorMetrics;
-use crate::executor::{self, ExecutorContext, SystemClock};
+use crate::executor::{self, ExecutorContext};
 use crate::gateway::AgentGateway;
 use crate::state::{Overview, Query, QueryAnswer, decode_answer, encode_query};
+use crate::store::{ObservationBoard, RaftReplicated, Replicated, SystemClock};
+use crate::zone_sync::{self as dns_sync, ZoneSync, ZoneSyncMetrics};
+use umbra_dns::embedded::{EmbeddedDns, EmbeddedDnsConfig};
 
 /// How long the services have to stop after a shutdown before the process gives up on them:
 /// the DNS server's own graceful stop is bounded at 5 s, the executor's round by its store

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use umbra_proto::agent::WarmPlan;
 
 use crate::migration::Slo;
-use crate::sizing::Tier;
+use umbra_forecast::sizing::Tier;
 
 /// Default DNS TTL of a service record outside migrations: 300 s, a common managed-DNS
 /// default (Route 53's console default).
@@ -331,7 +331,7 @@ impl ServiceSpec {
     fn validate(&self) -> Result<(), PlanError> {
         check_name("service", &self.name)?;
         let what = || format!("service {:?}", self.name);
-        crate::dns::parse_fqdn(&self.hostname)
+        umbra_dns::parse_fqdn(&self.hostname)
             .map_err(|e| invalid(what(), format!("hostname: {e}")))?;
         if !(self.capacity_rps_per_instance.is_finite() && self.capacity_rps_per_instance > 0.0) {
             return Err(invalid(what(), "capacity_rps_per_instance must be > 0"));

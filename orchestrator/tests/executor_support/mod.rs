@@ -25,16 +25,17 @@ use umbra_agent::provider::process::{ENV_PROVIDER_STATE, ProcessConfig, ProcessR
 use umbra_agent::provider::{AnyProvider, Provider};
 use umbra_consensus::memory::MemoryNetwork;
 use umbra_consensus::{Config, NodeOptions, RaftNode, Role as RaftRole, mailbox};
-use umbra_orchestrator::api::{ObservationBoard, RaftReplicated, Replicated};
-use umbra_orchestrator::demand::{DemandSeries, SeriesKey};
+use umbra_forecast::history::{DemandSeries, SeriesKey};
 use umbra_orchestrator::executor::demand::MemoryDemand;
 use umbra_orchestrator::executor::metrics::ExecutorMetrics;
-use umbra_orchestrator::executor::{self, Clock, ExecutorConfig, ExecutorContext, SystemClock};
+use umbra_orchestrator::executor::{self, ExecutorConfig, ExecutorContext};
 use umbra_orchestrator::gateway::{AgentGateway, GatewayConfig};
 use umbra_orchestrator::migration::Phase;
 use umbra_orchestrator::state::{
     AuditEntry, Command, MigrationRequest, OrchestratorState, Overview, Plan, Query, QueryAnswer,
 };
+use umbra_orchestrator::store::{Clock, SystemClock};
+use umbra_orchestrator::store::{ObservationBoard, RaftReplicated, Replicated};
 use umbra_proto::certs::{self, Layout};
 use umbra_proto::{Credentials, Endpoint, Identity, Role, StreamKind, TransportConfig};
 

@@ -1,0 +1,74 @@
+//! `umbra`, the operator's CLI. Each subcommand lives in a module of its own beside this file
+//! (`certs.rs`, `forecast.rs`, ...); this file only parses arguments, sets up logging and
+//! dispatches. It must not hold subcommand logic.
+
+mod apply;
+mod backtest;
+mod certs;
+mod demo;
+mod forecast;
+mod kv;
+mod migrate;
+mod operator;
+mod plot;
+mod rollback;
+mod simulate;
+mod status;
+
+use clap::{Parser, Subcommand};
+
+/// Umbra moves a service's traffic between regions without its users noticing.
+#[derive(Debug, Parser)]
+#[command(name = "umbra", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Migrate a service between regions on this machine: 3 orchestrators, 3 region agents,
+    /// traffic through DNS; prints each phase and a final report, then stops everything.
+    Demo(demo::DemoArgs),
+    /// Put, get or delete a key in a running cluster's replicated store.
+    Kv(kv::KvArgs),
+    /// Issue a CA and per-node certificates for a cluster layout.
+    Certs(certs::CertsArgs),
+    /// Forecast a demand series (CSV or Prometheus): mean and quantiles per slice.
+    Forecast(forecast::ForecastArgs),
+    /// Rolling-origin backtest of the forecaster against seasonal naive baselines.
+    Backtest(backtest::BacktestArgs),
+    /// Replay a demand trace against pool policies and compare misses, idle time and cost.
+    Simulate(simulate::SimulateArgs),
+    /// Apply a plan (regions, services, schedules) through the operator API.
+    Apply(apply::ApplyArgs),
+    /// Start moving a service's traffic to another region.
+    Migrate(migrate::MigrateArgs),
+    /// Show the cluster's migrations, readiness and recent audit log (--watch: live).
+    Status(status::StatusArgs),
+    /// Roll a migration back.
+    Rollback(rollback::RollbackArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Kv(args) => kv::run(args),
+        Command::Certs(args) => certs::run(args),
+        Command::Forecast(args) => forecast::run(args),
+        Command::Backtest(args) => backtest::run(args),
+        Command::Simulate(args) => simulate::run(args),
+        Command::Apply(args) => apply::run(args),
+        Command::Migrate(args) => migrate::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Rollback(args) => rollback::run(args),
+    }
+}

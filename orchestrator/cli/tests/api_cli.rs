@@ -1,0 +1,350 @@
+//! The `umbra apply | migrate | status | rollback` commands, run as real processes against
+//! the operator API over HTTPS on loopback (in-memory store): what an operator types and
+//! reads, including the errors (malformed plan with line and column, unknown region,
+//! unreachable API, a certificate from another cluster).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use umbra_orchestrator::api::{self, ApiConfig, RunningApi, StatusReport};
+use umbra_orchestrator::migration::Phase;
+use umbra_orchestrator::state::Command;
+use umbra_orchestrator::store::{MemoryReplicated, Replicated};
+use umbra_proto::certs::{self, Layout};
+use umbra_proto::{Credentials, Identity};
+
+/// Longest one CLI run may take on a loaded machine.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+const PLAN: &str = r#"
+[[region]]
+name = "us-east"
+front = "127.0.0.11:8080"
+
+[[region]]
+name = "eu-west"
+front = "127.0.0.12:8080"
+
+[[service]]
+name = "shop"
+hostname = "shop.umbra.test."
+primary_region = "us-east"
+capacity_rps_per_instance = 100.0
+max_instances = 4
+tier = { probabilistic = { cost_miss = 4.0, cost_idle = 1.0 } }
+replication = "sample-log-shipping"
+slo = { max_error_rate = 0.01, max_p99_ms = 100.0, min_samples = 50 }
+
+[service.warmup]
+allow_writes = false
+mix = { requests = [{ method = "GET", path = "/kv/{key}", weight = 1.0 }], key_count = 1000, zipf_exponent = 1.0, rate_per_sec = 200.0, max_duration_ms = 30000 }
+gate = { reference_p99_ms = 5.0, p99_tolerance_pct = 50.0, max_error_rate = 0.01, min_requests = 200 }
+"#;
+
+struct Harness {
+    dir: tempfile::TempDir,
+    certs: PathBuf,
+    token_file: PathBuf,
+    api: RunningApi,
+    store: Arc<MemoryReplicated>,
+}
+
+struct Run {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        certs::init(&Layout::default(), &certs).expect("certs init");
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "cli-test-token-0123456789abcdef\n").expect("token");
+        let credentials = Credentials::load(&certs, &Identity::orchestrator(1)).unwrap();
+        let store = Arc::new(MemoryReplicated::new());
+        let registry = prometheus::Registry::new();
+        let config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), token_file.clone());
+        let api = api::serve(&config, &credentials, store.clone(), &registry)
+            .await
+            .unwrap();
+        Harness {
+            dir,
+            certs,
+            token_file,
+            api,
+            store,
+        }
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Runs `umbra ARGS` with the API flags passed through the environment.
+    async fn umbra(&self, args: &[&str]) -> Run {
+        self.umbra_with(
+            args,
+            &format!("https://{}", self.api.local_addr()),
+            &self.certs,
+        )
+        .await
+    }
+
+    async fn umbra_with(&self, args: &[&str], api: &str, certs: &Path) -> Run {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_umbra"));
+        command
+            .args(args)
+            .env("UMBRA_API", api)
+            .env("UMBRA_CERTS", certs)
+            .env("UMBRA_TOKEN_FILE", &self.token_file)
+            .env_remove("UMBRA_OPERATOR")
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(RUN_TIMEOUT, command.output())
+            .await
+            .unwrap_or_else(|_| panic!("umbra {args:?} did not finish within {RUN_TIMEOUT:?}"))
+            .expect("umbra runs");
+        Run {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.api.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_migrate_status_rollback_as_an_operator_sees_them() {
+    let h = Harness::start().await;
+    let plan = h.write("plan.toml", PLAN);
+    let plan = plan.to_str().unwrap();
+
+    let run = h.umbra(&["apply", "-f", plan]).await;
+    assert!(run.success, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("2 regions, 1 services, 0 schedules"),
+        "{}",
+        run.stdout
+    );
+
+    let run = h.umbra(&["migrate", "shop", "--to", "mars-north"]).await;
+    assert!(!run.success);
+    assert!(
+        run.stderr.contains("\"mars-north\"")
+            && run.stderr.contains("not declared")
+            && run.stderr.contains("HTTP 400"),
+        "{}",
+        run.stderr
+    );
+
+    let run = h
+        .umbra(&[
+            "migrate",
+            "shop",
+            "--to",
+            "eu-west",
+            "--at",
+            "2100-01-01T00:00:00Z",
+            "--json",
+        ])
+        .await;
+    assert!(run.success, "{}", run.stderr);
+    let applied: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    let id = applied["Migration"]["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+
+    let run = h.umbra(&["status", "--json"]).await;
+    assert!(run.success, "{}", run.stderr);
+    let report: StatusReport = serde_json::from_str(&run.stdout).expect("a status report");
+    assert_eq!(report.migrations[0].id, id);
+    assert_eq!(report.migrations[0].phase, "planned");
+
+    let run = h.umbra(&["status"]).await;
+    assert!(run.success, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains(&format!("{id} shop us-east → eu-west: planned (stage 0/9")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("cutover at 2100-01-01T00:00:00Z"),
+        "{}",
+        run.stdout
+    );
+
+    let run = h
+        .umbra(&["rollback", &id, "--reason", "change freeze"])
+        .await;
+    assert!(run.success, "{}", run.stderr);
+    let run = h
+        .umbra(&["rollback", "shop-99", "--reason", "x", "--json"])
+        .await;
+    assert!(!run.success);
+    let error: serde_json::Value = serde_json::from_str(&run.stdout).expect("a JSON error");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("no migration \"shop-99\""),
+        "{error}"
+    );
+
+    // The executor would finish the rollback; here the test does it, so `--watch` sees
+    // every migration end and exits by itself.
+    h.store
+        .propose(Command::Transition {
+            id: id.clone(),
+            from: Phase::RollingBack,
+            to: Phase::RolledBack,
+            reason: "all traffic back on the source".to_owned(),
+            shadow_instances: None,
+            term: 1,
+            at_ms: 1,
+        })
+        .await
+        .expect("the store answers")
+        .expect("the rollback finishes");
+    let run = h
+        .umbra(&["status", "--watch", "--interval-ms", "100"])
+        .await;
+    assert!(run.success, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("rolling_back → rolled_back"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_plan_is_reported_with_file_line_and_column() {
+    let h = Harness::start().await;
+    let bad = h.write("bad.toml", "[[region]]\nname = \"x\"\nfront = 5\n");
+    let run = h.umbra(&["apply", "-f", bad.to_str().unwrap()]).await;
+    assert!(!run.success);
+    assert!(run.stderr.contains("bad.toml"), "{}", run.stderr);
+    assert!(run.stderr.contains("line 3, column 9"), "{}", run.stderr);
+    assert!(h.store.state().audit().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_and_a_foreign_certificate_get_clear_errors() {
+    let h = Harness::start().await;
+    // A port nobody listens on: bind one, note it, close it.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = closed.local_addr().unwrap();
+    drop(closed);
+    let run = h
+        .umbra_with(&["status"], &format!("https://{address}"), &h.certs)
+        .await;
+    assert!(!run.success);
+    assert!(
+        run.stderr.contains("cannot reach the operator API"),
+        "{}",
+        run.stderr
+    );
+
+    let run = h
+        .umbra_with(&["status"], "http://127.0.0.1:1", &h.certs)
+        .await;
+    assert!(!run.success);
+    assert!(run.stderr.contains("https://HOST:PORT"), "{}", run.stderr);
+
+    let other = tempfile::tempdir().unwrap();
+    certs::init(&Layout::default(), other.path()).unwrap();
+    let run = h
+        .umbra_with(
+            &["status"],
+            &format!("https://{}", h.api.local_addr()),
+            other.path(),
+        )
+        .await;
+    assert!(!run.success);
+    assert!(run.stderr.contains("same cluster CA"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_follows_a_migration_through_every_phase_and_exits_when_it_ends() {
+    let h = Harness::start().await;
+    let plan = h.write("plan.toml", PLAN);
+    assert!(
+        h.umbra(&["apply", "-f", plan.to_str().unwrap()])
+            .await
+            .success
+    );
+    let run = h
+        .umbra(&["migrate", "shop", "--to", "eu-west", "--json"])
+        .await;
+    assert!(run.success, "{}", run.stderr);
+    let applied: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let id = applied["Migration"]["id"].as_str().unwrap().to_owned();
+
+    let watcher = {
+        let api = format!("https://{}", h.api.local_addr());
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_umbra"));
+        command
+            .args(["status", "--watch", "--interval-ms", "50"])
+            .env("UMBRA_API", api)
+            .env("UMBRA_CERTS", &h.certs)
+            .env("UMBRA_TOKEN_FILE", &h.token_file)
+            .kill_on_drop(true);
+        command.output()
+    };
+    let watcher = tokio::spawn(watcher);
+
+    // What the executor would do, one phase at a time.
+    let path = [
+        Phase::Planned,
+        Phase::Provisioning,
+        Phase::Warming,
+        Phase::Replicating,
+        Phase::Ready,
+        Phase::CuttingOver { step: 0 },
+        Phase::CuttingOver { step: 1 },
+        Phase::CuttingOver { step: 2 },
+        Phase::Draining,
+        Phase::Completed,
+    ];
+    for pair in path.windows(2) {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        h.store
+            .propose(Command::Transition {
+                id: id.clone(),
+                from: pair[0],
+                to: pair[1],
+                reason: "test executor".to_owned(),
+                shadow_instances: Some(2),
+                term: 1,
+                at_ms: 1,
+            })
+            .await
+            .expect("the store answers")
+            .expect("the transition applies");
+    }
+    let output = tokio::time::timeout(RUN_TIMEOUT, watcher)
+        .await
+        .expect("watch exits once the migration completed")
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let mut from = 0;
+    for pair in path.windows(2) {
+        let event = format!("{id}: {} → {}", pair[0], pair[1]);
+        let at = stdout[from..]
+            .find(&event)
+            .unwrap_or_else(|| panic!("{event:?} missing or out of order in:\n{stdout}"));
+        from += at + event.len();
+    }
+}

@@ -1,0 +1,386 @@
+//! The demo's final report, computed from what the traffic client saw (one segment of
+//! constant-rate load per second, each with its own latency histogram) and from the replicated
+//! audit log (every phase transition of the migration, with the leader's timestamp). Pure
+//! functions of those inputs, so the numbers the acceptance lines quote are tested here.
+//!
+//! This module must not read clocks or talk to processes.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use umbra_agent::loadgen::OutcomeCounts;
+
+use umbra_orchestrator::state::AuditEntry;
+
+/// How long after the first cutover step the "first 10 s after cutover" p99 looks.
+pub const AFTER_CUTOVER_WINDOW_MS: u64 = 10_000;
+
+/// What the traffic client saw in one segment of the run (requests scheduled in
+/// `start_ms..end_ms`, Unix ms).
+#[derive(Debug, Clone)]
+pub struct TrafficSegment {
+    /// When the segment's schedule started.
+    pub start_ms: u64,
+    /// When its schedule ended.
+    pub end_ms: u64,
+    /// Every outcome.
+    pub counts: OutcomeCounts,
+    /// Latency of successful requests, µs from the scheduled send time.
+    pub latency_us: Histogram<u64>,
+    /// Requests by the front address DNS gave.
+    pub by_address: BTreeMap<String, u64>,
+}
+
+/// One phase of the migration, from the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PhaseSpan {
+    /// Phase name as the state shows it, e.g. `warming` or `cutting_over[1]`.
+    pub name: String,
+    /// Entered (Unix ms, the proposing leader's clock).
+    pub start: u64,
+    /// Left; `None` for the phase the migration is still in (or ended in).
+    pub end: Option<u64>,
+}
+
+/// The phases of migration `id` in order, from its audit entries (`created: …` opens
+/// `planned`; every `a → b` closes `a` and opens `b`).
+pub fn phases_from_audit(audit: &[AuditEntry], id: &str) -> Vec<PhaseSpan> {
+    let mut phases: Vec<PhaseSpan> = Vec::new();
+    for entry in audit.iter().filter(|e| e.subject == id) {
+        let entered = if entry.event.starts_with("created:") {
+            Some("planned")
+        } else {
+            entry
+                .event
+                .split_once(" → ")
+                .map(|(_, to)| to)
+                .filter(|_| !entry.event.starts_with("writer"))
+        };
+        if let Some(name) = entered {
+            if let Some(last) = phases.last_mut() {
+                last.end = Some(entry.at_ms);
+            }
+            phases.push(PhaseSpan {
+                name: name.to_owned(),
+                start: entry.at_ms,
+                end: None,
+            });
+        }
+    }
+    phases
+}
+
+/// Audit events of migration `id` that must appear exactly once in a run (entering
+/// provisioning and each cutover step), with how often each did.
+pub fn step_counts(audit: &[AuditEntry], id: &str, steps: usize) -> BTreeMap<String, usize> {
+    let mut counts: BTreeMap<String, usize> = std::iter::once("provisioning".to_owned())
+        .chain((0..steps).map(|k| format!("cutting_over[{k}]")))
+        .map(|name| (name, 0))
+        .collect();
+    for entry in audit.iter().filter(|e| e.subject == id) {
+        if let Some((_, to)) = entry.event.split_once(" → ")
+            && let Some(count) = counts.get_mut(to)
+        {
+            *count += 1;
+        }
+    }
+    counts
+}
+
+/// Breach detected → all weights restored: from entering `rolling_back` to entering
+/// `rolled_back` (the executor proposes that only once the source front reports share 0 and
+/// the DNS weights are back on the source).
+pub fn rollback_ms(phases: &[PhaseSpan]) -> Option<u64> {
+    let start = phases.iter().find(|p| p.name == "rolling_back")?.start;
+    let end = phases.iter().find(|p| p.name == "rolled_back")?.start;
+    Some(end.saturating_sub(start))
+}
+
+/// Start of the first cutover step.
+pub fn cutover_start(phases: &[PhaseSpan]) -> Option<u64> {
+    phases
+        .iter()
+        .find(|p| p.name == "cutting_over[0]")
+        .map(|p| p.start)
+}
+
+/// p99 (ms) of the successful requests of `segments`; 0 when there are none.
+pub fn p99_ms<'a>(segments: impl IntoIterator<Item = &'a TrafficSegment>) -> f64 {
+    let mut merged: Option<Histogram<u64>> = None;
+    for s in segments {
+        match &mut merged {
+            None => merged = Some(s.latency_us.clone()),
+            Some(h) => h
+                .add(&s.latency_us)
+                .expect("segments share the loadgen's histogram bounds"),
+        }
+    }
+    merged.map_or(0.0, |h| h.value_at_quantile(0.99) as f64 / 1000.0)
+}
+
+/// The traffic numbers of the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrafficSummary {
+    /// Requests scheduled over the run.
+    pub requests_total: u64,
+    /// Requests a user would have seen fail (HTTP 5xx, refused, timed out, unresolved).
+    pub requests_failed: u64,
+    /// Failures by kind.
+    pub failures: BTreeMap<String, u64>,
+    /// p99 before the first cutover step (the whole run when there was none).
+    pub p99_ms_steady: f64,
+    /// p99 of the requests sent in the first 10 s of the cutover.
+    pub p99_ms_first_10s_after_cutover: Option<f64>,
+    /// Requests by front address over the whole run.
+    pub by_front: BTreeMap<String, u64>,
+    /// Requests by front address once the migration ended and one DNS TTL passed.
+    pub by_front_at_end: BTreeMap<String, u64>,
+}
+
+/// Sums the segments; `cutover_at_ms` splits steady from after-cutover; segments that
+/// started at or after `settled_at_ms` (the migration's end plus one DNS TTL) show where the
+/// traffic ended up.
+pub fn summarize(
+    segments: &[TrafficSegment],
+    cutover_at_ms: Option<u64>,
+    settled_at_ms: u64,
+) -> TrafficSummary {
+    let mut total = OutcomeCounts::default();
+    let mut by_front = BTreeMap::new();
+    for s in segments {
+        total.scheduled += s.counts.scheduled;
+        total.ok += s.counts.ok;
+        total.http_error += s.counts.http_error;
+        total.connect_error += s.counts.connect_error;
+        total.timeout += s.counts.timeout;
+        total.resolve_error += s.counts.resolve_error;
+        total.io_error += s.counts.io_error;
+        for (addr, n) in &s.by_address {
+            *by_front.entry(addr.clone()).or_insert(0) += n;
+        }
+    }
+    let mut by_front_at_end = BTreeMap::new();
+    for s in segments.iter().filter(|s| s.start_ms >= settled_at_ms) {
+        for (addr, n) in &s.by_address {
+            *by_front_at_end.entry(addr.clone()).or_insert(0) += n;
+        }
+    }
+    let failures: BTreeMap<String, u64> = [
+        ("http_error", total.http_error),
+        ("connect_error", total.connect_error),
+        ("timeout", total.timeout),
+        ("resolve_error", total.resolve_error),
+        ("io_error", total.io_error),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(k, n)| (k.to_owned(), n))
+    .collect();
+    let (steady, after) = match cutover_at_ms {
+        Some(c) => (
+            p99_ms(segments.iter().filter(|s| s.end_ms <= c)),
+            Some(p99_ms(segments.iter().filter(|s| {
+                s.end_ms > c && s.start_ms < c + AFTER_CUTOVER_WINDOW_MS
+            }))),
+        ),
+        None => (p99_ms(segments), None),
+    };
+    TrafficSummary {
+        requests_total: total.scheduled,
+        requests_failed: total.failed(),
+        failures,
+        p99_ms_steady: steady,
+        p99_ms_first_10s_after_cutover: after,
+        by_front,
+        by_front_at_end,
+    }
+}
+
+/// One second of traffic as the client saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SecondOfTraffic {
+    /// Start of the second (Unix ms).
+    pub start: u64,
+    /// Requests sent.
+    pub requests: u64,
+    /// Of which failed.
+    pub failed: u64,
+    /// p99 of the successful ones, ms.
+    pub p99_ms: f64,
+}
+
+/// The run second by second.
+pub fn timeline(segments: &[TrafficSegment]) -> Vec<SecondOfTraffic> {
+    segments
+        .iter()
+        .map(|s| SecondOfTraffic {
+            start: s.start_ms,
+            requests: s.counts.scheduled,
+            failed: s.counts.failed(),
+            p99_ms: p99_ms(std::iter::once(s)),
+        })
+        .collect()
+}
+
+/// The final report (`umbra demo --json` prints it).
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    /// `completed`, `rolled_back` or `failed`.
+    pub outcome: String,
+    /// The migration's id.
+    pub migration: String,
+    /// Source region.
+    pub from: String,
+    /// Target region.
+    pub to: String,
+    /// Whether the shadow pool was warmed.
+    pub warm_up: bool,
+    /// Requests scheduled over the run.
+    pub requests_total: u64,
+    /// Requests a user would have seen fail.
+    pub requests_failed: u64,
+    /// Failures by kind.
+    pub failures: BTreeMap<String, u64>,
+    /// Offered rate.
+    pub rate_per_sec: f64,
+    /// How long traffic ran.
+    pub traffic_secs: f64,
+    /// p99 before the cutover.
+    pub p99_ms_steady: f64,
+    /// p99 in the first 10 s of the cutover (`null` when the migration never cut over).
+    pub p99_ms_first_10s_after_cutover: Option<f64>,
+    /// Shadow pool size the executor chose from the forecast.
+    pub shadow_instances: u32,
+    /// Every phase with its start and end (Unix ms).
+    pub phases: Vec<PhaseSpan>,
+    /// Breach detected → weights restored, when it rolled back.
+    pub rollback_ms: Option<u64>,
+    /// Requests by front over the run.
+    pub by_front: BTreeMap<String, u64>,
+    /// Requests by front once the migration ended and one DNS TTL passed (where the traffic
+    /// ended up).
+    pub by_front_at_end: BTreeMap<String, u64>,
+    /// How often the audit shows entering provisioning and each cutover step.
+    pub audit_step_counts: BTreeMap<String, usize>,
+    /// The orchestrator killed mid-cutover (`--kill-leader`).
+    pub killed_leader: Option<u64>,
+    /// Whether every live orchestrator ended with the same migration state.
+    pub identical_state: bool,
+    /// Wall time of the whole demo.
+    pub demo_secs: f64,
+    /// The traffic second by second.
+    pub timeline: Vec<SecondOfTraffic>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(at_ms: u64, subject: &str, event: &str) -> AuditEntry {
+        AuditEntry {
+            index: at_ms,
+            at_ms,
+            term: 2,
+            subject: subject.to_owned(),
+            event: event.to_owned(),
+            reason: String::new(),
+        }
+    }
+
+    fn segment(start_ms: u64, latency_ms: u64, failed: u64, front: &str) -> TrafficSegment {
+        let mut latency_us = Histogram::new_with_bounds(1, 600_000_000, 3).unwrap();
+        for _ in 0..100 {
+            latency_us.record(latency_ms * 1000).unwrap();
+        }
+        TrafficSegment {
+            start_ms,
+            end_ms: start_ms + 1000,
+            counts: OutcomeCounts {
+                scheduled: 100 + failed,
+                completed: 100 + failed,
+                ok: 100,
+                http_error: failed,
+                ..OutcomeCounts::default()
+            },
+            latency_us,
+            by_address: [(front.to_owned(), 100 + failed)].into(),
+        }
+    }
+
+    #[test]
+    fn phases_come_from_the_migrations_own_transitions() {
+        let audit = vec![
+            entry(100, "plan", "applied 3 regions, 1 services, 0 schedules"),
+            entry(200, "shop-1", "created: shop us-east → eu-west at 9000"),
+            entry(300, "shop-1", "planned → provisioning"),
+            entry(400, "shop-1", "provisioning → warming"),
+            entry(450, "shop", "dns weights us-east=100"),
+            entry(500, "shop-1", "warming → replicating"),
+            entry(600, "shop-1", "writer → target"),
+            entry(700, "shop-1", "replicating → ready"),
+            entry(800, "shop-1", "ready → cutting_over[0]"),
+            entry(900, "shop-1", "cutting_over[0] → cutting_over[1]"),
+            entry(950, "shop-2", "planned → provisioning"),
+            entry(1000, "shop-1", "cutting_over[1] → rolling_back"),
+            entry(1400, "shop-1", "rolling_back → rolled_back"),
+        ];
+        let phases = phases_from_audit(&audit, "shop-1");
+        let names: Vec<&str> = phases.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "planned",
+                "provisioning",
+                "warming",
+                "replicating",
+                "ready",
+                "cutting_over[0]",
+                "cutting_over[1]",
+                "rolling_back",
+                "rolled_back"
+            ]
+        );
+        assert_eq!(phases[0].start, 200);
+        assert_eq!(phases[0].end, Some(300));
+        assert_eq!(phases[3].end, Some(700), "the writer switch is not a phase");
+        assert_eq!(phases.last().unwrap().end, None);
+        assert_eq!(rollback_ms(&phases), Some(400));
+        assert_eq!(cutover_start(&phases), Some(800));
+        let counts = step_counts(&audit, "shop-1", 3);
+        assert_eq!(counts["provisioning"], 1);
+        assert_eq!(counts["cutting_over[1]"], 1);
+        assert_eq!(counts["cutting_over[2]"], 0);
+    }
+
+    #[test]
+    fn steady_and_after_cutover_p99_split_at_the_first_step() {
+        // Ten steady seconds at 2 ms, the cutover at 10 s, ten seconds at 8 ms, then 3 ms.
+        let mut segments = Vec::new();
+        for k in 0..10 {
+            segments.push(segment(k * 1000, 2, 0, "127.0.0.11:80"));
+        }
+        for k in 10..20 {
+            segments.push(segment(k * 1000, 8, u64::from(k == 12), "127.0.0.12:80"));
+        }
+        for k in 20..25 {
+            segments.push(segment(k * 1000, 3, 0, "127.0.0.12:80"));
+        }
+        let summary = summarize(&segments, Some(10_000), 23_000);
+        assert_eq!(summary.requests_total, 2501);
+        assert_eq!(summary.requests_failed, 1);
+        assert_eq!(summary.failures["http_error"], 1);
+        assert!((summary.p99_ms_steady - 2.0).abs() < 0.01);
+        let after = summary.p99_ms_first_10s_after_cutover.unwrap();
+        assert!((after - 8.0).abs() < 0.01, "{after}");
+        assert_eq!(summary.by_front["127.0.0.11:80"], 1000);
+        assert_eq!(
+            summary.by_front_at_end,
+            [("127.0.0.12:80".to_owned(), 200)].into()
+        );
+        let no_cutover = summarize(&segments, None, 24_000);
+        assert!(no_cutover.p99_ms_first_10s_after_cutover.is_none());
+        assert!((no_cutover.p99_ms_steady - 8.0).abs() < 0.01);
+        assert_eq!(p99_ms(&[]), 0.0);
+    }
+}

@@ -1,0 +1,267 @@
+//! Forecasting and planning benchmarks (a bench binary, `harness = false`):
+//!
+//! 1. the issue's Taylor protocol (48-step horizon, 28 daily origins): fit + forecast time
+//!    per origin, beside MASE and coverage;
+//! 2. fit + forecast for one series of 4 weeks at 5-minute slices (8,064 points, seasons 288
+//!    and 2,016), MSTL+ETS alone and the full candidate set;
+//! 3. a planning cycle over 10,000 services × 10 regions: (a) sizing every series' next slice
+//!    from its current forecast (what runs every slice), measured in full; (b) refitting
+//!    every series' forecast (what runs once per horizon), measured on `--refit-series`
+//!    series (default 400) on all cores and extrapolated linearly to 100,000, unless
+//!    `--refit-series 100000` is given.
+//!
+//! Run: `cargo bench -p umbra-orchestrator --bench forecast [-- --refit-series N]`.
+//! The 5-minute series are the Taylor series interpolated to 5 minutes, scaled and perturbed
+//! by seeded noise per series, so every fit sees realistic daily and weekly shapes.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use chrono::{TimeZone, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use umbra_forecast::backtest::{BacktestConfig, CHOSEN_MODEL_NAME, run_backtest};
+use umbra_forecast::calendar::EventCalendar;
+use umbra_forecast::history::{DemandSeries, HistoryConfig, SeriesKey, build_series, csv_source};
+use umbra_forecast::models::fit_predict;
+use umbra_forecast::simulate::resample_linear;
+use umbra_forecast::sizing::{
+    DEFAULT_HYSTERESIS, DEFAULT_LIMITS, InstanceProfile, PoolState, SizingPolicy, Tier,
+};
+use umbra_forecast::{DemandForecast, ForecastConfig, Forecaster, ModelKind, SeriesState};
+
+const SERVICES: usize = 10_000;
+const REGIONS: usize = 10;
+const FIVE_MINUTES: u32 = 300;
+
+fn taylor() -> DemandSeries {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/taylor_halfhourly.csv");
+    let key = SeriesKey::new("taylor", "uk");
+    let obs = csv_source::read_csv(&path, Some(&key))
+        .unwrap()
+        .remove(&key)
+        .unwrap();
+    let config = HistoryConfig {
+        slice_secs: 1800,
+        ..HistoryConfig::default()
+    };
+    build_series(key, &obs, &config).unwrap().0
+}
+
+/// Four weeks at 5-minute slices: the last 28 days of Taylor, interpolated, scaled by
+/// `scale` and perturbed by ±`noise` relative Gaussian-ish noise from `seed`.
+fn five_minute_series(taylor: &DemandSeries, seed: u64, scale: f64, noise: f64) -> DemandSeries {
+    let days = 28;
+    let base = &taylor.values[taylor.len() - days * 48..];
+    let steps = days * 288;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let values = resample_linear(base, 1800, FIVE_MINUTES, steps)
+        .into_iter()
+        .map(|v| {
+            // Sum of uniforms: cheap, bounded, roughly normal.
+            let n: f64 = (0..4).map(|_| rng.random_range(-0.5..0.5)).sum::<f64>() * 0.7;
+            (v * scale * (1.0 + noise * n)).max(0.0)
+        })
+        .collect();
+    DemandSeries {
+        key: SeriesKey::new(format!("svc{seed}"), "r"),
+        start: Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+        slice_secs: FIVE_MINUTES,
+        values,
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let refit_series: usize = args
+        .iter()
+        .position(|a| a == "--refit-series")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("--refit-series takes a number"))
+        .unwrap_or(400);
+    let cores = cores();
+    println!(
+        "cores available: {cores}; build: {}",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    let taylor = taylor();
+
+    // 1. The Taylor protocol.
+    let forecaster = Forecaster::new(
+        ForecastConfig::for_slice_secs(1800),
+        EventCalendar::default(),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let report = run_backtest(
+        &forecaster,
+        &taylor,
+        &BacktestConfig {
+            horizon: 48,
+            n_origins: 28,
+            origin_step: 48,
+            warmup_origins: 28,
+        },
+        &mut || start.elapsed().as_secs_f64(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    for name in [CHOSEN_MODEL_NAME, "mstl_ets"] {
+        let s = report.score(name).unwrap();
+        println!(
+            "taylor protocol {name:<9}: MASE {:.4} sMAPE {:.3} % cov80 {:.3} cov90 {:.3}; fit+forecast {:.1} ms per origin (mean of 28)",
+            s.mase,
+            s.smape,
+            s.cov80,
+            s.cov90,
+            s.seconds_mean * 1e3
+        );
+    }
+
+    // 2. One 4-week series at 5-minute slices.
+    let series = five_minute_series(&taylor, 1, 1.0, 0.02);
+    let config = ForecastConfig::for_slice_secs(FIVE_MINUTES);
+    let runs = 10;
+    let mut mstl_ms = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let f = fit_predict(ModelKind::MstlEts, &series.values, 288, &config).unwrap();
+        mstl_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(f.periods, vec![288, 2016]);
+    }
+    mstl_ms.sort_by(f64::total_cmp);
+    let forecaster5 = Forecaster::new(config.clone(), EventCalendar::default()).unwrap();
+    let mut all_ms = Vec::new();
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        forecaster5
+            .forecast(&mut SeriesState::default(), &series, 288, &mut || {
+                t0.elapsed().as_secs_f64()
+            })
+            .unwrap();
+        all_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    all_ms.sort_by(f64::total_cmp);
+    println!(
+        "one series, 4 weeks at 5 min ({} points), horizon 288: MSTL+ETS fit+forecast median {:.1} ms (p90 {:.1}); all 3 candidates median {:.1} ms (p90 {:.1}); {runs} runs, 1 core",
+        series.len(),
+        percentile(&mstl_ms, 0.5),
+        percentile(&mstl_ms, 0.9),
+        percentile(&all_ms, 0.5),
+        percentile(&all_ms, 0.9)
+    );
+
+    // 3b. Refit: forecasts for `refit_series` series on all cores.
+    let total_series = SERVICES * REGIONS;
+    let refit_series = refit_series.min(total_series);
+    let next = AtomicUsize::new(0);
+    let templates: Vec<DemandForecast> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..cores)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= refit_series {
+                            return out;
+                        }
+                        let scale = 0.001 + (i % 97) as f64 * 0.0005;
+                        let s = five_minute_series(&taylor, i as u64, scale, 0.05);
+                        let t0 = Instant::now();
+                        let set = forecaster5
+                            .forecast(&mut SeriesState::default(), &s, 288, &mut || {
+                                t0.elapsed().as_secs_f64()
+                            })
+                            .unwrap();
+                        // Keep a few forecasts as the sizing cycle's inputs.
+                        if out.len() < 64 {
+                            out.push(set.chosen);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let t = Instant::now();
+        let out: Vec<DemandForecast> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let secs = t.elapsed().as_secs_f64();
+        let per_series_ms = secs * 1e3 / refit_series as f64;
+        let full = per_series_ms * total_series as f64 / 1e3;
+        if refit_series == total_series {
+            println!(
+                "planning refit: {total_series} series (4 weeks at 5 min, 3 candidates each) in {secs:.1} s on {cores} cores"
+            );
+        } else {
+            println!(
+                "planning refit: {refit_series} series in {secs:.2} s on {cores} cores = {per_series_ms:.2} ms per series; extrapolated to {total_series} series ({SERVICES} services × {REGIONS} regions): {full:.0} s ({:.1} min) on {cores} cores",
+                full / 60.0
+            );
+        }
+        out
+    });
+
+    // 3a. Sizing cycle: every series' next slice from its forecast, on all cores.
+    let policy = SizingPolicy {
+        tier: Tier::Probabilistic {
+            cost_miss: 0.5,
+            cost_idle: 0.0083,
+        },
+        profile: InstanceProfile {
+            capacity: 10.0,
+            warm_cost_per_slice: 0.0083,
+            dormant_cost_per_slice: 0.00083,
+            dormant_activation_secs: 20.0,
+        },
+        limits: DEFAULT_LIMITS,
+        cost_miss: 0.5,
+        slice_secs: 300.0,
+    };
+    policy.validate().unwrap();
+    let mut pools = vec![PoolState::default(); total_series];
+    let chunk = total_series.div_ceil(cores);
+    let t = Instant::now();
+    let instances: u64 = std::thread::scope(|scope| {
+        let handles: Vec<_> = pools
+            .chunks_mut(chunk)
+            .enumerate()
+            .map(|(c, part)| {
+                let templates = &templates;
+                let policy = &policy;
+                scope.spawn(move || {
+                    let mut sum = 0u64;
+                    for (k, pool) in part.iter_mut().enumerate() {
+                        let i = c * chunk + k;
+                        let f = &templates[i % templates.len()];
+                        let scale = 1.0 + (i % 13) as f64 * 0.01;
+                        let desired = policy.size(&|q| scale * f.quantile(0, q));
+                        sum += u64::from(pool.handle_target(desired, &DEFAULT_HYSTERESIS).total());
+                    }
+                    sum
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "planning cycle (size next slice + hysteresis) for {total_series} series ({SERVICES} services × {REGIONS} regions): {:.1} ms on {cores} cores ({instances} instances planned)",
+        secs * 1e3
+    );
+}
