@@ -126,7 +126,7 @@ pub enum AgentAction {
         /// The instance.
         instance: String,
         /// Mix, gate and write policy.
-        plan: WarmPlan,
+        plan: WarmupSpec,
     },
     /// Start replicating from `source` into an instance.
     StartReplication {
@@ -304,7 +304,7 @@ pub struct ReadinessGate {
 
 /// A warm-up plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WarmPlan {
+pub struct WarmupSpec {
     /// What traffic to send.
     pub mix: RequestMix,
     /// When to stop early.

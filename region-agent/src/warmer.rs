@@ -26,7 +26,7 @@ use hyper::{Method, Uri};
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use umbra_proto::agent::{ReadinessGate, RequestMix, WarmPlan, WarmupPhase, WarmupProgress};
+use umbra_proto::agent::{ReadinessGate, RequestMix, WarmupPhase, WarmupProgress, WarmupSpec};
 
 use crate::loadgen::{LoadConfig, LoadError, LoadGenerator, LoadReport, RequestSpec, Target};
 
@@ -80,7 +80,7 @@ fn is_safe(method: &Method) -> bool {
 }
 
 /// Checks a plan completely before any request is sent.
-pub fn check_plan(plan: &WarmPlan) -> Result<(), PlanError> {
+pub fn check_plan(plan: &WarmupSpec) -> Result<(), PlanError> {
     check_mix(&plan.mix)?;
     check_gate(&plan.gate)?;
     if !plan.allow_writes {
@@ -207,7 +207,7 @@ pub struct WarmupTracker {
 
 impl WarmupTracker {
     /// A tracker for `instance` with the plan's gate and cap.
-    pub fn new(instance: &str, plan: &WarmPlan) -> Self {
+    pub fn new(instance: &str, plan: &WarmupSpec) -> Self {
         WarmupTracker {
             gate: plan.gate.clone(),
             cap: Duration::from_millis(plan.mix.max_duration_ms),
@@ -356,7 +356,7 @@ impl MixSource {
 pub async fn warm(
     instance: &str,
     base_url: &str,
-    plan: &WarmPlan,
+    plan: &WarmupSpec,
     progress: &watch::Sender<WarmupProgress>,
     cancel: &CancellationToken,
 ) -> Result<WarmupProgress, WarmError> {
@@ -417,8 +417,8 @@ mod tests {
     use super::*;
     use umbra_proto::agent::RequestTemplate;
 
-    fn plan() -> WarmPlan {
-        WarmPlan {
+    fn plan() -> WarmupSpec {
+        WarmupSpec {
             mix: RequestMix {
                 requests: vec![RequestTemplate {
                     method: "GET".into(),
@@ -442,7 +442,7 @@ mod tests {
 
     #[test]
     fn bad_plans_are_refused_with_what_to_change() {
-        type Mutation = Box<dyn Fn(&mut WarmPlan)>;
+        type Mutation = Box<dyn Fn(&mut WarmupSpec)>;
         let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|p| p.mix.rate_per_sec = -5.0), "rate_per_sec -5"),
             (

@@ -15,7 +15,7 @@ use umbra_agent::provider::process::{ProcessConfig, ProcessRuntime};
 use umbra_agent::provider::{AnyProvider, InstanceState, Provider};
 use umbra_proto::agent::{
     AgentAction, AgentCommand, CommandOutcome, CommandResult, ReadinessGate, Refusal, RequestMix,
-    RequestTemplate, WarmPlan, WarmupPhase,
+    RequestTemplate, WarmupPhase, WarmupSpec,
 };
 
 fn sample() -> PathBuf {
@@ -81,8 +81,8 @@ fn cmd(op: &str, action: AgentAction) -> AgentCommand {
     }
 }
 
-fn plan(rate_per_sec: f64) -> WarmPlan {
-    WarmPlan {
+fn plan(rate_per_sec: f64) -> WarmupSpec {
+    WarmupSpec {
         mix: RequestMix {
             requests: vec![RequestTemplate {
                 method: "GET".into(),

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use umbra_agent::loadgen::{LoadConfig, LoadGenerator, Target};
 use umbra_agent::warmer::{MixSource, WarmupTracker, warm};
 use umbra_proto::agent::{
-    ReadinessGate, RequestMix, RequestTemplate, WarmPlan, WarmupPhase, WarmupProgress,
+    ReadinessGate, RequestMix, RequestTemplate, WarmupPhase, WarmupProgress, WarmupSpec,
 };
 
 /// 100 ms, not the sample's 30 ms default: a cold read costs at least this by construction,
@@ -147,7 +147,7 @@ async fn the_warmer_runs_until_its_gate_holds_and_leaves_every_key_cached() -> a
         0,
         "a restarted instance is cold"
     );
-    let plan = WarmPlan {
+    let plan = WarmupSpec {
         mix: mix(400.0, 60_000),
         gate: ReadinessGate {
             reference_p99_ms: warm_p99,
@@ -212,7 +212,7 @@ async fn the_warmer_runs_until_its_gate_holds_and_leaves_every_key_cached() -> a
 async fn a_mix_with_writes_is_refused_before_any_request() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let target = spawn_sample(&dir.path().join("t"))?;
-    let mut plan = WarmPlan {
+    let mut plan = WarmupSpec {
         mix: mix(100.0, 1_000),
         gate: ReadinessGate {
             reference_p99_ms: 5.0,

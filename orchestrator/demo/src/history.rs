@@ -4,7 +4,7 @@
 //! as long-form CSV (`timestamp,service,region,value`), the format `demand::csv_source` reads.
 //!
 //! This module only computes series and writes files; it must not decide pool sizes (that is
-//! `executor::demand` on the leader, from what this wrote).
+//! `executor::shadow_sizing` on the leader, from what this wrote).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

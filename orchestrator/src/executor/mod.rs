@@ -1,10 +1,10 @@
 //! The migration executor: on the Raft leader only, it turns the replicated state into agent
 //! commands, DNS weights and phase transitions. Every tick (and whenever an agent answers) it
 //! reads the overview, builds each live migration's [`Observations`] from the agents' latest
-//! reports ([`plan::observe`]), asks [`migration::decide`] what must hold and what comes next,
+//! reports ([`reconcile::observe`]), asks [`migration::decide`] what must hold and what comes next,
 //! proposes the transition (stamped with this leader's term and the clock's `now`; a rejection
 //! just means the state moved: re-read), and makes each action hold through the
-//! [`AgentGateway`] with deterministic operation ids ([`plan::commands`]). An operation is sent
+//! [`AgentGateway`] with deterministic operation ids ([`reconcile::commands`]). An operation is sent
 //! again only when its outcome is missing or failed, with exponential backoff; a failed one
 //! gets a new id (`…/r{n}`) because the agent answers a repeated id with its first outcome.
 //!
@@ -21,9 +21,9 @@
 //! ledgers instead of acting twice. This module must not change the replicated state except
 //! through proposals, and must not act while this node is not the leader.
 
-pub mod demand;
 pub mod metrics;
-pub mod plan;
+pub mod reconcile;
+pub mod shadow_sizing;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -36,9 +36,9 @@ use tracing::Instrument;
 use umbra_consensus::{NodeStatus, Role as RaftRole};
 use umbra_proto::agent::{AgentCommand, AgentReport, CommandOutcome, CommandResult, WarmupPhase};
 
-use self::demand::{DemandSource, ShadowSize};
 use self::metrics::ExecutorMetrics;
-use self::plan::{CommandContext, OpView, PlannedCommand};
+use self::reconcile::{CommandContext, DueCommand, OpView};
+use self::shadow_sizing::{DemandSource, ShadowSize};
 use crate::gateway::{AgentGateway, GatewayError};
 use crate::migration::{self, MigrationRecord, Observations, Phase, SloReading};
 use crate::state::{Command, DnsWeights, Overview, Query, QueryAnswer};
@@ -401,7 +401,7 @@ impl Leadership {
         if self.context.config.schedules {
             self.run_schedules(&overview, now_ms).await;
         }
-        let latest = plan::latest_migrations(&overview);
+        let latest = reconcile::latest_migrations(&overview);
         for record in overview.migrations.values() {
             let id = record.spec.id.clone();
             let is_latest = latest.get(&record.spec.service) == Some(&id);
@@ -437,19 +437,19 @@ impl Leadership {
     fn ensure_home_pools(&self, overview: &Overview, reports: &BTreeMap<String, AgentReport>) {
         for (name, service) in &overview.services {
             let region = &service.primary_region;
-            let pool = plan::pool_of(overview, name, region, None);
-            if pool != plan::home_pool(overview, name, region) {
+            let pool = reconcile::pool_of(overview, name, region, None);
+            if pool != reconcile::home_pool(overview, name, region) {
                 continue;
             }
             let base = format!("{name}/home/{region}");
-            for command in plan::ensure_pool(&base, region, &pool, reports.get(region)) {
+            for command in reconcile::ensure_pool(&base, region, &pool, reports.get(region)) {
                 self.ensure(command, self.context.config.command_timeout_ms);
             }
         }
     }
 
     async fn run_schedules(&mut self, overview: &Overview, now_ms: u64) {
-        for request in plan::due_schedule_requests(overview, now_ms) {
+        for request in reconcile::due_schedule_requests(overview, now_ms) {
             let key = request.schedule_key.clone().unwrap_or_default();
             if !self.schedule_keys.insert(key.clone()) {
                 continue;
@@ -483,7 +483,7 @@ impl Leadership {
         };
         for _ in 0..TRANSITIONS_PER_ROUND {
             let ops = self.ops_snapshot();
-            let mut seen = plan::observe(&record, service, overview, reports, &ops);
+            let mut seen = reconcile::observe(&record, service, overview, reports, &ops);
             seen.slo = self.slo_reading(&record, &seen, reports);
             self.export_stage(&record);
             if !record.phase.is_terminal() {
@@ -529,7 +529,7 @@ impl Leadership {
             let lag_timeout =
                 self.context.config.command_timeout_ms + self.context.config.zero_lag_timeout_ms;
             for action in &decision.actions {
-                for command in plan::commands(&record, action, &context) {
+                for command in reconcile::commands(&record, action, &context) {
                     let timeout_ms = match command.action {
                         umbra_proto::agent::AgentAction::Warm { .. } => warm_timeout,
                         umbra_proto::agent::AgentAction::WaitForZeroLag { .. } => lag_timeout,
@@ -566,7 +566,7 @@ impl Leadership {
         let mut rollback_ms = None;
         if transition.to == Phase::RolledBack {
             let confirmed = ops
-                .done_at(&plan::set_share_op(record, 0))
+                .done_at(&reconcile::set_share_op(record, 0))
                 .unwrap_or_else(Instant::now);
             let ms = match self.rollback_started.get(&id) {
                 Some(started) => confirmed.saturating_duration_since(*started).as_millis() as u64,
@@ -672,7 +672,8 @@ impl Leadership {
             tokio::task::spawn_blocking(move || {
                 let at = chrono::DateTime::from_timestamp_millis(cutover_at_ms as i64)
                     .unwrap_or_default();
-                let size = demand::size_shadow_pool(demand.as_ref(), &service, &region_spec, at);
+                let size =
+                    shadow_sizing::size_shadow_pool(demand.as_ref(), &service, &region_spec, at);
                 wake.notify_one();
                 size
             })
@@ -689,7 +690,7 @@ impl Leadership {
         record: &MigrationRecord,
         service: &crate::state::ServiceState,
         reports: &BTreeMap<String, AgentReport>,
-    ) -> umbra_proto::agent::WarmPlan {
+    ) -> umbra_proto::agent::WarmupSpec {
         let mut plan = service.spec.warmup.clone();
         if let Some(p99) = reports
             .get(&record.spec.from)
@@ -763,7 +764,7 @@ impl Leadership {
         share_applied: Option<u8>,
         now_ms: u64,
     ) {
-        let Some(want) = plan::desired_dns(record, service, share_applied) else {
+        let Some(want) = reconcile::desired_dns(record, service, share_applied) else {
             return;
         };
         let name = &record.spec.service;
@@ -822,7 +823,7 @@ impl Leadership {
 
     /// Makes `command` hold: sends it unless it succeeded, is in flight, waits for its backoff,
     /// depends on an operation that has not succeeded yet, or ran out of attempts.
-    fn ensure(&self, command: PlannedCommand, timeout_ms: u64) {
+    fn ensure(&self, command: DueCommand, timeout_ms: u64) {
         let config = &self.context.config;
         let now = Instant::now();
         let (op_id, attempt) = {

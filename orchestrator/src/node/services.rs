@@ -20,8 +20,8 @@ use umbra_proto::Credentials;
 
 use super::config::NodeConfig;
 use crate::api::{self, RunningApi};
-use crate::executor::demand::{CsvDirectory, DemandSource, MemoryDemand};
 use crate::executor::metrics::ExecutorMetrics;
+use crate::executor::shadow_sizing::{CsvDirectory, DemandSource, MemoryDemand};
 use crate::executor::{self, ExecutorContext};
 use crate::gateway::AgentGateway;
 use crate::state::{Overview, Query, QueryAnswer, decode_answer, encode_query};

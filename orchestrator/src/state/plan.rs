@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
-use umbra_proto::agent::WarmPlan;
+use umbra_proto::agent::WarmupSpec;
 
 use crate::migration::Slo;
 use umbra_forecast::sizing::Tier;
@@ -112,7 +112,7 @@ pub struct ServiceSpec {
     /// The SLO judged at each step.
     pub slo: Slo,
     /// Synthetic warm-up traffic and its readiness gate.
-    pub warmup: WarmPlan,
+    pub warmup: WarmupSpec,
     /// How data follows the service.
     pub replication: ReplicationKind,
     /// Highest replication lag (entries) at which the target counts as caught up.

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use umbra_proto::agent::{
-    AgentAction, AgentReport, CommandOutcome, CommandResult, InstanceState, WarmPlan, WarmupPhase,
+    AgentAction, AgentReport, CommandOutcome, CommandResult, InstanceState, WarmupPhase, WarmupSpec,
 };
 
 use crate::migration::{Action, MigrationRecord, Observations, Phase, ReplicationObserved};
@@ -21,7 +21,7 @@ use crate::state::{DnsWeights, MigrationRequest, Overview, ReplicationKind, Serv
 
 /// One agent command the executor wants to hold, with its deterministic id.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PlannedCommand {
+pub struct DueCommand {
     /// Operation id before any retry suffix.
     pub op_id: String,
     /// The region whose agent runs it.
@@ -269,7 +269,7 @@ pub struct CommandContext<'a> {
     /// Latest reports by region.
     pub reports: &'a BTreeMap<String, AgentReport>,
     /// The warm-up plan with the reference p99 already chosen.
-    pub warm_plan: WarmPlan,
+    pub warm_plan: WarmupSpec,
     /// `WaitForZeroLag` timeout.
     pub zero_lag_timeout_ms: u64,
 }
@@ -279,7 +279,7 @@ pub fn commands(
     record: &MigrationRecord,
     action: &Action,
     ctx: &CommandContext<'_>,
-) -> Vec<PlannedCommand> {
+) -> Vec<DueCommand> {
     let spec = &record.spec;
     let target = ctx.reports.get(&spec.to);
     let source = ctx.reports.get(&spec.from);
@@ -292,7 +292,7 @@ pub fn commands(
         .get(&spec.service)
         .map_or(ReplicationKind::None, |s| s.spec.replication);
     let cmd =
-        |op_id: String, region: &str, action: AgentAction, after: Option<String>| PlannedCommand {
+        |op_id: String, region: &str, action: AgentAction, after: Option<String>| DueCommand {
             op_id,
             region: region.to_owned(),
             action,
@@ -436,12 +436,12 @@ pub fn commands(
 }
 
 /// Fence the source of `instance`'s replication, wait for lag 0, promote it: in that order.
-fn move_writer(base: &str, region: &str, instance: &str, timeout_ms: u64) -> Vec<PlannedCommand> {
+fn move_writer(base: &str, region: &str, instance: &str, timeout_ms: u64) -> Vec<DueCommand> {
     let fence = format!("{base}/fence/{instance}");
     let wait = format!("{base}/zero_lag/{instance}");
     let promote = format!("{base}/promote/{instance}");
     vec![
-        PlannedCommand {
+        DueCommand {
             op_id: fence.clone(),
             region: region.to_owned(),
             action: AgentAction::FenceSource {
@@ -449,7 +449,7 @@ fn move_writer(base: &str, region: &str, instance: &str, timeout_ms: u64) -> Vec
             },
             after: None,
         },
-        PlannedCommand {
+        DueCommand {
             op_id: wait.clone(),
             region: region.to_owned(),
             action: AgentAction::WaitForZeroLag {
@@ -458,7 +458,7 @@ fn move_writer(base: &str, region: &str, instance: &str, timeout_ms: u64) -> Vec
             },
             after: Some(fence),
         },
-        PlannedCommand {
+        DueCommand {
             op_id: promote,
             region: region.to_owned(),
             action: AgentAction::Promote {
@@ -477,7 +477,7 @@ pub fn ensure_pool(
     region: &str,
     pool: &[String],
     report: Option<&AgentReport>,
-) -> Vec<PlannedCommand> {
+) -> Vec<DueCommand> {
     let Some(report) = report else {
         return Vec::new();
     };
@@ -489,7 +489,7 @@ pub fn ensure_pool(
         .collect();
     let provision = format!("{base}/provision");
     if !missing.is_empty() {
-        out.push(PlannedCommand {
+        out.push(DueCommand {
             op_id: provision.clone(),
             region: region.to_owned(),
             action: AgentAction::Provision { instances: missing },
@@ -499,7 +499,7 @@ pub fn ensure_pool(
     for id in pool {
         if !is_active(Some(report), id) {
             let exists = instance(Some(report), id).is_some();
-            out.push(PlannedCommand {
+            out.push(DueCommand {
                 op_id: format!("{base}/activate/{id}"),
                 region: region.to_owned(),
                 action: AgentAction::Activate {
