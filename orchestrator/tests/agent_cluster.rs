@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::sync::mpsc;
-use umbra_demo::ports::free_loopback_port;
 use umbra_orchestrator::node::{
     AdminStatus, ExecutorSection, GatewaySection, NodeConfig, PeerConfig, StateMachineKind,
 };
@@ -37,6 +36,7 @@ use umbra_proto::agent::{
     HelloReply, Refusal, ToAgent,
 };
 use umbra_proto::certs::{self, Layout};
+use umbra_proto::ports::free_loopback_port;
 use umbra_proto::{Credentials, Endpoint, FramedStream, Identity, Role, TransportConfig};
 
 /// The agent's region (its certificate's id).

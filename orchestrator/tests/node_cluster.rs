@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hickory_proto::rr::{RData, RecordType};
-use umbra_demo::ports::free_loopback_port;
 use umbra_dns::verify::resolver_for;
 use umbra_orchestrator::api::{ApiClient, ApiConfig, BearerToken};
 use umbra_orchestrator::node::{
@@ -29,6 +28,7 @@ use umbra_orchestrator::node::{
 use umbra_orchestrator::state::Overview;
 use umbra_proto::agent::{AgentHello, HelloReply};
 use umbra_proto::certs::{self, Layout};
+use umbra_proto::ports::free_loopback_port;
 use umbra_proto::{Credentials, Endpoint, Identity, Role, StreamKind, TransportConfig};
 
 const ZONE: &str = "umbra.test.";

@@ -302,7 +302,7 @@ pub struct ReadinessGate {
     pub min_requests: u64,
 }
 
-/// A warm-up plan.
+/// What warm-up traffic to send to a shadow and when it counts as warm.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WarmupSpec {
     /// What traffic to send.

@@ -45,6 +45,7 @@ pub mod endpoint;
 pub mod envelope;
 pub mod frame;
 pub mod identity;
+pub mod ports;
 pub mod raft;
 pub mod store;
 pub mod tls;

@@ -6,15 +6,12 @@
 //! test panics). Waits are polls with deadlines, never bare sleeps.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use umbra_consensus::Role as RaftRole;
 use umbra_orchestrator::node::{AdminStatus, NodeConfig, PeerConfig};
@@ -28,80 +25,7 @@ pub const MAX_NODES: u64 = 5;
 /// How long one `/status` request may take before the node counts as unresponsive.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Finds a binary built by `cargo build --workspace --bins` next to the running test.
-pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the test executable")?;
-    // Test executables live in target/<profile>/deps; binaries one level up.
-    let mut dir = exe.parent().map(Path::to_path_buf);
-    while let Some(candidate) = dir {
-        let path = candidate.join(name);
-        if path.is_file() {
-            return Ok(path);
-        }
-        dir = candidate.parent().map(Path::to_path_buf);
-        if candidate.file_name().is_some_and(|n| n == "target") {
-            break;
-        }
-    }
-    bail!(
-        "binary `{name}` not found next to {}; run `cargo build --workspace --bins` first",
-        exe.display()
-    )
-}
-
-pub use umbra_demo::ports::free_loopback_port as free_port;
-
-/// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout` naming `what`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// How long a SIGSTOPped process may take to stop in every thread.
-const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Waits until every thread of `pid` is in the stopped state (`T` in `/proc/PID/task/*/stat`).
-pub fn wait_until_stopped(pid: Pid, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    let tasks = PathBuf::from(format!("/proc/{pid}/task"));
-    loop {
-        let mut all_stopped = true;
-        for task in
-            std::fs::read_dir(&tasks).with_context(|| format!("reading {}", tasks.display()))?
-        {
-            let stat = std::fs::read_to_string(task?.path().join("stat")).unwrap_or_default();
-            // "tid (comm) STATE ...": comm may hold spaces and parentheses, so the state is
-            // the first field after the last ')'.
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next());
-            // A thread that exited meanwhile has no stat left; it needs no stopping.
-            if state.is_some_and(|state| state != "T") {
-                all_stopped = false;
-                break;
-            }
-        }
-        if all_stopped {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("process {pid} did not stop within {timeout:?} of SIGSTOP");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
+pub use umbra_testkit::{Process, binary, free_port, wait_for};
 
 /// Raft tuning for tests: 50 ms ticks so elections take about a second on a loaded 2-core
 /// machine, frequent snapshots so catch-up by snapshot is exercised, and a long request
@@ -124,7 +48,7 @@ pub struct NodeProcess {
     pub config: NodeConfig,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
-    child: Option<Child>,
+    process: Option<Process>,
     paused: bool,
 }
 
@@ -140,18 +64,17 @@ impl NodeProcess {
     }
 
     pub fn pid(&self) -> Option<Pid> {
-        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
+        self.process.as_ref().map(Process::pid)
     }
 
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_some()
     }
 
-    fn signal(&self, signal: Signal) -> anyhow::Result<()> {
-        let pid = self
-            .pid()
-            .with_context(|| format!("node {} is not running", self.id))?;
-        kill(pid, signal).with_context(|| format!("sending {signal} to node {}", self.id))
+    fn running(&self) -> anyhow::Result<&Process> {
+        self.process
+            .as_ref()
+            .with_context(|| format!("node {} is not running", self.id))
     }
 }
 
@@ -244,7 +167,7 @@ impl Cluster {
                 config,
                 config_path,
                 log_path: node_dir.join("node.log"),
-                child: None,
+                process: None,
                 paused: false,
             },
         );
@@ -282,23 +205,19 @@ impl Cluster {
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let binary = self.binary.clone();
         let node = self.node_mut(id)?;
-        if node.child.is_some() {
+        if node.process.is_some() {
             bail!("node {id} is already running");
         }
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&node.log_path)?;
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .arg("--config")
             .arg(&node.config_path)
-            .env("RUST_LOG", "info,raft=info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        node.child = Some(child);
+            .env("RUST_LOG", "info,raft=info");
+        node.process = Some(Process::spawn(
+            &format!("node {id}"),
+            command,
+            &node.log_path,
+        )?);
         node.paused = false;
         Ok(())
     }
@@ -306,10 +225,8 @@ impl Cluster {
     /// SIGKILL: no shutdown code runs, unsynced data is lost.
     pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
         let node = self.node_mut(id)?;
-        if let Some(mut child) = node.child.take() {
-            child.kill().with_context(|| format!("killing node {id}"))?;
-            child.wait()?;
-        }
+        // Dropping the process SIGKILLs and reaps it.
+        node.process = None;
         node.paused = false;
         Ok(())
     }
@@ -320,22 +237,18 @@ impl Cluster {
         self.spawn(id)
     }
 
-    /// SIGSTOP, then waits until every thread of the process is stopped: the process
-    /// freezes, its sockets stay open. `kill` returns as soon as the signal is queued, while
-    /// threads still running may answer a request for a while; a test that relies on the pause
-    /// must not begin before the kernel reports it (`/proc/PID/task/*/stat` state `T`).
+    /// SIGSTOP; returns once every thread of the node is stopped (its sockets stay open).
     pub fn pause(&mut self, id: u64) -> anyhow::Result<()> {
         let node = self.node_mut(id)?;
-        node.signal(Signal::SIGSTOP)?;
+        node.running()?.pause()?;
         node.paused = true;
-        let pid = node.pid().expect("signal() checked that it runs");
-        wait_until_stopped(pid, PAUSE_TIMEOUT)
+        Ok(())
     }
 
     /// SIGCONT.
     pub fn resume(&mut self, id: u64) -> anyhow::Result<()> {
         let node = self.node_mut(id)?;
-        node.signal(Signal::SIGCONT)?;
+        node.running()?.resume()?;
         node.paused = false;
         Ok(())
     }
@@ -382,7 +295,7 @@ impl Cluster {
     pub fn live(&self) -> Vec<u64> {
         self.nodes
             .values()
-            .filter(|n| n.child.is_some() && !n.paused)
+            .filter(|n| n.process.is_some() && !n.paused)
             .map(|n| n.id)
             .collect()
     }
@@ -484,11 +397,8 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for node in self.nodes.values_mut() {
-            if let Some(mut child) = node.child.take() {
-                // A stopped process still dies from SIGKILL; no SIGCONT needed.
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            // A stopped process still dies from SIGKILL; no SIGCONT needed.
+            node.process = None;
         }
         if std::thread::panicking() || std::env::var_os("UMBRA_KEEP_TEST_DIRS").is_some() {
             let kept = self.dir.path().to_path_buf();

@@ -42,6 +42,8 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Apply a plan (regions, services, schedules) through the operator API.
     Apply(apply::ApplyArgs),
+    /// Print the example plan (examples/plan.toml), a starting point for your own.
+    ExamplePlan,
     /// Start moving a service's traffic to another region.
     Migrate(migrate::MigrateArgs),
     /// Show the cluster's migrations, readiness and recent audit log (--watch: live).
@@ -67,6 +69,10 @@ fn main() -> anyhow::Result<()> {
         Command::Backtest(args) => backtest::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Apply(args) => apply::run(args),
+        Command::ExamplePlan => {
+            print!("{}", umbra_orchestrator::state::plan::EXAMPLE_PLAN_TOML);
+            Ok(())
+        }
         Command::Migrate(args) => migrate::run(args),
         Command::Status(args) => status::run(args),
         Command::Rollback(args) => rollback::run(args),

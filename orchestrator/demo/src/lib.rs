@@ -15,7 +15,6 @@
 //! leader's executor does, from replicated state) nor change state except through the API.
 
 pub mod history;
-pub mod ports;
 pub mod processes;
 pub mod report;
 pub mod scenario;
@@ -1012,16 +1011,16 @@ fn agent_toml(
 }
 
 /// A loopback port free for both UDP and TCP (QUIC, the admin and API endpoints, DNS), drawn
-/// below the ephemeral range ([`ports`]).
+/// below the ephemeral range (`umbra_proto::ports`).
 fn free_port() -> Result<u16, DemoError> {
-    ports::free_loopback_port().map_err(io("finding a free loopback port"))
+    umbra_proto::ports::free_loopback_port().map_err(io("finding a free loopback port"))
 }
 
 /// A TCP port free on all three front addresses (127.0.0.11/12/13), below the ephemeral
 /// range so the demo's own client connections cannot take it first.
 fn free_front_port() -> Result<u16, DemoError> {
     let ips = [11, 12, 13].map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)));
-    ports::free_tcp_port_on(&ips).map_err(|e| {
+    umbra_proto::ports::free_tcp_port_on(&ips).map_err(|e| {
         DemoError::Setup(format!(
             "no port free on 127.0.0.11, .12 and .13: {e}; the demo's fronts need them (all of \
              127.0.0.0/8 is loopback on Linux)"

@@ -187,7 +187,18 @@ pub enum PlanError {
     Invalid { what: String, problem: String },
 }
 
+/// The example plan shipped as `examples/plan.toml`: two regions (`us-east`, `eu-west`), the
+/// `shop` service on the sample service's log shipping, and a follow-the-sun schedule.
+/// `umbra example-plan` prints it, and tests start from it ([`Plan::example`]).
+pub const EXAMPLE_PLAN_TOML: &str = include_str!("../../../examples/plan.toml");
+
 impl Plan {
+    /// The parsed [`EXAMPLE_PLAN_TOML`]. Tests change its plain fields for their variants
+    /// rather than pasting plan text.
+    pub fn example() -> Plan {
+        Plan::from_toml(EXAMPLE_PLAN_TOML).expect("examples/plan.toml is a valid plan")
+    }
+
     /// Parses a plan file. Errors carry the line and column (the toml crate's spans).
     pub fn from_toml(text: &str) -> Result<Plan, PlanError> {
         toml::from_str(text).map_err(|e| PlanError::Syntax(e.to_string()))

@@ -1,6 +1,7 @@
 //! Loopback ports for clusters on one machine (`umbra demo`, the tests): drawn below the
 //! kernel's ephemeral range, so no outgoing connection can take one between the choice and
-//! the bind. Every port a local cluster binds comes from here, never from `bind(:0)`.
+//! the bind. Every port that `umbra demo` and the test kit choose comes from here, never from
+//! `bind(:0)`.
 
 /// Lowest port [`free_loopback_port`] hands out: above the well-known and most registered
 /// service ports.

@@ -1,0 +1,60 @@
+//! Umbra's test kit: what every crate's tests share, written once.
+//!
+//! - [`binary`] finds a binary that `cargo build --workspace --bins` built beside the test.
+//! - [`free_port`] draws a loopback port below the ephemeral range (`umbra_proto::ports`).
+//! - [`wait_for`] polls a condition with a deadline: tests wait on conditions, never on sleeps.
+//! - [`Process`] is a child process that dies with the test (also on panic), whose
+//!   [`Process::pause`] returns only once the kernel reports every thread stopped.
+//!
+//! It holds no product logic and depends on no product crate but `umbra-proto`, so the
+//! tests of every crate (agent, DNS, CLI) can use it without building the orchestrator.
+
+mod process;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+pub use process::{Process, wait_until_stopped};
+pub use umbra_proto::ports::{free_loopback_port as free_port, free_tcp_port_on};
+
+/// Finds a binary built by `cargo build --workspace --bins` next to the running test.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let mut dir = exe.parent().map(Path::to_path_buf);
+    while let Some(candidate) = dir {
+        let path = candidate.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+        dir = candidate.parent().map(Path::to_path_buf);
+        if candidate.file_name().is_some_and(|n| n == "target") {
+            break;
+        }
+    }
+    bail!(
+        "binary `{name}` not found next to {}; run `cargo build --workspace --bins` first",
+        exe.display()
+    )
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
