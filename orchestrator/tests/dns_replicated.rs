@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::process::Command as Process;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,10 +18,13 @@ use tokio::sync::watch;
 use umbra_dns::DnsError;
 use umbra_dns::embedded::{EmbeddedDns, EmbeddedDnsConfig};
 use umbra_dns::verify::resolver_for;
-use umbra_orchestrator::state::{Command, DnsWeights, OrchestratorState, Overview, Plan};
+use umbra_orchestrator::state::{
+    Command, DnsWeights, OrchestratorState, Overview, Plan, ReplicationKind,
+};
 use umbra_orchestrator::zone_sync::{
     SkippedService, ZoneSync, ZoneSyncMetrics, spawn, verify_weights_served,
 };
+use umbra_testkit::bind::dig;
 
 const ZONE: &str = "umbra.test.";
 const SHOP: &str = "shop.umbra.test.";
@@ -37,65 +39,29 @@ const SHARE_TOLERANCE_PCT: f64 = 1.0;
 /// Bound on waiting for a spawned controller to apply an overview.
 const APPLY_DEADLINE: Duration = Duration::from_secs(10);
 
-const PLAN: &str = r#"
-[[region]]
-name = "us-east"
-front = "127.0.0.11:8080"
-
-[[region]]
-name = "eu-west"
-front = "127.0.0.12:8080"
-
-[[region]]
-name = "ap-south"
-front = "[fd00::13]:8080"
-
-[[service]]
-name = "shop"
-hostname = "shop.umbra.test."
-primary_region = "us-east"
-capacity_rps_per_instance = 100.0
-max_instances = 4
-tier = { probabilistic = { cost_miss = 4.0, cost_idle = 1.0 } }
-replication = "sample-log-shipping"
-slo = { max_error_rate = 0.01, max_p99_ms = 100.0, min_samples = 50 }
-
-[service.warmup]
-allow_writes = false
-mix = { requests = [{ method = "GET", path = "/kv/{key}", weight = 1.0 }], key_count = 1000, zipf_exponent = 1.0, rate_per_sec = 200.0, max_duration_ms = 30000 }
-gate = { reference_p99_ms = 5.0, p99_tolerance_pct = 50.0, max_error_rate = 0.01, min_requests = 200 }
-
-[[service]]
-name = "api"
-hostname = "api.umbra.test."
-primary_region = "eu-west"
-dns_ttl_secs = 60
-capacity_rps_per_instance = 100.0
-max_instances = 4
-tier = { probabilistic = { cost_miss = 4.0, cost_idle = 1.0 } }
-replication = "none"
-slo = { max_error_rate = 0.01, max_p99_ms = 100.0, min_samples = 50 }
-
-[service.warmup]
-allow_writes = false
-mix = { requests = [{ method = "GET", path = "/kv/{key}", weight = 1.0 }], key_count = 1000, zipf_exponent = 1.0, rate_per_sec = 200.0, max_duration_ms = 30000 }
-gate = { reference_p99_ms = 5.0, p99_tolerance_pct = 50.0, max_error_rate = 0.01, min_requests = 200 }
-
-[[service]]
-name = "cart"
-hostname = "cart.elsewhere.test."
-primary_region = "us-east"
-capacity_rps_per_instance = 100.0
-max_instances = 4
-tier = { probabilistic = { cost_miss = 4.0, cost_idle = 1.0 } }
-replication = "none"
-slo = { max_error_rate = 0.01, max_p99_ms = 100.0, min_samples = 50 }
-
-[service.warmup]
-allow_writes = false
-mix = { requests = [{ method = "GET", path = "/kv/{key}", weight = 1.0 }], key_count = 1000, zipf_exponent = 1.0, rate_per_sec = 200.0, max_duration_ms = 30000 }
-gate = { reference_p99_ms = 5.0, p99_tolerance_pct = 50.0, max_error_rate = 0.01, min_requests = 200 }
-"#;
+/// The example plan with a third region (an IPv6 front) and two more services: `api`, primary
+/// in eu-west with a 60 s TTL, and `cart`, whose hostname lies outside the zone.
+fn plan() -> Plan {
+    let mut plan = Plan::example();
+    plan.schedules.clear();
+    let mut ap_south = plan.regions[0].clone();
+    ap_south.name = "ap-south".to_owned();
+    ap_south.front = "[fd00::13]:8080".to_owned();
+    plan.regions.push(ap_south);
+    let shop = plan.services[0].clone();
+    let mut api = shop.clone();
+    api.name = "api".to_owned();
+    api.hostname = "api.umbra.test.".to_owned();
+    api.primary_region = "eu-west".to_owned();
+    api.dns_ttl_secs = 60;
+    api.replication = ReplicationKind::None;
+    let mut cart = shop;
+    cart.name = "cart".to_owned();
+    cart.hostname = "cart.elsewhere.test.".to_owned();
+    cart.replication = ReplicationKind::None;
+    plan.services.extend([api, cart]);
+    plan
+}
 
 /// The replicated state as the log builds it: commands applied in order, indexes from 1.
 struct Log {
@@ -109,8 +75,10 @@ impl Log {
             state: OrchestratorState::default(),
             index: 0,
         };
-        let plan = Plan::from_toml(PLAN).context("the test plan parses")?;
-        log.apply(Command::ApplyPlan { plan, at_ms: 1 })?;
+        log.apply(Command::ApplyPlan {
+            plan: plan(),
+            at_ms: 1,
+        })?;
         Ok(log)
     }
 
@@ -187,28 +155,9 @@ async fn resolver_counts(
     Ok(counts)
 }
 
-/// Runs `dig` in batch mode: one process, `count` copies of `query`; stdout.
-fn dig(server: SocketAddr, query: &str, count: usize) -> Result<String> {
-    let dir = tempfile::tempdir()?;
-    let batch = dir.path().join("queries");
-    std::fs::write(&batch, vec![query; count].join("\n"))?;
-    let out = Process::new("dig")
-        .arg(format!("@{}", server.ip()))
-        .args(["-p", &server.port().to_string(), "-f"])
-        .arg(&batch)
-        .output()
-        .context("running dig; install it with `apt-get install -y bind9-dnsutils`")?;
-    ensure!(
-        out.status.success(),
-        "dig failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 /// `dig +short` answers by address.
 fn dig_counts(server: SocketAddr, rtype: &str) -> Result<BTreeMap<IpAddr, usize>> {
-    let out = dig(server, &format!("{SHOP} {rtype} +short"), QUERIES)?;
+    let out = dig(server, &vec![format!("{SHOP} {rtype} +short"); QUERIES])?;
     let mut counts = BTreeMap::new();
     for line in out.lines().filter(|l| !l.trim().is_empty()) {
         let addr: IpAddr = line
@@ -246,12 +195,7 @@ fn shares_follow(what: &str, counts: &BTreeMap<IpAddr, usize>, want: &[(&str, u3
 }
 
 fn soa_serial(server: SocketAddr) -> Result<u32> {
-    let out = dig(server, &format!("{ZONE} SOA +short"), 1)?;
-    let serial = out
-        .split_whitespace()
-        .nth(2)
-        .context("SOA answer has a serial")?;
-    Ok(serial.parse()?)
+    umbra_testkit::bind::soa_serial(server, ZONE)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,9 +224,9 @@ async fn the_zone_serves_the_replicated_weights_and_shares_follow_them() -> Resu
         &resolver_counts(server, RecordType::A, 300).await?,
         &[(US_EAST, 1)],
     )?;
-    let api = dig(server, "api.umbra.test. A +noall +answer", 1)?;
+    let api = dig(server, &["api.umbra.test. A +noall +answer"])?;
     ensure!(api.contains("60\tIN\tA\t127.0.0.12"), "api answer: {api}");
-    ensure!(dig(server, "cart.elsewhere.test. A", 1)?.contains("status: REFUSED"));
+    ensure!(dig(server, &["cart.elsewhere.test. A"])?.contains("status: REFUSED"));
 
     // A cutover step at 10 %: TTL lowered, 90:10 between the fronts' IPs.
     let serial = soa_serial(server)?;
@@ -363,17 +307,13 @@ async fn the_zone_serves_the_replicated_weights_and_shares_follow_them() -> Resu
     Ok(())
 }
 
-/// Polls `condition` until it holds or `deadline` passes.
+/// Waits (bounded) until `condition` holds.
 async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + APPLY_DEADLINE;
-    while !condition() {
-        ensure!(
-            Instant::now() < deadline,
-            "{what}: not within {APPLY_DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+    umbra_testkit::wait_for(what, APPLY_DEADLINE, || {
+        let held = condition();
+        async move { held.then_some(()) }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,7 +382,7 @@ async fn every_orchestrator_serves_the_same_and_verify_waits_for_each() -> Resul
             dns.zone().get("api.umbra.test.").is_ok_and(|s| s.is_none())
         })
         .await?;
-        let answer = dig(dns.local_addr(), "api.umbra.test. A", 1)?;
+        let answer = dig(dns.local_addr(), &["api.umbra.test. A"])?;
         ensure!(answer.contains("status: NXDOMAIN"), "{answer}");
         ensure!(dns.zone().get(SHOP)?.is_some(), "shop stays");
     }

@@ -4,67 +4,24 @@
 //! provider, a negative rate, another region, promotion before the fence) is refused with a
 //! clear message and changes nothing.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
 mod common;
 
 use umbra_agent::agent::Agent;
-use umbra_agent::provider::process::{ProcessConfig, ProcessRuntime};
-use umbra_agent::provider::{AnyProvider, InstanceState, Provider};
+use umbra_agent::provider::{AnyProvider, InstanceState};
 use umbra_proto::agent::{
     AgentAction, AgentCommand, CommandOutcome, CommandResult, ReadinessGate, Refusal, RequestMix,
     RequestTemplate, WarmupPhase, WarmupSpec,
 };
+use umbra_testkit::sample::SampleProcess;
 
-fn sample() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_umbra-sample"))
-}
-
-struct Source(Child, u16);
-
-impl Drop for Source {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_source(dir: &Path) -> anyhow::Result<Source> {
-    let port_file = dir.join("source.port");
-    let mut child = Command::new(sample())
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--backing-latency-ms",
-            "5",
-            "--data-dir",
-        ])
-        .arg(dir.join("source"))
-        .arg("--port-file")
-        .arg(&port_file)
-        .stdout(Stdio::null())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(p) = std::fs::read_to_string(&port_file)
-            && let Ok(port) = p.trim().parse()
-        {
-            return Ok(Source(child, port));
-        }
-        anyhow::ensure!(child.try_wait()?.is_none(), "source exited");
-        anyhow::ensure!(Instant::now() < deadline, "source did not start");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+/// A cold read's cost, for the source and the agent's instances alike.
+const BACKING_LATENCY_MS: u64 = 5;
 
 async fn agent(state: &Path) -> anyhow::Result<Agent> {
-    let provider = Provider::open(
-        ProcessRuntime::new(ProcessConfig::sample(sample(), 5), state)?,
-        state,
-    )
-    .await?;
+    let provider = common::sample_provider(state, BACKING_LATENCY_MS).await?;
     Ok(Agent::with_provider(
         "eu-west",
         state,
@@ -109,8 +66,13 @@ fn plan(rate_per_sec: f64) -> WarmupSpec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicate_fence_promote_and_warm_through_commands() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let source = spawn_source(dir.path())?;
-    let src_url = format!("http://127.0.0.1:{}", source.1);
+    let source = SampleProcess::start(
+        common::sample_binary(),
+        &dir.path().join("source"),
+        BACKING_LATENCY_MS,
+    )
+    .await?;
+    let src_url = source.url();
     let http = reqwest::Client::new();
     for i in 0..50 {
         http.put(format!("{src_url}/kv/key-{i}"))
@@ -120,7 +82,7 @@ async fn replicate_fence_promote_and_warm_through_commands() -> anyhow::Result<(
             .error_for_status()?;
     }
     let state = dir.path().join("agent");
-    let _reaper = common::Reaper::new(&state);
+    let _reaper = common::reaper(&state);
     let agent = agent(&state).await?;
     let run = |op: &'static str, a: AgentAction| {
         let agent = &agent;

@@ -4,7 +4,7 @@
 //! target region's front; each front's report counts only what its own instances served; bad
 //! shares are refused and change nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 mod common;
@@ -12,18 +12,15 @@ mod common;
 use umbra_agent::agent::Agent;
 use umbra_agent::agent::front::Front;
 use umbra_agent::loadgen::{LoadConfig, LoadGenerator, RequestSpec, Target};
-use umbra_agent::provider::process::{ProcessConfig, ProcessRuntime};
-use umbra_agent::provider::{AnyProvider, Provider};
+use umbra_agent::provider::AnyProvider;
 use umbra_proto::agent::{AgentAction, AgentCommand, CommandOutcome, CommandResult, Refusal};
+
+/// A cold read's cost in the regions' instances: small, this test is about routing.
+const BACKING_LATENCY_MS: u64 = 1;
 
 async fn region(name: &str, dir: &Path) -> anyhow::Result<Agent> {
     let state = dir.join(name);
-    let sample = PathBuf::from(env!("CARGO_BIN_EXE_umbra-sample"));
-    let provider = Provider::open(
-        ProcessRuntime::new(ProcessConfig::sample(sample, 1), &state)?,
-        &state,
-    )
-    .await?;
+    let provider = common::sample_provider(&state, BACKING_LATENCY_MS).await?;
     let front = Front::start("127.0.0.1:0".parse()?).await?;
     let agent = Agent::with_parts(name, &state, AnyProvider::Process(provider), Some(front))?;
     let instance = format!("{name}-1");
@@ -80,22 +77,25 @@ async fn send(front: std::net::SocketAddr, requests: u64) -> anyhow::Result<()> 
 async fn a_share_moves_exactly_that_part_of_the_traffic() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let _reapers = [
-        common::Reaper::new(&dir.path().join("us-east")),
-        common::Reaper::new(&dir.path().join("eu-west")),
+        common::reaper(&dir.path().join("us-east")),
+        common::reaper(&dir.path().join("eu-west")),
     ];
     let east = region("us-east", dir.path()).await?;
     let west = region("eu-west", dir.path()).await?;
     let east_front = east.executor().front().unwrap().local_addr();
     let west_front = west.executor().front().unwrap().local_addr();
+    // Each front's report, which also starts its next window.
+    let windows = || async {
+        (
+            east.report().await.front.unwrap(),
+            west.report().await.front.unwrap(),
+        )
+    };
     // Start both windows now.
-    east.report().await;
-    west.report().await;
+    windows().await;
 
     send(east_front, 200).await?;
-    let (e, w) = (
-        east.report().await.front.unwrap(),
-        west.report().await.front.unwrap(),
-    );
+    let (e, w) = windows().await;
     assert_eq!(
         (e.window_requests, w.window_requests),
         (200, 0),
@@ -118,10 +118,7 @@ async fn a_share_moves_exactly_that_part_of_the_traffic() -> anyhow::Result<()> 
     };
     assert_eq!(f.shares.len(), 1);
     send(east_front, 1_000).await?;
-    let (e, w) = (
-        east.report().await.front.unwrap(),
-        west.report().await.front.unwrap(),
-    );
+    let (e, w) = windows().await;
     println!(
         "30 % share: east served {}, west served {}",
         e.window_requests, w.window_requests
@@ -173,13 +170,9 @@ async fn a_share_moves_exactly_that_part_of_the_traffic() -> anyhow::Result<()> 
         percent: 0,
     };
     east.handle_command(&cmd("us-east", "share-0", back)).await;
-    east.report().await;
-    west.report().await;
+    windows().await;
     send(east_front, 200).await?;
-    let (e, w) = (
-        east.report().await.front.unwrap(),
-        west.report().await.front.unwrap(),
-    );
+    let (e, w) = windows().await;
     assert_eq!((e.window_requests, w.window_requests), (200, 0));
 
     for (agent, id) in [(&east, "us-east-1"), (&west, "eu-west-1")] {
@@ -192,12 +185,7 @@ async fn a_share_moves_exactly_that_part_of_the_traffic() -> anyhow::Result<()> 
 async fn an_agent_without_a_front_refuses_shares() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("a");
-    let sample = PathBuf::from(env!("CARGO_BIN_EXE_umbra-sample"));
-    let provider = Provider::open(
-        ProcessRuntime::new(ProcessConfig::sample(sample, 1), &state)?,
-        &state,
-    )
-    .await?;
+    let provider = common::sample_provider(&state, BACKING_LATENCY_MS).await?;
     let agent = Agent::with_provider("us-east", &state, AnyProvider::Process(provider))?;
     let action = AgentAction::SetShare {
         service: "shop".into(),

@@ -7,7 +7,8 @@
 //! the orchestrator's.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,16 +17,16 @@ mod common;
 use tokio::sync::mpsc;
 use umbra_agent::agent::Agent;
 use umbra_agent::agent::session::{SessionConfig, run_session, transport_config};
-use umbra_agent::provider::process::{ProcessConfig, ProcessRuntime};
-use umbra_agent::provider::{AnyProvider, InstanceState, Provider};
+use umbra_agent::provider::{AnyProvider, InstanceState};
 use umbra_proto::agent::{
-    AgentAction, AgentCommand, AgentHello, CommandOutcome, CommandResult, FromAgent, HelloReply,
-    Refusal, ToAgent,
+    AgentAction, AgentCommand, AgentHello, AgentReport, CommandOutcome, CommandResult, FromAgent,
+    HelloReply, Refusal, ToAgent,
 };
 use umbra_proto::certs::Layout;
 use umbra_proto::{
     Connection, Credentials, Endpoint, FramedStream, Identity, Role, TransportConfig,
 };
+use umbra_testkit::Process;
 
 type Leader = Arc<Mutex<(u64, u64)>>;
 
@@ -98,6 +99,36 @@ async fn stand_in_cluster(
     Ok((addrs, rx))
 }
 
+/// Certificates for three orchestrators and the agent of eu-west in `dir/certs`, and the
+/// stand-in cluster with `leader` (node, term) leading.
+async fn certs_and_cluster(
+    dir: &Path,
+    leader: (u64, u64),
+) -> anyhow::Result<(PathBuf, Leader, Vec<SocketAddr>, mpsc::Receiver<Followed>)> {
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs)?;
+    umbra_proto::certs::init(
+        &Layout {
+            orchestrators: 3,
+            regions: vec!["eu-west".into()],
+            operators: vec![],
+        },
+        &certs,
+    )?;
+    let leader: Leader = Arc::new(Mutex::new(leader));
+    let (addrs, followed) = stand_in_cluster(&certs, leader.clone()).await?;
+    Ok((certs, leader, addrs, followed))
+}
+
+/// The next heartbeat report on the followed stream (skipping other messages).
+async fn next_report(f: &mut Followed) -> anyhow::Result<AgentReport> {
+    loop {
+        if let Some(FromAgent::Report(r)) = f.stream.recv::<FromAgent>().await? {
+            return Ok(r);
+        }
+    }
+}
+
 async fn next_followed(rx: &mut mpsc::Receiver<Followed>) -> anyhow::Result<Followed> {
     tokio::time::timeout(Duration::from_secs(30), rx.recv())
         .await?
@@ -145,27 +176,11 @@ fn instance_state(outcome: &CommandOutcome) -> Option<InstanceState> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_follows_the_leader_and_fences_stale_terms() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let certs = dir.path().join("certs");
-    std::fs::create_dir_all(&certs)?;
-    umbra_proto::certs::init(
-        &Layout {
-            orchestrators: 3,
-            regions: vec!["eu-west".into()],
-            operators: vec![],
-        },
-        &certs,
-    )?;
-    let leader: Leader = Arc::new(Mutex::new((2, 3)));
-    let (addrs, mut followed) = stand_in_cluster(&certs, leader.clone()).await?;
+    let (certs, leader, addrs, mut followed) = certs_and_cluster(dir.path(), (2, 3)).await?;
 
     let state = dir.path().join("agent");
-    let _reaper = common::Reaper::new(&state);
-    let sample = PathBuf::from(env!("CARGO_BIN_EXE_umbra-sample"));
-    let provider = Provider::open(
-        ProcessRuntime::new(ProcessConfig::sample(sample, 5), &state)?,
-        &state,
-    )
-    .await?;
+    let _reaper = common::reaper(&state);
+    let provider = common::sample_provider(&state, 5).await?;
     let agent = Arc::new(Agent::with_provider(
         "eu-west",
         &state,
@@ -218,11 +233,7 @@ async fn the_agent_follows_the_leader_and_fences_stale_terms() -> anyhow::Result
     );
 
     // Heartbeats carry the instances and the term.
-    let report = loop {
-        if let Some(FromAgent::Report(r)) = f.stream.recv::<FromAgent>().await? {
-            break r;
-        }
-    };
+    let report = next_report(&mut f).await?;
     assert_eq!((report.region.as_str(), report.newest_term), ("eu-west", 3));
     assert_eq!(report.instances.len(), 1);
 
@@ -323,33 +334,12 @@ async fn the_agent_follows_the_leader_and_fences_stale_terms() -> anyhow::Result
     Ok(())
 }
 
-/// Kills the child on drop, so a failed assertion leaves no agent behind.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_binary_keeps_its_ledger_and_instances_across_a_sigkill() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let certs = dir.path().join("certs");
-    std::fs::create_dir_all(&certs)?;
-    umbra_proto::certs::init(
-        &Layout {
-            orchestrators: 3,
-            regions: vec!["eu-west".into()],
-            operators: vec![],
-        },
-        &certs,
-    )?;
-    let leader: Leader = Arc::new(Mutex::new((1, 3)));
-    let (addrs, mut followed) = stand_in_cluster(&certs, leader.clone()).await?;
+    let (certs, _leader, addrs, mut followed) = certs_and_cluster(dir.path(), (1, 3)).await?;
     let state = dir.path().join("agent");
-    let _reaper = common::Reaper::new(&state);
+    let _reaper = common::reaper(&state);
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,
@@ -360,17 +350,17 @@ async fn the_agent_binary_keeps_its_ledger_and_instances_across_a_sigkill() -> a
             state = state.display().to_string(),
             addrs = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             certs = certs.display().to_string(),
-            sample = env!("CARGO_BIN_EXE_umbra-sample"),
+            sample = common::sample_binary().display().to_string(),
         ),
     )?;
-    let spawn = || -> anyhow::Result<ChildGuard> {
-        Ok(ChildGuard(
-            std::process::Command::new(env!("CARGO_BIN_EXE_umbra-agent"))
-                .args(["run", "--config"])
-                .arg(&config)
-                .env("RUST_LOG", "warn")
-                .spawn()?,
-        ))
+    // Killed when dropped, so a failed assertion leaves no agent behind.
+    let spawn = || -> anyhow::Result<Process> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_umbra-agent"));
+        command
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn");
+        Process::spawn("umbra-agent", command, &dir.path().join("agent.log"))
     };
     let agent = spawn()?;
     let mut f = next_followed(&mut followed).await?;
@@ -388,11 +378,7 @@ async fn the_agent_binary_keeps_its_ledger_and_instances_across_a_sigkill() -> a
     let _agent = spawn()?;
     let mut f = next_followed(&mut followed).await?;
     // The instance was adopted, still active.
-    let report = loop {
-        if let Some(FromAgent::Report(r)) = f.stream.recv::<FromAgent>().await? {
-            break r;
-        }
-    };
+    let report = next_report(&mut f).await?;
     assert_eq!(report.instances.len(), 1);
     assert_eq!(report.instances[0].state, InstanceState::Active);
     assert_eq!(

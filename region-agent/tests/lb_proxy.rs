@@ -5,16 +5,18 @@
 //! or `umbra-load serve` child processes where a process must die).
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+mod common;
+
 use anyhow::{Context, Result};
-use hyper::header::HeaderName;
-use tokio::sync::watch;
+use common::snapshot_at;
 use umbra_agent::lb::named_backend::{BACKEND_HEADER, NamedBackend};
 use umbra_agent::lb::proxy::{EmbeddedProxy, ProxyConfig};
 use umbra_agent::lb::{BackendState, BackendWeight, LoadBalancer};
-use umbra_agent::loadgen::{LoadConfig, LoadGenerator, LoadProgress, RequestSpec, Target};
+use umbra_agent::loadgen::{LoadConfig, LoadGenerator, LoadProgress, RequestSpec};
+use umbra_testkit::{Process, wait_for};
 
 const RATE_PER_SEC: f64 = 500.0;
 
@@ -23,36 +25,7 @@ fn any_port() -> SocketAddr {
 }
 
 fn load(proxy: SocketAddr, max_duration: Duration) -> LoadConfig {
-    let mut c = LoadConfig::new(
-        Target::Urls(vec![format!("http://{proxy}").parse().unwrap()]),
-        RATE_PER_SEC,
-        (RATE_PER_SEC * max_duration.as_secs_f64()) as u64,
-        max_duration,
-    );
-    c.tally_header = Some(HeaderName::from_static(BACKEND_HEADER));
-    c.progress_interval = Duration::from_millis(50);
-    c
-}
-
-/// Waits (bounded) for the next progress snapshot at or after `elapsed_secs`.
-async fn snapshot_at(
-    progress: &mut watch::Receiver<LoadProgress>,
-    elapsed_secs: f64,
-) -> LoadProgress {
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let p = progress.borrow_and_update().clone();
-            if p.elapsed_secs >= elapsed_secs || p.finished {
-                return p;
-            }
-            progress
-                .changed()
-                .await
-                .expect("generator alive until finished");
-        }
-    })
-    .await
-    .expect("load generator progressed within 30 s")
+    common::tallied_load(common::http_target(proxy), RATE_PER_SEC, max_duration)
 }
 
 fn served(p: &LoadProgress, name: &str) -> u64 {
@@ -63,57 +36,27 @@ fn served(p: &LoadProgress, name: &str) -> u64 {
 async fn weight_steps_move_exact_shares_with_zero_failures() -> Result<()> {
     let a = NamedBackend::start("a", any_port()).await?;
     let b = NamedBackend::start("b", any_port()).await?;
-    let set = |wa: u32, wb: u32| {
-        vec![
-            BackendWeight::new("a", a.local_addr(), wa),
-            BackendWeight::new("b", b.local_addr(), wb),
-        ]
-    };
-    let proxy = EmbeddedProxy::start(ProxyConfig::new(any_port()), &set(100, 0)).await?;
+    let proxy = EmbeddedProxy::start(
+        ProxyConfig::new(any_port()),
+        &[
+            BackendWeight::new("a", a.local_addr(), 100),
+            BackendWeight::new("b", b.local_addr(), 0),
+        ],
+    )
+    .await?;
 
-    let steps: [(u32, u32); 7] = [
-        (100, 0),
-        (90, 10),
-        (50, 50),
-        (0, 100),
-        (50, 50),
-        (90, 10),
-        (100, 0),
-    ];
-    let step_secs = 2.0;
-    let settle_secs = 0.25;
-    let run_for = Duration::from_secs_f64(step_secs * steps.len() as f64 + 0.5);
-    let generator =
-        LoadGenerator::new(load(proxy.local_addr(), run_for), |_| RequestSpec::get("/"))?;
-    let mut progress = generator.progress();
-    let run = tokio::spawn(generator.run());
-
-    for (i, &(wa, wb)) in steps.iter().enumerate() {
-        let step_start = i as f64 * step_secs;
-        snapshot_at(&mut progress, step_start).await;
-        proxy.set_backends(&set(wa, wb)).await?;
-        let from = snapshot_at(&mut progress, step_start + settle_secs).await;
-        let to = snapshot_at(&mut progress, step_start + step_secs - 0.05).await;
-        let (da, db) = (
-            served(&to, "a") - served(&from, "a"),
-            served(&to, "b") - served(&from, "b"),
-        );
-        let total = (da + db) as f64;
-        assert!(
-            total >= 0.5 * RATE_PER_SEC,
-            "step {i}: only {total} responses in the window"
-        );
-        let share_a = 100.0 * da as f64 / total;
-        let want_a = 100.0 * wa as f64 / (wa + wb) as f64;
-        println!("step {i}: weights {wa}/{wb}: a {share_a:.1}% of {total} responses");
-        assert!(
-            (share_a - want_a).abs() <= 5.0,
-            "step {i}: a got {share_a:.1}%, weight says {want_a:.1}%"
-        );
-    }
-    let report = run.await??;
+    let report = common::weight_steps_under_load(
+        &proxy,
+        proxy.local_addr(),
+        (a.local_addr(), b.local_addr()),
+        RATE_PER_SEC,
+        "responses the client saw",
+        |p| async move { Ok((served(&p, "a"), served(&p, "b"))) },
+    )
+    .await?;
     println!("{report}");
-    assert!(report.counts.completed as f64 >= 0.9 * RATE_PER_SEC * step_secs * steps.len() as f64);
+    let steps_secs = common::STEP_SECS * common::WEIGHT_STEPS.len() as f64;
+    assert!(report.counts.completed as f64 >= 0.9 * RATE_PER_SEC * steps_secs);
     assert!(
         report.achieved_rate_per_sec >= 0.9 * RATE_PER_SEC,
         "{report}"
@@ -132,54 +75,34 @@ async fn weight_steps_move_exact_shares_with_zero_failures() -> Result<()> {
     Ok(())
 }
 
-/// A `umbra-load serve` child process, killed on drop if still running.
-struct BackendProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl BackendProcess {
-    fn spawn(name: &str) -> Result<Self> {
-        use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_umbra-load"))
-            .args(["serve", "--name", name, "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("spawning umbra-load serve")?;
-        let stdout = child.stdout.take().expect("piped");
-        // The first line is the bound address; reading it blocks until the backend listens.
-        let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .parse()
-            .with_context(|| format!("backend printed {line:?}"))?;
-        Ok(Self { child, addr })
-    }
-
-    fn sigkill(&mut self) -> Result<()> {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)?;
-        self.child.wait()?;
-        Ok(())
-    }
-}
-
-impl Drop for BackendProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `umbra-load serve` child process (killed with the test) and the address it listens on.
+fn backend_process(name: &str) -> Result<(Process, SocketAddr)> {
+    use std::io::BufRead;
+    let child = Command::new(env!("CARGO_BIN_EXE_umbra-load"))
+        .args(["serve", "--name", name, "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("spawning umbra-load serve")?;
+    let mut process = Process::adopt("umbra-load serve", child);
+    let stdout = process.child_mut().stdout.take().expect("piped");
+    // The first line is the bound address; reading it blocks until the backend listens.
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .parse()
+        .with_context(|| format!("backend printed {line:?}"))?;
+    Ok((process, addr))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_process_is_ejected_and_failures_are_bounded() -> Result<()> {
-    let a = BackendProcess::spawn("a")?;
-    let mut b = BackendProcess::spawn("b")?;
+    let (_a, a_addr) = backend_process("a")?;
+    let (b, b_addr) = backend_process("b")?;
     let backends = vec![
-        BackendWeight::new("a", a.addr, 50),
-        BackendWeight::new("b", b.addr, 50),
+        BackendWeight::new("a", a_addr, 50),
+        BackendWeight::new("b", b_addr, 50),
     ];
     let proxy = EmbeddedProxy::start(ProxyConfig::new(any_port()), &backends).await?;
 
@@ -202,7 +125,7 @@ async fn killed_backend_process_is_ejected_and_failures_are_bounded() -> Result<
         served(&before, "b") > 0,
         "b served before the kill: {before:?}"
     );
-    b.sigkill()?;
+    b.kill()?; // SIGKILL
     let after_kill = snapshot_at(&mut progress, 3.0).await;
     let b_requests_settled = proxy
         .stats()
@@ -244,7 +167,7 @@ async fn killed_backend_process_is_ejected_and_failures_are_bounded() -> Result<
 async fn refused_connection_is_retried_and_in_flight_requests_finish() -> Result<()> {
     let a = NamedBackend::start("a", any_port()).await?;
     // A port with nothing listening refuses connections.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let dead = SocketAddr::from(([127, 0, 0, 1], umbra_testkit::free_port()?));
     let proxy = EmbeddedProxy::start(
         ProxyConfig::new(any_port()),
         &[
@@ -276,17 +199,17 @@ async fn refused_connection_is_retried_and_in_flight_requests_finish() -> Result
         ])
         .await?;
     let slow = tokio::spawn(client.get(format!("{base}/slow/600")).send());
-    // Wait (bounded) until the slow request is in flight at a.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let s = proxy.stats().await.unwrap();
-            if s.iter().any(|s| s.name == "a" && s.in_flight == 1) {
-                break;
+    wait_for(
+        "the slow request to be in flight at a",
+        Duration::from_secs(10),
+        || async {
+            match proxy.stats().await {
+                Ok(s) if !s.iter().any(|s| s.name == "a" && s.in_flight == 1) => None,
+                other => Some(other),
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await?;
+        },
+    )
+    .await??;
     proxy.drain("a").await?;
     proxy
         .set_backends(&[

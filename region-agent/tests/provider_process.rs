@@ -2,18 +2,14 @@
 //! transitions, and adoption after the owning agent process is SIGKILLed (no process is left
 //! behind: the restarted provider adopts every instance and stops them all).
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 mod common;
 
-use common::{Reaper, processes_of};
-use umbra_agent::provider::process::{ProcessConfig, ProcessRuntime};
-use umbra_agent::provider::{InstanceState, Operation, Provider};
-
-fn sample_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_umbra-sample"))
-}
+use common::{processes_of, reaper, sample_binary, sample_provider};
+use umbra_agent::provider::{InstanceState, Operation};
+use umbra_testkit::{Process, wait_for};
 
 async fn get(addr: &str, path: &str) -> reqwest::Result<reqwest::StatusCode> {
     let client = reqwest::Client::builder()
@@ -29,9 +25,8 @@ async fn get(addr: &str, path: &str) -> reqwest::Result<reqwest::StatusCode> {
 #[tokio::test]
 async fn provision_activate_pause_resume_stop_with_timings() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let _reaper = Reaper::new(dir.path());
-    let runtime = ProcessRuntime::new(ProcessConfig::sample(sample_binary(), 30), dir.path())?;
-    let provider = Provider::open(runtime, dir.path()).await?;
+    let _reaper = reaper(dir.path());
+    let provider = sample_provider(dir.path(), 30).await?;
     let ids: Vec<String> = (1..=5).map(|i| format!("shop-{i}")).collect();
     let reports = provider.provision(&ids).await?;
     assert!(reports.iter().all(|r| r.state == InstanceState::Dormant));
@@ -100,10 +95,11 @@ async fn provision_activate_pause_resume_stop_with_timings() -> anyhow::Result<(
 #[tokio::test]
 async fn a_killed_agent_is_replaced_by_one_that_adopts_its_instances() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let _reaper = Reaper::new(dir.path());
+    let _reaper = reaper(dir.path());
     // The "agent" is a real process: umbra-agent's local mode provisions, activates 2 of 3
     // instances, pauses one, and holds; we SIGKILL it.
-    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_umbra-agent"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_umbra-agent"));
+    command
         .args(["local", "--state-dir"])
         .arg(dir.path())
         .args(["--sample-binary"])
@@ -116,27 +112,27 @@ async fn a_killed_agent_is_replaced_by_one_that_adopts_its_instances() -> anyhow
             "--pause",
             "a-2",
             "--hold",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while processes_of(dir.path()).len() < 2 || !dir.path().join("local-ready").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not set up its instances"
-        );
-        if let Some(status) = agent.try_wait()? {
-            anyhow::bail!("umbra-agent local exited early: {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        ]);
+    // Its log beside the state directory, not in it.
+    let logs = tempfile::tempdir()?;
+    let log = logs.path().join("agent.log");
+    let mut agent = Process::spawn("umbra-agent local", command, &log)?;
+    agent
+        .wait_for(
+            "the agent to set up its instances",
+            Duration::from_secs(60),
+            || {
+                let ready =
+                    processes_of(dir.path()).len() >= 2 && dir.path().join("local-ready").exists();
+                async move { ready.then_some(()) }
+            },
+        )
+        .await?;
     agent.kill()?; // SIGKILL
-    agent.wait()?;
     let orphans = processes_of(dir.path());
     assert_eq!(orphans.len(), 2, "instances outlive a killed agent");
 
-    let runtime = ProcessRuntime::new(ProcessConfig::sample(sample_binary(), 30), dir.path())?;
-    let provider = Provider::open(runtime, dir.path()).await?;
+    let provider = sample_provider(dir.path(), 30).await?;
     let states: Vec<_> = provider
         .list()
         .await
@@ -159,15 +155,20 @@ async fn a_killed_agent_is_replaced_by_one_that_adopts_its_instances() -> anyhow
     for id in ["a-1", "a-2", "a-3"] {
         provider.remove(id).await?;
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !processes_of(dir.path()).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "processes left behind: {:?}",
-            processes_of(dir.path())
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let left = wait_for(
+        "every instance process to be gone",
+        Duration::from_secs(10),
+        || {
+            let left = processes_of(dir.path());
+            async move { left.is_empty().then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        left.is_ok(),
+        "processes left behind: {:?}",
+        processes_of(dir.path())
+    );
     assert!(provider.list().await.is_empty());
     Ok(())
 }
@@ -175,9 +176,8 @@ async fn a_killed_agent_is_replaced_by_one_that_adopts_its_instances() -> anyhow
 #[tokio::test]
 async fn a_process_started_but_not_yet_recorded_is_still_adopted() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let _reaper = Reaper::new(dir.path());
-    let make = || ProcessRuntime::new(ProcessConfig::sample(sample_binary(), 5), dir.path());
-    let provider = Provider::open(make()?, dir.path()).await?;
+    let _reaper = reaper(dir.path());
+    let provider = sample_provider(dir.path(), 5).await?;
     provider.provision(&["c-1".to_string()]).await?;
     provider.apply("c-1", Operation::Start).await?;
     drop(provider);
@@ -190,7 +190,7 @@ async fn a_process_started_but_not_yet_recorded_is_still_adopted() -> anyhow::Re
     json["addr"] = serde_json::Value::Null;
     std::fs::write(&record, serde_json::to_vec(&json)?)?;
 
-    let provider = Provider::open(make()?, dir.path()).await?;
+    let provider = sample_provider(dir.path(), 5).await?;
     let rec = provider.get("c-1").await?;
     assert_eq!(rec.state, InstanceState::Warm, "found through its pid file");
     assert_eq!(get(&rec.addr.unwrap().to_string(), "/healthz").await?, 200);

@@ -5,61 +5,24 @@
 //! duplicate), and the fenced source refuses writes.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use umbra_agent::replication::{ReplicationDriver, SampleLogShipping};
 use umbra_agent::sample::{SampleStatus, WalBatch};
+use umbra_testkit::sample::SampleProcess;
+use umbra_testkit::wait_for;
 
 const KEYS: u64 = 10_000;
 const WRITERS: u64 = 16;
-
-struct Sample {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Sample {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_sample(data_dir: &Path, listen: &str) -> anyhow::Result<Sample> {
-    let port_file = data_dir.with_extension("port");
-    let _ = std::fs::remove_file(&port_file);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_umbra-sample"))
-        .args([
-            "--listen",
-            listen,
-            "--backing-latency-ms",
-            "1",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .arg("--port-file")
-        .arg(&port_file)
-        .stdout(Stdio::null())
-        .env("RUST_LOG", "warn")
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(p) = std::fs::read_to_string(&port_file)
-            && let Ok(port) = p.trim().parse()
-        {
-            return Ok(Sample { child, port });
-        }
-        if let Some(status) = child.try_wait()? {
-            anyhow::bail!("umbra-sample exited: {status}");
-        }
-        anyhow::ensure!(Instant::now() < deadline, "umbra-sample did not start");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+/// A cold read's cost: small, this test is about the log, not the cache.
+const BACKING_LATENCY_MS: u64 = 1;
+/// How long the writes and the replica may take to reach the points the test waits for.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(120);
 
 async fn status(http: &reqwest::Client, port: u16) -> anyhow::Result<SampleStatus> {
     Ok(http
@@ -68,6 +31,18 @@ async fn status(http: &reqwest::Client, port: u16) -> anyhow::Result<SampleStatu
         .await?
         .json()
         .await?)
+}
+
+/// Waits (bounded) until the instance at `port` has `seq` records in its log; a failed status
+/// request fails the test at once.
+async fn reached(http: &reqwest::Client, port: u16, seq: u64, what: &str) -> anyhow::Result<()> {
+    wait_for(what, PROGRESS_TIMEOUT, || async {
+        match status(http, port).await {
+            Ok(s) if s.last_seq < seq => None,
+            other => Some(other.map(drop)),
+        }
+    })
+    .await?
 }
 
 async fn whole_log(
@@ -96,12 +71,17 @@ async fn whole_log(
 async fn ten_thousand_writes_replicate_through_a_replica_crash_then_fence_and_promote()
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let source = spawn_sample(&dir.path().join("source"), "127.0.0.1:0")?;
+    let sample = common::sample_binary();
+    let source =
+        SampleProcess::start(sample, &dir.path().join("source"), BACKING_LATENCY_MS).await?;
     let target_dir: PathBuf = dir.path().join("target");
-    let mut target = spawn_sample(&target_dir, "127.0.0.1:0")?;
-    let target_port = target.port;
-    let src_url = format!("http://127.0.0.1:{}", source.port);
-    let dst_url = format!("http://127.0.0.1:{target_port}");
+    // The replica restarts on the port it had, so that port comes from below the ephemeral
+    // range: no outgoing connection can take it while the replica is down.
+    let target_port = umbra_testkit::free_port()?;
+    let target =
+        SampleProcess::start_on(sample, &target_dir, BACKING_LATENCY_MS, target_port).await?;
+    let src_url = source.url();
+    let dst_url = target.url();
     let driver = SampleLogShipping::new(&src_url, &dst_url)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -133,32 +113,29 @@ async fn ten_thousand_writes_replicate_through_a_replica_crash_then_fence_and_pr
     }
 
     // Replication starts while the load runs.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while status(&http, source.port).await?.last_seq < 1_000 {
-        anyhow::ensure!(Instant::now() < deadline, "writes are not progressing");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    reached(
+        &http,
+        source.port(),
+        1_000,
+        "the source to take 1,000 writes",
+    )
+    .await?;
     driver.start().await?;
 
     // Kill the replica mid-stream, then restart it on the same port and data directory.
-    loop {
-        let applied = status(&http, target_port).await?.last_seq;
-        if applied >= 2_000 {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the replica is not applying (at {applied})"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    target.child.kill()?; // SIGKILL
-    target.child.wait()?;
-    let source_at_kill = status(&http, source.port).await?.last_seq;
+    reached(
+        &http,
+        target_port,
+        2_000,
+        "the replica to apply 2,000 records",
+    )
+    .await?;
+    target.kill()?; // SIGKILL
+    let source_at_kill = status(&http, source.port()).await?.last_seq;
     println!("replica killed; source at seq {source_at_kill}");
-    drop(target);
     // Kept alive to the end of the test (dropping it kills the process).
-    let _restarted = spawn_sample(&target_dir, &format!("127.0.0.1:{target_port}"))?;
+    let _restarted =
+        SampleProcess::start_on(sample, &target_dir, BACKING_LATENCY_MS, target_port).await?;
     let resumed_at = status(&http, target_port).await?.last_seq;
     println!("replica restarted; applied {resumed_at} right after");
 
@@ -203,7 +180,7 @@ async fn ten_thousand_writes_replicate_through_a_replica_crash_then_fence_and_pr
     );
     // The target's log is the source's, record for record: nothing lost, nothing doubled.
     let (src_log, dst_log) = (
-        whole_log(&http, source.port).await?,
+        whole_log(&http, source.port()).await?,
         whole_log(&http, target_port).await?,
     );
     assert_eq!(src_log.len() as u64, KEYS);
@@ -227,20 +204,18 @@ async fn ten_thousand_writes_replicate_through_a_replica_crash_then_fence_and_pr
 #[tokio::test]
 async fn promote_is_refused_while_the_source_takes_writes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let source = spawn_sample(&dir.path().join("s"), "127.0.0.1:0")?;
-    let target = spawn_sample(&dir.path().join("t"), "127.0.0.1:0")?;
-    let driver = SampleLogShipping::new(
-        &format!("http://127.0.0.1:{}", source.port),
-        &format!("http://127.0.0.1:{}", target.port),
-    )?;
+    let sample = common::sample_binary();
+    let source = SampleProcess::start(sample, &dir.path().join("s"), BACKING_LATENCY_MS).await?;
+    let target = SampleProcess::start(sample, &dir.path().join("t"), BACKING_LATENCY_MS).await?;
+    let driver = SampleLogShipping::new(&source.url(), &target.url())?;
     driver.start().await?;
     let err = driver.promote().await.unwrap_err().to_string();
     assert!(err.contains("fence it first"), "{err}");
     let http = reqwest::Client::new();
     assert_eq!(
-        status(&http, target.port).await?.mode,
+        status(&http, target.port()).await?.mode,
         umbra_agent::sample::Mode::Replica {
-            source: format!("http://127.0.0.1:{}", source.port)
+            source: source.url()
         }
     );
     Ok(())

@@ -5,74 +5,40 @@
 //! latency claims live in the benchmarks.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use umbra_agent::loadgen::{LoadConfig, LoadGenerator, Target};
 use umbra_agent::warmer::{MixSource, WarmupTracker, warm};
-use umbra_proto::agent::{
-    ReadinessGate, RequestMix, RequestTemplate, WarmupPhase, WarmupProgress, WarmupSpec,
-};
+use umbra_proto::agent::{ReadinessGate, RequestMix, RequestTemplate, WarmupPhase, WarmupSpec};
+use umbra_testkit::sample::SampleProcess;
 
 /// 100 ms, not the sample's 30 ms default: a cold read costs at least this by construction,
 /// so the gate (twice the warm p99) is far below a cold instance's p99.
 const BACKING_LATENCY_MS: u64 = 100;
 const KEYS: u64 = 200;
 
-struct Sample {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Sample {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_sample(data_dir: &Path) -> anyhow::Result<Sample> {
-    let port_file = data_dir.with_extension("port");
-    let _ = std::fs::remove_file(&port_file);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_umbra-sample"))
-        .args(["--listen", "127.0.0.1:0", "--backing-latency-ms"])
-        .arg(BACKING_LATENCY_MS.to_string())
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--port-file")
-        .arg(&port_file)
-        .stdout(Stdio::null())
-        .env("RUST_LOG", "warn")
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(p) = std::fs::read_to_string(&port_file)
-            && let Ok(port) = p.trim().parse()
-        {
-            return Ok(Sample { child, port });
-        }
-        anyhow::ensure!(child.try_wait()?.is_none(), "umbra-sample exited");
-        anyhow::ensure!(Instant::now() < deadline, "umbra-sample did not start");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+async fn spawn_sample(data_dir: &Path) -> anyhow::Result<SampleProcess> {
+    SampleProcess::start(common::sample_binary(), data_dir, BACKING_LATENCY_MS).await
 }
 
 /// Writes the keys, then restarts the instance: the data is in its WAL, its cache is empty.
-async fn seeded_cold_instance(dir: &Path) -> anyhow::Result<Sample> {
-    let s = spawn_sample(dir)?;
+async fn seeded_cold_instance(dir: &Path) -> anyhow::Result<SampleProcess> {
+    let s = spawn_sample(dir).await?;
     let http = reqwest::Client::new();
     for i in 0..KEYS {
         let r = http
-            .put(format!("http://127.0.0.1:{}/kv/key-{i}", s.port))
+            .put(format!("{}/kv/key-{i}", s.url()))
             .body(format!("value-{i}"))
             .send()
             .await?;
         anyhow::ensure!(r.status() == 200);
     }
     drop(s);
-    spawn_sample(dir)
+    spawn_sample(dir).await
 }
 
 fn mix(rate_per_sec: f64, max_duration_ms: u64) -> RequestMix {
@@ -133,17 +99,17 @@ async fn the_warmer_runs_until_its_gate_holds_and_leaves_every_key_cached() -> a
     let source = seeded_cold_instance(&dir.path().join("source")).await?;
     let http = reqwest::Client::new();
     for i in 0..KEYS {
-        http.get(format!("http://127.0.0.1:{}/kv/key-{i}", source.port))
+        http.get(format!("{}/kv/key-{i}", source.url()))
             .send()
             .await?;
     }
-    assert_eq!(cached_keys(source.port).await?, KEYS);
-    let warm_p99 = measure_p99_ms(source.port, 3, 1).await?;
+    assert_eq!(cached_keys(source.port()).await?, KEYS);
+    let warm_p99 = measure_p99_ms(source.port(), 3, 1).await?;
 
     // A cold shadow: same data, empty cache.
     let target = seeded_cold_instance(&dir.path().join("target")).await?;
     assert_eq!(
-        cached_keys(target.port).await?,
+        cached_keys(target.port()).await?,
         0,
         "a restarted instance is cold"
     );
@@ -158,15 +124,7 @@ async fn the_warmer_runs_until_its_gate_holds_and_leaves_every_key_cached() -> a
         allow_writes: false,
     };
     let limit_ms = WarmupTracker::new("target", &plan).p99_limit_ms();
-    let (tx, mut rx) = watch::channel(WarmupProgress {
-        instance: String::new(),
-        phase: WarmupPhase::Running,
-        requests: 0,
-        errors: 0,
-        window_p99_ms: 0.0,
-        window_error_rate: 0.0,
-        elapsed_ms: 0,
-    });
+    let (tx, mut rx) = watch::channel(WarmupTracker::new("target", &plan).progress().clone());
     let watcher = tokio::spawn(async move {
         let mut updates = 0;
         while rx.changed().await.is_ok() {
@@ -174,7 +132,7 @@ async fn the_warmer_runs_until_its_gate_holds_and_leaves_every_key_cached() -> a
         }
         updates
     });
-    let url = format!("http://127.0.0.1:{}", target.port);
+    let url = target.url();
     let done = warm("target", &url, &plan, &tx, &CancellationToken::new()).await?;
     drop(tx);
     let updates = watcher.await?;
@@ -200,7 +158,7 @@ async fn the_warmer_runs_until_its_gate_holds_and_leaves_every_key_cached() -> a
     // after the gate seldom pay the backing store's latency. At Zipf 0.5 over 200 keys, 1,000
     // requests (the gate's minimum) leave about 5 keys untouched in expectation (the rarest
     // is drawn with p = 0.0026), so 10 % untouched would be a warmer that did not warm.
-    let cached = cached_keys(target.port).await?;
+    let cached = cached_keys(target.port()).await?;
     assert!(
         cached >= KEYS * 9 / 10,
         "after warm-up only {cached} of {KEYS} keys are cached"
@@ -211,7 +169,7 @@ async fn the_warmer_runs_until_its_gate_holds_and_leaves_every_key_cached() -> a
 #[tokio::test]
 async fn a_mix_with_writes_is_refused_before_any_request() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let target = spawn_sample(&dir.path().join("t"))?;
+    let target = spawn_sample(&dir.path().join("t")).await?;
     let mut plan = WarmupSpec {
         mix: mix(100.0, 1_000),
         gate: ReadinessGate {
@@ -224,7 +182,7 @@ async fn a_mix_with_writes_is_refused_before_any_request() -> anyhow::Result<()>
     };
     plan.mix.requests[0].method = "PUT".into();
     let (tx, _rx) = watch::channel(WarmupTracker::new("t", &plan).progress().clone());
-    let url = format!("http://127.0.0.1:{}", target.port);
+    let url = target.url();
     let err = warm("t", &url, &plan, &tx, &CancellationToken::new())
         .await
         .unwrap_err();

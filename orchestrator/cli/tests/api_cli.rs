@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use umbra_orchestrator::api::{self, ApiConfig, RunningApi, StatusReport};
 use umbra_orchestrator::migration::Phase;
-use umbra_orchestrator::state::Command;
+use umbra_orchestrator::state::plan::EXAMPLE_PLAN_TOML;
+use umbra_orchestrator::state::{Command, Plan};
 use umbra_orchestrator::store::{MemoryReplicated, Replicated};
 use umbra_proto::certs::{self, Layout};
 use umbra_proto::{Credentials, Identity};
@@ -17,30 +18,13 @@ use umbra_proto::{Credentials, Identity};
 /// Longest one CLI run may take on a loaded machine.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
-const PLAN: &str = r#"
-[[region]]
-name = "us-east"
-front = "127.0.0.11:8080"
-
-[[region]]
-name = "eu-west"
-front = "127.0.0.12:8080"
-
-[[service]]
-name = "shop"
-hostname = "shop.umbra.test."
-primary_region = "us-east"
-capacity_rps_per_instance = 100.0
-max_instances = 4
-tier = { probabilistic = { cost_miss = 4.0, cost_idle = 1.0 } }
-replication = "sample-log-shipping"
-slo = { max_error_rate = 0.01, max_p99_ms = 100.0, min_samples = 50 }
-
-[service.warmup]
-allow_writes = false
-mix = { requests = [{ method = "GET", path = "/kv/{key}", weight = 1.0 }], key_count = 1000, zipf_exponent = 1.0, rate_per_sec = 200.0, max_duration_ms = 30000 }
-gate = { reference_p99_ms = 5.0, p99_tolerance_pct = 50.0, max_error_rate = 0.01, min_requests = 200 }
-"#;
+/// The example plan without its schedule, as TOML: these tests create every migration
+/// themselves.
+fn plan_without_schedules() -> String {
+    let mut plan = Plan::example();
+    plan.schedules.clear();
+    toml::to_string(&plan).expect("a plan serializes")
+}
 
 struct Harness {
     dir: tempfile::TempDir,
@@ -125,7 +109,7 @@ impl Drop for Harness {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_migrate_status_rollback_as_an_operator_sees_them() {
     let h = Harness::start().await;
-    let plan = h.write("plan.toml", PLAN);
+    let plan = h.write("plan.toml", &plan_without_schedules());
     let plan = plan.to_str().unwrap();
 
     let run = h.umbra(&["apply", "-f", plan]).await;
@@ -228,13 +212,40 @@ async fn apply_migrate_status_rollback_as_an_operator_sees_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_plan_parses_and_applies() {
+    let h = Harness::start().await;
+    let run = h.umbra(&["example-plan"]).await;
+    assert!(run.success, "{}", run.stderr);
+    let plan = Plan::from_toml(&run.stdout).expect("the printed example plan parses");
+    assert_eq!(plan, Plan::example());
+    let file = h.write("example.toml", &run.stdout);
+    let run = h.umbra(&["apply", "-f", file.to_str().unwrap()]).await;
+    assert!(run.success, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("2 regions, 1 services, 1 schedules"),
+        "{}",
+        run.stdout
+    );
+    let overview = h.store.state().overview();
+    assert_eq!(overview.services["shop"].primary_region, "us-east");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_plan_is_reported_with_file_line_and_column() {
     let h = Harness::start().await;
-    let bad = h.write("bad.toml", "[[region]]\nname = \"x\"\nfront = 5\n");
+    // The example plan with a number where its first front's "ip:port" belongs.
+    let front = format!("front = {:?}", Plan::example().regions[0].front);
+    let text = EXAMPLE_PLAN_TOML.replacen(&front, "front = 5", 1);
+    let line = 1 + text
+        .lines()
+        .position(|l| l == "front = 5")
+        .expect("a front");
+    let bad = h.write("bad.toml", &text);
     let run = h.umbra(&["apply", "-f", bad.to_str().unwrap()]).await;
     assert!(!run.success);
     assert!(run.stderr.contains("bad.toml"), "{}", run.stderr);
-    assert!(run.stderr.contains("line 3, column 9"), "{}", run.stderr);
+    let place = format!("line {line}, column 9");
+    assert!(run.stderr.contains(&place), "{place} in {}", run.stderr);
     assert!(h.store.state().audit().is_empty());
 }
 
@@ -277,7 +288,7 @@ async fn an_unreachable_api_and_a_foreign_certificate_get_clear_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_watch_follows_a_migration_through_every_phase_and_exits_when_it_ends() {
     let h = Harness::start().await;
-    let plan = h.write("plan.toml", PLAN);
+    let plan = h.write("plan.toml", &plan_without_schedules());
     assert!(
         h.umbra(&["apply", "-f", plan.to_str().unwrap()])
             .await

@@ -3,14 +3,16 @@
 //! that mistakes (a bad CSV cell, too little history, an unknown policy) get a message that
 //! says where and what to do.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// The Taylor half-hourly demand series, which umbra-forecast's tests keep.
+const TAYLOR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../forecast/tests/data/taylor_halfhourly.csv"
+);
+
 fn taylor() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/taylor_halfhourly.csv")
-        .display()
-        .to_string()
+    TAYLOR.to_string()
 }
 
 fn umbra(args: &[&str]) -> Output {
@@ -24,23 +26,48 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `umbra ARGS...`, which must succeed: the JSON it printed.
+fn json_of(args: &[&str]) -> serde_json::Value {
+    let out = umbra(args);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `umbra ARGS...`, which must fail: its standard error.
+fn error_of(args: &[&str]) -> String {
+    let out = umbra(args);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    stderr(&out)
+}
+
+/// `umbra forecast --csv CSV ARGS... --json`, which must succeed: what it printed.
+fn forecast_json(csv: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["forecast", "--csv", csv];
+    all.extend_from_slice(args);
+    all.push("--json");
+    json_of(&all)
+}
+
+/// `umbra forecast --csv CSV ARGS...`, which must fail: its standard error.
+fn forecast_error(csv: &str, args: &[&str]) -> String {
+    let mut all = vec!["forecast", "--csv", csv];
+    all.extend_from_slice(args);
+    error_of(&all)
+}
+
 #[test]
 fn forecast_json_has_quantiles_per_slice() {
-    let data = taylor();
-    let out = umbra(&[
-        "forecast",
-        "--csv",
-        &data,
-        "--slice-secs",
-        "1800",
-        "--horizon",
-        "6",
-        "--calibration-origins",
-        "7",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = forecast_json(
+        &taylor(),
+        &[
+            "--slice-secs",
+            "1800",
+            "--horizon",
+            "6",
+            "--calibration-origins",
+            "7",
+        ],
+    );
     assert_eq!(v["unique_id"], "demand_mw");
     assert_eq!(v["model"], "mstl_ets");
     assert_eq!(v["calibration"]["kind"], "conformal");
@@ -66,9 +93,7 @@ fn bad_csv_cell_names_line_and_column() {
         "timestamp,service,region,value\n2026-01-01T00:00:00Z,shop,eu,1\n2026-01-01T00:05:00Z,shop,eu,lots\n",
     )
     .unwrap();
-    let out = umbra(&["forecast", "--csv", path.to_str().unwrap()]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = forecast_error(path.to_str().unwrap(), &[]);
     assert!(err.contains("line 3, column 4 (value)"), "{err}");
     assert!(err.contains("\"lots\" is not a number"), "{err}");
 }
@@ -82,9 +107,7 @@ fn too_little_history_says_how_much_is_needed() {
         text.push_str(&format!("{},{}\n", 1_767_225_600 + i * 300, 100 + i % 7));
     }
     std::fs::write(&path, text).unwrap();
-    let out = umbra(&["forecast", "--csv", path.to_str().unwrap()]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = forecast_error(path.to_str().unwrap(), &[]);
     assert!(
         err.contains("too little history") && err.contains("100 slices, need at least 289"),
         "{err}"
@@ -96,7 +119,7 @@ fn backtest_emits_the_scorer_csv_and_json() {
     let data = taylor();
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("fc.csv");
-    let out = umbra(&[
+    let v = json_of(&[
         "backtest",
         "--csv",
         &data,
@@ -112,8 +135,6 @@ fn backtest_emits_the_scorer_csv_and_json() {
         "--emit-forecasts",
         csv.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let models: Vec<&str> = v["scores"]
         .as_array()
         .unwrap()
@@ -131,7 +152,7 @@ fn backtest_emits_the_scorer_csv_and_json() {
 #[test]
 fn simulate_rejects_unknown_policy_and_prints_a_table() {
     let data = taylor();
-    let out = umbra(&[
+    let err = error_of(&[
         "simulate",
         "--trace",
         &data,
@@ -140,16 +161,11 @@ fn simulate_rejects_unknown_policy_and_prints_a_table() {
         "--policy",
         "magic",
     ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("unknown policy \"magic\""),
-        "{}",
-        stderr(&out)
-    );
+    assert!(err.contains("unknown policy \"magic\""), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("sim.svg");
-    let out = umbra(&[
+    let v = json_of(&[
         "simulate",
         "--trace",
         &data,
@@ -165,8 +181,6 @@ fn simulate_rejects_unknown_policy_and_prints_a_table() {
         "--plot",
         svg.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), 2);
     assert_eq!(results[1]["policy"], "umbra");
@@ -198,18 +212,8 @@ fn gaps_and_duplicates_are_repaired_and_reported() {
         }
     }
     std::fs::write(&path, text).unwrap();
-    let out = umbra(&[
-        "forecast",
-        "--csv",
-        path.to_str().unwrap(),
-        "--horizon",
-        "12",
-        "--calibration-origins",
-        "0",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let path = path.to_str().unwrap();
+    let v = forecast_json(path, &["--horizon", "12", "--calibration-origins", "0"]);
     assert_eq!(v["unique_id"], "shop/eu-west");
     assert_eq!(v["history"]["duplicates"], 1);
     assert_eq!(v["history"]["filled_slices"], 2);
@@ -220,19 +224,8 @@ fn gaps_and_duplicates_are_repaired_and_reported() {
     assert_eq!(v["calibration"]["kind"], "parametric");
 
     // A gap longer than --max-gap-secs is refused with advice.
-    let out = umbra(&[
-        "forecast",
-        "--csv",
-        path.to_str().unwrap(),
-        "--max-gap-secs",
-        "300",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("raise --max-gap-secs"),
-        "{}",
-        stderr(&out)
-    );
+    let err = forecast_error(path, &["--max-gap-secs", "300"]);
+    assert!(err.contains("raise --max-gap-secs"), "{err}");
 }
 
 #[test]
@@ -259,21 +252,15 @@ fn events_file_scales_and_overrides_the_printed_forecast() {
     .unwrap();
     let run = |extra: &[&str]| -> serde_json::Value {
         let mut args = vec![
-            "forecast",
-            "--csv",
-            &data,
             "--slice-secs",
             "1800",
             "--horizon",
             "6",
             "--calibration-origins",
             "0",
-            "--json",
         ];
         args.extend_from_slice(extra);
-        let out = umbra(&args);
-        assert!(out.status.success(), "{}", stderr(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
+        forecast_json(&data, &args)
     };
     let plain = run(&[]);
     let with_events = run(&["--events", events.to_str().unwrap()]);
@@ -288,15 +275,9 @@ fn events_file_scales_and_overrides_the_printed_forecast() {
 
     // A malformed calendar is refused with the file named.
     std::fs::write(&events, "[[event]]\nname = \"x\"\n").unwrap();
-    let out = umbra(&[
-        "forecast",
-        "--csv",
+    let err = forecast_error(
         &data,
-        "--slice-secs",
-        "1800",
-        "--events",
-        events.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("events.toml"), "{}", stderr(&out));
+        &["--slice-secs", "1800", "--events", events.to_str().unwrap()],
+    );
+    assert!(err.contains("events.toml"), "{err}");
 }

@@ -4,33 +4,19 @@
 //! key gets NOTAUTH, and neither changes what is served.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
 use rand::RngCore;
 use umbra_dns::rfc2136::{Rfc2136Config, Rfc2136Provider, TsigKey};
 use umbra_dns::verify::verify_served;
 use umbra_dns::{DnsError, DnsProvider, WeightedAddress, WeightedRecordSet};
+use umbra_testkit::bind::{NamedProcess, TsigSecret, Updates, Zone};
 
 const ZONE: &str = "umbra.test.";
 const KEY_NAME: &str = "umbra-update";
-
-struct Named {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Named {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn random_key() -> TsigKey {
     let mut secret = vec![0_u8; 32];
@@ -42,100 +28,19 @@ fn random_key() -> TsigKey {
     }
 }
 
-fn write_files(dir: &Path, port: u16, key: &TsigKey) -> Result<std::path::PathBuf> {
-    let d = dir.display();
-    let conf = format!(
-        r#"options {{
-    directory "{d}";
-    pid-file "{d}/named.pid";
-    listen-on port {port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    recursion no;
-    dnssec-validation no;
-    notify no;
-}};
-controls {{ }};
-key "{KEY_NAME}" {{
-    algorithm hmac-sha256;
-    secret "{secret}";
-}};
-zone "umbra.test" {{
-    type primary;
-    file "{d}/umbra.test.zone";
-    allow-update {{ key "{KEY_NAME}"; }};
-}};
-"#,
-        secret = key.secret_base64()
-    );
-    let zone = [
-        "$TTL 300",
-        "@ IN SOA ns1.umbra.test. hostmaster.umbra.test. 1 3600 600 1209600 30",
-        "@ IN NS ns1.umbra.test.",
-        "ns1 IN A 127.0.0.1",
-        "shop 300 IN A 127.0.0.9",
-        "",
-    ]
-    .join("\n");
-    std::fs::write(dir.join("umbra.test.zone"), zone)?;
-    let path = dir.join("named.conf");
-    std::fs::write(&path, conf)?;
-    Ok(path)
-}
-
-async fn start_named(key: &TsigKey) -> Result<Named> {
-    let dir = tempfile::tempdir()?;
-    // named needs the same port for UDP and TCP; a free TCP port is almost always free for UDP.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let conf = write_files(dir.path(), port, key)?;
-    let check = Command::new("named-checkconf")
-        .arg(&conf)
-        .output()
-        .context("named-checkconf (bind9 package)")?;
-    if !check.status.success() {
-        bail!(
-            "named.conf does not check: {}",
-            String::from_utf8_lossy(&check.stdout)
-        );
-    }
-    // -g: foreground, log to stderr; no -u, so it keeps the test's user and can write the
-    // journal in the temporary directory.
-    let mut child = Command::new("named")
-        .args(["-g", "-4", "-c"])
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting named; install it with `apt-get install -y bind9`")?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let probe = Rfc2136Provider::new(Rfc2136Config::new(addr, ZONE, None))?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last;
-    loop {
-        match probe.record_set("shop.umbra.test.").await {
-            Ok(Some(_)) => {
-                return Ok(Named {
-                    child,
-                    addr,
-                    _dir: dir,
-                });
-            }
-            other => last = format!("{other:?}"),
-        }
-        if let Some(status) = child.try_wait()? {
-            let mut log = String::new();
-            if let Some(mut stderr) = child.stderr.take() {
-                use std::io::Read;
-                let _ = stderr.read_to_string(&mut log);
-            }
-            bail!("named exited with {status} before answering:\n{log}");
-        }
-        if Instant::now() > deadline {
-            bail!("named did not answer on {addr} within 20 s; last probe: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// `named` serving umbra.test (shop at 127.0.0.9), taking only updates signed with `key`.
+async fn start_named(key: &TsigKey) -> Result<NamedProcess> {
+    NamedProcess::start(&Zone {
+        name: "umbra.test".into(),
+        records: vec!["shop 300 IN A 127.0.0.9".into()],
+        negative_ttl_secs: 30,
+        updates: Updates::SignedWith(TsigSecret {
+            name: KEY_NAME.into(),
+            algorithm: "hmac-sha256".into(),
+            secret_base64: key.secret_base64(),
+        }),
+    })
+    .await
 }
 
 fn wa(addr: &str, weight: u8) -> WeightedAddress {
@@ -149,7 +54,7 @@ fn wa(addr: &str, weight: u8) -> WeightedAddress {
 async fn signed_update_is_applied_and_unsigned_or_wrong_key_is_refused() -> Result<()> {
     let key = random_key();
     let named = start_named(&key).await?;
-    let provider = Rfc2136Provider::new(Rfc2136Config::new(named.addr, ZONE, Some(key.clone())))?;
+    let provider = Rfc2136Provider::new(Rfc2136Config::new(named.addr(), ZONE, Some(key.clone())))?;
 
     let mut set = WeightedRecordSet::new(
         "shop.umbra.test.",
@@ -177,7 +82,7 @@ async fn signed_update_is_applied_and_unsigned_or_wrong_key_is_refused() -> Resu
     );
 
     // Unsigned: BIND refuses (allow-update names only the key).
-    let unsigned = Rfc2136Provider::new(Rfc2136Config::new(named.addr, ZONE, None))?;
+    let unsigned = Rfc2136Provider::new(Rfc2136Config::new(named.addr(), ZONE, None))?;
     let attack = WeightedRecordSet::new("shop.umbra.test.", 60, vec![wa("127.0.0.66", 1)]);
     assert_eq!(
         unsigned.send_update(&attack, false).await?,
@@ -190,7 +95,7 @@ async fn signed_update_is_applied_and_unsigned_or_wrong_key_is_refused() -> Resu
     );
 
     // Same key name, wrong secret: BIND answers NOTAUTH (TSIG BADSIG).
-    let wrong = Rfc2136Provider::new(Rfc2136Config::new(named.addr, ZONE, Some(random_key())))?;
+    let wrong = Rfc2136Provider::new(Rfc2136Config::new(named.addr(), ZONE, Some(random_key())))?;
     assert_eq!(
         wrong.send_update(&attack, true).await?,
         ResponseCode::NotAuth
@@ -202,13 +107,13 @@ async fn signed_update_is_applied_and_unsigned_or_wrong_key_is_refused() -> Resu
     );
 
     // Neither refused update changed what is served.
-    verify_served(&[named.addr], &set, Duration::from_secs(5)).await?;
+    verify_served(&[named.addr()], &set, Duration::from_secs(5)).await?;
     assert_eq!(provider.record_set("shop.umbra.test.").await?, Some(set));
 
     // A second signed change replaces the whole set in one update.
     let moved = WeightedRecordSet::new("shop.umbra.test.", 30, vec![wa("127.0.0.3", 100)]);
     provider.set_record_set(&moved).await?;
-    verify_served(&[named.addr], &moved, Duration::from_secs(10)).await?;
+    verify_served(&[named.addr()], &moved, Duration::from_secs(10)).await?;
     assert_eq!(provider.record_set("shop.umbra.test.").await?, Some(moved));
     Ok(())
 }

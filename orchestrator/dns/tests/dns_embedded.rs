@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -13,6 +12,7 @@ use hickory_proto::rr::{RData, RecordType};
 use umbra_dns::embedded::{EmbeddedDns, EmbeddedDnsConfig};
 use umbra_dns::verify::{resolver_for, verify_served};
 use umbra_dns::{DnsError, DnsProvider, WeightedAddress, WeightedRecordSet};
+use umbra_testkit::bind::{self, dig};
 
 const QUERIES: usize = 1000;
 
@@ -53,36 +53,8 @@ fn shares_within(
     Ok(())
 }
 
-/// Runs `dig` in batch mode (one process, many queries) and returns its stdout.
-fn dig_batch(server: SocketAddr, lines: &[String]) -> Result<String> {
-    let dir = tempfile::tempdir()?;
-    let batch = dir.path().join("queries");
-    std::fs::write(&batch, lines.join("\n"))?;
-    let out = Command::new("dig")
-        .arg(format!("@{}", server.ip()))
-        .args(["-p", &server.port().to_string(), "-f"])
-        .arg(&batch)
-        .output()
-        .context("running dig; install it with `apt-get install -y bind9-dnsutils`")?;
-    ensure!(
-        out.status.success(),
-        "dig failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
-
-fn dig_one(server: SocketAddr, query: &str) -> Result<String> {
-    dig_batch(server, &[query.to_string()])
-}
-
 fn soa_serial(server: SocketAddr) -> Result<u32> {
-    let out = dig_one(server, "umbra.test. SOA +short")?;
-    let serial = out
-        .split_whitespace()
-        .nth(2)
-        .context("SOA answer has a serial")?;
-    Ok(serial.parse()?)
+    bind::soa_serial(server, "umbra.test.")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +110,7 @@ async fn dig_and_resolver_see_weighted_answers() -> Result<()> {
     let lines: Vec<String> = (0..QUERIES)
         .map(|_| "shop.umbra.test. A +short".to_string())
         .collect();
-    let out = dig_batch(server, &lines)?;
+    let out = dig(server, &lines)?;
     let mut dig_counts: BTreeMap<IpAddr, usize> = BTreeMap::new();
     for line in out.lines().filter(|l| !l.trim().is_empty()) {
         *dig_counts
@@ -152,14 +124,14 @@ async fn dig_and_resolver_see_weighted_answers() -> Result<()> {
     shares_within(&dig_counts, &set, true, 5.0)?;
 
     // AAAA answers come from the IPv6 addresses only; TTL as set.
-    let aaaa = dig_one(server, "shop.umbra.test. AAAA +noall +answer")?;
+    let aaaa = dig(server, &["shop.umbra.test. AAAA +noall +answer"])?;
     assert!(aaaa.contains("30\tIN\tAAAA\t::2"), "{aaaa}");
 
     // Names outside the data: NXDOMAIN inside the zone, REFUSED outside it.
-    assert!(dig_one(server, "nope.umbra.test. A")?.contains("status: NXDOMAIN"));
-    assert!(dig_one(server, "example.com. A")?.contains("status: REFUSED"));
+    assert!(dig(server, &["nope.umbra.test. A"])?.contains("status: NXDOMAIN"));
+    assert!(dig(server, &["example.com. A"])?.contains("status: REFUSED"));
     // A name with only A records answers NODATA (NOERROR, empty) for TXT.
-    assert!(dig_one(server, "shop.umbra.test. TXT")?.contains("status: NOERROR"));
+    assert!(dig(server, &["shop.umbra.test. TXT"])?.contains("status: NOERROR"));
 
     // The cutover's last step: everything to the new address, verified, serial bumped again.
     let moved = WeightedRecordSet::new(
@@ -170,7 +142,7 @@ async fn dig_and_resolver_see_weighted_answers() -> Result<()> {
     dns.set_record_set(&moved).await?;
     verify_served(&[server], &moved, Duration::from_secs(10)).await?;
     assert_eq!(soa_serial(server)?, serial_before + 2);
-    let out = dig_batch(server, &vec!["shop.umbra.test. A +short".to_string(); 50])?;
+    let out = dig(server, &["shop.umbra.test. A +short"; 50])?;
     assert!(
         out.lines()
             .filter(|l| !l.is_empty())

@@ -5,11 +5,22 @@
 //! - [`wait_for`] polls a condition with a deadline: tests wait on conditions, never on sleeps.
 //! - [`Process`] is a child process that dies with the test (also on panic), whose
 //!   [`Process::pause`] returns only once the kernel reports every thread stopped.
+//! - [`Reaper`] kills the processes a product started in sessions of their own.
+//! - [`sample::SampleProcess`] runs `umbra-sample` on a data directory of the test's.
+//! - The real third-party parts, each started on loopback with files the test writes:
+//!   [`bind`] (`named`, `nsupdate`, `dig`), [`haproxy`], [`prometheus`]. A missing one fails
+//!   the test with a message saying how to install it ([`installed`]); none is ever skipped.
 //!
 //! It holds no product logic and depends on no product crate but `umbra-proto`, so the
 //! tests of every crate (agent, DNS, CLI) can use it without building the orchestrator.
 
+pub mod bind;
+pub mod haproxy;
 mod process;
+pub mod prometheus;
+mod reaper;
+pub mod sample;
+mod tools;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -18,6 +29,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 pub use process::{Process, wait_until_stopped};
+pub use reaper::{Reaper, processes_marked};
+pub use tools::installed;
 pub use umbra_proto::ports::{free_loopback_port as free_port, free_tcp_port_on};
 
 /// Finds a binary built by `cargo build --workspace --bins` next to the running test.

@@ -1,21 +1,27 @@
 //! A child process owned by a test: killed (SIGKILL) and reaped when dropped, also when the
-//! test panics; paused with SIGSTOP only as far as the kernel confirms it.
+//! test panics; paused with SIGSTOP only as far as the kernel confirms it; waited on with
+//! deadlines, and when it dies before it is ready the error shows the end of its log.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 /// How long a SIGSTOPped process may take to stop in every thread.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many lines of its log a failed wait on a process shows.
+const LOG_TAIL_LINES: usize = 30;
+
 /// See the module docs.
 pub struct Process {
     name: String,
     child: Child,
+    log: Option<PathBuf>,
 }
 
 impl Process {
@@ -36,14 +42,81 @@ impl Process {
         Ok(Process {
             name: name.to_owned(),
             child,
+            log: Some(log.to_owned()),
         })
     }
 
-    /// Takes ownership of a child spawned elsewhere.
+    /// Takes ownership of a child spawned elsewhere (e.g. with its standard output piped).
     pub fn adopt(name: &str, child: Child) -> Process {
         Process {
             name: name.to_owned(),
             child,
+            log: None,
+        }
+    }
+
+    /// The log file both outputs go to, when [`Process::spawn`] started it.
+    pub fn log(&self) -> Option<&Path> {
+        self.log.as_deref()
+    }
+
+    /// The last lines of its log, for error messages (empty when it has none).
+    pub fn log_tail(&self) -> String {
+        let Some(text) = self.log.as_ref().and_then(|p| std::fs::read(p).ok()) else {
+            return String::new();
+        };
+        let text = String::from_utf8_lossy(&text);
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+
+    /// [`crate::wait_for`] a condition the process should bring about (a port file, an
+    /// answering socket), but fails at once if the process exits first; either failure shows
+    /// the end of its log.
+    pub async fn wait_for<T, F, Fut>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut check: F,
+    ) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let child = &mut self.child;
+        let outcome = crate::wait_for(what, timeout, || {
+            let exited = child.try_wait();
+            let probe = check();
+            async move {
+                match exited {
+                    Ok(None) => probe.await.map(Ok),
+                    Ok(Some(status)) => Some(Err(anyhow!("exited with {status} before {what}"))),
+                    Err(e) => Some(Err(e.into())),
+                }
+            }
+        })
+        .await;
+        outcome.and_then(|ready| ready).map_err(|e| {
+            let log = self
+                .log
+                .as_ref()
+                .map(|p| format!("; its log {} ends:\n{}", p.display(), self.log_tail()))
+                .unwrap_or_default();
+            anyhow!("{}: {e:#}{log}", self.name)
+        })
+    }
+
+    /// Waits (bounded, blocking) for it to exit on its own, e.g. a tool run to completion.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("{} did not exit within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -81,18 +154,20 @@ impl Process {
     }
 
     /// SIGTERM, then waits (bounded) for the exit status.
-    pub fn terminate(mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    pub fn terminate(mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         self.signal(Signal::SIGTERM)?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                bail!("{} did not exit within {timeout:?} of SIGTERM", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit(timeout)
+            .with_context(|| format!("{} after SIGTERM", self.name))
+    }
+
+    /// SIGKILL now (no shutdown code runs), and reaps it: a crash, where the test needs one
+    /// at a chosen moment rather than when the guard drops.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.child
+            .kill()
+            .with_context(|| format!("killing {}", self.name))?;
+        self.child.wait()?;
+        Ok(())
     }
 }
 
@@ -149,6 +224,25 @@ mod tests {
         assert_eq!(state, Some("T"));
         process.resume().unwrap();
         wait_for_state(&process, "S");
+    }
+
+    #[tokio::test]
+    async fn waiting_on_a_process_that_dies_fails_at_once_with_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo cannot bind its port >&2; exit 3"]);
+        let mut process = Process::spawn("failing", command, &dir.path().join("log")).unwrap();
+        let started = Instant::now();
+        let err = process
+            .wait_for("a port file", Duration::from_secs(60), || async {
+                None::<()>
+            })
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(started.elapsed() < Duration::from_secs(30), "{err}");
+        assert!(err.contains("failing: exited with exit status: 3"), "{err}");
+        assert!(err.contains("cannot bind its port"), "{err}");
     }
 
     fn wait_for_state(process: &Process, want: &str) {
