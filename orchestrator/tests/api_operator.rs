@@ -12,37 +12,25 @@ use axum::http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use umbra_orchestrator::api::{self, ApiClient, ApiConfig, BearerToken, ClientError, RunningApi};
 use umbra_orchestrator::migration::{Observations, ReplicationObserved};
-use umbra_orchestrator::state::{Applied, MigrationRequest};
+use umbra_orchestrator::state::plan::EXAMPLE_PLAN_TOML;
+use umbra_orchestrator::state::{Applied, MigrationRequest, Plan};
 use umbra_orchestrator::store::MemoryReplicated;
 use umbra_proto::certs::{self, Layout};
 use umbra_proto::{Credentials, Identity, Role};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
-const PLAN: &str = r#"
-[[region]]
-name = "us-east"
-front = "127.0.0.11:8080"
+/// The example plan without its schedule: these tests create every migration themselves.
+fn plan() -> Plan {
+    let mut plan = Plan::example();
+    plan.schedules.clear();
+    plan
+}
 
-[[region]]
-name = "eu-west"
-front = "127.0.0.12:8080"
-
-[[service]]
-name = "shop"
-hostname = "shop.umbra.test."
-primary_region = "us-east"
-capacity_rps_per_instance = 100.0
-max_instances = 4
-tier = { probabilistic = { cost_miss = 4.0, cost_idle = 1.0 } }
-replication = "sample-log-shipping"
-slo = { max_error_rate = 0.01, max_p99_ms = 100.0, min_samples = 50 }
-
-[service.warmup]
-allow_writes = false
-mix = { requests = [{ method = "GET", path = "/kv/{key}", weight = 1.0 }], key_count = 1000, zipf_exponent = 1.0, rate_per_sec = 200.0, max_duration_ms = 30000 }
-gate = { reference_p99_ms = 5.0, p99_tolerance_pct = 50.0, max_error_rate = 0.01, min_requests = 200 }
-"#;
+/// `plan` as the TOML text an operator sends.
+fn text(plan: &Plan) -> String {
+    toml::to_string(plan).expect("a plan serializes")
+}
 
 struct Harness {
     _dir: tempfile::TempDir,
@@ -166,7 +154,7 @@ async fn a_missing_or_wrong_token_is_refused_with_a_json_error_and_changes_nothi
     assert!(message.contains("--token-file"), "{message}");
 
     let wrong = h.client_as(Role::Operator, "admin", "not-the-token-0123456789");
-    let (status, message) = refused(wrong.apply_plan_toml(PLAN).await);
+    let (status, message) = refused(wrong.apply_plan_toml(EXAMPLE_PLAN_TOML).await);
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(message.contains("not this cluster's"), "{message}");
     assert!(!message.contains(TOKEN), "the token must not be echoed");
@@ -177,7 +165,7 @@ async fn a_missing_or_wrong_token_is_refused_with_a_json_error_and_changes_nothi
 async fn an_agent_certificate_is_refused_even_with_the_token() {
     let h = Harness::start().await;
     let agent = h.client_as(Role::Agent, "eu-west", TOKEN);
-    let (status, message) = refused(agent.apply_plan_toml(PLAN).await);
+    let (status, message) = refused(agent.apply_plan_toml(EXAMPLE_PLAN_TOML).await);
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(message.contains("operator certificates only"), "{message}");
     let (status, _) = refused(agent.status().await);
@@ -229,7 +217,7 @@ async fn a_plan_naming_an_unknown_region_is_refused_with_the_states_message() {
     let h = Harness::start().await;
     let client = h.operator();
     let applied = client
-        .apply_plan_toml(PLAN)
+        .apply_plan_toml(&text(&plan()))
         .await
         .expect("the plan applies");
     assert_eq!(
@@ -242,11 +230,9 @@ async fn a_plan_naming_an_unknown_region_is_refused_with_the_states_message() {
     );
     let before = client.status().await.unwrap();
 
-    let bad = PLAN.replace(
-        "primary_region = \"us-east\"",
-        "primary_region = \"mars-north\"",
-    );
-    let (status, message) = refused(client.apply_plan_toml(&bad).await);
+    let mut bad = plan();
+    bad.services[0].primary_region = "mars-north".to_owned();
+    let (status, message) = refused(client.apply_plan_toml(&text(&bad)).await);
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
         message.contains("\"mars-north\"") && message.contains("not declared"),
@@ -265,13 +251,13 @@ async fn a_plan_naming_an_unknown_region_is_refused_with_the_states_message() {
 async fn a_malformed_plan_is_refused_with_line_and_column() {
     let h = Harness::start().await;
     let client = h.operator();
-    let (status, message) = refused(
-        client
-            .apply_plan_toml("[[region]]\nname = \"x\"\nfront = 5\n")
-            .await,
-    );
+    // The example plan with a number where its first front's "ip:port" belongs.
+    let front = format!("front = {:?}", plan().regions[0].front);
+    let bad = EXAMPLE_PLAN_TOML.replacen(&front, "front = 5", 1);
+    let line = 1 + bad.lines().position(|l| l == "front = 5").expect("a front");
+    let (status, message) = refused(client.apply_plan_toml(&bad).await);
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(message.contains("line 3"), "{message}");
+    assert!(message.contains(&format!("line {line}")), "{message}");
     assert!(h.store.state().audit().is_empty());
 }
 
@@ -279,7 +265,7 @@ async fn a_malformed_plan_is_refused_with_line_and_column() {
 async fn migrate_then_status_shows_it_planned_with_readiness_once_observed() {
     let h = Harness::start().await;
     let client = h.operator();
-    client.apply_plan_toml(PLAN).await.unwrap();
+    client.apply_plan_toml(&text(&plan())).await.unwrap();
     let Applied::Migration { id } = client.migrate(&migration("eu-west")).await.unwrap() else {
         panic!("expected a migration id");
     };
@@ -341,7 +327,7 @@ async fn migrate_then_status_shows_it_planned_with_readiness_once_observed() {
 async fn rollback_of_an_unknown_id_is_404_and_of_a_known_one_is_recorded() {
     let h = Harness::start().await;
     let client = h.operator();
-    client.apply_plan_toml(PLAN).await.unwrap();
+    client.apply_plan_toml(&text(&plan())).await.unwrap();
     let (status, message) = refused(client.rollback("shop-99", "drill").await);
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(message.contains("shop-99"), "{message}");
@@ -369,7 +355,7 @@ async fn rollback_of_an_unknown_id_is_404_and_of_a_known_one_is_recorded() {
 async fn bad_requests_get_json_errors_that_say_what_to_do() {
     let h = Harness::start().await;
     let client = h.operator();
-    client.apply_plan_toml(PLAN).await.unwrap();
+    client.apply_plan_toml(&text(&plan())).await.unwrap();
     // An undeclared region is wrong input (400); an undeclared service is not found (404).
     let (status, message) = refused(client.migrate(&migration("mars-north")).await);
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -408,7 +394,11 @@ async fn bad_requests_get_json_errors_that_say_what_to_do() {
     );
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 
-    let huge = format!("# {}\n{PLAN}", "x".repeat(api::DEFAULT_MAX_BODY_BYTES));
+    let huge = format!(
+        "# {}\n{}",
+        "x".repeat(api::DEFAULT_MAX_BODY_BYTES),
+        text(&plan())
+    );
     let (status, message) = refused(client.apply_plan_toml(&huge).await);
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(message.contains("bytes"), "{message}");

@@ -1,8 +1,8 @@
-//! A leader dies mid-cutover and the next one finishes the migration (`executor_support`:
-//! three Raft nodes on consensus's in-memory network, each with its QUIC endpoint, agent
-//! gateway and executor; two real agents with sample instances). At the 50 % step the leader
-//! is killed the way a SIGKILL would (executor, endpoint and Raft node stop, the node is cut
-//! off); the agents follow the new leader through NotLeader hints, its executor resumes from
+//! A leader dies mid-cutover and the next one finishes the migration (`executor_support::World`:
+//! three orchestrator nodes started by `node::start`, Raft over QUIC with mutual TLS, each with
+//! its agent gateway, API and executor; two real agents with sample instances). At the 50 %
+//! step the leader is killed the way a SIGKILL would stop it (executor, endpoint and Raft node
+//! stop); the agents follow the new leader through NotLeader hints, its executor resumes from
 //! the replicated state, re-reads what the agents report instead of repeating actions, and
 //! completes the migration. The audit log holds each phase transition exactly once, no client
 //! request failed, and the surviving members hold the same state.
@@ -17,43 +17,23 @@ use executor_support::{Client, SOURCE, TARGET, World, transitions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_leader_resumes_a_migration_whose_leader_died_mid_cutover() -> anyhow::Result<()> {
-    let mut world = World::start(3).await?;
+    let world = World::start(3).await?;
     world.wait_source_serving().await?;
     let client = Client::start(world.regions[SOURCE].front);
     let id = world.migrate().await?;
     let first_leader = world.leader().await?;
     let mut killed = None;
-    let mut phases = Vec::new();
-    // `follow` borrows the world; kill between polls instead.
-    let deadline = std::time::Instant::now() + executor_support::MIGRATION_DEADLINE;
-    loop {
-        let phase = match world.overview().await {
-            Ok(o) => o.migrations[&id].phase,
-            Err(error) => {
-                eprintln!("overview unavailable: {error}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
+    let phases = world
+        .follow(&id, async |phase| {
+            if phase == (Phase::CuttingOver { step: 1 }) {
+                let leader = world.leader().await?;
+                eprintln!("killing leader {leader}");
+                world.kill(leader);
+                killed = Some(leader);
             }
-        };
-        if phases.last() != Some(&phase) {
-            eprintln!("{id}: {phase}");
-            phases.push(phase);
-        }
-        if phase == (Phase::CuttingOver { step: 1 }) && killed.is_none() {
-            let leader = world.leader().await?;
-            eprintln!("killing leader {leader}");
-            world.kill(leader);
-            killed = Some(leader);
-        }
-        if phase.is_terminal() {
-            break;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "{id} still {phase}; phases {phases:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+            Ok(())
+        })
+        .await?;
     let (total, failed) = client.stop().await;
     eprintln!("requests {total}, failed {failed}");
 
@@ -92,25 +72,15 @@ async fn a_new_leader_resumes_a_migration_whose_leader_died_mid_cutover() -> any
     );
     assert_eq!(failed, 0, "no request failed across the leader's death");
     assert!(total >= 500, "{total}");
-    // The survivors hold the same state.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let states = world.local_overviews().await?;
-        let mut values = states.values();
-        let first = values.next().expect("two survivors");
-        if values.all(|o| o == first) {
-            assert_eq!(first.services["shop"].primary_region, TARGET);
-            assert_eq!(
-                first.dns["shop"].weights,
-                BTreeMap::from([(TARGET.to_owned(), 100)])
-            );
-            break;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the survivors did not converge"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // The survivors hold the same state: the service moved, DNS with it.
+    let state = world
+        .replicas_agree(|o| o.migrations.get(&id).is_some_and(|m| m.phase.is_terminal()))
+        .await?;
+    assert_eq!(world.live().len(), 2, "two survivors compared");
+    assert_eq!(state.services["shop"].primary_region, TARGET);
+    assert_eq!(
+        state.dns["shop"].weights,
+        BTreeMap::from([(TARGET.to_owned(), 100)])
+    );
     Ok(())
 }

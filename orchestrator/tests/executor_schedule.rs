@@ -1,19 +1,22 @@
-//! A follow-the-sun schedule moves the service by itself (`executor_support`: one Raft node,
-//! gateway and executor, two real agents). The executor's clock is the system clock shifted
-//! to two seconds before the 06:00 UTC leg, whose region (eu-west) is not where the service
-//! lives: the leg is due (lead time 60 s), so the leader proposes `CreateMigration` with the
-//! leg's schedule key, and the migration it creates runs to completion with the plan's own
-//! (short) windows. The schedule fires once for the leg: no second migration appears while
-//! and after the first runs.
+//! A follow-the-sun schedule moves the service by itself (`executor_support::World`: one
+//! orchestrator node started by `node::start`, two real agents). The example plan's schedule
+//! makes eu-west primary at 00:00 UTC and us-east at 12:00. The node's executor runs on the
+//! system clock shifted to two seconds before a 00:00 leg (through `node::NodeEnvironment`, the
+//! one thing the tests inject), whose region is not where the service lives: the leg is due
+//! (lead time 60 s), so the leader proposes `CreateMigration` with the leg's schedule key, and
+//! the migration it creates runs to completion with the plan's own (short) windows. The
+//! schedule fires once for the leg: no second migration appears while and after the first runs.
 
 use std::sync::Arc;
 
 use umbra_orchestrator::migration::Phase;
+use umbra_orchestrator::node::NodeEnvironment;
+use umbra_orchestrator::state::Plan;
 use umbra_orchestrator::store::Clock;
 
 mod executor_support;
 
-use executor_support::{TARGET, World, now_ms};
+use executor_support::{CLUSTER_DEADLINE, Client, SOURCE, TARGET, World, now_ms, short_windows};
 
 const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 24 * HOUR_MS;
@@ -29,48 +32,36 @@ impl Clock for ShiftedClock {
     }
 }
 
-/// The schedule and the short windows a scheduled migration needs here: schedules take the
-/// service's own analysis window, TTL (the drain) and lead time, not per-request overrides.
-const SCHEDULE: &str = r#"
-[[schedule]]
-name = "sun"
-service = "shop"
-legs = [{ at_hour_utc = 6, region = "eu-west" }, { at_hour_utc = 18, region = "us-east" }]
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follow_the_sun_leg_creates_its_migration_once_and_it_completes() -> anyhow::Result<()> {
+    let schedule = Plan::example().schedules;
+    let leg = &schedule[0].legs[0];
+    assert_eq!(
+        (leg.at_hour_utc, leg.region.as_str()),
+        (0, TARGET),
+        "the example plan's first leg takes shop to the target at midnight"
+    );
     let now = now_ms();
-    let next_six = {
-        let six_today = now - now % DAY_MS + 6 * HOUR_MS;
-        if six_today > now {
-            six_today
-        } else {
-            six_today + DAY_MS
-        }
-    };
-    let leg_at = next_six + DAY_MS; // a day ahead, so the shifted clock never goes backwards
+    // The midnight a day after the next one, so the shifted clock never goes backwards.
+    let leg_at = now - now % DAY_MS + 2 * DAY_MS;
     let clock = Arc::new(ShiftedClock {
         offset_ms: leg_at - 2_000 - now,
     });
-    let times = executor_support::short_windows();
-    let world = World::start_with(1, clock, &times, SCHEDULE).await?;
+    let world = World::start_with(1, NodeEnvironment::with_clock(clock), |plan| {
+        // Schedules take the service's own analysis window, TTL (the drain) and lead time,
+        // not per-request overrides: make them short.
+        plan.schedules = schedule;
+        short_windows(&mut plan.services[0]);
+    })
+    .await?;
     // Cutover steps pass only once the SLO judged enough requests: users keep coming.
     world.wait_source_serving().await?;
-    let client = executor_support::Client::start(world.regions[executor_support::SOURCE].front);
+    let client = Client::start(world.regions[SOURCE].front);
     // The leg is due at once: its migration appears without anyone asking.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let id = loop {
-        let overview = world.overview().await?;
-        if let Some(id) = overview.migrations.keys().next() {
-            break id.clone();
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "no migration from the schedule in 60 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let id = umbra_testkit::wait_for("the schedule's migration", CLUSTER_DEADLINE, || async {
+        world.overview().await.ok()?.migrations.into_keys().next()
+    })
+    .await?;
     let phases = world.follow(&id, async |_| Ok(())).await?;
     let (total, failed) = client.stop().await;
     assert_eq!(phases.last(), Some(&Phase::Completed), "phases {phases:?}");

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use umbra_orchestrator::node::{self, NodeConfig};
+use umbra_orchestrator::node::{self, NodeConfig, NodeEnvironment};
 
 /// How long a SIGTERM'd node waits for its Raft driver to close the log.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = NodeConfig::load(&args.config)
         .with_context(|| format!("reading the node config {}", args.config.display()))?;
-    let running = node::start(config).await?;
+    let running = node::start(config, NodeEnvironment::default()).await?;
     let mut status = running.raft.watch_status();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let outcome = tokio::select! {

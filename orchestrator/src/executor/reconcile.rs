@@ -611,47 +611,36 @@ pub fn due_schedule_requests(overview: &Overview, now_ms: u64) -> Vec<MigrationR
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::plan::ScheduleLeg;
     use crate::state::{Command, OrchestratorState, Plan};
 
-    const PLAN: &str = r#"
-[[region]]
-name = "us-east"
-front = "127.0.0.11:8080"
+    /// The example plan as these tests need it: a stateless `shop` with a pool of two, a
+    /// 10-minute lead time, and legs at 06:00 (to eu-west) and 18:00 (back to us-east).
+    fn plan() -> Plan {
+        let mut plan = Plan::example();
+        let shop = &mut plan.services[0];
+        shop.min_instances = 2;
+        shop.replication = ReplicationKind::None;
+        shop.lead_time_secs = 600;
+        plan.schedules[0].legs = [(6, "eu-west"), (18, "us-east")]
+            .map(|(at_hour_utc, region)| ScheduleLeg {
+                at_hour_utc,
+                region: region.to_owned(),
+            })
+            .to_vec();
+        plan
+    }
 
-[[region]]
-name = "eu-west"
-front = "127.0.0.12:8080"
-
-[[service]]
-name = "shop"
-hostname = "shop.umbra.test."
-primary_region = "us-east"
-capacity_rps_per_instance = 100.0
-min_instances = 2
-max_instances = 4
-tier = { probabilistic = { cost_miss = 4.0, cost_idle = 1.0 } }
-replication = "none"
-lead_time_secs = 600
-slo = { max_error_rate = 0.01, max_p99_ms = 100.0, min_samples = 50 }
-
-[service.warmup]
-allow_writes = false
-mix = { requests = [{ method = "GET", path = "/kv/{key}", weight = 1.0 }], key_count = 1000, zipf_exponent = 1.0, rate_per_sec = 200.0, max_duration_ms = 30000 }
-gate = { reference_p99_ms = 5.0, p99_tolerance_pct = 50.0, max_error_rate = 0.01, min_requests = 200 }
-
-[[schedule]]
-name = "sun"
-service = "shop"
-legs = [{ at_hour_utc = 6, region = "eu-west" }, { at_hour_utc = 18, region = "us-east" }]
-"#;
-
-    fn overview() -> Overview {
+    fn planned(plan: Plan) -> OrchestratorState {
         let mut state = OrchestratorState::default();
-        let plan = Plan::from_toml(PLAN).unwrap();
         state
             .apply_command(1, &Command::ApplyPlan { plan, at_ms: 1 })
             .unwrap();
-        state.overview()
+        state
+    }
+
+    fn overview() -> Overview {
+        planned(plan()).overview()
     }
 
     #[test]
@@ -679,11 +668,7 @@ legs = [{ at_hour_utc = 6, region = "eu-west" }, { at_hour_utc = 18, region = "u
 
     #[test]
     fn dns_follows_the_confirmed_share_and_goes_home_on_rollback() {
-        let mut state = OrchestratorState::default();
-        let plan = Plan::from_toml(PLAN).unwrap();
-        state
-            .apply_command(1, &Command::ApplyPlan { plan, at_ms: 1 })
-            .unwrap();
+        let mut state = planned(plan());
         let ov = state.overview();
         let service = ov.services["shop"].clone();
         let request = due_schedule_requests(&ov, 6 * HOUR_MS - 60_000).remove(0);
@@ -739,16 +724,10 @@ legs = [{ at_hour_utc = 6, region = "eu-west" }, { at_hour_utc = 18, region = "u
         }
     }
 
-    fn migration(replication: &str) -> (Overview, MigrationRecord) {
-        let mut state = OrchestratorState::default();
-        let plan = Plan::from_toml(&PLAN.replace(
-            "replication = \"none\"",
-            &format!("replication = \"{replication}\""),
-        ))
-        .unwrap();
-        state
-            .apply_command(1, &Command::ApplyPlan { plan, at_ms: 1 })
-            .unwrap();
+    fn migration(replication: ReplicationKind) -> (Overview, MigrationRecord) {
+        let mut plan = plan();
+        plan.services[0].replication = replication;
+        let mut state = planned(plan);
         let request = due_schedule_requests(&state.overview(), 6 * HOUR_MS - 60_000).remove(0);
         state
             .apply_command(2, &Command::CreateMigration { request, at_ms: 2 })
@@ -768,7 +747,7 @@ legs = [{ at_hour_utc = 6, region = "eu-west" }, { at_hour_utc = 18, region = "u
 
     #[test]
     fn shadows_are_provisioned_only_where_missing_and_activated_after_the_provision() {
-        let (overview, mut record) = migration("none");
+        let (overview, mut record) = migration(ReplicationKind::None);
         record.phase = Phase::Provisioning;
         let id = record.spec.id.clone();
         let reports = BTreeMap::from([(
@@ -806,7 +785,7 @@ legs = [{ at_hour_utc = 6, region = "eu-west" }, { at_hour_utc = 18, region = "u
 
     #[test]
     fn the_writer_moves_fence_then_zero_lag_then_promote_on_every_shadow() {
-        let (overview, mut record) = migration("sample-log-shipping");
+        let (overview, mut record) = migration(ReplicationKind::SampleLogShipping);
         record.phase = Phase::CuttingOver { step: 2 };
         let reports = BTreeMap::new();
         let ctx = CommandContext {
@@ -836,7 +815,7 @@ legs = [{ at_hour_utc = 6, region = "eu-west" }, { at_hour_utc = 18, region = "u
             )));
         }
         // Nothing to move for a stateless service.
-        let (overview, mut record) = migration("none");
+        let (overview, mut record) = migration(ReplicationKind::None);
         record.phase = Phase::CuttingOver { step: 2 };
         let ctx = CommandContext {
             overview: &overview,
@@ -867,11 +846,7 @@ legs = [{ at_hour_utc = 6, region = "eu-west" }, { at_hour_utc = 18, region = "u
             pool_of(&ov, "shop", "us-east", None),
             vec!["shop-us-east-1", "shop-us-east-2"]
         );
-        let mut state = OrchestratorState::default();
-        let plan = Plan::from_toml(PLAN).unwrap();
-        state
-            .apply_command(1, &Command::ApplyPlan { plan, at_ms: 1 })
-            .unwrap();
+        let mut state = planned(plan());
         let request = due_schedule_requests(&ov, 6 * HOUR_MS - 60_000).remove(0);
         state
             .apply_command(2, &Command::CreateMigration { request, at_ms: 2 })

@@ -209,30 +209,15 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
+    /// The example plan's `shop` at 50 rps per instance within `min..=max`, and its eu-west.
     fn spec(min: u32, max: u32) -> (ServiceSpec, RegionSpec) {
-        let plan = crate::state::Plan::from_toml(&format!(
-            r#"
-[[region]]
-name = "eu-west"
-front = "127.0.0.12:8080"
-[[service]]
-name = "shop"
-hostname = "shop.umbra.test."
-primary_region = "eu-west"
-capacity_rps_per_instance = 50.0
-min_instances = {min}
-max_instances = {max}
-tier = {{ probabilistic = {{ cost_miss = 4.0, cost_idle = 1.0 }} }}
-replication = "none"
-slo = {{ max_error_rate = 0.01, max_p99_ms = 100.0, min_samples = 50 }}
-[service.warmup]
-allow_writes = false
-mix = {{ requests = [{{ method = "GET", path = "/kv/{{key}}", weight = 1.0 }}], key_count = 10, zipf_exponent = 1.0, rate_per_sec = 10.0, max_duration_ms = 1000 }}
-gate = {{ reference_p99_ms = 5.0, p99_tolerance_pct = 50.0, max_error_rate = 0.01, min_requests = 20 }}
-"#
-        ))
-        .unwrap();
-        (plan.services[0].clone(), plan.regions[0].clone())
+        let plan = crate::state::Plan::example();
+        let mut service = plan.services[0].clone();
+        service.capacity_rps_per_instance = 50.0;
+        service.min_instances = min;
+        service.max_instances = max;
+        let region = plan.regions.into_iter().find(|r| r.name == "eu-west");
+        (service, region.expect("the example plan declares eu-west"))
     }
 
     /// Two weeks of 30-minute slices with a daily peak of `peak` rps at 12:00 UTC.

@@ -1,7 +1,8 @@
-//! Runs one orchestrator node: the Raft node (with the key-value state machine until the
-//! migration state replaces it), one QUIC endpoint for peers (Raft streams) and clients
-//! (store requests), and a loopback HTTP endpoint for `/metrics` and `/status`. It wires
-//! parts together; Raft logic stays in `umbra-consensus`, wire types in `umbra-proto`.
+//! Runs one orchestrator node: the Raft node (the orchestrator state machine, or the key-value
+//! one in `kv` mode), one QUIC endpoint for peers (Raft streams), clients (store requests) and
+//! agents (handed to the gateway), the services on top (`node::services`), and a loopback HTTP
+//! endpoint for `/metrics` and `/status`. It wires parts together; Raft logic stays in
+//! `umbra-consensus`, wire types in `umbra-proto`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ use umbra_proto::{
 };
 
 use super::config::{NodeConfig, StateMachineKind};
-use super::services::{NodeServices, SERVICES_STOP_GRACE};
+use super::services::{NodeEnvironment, NodeServices, SERVICES_STOP_GRACE};
 use crate::gateway::AgentGateway;
 use crate::state::OrchestratorState;
 
@@ -30,8 +31,11 @@ const MAX_REQUESTS_IN_FLIGHT_PER_STREAM: usize = 256;
 /// What `/status` returns: Raft's view and the state machine's digest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AdminStatus {
+    /// Raft's view of this node: role, term, leader, indexes, voters.
     pub raft: NodeStatus,
+    /// The key-value machine's digest (`kv` mode); `None` in orchestrator mode.
     pub digest: Option<KvDigest>,
+    /// This node's QUIC address.
     pub listen: SocketAddr,
     /// This node's own replica of the orchestrator state (orchestrator mode), as last
     /// published after an apply: unlike the API, which reads through the leader, it shows what
@@ -43,14 +47,19 @@ pub struct AdminStatus {
 /// A running node: its Raft handle and endpoints. Dropping it does not stop it; call
 /// `shutdown`.
 pub struct RunningNode {
+    /// The Raft node.
     pub raft: RaftNode,
+    /// The QUIC endpoint peers, clients and agents connect to.
     pub endpoint: Endpoint,
+    /// Where `/metrics` and `/status` are served, when `admin_listen` is set.
     pub admin_address: Option<SocketAddr>,
     /// API, gateway, DNS and executor (orchestrator mode only; see `node::services`).
     pub services: Option<NodeServices>,
 }
 
 impl RunningNode {
+    /// Stops the services (the executor stands down, the API stops accepting), closes the
+    /// QUIC endpoint and tells the Raft node to stop; returns at once.
     pub fn shutdown(&self) {
         if let Some(services) = &self.services {
             services.shutdown();
@@ -67,8 +76,13 @@ impl RunningNode {
     }
 }
 
-/// Starts a node from a validated config.
-pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+/// Starts a node from a validated config. `environment` is what the node takes from the program
+/// rather than the file (the executor's clock); a deployment passes
+/// `NodeEnvironment::default()`. Ignored in `kv` mode, which runs no services.
+pub async fn start(
+    config: NodeConfig,
+    environment: NodeEnvironment,
+) -> anyhow::Result<RunningNode> {
     config.validate()?;
     let identity = Identity::orchestrator(config.id);
     let credentials = Credentials::load(&config.certs_dir, &identity).with_context(|| {
@@ -110,7 +124,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     .context("starting the raft node")?;
     let services = match config.state_machine {
         StateMachineKind::Orchestrator => {
-            Some(NodeServices::start(&config, &raft, &credentials, &registry).await?)
+            Some(NodeServices::start(&config, &raft, &credentials, &registry, &environment).await?)
         }
         StateMachineKind::Kv => None,
     };

@@ -5,8 +5,11 @@
 //! changed" hook: a `watch` of the latest [`Overview`], refreshed by a local read whenever the
 //! Raft node's applied index moves, so consensus never learns what the state means.
 //!
+//! What the services take from the program that starts them rather than from `node.toml` (the
+//! executor's clock) comes in as a [`NodeEnvironment`]; a deployment passes the default.
+//!
 //! This file only starts, connects and stops those parts; it must not decide anything about
-//! migrations, weights or requests (the executor, `dns::replicated` and `api` do).
+//! migrations, weights or requests (the executor, `zone_sync` and `api` do).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use crate::executor::shadow_sizing::{CsvDirectory, DemandSource, MemoryDemand};
 use crate::executor::{self, ExecutorContext};
 use crate::gateway::AgentGateway;
 use crate::state::{Overview, Query, QueryAnswer, decode_answer, encode_query};
-use crate::store::{ObservationBoard, RaftReplicated, Replicated, SystemClock};
+use crate::store::{Clock, ObservationBoard, RaftReplicated, Replicated, SystemClock};
 use crate::zone_sync::{self as dns_sync, ZoneSync, ZoneSyncMetrics};
 use umbra_dns::embedded::{EmbeddedDns, EmbeddedDnsConfig};
 
@@ -33,6 +36,41 @@ use umbra_dns::embedded::{EmbeddedDns, EmbeddedDnsConfig};
 /// the DNS server's own graceful stop is bounded at 5 s, the executor's round by its store
 /// call timeout; both are rarely reached.
 pub const SERVICES_STOP_GRACE: Duration = Duration::from_secs(6);
+
+/// What a node takes from the program that starts it rather than from `node.toml`: the clock
+/// its executor plans by (migration deadlines, analysis windows, which schedule leg is due).
+/// [`NodeEnvironment::default`] is what a deployment runs: the system clock. A rehearsal, or a
+/// test, may run the executor on a shifted clock, e.g. to play the next follow-the-sun leg now,
+/// with [`NodeEnvironment::with_clock`]. The operator API stamps commands with the system clock
+/// either way.
+#[derive(Clone)]
+pub struct NodeEnvironment {
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for NodeEnvironment {
+    fn default() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+}
+
+impl std::fmt::Debug for NodeEnvironment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeEnvironment").finish_non_exhaustive()
+    }
+}
+
+impl NodeEnvironment {
+    /// The environment of a node whose executor reads the time from `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self { clock }
+    }
+
+    /// The clock the executor plans by.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+}
 
 /// The running services of an orchestrator-mode node. Dropping it does not stop them; call
 /// [`NodeServices::shutdown`].
@@ -48,14 +86,15 @@ pub struct NodeServices {
 
 impl NodeServices {
     /// Starts every service `config` names around `raft` (which must run
-    /// `OrchestratorState`). `credentials` are this orchestrator's; metrics go to `registry`.
-    /// Agent streams are not accepted here: the node's accept loop hands them to
-    /// [`NodeServices::gateway`].
+    /// `OrchestratorState`). `credentials` are this orchestrator's; metrics go to `registry`;
+    /// the executor's clock comes from `environment`. Agent streams are not accepted here: the
+    /// node's accept loop hands them to [`NodeServices::gateway`].
     pub async fn start(
         config: &NodeConfig,
         raft: &RaftNode,
         credentials: &Credentials,
         registry: &prometheus::Registry,
+        environment: &NodeEnvironment,
     ) -> anyhow::Result<Self> {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -130,7 +169,7 @@ impl NodeServices {
                     gateway: gateway.clone(),
                     board: board.clone(),
                     demand,
-                    clock: Arc::new(SystemClock),
+                    clock: environment.clock.clone(),
                     metrics: ExecutorMetrics::new(registry).context("executor metrics")?,
                     config: config.executor.executor_config(),
                 },

@@ -5,42 +5,12 @@
 
 use super::*;
 
-pub(crate) const PLAN: &str = r#"
-[[region]]
-name = "us-east"
-front = "127.0.0.11:8080"
-
-[[region]]
-name = "eu-west"
-front = "127.0.0.12:8080"
-
-[[service]]
-name = "shop"
-hostname = "shop.umbra.test."
-primary_region = "us-east"
-capacity_rps_per_instance = 100.0
-max_instances = 4
-tier = { probabilistic = { cost_miss = 4.0, cost_idle = 1.0 } }
-replication = "sample-log-shipping"
-slo = { max_error_rate = 0.01, max_p99_ms = 100.0, min_samples = 50 }
-
-[service.warmup]
-allow_writes = false
-mix = { requests = [{ method = "GET", path = "/kv/{key}", weight = 1.0 }], key_count = 1000, zipf_exponent = 1.0, rate_per_sec = 200.0, max_duration_ms = 30000 }
-gate = { reference_p99_ms = 5.0, p99_tolerance_pct = 50.0, max_error_rate = 0.01, min_requests = 200 }
-
-[[schedule]]
-name = "sun"
-service = "shop"
-legs = [{ at_hour_utc = 0, region = "eu-west" }, { at_hour_utc = 12, region = "us-east" }]
-"#;
-
 fn planned() -> OrchestratorState {
     let mut state = OrchestratorState::default();
-    let plan = Plan::from_toml(PLAN).expect("the test plan parses");
+    let plan = Plan::example();
     state
         .apply_command(1, &Command::ApplyPlan { plan, at_ms: 1 })
-        .expect("the test plan applies");
+        .expect("the example plan applies");
     state
 }
 
@@ -80,11 +50,8 @@ fn transition(id: &str, from: Phase, to: Phase, term: u64) -> Command {
 fn a_plan_naming_an_unknown_region_is_refused_and_changes_nothing() {
     let mut state = planned();
     let before = state.clone();
-    let text = PLAN.replace(
-        "primary_region = \"us-east\"",
-        "primary_region = \"mars-1\"",
-    );
-    let plan = Plan::from_toml(&text).unwrap();
+    let mut plan = Plan::example();
+    plan.services[0].primary_region = "mars-1".to_owned();
     let err = state
         .apply_command(2, &Command::ApplyPlan { plan, at_ms: 2 })
         .expect_err("unknown region");
@@ -101,9 +68,17 @@ fn a_plan_naming_an_unknown_region_is_refused_and_changes_nothing() {
 
 #[test]
 fn malformed_plans_say_where() {
-    let err = Plan::from_toml("[[region]]\nname = \"x\"\nfront = 5\n").expect_err("bad type");
-    assert!(err.to_string().contains("line 3"), "{err}");
-    let err = Plan::from_toml("[[region]]\nname = \"x\"\nfrnt = \"a\"\n").expect_err("typo");
+    // The example plan with an operator's slips in it: a number for a front, a typo in a key.
+    let front = format!("front = {:?}", Plan::example().regions[0].front);
+    let text = plan::EXAMPLE_PLAN_TOML.replacen(&front, "front = 5", 1);
+    let line = 1 + text
+        .lines()
+        .position(|l| l == "front = 5")
+        .expect("a front");
+    let err = Plan::from_toml(&text).expect_err("bad type");
+    assert!(err.to_string().contains(&format!("line {line}")), "{err}");
+    let text = plan::EXAMPLE_PLAN_TOML.replacen(&front, "frnt = \"a\"", 1);
+    let err = Plan::from_toml(&text).expect_err("typo");
     assert!(err.to_string().contains("frnt"), "{err}");
 }
 
@@ -228,7 +203,7 @@ fn a_completed_migration_moves_the_primary_region_and_frees_the_service() {
     assert_eq!(overview.services["shop"].primary_region, "eu-west");
     assert_eq!(overview.services["shop"].active_migration, None);
     // Re-applying the original plan must not silently move the service back.
-    let plan = Plan::from_toml(PLAN).unwrap();
+    let plan = Plan::example();
     let err = state
         .apply_command(20, &Command::ApplyPlan { plan, at_ms: 30 })
         .expect_err("plan would move the service");

@@ -1,179 +1,72 @@
-//! Shared parts of the executor tests (`executor_migration`, `executor_failover`): a Raft group
-//! of one or three nodes (raft-rs + raft-engine on consensus's in-memory network) running
-//! `OrchestratorState`, each node with its QUIC endpoint, agent gateway and leader-only
-//! executor; two region agents in process (library session over QUIC, process provider running
-//! `umbra-sample`, region front); a constant-rate client; and a guard that kills instance
-//! processes when a test ends. Needs `umbra-sample` built: `cargo build -p umbra-agent --bins`.
+//! The orchestrator world of the executor, gateway and API tests, started the way a deployment
+//! starts it: every orchestrator is `umbra_orchestrator::node::start` on its own `NodeConfig`
+//! (Raft over QUIC with mutual TLS on a loopback port, the agent gateway and the store's client
+//! streams on that endpoint, the operator API, the leader-only executor reading its demand
+//! history from a CSV directory), so the tests run the production wiring of `node::server` and
+//! `node::services`, not a copy of it. The only thing a test injects is the executor's clock,
+//! through `node::NodeEnvironment`.
+//!
+//! [`Cluster`] is those nodes alone (`api_raft`, `executor_gateway`). [`World`] adds two region
+//! agents in process (library session over QUIC, process provider running `umbra-sample`,
+//! region front) and applies the tests' plan through the operator API, which the tests also
+//! use to create and follow migrations; [`Client`] is a constant-rate client against a front.
+//! Instance processes are killed when a test ends, also on failure. Needs `umbra-sample` built
+//! beside the test: `cargo build --workspace --bins`.
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use chrono::{TimeZone, Utc};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use umbra_agent::agent::Agent;
 use umbra_agent::agent::front::Front;
 use umbra_agent::agent::session::{SessionConfig, run_session, transport_config};
 use umbra_agent::provider::process::{ENV_PROVIDER_STATE, ProcessConfig, ProcessRuntime};
 use umbra_agent::provider::{AnyProvider, Provider};
-use umbra_consensus::memory::MemoryNetwork;
-use umbra_consensus::{Config, NodeOptions, RaftNode, Role as RaftRole, mailbox};
-use umbra_forecast::history::{DemandSeries, SeriesKey};
-use umbra_orchestrator::executor::metrics::ExecutorMetrics;
-use umbra_orchestrator::executor::shadow_sizing::MemoryDemand;
-use umbra_orchestrator::executor::{self, ExecutorConfig, ExecutorContext};
-use umbra_orchestrator::gateway::{AgentGateway, GatewayConfig};
-use umbra_orchestrator::migration::Phase;
-use umbra_orchestrator::state::{
-    AuditEntry, Command, MigrationRequest, OrchestratorState, Overview, Plan, Query, QueryAnswer,
+use umbra_consensus::Role as RaftRole;
+use umbra_orchestrator::api::{ApiClient, ApiConfig, BearerToken, MAX_AUDIT_LIMIT};
+use umbra_orchestrator::gateway::AgentGateway;
+use umbra_orchestrator::migration::{Phase, Slo};
+use umbra_orchestrator::node::{
+    self, ExecutorSection, GatewaySection, NodeConfig, NodeEnvironment, PeerConfig, RunningNode,
+    StateMachineKind,
 };
-use umbra_orchestrator::store::{Clock, SystemClock};
-use umbra_orchestrator::store::{ObservationBoard, RaftReplicated, Replicated};
+use umbra_orchestrator::state::{
+    Applied, AuditEntry, MigrationRequest, Overview, Plan, ServiceSpec,
+};
+use umbra_proto::agent::{ReadinessGate, RequestTemplate};
 use umbra_proto::certs::{self, Layout};
-use umbra_proto::{Credentials, Endpoint, Identity, Role, StreamKind, TransportConfig};
+use umbra_proto::ports::free_loopback_port;
+use umbra_proto::{Credentials, Endpoint, Identity, Role};
+use umbra_testkit::{Reaper, wait_for};
 
-/// Seed of the in-memory network (no faults are injected; printed for replay anyway).
-pub const SEED: u64 = 0x0e8e_c070;
-
+/// The region the service starts in.
 pub const SOURCE: &str = "us-east";
+/// The region the tests migrate it to.
 pub const TARGET: &str = "eu-west";
 /// Requests per second of the test's client; the 10 % step sends 10 of them to the target
 /// each second, enough for the SLO's 20 samples within a 1.5 s window.
 pub const CLIENT_RPS: u64 = 100;
 /// Longest a whole migration may take here (warm-up caps at 10 s; the rest is seconds).
 pub const MIGRATION_DEADLINE: Duration = Duration::from_secs(120);
+/// Longest an election, a replica catching up, or a fresh pool coming up may take on a loaded
+/// 2-core machine.
+pub const CLUSTER_DEADLINE: Duration = Duration::from_secs(60);
+/// The operator API's bearer token in every test cluster.
+const TOKEN: &str = "executor-world-token-0123456789abcdef";
+/// Width of the demand history's slices, seconds.
+const HISTORY_SLICE_SECS: u32 = 1800;
 
-/// SIGKILLs every instance process of a provider state directory when dropped, also when a
-/// test fails half-way (instances run in their own sessions and would outlive the test).
-struct Reaper {
-    /// `UMBRA_PROVIDER_STATE=<canonical state dir>`, computed when the reaper is made: by the
-    /// time it drops, the temp dir may be gone (World drops `_dir` first) and could no longer
-    /// be canonicalised, which once let every instance outlive its test.
-    marker: String,
-}
-
-impl Reaper {
-    fn new(state: &Path) -> anyhow::Result<Reaper> {
-        let dir = std::fs::canonicalize(state)?;
-        Ok(Reaper {
-            marker: format!("{ENV_PROVIDER_STATE}={}", dir.display()),
-        })
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let marker = &self.marker;
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-                continue;
-            };
-            if env.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-}
-
-fn sample_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    // target/debug/deps/executor_migration-HASH → target/debug/umbra-sample
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary has no target directory")?;
-    let sample = dir.join("umbra-sample");
-    if !sample.exists() {
-        bail!(
-            "{} is missing: run `cargo build -p umbra-agent --bins` first",
-            sample.display()
-        );
-    }
-    Ok(sample)
-}
-
-/// The plan. The warm-up mix carries `GET /healthz` beside the key reads because the warmer
-/// judges latency on 2xx/3xx answers only, and a fresh shadow (no data until replication)
-/// answers every key read 404 (executor-requests.md, to the agent helper).
-/// `service_times` replaces the service's TTL lines (see [`short_windows`]).
-pub fn plan(fronts: &BTreeMap<&str, SocketAddr>, service_times: &str) -> String {
-    format!(
-        r#"
-[[region]]
-name = "us-east"
-front = "{}"
-
-[[region]]
-name = "eu-west"
-front = "{}"
-
-[[service]]
-name = "shop"
-hostname = "shop.umbra.test."
-primary_region = "us-east"
-capacity_rps_per_instance = 100.0
-min_instances = 1
-max_instances = 2
-tier = {{ probabilistic = {{ cost_miss = 4.0, cost_idle = 1.0 }} }}
-replication = "sample-log-shipping"
-{}
-slo = {{ max_error_rate = 0.05, max_p99_ms = 500.0, min_samples = 20 }}
-
-[service.warmup]
-allow_writes = false
-mix = {{ requests = [{{ method = "GET", path = "/kv/{{key}}", weight = 1.0 }}, {{ method = "GET", path = "/healthz", weight = 1.0 }}], key_count = 200, zipf_exponent = 1.0, rate_per_sec = 200.0, max_duration_ms = 10000 }}
-gate = {{ reference_p99_ms = 50.0, p99_tolerance_pct = 100.0, max_error_rate = 0.01, min_requests = 100 }}
-"#,
-        fronts[SOURCE],
-        fronts[TARGET],
-        if service_times.is_empty() {
-            DEFAULT_TIMES
-        } else {
-            service_times
-        }
-    )
-}
-
-/// The service's TTLs in the tests' plan: migrations created by the tests override the
-/// windows per request.
-pub const DEFAULT_TIMES: &str = "dns_ttl_secs = 60\ncutover_ttl_secs = 5";
-
-/// Service-level times short enough for a migration that takes the service's own settings
-/// (a scheduled one): 1 s TTLs (drain 1.1 s), 1 s analysis windows, 60 s lead time.
-pub fn short_windows() -> String {
-    "dns_ttl_secs = 1\ncutover_ttl_secs = 1\nanalysis_window_secs = 1\nlead_time_secs = 60".into()
-}
-
-/// Two weeks of 30-minute slices at a flat 150 rps in the target: at 100 rps per instance
-/// the probabilistic tier holds 2 instances.
-pub fn history() -> DemandSeries {
-    let now = Utc::now();
-    let start = Utc
-        .timestamp_opt(now.timestamp() - now.timestamp() % 1800 - 14 * 86_400, 0)
-        .unwrap();
-    let values = (0..14 * 48).map(|i| 150.0 + (i % 7) as f64).collect();
-    DemandSeries {
-        key: SeriesKey::new("shop", TARGET),
-        start,
-        slice_secs: 1800,
-        values,
-    }
+fn localhost(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
 fn init_tracing() {
@@ -181,170 +74,375 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,umbra_agent=warn".into()),
+                .unwrap_or_else(|_| "info,raft=warn,umbra_agent=warn".into()),
         )
         .with_test_writer()
         .try_init();
 }
 
+/// Orchestrator nodes started by `node::start`, each with its operator API; the test's
+/// operator talks to them through [`ApiClient`]s. Killed nodes leave the map.
+pub struct Cluster {
+    nodes: Mutex<BTreeMap<u64, RunningNode>>,
+    quic: BTreeMap<u64, SocketAddr>,
+    apis: BTreeMap<u64, ApiClient>,
+    certs_dir: PathBuf,
+    demand_dir: PathBuf,
+    // Last: removed once every node above has been told to stop.
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.nodes().values() {
+            node.shutdown();
+        }
+    }
+}
+
+impl Cluster {
+    /// `nodes` orchestrators (ids 1..=nodes) in one Raft group, with the defaults a deployment
+    /// runs except: executor retries capped at 1 s, demand history read from
+    /// [`Cluster::demand_dir`] in 30-minute slices, and `environment` (the executor's clock).
+    pub async fn start(nodes: u64, environment: NodeEnvironment) -> anyhow::Result<Cluster> {
+        init_tracing();
+        let dir = tempfile::tempdir()?;
+        let certs_dir = dir.path().join("certs");
+        certs::init(&Layout::default(), &certs_dir)?;
+        let token_file = dir.path().join("api-token");
+        std::fs::write(&token_file, format!("{TOKEN}\n"))?;
+        let demand_dir = dir.path().join("demand");
+        std::fs::create_dir_all(&demand_dir)?;
+        let peers = (1..=nodes)
+            .map(|id| {
+                Ok(PeerConfig {
+                    id,
+                    address: localhost(free_loopback_port()?),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let operator = Credentials::load(&certs_dir, &Identity::new(Role::Operator, "admin")?)?;
+        let token = BearerToken::new(TOKEN).context("test token")?;
+        // Nodes join the cluster as they start, so the ones started are stopped (on drop) if
+        // a later one fails to start.
+        let mut cluster = Cluster {
+            nodes: Mutex::new(BTreeMap::new()),
+            quic: peers.iter().map(|p| (p.id, p.address)).collect(),
+            apis: BTreeMap::new(),
+            certs_dir,
+            demand_dir,
+            dir,
+        };
+        for peer in &peers {
+            let config = NodeConfig {
+                id: peer.id,
+                listen: peer.address,
+                data_dir: cluster.dir().join(format!("node-{}", peer.id)),
+                certs_dir: cluster.certs_dir.clone(),
+                admin_listen: None,
+                join: false,
+                peers: peers.clone(),
+                fault_injection: false,
+                state_machine: StateMachineKind::Orchestrator,
+                raft: umbra_consensus::Config::default(),
+                api: Some(ApiConfig::new(
+                    localhost(free_loopback_port()?),
+                    token_file.clone(),
+                )),
+                gateway: GatewaySection::default(),
+                dns: None,
+                executor: ExecutorSection {
+                    retry_max_ms: 1_000,
+                    demand_csv_dir: Some(cluster.demand_dir.clone()),
+                    demand_slice_secs: HISTORY_SLICE_SECS,
+                    ..ExecutorSection::default()
+                },
+            };
+            let started = node::start(config, environment.clone())
+                .await
+                .with_context(|| format!("starting node {}", peer.id))?;
+            let api = started.services.as_ref().and_then(|s| s.api_address());
+            cluster.nodes().insert(peer.id, started);
+            let api = api.context("the node runs its API")?;
+            cluster.apis.insert(
+                peer.id,
+                ApiClient::new(&format!("https://{api}"), &operator, token.clone())?,
+            );
+        }
+        Ok(cluster)
+    }
+
+    fn nodes(&self) -> MutexGuard<'_, BTreeMap<u64, RunningNode>> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The test's scratch directory (certificates, node data, region state).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What `certs::init` wrote: CA, orchestrators, the default regions' agents, `admin`.
+    pub fn certs_dir(&self) -> &Path {
+        &self.certs_dir
+    }
+
+    /// Where the executors read demand history (`*.csv`, long form).
+    pub fn demand_dir(&self) -> &Path {
+        &self.demand_dir
+    }
+
+    /// Node `id`'s QUIC address (Raft, store clients, agents).
+    pub fn quic(&self, id: u64) -> SocketAddr {
+        self.quic[&id]
+    }
+
+    /// Every node's QUIC address, the dead ones included (as agents are configured).
+    pub fn quic_addresses(&self) -> Vec<SocketAddr> {
+        self.quic.values().copied().collect()
+    }
+
+    /// The ids of the nodes still running.
+    pub fn live(&self) -> Vec<u64> {
+        self.nodes().keys().copied().collect()
+    }
+
+    /// Node `id`'s agent gateway (it must be running).
+    pub fn gateway(&self, id: u64) -> AgentGateway {
+        self.nodes()[&id]
+            .services
+            .as_ref()
+            .expect("orchestrator mode runs the services")
+            .gateway()
+            .clone()
+    }
+
+    /// The id of the node every live member agrees leads.
+    pub async fn leader(&self) -> anyhow::Result<u64> {
+        wait_for(
+            "a leader every live node agrees on",
+            CLUSTER_DEADLINE,
+            || {
+                let statuses: Vec<_> = self.nodes().values().map(|n| n.raft.status()).collect();
+                let leaders: Vec<u64> = statuses
+                    .iter()
+                    .filter(|s| s.role == RaftRole::Leader)
+                    .map(|s| s.id)
+                    .collect();
+                let agreed = match leaders.as_slice() {
+                    [leader] if statuses.iter().all(|s| s.leader == Some(*leader)) => Some(*leader),
+                    _ => None,
+                };
+                async move { agreed }
+            },
+        )
+        .await
+    }
+
+    /// Stops node `id` the way its process would stop on SIGKILL, as far as the others can
+    /// tell: its executor stands down, its endpoint closes (agents and peers see their
+    /// connections end) and its Raft node stops.
+    pub fn kill(&self, id: u64) {
+        let node = self.nodes().remove(&id).expect("a live node");
+        node.shutdown();
+    }
+
+    /// An operator's API client of node `id`.
+    pub fn client(&self, id: u64) -> ApiClient {
+        self.apis[&id].clone()
+    }
+
+    /// An operator's API client of the first live node (a follower forwards to the leader).
+    pub fn api(&self) -> ApiClient {
+        let first = *self.nodes().keys().next().expect("a live node");
+        self.client(first)
+    }
+
+    /// The replicated state, read through the API (linearizable).
+    pub async fn overview(&self) -> anyhow::Result<Overview> {
+        Ok(self.api().status().await?.overview)
+    }
+
+    /// The whole audit log, read through the API.
+    pub async fn audit(&self) -> anyhow::Result<Vec<AuditEntry>> {
+        let api = self.api();
+        let mut entries: Vec<AuditEntry> = Vec::new();
+        // Bounded: a test writes far fewer than 100 pages of entries.
+        for _ in 0..100 {
+            let after = entries.last().map_or(0, |e| e.index);
+            let page = api.audit(after, MAX_AUDIT_LIMIT).await?;
+            let full = page.len() == MAX_AUDIT_LIMIT;
+            entries.extend(page);
+            if !full {
+                return Ok(entries);
+            }
+        }
+        bail!("the audit log is longer than 100 pages")
+    }
+
+    /// Every live node's own replica, as it last published it (not linearizable: for
+    /// comparing members).
+    pub fn local_overviews(&self) -> BTreeMap<u64, Overview> {
+        self.nodes()
+            .iter()
+            .filter_map(|(id, n)| {
+                let overview = n.services.as_ref()?.overviews().borrow().clone();
+                Some((*id, Overview::clone(&overview)))
+            })
+            .collect()
+    }
+
+    /// Waits until every live node's own replica is the same and passes `check`; returns it.
+    pub async fn replicas_agree(
+        &self,
+        check: impl Fn(&Overview) -> bool,
+    ) -> anyhow::Result<Overview> {
+        wait_for(
+            "every replica to hold the same state",
+            CLUSTER_DEADLINE,
+            || {
+                let replicas = self.local_overviews();
+                let mut all = replicas.values();
+                let agreed = all.next().and_then(|first| {
+                    (all.all(|o| o == first) && check(first)).then(|| first.clone())
+                });
+                async move { agreed }
+            },
+        )
+        .await
+    }
+}
+
+/// The tests' plan: the example plan (`Plan::example()`) with the agents' fronts and without
+/// its schedule; `shop` runs 1–2 instances, keeps a 60 s TTL (5 s in a cutover), is judged
+/// on 20 samples against a 5 % error rate and 500 ms p99, and warms with `GET /healthz` beside
+/// the key reads, because the warmer judges latency on 2xx/3xx answers only and a fresh shadow
+/// (no data until replication) answers every key read 404. Migrations the tests create
+/// override the windows per request.
+pub fn plan(fronts: &BTreeMap<&str, SocketAddr>) -> Plan {
+    let mut plan = Plan::example();
+    for region in &mut plan.regions {
+        region.front = fronts[region.name.as_str()].to_string();
+    }
+    plan.schedules.clear();
+    let shop = &mut plan.services[0];
+    shop.min_instances = 1;
+    shop.max_instances = 2;
+    shop.dns_ttl_secs = 60;
+    shop.cutover_ttl_secs = 5;
+    shop.slo = Slo {
+        max_error_rate: 0.05,
+        max_p99_ms: 500.0,
+        min_samples: 20,
+    };
+    let mix = &mut shop.warmup.mix;
+    mix.requests.push(RequestTemplate {
+        method: "GET".into(),
+        path: "/healthz".into(),
+        weight: 1.0,
+    });
+    mix.key_count = 200;
+    mix.max_duration_ms = 10_000;
+    shop.warmup.gate = ReadinessGate {
+        reference_p99_ms: 50.0,
+        p99_tolerance_pct: 100.0,
+        max_error_rate: 0.01,
+        min_requests: 100,
+    };
+    plan
+}
+
+/// Service-level times short enough for a migration that takes the service's own settings
+/// (a scheduled one): 1 s TTLs (drain 1.1 s), 1 s analysis windows, 60 s lead time.
+pub fn short_windows(service: &mut ServiceSpec) {
+    service.dns_ttl_secs = 1;
+    service.cutover_ttl_secs = 1;
+    service.analysis_window_secs = 1;
+    service.lead_time_secs = 60;
+}
+
+/// Two weeks of 30-minute slices at a flat ~150 rps of `shop` in the target, as the long-form
+/// CSV the executors read: at 100 rps per instance the probabilistic tier holds 2 instances.
+fn write_history(dir: &Path) -> anyhow::Result<()> {
+    let slice = u64::from(HISTORY_SLICE_SECS);
+    let now = now_ms() / 1000;
+    let start = now - now % slice - 14 * 86_400;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join("shop.csv"))?);
+    writeln!(out, "timestamp,service,region,value")?;
+    for i in 0..14 * 86_400 / slice {
+        let value = 150 + i % 7;
+        writeln!(out, "{},shop,{TARGET},{value}", start + i * slice)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// One region: its agent (in process) and its front's address.
 pub struct Region {
+    /// The agent, for reading its provider and front directly.
     pub agent: Arc<Agent>,
+    /// The region's load-balancer front.
     pub front: SocketAddr,
+    /// SIGKILLs the region's instance processes (they run in sessions of their own) when the
+    /// test ends, also when it fails half-way.
     _reaper: Reaper,
 }
 
-/// One orchestrator: Raft node, QUIC endpoint (agent gateway), store, executor.
-pub struct Node {
-    pub raft: RaftNode,
-    pub endpoint: Endpoint,
-    pub store: Arc<dyn Replicated>,
-    stop_executor: watch::Sender<bool>,
-}
-
+/// A [`Cluster`] with the two regions' agents connected and the tests' plan applied.
 pub struct World {
-    _dir: tempfile::TempDir,
-    pub network: MemoryNetwork,
-    pub nodes: BTreeMap<u64, Node>,
+    /// The regions, by name.
     pub regions: BTreeMap<&'static str, Region>,
     stop_agents: CancellationToken,
+    cluster: Cluster,
 }
 
 impl Drop for World {
     fn drop(&mut self) {
         self.stop_agents.cancel();
-        for node in self.nodes.values() {
-            let _ = node.stop_executor.send(true);
-            node.endpoint.close();
-            node.raft.shutdown();
-        }
+    }
+}
+
+impl Deref for World {
+    type Target = Cluster;
+
+    fn deref(&self) -> &Cluster {
+        &self.cluster
     }
 }
 
 impl World {
-    /// `nodes` orchestrators (1 or 3) and the two agents, plan applied.
+    /// `nodes` orchestrators (1 or 3) and the two agents, [`plan`] applied.
     pub async fn start(nodes: u64) -> anyhow::Result<World> {
-        Self::start_with(nodes, Arc::new(SystemClock), "", "").await
+        Self::start_with(nodes, NodeEnvironment::default(), |_| {}).await
     }
 
-    /// Same, with the executors' clock, the service's times (see [`plan`]) and text appended
-    /// to the plan (e.g. a schedule).
+    /// Same, with the nodes' `environment` (the executor's clock) and `edit` applied to the
+    /// plan first (e.g. to add a schedule).
     pub async fn start_with(
         nodes: u64,
-        clock: Arc<dyn Clock>,
-        service_times: &str,
-        extra_plan: &str,
+        environment: NodeEnvironment,
+        edit: impl FnOnce(&mut Plan),
     ) -> anyhow::Result<World> {
-        init_tracing();
-        eprintln!("memory network seed: {SEED}");
-        let dir = tempfile::tempdir()?;
-        let certs_dir = dir.path().join("certs");
-        certs::init(&Layout::default(), &certs_dir)?;
-        let sample = sample_binary()?;
-        let network = MemoryNetwork::new(SEED);
-        let ids: Vec<u64> = (1..=nodes).collect();
+        let sample = umbra_testkit::binary("umbra-sample")?;
+        let cluster = Cluster::start(nodes, environment).await?;
+        write_history(cluster.demand_dir())?;
 
-        let mut endpoints = BTreeMap::new();
-        for &id in &ids {
-            let credentials = Credentials::load(&certs_dir, &Identity::orchestrator(id))?;
-            let endpoint = Endpoint::server(
-                "127.0.0.1:0".parse()?,
-                &credentials,
-                TransportConfig::default(),
-            )?;
-            endpoints.insert(id, (endpoint, credentials));
-        }
-        let quic: BTreeMap<u64, SocketAddr> = endpoints
-            .iter()
-            .map(|(id, (e, _))| Ok((*id, e.local_addr()?)))
-            .collect::<anyhow::Result<_>>()?;
-        let mut members = BTreeMap::new();
-        for (id, (endpoint, credentials)) in endpoints {
-            let (mail, inbox) = mailbox(4096);
-            let raft = RaftNode::start(
-                NodeOptions {
-                    id,
-                    data_dir: dir.path().join(format!("raft-{id}")),
-                    config: Config {
-                        tick_interval_ms: 20,
-                        ..Config::default()
-                    },
-                    initial_voters: ids.clone(),
-                    peers: BTreeMap::new(),
-                },
-                OrchestratorState::default(),
-                network.attach(id, mail),
-                inbox,
-                &prometheus::Registry::new(),
-            )?;
-            let gateway =
-                AgentGateway::new(GatewayConfig::new(id, quic.clone()), raft.watch_status())?;
-            {
-                let (endpoint, gateway) = (endpoint.clone(), gateway.clone());
-                tokio::spawn(async move {
-                    while let Some(incoming) = endpoint.accept().await {
-                        let gateway = gateway.clone();
-                        tokio::spawn(async move {
-                            let Ok(conn) = incoming.establish().await else {
-                                return;
-                            };
-                            while let Ok(stream) = conn.accept_stream().await {
-                                if stream.kind() == StreamKind::Agent {
-                                    let gateway = gateway.clone();
-                                    tokio::spawn(async move { gateway.serve_stream(stream).await });
-                                }
-                            }
-                        });
-                    }
-                });
-            }
-            let board = ObservationBoard::default();
-            let store: Arc<dyn Replicated> = Arc::new(RaftReplicated::new(
-                raft.clone(),
-                credentials.clone(),
-                quic.values().copied().collect(),
-                board.clone(),
-            ));
-            let (stop_executor, stopped) = watch::channel(false);
-            executor::spawn(
-                ExecutorContext {
-                    store: store.clone(),
-                    status: raft.watch_status(),
-                    gateway,
-                    board,
-                    demand: Arc::new(MemoryDemand::new([history()])),
-                    clock: clock.clone(),
-                    metrics: ExecutorMetrics::new(&prometheus::Registry::new())?,
-                    config: ExecutorConfig {
-                        retry_max_ms: 1_000,
-                        ..ExecutorConfig::default()
-                    },
-                },
-                stopped,
-            )?;
-            members.insert(
-                id,
-                Node {
-                    raft,
-                    endpoint,
-                    store,
-                    stop_executor,
-                },
-            );
-        }
-
+        // Made first, so that agents started before a failure are stopped with it.
+        let mut world = World {
+            regions: BTreeMap::new(),
+            stop_agents: CancellationToken::new(),
+            cluster,
+        };
         // The agents, each with its front, following the leader over QUIC.
-        let stop_agents = CancellationToken::new();
-        let mut regions = BTreeMap::new();
         for region in [SOURCE, TARGET] {
-            let state = dir.path().join(region);
+            let state = world.dir().join(region);
             std::fs::create_dir_all(&state)?;
-            let reaper = Reaper::new(&state)?;
+            let reaper = Reaper::new(ENV_PROVIDER_STATE, &state);
             let provider = Provider::open(
                 ProcessRuntime::new(ProcessConfig::sample(sample.clone(), 5), &state)?,
                 &state,
             )
             .await?;
-            let front = Front::start("127.0.0.1:0".parse()?).await?;
+            let front = Front::start(localhost(0)).await?;
             let front_addr = front.local_addr();
             let agent = Arc::new(Agent::with_parts(
                 region,
@@ -352,24 +450,20 @@ impl World {
                 AnyProvider::Process(provider),
                 Some(front),
             )?);
-            let agent_credentials =
-                Credentials::load(&certs_dir, &Identity::new(Role::Agent, region)?)?;
-            let agent_endpoint = Endpoint::client(
-                "127.0.0.1:0".parse()?,
-                &agent_credentials,
-                // The agent's own transport (short idle timeout and keep-alive), as `umbra-agent` uses.
-                transport_config(),
-            )?;
+            let credentials =
+                Credentials::load(world.certs_dir(), &Identity::new(Role::Agent, region)?)?;
+            // The agent's own transport (short idle timeout and keep-alive), as `umbra-agent` uses.
+            let endpoint = Endpoint::client(localhost(0), &credentials, transport_config())?;
             tokio::spawn(run_session(
                 agent.clone(),
-                agent_endpoint,
+                endpoint,
                 SessionConfig {
-                    orchestrators: quic.values().copied().collect(),
+                    orchestrators: world.quic_addresses(),
                     heartbeat: Duration::from_millis(200),
                 },
-                stop_agents.clone(),
+                world.stop_agents.clone(),
             ));
-            regions.insert(
+            world.regions.insert(
                 region,
                 Region {
                     agent,
@@ -378,269 +472,176 @@ impl World {
                 },
             );
         }
-        let world = World {
-            _dir: dir,
-            network,
-            nodes: members,
-            regions,
-            stop_agents,
-        };
         world.leader().await?;
         let fronts = world.regions.iter().map(|(r, g)| (*r, g.front)).collect();
-        let plan = Plan::from_toml(&(plan(&fronts, service_times) + extra_plan))?;
-        world
-            .propose(Command::ApplyPlan {
-                plan,
-                at_ms: now_ms(),
-            })
-            .await?;
+        let mut plan = plan(&fronts);
+        edit(&mut plan);
+        let applied = world
+            .api()
+            .apply_plan_toml(&toml::to_string(&plan)?)
+            .await
+            .context("applying the tests' plan")?;
+        eprintln!("plan applied: {applied:?}");
         Ok(world)
     }
 
-    /// The id of the node every live member agrees leads (waits up to 20 s).
-    pub async fn leader(&self) -> anyhow::Result<u64> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let leaders: Vec<u64> = self
-                .nodes
-                .values()
-                .map(|n| n.raft.status())
-                .filter(|s| s.role == RaftRole::Leader)
-                .map(|s| s.id)
-                .collect();
-            if let [leader] = leaders.as_slice()
-                && self
-                    .nodes
-                    .values()
-                    .all(|n| n.raft.status().leader == Some(*leader))
-            {
-                return Ok(*leader);
-            }
-            if Instant::now() > deadline {
-                bail!("no agreed leader in 20 s (seed {SEED})");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Stops node `id` as a SIGKILL would: its executor, endpoint (agents see their streams
-    /// close) and Raft node, and cuts it off the network.
-    pub fn kill(&mut self, id: u64) {
-        let node = self.nodes.remove(&id).expect("a live node");
-        let _ = node.stop_executor.send(true);
-        node.endpoint.close();
-        node.raft.shutdown();
-        self.network.isolate(id);
-    }
-
-    async fn store(&self) -> anyhow::Result<Arc<dyn Replicated>> {
-        let leader = self.leader().await?;
-        Ok(self.nodes[&leader].store.clone())
-    }
-
-    pub async fn propose(&self, command: Command) -> anyhow::Result<()> {
-        match self.store().await?.propose(command).await? {
-            Ok(_) => Ok(()),
-            Err(rejected) => bail!("rejected: {rejected}"),
-        }
-    }
-
-    pub async fn overview(&self) -> anyhow::Result<Overview> {
-        match self.store().await?.query(Query::Overview).await? {
-            QueryAnswer::Overview(o) => Ok(*o),
-            other => bail!("unexpected answer {other:?}"),
-        }
-    }
-
-    /// Every node's own copy of the state (not linearizable: for comparing members).
-    pub async fn local_overviews(&self) -> anyhow::Result<BTreeMap<u64, Overview>> {
-        let mut out = BTreeMap::new();
-        for (id, node) in &self.nodes {
-            let bytes = node
-                .raft
-                .read_local(umbra_orchestrator::state::encode_query(&Query::Overview))
-                .await?;
-            match umbra_orchestrator::state::decode_answer(&bytes)? {
-                QueryAnswer::Overview(o) => {
-                    out.insert(*id, *o);
-                }
-                other => bail!("unexpected answer {other:?}"),
-            }
-        }
-        Ok(out)
-    }
-
-    pub async fn audit(&self) -> anyhow::Result<Vec<AuditEntry>> {
-        match self
-            .store()
-            .await?
-            .query(Query::Audit {
-                after_index: 0,
-                limit: 10_000,
-            })
-            .await?
-        {
-            QueryAnswer::Audit(a) => Ok(a),
-            other => bail!("unexpected answer {other:?}"),
-        }
-    }
-    /// Waits (polling) until the source's home pool serves through its front.
+    /// Waits until the source's home pool serves through its front.
     pub async fn wait_source_serving(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
         let client = reqwest::Client::new();
         let url = format!("http://{}/kv/key-1", self.regions[SOURCE].front);
-        loop {
-            if let Ok(r) = client.get(&url).send().await
-                && (r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND)
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the executor did not bring up the source's home pool in 60 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for(
+            "the executor to bring up the source's home pool",
+            CLUSTER_DEADLINE,
+            || async {
+                let response = client.get(&url).send().await.ok()?;
+                let status = response.status();
+                (status.is_success() || status == reqwest::StatusCode::NOT_FOUND).then_some(())
+            },
+        )
+        .await
     }
 
+    /// Creates a migration of `shop` from the source to the target; returns its id.
     pub async fn migrate(&self) -> anyhow::Result<String> {
         self.migrate_between(SOURCE, TARGET).await
     }
 
-    /// Creates a migration of `shop` from `from` to `to` on the tests' compressed schedule
-    /// (lead time 0, 1.5 s analysis windows, 0.5 s drain); returns its id.
+    /// Creates a migration of `shop` from `from` to `to` through the API, on the tests'
+    /// compressed schedule (lead time 0, 1.5 s analysis windows, 0.5 s drain); returns its id.
     pub async fn migrate_between(&self, from: &str, to: &str) -> anyhow::Result<String> {
-        let before: Vec<String> = self.overview().await?.migrations.into_keys().collect();
-        self.propose(Command::CreateMigration {
-            request: MigrationRequest {
-                service: "shop".into(),
-                from: Some(from.into()),
-                to: to.into(),
-                cutover_at_ms: now_ms(),
-                warm_up: true,
-                lead_time_ms: Some(0),
-                analysis_window_ms: Some(1_500),
-                drain_ms: Some(500),
-                schedule_key: None,
-            },
-            at_ms: now_ms(),
-        })
-        .await?;
-        let overview = self.overview().await?;
-        overview
-            .migrations
-            .into_keys()
-            .find(|id| !before.contains(id))
-            .context("the migration exists")
+        let request = MigrationRequest {
+            service: "shop".into(),
+            from: Some(from.into()),
+            to: to.into(),
+            cutover_at_ms: now_ms(),
+            warm_up: true,
+            lead_time_ms: Some(0),
+            analysis_window_ms: Some(1_500),
+            drain_ms: Some(500),
+            schedule_key: None,
+        };
+        match self.api().migrate(&request).await? {
+            Applied::Migration { id } => Ok(id),
+            other => bail!("creating a migration answered {other:?}"),
+        }
     }
 
-    /// Polls the migration until `until` says stop, calling `on_phase` at each new phase;
-    /// returns the phases seen in order.
+    /// Polls migration `id` until it ends, calling `on_phase` at each new phase; returns the
+    /// phases seen in order. Fails after [`MIGRATION_DEADLINE`] or on `on_phase`'s error.
     pub async fn follow(
         &self,
         id: &str,
-        mut on_phase: impl AsyncFnMut(Phase) -> anyhow::Result<()>,
+        on_phase: impl AsyncFnMut(Phase) -> anyhow::Result<()>,
     ) -> anyhow::Result<Vec<Phase>> {
-        let deadline = Instant::now() + MIGRATION_DEADLINE;
-        let mut seen: Vec<Phase> = Vec::new();
-        loop {
-            // During an election the store answers errors: try again until the deadline.
+        let progress = tokio::sync::Mutex::new((Vec::<Phase>::new(), on_phase));
+        let outcome = wait_for(&format!("{id} to end"), MIGRATION_DEADLINE, || async {
+            // During an election the API answers errors: try again until the deadline.
             let phase = match self.overview().await {
-                Ok(overview) => overview.migrations[id].phase,
-                Err(error) if Instant::now() < deadline => {
+                Ok(overview) => overview.migrations.get(id)?.phase,
+                Err(error) => {
                     eprintln!("overview unavailable: {error}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    return None;
                 }
-                Err(error) => return Err(error),
             };
+            let mut progress = progress.lock().await;
+            let (seen, on_phase) = &mut *progress;
             if seen.last() != Some(&phase) {
                 eprintln!("{id}: {phase}");
                 seen.push(phase);
-                on_phase(phase).await?;
+                if let Err(error) = on_phase(phase).await {
+                    return Some(Err(error));
+                }
             }
-            if phase.is_terminal() {
-                return Ok(seen);
-            }
-            if Instant::now() > deadline {
-                bail!("{id} still {phase} after {MIGRATION_DEADLINE:?}; phases {seen:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            phase.is_terminal().then(|| Ok(seen.clone()))
+        })
+        .await;
+        let seen = progress.into_inner().0;
+        outcome.with_context(|| format!("phases seen: {seen:?}"))?
     }
 }
 
+/// Now, Unix milliseconds.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
+        .expect("the clock is past 1970")
         .as_millis() as u64
 }
 
-/// A constant-rate client against one front: GETs of a few keys, every outcome counted.
+/// A constant-rate client against one front: GETs of a few keys at [`CLIENT_RPS`], every
+/// outcome counted (a 5xx or no answer within 5 s is a failure).
 pub struct Client {
     stop: Arc<AtomicBool>,
-    total: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<(u64, u64)>,
 }
 
 impl Client {
+    /// Sends until [`Client::stop`] (at most ten minutes of requests).
     pub fn start(front: SocketAddr) -> Client {
+        Self::sending(front, CLIENT_RPS * 600)
+    }
+
+    /// Sends `count` requests, then ends by itself ([`Client::finish`] waits for that).
+    pub fn sending(front: SocketAddr, count: u64) -> Client {
         let stop = Arc::new(AtomicBool::new(false));
-        let total = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let (s, t, f) = (stop.clone(), total.clone(), failed.clone());
+        let stopped = stop.clone();
         let task = tokio::spawn(async move {
             let http = reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
-                .expect("client");
+                .expect("an HTTP client");
+            let (mut total, mut failed) = (0, 0);
+            let mut tally = |outcome: Result<bool, tokio::task::JoinError>| {
+                total += 1;
+                if !matches!(outcome, Ok(true)) {
+                    failed += 1;
+                }
+            };
+            let mut requests = tokio::task::JoinSet::new();
             let mut tick = tokio::time::interval(Duration::from_millis(1_000 / CLIENT_RPS));
-            // Bounded: at most ten minutes of requests even if a test forgets to stop it.
-            for i in 0..CLIENT_RPS * 600 {
+            for i in 0..count {
                 tick.tick().await;
-                if s.load(Ordering::Relaxed) {
+                if stopped.load(Ordering::Relaxed) {
                     break;
                 }
-                let (http, t, f) = (http.clone(), t.clone(), f.clone());
-                let url = format!("http://{front}/kv/key-{}", i % 50);
-                tokio::spawn(async move {
-                    let ok = match http.get(&url).send().await {
-                        Ok(r) => !r.status().is_server_error(),
-                        Err(_) => false,
-                    };
-                    t.fetch_add(1, Ordering::Relaxed);
-                    if !ok {
-                        f.fetch_add(1, Ordering::Relaxed);
-                    }
+                let request = http.get(format!("http://{front}/kv/key-{}", i % 50));
+                requests.spawn(async move {
+                    request
+                        .send()
+                        .await
+                        .is_ok_and(|r| !r.status().is_server_error())
                 });
+                while let Some(outcome) = requests.try_join_next() {
+                    tally(outcome);
+                }
             }
+            // Requests still in flight end within their 5 s timeout.
+            while let Some(outcome) = requests.join_next().await {
+                tally(outcome);
+            }
+            (total, failed)
         });
-        Client {
-            stop,
-            total,
-            failed,
-            task,
-        }
+        Client { stop, task }
     }
 
+    /// Stops sending; once every request sent has its answer, (sent, failed).
     pub async fn stop(self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        // Requests still in flight finish within their 5 s timeout.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        (
-            self.total.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
+        self.finish().await
+    }
+
+    /// Waits until every request was sent and answered; (sent, failed).
+    pub async fn finish(self) -> (u64, u64) {
+        self.task.await.expect("the client task does not panic")
     }
 }
 
+/// The phase changes of migration `id` in the audit log, in order (not its creation, not
+/// the single-writer moves).
 pub fn transitions(audit: &[AuditEntry], id: &str) -> Vec<String> {
     audit
         .iter()
         .filter(|e| e.subject == id && e.event.contains('→'))
-        // Phase changes only: not the creation line, not the single-writer moves.
         .filter(|e| !e.event.starts_with("created") && !e.event.starts_with("writer"))
         .map(|e| e.event.clone())
         .collect()
