@@ -4,13 +4,16 @@
 //!
 //! Map: `config` (validated tuning), `storage` (raft-engine log, hard state, snapshots),
 //! `node` (the driver thread and the `RaftNode` handle), `state_machine` (the trait),
-//! `kv` (a small key-value machine for the node binary and tests), `transport` (the seam),
-//! `quic` (the QUIC transport over `umbra-proto`), `memory` (an in-memory fault-injecting network for tests), `logging` (slog → tracing),
-//! `metrics` (Prometheus).
+//! `kv` (a small key-value machine: the node's `state_machine = "kv"` mode, which the Raft
+//! tests and benchmark run), `transport` (the seam), `quic` (the QUIC transport over
+//! `umbra-proto`), `memory` (a seeded, fault-injecting in-memory network, only with the
+//! `memory-network` feature: tests and simulations), `logging` (slog → tracing), `metrics`
+//! (Prometheus).
 
 pub mod config;
 pub mod kv;
 pub mod logging;
+#[cfg(feature = "memory-network")]
 pub mod memory;
 pub mod metrics;
 pub mod node;
