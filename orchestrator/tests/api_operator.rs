@@ -99,18 +99,8 @@ fn refused(result: Result<impl std::fmt::Debug, ClientError>) -> (StatusCode, St
 }
 
 fn migration(to: &str) -> MigrationRequest {
-    MigrationRequest {
-        service: "shop".to_owned(),
-        from: None,
-        to: to.to_owned(),
-        // Far ahead: the migration stays Planned while the test looks at it.
-        cutover_at_ms: 4_000_000_000_000,
-        warm_up: true,
-        lead_time_ms: None,
-        analysis_window_ms: None,
-        drain_ms: None,
-        schedule_key: None,
-    }
+    // Far ahead: the migration stays Planned while the test looks at it.
+    MigrationRequest::new("shop", to, 4_000_000_000_000)
 }
 
 /// Sends `request` as raw HTTP/1.1 over TLS with an operator certificate and returns the

@@ -38,15 +38,8 @@ async fn writes_through_a_follower_are_forwarded_and_every_node_ends_the_same() 
         "{applied:?}"
     );
     let request = MigrationRequest {
-        service: "shop".to_owned(),
         from: Some("us-east".to_owned()),
-        to: "eu-west".to_owned(),
-        cutover_at_ms: 4_000_000_000_000,
-        warm_up: true,
-        lead_time_ms: None,
-        analysis_window_ms: None,
-        drain_ms: None,
-        schedule_key: None,
+        ..MigrationRequest::new("shop", "eu-west", 4_000_000_000_000)
     };
     let Applied::Migration { id } = via_follower.migrate(&request).await.expect("forwarded") else {
         panic!("a migration id");

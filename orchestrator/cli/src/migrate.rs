@@ -57,15 +57,12 @@ fn umbra_now_ms() -> u64 {
 
 pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let request = parse_at(&args.at).map(|cutover_at_ms| MigrationRequest {
-        service: args.service.clone(),
         from: args.from.clone(),
-        to: args.to.clone(),
-        cutover_at_ms,
         warm_up: !args.no_warm,
         lead_time_ms: args.lead_time_ms,
         analysis_window_ms: args.analysis_window_ms,
         drain_ms: args.drain_ms,
-        schedule_key: None,
+        ..MigrationRequest::new(&args.service, &args.to, cutover_at_ms)
     });
     args.api.run(async |client| {
         let request = request?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use umbra_orchestrator::api::{self, ApiConfig, RunningApi, StatusReport};
-use umbra_orchestrator::migration::Phase;
+use umbra_orchestrator::migration::{Phase, happy_path};
 use umbra_orchestrator::state::plan::EXAMPLE_PLAN_TOML;
 use umbra_orchestrator::state::{Command, Plan};
 use umbra_orchestrator::store::{MemoryReplicated, Replicated};
@@ -315,18 +315,7 @@ async fn status_watch_follows_a_migration_through_every_phase_and_exits_when_it_
     let watcher = tokio::spawn(watcher);
 
     // What the executor would do, one phase at a time.
-    let path = [
-        Phase::Planned,
-        Phase::Provisioning,
-        Phase::Warming,
-        Phase::Replicating,
-        Phase::Ready,
-        Phase::CuttingOver { step: 0 },
-        Phase::CuttingOver { step: 1 },
-        Phase::CuttingOver { step: 2 },
-        Phase::Draining,
-        Phase::Completed,
-    ];
+    let path = happy_path(3);
     for pair in path.windows(2) {
         tokio::time::sleep(Duration::from_millis(60)).await;
         h.store

@@ -204,15 +204,9 @@ pub fn migration_request(
     warm_up: bool,
 ) -> MigrationRequest {
     MigrationRequest {
-        service: SERVICE.to_owned(),
         from: Some(from.to_owned()),
-        to: to.to_owned(),
-        cutover_at_ms: now_ms + timing.lead_time_secs * 1000,
         warm_up,
-        lead_time_ms: None,
-        analysis_window_ms: None,
-        drain_ms: None,
-        schedule_key: None,
+        ..MigrationRequest::new(SERVICE, to, now_ms + timing.lead_time_secs * 1000)
     }
 }
 

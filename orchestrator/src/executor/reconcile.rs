@@ -594,15 +594,8 @@ pub fn due_schedule_requests(overview: &Overview, now_ms: u64) -> Vec<MigrationR
             continue;
         }
         out.push(MigrationRequest {
-            service: schedule.service.clone(),
-            from: None,
-            to: leg.region.clone(),
-            cutover_at_ms: at_ms,
-            warm_up: true,
-            lead_time_ms: None,
-            analysis_window_ms: None,
-            drain_ms: None,
             schedule_key: Some(format!("{}/{at_ms}", schedule.name)),
+            ..MigrationRequest::new(&schedule.service, &leg.region, at_ms)
         });
     }
     out

@@ -612,23 +612,33 @@ fn rolling_back(record: &MigrationRecord, seen: &Observations, elapsed_ms: u64) 
     Decision::advance(transition, actions)
 }
 
-/// A migration's place in its lifecycle as (stages done, stages in all), for progress bars.
-/// A rollback counts as finished when it is terminal and as not started otherwise, so a
-/// bar never runs backwards while the traffic is still going back.
+/// The phases a migration with `steps` cutover steps passes through when nothing goes wrong,
+/// in order: planned, provisioning, warming, replicating, ready, each cutover step, draining,
+/// completed.
+pub fn happy_path(steps: usize) -> Vec<Phase> {
+    let mut path = vec![
+        Phase::Planned,
+        Phase::Provisioning,
+        Phase::Warming,
+        Phase::Replicating,
+        Phase::Ready,
+    ];
+    path.extend((0..steps).map(|step| Phase::CuttingOver { step }));
+    path.extend([Phase::Draining, Phase::Completed]);
+    path
+}
+
+/// A migration's place in its lifecycle as (stages done, stages in all), for progress bars:
+/// its position on the [`happy_path`]. A rollback counts as finished when it is terminal and
+/// as not started otherwise, so a bar never runs backwards while the traffic is still going
+/// back.
 pub fn progress(record: &MigrationRecord) -> (u64, u64) {
-    let steps = record.spec.steps_percent.len() as u64;
-    // Planned, Provisioning, Warming, Replicating, Ready, steps…, Draining, Completed.
-    let total = 6 + steps;
+    let path = happy_path(record.spec.steps_percent.len());
+    let total = path.len() as u64 - 1;
     let done = match record.phase {
-        Phase::Planned => 0,
-        Phase::Provisioning => 1,
-        Phase::Warming => 2,
-        Phase::Replicating => 3,
-        Phase::Ready => 4,
-        Phase::CuttingOver { step } => 5 + step as u64,
-        Phase::Draining => 5 + steps,
-        Phase::Completed | Phase::RolledBack | Phase::Failed => total,
+        Phase::RolledBack | Phase::Failed => total,
         Phase::RollingBack => 0,
+        phase => path.iter().position(|p| *p == phase).unwrap_or(0) as u64,
     };
     (done, total)
 }

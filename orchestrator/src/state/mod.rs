@@ -103,6 +103,25 @@ pub struct MigrationRequest {
     pub schedule_key: Option<String>,
 }
 
+impl MigrationRequest {
+    /// A request to move `service` to `to` for the slice starting at `cutover_at_ms`, from
+    /// wherever it is now, warmed, with the service's own timings. Callers set the other
+    /// fields for their overrides.
+    pub fn new(service: &str, to: &str, cutover_at_ms: u64) -> Self {
+        Self {
+            service: service.to_owned(),
+            from: None,
+            to: to.to_owned(),
+            cutover_at_ms,
+            warm_up: true,
+            lead_time_ms: None,
+            analysis_window_ms: None,
+            drain_ms: None,
+            schedule_key: None,
+        }
+    }
+}
+
 /// A change to the replicated state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {

@@ -4,6 +4,7 @@
 //! schedules fire once per slice; a snapshot restores the same state.
 
 use super::*;
+use crate::migration::happy_path;
 
 fn planned() -> OrchestratorState {
     let mut state = OrchestratorState::default();
@@ -18,17 +19,7 @@ fn migrate(state: &mut OrchestratorState, index: u64, to: &str) -> Outcome {
     state.apply_command(
         index,
         &Command::CreateMigration {
-            request: MigrationRequest {
-                service: "shop".to_owned(),
-                from: None,
-                to: to.to_owned(),
-                cutover_at_ms: 100_000,
-                warm_up: true,
-                lead_time_ms: None,
-                analysis_window_ms: None,
-                drain_ms: None,
-                schedule_key: None,
-            },
+            request: MigrationRequest::new("shop", to, 100_000),
             at_ms: 10,
         },
     )
@@ -111,15 +102,8 @@ fn a_migration_of_an_unknown_service_is_not_found_and_from_the_wrong_region_conf
     let mut state = planned();
     let request = |service: &str, from: &str| Command::CreateMigration {
         request: MigrationRequest {
-            service: service.to_owned(),
             from: Some(from.to_owned()),
-            to: "eu-west".to_owned(),
-            cutover_at_ms: 100_000,
-            warm_up: true,
-            lead_time_ms: None,
-            analysis_window_ms: None,
-            drain_ms: None,
-            schedule_key: None,
+            ..MigrationRequest::new(service, "eu-west", 100_000)
         },
         at_ms: 10,
     };
@@ -183,18 +167,7 @@ fn transitions_are_fenced_by_phase_and_term() {
 fn a_completed_migration_moves_the_primary_region_and_frees_the_service() {
     let mut state = planned();
     migrate(&mut state, 2, "eu-west").unwrap();
-    let path = [
-        Phase::Planned,
-        Phase::Provisioning,
-        Phase::Warming,
-        Phase::Replicating,
-        Phase::Ready,
-        Phase::CuttingOver { step: 0 },
-        Phase::CuttingOver { step: 1 },
-        Phase::CuttingOver { step: 2 },
-        Phase::Draining,
-        Phase::Completed,
-    ];
+    let path = happy_path(3);
     for (i, pair) in path.windows(2).enumerate() {
         let outcome = state.apply_command(3 + i as u64, &transition("shop-1", pair[0], pair[1], 1));
         assert_eq!(outcome, Ok(Applied::Done), "{} → {}", pair[0], pair[1]);
@@ -243,15 +216,8 @@ fn an_operator_rollback_is_recorded_and_only_for_live_migrations() {
 fn a_schedule_fires_once_per_slice() {
     let mut state = planned();
     let request = MigrationRequest {
-        service: "shop".to_owned(),
-        from: None,
-        to: "eu-west".to_owned(),
-        cutover_at_ms: 86_400_000,
-        warm_up: true,
-        lead_time_ms: None,
-        analysis_window_ms: None,
-        drain_ms: None,
         schedule_key: Some("sun/86400000".to_owned()),
+        ..MigrationRequest::new("shop", "eu-west", 86_400_000)
     };
     let create = Command::CreateMigration { request, at_ms: 1 };
     let first = state.apply_command(2, &create).unwrap();
@@ -322,17 +288,7 @@ fn the_state_machine_round_trips_snapshots_and_refuses_garbage() {
     );
 
     let check = Query::Check(Box::new(Command::CreateMigration {
-        request: MigrationRequest {
-            service: "shop".to_owned(),
-            from: None,
-            to: "eu-west".to_owned(),
-            cutover_at_ms: 0,
-            warm_up: true,
-            lead_time_ms: None,
-            analysis_window_ms: None,
-            drain_ms: None,
-            schedule_key: None,
-        },
+        request: MigrationRequest::new("shop", "eu-west", 0),
         at_ms: 0,
     }));
     let answer = decode_answer(&restored.query(&encode_query(&check))).unwrap();

@@ -34,7 +34,7 @@ use umbra_agent::provider::{AnyProvider, Provider};
 use umbra_consensus::Role as RaftRole;
 use umbra_orchestrator::api::{ApiClient, ApiConfig, BearerToken, MAX_AUDIT_LIMIT};
 use umbra_orchestrator::gateway::AgentGateway;
-use umbra_orchestrator::migration::{Phase, Slo};
+use umbra_orchestrator::migration::{Phase, Slo, happy_path};
 use umbra_orchestrator::node::{
     self, ExecutorSection, GatewaySection, NodeConfig, NodeEnvironment, PeerConfig, RunningNode,
     StateMachineKind,
@@ -510,15 +510,11 @@ impl World {
     /// compressed schedule (lead time 0, 1.5 s analysis windows, 0.5 s drain); returns its id.
     pub async fn migrate_between(&self, from: &str, to: &str) -> anyhow::Result<String> {
         let request = MigrationRequest {
-            service: "shop".into(),
             from: Some(from.into()),
-            to: to.into(),
-            cutover_at_ms: now_ms(),
-            warm_up: true,
             lead_time_ms: Some(0),
             analysis_window_ms: Some(1_500),
             drain_ms: Some(500),
-            schedule_key: None,
+            ..MigrationRequest::new("shop", to, now_ms())
         };
         match self.api().migrate(&request).await? {
             Applied::Migration { id } => Ok(id),
@@ -638,6 +634,15 @@ impl Client {
 
 /// The phase changes of migration `id` in the audit log, in order (not its creation, not
 /// the single-writer moves).
+/// The audit's transitions of a migration of the example service (three cutover steps) that
+/// nothing went wrong for: each phase of the happy path to the next, once.
+pub fn happy_transitions() -> Vec<String> {
+    happy_path(3)
+        .windows(2)
+        .map(|pair| format!("{} → {}", pair[0], pair[1]))
+        .collect()
+}
+
 pub fn transitions(audit: &[AuditEntry], id: &str) -> Vec<String> {
     audit
         .iter()
