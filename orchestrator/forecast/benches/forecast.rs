@@ -23,7 +23,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use umbra_forecast::backtest::{BacktestConfig, CHOSEN_MODEL_NAME, run_backtest};
 use umbra_forecast::calendar::EventCalendar;
-use umbra_forecast::history::{DemandSeries, HistoryConfig, SeriesKey, build_series, csv_source};
+use umbra_forecast::history::{DemandSeries, HistoryConfig, SeriesKey, csv_source};
 use umbra_forecast::models::fit_predict;
 use umbra_forecast::simulate::resample_linear;
 use umbra_forecast::sizing::{
@@ -37,16 +37,13 @@ const FIVE_MINUTES: u32 = 300;
 
 fn taylor() -> DemandSeries {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/taylor_halfhourly.csv");
-    let key = SeriesKey::new("taylor", "uk");
-    let obs = csv_source::read_csv(&path, Some(&key))
-        .unwrap()
-        .remove(&key)
-        .unwrap();
     let config = HistoryConfig {
         slice_secs: 1800,
         ..HistoryConfig::default()
     };
-    build_series(key, &obs, &config).unwrap().0
+    csv_source::read_series(&path, &SeriesKey::new("taylor", "uk"), &config)
+        .unwrap()
+        .0
 }
 
 /// Four weeks at 5-minute slices: the last 28 days of Taylor, interpolated, scaled by

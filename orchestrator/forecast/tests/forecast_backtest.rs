@@ -10,7 +10,7 @@ use umbra_forecast::backtest::{
     BacktestConfig, CHOSEN_MODEL_NAME, run_backtest, write_forecasts_csv,
 };
 use umbra_forecast::calendar::{Event, EventCalendar};
-use umbra_forecast::history::{DemandSeries, HistoryConfig, SeriesKey, build_series, csv_source};
+use umbra_forecast::history::{DemandSeries, HistoryConfig, SeriesKey, csv_source};
 use umbra_forecast::sizing::{DEFAULT_LIMITS, InstanceProfile, SizingPolicy, Tier};
 use umbra_forecast::{
     Calibration, ForecastConfig, ForecastError, Forecaster, ModelKind, SeriesState,
@@ -18,14 +18,12 @@ use umbra_forecast::{
 
 fn taylor() -> DemandSeries {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/taylor_halfhourly.csv");
-    let key = SeriesKey::new("taylor", "uk");
-    let mut all = csv_source::read_csv(&path, Some(&key)).expect("read the Taylor CSV");
-    let observations = all.remove(&key).expect("one series");
     let config = HistoryConfig {
         slice_secs: 1800,
         ..HistoryConfig::default()
     };
-    let (series, report) = build_series(key, &observations, &config).expect("regular series");
+    let (series, report) = csv_source::read_series(&path, &SeriesKey::new("taylor", "uk"), &config)
+        .expect("the Taylor CSV reads as a regular series");
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(series.len(), 4032);
     series

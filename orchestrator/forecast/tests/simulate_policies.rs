@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use umbra_forecast::backtest::forecasts_at_origins;
 use umbra_forecast::calendar::EventCalendar;
-use umbra_forecast::history::{HistoryConfig, SeriesKey, build_series, csv_source};
+use umbra_forecast::history::{HistoryConfig, SeriesKey, csv_source};
 use umbra_forecast::simulate::{
     DEFAULT_PRICES, ForecastOutlook, PredictiveMean, Reactive, SimConfig, Umbra,
     fixed_pool_matching, resample_linear, simulate,
@@ -21,16 +21,12 @@ use umbra_forecast::{ForecastConfig, Forecaster};
 #[test]
 fn umbra_beats_reactive_predictive_mean_and_fixed_on_taylor() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/taylor_halfhourly.csv");
-    let key = SeriesKey::new("taylor", "uk");
-    let observations = csv_source::read_csv(&path, Some(&key))
-        .unwrap()
-        .remove(&key)
-        .unwrap();
     let history = HistoryConfig {
         slice_secs: 1800,
         ..HistoryConfig::default()
     };
-    let (series, _) = build_series(key, &observations, &history).unwrap();
+    let (series, _) =
+        csv_source::read_series(&path, &SeriesKey::new("taylor", "uk"), &history).unwrap();
 
     let days = 28;
     let daily = 48;

@@ -196,6 +196,38 @@ fn parse_timestamp(raw: &str) -> Result<DateTime<Utc>, String> {
     ))
 }
 
+/// Why one series could not be read from a CSV file.
+#[derive(Debug, thiserror::Error)]
+pub enum SeriesReadError {
+    /// The file could not be read or parsed.
+    #[error(transparent)]
+    Csv(#[from] CsvError),
+    /// The file holds no rows of the series.
+    #[error("{path} holds no rows of {key}")]
+    Missing { path: String, key: SeriesKey },
+    /// The rows do not make a regular series.
+    #[error(transparent)]
+    History(#[from] super::HistoryError),
+}
+
+/// Reads series `key` from the CSV file at `path` (long form, or two columns named by `key`
+/// as in [`read_csv`]) and builds it into regular slices with `config`; also says what the
+/// slicing had to fill or drop.
+pub fn read_series(
+    path: &std::path::Path,
+    key: &SeriesKey,
+    config: &super::HistoryConfig,
+) -> Result<(super::DemandSeries, super::HistoryReport), SeriesReadError> {
+    let observations =
+        read_csv(path, Some(key))?
+            .remove(key)
+            .ok_or_else(|| SeriesReadError::Missing {
+                path: path.display().to_string(),
+                key: key.clone(),
+            })?;
+    Ok(super::build_series(key.clone(), &observations, config)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
