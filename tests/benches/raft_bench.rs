@@ -15,7 +15,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use umbra_consensus::kv::KvCommand;
 use umbra_orchestrator::store::StoreClient;
-use umbra_tests::Cluster;
+use umbra_tests::{Cluster, Options};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -57,7 +57,11 @@ fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut cluster = Cluster::start_with(3, umbra_consensus::Config::default()).await?;
+    let mut cluster = Cluster::launch(Options {
+        raft: umbra_consensus::Config::default(),
+        ..Options::kv(3)
+    })
+    .await?;
     let leader = cluster.wait_for_leader(STEP_DEADLINE).await?;
     println!(
         "3 nodes up, leader {leader}; fsync on; default raft tuning (100 ms ticks, election 10 ticks)"

@@ -1,29 +1,56 @@
-//! Harness for Umbra's end-to-end tests: locating the built binaries, starting them on
-//! loopback with fresh data directories, and killing, pausing and restarting them.
+//! Harness for Umbra's end-to-end tests: one [`Cluster`] type that starts real
+//! `umbra-orchestrator` processes on loopback with fresh data directories, and kills, pauses,
+//! stops and restarts them.
 //!
-//! A `Cluster` owns a temp dir with the certificates, one config and data dir per node and
-//! each node's log; every child process is killed when the cluster is dropped (also when a
-//! test panics). Waits are polls with deadlines, never bare sleeps.
+//! A cluster runs in one of two [`Mode`]s. [`Mode::Kv`] is the Raft test and bench mode: the
+//! key-value state machine, QUIC, Raft and the admin endpoint only ([`Cluster::start`]).
+//! [`Mode::Orchestrator`] runs every node as a deployment does: the orchestrator state machine,
+//! the operator API (a token file in the cluster dir, [`Cluster::api`]), an embedded DNS
+//! server on its own port serving [`Options::zone`], the agent gateway on the QUIC endpoint,
+//! and the executor, whose `dns_servers` are every node's DNS address
+//! ([`Cluster::launch`] with [`Options::orchestrator`]).
+//!
+//! A `Cluster` owns a temp dir with the certificates ([`Options::regions`] and
+//! [`Options::operators`], and [`MAX_NODES`] orchestrators), one config and data dir per node
+//! and each node's log; every child process is killed when the cluster is dropped (also when
+//! a test panics). Waits are polls with deadlines, never bare sleeps.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use umbra_consensus::Role as RaftRole;
-use umbra_orchestrator::node::{AdminStatus, NodeConfig, PeerConfig};
+use umbra_orchestrator::api::{ApiClient, ApiConfig, BearerToken};
+use umbra_orchestrator::node::{
+    AdminStatus, DnsSection, ExecutorSection, GatewaySection, NodeConfig, PeerConfig,
+    StateMachineKind,
+};
+use umbra_orchestrator::state::Overview;
 use umbra_orchestrator::store::StoreClient;
 use umbra_proto::certs::{self, Layout};
-use umbra_proto::{Credentials, Identity, Role};
+use umbra_proto::{
+    Connection, Credentials, Endpoint, FramedStream, Identity, Role, StreamKind, TransportConfig,
+};
 
 /// Orchestrator certificates issued per test cluster: three founders plus room for members
-/// added by membership tests.
+/// added by membership tests (or a test's own stand-in orchestrator).
 pub const MAX_NODES: u64 = 5;
+/// The zone orchestrator-mode nodes serve: the one `examples/plan.toml`'s hostnames lie in.
+pub const ZONE: &str = "umbra.test.";
+/// The operator whose certificate the harness's clients present.
+pub const OPERATOR: &str = "admin";
 /// How long one `/status` request may take before the node counts as unresponsive.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// The operator API's bearer token in orchestrator mode (written to `<dir>/api-token`).
+const API_TOKEN: &str = "umbra-e2e-test-token-0123456789abcdef0123456789abcdef";
+/// How many log lines a failing wait shows per node.
+const LOG_TAIL_LINES: usize = 15;
 
 pub use umbra_testkit::{Process, binary, free_port, wait_for};
 
@@ -42,6 +69,72 @@ pub fn test_raft_config() -> umbra_consensus::Config {
     }
 }
 
+/// What a cluster's nodes replicate, and so which services each runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The key-value machine of the Raft tests and bench: QUIC, Raft and the admin endpoint.
+    Kv,
+    /// The product: operator API, embedded DNS, agent gateway and executor on every node.
+    Orchestrator,
+}
+
+impl Mode {
+    fn state_machine(self) -> StateMachineKind {
+        match self {
+            Mode::Kv => StateMachineKind::Kv,
+            Mode::Orchestrator => StateMachineKind::Orchestrator,
+        }
+    }
+
+    fn rust_log(self) -> &'static str {
+        match self {
+            Mode::Kv => "info,raft=info",
+            Mode::Orchestrator => "info,raft=warn",
+        }
+    }
+}
+
+/// How to start a [`Cluster`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Founding nodes, ids `1..=size`.
+    pub size: u64,
+    pub mode: Mode,
+    /// Raft tuning of every node.
+    pub raft: umbra_consensus::Config,
+    /// Regions that get an agent certificate.
+    pub regions: Vec<String>,
+    /// Operators that get a certificate; [`OPERATOR`] is the harness's own clients'.
+    pub operators: Vec<String>,
+    /// The zone each node's DNS server serves (orchestrator mode).
+    pub zone: String,
+}
+
+impl Options {
+    /// Key-value mode with the test Raft tuning ([`test_raft_config`]).
+    pub fn kv(size: u64) -> Self {
+        Self {
+            size,
+            mode: Mode::Kv,
+            raft: test_raft_config(),
+            regions: vec!["us-east".into()],
+            operators: vec![OPERATOR.into()],
+            zone: ZONE.into(),
+        }
+    }
+
+    /// Orchestrator mode with the product's Raft tuning (100 ms ticks, elections after about
+    /// a second), as deployments run it: each node runs all its services, and the tests that
+    /// use this mode judge terms, which spurious elections on a loaded machine would muddle.
+    pub fn orchestrator(size: u64) -> Self {
+        Self {
+            mode: Mode::Orchestrator,
+            raft: umbra_consensus::Config::default(),
+            ..Self::kv(size)
+        }
+    }
+}
+
 /// One orchestrator process of a test cluster.
 pub struct NodeProcess {
     pub id: u64,
@@ -53,6 +146,7 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
+    /// QUIC address: Raft peers, store clients and agents.
     pub fn listen(&self) -> SocketAddr {
         self.config.listen
     }
@@ -63,12 +157,37 @@ impl NodeProcess {
             .expect("test nodes always have an admin endpoint")
     }
 
+    /// The operator API's address (orchestrator mode).
+    pub fn api(&self) -> SocketAddr {
+        self.config
+            .api
+            .as_ref()
+            .expect("only orchestrator-mode nodes have an API")
+            .listen
+    }
+
+    /// The embedded DNS server's address, UDP and TCP (orchestrator mode).
+    pub fn dns(&self) -> SocketAddr {
+        self.config
+            .dns
+            .as_ref()
+            .expect("only orchestrator-mode nodes serve DNS")
+            .listen
+    }
+
     pub fn pid(&self) -> Option<Pid> {
         self.process.as_ref().map(Process::pid)
     }
 
     pub fn is_running(&self) -> bool {
         self.process.is_some()
+    }
+
+    /// The last `lines` lines of its log (also of a process that has exited).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     fn running(&self) -> anyhow::Result<&Process> {
@@ -78,41 +197,63 @@ impl NodeProcess {
     }
 }
 
-/// A cluster of `umbra-orchestrator` processes on loopback.
+/// A client stream opened straight to one node as [`OPERATOR`], with no redirects (to reach
+/// a particular, soon deposed, leader). Its connection and endpoint live as long as it.
+pub struct DirectStream {
+    pub stream: FramedStream,
+    _connection: Connection,
+    _endpoint: Endpoint,
+}
+
+/// A cluster of `umbra-orchestrator` processes on loopback; see the module docs.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub certs_dir: PathBuf,
     pub nodes: BTreeMap<u64, NodeProcess>,
     binary: PathBuf,
     http: reqwest::Client,
-    raft: umbra_consensus::Config,
+    options: Options,
+    /// Every node's DNS address, by id, known before any config is written (orchestrator mode).
+    dns_addresses: BTreeMap<u64, SocketAddr>,
+    token_file: PathBuf,
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
 impl Cluster {
-    /// Issues certificates and starts founding nodes `1..=size` with the test Raft tuning.
+    /// Key-value mode: issues certificates and starts founding nodes `1..=size` with the test
+    /// Raft tuning.
     pub async fn start(size: u64) -> anyhow::Result<Self> {
-        Self::start_with(size, test_raft_config()).await
+        Self::launch(Options::kv(size)).await
     }
 
-    /// Like `start`, with the given Raft tuning for every node.
-    pub async fn start_with(size: u64, raft: umbra_consensus::Config) -> anyhow::Result<Self> {
+    /// Issues certificates and starts the founding nodes as `options` says.
+    pub async fn launch(options: Options) -> anyhow::Result<Self> {
         let binary = binary("umbra-orchestrator")?;
         let dir = tempfile::Builder::new().prefix("umbra-e2e-").tempdir()?;
         let certs_dir = dir.path().join("certs");
         certs::init(
             &Layout {
                 orchestrators: MAX_NODES,
-                regions: vec!["us-east".into()],
-                operators: vec!["admin".into()],
+                regions: options.regions.clone(),
+                operators: options.operators.clone(),
             },
             &certs_dir,
         )?;
+        let token_file = dir.path().join("api-token");
+        std::fs::write(&token_file, format!("{API_TOKEN}\n"))?;
         let mut peers = Vec::new();
-        for id in 1..=size {
+        let mut dns_addresses = BTreeMap::new();
+        for id in 1..=options.size {
             peers.push(PeerConfig {
                 id,
-                address: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+                address: loopback(free_port()?),
             });
+            if options.mode == Mode::Orchestrator {
+                dns_addresses.insert(id, loopback(free_port()?));
+            }
         }
         let mut cluster = Self {
             dir,
@@ -120,13 +261,15 @@ impl Cluster {
             nodes: BTreeMap::new(),
             binary,
             http: reqwest::Client::builder().timeout(STATUS_TIMEOUT).build()?,
-            raft,
+            options,
+            dns_addresses,
+            token_file,
         };
         for peer in &peers {
             cluster.add_process(peer.id, peer.address, peers.clone(), false)?;
         }
-        for id in 1..=size {
-            cluster.spawn(id)?;
+        for peer in &peers {
+            cluster.spawn(peer.id)?;
         }
         Ok(cluster)
     }
@@ -141,23 +284,53 @@ impl Cluster {
     ) -> anyhow::Result<()> {
         let node_dir = self.dir.path().join(format!("node-{id}"));
         std::fs::create_dir_all(&node_dir)?;
+        let (api, dns, executor) = match self.options.mode {
+            Mode::Kv => (None, None, ExecutorSection::default()),
+            Mode::Orchestrator => {
+                // Founders' addresses are drawn at launch, so every executor lists them all.
+                let dns = match self.dns_addresses.get(&id) {
+                    Some(dns) => *dns,
+                    None => {
+                        let dns = loopback(free_port()?);
+                        self.dns_addresses.insert(id, dns);
+                        dns
+                    }
+                };
+                (
+                    Some(ApiConfig::new(
+                        loopback(free_port()?),
+                        self.token_file.clone(),
+                    )),
+                    Some(DnsSection {
+                        listen: dns,
+                        zone: self.options.zone.clone(),
+                    }),
+                    ExecutorSection {
+                        dns_servers: self.dns_addresses.values().copied().collect(),
+                        ..ExecutorSection::default()
+                    },
+                )
+            }
+        };
         let config = NodeConfig {
             id,
             listen,
             data_dir: node_dir.join("data"),
             certs_dir: self.certs_dir.clone(),
-            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], free_port()?))),
+            admin_listen: Some(loopback(free_port()?)),
             join,
             peers,
             fault_injection: true,
-            // The Raft test/bench mode: the key-value machine, no API, DNS or executor.
-            state_machine: umbra_orchestrator::node::StateMachineKind::Kv,
-            api: None,
-            gateway: Default::default(),
-            dns: None,
-            executor: Default::default(),
-            raft: self.raft.clone(),
+            state_machine: self.options.mode.state_machine(),
+            api,
+            gateway: GatewaySection::default(),
+            dns,
+            executor,
+            raft: self.options.raft.clone(),
         };
+        config
+            .validate()
+            .with_context(|| format!("node {id}'s config"))?;
         let config_path = node_dir.join("node.toml");
         std::fs::write(&config_path, config.to_toml())?;
         self.nodes.insert(
@@ -204,6 +377,7 @@ impl Cluster {
     /// Starts (or restarts) node `id` from its config and data dir.
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let binary = self.binary.clone();
+        let rust_log = self.options.mode.rust_log();
         let node = self.node_mut(id)?;
         if node.process.is_some() {
             bail!("node {id} is already running");
@@ -212,7 +386,7 @@ impl Cluster {
         command
             .arg("--config")
             .arg(&node.config_path)
-            .env("RUST_LOG", "info,raft=info");
+            .env("RUST_LOG", rust_log);
         node.process = Some(Process::spawn(
             &format!("node {id}"),
             command,
@@ -235,6 +409,34 @@ impl Cluster {
     pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
         self.kill(id)?;
         self.spawn(id)
+    }
+
+    /// SIGTERM (a clean stop) and the exit status, once the node exits within `timeout`
+    /// (otherwise an error with its log tail, and it is SIGKILLed).
+    pub async fn terminate(&mut self, id: u64, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let node = self.node_mut(id)?;
+        let mut process = node
+            .process
+            .take()
+            .with_context(|| format!("node {id} is not running"))?;
+        if std::mem::take(&mut node.paused) {
+            process.resume()?;
+        }
+        process.signal(Signal::SIGTERM)?;
+        let exited = wait_for(&format!("node {id} to exit"), timeout, || {
+            let exited = process.child_mut().try_wait();
+            async move {
+                match exited {
+                    Ok(None) => None,
+                    Ok(Some(status)) => Some(Ok(status)),
+                    Err(error) => Some(Err(error)),
+                }
+            }
+        })
+        .await;
+        exited
+            .and_then(|status| Ok(status?))
+            .with_context(|| format!("after SIGTERM; its log ends:\n{}", process.log_tail()))
     }
 
     /// SIGSTOP; returns once every thread of the node is stopped (its sockets stay open).
@@ -272,7 +474,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// The node's `/status`, or an error if it does not answer in time.
+    /// The node's `/status` (its own replica, not read through the leader), or an error if it
+    /// does not answer in time.
     pub async fn status(&self, id: u64) -> anyhow::Result<AdminStatus> {
         let node = self.node(id)?;
         let url = format!("http://{}/status", node.admin());
@@ -300,31 +503,31 @@ impl Cluster {
             .collect()
     }
 
-    /// Waits until one of `among` leads and a majority of `among` agree on it.
+    /// The leader and its term, if one of `among` leads (the highest term, should a deposed
+    /// leader not know yet) and a majority of its voters among `among` agree on it. One poll.
+    pub async fn leader_among(&self, among: &[u64]) -> Option<(u64, u64)> {
+        let statuses = self.statuses(among).await;
+        let leader = statuses
+            .values()
+            .filter(|s| s.raft.role == RaftRole::Leader)
+            .max_by_key(|s| s.raft.term)?;
+        let agreeing = statuses
+            .values()
+            .filter(|s| s.raft.leader == Some(leader.raft.id) && s.raft.term == leader.raft.term)
+            .count();
+        (agreeing * 2 > leader.raft.voters.len()).then_some((leader.raft.id, leader.raft.term))
+    }
+
+    /// Waits until one of `among` leads and a majority agrees on it ([`Cluster::leader_among`]).
     pub async fn wait_for_leader_among(
         &self,
         among: &[u64],
         timeout: Duration,
     ) -> anyhow::Result<u64> {
-        let result = wait_for("a leader", timeout, || async {
-            let statuses = self.statuses(among).await;
-            let leader = statuses
-                .values()
-                .filter(|s| s.raft.role == RaftRole::Leader)
-                .max_by_key(|s| s.raft.term)?;
-            let agreeing = statuses
-                .values()
-                .filter(|s| {
-                    s.raft.leader == Some(leader.raft.id) && s.raft.term == leader.raft.term
-                })
-                .count();
-            (agreeing * 2 > leader.raft.voters.len()).then_some(leader.raft.id)
-        })
-        .await;
-        if result.is_err() {
-            self.dump_statuses().await;
-        }
-        result
+        let result = wait_for("a leader", timeout, || self.leader_among(among)).await;
+        self.dump_on_error(result)
+            .await
+            .map(|(leader, _term)| leader)
     }
 
     /// Waits for a leader among the live nodes.
@@ -333,8 +536,41 @@ impl Cluster {
         self.wait_for_leader_among(&live, timeout).await
     }
 
+    /// Waits until node `id`'s operator API names a leader among `among`; that leader.
+    pub async fn wait_for_api_leader(
+        &self,
+        id: u64,
+        among: &[u64],
+        timeout: Duration,
+    ) -> anyhow::Result<u64> {
+        let client = self.api(id)?;
+        let last = RefCell::new(String::from("no answer yet"));
+        let result = wait_for(
+            &format!("node {id}'s API to name a leader among {among:?}"),
+            timeout,
+            || async {
+                match client.health().await {
+                    Ok(health) => {
+                        let leader = health.leader.leader.filter(|l| among.contains(l));
+                        if leader.is_none() {
+                            *last.borrow_mut() = format!("it names {:?}", health.leader);
+                        }
+                        leader
+                    }
+                    Err(error) => {
+                        *last.borrow_mut() = error.to_string();
+                        None
+                    }
+                }
+            },
+        )
+        .await
+        .with_context(|| format!("last: {}", last.borrow()));
+        self.dump_on_error(result).await
+    }
+
     /// Waits until every node in `ids` applied the same commands in the same order, up to at
-    /// least `commands` commands; returns the common digest's applied count.
+    /// least `commands` commands; returns the common digest's applied count (key-value mode).
     pub async fn wait_for_same_state(
         &self,
         ids: &[u64],
@@ -354,6 +590,41 @@ impl Cluster {
             .then_some(first.commands_applied)
         })
         .await;
+        self.dump_on_error(result).await
+    }
+
+    /// Waits until every live node's own replica (admin `/status`) holds `expected`'s regions,
+    /// services and DNS weights (orchestrator mode); returns how many nodes were compared.
+    pub async fn wait_for_replicas(
+        &self,
+        expected: &Overview,
+        timeout: Duration,
+    ) -> anyhow::Result<usize> {
+        let live = self.live();
+        let last = RefCell::new(String::new());
+        let result = wait_for("the replicas to agree", timeout, || async {
+            let mut agreed = 0;
+            for (id, status) in self.statuses(&live).await {
+                match status.overview {
+                    Some(o)
+                        if o.regions == expected.regions
+                            && o.services == expected.services
+                            && o.dns == expected.dns =>
+                    {
+                        agreed += 1
+                    }
+                    other => *last.borrow_mut() = format!("node {id} holds {other:?}"),
+                }
+            }
+            (agreed == live.len()).then_some(agreed)
+        })
+        .await
+        .with_context(|| format!("last: {}", last.borrow()));
+        self.dump_on_error(result).await
+    }
+
+    /// Passes `result` on, printing every node's status and log tail first if it failed.
+    async fn dump_on_error<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
         if result.is_err() {
             self.dump_statuses().await;
         }
@@ -367,20 +638,32 @@ impl Cluster {
                 Ok(status) => eprintln!("node {}: {:?}", node.id, status),
                 Err(error) => eprintln!("node {}: no status ({error})", node.id),
             }
-            if let Ok(log) = std::fs::read_to_string(&node.log_path) {
-                let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                for line in tail.iter().rev() {
-                    eprintln!("  node {} | {line}", node.id);
-                }
+            for line in node.log_tail(LOG_TAIL_LINES).lines() {
+                eprintln!("  node {} | {line}", node.id);
             }
         }
     }
 
-    /// Credentials of the operator `admin`.
+    /// Credentials of `identity`, from the cluster's certificates.
+    pub fn credentials(&self, identity: &Identity) -> anyhow::Result<Credentials> {
+        Credentials::load(&self.certs_dir, identity)
+            .with_context(|| format!("credentials of {identity:?}"))
+    }
+
+    /// Credentials of the operator [`OPERATOR`].
     pub fn operator_credentials(&self) -> anyhow::Result<Credentials> {
-        Ok(Credentials::load(
-            &self.certs_dir,
-            &Identity::new(Role::Operator, "admin")?,
+        self.credentials(&Identity::new(Role::Operator, OPERATOR)?)
+    }
+
+    /// A client of node `id`'s operator API, as [`OPERATOR`] with the cluster's token
+    /// (orchestrator mode).
+    pub fn api(&self, id: u64) -> anyhow::Result<ApiClient> {
+        let node = self.node(id)?;
+        let token = BearerToken::new(API_TOKEN).context("the test token is usable")?;
+        Ok(ApiClient::new(
+            &format!("https://{}", node.api()),
+            &self.operator_credentials()?,
+            token,
         )?)
     }
 
@@ -391,6 +674,24 @@ impl Cluster {
         nodes.retain(|a| *a != start);
         nodes.insert(0, start);
         Ok(StoreClient::new(&self.operator_credentials()?, nodes)?)
+    }
+
+    /// A client stream straight to node `id`; see [`DirectStream`].
+    pub async fn direct_stream(&self, id: u64) -> anyhow::Result<DirectStream> {
+        let endpoint = Endpoint::client(
+            loopback(0),
+            &self.operator_credentials()?,
+            TransportConfig::default(),
+        )?;
+        let connection = endpoint
+            .connect(self.node(id)?.listen(), &Role::Orchestrator.server_name())
+            .await?;
+        let stream = connection.open_stream(StreamKind::Client).await?;
+        Ok(DirectStream {
+            stream,
+            _connection: connection,
+            _endpoint: endpoint,
+        })
     }
 }
 

@@ -69,6 +69,19 @@ fn assert_one_leader_per_term(statuses: &BTreeMap<u64, AdminStatus>) {
     }
 }
 
+/// Waits until node `id` follows another node in term `term` or later (a deposed leader
+/// stepping down).
+async fn wait_until_following(cluster: &Cluster, id: u64, term: u64) -> anyhow::Result<()> {
+    wait_for(&format!("node {id} to follow"), ELECTION, || async {
+        let status = cluster.status(id).await.ok()?;
+        (status.raft.role == umbra_consensus::Role::Follower
+            && status.raft.term >= term
+            && status.raft.leader.is_some_and(|l| l != id))
+        .then_some(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_proposals_apply_in_the_same_order_on_all_three() -> anyhow::Result<()> {
     let cluster = Cluster::start(3).await?;
@@ -233,17 +246,8 @@ async fn paused_leader_cannot_commit_steps_down_and_loses_its_entry() -> anyhow:
     let old_term = cluster.status(old_leader).await?.raft.term;
 
     // A client stream straight to the old leader, opened while it still runs.
-    let credentials = cluster.operator_credentials()?;
-    let endpoint = Endpoint::client(
-        "127.0.0.1:0".parse()?,
-        &credentials,
-        TransportConfig::default(),
-    )?;
-    let address = cluster.nodes[&old_leader].listen();
-    let connection = endpoint
-        .connect(address, &Role::Orchestrator.server_name())
-        .await?;
-    let mut stream = connection.open_stream(StreamKind::Client).await?;
+    let mut direct = cluster.direct_stream(old_leader).await?;
+    let stream = &mut direct.stream;
 
     cluster.pause(old_leader)?;
     // The proposal waits in the frozen leader's socket: it cannot commit there.
@@ -280,14 +284,7 @@ async fn paused_leader_cannot_commit_steps_down_and_loses_its_entry() -> anyhow:
         other => panic!("the deposed leader acknowledged a proposal: {other:?}"),
     }
     // It steps down and follows the new leader; its uncommitted entry is gone everywhere.
-    wait_for("the old leader to follow", ELECTION, || async {
-        let status = cluster.status(old_leader).await.ok()?;
-        (status.raft.role == umbra_consensus::Role::Follower
-            && status.raft.term >= new_term
-            && status.raft.leader.is_some_and(|l| l != old_leader))
-        .then_some(())
-    })
-    .await?;
+    wait_until_following(&cluster, old_leader, new_term).await?;
     others_client.propose(put("after", "3")).await?;
     assert_eq!(get(&mut others_client, "stranded").await?, None);
     assert_eq!(
@@ -313,19 +310,8 @@ async fn cut_off_leader_cannot_commit_steps_down_and_its_entry_is_discarded() ->
     let old_term = cluster.status(old_leader).await?.raft.term;
 
     // The old leader drops all Raft traffic with the other two; clients still reach it.
-    let credentials = cluster.operator_credentials()?;
-    let endpoint = Endpoint::client(
-        "127.0.0.1:0".parse()?,
-        &credentials,
-        TransportConfig::default(),
-    )?;
-    let connection = endpoint
-        .connect(
-            cluster.nodes[&old_leader].listen(),
-            &Role::Orchestrator.server_name(),
-        )
-        .await?;
-    let mut stream = connection.open_stream(StreamKind::Client).await?;
+    let mut direct = cluster.direct_stream(old_leader).await?;
+    let stream = &mut direct.stream;
     cluster.cut(old_leader, &others).await?;
     stream
         .send(&ClientRequest {
@@ -367,14 +353,7 @@ async fn cut_off_leader_cannot_commit_steps_down_and_its_entry_is_discarded() ->
         ),
         other => panic!("the cut-off leader's proposal must be dropped, got {other:?}"),
     }
-    wait_for("the old leader to follow", ELECTION, || async {
-        let status = cluster.status(old_leader).await.ok()?;
-        (status.raft.role == umbra_consensus::Role::Follower
-            && status.raft.term > old_term
-            && status.raft.leader.is_some_and(|l| l != old_leader))
-        .then_some(())
-    })
-    .await?;
+    wait_until_following(&cluster, old_leader, old_term + 1).await?;
     others_client.propose(put("after", "3")).await?;
     assert_eq!(get(&mut others_client, "stranded").await?, None);
     cluster.wait_for_same_state(&[1, 2, 3], 3, CATCH_UP).await?;
@@ -419,7 +398,7 @@ async fn other_ca_and_agent_certificates_are_refused_on_the_raft_stream() -> any
     );
 
     // A genuine agent certificate from our CA: TLS succeeds, the raft stream is refused.
-    let agent = Credentials::load(&cluster.certs_dir, &Identity::new(Role::Agent, "us-east")?)?;
+    let agent = cluster.credentials(&Identity::new(Role::Agent, "us-east")?)?;
     let endpoint = Endpoint::client("127.0.0.1:0".parse()?, &agent, TransportConfig::default())?;
     let connection = endpoint
         .connect(target, &Identity::orchestrator(1).server_name())
@@ -433,7 +412,7 @@ async fn other_ca_and_agent_certificates_are_refused_on_the_raft_stream() -> any
         Ok(_) => bail!("an agent certificate opened a raft stream"),
     }
     // An orchestrator impersonating another node id inside the stream is cut off too.
-    let node3 = Credentials::load(&cluster.certs_dir, &Identity::orchestrator(3))?;
+    let node3 = cluster.credentials(&Identity::orchestrator(3))?;
     let endpoint = Endpoint::client("127.0.0.1:0".parse()?, &node3, TransportConfig::default())?;
     let connection = endpoint
         .connect(target, &Identity::orchestrator(1).server_name())
@@ -472,7 +451,7 @@ async fn garbage_truncated_and_oversized_frames_leave_the_node_serving() -> anyh
 
     // Frames on real, authenticated streams: the node must close the stream with a code
     // and keep serving everything else.
-    let node2 = Credentials::load(&cluster.certs_dir, &Identity::orchestrator(2))?;
+    let node2 = cluster.credentials(&Identity::orchestrator(2))?;
     let endpoint = Endpoint::client("127.0.0.1:0".parse()?, &node2, TransportConfig::default())?;
     let connection = endpoint
         .connect(target, &Identity::orchestrator(1).server_name())
