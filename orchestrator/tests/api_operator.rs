@@ -17,8 +17,9 @@ use umbra_orchestrator::state::{Applied, MigrationRequest, Plan};
 use umbra_orchestrator::store::MemoryReplicated;
 use umbra_proto::certs::{self, Layout};
 use umbra_proto::{Credentials, Identity, Role};
+use umbra_testkit::{Secrets, TEST_TOKEN, write_secrets};
 
-const TOKEN: &str = "test-token-0123456789abcdef";
+const TOKEN: &str = TEST_TOKEN;
 
 /// The example plan without its schedule: these tests create every migration themselves.
 fn plan() -> Plan {
@@ -43,10 +44,10 @@ struct Harness {
 impl Harness {
     async fn start() -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let certs = dir.path().join("certs");
-        certs::init(&Layout::default(), &certs).expect("certs init");
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+        let Secrets {
+            certs_dir: certs,
+            token_file,
+        } = write_secrets(dir.path(), &Layout::default()).expect("certificates and token");
         let credentials =
             Credentials::load(&certs, &Identity::orchestrator(1)).expect("orchestrator creds");
         let store = Arc::new(MemoryReplicated::new());

@@ -19,11 +19,7 @@ async fn writes_through_a_follower_are_forwarded_and_every_node_ends_the_same() 
 {
     let cluster = Cluster::start(3, NodeEnvironment::default()).await?;
     let leader = cluster.leader().await?;
-    let follower = cluster
-        .live()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("two followers");
+    let follower = cluster.follower_of(leader);
     let via_follower = cluster.client(follower);
 
     // The example plan without its schedule, so no executor creates a migration of its own.

@@ -12,10 +12,10 @@ use std::time::Duration;
 use umbra_orchestrator::gateway::GatewayError;
 use umbra_orchestrator::node::NodeEnvironment;
 use umbra_proto::agent::{
-    AgentAction, AgentCommand, AgentHello, AgentReport, CommandOutcome, CommandResult, FromAgent,
-    HelloReply, ToAgent,
+    AgentAction, AgentCommand, AgentReport, CommandOutcome, CommandResult, FromAgent, HelloReply,
+    ToAgent,
 };
-use umbra_proto::{Connection, Credentials, Endpoint, FramedStream, Identity, Role, StreamKind};
+use umbra_proto::{Connection, Credentials, FramedStream, Identity, Role};
 use umbra_testkit::wait_for;
 
 mod executor_support;
@@ -36,37 +36,17 @@ async fn agent(
         cluster.certs_dir(),
         &Identity::new(Role::Agent, cert_region)?,
     )?;
-    let endpoint = Endpoint::client(
-        "127.0.0.1:0".parse()?,
-        &credentials,
-        umbra_proto::TransportConfig::default(),
-    )?;
-    let conn = endpoint
-        .connect(cluster.quic(id), &Role::Orchestrator.server_name())
-        .await?;
-    let mut stream = conn.open_stream(StreamKind::Agent).await?;
-    stream
-        .send(&AgentHello {
-            region: hello_region.into(),
-            newest_term: 0,
-        })
-        .await?;
-    let reply = tokio::time::timeout(WAIT, stream.recv::<HelloReply>())
-        .await?
-        .ok()
-        .flatten();
-    Ok((conn, stream, reply))
+    let greeting =
+        umbra_testkit::agent::agent_hello(cluster.quic(id), &credentials, hello_region, WAIT)
+            .await?;
+    Ok((greeting.connection, greeting.stream, greeting.reply))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_points_agents_at_the_leader() -> anyhow::Result<()> {
     let cluster = Cluster::start(3, NodeEnvironment::default()).await?;
     let leader = cluster.leader().await?;
-    let follower = cluster
-        .live()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("two followers");
+    let follower = cluster.follower_of(leader);
     let (_conn, _stream, reply) = agent(&cluster, follower, "eu-west", "eu-west").await?;
     assert_eq!(
         reply,

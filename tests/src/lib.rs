@@ -33,7 +33,7 @@ use umbra_orchestrator::node::{
 };
 use umbra_orchestrator::state::Overview;
 use umbra_orchestrator::store::StoreClient;
-use umbra_proto::certs::{self, Layout};
+use umbra_proto::certs::Layout;
 use umbra_proto::{
     Connection, Credentials, Endpoint, FramedStream, Identity, Role, StreamKind, TransportConfig,
 };
@@ -47,12 +47,11 @@ pub const ZONE: &str = "umbra.test.";
 pub const OPERATOR: &str = "admin";
 /// How long one `/status` request may take before the node counts as unresponsive.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
-/// The operator API's bearer token in orchestrator mode (written to `<dir>/api-token`).
-const API_TOKEN: &str = "umbra-e2e-test-token-0123456789abcdef0123456789abcdef";
 /// How many log lines a failing wait shows per node.
 const LOG_TAIL_LINES: usize = 15;
 
 pub use umbra_testkit::{Process, binary, free_port, wait_for};
+use umbra_testkit::{Secrets, TEST_TOKEN, write_secrets};
 
 /// Raft tuning for tests: 50 ms ticks so elections take about a second on a loaded 2-core
 /// machine, frequent snapshots so catch-up by snapshot is exercised, and a long request
@@ -233,17 +232,17 @@ impl Cluster {
     pub async fn launch(options: Options) -> anyhow::Result<Self> {
         let binary = binary("umbra-orchestrator")?;
         let dir = tempfile::Builder::new().prefix("umbra-e2e-").tempdir()?;
-        let certs_dir = dir.path().join("certs");
-        certs::init(
+        let Secrets {
+            certs_dir,
+            token_file,
+        } = write_secrets(
+            dir.path(),
             &Layout {
                 orchestrators: MAX_NODES,
                 regions: options.regions.clone(),
                 operators: options.operators.clone(),
             },
-            &certs_dir,
         )?;
-        let token_file = dir.path().join("api-token");
-        std::fs::write(&token_file, format!("{API_TOKEN}\n"))?;
         let mut peers = Vec::new();
         let mut dns_addresses = BTreeMap::new();
         for id in 1..=options.size {
@@ -659,7 +658,7 @@ impl Cluster {
     /// (orchestrator mode).
     pub fn api(&self, id: u64) -> anyhow::Result<ApiClient> {
         let node = self.node(id)?;
-        let token = BearerToken::new(API_TOKEN).context("the test token is usable")?;
+        let token = BearerToken::new(TEST_TOKEN).context("the test token is usable")?;
         Ok(ApiClient::new(
             &format!("https://{}", node.api()),
             &self.operator_credentials()?,

@@ -15,15 +15,15 @@
 //! 127.0.0.1.
 
 use std::cell::RefCell;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
 use hickory_proto::rr::{RData, RecordType};
 use umbra_dns::verify::resolver_for;
 use umbra_orchestrator::state::Plan;
-use umbra_proto::agent::{AgentHello, HelloReply};
-use umbra_proto::{Endpoint, Identity, Role, StreamKind, TransportConfig};
+use umbra_proto::agent::HelloReply;
+use umbra_proto::{Identity, Role};
 use umbra_tests::{Cluster, Options, wait_for};
 
 /// The region whose agent certificate the test uses to open agent streams.
@@ -53,30 +53,17 @@ fn front_ip(plan: &Plan, region: &str) -> anyhow::Result<IpAddr> {
 /// Opens an agent stream (agent certificate of `REGION`) on node `id`'s QUIC endpoint and
 /// returns the gateway's answer to the hello.
 async fn agent_hello(cluster: &Cluster, id: u64) -> anyhow::Result<HelloReply> {
-    let endpoint = Endpoint::client(
-        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+    let greeting = umbra_testkit::agent::agent_hello(
+        cluster.nodes[&id].listen(),
         &cluster.credentials(&Identity::new(Role::Agent, REGION)?)?,
-        TransportConfig::default(),
-    )?;
-    let connection = endpoint
-        .connect(
-            cluster.nodes[&id].listen(),
-            &Identity::orchestrator(id).server_name(),
-        )
-        .await?;
-    let mut stream = connection.open_stream(StreamKind::Agent).await?;
-    stream
-        .send(&AgentHello {
-            region: REGION.into(),
-            newest_term: 0,
-        })
-        .await?;
-    let reply = tokio::time::timeout(HELLO_TIMEOUT, stream.recv::<HelloReply>())
-        .await
-        .context("no hello reply in time")??
-        .context("the node closed the agent stream without a reply")?;
-    endpoint.close();
-    Ok(reply)
+        REGION,
+        HELLO_TIMEOUT,
+    )
+    .await?;
+    greeting.endpoint.close();
+    greeting
+        .reply
+        .context("the node sent no hello reply in time (or closed the agent stream)")
 }
 
 /// The addresses `server` answers for `name` (A records), asked with a fresh resolver so no

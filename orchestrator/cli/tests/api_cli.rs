@@ -14,6 +14,7 @@ use umbra_orchestrator::state::{Command, Plan};
 use umbra_orchestrator::store::{MemoryReplicated, Replicated};
 use umbra_proto::certs::{self, Layout};
 use umbra_proto::{Credentials, Identity};
+use umbra_testkit::{Secrets, write_secrets};
 
 /// Longest one CLI run may take on a loaded machine.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,10 +44,10 @@ struct Run {
 impl Harness {
     async fn start() -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let certs = dir.path().join("certs");
-        certs::init(&Layout::default(), &certs).expect("certs init");
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, "cli-test-token-0123456789abcdef\n").expect("token");
+        let Secrets {
+            certs_dir: certs,
+            token_file,
+        } = write_secrets(dir.path(), &Layout::default()).expect("certificates and token");
         let credentials = Credentials::load(&certs, &Identity::orchestrator(1)).unwrap();
         let store = Arc::new(MemoryReplicated::new());
         let registry = prometheus::Registry::new();

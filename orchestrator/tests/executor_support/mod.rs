@@ -43,10 +43,10 @@ use umbra_orchestrator::state::{
     Applied, AuditEntry, MigrationRequest, Overview, Plan, ServiceSpec,
 };
 use umbra_proto::agent::{ReadinessGate, RequestTemplate};
-use umbra_proto::certs::{self, Layout};
+use umbra_proto::certs::Layout;
 use umbra_proto::ports::free_loopback_port;
 use umbra_proto::{Credentials, Endpoint, Identity, Role};
-use umbra_testkit::{Reaper, wait_for};
+use umbra_testkit::{Reaper, Secrets, TEST_TOKEN, wait_for, write_secrets};
 
 /// The region the service starts in.
 pub const SOURCE: &str = "us-east";
@@ -60,8 +60,6 @@ pub const MIGRATION_DEADLINE: Duration = Duration::from_secs(120);
 /// Longest an election, a replica catching up, or a fresh pool coming up may take on a loaded
 /// 2-core machine.
 pub const CLUSTER_DEADLINE: Duration = Duration::from_secs(60);
-/// The operator API's bearer token in every test cluster.
-const TOKEN: &str = "executor-world-token-0123456789abcdef";
 /// Width of the demand history's slices, seconds.
 const HISTORY_SLICE_SECS: u32 = 1800;
 
@@ -107,10 +105,10 @@ impl Cluster {
     pub async fn start(nodes: u64, environment: NodeEnvironment) -> anyhow::Result<Cluster> {
         init_tracing();
         let dir = tempfile::tempdir()?;
-        let certs_dir = dir.path().join("certs");
-        certs::init(&Layout::default(), &certs_dir)?;
-        let token_file = dir.path().join("api-token");
-        std::fs::write(&token_file, format!("{TOKEN}\n"))?;
+        let Secrets {
+            certs_dir,
+            token_file,
+        } = write_secrets(dir.path(), &Layout::default())?;
         let demand_dir = dir.path().join("demand");
         std::fs::create_dir_all(&demand_dir)?;
         let peers = (1..=nodes)
@@ -122,7 +120,7 @@ impl Cluster {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let operator = Credentials::load(&certs_dir, &Identity::new(Role::Operator, "admin")?)?;
-        let token = BearerToken::new(TOKEN).context("test token")?;
+        let token = BearerToken::new(TEST_TOKEN).context("test token")?;
         // Nodes join the cluster as they start, so the ones started are stopped (on drop) if
         // a later one fails to start.
         let mut cluster = Cluster {
@@ -204,6 +202,14 @@ impl Cluster {
     /// The ids of the nodes still running.
     pub fn live(&self) -> Vec<u64> {
         self.nodes().keys().copied().collect()
+    }
+
+    /// A live node other than `leader`.
+    pub fn follower_of(&self, leader: u64) -> u64 {
+        self.live()
+            .into_iter()
+            .find(|id| *id != leader)
+            .expect("a cluster of three has followers")
     }
 
     /// Node `id`'s agent gateway (it must be running).

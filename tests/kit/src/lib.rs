@@ -14,12 +14,14 @@
 //! It holds no product logic and depends on no product crate but `umbra-proto`, so the
 //! tests of every crate (agent, DNS, CLI) can use it without building the orchestrator.
 
+pub mod agent;
 pub mod bind;
 pub mod haproxy;
 mod process;
 pub mod prometheus;
 mod reaper;
 pub mod sample;
+mod secrets;
 mod tools;
 
 use std::future::Future;
@@ -30,6 +32,7 @@ use anyhow::{Context, bail};
 
 pub use process::{Process, wait_until_stopped};
 pub use reaper::{Reaper, processes_marked};
+pub use secrets::{Secrets, TEST_TOKEN, write_secrets};
 pub use tools::installed;
 pub use umbra_proto::ports::{free_loopback_port as free_port, free_tcp_port_on};
 
