@@ -39,10 +39,10 @@ pub const SERVICES_STOP_GRACE: Duration = Duration::from_secs(6);
 
 /// What a node takes from the program that starts it rather than from `node.toml`: the clock
 /// its executor plans by (migration deadlines, analysis windows, which schedule leg is due).
-/// [`NodeEnvironment::default`] is what a deployment runs: the system clock. A rehearsal, or a
-/// test, may run the executor on a shifted clock, e.g. to play the next follow-the-sun leg now,
-/// with [`NodeEnvironment::with_clock`]. The operator API stamps commands with the system clock
-/// either way.
+/// [`NodeEnvironment::default`], the system clock, is what `umbra-orchestrator` runs. The
+/// executor tests start whole nodes on a shifted clock with [`NodeEnvironment::with_clock`],
+/// e.g. to play the next follow-the-sun leg now. The operator API stamps commands with the
+/// system clock either way.
 #[derive(Clone)]
 pub struct NodeEnvironment {
     clock: Arc<dyn Clock>,
