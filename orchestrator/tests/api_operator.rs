@@ -17,17 +17,12 @@ use umbra_orchestrator::state::{Applied, MigrationRequest, Plan};
 use umbra_orchestrator::store::MemoryReplicated;
 use umbra_proto::certs::{self, Layout};
 use umbra_proto::{Credentials, Identity, Role};
-use umbra_testkit::{Secrets, TEST_TOKEN, write_secrets};
+use umbra_testkit::TEST_TOKEN;
+use umbra_tests::{MemoryApi, plan_without_schedules};
 
 const TOKEN: &str = TEST_TOKEN;
 
 /// The example plan without its schedule: these tests create every migration themselves.
-fn plan() -> Plan {
-    let mut plan = Plan::example();
-    plan.schedules.clear();
-    plan
-}
-
 /// `plan` as the TOML text an operator sends.
 fn text(plan: &Plan) -> String {
     toml::to_string(plan).expect("a plan serializes")
@@ -43,22 +38,16 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let Secrets {
-            certs_dir: certs,
-            token_file,
-        } = write_secrets(dir.path(), &Layout::default()).expect("certificates and token");
-        let credentials =
-            Credentials::load(&certs, &Identity::orchestrator(1)).expect("orchestrator creds");
-        let store = Arc::new(MemoryReplicated::new());
-        let registry = prometheus::Registry::new();
-        let config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), token_file);
-        let api = api::serve(&config, &credentials, store.clone(), &registry)
-            .await
-            .expect("the API starts");
+        let MemoryApi {
+            dir,
+            secrets,
+            api,
+            store,
+            registry,
+        } = MemoryApi::start().await.expect("the API starts");
         Harness {
             _dir: dir,
-            certs,
+            certs: secrets.certs_dir,
             api,
             store,
             registry,
@@ -208,7 +197,7 @@ async fn a_plan_naming_an_unknown_region_is_refused_with_the_states_message() {
     let h = Harness::start().await;
     let client = h.operator();
     let applied = client
-        .apply_plan_toml(&text(&plan()))
+        .apply_plan_toml(&text(&plan_without_schedules()))
         .await
         .expect("the plan applies");
     assert_eq!(
@@ -221,7 +210,7 @@ async fn a_plan_naming_an_unknown_region_is_refused_with_the_states_message() {
     );
     let before = client.status().await.unwrap();
 
-    let mut bad = plan();
+    let mut bad = plan_without_schedules();
     bad.services[0].primary_region = "mars-north".to_owned();
     let (status, message) = refused(client.apply_plan_toml(&text(&bad)).await);
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -243,7 +232,7 @@ async fn a_malformed_plan_is_refused_with_line_and_column() {
     let h = Harness::start().await;
     let client = h.operator();
     // The example plan with a number where its first front's "ip:port" belongs.
-    let front = format!("front = {:?}", plan().regions[0].front);
+    let front = format!("front = {:?}", plan_without_schedules().regions[0].front);
     let bad = EXAMPLE_PLAN_TOML.replacen(&front, "front = 5", 1);
     let line = 1 + bad.lines().position(|l| l == "front = 5").expect("a front");
     let (status, message) = refused(client.apply_plan_toml(&bad).await);
@@ -256,7 +245,10 @@ async fn a_malformed_plan_is_refused_with_line_and_column() {
 async fn migrate_then_status_shows_it_planned_with_readiness_once_observed() {
     let h = Harness::start().await;
     let client = h.operator();
-    client.apply_plan_toml(&text(&plan())).await.unwrap();
+    client
+        .apply_plan_toml(&text(&plan_without_schedules()))
+        .await
+        .unwrap();
     let Applied::Migration { id } = client.migrate(&migration("eu-west")).await.unwrap() else {
         panic!("expected a migration id");
     };
@@ -318,7 +310,10 @@ async fn migrate_then_status_shows_it_planned_with_readiness_once_observed() {
 async fn rollback_of_an_unknown_id_is_404_and_of_a_known_one_is_recorded() {
     let h = Harness::start().await;
     let client = h.operator();
-    client.apply_plan_toml(&text(&plan())).await.unwrap();
+    client
+        .apply_plan_toml(&text(&plan_without_schedules()))
+        .await
+        .unwrap();
     let (status, message) = refused(client.rollback("shop-99", "drill").await);
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(message.contains("shop-99"), "{message}");
@@ -346,7 +341,10 @@ async fn rollback_of_an_unknown_id_is_404_and_of_a_known_one_is_recorded() {
 async fn bad_requests_get_json_errors_that_say_what_to_do() {
     let h = Harness::start().await;
     let client = h.operator();
-    client.apply_plan_toml(&text(&plan())).await.unwrap();
+    client
+        .apply_plan_toml(&text(&plan_without_schedules()))
+        .await
+        .unwrap();
     // An undeclared region is wrong input (400); an undeclared service is not found (404).
     let (status, message) = refused(client.migrate(&migration("mars-north")).await);
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -388,7 +386,7 @@ async fn bad_requests_get_json_errors_that_say_what_to_do() {
     let huge = format!(
         "# {}\n{}",
         "x".repeat(api::DEFAULT_MAX_BODY_BYTES),
-        text(&plan())
+        text(&plan_without_schedules())
     );
     let (status, message) = refused(client.apply_plan_toml(&huge).await);
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);

@@ -15,6 +15,8 @@
 //! and each node's log; every child process is killed when the cluster is dropped (also when
 //! a test panics). Waits are polls with deadlines, never bare sleeps.
 
+mod memory_api;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -50,6 +52,7 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many log lines a failing wait shows per node.
 const LOG_TAIL_LINES: usize = 15;
 
+pub use memory_api::{MemoryApi, plan_without_schedules};
 pub use umbra_testkit::{Process, binary, free_port, wait_for};
 use umbra_testkit::{Secrets, TEST_TOKEN, write_secrets};
 

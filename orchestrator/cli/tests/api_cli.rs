@@ -7,14 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use umbra_orchestrator::api::{self, ApiConfig, RunningApi, StatusReport};
+use umbra_orchestrator::api::{RunningApi, StatusReport};
 use umbra_orchestrator::migration::{Phase, happy_path};
 use umbra_orchestrator::state::plan::EXAMPLE_PLAN_TOML;
 use umbra_orchestrator::state::{Command, Plan};
 use umbra_orchestrator::store::{MemoryReplicated, Replicated};
 use umbra_proto::certs::{self, Layout};
-use umbra_proto::{Credentials, Identity};
-use umbra_testkit::{Secrets, write_secrets};
+use umbra_tests::MemoryApi;
 
 /// Longest one CLI run may take on a loaded machine.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -22,9 +21,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The example plan without its schedule, as TOML: these tests create every migration
 /// themselves.
 fn plan_without_schedules() -> String {
-    let mut plan = Plan::example();
-    plan.schedules.clear();
-    toml::to_string(&plan).expect("a plan serializes")
+    toml::to_string(&umbra_tests::plan_without_schedules()).expect("a plan serializes")
 }
 
 struct Harness {
@@ -43,22 +40,17 @@ struct Run {
 
 impl Harness {
     async fn start() -> Harness {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let Secrets {
-            certs_dir: certs,
-            token_file,
-        } = write_secrets(dir.path(), &Layout::default()).expect("certificates and token");
-        let credentials = Credentials::load(&certs, &Identity::orchestrator(1)).unwrap();
-        let store = Arc::new(MemoryReplicated::new());
-        let registry = prometheus::Registry::new();
-        let config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), token_file.clone());
-        let api = api::serve(&config, &credentials, store.clone(), &registry)
-            .await
-            .unwrap();
+        let MemoryApi {
+            dir,
+            secrets,
+            api,
+            store,
+            ..
+        } = MemoryApi::start().await.expect("the API starts");
         Harness {
             dir,
-            certs,
-            token_file,
+            certs: secrets.certs_dir,
+            token_file: secrets.token_file,
             api,
             store,
         }
