@@ -4,13 +4,13 @@
 //! that a migration shows up in the status as a user would read it.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use umbra_orchestrator::api::{self, ApiClient, ApiConfig, BearerToken, ClientError, RunningApi};
+use umbra_orchestrator::api::{self, ApiClient, ApiConfig, BearerToken, ClientError};
 use umbra_orchestrator::migration::{Observations, ReplicationObserved};
 use umbra_orchestrator::state::plan::EXAMPLE_PLAN_TOML;
 use umbra_orchestrator::state::{Applied, MigrationRequest, Plan};
@@ -28,30 +28,19 @@ fn text(plan: &Plan) -> String {
     toml::to_string(plan).expect("a plan serializes")
 }
 
-struct Harness {
-    _dir: tempfile::TempDir,
-    certs: PathBuf,
-    api: RunningApi,
-    store: Arc<MemoryReplicated>,
-    registry: prometheus::Registry,
+/// The API under test: [`MemoryApi`] with this file's helpers.
+struct Harness(MemoryApi);
+
+impl std::ops::Deref for Harness {
+    type Target = MemoryApi;
+    fn deref(&self) -> &MemoryApi {
+        &self.0
+    }
 }
 
 impl Harness {
     async fn start() -> Harness {
-        let MemoryApi {
-            dir,
-            secrets,
-            api,
-            store,
-            registry,
-        } = MemoryApi::start().await.expect("the API starts");
-        Harness {
-            _dir: dir,
-            certs: secrets.certs_dir,
-            api,
-            store,
-            registry,
-        }
+        Harness(MemoryApi::start().await.expect("the API starts"))
     }
 
     fn url(&self) -> String {
@@ -60,7 +49,8 @@ impl Harness {
 
     fn client_as(&self, role: Role, id: &str, token: &str) -> ApiClient {
         let identity = Identity::new(role, id).expect("identity");
-        let credentials = Credentials::load(&self.certs, &identity).expect("credentials");
+        let credentials =
+            Credentials::load(&self.secrets.certs_dir, &identity).expect("credentials");
         ApiClient::new(
             &self.url(),
             &credentials,
@@ -72,12 +62,6 @@ impl Harness {
 
     fn operator(&self) -> ApiClient {
         self.client_as(Role::Operator, "admin", TOKEN)
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.api.shutdown();
     }
 }
 
@@ -123,7 +107,7 @@ async fn raw_https(certs: &Path, address: SocketAddr, request: &str) -> (String,
 async fn a_missing_or_wrong_token_is_refused_with_a_json_error_and_changes_nothing() {
     let h = Harness::start().await;
     let (status, body) = raw_https(
-        &h.certs,
+        &h.secrets.certs_dir,
         h.api.local_addr(),
         "POST /v1/plan HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     )
@@ -181,7 +165,7 @@ async fn certificates_from_another_ca_are_refused_in_the_handshake() {
     // the right CA (TLS 1.3: the refusal arrives as an alert on the first read).
     let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
     let mixed = Credentials::from_pem(
-        &read(&h.certs, "ca.pem"),
+        &read(&h.secrets.certs_dir, "ca.pem"),
         &read(other.path(), "operator-admin.pem"),
         &read(other.path(), "operator-admin.key"),
     )

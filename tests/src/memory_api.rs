@@ -12,8 +12,7 @@ use umbra_proto::certs::Layout;
 use umbra_proto::{Credentials, Identity};
 use umbra_testkit::{Secrets, write_secrets};
 
-/// See the module docs. Dropping it stops nothing by itself; the API stops with the test's
-/// runtime, and the temp dir is removed.
+/// See the module docs. Dropping it shuts the API down and removes the temp dir.
 pub struct MemoryApi {
     /// Holds the certificates, the token file and whatever the test writes.
     pub dir: tempfile::TempDir,
@@ -54,6 +53,12 @@ impl MemoryApi {
     /// The API's base URL.
     pub fn url(&self) -> String {
         format!("https://{}", self.api.local_addr())
+    }
+}
+
+impl Drop for MemoryApi {
+    fn drop(&mut self) {
+        self.api.shutdown();
     }
 }
 

@@ -4,14 +4,13 @@
 //! unreachable API, a certificate from another cluster).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use umbra_orchestrator::api::{RunningApi, StatusReport};
+use umbra_orchestrator::api::StatusReport;
 use umbra_orchestrator::migration::{Phase, happy_path};
 use umbra_orchestrator::state::plan::EXAMPLE_PLAN_TOML;
 use umbra_orchestrator::state::{Command, Plan};
-use umbra_orchestrator::store::{MemoryReplicated, Replicated};
+use umbra_orchestrator::store::Replicated;
 use umbra_proto::certs::{self, Layout};
 use umbra_tests::MemoryApi;
 
@@ -24,12 +23,14 @@ fn plan_without_schedules() -> String {
     toml::to_string(&umbra_tests::plan_without_schedules()).expect("a plan serializes")
 }
 
-struct Harness {
-    dir: tempfile::TempDir,
-    certs: PathBuf,
-    token_file: PathBuf,
-    api: RunningApi,
-    store: Arc<MemoryReplicated>,
+/// The API under test: [`MemoryApi`] with this file's helpers.
+struct Harness(MemoryApi);
+
+impl std::ops::Deref for Harness {
+    type Target = MemoryApi;
+    fn deref(&self) -> &MemoryApi {
+        &self.0
+    }
 }
 
 struct Run {
@@ -40,20 +41,7 @@ struct Run {
 
 impl Harness {
     async fn start() -> Harness {
-        let MemoryApi {
-            dir,
-            secrets,
-            api,
-            store,
-            ..
-        } = MemoryApi::start().await.expect("the API starts");
-        Harness {
-            dir,
-            certs: secrets.certs_dir,
-            token_file: secrets.token_file,
-            api,
-            store,
-        }
+        Harness(MemoryApi::start().await.expect("the API starts"))
     }
 
     fn write(&self, name: &str, text: &str) -> PathBuf {
@@ -67,7 +55,7 @@ impl Harness {
         self.umbra_with(
             args,
             &format!("https://{}", self.api.local_addr()),
-            &self.certs,
+            &self.secrets.certs_dir,
         )
         .await
     }
@@ -78,7 +66,7 @@ impl Harness {
             .args(args)
             .env("UMBRA_API", api)
             .env("UMBRA_CERTS", certs)
-            .env("UMBRA_TOKEN_FILE", &self.token_file)
+            .env("UMBRA_TOKEN_FILE", &self.secrets.token_file)
             .env_remove("UMBRA_OPERATOR")
             .kill_on_drop(true);
         let output = tokio::time::timeout(RUN_TIMEOUT, command.output())
@@ -90,12 +78,6 @@ impl Harness {
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         }
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.api.shutdown();
     }
 }
 
@@ -250,7 +232,11 @@ async fn an_unreachable_api_and_a_foreign_certificate_get_clear_errors() {
     let address = closed.local_addr().unwrap();
     drop(closed);
     let run = h
-        .umbra_with(&["status"], &format!("https://{address}"), &h.certs)
+        .umbra_with(
+            &["status"],
+            &format!("https://{address}"),
+            &h.secrets.certs_dir,
+        )
         .await;
     assert!(!run.success);
     assert!(
@@ -260,7 +246,7 @@ async fn an_unreachable_api_and_a_foreign_certificate_get_clear_errors() {
     );
 
     let run = h
-        .umbra_with(&["status"], "http://127.0.0.1:1", &h.certs)
+        .umbra_with(&["status"], "http://127.0.0.1:1", &h.secrets.certs_dir)
         .await;
     assert!(!run.success);
     assert!(run.stderr.contains("https://HOST:PORT"), "{}", run.stderr);
@@ -300,8 +286,8 @@ async fn status_watch_follows_a_migration_through_every_phase_and_exits_when_it_
         command
             .args(["status", "--watch", "--interval-ms", "50"])
             .env("UMBRA_API", api)
-            .env("UMBRA_CERTS", &h.certs)
-            .env("UMBRA_TOKEN_FILE", &h.token_file)
+            .env("UMBRA_CERTS", &h.secrets.certs_dir)
+            .env("UMBRA_TOKEN_FILE", &h.secrets.token_file)
             .kill_on_drop(true);
         command.output()
     };
