@@ -194,11 +194,6 @@ impl Credentials {
         &self.identity
     }
 
-    /// The cluster CA certificate.
-    pub fn ca_certificate(&self) -> &CertificateDer<'static> {
-        &self.ca
-    }
-
     /// This member's certificate.
     pub fn certificate(&self) -> &CertificateDer<'static> {
         &self.cert

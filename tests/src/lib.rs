@@ -181,10 +181,6 @@ impl NodeProcess {
         self.process.as_ref().map(Process::pid)
     }
 
-    pub fn is_running(&self) -> bool {
-        self.process.is_some()
-    }
-
     /// The last `lines` lines of its log (also of a process that has exited).
     pub fn log_tail(&self, lines: usize) -> String {
         let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();

@@ -43,10 +43,6 @@ impl ModelKind {
             ModelKind::SeasonalNaiveDaily => "snaive_daily",
         }
     }
-
-    pub fn from_name(name: &str) -> Option<ModelKind> {
-        ModelKind::ALL.into_iter().find(|k| k.name() == name)
-    }
 }
 
 /// One model's raw forecast from one origin.

@@ -205,11 +205,6 @@ impl NodeServices {
         self.api.as_ref().map(RunningApi::local_addr)
     }
 
-    /// The DNS server's address (UDP and TCP), when it runs.
-    pub fn dns_address(&self) -> Option<SocketAddr> {
-        self.dns.as_ref().map(|d| d.local_addr())
-    }
-
     /// The latest applied state, republished after every applied entry (coalesced).
     pub fn overviews(&self) -> watch::Receiver<Arc<Overview>> {
         self.overviews.clone()

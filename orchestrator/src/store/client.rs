@@ -137,11 +137,6 @@ impl StoreClient {
         }
     }
 
-    /// The node this client talks to now, if connected.
-    pub fn connected_to(&self) -> Option<SocketAddr> {
-        self.stream.as_ref().map(|(address, _)| *address)
-    }
-
     async fn request(
         &mut self,
         body: ClientRequestBody,

@@ -361,12 +361,6 @@ impl<R: Runtime> Provider<R> {
         Ok(provider)
     }
 
-    /// Sets how long a start or resume may take to pass the health check.
-    pub fn with_health_timeout(mut self, timeout: Duration) -> Self {
-        self.health_timeout = timeout;
-        self
-    }
-
     /// The runtime.
     pub fn runtime(&self) -> &R {
         &self.runtime

@@ -128,11 +128,6 @@ impl DemandSeries {
         self.start + chrono::Duration::seconds(index as i64 * i64::from(self.slice_secs))
     }
 
-    /// Slices per day at this width (48 for half-hourly, 288 for 5-minute).
-    pub fn slices_per_day(&self) -> usize {
-        86_400 / self.slice_secs as usize
-    }
-
     /// The first `len` slices, as a new series (used by backtests: "all data before the origin").
     pub fn prefix(&self, len: usize) -> DemandSeries {
         DemandSeries {
