@@ -1,7 +1,17 @@
 //! Loopback ports for clusters on one machine (`umbra demo`, the tests): drawn below the
 //! kernel's ephemeral range, so no outgoing connection can take one between the choice and
 //! the bind. Every port that `umbra demo` and the test kit choose comes from here, never from
-//! `bind(:0)`.
+//! `bind(:0)`. A process never hands out the same port twice: ports are chosen ahead of the
+//! processes that bind them, so two draws of one cluster (a node's DNS and another's admin
+//! endpoint) could otherwise land on one port.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+/// Ports this process has handed out. Never shrinks: a cluster binds its ports later, in
+/// other processes, so a port stays promised for this process's life (a few dozen per test
+/// or demo, of the ~20,000 below the ephemeral range).
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
 /// Lowest port [`free_loopback_port`] hands out: above the well-known and most registered
 /// service ports.
@@ -43,6 +53,15 @@ fn pick_local_port(
     first_ip: std::net::IpAddr,
     bindable: impl Fn(u16) -> bool,
 ) -> std::io::Result<u16> {
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    let port = draw_port(first_ip, |port| {
+        !handed_out.contains(&port) && bindable(port)
+    })?;
+    handed_out.insert(port);
+    Ok(port)
+}
+
+fn draw_port(first_ip: std::net::IpAddr, bindable: impl Fn(u16) -> bool) -> std::io::Result<u16> {
     use rand::Rng;
     let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -70,4 +89,21 @@ fn pick_local_port(
         std::io::ErrorKind::AddrInUse,
         format!("no local port free on {first_ip} (and its peers) for every protocol needed"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_never_hands_out_a_port_twice() {
+        let mut seen = BTreeSet::new();
+        for _ in 0..300 {
+            let port = free_loopback_port().expect("a free port");
+            assert!(seen.insert(port), "port {port} handed out twice");
+        }
+        let fronts = [std::net::IpAddr::from([127, 0, 0, 1])];
+        let front = free_tcp_port_on(&fronts).expect("a free port");
+        assert!(!seen.contains(&front), "port {front} handed out twice");
+    }
 }
