@@ -21,8 +21,12 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use umbra_orchestrator::migration::Phase;
+use umbra_proto::agent::InstanceState;
+use umbra_testkit::wait_for;
 
 mod executor_support;
 
@@ -123,6 +127,28 @@ async fn a_failing_target_at_the_50_percent_step_rolls_back() -> anyhow::Result<
     eprintln!("rollback_ms {rollback_ms}");
 
     served_at_home(&world).await?;
+    // The shadows leave the target's front at once (they no longer replicate, so anything
+    // they answered would be stale) and are kept, out of service, for the keep time.
+    let shadows = wait_for(
+        "the rolled-back shadows to leave the target's front",
+        Duration::from_secs(30),
+        || async {
+            let listed = target.executor().provider().list().await;
+            let shadows: Vec<_> = listed
+                .into_iter()
+                .filter(|i| i.id.starts_with(&format!("{id}-")))
+                .collect();
+            shadows
+                .iter()
+                .all(|i| i.state != InstanceState::Active)
+                .then_some(shadows)
+        },
+    )
+    .await?;
+    assert!(
+        !shadows.is_empty(),
+        "kept for the keep time, not removed yet"
+    );
     // Requests sent to the failing target between the fault and the rollback fail; none
     // after it: a second's worth of traffic sent now all lands on the healthy source.
     let before = failed;

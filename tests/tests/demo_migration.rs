@@ -81,6 +81,8 @@ async fn a_cold_migration_completes_without_a_failed_request_and_runs_twice() ->
     assert!(report.shadow_instances >= 1);
     assert!(report.identical_state, "the orchestrators disagree");
     assert_steps_once(&report);
+    // The old source's pool was taken out of the front, stopped and removed.
+    assert_eq!(report.instances_left[&report.from], 0, "{report:#?}");
     assert_eq!(
         phase_names(&report),
         [
@@ -141,6 +143,12 @@ async fn a_target_failing_at_the_50_percent_step_rolls_back() -> anyhow::Result<
         report.by_front_at_end
     );
     assert!(report.identical_state, "the orchestrators disagree");
+    // The shadow left the target's front at once and was removed after the keep time.
+    assert_eq!(report.instances_left[&report.to], 0, "{report:#?}");
+    assert!(
+        report.instances_left[&report.from] > 0,
+        "the source still serves"
+    );
     assert_nothing_left(dir.path());
     Ok(())
 }

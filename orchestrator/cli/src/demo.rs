@@ -118,6 +118,7 @@ fn print_report(r: &DemoReport) {
         println!("killed orchestrator {id} (the leader) mid-cutover");
     }
     println!("traffic at the end by front: {:?}", r.by_front_at_end);
+    println!("instances left by region: {:?}", r.instances_left);
     println!(
         "audit (each exactly once expected): {:?}",
         r.audit_step_counts

@@ -57,6 +57,9 @@ const API_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Agents report every 250 ms so the leader judges a 5 s analysis window on fresh numbers
 /// and sees a rollback's restored share within the 1 s rollback budget.
 const AGENT_HEARTBEAT_MS: u64 = 250;
+/// How long a rolled-back migration's shadows are kept (out of the front) before they are
+/// stopped and removed: the demo's compressed timeline keeps them 2 s.
+const SHADOW_KEEP_MS: u64 = 2_000;
 /// The operator certificate the demo uses.
 const OPERATOR: &str = "demo";
 
@@ -343,6 +346,7 @@ async fn start_cluster(
                 dns_servers: dns_addresses.clone(),
                 demand_csv_dir: Some(demand_dir.clone()),
                 demand_slice_secs: history::DEFAULT_SLICE_SECS,
+                shadow_keep_ms: SHADOW_KEEP_MS,
                 ..ExecutorSection::default()
             },
         };
@@ -641,6 +645,7 @@ struct Watched {
     audit: Vec<AuditEntry>,
     overview: Overview,
     killed_leader: Option<u64>,
+    instances_left: BTreeMap<String, usize>,
 }
 
 #[allow(clippy::too_many_arguments)] // One call site; a struct would only rename them.
@@ -751,7 +756,14 @@ async fn migrate(
         if matches!(phase, "completed" | "rolled_back" | "failed") {
             let since = *terminal_since.get_or_insert_with(Instant::now);
             let enough = traffic.totals().requests >= options.min_requests;
-            if since.elapsed() >= Duration::from_secs(options.settle_secs) && enough {
+            // What the migration leaves behind is released: the old source's pool after a
+            // completion, the shadow pool after a rollback (once the keep time passed).
+            let released = match phase {
+                "completed" => instances_left(&agent_state_dirs[source]) == 0,
+                "rolled_back" => instances_left(&agent_state_dirs[&to]) == 0,
+                _ => true,
+            };
+            if since.elapsed() >= Duration::from_secs(options.settle_secs) && enough && released {
                 break;
             }
         }
@@ -767,6 +779,10 @@ async fn migrate(
     let status = call_live(orchestrators, |api| async move { api.status().await })
         .await
         .map_err(|e| DemoError::Api(format!("reading the final status: {e}")))?;
+    let instances_left = agent_state_dirs
+        .iter()
+        .map(|(region, dir)| (region.clone(), instances_left(dir)))
+        .collect();
     Ok(Watched {
         id,
         from: source.to_owned(),
@@ -774,6 +790,7 @@ async fn migrate(
         audit,
         overview: status.overview,
         killed_leader,
+        instances_left,
     })
 }
 
@@ -825,6 +842,7 @@ async fn finish(
         by_front_at_end: summary.by_front_at_end,
         audit_step_counts: report::step_counts(&watched.audit, &watched.id, steps),
         killed_leader: watched.killed_leader,
+        instances_left: watched.instances_left,
         identical_state,
         demo_secs: started.elapsed().as_secs_f64(),
         timeline: report::timeline(&segments),
@@ -914,6 +932,14 @@ async fn flip_fault_switch(state_dir: &Path) -> usize {
         }
     }
     flipped
+}
+
+/// Instances an agent's process provider still keeps (one directory each; removing an
+/// instance deletes its directory).
+fn instances_left(state_dir: &Path) -> usize {
+    std::fs::read_dir(state_dir.join("processes"))
+        .map(|entries| entries.flatten().filter(|e| e.path().is_dir()).count())
+        .unwrap_or(0)
 }
 
 /// Polls `check` until it gives a value, a supervised process dies, or `limit` passes.

@@ -265,6 +265,9 @@ pub struct DemoReport {
     pub audit_step_counts: BTreeMap<String, usize>,
     /// The orchestrator killed mid-cutover (`--kill-leader`).
     pub killed_leader: Option<u64>,
+    /// Instances each region's agent still keeps when the demo ends, by region: the old
+    /// source's pool is removed after a completion, the shadow pool after a rollback.
+    pub instances_left: BTreeMap<String, usize>,
     /// Whether every live orchestrator ended with the same migration state.
     pub identical_state: bool,
     /// Wall time of the whole demo.

@@ -1,47 +1,37 @@
 //! The migration executor: on the Raft leader only, it turns the replicated state into agent
-//! commands, DNS weights and phase transitions. Every tick (and whenever an agent answers) it
-//! reads the overview, builds each live migration's [`Observations`] from the agents' latest
-//! reports ([`reconcile::observe`]), asks [`migration::decide`] what must hold and what comes next,
-//! proposes the transition (stamped with this leader's term and the clock's `now`; a rejection
-//! just means the state moved: re-read), and makes each action hold through the
-//! [`AgentGateway`] with deterministic operation ids ([`reconcile::commands`]). An operation is sent
-//! again only when its outcome is missing or failed, with exponential backoff; a failed one
-//! gets a new id (`…/r{n}`) because the agent answers a repeated id with its first outcome.
+//! commands, DNS weights and phase transitions. Its decisions live in the sans-IO
+//! [`controller::Controller`]; this module is the thin async driver around it. Every tick (and
+//! whenever an answer arrives) the driver reads the overview and the agents' latest reports,
+//! hands them to the controller, then carries out what it asks for: proposals (stamped with
+//! this leader's term and the clock's `now`; a rejection just means the state moved), agent
+//! commands through the [`AgentGateway`], shadow-pool sizing from the forecast
+//! ([`shadow_sizing`], on a blocking thread), and its events: Prometheus metrics
+//! ([`metrics`]), the observation board behind `GET /v1/status`, and the check that every
+//! configured DNS server serves new weights.
 //!
-//! Also here: sizing the shadow pool from the forecast when provisioning starts
-//! ([`demand`]), the DNS weights that follow each confirmed cutover step (proposed as
-//! `SetDnsWeights`, then verified on every configured DNS server), the home pool of each
-//! service in its primary region, follow-the-sun schedules, Prometheus metrics ([`metrics`])
-//! and the rollback time (breach detected → share 0 confirmed on the source), which is logged,
-//! exported and written into the audit reason of the `rolled_back` transition as
-//! `rollback_ms=N`.
-//!
-//! A new leader starts from nothing but the replicated state and fresh reports: it forgets
-//! every previous leadership's outcomes and repeats the same ids, so agents answer from their
-//! ledgers instead of acting twice. This module must not change the replicated state except
-//! through proposals, and must not act while this node is not the leader.
+//! A new leader starts from nothing but the replicated state and fresh reports. This module
+//! must not change the replicated state except through proposals, and must not act while this
+//! node is not the leader.
 
+pub mod controller;
 pub mod metrics;
 pub mod reconcile;
 pub mod shadow_sizing;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 use umbra_consensus::{NodeStatus, Role as RaftRole};
-use umbra_proto::agent::{AgentCommand, AgentReport, CommandOutcome, CommandResult, WarmupPhase};
 
+use self::controller::{Controller, ControllerConfig, Delivery, Event, Now, Proposal, Proposed};
 use self::metrics::ExecutorMetrics;
-use self::reconcile::{CommandContext, DueCommand, OpView};
 use self::shadow_sizing::{DemandSource, ShadowSize};
 use crate::gateway::{AgentGateway, GatewayError};
-use crate::migration::{self, MigrationRecord, Observations, Phase, SloReading};
-use crate::state::{Command, DnsWeights, Overview, Query, QueryAnswer};
+use crate::state::{Query, QueryAnswer};
 use crate::store::{Clock, ObservationBoard, Replicated};
 
 /// Executor round period: 100 ms, a tenth of the agents' default heartbeat, so a report is
@@ -62,12 +52,12 @@ pub const DEFAULT_RETRY_MAX_MS: u64 = 5_000;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 /// How long every DNS server has to serve new weights.
 pub const DEFAULT_DNS_VERIFY_TIMEOUT_MS: u64 = 10_000;
+/// How long a rolled-back migration's shadows stay (out of the front, so they serve nothing)
+/// before they are stopped and removed: 5 minutes, for an operator to look at them.
+pub const DEFAULT_SHADOW_KEEP_MS: u64 = 300_000;
 /// Longest a proposal or read may take before the round gives up on it (the Raft node's own
 /// request timeout is 5 s).
 const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Transitions followed within one round for one migration, so a chain of instant
-/// transitions (a breach, then the rollback) does not wait a tick each.
-const TRANSITIONS_PER_ROUND: usize = 3;
 
 /// The executor's settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +81,9 @@ pub struct ExecutorConfig {
     pub dns_verify_timeout_ms: u64,
     /// Run follow-the-sun schedules.
     pub schedules: bool,
+    /// How long a rolled-back migration's shadows are kept out of the front before they are
+    /// stopped and removed, ms (0: at once).
+    pub shadow_keep_ms: u64,
 }
 
 impl Default for ExecutorConfig {
@@ -105,6 +98,7 @@ impl Default for ExecutorConfig {
             dns_servers: Vec::new(),
             dns_verify_timeout_ms: DEFAULT_DNS_VERIFY_TIMEOUT_MS,
             schedules: true,
+            shadow_keep_ms: DEFAULT_SHADOW_KEEP_MS,
         }
     }
 }
@@ -184,9 +178,11 @@ pub fn spawn(
             let mut tick = tokio::time::interval(Duration::from_millis(context.config.tick_ms));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                let retry = leadership.controller.poll_timeout();
                 tokio::select! {
                     _ = tick.tick() => {}
-                    _ = leadership.wake.notified() => {}
+                    _ = sleep_until(retry) => {}
+                    Some(finished) = leadership.finished.recv() => leadership.finished(finished),
                     _ = stopped(&mut shutdown) => {
                         leadership.stand_down();
                         return;
@@ -201,6 +197,13 @@ pub fn spawn(
             leadership.stand_down();
         }
     }))
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
@@ -231,110 +234,101 @@ async fn wait_for_leadership(status: &mut watch::Receiver<NodeStatus>) -> Option
     }
 }
 
-#[derive(Debug, Clone)]
-enum OpState {
-    /// Sent; the outcome is awaited.
-    InFlight,
-    /// Succeeded (at `at`).
-    Done {
-        outcome: CommandOutcome,
-        at: Instant,
+/// What a task the driver started brings back.
+enum Finished {
+    Command {
+        operation: String,
+        delivery: Delivery,
     },
-    /// Send (again) at `until`.
-    Wait { until: Instant },
+    Sizing {
+        migration: String,
+        size: ShadowSize,
+    },
 }
 
-#[derive(Debug, Clone)]
-struct OpRecord {
-    attempt: u32,
-    backoff: Duration,
-    state: OpState,
-}
-
-type Ops = Arc<Mutex<HashMap<String, OpRecord>>>;
-
-struct OpsSnapshot(HashMap<String, OpRecord>);
-
-impl OpView for OpsSnapshot {
-    fn done(&self, op_id: &str) -> Option<&CommandOutcome> {
-        match &self.0.get(op_id)?.state {
-            OpState::Done { outcome, .. } => Some(outcome),
-            _ => None,
-        }
-    }
-}
-
-impl OpsSnapshot {
-    fn done_at(&self, op_id: &str) -> Option<Instant> {
-        match &self.0.get(op_id)?.state {
-            OpState::Done { at, .. } => Some(*at),
-            _ => None,
-        }
-    }
-}
-
-enum SizingJob {
-    Running(JoinHandle<ShadowSize>),
-    Ready(ShadowSize),
-}
-
-#[derive(Debug, Clone, Copy)]
-struct SloBase {
-    phase: Phase,
-    requests: u64,
-    errors: u64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// One term of leadership: what this leader has done and seen. Dropped when it ends.
+/// One term of leadership: the controller and the tasks it asked for. Dropped when it ends.
 struct Leadership {
     context: Arc<ExecutorContext>,
-    term: u64,
-    ops: Ops,
-    wake: Arc<Notify>,
-    sizing: HashMap<String, SizingJob>,
-    slo: HashMap<String, SloBase>,
-    rollback_started: HashMap<String, Instant>,
-    stage_labels: HashMap<String, &'static str>,
-    dns_proposed: HashMap<String, DnsWeights>,
-    schedule_keys: HashSet<String>,
-    published: HashSet<String>,
+    controller: Controller,
+    done: mpsc::UnboundedSender<Finished>,
+    finished: mpsc::UnboundedReceiver<Finished>,
 }
 
 impl Leadership {
     fn new(context: Arc<ExecutorContext>, term: u64) -> Self {
         // Reports sent to an earlier leadership of this node describe an older world.
         context.gateway.clear_reports();
+        let (done, finished) = mpsc::unbounded_channel();
+        let controller = Controller::new(
+            ControllerConfig::from(&context.config),
+            term,
+            now(context.clock.as_ref()),
+        );
         Self {
             context,
-            term,
-            ops: Arc::new(Mutex::new(HashMap::new())),
-            wake: Arc::new(Notify::new()),
-            sizing: HashMap::new(),
-            slo: HashMap::new(),
-            rollback_started: HashMap::new(),
-            stage_labels: HashMap::new(),
-            dns_proposed: HashMap::new(),
-            schedule_keys: HashSet::new(),
-            published: HashSet::new(),
+            controller,
+            done,
+            finished,
         }
     }
 
+    fn now(&self) -> Now {
+        now(self.context.clock.as_ref())
+    }
+
     fn stand_down(&mut self) {
-        for id in self.published.drain() {
-            self.context.board.forget(&id);
-        }
-        for job in self.sizing.values() {
-            if let SizingJob::Running(handle) = job {
-                handle.abort();
+        self.controller.stand_down();
+        self.events();
+    }
+
+    /// Hands a finished task's result to the controller (the round that follows acts on it).
+    fn finished(&mut self, finished: Finished) {
+        let now = self.now();
+        match finished {
+            Finished::Command {
+                operation,
+                delivery,
+            } => self.controller.handle_outcome(&operation, delivery, now),
+            Finished::Sizing { migration, size } => {
+                self.controller.handle_sizing(&migration, size, now)
             }
         }
     }
 
-    async fn overview(&self) -> Option<Overview> {
+    async fn round(&mut self) {
+        let Some(overview) = self.overview().await else {
+            return;
+        };
+        for (region, received) in self.context.gateway.reports() {
+            self.controller
+                .handle_report(&region, received.report, received.received_at);
+        }
+        let now = self.now();
+        self.controller.handle_overview(overview, now);
+        self.carry_out().await;
+    }
+
+    /// Does what the controller asks for until it asks for nothing more.
+    async fn carry_out(&mut self) {
+        loop {
+            self.events();
+            while let Some(job) = self.controller.poll_sizing() {
+                self.size(job);
+            }
+            while let Some(outgoing) = self.controller.poll_command() {
+                self.send(outgoing);
+            }
+            let Some(proposal) = self.controller.poll_proposal() else {
+                break;
+            };
+            let result = self.propose(&proposal).await;
+            let now = self.now();
+            self.controller.handle_proposal(&proposal.key, result, now);
+        }
+        self.events();
+    }
+
+    async fn overview(&self) -> Option<crate::state::Overview> {
         let answer = tokio::time::timeout(
             STORE_CALL_TIMEOUT,
             self.context.store.query(Query::Overview),
@@ -357,450 +351,126 @@ impl Leadership {
         }
     }
 
-    /// Proposes `command`; true when it applied.
-    async fn propose(&self, kind: &str, command: Command) -> bool {
-        let result =
-            tokio::time::timeout(STORE_CALL_TIMEOUT, self.context.store.propose(command)).await;
-        let label = match &result {
-            Ok(Ok(Ok(_))) => "applied",
-            Ok(Ok(Err(rejected))) => {
-                // Someone else moved the state (or this leader was deposed): re-read.
-                tracing::info!(%rejected, kind, "proposal rejected");
-                "rejected"
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(%error, kind, "proposal failed");
-                "error"
-            }
-            Err(_) => {
-                tracing::warn!(kind, "proposal timed out");
-                "error"
-            }
-        };
-        self.context
-            .metrics
-            .proposals
-            .with_label_values(&[kind, label])
-            .inc();
-        label == "applied"
-    }
-
-    async fn round(&mut self) {
-        let Some(overview) = self.overview().await else {
-            return;
-        };
-        let reports: BTreeMap<String, AgentReport> = self
-            .context
-            .gateway
-            .reports()
-            .into_iter()
-            .map(|(region, r)| (region, r.report))
-            .collect();
-        let now_ms = self.context.clock.now_ms();
-        self.ensure_home_pools(&overview, &reports);
-        if self.context.config.schedules {
-            self.run_schedules(&overview, now_ms).await;
-        }
-        let latest = reconcile::latest_migrations(&overview);
-        for record in overview.migrations.values() {
-            let id = record.spec.id.clone();
-            let is_latest = latest.get(&record.spec.service) == Some(&id);
-            if record.phase.is_terminal() {
-                if self.published.remove(&id) {
-                    self.context.board.forget(&id);
-                }
-                self.slo.remove(&id);
-                if !is_latest {
-                    self.forget(&id);
-                    continue;
-                }
-            }
-            let span = tracing::info_span!("migration", migration = %id);
-            self.drive(record.clone(), &overview, &reports, now_ms)
-                .instrument(span)
-                .await;
+    async fn propose(&self, proposal: &Proposal) -> Proposed {
+        let result = tokio::time::timeout(
+            STORE_CALL_TIMEOUT,
+            self.context.store.propose(proposal.command.clone()),
+        )
+        .await;
+        match result {
+            Ok(Ok(Ok(_))) => Proposed::Applied,
+            Ok(Ok(Err(rejected))) => Proposed::Rejected(rejected.to_string()),
+            Ok(Err(error)) => Proposed::Unavailable(error.to_string()),
+            Err(_) => Proposed::Unavailable("timed out".to_owned()),
         }
     }
 
-    /// Drops what this leadership remembers about a migration that nothing will act on again
-    /// (terminal and superseded), so memory stays bounded by the live migrations.
-    fn forget(&mut self, id: &str) {
-        let prefix = format!("{id}/");
-        lock(&self.ops).retain(|op, _| !op.starts_with(&prefix));
-        self.rollback_started.remove(id);
-        self.sizing.remove(id);
-        if let Some(phase) = self.stage_labels.remove(id) {
-            let _ = self.context.metrics.phase.remove_label_values(&[id, phase]);
-        }
-    }
-
-    fn ensure_home_pools(&self, overview: &Overview, reports: &BTreeMap<String, AgentReport>) {
-        for (name, service) in &overview.services {
-            let region = &service.primary_region;
-            let pool = reconcile::pool_of(overview, name, region, None);
-            if pool != reconcile::home_pool(overview, name, region) {
-                continue;
-            }
-            let base = format!("{name}/home/{region}");
-            for command in reconcile::ensure_pool(&base, region, &pool, reports.get(region)) {
-                self.ensure(command, self.context.config.command_timeout_ms);
-            }
-        }
-    }
-
-    async fn run_schedules(&mut self, overview: &Overview, now_ms: u64) {
-        for request in reconcile::due_schedule_requests(overview, now_ms) {
-            let key = request.schedule_key.clone().unwrap_or_default();
-            if !self.schedule_keys.insert(key.clone()) {
-                continue;
-            }
-            tracing::info!(schedule = %key, to = %request.to, "schedule leg due: creating its migration");
-            self.propose(
-                "create_migration",
-                Command::CreateMigration {
-                    request,
-                    at_ms: now_ms,
-                },
-            )
-            .await;
-        }
-    }
-
-    fn ops_snapshot(&self) -> OpsSnapshot {
-        OpsSnapshot(lock(&self.ops).clone())
-    }
-
-    async fn drive(
-        &mut self,
-        mut record: MigrationRecord,
-        overview: &Overview,
-        reports: &BTreeMap<String, AgentReport>,
-        now_ms: u64,
-    ) {
-        let id = record.spec.id.clone();
-        let Some(service) = overview.services.get(&record.spec.service) else {
-            return;
-        };
-        for _ in 0..TRANSITIONS_PER_ROUND {
-            let ops = self.ops_snapshot();
-            let mut seen = reconcile::observe(&record, service, overview, reports, &ops);
-            seen.slo = self.slo_reading(&record, &seen, reports);
-            self.export_stage(&record);
-            if !record.phase.is_terminal() {
-                self.context.board.publish(&id, seen.clone());
-                self.published.insert(id.clone());
-            }
-            let decision = migration::decide(&record, &seen, now_ms);
-            if let Some(promoted) = decision.promoted {
-                let applied = self
-                    .propose(
-                        "set_promoted",
-                        Command::SetPromoted {
-                            id: id.clone(),
-                            promoted,
-                            term: self.term,
-                            at_ms: now_ms,
-                        },
-                    )
-                    .await;
-                if !applied {
-                    return;
-                }
-                record.promoted = promoted;
-                continue;
-            }
-            if let Some(transition) = decision.transition {
-                if !self
-                    .apply_transition(&mut record, transition, &ops, overview, now_ms)
-                    .await
-                {
-                    return;
-                }
-                continue;
-            }
-            let context = CommandContext {
-                overview,
-                reports,
-                warm_plan: self.warm_plan(&record, service, reports),
-                zero_lag_timeout_ms: self.context.config.zero_lag_timeout_ms,
-            };
-            let warm_timeout =
-                self.context.config.command_timeout_ms + service.spec.warmup.mix.max_duration_ms;
-            let lag_timeout =
-                self.context.config.command_timeout_ms + self.context.config.zero_lag_timeout_ms;
-            for action in &decision.actions {
-                for command in reconcile::commands(&record, action, &context) {
-                    let timeout_ms = match command.action {
-                        umbra_proto::agent::AgentAction::Warm { .. } => warm_timeout,
-                        umbra_proto::agent::AgentAction::WaitForZeroLag { .. } => lag_timeout,
-                        _ => self.context.config.command_timeout_ms,
-                    };
-                    self.ensure(command, timeout_ms);
-                }
-            }
-            self.ensure_dns(&record, service, overview, seen.share_applied, now_ms)
-                .await;
-            return;
-        }
-    }
-
-    /// Proposes `transition` for `record`; on success updates `record` as the state did.
-    async fn apply_transition(
-        &mut self,
-        record: &mut MigrationRecord,
-        transition: migration::Transition,
-        ops: &OpsSnapshot,
-        overview: &Overview,
-        now_ms: u64,
-    ) -> bool {
-        let id = record.spec.id.clone();
-        let mut reason = transition.reason.clone();
-        let mut shadow_instances = None;
-        if transition.to == Phase::Provisioning {
-            let Some(size) = self.sizing(record, overview) else {
-                return false; // the forecast is still running
-            };
-            shadow_instances = Some(size.instances);
-            reason = format!("{reason}; shadow pool {}: {}", size.instances, size.reason);
-        }
-        let mut rollback_ms = None;
-        if transition.to == Phase::RolledBack {
-            let confirmed = ops
-                .done_at(&reconcile::set_share_op(record, 0))
-                .unwrap_or_else(Instant::now);
-            let ms = match self.rollback_started.get(&id) {
-                Some(started) => confirmed.saturating_duration_since(*started).as_millis() as u64,
-                // This leader did not see the breach: the phase start is the best it knows.
-                None => now_ms.saturating_sub(record.phase_since_ms),
-            };
-            rollback_ms = Some(ms);
-            reason = format!(
-                "{reason}; rollback_ms={ms} (breach detected → share 0 confirmed on the source)"
-            );
-        }
-        let from = record.phase;
-        let applied = self
-            .propose(
-                "transition",
-                Command::Transition {
-                    id: id.clone(),
-                    from,
-                    to: transition.to,
-                    reason: reason.clone(),
-                    shadow_instances,
-                    term: self.term,
-                    at_ms: now_ms,
-                },
-            )
-            .await;
-        if !applied {
-            return false;
-        }
-        tracing::info!(%from, to = %transition.to, %reason, "transition applied");
-        let metrics = &self.context.metrics;
-        metrics
-            .phase_seconds
-            .with_label_values(&[from.name()])
-            .observe(now_ms.saturating_sub(record.phase_since_ms) as f64 / 1_000.0);
-        if transition.to == Phase::RollingBack {
-            self.rollback_started.insert(id.clone(), Instant::now());
-            let cause = if reason.starts_with("SLO breach") {
-                "slo"
-            } else if reason.starts_with("operator") {
-                "operator"
-            } else {
-                "deadline"
-            };
-            metrics.rollbacks.with_label_values(&[cause]).inc();
-        }
-        if let Some(ms) = rollback_ms {
-            tracing::info!(rollback_ms = ms, "traffic back on the source");
-            metrics
-                .rollback_ms
-                .with_label_values(&[id.as_str()])
-                .set(ms as f64);
-        }
-        if let Some(n) = shadow_instances {
-            record.shadow_instances = n;
-        }
-        record.phase = transition.to;
-        record.phase_since_ms = now_ms;
-        self.sizing.remove(&id);
-        true
-    }
-
-    /// The shadow pool size for `record`, once the forecast finished (started on first call).
-    fn sizing(&mut self, record: &MigrationRecord, overview: &Overview) -> Option<ShadowSize> {
-        let id = record.spec.id.clone();
-        match self.sizing.get(&id) {
-            Some(SizingJob::Ready(size)) => return Some(size.clone()),
-            Some(SizingJob::Running(handle)) if !handle.is_finished() => return None,
-            Some(SizingJob::Running(_)) => {
-                let Some(SizingJob::Running(handle)) = self.sizing.remove(&id) else {
-                    unreachable!("matched above");
+    fn send(&self, outgoing: controller::Outgoing) {
+        let gateway = self.context.gateway.clone();
+        let done = self.done.clone();
+        tokio::spawn(
+            async move {
+                let result = gateway.send(outgoing.command, outgoing.timeout).await;
+                let delivery = match result {
+                    Ok(outcome) => Delivery::Answered(outcome),
+                    Err(GatewayError::Duplicate(_)) => Delivery::Duplicate,
+                    Err(error) => Delivery::Unanswered(error.to_string()),
                 };
-                let size = futures::FutureExt::now_or_never(handle)
-                    .and_then(Result::ok)
-                    .unwrap_or_else(|| ShadowSize {
-                        instances: record.shadow_instances,
-                        reason: "the sizing task failed; holding the plan's minimum".to_owned(),
-                    });
-                self.sizing.insert(id, SizingJob::Ready(size.clone()));
-                return Some(size);
+                let _ = done.send(Finished::Command {
+                    operation: outgoing.operation,
+                    delivery,
+                });
             }
-            None => {}
-        }
+            .in_current_span(),
+        );
+    }
+
+    fn size(&self, job: controller::SizingJob) {
         let demand = self.context.demand.clone();
-        let wake = self.wake.clone();
-        let spec = record.spec.clone();
-        let fallback = record.shadow_instances;
-        let job = {
-            let cutover_at_ms = spec.cutover_at_ms;
-            let found = overview
-                .services
-                .get(&spec.service)
-                .zip(overview.regions.get(&spec.to));
-            let Some((service, region_spec)) = found.map(|(s, r)| (s.spec.clone(), r.clone()))
-            else {
-                let size = ShadowSize {
-                    instances: fallback,
-                    reason: "service or region missing from the state".to_owned(),
-                };
-                self.sizing.insert(id, SizingJob::Ready(size.clone()));
-                return Some(size);
-            };
-            tokio::task::spawn_blocking(move || {
-                let at = chrono::DateTime::from_timestamp_millis(cutover_at_ms as i64)
-                    .unwrap_or_default();
-                let size =
-                    shadow_sizing::size_shadow_pool(demand.as_ref(), &service, &region_spec, at);
-                wake.notify_one();
-                size
-            })
-        };
-        self.sizing.insert(id, SizingJob::Running(job));
-        None
-    }
-
-    /// The warm-up plan with its reference p99: the source front's p99 when it is known, but
-    /// never below the plan's own reference (a source serving from cache can report a
-    /// sub-millisecond p99 that no fresh instance meets within a warm-up cap).
-    fn warm_plan(
-        &self,
-        record: &MigrationRecord,
-        service: &crate::state::ServiceState,
-        reports: &BTreeMap<String, AgentReport>,
-    ) -> umbra_proto::agent::WarmupSpec {
-        let mut plan = service.spec.warmup.clone();
-        if let Some(p99) = reports
-            .get(&record.spec.from)
-            .and_then(|r| r.front.as_ref())
-            .and_then(|f| f.window_p99_ms)
-        {
-            plan.gate.reference_p99_ms = plan.gate.reference_p99_ms.max(p99);
-        }
-        plan
-    }
-
-    /// The SLO reading of the current step: what the TARGET front served since the step's
-    /// share was confirmed on the source front.
-    fn slo_reading(
-        &mut self,
-        record: &MigrationRecord,
-        seen: &Observations,
-        reports: &BTreeMap<String, AgentReport>,
-    ) -> Option<SloReading> {
-        let id = &record.spec.id;
-        if !matches!(record.phase, Phase::CuttingOver { .. } | Phase::Draining) {
-            self.slo.remove(id);
-            return None;
-        }
-        if seen.share_applied != Some(record.spec.target_share(record.phase)) {
-            return None;
-        }
-        let front = reports.get(&record.spec.to)?.front.as_ref()?;
-        let base = self.slo.entry(id.clone()).or_insert(SloBase {
-            phase: record.phase,
-            requests: front.requests_total,
-            errors: front.errors_total,
+        let done = self.done.clone();
+        tokio::task::spawn_blocking(move || {
+            let at = chrono::DateTime::from_timestamp_millis(job.cutover_at_ms as i64)
+                .unwrap_or_default();
+            let size =
+                shadow_sizing::size_shadow_pool(demand.as_ref(), &job.service, &job.region, at);
+            let _ = done.send(Finished::Sizing {
+                migration: job.migration,
+                size,
+            });
         });
-        if base.phase != record.phase || front.requests_total < base.requests {
-            *base = SloBase {
-                phase: record.phase,
-                requests: front.requests_total,
-                errors: front.errors_total,
-            };
-        }
-        let samples = front.requests_total - base.requests;
-        if samples == 0 {
-            return None;
-        }
-        let errors = front.errors_total.saturating_sub(base.errors);
-        Some(SloReading {
-            samples,
-            error_rate: errors as f64 / samples as f64,
-            p99_ms: front.window_p99_ms.unwrap_or(0.0),
-        })
     }
 
-    fn export_stage(&mut self, record: &MigrationRecord) {
-        let id = record.spec.id.as_str();
-        let phase = record.phase.name();
-        let gauge = &self.context.metrics.phase;
-        if let Some(old) = self.stage_labels.insert(id.to_owned(), phase)
-            && old != phase
-        {
-            let _ = gauge.remove_label_values(&[id, old]);
+    /// Exports the controller's events: metrics, the observation board, DNS checks.
+    fn events(&mut self) {
+        let metrics = &self.context.metrics;
+        while let Some(event) = self.controller.poll_event() {
+            match event {
+                Event::Observed { migration, seen } => {
+                    self.context.board.publish(&migration, *seen)
+                }
+                Event::Unobserved { migration } => self.context.board.forget(&migration),
+                Event::Stage {
+                    migration,
+                    phase,
+                    previous,
+                    done,
+                } => {
+                    if let Some(old) = previous {
+                        let _ = metrics.phase.remove_label_values(&[&migration, old]);
+                    }
+                    metrics
+                        .phase
+                        .with_label_values(&[migration.as_str(), phase])
+                        .set(done as i64);
+                }
+                Event::StageCleared { migration, phase } => {
+                    let _ = metrics.phase.remove_label_values(&[&migration, phase]);
+                }
+                Event::ProposalEnded { kind, label } => {
+                    metrics.proposals.with_label_values(&[kind, label]).inc()
+                }
+                Event::CommandEnded { kind, class } => {
+                    metrics.commands.with_label_values(&[kind, class]).inc()
+                }
+                Event::PhaseLeft { phase, seconds } => metrics
+                    .phase_seconds
+                    .with_label_values(&[phase])
+                    .observe(seconds),
+                Event::RollbackStarted { cause } => {
+                    metrics.rollbacks.with_label_values(&[cause]).inc()
+                }
+                Event::RolledBack {
+                    migration,
+                    rollback_ms,
+                } => metrics
+                    .rollback_ms
+                    .with_label_values(&[migration.as_str()])
+                    .set(rollback_ms as f64),
+                Event::DnsChanged {
+                    service,
+                    dns,
+                    overview,
+                } => self.verify_dns(service, dns, *overview),
+            }
         }
-        let (done, _) = crate::migration::progress(record);
-        gauge.with_label_values(&[id, phase]).set(done as i64);
     }
 
-    async fn ensure_dns(
-        &mut self,
-        record: &MigrationRecord,
-        service: &crate::state::ServiceState,
-        overview: &Overview,
-        share_applied: Option<u8>,
-        now_ms: u64,
+    fn verify_dns(
+        &self,
+        service: String,
+        dns: crate::state::DnsWeights,
+        overview: crate::state::Overview,
     ) {
-        let Some(want) = reconcile::desired_dns(record, service, share_applied) else {
-            return;
-        };
-        let name = &record.spec.service;
-        if overview.dns.get(name) == Some(&want) || self.dns_proposed.get(name) == Some(&want) {
-            return;
-        }
-        let reason = format!("{} {}", record.spec.id, record.phase);
-        let applied = self
-            .propose(
-                "set_dns_weights",
-                Command::SetDnsWeights {
-                    service: name.clone(),
-                    dns: want.clone(),
-                    reason,
-                    term: self.term,
-                    at_ms: now_ms,
-                },
-            )
-            .await;
-        if !applied {
-            self.dns_proposed.remove(name);
-            return;
-        }
-        self.dns_proposed.insert(name.clone(), want.clone());
         let servers = self.context.config.dns_servers.clone();
         if servers.is_empty() {
             return;
         }
-        let overview = overview.clone();
-        let service = name.clone();
         let timeout = Duration::from_millis(self.context.config.dns_verify_timeout_ms);
         let counter = self.context.metrics.dns_verifications.clone();
         tokio::spawn(
             async move {
                 let verified = crate::zone_sync::verify_weights_served(
-                    &servers, &overview, &service, &want, timeout,
+                    &servers, &overview, &service, &dns, timeout,
                 )
                 .await;
                 match verified {
@@ -820,140 +490,11 @@ impl Leadership {
             .in_current_span(),
         );
     }
-
-    /// Makes `command` hold: sends it unless it succeeded, is in flight, waits for its backoff,
-    /// depends on an operation that has not succeeded yet, or ran out of attempts.
-    fn ensure(&self, command: DueCommand, timeout_ms: u64) {
-        let config = &self.context.config;
-        let now = Instant::now();
-        let (op_id, attempt) = {
-            let mut ops = lock(&self.ops);
-            if let Some(after) = &command.after
-                && !matches!(ops.get(after).map(|r| &r.state), Some(OpState::Done { .. }))
-            {
-                return;
-            }
-            let record = ops.entry(command.op_id.clone()).or_insert(OpRecord {
-                attempt: 0,
-                backoff: Duration::from_millis(config.retry_min_ms),
-                state: OpState::Wait { until: now },
-            });
-            match record.state {
-                OpState::InFlight | OpState::Done { .. } => return,
-                OpState::Wait { until } if until > now => return,
-                OpState::Wait { .. } => {}
-            }
-            if record.attempt >= config.max_attempts {
-                return;
-            }
-            record.state = OpState::InFlight;
-            let op_id = if record.attempt == 0 {
-                command.op_id.clone()
-            } else {
-                format!("{}/r{}", command.op_id, record.attempt)
-            };
-            (op_id, record.attempt)
-        };
-        let kind = action_kind(&command.action);
-        let agent_command = AgentCommand {
-            op_id: op_id.clone(),
-            term: self.term,
-            region: command.region.clone(),
-            action: command.action,
-        };
-        let gateway = self.context.gateway.clone();
-        let ops = self.ops.clone();
-        let wake = self.wake.clone();
-        let metrics = self.context.metrics.clone();
-        let base = command.op_id;
-        let retry_max = Duration::from_millis(config.retry_max_ms);
-        tracing::debug!(%op_id, attempt, region = %agent_command.region, "sending");
-        tokio::spawn(
-            async move {
-                let result = gateway
-                    .send(agent_command, Duration::from_millis(timeout_ms))
-                    .await;
-                let (class, next) = classify(&result);
-                metrics.commands.with_label_values(&[kind, class]).inc();
-                {
-                    let mut ops = lock(&ops);
-                    let Some(record) = ops.get_mut(&base) else {
-                        return;
-                    };
-                    match next {
-                        Next::Done => {
-                            let outcome = result.clone().expect("classified as done");
-                            record.state = OpState::Done {
-                                outcome,
-                                at: Instant::now(),
-                            };
-                        }
-                        Next::Retry { new_id } => {
-                            if new_id {
-                                record.attempt += 1;
-                            }
-                            record.state = OpState::Wait {
-                                until: Instant::now() + record.backoff,
-                            };
-                            record.backoff = (record.backoff * 2).min(retry_max);
-                        }
-                    }
-                }
-                match &result {
-                    Ok(CommandOutcome::Done(_)) if class == "done" => {
-                        tracing::debug!(%op_id, "done")
-                    }
-                    Ok(outcome) => tracing::info!(%op_id, ?outcome, "not done; will retry"),
-                    Err(GatewayError::NotConnected(region)) => {
-                        tracing::debug!(%op_id, %region, "agent not connected; will retry")
-                    }
-                    Err(error) => tracing::info!(%op_id, %error, "no outcome; will retry"),
-                }
-                wake.notify_one();
-            }
-            .in_current_span(),
-        );
-    }
 }
 
-enum Next {
-    Done,
-    Retry { new_id: bool },
-}
-
-/// What an outcome means for the operation: success, a retry under the same id (the agent
-/// did not record it: refusals, lost answers), or a retry under a new id (the agent recorded a
-/// failure and would repeat it).
-fn classify(result: &Result<CommandOutcome, GatewayError>) -> (&'static str, Next) {
-    match result {
-        Ok(CommandOutcome::Done(CommandResult::Warmup(p))) if p.phase != WarmupPhase::Ready => {
-            ("not_ready", Next::Retry { new_id: true })
-        }
-        Ok(CommandOutcome::Done(_)) => ("done", Next::Done),
-        Ok(CommandOutcome::Refused(_)) => ("refused", Next::Retry { new_id: false }),
-        Ok(CommandOutcome::Failed { .. }) => ("failed", Next::Retry { new_id: true }),
-        Err(GatewayError::Duplicate(_)) => ("duplicate", Next::Retry { new_id: false }),
-        Err(_) => ("unanswered", Next::Retry { new_id: false }),
-    }
-}
-
-fn action_kind(action: &umbra_proto::agent::AgentAction) -> &'static str {
-    use umbra_proto::agent::AgentAction::*;
-    match action {
-        Provision { .. } => "provision",
-        Start { .. } => "start",
-        Activate { .. } => "activate",
-        Deactivate { .. } => "deactivate",
-        Pause { .. } => "pause",
-        Resume { .. } => "resume",
-        Stop { .. } => "stop",
-        Remove { .. } => "remove",
-        Warm { .. } => "warm",
-        StartReplication { .. } => "start_replication",
-        FenceSource { .. } => "fence_source",
-        WaitForZeroLag { .. } => "wait_for_zero_lag",
-        Promote { .. } => "promote",
-        StopReplication { .. } => "stop_replication",
-        SetShare { .. } => "set_share",
+fn now(clock: &dyn Clock) -> Now {
+    Now {
+        at: Instant::now(),
+        unix_ms: clock.now_ms(),
     }
 }

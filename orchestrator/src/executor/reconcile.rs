@@ -30,6 +30,10 @@ pub struct DueCommand {
     pub action: AgentAction,
     /// An operation that must have succeeded first (same region or not).
     pub after: Option<String>,
+    /// Its effect shows in the region's report (an instance exists, serves, left the front,
+    /// stopped, is gone), so it is asked for again only while the effect is missing: a
+    /// repeat after success means the effect was lost, and the controller heals it.
+    pub observable: bool,
 }
 
 /// Shadow instance ids of a migration: `{id}-1` … `{id}-{n}`.
@@ -272,6 +276,11 @@ pub struct CommandContext<'a> {
     pub warm_plan: WarmupSpec,
     /// `WaitForZeroLag` timeout.
     pub zero_lag_timeout_ms: u64,
+    /// The proposer's clock, Unix ms.
+    pub now_ms: u64,
+    /// How long a rolled-back migration's shadows are kept out of the front before they are
+    /// stopped and removed, ms.
+    pub shadow_keep_ms: u64,
 }
 
 /// The agent commands that make `action` hold for `record`, in dependency order.
@@ -297,6 +306,7 @@ pub fn commands(
             region: region.to_owned(),
             action,
             after,
+            observable: false,
         };
     let mut out = Vec::new();
     match action {
@@ -404,33 +414,86 @@ pub fn commands(
             }
         }
         Action::ReleaseShadow => {
-            for id in &shadows {
-                if instance(target, id).is_some_and(|i| i.state != InstanceState::Stopped) {
-                    out.push(cmd(
-                        format!("{}/{id}", op(record, record.phase, "release_shadow")),
-                        &spec.to,
-                        AgentAction::Stop {
-                            instance: id.clone(),
-                        },
-                        None,
-                    ));
-                }
-            }
+            // Out of the front at once (a rolled-back shadow must never answer again: it
+            // stops replicating and would serve stale reads); stopped and removed once the
+            // keep time has passed.
+            let remove = ctx.now_ms >= record.phase_since_ms.saturating_add(ctx.shadow_keep_ms);
+            out.extend(release_pool(
+                &op(record, Phase::RolledBack, "release_shadow"),
+                &spec.to,
+                &shadows,
+                target,
+                remove,
+            ));
         }
         Action::ReleaseSource => {
-            for id in &source_pool {
-                if instance(source, id).is_some_and(|i| i.state != InstanceState::Stopped) {
-                    out.push(cmd(
-                        format!("{}/{id}", op(record, Phase::Completed, "release_source")),
-                        &spec.from,
-                        AgentAction::Stop {
-                            instance: id.clone(),
-                        },
-                        None,
-                    ));
-                }
-            }
+            out.extend(release_pool(
+                &op(record, Phase::Completed, "release_source"),
+                &spec.from,
+                &source_pool,
+                source,
+                true,
+            ));
         }
+    }
+    out
+}
+
+/// Commands that take `pool` out of service in `region` gracefully, one stage per report:
+/// replication into it stopped and out of the front (deactivated) first, then (with `remove`)
+/// stopped, then removed, so a heartbeat lists live instances only. Level-triggered: each
+/// instance gets the command for the stage its report shows.
+pub fn release_pool(
+    base: &str,
+    region: &str,
+    pool: &[String],
+    report: Option<&AgentReport>,
+    remove: bool,
+) -> Vec<DueCommand> {
+    let mut out = Vec::new();
+    let cmd = |op_id: String, action: AgentAction, observable: bool| DueCommand {
+        op_id,
+        region: region.to_owned(),
+        action,
+        after: None,
+        observable,
+    };
+    for id in pool {
+        let Some(found) = instance(report, id) else {
+            continue;
+        };
+        let replicating = report.is_some_and(|r| r.replication.iter().any(|x| &x.instance == id));
+        if replicating {
+            out.push(cmd(
+                format!("{base}/unreplicate/{id}"),
+                AgentAction::StopReplication {
+                    instance: id.clone(),
+                },
+                true,
+            ));
+        }
+        let (stage, action) = match found.state {
+            InstanceState::Active => (
+                "deactivate",
+                AgentAction::Deactivate {
+                    instance: id.clone(),
+                },
+            ),
+            InstanceState::Stopped if remove => (
+                "remove",
+                AgentAction::Remove {
+                    instance: id.clone(),
+                },
+            ),
+            _ if remove => (
+                "stop",
+                AgentAction::Stop {
+                    instance: id.clone(),
+                },
+            ),
+            _ => continue,
+        };
+        out.push(cmd(format!("{base}/{stage}/{id}"), action, true));
     }
     out
 }
@@ -448,6 +511,7 @@ fn move_writer(base: &str, region: &str, instance: &str, timeout_ms: u64) -> Vec
                 instance: instance.to_owned(),
             },
             after: None,
+            observable: false,
         },
         DueCommand {
             op_id: wait.clone(),
@@ -457,6 +521,7 @@ fn move_writer(base: &str, region: &str, instance: &str, timeout_ms: u64) -> Vec
                 timeout_ms,
             },
             after: Some(fence),
+            observable: false,
         },
         DueCommand {
             op_id: promote,
@@ -465,6 +530,7 @@ fn move_writer(base: &str, region: &str, instance: &str, timeout_ms: u64) -> Vec
                 instance: instance.to_owned(),
             },
             after: Some(wait),
+            observable: false,
         },
     ]
 }
@@ -494,6 +560,7 @@ pub fn ensure_pool(
             region: region.to_owned(),
             action: AgentAction::Provision { instances: missing },
             after: None,
+            observable: true,
         });
     }
     for id in pool {
@@ -506,6 +573,7 @@ pub fn ensure_pool(
                     instance: id.clone(),
                 },
                 after: (!exists).then(|| provision.clone()),
+                observable: true,
             });
         }
     }
@@ -752,6 +820,8 @@ mod tests {
             reports: &reports,
             warm_plan: overview.services["shop"].spec.warmup.clone(),
             zero_lag_timeout_ms: 1_000,
+            now_ms: 0,
+            shadow_keep_ms: 0,
         };
         let got = commands(&record, &Action::EnsureShadow { instances: 2 }, &ctx);
         let provision = format!("{id}/provisioning/0/ensure_shadow/provision");
@@ -786,6 +856,8 @@ mod tests {
             reports: &reports,
             warm_plan: overview.services["shop"].spec.warmup.clone(),
             zero_lag_timeout_ms: 1_000,
+            now_ms: 0,
+            shadow_keep_ms: 0,
         };
         let got = commands(&record, &Action::PromoteTarget, &ctx);
         assert_eq!(got.len(), 6);

@@ -346,9 +346,11 @@ pub enum Action {
         /// Share for the target, percent.
         percent: u8,
     },
-    /// Shadow instances are stopped and removed (after a rollback that does not keep them).
+    /// Shadow instances leave the front at once, and are stopped and removed after the
+    /// executor's keep time (after a rollback).
     ReleaseShadow,
-    /// The source's instances are stopped (after a completed migration has drained).
+    /// The source's instances leave the front, stop and are removed (after a completed
+    /// migration has drained).
     ReleaseSource,
 }
 
@@ -512,7 +514,11 @@ pub fn decide(record: &MigrationRecord, seen: &Observations, now_ms: u64) -> Dec
             Decision::advance(transition, vec![Action::SetShare { percent: 100 }])
         }
         Phase::RollingBack => rolling_back(record, seen, elapsed_ms),
-        Phase::RolledBack => Decision::hold(vec![Action::SetShare { percent: 0 }]),
+        // The shadow leaves the front at once: it no longer replicates, so anything it
+        // answered from now on would be stale.
+        Phase::RolledBack => {
+            Decision::hold(vec![Action::SetShare { percent: 0 }, Action::ReleaseShadow])
+        }
         Phase::Completed => Decision::hold(vec![
             Action::SetShare { percent: 100 },
             Action::ReleaseSource,

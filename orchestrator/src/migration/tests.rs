@@ -496,6 +496,16 @@ fn decisions_table() {
             promoted_change: None,
             actions: vec![SetShare { percent: 100 }, ReleaseSource],
         },
+        Row {
+            name: "a rolled-back migration keeps traffic on the source and releases its shadow",
+            phase: Phase::RolledBack,
+            promoted: false,
+            elapsed_ms: 5_000,
+            seen: Observations::default(),
+            to: None,
+            promoted_change: None,
+            actions: vec![SetShare { percent: 0 }, ReleaseShadow],
+        },
     ];
 
     for row in rows {
@@ -700,7 +710,10 @@ mod properties {
             if phase.is_terminal() {
                 prop_assert!(decision.transition.is_none());
                 let keeps_traffic = decision.actions.iter().all(|a| {
-                    matches!(a, Action::SetShare { .. } | Action::ReleaseSource)
+                    matches!(
+                        a,
+                        Action::SetShare { .. } | Action::ReleaseSource | Action::ReleaseShadow
+                    )
                 });
                 prop_assert!(keeps_traffic, "{:?}", decision.actions);
             }

@@ -111,6 +111,10 @@ pub struct ExecutorSection {
     /// Slice width of that history, seconds.
     #[serde(default = "default_slice_secs")]
     pub demand_slice_secs: u32,
+    /// How long a rolled-back migration's shadow instances are kept, out of the front, before
+    /// they are stopped and removed, ms (0: at once).
+    #[serde(default = "default_shadow_keep_ms")]
+    pub shadow_keep_ms: u64,
 }
 
 fn default_true() -> bool {
@@ -128,6 +132,9 @@ fn default_retry_max_ms() -> u64 {
 fn default_dns_verify_timeout_ms() -> u64 {
     crate::executor::DEFAULT_DNS_VERIFY_TIMEOUT_MS
 }
+fn default_shadow_keep_ms() -> u64 {
+    crate::executor::DEFAULT_SHADOW_KEEP_MS
+}
 fn default_slice_secs() -> u32 {
     umbra_forecast::history::HistoryConfig::default().slice_secs
 }
@@ -144,6 +151,7 @@ impl Default for ExecutorSection {
             schedules: true,
             demand_csv_dir: None,
             demand_slice_secs: default_slice_secs(),
+            shadow_keep_ms: default_shadow_keep_ms(),
         }
     }
 }
@@ -161,6 +169,7 @@ impl ExecutorSection {
             dns_servers: self.dns_servers.clone(),
             dns_verify_timeout_ms: self.dns_verify_timeout_ms,
             schedules: self.schedules,
+            shadow_keep_ms: self.shadow_keep_ms,
             ..ExecutorConfig::default()
         }
     }

@@ -1,0 +1,1127 @@
+//! The executor's controller, sans-IO (quinn-proto's shape): everything one leadership
+//! remembers and decides, with no task, lock, socket or clock inside. The driver in
+//! [`super`] feeds it what happened (`handle_*`, each with [`Now`]) and carries out what it
+//! asks for (`poll_*`): agent commands, proposals to the replicated state, shadow-pool
+//! sizing jobs and events (metrics, the observation board, DNS checks). Same inputs in the
+//! same order give the same outputs, so a leadership can be replayed and tested in tables.
+//!
+//! What it owns: the table of agent operations (attempts, backoff, outcomes), the proposals
+//! in flight, the SLO baselines, the rollback timers, the schedule legs already proposed and
+//! the shadow sizes. A new leadership starts a new controller from nothing but the replicated
+//! state and fresh reports: it repeats its predecessor's operation ids, so agents answer from
+//! their ledgers instead of acting twice.
+//!
+//! An operation is sent again only when its outcome is missing or failed, with exponential
+//! backoff; a failed one gets a new id (`…/r{n}`) because the agent answers a repeated id
+//! with its first outcome. An operation whose effect the agents can see (an instance exists,
+//! serves, left the front, stopped, is gone) is *healed*: when [`reconcile`] asks for it again
+//! after it succeeded and a report newer than that success still lacks the effect (the
+//! instance died, or an agent restart lost it), it runs again under a fresh id (`…/h{n}`).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use umbra_proto::agent::{
+    AgentAction, AgentCommand, AgentReport, CommandOutcome, CommandResult, WarmupPhase, WarmupSpec,
+};
+
+use super::ExecutorConfig;
+use super::reconcile::{self, CommandContext, DueCommand, OpView};
+use super::shadow_sizing::ShadowSize;
+use crate::migration::{self, MigrationRecord, Observations, Phase, SloReading};
+use crate::state::{
+    Command, DnsWeights, MigrationRequest, Overview, RegionSpec, ServiceSpec, ServiceState,
+};
+
+/// Re-decisions of one migration within one round, so a chain of instant transitions (a
+/// breach, then the rollback) does not wait a tick each, and nothing can loop.
+const STEPS_PER_ROUND: u32 = 4;
+
+/// The time of an input: a monotonic instant for timers and Unix milliseconds for what is
+/// written into the replicated state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time (backoff, rollback timing).
+    pub at: Instant,
+    /// Wall-clock time, Unix ms (the proposer's clock in commands and phase deadlines).
+    pub unix_ms: u64,
+}
+
+/// An agent command to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// The command, with the id of this attempt.
+    pub command: AgentCommand,
+    /// The operation it belongs to (its id before any `/h` or `/r` suffix): hand it back
+    /// with the outcome.
+    pub operation: String,
+    /// What kind of action, for metrics.
+    pub kind: &'static str,
+    /// How long to wait for the outcome.
+    pub timeout: Duration,
+}
+
+/// What a proposal is about; at most one proposal per key is in flight.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProposalKey {
+    /// A transition or the promoted flag of a migration.
+    Migration(String),
+    /// A service's DNS weights.
+    Dns(String),
+    /// A follow-the-sun schedule leg (its key).
+    Schedule(String),
+}
+
+/// A command to propose to the replicated state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposal {
+    /// Hand it back with the result.
+    pub key: ProposalKey,
+    /// What kind, for metrics and logs.
+    pub kind: &'static str,
+    /// The command.
+    pub command: Command,
+}
+
+/// How a proposal ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proposed {
+    /// It applied.
+    Applied,
+    /// The state refused it (someone else moved the state, or this leader was deposed).
+    Rejected(String),
+    /// No answer (timeout, lost leadership, transport).
+    Unavailable(String),
+}
+
+impl Proposed {
+    fn label(&self) -> &'static str {
+        match self {
+            Proposed::Applied => "applied",
+            Proposed::Rejected(_) => "rejected",
+            Proposed::Unavailable(_) => "error",
+        }
+    }
+}
+
+/// How a command ended, as the gateway saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// The agent answered.
+    Answered(CommandOutcome),
+    /// The same id already awaits its outcome on the agent's stream.
+    Duplicate,
+    /// No answer (not connected, timeout, stream closed), with why.
+    Unanswered(String),
+}
+
+/// A shadow pool to size from the demand history (the forecast runs outside the controller).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SizingJob {
+    /// The migration.
+    pub migration: String,
+    /// The service.
+    pub service: ServiceSpec,
+    /// The target region.
+    pub region: RegionSpec,
+    /// The cutover time, Unix ms.
+    pub cutover_at_ms: u64,
+}
+
+/// Something the driver reports or exports. Nothing here changes the replicated state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// What was observed of a live migration (for `GET /v1/status`).
+    Observed {
+        /// The migration.
+        migration: String,
+        /// The observations.
+        seen: Box<Observations>,
+    },
+    /// A migration is no longer observed (terminal, or this leadership ended).
+    Unobserved {
+        /// The migration.
+        migration: String,
+    },
+    /// A migration's stage (for the phase gauge): `previous` is the stage last exported.
+    Stage {
+        /// The migration.
+        migration: String,
+        /// Phase name.
+        phase: &'static str,
+        /// The phase last exported for it, if different.
+        previous: Option<&'static str>,
+        /// Stages done on the happy path.
+        done: u64,
+    },
+    /// A migration's stage is no longer exported.
+    StageCleared {
+        /// The migration.
+        migration: String,
+        /// The phase last exported.
+        phase: &'static str,
+    },
+    /// A proposal ended.
+    ProposalEnded {
+        /// Its kind.
+        kind: &'static str,
+        /// `applied`, `rejected` or `error`.
+        label: &'static str,
+    },
+    /// A command ended.
+    CommandEnded {
+        /// Its kind.
+        kind: &'static str,
+        /// `done`, `not_ready`, `refused`, `failed`, `duplicate` or `unanswered`.
+        class: &'static str,
+    },
+    /// A transition applied: the phase left and how long the migration spent in it.
+    PhaseLeft {
+        /// The phase left.
+        phase: &'static str,
+        /// Seconds spent in it.
+        seconds: f64,
+    },
+    /// A rollback started.
+    RollbackStarted {
+        /// `slo`, `operator` or `deadline`.
+        cause: &'static str,
+    },
+    /// Traffic is back on the source: breach detected → share 0 confirmed.
+    RolledBack {
+        /// The migration.
+        migration: String,
+        /// Milliseconds.
+        rollback_ms: u64,
+    },
+    /// New DNS weights applied: check every DNS server serves them.
+    DnsChanged {
+        /// The service.
+        service: String,
+        /// The weights.
+        dns: DnsWeights,
+        /// The state they were proposed from (the regions' fronts).
+        overview: Box<Overview>,
+    },
+}
+
+/// The controller's settings (from [`ExecutorConfig`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControllerConfig {
+    /// Longest wait for an outcome.
+    pub command_timeout: Duration,
+    /// `WaitForZeroLag` timeout, ms.
+    pub zero_lag_timeout_ms: u64,
+    /// First retry delay.
+    pub retry_min: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Attempts (distinct ids) per operation before it waits for the phase deadline.
+    pub max_attempts: u32,
+    /// Run follow-the-sun schedules.
+    pub schedules: bool,
+    /// How long a rolled-back migration's shadows are kept (out of the front) before they
+    /// are stopped and removed, ms.
+    pub shadow_keep_ms: u64,
+}
+
+impl From<&ExecutorConfig> for ControllerConfig {
+    fn from(c: &ExecutorConfig) -> Self {
+        Self {
+            command_timeout: Duration::from_millis(c.command_timeout_ms),
+            zero_lag_timeout_ms: c.zero_lag_timeout_ms,
+            retry_min: Duration::from_millis(c.retry_min_ms),
+            retry_max: Duration::from_millis(c.retry_max_ms),
+            max_attempts: c.max_attempts,
+            schedules: c.schedules,
+            shadow_keep_ms: c.shadow_keep_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum OpState {
+    /// Sent; the outcome is awaited.
+    InFlight,
+    /// Succeeded (at `at`).
+    Done {
+        outcome: CommandOutcome,
+        at: Instant,
+    },
+    /// Send (again) at `until`.
+    Wait { until: Instant },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Operation {
+    /// Times the effect was healed (each heal starts a new id sequence).
+    heal: u32,
+    /// Attempt within the current heal.
+    attempt: u32,
+    backoff: Duration,
+    state: OpState,
+    kind: &'static str,
+}
+
+impl Operation {
+    fn id(&self, base: &str) -> String {
+        let mut id = base.to_owned();
+        if self.heal > 0 {
+            id.push_str(&format!("/h{}", self.heal));
+        }
+        if self.attempt > 0 {
+            id.push_str(&format!("/r{}", self.attempt));
+        }
+        id
+    }
+}
+
+struct Ops<'a>(&'a BTreeMap<String, Operation>);
+
+impl OpView for Ops<'_> {
+    fn done(&self, op_id: &str) -> Option<&CommandOutcome> {
+        match &self.0.get(op_id)?.state {
+            OpState::Done { outcome, .. } => Some(outcome),
+            _ => None,
+        }
+    }
+}
+
+/// What to do when a proposal applies.
+#[derive(Debug, Clone, PartialEq)]
+enum OnApplied {
+    Transition {
+        id: String,
+        from: Phase,
+        to: Phase,
+        reason: String,
+        shadow_instances: Option<u32>,
+        rollback_ms: Option<u64>,
+    },
+    Promoted {
+        id: String,
+        promoted: bool,
+    },
+    Dns {
+        service: String,
+        dns: DnsWeights,
+    },
+    Schedule,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SloBase {
+    phase: Phase,
+    requests: u64,
+    errors: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Sizing {
+    Requested,
+    Ready(ShadowSize),
+}
+
+/// One term of leadership's controller. See the module docs.
+pub struct Controller {
+    config: ControllerConfig,
+    term: u64,
+    now: Now,
+    overview: Option<Overview>,
+    reports: BTreeMap<String, (AgentReport, Instant)>,
+    ops: BTreeMap<String, Operation>,
+    in_flight: BTreeMap<ProposalKey, OnApplied>,
+    sizing: BTreeMap<String, Sizing>,
+    slo: BTreeMap<String, SloBase>,
+    rollback_started: BTreeMap<String, Instant>,
+    stages: BTreeMap<String, &'static str>,
+    dns_proposed: BTreeMap<String, DnsWeights>,
+    schedule_keys: BTreeSet<String>,
+    observed: BTreeSet<String>,
+    steps: BTreeMap<String, u32>,
+    commands: VecDeque<Outgoing>,
+    proposals: VecDeque<Proposal>,
+    sizing_jobs: VecDeque<SizingJob>,
+    events: VecDeque<Event>,
+}
+
+impl Controller {
+    /// A controller for leadership `term`, starting at `now`.
+    pub fn new(config: ControllerConfig, term: u64, now: Now) -> Self {
+        Self {
+            config,
+            term,
+            now,
+            overview: None,
+            reports: BTreeMap::new(),
+            ops: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            sizing: BTreeMap::new(),
+            slo: BTreeMap::new(),
+            rollback_started: BTreeMap::new(),
+            stages: BTreeMap::new(),
+            dns_proposed: BTreeMap::new(),
+            schedule_keys: BTreeSet::new(),
+            observed: BTreeSet::new(),
+            steps: BTreeMap::new(),
+            commands: VecDeque::new(),
+            proposals: VecDeque::new(),
+            sizing_jobs: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The term this controller leads in.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// A region's latest report, received at `received_at`. Reports take effect at the
+    /// next [`Controller::handle_overview`].
+    pub fn handle_report(&mut self, region: &str, report: AgentReport, received_at: Instant) {
+        match self.reports.get(region) {
+            Some((_, at)) if *at >= received_at => {}
+            _ => {
+                self.reports
+                    .insert(region.to_owned(), (report, received_at));
+            }
+        }
+    }
+
+    /// A fresh read of the replicated state: runs one round over every service and
+    /// migration.
+    pub fn handle_overview(&mut self, overview: Overview, now: Now) {
+        self.now = now;
+        self.overview = Some(overview);
+        self.steps.clear();
+        self.ensure_home_pools();
+        if self.config.schedules {
+            self.run_schedules();
+        }
+        let overview = self.overview.as_ref().expect("just set");
+        let latest = reconcile::latest_migrations(overview);
+        let records: Vec<(String, Phase, bool)> = overview
+            .migrations
+            .values()
+            .map(|m| {
+                let id = m.spec.id.clone();
+                let is_latest = latest.get(&m.spec.service) == Some(&id);
+                (id, m.phase, is_latest)
+            })
+            .collect();
+        for (id, phase, is_latest) in records {
+            if phase.is_terminal() {
+                self.unobserve(&id);
+                self.slo.remove(&id);
+                if !is_latest {
+                    self.superseded(&id);
+                    continue;
+                }
+            }
+            self.step(&id);
+        }
+    }
+
+    /// The outcome of `operation` (as handed out in [`Outgoing::operation`]).
+    pub fn handle_outcome(&mut self, operation: &str, delivery: Delivery, now: Now) {
+        self.now = now;
+        let (class, next) = classify(&delivery);
+        let Some(op) = self.ops.get_mut(operation) else {
+            return; // forgotten meanwhile
+        };
+        if op.state != OpState::InFlight {
+            return;
+        }
+        self.events.push_back(Event::CommandEnded {
+            kind: op.kind,
+            class,
+        });
+        match (&delivery, &next) {
+            (Delivery::Answered(CommandOutcome::Done(_)), Next::Done) => {
+                tracing::debug!(operation, "done")
+            }
+            (Delivery::Answered(outcome), _) => {
+                tracing::info!(operation, ?outcome, "not done; will retry")
+            }
+            (Delivery::Duplicate, _) => tracing::debug!(operation, "duplicate; will retry"),
+            (Delivery::Unanswered(why), _) => {
+                tracing::debug!(operation, %why, "no outcome; will retry")
+            }
+        }
+        match next {
+            Next::Done => {
+                let Delivery::Answered(outcome) = delivery else {
+                    unreachable!("classified as done")
+                };
+                op.state = OpState::Done {
+                    outcome,
+                    at: now.at,
+                };
+            }
+            Next::Retry { new_id } => {
+                if new_id {
+                    op.attempt += 1;
+                }
+                op.state = OpState::Wait {
+                    until: now.at + op.backoff,
+                };
+                op.backoff = (op.backoff * 2).min(self.config.retry_max);
+            }
+        }
+    }
+
+    /// How a proposal handed out by [`Controller::poll_proposal`] ended.
+    pub fn handle_proposal(&mut self, key: &ProposalKey, result: Proposed, now: Now) {
+        self.now = now;
+        let Some(on_applied) = self.in_flight.remove(key) else {
+            return;
+        };
+        let kind = match &on_applied {
+            OnApplied::Transition { .. } => "transition",
+            OnApplied::Promoted { .. } => "set_promoted",
+            OnApplied::Dns { .. } => "set_dns_weights",
+            OnApplied::Schedule => "create_migration",
+        };
+        self.events.push_back(Event::ProposalEnded {
+            kind,
+            label: result.label(),
+        });
+        match &result {
+            Proposed::Applied => {}
+            Proposed::Rejected(why) => tracing::info!(%why, kind, "proposal rejected"),
+            Proposed::Unavailable(why) => tracing::warn!(%why, kind, "proposal failed"),
+        }
+        if result != Proposed::Applied {
+            if let OnApplied::Dns { service, .. } = on_applied {
+                self.dns_proposed.remove(&service);
+            }
+            return;
+        }
+        match on_applied {
+            OnApplied::Transition {
+                id,
+                from,
+                to,
+                reason,
+                shadow_instances,
+                rollback_ms,
+            } => self.transition_applied(&id, from, to, &reason, shadow_instances, rollback_ms),
+            OnApplied::Promoted { id, promoted } => {
+                if let Some(record) = self.record_mut(&id) {
+                    record.promoted = promoted;
+                }
+                self.step(&id);
+            }
+            OnApplied::Dns { service, dns } => {
+                self.dns_proposed.insert(service.clone(), dns.clone());
+                if let Some(overview) = &self.overview {
+                    self.events.push_back(Event::DnsChanged {
+                        service,
+                        dns,
+                        overview: Box::new(overview.clone()),
+                    });
+                }
+            }
+            OnApplied::Schedule => {}
+        }
+    }
+
+    /// The shadow pool size of `migration`, from the sizing job it asked for.
+    pub fn handle_sizing(&mut self, migration: &str, size: ShadowSize, now: Now) {
+        self.now = now;
+        if self.sizing.get(migration) == Some(&Sizing::Requested) {
+            self.sizing
+                .insert(migration.to_owned(), Sizing::Ready(size));
+            self.step(migration);
+        }
+    }
+
+    /// The next agent command to send.
+    pub fn poll_command(&mut self) -> Option<Outgoing> {
+        self.commands.pop_front()
+    }
+
+    /// The next command to propose. Hand its result to [`Controller::handle_proposal`].
+    pub fn poll_proposal(&mut self) -> Option<Proposal> {
+        self.proposals.pop_front()
+    }
+
+    /// The next shadow pool to size. Hand its result to [`Controller::handle_sizing`].
+    pub fn poll_sizing(&mut self) -> Option<SizingJob> {
+        self.sizing_jobs.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When the next retry falls due (the driver runs a round then, if not before).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.ops
+            .values()
+            .filter(|op| op.attempt < self.config.max_attempts)
+            .filter_map(|op| match op.state {
+                OpState::Wait { until } => Some(until),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Ends this leadership: everything published is withdrawn.
+    pub fn stand_down(&mut self) {
+        for id in std::mem::take(&mut self.observed) {
+            self.events.push_back(Event::Unobserved { migration: id });
+        }
+    }
+
+    fn record_mut(&mut self, id: &str) -> Option<&mut MigrationRecord> {
+        self.overview.as_mut()?.migrations.get_mut(id)
+    }
+
+    fn unobserve(&mut self, id: &str) {
+        if self.observed.remove(id) {
+            self.events.push_back(Event::Unobserved {
+                migration: id.to_owned(),
+            });
+        }
+    }
+
+    fn latest_reports(&self) -> BTreeMap<String, AgentReport> {
+        self.reports
+            .iter()
+            .map(|(region, (report, _))| (region.clone(), report.clone()))
+            .collect()
+    }
+
+    /// A terminal migration that a later one of its service superseded: a rolled-back one's
+    /// shadows are still released (they must never serve again); once nothing of it is left
+    /// to act on, this leadership forgets it, so memory stays bounded by live migrations.
+    fn superseded(&mut self, id: &str) {
+        let overview = self.overview.as_ref().expect("round has an overview");
+        let record = overview.migrations[id].clone();
+        let target = self.reports.get(&record.spec.to).map(|(r, _)| r);
+        let left = reconcile::shadow_ids(&record)
+            .iter()
+            .any(|shadow| target.is_some_and(|t| t.instances.iter().any(|i| &i.id == shadow)));
+        if record.phase == Phase::RolledBack && left {
+            let _span = tracing::info_span!("migration", migration = %id).entered();
+            let reports = self.latest_reports();
+            let due = self
+                .command_context(&record, &reports)
+                .map(|context| {
+                    reconcile::commands(&record, &migration::Action::ReleaseShadow, &context)
+                })
+                .unwrap_or_default();
+            for command in due {
+                self.ensure(command, self.config.command_timeout);
+            }
+            return;
+        }
+        self.forget(id);
+    }
+
+    fn forget(&mut self, id: &str) {
+        let prefix = format!("{id}/");
+        self.ops.retain(|op, _| !op.starts_with(&prefix));
+        self.rollback_started.remove(id);
+        self.sizing.remove(id);
+        if let Some(phase) = self.stages.remove(id) {
+            self.events.push_back(Event::StageCleared {
+                migration: id.to_owned(),
+                phase,
+            });
+        }
+    }
+
+    fn ensure_home_pools(&mut self) {
+        let overview = self.overview.as_ref().expect("round has an overview");
+        let mut due = Vec::new();
+        for (name, service) in &overview.services {
+            let region = &service.primary_region;
+            let pool = reconcile::pool_of(overview, name, region, None);
+            if pool != reconcile::home_pool(overview, name, region) {
+                continue;
+            }
+            let base = format!("{name}/home/{region}");
+            let report = self.reports.get(region).map(|(r, _)| r);
+            due.extend(reconcile::ensure_pool(&base, region, &pool, report));
+        }
+        for command in due {
+            self.ensure(command, self.config.command_timeout);
+        }
+    }
+
+    fn run_schedules(&mut self) {
+        let overview = self.overview.as_ref().expect("round has an overview");
+        let requests: Vec<MigrationRequest> =
+            reconcile::due_schedule_requests(overview, self.now.unix_ms);
+        for request in requests {
+            let key = request.schedule_key.clone().unwrap_or_default();
+            if !self.schedule_keys.insert(key.clone()) {
+                continue;
+            }
+            tracing::info!(schedule = %key, to = %request.to, "schedule leg due: creating its migration");
+            self.propose(
+                ProposalKey::Schedule(key),
+                "create_migration",
+                Command::CreateMigration {
+                    request,
+                    at_ms: self.now.unix_ms,
+                },
+                OnApplied::Schedule,
+            );
+        }
+    }
+
+    fn propose(&mut self, key: ProposalKey, kind: &'static str, command: Command, on: OnApplied) {
+        self.in_flight.insert(key.clone(), on);
+        self.proposals.push_back(Proposal { key, kind, command });
+    }
+
+    /// One decision for one migration: observe, decide, then propose or ensure.
+    fn step(&mut self, id: &str) {
+        if self
+            .in_flight
+            .contains_key(&ProposalKey::Migration(id.to_owned()))
+        {
+            return;
+        }
+        let count = self.steps.entry(id.to_owned()).or_default();
+        *count += 1;
+        if *count > STEPS_PER_ROUND {
+            return;
+        }
+        let Some(overview) = self.overview.as_ref() else {
+            return;
+        };
+        let Some(record) = overview.migrations.get(id).cloned() else {
+            return;
+        };
+        let Some(service) = overview.services.get(&record.spec.service).cloned() else {
+            return;
+        };
+        let _span = tracing::info_span!("migration", migration = %id).entered();
+        let reports = self.latest_reports();
+        let mut seen = {
+            let ops = Ops(&self.ops);
+            reconcile::observe(&record, &service, overview, &reports, &ops)
+        };
+        seen.slo = self.slo_reading(&record, &seen, &reports);
+        self.export_stage(&record);
+        if !record.phase.is_terminal() {
+            self.observed.insert(id.to_owned());
+            self.events.push_back(Event::Observed {
+                migration: id.to_owned(),
+                seen: Box::new(seen.clone()),
+            });
+        }
+        let decision = migration::decide(&record, &seen, self.now.unix_ms);
+        if let Some(promoted) = decision.promoted {
+            self.propose(
+                ProposalKey::Migration(id.to_owned()),
+                "set_promoted",
+                Command::SetPromoted {
+                    id: id.to_owned(),
+                    promoted,
+                    term: self.term,
+                    at_ms: self.now.unix_ms,
+                },
+                OnApplied::Promoted {
+                    id: id.to_owned(),
+                    promoted,
+                },
+            );
+            return;
+        }
+        if let Some(transition) = decision.transition {
+            self.propose_transition(&record, transition);
+            return;
+        }
+        let mut due = Vec::new();
+        if let Some(context) = self.command_context(&record, &reports) {
+            for action in &decision.actions {
+                due.extend(reconcile::commands(&record, action, &context));
+            }
+        }
+        let warm_timeout = self.config.command_timeout
+            + Duration::from_millis(service.spec.warmup.mix.max_duration_ms);
+        let lag_timeout =
+            self.config.command_timeout + Duration::from_millis(self.config.zero_lag_timeout_ms);
+        for command in due {
+            let timeout = match command.action {
+                AgentAction::Warm { .. } => warm_timeout,
+                AgentAction::WaitForZeroLag { .. } => lag_timeout,
+                _ => self.config.command_timeout,
+            };
+            self.ensure(command, timeout);
+        }
+        self.ensure_dns(&record, &service, seen.share_applied);
+    }
+
+    /// What command planning needs for `record`; `None` when its service left the state.
+    fn command_context<'a>(
+        &'a self,
+        record: &MigrationRecord,
+        reports: &'a BTreeMap<String, AgentReport>,
+    ) -> Option<CommandContext<'a>> {
+        let overview = self.overview.as_ref()?;
+        let service = overview.services.get(&record.spec.service)?;
+        Some(CommandContext {
+            overview,
+            reports,
+            warm_plan: warm_plan(record, service, reports),
+            zero_lag_timeout_ms: self.config.zero_lag_timeout_ms,
+            now_ms: self.now.unix_ms,
+            shadow_keep_ms: self.config.shadow_keep_ms,
+        })
+    }
+
+    fn propose_transition(&mut self, record: &MigrationRecord, transition: migration::Transition) {
+        let id = record.spec.id.clone();
+        let mut reason = transition.reason.clone();
+        let mut shadow_instances = None;
+        if transition.to == Phase::Provisioning {
+            let Some(size) = self.shadow_size(record) else {
+                return; // the forecast is still running
+            };
+            shadow_instances = Some(size.instances);
+            reason = format!("{reason}; shadow pool {}: {}", size.instances, size.reason);
+        }
+        let mut rollback_ms = None;
+        if transition.to == Phase::RolledBack {
+            let confirmed = match self.ops.get(&reconcile::set_share_op(record, 0)) {
+                Some(Operation {
+                    state: OpState::Done { at, .. },
+                    ..
+                }) => *at,
+                _ => self.now.at,
+            };
+            let ms = match self.rollback_started.get(&id) {
+                Some(started) => confirmed.saturating_duration_since(*started).as_millis() as u64,
+                // This leader did not see the breach: the phase start is the best it knows.
+                None => self.now.unix_ms.saturating_sub(record.phase_since_ms),
+            };
+            rollback_ms = Some(ms);
+            reason = format!(
+                "{reason}; rollback_ms={ms} (breach detected → share 0 confirmed on the source)"
+            );
+        }
+        let from = record.phase;
+        self.propose(
+            ProposalKey::Migration(id.clone()),
+            "transition",
+            Command::Transition {
+                id: id.clone(),
+                from,
+                to: transition.to,
+                reason: reason.clone(),
+                shadow_instances,
+                term: self.term,
+                at_ms: self.now.unix_ms,
+            },
+            OnApplied::Transition {
+                id,
+                from,
+                to: transition.to,
+                reason,
+                shadow_instances,
+                rollback_ms,
+            },
+        );
+    }
+
+    fn transition_applied(
+        &mut self,
+        id: &str,
+        from: Phase,
+        to: Phase,
+        reason: &str,
+        shadow_instances: Option<u32>,
+        rollback_ms: Option<u64>,
+    ) {
+        let _span = tracing::info_span!("migration", migration = %id).entered();
+        tracing::info!(%from, %to, %reason, "transition applied");
+        let now = self.now;
+        let Some(record) = self.record_mut(id) else {
+            return;
+        };
+        let seconds = now.unix_ms.saturating_sub(record.phase_since_ms) as f64 / 1_000.0;
+        if let Some(n) = shadow_instances {
+            record.shadow_instances = n;
+        }
+        record.phase = to;
+        record.phase_since_ms = now.unix_ms;
+        self.events.push_back(Event::PhaseLeft {
+            phase: from.name(),
+            seconds,
+        });
+        if to == Phase::RollingBack {
+            self.rollback_started.insert(id.to_owned(), now.at);
+            let cause = if reason.starts_with("SLO breach") {
+                "slo"
+            } else if reason.starts_with("operator") {
+                "operator"
+            } else {
+                "deadline"
+            };
+            self.events.push_back(Event::RollbackStarted { cause });
+        }
+        if let Some(ms) = rollback_ms {
+            tracing::info!(rollback_ms = ms, "traffic back on the source");
+            self.events.push_back(Event::RolledBack {
+                migration: id.to_owned(),
+                rollback_ms: ms,
+            });
+        }
+        self.sizing.remove(id);
+        self.step(id);
+    }
+
+    /// The shadow pool size for `record`, once its sizing job answered (asked on first call).
+    fn shadow_size(&mut self, record: &MigrationRecord) -> Option<ShadowSize> {
+        let id = &record.spec.id;
+        match self.sizing.get(id) {
+            Some(Sizing::Ready(size)) => return Some(size.clone()),
+            Some(Sizing::Requested) => return None,
+            None => {}
+        }
+        let overview = self.overview.as_ref().expect("round has an overview");
+        let found = overview
+            .services
+            .get(&record.spec.service)
+            .zip(overview.regions.get(&record.spec.to));
+        let Some((service, region)) = found else {
+            let size = ShadowSize {
+                instances: record.shadow_instances,
+                reason: "service or region missing from the state".to_owned(),
+            };
+            self.sizing.insert(id.clone(), Sizing::Ready(size.clone()));
+            return Some(size);
+        };
+        self.sizing_jobs.push_back(SizingJob {
+            migration: id.clone(),
+            service: service.spec.clone(),
+            region: region.clone(),
+            cutover_at_ms: record.spec.cutover_at_ms,
+        });
+        self.sizing.insert(id.clone(), Sizing::Requested);
+        None
+    }
+
+    /// The SLO reading of the current step: what the TARGET front served since the step's
+    /// share was confirmed on the source front.
+    fn slo_reading(
+        &mut self,
+        record: &MigrationRecord,
+        seen: &Observations,
+        reports: &BTreeMap<String, AgentReport>,
+    ) -> Option<SloReading> {
+        let id = &record.spec.id;
+        if !matches!(record.phase, Phase::CuttingOver { .. } | Phase::Draining) {
+            self.slo.remove(id);
+            return None;
+        }
+        if seen.share_applied != Some(record.spec.target_share(record.phase)) {
+            return None;
+        }
+        let front = reports.get(&record.spec.to)?.front.as_ref()?;
+        let fresh = SloBase {
+            phase: record.phase,
+            requests: front.requests_total,
+            errors: front.errors_total,
+        };
+        let base = self.slo.entry(id.clone()).or_insert(fresh);
+        if base.phase != record.phase || front.requests_total < base.requests {
+            *base = fresh;
+        }
+        let samples = front.requests_total - base.requests;
+        if samples == 0 {
+            return None;
+        }
+        let errors = front.errors_total.saturating_sub(base.errors);
+        Some(SloReading {
+            samples,
+            error_rate: errors as f64 / samples as f64,
+            p99_ms: front.window_p99_ms.unwrap_or(0.0),
+        })
+    }
+
+    fn export_stage(&mut self, record: &MigrationRecord) {
+        let id = &record.spec.id;
+        let phase = record.phase.name();
+        let previous = self.stages.insert(id.clone(), phase);
+        let (done, _) = migration::progress(record);
+        self.events.push_back(Event::Stage {
+            migration: id.clone(),
+            phase,
+            previous: previous.filter(|p| *p != phase),
+            done,
+        });
+    }
+
+    fn ensure_dns(
+        &mut self,
+        record: &MigrationRecord,
+        service: &ServiceState,
+        share_applied: Option<u8>,
+    ) {
+        let Some(want) = reconcile::desired_dns(record, service, share_applied) else {
+            return;
+        };
+        let name = &record.spec.service;
+        let overview = self.overview.as_ref().expect("round has an overview");
+        let key = ProposalKey::Dns(name.clone());
+        if overview.dns.get(name) == Some(&want)
+            || self.dns_proposed.get(name) == Some(&want)
+            || self.in_flight.contains_key(&key)
+        {
+            return;
+        }
+        self.propose(
+            key,
+            "set_dns_weights",
+            Command::SetDnsWeights {
+                service: name.clone(),
+                dns: want.clone(),
+                reason: format!("{} {}", record.spec.id, record.phase),
+                term: self.term,
+                at_ms: self.now.unix_ms,
+            },
+            OnApplied::Dns {
+                service: name.clone(),
+                dns: want,
+            },
+        );
+    }
+
+    /// Makes `command` hold: sends it unless it succeeded (and was not undone since), is in
+    /// flight, waits for its backoff, depends on an operation that has not succeeded yet, or
+    /// ran out of attempts.
+    fn ensure(&mut self, command: DueCommand, timeout: Duration) {
+        let now = self.now.at;
+        if let Some(after) = &command.after
+            && !matches!(
+                self.ops.get(after).map(|r| &r.state),
+                Some(OpState::Done { .. })
+            )
+        {
+            return;
+        }
+        let report_at = self.reports.get(&command.region).map(|(_, at)| *at);
+        let retry_min = self.config.retry_min;
+        let op = self
+            .ops
+            .entry(command.op_id.clone())
+            .or_insert_with(|| Operation {
+                heal: 0,
+                attempt: 0,
+                backoff: retry_min,
+                state: OpState::Wait { until: now },
+                kind: action_kind(&command.action),
+            });
+        match op.state {
+            OpState::InFlight => return,
+            OpState::Done { at, .. } => {
+                // Asked for again after it succeeded: the effect is gone only if a report that
+                // arrived after the success still lacks it.
+                if !command.observable || report_at.is_none_or(|r| r <= at) {
+                    return;
+                }
+                tracing::info!(op = %command.op_id, region = %command.region, "effect lost since it succeeded: healing");
+                op.heal += 1;
+                op.attempt = 0;
+                op.backoff = retry_min;
+            }
+            OpState::Wait { until } if until > now => return,
+            OpState::Wait { .. } => {}
+        }
+        if op.attempt >= self.config.max_attempts {
+            return;
+        }
+        op.state = OpState::InFlight;
+        let op_id = op.id(&command.op_id);
+        tracing::debug!(%op_id, attempt = op.attempt, region = %command.region, "sending");
+        self.commands.push_back(Outgoing {
+            command: AgentCommand {
+                op_id,
+                term: self.term,
+                region: command.region,
+                action: command.action,
+            },
+            operation: command.op_id,
+            kind: op.kind,
+            timeout,
+        });
+    }
+}
+
+/// The warm-up plan with its reference p99: the source front's p99 when it is known, but
+/// never below the plan's own reference (a source serving from cache can report a
+/// sub-millisecond p99 that no fresh instance meets within a warm-up cap).
+fn warm_plan(
+    record: &MigrationRecord,
+    service: &ServiceState,
+    reports: &BTreeMap<String, AgentReport>,
+) -> WarmupSpec {
+    let mut plan = service.spec.warmup.clone();
+    if let Some(p99) = reports
+        .get(&record.spec.from)
+        .and_then(|r| r.front.as_ref())
+        .and_then(|f| f.window_p99_ms)
+    {
+        plan.gate.reference_p99_ms = plan.gate.reference_p99_ms.max(p99);
+    }
+    plan
+}
+
+enum Next {
+    Done,
+    Retry { new_id: bool },
+}
+
+/// What a delivery means for the operation: success, a retry under the same id (the agent
+/// did not record it: refusals, lost answers), or a retry under a new id (the agent recorded a
+/// failure and would repeat it).
+fn classify(delivery: &Delivery) -> (&'static str, Next) {
+    match delivery {
+        Delivery::Answered(CommandOutcome::Done(CommandResult::Warmup(p)))
+            if p.phase != WarmupPhase::Ready =>
+        {
+            ("not_ready", Next::Retry { new_id: true })
+        }
+        Delivery::Answered(CommandOutcome::Done(_)) => ("done", Next::Done),
+        Delivery::Answered(CommandOutcome::Refused(_)) => {
+            ("refused", Next::Retry { new_id: false })
+        }
+        Delivery::Answered(CommandOutcome::Failed { .. }) => {
+            ("failed", Next::Retry { new_id: true })
+        }
+        Delivery::Duplicate => ("duplicate", Next::Retry { new_id: false }),
+        Delivery::Unanswered(_) => ("unanswered", Next::Retry { new_id: false }),
+    }
+}
+
+fn action_kind(action: &AgentAction) -> &'static str {
+    use AgentAction::*;
+    match action {
+        Provision { .. } => "provision",
+        Start { .. } => "start",
+        Activate { .. } => "activate",
+        Deactivate { .. } => "deactivate",
+        Pause { .. } => "pause",
+        Resume { .. } => "resume",
+        Stop { .. } => "stop",
+        Remove { .. } => "remove",
+        Warm { .. } => "warm",
+        StartReplication { .. } => "start_replication",
+        FenceSource { .. } => "fence_source",
+        WaitForZeroLag { .. } => "wait_for_zero_lag",
+        Promote { .. } => "promote",
+        StopReplication { .. } => "stop_replication",
+        SetShare { .. } => "set_share",
+    }
+}
+
+#[cfg(test)]
+mod tests;
