@@ -215,7 +215,10 @@ impl ReplicationDriver for SampleLogShipping {
     }
 
     async fn fence_source(&self) -> Result<(), ReplicationError> {
-        let _: SampleStatus = self.call(&self.source, "/admin/fence", None).await?;
+        // The fenced source passes client writes on to the target (held until it is
+        // promoted), so writes still reaching the source during the move are not refused.
+        let body = serde_json::json!({ "writer": self.target });
+        let _: SampleStatus = self.call(&self.source, "/admin/fence", Some(body)).await?;
         Ok(())
     }
 

@@ -156,7 +156,17 @@ async fn ten_thousand_writes_replicate_through_a_replica_crash_then_fence_and_pr
         .body("x")
         .send()
         .await?;
-    assert_eq!(refused.status(), 503, "a fenced source refuses writes");
+    // Passed on to the target, which is still a replica: held, then refused.
+    assert_eq!(
+        refused.status(),
+        503,
+        "nobody takes writes while the writer moves"
+    );
+    assert!(
+        refused
+            .headers()
+            .contains_key(umbra_agent::sample::READ_ONLY_HEADER)
+    );
     let started = Instant::now();
     let p = driver.wait_for_zero_lag(Duration::from_secs(60)).await?;
     println!("lag 0 at seq {} after {:?}", p.source, started.elapsed());
@@ -192,23 +202,44 @@ async fn ten_thousand_writes_replicate_through_a_replica_crash_then_fence_and_pr
         .send()
         .await?;
     assert_eq!(ok.status(), 200);
-    let refused = http
-        .put(format!("{src_url}/kv/after"))
-        .body("y")
+    // The fenced source passes writes on to the new writer instead of refusing them, and
+    // applies none itself.
+    let passed_on = http
+        .put(format!("{src_url}/kv/passed-on"))
+        .body("z")
         .send()
         .await?;
-    assert_eq!(refused.status(), 503);
+    assert_eq!(passed_on.status(), 200);
+    let on_target = http.get(format!("{dst_url}/kv/passed-on")).send().await?;
+    assert_eq!(on_target.text().await?, "z");
+    assert_eq!(whole_log(&http, source.port()).await?.len() as u64, KEYS);
+    // A write that was itself passed on is never passed on again: applied or refused.
+    let looped = http
+        .put(format!("{src_url}/kv/loop"))
+        .header(umbra_agent::sample::FORWARDED_HEADER, "1")
+        .body("w")
+        .send()
+        .await?;
+    assert_eq!(looped.status(), 503);
     Ok(())
+}
+
+/// A source and a target sample instance under `dir`, the target replicating the source.
+async fn replicating_pair(
+    dir: &std::path::Path,
+) -> anyhow::Result<(SampleProcess, SampleProcess, SampleLogShipping)> {
+    let sample = common::sample_binary();
+    let source = SampleProcess::start(sample, &dir.join("s"), BACKING_LATENCY_MS).await?;
+    let target = SampleProcess::start(sample, &dir.join("t"), BACKING_LATENCY_MS).await?;
+    let driver = SampleLogShipping::new(&source.url(), &target.url())?;
+    driver.start().await?;
+    Ok((source, target, driver))
 }
 
 #[tokio::test]
 async fn promote_is_refused_while_the_source_takes_writes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let sample = common::sample_binary();
-    let source = SampleProcess::start(sample, &dir.path().join("s"), BACKING_LATENCY_MS).await?;
-    let target = SampleProcess::start(sample, &dir.path().join("t"), BACKING_LATENCY_MS).await?;
-    let driver = SampleLogShipping::new(&source.url(), &target.url())?;
-    driver.start().await?;
+    let (source, target, driver) = replicating_pair(dir.path()).await?;
     let err = driver.promote().await.unwrap_err().to_string();
     assert!(err.contains("fence it first"), "{err}");
     let http = reqwest::Client::new();
@@ -218,5 +249,27 @@ async fn promote_is_refused_while_the_source_takes_writes() -> anyhow::Result<()
             source: source.url()
         }
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_passes_client_writes_on_to_its_primary() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (source, target, _driver) = replicating_pair(dir.path()).await?;
+    let http = reqwest::Client::new();
+    let written = http
+        .put(format!("{}/kv/via-replica", target.url()))
+        .body("v")
+        .send()
+        .await?;
+    assert_eq!(written.status(), 200, "acknowledged by the primary");
+    // Written once, on the primary, and replicated back like any other write.
+    let on_source = http
+        .get(format!("{}/kv/via-replica", source.url()))
+        .send()
+        .await?;
+    assert_eq!(on_source.text().await?, "v");
+    reached(&http, target.port(), 1, "the replica to apply the write").await?;
+    assert_eq!(whole_log(&http, target.port()).await?.len(), 1);
     Ok(())
 }

@@ -64,6 +64,17 @@ fn assert_steps_once(report: &DemoReport) {
     }
 }
 
+/// Every write sent was acknowledged (none failed) and reads back, with its value, where the
+/// service ended up: writes reaching the target before the writer moved were passed on to it,
+/// and writes in the fence → promote window were held, not refused.
+fn assert_writes_all_there(report: &DemoReport) {
+    let w = &report.writes;
+    println!("writes {w:?}");
+    assert!(w.sent > 0, "the demo wrote");
+    assert_eq!(w.acknowledged, w.sent, "every write acknowledged: {w:?}");
+    assert_eq!(w.found, w.sent, "every write found at the end: {w:?}");
+}
+
 fn phase_names(report: &DemoReport) -> Vec<&str> {
     report.phases.iter().map(|p| p.name.as_str()).collect()
 }
@@ -83,6 +94,7 @@ async fn a_cold_migration_completes_without_a_failed_request_and_runs_twice() ->
     assert_steps_once(&report);
     // The old source's pool was taken out of the front, stopped and removed.
     assert_eq!(report.instances_left[&report.from], 0, "{report:#?}");
+    assert_writes_all_there(&report);
     assert_eq!(
         phase_names(&report),
         [
@@ -143,6 +155,15 @@ async fn a_target_failing_at_the_50_percent_step_rolls_back() -> anyhow::Result<
         report.by_front_at_end
     );
     assert!(report.identical_state, "the orchestrators disagree");
+    // No acknowledged write is lost: they were all applied on the source (the target's
+    // shadows passed theirs on, or failed them by the fault switch before applying).
+    println!("writes {:?}", report.writes);
+    assert!(report.writes.sent > 0);
+    assert!(
+        report.writes.found >= report.writes.acknowledged,
+        "{:?}",
+        report.writes
+    );
     // The shadow left the target's front at once and was removed after the keep time.
     assert_eq!(report.instances_left[&report.to], 0, "{report:#?}");
     assert!(
@@ -164,6 +185,7 @@ async fn a_warm_migration_survives_killing_the_leader_mid_cutover_with_no_failed
     assert!(report.killed_leader.is_some(), "no leader was killed");
     assert_eq!(report.outcome, "completed", "{report:#?}");
     assert_eq!(report.requests_failed, 0, "{:?}", report.failures);
+    assert_writes_all_there(&report);
     assert_steps_once(&report);
     let names = phase_names(&report);
     assert_eq!(

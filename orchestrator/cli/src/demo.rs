@@ -26,9 +26,13 @@ pub struct DemoArgs {
     /// Skip the warm-up of the shadow pool (the cold baseline).
     #[arg(long)]
     no_warm: bool,
-    /// Requests per second the traffic client offers.
+    /// Reads per second the traffic client offers (GETs of the seeded keys).
     #[arg(long, default_value_t = 400.0)]
     rate: f64,
+    /// Writes per second offered beside the reads (PUTs of fresh keys, each read back where
+    /// the service ended up); 0 for reads only.
+    #[arg(long, default_value_t = 20.0)]
+    write_rate: f64,
     /// Keep the traffic running until at least this many requests were sent.
     #[arg(long, default_value_t = 20_000)]
     min_requests: u64,
@@ -49,6 +53,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     options.kill_leader = args.kill_leader;
     options.no_warm = args.no_warm;
     options.load.rate_per_sec = args.rate;
+    options.load.write_rate_per_sec = args.write_rate;
     options.min_requests = args.min_requests;
     options.work_dir = args.keep.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -118,6 +123,17 @@ fn print_report(r: &DemoReport) {
         println!("killed orchestrator {id} (the leader) mid-cutover");
     }
     println!("traffic at the end by front: {:?}", r.by_front_at_end);
+    println!(
+        "writes: {} sent, {} acknowledged, {} read back at the end{}",
+        r.writes.sent,
+        r.writes.acknowledged,
+        r.writes.found,
+        if r.writes.first_missing.is_empty() {
+            String::new()
+        } else {
+            format!(" (missing, first: {:?})", r.writes.first_missing)
+        }
+    );
     println!("instances left by region: {:?}", r.instances_left);
     println!(
         "audit (each exactly once expected): {:?}",

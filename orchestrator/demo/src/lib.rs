@@ -122,6 +122,12 @@ impl DemoOptions {
                 self.load.rate_per_sec
             )));
         }
+        if !(0.0..=1_000.0).contains(&self.load.write_rate_per_sec) {
+            return Err(DemoError::Setup(format!(
+                "write rate {} must be in [0, 1000] writes per second (0: reads only)",
+                self.load.write_rate_per_sec
+            )));
+        }
         let migration_secs = self.timing.lead_time_secs
             + 3 * self.timing.analysis_window_secs
             + u64::from(self.timing.dns_ttl_secs) * 2;
@@ -603,10 +609,19 @@ async fn demo(
         port: topology.front_port,
         dns_servers: orchestrators.iter().map(|o| o.dns).collect(),
     });
-    let traffic = traffic::TrafficRun::start(target, options.load.rate_per_sec, Arc::new(mix));
-    progress(&format!(
-        "traffic: {} req/s at http://{}:{} via the orchestrators' DNS",
+    let mix = Arc::new(mix);
+    let traffic = traffic::TrafficRun::start(
+        target.clone(),
         options.load.rate_per_sec,
+        Arc::new(move |seq| mix.request(seq)),
+    );
+    let writes = (options.load.write_rate_per_sec > 0.0).then(|| {
+        traffic::TrafficRun::start(target, options.load.write_rate_per_sec, traffic::writes())
+    });
+    progress(&format!(
+        "traffic: {} reads/s of the seeded keys and {} writes/s of fresh keys at http://{}:{} via the orchestrators' DNS",
+        options.load.rate_per_sec,
+        options.load.write_rate_per_sec,
         scenario::HOSTNAME.trim_end_matches('.'),
         topology.front_port
     ));
@@ -624,17 +639,30 @@ async fn demo(
     )
     .await;
     let segments = traffic.finish().await;
+    let write_segments = match writes {
+        Some(writes) => writes.finish().await,
+        None => Vec::new(),
+    };
     let watched = outcome?;
     finish(
         options,
         &orchestrators,
         &topology,
         watched,
-        segments,
+        Traffic {
+            reads: segments,
+            writes: write_segments,
+        },
         started,
         progress,
     )
     .await
+}
+
+/// Every traffic segment of the run.
+struct Traffic {
+    reads: Vec<TrafficSegment>,
+    writes: Vec<TrafficSegment>,
 }
 
 /// What watching the migration found.
@@ -799,10 +827,14 @@ async fn finish(
     orchestrators: &[Orchestrator],
     topology: &DemoTopology,
     watched: Watched,
-    segments: Vec<TrafficSegment>,
+    traffic: Traffic,
     started: Instant,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<DemoReport, DemoError> {
+    // Every write and read counts: the report's totals and failures are over both.
+    let mut segments = traffic.reads;
+    segments.extend(traffic.writes.iter().cloned());
+    segments.sort_by_key(|s| s.start_ms);
     let phases = report::phases_from_audit(&watched.audit, &watched.id);
     let outcome = phases
         .last()
@@ -817,6 +849,25 @@ async fn finish(
         .map_or(u64::MAX, |p| p.start)
         .saturating_add(u64::from(options.timing.cutover_ttl_secs) * 1000);
     let summary = report::summarize(&segments, cutover, settled_at_ms);
+    // Every write sent is read back where the service ended up.
+    let home = if outcome == "completed" {
+        &watched.to
+    } else {
+        &watched.from
+    };
+    let front = topology
+        .regions
+        .iter()
+        .find(|r| &r.name == home)
+        .map(|r| SocketAddr::from((r.front_ip, topology.front_port)));
+    let writes = match front {
+        Some(front) => read_back(front, &traffic.writes).await,
+        None => report::WriteCheck::default(),
+    };
+    progress(&format!(
+        "writes: {} sent, {} acknowledged, {} found in {home} at the end",
+        writes.sent, writes.acknowledged, writes.found
+    ));
     let identical_state = same_state_everywhere(orchestrators, &watched.overview, topology).await;
     progress(&format!(
         "every live orchestrator holds the same state: {}",
@@ -843,6 +894,7 @@ async fn finish(
         audit_step_counts: report::step_counts(&watched.audit, &watched.id, steps),
         killed_leader: watched.killed_leader,
         instances_left: watched.instances_left,
+        writes,
         identical_state,
         demo_secs: started.elapsed().as_secs_f64(),
         timeline: report::timeline(&segments),
@@ -932,6 +984,54 @@ async fn flip_fault_switch(state_dir: &Path) -> usize {
         }
     }
     flipped
+}
+
+/// Reads every key the write traffic sent back through `front` (16 at a time).
+async fn read_back(front: SocketAddr, segments: &[TrafficSegment]) -> report::WriteCheck {
+    let sent: Vec<u64> = segments
+        .iter()
+        .flat_map(|s| s.first_seq..s.first_seq + s.counts.scheduled)
+        .collect();
+    let acknowledged = segments.iter().map(|s| s.counts.ok).sum();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default();
+    let mut found = 0;
+    let mut missing = Vec::new();
+    let mut reads = tokio::task::JoinSet::new();
+    let mut pending = sent.iter().copied();
+    loop {
+        while reads.len() < 16
+            && let Some(seq) = pending.next()
+        {
+            let http = http.clone();
+            reads.spawn(async move {
+                let url = format!("http://{front}/kv/{}", traffic::written_key(seq));
+                let value = match http.get(url).send().await {
+                    Ok(r) if r.status().is_success() => r.text().await.ok(),
+                    _ => None,
+                };
+                (seq, value == Some(format!("v{seq}")))
+            });
+        }
+        let Some(done) = reads.join_next().await else {
+            break;
+        };
+        match done {
+            Ok((_, true)) => found += 1,
+            Ok((seq, false)) => missing.push(seq),
+            Err(_) => {}
+        }
+    }
+    missing.sort_unstable();
+    missing.truncate(20);
+    report::WriteCheck {
+        sent: sent.len() as u64,
+        acknowledged,
+        found,
+        first_missing: missing,
+    }
 }
 
 /// Instances an agent's process provider still keeps (one directory each; removing an

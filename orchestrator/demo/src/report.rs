@@ -20,6 +20,9 @@ pub const AFTER_CUTOVER_WINDOW_MS: u64 = 10_000;
 /// `start_ms..end_ms`, Unix ms).
 #[derive(Debug, Clone)]
 pub struct TrafficSegment {
+    /// The run's number of the segment's first request (request `k` of the segment is
+    /// `first_seq + k`).
+    pub first_seq: u64,
     /// When the segment's schedule started.
     pub start_ms: u64,
     /// When its schedule ended.
@@ -30,6 +33,21 @@ pub struct TrafficSegment {
     pub latency_us: Histogram<u64>,
     /// Requests by the front address DNS gave.
     pub by_address: BTreeMap<String, u64>,
+}
+
+/// Writes of fresh keys sent during the run, each read back at the end from the region the
+/// service ended in. A write acknowledged but not found there is a lost write.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WriteCheck {
+    /// Writes sent.
+    pub sent: u64,
+    /// Writes answered 2xx.
+    pub acknowledged: u64,
+    /// Written keys found with their value at the end (a write answered with an error may
+    /// still have applied, so this can exceed `acknowledged`).
+    pub found: u64,
+    /// The first few written keys not found (their numbers).
+    pub first_missing: Vec<u64>,
 }
 
 /// One phase of the migration, from the audit log.
@@ -265,6 +283,8 @@ pub struct DemoReport {
     pub audit_step_counts: BTreeMap<String, usize>,
     /// The orchestrator killed mid-cutover (`--kill-leader`).
     pub killed_leader: Option<u64>,
+    /// The write traffic, read back where the service ended up.
+    pub writes: WriteCheck,
     /// Instances each region's agent still keeps when the demo ends, by region: the old
     /// source's pool is removed after a completion, the shadow pool after a rollback.
     pub instances_left: BTreeMap<String, usize>,
@@ -297,6 +317,7 @@ mod tests {
             latency_us.record(latency_ms * 1000).unwrap();
         }
         TrafficSegment {
+            first_seq: 0,
             start_ms,
             end_ms: start_ms + 1000,
             counts: OutcomeCounts {

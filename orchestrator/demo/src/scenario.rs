@@ -102,8 +102,10 @@ impl Default for DemoTiming {
 /// The traffic the service sees, which sizes its pool and its warm-up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DemoLoad {
-    /// Requests per second the traffic client offers.
+    /// Reads per second the traffic client offers (GETs of the seeded keys).
     pub rate_per_sec: f64,
+    /// Writes per second offered beside them (PUTs of fresh keys, read back at the end).
+    pub write_rate_per_sec: f64,
     /// Requests per second one sample instance serves within the SLO (sizing's unit).
     pub capacity_rps_per_instance: f64,
     /// Largest shadow pool.
@@ -120,6 +122,7 @@ impl Default for DemoLoad {
     fn default() -> Self {
         Self {
             rate_per_sec: 300.0,
+            write_rate_per_sec: 20.0,
             capacity_rps_per_instance: 150.0,
             max_instances: 4,
             warmup_rate_per_sec: 400.0,

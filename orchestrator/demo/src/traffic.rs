@@ -1,5 +1,6 @@
-//! The demo's traffic client: constant-rate GETs at the service name, resolved through the
-//! orchestrators' DNS, for the whole run. It runs the region agent's open-loop `loadgen` in
+//! The demo's traffic client: constant-rate requests at the service name, resolved through
+//! the orchestrators' DNS, for the whole run: GETs of the seeded keys, and beside them PUTs of
+//! fresh keys, each written once, so a lost write shows when they are read back at the end. It runs the region agent's open-loop `loadgen` in
 //! back-to-back one-second segments (each a fresh generator with its own resolver, started on
 //! the segment's schedule whatever the previous one is still finishing), so every second has
 //! its own latency histogram and outcome counts: the report can then give the p99 of any
@@ -14,8 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use umbra_agent::loadgen::{LoadConfig, LoadGenerator, Target};
-use umbra_agent::warmer::MixSource;
+use umbra_agent::loadgen::{LoadConfig, LoadGenerator, RequestSpec, Target};
 
 use crate::report::TrafficSegment;
 
@@ -34,6 +34,24 @@ pub struct LiveTotals {
     pub failed: u64,
 }
 
+/// What a run sends: request number `seq` (counted from 0 over the whole run).
+pub type Requests = Arc<dyn Fn(u64) -> RequestSpec + Send + Sync>;
+
+/// The key the `seq`-th write of a run writes (each written once).
+pub fn written_key(seq: u64) -> String {
+    format!("written-{seq}")
+}
+
+/// PUTs of fresh keys: request `seq` writes [`written_key`]`(seq)` with value `v{seq}`.
+pub fn writes() -> Requests {
+    Arc::new(|seq| RequestSpec {
+        method: reqwest::Method::PUT,
+        path: format!("/kv/{}", written_key(seq)),
+        headers: reqwest::header::HeaderMap::new(),
+        body: bytes::Bytes::from(format!("v{seq}")),
+    })
+}
+
 /// A traffic run in progress.
 pub struct TrafficRun {
     cancel: CancellationToken,
@@ -48,14 +66,14 @@ fn unix_ms() -> u64 {
 }
 
 impl TrafficRun {
-    /// Starts offering `rate_per_sec` requests from `mix` at `target` until [`Self::finish`].
-    pub fn start(target: Target, rate_per_sec: f64, mix: Arc<MixSource>) -> Self {
+    /// Starts offering `rate_per_sec` of `requests` at `target` until [`Self::finish`].
+    pub fn start(target: Target, rate_per_sec: f64, requests: Requests) -> Self {
         let cancel = CancellationToken::new();
         let totals = Arc::new(Mutex::new(LiveTotals::default()));
         let task = tokio::spawn(run_segments(
             target,
             rate_per_sec,
-            mix,
+            requests,
             cancel.clone(),
             totals.clone(),
         ));
@@ -82,7 +100,7 @@ impl TrafficRun {
 async fn run_segments(
     target: Target,
     rate_per_sec: f64,
-    mix: Arc<MixSource>,
+    requests: Requests,
     cancel: CancellationToken,
     totals: Arc<Mutex<LiveTotals>>,
 ) -> Vec<TrafficSegment> {
@@ -100,8 +118,8 @@ async fn run_segments(
         let mut config = LoadConfig::new(target.clone(), rate_per_sec, per_segment, SEGMENT);
         config.request_timeout = REQUEST_TIMEOUT;
         let first_seq = k * per_segment;
-        let mix = mix.clone();
-        let generator = match LoadGenerator::new(config, move |seq| mix.request(first_seq + seq)) {
+        let requests = requests.clone();
+        let generator = match LoadGenerator::new(config, move |seq| requests(first_seq + seq)) {
             Ok(g) => g,
             Err(error) => {
                 tracing::error!(%error, "traffic segment refused its config");
@@ -115,6 +133,7 @@ async fn run_segments(
             let end_ms = start_ms + SEGMENT.as_millis() as u64;
             let segment = match report {
                 Ok(report) => TrafficSegment {
+                    first_seq,
                     start_ms,
                     end_ms,
                     counts: report.counts,
@@ -126,6 +145,7 @@ async fn run_segments(
                     // the segment counts as failed to resolve, as a user would see it.
                     tracing::warn!(%error, "traffic segment failed to start");
                     TrafficSegment {
+                        first_seq,
                         start_ms,
                         end_ms,
                         counts: umbra_agent::loadgen::OutcomeCounts {
@@ -165,6 +185,7 @@ async fn run_segments(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use umbra_agent::warmer::MixSource;
     use umbra_proto::agent::{RequestMix, RequestTemplate};
 
     /// A tiny HTTP server that answers 200 to everything (what the loadgen needs to count).
@@ -195,7 +216,8 @@ mod tests {
         )
         .unwrap();
         let target = Target::Urls(vec![format!("http://{addr}").parse().unwrap()]);
-        let run = TrafficRun::start(target, 100.0, Arc::new(mix));
+        let mix = Arc::new(mix);
+        let run = TrafficRun::start(target, 100.0, Arc::new(move |seq| mix.request(seq)));
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while run.totals().requests < 250 {
             assert!(std::time::Instant::now() < deadline, "no traffic finished");

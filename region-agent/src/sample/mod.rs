@@ -10,13 +10,18 @@
 //!
 //! HTTP API (all JSON unless noted):
 //! - `GET /kv/{key}` → the value as text, 404 when absent; `PUT /kv/{key}` (body: the value as
-//!   UTF-8 text) → `{"seq":N}` once durable; `DELETE /kv/{key}` → `{"seq":N}`. Writes answer
-//!   503 on a fenced primary or a replica.
+//!   UTF-8 text) → `{"seq":N}` once durable; `DELETE /kv/{key}` → `{"seq":N}`. The writer
+//!   applies writes; a replica passes them on to its source, and a fenced primary to the
+//!   instance it hands over to (`/admin/fence` names it), holding them up to
+//!   [`WRITER_MOVE_HOLD`] while that one is still read-only (the move's fence → promote
+//!   window). A write passed on ([`FORWARDED_HEADER`]) is never passed on again. Read-only
+//!   refusals are 503 with [`READ_ONLY_HEADER`].
 //! - `GET /healthz` → `{"status":"ok","mode":…,"last_seq":N}`; `GET /metrics` → Prometheus text.
 //! - `GET /wal?from=N&max=M&wait_ms=W` → `{"records":[…],"last_seq":N}`: records from seq `N`
 //!   on, waiting up to `W` ms for new ones when there are none (long poll).
 //! - `GET /admin/status`; `GET /admin/dump` (every key and value); `POST /admin/fault`
-//!   `{"error_rate":0.1,"added_latency_ms":50}`; `POST /admin/fence`, `/admin/unfence`,
+//!   `{"error_rate":0.1,"added_latency_ms":50}`; `POST /admin/fence` (optionally
+//!   `{"writer":"http://…"}`), `/admin/unfence`,
 //!   `/admin/follow` `{"source":"http://…"}`, `/admin/unfollow`, `/admin/promote`.
 //!
 //! Known limits, acceptable for a sample: the whole log is also kept in memory (it is what
@@ -363,6 +368,9 @@ pub enum WriteRefused {
     /// The log could not be written; the instance refuses all writes from now on.
     #[error("write-ahead log failed: {0}")]
     Failed(String),
+    /// The task that writes the log is gone (the instance is shutting down).
+    #[error("the WAL writer has stopped")]
+    WriterStopped,
 }
 
 enum WriterMsg {
@@ -438,6 +446,11 @@ struct Shared {
     fault: Mutex<FaultSwitch>,
     source_last_seq: AtomicU64,
     follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Where a fenced primary sends the writes it can no longer take (the instance that is
+    /// taking over), as `/admin/fence` named it; cleared by unfence and promote.
+    fence_writer: Mutex<Option<String>>,
+    /// Client for writes passed on to the writer.
+    http: reqwest::Client,
     metrics: SampleMetrics,
 }
 
@@ -498,6 +511,11 @@ impl SampleServer {
             fault: Mutex::new(FaultSwitch::default()),
             source_last_seq: AtomicU64::new(0),
             follower: Mutex::new(None),
+            fence_writer: Mutex::new(None),
+            http: reqwest::Client::builder()
+                .timeout(FORWARD_TIMEOUT)
+                .build()
+                .map_err(|e| SampleError::Config(format!("HTTP client: {e}")))?,
             metrics,
         });
         {
@@ -748,7 +766,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/admin/status", get(status))
         .route("/admin/dump", get(dump))
         .route("/admin/fault", post(set_fault))
-        .route("/admin/fence", post(|s| mode_change(s, ModeAction::Fence)))
+        .route("/admin/fence", post(fence))
         .route(
             "/admin/unfence",
             post(|s| mode_change(s, ModeAction::Unfence)),
@@ -842,13 +860,69 @@ async fn get_kv(State(shared): State<Arc<Shared>>, UrlPath(key): UrlPath<String>
     observe(&shared, "get", started, resp)
 }
 
-async fn write_kv(shared: &Shared, key: String, value: Option<String>) -> Response {
+/// Marks a write passed on by another instance: the receiver applies it or refuses it, and
+/// never passes it on again (no loops).
+pub const FORWARDED_HEADER: &str = "x-umbra-forwarded";
+/// Set on a refusal because the instance is read-only (fenced or a replica): the sender may
+/// hold the write and try again once the writer moved.
+pub const READ_ONLY_HEADER: &str = "x-umbra-read-only";
+/// Longest a write is held while the writer moves (fence → caught up → promote): past it the
+/// client gets the read-only refusal. The move takes milliseconds when replication keeps up.
+pub const WRITER_MOVE_HOLD: Duration = Duration::from_secs(3);
+/// Pause between tries while a write is held.
+const HOLD_RETRY: Duration = Duration::from_millis(10);
+/// Longest wait for the writer's answer to a passed-on write.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client write: applied here when this instance is the writer; otherwise passed on to the
+/// writer (a replica's source, or the instance a fenced primary hands over to) and held
+/// through the writer's move, so a write reaching the wrong region is not refused. A write
+/// that was itself passed on is applied or refused, never passed on again.
+async fn write_kv(
+    shared: &Shared,
+    key: String,
+    value: Option<String>,
+    forwarded: bool,
+) -> Response {
     if let Some(r) = check_key(&key) {
         return r;
     }
     if let Some(r) = inject_fault(shared).await {
         return r;
     }
+    let held_until = Instant::now() + WRITER_MOVE_HOLD;
+    loop {
+        let refused = match apply_locally(shared, key.clone(), value.clone()).await {
+            Err(e @ WriteRefused::ReadOnly(_)) => e,
+            done => return write_response(done),
+        };
+        if forwarded {
+            return read_only(refused);
+        }
+        let writer = match &*shared.mode.borrow() {
+            Mode::Replica { source } => Some(source.clone()),
+            Mode::Fenced => shared.fence_writer.lock().expect("fence lock").clone(),
+            Mode::Primary => None,
+        };
+        let Some(writer) = writer else {
+            return read_only(refused); // nobody takes over: refuse at once
+        };
+        if let Some(answer) = pass_on(shared, &writer, &key, value.as_deref()).await {
+            return answer;
+        }
+        // The writer is read-only too: the move is under way. Hold the write.
+        if Instant::now() >= held_until {
+            return read_only(refused);
+        }
+        tokio::time::sleep(HOLD_RETRY).await;
+    }
+}
+
+async fn apply_locally(
+    shared: &Shared,
+    key: String,
+    value: Option<String>,
+) -> Result<u64, WriteRefused> {
     let (ack, rx) = oneshot::channel();
     if shared
         .writer
@@ -856,35 +930,85 @@ async fn write_kv(shared: &Shared, key: String, value: Option<String>) -> Respon
         .await
         .is_err()
     {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the WAL writer has stopped",
-        );
+        return Err(WriteRefused::WriterStopped);
     }
-    match rx.await {
-        Ok(Ok(seq)) => Json(serde_json::json!({ "seq": seq })).into_response(),
-        Ok(Err(e @ WriteRefused::ReadOnly(_))) => error(StatusCode::SERVICE_UNAVAILABLE, e),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the WAL writer has stopped",
-        ),
+    rx.await.unwrap_or(Err(WriteRefused::WriterStopped))
+}
+
+fn write_response(result: Result<u64, WriteRefused>) -> Response {
+    match result {
+        Ok(seq) => Json(serde_json::json!({ "seq": seq })).into_response(),
+        Err(e @ WriteRefused::ReadOnly(_)) => read_only(e),
+        Err(e @ WriteRefused::WriterStopped) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+fn read_only(e: WriteRefused) -> Response {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, e);
+    response
+        .headers_mut()
+        .insert(READ_ONLY_HEADER, axum::http::HeaderValue::from_static("1"));
+    response
+}
+
+/// Sends a write to `writer`; its answer, or `None` when it is read-only too (hold and try
+/// again). A writer that cannot be reached answers 502, as a proxy would.
+async fn pass_on(
+    shared: &Shared,
+    writer: &str,
+    key: &str,
+    value: Option<&str>,
+) -> Option<Response> {
+    let url = format!("{writer}/kv/{key}");
+    let request = match value {
+        Some(v) => shared.http.put(&url).body(v.to_owned()),
+        None => shared.http.delete(&url),
+    };
+    let answer = match request.header(FORWARDED_HEADER, "1").send().await {
+        Ok(answer) => answer,
+        Err(e) => {
+            return Some(error(
+                StatusCode::BAD_GATEWAY,
+                format!("the writer {writer} did not answer: {e}"),
+            ));
+        }
+    };
+    if answer.headers().contains_key(READ_ONLY_HEADER) {
+        return None;
+    }
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let body = answer.bytes().await.unwrap_or_default();
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    Some(response)
+}
+
+fn is_forwarded(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key(FORWARDED_HEADER)
 }
 
 async fn put_kv(
     State(shared): State<Arc<Shared>>,
     UrlPath(key): UrlPath<String>,
+    headers: axum::http::HeaderMap,
     body: String,
 ) -> Response {
     let started = Instant::now();
-    let resp = write_kv(&shared, key, Some(body)).await;
+    let resp = write_kv(&shared, key, Some(body), is_forwarded(&headers)).await;
     observe(&shared, "put", started, resp)
 }
 
-async fn delete_kv(State(shared): State<Arc<Shared>>, UrlPath(key): UrlPath<String>) -> Response {
+async fn delete_kv(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(key): UrlPath<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let started = Instant::now();
-    let resp = write_kv(&shared, key, None).await;
+    let resp = write_kv(&shared, key, None, is_forwarded(&headers)).await;
     observe(&shared, "delete", started, resp)
 }
 
@@ -989,6 +1113,9 @@ async fn mode_change(State(shared): State<Arc<Shared>>, action: ModeAction) -> R
     match set_mode(&shared, action).await {
         Ok(mode) => {
             tracing::info!(action = name, ?mode, "mode changed");
+            if mode != Mode::Fenced {
+                *shared.fence_writer.lock().expect("fence lock") = None;
+            }
             // A follower stops on its own when the mode leaves Replica; wait for it so that
             // `promote` returning means no replicated batch is in flight.
             let handle = shared.follower.lock().expect("follower lock").take();
@@ -1009,6 +1136,41 @@ async fn mode_change(State(shared): State<Arc<Shared>>, action: ModeAction) -> R
 #[derive(Deserialize)]
 struct FollowRequest {
     source: String,
+}
+
+/// `POST /admin/fence`, optionally `{"writer":"http://…"}`: the instance taking over, to
+/// which writes are passed on from now on (held while it is still read-only).
+#[derive(Deserialize, Default)]
+struct FenceRequest {
+    #[serde(default)]
+    writer: Option<String>,
+}
+
+async fn fence(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let request: FenceRequest = if body.is_empty() {
+        FenceRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("fence body must be {{\"writer\":\"http://host:port\"}} or empty: {e}"),
+                );
+            }
+        }
+    };
+    if let Some(writer) = &request.writer
+        && let Err(e) = check_source_url(writer)
+    {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let response = mode_change(State(shared.clone()), ModeAction::Fence).await;
+    if response.status().is_success() {
+        let writer = request.writer.map(|w| w.trim_end_matches('/').to_owned());
+        *shared.fence_writer.lock().expect("fence lock") = writer;
+    }
+    response
 }
 
 async fn follow(State(shared): State<Arc<Shared>>, Json(req): Json<FollowRequest>) -> Response {
