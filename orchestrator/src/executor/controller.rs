@@ -194,6 +194,14 @@ pub enum Event {
         /// Milliseconds.
         rollback_ms: u64,
     },
+    /// The single writer moved: from the first fence confirmed to the last promotion
+    /// confirmed, as this leader saw it (writes were held, not refused, in between).
+    WriterMoved {
+        /// `to_target` (cutover) or `to_source` (rollback).
+        direction: &'static str,
+        /// Seconds.
+        seconds: f64,
+    },
     /// New DNS weights applied: check every DNS server serves them.
     DnsChanged {
         /// The service.
@@ -507,6 +515,7 @@ impl Controller {
                 rollback_ms,
             } => self.transition_applied(&id, from, to, &reason, shadow_instances, rollback_ms),
             OnApplied::Promoted { id, promoted } => {
+                self.writer_moved(&id, promoted);
                 if let Some(record) = self.record_mut(&id) {
                     record.promoted = promoted;
                 }
@@ -573,6 +582,43 @@ impl Controller {
         for id in std::mem::take(&mut self.observed) {
             self.events.push_back(Event::Unobserved { migration: id });
         }
+    }
+
+    /// Measures the writer's move of `id` from this leadership's operations: the first fence
+    /// confirmed to the last promotion confirmed. Nothing when another leader did part of it.
+    fn writer_moved(&mut self, id: &str, to_target: bool) {
+        let (action, direction) = if to_target {
+            ("promote_target", "to_target")
+        } else {
+            ("promote_source", "to_source")
+        };
+        let done_at = |stage: &str| {
+            let infix = format!("/{action}/{stage}/");
+            self.ops
+                .iter()
+                .filter(|(op, _)| op.starts_with(&format!("{id}/")) && op.contains(&infix))
+                .map(|(_, op)| match op.state {
+                    OpState::Done { at, .. } => Some(at),
+                    _ => None,
+                })
+                .collect::<Option<Vec<Instant>>>()
+                .filter(|times| !times.is_empty())
+        };
+        let (Some(fenced), Some(promoted)) = (done_at("fence"), done_at("promote")) else {
+            return;
+        };
+        let (Some(first), Some(last)) = (fenced.iter().min(), promoted.iter().max()) else {
+            return;
+        };
+        let seconds = last.saturating_duration_since(*first).as_secs_f64();
+        tracing::info!(
+            migration = id,
+            direction,
+            window_ms = (seconds * 1_000.0).round() as u64,
+            "single writer moved (first fence → last promotion confirmed; writes held meanwhile)"
+        );
+        self.events
+            .push_back(Event::WriterMoved { direction, seconds });
     }
 
     fn record_mut(&mut self, id: &str) -> Option<&mut MigrationRecord> {

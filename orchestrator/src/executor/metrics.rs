@@ -12,6 +12,12 @@ const PHASE_SECONDS_BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 
+/// Buckets of the writer's move, seconds: milliseconds when replication keeps up, up to the
+/// sample service's hold of a write (3 s) and past it.
+const WRITER_MOVE_SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0,
+];
+
 /// The executor's metric families.
 #[derive(Clone)]
 pub struct ExecutorMetrics {
@@ -30,6 +36,8 @@ pub struct ExecutorMetrics {
     pub proposals: IntCounterVec,
     /// DNS verifications after a weight change, by result.
     pub dns_verifications: IntCounterVec,
+    /// The single writer's move (first fence → last promotion confirmed), by direction.
+    pub writer_move_seconds: HistogramVec,
 }
 
 impl ExecutorMetrics {
@@ -87,7 +95,16 @@ impl ExecutorMetrics {
                 ),
                 &["result"],
             )?,
+            writer_move_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "umbra_executor_writer_move_seconds",
+                    "The single writer's move: first fence to last promotion confirmed, seconds",
+                )
+                .buckets(WRITER_MOVE_SECONDS_BUCKETS.to_vec()),
+                &["direction"],
+            )?,
         };
+        registry.register(Box::new(metrics.writer_move_seconds.clone()))?;
         registry.register(Box::new(metrics.phase.clone()))?;
         registry.register(Box::new(metrics.phase_seconds.clone()))?;
         registry.register(Box::new(metrics.rollbacks.clone()))?;

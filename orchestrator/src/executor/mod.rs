@@ -446,6 +446,10 @@ impl Leadership {
                     .rollback_ms
                     .with_label_values(&[migration.as_str()])
                     .set(rollback_ms as f64),
+                Event::WriterMoved { direction, seconds } => metrics
+                    .writer_move_seconds
+                    .with_label_values(&[direction])
+                    .observe(seconds),
                 Event::DnsChanged {
                     service,
                     dns,

@@ -433,3 +433,68 @@ fn the_same_inputs_in_the_same_order_give_the_same_outputs() {
         assert_eq!(replay(), first);
     }
 }
+
+#[test]
+fn the_writers_move_is_measured_from_the_first_fence_to_the_last_promotion() {
+    let (mut overview, id) = overview_with(Phase::CuttingOver { step: 2 }, 1);
+    overview
+        .migrations
+        .get_mut(&id)
+        .expect("there")
+        .spec
+        .steps_percent = vec![10, 50, 100];
+    let shadow = format!("{id}-1");
+    let mut clock = Clock::new();
+    let mut c = Controller::new(config(), 3, clock.now());
+    let replication = |promoted: bool| umbra_proto::agent::ReplicationReport {
+        instance: shadow.clone(),
+        source: "http://127.0.0.1:1".to_owned(),
+        source_position: 10,
+        target_position: 10,
+        source_fenced: promoted,
+        promoted,
+    };
+    let target = |promoted: bool| AgentReport {
+        replication: vec![replication(promoted)],
+        ..report("eu-west", vec![instance(&shadow, InstanceState::Active)])
+    };
+    c.handle_report("eu-west", target(false), clock.now().at);
+    c.handle_report(
+        "us-east",
+        report(
+            "us-east",
+            vec![instance("shop-us-east-1", InstanceState::Active)],
+        ),
+        clock.now().at,
+    );
+    // Fence, wait for lag 0, promote: one after the other, each answered 20 ms later.
+    for stage in ["fence", "zero_lag", "promote"] {
+        c.handle_overview(overview.clone(), clock.advance(1));
+        let sent = drain_commands(&mut c);
+        let step: Vec<_> = sent
+            .iter()
+            .filter(|o| o.operation.contains(&format!("/promote_target/{stage}/")))
+            .cloned()
+            .collect();
+        assert_eq!(step.len(), 1, "{stage}: {:?}", actions(&sent));
+        done(&mut c, &step, clock.advance(20));
+    }
+    c.handle_report("eu-west", target(true), clock.advance(1).at);
+    c.handle_overview(overview, clock.now());
+    let proposal = c.poll_proposal().expect("the writer moved: SetPromoted");
+    assert!(matches!(
+        proposal.command,
+        Command::SetPromoted { promoted: true, .. }
+    ));
+    c.handle_proposal(&proposal.key, Proposed::Applied, clock.advance(5));
+    let moved: Vec<_> = std::iter::from_fn(|| c.poll_event())
+        .filter_map(|e| match e {
+            Event::WriterMoved { direction, seconds } => Some((direction, seconds)),
+            _ => None,
+        })
+        .collect();
+    // Fence answered at +21 ms, promotion at +63 ms (1 ms between the rounds).
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0].0, "to_target");
+    assert!((moved[0].1 - 0.042).abs() < 1e-9, "{moved:?}");
+}
