@@ -17,6 +17,10 @@
 //!    first migration's shadow pool, the old source front's forwarding share is cleared
 //!    before it becomes the target, and the service ends on the home region with DNS there.
 //!
+//! 4. A shadow instance SIGKILLed at the 50 % step is activated again under a fresh operation
+//!    id (the agent would answer the old id from its ledger), resumes replicating on its new
+//!    address, and the migration completes instead of stalling at the writer's move.
+//!
 //! Needs `umbra-sample` built next to the test binary: `cargo build --workspace --bins`.
 
 use std::collections::BTreeMap;
@@ -224,5 +228,59 @@ async fn a_second_migration_brings_the_service_back_home() -> anyhow::Result<()>
     // The way back replicated from the first migration's shadow (its pool in the target).
     let audit = world.audit().await?;
     assert_eq!(transitions(&audit, &back), happy_transitions());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shadow_killed_mid_cutover_is_replaced_and_the_migration_completes() -> anyhow::Result<()>
+{
+    let world = World::start(1).await?;
+    world.wait_source_serving().await?;
+    let client = Client::start(world.regions[SOURCE].front);
+    let id = world.migrate().await?;
+    let shadow = format!("{id}-1");
+    let pid_file = world
+        .dir()
+        .join(TARGET)
+        .join("processes")
+        .join(&shadow)
+        .join("pid");
+    let target = world.regions[TARGET].agent.clone();
+    let killed = std::sync::Mutex::new(None);
+    let phases = world
+        .follow(&id, async |phase| {
+            if phase == (Phase::CuttingOver { step: 1 }) {
+                let pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )?;
+                eprintln!("SIGKILLed shadow {shadow} (pid {pid})");
+                *killed.lock().expect("lock") = Some(pid);
+            }
+            Ok(())
+        })
+        .await?;
+    let (total, failed) = client.stop().await;
+    eprintln!("requests {total}, failed {failed}");
+    let killed = killed
+        .into_inner()
+        .expect("lock")
+        .context("the shadow was killed")?;
+
+    assert_eq!(phases.last(), Some(&Phase::Completed), "phases {phases:?}");
+    let audit = world.audit().await?;
+    assert_eq!(transitions(&audit, &id), happy_transitions());
+    // The shadow runs again, as a new process, and serves as the writer.
+    let listed = target.executor().provider().list().await;
+    let replaced = listed
+        .iter()
+        .find(|i| i.id == shadow)
+        .context("the shadow is listed")?;
+    assert_eq!(replaced.state, InstanceState::Active, "{replaced:?}");
+    let pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    assert_ne!(pid, killed, "a new process");
+    let overview = world.overview().await?;
+    assert!(overview.migrations[&id].promoted);
     Ok(())
 }

@@ -118,13 +118,31 @@ impl Executor {
         }
     }
 
-    fn driver(&self, id: &str) -> Result<Arc<SampleLogShipping>, CommandOutcome> {
-        self.replications
+    /// The replication into `id`. An instance restarted since the replication started (it
+    /// died and was activated again) serves on a new address and resumes following its
+    /// source by itself (its mode is on disk), so the driver is re-pointed at the address the
+    /// provider knows now.
+    async fn driver(&self, id: &str) -> Result<Arc<SampleLogShipping>, CommandOutcome> {
+        let driver = self
+            .replications
             .lock()
             .expect("replications lock")
             .get(id)
             .cloned()
-            .ok_or_else(|| refused(format!("no replication into {id:?}; start one first")))
+            .ok_or_else(|| refused(format!("no replication into {id:?}; start one first")))?;
+        let Ok(url) = self.instance_url(id).await else {
+            return Ok(driver);
+        };
+        if url == driver.target() {
+            return Ok(driver);
+        }
+        let moved = Arc::new(SampleLogShipping::new(driver.source(), &url).map_err(failed)?);
+        tracing::info!(instance = id, %url, "replication target restarted on a new address; following it");
+        self.replications
+            .lock()
+            .expect("replications lock")
+            .insert(id.to_owned(), moved.clone());
+        Ok(moved)
     }
 
     async fn replication_result(&self, id: &str, driver: &SampleLogShipping) -> CommandOutcome {
@@ -213,7 +231,7 @@ impl Executor {
                 return self.replication_result(instance, &driver).await;
             }
             AgentAction::FenceSource { instance } => {
-                let driver = match self.driver(instance) {
+                let driver = match self.driver(instance).await {
                     Ok(d) => d,
                     Err(o) => return o,
                 };
@@ -231,7 +249,7 @@ impl Executor {
                         "timeout_ms {timeout_ms} must be between 1 and {MAX_LAG_WAIT_MS}"
                     ));
                 }
-                let driver = match self.driver(instance) {
+                let driver = match self.driver(instance).await {
                     Ok(d) => d,
                     Err(o) => return o,
                 };
@@ -244,7 +262,7 @@ impl Executor {
                 };
             }
             AgentAction::Promote { instance } => {
-                let driver = match self.driver(instance) {
+                let driver = match self.driver(instance).await {
                     Ok(d) => d,
                     Err(o) => return o,
                 };
@@ -276,7 +294,7 @@ impl Executor {
                 };
             }
             AgentAction::StopReplication { instance } => {
-                let driver = match self.driver(instance) {
+                let driver = match self.driver(instance).await {
                     Ok(d) => d,
                     Err(o) => return o,
                 };
@@ -315,17 +333,20 @@ impl Executor {
     /// Replication positions of every replication driven (ones that cannot be read now are
     /// left out of this report).
     pub async fn replication(&self) -> Vec<ReplicationReport> {
-        let drivers: Vec<(String, Arc<SampleLogShipping>)> = self
+        let ids: Vec<String> = self
             .replications
             .lock()
             .expect("replications lock")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .keys()
+            .cloned()
             .collect();
         let mut out = Vec::new();
-        for (id, d) in drivers {
+        for id in ids {
+            let Ok(driver) = self.driver(&id).await else {
+                continue;
+            };
             if let CommandOutcome::Done(CommandResult::Replication(r)) =
-                self.replication_result(&id, &d).await
+                self.replication_result(&id, &driver).await
             {
                 out.push(r);
             }

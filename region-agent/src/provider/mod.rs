@@ -543,9 +543,37 @@ impl<R: Runtime> Provider<R> {
             .collect();
         let mut out = Vec::with_capacity(slots.len());
         for s in slots {
-            out.push(s.lock().await.report());
+            let mut rec = s.lock().await;
+            self.notice_exit(&mut rec).await;
+            out.push(rec.report());
         }
         out
+    }
+
+    /// A running instance whose process or container is gone (it crashed, or was killed) is
+    /// reported as it is, `Stopped`, so the leader can start it again, rather than as the
+    /// state it last reached.
+    async fn notice_exit(&self, rec: &mut InstanceRecord) {
+        use InstanceState::*;
+        if !matches!(rec.state, Active | Warm) {
+            return;
+        }
+        if !matches!(
+            self.runtime.observe(rec).await,
+            Ok(Observed::Exited | Observed::Absent)
+        ) {
+            return;
+        }
+        tracing::warn!(id = %rec.id, was = ?rec.state, "instance exited on its own; reporting it stopped");
+        // Clean up what is left of it (a zombie to reap, a container to stop).
+        if let Err(error) = self.runtime.stop(rec).await {
+            tracing::debug!(id = %rec.id, %error, "cleaning up an exited instance");
+        }
+        rec.state = Stopped;
+        rec.paused_from = None;
+        if let Err(error) = self.persist(rec) {
+            tracing::warn!(id = %rec.id, %error, "recording an exited instance");
+        }
     }
 
     /// One instance's record.
