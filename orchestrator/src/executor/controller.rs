@@ -565,13 +565,15 @@ impl Controller {
         self.events.pop_front()
     }
 
-    /// When the next retry falls due (the driver runs a round then, if not before).
+    /// When the next retry falls due after the latest input (the driver runs a round then, if
+    /// not before). A retry whose time passed without the round asking for it again (its
+    /// effect came about otherwise) is not due: it never makes the driver spin.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.ops
             .values()
             .filter(|op| op.attempt < self.config.max_attempts)
             .filter_map(|op| match op.state {
-                OpState::Wait { until } => Some(until),
+                OpState::Wait { until } if until > self.now.at => Some(until),
                 _ => None,
             })
             .min()

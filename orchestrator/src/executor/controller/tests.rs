@@ -352,7 +352,7 @@ fn a_failed_command_is_retried_under_a_new_id_after_its_backoff() {
     );
     c.handle_overview(overview.clone(), clock.advance(100));
     assert_eq!(actions(&drain_commands(&mut c)), vec![], "backing off");
-    c.handle_overview(overview, clock.advance(100));
+    c.handle_overview(overview.clone(), clock.advance(100));
     let again = drain_commands(&mut c);
     assert_eq!(
         again
@@ -361,6 +361,27 @@ fn a_failed_command_is_retried_under_a_new_id_after_its_backoff() {
             .collect::<Vec<_>>(),
         vec!["shop/home/us-east/provision/r1"]
     );
+    // It fails again; meanwhile the instance appears by other means, so no round asks for
+    // the provision any more: its retry time passes and is never due (no busy loop).
+    c.handle_outcome(
+        &again[0].operation,
+        Delivery::Answered(CommandOutcome::Failed {
+            reason: "disk full".to_owned(),
+        }),
+        clock.now(),
+    );
+    assert!(c.poll_timeout().is_some());
+    c.handle_report(
+        "us-east",
+        report(
+            "us-east",
+            vec![instance("shop-us-east-1", InstanceState::Active)],
+        ),
+        clock.advance(1_000).at,
+    );
+    c.handle_overview(overview, clock.now());
+    assert_eq!(actions(&drain_commands(&mut c)), vec![]);
+    assert_eq!(c.poll_timeout(), None);
 }
 
 /// Everything a controller put out, in order.
