@@ -132,22 +132,13 @@ fn a_rolled_back_shadow_leaves_the_front_at_once_and_is_removed_after_the_keep_t
     let s1 = format!("{id}-1");
     let s2 = format!("{id}-2");
     let home = "shop-us-east-1";
+    let both = |state| report("eu-west", vec![instance(&s1, state), instance(&s2, state)]);
     c.handle_report(
         "us-east",
         report("us-east", vec![instance(home, InstanceState::Active)]),
         clock.now().at,
     );
-    c.handle_report(
-        "eu-west",
-        report(
-            "eu-west",
-            vec![
-                instance(&s1, InstanceState::Active),
-                instance(&s2, InstanceState::Active),
-            ],
-        ),
-        clock.now().at,
-    );
+    c.handle_report("eu-west", both(InstanceState::Active), clock.now().at);
     c.handle_overview(overview.clone(), clock.advance(1_000));
     let sent = drain_commands(&mut c);
     let released: Vec<_> = actions(&sent)
@@ -175,13 +166,7 @@ fn a_rolled_back_shadow_leaves_the_front_at_once_and_is_removed_after_the_keep_t
     done(&mut c, &sent, clock.advance(10));
 
     // Out of the front; inside the keep time nothing more happens.
-    let warm = report(
-        "eu-west",
-        vec![
-            instance(&s1, InstanceState::Warm),
-            instance(&s2, InstanceState::Warm),
-        ],
-    );
+    let warm = both(InstanceState::Warm);
     c.handle_report("eu-west", warm.clone(), clock.advance(1_000).at);
     c.handle_overview(overview.clone(), clock.now());
     assert_eq!(actions(&drain_commands(&mut c)), vec![]);
@@ -209,13 +194,7 @@ fn a_rolled_back_shadow_leaves_the_front_at_once_and_is_removed_after_the_keep_t
         ]
     );
     done(&mut c, &sent, clock.advance(10));
-    let stopped = report(
-        "eu-west",
-        vec![
-            instance(&s1, InstanceState::Stopped),
-            instance(&s2, InstanceState::Stopped),
-        ],
-    );
+    let stopped = both(InstanceState::Stopped);
     c.handle_report("eu-west", stopped, clock.advance(1_000).at);
     c.handle_overview(overview.clone(), clock.now());
     let sent = drain_commands(&mut c);
