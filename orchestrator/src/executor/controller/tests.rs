@@ -77,6 +77,14 @@ fn report(region: &str, instances: Vec<InstanceReport>) -> AgentReport {
     }
 }
 
+/// The source region with the home pool serving.
+fn home_serving() -> AgentReport {
+    report(
+        "us-east",
+        vec![instance("shop-us-east-1", InstanceState::Active)],
+    )
+}
+
 struct Clock {
     start: Instant,
     ms: u64,
@@ -350,14 +358,7 @@ fn a_failed_command_is_retried_under_a_new_id_after_its_backoff() {
         clock.now(),
     );
     assert!(c.poll_timeout().is_some());
-    c.handle_report(
-        "us-east",
-        report(
-            "us-east",
-            vec![instance("shop-us-east-1", InstanceState::Active)],
-        ),
-        clock.advance(1_000).at,
-    );
+    c.handle_report("us-east", home_serving(), clock.advance(1_000).at);
     c.handle_overview(overview, clock.now());
     assert_eq!(actions(&drain_commands(&mut c)), vec![]);
     assert_eq!(c.poll_timeout(), None);
@@ -380,14 +381,7 @@ fn replay() -> Vec<String> {
     let mut clock = Clock::new();
     let mut c = Controller::new(config(), 7, clock.now());
     let mut out = Vec::new();
-    c.handle_report(
-        "us-east",
-        report(
-            "us-east",
-            vec![instance("shop-us-east-1", InstanceState::Active)],
-        ),
-        clock.now().at,
-    );
+    c.handle_report("us-east", home_serving(), clock.now().at);
     c.handle_report("eu-west", report("eu-west", vec![]), clock.now().at);
     c.handle_overview(overview.clone(), clock.advance(5));
     let proposals: Vec<_> = std::iter::from_fn(|| c.poll_proposal()).collect();
@@ -459,14 +453,7 @@ fn the_writers_move_is_measured_from_the_first_fence_to_the_last_promotion() {
         ..report("eu-west", vec![instance(&shadow, InstanceState::Active)])
     };
     c.handle_report("eu-west", target(false), clock.now().at);
-    c.handle_report(
-        "us-east",
-        report(
-            "us-east",
-            vec![instance("shop-us-east-1", InstanceState::Active)],
-        ),
-        clock.now().at,
-    );
+    c.handle_report("us-east", home_serving(), clock.now().at);
     // Fence, wait for lag 0, promote: one after the other, each answered 20 ms later.
     for stage in ["fence", "zero_lag", "promote"] {
         c.handle_overview(overview.clone(), clock.advance(1));
