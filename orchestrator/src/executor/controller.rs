@@ -336,7 +336,9 @@ pub struct Controller {
     term: u64,
     now: Now,
     overview: Option<Overview>,
-    reports: BTreeMap<String, (AgentReport, Instant)>,
+    /// The latest report of each region, and when it arrived.
+    reports: BTreeMap<String, AgentReport>,
+    received: BTreeMap<String, Instant>,
     ops: BTreeMap<String, Operation>,
     in_flight: BTreeMap<ProposalKey, OnApplied>,
     sizing: BTreeMap<String, Sizing>,
@@ -362,6 +364,7 @@ impl Controller {
             now,
             overview: None,
             reports: BTreeMap::new(),
+            received: BTreeMap::new(),
             ops: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             sizing: BTreeMap::new(),
@@ -379,21 +382,18 @@ impl Controller {
         }
     }
 
-    /// The term this controller leads in.
-    pub fn term(&self) -> u64 {
-        self.term
-    }
-
     /// A region's latest report, received at `received_at`. Reports take effect at the
     /// next [`Controller::handle_overview`].
     pub fn handle_report(&mut self, region: &str, report: AgentReport, received_at: Instant) {
-        match self.reports.get(region) {
-            Some((_, at)) if *at >= received_at => {}
-            _ => {
-                self.reports
-                    .insert(region.to_owned(), (report, received_at));
-            }
+        if self
+            .received
+            .get(region)
+            .is_some_and(|at| *at >= received_at)
+        {
+            return;
         }
+        self.received.insert(region.to_owned(), received_at);
+        self.reports.insert(region.to_owned(), report);
     }
 
     /// A fresh read of the replicated state: runs one round over every service and
@@ -594,11 +594,12 @@ impl Controller {
         } else {
             ("promote_source", "to_source")
         };
+        let prefix = format!("{id}/");
         let done_at = |stage: &str| {
             let infix = format!("/{action}/{stage}/");
             self.ops
                 .iter()
-                .filter(|(op, _)| op.starts_with(&format!("{id}/")) && op.contains(&infix))
+                .filter(|(op, _)| op.starts_with(&prefix) && op.contains(&infix))
                 .map(|(_, op)| match op.state {
                     OpState::Done { at, .. } => Some(at),
                     _ => None,
@@ -635,28 +636,20 @@ impl Controller {
         }
     }
 
-    fn latest_reports(&self) -> BTreeMap<String, AgentReport> {
-        self.reports
-            .iter()
-            .map(|(region, (report, _))| (region.clone(), report.clone()))
-            .collect()
-    }
-
     /// A terminal migration that a later one of its service superseded: a rolled-back one's
     /// shadows are still released (they must never serve again); once nothing of it is left
     /// to act on, this leadership forgets it, so memory stays bounded by live migrations.
     fn superseded(&mut self, id: &str) {
         let overview = self.overview.as_ref().expect("round has an overview");
         let record = overview.migrations[id].clone();
-        let target = self.reports.get(&record.spec.to).map(|(r, _)| r);
+        let target = self.reports.get(&record.spec.to);
         let left = reconcile::shadow_ids(&record)
             .iter()
             .any(|shadow| target.is_some_and(|t| t.instances.iter().any(|i| &i.id == shadow)));
         if record.phase == Phase::RolledBack && left {
             let _span = tracing::info_span!("migration", migration = %id).entered();
-            let reports = self.latest_reports();
             let due = self
-                .command_context(&record, &reports)
+                .command_context(&record)
                 .map(|context| {
                     reconcile::commands(&record, &migration::Action::ReleaseShadow, &context)
                 })
@@ -692,7 +685,7 @@ impl Controller {
                 continue;
             }
             let base = format!("{name}/home/{region}");
-            let report = self.reports.get(region).map(|(r, _)| r);
+            let report = self.reports.get(region);
             due.extend(reconcile::ensure_pool(&base, region, &pool, report));
         }
         for command in due {
@@ -750,12 +743,9 @@ impl Controller {
             return;
         };
         let _span = tracing::info_span!("migration", migration = %id).entered();
-        let reports = self.latest_reports();
-        let mut seen = {
-            let ops = Ops(&self.ops);
-            reconcile::observe(&record, &service, overview, &reports, &ops)
-        };
-        seen.slo = self.slo_reading(&record, &seen, &reports);
+        let mut seen =
+            reconcile::observe(&record, &service, overview, &self.reports, &Ops(&self.ops));
+        seen.slo = slo_reading(&mut self.slo, &record, &seen, &self.reports);
         self.export_stage(&record);
         if !record.phase.is_terminal() {
             self.observed.insert(id.to_owned());
@@ -787,7 +777,7 @@ impl Controller {
             return;
         }
         let mut due = Vec::new();
-        if let Some(context) = self.command_context(&record, &reports) {
+        if let Some(context) = self.command_context(&record) {
             for action in &decision.actions {
                 due.extend(reconcile::commands(&record, action, &context));
             }
@@ -808,17 +798,13 @@ impl Controller {
     }
 
     /// What command planning needs for `record`; `None` when its service left the state.
-    fn command_context<'a>(
-        &'a self,
-        record: &MigrationRecord,
-        reports: &'a BTreeMap<String, AgentReport>,
-    ) -> Option<CommandContext<'a>> {
+    fn command_context(&self, record: &MigrationRecord) -> Option<CommandContext<'_>> {
         let overview = self.overview.as_ref()?;
         let service = overview.services.get(&record.spec.service)?;
         Some(CommandContext {
             overview,
-            reports,
-            warm_plan: warm_plan(record, service, reports),
+            reports: &self.reports,
+            warm_plan: warm_plan(record, service, &self.reports),
             zero_lag_timeout_ms: self.config.zero_lag_timeout_ms,
             now_ms: self.now.unix_ms,
             shadow_keep_ms: self.config.shadow_keep_ms,
@@ -957,44 +943,6 @@ impl Controller {
         None
     }
 
-    /// The SLO reading of the current step: what the TARGET front served since the step's
-    /// share was confirmed on the source front.
-    fn slo_reading(
-        &mut self,
-        record: &MigrationRecord,
-        seen: &Observations,
-        reports: &BTreeMap<String, AgentReport>,
-    ) -> Option<SloReading> {
-        let id = &record.spec.id;
-        if !matches!(record.phase, Phase::CuttingOver { .. } | Phase::Draining) {
-            self.slo.remove(id);
-            return None;
-        }
-        if seen.share_applied != Some(record.spec.target_share(record.phase)) {
-            return None;
-        }
-        let front = reports.get(&record.spec.to)?.front.as_ref()?;
-        let fresh = SloBase {
-            phase: record.phase,
-            requests: front.requests_total,
-            errors: front.errors_total,
-        };
-        let base = self.slo.entry(id.clone()).or_insert(fresh);
-        if base.phase != record.phase || front.requests_total < base.requests {
-            *base = fresh;
-        }
-        let samples = front.requests_total - base.requests;
-        if samples == 0 {
-            return None;
-        }
-        let errors = front.errors_total.saturating_sub(base.errors);
-        Some(SloReading {
-            samples,
-            error_rate: errors as f64 / samples as f64,
-            p99_ms: front.window_p99_ms.unwrap_or(0.0),
-        })
-    }
-
     fn export_stage(&mut self, record: &MigrationRecord) {
         let id = &record.spec.id;
         let phase = record.phase.name();
@@ -1056,7 +1004,7 @@ impl Controller {
         {
             return;
         }
-        let report_at = self.reports.get(&command.region).map(|(_, at)| *at);
+        let report_at = self.received.get(&command.region).copied();
         let retry_min = self.config.retry_min;
         let op = self
             .ops
@@ -1102,6 +1050,44 @@ impl Controller {
             timeout,
         });
     }
+}
+
+/// The SLO reading of the current step: what the TARGET front served since the step's
+/// share was confirmed on the source front.
+fn slo_reading(
+    bases: &mut BTreeMap<String, SloBase>,
+    record: &MigrationRecord,
+    seen: &Observations,
+    reports: &BTreeMap<String, AgentReport>,
+) -> Option<SloReading> {
+    let id = &record.spec.id;
+    if !matches!(record.phase, Phase::CuttingOver { .. } | Phase::Draining) {
+        bases.remove(id);
+        return None;
+    }
+    if seen.share_applied != Some(record.spec.target_share(record.phase)) {
+        return None;
+    }
+    let front = reports.get(&record.spec.to)?.front.as_ref()?;
+    let fresh = SloBase {
+        phase: record.phase,
+        requests: front.requests_total,
+        errors: front.errors_total,
+    };
+    let base = bases.entry(id.clone()).or_insert(fresh);
+    if base.phase != record.phase || front.requests_total < base.requests {
+        *base = fresh;
+    }
+    let samples = front.requests_total - base.requests;
+    if samples == 0 {
+        return None;
+    }
+    let errors = front.errors_total.saturating_sub(base.errors);
+    Some(SloReading {
+        samples,
+        error_rate: errors as f64 / samples as f64,
+        p99_ms: front.window_p99_ms.unwrap_or(0.0),
+    })
 }
 
 /// The warm-up plan with its reference p99: the source front's p99 when it is known, but
