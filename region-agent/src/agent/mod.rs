@@ -210,6 +210,7 @@ impl Agent {
 
     /// The heartbeat report.
     pub async fn report(&self) -> AgentReport {
+        self.executor.provider().notice_exits().await;
         AgentReport {
             region: self.region(),
             newest_term: self.newest_term(),

@@ -532,27 +532,35 @@ impl<R: Runtime> Provider<R> {
         Ok(())
     }
 
-    /// Every instance, as it is now (ordered by id).
-    pub async fn list(&self) -> Vec<InstanceReport> {
-        let slots: Vec<Slot> = self
-            .instances
+    fn slots(&self) -> Vec<Slot> {
+        self.instances
             .lock()
             .expect("instances lock")
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Every instance, as last recorded (ordered by id).
+    pub async fn list(&self) -> Vec<InstanceReport> {
+        let slots = self.slots();
         let mut out = Vec::with_capacity(slots.len());
         for s in slots {
-            let mut rec = s.lock().await;
-            self.notice_exit(&mut rec).await;
-            out.push(rec.report());
+            out.push(s.lock().await.report());
         }
         out
     }
 
-    /// A running instance whose process or container is gone (it crashed, or was killed) is
-    /// reported as it is, `Stopped`, so the leader can start it again, rather than as the
-    /// state it last reached.
+    /// Asks the runtime about every running instance: one whose process or container is gone
+    /// (it crashed, or was killed) is recorded as it is, `Stopped`, so the leader can start it
+    /// again, rather than left in the state it last reached. Once per heartbeat, not on every
+    /// [`Provider::list`] (a Docker runtime answers each question with an API call).
+    pub async fn notice_exits(&self) {
+        for s in self.slots() {
+            self.notice_exit(&mut *s.lock().await).await;
+        }
+    }
+
     async fn notice_exit(&self, rec: &mut InstanceRecord) {
         use InstanceState::*;
         if !matches!(rec.state, Active | Warm) {
@@ -653,6 +661,10 @@ impl AnyProvider {
     /// See [`Provider::list`].
     pub async fn list(&self) -> Vec<InstanceReport> {
         dispatch!(self, p => p.list().await)
+    }
+    /// See [`Provider::notice_exits`].
+    pub async fn notice_exits(&self) {
+        dispatch!(self, p => p.notice_exits().await)
     }
     /// See [`Provider::get`].
     pub async fn get(&self, id: &str) -> Result<InstanceRecord, ProviderError> {
