@@ -977,7 +977,7 @@ async fn pass_on(
     if answer.headers().contains_key(READ_ONLY_HEADER) {
         return None;
     }
-    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let status = answer.status();
     let body = answer.bytes().await.unwrap_or_default();
     let mut response = (status, body).into_response();
     response.headers_mut().insert(
@@ -1103,9 +1103,8 @@ async fn set_mode(shared: &Shared, action: ModeAction) -> Result<Mode, WriteRefu
         .writer
         .send(WriterMsg::SetMode { action, ack })
         .await
-        .map_err(|_| WriteRefused::Failed("the WAL writer has stopped".into()))?;
-    rx.await
-        .map_err(|_| WriteRefused::Failed("the WAL writer has stopped".into()))?
+        .map_err(|_| WriteRefused::WriterStopped)?;
+    rx.await.map_err(|_| WriteRefused::WriterStopped)?
 }
 
 async fn mode_change(State(shared): State<Arc<Shared>>, action: ModeAction) -> Response {
