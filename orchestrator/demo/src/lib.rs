@@ -831,10 +831,8 @@ async fn finish(
     started: Instant,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<DemoReport, DemoError> {
-    // Every write and read counts: the report's totals and failures are over both.
-    let mut segments = traffic.reads;
-    segments.extend(traffic.writes.iter().cloned());
-    segments.sort_by_key(|s| s.start_ms);
+    // Every write and read counts: the report's totals, failures and timeline are over both.
+    let segments = report::merge_runs(traffic.reads, &traffic.writes);
     let phases = report::phases_from_audit(&watched.audit, &watched.id);
     let outcome = phases
         .last()

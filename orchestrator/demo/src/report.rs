@@ -156,6 +156,44 @@ pub struct TrafficSummary {
     pub by_front_at_end: BTreeMap<String, u64>,
 }
 
+fn add_counts(into: &mut OutcomeCounts, c: &OutcomeCounts) {
+    into.scheduled += c.scheduled;
+    into.completed += c.completed;
+    into.ok += c.ok;
+    into.http_error += c.http_error;
+    into.connect_error += c.connect_error;
+    into.timeout += c.timeout;
+    into.resolve_error += c.resolve_error;
+    into.io_error += c.io_error;
+}
+
+/// Two runs offered side by side (the reads and the writes) as one run: each segment of
+/// `extra` is added into the segment of `into` that started nearest to it, so the timeline
+/// has one entry per second and the run's length is counted once.
+pub fn merge_runs(mut into: Vec<TrafficSegment>, extra: &[TrafficSegment]) -> Vec<TrafficSegment> {
+    if into.is_empty() {
+        return extra.to_vec();
+    }
+    into.sort_by_key(|s| s.start_ms);
+    for e in extra {
+        let after = into.partition_point(|s| s.start_ms < e.start_ms);
+        let nearest = [after.checked_sub(1), (after < into.len()).then_some(after)]
+            .into_iter()
+            .flatten()
+            .min_by_key(|&i| into[i].start_ms.abs_diff(e.start_ms))
+            .expect("into is not empty");
+        let s = &mut into[nearest];
+        add_counts(&mut s.counts, &e.counts);
+        s.latency_us
+            .add(&e.latency_us)
+            .expect("latency histograms share their bounds");
+        for (addr, n) in &e.by_address {
+            *s.by_address.entry(addr.clone()).or_insert(0) += n;
+        }
+    }
+    into
+}
+
 /// Sums the segments; `cutover_at_ms` splits steady from after-cutover; segments that
 /// started at or after `settled_at_ms` (the migration's end plus one DNS TTL) show where the
 /// traffic ended up.
@@ -167,13 +205,7 @@ pub fn summarize(
     let mut total = OutcomeCounts::default();
     let mut by_front = BTreeMap::new();
     for s in segments {
-        total.scheduled += s.counts.scheduled;
-        total.ok += s.counts.ok;
-        total.http_error += s.counts.http_error;
-        total.connect_error += s.counts.connect_error;
-        total.timeout += s.counts.timeout;
-        total.resolve_error += s.counts.resolve_error;
-        total.io_error += s.counts.io_error;
+        add_counts(&mut total, &s.counts);
         for (addr, n) in &s.by_address {
             *by_front.entry(addr.clone()).or_insert(0) += n;
         }
@@ -330,6 +362,34 @@ mod tests {
             latency_us,
             by_address: [(front.to_owned(), 100 + failed)].into(),
         }
+    }
+
+    #[test]
+    fn writes_offered_beside_the_reads_land_in_the_reads_second() {
+        let reads = vec![
+            segment(2_000, 2, 0, "a"),
+            segment(0, 2, 0, "a"),
+            segment(1_000, 2, 0, "a"),
+        ];
+        let writes = [
+            segment(3, 5, 1, "a"),
+            segment(1_004, 5, 0, "b"),
+            segment(1_998, 5, 2, "a"),
+        ];
+        let merged = merge_runs(reads, &writes);
+        assert_eq!(
+            merged.iter().map(|s| s.start_ms).collect::<Vec<_>>(),
+            [0, 1_000, 2_000],
+            "one entry per second"
+        );
+        let failed: Vec<u64> = merged.iter().map(|s| s.counts.failed()).collect();
+        assert_eq!(failed, [1, 0, 2]);
+        assert_eq!(merged[1].counts.scheduled, 200);
+        assert_eq!(
+            merged[1].by_address,
+            [("a".into(), 100), ("b".into(), 100)].into()
+        );
+        assert_eq!(merged[2].latency_us.len(), 200);
     }
 
     #[test]
