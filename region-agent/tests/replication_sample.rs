@@ -213,14 +213,26 @@ async fn ten_thousand_writes_replicate_through_a_replica_crash_then_fence_and_pr
     let on_target = http.get(format!("{dst_url}/kv/passed-on")).send().await?;
     assert_eq!(on_target.text().await?, "z");
     assert_eq!(whole_log(&http, source.port()).await?.len() as u64, KEYS);
-    // A write that was itself passed on is never passed on again: applied or refused.
-    let looped = http
-        .put(format!("{src_url}/kv/loop"))
-        .header(umbra_agent::sample::FORWARDED_HEADER, "1")
-        .body("w")
-        .send()
-        .await?;
-    assert_eq!(looped.status(), 503);
+    // A write that already took the most hops is refused, never passed on again, and so is
+    // one whose hop count is garbled.
+    for hops in [
+        umbra_agent::sample::MAX_WRITE_HOPS.to_string(),
+        "x".to_owned(),
+    ] {
+        let looped = http
+            .put(format!("{src_url}/kv/loop"))
+            .header(umbra_agent::sample::FORWARDED_HEADER, hops)
+            .body("w")
+            .send()
+            .await?;
+        assert_eq!(looped.status(), 503);
+    }
+    let on_target = http.get(format!("{dst_url}/kv/loop")).send().await?;
+    assert_eq!(
+        on_target.status(),
+        404,
+        "a refused write is applied nowhere"
+    );
     Ok(())
 }
 
@@ -248,6 +260,51 @@ async fn promote_is_refused_while_the_source_takes_writes() -> anyhow::Result<()
         umbra_agent::sample::Mode::Replica {
             source: source.url()
         }
+    );
+    Ok(())
+}
+
+/// A region's pool of a stateful service: the writer, and a follower that replicates the
+/// writer (a replica of a replica while the writer itself still follows the source region).
+#[tokio::test]
+async fn a_follower_of_a_replica_passes_writes_up_the_chain_and_holds_the_whole_log()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (source, writer, _driver) = replicating_pair(dir.path()).await?;
+    let sample = common::sample_binary();
+    let follower = SampleProcess::start(sample, &dir.path().join("f"), BACKING_LATENCY_MS).await?;
+    SampleLogShipping::new(&writer.url(), &follower.url())?
+        .start()
+        .await?;
+    let http = reqwest::Client::new();
+    for k in 0..20 {
+        let written = http
+            .put(format!("{}/kv/chain-{k}", follower.url()))
+            .body(format!("v{k}"))
+            .send()
+            .await?;
+        assert_eq!(written.status(), 200, "write {k} through the follower");
+    }
+    reached(
+        &http,
+        follower.port(),
+        20,
+        "the follower to apply the writes",
+    )
+    .await?;
+    let logs = [
+        whole_log(&http, source.port()).await?,
+        whole_log(&http, writer.port()).await?,
+        whole_log(&http, follower.port()).await?,
+    ];
+    assert_eq!(
+        logs[0].len(),
+        20,
+        "every write applied once, on the primary"
+    );
+    assert!(
+        logs[1] == logs[0] && logs[2] == logs[0],
+        "the chain holds the same log"
     );
     Ok(())
 }

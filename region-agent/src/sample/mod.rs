@@ -14,8 +14,10 @@
 //!   applies writes; a replica passes them on to its source, and a fenced primary to the
 //!   instance it hands over to (`/admin/fence` names it), holding them up to
 //!   [`WRITER_MOVE_HOLD`] while that one is still read-only (the move's fence → promote
-//!   window). A write passed on ([`FORWARDED_HEADER`]) is never passed on again. Read-only
-//!   refusals are 503 with [`READ_ONLY_HEADER`].
+//!   window). A write passed on carries its hop count ([`FORWARDED_HEADER`]): it is passed on
+//!   again (a replica of a replica, inside a region) but never held there, and never past
+//!   [`MAX_WRITE_HOPS`], so a loop of sources ends. Read-only refusals are 503 with
+//!   [`READ_ONLY_HEADER`].
 //! - `GET /healthz` → `{"status":"ok","mode":…,"last_seq":N}`; `GET /metrics` → Prometheus text.
 //! - `GET /wal?from=N&max=M&wait_ms=W` → `{"records":[…],"last_seq":N}`: records from seq `N`
 //!   on, waiting up to `W` ms for new ones when there are none (long poll).
@@ -860,9 +862,13 @@ async fn get_kv(State(shared): State<Arc<Shared>>, UrlPath(key): UrlPath<String>
     observe(&shared, "get", started, resp)
 }
 
-/// Marks a write passed on by another instance: the receiver applies it or refuses it, and
-/// never passes it on again (no loops).
+/// Marks a write passed on by another instance, with the number of hops it took so far: the
+/// receiver applies it, passes it on once more if it is not the writer either (a replica that
+/// follows a replica), or refuses it at [`MAX_WRITE_HOPS`] (no loops).
 pub const FORWARDED_HEADER: &str = "x-umbra-forwarded";
+/// Most hops a write is passed on: a replica, the replica it follows, that one's source (a
+/// shadow's follower during a migration), and one to spare.
+pub const MAX_WRITE_HOPS: u8 = 3;
 /// Set on a refusal because the instance is read-only (fenced or a replica): the sender may
 /// hold the write and try again once the writer moved.
 pub const READ_ONLY_HEADER: &str = "x-umbra-read-only";
@@ -877,13 +883,9 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client write: applied here when this instance is the writer; otherwise passed on to the
 /// writer (a replica's source, or the instance a fenced primary hands over to) and held
 /// through the writer's move, so a write reaching the wrong region is not refused. A write
-/// that was itself passed on is applied or refused, never passed on again.
-async fn write_kv(
-    shared: &Shared,
-    key: String,
-    value: Option<String>,
-    forwarded: bool,
-) -> Response {
+/// that was itself passed on (`hops` > 0) is applied, passed on once more, or refused; only
+/// the instance the client reached holds it.
+async fn write_kv(shared: &Shared, key: String, value: Option<String>, hops: u8) -> Response {
     if let Some(r) = check_key(&key) {
         return r;
     }
@@ -896,7 +898,7 @@ async fn write_kv(
             Err(e @ WriteRefused::ReadOnly(_)) => e,
             done => return write_response(done),
         };
-        if forwarded {
+        if hops >= MAX_WRITE_HOPS {
             return read_only(refused);
         }
         let writer = match &*shared.mode.borrow() {
@@ -907,11 +909,12 @@ async fn write_kv(
         let Some(writer) = writer else {
             return read_only(refused); // nobody takes over: refuse at once
         };
-        if let Some(answer) = pass_on(shared, &writer, &key, value.as_deref()).await {
+        if let Some(answer) = pass_on(shared, &writer, &key, value.as_deref(), hops + 1).await {
             return answer;
         }
-        // The writer is read-only too: the move is under way. Hold the write.
-        if Instant::now() >= held_until {
+        // The writer is read-only too: the move is under way. Hold the write (only where the
+        // client's request arrived: an instance in between answers at once).
+        if hops > 0 || Instant::now() >= held_until {
             return read_only(refused);
         }
         tokio::time::sleep(HOLD_RETRY).await;
@@ -959,13 +962,18 @@ async fn pass_on(
     writer: &str,
     key: &str,
     value: Option<&str>,
+    hops: u8,
 ) -> Option<Response> {
     let url = format!("{writer}/kv/{key}");
     let request = match value {
         Some(v) => shared.http.put(&url).body(v.to_owned()),
         None => shared.http.delete(&url),
     };
-    let answer = match request.header(FORWARDED_HEADER, "1").send().await {
+    let answer = match request
+        .header(FORWARDED_HEADER, hops.to_string())
+        .send()
+        .await
+    {
         Ok(answer) => answer,
         Err(e) => {
             return Some(error(
@@ -987,8 +995,17 @@ async fn pass_on(
     Some(response)
 }
 
-fn is_forwarded(headers: &axum::http::HeaderMap) -> bool {
-    headers.contains_key(FORWARDED_HEADER)
+/// Hops a write took so far (0 from a client). A header that is not a number counts as the
+/// most, so a garbled one is never passed on.
+fn hops(headers: &axum::http::HeaderMap) -> u8 {
+    match headers.get(FORWARDED_HEADER) {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<u8>().ok())
+            .unwrap_or(MAX_WRITE_HOPS),
+    }
 }
 
 async fn put_kv(
@@ -998,7 +1015,7 @@ async fn put_kv(
     body: String,
 ) -> Response {
     let started = Instant::now();
-    let resp = write_kv(&shared, key, Some(body), is_forwarded(&headers)).await;
+    let resp = write_kv(&shared, key, Some(body), hops(&headers)).await;
     observe(&shared, "put", started, resp)
 }
 
@@ -1008,7 +1025,7 @@ async fn delete_kv(
     headers: axum::http::HeaderMap,
 ) -> Response {
     let started = Instant::now();
-    let resp = write_kv(&shared, key, None, is_forwarded(&headers)).await;
+    let resp = write_kv(&shared, key, None, hops(&headers)).await;
     observe(&shared, "delete", started, resp)
 }
 
