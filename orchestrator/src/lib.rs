@@ -9,6 +9,7 @@
 //! agent's crates.
 
 pub mod api;
+pub mod capacity;
 pub mod executor;
 pub mod gateway;
 pub mod migration;

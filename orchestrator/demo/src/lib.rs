@@ -60,6 +60,8 @@ const AGENT_HEARTBEAT_MS: u64 = 250;
 /// How long a rolled-back migration's shadows are kept (out of the front) before they are
 /// stopped and removed: the demo's compressed timeline keeps them 2 s.
 const SHADOW_KEEP_MS: u64 = 2_000;
+/// How often the demo samples the serving pools from the leader.
+const POOL_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// The operator certificate the demo uses.
 const OPERATOR: &str = "demo";
 
@@ -86,6 +88,14 @@ pub struct DemoOptions {
     pub timing: DemoTiming,
     /// Traffic and sizing.
     pub load: DemoLoad,
+    /// Demand history the orchestrators read instead of the demo's two synthetic weeks: a
+    /// directory of long-form CSV files and their slice width (seconds). The caller may write
+    /// it while the cluster runs: every forecast reads it afresh.
+    pub demand_history: Option<(PathBuf, u32)>,
+    /// Slices in a row a smaller pool target must be asked for before a pool shrinks.
+    pub pool_shrink_after_slices: u32,
+    /// How much earlier than measured a pool moves ahead of a slice, ms.
+    pub pool_lead_margin_ms: u64,
 }
 
 impl DemoOptions {
@@ -102,6 +112,10 @@ impl DemoOptions {
             min_requests: 20_000,
             timing: DemoTiming::default(),
             load: DemoLoad::default(),
+            demand_history: None,
+            pool_shrink_after_slices: umbra_forecast::sizing::DEFAULT_HYSTERESIS
+                .shrink_after_slices,
+            pool_lead_margin_ms: umbra_orchestrator::executor::pools::DEFAULT_LEAD_MARGIN_MS,
         }
     }
 
@@ -290,27 +304,33 @@ async fn start_cluster(
     // Demand history: two weeks per region, the daily peak following the sun, scaled so the
     // target's peak asks for about the offered rate.
     let demand = history::demo_regions(options.load.rate_per_sec / 4.0, options.load.rate_per_sec);
-    let now = chrono::Utc::now();
-    let series = history::follow_the_sun(
-        scenario::SERVICE,
-        &demand,
-        now,
-        history::DEFAULT_HISTORY_DAYS,
-        history::DEFAULT_SLICE_SECS,
-        now.timestamp() as u64,
-    );
-    let demand_dir = dir.join("demand");
-    history::write_csv(&demand_dir, &series).map_err(io("writing the demand history"))?;
-    progress(&format!(
-        "wrote {} days of demand history for {} regions (peaks: {})",
-        history::DEFAULT_HISTORY_DAYS,
-        demand.len(),
-        demand
-            .iter()
-            .map(|d| format!("{} {:04.1} UTC", d.region, d.peak_hour_utc))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
+    let (demand_dir, demand_slice_secs) = match &options.demand_history {
+        Some((dir, slice_secs)) => (dir.clone(), *slice_secs),
+        None => {
+            let now = chrono::Utc::now();
+            let series = history::follow_the_sun(
+                scenario::SERVICE,
+                &demand,
+                now,
+                history::DEFAULT_HISTORY_DAYS,
+                history::DEFAULT_SLICE_SECS,
+                now.timestamp() as u64,
+            );
+            let demand_dir = dir.join("demand");
+            history::write_csv(&demand_dir, &series).map_err(io("writing the demand history"))?;
+            progress(&format!(
+                "wrote {} days of demand history for {} regions (peaks: {})",
+                history::DEFAULT_HISTORY_DAYS,
+                demand.len(),
+                demand
+                    .iter()
+                    .map(|d| format!("{} {:04.1} UTC", d.region, d.peak_hour_utc))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            (demand_dir, history::DEFAULT_SLICE_SECS)
+        }
+    };
 
     // Orchestrators.
     let orchestrator_bin = options.bin_dir.join("umbra-orchestrator");
@@ -351,8 +371,10 @@ async fn start_cluster(
             executor: ExecutorSection {
                 dns_servers: dns_addresses.clone(),
                 demand_csv_dir: Some(demand_dir.clone()),
-                demand_slice_secs: history::DEFAULT_SLICE_SECS,
+                demand_slice_secs,
                 shadow_keep_ms: SHADOW_KEEP_MS,
+                pool_shrink_after_slices: options.pool_shrink_after_slices,
+                pool_lead_margin_ms: options.pool_lead_margin_ms,
                 ..ExecutorSection::default()
             },
         };
@@ -523,6 +545,25 @@ impl IdleCluster {
         .map(|status| status.overview)
     }
 
+    /// The serving pools as the leading orchestrator's `GET /v1/status` shows them (a node
+    /// that does not lead shows none); empty while no node leads.
+    pub async fn pools(&self) -> Vec<umbra_orchestrator::capacity::PoolView> {
+        leader_pools(&self.cluster.orchestrators).await
+    }
+
+    /// The state directory of `region`'s agent (its instances' records are `instances/*.json`).
+    pub fn agent_state_dir(&self, region: &str) -> Option<&Path> {
+        self.cluster
+            .agent_state_dirs
+            .get(region)
+            .map(PathBuf::as_path)
+    }
+
+    /// The regions, the first one being the demo plan's primary.
+    pub fn regions(&self) -> &[String] {
+        &self.cluster.regions
+    }
+
     /// Processes still running (all seven unless one died).
     pub fn running(&mut self) -> Vec<String> {
         self.supervisor.running()
@@ -674,6 +715,8 @@ struct Watched {
     overview: Overview,
     killed_leader: Option<u64>,
     instances_left: BTreeMap<String, usize>,
+    shadow_instances_left: usize,
+    pools: Vec<report::PoolSample>,
 }
 
 #[allow(clippy::too_many_arguments)] // One call site; a struct would only rename them.
@@ -725,8 +768,23 @@ async fn migrate(
     let mut killed_leader = None;
     let mut terminal_since: Option<Instant> = None;
     let watch_deadline = started + DEMO_DEADLINE - Duration::from_secs(10);
+    let mut pools: Vec<report::PoolSample> = Vec::new();
+    let mut pools_sampled: Option<Instant> = None;
     loop {
         supervisor.check()?;
+        if pools_sampled.is_none_or(|at| at.elapsed() >= POOL_SAMPLE_INTERVAL) {
+            pools_sampled = Some(Instant::now());
+            for view in leader_pools(orchestrators).await {
+                let sample = report::PoolSample::of(&view);
+                match pools.iter_mut().find(|p| {
+                    (p.region.as_str(), &p.slice_start)
+                        == (sample.region.as_str(), &sample.slice_start)
+                }) {
+                    Some(slot) => *slot = sample,
+                    None => pools.push(sample),
+                }
+            }
+        }
         let after = audit.last().map_or(0, |e| e.index);
         let fresh = call_live(
             orchestrators,
@@ -811,6 +869,15 @@ async fn migrate(
         .iter()
         .map(|(region, dir)| (region.clone(), instances_left(dir)))
         .collect();
+    let shadow_prefix = format!("{id}-");
+    let shadow_instances_left = std::fs::read_dir(agent_state_dirs[&to].join("processes"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&shadow_prefix))
+                .count()
+        })
+        .unwrap_or(0);
     Ok(Watched {
         id,
         from: source.to_owned(),
@@ -819,6 +886,8 @@ async fn migrate(
         overview: status.overview,
         killed_leader,
         instances_left,
+        shadow_instances_left,
+        pools,
     })
 }
 
@@ -892,6 +961,8 @@ async fn finish(
         audit_step_counts: report::step_counts(&watched.audit, &watched.id, steps),
         killed_leader: watched.killed_leader,
         instances_left: watched.instances_left,
+        shadow_instances_left: watched.shadow_instances_left,
+        pools: watched.pools,
         writes,
         identical_state,
         demo_secs: started.elapsed().as_secs_f64(),
@@ -1097,6 +1168,21 @@ where
 }
 
 /// A read from the first live orchestrator that answers.
+/// The pools the leading orchestrator publishes (its `GET /v1/status`), or none.
+async fn leader_pools(
+    orchestrators: &[Orchestrator],
+) -> Vec<umbra_orchestrator::capacity::PoolView> {
+    for o in orchestrators.iter().filter(|o| !o.killed) {
+        if let Ok(status) = o.api.status().await
+            && status.leader.this_node.is_some()
+            && status.leader.this_node == status.leader.leader
+        {
+            return status.pools;
+        }
+    }
+    Vec::new()
+}
+
 async fn call_live<T, F, Fut>(orchestrators: &[Orchestrator], call: F) -> Result<T, String>
 where
     F: Fn(ApiClient) -> Fut,

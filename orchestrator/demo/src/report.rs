@@ -273,6 +273,46 @@ pub fn timeline(segments: &[TrafficSegment]) -> Vec<SecondOfTraffic> {
         .collect()
 }
 
+/// A serving pool during one forecast slice, as the leader held it (the last sample of the
+/// slice).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolSample {
+    /// The region.
+    pub region: String,
+    /// Start of the slice (RFC 3339); `null` while the pool had no forecast.
+    pub slice_start: Option<String>,
+    /// The service tier's quantile of forecast demand for the slice, requests per second.
+    pub forecast_rps: Option<f64>,
+    /// Instances the pool should serve with (after lead times and hysteresis).
+    pub target_warm: u32,
+    /// Dormant instances it should keep.
+    pub target_dormant: u32,
+    /// Instances serving, as the region's agent reported them.
+    pub warm: u32,
+    /// Dormant instances, as reported.
+    pub dormant: u32,
+}
+
+impl PoolSample {
+    /// The sample of `view`.
+    pub fn of(view: &umbra_orchestrator::capacity::PoolView) -> Self {
+        let slice = view.slice.as_ref();
+        Self {
+            region: view.region.clone(),
+            slice_start: slice.map(|s| {
+                chrono::DateTime::from_timestamp_millis(s.start_ms as i64)
+                    .unwrap_or_default()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            }),
+            forecast_rps: slice.map(|s| s.quantile),
+            target_warm: view.target.warm,
+            target_dormant: view.target.dormant,
+            warm: view.actual.warm,
+            dormant: view.actual.dormant,
+        }
+    }
+}
+
 /// The final report (`umbra demo --json` prints it).
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoReport {
@@ -320,6 +360,12 @@ pub struct DemoReport {
     /// Instances each region's agent still keeps when the demo ends, by region: the old
     /// source's pool is removed after a completion, the shadow pool after a rollback.
     pub instances_left: BTreeMap<String, usize>,
+    /// Instances of the migration's shadow pool still kept in the target region at the end
+    /// (0 once a rolled-back migration's shadows were removed; the serving pool after a
+    /// completion).
+    pub shadow_instances_left: usize,
+    /// The service's serving pool, per region and forecast slice, sampled while the demo ran.
+    pub pools: Vec<PoolSample>,
     /// Whether every live orchestrator ended with the same migration state.
     pub identical_state: bool,
     /// Wall time of the whole demo.

@@ -186,6 +186,10 @@ pub struct StatusReport {
     pub migrations: Vec<MigrationStatus>,
     /// The most recent audit entries, oldest first.
     pub recent_audit: Vec<AuditEntry>,
+    /// Each service's serving pool: target and what its region holds (from the leader's
+    /// executor; empty on a node that does not lead).
+    #[serde(default)]
+    pub pools: Vec<crate::capacity::PoolView>,
 }
 
 impl MigrationStatus {

@@ -586,6 +586,7 @@ async fn status(State(state): State<AppState>) -> Result<Response, Refusal> {
         overview,
         migrations,
         recent_audit,
+        pools: store.pools(),
     })
     .into_response())
 }

@@ -25,7 +25,10 @@ use umbra_proto::agent::{
     AgentAction, AgentCommand, AgentReport, CommandOutcome, CommandResult, WarmupPhase, WarmupSpec,
 };
 
+use umbra_forecast::sizing::{Hysteresis, PoolState, PoolTarget};
+
 use super::ExecutorConfig;
+use super::pools::{self, PoolForecast, PoolSpec, PoolView};
 use super::reconcile::{self, CommandContext, DueCommand, OpView};
 use super::shadow_sizing::ShadowSize;
 use crate::migration::{self, MigrationRecord, Observations, Phase, SloReading};
@@ -128,6 +131,21 @@ pub struct SizingJob {
     pub cutover_at_ms: u64,
 }
 
+/// A pool's coming slices to forecast (the forecast runs outside the controller).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolJob {
+    /// The service.
+    pub service: ServiceSpec,
+    /// The region.
+    pub region: RegionSpec,
+    /// The first slice holds this time, Unix ms.
+    pub from_ms: u64,
+    /// How far ahead to forecast, ms (at least one slice).
+    pub ahead_ms: u64,
+    /// Measured activation time, seconds (the warm/dormant split weighs it).
+    pub activation_secs: f64,
+}
+
 /// Something the driver reports or exports. Nothing here changes the replicated state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -154,6 +172,8 @@ pub enum Event {
         /// Stages done on the happy path.
         done: u64,
     },
+    /// A pool's target and what it holds, once per round.
+    Pool(Box<PoolView>),
     /// A migration's stage is no longer exported.
     StageCleared {
         /// The migration.
@@ -231,6 +251,15 @@ pub struct ControllerConfig {
     /// How long a rolled-back migration's shadows are kept (out of the front) before they
     /// are stopped and removed, ms.
     pub shadow_keep_ms: u64,
+    /// Size serving pools from the demand forecast (off: every pool holds `min_instances`).
+    pub pools: bool,
+    /// When a pool may shrink.
+    pub hysteresis: Hysteresis,
+    /// A dormant instance older than this is removed and provisioned afresh.
+    pub max_dormant_age: Duration,
+    /// Added to the measured activation and provisioning times: how much earlier than
+    /// measured a pool moves ahead of a slice.
+    pub pool_lead_margin: Duration,
 }
 
 impl From<&ExecutorConfig> for ControllerConfig {
@@ -243,6 +272,13 @@ impl From<&ExecutorConfig> for ControllerConfig {
             max_attempts: c.max_attempts,
             schedules: c.schedules,
             shadow_keep_ms: c.shadow_keep_ms,
+            pools: c.pools,
+            hysteresis: Hysteresis {
+                shrink_after_slices: c.pool_shrink_after_slices,
+                shrink_band: c.pool_shrink_band,
+            },
+            max_dormant_age: Duration::from_secs(c.max_dormant_age_secs),
+            pool_lead_margin: Duration::from_millis(c.pool_lead_margin_ms),
         }
     }
 }
@@ -262,8 +298,10 @@ enum OpState {
 
 #[derive(Debug, Clone, PartialEq)]
 struct Operation {
-    /// Times the effect was healed (each heal starts a new id sequence).
+    /// Times the effect was healed in this leadership (each heal starts a new id sequence,
+    /// `/h{term}.{n}`: a later leader's heals never reuse an earlier one's ids).
     heal: u32,
+    term: u64,
     /// Attempt within the current heal.
     attempt: u32,
     backoff: Duration,
@@ -275,7 +313,7 @@ impl Operation {
     fn id(&self, base: &str) -> String {
         let mut id = base.to_owned();
         if self.heal > 0 {
-            id.push_str(&format!("/h{}", self.heal));
+            id.push_str(&format!("/h{}.{}", self.term, self.heal));
         }
         if self.attempt > 0 {
             id.push_str(&format!("/r{}", self.attempt));
@@ -324,6 +362,46 @@ struct SloBase {
     errors: u64,
 }
 
+/// One serving pool, as this leadership drives it.
+#[derive(Debug, Clone, PartialEq)]
+struct Pool {
+    prefix: String,
+    forecast: Option<PoolForecast>,
+    /// A forecast job is out.
+    asked: bool,
+    /// When the last forecast job was asked for, Unix ms.
+    asked_at_ms: u64,
+    /// The target in force, with its shrink hysteresis.
+    hold: Option<PoolState>,
+    /// The slice (start ms) the hysteresis last counted.
+    counted_slice: Option<u64>,
+    /// The target of the previous round (a change is logged).
+    logged: Option<PoolTarget>,
+    /// When each dormant instance was first seen dormant in this leadership.
+    dormant_since: BTreeMap<String, Instant>,
+    /// Instances being recycled, with the number of their recycle in this leadership (the
+    /// removal's operation id).
+    recycling: BTreeMap<String, u32>,
+    recycled: BTreeMap<String, u32>,
+}
+
+impl Pool {
+    fn new(prefix: String) -> Self {
+        Self {
+            prefix,
+            forecast: None,
+            asked: false,
+            asked_at_ms: 0,
+            hold: None,
+            counted_slice: None,
+            logged: None,
+            dormant_since: BTreeMap::new(),
+            recycling: BTreeMap::new(),
+            recycled: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Sizing {
     Requested,
@@ -342,6 +420,7 @@ pub struct Controller {
     ops: BTreeMap<String, Operation>,
     in_flight: BTreeMap<ProposalKey, OnApplied>,
     sizing: BTreeMap<String, Sizing>,
+    pools: BTreeMap<(String, String), Pool>,
     slo: BTreeMap<String, SloBase>,
     rollback_started: BTreeMap<String, Instant>,
     stages: BTreeMap<String, &'static str>,
@@ -352,6 +431,7 @@ pub struct Controller {
     commands: VecDeque<Outgoing>,
     proposals: VecDeque<Proposal>,
     sizing_jobs: VecDeque<SizingJob>,
+    pool_jobs: VecDeque<PoolJob>,
     events: VecDeque<Event>,
 }
 
@@ -368,6 +448,7 @@ impl Controller {
             ops: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             sizing: BTreeMap::new(),
+            pools: BTreeMap::new(),
             slo: BTreeMap::new(),
             rollback_started: BTreeMap::new(),
             stages: BTreeMap::new(),
@@ -378,6 +459,7 @@ impl Controller {
             commands: VecDeque::new(),
             proposals: VecDeque::new(),
             sizing_jobs: VecDeque::new(),
+            pool_jobs: VecDeque::new(),
             events: VecDeque::new(),
         }
     }
@@ -402,7 +484,7 @@ impl Controller {
         self.now = now;
         self.overview = Some(overview);
         self.steps.clear();
-        self.ensure_home_pools();
+        self.run_pools();
         if self.config.schedules {
             self.run_schedules();
         }
@@ -545,6 +627,27 @@ impl Controller {
         }
     }
 
+    /// The forecast a pool job asked for (see [`Controller::poll_pool_job`]).
+    pub fn handle_pool_forecast(
+        &mut self,
+        service: &str,
+        region: &str,
+        forecast: PoolForecast,
+        now: Now,
+    ) {
+        self.now = now;
+        if let Some(pool) = self.pools.get_mut(&(service.to_owned(), region.to_owned())) {
+            pool.asked = false;
+            pool.forecast = Some(forecast);
+        }
+    }
+
+    /// The next pool forecast to compute. Hand its result to
+    /// [`Controller::handle_pool_forecast`].
+    pub fn poll_pool_job(&mut self) -> Option<PoolJob> {
+        self.pool_jobs.pop_front()
+    }
+
     /// The next agent command to send.
     pub fn poll_command(&mut self) -> Option<Outgoing> {
         self.commands.pop_front()
@@ -675,19 +778,108 @@ impl Controller {
         }
     }
 
-    fn ensure_home_pools(&mut self) {
+    /// Every service's serving pool, toward its target: forecast (asked for when the one held
+    /// no longer covers the lead time ahead), lead times, hysteresis, then the agent commands
+    /// and the recycling of dormant instances past their age.
+    fn run_pools(&mut self) {
         let overview = self.overview.as_ref().expect("round has an overview");
+        let now = self.now;
         let mut due = Vec::new();
+        let mut live = BTreeSet::new();
         for (name, service) in &overview.services {
-            let region = &service.primary_region;
-            let pool = reconcile::pool_of(overview, name, region, None);
-            if pool != reconcile::home_pool(overview, name, region) {
+            let region = service.primary_region.clone();
+            let Some(region_spec) = overview.regions.get(&region) else {
                 continue;
+            };
+            let prefix = reconcile::pool_prefix(overview, name, &region, None);
+            let key = (name.clone(), region.clone());
+            live.insert(key.clone());
+            let pool = self
+                .pools
+                .entry(key)
+                .or_insert_with(|| Pool::new(prefix.clone()));
+            if pool.prefix != prefix {
+                *pool = Pool::new(prefix.clone()); // a migration completed into the region
             }
-            let base = format!("{name}/home/{region}");
-            let report = self.reports.get(region);
-            due.extend(reconcile::ensure_pool(&base, region, &pool, report));
+            let report = self.reports.get(&region);
+            let leads =
+                pools::measured_leads(report, self.config.pool_lead_margin.as_millis() as u64);
+            let spec = &service.spec;
+            let lookahead = leads.activation_ms + leads.provision_ms;
+            if self.config.pools && !pool.asked && forecast_due(pool, now.unix_ms, lookahead) {
+                pool.asked = true;
+                pool.asked_at_ms = now.unix_ms;
+                self.pool_jobs.push_back(PoolJob {
+                    service: spec.clone(),
+                    region: region_spec.clone(),
+                    from_ms: now.unix_ms,
+                    ahead_ms: lookahead + FORECAST_AHEAD_MS,
+                    activation_secs: leads.activation_ms as f64 / 1_000.0,
+                });
+            }
+            let forecast = pool.forecast.as_ref().filter(|_| self.config.pools);
+            let desired = pools::desired(
+                forecast,
+                now.unix_ms,
+                leads,
+                spec.min_instances,
+                spec.max_instances,
+            );
+            let slice_now = forecast.and_then(|f| f.at(now.unix_ms)).cloned();
+            let hold = pool.hold.get_or_insert_with(|| PoolState::new(desired));
+            let grows = desired.warm > hold.current.warm || desired.total() > hold.current.total();
+            let slice_start = slice_now.as_ref().map(|s| s.start_ms);
+            let target = if grows || slice_start != pool.counted_slice {
+                pool.counted_slice = slice_start;
+                hold.handle_target(desired, &self.config.hysteresis)
+            } else {
+                hold.current
+            };
+            if pool.logged != Some(target) {
+                pool.logged = Some(target);
+                tracing::info!(
+                    service = %name,
+                    %region,
+                    warm = target.warm,
+                    dormant = target.dormant,
+                    slice = ?slice_now.as_ref().map(|s| (s.start_ms, s.quantile)),
+                    "pool target"
+                );
+            }
+            let base = format!("{name}/pool/{region}/{prefix}");
+            due.extend(pools::pool_commands(
+                &PoolSpec {
+                    base: &base,
+                    region: &region,
+                    prefix: &prefix,
+                    target,
+                    stateful: spec.replication != crate::state::ReplicationKind::None,
+                },
+                report,
+            ));
+            due.extend(recycle(
+                pool,
+                &base,
+                &region,
+                target,
+                report,
+                now.at,
+                self.config.max_dormant_age,
+            ));
+            self.events.push_back(Event::Pool(Box::new(PoolView {
+                service: name.clone(),
+                region: region.clone(),
+                prefix: prefix.clone(),
+                target,
+                actual: pools::actual(&prefix, report),
+                slice: slice_now,
+                forecast: pool
+                    .forecast
+                    .as_ref()
+                    .map_or_else(|| "not forecast yet".to_owned(), |f| f.reason.clone()),
+            })));
         }
+        self.pools.retain(|key, _| live.contains(key));
         for command in due {
             self.ensure(command, self.config.command_timeout);
         }
@@ -1006,11 +1198,13 @@ impl Controller {
         }
         let report_at = self.received.get(&command.region).copied();
         let retry_min = self.config.retry_min;
+        let term = self.term;
         let op = self
             .ops
             .entry(command.op_id.clone())
             .or_insert_with(|| Operation {
                 heal: 0,
+                term,
                 attempt: 0,
                 backoff: retry_min,
                 state: OpState::Wait { until: now },
@@ -1050,6 +1244,74 @@ impl Controller {
             timeout,
         });
     }
+}
+
+/// How far past the lead time a pool forecast reaches: 10 minutes, so a pool with fine
+/// slices is not re-forecast every slice.
+const FORECAST_AHEAD_MS: u64 = 600_000;
+
+/// How long a pool without usable history waits before it asks for a forecast again.
+const FORECAST_RETRY_MS: u64 = 60_000;
+
+/// Whether `pool` needs a new forecast: it has none, the one it holds no longer reaches one
+/// lead time ahead, or (no usable history last time) a minute passed.
+fn forecast_due(pool: &Pool, now_ms: u64, lookahead_ms: u64) -> bool {
+    match &pool.forecast {
+        None => true,
+        Some(f) if f.slices.is_empty() => {
+            now_ms.saturating_sub(pool.asked_at_ms) >= FORECAST_RETRY_MS
+        }
+        Some(f) => !f.covers(now_ms + lookahead_ms),
+    }
+}
+
+/// Dormant instances of `pool` past `max_age` (since this leadership first saw them dormant)
+/// are removed; the pool's provisioning then creates them afresh (stale images, certificates).
+fn recycle(
+    pool: &mut Pool,
+    base: &str,
+    region: &str,
+    target: PoolTarget,
+    report: Option<&AgentReport>,
+    now: Instant,
+    max_age: Duration,
+) -> Vec<DueCommand> {
+    use umbra_proto::agent::InstanceState;
+    let members = pools::members(&pool.prefix, report);
+    let mut dormant = BTreeSet::new();
+    for (k, instance) in &members {
+        let parked = matches!(
+            instance.state,
+            InstanceState::Dormant | InstanceState::Stopped
+        );
+        if *k <= target.warm || *k > target.total() || !parked {
+            continue;
+        }
+        dormant.insert(instance.id.clone());
+        let since = *pool.dormant_since.entry(instance.id.clone()).or_insert(now);
+        if now.saturating_duration_since(since) >= max_age
+            && !pool.recycling.contains_key(&instance.id)
+        {
+            let n = pool.recycled.entry(instance.id.clone()).or_default();
+            *n += 1;
+            pool.recycling.insert(instance.id.clone(), *n);
+        }
+    }
+    pool.dormant_since.retain(|id, _| dormant.contains(id));
+    // Gone: the removal is done (provisioning recreates it), or it was needed again.
+    pool.recycling.retain(|id, _| dormant.contains(id));
+    pool.recycling
+        .iter()
+        .map(|(id, n)| DueCommand {
+            op_id: format!("{base}/recycle/{id}/{n}"),
+            region: region.to_owned(),
+            action: AgentAction::Remove {
+                instance: id.clone(),
+            },
+            after: None,
+            observable: false,
+        })
+        .collect()
 }
 
 /// The SLO reading of the current step: what the TARGET front served since the step's

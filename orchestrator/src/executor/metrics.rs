@@ -38,9 +38,36 @@ pub struct ExecutorMetrics {
     pub dns_verifications: IntCounterVec,
     /// The single writer's move (first fence → last promotion confirmed), by direction.
     pub writer_move_seconds: HistogramVec,
+    /// Instances a serving pool should hold, by service, region and state (warm, dormant).
+    pub pool_target: IntGaugeVec,
+    /// Instances a serving pool holds as its agent reports them, same labels.
+    pub pool_instances: IntGaugeVec,
+    /// The demand quantile the pool holds for the slice now, requests per second.
+    pub pool_demand: GaugeVec,
 }
 
 impl ExecutorMetrics {
+    /// Exports one pool's target, what it holds and the demand it is sized for.
+    pub fn observe_pool(&self, view: &super::pools::PoolView) {
+        let labels = |state| [view.service.as_str(), view.region.as_str(), state];
+        for (state, target, actual) in [
+            ("warm", view.target.warm, view.actual.warm),
+            ("dormant", view.target.dormant, view.actual.dormant),
+        ] {
+            self.pool_target
+                .with_label_values(&labels(state))
+                .set(i64::from(target));
+            self.pool_instances
+                .with_label_values(&labels(state))
+                .set(i64::from(actual));
+        }
+        if let Some(slice) = &view.slice {
+            self.pool_demand
+                .with_label_values(&[view.service.as_str(), view.region.as_str()])
+                .set(slice.quantile);
+        }
+    }
+
     /// Creates the families and registers them in `registry` (a family already registered
     /// there by an earlier executor of this process is an error the caller reports).
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
@@ -103,7 +130,31 @@ impl ExecutorMetrics {
                 .buckets(WRITER_MOVE_SECONDS_BUCKETS.to_vec()),
                 &["direction"],
             )?,
+            pool_target: IntGaugeVec::new(
+                Opts::new(
+                    "umbra_pool_target_instances",
+                    "Instances a service's serving pool should hold now (forecast, lead times, hysteresis), by state",
+                ),
+                &["service", "region", "state"],
+            )?,
+            pool_instances: IntGaugeVec::new(
+                Opts::new(
+                    "umbra_pool_instances",
+                    "Instances a service's serving pool holds, as its agent reports them, by state",
+                ),
+                &["service", "region", "state"],
+            )?,
+            pool_demand: GaugeVec::new(
+                Opts::new(
+                    "umbra_pool_forecast_requests_per_second",
+                    "Forecast demand of the slice now that the pool is sized for (the tier's quantile)",
+                ),
+                &["service", "region"],
+            )?,
         };
+        registry.register(Box::new(metrics.pool_target.clone()))?;
+        registry.register(Box::new(metrics.pool_instances.clone()))?;
+        registry.register(Box::new(metrics.pool_demand.clone()))?;
         registry.register(Box::new(metrics.writer_move_seconds.clone()))?;
         registry.register(Box::new(metrics.phase.clone()))?;
         registry.register(Box::new(metrics.phase_seconds.clone()))?;

@@ -15,6 +15,7 @@
 
 pub mod controller;
 pub mod metrics;
+pub mod pools;
 pub mod reconcile;
 pub mod shadow_sizing;
 
@@ -29,6 +30,7 @@ use umbra_consensus::{NodeStatus, Role as RaftRole};
 
 use self::controller::{Controller, ControllerConfig, Delivery, Event, Now, Proposal, Proposed};
 use self::metrics::ExecutorMetrics;
+use self::pools::PoolForecast;
 use self::shadow_sizing::{DemandSource, ShadowSize};
 use crate::gateway::{AgentGateway, GatewayError};
 use crate::state::{Query, QueryAnswer};
@@ -84,6 +86,16 @@ pub struct ExecutorConfig {
     /// How long a rolled-back migration's shadows are kept out of the front before they are
     /// stopped and removed, ms (0: at once).
     pub shadow_keep_ms: u64,
+    /// Size serving pools from the demand forecast (off: `min_instances`, warm).
+    pub pools: bool,
+    /// Slices in a row a smaller target must be asked for before a pool shrinks.
+    pub pool_shrink_after_slices: u32,
+    /// Smallest shrink worth making, as a fraction of the pool.
+    pub pool_shrink_band: f64,
+    /// A dormant instance older than this is recycled, seconds.
+    pub max_dormant_age_secs: u64,
+    /// Added to measured activation and provisioning times, ms.
+    pub pool_lead_margin_ms: u64,
 }
 
 impl Default for ExecutorConfig {
@@ -99,12 +111,18 @@ impl Default for ExecutorConfig {
             dns_verify_timeout_ms: DEFAULT_DNS_VERIFY_TIMEOUT_MS,
             schedules: true,
             shadow_keep_ms: DEFAULT_SHADOW_KEEP_MS,
+            pools: true,
+            pool_shrink_after_slices: umbra_forecast::sizing::DEFAULT_HYSTERESIS
+                .shrink_after_slices,
+            pool_shrink_band: umbra_forecast::sizing::DEFAULT_HYSTERESIS.shrink_band,
+            max_dormant_age_secs: umbra_forecast::sizing::DEFAULT_LIMITS.max_dormant_age_secs,
+            pool_lead_margin_ms: pools::DEFAULT_LEAD_MARGIN_MS,
         }
     }
 }
 
 /// Why an [`ExecutorConfig`] is unusable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ExecutorConfigError {
     /// A duration or count is zero.
     #[error("executor.{0} must be greater than zero")]
@@ -112,6 +130,9 @@ pub enum ExecutorConfigError {
     /// The retry bounds are inverted.
     #[error("executor.retry_min_ms must not exceed executor.retry_max_ms")]
     RetryBounds,
+    /// The shrink band is not a fraction.
+    #[error("executor.pool_shrink_band {0} must be at least 0 and below 1 (0.1 is 10 %)")]
+    ShrinkBand(f64),
 }
 
 impl ExecutorConfig {
@@ -124,6 +145,11 @@ impl ExecutorConfig {
             ("retry_min_ms", self.retry_min_ms),
             ("max_attempts", u64::from(self.max_attempts)),
             ("dns_verify_timeout_ms", self.dns_verify_timeout_ms),
+            (
+                "pool_shrink_after_slices",
+                u64::from(self.pool_shrink_after_slices),
+            ),
+            ("max_dormant_age_secs", self.max_dormant_age_secs),
         ] {
             if value == 0 {
                 return Err(ExecutorConfigError::Zero(name));
@@ -131,6 +157,9 @@ impl ExecutorConfig {
         }
         if self.retry_min_ms > self.retry_max_ms {
             return Err(ExecutorConfigError::RetryBounds);
+        }
+        if !(0.0..1.0).contains(&self.pool_shrink_band) {
+            return Err(ExecutorConfigError::ShrinkBand(self.pool_shrink_band));
         }
         Ok(())
     }
@@ -244,6 +273,11 @@ enum Finished {
         migration: String,
         size: ShadowSize,
     },
+    Pool {
+        service: String,
+        region: String,
+        forecast: PoolForecast,
+    },
 }
 
 /// One term of leadership: the controller and the tasks it asked for. Dropped when it ends.
@@ -279,6 +313,7 @@ impl Leadership {
     fn stand_down(&mut self) {
         self.controller.stand_down();
         self.events();
+        self.context.board.forget_pools();
     }
 
     /// Hands a finished task's result to the controller (the round that follows acts on it).
@@ -292,6 +327,13 @@ impl Leadership {
             Finished::Sizing { migration, size } => {
                 self.controller.handle_sizing(&migration, size, now)
             }
+            Finished::Pool {
+                service,
+                region,
+                forecast,
+            } => self
+                .controller
+                .handle_pool_forecast(&service, &region, forecast, now),
         }
     }
 
@@ -314,6 +356,9 @@ impl Leadership {
             self.events();
             while let Some(job) = self.controller.poll_sizing() {
                 self.size(job);
+            }
+            while let Some(job) = self.controller.poll_pool_job() {
+                self.forecast_pool(job);
             }
             while let Some(outgoing) = self.controller.poll_command() {
                 self.send(outgoing);
@@ -400,6 +445,28 @@ impl Leadership {
         });
     }
 
+    fn forecast_pool(&self, job: controller::PoolJob) {
+        let demand = self.context.demand.clone();
+        let done = self.done.clone();
+        tokio::task::spawn_blocking(move || {
+            let from =
+                chrono::DateTime::from_timestamp_millis(job.from_ms as i64).unwrap_or_default();
+            let forecast = shadow_sizing::forecast_pool(
+                demand.as_ref(),
+                &job.service,
+                &job.region,
+                from,
+                Duration::from_millis(job.ahead_ms),
+                job.activation_secs,
+            );
+            let _ = done.send(Finished::Pool {
+                service: job.service.name,
+                region: job.region.name,
+                forecast,
+            });
+        });
+    }
+
     /// Exports the controller's events: metrics, the observation board, DNS checks.
     fn events(&mut self) {
         let metrics = &self.context.metrics;
@@ -422,6 +489,10 @@ impl Leadership {
                         .phase
                         .with_label_values(&[migration.as_str(), phase])
                         .set(done as i64);
+                }
+                Event::Pool(view) => {
+                    metrics.observe_pool(&view);
+                    self.context.board.publish_pool(*view);
                 }
                 Event::StageCleared { migration, phase } => {
                     let _ = metrics.phase.remove_label_values(&[&migration, phase]);

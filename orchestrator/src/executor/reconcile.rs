@@ -54,16 +54,42 @@ pub fn pool_of(
     region: &str,
     excluding: Option<&str>,
 ) -> Vec<String> {
-    let latest_completed = overview
+    match latest_completed_into(overview, service, region, excluding) {
+        Some(m) => shadow_ids(m),
+        None => home_pool(overview, service, region),
+    }
+}
+
+/// The id prefix of the pool that serves `service` in `region` (see [`pool_of`]): the latest
+/// completed migration's id when it moved the service into `region`, else `{service}-{region}`.
+/// The pool controller grows and shrinks the pool under this prefix.
+pub fn pool_prefix(
+    overview: &Overview,
+    service: &str,
+    region: &str,
+    excluding: Option<&str>,
+) -> String {
+    match latest_completed_into(overview, service, region, excluding) {
+        Some(m) => m.spec.id.clone(),
+        None => format!("{service}-{region}"),
+    }
+}
+
+/// The service's latest completed migration (leaving `excluding` out), if it moved the service
+/// into `region`.
+fn latest_completed_into<'a>(
+    overview: &'a Overview,
+    service: &str,
+    region: &str,
+    excluding: Option<&str>,
+) -> Option<&'a MigrationRecord> {
+    overview
         .migrations
         .values()
         .filter(|m| m.spec.service == service && m.phase == Phase::Completed)
         .filter(|m| Some(m.spec.id.as_str()) != excluding)
-        .max_by_key(|m| (m.phase_since_ms, migration_number(&m.spec.id)));
-    match latest_completed {
-        Some(m) if m.spec.to == region => shadow_ids(m),
-        _ => home_pool(overview, service, region),
-    }
+        .max_by_key(|m| (m.phase_since_ms, migration_number(&m.spec.id)))
+        .filter(|m| m.spec.to == region)
 }
 
 /// The home pool of a service in a region (see [`pool_of`]).
@@ -108,6 +134,14 @@ fn instance<'a>(
 
 fn is_active(report: Option<&AgentReport>, id: &str) -> bool {
     instance(report, id).is_some_and(|i| i.state == InstanceState::Active && i.addr.is_some())
+}
+
+/// The base URL of `id` when it serves.
+fn instance_url(report: Option<&AgentReport>, id: &str) -> Option<String> {
+    instance(report, id)
+        .filter(|i| i.state == InstanceState::Active)
+        .and_then(|i| i.addr.as_ref())
+        .map(|addr| format!("http://{addr}"))
 }
 
 /// The base URL of the first serving instance of `pool` (the single writer of a service in a
@@ -210,7 +244,8 @@ fn sample_replication(
         .map(|r| r.source_position.saturating_sub(r.target_position))
         .max()
         .unwrap_or(0);
-    let mut promoted = reports.iter().all(|r| r.promoted);
+    // The first shadow is the writer to be; the others follow it, so they never promote.
+    let mut promoted = reports[0].promoted;
     if record.phase == Phase::RollingBack && record.promoted {
         // The writer is back on the source once the source's primary was promoted again.
         let pool = pool_of(
@@ -348,36 +383,63 @@ pub fn commands(
             }
         }
         Action::EnsureReplication => {
+            // One writer per region: the first shadow follows the source's writer, the others
+            // follow the first shadow (so the region has one writer once it is promoted).
             if replication == ReplicationKind::SampleLogShipping
                 && let Some(source_url) = primary_url(source, &source_pool)
+                && let Some((writer, followers)) = shadows.split_first()
             {
-                for id in &shadows {
-                    if is_active(target, id) {
-                        out.push(cmd(
+                let writer_url = instance_url(target, writer);
+                // The writer is asked once (its promotion must never be undone by a repeat);
+                // a follower again whenever its report does not show it following the writer
+                // where it serves now (the writer restarted on a new address).
+                let chain = std::iter::once((writer, Some(source_url), false))
+                    .chain(followers.iter().map(|id| (id, writer_url.clone(), true)));
+                for (id, upstream, level) in chain {
+                    let Some(upstream) = upstream else { continue };
+                    let following = target.is_some_and(|t| {
+                        t.replication
+                            .iter()
+                            .any(|r| &r.instance == id && r.source == upstream)
+                    });
+                    if !is_active(target, id) || (level && following) {
+                        continue;
+                    }
+                    out.push(DueCommand {
+                        observable: level,
+                        ..cmd(
                             format!("{}/{id}", op(record, Phase::Replicating, "replicate")),
                             &spec.to,
                             AgentAction::StartReplication {
                                 instance: id.clone(),
-                                source: source_url.clone(),
+                                source: upstream,
                             },
                             None,
-                        ));
-                    }
+                        )
+                    });
                 }
             }
         }
         Action::PromoteTarget => {
-            if replication == ReplicationKind::SampleLogShipping {
+            // Only the writer moves: the other shadows keep following it.
+            if replication == ReplicationKind::SampleLogShipping
+                && let Some(writer) = shadows.first()
+            {
                 let base = op(record, record.phase, "promote_target");
-                for id in &shadows {
-                    out.extend(move_writer(&base, &spec.to, id, ctx.zero_lag_timeout_ms));
-                }
+                out.extend(move_writer(
+                    &base,
+                    &spec.to,
+                    writer,
+                    ctx.zero_lag_timeout_ms,
+                ));
             }
         }
         Action::PromoteSource => {
             if replication == ReplicationKind::SampleLogShipping
-                && let (Some(primary), Some(shadow_url)) =
-                    (source_pool.first(), primary_url(target, &shadows))
+                && let (Some(primary), Some(shadow_url)) = (
+                    source_pool.first(),
+                    shadows.first().and_then(|w| instance_url(target, w)),
+                )
             {
                 // The mirror image of the cutover: the source follows the target, then the
                 // target is fenced and the source promoted once it caught up.
@@ -427,10 +489,19 @@ pub fn commands(
             ));
         }
         Action::ReleaseSource => {
+            // Every instance of the old pool: the ones it started with and the ones the pool
+            // controller added.
+            let prefix = pool_prefix(ctx.overview, &spec.service, &spec.from, Some(&spec.id));
+            let mut old_pool = source_pool.clone();
+            for (_, i) in super::pools::members(&prefix, source) {
+                if !old_pool.contains(&i.id) {
+                    old_pool.push(i.id.clone());
+                }
+            }
             out.extend(release_pool(
                 &op(record, Phase::Completed, "release_source"),
                 &spec.from,
-                &source_pool,
+                &old_pool,
                 source,
                 true,
             ));
@@ -847,7 +918,7 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_moves_fence_then_zero_lag_then_promote_on_every_shadow() {
+    fn the_writer_moves_fence_then_zero_lag_then_promote_on_the_first_shadow_only() {
         let (overview, mut record) = migration(ReplicationKind::SampleLogShipping);
         record.phase = Phase::CuttingOver { step: 2 };
         let reports = BTreeMap::new();
@@ -860,7 +931,11 @@ mod tests {
             shadow_keep_ms: 0,
         };
         let got = commands(&record, &Action::PromoteTarget, &ctx);
-        assert_eq!(got.len(), 6);
+        assert_eq!(got.len(), 3, "one writer per region: {got:?}");
+        assert!(
+            got.iter()
+                .all(|c| c.op_id.ends_with(&format!("/{}-1", record.spec.id)))
+        );
         for chain in got.chunks(3) {
             assert!(matches!(chain[0].action, AgentAction::FenceSource { .. }));
             assert!(matches!(
@@ -901,6 +976,101 @@ mod tests {
                 promoted: true
             }),
             "a stateless target counts as promoted at 100 %"
+        );
+    }
+
+    #[test]
+    fn the_first_shadow_follows_the_source_and_the_others_follow_the_first() {
+        let (overview, mut record) = migration(ReplicationKind::SampleLogShipping);
+        record.phase = Phase::Replicating;
+        let id = record.spec.id.clone();
+        let (w, f) = (format!("{id}-1"), format!("{id}-2"));
+        let reports = BTreeMap::from([
+            (
+                "eu-west".to_owned(),
+                report(
+                    "eu-west",
+                    &[(&w, InstanceState::Active), (&f, InstanceState::Active)],
+                ),
+            ),
+            (
+                "us-east".to_owned(),
+                report("us-east", &[("shop-us-east-1", InstanceState::Active)]),
+            ),
+        ]);
+        let ctx = CommandContext {
+            overview: &overview,
+            reports: &reports,
+            warm_plan: overview.services["shop"].spec.warmup.clone(),
+            zero_lag_timeout_ms: 1_000,
+            now_ms: 0,
+            shadow_keep_ms: 0,
+        };
+        let sources: Vec<(String, String)> = commands(&record, &Action::EnsureReplication, &ctx)
+            .into_iter()
+            .map(|c| match c.action {
+                AgentAction::StartReplication { instance, source } => (instance, source),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            sources,
+            vec![
+                (w.clone(), "http://127.0.0.1:9000".to_owned()),
+                (f.clone(), "http://127.0.0.1:9000".to_owned()),
+            ],
+            "the source's writer and the first shadow both listen on 9000 in this fake report"
+        );
+        // A follower already following the writer where it serves is left alone; the writer's
+        // command is asked for once (it is not level-triggered: a repeat after its promotion
+        // would undo it).
+        let mut following = reports.clone();
+        following.get_mut("eu-west").unwrap().replication.push(
+            umbra_proto::agent::ReplicationReport {
+                instance: f.clone(),
+                source: "http://127.0.0.1:9000".into(),
+                source_position: 5,
+                target_position: 5,
+                source_fenced: false,
+                promoted: false,
+            },
+        );
+        let ctx_following = CommandContext {
+            reports: &following,
+            warm_plan: overview.services["shop"].spec.warmup.clone(),
+            ..ctx
+        };
+        let again = commands(&record, &Action::EnsureReplication, &ctx_following);
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert!(!again[0].observable && again[0].op_id.ends_with(&w));
+        // The writer's promotion is what counts: a follower never promotes.
+        let mut with_replication = reports.clone();
+        let target = with_replication.get_mut("eu-west").unwrap();
+        for (instance, promoted) in [(&w, true), (&f, false)] {
+            target
+                .replication
+                .push(umbra_proto::agent::ReplicationReport {
+                    instance: instance.clone(),
+                    source: String::new(),
+                    source_position: 5,
+                    target_position: 5,
+                    source_fenced: promoted,
+                    promoted,
+                });
+        }
+        let seen = observe(
+            &record,
+            &overview.services["shop"],
+            &overview,
+            &with_replication,
+            &NoOps,
+        );
+        assert_eq!(
+            seen.replication,
+            Some(ReplicationObserved {
+                lag: 0,
+                promoted: true
+            })
         );
     }
 

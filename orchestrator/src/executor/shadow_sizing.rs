@@ -1,7 +1,8 @@
-//! Sizing a migration's shadow pool: demand history for (service, target region) from a
-//! [`DemandSource`], a forecast of the cutover slice (`crate::forecast`), and the service's
-//! tier turned into a pool size (`umbra_forecast::sizing`), clamped to the service's
-//! `min_instances..=max_instances`. History values are requests per second per slice, the unit
+//! Sizing pools from demand: history for (service, region) from a [`DemandSource`], a
+//! forecast of the coming slices (`umbra_forecast`), and the service's tier turned into a
+//! warm and dormant target per slice (`umbra_forecast::sizing`) within the service's
+//! `max_instances` ([`forecast_pool`]); a migration's shadow pool is the target region's
+//! target for the cutover slice ([`size_shadow_pool`]). History values are requests per second per slice, the unit
 //! of `capacity_rps_per_instance`.
 //!
 //! Sources: [`CsvDirectory`] (every `*.csv` in a directory, long form
@@ -14,10 +15,11 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 
+use super::pools::{PoolForecast, SliceTarget};
 use crate::state::{RegionSpec, ServiceSpec};
 use umbra_forecast::calendar::EventCalendar;
 use umbra_forecast::history::{DemandSeries, HistoryConfig, SeriesKey, build_series, csv_source};
-use umbra_forecast::sizing::{DEFAULT_LIMITS, InstanceProfile, SizingPolicy, Tier};
+use umbra_forecast::sizing::{DEFAULT_LIMITS, InstanceProfile, PoolLimits, SizingPolicy, Tier};
 use umbra_forecast::{ForecastConfig, Forecaster, SeriesState};
 
 /// Longest forecast horizon computed to reach a cutover slice: two days. A migration planned
@@ -25,7 +27,7 @@ use umbra_forecast::{ForecastConfig, Forecaster, SeriesState};
 pub const MAX_HORIZON_SECS: i64 = 2 * 86_400;
 /// Seconds a dormant instance takes to serve once activated, when nothing was measured: the
 /// process provider starts a sample instance in well under a second; 5 s leaves margin.
-pub const DEFAULT_ACTIVATION_SECS: f64 = 5.0;
+pub const DEFAULT_ACTIVATION_SECS: f64 = super::pools::DEFAULT_LEAD_MS as f64 / 1_000.0;
 
 /// Why history could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -117,45 +119,115 @@ pub struct ShadowSize {
     pub reason: String,
 }
 
-/// Sizes the shadow pool of `service` in `region` for the slice containing `cutover_at`.
-/// Falls back to `min_instances` (saying why) when there is no usable history.
+/// Sizes the shadow pool of `service` in `region` for the slice containing `cutover_at`: the
+/// pool target of that slice ([`forecast_pool`]), warm and dormant together (every shadow is
+/// started and warmed), within `min_instances..=max_instances`. Falls back to
+/// `min_instances` (saying why) when there is no usable history.
 pub fn size_shadow_pool(
     source: &dyn DemandSource,
     service: &ServiceSpec,
     region: &RegionSpec,
     cutover_at: DateTime<Utc>,
 ) -> ShadowSize {
-    let clamp = |n: u32| n.clamp(service.min_instances, service.max_instances);
-    let fallback = |why: String| ShadowSize {
-        instances: service.min_instances,
-        reason: format!("{why}; holding min_instances {}", service.min_instances),
+    let forecast = forecast_pool(
+        source,
+        service,
+        region,
+        cutover_at,
+        std::time::Duration::ZERO,
+        DEFAULT_ACTIVATION_SECS,
+    );
+    let Some(slice) = forecast.slices.first() else {
+        return ShadowSize {
+            instances: service.min_instances,
+            reason: format!(
+                "{}; holding min_instances {}",
+                forecast.reason, service.min_instances
+            ),
+        };
     };
+    let instances = slice
+        .target
+        .total()
+        .clamp(service.min_instances, service.max_instances);
+    ShadowSize {
+        instances,
+        reason: format!(
+            "forecast {} for the slice at {}: mean {:.1} rps, q{:.2} {:.1} rps at {} rps per instance → {} (clamped to {}..={})",
+            forecast.reason,
+            DateTime::from_timestamp_millis(slice.start_ms as i64)
+                .unwrap_or_default()
+                .to_rfc3339(),
+            slice.mean,
+            service.tier.quantile().unwrap_or(0.0),
+            slice.quantile,
+            service.capacity_rps_per_instance,
+            instances,
+            service.min_instances,
+            service.max_instances
+        ),
+    }
+}
+
+/// The pool targets of `service` in `region` for the slices from the one containing `from`
+/// to the one containing `from + ahead_of_from`: the forecast quantile of the service's tier (newsvendor for probabilistic), split
+/// warm vs dormant by the region's costs and `activation_secs`, at most `max_instances` in
+/// all. No slices (and the reason) when there is no usable history or `from` lies beyond
+/// [`MAX_HORIZON_SECS`] of it.
+pub fn forecast_pool(
+    source: &dyn DemandSource,
+    service: &ServiceSpec,
+    region: &RegionSpec,
+    from: DateTime<Utc>,
+    ahead_of_from: std::time::Duration,
+    activation_secs: f64,
+) -> PoolForecast {
     let key = SeriesKey::new(&service.name, &region.name);
+    let nothing = |reason: String, slice_secs: u32| PoolForecast {
+        slice_ms: u64::from(slice_secs) * 1_000,
+        slices: Vec::new(),
+        reason,
+    };
     let history = match source.history(&key) {
         Ok(Some(h)) if h.len() >= 2 => h,
-        Ok(_) => return fallback(format!("no demand history for {key}")),
-        Err(e) => return fallback(format!("demand history for {key} unusable: {e}")),
+        Ok(_) => return nothing(format!("no demand history for {key}"), 1),
+        Err(e) => return nothing(format!("demand history for {key} unusable: {e}"), 1),
     };
     let slice_secs = i64::from(history.slice_secs);
     let origin = history.slice_start(history.len());
-    let ahead = (cutover_at - origin)
-        .num_seconds()
-        .clamp(0, MAX_HORIZON_SECS);
-    let step = (ahead / slice_secs) as usize;
-    let horizon = step + 1;
+    let ahead = (from - origin).num_seconds().max(0);
+    if ahead > MAX_HORIZON_SECS {
+        return nothing(
+            format!(
+                "demand history for {key} ends at {}, more than {} h before {}",
+                origin.to_rfc3339(),
+                MAX_HORIZON_SECS / 3_600,
+                from.to_rfc3339()
+            ),
+            history.slice_secs,
+        );
+    }
+    let first = (ahead / slice_secs) as usize;
+    let last = ((ahead + ahead_of_from.as_secs() as i64) / slice_secs) as usize;
+    let horizon = last + 1;
     let forecaster = match Forecaster::new(
         ForecastConfig::for_slice_secs(history.slice_secs),
         EventCalendar::default(),
     ) {
         Ok(f) => f,
-        Err(e) => return fallback(format!("forecaster: {e}")),
+        Err(e) => return nothing(format!("forecaster: {e}"), history.slice_secs),
     };
     let started = std::time::Instant::now();
     let mut timer = move || started.elapsed().as_secs_f64();
     let set = match forecaster.forecast(&mut SeriesState::default(), &history, horizon, &mut timer)
     {
         Ok(set) => set,
-        Err(e) => return fallback(format!("forecast for {key} failed: {e}")),
+        Err(e) => {
+            return nothing(
+                format!("forecast for {key} failed: {e}"),
+                history.slice_secs,
+            );
+        }
     };
     let forecast = set.chosen;
     let slice_hours = history.slice_secs as f64 / 3600.0;
@@ -170,37 +242,30 @@ pub fn size_shadow_pool(
             warm_cost_per_slice: region.warm_instance_hour * slice_hours,
             dormant_cost_per_slice: region.dormant_instance_hour.min(region.warm_instance_hour)
                 * slice_hours,
-            dormant_activation_secs: DEFAULT_ACTIVATION_SECS,
+            dormant_activation_secs: activation_secs,
         },
-        limits: DEFAULT_LIMITS,
+        limits: PoolLimits {
+            max_pool: service.max_instances,
+            ..DEFAULT_LIMITS
+        },
         cost_miss,
         slice_secs: history.slice_secs as f64,
     };
     if let Err(e) = policy.validate() {
-        return fallback(format!("sizing policy: {e}"));
+        return nothing(format!("sizing policy: {e}"), history.slice_secs);
     }
-    let target = policy.size(&forecast.quantile_fn(step));
-    let quantile = service.tier.quantile().unwrap_or(0.0);
-    // Shadow instances are all started and warmed: the pool is the total, warm and dormant.
-    let instances = clamp(target.total());
-    ShadowSize {
-        instances,
-        reason: format!(
-            "forecast {} for the slice at {}: mean {:.1} rps, q{:.2} {:.1} rps at {} rps per instance → {} (clamped to {}..={})",
-            forecast.model.name(),
-            forecast.slice_start(step).to_rfc3339(),
-            forecast.mean(step),
-            quantile,
-            if quantile > 0.0 {
-                forecast.quantile(step, quantile)
-            } else {
-                0.0
-            },
-            service.capacity_rps_per_instance,
-            instances,
-            service.min_instances,
-            service.max_instances
-        ),
+    let quantile = service.tier.quantile();
+    PoolForecast {
+        slice_ms: u64::from(history.slice_secs) * 1_000,
+        slices: (first..horizon)
+            .map(|step| SliceTarget {
+                start_ms: forecast.slice_start(step).timestamp_millis().max(0) as u64,
+                mean: forecast.mean(step),
+                quantile: quantile.map_or(0.0, |q| forecast.quantile(step, q)),
+                target: policy.size(&forecast.quantile_fn(step)),
+            })
+            .collect(),
+        reason: forecast.model.name().to_string(),
     }
 }
 

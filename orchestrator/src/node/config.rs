@@ -79,7 +79,7 @@ pub struct DnsSection {
 }
 
 /// `[executor]`: the migration executor, which acts only while this node leads.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecutorSection {
     /// `false` keeps this node from ever executing migrations (it still votes and serves).
@@ -115,6 +115,23 @@ pub struct ExecutorSection {
     /// they are stopped and removed, ms (0: at once).
     #[serde(default = "default_shadow_keep_ms")]
     pub shadow_keep_ms: u64,
+    /// Size each service's serving pool from the demand forecast, warm and dormant (false:
+    /// every pool holds the service's `min_instances`, warm).
+    #[serde(default = "default_true")]
+    pub pools: bool,
+    /// Slices in a row a smaller pool target must be asked for before the pool shrinks.
+    #[serde(default = "default_shrink_after_slices")]
+    pub pool_shrink_after_slices: u32,
+    /// Smallest shrink worth making, as a fraction of the pool (0.1: 10 %).
+    #[serde(default = "default_shrink_band")]
+    pub pool_shrink_band: f64,
+    /// A dormant instance older than this is removed and created afresh, seconds.
+    #[serde(default = "default_max_dormant_age_secs")]
+    pub max_dormant_age_secs: u64,
+    /// How much earlier than its agent's measured activation and provisioning times a pool
+    /// moves ahead of a slice, ms.
+    #[serde(default = "default_pool_lead_margin_ms")]
+    pub pool_lead_margin_ms: u64,
 }
 
 fn default_true() -> bool {
@@ -135,6 +152,18 @@ fn default_dns_verify_timeout_ms() -> u64 {
 fn default_shadow_keep_ms() -> u64 {
     crate::executor::DEFAULT_SHADOW_KEEP_MS
 }
+fn default_shrink_after_slices() -> u32 {
+    umbra_forecast::sizing::DEFAULT_HYSTERESIS.shrink_after_slices
+}
+fn default_shrink_band() -> f64 {
+    umbra_forecast::sizing::DEFAULT_HYSTERESIS.shrink_band
+}
+fn default_max_dormant_age_secs() -> u64 {
+    umbra_forecast::sizing::DEFAULT_LIMITS.max_dormant_age_secs
+}
+fn default_pool_lead_margin_ms() -> u64 {
+    crate::executor::pools::DEFAULT_LEAD_MARGIN_MS
+}
 fn default_slice_secs() -> u32 {
     umbra_forecast::history::HistoryConfig::default().slice_secs
 }
@@ -152,6 +181,11 @@ impl Default for ExecutorSection {
             demand_csv_dir: None,
             demand_slice_secs: default_slice_secs(),
             shadow_keep_ms: default_shadow_keep_ms(),
+            pools: true,
+            pool_shrink_after_slices: default_shrink_after_slices(),
+            pool_shrink_band: default_shrink_band(),
+            max_dormant_age_secs: default_max_dormant_age_secs(),
+            pool_lead_margin_ms: default_pool_lead_margin_ms(),
         }
     }
 }
@@ -170,6 +204,11 @@ impl ExecutorSection {
             dns_verify_timeout_ms: self.dns_verify_timeout_ms,
             schedules: self.schedules,
             shadow_keep_ms: self.shadow_keep_ms,
+            pools: self.pools,
+            pool_shrink_after_slices: self.pool_shrink_after_slices,
+            pool_shrink_band: self.pool_shrink_band,
+            max_dormant_age_secs: self.max_dormant_age_secs,
+            pool_lead_margin_ms: self.pool_lead_margin_ms,
             ..ExecutorConfig::default()
         }
     }

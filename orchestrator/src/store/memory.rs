@@ -75,4 +75,8 @@ impl Replicated for MemoryReplicated {
     fn observations(&self, id: &str) -> Option<Observations> {
         self.observations.get(id)
     }
+
+    fn pools(&self) -> Vec<crate::capacity::PoolView> {
+        self.observations.pools()
+    }
 }

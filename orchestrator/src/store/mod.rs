@@ -17,6 +17,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::capacity::PoolView;
 use crate::migration::Observations;
 use crate::state::{Command, Outcome, Query, QueryAnswer};
 
@@ -62,6 +63,7 @@ pub struct LeaderInfo {
 #[derive(Debug, Clone, Default)]
 pub struct ObservationBoard {
     seen: Arc<RwLock<BTreeMap<String, Observations>>>,
+    pools: Arc<RwLock<BTreeMap<(String, String), PoolView>>>,
 }
 
 impl ObservationBoard {
@@ -79,6 +81,32 @@ impl ObservationBoard {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+    }
+
+    /// Publishes what a pool holds and should hold.
+    pub fn publish_pool(&self, view: PoolView) {
+        self.pools
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((view.service.clone(), view.region.clone()), view);
+    }
+
+    /// Forgets every pool (this node stopped leading).
+    pub fn forget_pools(&self) {
+        self.pools
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Every pool published, by service then region.
+    pub fn pools(&self) -> Vec<PoolView> {
+        self.pools
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The latest observations of migration `id`.
@@ -103,6 +131,8 @@ pub trait Replicated: Send + Sync + 'static {
     fn leader(&self) -> LeaderInfo;
     /// What the executor last observed for migration `id`, if this node runs it.
     fn observations(&self, id: &str) -> Option<Observations>;
+    /// The serving pools, if this node's executor runs them (it leads).
+    fn pools(&self) -> Vec<PoolView>;
 }
 
 /// Where `now` comes from (Unix ms). Commands carry it, so every decision about deadlines and

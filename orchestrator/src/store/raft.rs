@@ -141,4 +141,8 @@ impl Replicated for RaftReplicated {
     fn observations(&self, id: &str) -> Option<Observations> {
         self.observations.get(id)
     }
+
+    fn pools(&self) -> Vec<crate::capacity::PoolView> {
+        self.observations.pools()
+    }
 }

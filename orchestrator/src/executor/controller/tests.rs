@@ -22,6 +22,13 @@ fn config() -> ControllerConfig {
         max_attempts: 5,
         schedules: false,
         shadow_keep_ms: KEEP_MS,
+        pools: true,
+        hysteresis: Hysteresis {
+            shrink_after_slices: 2,
+            shrink_band: 0.1,
+        },
+        max_dormant_age: Duration::from_secs(3_600),
+        pool_lead_margin: Duration::from_secs(3),
     }
 }
 
@@ -274,7 +281,7 @@ fn an_instance_that_died_after_it_was_activated_is_activated_again_under_a_fresh
     assert_eq!(
         actions(&sent),
         vec![(
-            format!("shop/home/us-east/activate/{home}"),
+            format!("shop/pool/us-east/shop-us-east/activate/{home}"),
             AgentAction::Activate {
                 instance: home.to_owned()
             }
@@ -301,7 +308,7 @@ fn an_instance_that_died_after_it_was_activated_is_activated_again_under_a_fresh
     assert_eq!(
         actions(&drain_commands(&mut c)),
         vec![(
-            format!("shop/home/us-east/activate/{home}/h1"),
+            format!("shop/pool/us-east/shop-us-east/activate/{home}/h3.1"),
             AgentAction::Activate {
                 instance: home.to_owned()
             }
@@ -325,7 +332,10 @@ fn a_failed_command_is_retried_under_a_new_id_after_its_backoff() {
         "the activation waits for the provision: {sent:?}"
     );
     let provision = &sent[0];
-    assert_eq!(provision.command.op_id, "shop/home/us-east/provision");
+    assert_eq!(
+        provision.command.op_id,
+        "shop/pool/us-east/shop-us-east/provision"
+    );
     c.handle_outcome(
         &provision.operation,
         Delivery::Answered(CommandOutcome::Failed {
@@ -346,7 +356,7 @@ fn a_failed_command_is_retried_under_a_new_id_after_its_backoff() {
             .iter()
             .map(|o| o.command.op_id.as_str())
             .collect::<Vec<_>>(),
-        vec!["shop/home/us-east/provision/r1"]
+        vec!["shop/pool/us-east/shop-us-east/provision/r1"]
     );
     // It fails again; meanwhile the instance appears by other means, so no round asks for
     // the provision any more: its retry time passes and is never due (no busy loop).
@@ -484,4 +494,288 @@ fn the_writers_move_is_measured_from_the_first_fence_to_the_last_promotion() {
     assert_eq!(moved.len(), 1, "{moved:?}");
     assert_eq!(moved[0].0, "to_target");
     assert!((moved[0].1 - 0.042).abs() < 1e-9, "{moved:?}");
+}
+
+/// A forecast of 10-second slices from `T0_MS` with these (warm, dormant) targets.
+fn pool_forecast(targets: &[(u32, u32)]) -> PoolForecast {
+    PoolForecast {
+        slice_ms: 10_000,
+        slices: targets
+            .iter()
+            .enumerate()
+            .map(|(i, &(warm, dormant))| pools::SliceTarget {
+                start_ms: T0_MS + i as u64 * 10_000,
+                mean: 0.0,
+                quantile: 0.0,
+                target: PoolTarget { warm, dormant },
+            })
+            .collect(),
+        reason: "test".into(),
+    }
+}
+
+#[test]
+fn a_pool_grows_ahead_of_its_forecast_peak_and_shrinks_after_the_hysteresis() {
+    let (mut overview, _) = overview_with(Phase::Planned, 0);
+    overview.migrations.clear();
+    let shop = &mut overview.services.get_mut("shop").expect("shop").spec;
+    shop.replication = crate::state::ReplicationKind::None;
+    shop.min_instances = 1;
+    shop.max_instances = 10;
+    let mut clock = Clock::new();
+    let mut c = Controller::new(config(), 3, clock.now());
+    let serving = |n: u32| {
+        let instances = (1..=n)
+            .map(|k| instance(&format!("shop-us-east-{k}"), InstanceState::Active))
+            .collect();
+        report("us-east", instances)
+    };
+    c.handle_report("us-east", serving(1), clock.now().at);
+    c.handle_overview(overview.clone(), clock.now());
+    let job = c.poll_pool_job().expect("the pool asks for its forecast");
+    assert_eq!(
+        (job.service.name.as_str(), job.region.name.as_str()),
+        ("shop", "us-east")
+    );
+    assert_eq!(c.poll_pool_job(), None, "one job at a time");
+    // Quiet, then a peak of 4 in the fourth slice (30 s..40 s), then quiet again.
+    let forecast = pool_forecast(&[
+        (1, 0),
+        (1, 0),
+        (1, 1),
+        (4, 0),
+        (1, 0),
+        (1, 0),
+        (1, 0),
+        (1, 0),
+    ]);
+    c.handle_pool_forecast("shop", "us-east", forecast, clock.now());
+    let pool = |c: &mut Controller| {
+        std::iter::from_fn(|| c.poll_event())
+            .filter_map(|e| match e {
+                Event::Pool(view) => Some(view.target),
+                _ => None,
+            })
+            .last()
+            .expect("a pool event every round")
+    };
+    let target = |warm, dormant| PoolTarget { warm, dormant };
+    // Table: (ms since T0, target). Lead times are the defaults (5 s each, nothing measured):
+    // warm looks 5 s ahead, the total 10 s ahead.
+    let mut provisioned = Vec::new();
+    for (at, want) in [
+        (0, target(1, 0)),
+        (15_000, target(1, 1)),
+        // One provisioning and activation lead before the peak: dormant capacity for it.
+        (20_000, target(1, 3)),
+        // One activation lead before the peak: serving.
+        (25_000, target(4, 0)),
+        (39_000, target(4, 0)),
+        // Shrinking waits two slices (the config's hysteresis).
+        (40_000, target(4, 0)),
+        (50_000, target(1, 0)),
+    ] {
+        c.handle_overview(overview.clone(), clock.advance(at - clock.ms));
+        assert_eq!(pool(&mut c), want, "at +{at} ms");
+        for o in drain_commands(&mut c) {
+            if let AgentAction::Provision { instances } = o.command.action {
+                provisioned.push((at, instances));
+            }
+        }
+    }
+    assert_eq!(
+        provisioned.first(),
+        Some(&(15_000, vec!["shop-us-east-2".to_owned()])),
+        "dormant capacity is created ahead of the peak"
+    );
+    // Without usable history the pool holds min_instances, warm, and asks again later.
+    let mut c = Controller::new(config(), 4, clock.now());
+    c.handle_report("us-east", serving(1), clock.now().at);
+    c.handle_overview(overview.clone(), clock.now());
+    assert!(c.poll_pool_job().is_some());
+    c.handle_pool_forecast("shop", "us-east", pool_forecast(&[]), clock.now());
+    c.handle_overview(overview.clone(), clock.advance(1_000));
+    assert_eq!(pool(&mut c), target(1, 0));
+    assert_eq!(c.poll_pool_job(), None);
+    c.handle_overview(overview, clock.advance(60_000));
+    assert!(c.poll_pool_job().is_some(), "asked again a minute later");
+    assert!(
+        drain_commands(&mut c).is_empty(),
+        "without a forecast the pool holds min_instances"
+    );
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One input of a random leadership.
+    #[derive(Debug, Clone)]
+    enum Input {
+        /// A region's report: instances `{prefix}-{k}` in these states.
+        Report { target: bool, states: Vec<(u8, u8)> },
+        /// A round, with the migration in this phase.
+        Round { phase: u8 },
+        /// The n-th outstanding command ends this way.
+        Outcome { which: usize, how: u8 },
+        /// The n-th outstanding proposal ends this way.
+        Proposal { which: usize, how: u8 },
+        /// Every outstanding sizing job gets this size.
+        Sizing { instances: u32 },
+        /// The pool's forecast: slices of these (warm, dormant) targets from now.
+        Forecast { targets: Vec<(u8, u8)> },
+        /// Time passes.
+        Advance { ms: u16 },
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        prop_oneof![
+            (any::<bool>(), prop::collection::vec((1u8..4, 0u8..5), 0..4))
+                .prop_map(|(target, states)| Input::Report { target, states }),
+            (0u8..8).prop_map(|phase| Input::Round { phase }),
+            (any::<usize>(), 0u8..4).prop_map(|(which, how)| Input::Outcome { which, how }),
+            (any::<usize>(), 0u8..3).prop_map(|(which, how)| Input::Proposal { which, how }),
+            (1u32..4).prop_map(|instances| Input::Sizing { instances }),
+            prop::collection::vec((0u8..4, 0u8..3), 0..6)
+                .prop_map(|targets| Input::Forecast { targets }),
+            (0u16..20_000).prop_map(|ms| Input::Advance { ms }),
+        ]
+    }
+
+    const STATES: [InstanceState; 5] = [
+        InstanceState::Dormant,
+        InstanceState::Paused,
+        InstanceState::Warm,
+        InstanceState::Active,
+        InstanceState::Stopped,
+    ];
+
+    fn phase(n: u8) -> Phase {
+        match n {
+            0 => Phase::Planned,
+            1 => Phase::Provisioning,
+            2 => Phase::Warming,
+            3 => Phase::Replicating,
+            4 => Phase::CuttingOver { step: 1 },
+            5 => Phase::RollingBack,
+            6 => Phase::RolledBack,
+            _ => Phase::Completed,
+        }
+    }
+
+    /// Runs `inputs` through a fresh controller; everything it put out, in order.
+    fn run(inputs: &[Input]) -> Vec<String> {
+        let (overview, id) = overview_with(Phase::Planned, 2);
+        let mut clock = Clock::new();
+        let mut c = Controller::new(config(), 5, clock.now());
+        let (mut commands, mut proposals, mut jobs) = (Vec::new(), Vec::new(), Vec::new());
+        let mut out = Vec::new();
+        for input in inputs {
+            match input {
+                Input::Report { target, states } => {
+                    let (region, prefix) = if *target {
+                        ("eu-west", id.clone())
+                    } else {
+                        ("us-east", "shop-us-east".to_owned())
+                    };
+                    let instances = states
+                        .iter()
+                        .map(|(k, s)| instance(&format!("{prefix}-{k}"), STATES[*s as usize]))
+                        .collect();
+                    c.handle_report(region, report(region, instances), clock.advance(1).at);
+                }
+                Input::Round { phase: n } => {
+                    let mut round = overview.clone();
+                    round.migrations.get_mut(&id).expect("there").phase = phase(*n);
+                    c.handle_overview(round, clock.advance(1));
+                }
+                Input::Outcome { which, how } if !commands.is_empty() => {
+                    let o: Outgoing = commands.remove(which % commands.len());
+                    let delivery = match how {
+                        0 => Delivery::Answered(CommandOutcome::Done(CommandResult::Instances(
+                            vec![],
+                        ))),
+                        1 => Delivery::Answered(CommandOutcome::Failed {
+                            reason: "no".into(),
+                        }),
+                        2 => Delivery::Duplicate,
+                        _ => Delivery::Unanswered("lost".into()),
+                    };
+                    c.handle_outcome(&o.operation, delivery, clock.advance(1));
+                }
+                Input::Proposal { which, how } if !proposals.is_empty() => {
+                    let p: Proposal = proposals.remove(which % proposals.len());
+                    let result = match how {
+                        0 => Proposed::Applied,
+                        1 => Proposed::Rejected("moved".into()),
+                        _ => Proposed::Unavailable("lost".into()),
+                    };
+                    c.handle_proposal(&p.key, result, clock.advance(1));
+                }
+                Input::Sizing { instances } => {
+                    for job in std::mem::take(&mut jobs) {
+                        let job: SizingJob = job;
+                        let size = ShadowSize {
+                            instances: *instances,
+                            reason: "test".into(),
+                        };
+                        c.handle_sizing(&job.migration, size, clock.advance(1));
+                    }
+                }
+                Input::Forecast { targets } => {
+                    let mut forecast = pool_forecast(
+                        targets
+                            .iter()
+                            .map(|&(w, d)| (u32::from(w), u32::from(d)))
+                            .collect::<Vec<_>>()
+                            .as_slice(),
+                    );
+                    for slice in &mut forecast.slices {
+                        slice.start_ms += clock.ms;
+                    }
+                    c.handle_pool_forecast("shop", "us-east", forecast, clock.advance(1));
+                }
+                Input::Advance { ms } => {
+                    clock.advance(u64::from(*ms));
+                }
+                _ => {}
+            }
+            while let Some(o) = c.poll_command() {
+                out.push(format!("{o:?}"));
+                commands.push(o);
+            }
+            while let Some(p) = c.poll_proposal() {
+                out.push(format!("{p:?}"));
+                proposals.push(p);
+            }
+            while let Some(j) = c.poll_sizing() {
+                out.push(format!("{j:?}"));
+                jobs.push(j);
+            }
+            while let Some(j) = c.poll_pool_job() {
+                out.push(format!("{j:?}"));
+            }
+            out.extend(std::iter::from_fn(|| c.poll_event()).map(|e| format!("{e:?}")));
+            out.push(format!(
+                "timeout in {:?}",
+                c.poll_timeout()
+                    .map(|t| t.saturating_duration_since(clock.now().at))
+            ));
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Random input sequences, replayed: the same outputs every time.
+        #[test]
+        fn a_random_leadership_replayed_gives_the_same_outputs(
+            inputs in prop::collection::vec(input(), 1..80)
+        ) {
+            let first = run(&inputs);
+            prop_assert_eq!(run(&inputs), first);
+        }
+    }
 }

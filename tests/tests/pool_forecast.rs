@@ -1,0 +1,215 @@
+//! Forecast-driven pools through the real binaries (three `umbra-orchestrator`, three
+//! `umbra-agent`, `umbra-sample` instances under the process provider): the demo's stateful
+//! `shop` in its home region, with a demand history whose daily peak (60 s of 10-second slices)
+//! starts a minute after the plan is applied. The pool must rise before the peak, at least one
+//! instance going from dormant to serving ahead of it; an instance SIGKILLed at the peak is
+//! replaced; after the peak the pool falls back to one.
+//!
+//! The history is written before the plan is applied, so the leader's first forecast sees the
+//! peak. Times are measured and printed, never bounded: every wait has a generous deadline.
+//! Run `cargo build --workspace --bins` first.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use umbra_agent::provider::InstanceRecord;
+use umbra_demo::{DemoOptions, IdleCluster};
+use umbra_orchestrator::capacity::PoolView;
+use umbra_proto::agent::InstanceState;
+
+const SLICE_SECS: u32 = 10;
+/// Quiet and peak demand, requests per second. The demo serves 150 per instance, so the
+/// peak's pool is 3 and the quiet one 1.
+const QUIET_RPS: f64 = 20.0;
+const PEAK_RPS: f64 = 350.0;
+/// The peak starts this long after the history is written and lasts `PEAK`.
+const PEAK_IN: Duration = Duration::from_secs(70);
+const PEAK: Duration = Duration::from_secs(60);
+/// Longest any stage may take on a loaded 2-core machine (a liveness deadline, not a bound
+/// on latency).
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Two days of `SLICE_SECS` slices ending now, quiet except for a daily peak that starts at
+/// `peak_start`'s time of day. Returns the peak's start.
+fn write_history(dir: &Path, region: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    let slice = i64::from(SLICE_SECS);
+    let now = chrono::Utc::now().timestamp();
+    let end = now - now.rem_euclid(slice);
+    let peak_start = end + PEAK_IN.as_secs() as i64;
+    let peak_secs = PEAK.as_secs() as i64;
+    let mut csv = String::from("timestamp,service,region,value\n");
+    let mut t = end - 2 * 86_400;
+    while t < end {
+        let into_peak = (t - peak_start).rem_euclid(86_400);
+        let value = if into_peak < peak_secs {
+            PEAK_RPS
+        } else {
+            QUIET_RPS
+        };
+        let at = chrono::DateTime::from_timestamp(t, 0).expect("a valid time");
+        csv.push_str(&format!(
+            "{},{},{region},{value}\n",
+            at.to_rfc3339(),
+            umbra_demo::scenario::SERVICE
+        ));
+        t += slice;
+    }
+    std::fs::write(dir.join("demand.csv"), csv)?;
+    Ok(chrono::DateTime::from_timestamp(peak_start, 0).expect("a valid time"))
+}
+
+/// The records of the pool's instances (`{service}-{region}-{k}`), by id.
+fn records(state_dir: &Path, prefix: &str) -> Vec<InstanceRecord> {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("instances")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<InstanceRecord> = entries
+        .flatten()
+        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+        .filter(|r: &InstanceRecord| r.id.starts_with(prefix))
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+/// Whether `record` ever went from dormant (or stopped) to running.
+fn activated_from_dormant(record: &InstanceRecord) -> bool {
+    record.transitions.iter().any(|t| {
+        matches!(t.from, InstanceState::Dormant | InstanceState::Stopped)
+            && matches!(t.to, InstanceState::Warm | InstanceState::Active)
+    })
+}
+
+async fn pool(cluster: &IdleCluster) -> Option<PoolView> {
+    cluster.pools().await.into_iter().next()
+}
+
+fn secs_to(at: chrono::DateTime<chrono::Utc>) -> f64 {
+    (at - chrono::Utc::now()).num_milliseconds() as f64 / 1_000.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_rises_before_its_forecast_peak_heals_a_killed_instance_and_falls_after()
+-> anyhow::Result<()> {
+    let bin_dir: PathBuf = umbra_tests::binary("umbra-orchestrator")?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let history = tempfile::tempdir()?;
+    let mut options = DemoOptions::new(bin_dir);
+    options.demand_history = Some((history.path().to_owned(), SLICE_SECS));
+    options.pool_shrink_after_slices = 1;
+    // Move 10 s earlier than the agent measured: on a loaded machine a follower's start,
+    // catch-up and activation take a few heartbeats.
+    options.pool_lead_margin_ms = 10_000;
+    let cluster = IdleCluster::start(&options, &|line| eprintln!("{line}")).await?;
+    let region = cluster.regions()[0].clone();
+    let state_dir = cluster
+        .agent_state_dir(&region)
+        .expect("the home region has an agent")
+        .to_owned();
+    let prefix = format!("{}-{region}-", umbra_demo::scenario::SERVICE);
+
+    let peak_start = write_history(history.path(), &region)?;
+    let peak_end = peak_start + chrono::Duration::from_std(PEAK)?;
+    cluster
+        .apply_plan_toml(&cluster.demo_plan())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "plan applied; the forecast peak starts in {:.1} s",
+        secs_to(peak_start)
+    );
+
+    // Before the peak: dormant capacity first, then more than one serving, one of them
+    // activated from dormant (instance 1, the writer, was dormant once too: left out).
+    let dormant_seen = AtomicU32::new(0);
+    let rose = umbra_tests::wait_for("the pool to rise", DEADLINE, || {
+        let (seen, cluster) = (&dormant_seen, &cluster);
+        async move {
+            let view = pool(cluster).await?;
+            seen.fetch_max(view.actual.dormant, Ordering::Relaxed);
+            (view.actual.warm >= 2).then_some(view)
+        }
+    })
+    .await?;
+    let dormant_seen = dormant_seen.into_inner();
+    let ahead = secs_to(peak_start);
+    let writer = format!("{prefix}1");
+    let from_dormant: Vec<String> = records(&state_dir, &prefix)
+        .iter()
+        .filter(|r| r.id != writer && activated_from_dormant(r))
+        .map(|r| r.id.clone())
+        .collect();
+    eprintln!("dormant instances held before the rise: {dormant_seen}");
+    assert!(dormant_seen >= 1, "dormant capacity came before the rise");
+    eprintln!(
+        "pool serving {} (target {:?}) {ahead:.1} s before the peak; activated from dormant: {from_dormant:?}",
+        rose.actual.warm, rose.target
+    );
+    assert!(
+        ahead > 0.0,
+        "the pool rose {:.1} s after the peak started",
+        -ahead
+    );
+    assert!(
+        !from_dormant.is_empty(),
+        "a dormant instance was activated ahead of the peak"
+    );
+    let slice = rose.slice.as_ref().expect("the pool has a forecast");
+    eprintln!(
+        "forecast ({}): q {:.0} rps for the slice at {}",
+        rose.forecast, slice.quantile, slice.start_ms
+    );
+
+    // At the peak: SIGKILL a serving follower; it is replaced and the pool is back at target.
+    let full = umbra_tests::wait_for("the pool to reach its peak target", DEADLINE, || async {
+        let view = pool(&cluster).await?;
+        (view.target.warm >= 2 && view.actual.warm == view.target.warm).then_some(view)
+    })
+    .await?;
+    let victim = records(&state_dir, &prefix)
+        .into_iter()
+        .rfind(|r| r.state == InstanceState::Active && r.pid.is_some())
+        .expect("a serving instance with a process");
+    let old_pid = victim.pid.expect("checked");
+    kill(Pid::from_raw(old_pid as i32), Signal::SIGKILL)?;
+    let killed_at = Instant::now();
+    eprintln!(
+        "SIGKILLed {} (pid {old_pid}) with the pool at {:?}",
+        victim.id, full.actual
+    );
+    umbra_tests::wait_for("the killed instance to be replaced", DEADLINE, || async {
+        let view = pool(&cluster).await?;
+        let back = records(&state_dir, &prefix).into_iter().any(|r| {
+            r.id == victim.id && r.state == InstanceState::Active && r.pid != Some(old_pid)
+        });
+        (back && view.actual.warm >= view.target.warm).then_some(())
+    })
+    .await?;
+    eprintln!(
+        "replaced and back at target {:.1} s after the SIGKILL",
+        killed_at.elapsed().as_secs_f64()
+    );
+
+    // After the peak: back to one serving instance.
+    let fell = umbra_tests::wait_for(
+        "the pool to fall after the peak",
+        DEADLINE + PEAK,
+        || async {
+            let view = pool(&cluster).await?;
+            (secs_to(peak_end) < 0.0 && view.target.warm == 1 && view.actual.warm == 1)
+                .then_some(view)
+        },
+    )
+    .await?;
+    eprintln!(
+        "pool back to {:?} {:.1} s after the peak ended",
+        fell.actual,
+        -secs_to(peak_end)
+    );
+    Ok(())
+}
