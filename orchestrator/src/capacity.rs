@@ -34,4 +34,62 @@ pub struct PoolView {
     pub slice: Option<SliceTarget>,
     /// The model the forecast came from, or why there is none.
     pub forecast: String,
+    /// The forecast's coming slices, from now's (what `GET /v1/forecast` answers).
+    #[serde(default)]
+    pub upcoming: Vec<SliceTarget>,
+    /// The capacity claims in force (or about to be) and how the pool met each.
+    #[serde(default)]
+    pub claims: Vec<ClaimFulfilment>,
+}
+
+/// How a pool met one capacity claim: which of its instances hold the claim and how each
+/// came to serve, as this leader saw it from when the claim took effect (one activation
+/// lead before its window).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClaimFulfilment {
+    /// The claim's id.
+    pub claim: String,
+    /// Start of its window, Unix ms.
+    pub start_ms: u64,
+    /// When this leader started to hold it, Unix ms.
+    pub effective_ms: u64,
+    /// The instances that hold it, in pool order.
+    pub members: Vec<ClaimMember>,
+}
+
+impl ClaimFulfilment {
+    /// Whether every member serves.
+    pub fn fulfilled(&self) -> bool {
+        self.members.iter().all(|m| m.serving_at_ms.is_some())
+    }
+}
+
+/// One instance holding a claim.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClaimMember {
+    /// The instance.
+    pub instance: String,
+    /// What it was when the claim took effect.
+    pub was: MemberWas,
+    /// When a report first showed it serving, Unix ms (`None`: not yet).
+    pub serving_at_ms: Option<u64>,
+}
+
+impl ClaimMember {
+    /// From the window's start to serving, ms: 0 when it served by then.
+    pub fn ready_after_ms(&self, start_ms: u64) -> Option<u64> {
+        self.serving_at_ms.map(|t| t.saturating_sub(start_ms))
+    }
+}
+
+/// What an instance was when a claim took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemberWas {
+    /// Serving already.
+    Serving,
+    /// Created or stopped, not serving: activated for the claim.
+    Dormant,
+    /// Not there: launched cold for the claim.
+    Cold,
 }

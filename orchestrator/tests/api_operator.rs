@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use umbra_orchestrator::api::{self, ApiClient, ApiConfig, BearerToken, ClientError};
 use umbra_orchestrator::migration::{Observations, ReplicationObserved};
 use umbra_orchestrator::state::plan::EXAMPLE_PLAN_TOML;
-use umbra_orchestrator::state::{Applied, MigrationRequest, Plan};
+use umbra_orchestrator::state::{Applied, AuditEvent, MigrationRequest, Plan};
 use umbra_orchestrator::store::MemoryReplicated;
 use umbra_proto::certs::{self, Layout};
 use umbra_proto::{Credentials, Identity, Role};
@@ -257,7 +257,7 @@ async fn migrate_then_status_shows_it_planned_with_readiness_once_observed() {
         report
             .recent_audit
             .iter()
-            .any(|e| e.subject == id && e.event.starts_with("created")),
+            .any(|e| e.subject == id && matches!(e.event, AuditEvent::MigrationCreated { .. })),
         "{:?}",
         report.recent_audit
     );

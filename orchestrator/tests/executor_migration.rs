@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use umbra_orchestrator::migration::Phase;
+use umbra_orchestrator::state::AuditEvent;
 use umbra_proto::agent::InstanceState;
 use umbra_testkit::wait_for;
 
@@ -109,7 +110,7 @@ async fn a_failing_target_at_the_50_percent_step_rolls_back() -> anyhow::Result<
     let audit = world.audit().await?;
     let breach = audit
         .iter()
-        .find(|e| e.subject == id && e.event == "cutting_over[1] → rolling_back")
+        .find(|e| e.subject == id && e.event.to_string() == "cutting_over[1] → rolling_back")
         .context("the rollback started at the 50 % step")?;
     assert!(
         breach.reason.starts_with("SLO breach at 50%"),
@@ -118,15 +119,15 @@ async fn a_failing_target_at_the_50_percent_step_rolls_back() -> anyhow::Result<
     );
     let done = audit
         .iter()
-        .find(|e| e.subject == id && e.event == "rolling_back → rolled_back")
+        .find(|e| e.subject == id && e.event.to_string() == "rolling_back → rolled_back")
         .context("the rollback finished")?;
-    let rollback_ms: u64 = done
-        .reason
-        .split("rollback_ms=")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("rollback_ms in {:?}", done.reason))?;
+    let AuditEvent::Transition {
+        rollback_ms: Some(rollback_ms),
+        ..
+    } = done.event
+    else {
+        anyhow::bail!("no rollback_ms in {:?}", done.event);
+    };
     // How long it took is reported, not judged here: no latency bound in a test.
     eprintln!("rollback_ms {rollback_ms}");
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use umbra_orchestrator::migration::Phase;
 use umbra_orchestrator::node::NodeEnvironment;
-use umbra_orchestrator::state::Plan;
+use umbra_orchestrator::state::{AuditEvent, Plan};
 use umbra_orchestrator::store::Clock;
 
 mod executor_support;
@@ -75,7 +75,7 @@ async fn a_follow_the_sun_leg_creates_its_migration_once_and_it_completes() -> a
     let audit = world.audit().await?;
     let created = audit
         .iter()
-        .find(|e| e.subject == id && e.event.starts_with("created"))
+        .find(|e| e.subject == id && matches!(e.event, AuditEvent::MigrationCreated { .. }))
         .expect("creation audited");
     assert_eq!(created.reason, format!("schedule sun/{leg_at}"));
     Ok(())

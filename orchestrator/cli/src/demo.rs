@@ -119,6 +119,12 @@ fn print_report(r: &DemoReport) {
     if let Some(ms) = r.rollback_ms {
         println!("rollback: breach detected → all weights restored in {ms} ms");
     }
+    if let Some(ms) = r.fence_window_ms {
+        println!(
+            "writer moved: fenced for {ms} ms (writes held, not refused); {} failed in those seconds",
+            r.failed_in_fence_window
+        );
+    }
     if let Some(id) = r.killed_leader {
         println!("killed orchestrator {id} (the leader) mid-cutover");
     }

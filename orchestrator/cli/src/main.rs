@@ -4,6 +4,7 @@
 
 mod apply;
 mod backtest;
+mod capacity;
 mod certs;
 mod demo;
 mod forecast;
@@ -50,6 +51,10 @@ enum Command {
     Status(status::StatusArgs),
     /// Roll a migration back.
     Rollback(rollback::RollbackArgs),
+    /// Claim serving capacity (request now, reserve a window), list or release claims.
+    Capacity(capacity::CapacityArgs),
+    /// The leader's demand forecast and pool targets for a service's serving pool.
+    Predict(capacity::PredictArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,5 +81,7 @@ fn main() -> anyhow::Result<()> {
         Command::Migrate(args) => migrate::run(args),
         Command::Status(args) => status::run(args),
         Command::Rollback(args) => rollback::run(args),
+        Command::Capacity(args) => capacity::run(args),
+        Command::Predict(args) => capacity::predict(args),
     }
 }

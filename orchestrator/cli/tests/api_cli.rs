@@ -169,6 +169,7 @@ async fn apply_migrate_status_rollback_as_an_operator_sees_them() {
             to: Phase::RolledBack,
             reason: "all traffic back on the source".to_owned(),
             shadow_instances: None,
+            rollback_ms: Some(5),
             term: 1,
             at_ms: 1,
         })
@@ -304,6 +305,7 @@ async fn status_watch_follows_a_migration_through_every_phase_and_exits_when_it_
                 to: pair[1],
                 reason: "test executor".to_owned(),
                 shadow_instances: Some(2),
+                rollback_ms: None,
                 term: 1,
                 at_ms: 1,
             })

@@ -208,6 +208,8 @@ struct Orchestrator {
     admin: SocketAddr,
     dns: SocketAddr,
     api: ApiClient,
+    /// The API's URL, for the `umbra` CLI.
+    api_url: String,
     killed: bool,
 }
 
@@ -263,6 +265,9 @@ struct Cluster {
     orchestrators: Vec<Orchestrator>,
     agent_state_dirs: BTreeMap<String, PathBuf>,
     demand: Vec<history::RegionDemand>,
+    /// What the `umbra` CLI needs besides the API's URL: the certificates and token.
+    certs_dir: PathBuf,
+    token_file: PathBuf,
 }
 
 /// Certificates, demand history, three orchestrators and three agents, until one leads.
@@ -398,6 +403,7 @@ async fn start_cluster(
             admin,
             dns,
             api: client,
+            api_url: format!("https://{api_listen}"),
             killed: false,
         });
         progress(&format!(
@@ -467,6 +473,8 @@ async fn start_cluster(
         orchestrators,
         agent_state_dirs,
         demand,
+        certs_dir,
+        token_file,
     })
 }
 
@@ -559,6 +567,22 @@ impl IdleCluster {
             .map(PathBuf::as_path)
     }
 
+    /// The environment that points the `umbra` CLI at the leading orchestrator's API
+    /// (`UMBRA_API`, `UMBRA_CERTS`, `UMBRA_OPERATOR`, `UMBRA_TOKEN_FILE`); `None` while no node
+    /// leads.
+    pub async fn leader_cli_env(&self) -> Option<Vec<(&'static str, String)>> {
+        let (o, _) = leader_status(&self.cluster.orchestrators).await?;
+        Some(vec![
+            ("UMBRA_API", o.api_url.clone()),
+            ("UMBRA_CERTS", self.cluster.certs_dir.display().to_string()),
+            ("UMBRA_OPERATOR", OPERATOR.to_owned()),
+            (
+                "UMBRA_TOKEN_FILE",
+                self.cluster.token_file.display().to_string(),
+            ),
+        ])
+    }
+
     /// The regions, the first one being the demo plan's primary.
     pub fn regions(&self) -> &[String] {
         &self.cluster.regions
@@ -583,6 +607,7 @@ async fn demo(
         mut orchestrators,
         agent_state_dirs,
         demand,
+        ..
     } = start_cluster(options, dir, supervisor, started, progress).await?;
     let plan_text = scenario::plan_toml(&topology, &options.timing, &options.load);
     std::fs::write(dir.join("plan.toml"), &plan_text).map_err(io("writing plan.toml"))?;
@@ -940,6 +965,12 @@ async fn finish(
         "every live orchestrator holds the same state: {}",
         if identical_state { "yes" } else { "NO" }
     ));
+    let timeline = report::timeline(&segments);
+    let writer_move = report::writer_move(&watched.audit, &watched.id);
+    let fence_window_ms = writer_move.and_then(|(_, window)| window);
+    let failed_in_fence_window = writer_move
+        .map(|(at, window)| report::failed_in_window(&timeline, at, window.unwrap_or(0)))
+        .unwrap_or(0);
     Ok(DemoReport {
         outcome,
         migration: watched.id.clone(),
@@ -955,6 +986,8 @@ async fn finish(
         p99_ms_first_10s_after_cutover: summary.p99_ms_first_10s_after_cutover,
         shadow_instances: record.map_or(0, |r| r.shadow_instances),
         rollback_ms: report::rollback_ms(&phases),
+        fence_window_ms,
+        failed_in_fence_window,
         phases,
         by_front: summary.by_front,
         by_front_at_end: summary.by_front_at_end,
@@ -966,7 +999,7 @@ async fn finish(
         writes,
         identical_state,
         demo_secs: started.elapsed().as_secs_f64(),
-        timeline: report::timeline(&segments),
+        timeline,
     })
 }
 
@@ -1172,15 +1205,25 @@ where
 async fn leader_pools(
     orchestrators: &[Orchestrator],
 ) -> Vec<umbra_orchestrator::capacity::PoolView> {
+    leader_status(orchestrators)
+        .await
+        .map(|(_, status)| status.pools)
+        .unwrap_or_default()
+}
+
+/// The leading orchestrator and its `GET /v1/status`, if one leads.
+async fn leader_status(
+    orchestrators: &[Orchestrator],
+) -> Option<(&Orchestrator, umbra_orchestrator::api::StatusReport)> {
     for o in orchestrators.iter().filter(|o| !o.killed) {
         if let Ok(status) = o.api.status().await
             && status.leader.this_node.is_some()
             && status.leader.this_node == status.leader.leader
         {
-            return status.pools;
+            return Some((o, status));
         }
     }
-    Vec::new()
+    None
 }
 
 async fn call_live<T, F, Fut>(orchestrators: &[Orchestrator], call: F) -> Result<T, String>

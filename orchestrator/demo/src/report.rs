@@ -11,7 +11,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use umbra_agent::loadgen::OutcomeCounts;
 
-use umbra_orchestrator::state::AuditEntry;
+use umbra_orchestrator::migration::Phase;
+use umbra_orchestrator::state::{AuditEntry, AuditEvent};
 
 /// How long after the first cutover step the "first 10 s after cutover" p99 looks.
 pub const AFTER_CUTOVER_WINDOW_MS: u64 = 10_000;
@@ -61,32 +62,41 @@ pub struct PhaseSpan {
     pub end: Option<u64>,
 }
 
-/// The phases of migration `id` in order, from its audit entries (`created: …` opens
-/// `planned`; every `a → b` closes `a` and opens `b`).
+/// The phases of migration `id` in order, from its audit entries (its creation opens
+/// `planned`; every transition closes one phase and opens the next).
 pub fn phases_from_audit(audit: &[AuditEntry], id: &str) -> Vec<PhaseSpan> {
     let mut phases: Vec<PhaseSpan> = Vec::new();
     for entry in audit.iter().filter(|e| e.subject == id) {
-        let entered = if entry.event.starts_with("created:") {
-            Some("planned")
-        } else {
-            entry
-                .event
-                .split_once(" → ")
-                .map(|(_, to)| to)
-                .filter(|_| !entry.event.starts_with("writer"))
+        let entered = match &entry.event {
+            AuditEvent::MigrationCreated { .. } => Phase::Planned,
+            AuditEvent::Transition { to, .. } => *to,
+            _ => continue,
         };
-        if let Some(name) = entered {
-            if let Some(last) = phases.last_mut() {
-                last.end = Some(entry.at_ms);
-            }
-            phases.push(PhaseSpan {
-                name: name.to_owned(),
-                start: entry.at_ms,
-                end: None,
-            });
+        if let Some(last) = phases.last_mut() {
+            last.end = Some(entry.at_ms);
         }
+        phases.push(PhaseSpan {
+            name: entered.to_string(),
+            start: entry.at_ms,
+            end: None,
+        });
     }
     phases
+}
+
+/// The single writer's move to the target of migration `id`: when it was recorded (Unix ms)
+/// and the fence window the leader measured, if one leader did the whole move.
+pub fn writer_move(audit: &[AuditEntry], id: &str) -> Option<(u64, Option<u64>)> {
+    audit
+        .iter()
+        .filter(|e| e.subject == id)
+        .find_map(|e| match e.event {
+            AuditEvent::WriterMoved {
+                to_target: true,
+                fence_window_ms,
+            } => Some((e.at_ms, fence_window_ms)),
+            _ => None,
+        })
 }
 
 /// Audit events of migration `id` that must appear exactly once in a run (entering
@@ -97,8 +107,8 @@ pub fn step_counts(audit: &[AuditEntry], id: &str, steps: usize) -> BTreeMap<Str
         .map(|name| (name, 0))
         .collect();
     for entry in audit.iter().filter(|e| e.subject == id) {
-        if let Some((_, to)) = entry.event.split_once(" → ")
-            && let Some(count) = counts.get_mut(to)
+        if let AuditEvent::Transition { to, .. } = &entry.event
+            && let Some(count) = counts.get_mut(&to.to_string())
         {
             *count += 1;
         }
@@ -260,6 +270,17 @@ pub struct SecondOfTraffic {
     pub p99_ms: f64,
 }
 
+/// Failed requests in the seconds of `timeline` that overlap the window of `window_ms` ending
+/// at `end_ms` (Unix ms).
+pub fn failed_in_window(timeline: &[SecondOfTraffic], end_ms: u64, window_ms: u64) -> u64 {
+    let start_ms = end_ms.saturating_sub(window_ms);
+    timeline
+        .iter()
+        .filter(|s| s.start <= end_ms && s.start + 1_000 > start_ms)
+        .map(|s| s.failed)
+        .sum()
+}
+
 /// The run second by second.
 pub fn timeline(segments: &[TrafficSegment]) -> Vec<SecondOfTraffic> {
     segments
@@ -346,6 +367,14 @@ pub struct DemoReport {
     pub phases: Vec<PhaseSpan>,
     /// Breach detected → weights restored, when it rolled back.
     pub rollback_ms: Option<u64>,
+    /// The single writer's move to the target: from the source's fence confirmed to the
+    /// target's promotion confirmed, as the leader measured it (writes reaching the service
+    /// meanwhile are held, not refused). `null` when the writer never moved, or leaders
+    /// changed during the move.
+    pub fence_window_ms: Option<u64>,
+    /// Failed requests in the traffic seconds that overlap the fence window (counted apart;
+    /// `requests_failed` includes them).
+    pub failed_in_fence_window: u64,
     /// Requests by front over the run.
     pub by_front: BTreeMap<String, u64>,
     /// Requests by front once the migration ended and one DNS TTL passed (where the traffic
@@ -378,14 +407,23 @@ pub struct DemoReport {
 mod tests {
     use super::*;
 
-    fn entry(at_ms: u64, subject: &str, event: &str) -> AuditEntry {
+    fn entry(at_ms: u64, subject: &str, event: AuditEvent) -> AuditEntry {
         AuditEntry {
             index: at_ms,
             at_ms,
             term: 2,
             subject: subject.to_owned(),
-            event: event.to_owned(),
+            event,
             reason: String::new(),
+        }
+    }
+
+    fn moved(from: Phase, to: Phase) -> AuditEvent {
+        AuditEvent::Transition {
+            from,
+            to,
+            shadow_instances: None,
+            rollback_ms: None,
         }
     }
 
@@ -440,21 +478,59 @@ mod tests {
 
     #[test]
     fn phases_come_from_the_migrations_own_transitions() {
+        use Phase::*;
         let audit = vec![
-            entry(100, "plan", "applied 3 regions, 1 services, 0 schedules"),
-            entry(200, "shop-1", "created: shop us-east → eu-west at 9000"),
-            entry(300, "shop-1", "planned → provisioning"),
-            entry(400, "shop-1", "provisioning → warming"),
-            entry(450, "shop", "dns weights us-east=100"),
-            entry(500, "shop-1", "warming → replicating"),
-            entry(600, "shop-1", "writer → target"),
-            entry(700, "shop-1", "replicating → ready"),
-            entry(800, "shop-1", "ready → cutting_over[0]"),
-            entry(900, "shop-1", "cutting_over[0] → cutting_over[1]"),
-            entry(950, "shop-2", "planned → provisioning"),
-            entry(1000, "shop-1", "cutting_over[1] → rolling_back"),
-            entry(1400, "shop-1", "rolling_back → rolled_back"),
+            entry(
+                100,
+                "plan",
+                AuditEvent::PlanApplied {
+                    regions: 3,
+                    services: 1,
+                    schedules: 0,
+                },
+            ),
+            entry(
+                200,
+                "shop-1",
+                AuditEvent::MigrationCreated {
+                    service: "shop".into(),
+                    from: "us-east".into(),
+                    to: "eu-west".into(),
+                    cutover_at_ms: 9_000,
+                },
+            ),
+            entry(300, "shop-1", moved(Planned, Provisioning)),
+            entry(400, "shop-1", moved(Provisioning, Warming)),
+            entry(
+                450,
+                "shop",
+                AuditEvent::DnsWeights {
+                    weights: [("us-east".to_owned(), 100)].into(),
+                    ttl_secs: 5,
+                },
+            ),
+            entry(500, "shop-1", moved(Warming, Replicating)),
+            entry(
+                600,
+                "shop-1",
+                AuditEvent::WriterMoved {
+                    to_target: true,
+                    fence_window_ms: Some(42),
+                },
+            ),
+            entry(700, "shop-1", moved(Replicating, Ready)),
+            entry(800, "shop-1", moved(Ready, CuttingOver { step: 0 })),
+            entry(
+                900,
+                "shop-1",
+                moved(CuttingOver { step: 0 }, CuttingOver { step: 1 }),
+            ),
+            entry(950, "shop-2", moved(Planned, Provisioning)),
+            entry(1000, "shop-1", moved(CuttingOver { step: 1 }, RollingBack)),
+            entry(1400, "shop-1", moved(RollingBack, RolledBack)),
         ];
+        assert_eq!(writer_move(&audit, "shop-1"), Some((600, Some(42))));
+        assert_eq!(writer_move(&audit, "shop-2"), None);
         let phases = phases_from_audit(&audit, "shop-1");
         let names: Vec<&str> = phases.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(

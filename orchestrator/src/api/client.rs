@@ -19,7 +19,10 @@ use rustls_pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use umbra_proto::{Credentials, Role};
 
-use super::{BearerToken, ErrorBody, Health, RollbackRequest, StatusReport};
+use super::{
+    BearerToken, CapacityBody, CapacityReport, ErrorBody, ForecastReport, Health, RollbackRequest,
+    StatusReport,
+};
 use crate::state::{Applied, AuditEntry, MigrationRequest};
 
 /// Longest one request may take: longer than the server's own 15 s limit, so the server's
@@ -202,6 +205,56 @@ impl ApiClient {
             None,
         )
         .await
+    }
+
+    /// `POST /v1/capacity`.
+    pub async fn claim_capacity(&self, body: &CapacityBody) -> Result<Applied, ClientError> {
+        let body = serde_json::to_vec(body).expect("a capacity claim always encodes");
+        self.call(
+            Method::POST,
+            "/v1/capacity",
+            Some(("application/json", Bytes::from(body))),
+        )
+        .await
+    }
+
+    /// `GET /v1/capacity`.
+    pub async fn capacity(&self) -> Result<CapacityReport, ClientError> {
+        self.call(Method::GET, "/v1/capacity", None).await
+    }
+
+    /// `DELETE /v1/capacity/{id}`.
+    pub async fn release_capacity(&self, id: &str) -> Result<Applied, ClientError> {
+        // Ids are `cap-N`; anything else cannot exist, and must not change the path.
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(ClientError::Refused {
+                status: StatusCode::NOT_FOUND,
+                message: format!("no capacity claim {id:?}; `umbra capacity list` shows them"),
+            });
+        }
+        self.call(Method::DELETE, &format!("/v1/capacity/{id}"), None)
+            .await
+    }
+
+    /// `GET /v1/forecast?service=S[&region=R]`.
+    pub async fn forecast(
+        &self,
+        service: &str,
+        region: Option<&str>,
+    ) -> Result<ForecastReport, ClientError> {
+        let name_ok = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !name_ok(service) || !region.is_none_or(name_ok) {
+            return Err(ClientError::Refused {
+                status: StatusCode::BAD_REQUEST,
+                message: "service and region names are lower-case letters, digits and '-'"
+                    .to_owned(),
+            });
+        }
+        let path = match region {
+            Some(region) => format!("/v1/forecast?service={service}&region={region}"),
+            None => format!("/v1/forecast?service={service}"),
+        };
+        self.call(Method::GET, &path, None).await
     }
 
     /// `GET /healthz`.

@@ -132,6 +132,78 @@ pub struct RollbackRequest {
     pub reason: String,
 }
 
+/// The body of `POST /v1/capacity`: serving capacity to hold for a service in its serving
+/// region, from now (a request) or for a window (a reservation: `start` and `end`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityBody {
+    /// The service.
+    pub service: String,
+    /// Its serving region.
+    pub region: String,
+    /// Serving instances to hold.
+    pub instances: u32,
+    /// Window start, RFC 3339 (leave out for a request from now).
+    #[serde(default)]
+    pub start: Option<String>,
+    /// Window end, RFC 3339 (a request without it holds for `hold_secs`).
+    #[serde(default)]
+    pub end: Option<String>,
+    /// How long a request holds, seconds (default one hour); not with `end`.
+    #[serde(default)]
+    pub hold_secs: Option<u64>,
+}
+
+/// One capacity claim as `GET /v1/capacity` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimStatus {
+    /// The claim as replicated.
+    #[serde(flatten)]
+    pub claim: crate::state::CapacityClaim,
+    /// Window start and end, RFC 3339.
+    pub start: String,
+    /// Window end, RFC 3339.
+    pub end: String,
+    /// How the pool met it, as the leader's executor saw it (`None` before it takes effect,
+    /// or on a node that does not lead).
+    pub fulfilment: Option<crate::capacity::ClaimFulfilment>,
+}
+
+/// The answer of `GET /v1/capacity`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapacityReport {
+    /// Who leads (fulfilment and pools come from the leader's executor only).
+    pub leader: LeaderInfo,
+    /// The claims in force or ahead, in the order they were made.
+    pub claims: Vec<ClaimStatus>,
+    /// Each service's serving pool.
+    pub pools: Vec<crate::capacity::PoolView>,
+}
+
+/// One slice of `GET /v1/forecast`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForecastSlice {
+    /// Slice start, RFC 3339.
+    pub start: String,
+    /// The slice's target and the demand it was sized for.
+    #[serde(flatten)]
+    pub slice: crate::capacity::SliceTarget,
+}
+
+/// The answer of `GET /v1/forecast?service=S&region=R`: the demand forecast the leader holds
+/// for a serving pool, slice by slice from now's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForecastReport {
+    /// The service.
+    pub service: String,
+    /// The region.
+    pub region: String,
+    /// The model, or why there is no forecast.
+    pub model: String,
+    /// The coming slices.
+    pub slices: Vec<ForecastSlice>,
+}
+
 /// The answer of `GET /healthz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {

@@ -23,7 +23,7 @@ use axum::extract::{Extension, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
@@ -32,12 +32,14 @@ use tokio::sync::{Semaphore, watch};
 use umbra_proto::{Credentials, Identity, Role};
 
 use super::{
-    ApiConfig, ApiConfigError, BearerToken, DEFAULT_AUDIT_LIMIT, ErrorBody, Health,
-    MAX_AUDIT_LIMIT, MigrationStatus, RollbackRequest, STATUS_AUDIT_ENTRIES, StatusReport,
-    TokenError,
+    ApiConfig, ApiConfigError, BearerToken, CapacityBody, CapacityReport, ClaimStatus,
+    DEFAULT_AUDIT_LIMIT, ErrorBody, ForecastReport, ForecastSlice, Health, MAX_AUDIT_LIMIT,
+    MigrationStatus, RollbackRequest, STATUS_AUDIT_ENTRIES, StatusReport, TokenError,
 };
+use crate::state::claims::{self, MAX_CLAIM_MS};
 use crate::state::{
-    Command, MigrationRequest, Overview, Plan, Query, QueryAnswer, RejectKind, Rejected,
+    ClaimRequest, Command, MigrationRequest, Overview, Plan, Query, QueryAnswer, RejectKind,
+    Rejected,
 };
 use crate::store::{Clock, Replicated, StoreError, SystemClock};
 
@@ -143,7 +145,10 @@ fn route_label(path: &str) -> &'static str {
         "/v1/migrations" => "/v1/migrations",
         "/v1/status" => "/v1/status",
         "/v1/audit" => "/v1/audit",
+        "/v1/capacity" => "/v1/capacity",
+        "/v1/forecast" => "/v1/forecast",
         "/healthz" => "/healthz",
+        p if p.starts_with("/v1/capacity/") => "/v1/capacity/{id}",
         p if p.starts_with("/v1/migrations/") && p.ends_with("/rollback") => {
             "/v1/migrations/{id}/rollback"
         }
@@ -203,6 +208,9 @@ fn router(state: AppState) -> axum::Router {
         .route("/v1/migrations/{id}/rollback", post(rollback))
         .route("/v1/status", get(status))
         .route("/v1/audit", get(audit))
+        .route("/v1/capacity", post(claim_capacity).get(capacity))
+        .route("/v1/capacity/{id}", delete(release_capacity))
+        .route("/v1/forecast", get(forecast))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     axum::Router::new()
         .merge(v1)
@@ -210,13 +218,13 @@ fn router(state: AppState) -> axum::Router {
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; the API serves POST /v1/plan, POST /v1/migrations, POST /v1/migrations/{id}/rollback, GET /v1/status, GET /v1/audit and GET /healthz",
+                "no such endpoint; the API serves POST /v1/plan, POST /v1/migrations, POST /v1/migrations/{id}/rollback, GET /v1/status, GET /v1/audit, POST and GET /v1/capacity, DELETE /v1/capacity/{id}, GET /v1/forecast and GET /healthz",
             )
         })
         .method_not_allowed_fallback(|| async {
             error(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "wrong method for this endpoint: writes are POST, reads are GET",
+                "wrong method for this endpoint: writes are POST (DELETE releases a capacity claim), reads are GET",
             )
         })
         .layer(middleware::from_fn_with_state(state.clone(), time_limit))
@@ -623,6 +631,176 @@ async fn audit(
         QueryAnswer::Audit(entries) => Ok(Json(entries).into_response()),
         other => Err(garbled(&other)),
     }
+}
+
+/// An RFC 3339 time as Unix ms, or a 400 naming the field.
+fn unix_ms(field: &str, text: &str) -> Result<u64, Refusal> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
+        .ok_or_else(|| {
+            Refusal(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{field} {text:?} is not an RFC 3339 time after 1970, e.g. 2026-12-01T09:00:00Z"
+                ),
+            )
+        })
+}
+
+async fn claim_capacity(State(state): State<AppState>, body: Body) -> Result<Response, Refusal> {
+    let bytes = read_body(body, state.max_body_bytes).await?;
+    let body = parse_json::<CapacityBody>(&bytes, "capacity claim")?;
+    let at_ms = SystemClock.now_ms();
+    let start_ms = body
+        .start
+        .as_deref()
+        .map(|t| unix_ms("start", t))
+        .transpose()?;
+    let end_ms = match (body.end.as_deref(), body.hold_secs) {
+        (Some(_), Some(_)) => {
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                "give either end or hold_secs, not both".to_owned(),
+            ));
+        }
+        (Some(end), None) => Some(unix_ms("end", end)?),
+        (None, Some(secs)) if secs == 0 || secs.saturating_mul(1_000) > MAX_CLAIM_MS => {
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                format!("hold_secs must be 1..={} (31 days)", MAX_CLAIM_MS / 1_000),
+            ));
+        }
+        (None, Some(secs)) => Some(start_ms.unwrap_or(at_ms).max(at_ms) + secs * 1_000),
+        (None, None) => None,
+    };
+    let command = Command::ClaimCapacity {
+        request: ClaimRequest {
+            service: body.service,
+            region: body.region,
+            instances: body.instances,
+            start_ms,
+            end_ms,
+        },
+        at_ms,
+    };
+    write(state.store.as_ref(), command).await
+}
+
+async fn release_capacity(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Refusal> {
+    let command = Command::ReleaseCapacity {
+        id,
+        at_ms: SystemClock.now_ms(),
+    };
+    write(state.store.as_ref(), command).await
+}
+
+async fn capacity(State(state): State<AppState>) -> Result<Response, Refusal> {
+    let store = state.store.as_ref();
+    let overview = overview(store).await?;
+    let pools = store.pools();
+    let now = SystemClock.now_ms();
+    let mut claims: Vec<ClaimStatus> = overview
+        .capacity
+        .into_values()
+        .filter(|c| c.end_ms > now)
+        .map(|claim| ClaimStatus {
+            start: claims::rfc3339(claim.start_ms),
+            end: claims::rfc3339(claim.end_ms),
+            fulfilment: pools
+                .iter()
+                .flat_map(|p| &p.claims)
+                .find(|f| f.claim == claim.id)
+                .cloned(),
+            claim,
+        })
+        .collect();
+    claims.sort_by_key(|c| (c.claim.created_ms, c.claim.id.len(), c.claim.id.clone()));
+    Ok(Json(CapacityReport {
+        leader: store.leader(),
+        claims,
+        pools,
+    })
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForecastParams {
+    service: String,
+    region: Option<String>,
+}
+
+async fn forecast(
+    State(state): State<AppState>,
+    params: Result<axum::extract::Query<ForecastParams>, QueryRejection>,
+) -> Result<Response, Refusal> {
+    let axum::extract::Query(params) = params.map_err(|rejection| {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("{rejection}; use ?service=NAME (and &region=NAME)"),
+        )
+    })?;
+    let store = state.store.as_ref();
+    let overview = overview(store).await?;
+    let Some(service) = overview.services.get(&params.service) else {
+        return Err(Refusal(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no service {:?}; declared services: {}",
+                params.service,
+                overview
+                    .services
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    };
+    let region = params
+        .region
+        .unwrap_or_else(|| service.primary_region.clone());
+    if region != service.primary_region {
+        return Err(Refusal(
+            StatusCode::CONFLICT,
+            format!(
+                "service {:?} is served from {}; the leader forecasts serving pools: ask for region {} (`umbra forecast` forecasts any history offline)",
+                params.service, service.primary_region, service.primary_region
+            ),
+        ));
+    }
+    let leader = store.leader();
+    let Some(pool) = store
+        .pools()
+        .into_iter()
+        .find(|p| p.service == params.service && p.region == region)
+    else {
+        return Err(Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this node's executor holds no pool for {} in {region}: it does not lead (the leader is {:?}), or has not run a round yet; ask the leader's API",
+                params.service, leader.leader
+            ),
+        ));
+    };
+    Ok(Json(ForecastReport {
+        service: pool.service,
+        region: pool.region,
+        model: pool.forecast,
+        slices: pool
+            .upcoming
+            .into_iter()
+            .map(|slice| ForecastSlice {
+                start: claims::rfc3339(slice.start_ms),
+                slice,
+            })
+            .collect(),
+    })
+    .into_response())
 }
 
 /// Needs a certificate from the cluster CA (the TLS layer checks it) but no token or role,

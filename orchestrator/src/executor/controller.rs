@@ -31,9 +31,12 @@ use super::ExecutorConfig;
 use super::pools::{self, PoolForecast, PoolSpec, PoolView};
 use super::reconcile::{self, CommandContext, DueCommand, OpView};
 use super::shadow_sizing::ShadowSize;
+use crate::capacity::ClaimFulfilment;
 use crate::migration::{self, MigrationRecord, Observations, Phase, SloReading};
+use crate::state::claims;
 use crate::state::{
-    Command, DnsWeights, MigrationRequest, Overview, RegionSpec, ServiceSpec, ServiceState,
+    CapacityClaim, Command, DnsWeights, MigrationRequest, Overview, PoolMode, RegionSpec,
+    ServiceSpec, ServiceState,
 };
 
 /// Re-decisions of one migration within one round, so a chain of instant transitions (a
@@ -383,11 +386,14 @@ struct Pool {
     /// removal's operation id).
     recycling: BTreeMap<String, u32>,
     recycled: BTreeMap<String, u32>,
+    /// How the pool met each capacity claim in force.
+    claims: BTreeMap<String, ClaimFulfilment>,
 }
 
 impl Pool {
     fn new(prefix: String) -> Self {
         Self {
+            claims: BTreeMap::new(),
             prefix,
             forecast: None,
             asked: false,
@@ -689,13 +695,13 @@ impl Controller {
         }
     }
 
-    /// Measures the writer's move of `id` from this leadership's operations: the first fence
-    /// confirmed to the last promotion confirmed. Nothing when another leader did part of it.
-    fn writer_moved(&mut self, id: &str, to_target: bool) {
-        let (action, direction) = if to_target {
-            ("promote_target", "to_target")
+    /// The writer's move of `id` as this leadership's operations show it: from the first fence
+    /// confirmed to the last promotion confirmed. `None` when another leader did part of it.
+    fn writer_window(&self, id: &str, to_target: bool) -> Option<Duration> {
+        let action = if to_target {
+            "promote_target"
         } else {
-            ("promote_source", "to_source")
+            "promote_source"
         };
         let prefix = format!("{id}/");
         let done_at = |stage: &str| {
@@ -710,21 +716,27 @@ impl Controller {
                 .collect::<Option<Vec<Instant>>>()
                 .filter(|times| !times.is_empty())
         };
-        let (Some(fenced), Some(promoted)) = (done_at("fence"), done_at("promote")) else {
+        let first = done_at("fence")?.into_iter().min()?;
+        let last = done_at("promote")?.into_iter().max()?;
+        Some(last.saturating_duration_since(first))
+    }
+
+    /// Reports the writer's move of `id` (see [`Controller::writer_window`]).
+    fn writer_moved(&mut self, id: &str, to_target: bool) {
+        let Some(window) = self.writer_window(id, to_target) else {
             return;
         };
-        let (Some(first), Some(last)) = (fenced.iter().min(), promoted.iter().max()) else {
-            return;
-        };
-        let seconds = last.saturating_duration_since(*first).as_secs_f64();
+        let direction = if to_target { "to_target" } else { "to_source" };
         tracing::info!(
             migration = id,
             direction,
-            window_ms = (seconds * 1_000.0).round() as u64,
+            window_ms = window.as_millis() as u64,
             "single writer moved (first fence → last promotion confirmed; writes held meanwhile)"
         );
-        self.events
-            .push_back(Event::WriterMoved { direction, seconds });
+        self.events.push_back(Event::WriterMoved {
+            direction,
+            seconds: window.as_secs_f64(),
+        });
     }
 
     fn record_mut(&mut self, id: &str) -> Option<&mut MigrationRecord> {
@@ -805,8 +817,9 @@ impl Controller {
             let leads =
                 pools::measured_leads(report, self.config.pool_lead_margin.as_millis() as u64);
             let spec = &service.spec;
+            let predictive = self.config.pools && spec.pools == PoolMode::Predictive;
             let lookahead = leads.activation_ms + leads.provision_ms;
-            if self.config.pools && !pool.asked && forecast_due(pool, now.unix_ms, lookahead) {
+            if predictive && !pool.asked && forecast_due(pool, now.unix_ms, lookahead) {
                 pool.asked = true;
                 pool.asked_at_ms = now.unix_ms;
                 self.pool_jobs.push_back(PoolJob {
@@ -817,18 +830,47 @@ impl Controller {
                     activation_secs: leads.activation_ms as f64 / 1_000.0,
                 });
             }
-            let forecast = pool.forecast.as_ref().filter(|_| self.config.pools);
-            let desired = pools::desired(
-                forecast,
+            let forecast = pool.forecast.as_ref().filter(|_| predictive);
+            let mut claims: Vec<CapacityClaim> = overview
+                .capacity
+                .values()
+                .filter(|c| c.service == *name && c.region == region)
+                .cloned()
+                .collect();
+            claims.sort_by_key(|c| (c.created_ms, c.id.len(), c.id.clone()));
+            // A reactive pool serves the load its front measured, after it arrived.
+            let needed_now = match spec.pools {
+                PoolMode::Reactive => pools::instances_for(
+                    pools::measured_rps(report).unwrap_or(0.0),
+                    spec.capacity_rps_per_instance,
+                ),
+                PoolMode::Predictive => 0,
+            };
+            let desired = pools::raise(
+                pools::desired(
+                    forecast,
+                    now.unix_ms,
+                    leads,
+                    spec.min_instances,
+                    spec.max_instances,
+                ),
+                &claims,
                 now.unix_ms,
                 leads,
-                spec.min_instances,
+                needed_now,
                 spec.max_instances,
             );
             let slice_now = forecast.and_then(|f| f.at(now.unix_ms)).cloned();
             let hold = pool.hold.get_or_insert_with(|| PoolState::new(desired));
             let grows = desired.warm > hold.current.warm || desired.total() > hold.current.total();
-            let slice_start = slice_now.as_ref().map(|s| s.start_ms);
+            // Shrinking waits whole slices: the forecast's, or minutes without one.
+            let slice_start = Some(
+                slice_now
+                    .as_ref()
+                    .map_or(now.unix_ms - now.unix_ms % UNFORECAST_SLICE_MS, |s| {
+                        s.start_ms
+                    }),
+            );
             let target = if grows || slice_start != pool.counted_slice {
                 pool.counted_slice = slice_start;
                 hold.handle_target(desired, &self.config.hysteresis)
@@ -843,9 +885,19 @@ impl Controller {
                     warm = target.warm,
                     dormant = target.dormant,
                     slice = ?slice_now.as_ref().map(|s| (s.start_ms, s.quantile)),
+                    claimed = claims::held_at(&claims, now.unix_ms),
+                    needed_now,
                     "pool target"
                 );
             }
+            pools::track_claims(
+                &mut pool.claims,
+                &claims,
+                &prefix,
+                report,
+                now.unix_ms,
+                leads,
+            );
             let base = format!("{name}/pool/{region}/{prefix}");
             due.extend(pools::pool_commands(
                 &PoolSpec {
@@ -873,10 +925,23 @@ impl Controller {
                 target,
                 actual: pools::actual(&prefix, report),
                 slice: slice_now,
-                forecast: pool
+                forecast: match (spec.pools, pool.forecast.as_ref()) {
+                    (PoolMode::Reactive, _) => "reactive: sized from the front's load".to_owned(),
+                    (PoolMode::Predictive, None) => "not forecast yet".to_owned(),
+                    (PoolMode::Predictive, Some(f)) => f.reason.clone(),
+                },
+                upcoming: pool
                     .forecast
-                    .as_ref()
-                    .map_or_else(|| "not forecast yet".to_owned(), |f| f.reason.clone()),
+                    .iter()
+                    .filter(|_| predictive)
+                    .flat_map(|f| {
+                        f.slices
+                            .iter()
+                            .filter(|s| s.start_ms + f.slice_ms > now.unix_ms)
+                    })
+                    .cloned()
+                    .collect(),
+                claims: pool.claims.values().cloned().collect(),
             })));
         }
         self.pools.retain(|key, _| live.contains(key));
@@ -954,6 +1019,9 @@ impl Controller {
                 Command::SetPromoted {
                     id: id.to_owned(),
                     promoted,
+                    fence_window_ms: self
+                        .writer_window(id, promoted)
+                        .map(|w| w.as_millis() as u64),
                     term: self.term,
                     at_ms: self.now.unix_ms,
                 },
@@ -1030,7 +1098,7 @@ impl Controller {
             };
             rollback_ms = Some(ms);
             reason = format!(
-                "{reason}; rollback_ms={ms} (breach detected → share 0 confirmed on the source)"
+                "{reason}; traffic back on the source {ms} ms after the breach was detected"
             );
         }
         let from = record.phase;
@@ -1043,6 +1111,7 @@ impl Controller {
                 to: transition.to,
                 reason: reason.clone(),
                 shadow_instances,
+                rollback_ms,
                 term: self.term,
                 at_ms: self.now.unix_ms,
             },
@@ -1252,6 +1321,8 @@ const FORECAST_AHEAD_MS: u64 = 600_000;
 
 /// How long a pool without usable history waits before it asks for a forecast again.
 const FORECAST_RETRY_MS: u64 = 60_000;
+/// Without a forecast slice, shrink hysteresis counts minutes.
+const UNFORECAST_SLICE_MS: u64 = 60_000;
 
 /// Whether `pool` needs a new forecast: it has none, the one it holds no longer reaches one
 /// lead time ahead, or (no usable history last time) a minute passed.

@@ -15,11 +15,16 @@
 //! asks for the next stage of each instance, so a lost effect (a dead instance, an agent
 //! restart) is asked for again and healed by the controller under a fresh operation id.
 
+use std::collections::BTreeMap;
+
 use umbra_forecast::sizing::PoolTarget;
 use umbra_proto::agent::{AgentAction, AgentReport, InstanceReport, InstanceState};
 
 use super::reconcile::DueCommand;
+use crate::capacity::{ClaimFulfilment, ClaimMember, MemberWas};
 pub use crate::capacity::{PoolView, SliceTarget};
+use crate::state::CapacityClaim;
+use crate::state::claims::held_at;
 
 /// Lead time assumed before the agent measured one: activating a dormant sample instance
 /// takes well under a second; 5 s leaves margin.
@@ -116,6 +121,112 @@ pub fn desired(
     PoolTarget {
         warm,
         dormant: total - warm,
+    }
+}
+
+/// `target` raised for capacity claims and measured load: warm holds the claims in force now
+/// and one activation lead ahead and at least `needed_now` instances (a reactive pool's
+/// measured load); the total also holds the claims one provisioning-and-activation lead
+/// ahead, so a reserved window's instances are dormant before it opens and serve when it
+/// does. At most `ceiling` (the service's `max_instances`), unless `target` already holds
+/// more.
+pub fn raise(
+    target: PoolTarget,
+    claims: &[CapacityClaim],
+    now_ms: u64,
+    leads: Leads,
+    needed_now: u32,
+    ceiling: u32,
+) -> PoolTarget {
+    let held = |t: u64| held_at(claims, t);
+    let warm = target
+        .warm
+        .max(held(now_ms))
+        .max(held(now_ms + leads.activation_ms))
+        .max(needed_now)
+        .min(ceiling.max(target.warm));
+    let total = target
+        .total()
+        .max(warm)
+        .max(held(now_ms + leads.activation_ms + leads.provision_ms))
+        .min(ceiling.max(target.total()).max(warm));
+    PoolTarget {
+        warm,
+        dormant: total - warm,
+    }
+}
+
+/// Instances needed for `rps` at `capacity_rps` each (0 for no load).
+pub fn instances_for(rps: f64, capacity_rps: f64) -> u32 {
+    if rps.is_finite() && rps > 0.0 && capacity_rps > 0.0 {
+        (rps / capacity_rps).ceil().min(f64::from(u32::MAX)) as u32
+    } else {
+        0
+    }
+}
+
+/// Requests per second the region's front served from local backends in its latest window.
+pub fn measured_rps(report: Option<&AgentReport>) -> Option<f64> {
+    let front = report?.front.as_ref()?;
+    (front.window_ms > 0).then(|| front.window_requests as f64 * 1_000.0 / front.window_ms as f64)
+}
+
+/// Keeps `progress` (claim id → how the pool met it) up to date: a claim whose window opens
+/// within one activation lead of `now_ms` takes effect, held by the next pool instances in
+/// claim order (`claims` sorted by creation), each noted as serving, dormant or absent
+/// (launched cold) at that moment; a member is marked serving at the first report showing
+/// it active; a claim that ended or was released is forgotten.
+pub fn track_claims(
+    progress: &mut BTreeMap<String, ClaimFulfilment>,
+    claims: &[CapacityClaim],
+    prefix: &str,
+    report: Option<&AgentReport>,
+    now_ms: u64,
+    leads: Leads,
+) {
+    let effective: Vec<&CapacityClaim> = claims
+        .iter()
+        .filter(|c| c.start_ms <= now_ms + leads.activation_ms && now_ms < c.end_ms)
+        .collect();
+    progress.retain(|id, _| effective.iter().any(|c| &c.id == id));
+    let found = |id: &str| report.and_then(|r| r.instances.iter().find(|i| i.id == id));
+    let mut next = 1;
+    for claim in effective {
+        let first = next;
+        next += claim.instances;
+        progress.entry(claim.id.clone()).or_insert_with(|| {
+            let members = (first..next)
+                .map(|k| {
+                    let instance = format!("{prefix}-{k}");
+                    let (was, serving_at_ms) = match found(&instance) {
+                        Some(i) if i.state == InstanceState::Active => {
+                            (MemberWas::Serving, Some(now_ms))
+                        }
+                        Some(_) => (MemberWas::Dormant, None),
+                        None => (MemberWas::Cold, None),
+                    };
+                    ClaimMember {
+                        instance,
+                        was,
+                        serving_at_ms,
+                    }
+                })
+                .collect();
+            ClaimFulfilment {
+                claim: claim.id.clone(),
+                start_ms: claim.start_ms,
+                effective_ms: now_ms,
+                members,
+            }
+        });
+    }
+    let Some(report) = report else { return };
+    for member in progress.values_mut().flat_map(|p| &mut p.members) {
+        if member.serving_at_ms.is_none()
+            && found(&member.instance).is_some_and(|i| i.state == InstanceState::Active)
+        {
+            member.serving_at_ms = Some(report.at_unix_ms);
+        }
     }
 }
 

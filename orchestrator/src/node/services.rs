@@ -294,6 +294,7 @@ fn empty_overview() -> Overview {
         migrations: Default::default(),
         schedules: Default::default(),
         dns: Default::default(),
+        capacity: Default::default(),
         applied_index: 0,
     }
 }

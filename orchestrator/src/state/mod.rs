@@ -16,6 +16,8 @@
 //! twice. Transitions also name the phase they start from, so a repeated transition is
 //! rejected rather than applied again.
 
+pub mod audit;
+pub mod claims;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -24,7 +26,9 @@ use serde::{Deserialize, Serialize};
 use umbra_consensus::{RestoreError, StateMachine};
 
 use crate::migration::{MigrationRecord, MigrationSpec, Phase, PhaseDeadlines};
-pub use plan::{Plan, PlanError, RegionSpec, ReplicationKind, ScheduleSpec, ServiceSpec};
+pub use audit::AuditEvent;
+pub use claims::{CapacityClaim, ClaimKind, ClaimRequest};
+pub use plan::{Plan, PlanError, PoolMode, RegionSpec, ReplicationKind, ScheduleSpec, ServiceSpec};
 
 /// Largest audit log kept in the state (entries). Older entries are dropped from the
 /// replicated state only; each one is also a Raft log entry and a tracing event.
@@ -71,10 +75,10 @@ pub struct AuditEntry {
     pub at_ms: u64,
     /// Raft term of the proposing leader (0 for operator commands).
     pub term: u64,
-    /// What it is about: a migration id, a service, or `plan`.
+    /// What it is about: a migration id, a service, a claim id, or `plan`.
     pub subject: String,
-    /// What happened, e.g. `provisioning → warming` or `share 50%`.
-    pub event: String,
+    /// What happened.
+    pub event: AuditEvent,
     /// Why.
     pub reason: String,
 }
@@ -151,6 +155,8 @@ pub enum Command {
         reason: String,
         /// Shadow pool size, set when provisioning starts.
         shadow_instances: Option<u32>,
+        /// Entering `rolled_back`: the rollback's measured time (kept in the audit log).
+        rollback_ms: Option<u64>,
         /// Proposing leader's term.
         term: u64,
         /// When.
@@ -162,6 +168,8 @@ pub enum Command {
         id: String,
         /// Whether the target is the writer now.
         promoted: bool,
+        /// The fence-to-promotion window the proposing leader measured, ms.
+        fence_window_ms: Option<u64>,
         /// Proposing leader's term.
         term: u64,
         /// When.
@@ -189,6 +197,20 @@ pub enum Command {
         /// When.
         at_ms: u64,
     },
+    /// An operator claims serving capacity (see [`claims`]).
+    ClaimCapacity {
+        /// What is claimed.
+        request: ClaimRequest,
+        /// When.
+        at_ms: u64,
+    },
+    /// An operator gives a claim back.
+    ReleaseCapacity {
+        /// The claim.
+        id: String,
+        /// When.
+        at_ms: u64,
+    },
 }
 
 /// What applying a command produced.
@@ -210,6 +232,11 @@ pub enum Applied {
     },
     /// Anything else.
     Done,
+    /// A capacity claim exists with this id.
+    Capacity {
+        /// Its id.
+        id: String,
+    },
 }
 
 /// What sort of refusal a [`Rejected`] is, so callers (the API's status codes, the
@@ -300,6 +327,8 @@ pub struct Overview {
     pub schedules: BTreeMap<String, ScheduleSpec>,
     /// DNS weights by service.
     pub dns: BTreeMap<String, DnsWeights>,
+    /// Capacity claims by id (ended ones leave at the next claim command).
+    pub capacity: BTreeMap<String, CapacityClaim>,
     /// Index of the last applied command.
     pub applied_index: u64,
 }
@@ -328,7 +357,9 @@ pub struct OrchestratorState {
     /// `schedule_key` → migration id, so a schedule fires once per slice.
     fired: BTreeMap<String, String>,
     audit: Vec<AuditEntry>,
+    capacity: BTreeMap<String, CapacityClaim>,
     next_migration: u64,
+    next_claim: u64,
     highest_term: u64,
     applied_index: u64,
 }
@@ -342,6 +373,7 @@ impl OrchestratorState {
             migrations: self.migrations.clone(),
             schedules: self.schedules.clone(),
             dns: self.dns.clone(),
+            capacity: self.capacity.clone(),
             applied_index: self.applied_index,
         }
     }
@@ -416,6 +448,7 @@ impl OrchestratorState {
                 to,
                 reason,
                 shadow_instances,
+                rollback_ms,
                 term,
                 at_ms,
             } => {
@@ -457,7 +490,12 @@ impl OrchestratorState {
                     at_ms: *at_ms,
                     term: *term,
                     subject: id.clone(),
-                    event: format!("{from} → {to}"),
+                    event: AuditEvent::Transition {
+                        from: *from,
+                        to: *to,
+                        shadow_instances: *shadow_instances,
+                        rollback_ms: *rollback_ms,
+                    },
                     reason: reason.clone(),
                 });
                 Ok(Applied::Done)
@@ -465,6 +503,7 @@ impl OrchestratorState {
             Command::SetPromoted {
                 id,
                 promoted,
+                fence_window_ms,
                 term,
                 at_ms,
             } => {
@@ -479,17 +518,20 @@ impl OrchestratorState {
                     )));
                 }
                 record.promoted = *promoted;
-                let (event, reason) = if *promoted {
-                    ("writer → target", "source fenced, lag 0, target promoted")
+                let reason = if *promoted {
+                    "source fenced, lag 0, target promoted"
                 } else {
-                    ("writer → source", "rollback moved the single writer back")
+                    "rollback moved the single writer back"
                 };
                 self.record(AuditEntry {
                     index,
                     at_ms: *at_ms,
                     term: *term,
                     subject: id.clone(),
-                    event: event.to_owned(),
+                    event: AuditEvent::WriterMoved {
+                        to_target: *promoted,
+                        fence_window_ms: *fence_window_ms,
+                    },
                     reason: reason.to_owned(),
                 });
                 Ok(Applied::Done)
@@ -518,7 +560,12 @@ impl OrchestratorState {
                     at_ms: *at_ms,
                     term: 0,
                     subject: id.clone(),
-                    event: format!("{from} → {}", Phase::RollingBack),
+                    event: AuditEvent::Transition {
+                        from,
+                        to: Phase::RollingBack,
+                        shadow_instances: None,
+                        rollback_ms: None,
+                    },
                     reason: format!("operator asked: {reason}"),
                 });
                 Ok(Applied::Done)
@@ -542,14 +589,10 @@ impl OrchestratorState {
                         "DNS weights must give some region a weight above zero".to_owned(),
                     ));
                 }
-                let event = format!(
-                    "dns {}",
-                    dns.weights
-                        .iter()
-                        .map(|(r, w)| format!("{r}={w}"))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ) + &format!(" ttl {}s", dns.ttl_secs);
+                let event = AuditEvent::DnsWeights {
+                    weights: dns.weights.clone(),
+                    ttl_secs: dns.ttl_secs,
+                };
                 self.dns.insert(service.clone(), dns.clone());
                 self.record(AuditEntry {
                     index,
@@ -561,7 +604,157 @@ impl OrchestratorState {
                 });
                 Ok(Applied::Done)
             }
+            Command::ClaimCapacity { request, at_ms } => {
+                self.claim_capacity(request, index, *at_ms)
+            }
+            Command::ReleaseCapacity { id, at_ms } => {
+                self.capacity.retain(|_, c| c.end_ms > *at_ms);
+                let claim = self.capacity.remove(id).ok_or_else(|| {
+                    Rejected::not_found(format!(
+                        "no capacity claim {id:?} in force; `umbra capacity list` shows them (an ended claim is gone already)"
+                    ))
+                })?;
+                self.record(AuditEntry {
+                    index,
+                    at_ms: *at_ms,
+                    term: 0,
+                    subject: id.clone(),
+                    event: AuditEvent::CapacityReleased {
+                        service: claim.service,
+                        region: claim.region,
+                        instances: claim.instances,
+                    },
+                    reason: "operator released the claim".to_owned(),
+                });
+                Ok(Applied::Done)
+            }
         }
+    }
+
+    fn claim_capacity(&mut self, request: &ClaimRequest, index: u64, at_ms: u64) -> Outcome {
+        use claims::{DEFAULT_REQUEST_HOLD_MS, MAX_CLAIM_MS, MAX_CLAIMS, START_SKEW_MS, peak};
+        self.capacity.retain(|_, c| c.end_ms > at_ms);
+        let service = find_service(&self.services, &request.service)?;
+        let region = self
+            .regions
+            .get(&request.region)
+            .ok_or_else(|| self.unknown_region("the capacity claim", &request.region))?;
+        if request.region != service.primary_region {
+            return Err(Rejected::conflict(format!(
+                "service {:?} is served from {}; a claim holds serving capacity in the serving region: claim in {} (or migrate the service to {} first)",
+                request.service, service.primary_region, service.primary_region, request.region
+            )));
+        }
+        let spec = &service.spec;
+        if request.instances == 0 || request.instances > spec.max_instances {
+            return Err(Rejected::invalid(format!(
+                "instances must be 1..={} (service {:?}'s max_instances); raise max_instances in the plan to claim more",
+                spec.max_instances, request.service
+            )));
+        }
+        let (kind, start_ms) = match request.start_ms {
+            None => (ClaimKind::Request, at_ms),
+            Some(start) if start + START_SKEW_MS < at_ms => {
+                return Err(Rejected::invalid(
+                    "the window starts in the past; leave the start out to claim from now"
+                        .to_owned(),
+                ));
+            }
+            Some(start) => (ClaimKind::Reservation, start.max(at_ms)),
+        };
+        let end_ms = match (kind, request.end_ms) {
+            (_, Some(end)) => end,
+            (ClaimKind::Request, None) => at_ms + DEFAULT_REQUEST_HOLD_MS,
+            (ClaimKind::Reservation, None) => {
+                return Err(Rejected::invalid(
+                    "a reservation needs an end as well as a start".to_owned(),
+                ));
+            }
+        };
+        if end_ms <= start_ms {
+            return Err(Rejected::invalid(
+                "the window ends before it starts (or in the past); give an end after the start"
+                    .to_owned(),
+            ));
+        }
+        if end_ms - start_ms > MAX_CLAIM_MS || start_ms - at_ms > MAX_CLAIM_MS {
+            return Err(Rejected::invalid(format!(
+                "a claim may last at most {} days and start at most that far ahead; make it shorter or claim again later",
+                MAX_CLAIM_MS / 86_400_000
+            )));
+        }
+        if self.capacity.len() >= MAX_CLAIMS {
+            return Err(Rejected::conflict(format!(
+                "{MAX_CLAIMS} claims are in force already; release some (`umbra capacity release ID`)"
+            )));
+        }
+        let window = format!(
+            "{} to {}",
+            claims::rfc3339(start_ms),
+            claims::rfc3339(end_ms)
+        );
+        let same_service = peak(
+            self.capacity
+                .values()
+                .filter(|c| c.service == request.service && c.region == request.region),
+            start_ms,
+            end_ms,
+        );
+        if same_service + request.instances > spec.max_instances {
+            return Err(Rejected::conflict(format!(
+                "service {:?} holds at most {} instances (max_instances) and claims hold {same_service} of them at some time from {window}; claim at most {}, pick another window, or raise max_instances in the plan",
+                request.service,
+                spec.max_instances,
+                spec.max_instances.saturating_sub(same_service)
+            )));
+        }
+        if let Some(limit) = region.max_instances {
+            let held = peak(
+                self.capacity
+                    .values()
+                    .filter(|c| c.region == request.region),
+                start_ms,
+                end_ms,
+            );
+            if held + request.instances > limit {
+                return Err(Rejected::conflict(format!(
+                    "region {} holds at most {limit} instances (its max_instances) and claims hold {held} of them at some time from {window}; claim at most {}, pick another window, or raise the region's max_instances in the plan",
+                    request.region,
+                    limit.saturating_sub(held)
+                )));
+            }
+        }
+        self.next_claim += 1;
+        let id = format!("cap-{}", self.next_claim);
+        let claim = CapacityClaim {
+            id: id.clone(),
+            service: request.service.clone(),
+            region: request.region.clone(),
+            instances: request.instances,
+            kind,
+            start_ms,
+            end_ms,
+            created_ms: at_ms,
+        };
+        self.record(AuditEntry {
+            index,
+            at_ms,
+            term: 0,
+            subject: id.clone(),
+            event: AuditEvent::CapacityClaimed {
+                service: claim.service.clone(),
+                region: claim.region.clone(),
+                instances: claim.instances,
+                start_ms,
+                end_ms,
+            },
+            reason: match kind {
+                ClaimKind::Request => "operator requested capacity".to_owned(),
+                ClaimKind::Reservation => "operator reserved capacity".to_owned(),
+            },
+        });
+        self.capacity.insert(id.clone(), claim);
+        Ok(Applied::Capacity { id })
     }
 
     fn apply_plan(&mut self, plan: &Plan, index: u64, at_ms: u64) -> Outcome {
@@ -621,12 +814,11 @@ impl OrchestratorState {
             at_ms,
             term: 0,
             subject: "plan".to_owned(),
-            event: format!(
-                "applied {} regions, {} services, {} schedules",
-                plan.regions.len(),
-                plan.services.len(),
-                plan.schedules.len()
-            ),
+            event: AuditEvent::PlanApplied {
+                regions: plan.regions.len(),
+                services: plan.services.len(),
+                schedules: plan.schedules.len(),
+            },
             reason: "operator applied a plan".to_owned(),
         });
         Ok(applied)
@@ -638,13 +830,7 @@ impl OrchestratorState {
         {
             return Ok(Applied::Migration { id: id.clone() });
         }
-        let service = self.services.get(&request.service).ok_or_else(|| {
-            Rejected::not_found(format!(
-                "no service {:?}; declared services: {}",
-                request.service,
-                self.services.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
-        })?;
+        let service = find_service(&self.services, &request.service)?;
         if !self.regions.contains_key(&request.to) {
             return Err(self.unknown_region("the migration's target", &request.to));
         }
@@ -697,10 +883,12 @@ impl OrchestratorState {
             Some(key) => format!("schedule {key}"),
             None => "operator asked".to_owned(),
         };
-        let event = format!(
-            "created: {} {} → {} at {}",
-            request.service, migration.from, migration.to, migration.cutover_at_ms
-        );
+        let event = AuditEvent::MigrationCreated {
+            service: request.service.clone(),
+            from: migration.from.clone(),
+            to: migration.to.clone(),
+            cutover_at_ms: migration.cutover_at_ms,
+        };
         self.migrations.insert(
             id.clone(),
             MigrationRecord {
@@ -728,6 +916,19 @@ impl OrchestratorState {
         });
         Ok(Applied::Migration { id })
     }
+}
+
+/// `name` among `services`, or a NotFound listing the declared ones.
+fn find_service<'a>(
+    services: &'a BTreeMap<String, ServiceState>,
+    name: &str,
+) -> Result<&'a ServiceState, Rejected> {
+    services.get(name).ok_or_else(|| {
+        Rejected::not_found(format!(
+            "no service {name:?}; declared services: {}",
+            services.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })
 }
 
 /// Encodes a command for a proposal (versioned envelope, postcard).

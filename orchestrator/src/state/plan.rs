@@ -54,6 +54,11 @@ pub struct RegionSpec {
     /// Cost of one dormant instance-hour (created, not started).
     #[serde(default = "default_dormant_cost")]
     pub dormant_instance_hour: f64,
+    /// Most instances the region holds for capacity claims of all services together (its
+    /// quota); a claim past it is refused. Unset: no region limit, only each service's
+    /// `max_instances`.
+    #[serde(default)]
+    pub max_instances: Option<u32>,
 }
 
 fn default_warm_cost() -> f64 {
@@ -118,6 +123,22 @@ pub struct ServiceSpec {
     /// Highest replication lag (entries) at which the target counts as caught up.
     #[serde(default)]
     pub max_replication_lag: u64,
+    /// How the serving pool is sized: `predictive` (the default: from the demand forecast,
+    /// ahead of demand) or `reactive` (opted out of prediction: from the load the region's
+    /// front measures, after it arrives).
+    #[serde(default)]
+    pub pools: PoolMode,
+}
+
+/// How a service's serving pool is sized.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolMode {
+    /// From the demand forecast, one measured lead time ahead; capacity claims on top.
+    #[default]
+    Predictive,
+    /// From the requests per second the region's front measured; capacity claims on top.
+    Reactive,
 }
 
 fn one() -> u32 {
@@ -326,6 +347,12 @@ impl RegionSpec {
             if !(cost.is_finite() && cost >= 0.0) {
                 return Err(invalid(what(), format!("{field} {cost} must be ≥ 0")));
             }
+        }
+        if self.max_instances == Some(0) {
+            return Err(invalid(
+                what(),
+                "max_instances must be ≥ 1 (leave it out for no region limit)",
+            ));
         }
         Ok(())
     }

@@ -32,6 +32,7 @@ fn transition(id: &str, from: Phase, to: Phase, term: u64) -> Command {
         to,
         reason: "test".to_owned(),
         shadow_instances: None,
+        rollback_ms: None,
         term,
         at_ms: 20,
     }
@@ -152,12 +153,12 @@ fn transitions_are_fenced_by_phase_and_term() {
         .audit()
         .iter()
         .filter(|e| e.subject == "shop-1")
-        .map(|e| e.event.as_str())
+        .map(|e| e.event.to_string())
         .collect();
     assert_eq!(
         audit,
         vec![
-            "created: shop us-east → eu-west at 100000",
+            "created: shop us-east → eu-west at 1970-01-01T00:01:40Z",
             "planned → provisioning"
         ]
     );
@@ -296,4 +297,126 @@ fn the_state_machine_round_trips_snapshots_and_refuses_garbage() {
         matches!(&answer, QueryAnswer::Check(Err(r)) if r.kind == RejectKind::Conflict),
         "shop already has a migration in flight: {answer:?}"
     );
+}
+
+fn claim(start_ms: Option<u64>, end_ms: Option<u64>, instances: u32) -> Command {
+    Command::ClaimCapacity {
+        request: ClaimRequest {
+            service: "shop".to_owned(),
+            region: "us-east".to_owned(),
+            instances,
+            start_ms,
+            end_ms,
+        },
+        at_ms: 1_000_000,
+    }
+}
+
+#[test]
+fn capacity_claims_are_checked_against_the_service_and_region_limits() {
+    let mut state = planned();
+    let mut plan = Plan::example();
+    plan.regions[0].max_instances = Some(3);
+    state
+        .apply_command(2, &Command::ApplyPlan { plan, at_ms: 2 })
+        .expect("a region limit applies");
+    let max = state.overview().services["shop"].spec.max_instances;
+    assert!(max >= 4, "the example's shop allows a few instances");
+    let hour = 3_600_000;
+    let start = Some(2_000_000);
+    // (command, refusal kind or the claim's id, words the message must hold)
+    let cases: Vec<(Command, Result<&str, RejectKind>, &str)> = vec![
+        (claim(None, None, 2), Ok("cap-1"), ""),
+        (claim(start, Some(2_000_000 + hour), 1), Ok("cap-2"), ""),
+        // 2 + 1 overlap: the region's 3 are all claimed in that window.
+        (
+            claim(start, Some(2_000_000 + hour), 1),
+            Err(RejectKind::Conflict),
+            "region us-east holds at most 3",
+        ),
+        (
+            claim(start, Some(2_000_000 + hour), max),
+            Err(RejectKind::Conflict),
+            "claim at most 1",
+        ),
+        // After the request's hour only the reservation holds.
+        (
+            claim(Some(1_000_000 + hour), Some(1_000_000 + 2 * hour), 2),
+            Ok("cap-3"),
+            "",
+        ),
+        (claim(None, None, 0), Err(RejectKind::Invalid), "instances"),
+        (
+            claim(None, None, max + 1),
+            Err(RejectKind::Invalid),
+            "max_instances",
+        ),
+        (
+            claim(Some(1), Some(hour), 1),
+            Err(RejectKind::Invalid),
+            "starts in the past",
+        ),
+        (
+            claim(start, None, 1),
+            Err(RejectKind::Invalid),
+            "needs an end",
+        ),
+        (
+            claim(start, Some(1_500_000), 1),
+            Err(RejectKind::Invalid),
+            "ends before",
+        ),
+    ];
+    for (i, (command, want, words)) in cases.into_iter().enumerate() {
+        let before = state.clone();
+        let got = state.apply_command(10 + i as u64, &command);
+        match (got, want) {
+            (Ok(Applied::Capacity { id }), Ok(want_id)) => assert_eq!(id, want_id, "case {i}"),
+            (Err(e), Err(kind)) => {
+                assert_eq!(e.kind, kind, "case {i}: {e}");
+                assert!(e.message.contains(words), "case {i}: {e}");
+                assert_eq!(state.overview().capacity, before.overview().capacity);
+                assert_eq!(state.audit(), before.audit(), "a refusal changes nothing");
+            }
+            (got, want) => panic!("case {i}: got {got:?}, want {want:?}"),
+        }
+    }
+    let claims = state.overview().capacity;
+    assert_eq!(claims["cap-1"].kind, ClaimKind::Request);
+    assert_eq!(claims["cap-1"].end_ms, 1_000_000 + hour);
+    assert_eq!(claims["cap-2"].kind, ClaimKind::Reservation);
+}
+
+#[test]
+fn a_claim_names_the_serving_region_and_can_be_released_once() {
+    let mut state = planned();
+    let mut elsewhere = claim(None, None, 1);
+    if let Command::ClaimCapacity { request, .. } = &mut elsewhere {
+        request.region = "eu-west".to_owned();
+    }
+    let err = state.apply_command(2, &elsewhere).expect_err("not serving");
+    assert_eq!(err.kind, RejectKind::Conflict, "{err}");
+    assert!(err.message.contains("served from us-east"), "{err}");
+    state
+        .apply_command(3, &claim(None, None, 1))
+        .expect("claim");
+    let release = Command::ReleaseCapacity {
+        id: "cap-1".to_owned(),
+        at_ms: 1_000_001,
+    };
+    state.apply_command(4, &release).expect("release");
+    assert!(state.overview().capacity.is_empty());
+    let err = state.apply_command(5, &release).expect_err("gone");
+    assert_eq!(err.kind, RejectKind::NotFound, "{err}");
+    // An ended claim leaves the state at the next claim command.
+    state
+        .apply_command(6, &claim(None, Some(1_000_010), 1))
+        .expect("short claim");
+    let mut later = claim(None, None, 1);
+    if let Command::ClaimCapacity { at_ms, .. } = &mut later {
+        *at_ms = 1_000_010;
+    }
+    state.apply_command(7, &later).expect("later claim");
+    let ids: Vec<String> = state.overview().capacity.into_keys().collect();
+    assert_eq!(ids, ["cap-3"]);
 }

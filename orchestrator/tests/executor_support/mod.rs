@@ -40,7 +40,7 @@ use umbra_orchestrator::node::{
     StateMachineKind,
 };
 use umbra_orchestrator::state::{
-    Applied, AuditEntry, MigrationRequest, Overview, Plan, ServiceSpec,
+    Applied, AuditEntry, AuditEvent, MigrationRequest, Overview, Plan, ServiceSpec,
 };
 use umbra_proto::agent::{ReadinessGate, RequestTemplate};
 use umbra_proto::certs::Layout;
@@ -652,8 +652,8 @@ pub fn happy_transitions() -> Vec<String> {
 pub fn transitions(audit: &[AuditEntry], id: &str) -> Vec<String> {
     audit
         .iter()
-        .filter(|e| e.subject == id && e.event.contains('→'))
-        .filter(|e| !e.event.starts_with("created") && !e.event.starts_with("writer"))
-        .map(|e| e.event.clone())
+        .filter(|e| e.subject == id)
+        .filter(|e| matches!(e.event, AuditEvent::Transition { .. }))
+        .map(|e| e.event.to_string())
         .collect()
 }

@@ -8,6 +8,7 @@ use umbra_proto::agent::{
 };
 
 use super::*;
+use crate::capacity::MemberWas;
 use crate::state::{Command, MigrationRequest, OrchestratorState, Plan};
 
 const T0_MS: u64 = 1_800_000_000_000;
@@ -514,14 +515,20 @@ fn pool_forecast(targets: &[(u32, u32)]) -> PoolForecast {
     }
 }
 
-#[test]
-fn a_pool_grows_ahead_of_its_forecast_peak_and_shrinks_after_the_hysteresis() {
+/// The example plan with no migration, `shop` stateless with a pool of 1..=10 in us-east.
+fn stateless_home() -> Overview {
     let (mut overview, _) = overview_with(Phase::Planned, 0);
     overview.migrations.clear();
     let shop = &mut overview.services.get_mut("shop").expect("shop").spec;
     shop.replication = crate::state::ReplicationKind::None;
     shop.min_instances = 1;
     shop.max_instances = 10;
+    overview
+}
+
+#[test]
+fn a_pool_grows_ahead_of_its_forecast_peak_and_shrinks_after_the_hysteresis() {
+    let overview = stateless_home();
     let mut clock = Clock::new();
     let mut c = Controller::new(config(), 3, clock.now());
     let serving = |n: u32| {
@@ -603,6 +610,172 @@ fn a_pool_grows_ahead_of_its_forecast_peak_and_shrinks_after_the_hysteresis() {
         drain_commands(&mut c).is_empty(),
         "without a forecast the pool holds min_instances"
     );
+}
+
+fn claim(id: &str, instances: u32, start_ms: u64, end_ms: u64) -> CapacityClaim {
+    CapacityClaim {
+        id: id.to_owned(),
+        service: "shop".to_owned(),
+        region: "us-east".to_owned(),
+        instances,
+        kind: crate::state::ClaimKind::Reservation,
+        start_ms,
+        end_ms,
+        created_ms: T0_MS,
+    }
+}
+
+#[test]
+fn claims_raise_the_pool_ahead_and_say_which_instance_came_from_dormant() {
+    let mut overview = stateless_home();
+    // A reservation of 3 for 60 s..120 s.
+    overview.capacity.insert(
+        "cap-1".into(),
+        claim("cap-1", 3, T0_MS + 60_000, T0_MS + 120_000),
+    );
+    let mut clock = Clock::new();
+    let mut c = Controller::new(config(), 3, clock.now());
+    // What the agent holds: (instance k, state); each round reports it.
+    let mut held: BTreeMap<u32, InstanceState> = BTreeMap::from([(1, InstanceState::Active)]);
+    let report_of = |held: &BTreeMap<u32, InstanceState>, ms: u64| AgentReport {
+        at_unix_ms: T0_MS + ms,
+        ..report(
+            "us-east",
+            held.iter()
+                .map(|(k, s)| instance(&format!("shop-us-east-{k}"), *s))
+                .collect(),
+        )
+    };
+    let mut seen = Vec::new();
+    // Every 5 s the controller decides and the agent carries out what it was asked at once.
+    for at in (0..=130_000).step_by(5_000) {
+        let now = clock.advance(at - clock.ms);
+        c.handle_report("us-east", report_of(&held, at), now.at);
+        c.handle_overview(overview.clone(), now);
+        let sent = drain_commands(&mut c);
+        for (_, action) in actions(&sent) {
+            let k = |id: &str| id.rsplit('-').next().and_then(|k| k.parse::<u32>().ok());
+            match action {
+                AgentAction::Provision { instances } => {
+                    for id in instances {
+                        held.insert(k(&id).expect("pool id"), InstanceState::Dormant);
+                    }
+                }
+                AgentAction::Activate { instance } => {
+                    held.insert(k(&instance).expect("pool id"), InstanceState::Active);
+                }
+                AgentAction::Deactivate { instance } => {
+                    held.insert(k(&instance).expect("pool id"), InstanceState::Warm);
+                }
+                AgentAction::Stop { instance } => {
+                    held.insert(k(&instance).expect("pool id"), InstanceState::Stopped);
+                }
+                AgentAction::Remove { instance } => {
+                    held.remove(&k(&instance).expect("pool id"));
+                }
+                _ => {}
+            }
+        }
+        done(&mut c, &sent, now);
+        let view = std::iter::from_fn(|| c.poll_event())
+            .filter_map(|e| match e {
+                Event::Pool(view) => Some(view),
+                _ => None,
+            })
+            .last()
+            .expect("a pool event every round");
+        seen.push((at, view.target, view.claims));
+    }
+    let target_at = |ms: u64| seen.iter().find(|(at, ..)| *at == ms).expect("round").1;
+    let t = |warm, dormant| PoolTarget { warm, dormant };
+    // Default leads (nothing measured): activation 5 s, provisioning 5 s.
+    assert_eq!(target_at(45_000), t(1, 0));
+    assert_eq!(
+        target_at(50_000),
+        t(1, 2),
+        "dormant one provisioning lead ahead"
+    );
+    assert_eq!(
+        target_at(55_000),
+        t(3, 0),
+        "serving one activation lead ahead"
+    );
+    assert_eq!(target_at(115_000), t(3, 0));
+    // After the window, shrinking waits the hysteresis (two minute-slices without a forecast).
+    assert_eq!(target_at(130_000), t(3, 0));
+    let (_, _, claims) = seen.iter().find(|(at, ..)| *at == 60_000).expect("round");
+    let fulfilment = claims.first().expect("the reservation is tracked");
+    let was: Vec<(&str, MemberWas)> = fulfilment
+        .members
+        .iter()
+        .map(|m| (m.instance.as_str(), m.was))
+        .collect();
+    assert_eq!(
+        was,
+        [
+            ("shop-us-east-1", MemberWas::Serving),
+            ("shop-us-east-2", MemberWas::Dormant),
+            ("shop-us-east-3", MemberWas::Dormant),
+        ]
+    );
+    assert!(fulfilment.fulfilled());
+    assert!(
+        fulfilment
+            .members
+            .iter()
+            .all(|m| m.ready_after_ms(fulfilment.start_ms) == Some(0)),
+        "each served when the window opened: {fulfilment:?}"
+    );
+}
+
+#[test]
+fn a_reactive_pool_follows_the_load_its_front_measured() {
+    let mut overview = stateless_home();
+    let shop = &mut overview.services.get_mut("shop").expect("shop").spec;
+    shop.pools = PoolMode::Reactive;
+    shop.capacity_rps_per_instance = 100.0;
+    shop.max_instances = 4;
+    let mut clock = Clock::new();
+    let mut c = Controller::new(config(), 3, clock.now());
+    let loaded = |rps: u64| AgentReport {
+        front: Some(umbra_proto::agent::FrontReport {
+            listen: "127.0.0.11:8080".into(),
+            requests_total: 0,
+            errors_total: 0,
+            window_ms: 1_000,
+            window_requests: rps,
+            window_errors: 0,
+            window_p99_ms: None,
+            shares: Vec::new(),
+        }),
+        ..home_serving()
+    };
+    let mut targets = Vec::new();
+    for (at, rps) in [
+        (0, 50),
+        (1_000, 250),
+        (2_000, 900),
+        (60_000, 50),
+        (120_000, 50),
+    ] {
+        let now = clock.advance(at - clock.ms);
+        c.handle_report("us-east", loaded(rps), now.at);
+        c.handle_overview(overview.clone(), now);
+        assert_eq!(
+            c.poll_pool_job(),
+            None,
+            "a reactive pool asks for no forecast"
+        );
+        let target = std::iter::from_fn(|| c.poll_event())
+            .find_map(|e| match e {
+                Event::Pool(view) => Some(view.target.warm),
+                _ => None,
+            })
+            .expect("pool event");
+        targets.push(target);
+    }
+    // 50 rps: the floor; 250: 3; 900: capped at max_instances; back down after two slices.
+    assert_eq!(targets, [1, 3, 4, 4, 1]);
 }
 
 mod properties {

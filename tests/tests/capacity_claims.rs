@@ -1,0 +1,185 @@
+//! Capacity claims through the real binaries (three `umbra-orchestrator`, three `umbra-agent`,
+//! `umbra-sample` instances under the process provider) and the `umbra` CLI, as an operator
+//! would use them: the demo's stateful `shop` in its home region, whose region allows 3
+//! instances.
+//!
+//! A reservation for a window a minute ahead makes the pool provision dormant instances one
+//! lead time before it; a request past the region's limit is refused with a message saying how
+//! much fits, and changes nothing; once the reservation is released, a request for 3 serving
+//! instances is served from the dormant ones (`umbra capacity request --wait --json` says which
+//! instance was serving, dormant or launched cold, and when each served). Times are printed,
+//! never bounded. Run `cargo build --workspace --bins` first.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use umbra_demo::{DemoOptions, IdleCluster};
+use umbra_orchestrator::api::{CapacityReport, ClaimStatus};
+use umbra_orchestrator::capacity::MemberWas;
+use umbra_orchestrator::state::Applied;
+
+/// Longest any stage may take on a loaded 2-core machine (a liveness deadline, not a bound on
+/// latency).
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs `umbra args…` against the leader's API.
+fn umbra(env: &[(&'static str, String)], args: &[&str]) -> anyhow::Result<Output> {
+    let output = std::process::Command::new(umbra_tests::binary("umbra")?)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env_remove("RUST_BACKTRACE")
+        .output()?;
+    eprintln!(
+        "$ umbra {} → {}\n{}{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(output)
+}
+
+fn json<T: serde::de::DeserializeOwned>(output: &Output) -> anyhow::Result<T> {
+    anyhow::ensure!(output.status.success(), "umbra failed: {}", output.status);
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capacity_request_is_served_from_dormant_and_claims_past_the_region_limit_are_refused()
+-> anyhow::Result<()> {
+    let bin_dir: PathBuf = umbra_tests::binary("umbra-orchestrator")?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let cluster =
+        IdleCluster::start(&DemoOptions::new(bin_dir), &|line| eprintln!("{line}")).await?;
+    let region = cluster.regions()[0].clone();
+    let service = umbra_demo::scenario::SERVICE;
+    let plan = cluster.demo_plan().replacen(
+        &format!("name = \"{region}\"\n"),
+        &format!("name = \"{region}\"\nmax_instances = 3\n"),
+        1,
+    );
+    assert!(plan.contains("max_instances = 3"), "{plan}");
+    cluster
+        .apply_plan_toml(&plan)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let env =
+        umbra_tests::wait_for("a leader's API", DEADLINE, || cluster.leader_cli_env()).await?;
+
+    // A reservation of all 3 for a window opening in 45 s.
+    let now = chrono::Utc::now();
+    let start = (now + chrono::Duration::seconds(45)).to_rfc3339();
+    let end = (now + chrono::Duration::minutes(10)).to_rfc3339();
+    let reserved: Applied = json(&umbra(
+        &env,
+        &[
+            "capacity",
+            "reserve",
+            service,
+            "--region",
+            &region,
+            "--instances",
+            "3",
+            "--start",
+            &start,
+            "--end",
+            &end,
+            "--json",
+        ],
+    )?)?;
+    let Applied::Capacity { id: reservation } = reserved else {
+        anyhow::bail!("not a claim: {reserved:?}");
+    };
+
+    // Past the region's limit: refused, saying how much fits, and nothing changes.
+    let refused = umbra(
+        &env,
+        &[
+            "capacity",
+            "request",
+            service,
+            "--region",
+            &region,
+            "--instances",
+            "1",
+        ],
+    )?;
+    assert!(
+        !refused.status.success(),
+        "a claim past the limit is refused"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&format!("region {region} holds at most 3"))
+            && stderr.contains("claim at most 0"),
+        "the refusal says why and what fits: {stderr}"
+    );
+    assert!(
+        !stderr.contains("stack backtrace"),
+        "no backtrace for a user error"
+    );
+    let listed: CapacityReport = json(&umbra(&env, &["capacity", "list", "--json"])?)?;
+    let ids: Vec<&str> = listed.claims.iter().map(|c| c.claim.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [reservation.as_str()],
+        "the refused claim changed nothing"
+    );
+
+    // One lead time before the window, the pool holds dormant instances for it.
+    let dormant = umbra_tests::wait_for(
+        "dormant instances for the reservation",
+        DEADLINE,
+        || async {
+            let pool = cluster.pools().await.into_iter().next()?;
+            (pool.actual.dormant >= 2).then_some(pool)
+        },
+    )
+    .await?;
+    eprintln!(
+        "pool before the window: target {:?}, holds {:?}",
+        dormant.target, dormant.actual
+    );
+
+    // Released before it opens; a request then takes the dormant instances.
+    let released = umbra(&env, &["capacity", "release", &reservation])?;
+    assert!(released.status.success());
+    let served: ClaimStatus = json(&umbra(
+        &env,
+        &[
+            "capacity",
+            "request",
+            service,
+            "--region",
+            &region,
+            "--instances",
+            "3",
+            "--wait",
+            "--wait-secs",
+            "120",
+            "--json",
+        ],
+    )?)?;
+    let fulfilment = served.fulfilment.as_ref().expect("the leader tracked it");
+    assert!(fulfilment.fulfilled(), "{fulfilment:?}");
+    let was: Vec<MemberWas> = fulfilment.members.iter().map(|m| m.was).collect();
+    assert_eq!(
+        was,
+        [MemberWas::Serving, MemberWas::Dormant, MemberWas::Dormant],
+        "the writer served already; the other two came from dormant: {fulfilment:?}"
+    );
+    for m in &fulfilment.members {
+        eprintln!(
+            "{} {:?}: serving {:.1} s after the request",
+            m.instance,
+            m.was,
+            m.ready_after_ms(fulfilment.start_ms).unwrap_or_default() as f64 / 1e3
+        );
+    }
+    let pool = cluster.pools().await.into_iter().next().expect("a pool");
+    assert!(pool.actual.warm >= 3, "3 serving: {pool:?}");
+    Ok(())
+}
