@@ -2,8 +2,10 @@
 //! started as a deployment starts it (`node::start`: Raft over QUIC with mutual TLS, the agent
 //! gateway on that endpoint, the operator API, the executor), and two real region agents (the
 //! agent library's session, process provider running `umbra-sample` instances, each with its
-//! region front) connected over QUIC. The test drives it through the operator API, and a
-//! constant stream of GETs goes to the source region's front the whole time.
+//! region front) connected over QUIC. The test drives it through the operator API, and an
+//! honest client (`executor_support::Client`: its own seeded keys read back and checked, a
+//! fresh key written every tenth request, every non-2xx, timeout and reset a failure) sends
+//! to the source region's front the whole time.
 //!
 //! 1. A migration walks Planned → Completed on a compressed schedule (lead time 0, 1.5 s
 //!    analysis windows): the shadow pool is sized from the demand history, provisioned,
@@ -12,7 +14,9 @@
 //! 2. The target's sample instances start failing at the 50 % step (their fault switch): the
 //!    SLO breach rolls the migration back by itself, the source front's share is 0 again, the
 //!    DNS weights are back on the source, the audit log says how long it took (`rollback_ms`,
-//!    breach detected → share 0 confirmed), and requests sent afterwards all succeed.
+//!    breach detected → share 0 confirmed), and requests sent afterwards all succeed. Then a
+//!    second migration to the same region completes with no failed request, and every write
+//!    acknowledged through both reads back through the new primary's front.
 //! 3. There and back: a second migration moves the service home again. Its source pool is the
 //!    first migration's shadow pool, the old source front's forwarding share is cleared
 //!    before it becomes the target, and the service ends on the home region with DNS there.
@@ -35,7 +39,9 @@ use umbra_testkit::wait_for;
 
 mod executor_support;
 
-use executor_support::{CLIENT_RPS, Client, SOURCE, TARGET, World, happy_transitions, transitions};
+use executor_support::{
+    CLIENT_RPS, Client, SOURCE, TARGET, World, happy_transitions, missing_writes, transitions,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_migration_walks_from_planned_to_completed_without_a_failed_request() -> anyhow::Result<()>
@@ -103,8 +109,9 @@ async fn a_failing_target_at_the_50_percent_step_rolls_back() -> anyhow::Result<
             Ok(())
         })
         .await?;
-    let (total, failed) = client.stop().await;
-    eprintln!("requests {total}, failed {failed}");
+    let first = client.stop_and_report().await;
+    let failed = first.failed;
+    eprintln!("requests {}, failed {failed}", first.total);
 
     assert_eq!(phases.last(), Some(&Phase::RolledBack), "phases {phases:?}");
     let audit = world.audit().await?;
@@ -164,6 +171,38 @@ async fn a_failing_target_at_the_50_percent_step_rolls_back() -> anyhow::Result<
     assert_eq!(
         after_failed, 0,
         "after the rollback nothing fails ({before} did before)"
+    );
+
+    // A second migration to the same region, the rolled-back shadows still kept there: it
+    // completes without a failed request, and every write acknowledged since the first
+    // migration began reads back through the new primary's front (a leftover shadow in that
+    // front would answer stale reads).
+    let client = Client::start(world.regions[SOURCE].front);
+    let again = world.migrate().await?;
+    let phases = world.follow(&again, async |_| Ok(())).await?;
+    let second = client.stop_and_report().await;
+    eprintln!(
+        "second migration: requests {}, failed {}",
+        second.total, second.failed
+    );
+    assert_eq!(phases.last(), Some(&Phase::Completed), "again: {phases:?}");
+    assert_eq!(
+        second.failed, 0,
+        "no request failed in the second migration"
+    );
+    let written: Vec<(String, String)> = first.written.into_iter().chain(second.written).collect();
+    let missing = missing_writes(world.regions[TARGET].front, &written).await;
+    eprintln!(
+        "{} acknowledged writes read back through the new primary's front, {} missing",
+        written.len() - missing.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes do not read back, first {:?}",
+        missing.len(),
+        written.len(),
+        missing.first()
     );
     Ok(())
 }

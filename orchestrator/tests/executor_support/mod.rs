@@ -570,11 +570,47 @@ pub fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// A constant-rate client against one front: GETs of a few keys at [`CLIENT_RPS`], every
-/// outcome counted (a 5xx or no answer within 5 s is a failure).
+/// Keys a client seeds and reads.
+const SEEDED_KEYS: u64 = 20;
+/// Every this-many requests one is a write of a fresh key.
+const WRITE_EVERY: u64 = 10;
+/// Clients made by this process, so each seeds and writes keys of its own.
+static CLIENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// What a client saw.
+#[derive(Debug, Clone, Default)]
+pub struct ClientReport {
+    /// Requests sent (seeding excluded).
+    pub total: u64,
+    /// Of which failed: any non-2xx answer, no answer within 5 s, a reset, or a read whose
+    /// value is not the one seeded.
+    pub failed: u64,
+    /// Writes acknowledged (2xx), the seeds first, as (key, value): each must read back
+    /// later.
+    pub written: Vec<(String, String)>,
+}
+
+/// An honest constant-rate client against one front, at [`CLIENT_RPS`]: it first seeds
+/// [`SEEDED_KEYS`] keys of its own (so a lost write or a stale replica shows as a wrong
+/// read), then reads them and writes a fresh key every [`WRITE_EVERY`] requests. Every
+/// request is counted, and it waits for the ones in flight before it reports.
 pub struct Client {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<(u64, u64)>,
+    task: tokio::task::JoinHandle<ClientReport>,
+}
+
+/// One request of a client, and whether it succeeded.
+async fn exchange(request: reqwest::RequestBuilder, want: Option<String>) -> bool {
+    let Ok(response) = request.send().await else {
+        return false;
+    };
+    if !response.status().is_success() {
+        return false;
+    }
+    match want {
+        None => true,
+        Some(value) => response.text().await.is_ok_and(|body| body == value),
+    }
 }
 
 impl Client {
@@ -583,59 +619,97 @@ impl Client {
         Self::sending(front, CLIENT_RPS * 600)
     }
 
-    /// Sends `count` requests, then ends by itself ([`Client::finish`] waits for that).
+    /// Seeds, then sends `count` requests and ends by itself ([`Client::finish`] waits).
     pub fn sending(front: SocketAddr, count: u64) -> Client {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        let me = CLIENTS.fetch_add(1, Ordering::Relaxed);
         let task = tokio::spawn(async move {
             let http = reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
                 .expect("an HTTP client");
-            let (mut total, mut failed) = (0, 0);
-            let mut tally = |outcome: Result<bool, tokio::task::JoinError>| {
-                total += 1;
-                if !matches!(outcome, Ok(true)) {
-                    failed += 1;
-                }
-            };
+            let url = |key: &str| format!("http://{front}/kv/{key}");
+            let seeded = |k: u64| (format!("c{me}-seed-{k}"), format!("s{me}-{k}"));
+            let mut report = ClientReport::default();
+            for k in 0..SEEDED_KEYS {
+                let (key, value) = seeded(k);
+                wait_for(&format!("seeding {key}"), CLUSTER_DEADLINE, || async {
+                    exchange(http.put(url(&key)).body(value.clone()), None)
+                        .await
+                        .then_some(())
+                })
+                .await
+                .expect("the front takes writes when the client starts");
+                report.written.push((key, value));
+            }
             let mut requests = tokio::task::JoinSet::new();
             let mut tick = tokio::time::interval(Duration::from_millis(1_000 / CLIENT_RPS));
+            let tally = |report: &mut ClientReport, outcome| match outcome {
+                Ok((true, Some(written))) => report.written.push(written),
+                Ok((true, None)) => {}
+                _ => report.failed += 1,
+            };
             for i in 0..count {
                 tick.tick().await;
                 if stopped.load(Ordering::Relaxed) {
                     break;
                 }
-                let request = http.get(format!("http://{front}/kv/key-{}", i % 50));
-                requests.spawn(async move {
-                    request
-                        .send()
-                        .await
-                        .is_ok_and(|r| !r.status().is_server_error())
-                });
+                report.total += 1;
+                if i % WRITE_EVERY == WRITE_EVERY - 1 {
+                    let (key, value) = (format!("c{me}-w{i}"), format!("v{i}"));
+                    let request = http.put(url(&key)).body(value.clone());
+                    requests
+                        .spawn(async move { (exchange(request, None).await, Some((key, value))) });
+                } else {
+                    let (key, value) = seeded(i % SEEDED_KEYS);
+                    let request = http.get(url(&key));
+                    requests.spawn(async move { (exchange(request, Some(value)).await, None) });
+                }
                 while let Some(outcome) = requests.try_join_next() {
-                    tally(outcome);
+                    tally(&mut report, outcome);
                 }
             }
             // Requests still in flight end within their 5 s timeout.
             while let Some(outcome) = requests.join_next().await {
-                tally(outcome);
+                tally(&mut report, outcome);
             }
-            (total, failed)
+            report
         });
         Client { stop, task }
     }
 
     /// Stops sending; once every request sent has its answer, (sent, failed).
     pub async fn stop(self) -> (u64, u64) {
+        let report = self.stop_and_report().await;
+        (report.total, report.failed)
+    }
+
+    /// Stops sending; once every request sent has its answer, everything it saw.
+    pub async fn stop_and_report(self) -> ClientReport {
         self.stop.store(true, Ordering::Relaxed);
-        self.finish().await
+        self.task.await.expect("the client task does not panic")
     }
 
     /// Waits until every request was sent and answered; (sent, failed).
     pub async fn finish(self) -> (u64, u64) {
-        self.task.await.expect("the client task does not panic")
+        let report = self.task.await.expect("the client task does not panic");
+        (report.total, report.failed)
     }
+}
+
+/// The acknowledged writes of `written` that do not read back with their value through
+/// `front`.
+pub async fn missing_writes(front: SocketAddr, written: &[(String, String)]) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let mut missing = Vec::new();
+    for (key, value) in written {
+        let request = http.get(format!("http://{front}/kv/{key}"));
+        if !exchange(request, Some(value.clone())).await {
+            missing.push(key.clone());
+        }
+    }
+    missing
 }
 
 /// The phase changes of migration `id` in the audit log, in order (not its creation, not
