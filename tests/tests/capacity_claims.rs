@@ -8,7 +8,9 @@
 //! much fits, and changes nothing; once the reservation is released, a request for 3 serving
 //! instances is served from the dormant ones (`umbra capacity request --wait --json` says which
 //! instance was serving, dormant or launched cold, and when each served). Times are printed,
-//! never bounded. Run `cargo build --workspace --bins` first.
+//! never bounded. A second test opts the service out of prediction (`pools = "reactive"`) and
+//! drives load through its front: the pool grows to what the load needs, and falls back once
+//! it stops. Run `cargo build --workspace --bins` first.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -181,5 +183,104 @@ async fn a_capacity_request_is_served_from_dormant_and_claims_past_the_region_li
     }
     let pool = cluster.pools().await.into_iter().next().expect("a pool");
     assert!(pool.actual.warm >= 3, "3 serving: {pool:?}");
+    Ok(())
+}
+
+/// Sends GETs of one seeded key to `front` at about `rps` until `stop` is set (at most
+/// `max_secs`); returns (sent, failed).
+async fn load(
+    front: std::net::SocketAddr,
+    rps: u64,
+    max_secs: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, u64) {
+    use std::sync::atomic::Ordering;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client");
+    let url = format!("http://{front}/kv/load-key");
+    let seeded = umbra_tests::wait_for("the seed write", DEADLINE, || async {
+        let put = http.put(&url).body("v").send().await.ok()?;
+        put.status().is_success().then_some(())
+    })
+    .await;
+    assert!(seeded.is_ok(), "{seeded:?}");
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rps));
+    let mut requests = tokio::task::JoinSet::new();
+    let (mut sent, mut failed) = (0u64, 0u64);
+    for _ in 0..rps * max_secs {
+        tick.tick().await;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        sent += 1;
+        let request = http.get(&url);
+        requests.spawn(async move { request.send().await.is_ok_and(|r| r.status().is_success()) });
+        while let Some(done) = requests.try_join_next() {
+            failed += u64::from(!matches!(done, Ok(true)));
+        }
+    }
+    while let Some(done) = requests.join_next().await {
+        failed += u64::from(!matches!(done, Ok(true)));
+    }
+    (sent, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reactive_pool_follows_the_load_its_front_measured() -> anyhow::Result<()> {
+    let bin_dir: PathBuf = umbra_tests::binary("umbra-orchestrator")?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut options = DemoOptions::new(bin_dir);
+    // Shrink after one quiet minute (a reactive pool's hysteresis counts minutes).
+    options.pool_shrink_after_slices = 1;
+    let cluster = IdleCluster::start(&options, &|line| eprintln!("{line}")).await?;
+    let region = cluster.regions()[0].clone();
+    let front = cluster.front(&region).expect("the home region's front");
+    // The demo's shop, opted out of prediction: 150 requests per second per instance.
+    let plan =
+        cluster
+            .demo_plan()
+            .replacen("replication = ", "pools = \"reactive\"\nreplication = ", 1);
+    assert!(plan.contains("pools = \"reactive\""), "{plan}");
+    cluster
+        .apply_plan_toml(&plan)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let pool = umbra_tests::wait_for("the home pool", DEADLINE, || async {
+        cluster.pools().await.into_iter().next()
+    })
+    .await?;
+    assert!(pool.forecast.starts_with("reactive"), "{}", pool.forecast);
+    assert_eq!(pool.target.warm, 1, "no load, the floor: {pool:?}");
+
+    // About 400 requests per second need 3 instances.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = tokio::spawn(load(front, 400, 150, stop.clone()));
+    let grown = umbra_tests::wait_for("the pool to follow the load", DEADLINE, || async {
+        let pool = cluster.pools().await.into_iter().next()?;
+        (pool.target.warm >= 3 && pool.actual.warm >= 3).then_some(pool)
+    })
+    .await?;
+    eprintln!(
+        "under load: target {:?}, holds {:?}",
+        grown.target, grown.actual
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failed) = traffic.await?;
+    eprintln!("load: {sent} sent, {failed} failed");
+
+    // Without load, back to the floor after the hysteresis.
+    let fell = umbra_tests::wait_for("the pool to shrink without load", DEADLINE, || async {
+        let pool = cluster.pools().await.into_iter().next()?;
+        (pool.target.warm == 1 && pool.actual.warm == 1).then_some(pool)
+    })
+    .await?;
+    eprintln!(
+        "after the load: target {:?}, holds {:?}",
+        fell.target, fell.actual
+    );
     Ok(())
 }

@@ -583,6 +583,11 @@ impl IdleCluster {
         ])
     }
 
+    /// The load-balancer front of `region`, where its clients send requests.
+    pub fn front(&self, region: &str) -> Option<SocketAddr> {
+        self.cluster.topology.front(region)
+    }
+
     /// The regions, the first one being the demo plan's primary.
     pub fn regions(&self) -> &[String] {
         &self.cluster.regions
