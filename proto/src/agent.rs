@@ -168,6 +168,23 @@ pub enum AgentAction {
         /// Share of new requests sent there, 0..=100.
         percent: u8,
     },
+    /// Set an instance's CPU and memory limits (a provider that enforces limits only: the
+    /// Docker provider; others refuse). Idempotent.
+    SetLimits {
+        /// The instance.
+        instance: String,
+        /// The limits.
+        limits: InstanceLimits,
+    },
+}
+
+/// CPU and memory limits of one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceLimits {
+    /// CPU, in thousandths of a core.
+    pub cpu_millis: u32,
+    /// Memory, MiB.
+    pub memory_mib: u32,
 }
 
 /// The outcome of a command.
@@ -261,6 +278,9 @@ pub struct InstanceReport {
     pub addr: Option<String>,
     /// Every transition so far, oldest first (bounded by the agent).
     pub transitions: Vec<TransitionTiming>,
+    /// The limits its provider enforces (`None`: the provider enforces none).
+    #[serde(default)]
+    pub limits: Option<InstanceLimits>,
 }
 
 /// One request shape of a warm-up mix.

@@ -96,6 +96,24 @@ async fn replicate_fence_promote_and_warm_through_commands() -> anyhow::Result<(
         },
     )
     .await;
+    // The process provider enforces no limits: a SetLimits is refused, saying what to use.
+    let limits = run(
+        "l",
+        AgentAction::SetLimits {
+            instance: t(),
+            limits: umbra_proto::agent::InstanceLimits {
+                cpu_millis: 500,
+                memory_mib: 128,
+            },
+        },
+    )
+    .await;
+    match &limits {
+        CommandOutcome::Refused(Refusal::BadRequest { reason }) => {
+            assert!(reason.contains("docker provider"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
     let out = run("a", AgentAction::Activate { instance: t() }).await;
     assert!(
         matches!(&out, CommandOutcome::Done(CommandResult::Instances(v)) if v[0].state == InstanceState::Active),

@@ -7,8 +7,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use umbra_agent::provider::docker::{DEFAULT_IMAGE, DockerConfig, DockerRuntime};
-use umbra_agent::provider::{InstanceState, Operation, Provider};
+use anyhow::Context;
+use umbra_agent::provider::docker::{
+    DEFAULT_IMAGE, DEFAULT_INITIAL_LIMITS, DockerConfig, DockerRuntime,
+};
+use umbra_agent::provider::{InstanceLimits, InstanceState, Operation, Provider};
 
 async fn engine_answers() -> bool {
     let Ok(docker) = bollard::Docker::connect_with_local_defaults() else {
@@ -59,6 +62,7 @@ async fn docker_lifecycle_with_timings_and_adoption() -> anyhow::Result<()> {
         image: DEFAULT_IMAGE.into(),
         owner: owner.clone(),
         backing_latency_ms: 30,
+        initial_limits: DEFAULT_INITIAL_LIMITS,
     };
     let provider =
         Provider::open(DockerRuntime::connect(config.clone()).await?, dir.path()).await?;
@@ -103,6 +107,42 @@ async fn docker_lifecycle_with_timings_and_adoption() -> anyhow::Result<()> {
             resumed.transitions.last().unwrap().millis
         );
         assert!(healthz(resumed.addr.as_deref().unwrap()).await);
+
+        // Limits: created small, then grown in place on the running container.
+        let docker = bollard::Docker::connect_with_local_defaults()?;
+        let limits_of = async |id: &str| -> anyhow::Result<(i64, i64)> {
+            let name = format!("umbra-{owner}-{id}");
+            let host = docker.inspect_container(&name, None).await?.host_config;
+            let host = host.context("no host config")?;
+            Ok((
+                host.nano_cpus.unwrap_or_default(),
+                host.memory.unwrap_or_default(),
+            ))
+        };
+        let mib = 1024 * 1024;
+        assert_eq!(
+            limits_of(&ids[1]).await?,
+            (
+                i64::from(DEFAULT_INITIAL_LIMITS.cpu_millis) * 1_000_000,
+                i64::from(DEFAULT_INITIAL_LIMITS.memory_mib) * mib
+            )
+        );
+        let grown = InstanceLimits {
+            cpu_millis: 750,
+            memory_mib: 192,
+        };
+        let started = std::time::Instant::now();
+        let report = again.set_limits(&ids[1], grown).await?;
+        println!(
+            "{}: limits {:?} → {grown:?} in {} ms",
+            ids[1],
+            DEFAULT_INITIAL_LIMITS,
+            started.elapsed().as_millis()
+        );
+        assert_eq!(report.limits, Some(grown));
+        assert_eq!(report.state, Active, "the limits change in place");
+        assert_eq!(limits_of(&ids[1]).await?, (750_000_000, 192 * mib));
+        assert!(healthz(report.addr.as_deref().unwrap()).await);
         for id in &ids {
             assert_eq!(again.apply(id, Operation::Stop).await?.state, Stopped);
         }

@@ -899,16 +899,33 @@ impl Controller {
                 leads,
             );
             let base = format!("{name}/pool/{region}/{prefix}");
-            due.extend(pools::pool_commands(
-                &PoolSpec {
-                    base: &base,
-                    region: &region,
-                    prefix: &prefix,
-                    target,
-                    stateful: spec.replication != crate::state::ReplicationKind::None,
-                },
-                report,
-            ));
+            let pool_spec = PoolSpec {
+                base: &base,
+                region: &region,
+                prefix: &prefix,
+                target,
+                stateful: spec.replication != crate::state::ReplicationKind::None,
+            };
+            due.extend(pools::pool_commands(&pool_spec, report));
+            if let Some(range) = &spec.instance_limits {
+                // The load each serving instance will carry: the forecast's for now and one
+                // activation lead ahead (limits grow before the load), or what the front
+                // measured for a reactive pool.
+                let rps = match spec.pools {
+                    PoolMode::Reactive => pools::measured_rps(report).unwrap_or(0.0),
+                    PoolMode::Predictive => [now.unix_ms, now.unix_ms + leads.activation_ms]
+                        .into_iter()
+                        .filter_map(|t| forecast.and_then(|f| f.at(t)))
+                        .map(|s| s.quantile)
+                        .fold(0.0, f64::max),
+                };
+                let limits = pools::limits_for(
+                    range,
+                    rps / f64::from(target.warm.max(1)),
+                    spec.capacity_rps_per_instance,
+                );
+                due.extend(pools::limit_commands(&pool_spec, report, limits));
+            }
             due.extend(recycle(
                 pool,
                 &base,
@@ -1487,6 +1504,7 @@ fn action_kind(action: &AgentAction) -> &'static str {
         Promote { .. } => "promote",
         StopReplication { .. } => "stop_replication",
         SetShare { .. } => "set_share",
+        SetLimits { .. } => "set_limits",
     }
 }
 

@@ -18,13 +18,13 @@
 use std::collections::BTreeMap;
 
 use umbra_forecast::sizing::PoolTarget;
-use umbra_proto::agent::{AgentAction, AgentReport, InstanceReport, InstanceState};
+use umbra_proto::agent::{AgentAction, AgentReport, InstanceLimits, InstanceReport, InstanceState};
 
 use super::reconcile::DueCommand;
 use crate::capacity::{ClaimFulfilment, ClaimMember, MemberWas};
 pub use crate::capacity::{PoolView, SliceTarget};
-use crate::state::CapacityClaim;
 use crate::state::claims::held_at;
+use crate::state::{CapacityClaim, LimitsSpec};
 
 /// Lead time assumed before the agent measured one: activating a dormant sample instance
 /// takes well under a second; 5 s leaves margin.
@@ -228,6 +228,52 @@ pub fn track_claims(
             member.serving_at_ms = Some(report.at_unix_ms);
         }
     }
+}
+
+/// The limits an instance gets for `rps` of load (per instance), between `spec`'s minimum at
+/// no load and maximum at `capacity_rps`; CPU rounded up to 50 thousandths of a core and
+/// memory to 16 MiB, so small changes of the forecast do not update containers.
+pub fn limits_for(spec: &LimitsSpec, rps: f64, capacity_rps: f64) -> InstanceLimits {
+    let load = if rps.is_finite() && capacity_rps > 0.0 {
+        (rps / capacity_rps).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let between = |min: u32, max: u32, step: u32| {
+        let raw = f64::from(min) + f64::from(max - min) * load;
+        ((raw / f64::from(step)).ceil() as u32 * step).clamp(min, max)
+    };
+    InstanceLimits {
+        cpu_millis: between(spec.min_cpu_millis, spec.max_cpu_millis, 50),
+        memory_mib: between(spec.min_memory_mib, spec.max_memory_mib, 16),
+    }
+}
+
+/// `SetLimits` for each of the pool's serving instances (1..=`warm`) whose provider enforces
+/// limits (its report shows some) and whose limits are not `limits` yet. The operation id
+/// names the limits, so each new size is a new operation.
+pub fn limit_commands(
+    pool: &PoolSpec<'_>,
+    report: Option<&AgentReport>,
+    limits: InstanceLimits,
+) -> Vec<DueCommand> {
+    members(pool.prefix, report)
+        .into_iter()
+        .filter(|(k, i)| *k <= pool.target.warm && i.limits.is_some_and(|l| l != limits))
+        .map(|(_, i)| DueCommand {
+            op_id: format!(
+                "{}/limits/{}/{}m-{}Mi",
+                pool.base, i.id, limits.cpu_millis, limits.memory_mib
+            ),
+            region: pool.region.to_owned(),
+            action: AgentAction::SetLimits {
+                instance: i.id.clone(),
+                limits,
+            },
+            after: None,
+            observable: true,
+        })
+        .collect()
 }
 
 /// The number of `id` within the pool `prefix` (`{prefix}-{k}` → k), if it belongs to it.

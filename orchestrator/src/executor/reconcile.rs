@@ -847,6 +847,7 @@ mod tests {
                     addr: (*state != InstanceState::Dormant)
                         .then(|| format!("127.0.0.1:{}", 9000 + i)),
                     transitions: Vec::new(),
+                    limits: None,
                 })
                 .collect(),
             warmups: Vec::new(),

@@ -28,7 +28,9 @@ use umbra_consensus::{RestoreError, StateMachine};
 use crate::migration::{MigrationRecord, MigrationSpec, Phase, PhaseDeadlines};
 pub use audit::AuditEvent;
 pub use claims::{CapacityClaim, ClaimKind, ClaimRequest};
-pub use plan::{Plan, PlanError, PoolMode, RegionSpec, ReplicationKind, ScheduleSpec, ServiceSpec};
+pub use plan::{
+    LimitsSpec, Plan, PlanError, PoolMode, RegionSpec, ReplicationKind, ScheduleSpec, ServiceSpec,
+};
 
 /// Largest audit log kept in the state (entries). Older entries are dropped from the
 /// replicated state only; each one is also a Raft log entry and a tracing event.

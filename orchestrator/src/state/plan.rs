@@ -128,6 +128,26 @@ pub struct ServiceSpec {
     /// front measures, after it arrives).
     #[serde(default)]
     pub pools: PoolMode,
+    /// Adaptive CPU and memory limits per instance, where the region's provider enforces
+    /// limits (Docker): each serving instance's limits follow the load the forecast predicts
+    /// for it, from `min` at no load to `max` at `capacity_rps_per_instance`, grown one
+    /// activation lead before the load. Unset: limits are left as the agent created them.
+    #[serde(default)]
+    pub instance_limits: Option<LimitsSpec>,
+}
+
+/// The range an instance's adaptive limits move in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// CPU at no load, thousandths of a core.
+    pub min_cpu_millis: u32,
+    /// CPU at full load.
+    pub max_cpu_millis: u32,
+    /// Memory at no load, MiB.
+    pub min_memory_mib: u32,
+    /// Memory at full load, MiB.
+    pub max_memory_mib: u32,
 }
 
 /// How a service's serving pool is sized.
@@ -394,6 +414,17 @@ impl ServiceSpec {
         }
         if self.analysis_window_secs == 0 {
             return Err(invalid(what(), "analysis_window_secs must be > 0"));
+        }
+        if let Some(l) = self.instance_limits
+            && (l.min_cpu_millis == 0
+                || l.min_cpu_millis > l.max_cpu_millis
+                || l.min_memory_mib < 16
+                || l.min_memory_mib > l.max_memory_mib)
+        {
+            return Err(invalid(
+                what(),
+                "instance_limits need 0 < min_cpu_millis ≤ max_cpu_millis and 16 ≤ min_memory_mib ≤ max_memory_mib",
+            ));
         }
         crate::migration::validate_steps(&self.steps_percent)
             .and_then(|()| self.slo.validate())

@@ -76,6 +76,10 @@ pub struct ProviderSection {
     /// The image (docker provider).
     #[serde(default)]
     pub image: Option<String>,
+    /// The limits a new container starts with (docker provider; the leader then sizes them
+    /// from the forecast when the service declares `instance_limits`).
+    #[serde(default)]
+    pub initial_limits: Option<umbra_proto::agent::InstanceLimits>,
 }
 
 fn default_kind() -> String {
@@ -92,6 +96,7 @@ impl Default for ProviderSection {
             backing_latency_ms: default_latency(),
             sample_binary: None,
             image: None,
+            initial_limits: None,
         }
     }
 }
@@ -223,6 +228,9 @@ pub async fn build_provider(
                     .unwrap_or_else(|| DEFAULT_IMAGE.into()),
                 owner: owner.to_owned(),
                 backing_latency_ms: section.backing_latency_ms,
+                initial_limits: section
+                    .initial_limits
+                    .unwrap_or(crate::provider::docker::DEFAULT_INITIAL_LIMITS),
             })
             .await?;
             AnyProvider::Docker(Provider::open(runtime, state_dir).await?)

@@ -53,7 +53,8 @@ fn provider_outcome(e: ProviderError) -> CommandOutcome {
         ProviderError::InvalidId(_)
         | ProviderError::NotFound(_)
         | ProviderError::AlreadyExists(_)
-        | ProviderError::BadState { .. } => refused(e.to_string()),
+        | ProviderError::BadState { .. }
+        | ProviderError::Unsupported { .. } => refused(e.to_string()),
         other => failed(other),
     }
 }
@@ -175,6 +176,12 @@ impl Executor {
             AgentAction::Provision { instances } => {
                 return match self.provider.provision(instances).await {
                     Ok(reports) => CommandOutcome::Done(CommandResult::Instances(reports)),
+                    Err(e) => provider_outcome(e),
+                };
+            }
+            AgentAction::SetLimits { instance, limits } => {
+                return match self.provider.set_limits(instance, *limits).await {
+                    Ok(report) => CommandOutcome::Done(CommandResult::Instances(vec![report])),
                     Err(e) => provider_outcome(e),
                 };
             }

@@ -115,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
                 backing_latency_ms,
                 sample_binary,
                 image: None,
+                initial_limits: None,
             };
             let provider = build_provider(kind, &state_dir, &owner, &section).await?;
             if !provision.is_empty() {

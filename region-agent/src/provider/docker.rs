@@ -13,13 +13,15 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig, PortBinding};
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, ContainerUpdateBody, HostConfig, PortBinding,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{InstanceRecord, Observed, ProviderError, Runtime};
+use super::{InstanceLimits, InstanceRecord, Observed, ProviderError, Runtime};
 
 /// The image the build script produces.
 pub const DEFAULT_IMAGE: &str = "umbra-sample:local";
@@ -41,6 +43,30 @@ pub struct DockerConfig {
     pub owner: String,
     /// Backing-store latency passed to the sample service.
     pub backing_latency_ms: u64,
+    /// The limits a new container starts with, until the leader sizes them from the
+    /// forecast (small: grown before load arrives).
+    #[serde(default = "default_limits")]
+    pub initial_limits: InstanceLimits,
+}
+
+/// A new container's limits by default: a quarter core and 128 MiB.
+pub const DEFAULT_INITIAL_LIMITS: InstanceLimits = InstanceLimits {
+    cpu_millis: 250,
+    memory_mib: 128,
+};
+
+fn default_limits() -> InstanceLimits {
+    DEFAULT_INITIAL_LIMITS
+}
+
+/// Docker's CPU unit: 10⁻⁹ of a core.
+fn nano_cpus(limits: InstanceLimits) -> i64 {
+    i64::from(limits.cpu_millis) * 1_000_000
+}
+
+/// Memory in bytes.
+fn memory_bytes(limits: InstanceLimits) -> i64 {
+    i64::from(limits.memory_mib) * 1024 * 1024
 }
 
 impl DockerConfig {
@@ -61,8 +87,21 @@ impl DockerConfig {
                 ),
             });
         }
-        Ok(())
+        check_limits(self.initial_limits)
     }
+}
+
+/// Docker refuses less than 6 MiB of memory; a limit must leave the service room to start.
+pub const MIN_MEMORY_MIB: u32 = 16;
+
+fn check_limits(limits: InstanceLimits) -> Result<(), ProviderError> {
+    if limits.cpu_millis == 0 || limits.memory_mib < MIN_MEMORY_MIB {
+        return Err(err(format!(
+            "limits {} mCPU, {} MiB: need at least 1 mCPU and {MIN_MEMORY_MIB} MiB",
+            limits.cpu_millis, limits.memory_mib
+        )));
+    }
+    Ok(())
 }
 
 /// Instances as Docker containers.
@@ -152,6 +191,31 @@ impl Runtime for DockerRuntime {
         "docker"
     }
 
+    fn initial_limits(&self) -> Option<InstanceLimits> {
+        Some(self.config.initial_limits)
+    }
+
+    /// Through the engine's update API, on the running or stopped container: the cgroup
+    /// limits change in place, the process keeps running. Swap is held at the memory limit
+    /// (no swap).
+    async fn set_limits(
+        &self,
+        rec: &InstanceRecord,
+        limits: InstanceLimits,
+    ) -> Result<(), ProviderError> {
+        check_limits(limits)?;
+        let body = ContainerUpdateBody {
+            nano_cpus: Some(nano_cpus(limits)),
+            memory: Some(memory_bytes(limits)),
+            memory_swap: Some(memory_bytes(limits)),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(self.container(rec)?, body)
+            .await
+            .map_err(|e| err(format!("updating the limits of {:?}: {e}", rec.id)))
+    }
+
     async fn create(&self, rec: &mut InstanceRecord) -> Result<(), ProviderError> {
         let port_key = format!("{CONTAINER_PORT}/tcp");
         let body = ContainerCreateBody {
@@ -178,6 +242,9 @@ impl Runtime for DockerRuntime {
                         host_port: Some(String::new()),
                     }]),
                 )])),
+                nano_cpus: Some(nano_cpus(self.config.initial_limits)),
+                memory: Some(memory_bytes(self.config.initial_limits)),
+                memory_swap: Some(memory_bytes(self.config.initial_limits)),
                 ..Default::default()
             }),
             ..Default::default()

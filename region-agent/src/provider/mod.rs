@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-pub use umbra_proto::agent::{InstanceReport, InstanceState, TransitionTiming};
+pub use umbra_proto::agent::{InstanceLimits, InstanceReport, InstanceState, TransitionTiming};
 
 /// How long a started or resumed instance may take to answer its health check: 20 s covers a
 /// container start on a loaded 2-core machine with margin; a real deployment sets its own.
@@ -105,6 +105,16 @@ pub enum ProviderError {
         runtime: &'static str,
         /// What failed.
         message: String,
+    },
+    /// The runtime cannot do this at all.
+    #[error("the {runtime} provider cannot {what}; {advice}")]
+    Unsupported {
+        /// Which runtime.
+        runtime: &'static str,
+        /// What was asked.
+        what: &'static str,
+        /// What to do instead.
+        advice: &'static str,
     },
     /// The state directory could not be used.
     #[error("provider state {path}: {message}")]
@@ -229,6 +239,9 @@ pub struct InstanceRecord {
     pub container_id: Option<String>,
     /// Measured transitions, oldest first.
     pub transitions: Vec<TransitionTiming>,
+    /// The CPU and memory limits the runtime enforces (`None`: it enforces none).
+    #[serde(default)]
+    pub limits: Option<InstanceLimits>,
 }
 
 impl InstanceRecord {
@@ -238,6 +251,7 @@ impl InstanceRecord {
             state: self.state,
             addr: self.addr.map(|a| a.to_string()),
             transitions: self.transitions.clone(),
+            limits: self.limits,
         }
     }
 }
@@ -280,6 +294,14 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         rec: &mut InstanceRecord,
     ) -> impl Future<Output = Result<Observed, ProviderError>> + Send;
+    /// The limits a new instance gets (`None`: this runtime enforces none).
+    fn initial_limits(&self) -> Option<InstanceLimits>;
+    /// Sets a created instance's CPU and memory limits, running or not.
+    fn set_limits(
+        &self,
+        rec: &InstanceRecord,
+        limits: InstanceLimits,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 }
 
 type Slot = Arc<tokio::sync::Mutex<InstanceRecord>>;
@@ -443,6 +465,7 @@ impl<R: Runtime> Provider<R> {
                 pid: None,
                 container_id: None,
                 transitions: Vec::new(),
+                limits: self.runtime.initial_limits(),
             };
             // Recorded before the runtime acts, so an agent killed half-way leaves a record that
             // the next agent reconciles (and adopts what was created) instead of an orphan.
@@ -509,6 +532,30 @@ impl<R: Runtime> Provider<R> {
         push_timing(&mut rec, from, started);
         self.persist(&rec)?;
         tracing::info!(id, ?from, to = ?rec.state, ms = started.elapsed().as_millis() as u64, "instance transition");
+        Ok(rec.report())
+    }
+
+    /// Sets an instance's CPU and memory limits (see [`Runtime::set_limits`]); the record
+    /// keeps them. Idempotent.
+    pub async fn set_limits(
+        &self,
+        id: &str,
+        limits: InstanceLimits,
+    ) -> Result<InstanceReport, ProviderError> {
+        let slot = self.slot(id)?;
+        let mut rec = slot.lock().await;
+        if rec.limits == Some(limits) {
+            return Ok(rec.report());
+        }
+        self.runtime.set_limits(&rec, limits).await?;
+        rec.limits = Some(limits);
+        self.persist(&rec)?;
+        tracing::info!(
+            id,
+            cpu_millis = limits.cpu_millis,
+            memory_mib = limits.memory_mib,
+            "instance limits set"
+        );
         Ok(rec.report())
     }
 
@@ -657,6 +704,14 @@ impl AnyProvider {
     /// See [`Provider::remove`].
     pub async fn remove(&self, id: &str) -> Result<(), ProviderError> {
         dispatch!(self, p => p.remove(id).await)
+    }
+    /// See [`Provider::set_limits`].
+    pub async fn set_limits(
+        &self,
+        id: &str,
+        limits: InstanceLimits,
+    ) -> Result<InstanceReport, ProviderError> {
+        dispatch!(self, p => p.set_limits(id, limits).await)
     }
     /// See [`Provider::list`].
     pub async fn list(&self) -> Vec<InstanceReport> {

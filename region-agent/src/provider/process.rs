@@ -26,7 +26,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 
-use super::{InstanceRecord, Observed, ProviderError, Runtime};
+use super::{InstanceLimits, InstanceRecord, Observed, ProviderError, Runtime};
 
 /// How long a stopped instance gets between SIGTERM and SIGKILL: the sample service drains in
 /// well under a second; 5 s is the common container-runtime default halved.
@@ -190,6 +190,18 @@ async fn wait_until(
 impl Runtime for ProcessRuntime {
     fn name(&self) -> &'static str {
         "process"
+    }
+
+    fn initial_limits(&self) -> Option<InstanceLimits> {
+        None
+    }
+
+    async fn set_limits(&self, _: &InstanceRecord, _: InstanceLimits) -> Result<(), ProviderError> {
+        Err(ProviderError::Unsupported {
+            runtime: "process",
+            what: "limit an instance's CPU or memory",
+            advice: "run the region's agent with the docker provider ([provider] kind = \"docker\") for adaptive limits",
+        })
     }
 
     async fn create(&self, rec: &mut InstanceRecord) -> Result<(), ProviderError> {

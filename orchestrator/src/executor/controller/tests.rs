@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use umbra_proto::agent::{
-    AgentAction, AgentReport, CommandOutcome, CommandResult, InstanceReport, InstanceState,
+    AgentAction, AgentReport, CommandOutcome, CommandResult, InstanceLimits, InstanceReport,
+    InstanceState,
 };
 
 use super::*;
@@ -70,6 +71,7 @@ fn instance(id: &str, state: InstanceState) -> InstanceReport {
         state,
         addr: (state != InstanceState::Stopped).then(|| "127.0.0.1:9".to_owned()),
         transitions: Vec::new(),
+        limits: None,
     }
 }
 
@@ -776,6 +778,56 @@ fn a_reactive_pool_follows_the_load_its_front_measured() {
     }
     // 50 rps: the floor; 250: 3; 900: capped at max_instances; back down after two slices.
     assert_eq!(targets, [1, 3, 4, 4, 1]);
+}
+
+#[test]
+fn limits_grow_one_activation_lead_before_the_forecast_load() {
+    let mut overview = stateless_home();
+    let shop = &mut overview.services.get_mut("shop").expect("shop").spec;
+    shop.capacity_rps_per_instance = 100.0;
+    shop.instance_limits = Some(crate::state::LimitsSpec {
+        min_cpu_millis: 250,
+        max_cpu_millis: 1_000,
+        min_memory_mib: 128,
+        max_memory_mib: 256,
+    });
+    let mut clock = Clock::new();
+    let mut c = Controller::new(config(), 3, clock.now());
+    let small = InstanceLimits {
+        cpu_millis: 250,
+        memory_mib: 128,
+    };
+    let mut held = small;
+    // 10 requests per second, then 90 in the fourth slice (30 s..40 s): one instance holds
+    // either (100 per instance), so only its limits follow the load.
+    let mut forecast = pool_forecast(&[(1, 0); 6]);
+    for (i, slice) in forecast.slices.iter_mut().enumerate() {
+        slice.quantile = if i == 3 { 90.0 } else { 10.0 };
+    }
+    let mut sent = Vec::new();
+    for at in (0..=45_000).step_by(5_000) {
+        let now = clock.advance(at - clock.ms);
+        let mut one = instance("shop-us-east-1", InstanceState::Active);
+        one.limits = Some(held);
+        c.handle_report("us-east", report("us-east", vec![one]), now.at);
+        c.handle_overview(overview.clone(), now);
+        if at == 0 {
+            c.poll_pool_job().expect("the pool asks for its forecast");
+            c.handle_pool_forecast("shop", "us-east", forecast.clone(), now);
+            c.handle_overview(overview.clone(), now);
+        }
+        let commands = drain_commands(&mut c);
+        for (_, action) in actions(&commands) {
+            if let AgentAction::SetLimits { limits, .. } = action {
+                sent.push((at, limits.cpu_millis));
+                held = limits;
+            }
+        }
+        done(&mut c, &commands, now);
+    }
+    // 10 rps: 325 → 350 mCPU at once; 90 rps from one activation lead (5 s) before the
+    // peak's slice; back down once the forecast load falls.
+    assert_eq!(sent, [(0, 350), (25_000, 950), (40_000, 350)]);
 }
 
 mod properties {

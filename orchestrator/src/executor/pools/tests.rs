@@ -74,6 +74,7 @@ fn report(instances: &[(&str, InstanceState)]) -> AgentReport {
                 addr: matches!(state, InstanceState::Active | InstanceState::Warm)
                     .then(|| format!("127.0.0.1:{}", 9000 + i)),
                 transitions: Vec::new(),
+                limits: None,
             })
             .collect(),
         warmups: Vec::new(),
@@ -281,4 +282,65 @@ fn lead_times_are_the_longest_measured_plus_a_margin() {
             provision_ms: 1_040
         }
     );
+}
+
+#[test]
+fn limits_follow_the_load_within_their_range_in_coarse_steps() {
+    let range = LimitsSpec {
+        min_cpu_millis: 250,
+        max_cpu_millis: 1_000,
+        min_memory_mib: 128,
+        max_memory_mib: 256,
+    };
+    let l = |cpu_millis, memory_mib| InstanceLimits {
+        cpu_millis,
+        memory_mib,
+    };
+    // (rps per instance, limits) for 100 rps per instance at full load.
+    for (rps, want) in [
+        (0.0, l(250, 128)),
+        (f64::NAN, l(250, 128)),
+        (10.0, l(350, 144)),
+        (50.0, l(650, 192)),
+        (100.0, l(1_000, 256)),
+        (400.0, l(1_000, 256)),
+    ] {
+        assert_eq!(limits_for(&range, rps, 100.0), want, "{rps} rps");
+    }
+}
+
+#[test]
+fn limits_are_set_on_serving_instances_whose_provider_enforces_them() {
+    let mut r = report(&[
+        ("shop-eu-west-1", InstanceState::Active),
+        ("shop-eu-west-2", InstanceState::Active),
+        ("shop-eu-west-3", InstanceState::Dormant),
+        ("shop-eu-west-4", InstanceState::Active),
+    ]);
+    let small = InstanceLimits {
+        cpu_millis: 250,
+        memory_mib: 128,
+    };
+    let big = InstanceLimits {
+        cpu_millis: 500,
+        memory_mib: 160,
+    };
+    // 1 has the limits already; 2 and 3 have smaller ones; 4 enforces none (a process).
+    r.instances[0].limits = Some(big);
+    r.instances[1].limits = Some(small);
+    r.instances[2].limits = Some(small);
+    let due = limit_commands(&spec(t(2, 1), false), Some(&r), big);
+    assert_eq!(
+        actions(&due),
+        [(
+            "limits/shop-eu-west-2/500m-160Mi".to_owned(),
+            AgentAction::SetLimits {
+                instance: "shop-eu-west-2".into(),
+                limits: big
+            }
+        )],
+        "the dormant one is sized when it is activated"
+    );
+    assert!(due.iter().all(|c| c.observable));
+    assert!(limit_commands(&spec(t(2, 1), false), None, big).is_empty());
 }
