@@ -230,8 +230,11 @@ pub const HISTOGRAM_MAX_OUT_OF_BOUNDS: f64 = 0.5;
 /// mostly exceed the range is held from the forecast instead (the paper's time-series
 /// fallback): loaded while the forecast mean within one launch delay needs it.
 pub struct HybridHistogram {
+    /// Demand units one instance serves per step.
     pub capacity: f64,
+    /// Step width, seconds (idle times are binned by minute).
     pub step_secs: u32,
+    /// Steps a cold launch takes: loading starts that much before the pre-warm window ends.
     pub lead_steps: usize,
     levels: Vec<LevelHistory>,
 }
@@ -335,6 +338,7 @@ impl LevelHistory {
 }
 
 impl HybridHistogram {
+    /// A policy that has seen no demand yet.
     pub fn new(capacity: f64, step_secs: u32, lead_steps: usize) -> Self {
         Self {
             capacity,

@@ -331,3 +331,41 @@ fn a_replay_holds_the_forecast_pool_through_the_controller() {
     );
     assert!(counts.commands > 0 && counts.rounds >= 10);
 }
+
+#[test]
+fn a_replay_is_the_same_every_time() {
+    use crate::executor::pools::{PoolForecast, SliceTarget};
+    use umbra_forecast::sizing::PoolTarget;
+    let setup = replay_setup();
+    let start = setup.start_ms;
+    // A forecast that grows the pool every half hour, and demand that follows it.
+    let mut forecaster = |job: &crate::executor::controller::PoolJob| {
+        let slice_ms = 1_800_000;
+        let first = job.from_ms - (job.from_ms - start) % slice_ms;
+        PoolForecast {
+            slice_ms,
+            slices: (0..=(job.ahead_ms / slice_ms + 1))
+                .map(|n| {
+                    let k = ((first + n * slice_ms - start) / slice_ms) as u32;
+                    SliceTarget {
+                        start_ms: first + n * slice_ms,
+                        mean: 10.0 * f64::from(k + 1),
+                        quantile: 10.0 * f64::from(k + 1),
+                        target: PoolTarget {
+                            warm: k + 1,
+                            dormant: 1,
+                        },
+                    }
+                })
+                .collect(),
+            reason: "ramp".into(),
+        }
+    };
+    let requests: Vec<u64> = (0..120).map(|s| 600 * (s / 30 + 1)).collect();
+    let origin = std::time::Instant::now();
+    let first = super::replay::replay(&setup, &requests, origin, &mut forecaster, &mut |_| {});
+    let second = super::replay::replay(&setup, &requests, origin, &mut forecaster, &mut |_| {});
+    assert_eq!(first, second);
+    let serving: Vec<u32> = first.0.iter().map(|s| s.census.serving).collect();
+    assert_eq!(serving.iter().max(), Some(&4), "{serving:?}");
+}
