@@ -241,7 +241,9 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let (umbra_quantile, setup) = core.setup(start_pool.warm);
     let needs_umbra =
         policies.contains(&"umbra") || (policies.contains(&"fixed") && args.fixed_pool.is_none());
-    let umbra = needs_umbra.then(|| core.run(&setup, &demand, &outlook));
+    let umbra = needs_umbra
+        .then(|| core.run(&setup, &demand, &outlook))
+        .transpose()?;
     let mut results = Vec::new();
     for p in &policies {
         let r = match *p {
@@ -443,7 +445,7 @@ impl CoreRun<'_> {
         setup: &ReplaySetup,
         demand: &[f64],
         outlook: &ForecastOutlook,
-    ) -> (SimResult, ReplayCounts) {
+    ) -> anyhow::Result<(SimResult, ReplayCounts)> {
         let requests: Vec<u64> = demand.iter().map(|d| d.max(0.0).round() as u64).collect();
         let bar = progress_bar(
             demand.len(),
@@ -461,7 +463,8 @@ impl CoreRun<'_> {
                     bar.set_position(step as u64)
                 }
             },
-        );
+        )
+        .context("the simulated service is not a valid plan")?;
         bar.finish_and_clear();
         let mut score = Scorer::new(self.config, "umbra".to_owned());
         for (step, &d) in steps.iter().zip(demand) {
@@ -477,7 +480,7 @@ impl CoreRun<'_> {
         for _ in 0..counts.target_changes {
             score.handle_resize();
         }
-        (score.finish(), counts)
+        Ok((score.finish(), counts))
     }
 
     /// A pool job answered as the product answers it ([`slice_target`] under the service's

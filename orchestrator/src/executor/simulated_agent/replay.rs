@@ -19,7 +19,7 @@ use umbra_proto::agent::InstanceState;
 use super::{AgentDelays, Census, SimulatedAgent};
 use crate::executor::controller::{Controller, ControllerConfig, Delivery, Event, Now, PoolJob};
 use crate::executor::pools::PoolForecast;
-use crate::state::{Overview, RegionSpec, ServiceSpec, ServiceState};
+use crate::state::{Command, OrchestratorState, Overview, Plan, RegionSpec, Rejected, ServiceSpec};
 
 /// How long after a round that sent commands the next report arrives: the agent's default
 /// heartbeat, one second.
@@ -71,20 +71,31 @@ pub struct ReplayCounts {
 
 /// Replays `requests` (requests per step) through the controller and a simulated agent.
 /// `forecaster` answers the controller's pool jobs; `origin` is the instant of `start_ms`;
-/// `on_step` sees each step as it is done (for progress).
+/// `on_step` sees each step as it is done (for progress). The region and service are applied
+/// as a plan to an empty replicated state first, so a setup the product would refuse is
+/// refused here, with the product's reason.
 pub fn replay(
     setup: &ReplaySetup,
     requests: &[u64],
     origin: Instant,
     forecaster: &mut dyn FnMut(&PoolJob) -> PoolForecast,
     on_step: &mut dyn FnMut(usize),
-) -> (Vec<ReplayStep>, ReplayCounts) {
+) -> Result<(Vec<ReplayStep>, ReplayCounts), Rejected> {
     assert!(setup.step_ms > 0, "a replay needs a positive step");
-    assert_eq!(
-        setup.service.primary_region, setup.region.name,
-        "the service must be served from the replayed region"
-    );
-    let mut run = Replay::new(setup, requests, origin);
+    let mut state = OrchestratorState::default();
+    let plan = Plan {
+        regions: vec![setup.region.clone()],
+        services: vec![setup.service.clone()],
+        schedules: Vec::new(),
+    };
+    state.apply_command(
+        1,
+        &Command::ApplyPlan {
+            plan,
+            at_ms: setup.start_ms,
+        },
+    )?;
+    let mut run = Replay::new(setup, requests, origin, state.overview());
     run.start(forecaster);
     let mut steps = Vec::with_capacity(requests.len());
     for step in 0..requests.len() {
@@ -112,7 +123,7 @@ pub fn replay(
         }
         on_step(step);
     }
-    (steps, run.counts)
+    Ok((steps, run.counts))
 }
 
 /// One replay in progress.
@@ -136,33 +147,21 @@ struct Replay<'a> {
 }
 
 impl<'a> Replay<'a> {
-    fn new(setup: &'a ReplaySetup, requests: &'a [u64], origin: Instant) -> Self {
-        let service = &setup.service;
-        let region = &setup.region.name;
+    fn new(
+        setup: &'a ReplaySetup,
+        requests: &'a [u64],
+        origin: Instant,
+        overview: Overview,
+    ) -> Self {
         let now = Now {
             at: origin,
             unix_ms: setup.start_ms,
         };
-        let mut agent = SimulatedAgent::new(region, setup.delays);
-        let prefix = format!("{}-{region}", service.name);
+        let mut agent = SimulatedAgent::new(&setup.region.name, setup.delays);
+        let prefix = format!("{}-{}", setup.service.name, setup.region.name);
         for k in 1..=setup.initial_serving {
             agent = agent.with_instance(&format!("{prefix}-{k}"), InstanceState::Active);
         }
-        let overview = Overview {
-            regions: BTreeMap::from([(region.clone(), setup.region.clone())]),
-            services: BTreeMap::from([(
-                service.name.clone(),
-                ServiceState {
-                    spec: service.clone(),
-                    primary_region: region.clone(),
-                    active_migration: None,
-                },
-            )]),
-            migrations: BTreeMap::new(),
-            schedules: BTreeMap::new(),
-            dns: BTreeMap::new(),
-            applied_index: 0,
-        };
         Self {
             setup,
             requests,

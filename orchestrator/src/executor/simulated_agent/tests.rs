@@ -306,7 +306,8 @@ fn a_replay_holds_the_forecast_pool_through_the_controller() {
         std::time::Instant::now(),
         &mut forecaster,
         &mut |_| {},
-    );
+    )
+    .expect("the example service in eu-west is a valid plan");
     assert!(asked >= 1 && counts.pool_forecasts == asked as u64);
     assert_eq!(
         steps[0].census.serving, 1,
@@ -363,8 +364,12 @@ fn a_replay_is_the_same_every_time() {
     };
     let requests: Vec<u64> = (0..120).map(|s| 600 * (s / 30 + 1)).collect();
     let origin = std::time::Instant::now();
-    let first = super::replay::replay(&setup, &requests, origin, &mut forecaster, &mut |_| {});
-    let second = super::replay::replay(&setup, &requests, origin, &mut forecaster, &mut |_| {});
+    let mut run = || {
+        super::replay::replay(&setup, &requests, origin, &mut forecaster, &mut |_| {})
+            .expect("the example service in eu-west is a valid plan")
+    };
+    let first = run();
+    let second = run();
     assert_eq!(first, second);
     let serving: Vec<u32> = first.0.iter().map(|s| s.census.serving).collect();
     assert_eq!(serving.iter().max(), Some(&4), "{serving:?}");
