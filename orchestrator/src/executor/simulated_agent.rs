@@ -401,14 +401,12 @@ impl SimulatedAgent {
                 self.queue(op_id, free_at, Effect::Remove(instance));
                 Ok(None)
             }
-            Start { instance } => self.lifecycle(op_id, instance, Lifecycle::Start, now_ms),
-            Activate { instance } => self.lifecycle(op_id, instance, Lifecycle::Activate, now_ms),
-            Deactivate { instance } => {
-                self.lifecycle(op_id, instance, Lifecycle::Deactivate, now_ms)
-            }
-            Pause { instance } => self.lifecycle(op_id, instance, Lifecycle::Pause, now_ms),
-            Resume { instance } => self.lifecycle(op_id, instance, Lifecycle::Resume, now_ms),
-            Stop { instance } => self.lifecycle(op_id, instance, Lifecycle::Stop, now_ms),
+            Start { ref instance }
+            | Activate { ref instance }
+            | Deactivate { ref instance }
+            | Pause { ref instance }
+            | Resume { ref instance }
+            | Stop { ref instance } => self.lifecycle(op_id, &action, instance, now_ms),
             Warm { instance, plan } => {
                 self.running(&instance)?;
                 Ok(Some(CommandOutcome::Done(CommandResult::Warmup(
@@ -526,22 +524,23 @@ impl SimulatedAgent {
     fn lifecycle(
         &mut self,
         op_id: &str,
-        instance: String,
-        op: Lifecycle,
+        action: &AgentAction,
+        instance: &str,
         now_ms: u64,
     ) -> Result<Option<CommandOutcome>, String> {
+        let instance = instance.to_owned();
         let (state, free_at) = self.projection(&instance, now_ms);
         let Some(state) = state else {
             return Err(format!("no instance {instance:?}"));
         };
         let paused_from = self.instances.get(&instance).and_then(|i| i.paused_from);
-        let Some((to, starts)) = op.plan(state) else {
+        let Some((to, starts)) = lifecycle_step(action, state) else {
             return Err(format!(
-                "instance {instance:?} is {state:?}: cannot {op:?} it"
+                "instance {instance:?} is {state:?}: cannot {action:?}"
             ));
         };
-        let to = match op {
-            Lifecycle::Resume => paused_from.unwrap_or(InstanceState::Warm),
+        let to = match action {
+            AgentAction::Resume { .. } => paused_from.unwrap_or(InstanceState::Warm),
             _ => to,
         };
         if to == state && free_at <= now_ms {
@@ -639,36 +638,24 @@ impl SimulatedAgent {
     }
 }
 
-/// The lifecycle operations of an existing instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lifecycle {
-    Start,
-    Activate,
-    Deactivate,
-    Pause,
-    Resume,
-    Stop,
-}
-
-impl Lifecycle {
-    /// The state `self` leaves an instance in `state` in, and whether it starts a process;
-    /// `None` when the operation does not apply (the agent refuses it). Mirrors the agent's
-    /// lifecycle table (`umbra_agent::provider::plan`).
-    fn plan(self, state: InstanceState) -> Option<(InstanceState, bool)> {
-        use InstanceState::*;
-        Some(match (self, state) {
-            (Lifecycle::Start, Dormant | Stopped) => (Warm, true),
-            (Lifecycle::Start, Warm | Active) => (state, false),
-            (Lifecycle::Activate, Dormant | Stopped) => (Active, true),
-            (Lifecycle::Activate, Warm | Active) => (Active, false),
-            (Lifecycle::Deactivate, Active | Warm) => (Warm, false),
-            (Lifecycle::Pause, Warm | Active | Paused) => (Paused, false),
-            (Lifecycle::Resume, Paused) => (Warm, false),
-            (Lifecycle::Resume, Warm | Active) => (state, false),
-            (Lifecycle::Stop, _) => (Stopped, false),
-            _ => return None,
-        })
-    }
+/// The state a lifecycle `action` leaves an instance in `state` in, and whether it starts a
+/// process; `None` when it does not apply (the agent refuses it) or is no lifecycle action.
+/// Mirrors the agent's lifecycle table (`umbra_agent::provider::plan`).
+fn lifecycle_step(action: &AgentAction, state: InstanceState) -> Option<(InstanceState, bool)> {
+    use AgentAction::*;
+    use InstanceState::*;
+    Some(match (action, state) {
+        (Start { .. }, Dormant | Stopped) => (Warm, true),
+        (Start { .. }, Warm | Active) => (state, false),
+        (Activate { .. }, Dormant | Stopped) => (Active, true),
+        (Activate { .. }, Warm | Active) => (Active, false),
+        (Deactivate { .. }, Active | Warm) => (Warm, false),
+        (Pause { .. }, Warm | Active | Paused) => (Paused, false),
+        (Resume { .. }, Paused) => (Warm, false),
+        (Resume { .. }, Warm | Active) => (state, false),
+        (Stop { .. }, _) => (Stopped, false),
+        _ => return None,
+    })
 }
 
 fn instance_report(id: &str, i: &Instance) -> InstanceReport {
