@@ -28,7 +28,7 @@ use umbra_orchestrator::executor::pools::PoolForecast;
 use umbra_orchestrator::executor::shadow_sizing::{sizing_policy, slice_target};
 use umbra_orchestrator::executor::simulated_agent::AgentDelays;
 use umbra_orchestrator::executor::simulated_agent::replay::{ReplayCounts, ReplaySetup, replay};
-use umbra_orchestrator::state::{Plan, ReplicationKind};
+use umbra_orchestrator::state::{Plan, PoolMode, ReplicationKind};
 
 use crate::forecast::{
     SourceArgs, load_series, monotonic_timer, print_history_report, progress_bar,
@@ -105,6 +105,10 @@ pub struct SimulateArgs {
     /// umbra: smallest shrink worth making, as a fraction of the pool (`pool_shrink_band`).
     #[arg(long, default_value_t = umbra_forecast::sizing::DEFAULT_HYSTERESIS.shrink_band)]
     pub pool_shrink_band: f64,
+    /// umbra: how the service's pool is sized, `predictive` (the default) or `reactive`
+    /// (the service's `pools`).
+    #[arg(long, default_value = "predictive", value_parser = ["predictive", "reactive"])]
+    pub umbra_pools: String,
     /// umbra: added to the measured lead times, ms (`pool_lead_margin_ms`).
     #[arg(long, default_value_t = umbra_orchestrator::executor::pools::DEFAULT_LEAD_MARGIN_MS)]
     pub pool_lead_margin_ms: u64,
@@ -392,8 +396,9 @@ impl CoreRun<'_> {
     /// The replay's setup and the quantile its tier holds. The service serves
     /// `capacity / step` requests per second per instance, between one instance and twice the
     /// trace's peak, on the probabilistic tier at the simulation's prices (per instance and
-    /// slice, as the product prices a pool), stateless; the executor's settings are the
-    /// product's defaults but for the hysteresis and lead margin flags. `initial_serving`
+    /// slice, as the product prices a pool), stateless, sized as `--umbra-pools` says; the
+    /// executor's settings are the product's defaults but for the hysteresis and lead margin
+    /// flags. `initial_serving`
     /// instances serve when the replay starts, like the other policies' first pool.
     fn setup(&self, initial_serving: u32) -> (Option<f64>, ReplaySetup) {
         let (args, config) = (self.args, self.config);
@@ -407,6 +412,10 @@ impl CoreRun<'_> {
         service.min_instances = 1;
         service.max_instances = 2 * instances_for(self.peak, config.capacity_per_step).max(1);
         service.replication = ReplicationKind::None;
+        service.pools = match args.umbra_pools.as_str() {
+            "reactive" => PoolMode::Reactive,
+            _ => PoolMode::Predictive,
+        };
         service.tier = Tier::Probabilistic {
             cost_miss: config.cost_miss_per_step() * slice_secs / step_secs,
             cost_idle: config.prices.warm_per_instance_hour * slice_secs / 3600.0,
