@@ -1,8 +1,11 @@
 //! `umbra simulate`: replay a demand trace against pool policies (reactive, fixed,
-//! keepalive, predictive-mean, umbra) with a launch delay, and print served share, idle
-//! instance-time and cost as a table or `--json`, with an optional SVG plot. The forecasts the
-//! policies see are made at each day's start from the history before it, as an orchestrator
-//! would have had them. Simulation and sizing are the library's; this file wires them up.
+//! keepalive, predictive-mean, hybrid-histogram, umbra) with a launch delay, and print served
+//! share, idle instance-time and cost as a table or `--json`, with an optional SVG plot. The
+//! forecasts the policies see are made at each day's start from the history before it, as an
+//! orchestrator would have had them. `umbra` is the product itself: the executor's controller
+//! driving a simulated agent (`umbra_orchestrator::executor::simulated_agent::replay`), sized
+//! by the product's own pool sizing; it is scored from the agent's instances. Simulation and
+//! sizing are the libraries'; this file wires them up.
 
 use std::path::PathBuf;
 
@@ -14,17 +17,31 @@ use umbra_forecast::calendar::EventCalendar;
 use umbra_forecast::history::{DEFAULT_MAX_GAP_SECS, DEFAULT_SLICE_SECS};
 use umbra_forecast::simulate::{
     DEFAULT_ACTIVATION_SECS, DEFAULT_LAUNCH_DELAY_SECS, DEFAULT_PRICES, DemandOutlook, Fixed,
-    ForecastOutlook, KeepAlive, PredictiveMean, PriceTable, Reactive, SimConfig, SimResult, Umbra,
-    fixed_pool_matching, resample_linear, simulate,
+    ForecastOutlook, HybridHistogram, KeepAlive, PoolSample, PredictiveMean, PriceTable, Reactive,
+    Scorer, SimConfig, SimResult, fixed_pool_matching, resample_linear, simulate,
 };
-use umbra_forecast::sizing::{Hysteresis, PoolTarget, instances_for};
+use umbra_forecast::sizing::{PoolTarget, Tier, instances_for};
 use umbra_forecast::{DEFAULT_CALIBRATION_ORIGINS, ForecastConfig, Forecaster};
+use umbra_orchestrator::executor::ExecutorConfig;
+use umbra_orchestrator::executor::controller::{ControllerConfig, PoolJob};
+use umbra_orchestrator::executor::pools::PoolForecast;
+use umbra_orchestrator::executor::shadow_sizing::{sizing_policy, slice_target};
+use umbra_orchestrator::executor::simulated_agent::AgentDelays;
+use umbra_orchestrator::executor::simulated_agent::replay::{ReplayCounts, ReplaySetup, replay};
+use umbra_orchestrator::state::{Plan, PoolMode, ReplicationKind};
 
 use crate::forecast::{
     SourceArgs, load_series, monotonic_timer, print_history_report, progress_bar,
 };
 
-const POLICIES: [&str; 5] = ["reactive", "fixed", "keepalive", "predictive-mean", "umbra"];
+const POLICIES: [&str; 6] = [
+    "reactive",
+    "fixed",
+    "keepalive",
+    "predictive-mean",
+    "hybrid-histogram",
+    "umbra",
+];
 
 /// Arguments of `umbra simulate`.
 #[derive(Debug, clap::Args)]
@@ -43,7 +60,8 @@ pub struct SimulateArgs {
     pub slice_secs: u32,
     #[arg(long, default_value_t = DEFAULT_MAX_GAP_SECS)]
     pub max_gap_secs: u32,
-    /// Policies to run: comma list of reactive, fixed, keepalive, predictive-mean, umbra, or all.
+    /// Policies to run: comma list of reactive, fixed, keepalive, predictive-mean,
+    /// hybrid-histogram, umbra, or all.
     #[arg(long, default_value = "all")]
     pub policy: String,
     /// Days replayed: the last N days of the trace (earlier data is forecast history).
@@ -80,6 +98,20 @@ pub struct SimulateArgs {
     /// Scale-down stabilisation of the reactive policy, minutes (Kubernetes HPA: 5).
     #[arg(long, default_value_t = 5)]
     pub stabilisation_mins: usize,
+    /// umbra: slices in a row a smaller pool must be asked for before it shrinks (the
+    /// executor's `pool_shrink_after_slices`).
+    #[arg(long, default_value_t = umbra_forecast::sizing::DEFAULT_HYSTERESIS.shrink_after_slices)]
+    pub pool_shrink_after_slices: u32,
+    /// umbra: smallest shrink worth making, as a fraction of the pool (`pool_shrink_band`).
+    #[arg(long, default_value_t = umbra_forecast::sizing::DEFAULT_HYSTERESIS.shrink_band)]
+    pub pool_shrink_band: f64,
+    /// umbra: how the service's pool is sized, `predictive` (the default) or `reactive`
+    /// (the service's `pools`).
+    #[arg(long, default_value = "predictive", value_parser = ["predictive", "reactive"])]
+    pub umbra_pools: String,
+    /// umbra: added to the measured lead times, ms (`pool_lead_margin_ms`).
+    #[arg(long, default_value_t = umbra_orchestrator::executor::pools::DEFAULT_LEAD_MARGIN_MS)]
+    pub pool_lead_margin_ms: u64,
     /// Scored past origins used to calibrate the forecasts before the replayed window.
     #[arg(long, default_value_t = DEFAULT_CALIBRATION_ORIGINS)]
     pub calibration_origins: usize,
@@ -99,6 +131,8 @@ struct SimulateOutput<'a> {
     config: &'a SimConfig,
     days: usize,
     umbra_quantile: Option<f64>,
+    /// What the product's controller did in the `umbra` run.
+    umbra_core: Option<ReplayCounts>,
     results: &'a [SimResult],
 }
 
@@ -202,20 +236,22 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         warm: instances_for(demand[0], config.capacity_per_step),
         dormant: 0,
     };
-    let hysteresis = Hysteresis {
-        // Decisions are per step here, so hold a smaller pool 5 minutes before shrinking (the
-        // HPA's stabilisation window). No band beyond one instance: on the Taylor trace a 5 %
-        // band kept one or two idle instances for hours and cost more than the resizes it saved.
-        shrink_after_slices: (300 / args.step_secs).max(1),
-        shrink_band: 0.0,
+    let core = CoreRun {
+        args: &args,
+        config: &config,
+        start_ms: series.slice_start(first).timestamp_millis().max(0) as u64,
+        peak: series.values.iter().copied().fold(0.0, f64::max) * args.scale,
     };
-    let mut umbra = Umbra::for_config(&config, hysteresis);
-    let umbra_quantile = umbra.sizing.tier.quantile();
-    let umbra_result = simulate(&config, &demand, &outlook, &mut umbra, start_pool);
+    let (umbra_quantile, setup) = core.setup(start_pool.warm);
+    let needs_umbra =
+        policies.contains(&"umbra") || (policies.contains(&"fixed") && args.fixed_pool.is_none());
+    let umbra = needs_umbra
+        .then(|| core.run(&setup, &demand, &outlook))
+        .transpose()?;
     let mut results = Vec::new();
     for p in &policies {
         let r = match *p {
-            "umbra" => umbra_result.clone(),
+            "umbra" => umbra.as_ref().expect("umbra ran").0.clone(),
             "reactive" => simulate(
                 &config,
                 &demand,
@@ -246,6 +282,13 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
                 },
                 start_pool,
             ),
+            "hybrid-histogram" => simulate(
+                &config,
+                &demand,
+                &outlook,
+                &mut HybridHistogram::new(config.capacity_per_step, args.step_secs, lead_steps),
+                start_pool,
+            ),
             "fixed" => match args.fixed_pool {
                 Some(pool) => simulate(
                     &config,
@@ -258,12 +301,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
                     },
                 ),
                 None => {
-                    let (_, mut r) = fixed_pool_matching(
-                        &config,
-                        &demand,
-                        &outlook,
-                        1.0 - umbra_result.served_share,
-                    );
+                    let umbra_missed = 1.0 - umbra.as_ref().expect("umbra ran").0.served_share;
+                    let (_, mut r) = fixed_pool_matching(&config, &demand, &outlook, umbra_missed);
                     r.policy = format!("{} =umbra miss", r.policy);
                     r
                 }
@@ -288,6 +327,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             config: &config,
             days: args.days,
             umbra_quantile,
+            umbra_core: umbra.as_ref().map(|(_, counts)| *counts),
             results: &results,
         };
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -302,6 +342,12 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         args.capacity,
         umbra_quantile.unwrap_or(0.0)
     );
+    if let Some((_, counts)) = &umbra {
+        println!(
+            "umbra: the product's controller ran {} rounds, sent {} agent commands, asked for {} pool forecasts",
+            counts.rounds, counts.commands, counts.pool_forecasts
+        );
+    }
     println!(
         "{:<26} {:>9} {:>12} {:>11} {:>11} {:>11} {:>11} {:>10} {:>8}",
         "policy",
@@ -329,6 +375,171 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The `umbra` policy: the product's controller driving a simulated agent, in one region
+/// whose only service matches the simulation.
+struct CoreRun<'a> {
+    args: &'a SimulateArgs,
+    config: &'a SimConfig,
+    /// Unix ms of the first replayed step (the trace's own time, which the forecasts share).
+    start_ms: u64,
+    /// The trace's peak, demand units per step.
+    peak: f64,
+}
+
+/// Name of the simulated service and region.
+const SERVICE: &str = "simulated";
+const REGION: &str = "simulated-region";
+
+impl CoreRun<'_> {
+    /// The replay's setup and the quantile its tier holds. The service serves
+    /// `capacity / step` requests per second per instance, between one instance and twice the
+    /// trace's peak, on the probabilistic tier at the simulation's prices (per instance and
+    /// slice, as the product prices a pool), stateless, sized as `--umbra-pools` says; the
+    /// executor's settings are the product's defaults but for the hysteresis and lead margin
+    /// flags. `initial_serving`
+    /// instances serve when the replay starts, like the other policies' first pool.
+    fn setup(&self, initial_serving: u32) -> (Option<f64>, ReplaySetup) {
+        let (args, config) = (self.args, self.config);
+        let step_secs = f64::from(config.step_secs);
+        let slice_secs = f64::from(args.slice_secs);
+        let plan = Plan::example();
+        let mut service = plan.services[0].clone();
+        service.name = SERVICE.to_owned();
+        service.primary_region = REGION.to_owned();
+        service.capacity_rps_per_instance = config.capacity_per_step / step_secs;
+        service.min_instances = 1;
+        service.max_instances = 2 * instances_for(self.peak, config.capacity_per_step).max(1);
+        service.replication = ReplicationKind::None;
+        service.pools = match args.umbra_pools.as_str() {
+            "reactive" => PoolMode::Reactive,
+            _ => PoolMode::Predictive,
+        };
+        service.tier = Tier::Probabilistic {
+            cost_miss: config.cost_miss_per_step() * slice_secs / step_secs,
+            cost_idle: config.prices.warm_per_instance_hour * slice_secs / 3600.0,
+        };
+        let mut region = plan.regions[0].clone();
+        region.name = REGION.to_owned();
+        region.warm_instance_hour = config.prices.warm_per_instance_hour;
+        region.dormant_instance_hour = config.prices.dormant_per_instance_hour;
+        let executor = ExecutorConfig {
+            schedules: false,
+            pool_shrink_after_slices: args.pool_shrink_after_slices,
+            pool_shrink_band: args.pool_shrink_band,
+            pool_lead_margin_ms: args.pool_lead_margin_ms,
+            ..ExecutorConfig::default()
+        };
+        let quantile = service.tier.quantile();
+        let setup = ReplaySetup {
+            service,
+            region,
+            controller: ControllerConfig::from(&executor),
+            delays: AgentDelays::from_launch(
+                u64::from(config.launch_delay_secs) * 1_000,
+                u64::from(config.activation_secs) * 1_000,
+            ),
+            start_ms: self.start_ms,
+            step_ms: u64::from(config.step_secs) * 1_000,
+            initial_serving,
+        };
+        (quantile, setup)
+    }
+
+    /// Replays `demand` through the controller, answering its pool forecasts from the
+    /// day-ahead forecasts the other policies see, and scores the agent's instances.
+    fn run(
+        &self,
+        setup: &ReplaySetup,
+        demand: &[f64],
+        outlook: &ForecastOutlook,
+    ) -> anyhow::Result<(SimResult, ReplayCounts)> {
+        let requests: Vec<u64> = demand.iter().map(|d| d.max(0.0).round() as u64).collect();
+        let bar = progress_bar(
+            demand.len(),
+            "umbra (the product's controller)",
+            self.args.json,
+        );
+        let mut forecaster = |job: &PoolJob| self.pool_forecast(outlook, job);
+        let (steps, counts) = replay(
+            setup,
+            &requests,
+            std::time::Instant::now(),
+            &mut forecaster,
+            &mut |step| {
+                if step % 1_440 == 0 {
+                    bar.set_position(step as u64)
+                }
+            },
+        )
+        .context("the simulated service is not a valid plan")?;
+        bar.finish_and_clear();
+        let mut score = Scorer::new(self.config, "umbra".to_owned());
+        for (step, &d) in steps.iter().zip(demand) {
+            score.handle_step(
+                d,
+                PoolSample {
+                    serving: step.census.serving,
+                    booting: step.census.running,
+                    dormant: step.census.parked,
+                },
+            );
+        }
+        for _ in 0..counts.target_changes {
+            score.handle_resize();
+        }
+        Ok((score.finish(), counts))
+    }
+
+    /// A pool job answered as the product answers it ([`slice_target`] under the service's
+    /// [`sizing_policy`]), from the day-ahead forecast made at the last origin before the job
+    /// (so never from a forecast made later), in requests per second.
+    fn pool_forecast(&self, outlook: &ForecastOutlook, job: &PoolJob) -> PoolForecast {
+        let day = (job.from_ms.saturating_sub(self.start_ms) / 86_400_000) as usize;
+        let forecast = &outlook.forecasts[day.min(outlook.forecasts.len() - 1)];
+        let slice_ms = u64::from(forecast.slice_secs) * 1_000;
+        let nothing = |reason: String| PoolForecast {
+            slice_ms,
+            slices: Vec::new(),
+            reason,
+        };
+        let at = |ms: u64| chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default();
+        let Some(first) = forecast.step_at(at(job.from_ms)) else {
+            return nothing(format!(
+                "the day's forecast does not cover {}",
+                at(job.from_ms)
+            ));
+        };
+        let last = forecast
+            .step_at(at(job.from_ms + job.ahead_ms))
+            .unwrap_or(forecast.horizon() - 1);
+        let policy = match sizing_policy(
+            &job.service,
+            &job.region,
+            forecast.slice_secs,
+            job.activation_secs,
+        ) {
+            Ok(policy) => policy,
+            Err(e) => return nothing(format!("sizing policy: {e}")),
+        };
+        // Forecasts are in trace units; the service counts requests per second.
+        let rps = self.args.scale / f64::from(self.config.step_secs);
+        PoolForecast {
+            slice_ms,
+            slices: (first..=last)
+                .map(|step| {
+                    slice_target(
+                        &policy,
+                        forecast.slice_start(step).timestamp_millis().max(0) as u64,
+                        forecast.mean(step) * rps,
+                        &|q| forecast.quantile(step, q) * rps,
+                    )
+                })
+                .collect(),
+            reason: forecast.model.name().to_string(),
+        }
+    }
 }
 
 fn draw(

@@ -190,6 +190,72 @@ fn simulate_rejects_unknown_policy_and_prints_a_table() {
 }
 
 #[test]
+fn simulate_runs_the_products_controller_beside_the_baselines() {
+    // Ten days of half-hourly demand with a daily peak: 20,000 at noon, 2,000 at night.
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("daily.csv");
+    let mut text = String::from("timestamp,requests\n");
+    for i in 0..10 * 48i64 {
+        let phase = (i % 48) as f64 / 48.0 * std::f64::consts::TAU;
+        let value = 11_000.0 - 9_000.0 * phase.cos();
+        text.push_str(&format!("{},{value}\n", 1_767_225_600 + i * 1800));
+    }
+    std::fs::write(&trace, text).unwrap();
+    let v = json_of(&[
+        "simulate",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--slice-secs",
+        "1800",
+        "--days",
+        "2",
+        "--calibration-origins",
+        "3",
+        "--json",
+    ]);
+    let results = v["results"].as_array().unwrap();
+    let policies: Vec<&str> = results
+        .iter()
+        .map(|r| r["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(policies.len(), 6, "{policies:?}");
+    for (got, want) in policies.iter().zip([
+        "reactive",
+        "fixed",
+        "keepalive",
+        "predictive-mean",
+        "hybrid-histogram",
+        "umbra",
+    ]) {
+        assert!(got.starts_with(want), "{got} for {want}");
+    }
+    for r in results {
+        for field in [
+            "missed",
+            "idle_instance_hours",
+            "cost_total",
+            "served_share",
+        ] {
+            assert!(r[field].as_f64().is_some(), "{} lacks {field}", r["policy"]);
+        }
+        assert_eq!(r["steps"], 2 * 1440);
+    }
+    // The umbra policy is the controller: it asked for pool forecasts and sent the simulated
+    // agent commands, round after round, and its instances cost something.
+    let core = &v["umbra_core"];
+    assert!(core["rounds"].as_u64().unwrap() >= 2 * 1440, "{core}");
+    assert!(core["pool_forecasts"].as_u64().unwrap() > 0, "{core}");
+    assert!(core["commands"].as_u64().unwrap() > 0, "{core}");
+    let umbra = &results[5];
+    assert!(umbra["warm_instance_hours"].as_f64().unwrap() > 0.0);
+    assert!(
+        v["umbra_quantile"]
+            .as_f64()
+            .is_some_and(|q| q > 0.5 && q < 1.0)
+    );
+}
+
+#[test]
 fn gaps_and_duplicates_are_repaired_and_reported() {
     // Three days at 5 minutes with a repeated row and two missing slices.
     let dir = tempfile::tempdir().unwrap();

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod pools;
 pub mod reconcile;
 pub mod shadow_sizing;
+pub mod simulated_agent;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

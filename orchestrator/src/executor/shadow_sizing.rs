@@ -1,9 +1,10 @@
 //! Sizing pools from demand: history for (service, region) from a [`DemandSource`], a
 //! forecast of the coming slices (`umbra_forecast`), and the service's tier turned into a
 //! warm and dormant target per slice (`umbra_forecast::sizing`) within the service's
-//! `max_instances` ([`forecast_pool`]); a migration's shadow pool is the target region's
-//! target for the cutover slice ([`size_shadow_pool`]). History values are requests per second per slice, the unit
-//! of `capacity_rps_per_instance`.
+//! `max_instances` ([`forecast_pool`], slice by slice with [`slice_target`], which
+//! `umbra simulate` uses too); a migration's shadow pool is the target region's target for
+//! the cutover slice ([`size_shadow_pool`]). History values are requests per second per
+//! slice, the unit of `capacity_rps_per_instance`.
 //!
 //! Sources: [`CsvDirectory`] (every `*.csv` in a directory, long form
 //! `timestamp,service,region,value`) and [`MemoryDemand`] (series handed over in process, e.g.
@@ -19,7 +20,9 @@ use super::pools::{PoolForecast, SliceTarget};
 use crate::state::{RegionSpec, ServiceSpec};
 use umbra_forecast::calendar::EventCalendar;
 use umbra_forecast::history::{DemandSeries, HistoryConfig, SeriesKey, build_series, csv_source};
-use umbra_forecast::sizing::{DEFAULT_LIMITS, InstanceProfile, PoolLimits, SizingPolicy, Tier};
+use umbra_forecast::sizing::{
+    DEFAULT_LIMITS, InstanceProfile, PoolLimits, SizingError, SizingPolicy, Tier,
+};
 use umbra_forecast::{ForecastConfig, Forecaster, SeriesState};
 
 /// Longest forecast horizon computed to reach a cutover slice: two days. A migration planned
@@ -230,7 +233,36 @@ pub fn forecast_pool(
         }
     };
     let forecast = set.chosen;
-    let slice_hours = history.slice_secs as f64 / 3600.0;
+    let policy = match sizing_policy(service, region, history.slice_secs, activation_secs) {
+        Ok(policy) => policy,
+        Err(e) => return nothing(format!("sizing policy: {e}"), history.slice_secs),
+    };
+    PoolForecast {
+        slice_ms: u64::from(history.slice_secs) * 1_000,
+        slices: (first..horizon)
+            .map(|step| {
+                slice_target(
+                    &policy,
+                    forecast.slice_start(step).timestamp_millis().max(0) as u64,
+                    forecast.mean(step),
+                    &forecast.quantile_fn(step),
+                )
+            })
+            .collect(),
+        reason: forecast.model.name().to_string(),
+    }
+}
+
+/// How the product sizes `service` in `region` per slice of `slice_secs`: the service's tier
+/// at its capacity per instance, the region's warm and dormant prices (for the warm/dormant
+/// split, weighed by `activation_secs`), at most `max_instances` in all.
+pub fn sizing_policy(
+    service: &ServiceSpec,
+    region: &RegionSpec,
+    slice_secs: u32,
+    activation_secs: f64,
+) -> Result<SizingPolicy, SizingError> {
+    let slice_hours = f64::from(slice_secs) / 3600.0;
     let cost_miss = match service.tier {
         Tier::Probabilistic { cost_miss, .. } => cost_miss,
         _ => region.warm_instance_hour * slice_hours,
@@ -249,23 +281,26 @@ pub fn forecast_pool(
             ..DEFAULT_LIMITS
         },
         cost_miss,
-        slice_secs: history.slice_secs as f64,
+        slice_secs: f64::from(slice_secs),
     };
-    if let Err(e) = policy.validate() {
-        return nothing(format!("sizing policy: {e}"), history.slice_secs);
-    }
-    let quantile = service.tier.quantile();
-    PoolForecast {
-        slice_ms: u64::from(history.slice_secs) * 1_000,
-        slices: (first..horizon)
-            .map(|step| SliceTarget {
-                start_ms: forecast.slice_start(step).timestamp_millis().max(0) as u64,
-                mean: forecast.mean(step),
-                quantile: quantile.map_or(0.0, |q| forecast.quantile(step, q)),
-                target: policy.size(&forecast.quantile_fn(step)),
-            })
-            .collect(),
-        reason: forecast.model.name().to_string(),
+    policy.validate()?;
+    Ok(policy)
+}
+
+/// One slice's pool target under `policy` (see [`sizing_policy`]), from the slice's forecast
+/// `mean` and quantile function of demand (requests per second): what every pool forecast of
+/// the product is made of, and what `umbra simulate` hands the controller.
+pub fn slice_target(
+    policy: &SizingPolicy,
+    start_ms: u64,
+    mean: f64,
+    quantile: &dyn Fn(f64) -> f64,
+) -> SliceTarget {
+    SliceTarget {
+        start_ms,
+        mean,
+        quantile: policy.tier.quantile().map_or(0.0, quantile),
+        target: policy.size(quantile),
     }
 }
 
