@@ -407,6 +407,8 @@ impl SimulatedAgent {
             | Pause { ref instance }
             | Resume { ref instance }
             | Stop { ref instance } => self.lifecycle(op_id, &action, instance, now_ms),
+            // Like the process provider: it enforces no limits, and says so.
+            SetLimits { .. } => Err("the simulated agent enforces no CPU or memory limits".into()),
             Warm { instance, plan } => {
                 self.running(&instance)?;
                 Ok(Some(CommandOutcome::Done(CommandResult::Warmup(
@@ -664,6 +666,7 @@ fn instance_report(id: &str, i: &Instance) -> InstanceReport {
         state: i.state,
         addr: i.addr.clone(),
         transitions: i.transitions.clone(),
+        limits: None,
     }
 }
 
