@@ -838,14 +838,13 @@ impl Controller {
                 .cloned()
                 .collect();
             claims.sort_by_key(|c| (c.created_ms, c.id.len(), c.id.clone()));
-            // A reactive pool serves the load its front measured, after it arrived.
-            let needed_now = match spec.pools {
-                PoolMode::Reactive => pools::instances_for(
-                    pools::measured_rps(report).unwrap_or(0.0),
-                    spec.capacity_rps_per_instance,
-                ),
-                PoolMode::Predictive => 0,
-            };
+            // The load its front measured: all a reactive pool goes by; for a predictive one,
+            // a surprise above the forecast, met by activating dormant instances first (the
+            // warm/dormant split counts on exactly that) and launching cold ones beyond them.
+            let needed_now = pools::instances_for(
+                pools::measured_rps(report).unwrap_or(0.0),
+                spec.capacity_rps_per_instance,
+            );
             let desired = pools::raise(
                 pools::desired(
                     forecast,
