@@ -25,7 +25,7 @@ use umbra_forecast::{DEFAULT_CALIBRATION_ORIGINS, ForecastConfig, Forecaster};
 use umbra_orchestrator::executor::ExecutorConfig;
 use umbra_orchestrator::executor::controller::{ControllerConfig, PoolJob};
 use umbra_orchestrator::executor::pools::PoolForecast;
-use umbra_orchestrator::executor::shadow_sizing::{sizing_policy, slice_target};
+use umbra_orchestrator::executor::shadow_sizing::{pool_slice_secs, pool_slices, sizing_policy};
 use umbra_orchestrator::executor::simulated_agent::AgentDelays;
 use umbra_orchestrator::executor::simulated_agent::replay::{ReplayCounts, ReplaySetup, replay};
 use umbra_orchestrator::state::{Plan, PoolMode, ReplicationKind};
@@ -514,29 +514,16 @@ impl CoreRun<'_> {
         let last = forecast
             .step_at(at(job.from_ms + job.ahead_ms))
             .unwrap_or(forecast.horizon() - 1);
-        let policy = match sizing_policy(
-            &job.service,
-            &job.region,
-            forecast.slice_secs,
-            job.activation_secs,
-        ) {
+        let sub_secs = pool_slice_secs(forecast.slice_secs);
+        let policy = match sizing_policy(&job.service, &job.region, sub_secs, job.activation_secs) {
             Ok(policy) => policy,
             Err(e) => return nothing(format!("sizing policy: {e}")),
         };
         // Forecasts are in trace units; the service counts requests per second.
         let rps = self.args.scale / f64::from(self.config.step_secs);
         PoolForecast {
-            slice_ms,
-            slices: (first..=last)
-                .map(|step| {
-                    slice_target(
-                        &policy,
-                        forecast.slice_start(step).timestamp_millis().max(0) as u64,
-                        forecast.mean(step) * rps,
-                        &|q| forecast.quantile(step, q) * rps,
-                    )
-                })
-                .collect(),
+            slice_ms: u64::from(sub_secs) * 1_000,
+            slices: pool_slices(&policy, forecast, first, last, rps),
             reason: forecast.model.name().to_string(),
         }
     }
