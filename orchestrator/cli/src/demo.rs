@@ -30,8 +30,9 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 400.0)]
     rate: f64,
     /// Writes per second offered beside the reads (PUTs of fresh keys, each read back where
-    /// the service ended up); 0 for reads only.
-    #[arg(long, default_value_t = 20.0)]
+    /// the service ended up; the default makes a ninth of the traffic writes); 0 for reads
+    /// only.
+    #[arg(long, default_value_t = 50.0)]
     write_rate: f64,
     /// Keep the traffic running until at least this many requests were sent.
     #[arg(long, default_value_t = 20_000)]

@@ -122,7 +122,7 @@ impl Default for DemoLoad {
     fn default() -> Self {
         Self {
             rate_per_sec: 300.0,
-            write_rate_per_sec: 20.0,
+            write_rate_per_sec: 50.0,
             capacity_rps_per_instance: 150.0,
             max_instances: 4,
             warmup_rate_per_sec: 400.0,
