@@ -115,8 +115,9 @@ pub struct ExecutorSection {
     /// they are stopped and removed, ms (0: at once).
     #[serde(default = "default_shadow_keep_ms")]
     pub shadow_keep_ms: u64,
-    /// Size each service's serving pool from the demand forecast, warm and dormant (false:
-    /// every pool holds the service's `min_instances`, warm).
+    /// Size each service's serving pool from the demand forecast, warm and dormant (false: no
+    /// forecast; every pool holds the service's `min_instances` warm, raised only by capacity
+    /// claims and the load its front measured).
     #[serde(default = "default_true")]
     pub pools: bool,
     /// Slices in a row a smaller pool target must be asked for before the pool shrinks.
