@@ -7,7 +7,8 @@
 //! lead time before it; a request past the region's limit is refused with a message saying how
 //! much fits, and changes nothing; once the reservation is released, a request for 3 serving
 //! instances is served from the dormant ones (`umbra capacity request --wait --json` says which
-//! instance was serving, dormant or launched cold, and when each served). Times are printed,
+//! instance was serving, dormant or launched cold, and when each served); `umbra predict`
+//! shows the leader's forecast for the pool. Times are printed,
 //! never bounded. A second test opts the service out of prediction (`pools = "reactive"`) and
 //! drives load through its front: the pool grows to what the load needs, and falls back once
 //! it stops. Run `cargo build --workspace --bins` first.
@@ -17,7 +18,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use umbra_demo::{DemoOptions, IdleCluster};
-use umbra_orchestrator::api::{CapacityReport, ClaimStatus};
+use umbra_orchestrator::api::{CapacityReport, ClaimStatus, ForecastReport};
 use umbra_orchestrator::capacity::MemberWas;
 use umbra_orchestrator::state::Applied;
 
@@ -129,6 +130,25 @@ async fn a_capacity_request_is_served_from_dormant_and_claims_past_the_region_li
         ids,
         [reservation.as_str()],
         "the refused claim changed nothing"
+    );
+
+    // The leader's forecast for the serving pool, slice by slice (`umbra predict`).
+    let predicted = umbra_tests::wait_for("the leader's pool forecast", DEADLINE, || async {
+        let output = umbra(&env, &["predict", service, "--json"]).ok()?;
+        let report: ForecastReport = json(&output).ok()?;
+        (!report.slices.is_empty()).then_some(report)
+    })
+    .await?;
+    assert_eq!(
+        (predicted.service.as_str(), predicted.region.as_str()),
+        (service, region.as_str())
+    );
+    eprintln!(
+        "forecast ({}): {} slices, first {} mean {:.1} rps",
+        predicted.model,
+        predicted.slices.len(),
+        predicted.slices[0].start,
+        predicted.slices[0].slice.mean
     );
 
     // One lead time before the window, the pool holds dormant instances for it.

@@ -779,11 +779,19 @@ async fn forecast(
         .into_iter()
         .find(|p| p.service == params.service && p.region == region)
     else {
+        let why = match leader.leader {
+            Some(id) if leader.this_node == Some(id) => {
+                "this node leads but its executor has not sized the pool yet; ask again in a moment"
+                    .to_owned()
+            }
+            Some(id) => format!("this node does not lead; ask node {id}'s API"),
+            None => "no node leads right now; ask again once one does".to_owned(),
+        };
         return Err(Refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "this node's executor holds no pool for {} in {region}: it does not lead (the leader is {:?}), or has not run a round yet; ask the leader's API",
-                params.service, leader.leader
+                "no forecast of {}'s pool in {region} here: {why}",
+                params.service
             ),
         ));
     };
