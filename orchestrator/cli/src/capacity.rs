@@ -40,6 +40,25 @@ struct Claimed {
     instances: u32,
 }
 
+impl Claimed {
+    /// The API body claiming this, for the window given.
+    fn body(
+        self,
+        start: Option<String>,
+        end: Option<String>,
+        hold_secs: Option<u64>,
+    ) -> CapacityBody {
+        CapacityBody {
+            service: self.service,
+            region: self.region,
+            instances: self.instances,
+            start,
+            end,
+            hold_secs,
+        }
+    }
+}
+
 #[derive(Debug, clap::Subcommand)]
 enum CapacityCommand {
     /// Hold serving instances of a service in its serving region from now: dormant
@@ -108,14 +127,7 @@ pub fn run(args: CapacityArgs) -> anyhow::Result<()> {
             wait_secs,
             api,
         } => api.run(async |client| {
-            let body = CapacityBody {
-                service: what.service,
-                region: what.region,
-                instances: what.instances,
-                start: None,
-                end: None,
-                hold_secs,
-            };
+            let body = what.body(None, None, hold_secs);
             // With --wait --json, the one JSON document is the fulfilled claim.
             let print = match (api.json, wait) {
                 (true, true) => Print::Nothing,
@@ -140,14 +152,7 @@ pub fn run(args: CapacityArgs) -> anyhow::Result<()> {
             end,
             api,
         } => api.run(async |client| {
-            let body = CapacityBody {
-                service: what.service,
-                region: what.region,
-                instances: what.instances,
-                start: Some(start),
-                end: Some(end),
-                hold_secs: None,
-            };
+            let body = what.body(Some(start), Some(end), None);
             let print = if api.json { Print::Json } else { Print::Text };
             claim(&client, &body, print).await.map(drop)
         }),

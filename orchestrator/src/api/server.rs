@@ -39,7 +39,7 @@ use super::{
 use crate::state::claims::{self, MAX_CLAIM_MS};
 use crate::state::{
     ClaimRequest, Command, MigrationRequest, Overview, Plan, Query, QueryAnswer, RejectKind,
-    Rejected,
+    Rejected, find_service,
 };
 use crate::store::{Clock, Replicated, StoreError, SystemClock};
 
@@ -746,21 +746,7 @@ async fn forecast(
     })?;
     let store = state.store.as_ref();
     let overview = overview(store).await?;
-    let Some(service) = overview.services.get(&params.service) else {
-        return Err(Refusal(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no service {:?}; declared services: {}",
-                params.service,
-                overview
-                    .services
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
-    };
+    let service = find_service(&overview.services, &params.service)?;
     let region = params
         .region
         .unwrap_or_else(|| service.primary_region.clone());

@@ -350,6 +350,8 @@ enum OnApplied {
     Promoted {
         id: String,
         promoted: bool,
+        /// The writer's move as measured when it was proposed (see `writer_window`).
+        window: Option<Duration>,
     },
     Dns {
         service: String,
@@ -602,8 +604,14 @@ impl Controller {
                 shadow_instances,
                 rollback_ms,
             } => self.transition_applied(&id, from, to, &reason, shadow_instances, rollback_ms),
-            OnApplied::Promoted { id, promoted } => {
-                self.writer_moved(&id, promoted);
+            OnApplied::Promoted {
+                id,
+                promoted,
+                window,
+            } => {
+                if let Some(window) = window {
+                    self.writer_moved(&id, promoted, window);
+                }
                 if let Some(record) = self.record_mut(&id) {
                     record.promoted = promoted;
                 }
@@ -721,11 +729,9 @@ impl Controller {
         Some(last.saturating_duration_since(first))
     }
 
-    /// Reports the writer's move of `id` (see [`Controller::writer_window`]).
-    fn writer_moved(&mut self, id: &str, to_target: bool) {
-        let Some(window) = self.writer_window(id, to_target) else {
-            return;
-        };
+    /// Reports the writer's move of `id`, measured by [`Controller::writer_window`] when it
+    /// was proposed (the same figure the audit log keeps).
+    fn writer_moved(&mut self, id: &str, to_target: bool, window: Duration) {
         let direction = if to_target { "to_target" } else { "to_source" };
         tracing::info!(
             migration = id,
@@ -1029,21 +1035,21 @@ impl Controller {
         }
         let decision = migration::decide(&record, &seen, self.now.unix_ms);
         if let Some(promoted) = decision.promoted {
+            let window = self.writer_window(id, promoted);
             self.propose(
                 ProposalKey::Migration(id.to_owned()),
                 "set_promoted",
                 Command::SetPromoted {
                     id: id.to_owned(),
                     promoted,
-                    fence_window_ms: self
-                        .writer_window(id, promoted)
-                        .map(|w| w.as_millis() as u64),
+                    fence_window_ms: window.map(|w| w.as_millis() as u64),
                     term: self.term,
                     at_ms: self.now.unix_ms,
                 },
                 OnApplied::Promoted {
                     id: id.to_owned(),
                     promoted,
+                    window,
                 },
             );
             return;

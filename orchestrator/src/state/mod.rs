@@ -921,7 +921,7 @@ impl OrchestratorState {
 }
 
 /// `name` among `services`, or a NotFound listing the declared ones.
-fn find_service<'a>(
+pub fn find_service<'a>(
     services: &'a BTreeMap<String, ServiceState>,
     name: &str,
 ) -> Result<&'a ServiceState, Rejected> {
