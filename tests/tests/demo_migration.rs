@@ -64,9 +64,10 @@ fn assert_steps_once(report: &DemoReport) {
     }
 }
 
-/// Every write sent was acknowledged (none failed) and reads back, with its value, where the
-/// service ended up: writes reaching the target before the writer moved were passed on to it,
-/// and writes in the fence → promote window were held, not refused.
+/// Every write sent was acknowledged, but any refused in the fence window (counted apart), and
+/// every acknowledged one reads back, with its value, where the service ended up: writes
+/// reaching the target before the writer moved were passed on to it, and writes in the
+/// fence → promote window were held.
 fn assert_writes_all_there(report: &DemoReport) {
     let w = &report.writes;
     println!("writes {w:?}");

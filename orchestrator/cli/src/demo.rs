@@ -122,7 +122,7 @@ fn print_report(r: &DemoReport) {
     }
     if let Some(ms) = r.fence_window_ms {
         println!(
-            "writer moved: fenced for {ms} ms (writes held, not refused); {} failed in those seconds",
+            "writer moved: fenced for {ms} ms (writes held meanwhile); {} failed in those seconds",
             r.failed_in_fence_window
         );
     }

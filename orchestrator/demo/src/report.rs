@@ -369,7 +369,8 @@ pub struct DemoReport {
     pub rollback_ms: Option<u64>,
     /// The single writer's move to the target: from the source's fence confirmed to the
     /// target's promotion confirmed, as the leader measured it (writes reaching the service
-    /// meanwhile are held, not refused). `null` when the writer never moved, or leaders
+    /// meanwhile are held, up to the sample's hold time; any refused are counted in
+    /// `failed_in_fence_window`). `null` when the writer never moved, or leaders
     /// changed during the move.
     pub fence_window_ms: Option<u64>,
     /// Failed requests in the traffic seconds that overlap the fence window (counted apart;

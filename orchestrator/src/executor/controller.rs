@@ -218,7 +218,7 @@ pub enum Event {
         rollback_ms: u64,
     },
     /// The single writer moved: from the first fence confirmed to the last promotion
-    /// confirmed, as this leader saw it (writes were held, not refused, in between).
+    /// confirmed, as this leader saw it (writes reaching the service were held in between).
     WriterMoved {
         /// `to_target` (cutover) or `to_source` (rollback).
         direction: &'static str,
