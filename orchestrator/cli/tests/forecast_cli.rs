@@ -255,6 +255,48 @@ fn simulate_runs_the_products_controller_beside_the_baselines() {
     );
 }
 
+/// The product's controller on the public Taylor series (28 days, a 2-minute launch delay,
+/// the defaults a user gets): fewer cold-start misses than every reactive baseline and the
+/// hybrid-histogram keep-alive, and no more idle instance-hours than hybrid-histogram.
+#[test]
+fn on_taylor_the_product_misses_least_and_idles_no_more_than_hybrid_histogram() {
+    let taylor = taylor();
+    let v = json_of(&[
+        "simulate",
+        "--trace",
+        &taylor,
+        "--slice-secs",
+        "1800",
+        "--policy",
+        "reactive,keepalive,hybrid-histogram,umbra",
+        "--json",
+    ]);
+    let results = v["results"].as_array().unwrap();
+    let of = |policy: &str, field: &str| {
+        results
+            .iter()
+            .find(|r| r["policy"].as_str().unwrap().starts_with(policy))
+            .and_then(|r| r[field].as_f64())
+            .unwrap_or_else(|| panic!("{policy} has no {field}: {v}"))
+    };
+    let missed = of("umbra", "missed");
+    for baseline in ["reactive", "keepalive", "hybrid-histogram"] {
+        assert!(
+            missed < of(baseline, "missed"),
+            "umbra missed {missed}, {baseline} {}",
+            of(baseline, "missed")
+        );
+    }
+    let (idle, hybrid_idle) = (
+        of("umbra", "idle_instance_hours"),
+        of("hybrid-histogram", "idle_instance_hours"),
+    );
+    assert!(
+        idle <= hybrid_idle,
+        "umbra idles {idle} instance-hours, hybrid-histogram {hybrid_idle}"
+    );
+}
+
 #[test]
 fn gaps_and_duplicates_are_repaired_and_reported() {
     // Three days at 5 minutes with a repeated row and two missing slices.

@@ -245,11 +245,16 @@ pub struct Hysteresis {
     pub shrink_band: f64,
 }
 
-/// Default hysteresis: three slices (15 minutes at the default width, like the Kubernetes
-/// HPA's 5-minute scale-down stabilisation times three) and a 10 % band.
+/// Default hysteresis: a smaller size must be asked for two slices in a row (10 minutes at the
+/// controller's 5-minute pool slices, twice the Kubernetes HPA's scale-down stabilisation:
+/// targets come from a forecast, already smooth, so a longer wait only holds idle instances)
+/// and be at least 3 % smaller (one instance for pools below 34). Chosen on the public Taylor
+/// trace (`umbra simulate --trace taylor_halfhourly.csv --slice-secs 1800`): against the
+/// earlier three slices and 10 %, idle instance-hours fall from 1,334 to 926 (below the
+/// hybrid-histogram policy's 1,015) for 5,378 missed demand units instead of 4,848.
 pub const DEFAULT_HYSTERESIS: Hysteresis = Hysteresis {
-    shrink_after_slices: 3,
-    shrink_band: 0.10,
+    shrink_after_slices: 2,
+    shrink_band: 0.03,
 };
 
 /// The pool size in force, and how long a smaller one has been asked for.

@@ -310,10 +310,20 @@ fn hysteresis_table() {
             assert_eq!(state.handle_target(desired, &h), held, "{name}: slice {i}");
         }
     }
-    // The default waits three slices before shrinking by more than its 10 % band.
+    // The default waits two slices before shrinking by more than its 3 % band, and a pool
+    // below 34 shrinks by a single instance.
     let mut state = PoolState::new(pool(20, 0));
-    let held: Vec<PoolTarget> = (0..3)
-        .map(|_| state.handle_target(pool(10, 0), &DEFAULT_HYSTERESIS))
+    let held: Vec<PoolTarget> = (0..2)
+        .map(|_| state.handle_target(pool(19, 0), &DEFAULT_HYSTERESIS))
         .collect();
-    assert_eq!(held, vec![pool(20, 0), pool(20, 0), pool(10, 0)]);
+    assert_eq!(held, vec![pool(20, 0), pool(19, 0)]);
+    let mut state = PoolState::new(pool(100, 0));
+    let held: Vec<PoolTarget> = (0..2)
+        .map(|_| state.handle_target(pool(98, 0), &DEFAULT_HYSTERESIS))
+        .collect();
+    assert_eq!(
+        held,
+        vec![pool(100, 0), pool(100, 0)],
+        "2 % is inside the band"
+    );
 }

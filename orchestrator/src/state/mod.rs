@@ -396,6 +396,23 @@ impl OrchestratorState {
         let outcome = next.execute(command, index);
         if outcome.is_ok() {
             next.applied_index = index;
+            // Logged here, not where recorded: `check` executes on a copy, which is no news.
+            let fresh = next
+                .audit
+                .iter()
+                .rev()
+                .take_while(|e| e.index == index)
+                .count();
+            for entry in &next.audit[next.audit.len() - fresh..] {
+                tracing::info!(
+                    subject = %entry.subject,
+                    index = entry.index,
+                    term = entry.term,
+                    "{}: {}",
+                    entry.event,
+                    entry.reason
+                );
+            }
             *self = next;
         } else {
             self.applied_index = index;
@@ -415,14 +432,6 @@ impl OrchestratorState {
     }
 
     fn record(&mut self, entry: AuditEntry) {
-        tracing::info!(
-            subject = %entry.subject,
-            index = entry.index,
-            term = entry.term,
-            "{}: {}",
-            entry.event,
-            entry.reason
-        );
         self.audit.push(entry);
         if self.audit.len() > MAX_AUDIT_ENTRIES {
             let excess = self.audit.len() - MAX_AUDIT_ENTRIES;

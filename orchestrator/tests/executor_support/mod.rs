@@ -588,6 +588,8 @@ pub struct ClientReport {
     /// Writes acknowledged (2xx), the seeds first, as (key, value): each must read back
     /// later.
     pub written: Vec<(String, String)>,
+    /// The first failures, each with its time (RFC 3339) and what went wrong.
+    pub failures: Vec<String>,
 }
 
 /// An honest constant-rate client against one front, at [`CLIENT_RPS`]: it first seeds
@@ -599,19 +601,28 @@ pub struct Client {
     task: tokio::task::JoinHandle<ClientReport>,
 }
 
-/// One request of a client, and whether it succeeded.
-async fn exchange(request: reqwest::RequestBuilder, want: Option<String>) -> bool {
-    let Ok(response) = request.send().await else {
-        return false;
-    };
-    if !response.status().is_success() {
-        return false;
+/// One request of a client: `Ok` when it succeeded, else what went wrong.
+async fn exchange(request: reqwest::RequestBuilder, want: Option<String>) -> Result<(), String> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("no answer: {e}"))?;
+    let status = response.status();
+    let body = response
+        .text()
+        .await
+        .map_err(|e| format!("{status}, body cut: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("{status}: {body}"));
     }
     match want {
-        None => true,
-        Some(value) => response.text().await.is_ok_and(|body| body == value),
+        Some(value) if body != value => Err(format!("read {body:?}, expected {value:?}")),
+        _ => Ok(()),
     }
 }
+
+/// Failures a client describes in its report (the count covers them all).
+const DESCRIBED_FAILURES: usize = 10;
 
 impl Client {
     /// Sends until [`Client::stop`] (at most ten minutes of requests).
@@ -637,7 +648,7 @@ impl Client {
                 wait_for(&format!("seeding {key}"), CLUSTER_DEADLINE, || async {
                     exchange(http.put(url(&key)).body(value.clone()), None)
                         .await
-                        .then_some(())
+                        .ok()
                 })
                 .await
                 .expect("the front takes writes when the client starts");
@@ -646,9 +657,18 @@ impl Client {
             let mut requests = tokio::task::JoinSet::new();
             let mut tick = tokio::time::interval(Duration::from_millis(1_000 / CLIENT_RPS));
             let tally = |report: &mut ClientReport, outcome| match outcome {
-                Ok((true, Some(written))) => report.written.push(written),
-                Ok((true, None)) => {}
-                _ => report.failed += 1,
+                Ok((Ok(()), Some(written))) => report.written.push(written),
+                Ok((Ok(()), None)) => {}
+                Ok((Err(why), _)) => {
+                    report.failed += 1;
+                    if report.failures.len() < DESCRIBED_FAILURES {
+                        report.failures.push(why);
+                    }
+                }
+                Err(join) => {
+                    report.failed += 1;
+                    report.failures.push(format!("request task: {join}"));
+                }
             };
             for i in 0..count {
                 tick.tick().await;
@@ -659,12 +679,15 @@ impl Client {
                 if i % WRITE_EVERY == WRITE_EVERY - 1 {
                     let (key, value) = (format!("c{me}-w{i}"), format!("v{i}"));
                     let request = http.put(url(&key)).body(value.clone());
-                    requests
-                        .spawn(async move { (exchange(request, None).await, Some((key, value))) });
+                    requests.spawn(async move {
+                        (stamped(exchange(request, None).await), Some((key, value)))
+                    });
                 } else {
                     let (key, value) = seeded(i % SEEDED_KEYS);
                     let request = http.get(url(&key));
-                    requests.spawn(async move { (exchange(request, Some(value)).await, None) });
+                    requests.spawn(
+                        async move { (stamped(exchange(request, Some(value)).await), None) },
+                    );
                 }
                 while let Some(outcome) = requests.try_join_next() {
                     tally(&mut report, outcome);
@@ -688,14 +711,27 @@ impl Client {
     /// Stops sending; once every request sent has its answer, everything it saw.
     pub async fn stop_and_report(self) -> ClientReport {
         self.stop.store(true, Ordering::Relaxed);
-        self.task.await.expect("the client task does not panic")
+        described(self.task.await.expect("the client task does not panic"))
     }
 
     /// Waits until every request was sent and answered; (sent, failed).
     pub async fn finish(self) -> (u64, u64) {
-        let report = self.task.await.expect("the client task does not panic");
+        let report = described(self.task.await.expect("the client task does not panic"));
         (report.total, report.failed)
     }
+}
+
+/// A failure with the time it was seen, so it can be matched with the nodes' logs.
+fn stamped(outcome: Result<(), String>) -> Result<(), String> {
+    outcome.map_err(|why| format!("{}: {why}", chrono::Utc::now().to_rfc3339()))
+}
+
+/// `report`, after printing its failures (the test's output shows them when it fails).
+fn described(report: ClientReport) -> ClientReport {
+    for why in &report.failures {
+        eprintln!("client request failed at {why}");
+    }
+    report
 }
 
 /// The acknowledged writes of `written` that do not read back with their value through
@@ -705,15 +741,13 @@ pub async fn missing_writes(front: SocketAddr, written: &[(String, String)]) -> 
     let mut missing = Vec::new();
     for (key, value) in written {
         let request = http.get(format!("http://{front}/kv/{key}"));
-        if !exchange(request, Some(value.clone())).await {
+        if exchange(request, Some(value.clone())).await.is_err() {
             missing.push(key.clone());
         }
     }
     missing
 }
 
-/// The phase changes of migration `id` in the audit log, in order (not its creation, not
-/// the single-writer moves).
 /// The audit's transitions of a migration of the example service (three cutover steps) that
 /// nothing went wrong for: each phase of the happy path to the next, once.
 pub fn happy_transitions() -> Vec<String> {
@@ -723,6 +757,8 @@ pub fn happy_transitions() -> Vec<String> {
         .collect()
 }
 
+/// The phase changes of migration `id` in the audit log, in order (not its creation, not
+/// the single-writer moves).
 pub fn transitions(audit: &[AuditEntry], id: &str) -> Vec<String> {
     audit
         .iter()
