@@ -117,6 +117,24 @@ fn print_report(report: &StatusReport) {
             rfc3339(migration.cutover_at_ms),
             rfc3339(migration.phase_since_ms)
         );
+        let ttl = &migration.dns_ttl;
+        if ttl.low_ttl_secs < ttl.old_ttl_secs {
+            let lowered = match ttl.lowered_at_ms {
+                Some(at) => format!("lowered at {}", rfc3339(at)),
+                None => format!("to be lowered at {}", rfc3339(ttl.lower_at_ms)),
+            };
+            println!(
+                "    dns ttl {} s → {} s, {lowered}; every cache holds it from {}{}",
+                ttl.old_ttl_secs,
+                ttl.low_ttl_secs,
+                rfc3339(ttl.low_ttl_everywhere_at_ms),
+                if ttl.late {
+                    " (LATE: after the cutover starts; earlier steps take up to the old TTL to reach every client)"
+                } else {
+                    ""
+                }
+            );
+        }
         if let Some(readiness) = &migration.readiness {
             for gate in &readiness.gates {
                 let mark = if gate.holds { "ok" } else { ".." };

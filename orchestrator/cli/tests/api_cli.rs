@@ -142,6 +142,14 @@ async fn apply_migrate_status_rollback_as_an_operator_sees_them() {
         "{}",
         run.stdout
     );
+    // The TTL plan: 300 s answers go down to 5 s one TTL plus the 60 s margin ahead.
+    assert!(
+        run.stdout.contains(
+            "dns ttl 300 s → 5 s, to be lowered at 2099-12-31T23:54:00Z; every cache holds it from 2099-12-31T23:59:00Z\n"
+        ),
+        "{}",
+        run.stdout
+    );
 
     let run = h
         .umbra(&["rollback", &id, "--reason", "change freeze"])
@@ -182,6 +190,24 @@ async fn apply_migrate_status_rollback_as_an_operator_sees_them() {
     assert!(run.success, "{}", run.stderr);
     assert!(
         run.stdout.contains("rolling_back → rolled_back"),
+        "{}",
+        run.stdout
+    );
+
+    // Asked for two minutes ahead, a migration cannot lower a 300 s TTL in time: it is
+    // accepted, its audit entry and `umbra status` say so.
+    let soon = chrono::Utc::now() + chrono::TimeDelta::seconds(120);
+    let soon = soon.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let run = h
+        .umbra(&["migrate", "shop", "--to", "eu-west", "--at", &soon])
+        .await;
+    assert!(run.success, "{}", run.stderr);
+    let run = h.umbra(&["status"]).await;
+    assert!(run.success, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("dns ttl 300 s → 5 s")
+            && run.stdout.contains("(LATE: after the cutover starts")
+            && run.stdout.contains("the DNS TTL is lowered late"),
         "{}",
         run.stdout
     );

@@ -82,10 +82,13 @@ pub struct DemoTiming {
     pub lead_time_secs: u64,
     /// Each cutover step holds this long while the SLO is judged.
     pub analysis_window_secs: u64,
-    /// DNS TTL outside migrations; the source drains for this plus a margin.
+    /// DNS TTL outside migrations.
     pub dns_ttl_secs: u32,
-    /// DNS TTL during the cutover.
+    /// DNS TTL during the cutover (lowered one old TTL plus the margin ahead); the source
+    /// drains for this plus the margin once it reached every cache.
     pub cutover_ttl_secs: u32,
+    /// Slack after each TTL wait.
+    pub dns_margin_secs: u32,
 }
 
 impl Default for DemoTiming {
@@ -95,6 +98,7 @@ impl Default for DemoTiming {
             analysis_window_secs: 5,
             dns_ttl_secs: 4,
             cutover_ttl_secs: 1,
+            dns_margin_secs: 1,
         }
     }
 }
@@ -157,6 +161,7 @@ max_instances = {max}
 tier = {{ probabilistic = {{ cost_miss = 4.0, cost_idle = 1.0 }} }}
 dns_ttl_secs = {ttl}
 cutover_ttl_secs = {cutover_ttl}
+dns_margin_secs = {margin}
 steps_percent = [10, 50, 100]
 analysis_window_secs = {window}
 lead_time_secs = {lead}
@@ -173,6 +178,7 @@ gate = {{ reference_p99_ms = {reference:?}, p99_tolerance_pct = 100.0, max_error
         max = load.max_instances,
         ttl = timing.dns_ttl_secs,
         cutover_ttl = timing.cutover_ttl_secs,
+        margin = timing.dns_margin_secs,
         window = timing.analysis_window_secs,
         lead = timing.lead_time_secs,
         warm_rate = load.warmup_rate_per_sec,

@@ -136,6 +136,27 @@ fn secs(s: u32) -> TimeDelta {
     TimeDelta::seconds(i64::from(s))
 }
 
+/// How long the old region must keep serving after the last change of the records, at
+/// `last_change_at`: the TTL on the records that change replaced plus the margin. Those
+/// records carried the low TTL only if the lowering had reached every cache by then
+/// (`low_ttl_effective_at`); otherwise some clients still hold an answer with the original
+/// TTL. What the plan drains by, and what the executor drains by once it knows when the last
+/// change really happened.
+pub fn drain_secs(
+    current_ttl_secs: u32,
+    low_ttl_secs: u32,
+    margin_secs: u32,
+    low_ttl_effective_at: DateTime<Utc>,
+    last_change_at: DateTime<Utc>,
+) -> u32 {
+    let replaced_ttl_secs = if last_change_at >= low_ttl_effective_at {
+        low_ttl_secs.min(current_ttl_secs)
+    } else {
+        current_ttl_secs
+    };
+    replaced_ttl_secs.saturating_add(margin_secs)
+}
+
 /// Computes the plan. Pure: the same input always gives the same plan.
 pub fn ttl_timeline(input: &TtlTimelineInput) -> Result<TtlTimeline, TtlTimelineError> {
     input.validate()?;
@@ -175,16 +196,16 @@ pub fn ttl_timeline(input: &TtlTimelineInput) -> Result<TtlTimeline, TtlTimeline
         });
     }
 
-    // The records the last step replaced were published with the low TTL only if the lowering
-    // had reached every cache by then; otherwise some clients still hold the original TTL.
     let last_change_at =
         input.cutover_at + secs(input.steps.last().expect("validated non-empty").offset_secs);
-    let replaced_ttl_secs = if last_change_at >= low_ttl_effective_at {
-        step_ttl_secs
-    } else {
-        input.current_ttl_secs
-    };
-    let drain_old_at = last_change_at + secs(replaced_ttl_secs) + secs(input.margin_secs);
+    let drain_old_at = last_change_at
+        + secs(drain_secs(
+            input.current_ttl_secs,
+            step_ttl_secs,
+            input.margin_secs,
+            low_ttl_effective_at,
+            last_change_at,
+        ));
     actions.push(TimedAction {
         at: drain_old_at,
         action: TtlAction::DrainOld,

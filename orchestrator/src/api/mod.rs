@@ -245,6 +245,26 @@ pub struct MigrationStatus {
     pub promoted: bool,
     /// Readiness of the target before cutover, when this node's executor observed it.
     pub readiness: Option<Readiness>,
+    /// The DNS TTL plan: when the record's TTL goes down and whether that is late.
+    pub dns_ttl: DnsTtlStatus,
+}
+
+/// A migration's DNS TTL, as `umbra status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DnsTtlStatus {
+    /// TTL outside migrations, seconds.
+    pub old_ttl_secs: u32,
+    /// TTL during the cutover, seconds (equal to the old one: never lowered).
+    pub low_ttl_secs: u32,
+    /// When the TTL plan lowers it (Unix ms).
+    pub lower_at_ms: u64,
+    /// When the low TTL was first published (Unix ms), once it was.
+    pub lowered_at_ms: Option<u64>,
+    /// From when every cache holds the low TTL (Unix ms; as planned until it was published).
+    pub low_ttl_everywhere_at_ms: u64,
+    /// That time is after the cutover starts: steps before it take up to the old TTL to reach
+    /// every client.
+    pub late: bool,
 }
 
 /// The answer of `GET /v1/status`.
@@ -284,6 +304,19 @@ impl MigrationStatus {
             shadow_instances: record.shadow_instances,
             promoted: record.promoted,
             readiness: seen.map(|seen| crate::migration::readiness(record, seen)),
+            dns_ttl: {
+                let plan = &spec.dns_ttl;
+                let lowered = record.ttl_lowered_at_ms;
+                DnsTtlStatus {
+                    old_ttl_secs: plan.old_ttl_secs,
+                    low_ttl_secs: plan.low_ttl_secs,
+                    lower_at_ms: plan.lower_at_ms,
+                    lowered_at_ms: lowered,
+                    low_ttl_everywhere_at_ms: plan
+                        .low_ttl_everywhere_at_ms(lowered.unwrap_or(plan.lower_at_ms)),
+                    late: plan.lowers() && plan.late(lowered, spec.cutover_at_ms),
+                }
+            },
         }
     }
 }
@@ -304,7 +337,8 @@ mod tests {
                 lead_time_ms: 100,
                 steps_percent: vec![10, 50, 100],
                 analysis_window_ms: 10,
-                drain_ms: 10,
+                drain_ms: Some(10),
+                dns_ttl: crate::migration::DnsTtlPlan::default(),
                 warm_up: true,
                 max_replication_lag: 0,
                 slo: Slo {
@@ -323,6 +357,7 @@ mod tests {
             phase_since_ms: 0,
             shadow_instances: 2,
             promoted: false,
+            ttl_lowered_at_ms: None,
         }
     }
 

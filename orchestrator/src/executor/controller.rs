@@ -1245,7 +1245,8 @@ impl Controller {
         service: &ServiceState,
         share_applied: Option<u8>,
     ) {
-        let Some(want) = reconcile::desired_dns(record, service, share_applied) else {
+        let Some(want) = reconcile::desired_dns(record, service, share_applied, self.now.unix_ms)
+        else {
             return;
         };
         let name = &record.spec.service;

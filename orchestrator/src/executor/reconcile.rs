@@ -651,14 +651,16 @@ pub fn ensure_pool(
     out
 }
 
-/// The weights and TTL a service's record should carry for `record` in its current phase, or
-/// `None` to leave the record alone. DNS follows the load balancer: a cutover step's weights
-/// are published once the source front confirmed the step's share; a rollback puts all weight
-/// back on the source at once.
+/// The weights and TTL a service's record should carry for `record` in its current phase at
+/// `now_ms`, or `None` to leave the record alone. DNS follows the load balancer: a cutover
+/// step's weights are published once the source front confirmed the step's share; a rollback
+/// puts all weight back on the source at once. The TTL goes down at the time the migration's
+/// TTL plan set (`DnsTtlPlan::lower_at_ms`: one old TTL plus the margin before the cutover).
 pub fn desired_dns(
     record: &MigrationRecord,
     service: &ServiceState,
     share_applied: Option<u8>,
+    now_ms: u64,
 ) -> Option<DnsWeights> {
     let spec = &record.spec;
     let weights = |target_percent: u8| {
@@ -673,8 +675,8 @@ pub fn desired_dns(
     };
     let cutover_ttl = service.spec.cutover_ttl_secs;
     let normal_ttl = service.spec.dns_ttl_secs;
+    let lowered = now_ms >= spec.dns_ttl.lower_at_ms || record.ttl_lowered_at_ms.is_some();
     let (percent, ttl_secs) = match record.phase {
-        Phase::Planned => return None,
         Phase::CuttingOver { .. } | Phase::Draining => {
             let p = spec.target_share(record.phase);
             if share_applied != Some(p) {
@@ -684,13 +686,17 @@ pub fn desired_dns(
         }
         Phase::Completed => (100, normal_ttl),
         Phase::RolledBack | Phase::Failed => (0, normal_ttl),
-        // The TTL goes down when provisioning starts: the lead time is at least one old TTL
-        // ahead of the cutover, so caches hold the short TTL by the first step.
-        Phase::Provisioning
+        Phase::RollingBack => (0, if lowered { cutover_ttl } else { normal_ttl }),
+        Phase::Planned
+        | Phase::Provisioning
         | Phase::Warming
         | Phase::Replicating
-        | Phase::Ready
-        | Phase::RollingBack => (0, cutover_ttl),
+        | Phase::Ready => {
+            if !lowered || !spec.dns_ttl.lowers() {
+                return None;
+            }
+            (0, cutover_ttl)
+        }
     };
     Some(DnsWeights {
         weights: weights(percent),
@@ -808,28 +814,38 @@ mod tests {
             .apply_command(2, &Command::CreateMigration { request, at_ms: 2 })
             .unwrap();
         let mut record = state.overview().migrations.values().next().unwrap().clone();
+        // The TTL plan: 300 s old TTL + 60 s margin before the 06:00 cutover.
+        let lower_at = 6 * HOUR_MS - 360_000;
+        assert_eq!(record.spec.dns_ttl.lower_at_ms, lower_at);
         assert_eq!(
-            desired_dns(&record, &service, None),
+            desired_dns(&record, &service, None, lower_at - 1),
             None,
-            "planned: untouched"
+            "planned, before the lowering time: untouched"
         );
+        let lowered = desired_dns(&record, &service, None, lower_at).unwrap();
+        assert_eq!(
+            (lowered.weights, lowered.ttl_secs),
+            (BTreeMap::from([("us-east".to_owned(), 100)]), 5),
+            "the same answer, with the low TTL, one old TTL + margin before the cutover"
+        );
+        let now = 6 * HOUR_MS;
         record.phase = Phase::CuttingOver { step: 1 };
         assert_eq!(
-            desired_dns(&record, &service, Some(10)),
+            desired_dns(&record, &service, Some(10), now),
             None,
             "50% not confirmed yet"
         );
-        let at_50 = desired_dns(&record, &service, Some(50)).unwrap();
+        let at_50 = desired_dns(&record, &service, Some(50), now).unwrap();
         assert_eq!(at_50.ttl_secs, 5);
         assert_eq!(
             at_50.weights,
             BTreeMap::from([("us-east".to_owned(), 50), ("eu-west".to_owned(), 50)])
         );
         record.phase = Phase::RollingBack;
-        let back = desired_dns(&record, &service, Some(50)).unwrap();
+        let back = desired_dns(&record, &service, Some(50), now).unwrap();
         assert_eq!(back.weights, BTreeMap::from([("us-east".to_owned(), 100)]));
         record.phase = Phase::Completed;
-        let done = desired_dns(&record, &service, None).unwrap();
+        let done = desired_dns(&record, &service, None, now).unwrap();
         assert_eq!(done.weights, BTreeMap::from([("eu-west".to_owned(), 100)]));
         assert_eq!(done.ttl_secs, 300);
     }

@@ -147,8 +147,11 @@ pub struct MigrationSpec {
     pub steps_percent: Vec<u8>,
     /// How long each step holds while the SLO is judged.
     pub analysis_window_ms: u64,
-    /// How long the source keeps forwarding after the last step (old DNS TTL + margin).
-    pub drain_ms: u64,
+    /// How long the source keeps serving after the last step, when the operator fixed it;
+    /// `None`: from the TTL plan ([`DnsTtlPlan::drain_ms`]).
+    pub drain_ms: Option<u64>,
+    /// When the service record's TTL goes down, and what the drain waits for.
+    pub dns_ttl: DnsTtlPlan,
     /// Whether shadow instances are warmed with synthetic traffic (off only to show the cold
     /// baseline).
     pub warm_up: bool,
@@ -242,6 +245,71 @@ impl MigrationSpec {
     }
 }
 
+/// The DNS side of a migration, fixed at creation from the TTL plan
+/// (`umbra_dns::ttl_timeline`): a client may cache an answer for the TTL it came with, so the
+/// record's TTL is lowered one old TTL plus a margin before the cutover, and the source keeps
+/// serving after the last change for the TTL on the answers that change replaced plus the
+/// margin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsTtlPlan {
+    /// TTL the record carries outside migrations: what a cache may hold from before.
+    pub old_ttl_secs: u32,
+    /// TTL published from the lowering until the migration ends.
+    pub low_ttl_secs: u32,
+    /// Slack after each TTL wait (resolvers round up, forwarders add a hop, clocks drift).
+    pub margin_secs: u32,
+    /// When the low TTL is published (Unix ms): one old TTL plus the margin before the
+    /// cutover, or at creation if that has passed.
+    pub lower_at_ms: u64,
+}
+
+impl DnsTtlPlan {
+    /// Whether the record's TTL goes down at all (the low TTL is shorter).
+    pub fn lowers(&self) -> bool {
+        self.low_ttl_secs < self.old_ttl_secs
+    }
+
+    /// From when every cache holds the low TTL, had it been published at `lowered_at_ms`.
+    pub fn low_ttl_everywhere_at_ms(&self, lowered_at_ms: u64) -> u64 {
+        if self.lowers() {
+            lowered_at_ms.saturating_add(u64::from(self.old_ttl_secs) * 1_000)
+        } else {
+            lowered_at_ms
+        }
+    }
+
+    /// Whether the low TTL (published at `lowered_at_ms`, or as planned when `None`) reaches
+    /// every cache only after `cutover_at_ms`: steps before then converge after the old TTL.
+    pub fn late(&self, lowered_at_ms: Option<u64>, cutover_at_ms: u64) -> bool {
+        self.low_ttl_everywhere_at_ms(lowered_at_ms.unwrap_or(self.lower_at_ms)) > cutover_at_ms
+    }
+
+    /// How long the source keeps serving after the last change of the record, at
+    /// `last_change_ms`, when the low TTL was published at `lowered_at_ms` (`None`: never).
+    pub fn drain_ms(&self, lowered_at_ms: Option<u64>, last_change_ms: u64) -> u64 {
+        let at = utc_of_ms;
+        let everywhere_at = match lowered_at_ms {
+            Some(lowered) => at(self.low_ttl_everywhere_at_ms(lowered)),
+            None if self.lowers() => chrono::DateTime::<chrono::Utc>::MAX_UTC,
+            None => at(0),
+        };
+        let secs = umbra_dns::ttl_timeline::drain_secs(
+            self.old_ttl_secs,
+            self.low_ttl_secs,
+            self.margin_secs,
+            everywhere_at,
+            at(last_change_ms),
+        );
+        u64::from(secs) * 1_000
+    }
+}
+
+/// Unix ms as a UTC time (the latest representable one past it).
+pub(crate) fn utc_of_ms(ms: u64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+}
+
 /// A migration as replicated: its spec, where it is, and since when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MigrationRecord {
@@ -256,6 +324,10 @@ pub struct MigrationRecord {
     /// Whether the target was promoted to single writer (rolling back past this point
     /// means promoting the source again).
     pub promoted: bool,
+    /// When the record's low TTL was first published for this migration (Unix ms); `None`
+    /// until then.
+    #[serde(default)]
+    pub ttl_lowered_at_ms: Option<u64>,
 }
 
 /// What the executor saw this round. Nothing here is replicated: a new leader gathers it
@@ -504,12 +576,24 @@ pub fn decide(record: &MigrationRecord, seen: &Observations, now_ms: u64) -> Dec
         }
         Phase::CuttingOver { step } => cutting_over(record, seen, step, elapsed_ms),
         Phase::Draining => {
-            let transition = (elapsed_ms >= spec.drain_ms).then(|| Transition {
+            // Counted from the start of draining, after the last step's window: later than
+            // the last change of the record, so never short.
+            let (drain_ms, why) = match spec.drain_ms {
+                Some(ms) => (ms, "as asked".to_owned()),
+                None => {
+                    let plan = &spec.dns_ttl;
+                    let ms = plan.drain_ms(record.ttl_lowered_at_ms, record.phase_since_ms);
+                    let margin = u64::from(plan.margin_secs);
+                    let ttl = (ms / 1_000).saturating_sub(margin);
+                    (
+                        ms,
+                        format!("{ttl} s TTL on the replaced answers + {margin} s margin"),
+                    )
+                }
+            };
+            let transition = (elapsed_ms >= drain_ms).then(|| Transition {
                 to: Phase::Completed,
-                reason: format!(
-                    "source drained for {} ms (old DNS TTL + margin)",
-                    spec.drain_ms
-                ),
+                reason: format!("source drained for {drain_ms} ms ({why})"),
             });
             Decision::advance(transition, vec![Action::SetShare { percent: 100 }])
         }

@@ -16,7 +16,13 @@ fn spec() -> MigrationSpec {
         lead_time_ms: 30_000,
         steps_percent: DEFAULT_STEPS_PERCENT.to_vec(),
         analysis_window_ms: 5_000,
-        drain_ms: 2_000,
+        drain_ms: Some(2_000),
+        dns_ttl: DnsTtlPlan {
+            old_ttl_secs: 300,
+            low_ttl_secs: 5,
+            margin_secs: 60,
+            lower_at_ms: T0 + 60_000 - 360_000,
+        },
         warm_up: true,
         max_replication_lag: 10,
         slo: Slo {
@@ -40,6 +46,7 @@ fn record(phase: Phase, promoted: bool) -> MigrationRecord {
         phase_since_ms: T0,
         shadow_instances: 3,
         promoted,
+        ttl_lowered_at_ms: None,
     }
 }
 
@@ -719,4 +726,37 @@ mod properties {
             }
         }
     }
+}
+
+/// Without an operator's drain, the source drains for the TTL on the answers the last change
+/// replaced plus the margin: the low TTL once it reached every cache before draining began,
+/// the old TTL when it was lowered late or never.
+#[test]
+fn the_drain_follows_the_ttl_plan() {
+    let rows = [
+        ("lowered in time", Some(T0 - 400_000), 65_000, "5 s TTL"),
+        ("lowered late", Some(T0 - 100_000), 360_000, "300 s TTL"),
+        ("never lowered", None, 360_000, "300 s TTL"),
+    ];
+    for (name, lowered, drain_ms, why) in rows {
+        let mut r = record(Phase::Draining, true);
+        r.spec.drain_ms = None;
+        r.ttl_lowered_at_ms = lowered;
+        let seen = Observations::default();
+        let early = decide(&r, &seen, T0 + drain_ms - 1);
+        assert_eq!(early.transition, None, "{name}: still draining");
+        let done = decide(&r, &seen, T0 + drain_ms).transition.expect(name);
+        assert_eq!(done.to, Phase::Completed, "{name}");
+        assert!(
+            done.reason.contains(&format!("{drain_ms} ms")) && done.reason.contains(why),
+            "{name}: {}",
+            done.reason
+        );
+    }
+    // A record whose TTL is never lowered (cutover TTL = TTL) drains after that TTL.
+    let mut r = record(Phase::Draining, true);
+    r.spec.drain_ms = None;
+    r.spec.dns_ttl.low_ttl_secs = 300;
+    let done = decide(&r, &Observations::default(), T0 + 360_000);
+    assert_eq!(done.transition.map(|t| t.to), Some(Phase::Completed));
 }

@@ -25,8 +25,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use umbra_consensus::{RestoreError, StateMachine};
 
-use crate::migration::{MigrationRecord, MigrationSpec, Phase, PhaseDeadlines};
+use crate::migration::{DnsTtlPlan, MigrationRecord, MigrationSpec, Phase, PhaseDeadlines};
 pub use audit::AuditEvent;
+use claims::rfc3339;
 pub use claims::{CapacityClaim, ClaimKind, ClaimRequest};
 pub use plan::{
     LimitsSpec, Plan, PlanError, PoolMode, RegionSpec, ReplicationKind, ScheduleSpec, ServiceSpec,
@@ -605,6 +606,18 @@ impl OrchestratorState {
                     ttl_secs: dns.ttl_secs,
                 };
                 self.dns.insert(service.clone(), dns.clone());
+                // The first low-TTL record of a migration in flight starts its TTL clock.
+                let state = &self.services[service];
+                let low = dns.ttl_secs < state.spec.dns_ttl_secs;
+                if let Some(record) = state
+                    .active_migration
+                    .as_ref()
+                    .and_then(|id| self.migrations.get_mut(id))
+                    && low
+                    && record.ttl_lowered_at_ms.is_none()
+                {
+                    record.ttl_lowered_at_ms = Some(*at_ms);
+                }
                 self.record(AuditEntry {
                     index,
                     at_ms: *at_ms,
@@ -865,7 +878,7 @@ impl OrchestratorState {
         let spec = &service.spec;
         self.next_migration += 1;
         let id = format!("{}-{}", request.service, self.next_migration);
-        let migration = MigrationSpec {
+        let mut migration = MigrationSpec {
             id: id.clone(),
             service: request.service.clone(),
             from: service.primary_region.clone(),
@@ -879,9 +892,8 @@ impl OrchestratorState {
                 .analysis_window_ms
                 .unwrap_or(spec.analysis_window_secs.saturating_mul(1_000)),
             // Clients may cache the old answer for one old TTL; 10 % on top for clocks.
-            drain_ms: request
-                .drain_ms
-                .unwrap_or(u64::from(spec.dns_ttl_secs) * 1_100),
+            drain_ms: request.drain_ms,
+            dns_ttl: DnsTtlPlan::default(),
             warm_up: request.warm_up,
             max_replication_lag: spec.max_replication_lag,
             slo: spec.slo.clone(),
@@ -890,10 +902,21 @@ impl OrchestratorState {
         migration
             .validate()
             .map_err(|e| Rejected::invalid(format!("migration for {:?}: {e}", request.service)))?;
-        let reason = match &request.schedule_key {
+        let timeline = ttl_timeline_of(&migration, spec, at_ms)
+            .map_err(|e| Rejected::invalid(format!("migration for {:?}: {e}", request.service)))?;
+        migration.dns_ttl = timeline.0;
+        let mut reason = match &request.schedule_key {
             Some(key) => format!("schedule {key}"),
             None => "operator asked".to_owned(),
         };
+        if let Some(everywhere_ms) = timeline.1 {
+            reason.push_str(&format!(
+                "; the DNS TTL is lowered late: every cache holds the {} s TTL only from {}, after the cutover starts, and steps before then take up to the old {} s TTL to reach every client",
+                spec.cutover_ttl_secs,
+                rfc3339(everywhere_ms),
+                spec.dns_ttl_secs
+            ));
+        }
         let event = AuditEvent::MigrationCreated {
             service: request.service.clone(),
             from: migration.from.clone(),
@@ -908,6 +931,7 @@ impl OrchestratorState {
                 phase_since_ms: at_ms,
                 shadow_instances: spec.min_instances,
                 promoted: false,
+                ttl_lowered_at_ms: None,
             },
         );
         self.services
@@ -927,6 +951,54 @@ impl OrchestratorState {
         });
         Ok(Applied::Migration { id })
     }
+}
+
+/// The TTL plan of `migration` of `service` created at `at_ms` (`umbra_dns::ttl_timeline`,
+/// steps at their earliest: one analysis window apart from the cutover time), and when every
+/// cache holds the low TTL if that is after the cutover starts (a late lowering).
+fn ttl_timeline_of(
+    migration: &MigrationSpec,
+    service: &ServiceSpec,
+    at_ms: u64,
+) -> Result<(DnsTtlPlan, Option<u64>), umbra_dns::ttl_timeline::TtlTimelineError> {
+    use umbra_dns::ttl_timeline::{DnsStep, TtlAction, TtlTimelineInput, TtlWarning, ttl_timeline};
+    let at = crate::migration::utc_of_ms;
+    let ms = |t: chrono::DateTime<chrono::Utc>| u64::try_from(t.timestamp_millis()).unwrap_or(0);
+    let window_secs =
+        u32::try_from(migration.analysis_window_ms.div_ceil(1_000)).unwrap_or(u32::MAX);
+    let steps = (0u32..)
+        .zip(&migration.steps_percent)
+        .map(|(i, &target_share_pct)| DnsStep {
+            offset_secs: i.saturating_mul(window_secs),
+            target_share_pct,
+        })
+        .collect();
+    let timeline = ttl_timeline(&TtlTimelineInput {
+        now: at(at_ms),
+        current_ttl_secs: service.dns_ttl_secs,
+        low_ttl_secs: service.cutover_ttl_secs,
+        margin_secs: service.dns_margin_secs,
+        cutover_at: at(migration.cutover_at_ms.max(at_ms)),
+        steps,
+    })?;
+    let lower_at_ms = timeline
+        .actions
+        .iter()
+        .find_map(|a| matches!(a.action, TtlAction::LowerTtl { .. }).then_some(ms(a.at)))
+        .unwrap_or(at_ms);
+    let late = timeline.warnings.iter().map(|w| match w {
+        TtlWarning::LateLowering {
+            low_ttl_effective_at,
+        } => ms(*low_ttl_effective_at),
+    });
+    let late = late.max();
+    let plan = DnsTtlPlan {
+        old_ttl_secs: service.dns_ttl_secs,
+        low_ttl_secs: service.cutover_ttl_secs,
+        margin_secs: service.dns_margin_secs,
+        lower_at_ms,
+    };
+    Ok((plan, late))
 }
 
 /// `name` among `services`, or a NotFound listing the declared ones.

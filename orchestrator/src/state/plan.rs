@@ -14,6 +14,8 @@ use umbra_forecast::sizing::Tier;
 /// Default DNS TTL of a service record outside migrations: 300 s, a common managed-DNS
 /// default (Route 53's console default).
 pub const DEFAULT_DNS_TTL_SECS: u32 = 300;
+/// Largest `dns_margin_secs` accepted: an hour.
+pub const MAX_DNS_MARGIN_SECS: u32 = 3_600;
 /// Default TTL during a cutover: 5 s, short enough that clients follow a step within one
 /// analysis window.
 pub const DEFAULT_CUTOVER_TTL_SECS: u32 = 5;
@@ -102,9 +104,14 @@ pub struct ServiceSpec {
     /// DNS TTL outside migrations.
     #[serde(default = "default_dns_ttl")]
     pub dns_ttl_secs: u32,
-    /// DNS TTL during a cutover (lowered one old TTL ahead).
+    /// DNS TTL during a cutover (lowered one old TTL plus the margin ahead).
     #[serde(default = "default_cutover_ttl")]
     pub cutover_ttl_secs: u32,
+    /// Slack after each TTL wait: the TTL is lowered this long before it must have reached
+    /// every cache, and the source drains this much longer than the TTL on the answers it
+    /// replaced (resolvers round TTLs up, forwarders add a cache hop, clocks drift).
+    #[serde(default = "default_dns_margin")]
+    pub dns_margin_secs: u32,
     /// Cutover schedule in percent, ending at 100.
     #[serde(default = "default_steps")]
     pub steps_percent: Vec<u8>,
@@ -166,6 +173,9 @@ fn one() -> u32 {
 }
 fn default_dns_ttl() -> u32 {
     DEFAULT_DNS_TTL_SECS
+}
+fn default_dns_margin() -> u32 {
+    umbra_dns::ttl_timeline::DEFAULT_MARGIN_SECS
 }
 fn default_cutover_ttl() -> u32 {
     DEFAULT_CUTOVER_TTL_SECS
@@ -408,6 +418,28 @@ impl ServiceSpec {
             .map_err(|e| invalid(what(), e.to_string()))?;
         if self.cutover_ttl_secs == 0 || self.cutover_ttl_secs > self.dns_ttl_secs {
             return Err(invalid(what(), "need 0 < cutover_ttl_secs ≤ dns_ttl_secs"));
+        }
+        if self.dns_margin_secs > MAX_DNS_MARGIN_SECS {
+            return Err(invalid(
+                what(),
+                format!(
+                    "dns_margin_secs {} is above {MAX_DNS_MARGIN_SECS} (an hour); a minute covers resolvers, forwarders and clocks",
+                    self.dns_margin_secs
+                ),
+            ));
+        }
+        // The TTL goes down one old TTL plus the margin before the cutover: a migration the
+        // service's own lead time starts later would reach its first step while caches still
+        // hold the long-TTL answer.
+        let lowering_secs = u64::from(self.dns_ttl_secs) + u64::from(self.dns_margin_secs);
+        if self.cutover_ttl_secs < self.dns_ttl_secs && self.lead_time_secs < lowering_secs {
+            return Err(invalid(
+                what(),
+                format!(
+                    "lead_time_secs {} is shorter than one old TTL plus the margin (dns_ttl_secs {} + dns_margin_secs {} = {lowering_secs}): at the first cutover step caches would still hold the {} s answer. Set lead_time_secs to at least {lowering_secs}, or lower dns_ttl_secs",
+                    self.lead_time_secs, self.dns_ttl_secs, self.dns_margin_secs, self.dns_ttl_secs
+                ),
+            ));
         }
         if self.warmup.mix.rate_per_sec.is_nan() || self.warmup.mix.rate_per_sec <= 0.0 {
             return Err(invalid(what(), "warmup.mix.rate_per_sec must be > 0"));

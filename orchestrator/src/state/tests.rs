@@ -420,3 +420,94 @@ fn a_claim_names_the_serving_region_and_can_be_released_once() {
     let ids: Vec<String> = state.overview().capacity.into_keys().collect();
     assert_eq!(ids, ["cap-3"]);
 }
+
+#[test]
+fn a_lead_time_shorter_than_one_old_ttl_and_margin_is_refused_at_apply() {
+    let mut state = planned();
+    let before = state.clone();
+    let mut plan = Plan::example();
+    // 300 s TTL + 60 s margin: a 120 s lead would reach the first step with 300 s caches.
+    plan.services[0].lead_time_secs = 120;
+    let err = state
+        .apply_command(2, &Command::ApplyPlan { plan, at_ms: 2 })
+        .expect_err("lead time too short for the TTL");
+    assert_eq!(err.kind, RejectKind::Invalid, "{err}");
+    assert!(
+        err.message.contains("lead_time_secs 120")
+            && err.message.contains("at least 360")
+            && err.message.contains("dns_ttl_secs"),
+        "says what to set: {err}"
+    );
+    assert_eq!(state.overview().services, before.overview().services);
+    // A record that is never lowered (the cutover TTL is the TTL) needs no lead for it.
+    let mut plan = Plan::example();
+    plan.services[0].lead_time_secs = 120;
+    plan.services[0].cutover_ttl_secs = 300;
+    assert!(
+        state
+            .apply_command(3, &Command::ApplyPlan { plan, at_ms: 3 })
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_migration_plans_its_ttl_lowering_and_records_when_it_was_published() {
+    let mut state = planned();
+    // Cutover at 1,000 s, created at 10 ms: lower at 1,000 − 300 − 60 = 640 s, in time.
+    let request = MigrationRequest::new("shop", "eu-west", 1_000_000);
+    state
+        .apply_command(2, &Command::CreateMigration { request, at_ms: 10 })
+        .unwrap();
+    let record = &state.overview().migrations["shop-1"];
+    assert_eq!(
+        record.spec.dns_ttl,
+        crate::migration::DnsTtlPlan {
+            old_ttl_secs: 300,
+            low_ttl_secs: 5,
+            margin_secs: 60,
+            lower_at_ms: 640_000,
+        }
+    );
+    assert!(!record.spec.dns_ttl.late(None, record.spec.cutover_at_ms));
+    let dns = |ttl_secs: u32, at_ms: u64| Command::SetDnsWeights {
+        service: "shop".to_owned(),
+        dns: DnsWeights {
+            weights: BTreeMap::from([("us-east".to_owned(), 100)]),
+            ttl_secs,
+        },
+        reason: "test".to_owned(),
+        term: 1,
+        at_ms,
+    };
+    // The normal TTL starts no clock; the first low-TTL record does, and only the first.
+    state.apply_command(3, &dns(300, 600_000)).unwrap();
+    assert_eq!(
+        state.overview().migrations["shop-1"].ttl_lowered_at_ms,
+        None
+    );
+    state.apply_command(4, &dns(5, 640_100)).unwrap();
+    state.apply_command(5, &dns(5, 700_000)).unwrap();
+    assert_eq!(
+        state.overview().migrations["shop-1"].ttl_lowered_at_ms,
+        Some(640_100)
+    );
+}
+
+#[test]
+fn a_migration_asked_for_too_soon_says_its_ttl_is_lowered_late() {
+    let mut state = planned();
+    // Cutover 100 s after creation: the 300 s answers outlive it.
+    let request = MigrationRequest::new("shop", "eu-west", 100_000);
+    state
+        .apply_command(2, &Command::CreateMigration { request, at_ms: 0 })
+        .unwrap();
+    let record = &state.overview().migrations["shop-1"];
+    assert_eq!(record.spec.dns_ttl.lower_at_ms, 0, "lowered at once");
+    assert!(record.spec.dns_ttl.late(None, record.spec.cutover_at_ms));
+    let created = state.audit().last().unwrap();
+    assert!(
+        created.reason.contains("lowered late") && created.reason.contains("1970-01-01T00:05:00"),
+        "the audit says when the low TTL is everywhere: {}",
+        created.reason
+    );
+}

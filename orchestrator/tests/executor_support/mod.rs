@@ -358,10 +358,12 @@ pub fn plan(fronts: &BTreeMap<&str, SocketAddr>) -> Plan {
 }
 
 /// Service-level times short enough for a migration that takes the service's own settings
-/// (a scheduled one): 1 s TTLs (drain 1.1 s), 1 s analysis windows, 60 s lead time.
+/// (a scheduled one): 1 s TTLs and no margin (drain 1 s), 1 s analysis windows, 60 s lead
+/// time.
 pub fn short_windows(service: &mut ServiceSpec) {
     service.dns_ttl_secs = 1;
     service.cutover_ttl_secs = 1;
+    service.dns_margin_secs = 0;
     service.analysis_window_secs = 1;
     service.lead_time_secs = 60;
 }
