@@ -105,6 +105,25 @@ async fn apply_migrate_status_rollback_as_an_operator_sees_them() {
         run.stderr
     );
 
+    // A date typed wrong is refused, not started at once.
+    let run = h
+        .umbra(&[
+            "migrate",
+            "shop",
+            "--to",
+            "eu-west",
+            "--at",
+            "2020-01-01T00:00:00Z",
+        ])
+        .await;
+    assert!(!run.success);
+    assert!(
+        run.stderr.contains("2020-01-01T00:00:00Z is")
+            && run.stderr.contains("in the past")
+            && run.stderr.contains("--at now"),
+        "{}",
+        run.stderr
+    );
     let run = h
         .umbra(&[
             "migrate",

@@ -389,3 +389,23 @@ fn events_file_scales_and_overrides_the_printed_forecast() {
     );
     assert!(err.contains("events.toml"), "{err}");
 }
+
+/// A user's mistake is one line per cause, without a backtrace, whatever `RUST_BACKTRACE`
+/// says (many Rust machines set it).
+#[test]
+fn a_user_error_prints_no_backtrace_even_with_rust_backtrace_set() {
+    let out = Command::new(env!("CARGO_BIN_EXE_umbra"))
+        .args(["forecast", "--csv", "/nonexistent/demand.csv"])
+        .env("RUST_BACKTRACE", "full")
+        .env("RUST_LIB_BACKTRACE", "1")
+        .output()
+        .expect("run umbra");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: reading /nonexistent/demand.csv\n  because: No such file"),
+        "{err}"
+    );
+    assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+    assert_eq!(err.lines().count(), 2, "{err}");
+}

@@ -33,6 +33,11 @@ pub use plan::{
     LimitsSpec, Plan, PlanError, PoolMode, RegionSpec, ReplicationKind, ScheduleSpec, ServiceSpec,
 };
 
+/// How far in the past a migration's cutover time may lie when it is created: the
+/// operator's `now` as the CLI's clock saw it, give or take clock skew and the round trip.
+/// Further back is a mistake (a date typed wrong), refused rather than started at once.
+pub const MAX_CUTOVER_IN_PAST_MS: u64 = 300_000;
+
 /// Largest audit log kept in the state (entries). Older entries are dropped from the
 /// replicated state only; each one is also a Raft log entry and a tracing event.
 pub const MAX_AUDIT_ENTRIES: usize = 100_000;
@@ -873,6 +878,13 @@ impl OrchestratorState {
             return Err(Rejected::conflict(format!(
                 "service {:?} already has migration {active} in flight; roll it back or wait",
                 request.service
+            )));
+        }
+        if request.cutover_at_ms.saturating_add(MAX_CUTOVER_IN_PAST_MS) < at_ms {
+            return Err(Rejected::invalid(format!(
+                "the cutover time {} is {} s in the past; ask for `now` (`umbra migrate --at now`) or a time to come",
+                rfc3339(request.cutover_at_ms),
+                (at_ms - request.cutover_at_ms) / 1_000
             )));
         }
         let spec = &service.spec;

@@ -511,3 +511,29 @@ fn a_migration_asked_for_too_soon_says_its_ttl_is_lowered_late() {
         created.reason
     );
 }
+
+#[test]
+fn a_cutover_time_long_past_is_refused_and_changes_nothing() {
+    let mut state = planned();
+    let request = MigrationRequest::new("shop", "eu-west", 1_000_000);
+    // A month after the cutover time that was asked for.
+    let at_ms = 1_000_000 + 30 * 86_400_000;
+    let err = state
+        .apply_command(2, &Command::CreateMigration { request, at_ms })
+        .expect_err("a month in the past");
+    assert_eq!(err.kind, RejectKind::Invalid, "{err}");
+    assert!(
+        err.message.contains("1970-01-01T00:16:40Z")
+            && err.message.contains("in the past")
+            && err.message.contains("--at now"),
+        "{err}"
+    );
+    assert!(state.overview().migrations.is_empty());
+    // A few seconds back (the CLI's `now`, a skewed clock) is still accepted.
+    let request = MigrationRequest::new("shop", "eu-west", at_ms - 5_000);
+    assert!(
+        state
+            .apply_command(3, &Command::CreateMigration { request, at_ms })
+            .is_ok()
+    );
+}
