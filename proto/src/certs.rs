@@ -125,12 +125,16 @@ impl Layout {
 pub struct Issued {
     /// The CA certificate.
     pub ca_cert: PathBuf,
+    /// The operator API's bearer token (mode 0600), written by [`init`] only: the file the
+    /// nodes' `[api] token_file` and the CLI's `--token-file` name.
+    pub api_token: Option<PathBuf>,
     /// Each member and its (certificate, key) files.
     pub members: Vec<(Identity, PathBuf, PathBuf)>,
 }
 
-/// Creates `out_dir` if needed and writes a new cluster CA (`ca.pem`, `ca.key`) and, for
-/// every member of `layout`, `<role>-<id>.pem` and `<role>-<id>.key`. Keys are written with
+/// Creates `out_dir` if needed and writes a new cluster CA (`ca.pem`, `ca.key`), for every
+/// member of `layout` `<role>-<id>.pem` and `<role>-<id>.key`, and the operator API's bearer
+/// token ([`API_TOKEN_FILE`]: 32 random bytes as hex). Keys and the token are written with
 /// mode 0600. Refuses to run if `out_dir` already has a CA.
 pub fn init(layout: &Layout, out_dir: &Path) -> Result<Issued, CertsError> {
     let identities = layout.identities()?;
@@ -164,11 +168,19 @@ pub fn init(layout: &Layout, out_dir: &Path) -> Result<Issued, CertsError> {
     for identity in identities {
         members.push(issue_member(&issuer, &identity, out_dir)?);
     }
+    let api_token = out_dir.join(API_TOKEN_FILE);
+    let bytes: [u8; 32] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_file(&api_token, &format!("{hex}\n"), true)?;
     Ok(Issued {
         ca_cert: ca_cert_path,
+        api_token: Some(api_token),
         members,
     })
 }
+
+/// The operator API token [`init`] writes beside the CA.
+pub const API_TOKEN_FILE: &str = "api-token";
 
 /// Issues certificates for more members from the CA already in `dir` (for example a
 /// fourth orchestrator joining the Raft group). Existing member files are overwritten.
@@ -193,6 +205,7 @@ pub fn add(dir: &Path, identities: &[Identity]) -> Result<Issued, CertsError> {
     }
     Ok(Issued {
         ca_cert: ca_cert_path,
+        api_token: None,
         members,
     })
 }

@@ -86,6 +86,12 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
             key.display()
         );
     }
+    if let Some(token) = &issued.api_token {
+        println!(
+            "operator API token: {} (mode 0600): name it in the nodes' [api] token_file; umbra reads it from --certs",
+            token.display()
+        );
+    }
     Ok(())
 }
 
@@ -132,6 +138,14 @@ mod tests {
             Credentials::load(&out, &identity)?;
         }
         assert!(!out.join("orchestrator-3.pem").exists());
+        // The operator API token: secret, and what the API accepts.
+        let token = out.join(certs::API_TOKEN_FILE);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&token)?.permissions().mode() & 0o777,
+            0o600
+        );
+        umbra_orchestrator::api::BearerToken::load(&token)?;
         assert!(!out.join("agent-us-east.pem").exists());
 
         run_cli(&[

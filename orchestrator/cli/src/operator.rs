@@ -23,9 +23,10 @@ pub struct ApiArgs {
     /// Operator whose certificate to present (`operator-<name>.pem` in --certs).
     #[arg(long = "as", env = "UMBRA_OPERATOR", default_value = "admin")]
     pub operator: String,
-    /// File holding the API's bearer token (one line).
+    /// File holding the API's bearer token (one line); default: `api-token` in --certs, as
+    /// `umbra certs init` writes it.
     #[arg(long, env = "UMBRA_TOKEN_FILE")]
-    pub token_file: PathBuf,
+    pub token_file: Option<PathBuf>,
     /// Print one JSON document (errors too: `{"error": "..."}`) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -44,7 +45,10 @@ impl ApiArgs {
                 self.operator
             )
         })?;
-        let token = BearerToken::load(&self.token_file)?;
+        let token = match &self.token_file {
+            Some(file) => BearerToken::load(file)?,
+            None => BearerToken::load(&self.certs.join(umbra_proto::certs::API_TOKEN_FILE))?,
+        };
         Ok(ApiClient::new(&self.api, &credentials, token)?)
     }
 

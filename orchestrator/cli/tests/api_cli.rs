@@ -66,7 +66,8 @@ impl Harness {
             .args(args)
             .env("UMBRA_API", api)
             .env("UMBRA_CERTS", certs)
-            .env("UMBRA_TOKEN_FILE", &self.secrets.token_file)
+            // The token `certs init` wrote into the certificates directory, found by default.
+            .env_remove("UMBRA_TOKEN_FILE")
             .env_remove("UMBRA_OPERATOR")
             .kill_on_drop(true);
         let output = tokio::time::timeout(RUN_TIMEOUT, command.output())

@@ -16,7 +16,7 @@ pub const MIN_TOKEN_CHARS: usize = 16;
 pub enum TokenError {
     /// The file could not be read.
     #[error(
-        "cannot read the API token file {path}: {source}; create it with `openssl rand -hex 32 > {path}`"
+        "cannot read the API token file {path}: {source}; `umbra certs init` writes one (api-token beside the CA), or create it with `openssl rand -hex 32 > {path}`"
     )]
     Unreadable {
         /// The file.

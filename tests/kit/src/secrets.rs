@@ -18,11 +18,12 @@ pub struct Secrets {
     pub token_file: PathBuf,
 }
 
-/// Issues `layout`'s certificates into `dir/certs` and writes the token to `dir/api-token`.
+/// Issues `layout`'s certificates into `dir/certs` and replaces the token `certs init` wrote
+/// there (`certs/api-token`, where the CLI looks by default) with [`TEST_TOKEN`].
 pub fn write_secrets(dir: &Path, layout: &Layout) -> anyhow::Result<Secrets> {
     let certs_dir = dir.join("certs");
     certs::init(layout, &certs_dir)?;
-    let token_file = dir.join("api-token");
+    let token_file = certs_dir.join(certs::API_TOKEN_FILE);
     std::fs::write(&token_file, format!("{TEST_TOKEN}\n"))?;
     Ok(Secrets {
         certs_dir,
