@@ -254,7 +254,9 @@ async fn a_dead_haproxy_is_restarted_and_a_new_agent_adopts_a_live_one() -> anyh
         (!alive(first)).then_some(())
     })
     .await?;
-    // A heartbeat notices and starts a new one (and the next again, should that one die too).
+    // A heartbeat notices and starts a new one. /proc shows the killed haproxy as a zombie
+    // while its other threads are still exiting, before its parent can wait for it, so this
+    // may take a heartbeat more.
     let report = umbra_testkit::wait_for(
         "the agent to start haproxy again",
         Duration::from_secs(30),
