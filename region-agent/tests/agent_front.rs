@@ -326,3 +326,19 @@ async fn an_agent_without_a_front_refuses_shares() -> anyhow::Result<()> {
     assert!(agent.report().await.front.is_none());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_haproxy_front_without_haproxy_says_how_to_get_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let section = FrontSection {
+        haproxy_binary: Some("/nonexistent/haproxy".into()),
+        ..front_section(FrontKind::Haproxy)?
+    };
+    let err = match Front::from_config(&section, dir.path()).await {
+        Ok(_) => panic!("a front started without its program"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("apt-get install haproxy"), "{err}");
+    assert!(err.contains("front.haproxy_binary"), "{err}");
+    Ok(())
+}

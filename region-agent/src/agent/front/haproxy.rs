@@ -283,7 +283,7 @@ impl HaproxyFront {
             started,
             log_task,
         };
-        let running = match front.adoptable() {
+        let running = match front.adoptable().await {
             Some(pid) => {
                 tracing::info!(pid, "adopting the haproxy front a previous agent started");
                 Running { pid, child: None }
@@ -316,7 +316,7 @@ impl HaproxyFront {
 
     /// The pid of a live haproxy of ours running exactly the configuration we would write; a
     /// live one with another configuration is stopped.
-    fn adoptable(&self) -> Option<u32> {
+    async fn adoptable(&self) -> Option<u32> {
         let pid: u32 = std::fs::read_to_string(self.pid_path())
             .ok()?
             .trim()
@@ -336,7 +336,7 @@ impl HaproxyFront {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         let deadline = Instant::now() + STOP_GRACE;
         while self.is_ours(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if self.is_ours(pid) {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
