@@ -259,7 +259,8 @@ pub async fn run(config: AgentConfig) -> Result<(), session::SessionError> {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        // Instances keep running: the next agent on this state directory adopts them.
+        // Instances and a haproxy front keep running: the next agent on this state directory
+        // adopts them.
         stop.cancel();
     });
     session::run_session(agent, endpoint, session_config, shutdown).await

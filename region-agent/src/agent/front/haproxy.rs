@@ -126,8 +126,11 @@ impl Slots {
 
 /// haproxy's configuration for a front on `listen` with its files in `dir`. Timeouts, retries
 /// and the connection limit are the embedded proxy's defaults, so the two kinds behave alike:
-/// a refused connection is retried on another server (`option redispatch`), and a connection
-/// that breaks before the response only for idempotent methods.
+/// a refused connection is retried on another server (`option redispatch`), a connection that
+/// breaks before the response only for idempotent methods, and `X-Forwarded-For` names the
+/// client. Unlike the embedded proxy, haproxy does not skip a server that refused a connection
+/// for the next seconds (that would need health checks, which would delay a new slot's first
+/// request); each request to it is redispatched instead.
 pub fn config_text(listen: SocketAddr, dir: &Path) -> String {
     let mut text = format!(
         "# Written by umbra-agent, which rewrites it whenever it starts haproxy: do not edit.\n\
@@ -139,6 +142,7 @@ pub fn config_text(listen: SocketAddr, dir: &Path) -> String {
          \x20 mode http\n\
          \x20 log global\n\
          \x20 option dontlognull\n\
+         \x20 option forwardfor\n\
          \x20 timeout connect {connect_ms}ms\n\
          \x20 timeout client {response_ms}ms\n\
          \x20 timeout server {response_ms}ms\n\
