@@ -283,7 +283,12 @@ impl LoadBalancer for Haproxy {
                     self.command_expect_empty(&format!("set server {be}/{} state ready", b.name)).await?;
                 }
             }
-            for s in servers.iter().filter(|s| !backends.iter().any(|b| b.name == s.name)) {
+            // Only servers that still take requests: a front of spare slots would otherwise
+            // send one command per idle slot on every change.
+            for s in servers
+                .iter()
+                .filter(|s| s.weight != 0 && !backends.iter().any(|b| b.name == s.name))
+            {
                 self.command_expect_empty(&format!("set server {be}/{} weight 0", s.name)).await?;
             }
             Ok(())
