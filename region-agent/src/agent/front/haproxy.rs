@@ -157,7 +157,7 @@ pub fn config_text(listen: SocketAddr, dir: &Path) -> String {
          \x20 retries {retries}\n\
          \x20 option redispatch 1\n\
          \x20 retry-on conn-failure empty-response\n\
-         \x20 http-request disable-l7-retry if !METH_GET !METH_HEAD !METH_OPTIONS !METH_TRACE !{{ method PUT DELETE }}\n",
+         \x20 http-request disable-l7-retry unless {{ method GET HEAD OPTIONS TRACE PUT DELETE }}\n",
         dir = dir.display(),
         maxconn = DEFAULT_MAX_CONNECTIONS,
         connect_ms = DEFAULT_CONNECT_TIMEOUT.as_millis(),
