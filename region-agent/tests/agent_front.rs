@@ -1,8 +1,10 @@
 //! The region front through agent commands, with real processes and real HTTP: two agents
-//! (two "regions"), each with a front (the embedded proxy) over its active `umbra-sample`
-//! instance. `SetShare` on the source region sends exactly that share of new requests to the
-//! target region's front; each front's report counts only what its own instances served; bad
-//! shares are refused and change nothing.
+//! (two "regions"), each with a front over its active `umbra-sample` instance, run once with
+//! the embedded proxy and once with a real `haproxy` the agent starts (`[front] kind`).
+//! `SetShare` on the source region sends exactly that share of new requests to the target
+//! region's front; each front's report counts only what its own instances served; bad shares
+//! are refused and change nothing. For haproxy also: the agent restarts a haproxy that died,
+//! and a new agent adopts the running one.
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,6 +12,7 @@ use std::time::Duration;
 mod common;
 
 use umbra_agent::agent::Agent;
+use umbra_agent::agent::config::{FrontKind, FrontSection};
 use umbra_agent::agent::front::Front;
 use umbra_agent::loadgen::{LoadConfig, LoadGenerator, RequestSpec, Target};
 use umbra_agent::provider::AnyProvider;
@@ -18,10 +21,28 @@ use umbra_proto::agent::{AgentAction, AgentCommand, CommandOutcome, CommandResul
 /// A cold read's cost in the regions' instances: small, this test is about routing.
 const BACKING_LATENCY_MS: u64 = 1;
 
-async fn region(name: &str, dir: &Path) -> anyhow::Result<Agent> {
+/// The `[front]` section of a region of this test: haproxy needs a fixed port.
+fn front_section(kind: FrontKind) -> anyhow::Result<FrontSection> {
+    let (port, haproxy_binary) = match kind {
+        FrontKind::Embedded => (0, None),
+        // A missing haproxy fails the test with how to install it; it never skips.
+        FrontKind::Haproxy => (
+            umbra_testkit::free_port()?,
+            Some(umbra_testkit::installed("haproxy", "haproxy")?),
+        ),
+    };
+    Ok(FrontSection {
+        listen: format!("127.0.0.1:{port}").parse()?,
+        kind: kind.to_string(),
+        haproxy_binary,
+        haproxy_dir: None,
+    })
+}
+
+async fn region(name: &str, dir: &Path, kind: FrontKind) -> anyhow::Result<Agent> {
     let state = dir.join(name);
     let provider = common::sample_provider(&state, BACKING_LATENCY_MS).await?;
-    let front = Front::start("127.0.0.1:0".parse()?).await?;
+    let front = Front::from_config(&front_section(kind)?, &state).await?;
     let agent = Agent::with_parts(name, &state, AnyProvider::Process(provider), Some(front))?;
     let instance = format!("{name}-1");
     for (op, action) in [
@@ -75,13 +96,23 @@ async fn send(front: std::net::SocketAddr, requests: u64) -> anyhow::Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_share_moves_exactly_that_part_of_the_traffic() -> anyhow::Result<()> {
+    shares_move_traffic(FrontKind::Embedded).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_moves_exactly_that_part_of_the_traffic_through_haproxy() -> anyhow::Result<()> {
+    shares_move_traffic(FrontKind::Haproxy).await
+}
+
+async fn shares_move_traffic(kind: FrontKind) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
+    // The reapers also stop the haproxy fronts: they carry the agents' marker.
     let _reapers = [
         common::reaper(&dir.path().join("us-east")),
         common::reaper(&dir.path().join("eu-west")),
     ];
-    let east = region("us-east", dir.path()).await?;
-    let west = region("eu-west", dir.path()).await?;
+    let east = region("us-east", dir.path(), kind).await?;
+    let west = region("eu-west", dir.path(), kind).await?;
     let east_front = east.executor().front().unwrap().local_addr();
     let west_front = west.executor().front().unwrap().local_addr();
     // Each front's report, which also starts its next window.
@@ -181,6 +212,100 @@ async fn a_share_moves_exactly_that_part_of_the_traffic() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The pid haproxy's front recorded in the agent's state directory.
+fn haproxy_pid(state: &Path) -> anyhow::Result<i32> {
+    Ok(
+        std::fs::read_to_string(state.join("front-haproxy/haproxy.pid"))?
+            .trim()
+            .parse()?,
+    )
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_haproxy_is_restarted_and_a_new_agent_adopts_a_live_one() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("us-east");
+    let _reaper = common::reaper(&state);
+    let section = front_section(FrontKind::Haproxy)?;
+    let agent = region("us-east", dir.path(), FrontKind::Haproxy).await?;
+    // `region` drew its own port: use the agent's.
+    let front = agent.executor().front().unwrap().local_addr();
+    let section = FrontSection {
+        listen: front,
+        ..section
+    };
+    agent.report().await;
+    send(front, 100).await?;
+    let first = haproxy_pid(&state)?;
+
+    // haproxy dies: the next heartbeat starts it again with every weight.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    umbra_testkit::wait_for("haproxy to die", Duration::from_secs(10), || async {
+        (!alive(first)).then_some(())
+    })
+    .await?;
+    // A heartbeat notices and starts a new one. /proc shows the killed haproxy as a zombie
+    // while its other threads are still exiting, before its parent can wait for it, so this
+    // may take a heartbeat more.
+    let report = umbra_testkit::wait_for(
+        "the agent to start haproxy again",
+        Duration::from_secs(30),
+        || async { agent.report().await.front },
+    )
+    .await?;
+    assert_eq!(report.requests_total, 0, "a new haproxy counts afresh");
+    let second = haproxy_pid(&state)?;
+    assert_ne!(first, second);
+    send(front, 100).await?;
+    assert_eq!(agent.report().await.front.unwrap().window_requests, 100);
+
+    // The agent goes away; haproxy keeps serving and the next agent adopts it.
+    drop(agent);
+    send(front, 100).await?;
+    let provider = common::sample_provider(&state, BACKING_LATENCY_MS).await?;
+    let adopted = Front::from_config(&section, &state).await?;
+    let agent = Agent::with_parts(
+        "us-east",
+        &state,
+        AnyProvider::Process(provider),
+        Some(adopted),
+    )?;
+    assert_eq!(haproxy_pid(&state)?, second, "adopted, not restarted");
+    let report = agent.report().await.front.unwrap();
+    assert_eq!(report.requests_total, 200, "its counters went on");
+    send(front, 100).await?;
+
+    // An agent configured differently replaces it.
+    drop(agent);
+    let moved = FrontSection {
+        listen: format!("127.0.0.1:{}", umbra_testkit::free_port()?).parse()?,
+        ..section
+    };
+    let provider = common::sample_provider(&state, BACKING_LATENCY_MS).await?;
+    let replaced = Front::from_config(&moved, &state).await?;
+    let agent = Agent::with_parts(
+        "us-east",
+        &state,
+        AnyProvider::Process(provider),
+        Some(replaced),
+    )?;
+    assert!(!alive(second), "the old haproxy was stopped");
+    agent.report().await;
+    send(moved.listen, 100).await?;
+    agent.executor().provider().remove("us-east-1").await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_agent_without_a_front_refuses_shares() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -199,5 +324,21 @@ async fn an_agent_without_a_front_refuses_shares() -> anyhow::Result<()> {
         other => panic!("{other:?}"),
     }
     assert!(agent.report().await.front.is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_haproxy_front_without_haproxy_says_how_to_get_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let section = FrontSection {
+        haproxy_binary: Some("/nonexistent/haproxy".into()),
+        ..front_section(FrontKind::Haproxy)?
+    };
+    let err = match Front::from_config(&section, dir.path()).await {
+        Ok(_) => panic!("a front started without its program"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("apt-get install haproxy"), "{err}");
+    assert!(err.contains("front.haproxy_binary"), "{err}");
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `umbra demo [--json] [--inject-fault] [--kill-leader] [--no-warm]`: one real region
+//! `umbra demo [--json] [--inject-fault] [--kill-leader] [--no-warm] [--front KIND]`: one real region
 //! migration on this machine (three orchestrators, three region agents with their fronts and
 //! sample instances, traffic through the orchestrators' DNS). The work is
 //! `umbra_demo`; this file parses flags, prints progress on stderr and the final
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use umbra_demo::report::DemoReport;
-use umbra_demo::{DemoOptions, run as run_demo};
+use umbra_demo::{DemoOptions, FrontKind, run as run_demo};
 
 /// Arguments of `umbra demo`.
 #[derive(Debug, clap::Args)]
@@ -41,6 +41,10 @@ pub struct DemoArgs {
     /// removed at the end).
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// The regions' fronts: `embedded` (the agent's own proxy) or `haproxy` (each agent runs
+    /// a real haproxy, which must be installed).
+    #[arg(long, default_value_t = FrontKind::Embedded)]
+    front: FrontKind,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -57,6 +61,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     options.load.write_rate_per_sec = args.write_rate;
     options.min_requests = args.min_requests;
     options.work_dir = args.keep.clone();
+    options.front = args.front;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -27,6 +27,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use umbra_agent::agent::config::FrontKind;
 use umbra_agent::loadgen::{ServiceTarget, Target};
 use umbra_agent::warmer::MixSource;
 use umbra_proto::certs::{self, Layout};
@@ -96,6 +97,8 @@ pub struct DemoOptions {
     pub pool_shrink_after_slices: u32,
     /// How much earlier than measured a pool moves ahead of a slice, ms.
     pub pool_lead_margin_ms: u64,
+    /// What each agent runs as its region's front (`[front] kind`).
+    pub front: FrontKind,
 }
 
 impl DemoOptions {
@@ -116,6 +119,7 @@ impl DemoOptions {
             pool_shrink_after_slices: umbra_forecast::sizing::DEFAULT_HYSTERESIS
                 .shrink_after_slices,
             pool_lead_margin_ms: umbra_orchestrator::executor::pools::DEFAULT_LEAD_MARGIN_MS,
+            front: FrontKind::default(),
         }
     }
 
@@ -429,6 +433,7 @@ async fn start_cluster(
                 &orchestrators.iter().map(|o| o.quic).collect::<Vec<_>>(),
                 &certs_dir,
                 front,
+                options.front,
                 &options.bin_dir.join("umbra-sample"),
             ),
         )
@@ -446,7 +451,10 @@ async fn start_cluster(
             Some(&state_dir),
         )?;
         agent_state_dirs.insert(region.clone(), state_dir);
-        progress(&format!("started agent {region} (front http://{front})"));
+        progress(&format!(
+            "started agent {region} ({} front http://{front})",
+            options.front
+        ));
     }
 
     // A leader, then the plan.
@@ -1246,20 +1254,22 @@ where
     Err(last)
 }
 
-/// An agent's config: its region, the orchestrators' QUIC addresses, the front, and the
-/// process provider running `umbra-sample`.
+/// An agent's config: its region, the orchestrators' QUIC addresses, the front and its kind,
+/// and the process provider running `umbra-sample`.
 fn agent_toml(
     region: &str,
     state_dir: &Path,
     orchestrators: &[SocketAddr],
     certs_dir: &Path,
     front: SocketAddr,
+    front_kind: FrontKind,
     sample_binary: &Path,
 ) -> String {
     let list: Vec<String> = orchestrators.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
         "region = \"{region}\"\nstate_dir = \"{}\"\norchestrators = [{}]\ncerts_dir = \"{}\"\n\
-         heartbeat_ms = {AGENT_HEARTBEAT_MS}\n\n[front]\nlisten = \"{front}\"\n\n[provider]\n\
+         heartbeat_ms = {AGENT_HEARTBEAT_MS}\n\n[front]\nlisten = \"{front}\"\n\
+         kind = \"{front_kind}\"\n\n[provider]\n\
          kind = \"process\"\nsample_binary = \"{}\"\n",
         state_dir.display(),
         list.join(", "),
@@ -1299,6 +1309,7 @@ mod tests {
             &["127.0.0.1:7001".parse().unwrap()],
             dir.path(),
             "127.0.0.12:18080".parse().unwrap(),
+            FrontKind::Haproxy,
             Path::new("/bin/umbra-sample"),
         );
         let path = dir.path().join("agent.toml");
@@ -1306,10 +1317,9 @@ mod tests {
         let parsed = umbra_agent::agent::config::AgentConfig::load(&path).unwrap();
         assert_eq!(parsed.region, "eu-west");
         assert_eq!(parsed.heartbeat_ms, AGENT_HEARTBEAT_MS);
-        assert_eq!(
-            parsed.front.unwrap().listen,
-            "127.0.0.12:18080".parse().unwrap()
-        );
+        let front = parsed.front.unwrap();
+        assert_eq!(front.listen, "127.0.0.12:18080".parse().unwrap());
+        assert_eq!(front.front_kind().unwrap(), FrontKind::Haproxy);
     }
 
     #[test]

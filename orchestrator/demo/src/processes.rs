@@ -2,7 +2,8 @@
 //! registered here with its log file; dropping the [`Supervisor`] (normal end, error, Ctrl-C)
 //! sends SIGTERM, waits a grace period, then SIGKILLs what is left, and finally kills the
 //! sample-service instances the agents started (they run in their own sessions and outlive an
-//! agent on purpose, for adoption, so they must be found by the marker in their environment).
+//! agent on purpose, for adoption, so they must be found by the marker in their environment),
+//! and with them any haproxy front an agent ran (it carries the same marker).
 //!
 //! This module must not decide what to start; it only runs, watches and stops.
 

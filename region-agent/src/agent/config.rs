@@ -10,8 +10,11 @@
 //! certs_dir = "/etc/umbra/certs"     # ca.pem, agent-eu-west.pem/.key (umbra certs init)
 //! heartbeat_ms = 1000
 //! metrics_listen = "127.0.0.1:9464"   # Prometheus /metrics (optional)
-//! [front]                            # optional: the region front (embedded proxy)
+//! [front]                            # optional: the region front
 //! listen = "127.0.0.12:8000"
+//! kind = "embedded"                   # or "haproxy" (the agent runs and drives haproxy)
+//! # haproxy_binary = "haproxy"                      (haproxy; found on PATH by default)
+//! # haproxy_dir = "/var/lib/umbra-agent/front-haproxy"  (haproxy; default: under state_dir)
 //! [provider]
 //! kind = "process"                    # or "docker"
 //! backing_latency_ms = 30
@@ -136,6 +139,139 @@ pub struct FrontSection {
     /// Where the front listens, e.g. `127.0.0.12:8000` (fronts of different regions share a
     /// port on distinct loopback addresses, because a DNS A record carries no port).
     pub listen: SocketAddr,
+    /// `embedded` or `haproxy` (kept a string so an unknown name gets our message).
+    #[serde(default = "default_front_kind")]
+    pub kind: String,
+    /// The `haproxy` program (kind `haproxy`): a path, or a name looked up on `PATH`.
+    #[serde(default)]
+    pub haproxy_binary: Option<PathBuf>,
+    /// Where the agent writes haproxy's configuration and keeps its sockets, pid and log
+    /// (kind `haproxy`); [`DEFAULT_HAPROXY_DIR`] under `state_dir` by default.
+    #[serde(default)]
+    pub haproxy_dir: Option<PathBuf>,
+}
+
+/// The haproxy program unless configured: Debian's package installs it as `haproxy`.
+pub const DEFAULT_HAPROXY_BINARY: &str = "haproxy";
+/// The haproxy directory under the agent's `state_dir` unless configured.
+pub const DEFAULT_HAPROXY_DIR: &str = "front-haproxy";
+/// Longest socket path Linux accepts (`sun_path` is 108 bytes with its terminating NUL); the
+/// haproxy directory holds two sockets, so its path must leave room for their names.
+const MAX_UNIX_SOCKET_PATH: usize = 107;
+
+fn default_front_kind() -> String {
+    FrontKind::Embedded.as_str().into()
+}
+
+/// Which program is the region front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FrontKind {
+    /// The agent's own weighted proxy (`crate::lb::proxy`): needs nothing installed.
+    #[default]
+    Embedded,
+    /// A `haproxy` the agent configures, starts and drives through its runtime API.
+    Haproxy,
+}
+
+impl FrontKind {
+    /// The name written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrontKind::Embedded => "embedded",
+            FrontKind::Haproxy => "haproxy",
+        }
+    }
+}
+
+impl std::fmt::Display for FrontKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FrontKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "embedded" => Ok(FrontKind::Embedded),
+            "haproxy" => Ok(FrontKind::Haproxy),
+            other => Err(format!(
+                "unknown front kind {other:?}; the kinds are \"embedded\" (the agent's own \
+                 proxy) and \"haproxy\" (the agent runs haproxy and drives it through its \
+                 runtime API)"
+            )),
+        }
+    }
+}
+
+/// What a `haproxy` front needs, resolved from [`FrontSection`] and the state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaproxySettings {
+    /// The program.
+    pub binary: PathBuf,
+    /// Its configuration, sockets, pid file and log.
+    pub dir: PathBuf,
+}
+
+impl FrontSection {
+    /// The front kind, or an error saying what to write instead.
+    pub fn front_kind(&self) -> Result<FrontKind, ConfigError> {
+        self.kind.parse().map_err(|e: String| {
+            ConfigError::Invalid(format!(
+                "front.kind: {e}: write kind = \"embedded\" or kind = \"haproxy\""
+            ))
+        })
+    }
+
+    /// The haproxy settings (kind `haproxy`), with defaults filled in.
+    pub fn haproxy(&self, state_dir: &Path) -> HaproxySettings {
+        HaproxySettings {
+            binary: self
+                .haproxy_binary
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_HAPROXY_BINARY)),
+            dir: self
+                .haproxy_dir
+                .clone()
+                .unwrap_or_else(|| state_dir.join(DEFAULT_HAPROXY_DIR)),
+        }
+    }
+
+    fn validate(&self, state_dir: &Path) -> Result<(), ConfigError> {
+        match self.front_kind()? {
+            FrontKind::Embedded => {
+                if self.haproxy_binary.is_some() || self.haproxy_dir.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "front.haproxy_binary and front.haproxy_dir are read only with \
+                         kind = \"haproxy\"; remove them or set kind = \"haproxy\""
+                            .into(),
+                    ));
+                }
+            }
+            FrontKind::Haproxy => {
+                if self.listen.port() == 0 {
+                    return Err(ConfigError::Invalid(format!(
+                        "front.listen {}: a haproxy front needs a fixed port (haproxy \
+                         reports no port it chose); write e.g. \"{}:8000\"",
+                        self.listen,
+                        self.listen.ip()
+                    )));
+                }
+                let dir = self.haproxy(state_dir).dir;
+                // "/admin.sock" is the longest name the agent puts there.
+                if dir.as_os_str().len() + "/admin.sock".len() > MAX_UNIX_SOCKET_PATH {
+                    return Err(ConfigError::Invalid(format!(
+                        "front.haproxy_dir {} is too long for the Unix sockets it holds \
+                         (at most {} bytes); set a shorter front.haproxy_dir",
+                        dir.display(),
+                        MAX_UNIX_SOCKET_PATH - "/admin.sock".len()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_heartbeat() -> u64 {
@@ -162,6 +298,9 @@ impl AgentConfig {
         umbra_proto::Identity::new(umbra_proto::Role::Agent, self.region.clone())
             .map_err(|e| ConfigError::Invalid(format!("region: {e}")))?;
         self.provider_kind()?;
+        if let Some(front) = &self.front {
+            front.validate(&self.state_dir)?;
+        }
         if !(100..=60_000).contains(&self.heartbeat_ms) {
             return Err(ConfigError::Invalid(format!(
                 "heartbeat_ms {} must be between 100 and 60000",
@@ -262,5 +401,53 @@ mod tests {
         let bad: AgentConfig =
             toml::from_str("region = \"EU West\"\nstate_dir = \"/tmp/x\"\n").unwrap();
         assert!(bad.validate().is_err());
+    }
+
+    fn front(section: &str) -> Result<AgentConfig, ConfigError> {
+        let config: AgentConfig = toml::from_str(&format!(
+            "region = \"eu-west\"\nstate_dir = \"/tmp/x\"\n[front]\n{section}\n"
+        ))
+        .unwrap();
+        config.validate().map(|()| config)
+    }
+
+    #[test]
+    fn front_kinds_and_their_settings() {
+        let embedded = front("listen = \"127.0.0.12:8000\"").unwrap();
+        let section = embedded.front.unwrap();
+        assert_eq!(section.front_kind().unwrap(), FrontKind::Embedded);
+        let haproxy = front("listen = \"127.0.0.12:8000\"\nkind = \"haproxy\"").unwrap();
+        let section = haproxy.front.unwrap();
+        assert_eq!(section.front_kind().unwrap(), FrontKind::Haproxy);
+        assert_eq!(
+            section.haproxy(&haproxy.state_dir),
+            HaproxySettings {
+                binary: PathBuf::from("haproxy"),
+                dir: PathBuf::from("/tmp/x/front-haproxy"),
+            }
+        );
+        // A user's mistakes, each with what to write instead.
+        let rows = [
+            ("kind = \"nginx\"", "write kind = \"embedded\""),
+            ("kind = \"HAProxy\"", "or kind = \"haproxy\""),
+            (
+                "haproxy_binary = \"/usr/sbin/haproxy\"",
+                "or set kind = \"haproxy\"",
+            ),
+            (
+                "kind = \"haproxy\"\nhaproxy_dir = \"/tmp/this/path/is/far/too/long/for/a/unix/socket/address/because/sun_path/holds/only/108/bytes/with/its/nul\"",
+                "set a shorter front.haproxy_dir",
+            ),
+        ];
+        for (extra, expected) in rows {
+            let err = front(&format!("listen = \"127.0.0.12:8000\"\n{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+        let err = front("listen = \"127.0.0.12:0\"\nkind = \"haproxy\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs a fixed port"), "{err}");
     }
 }

@@ -1,26 +1,50 @@
-//! The region front: the embedded weighted proxy (`crate::lb::proxy`) on the region's front
-//! address, whose backends are this region's ACTIVE instances plus — during a cutover away
-//! from this region — other regions' fronts with the share the leader set (`SetShare`). A
-//! load-balancer share applies to the very next request, which is why a cutover moves traffic
-//! here before DNS follows.
+//! The region front on the region's front address, whose backends are this region's ACTIVE
+//! instances plus — during a cutover away from this region — other regions' fronts with the
+//! share the leader set (`SetShare`). A load-balancer share applies to the very next request,
+//! which is why a cutover moves traffic here before DNS follows. Two kinds do the balancing
+//! (`[front] kind`): the embedded weighted proxy (`crate::lb::proxy`, the default) and a
+//! `haproxy` the agent runs and drives through its runtime API ([`haproxy`]). Everything
+//! above the balancer — shares, weights, reconciling, the report's windows — is the same for
+//! both, so the executor does not know which one runs.
 //!
 //! [`weights`] is the pure part (instances and shares → backend weights, exact percentages);
-//! [`Front`] reconciles the proxy with it after every command and heartbeat, and reports what
-//! the LOCAL backends served (the report of a target region measures its own instances).
+//! [`Front`] reconciles the balancer with it after every command and heartbeat, and reports
+//! what the LOCAL backends served (the report of a target region measures its own instances).
 //!
-//! `window_p99_ms` is the p99 over the proxy's recent-latency window
-//! ([`crate::lb::proxy::DEFAULT_LATENCY_WINDOW`], the last 4–5 s) of all local backends' requests
-//! merged, so a cutover step is judged on how the instances answer now; the request and error
-//! counts are deltas since the previous heartbeat. The two windows differ in length: the
-//! latency one is fixed so that a p99 always has a few seconds of samples behind it.
+//! How each figure of the report is derived:
+//! - `requests_total` / `errors_total`: requests sent to local backends since the balancer
+//!   started, and those that failed. Embedded: its per-backend counters (a connect failure,
+//!   an upstream error, a timeout or a 5xx is an error; a retried request counts once per
+//!   backend tried). HAProxy: `show stat` of the `local-*` server slots, requests = the sum of
+//!   `hrsp_1xx` to `hrsp_5xx`, `hrsp_other`, `econ` and `eresp`; errors = the sum of
+//!   `hrsp_5xx`, `econ` and `eresp` (`lb::haproxy`). Both restart at 0 when haproxy does.
+//! - `window_requests` / `window_errors` / `window_ms`: the deltas of the two totals since the
+//!   previous heartbeat, and the time between the two heartbeats.
+//! - `window_p99_ms`: the p99 time to response headers of all local backends' requests merged,
+//!   over the recent-latency window ([`crate::lb::proxy::DEFAULT_LATENCY_WINDOW`], the last
+//!   4–5 s), so a cutover step is judged on how the instances answer now. Embedded: measured by
+//!   the proxy in µs. HAProxy keeps no quantiles (`show stat` has only a mean over its last
+//!   1024 requests), so haproxy logs one line per request to a socket of the agent's, and the
+//!   agent puts `%Tw + %Tc + %Tr` (queue, connect and response-header times, whole ms as
+//!   haproxy measures them) of the `local-*` slots into the same windowed histogram. A log
+//!   line haproxy could not send (socket full) is a sample missing from the p99, never a
+//!   request missing from the counts.
+//!
+//! The two windows differ in length: the latency one is fixed so that a p99 always has a few
+//! seconds of samples behind it.
+
+pub mod haproxy;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use umbra_proto::agent::{FrontReport, InstanceReport, InstanceState, ShareReport};
 
+use self::haproxy::HaproxyFront;
+use super::config::{ConfigError, FrontKind, FrontSection};
 use crate::lb::proxy::{EmbeddedProxy, ProxyConfig};
 use crate::lb::{BackendWeight, LbError, LoadBalancer, MAX_WEIGHT};
 
@@ -107,30 +131,118 @@ struct FrontState {
     last: Option<(Instant, u64, u64)>,
 }
 
+/// What balances the front's requests (module docs: how each reports).
+enum Balancer {
+    Embedded(EmbeddedProxy),
+    // Boxed: one front per agent, and the haproxy one is several times the proxy's size.
+    Haproxy(Box<HaproxyFront>),
+}
+
+impl Balancer {
+    fn listen(&self) -> SocketAddr {
+        match self {
+            Balancer::Embedded(proxy) => proxy.local_addr(),
+            Balancer::Haproxy(haproxy) => haproxy.listen(),
+        }
+    }
+
+    async fn set_backends(&self, backends: &[BackendWeight]) -> Result<(), LbError> {
+        match self {
+            Balancer::Embedded(proxy) => proxy.set_backends(backends).await,
+            Balancer::Haproxy(haproxy) => haproxy.set_backends(backends).await,
+        }
+    }
+
+    /// (requests, errors) of local backends since the balancer started.
+    async fn local_totals(&self) -> Result<(u64, u64), LbError> {
+        match self {
+            Balancer::Embedded(proxy) => Ok(proxy
+                .stats()
+                .await?
+                .iter()
+                .filter(|s| !s.name.starts_with(REMOTE_PREFIX))
+                .fold((0, 0), |(r, e), s| (r + s.requests, e + s.errors))),
+            Balancer::Haproxy(haproxy) => haproxy.local_totals().await,
+        }
+    }
+
+    fn local_p99_ms(&self) -> Option<f64> {
+        match self {
+            Balancer::Embedded(proxy) => {
+                proxy
+                    .recent_latency(|name| !name.starts_with(REMOTE_PREFIX))
+                    .latency_ms_p99
+            }
+            Balancer::Haproxy(haproxy) => haproxy.local_p99_ms(),
+        }
+    }
+
+    /// Restarts a balancer process that died; true when it did (its counters restarted and
+    /// it holds no weights).
+    async fn ensure_running(&self) -> Result<bool, LbError> {
+        match self {
+            Balancer::Embedded(_) => Ok(false),
+            Balancer::Haproxy(haproxy) => haproxy.ensure_running().await,
+        }
+    }
+}
+
+/// Why the configured front could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    /// The `[front]` section is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The balancer could not start.
+    #[error(transparent)]
+    Lb(#[from] LbError),
+}
+
 /// The running front.
 pub struct Front {
-    proxy: EmbeddedProxy,
+    balancer: Balancer,
     state: Mutex<FrontState>,
 }
 
 impl Front {
-    /// Starts the proxy on `listen` with no backends (requests fail until instances are
-    /// active, which is the truth).
+    /// Starts the embedded proxy on `listen` with no backends (requests fail until instances
+    /// are active, which is the truth).
     pub async fn start(listen: SocketAddr) -> Result<Front, LbError> {
         let proxy = EmbeddedProxy::start(ProxyConfig::new(listen), &[]).await?;
-        Ok(Front {
-            proxy,
+        Ok(Front::with(Balancer::Embedded(proxy)))
+    }
+
+    /// Starts the front `section` configures, for the agent whose state directory is
+    /// `state_dir` (a haproxy front keeps its files under it by default and carries its
+    /// marker).
+    pub async fn from_config(
+        section: &FrontSection,
+        state_dir: &Path,
+    ) -> Result<Front, FrontError> {
+        Ok(match section.front_kind()? {
+            FrontKind::Embedded => Front::start(section.listen).await?,
+            FrontKind::Haproxy => {
+                let settings = section.haproxy(state_dir);
+                let haproxy = HaproxyFront::start(section.listen, &settings, state_dir).await?;
+                Front::with(Balancer::Haproxy(Box::new(haproxy)))
+            }
+        })
+    }
+
+    fn with(balancer: Balancer) -> Front {
+        Front {
+            balancer,
             state: Mutex::new(FrontState {
                 shares: BTreeMap::new(),
                 applied: None,
                 last: None,
             }),
-        })
+        }
     }
 
-    /// The bound address.
+    /// The address clients reach the front on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.proxy.local_addr()
+        self.balancer.listen()
     }
 
     /// Records a share (checked first: on error nothing changes). Call [`Front::reconcile`]
@@ -178,9 +290,15 @@ impl Front {
         Ok(())
     }
 
-    /// Makes the proxy's backends match the active instances and the shares (no-op when
-    /// nothing changed).
+    /// Makes the balancer's backends match the active instances and the shares (no-op when
+    /// nothing changed and the balancer did not have to be restarted).
     pub async fn reconcile(&self, instances: &[InstanceReport]) -> Result<(), LbError> {
+        if self.balancer.ensure_running().await? {
+            let mut state = self.state.lock().expect("front lock");
+            state.applied = None;
+            // The counters restarted at 0: the next window starts from them.
+            state.last = None;
+        }
         let local: Vec<(String, SocketAddr)> = instances
             .iter()
             .filter(|i| i.state == InstanceState::Active)
@@ -194,7 +312,7 @@ impl Front {
             }
             wanted
         };
-        self.proxy.set_backends(&wanted).await?;
+        self.balancer.set_backends(&wanted).await?;
         tracing::info!(backends = ?wanted, "front backends set");
         self.state.lock().expect("front lock").applied = Some(wanted);
         Ok(())
@@ -204,17 +322,8 @@ impl Front {
     /// advancing call to now and the next window starts here (heartbeats); without, the window
     /// is reported but not restarted (command outcomes).
     pub async fn report(&self, advance: bool) -> Result<FrontReport, LbError> {
-        let stats = self.proxy.stats().await?;
-        let local: Vec<_> = stats
-            .iter()
-            .filter(|s| !s.name.starts_with(REMOTE_PREFIX))
-            .collect();
-        let requests_total: u64 = local.iter().map(|s| s.requests).sum();
-        let errors_total: u64 = local.iter().map(|s| s.errors).sum();
-        let p99 = self
-            .proxy
-            .recent_latency(|name| !name.starts_with(REMOTE_PREFIX))
-            .latency_ms_p99;
+        let (requests_total, errors_total) = self.balancer.local_totals().await?;
+        let p99 = self.balancer.local_p99_ms();
         let now = Instant::now();
         let mut state = self.state.lock().expect("front lock");
         let (window_ms, window_requests, window_errors) = match state.last {

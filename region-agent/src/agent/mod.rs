@@ -2,9 +2,9 @@
 //! idempotency, term fencing and the region check ([`core`]), the executor that turns commands
 //! into provider, warmer and replication calls ([`executor`]), and the QUIC session that
 //! follows the orchestrators' leader ([`session`]), the region front ([`front`]: the embedded
-//! proxy over this region's active instances plus cutover shares), and its Prometheus
-//! endpoint ([`metrics`]). [`Agent`] ties core and executor together
-//! and persists the core (newest term and finished operations) in `<state_dir>/ledger.json`,
+//! proxy or a haproxy the agent runs, over this region's active instances plus cutover
+//! shares), and its Prometheus endpoint ([`metrics`]). [`Agent`] ties core and executor
+//! together and persists the core (newest term and finished operations) in `<state_dir>/ledger.json`,
 //! so a restarted agent still refuses a deposed leader and still answers a retried operation
 //! with its first outcome.
 
@@ -66,16 +66,17 @@ impl Agent {
     pub async fn open(config: &AgentConfig) -> Result<Agent, AgentError> {
         config.validate()?;
         let provider = config.build_provider().await?;
-        let front =
-            match &config.front {
-                Some(section) => Some(front::Front::start(section.listen).await.map_err(|e| {
-                    AgentError::Front {
+        let front = match &config.front {
+            Some(section) => Some(
+                front::Front::from_config(section, &config.state_dir)
+                    .await
+                    .map_err(|e| AgentError::Front {
                         listen: section.listen,
                         message: e.to_string(),
-                    }
-                })?),
-                None => None,
-            };
+                    })?,
+            ),
+            None => None,
+        };
         Agent::with_parts(&config.region, &config.state_dir, provider, front)
     }
 
@@ -258,7 +259,8 @@ pub async fn run(config: AgentConfig) -> Result<(), session::SessionError> {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        // Instances keep running: the next agent on this state directory adopts them.
+        // Instances and a haproxy front keep running: the next agent on this state directory
+        // adopts them.
         stop.cancel();
     });
     session::run_session(agent, endpoint, session_config, shutdown).await

@@ -1,10 +1,9 @@
 //! HAProxy as a region load balancer, driven through its runtime API (the admin-level stats
 //! socket): `set server <backend>/<server> addr|weight|state`, and `show stat` for counters.
 //!
-//! Users who already run HAProxy keep their config; Umbra only changes weights, addresses
-//! and drain state of servers that the config declares (HAProxy 2.6 can add servers at run
-//! time only experimentally, so missing servers are an error telling the user to declare
-//! spare slots). Each command opens the socket, sends one line and reads the reply to EOF,
+//! Umbra only changes weights, addresses and drain state of servers that the config declares
+//! (missing servers are an error telling the user to declare spare slots); the agent's
+//! HAProxy front (`crate::agent::front::haproxy`) writes a config of such slots. Each command opens the socket, sends one line and reads the reply to EOF,
 //! with a timeout. This module must not write or reload HAProxy's config file.
 
 use std::collections::HashMap;
@@ -22,6 +21,12 @@ use super::{BackendState, BackendStats, BackendWeight, LbError, LoadBalancer, va
 /// Time allowed for one runtime API command unless configured; the socket is local and
 /// HAProxy answers in microseconds, so a second means it is stuck or gone.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Attempts per runtime API command: haproxy resets a connection to its admin socket now and
+/// then when commands come back to back (seen with 2.6 right after a restart); every command
+/// Umbra sends sets an absolute value or reads, so sending it again is safe.
+const COMMAND_ATTEMPTS: u32 = 3;
+/// Pause before the second attempt, doubled before each further one.
+const COMMAND_RETRY_BACKOFF: Duration = Duration::from_millis(10);
 /// Largest reply read from the socket (`show stat` for 64 servers is ~40 KiB).
 const MAX_REPLY_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -93,8 +98,25 @@ impl Haproxy {
         Ok(Self { config })
     }
 
-    /// Sends one runtime API command and returns the reply text.
+    /// Sends one runtime API command and returns the reply text; an I/O error is retried up to
+    /// [`COMMAND_ATTEMPTS`] times in all, with a short backoff.
     pub async fn command(&self, command: &str) -> Result<String, LbError> {
+        let mut backoff = COMMAND_RETRY_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match self.command_once(command).await {
+                Err(LbError::Io { source, .. }) if attempt < COMMAND_ATTEMPTS => {
+                    tracing::debug!(command, error = %source, attempt, "HAProxy admin socket failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn command_once(&self, command: &str) -> Result<String, LbError> {
         assert!(!command.contains('\n'), "one command per call");
         let what = format!(
             "HAProxy admin socket {}",
@@ -261,7 +283,12 @@ impl LoadBalancer for Haproxy {
                     self.command_expect_empty(&format!("set server {be}/{} state ready", b.name)).await?;
                 }
             }
-            for s in servers.iter().filter(|s| !backends.iter().any(|b| b.name == s.name)) {
+            // Only servers that still take requests: a front of spare slots would otherwise
+            // send one command per idle slot on every change.
+            for s in servers
+                .iter()
+                .filter(|s| s.weight != 0 && !backends.iter().any(|b| b.name == s.name))
+            {
                 self.command_expect_empty(&format!("set server {be}/{} weight 0", s.name)).await?;
             }
             Ok(())

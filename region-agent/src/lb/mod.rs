@@ -1,6 +1,6 @@
 //! The region load balancer: one trait, two implementations — the embedded weighted HTTP/1.1
 //! proxy (`proxy`, the default, needs nothing installed) and HAProxy driven through its
-//! runtime API (`haproxy`, for users who already run it). A cutover moves traffic here first
+//! runtime API (`haproxy`; the agent's front runs one, `crate::agent::front::haproxy`). A cutover moves traffic here first
 //! because a load balancer applies a weight change to the very next request, while DNS only
 //! follows as client caches expire. This module defines what every load balancer must offer;
 //! it must not know about migrations, steps or SLOs (the orchestrator decides the weights).
@@ -121,6 +121,9 @@ pub enum LbError {
     Runtime { command: String, reply: String },
     #[error("could not parse HAProxy output: {0}")]
     Parse(String),
+    /// The load balancer's own process (a haproxy the agent runs) could not run.
+    #[error("{0}")]
+    Process(String),
     #[error("{what} timed out after {timeout_ms} ms")]
     Timeout { what: String, timeout_ms: u64 },
     #[error("I/O error talking to {what}: {source}")]

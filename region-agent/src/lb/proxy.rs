@@ -150,15 +150,16 @@ impl ProxyConfig {
 
 /// Latency of the requests of the last window: a ring of histograms, each covering
 /// `bucket_ms` of the proxy's clock and reused (reset) when its slot comes round again, so
-/// memory is fixed whatever the traffic. Time is passed in (ms since the proxy started).
-struct WindowHistogram {
+/// memory is fixed whatever the traffic. Time is passed in (ms since the proxy started). The
+/// HAProxy front keeps one too, fed from haproxy's per-request log.
+pub(crate) struct WindowHistogram {
     bucket_ms: u64,
     /// (bucket number = `now_ms / bucket_ms` when the slot was last reset, its samples in µs).
     slots: Vec<(u64, Histogram<u64>)>,
 }
 
 impl WindowHistogram {
-    fn new(window: Duration, buckets: usize) -> Self {
+    pub(crate) fn new(window: Duration, buckets: usize) -> Self {
         let buckets = buckets.max(1);
         let bucket_ms =
             (u64::try_from(window.as_millis()).unwrap_or(u64::MAX) / buckets as u64).max(1);
@@ -170,7 +171,7 @@ impl WindowHistogram {
         }
     }
 
-    fn record(&mut self, us: u64, now_ms: u64) {
+    pub(crate) fn record(&mut self, us: u64, now_ms: u64) {
         let bucket = now_ms / self.bucket_ms;
         let len = self.slots.len() as u64;
         let (number, histogram) = &mut self.slots[(bucket % len) as usize];
@@ -183,7 +184,7 @@ impl WindowHistogram {
     }
 
     /// Adds the samples still inside the window at `now_ms` to `into`.
-    fn add_to(&self, into: &mut Histogram<u64>, now_ms: u64) {
+    pub(crate) fn add_to(&self, into: &mut Histogram<u64>, now_ms: u64) {
         let current = now_ms / self.bucket_ms;
         let len = self.slots.len() as u64;
         for (number, histogram) in &self.slots {
@@ -194,7 +195,7 @@ impl WindowHistogram {
         }
     }
 
-    fn empty_like(&self) -> Histogram<u64> {
+    pub(crate) fn empty_like(&self) -> Histogram<u64> {
         Histogram::new_from(&self.slots[0].1)
     }
 }
