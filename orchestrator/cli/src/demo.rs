@@ -1,4 +1,5 @@
-//! `umbra demo [--json] [--inject-fault] [--kill-leader] [--no-warm]`: one real region
+//! `umbra demo [--json] [--inject-fault] [--kill-leader] [--no-warm] [--dns embedded|bind]`:
+//! one real region
 //! migration on this machine (three orchestrators, three region agents with their fronts and
 //! sample instances, traffic through the orchestrators' DNS). The work is
 //! `umbra_demo`; this file parses flags, prints progress on stderr and the final
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use umbra_demo::report::DemoReport;
-use umbra_demo::{DemoOptions, run as run_demo};
+use umbra_demo::{DemoDns, DemoOptions, run as run_demo};
 
 /// Arguments of `umbra demo`.
 #[derive(Debug, clap::Args)]
@@ -41,6 +42,17 @@ pub struct DemoArgs {
     /// removed at the end).
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// Who answers for the service zone: each orchestrator's embedded server, or BIND 9
+    /// (`named`, started by the demo) updated by the leader with RFC 2136 + TSIG.
+    #[arg(long, value_enum, default_value_t = DnsChoice::Embedded)]
+    dns: DnsChoice,
+}
+
+/// `--dns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DnsChoice {
+    Embedded,
+    Bind,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -57,6 +69,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     options.load.write_rate_per_sec = args.write_rate;
     options.min_requests = args.min_requests;
     options.work_dir = args.keep.clone();
+    options.dns = match args.dns {
+        DnsChoice::Embedded => DemoDns::Embedded,
+        DnsChoice::Bind => DemoDns::Bind {
+            port: 0,
+            wrong_key: false,
+        },
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
