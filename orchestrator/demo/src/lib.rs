@@ -8,7 +8,9 @@
 //! follow-the-sun migration on a compressed clock, prints every transition from the
 //! replicated audit log as it happens, and builds the final [`report::DemoReport`].
 //! `--inject-fault` flips the target's fault switch at the 50 % step; `--kill-leader`
-//! SIGKILLs the leading orchestrator at that step; `--no-warm` skips the warm-up.
+//! SIGKILLs the leading orchestrator at that step; `--no-warm` skips the warm-up. With
+//! `--dns bind` ([`DemoDns::Bind`]), `named` ([`bind`]) replaces the embedded servers as the
+//! zone's one authority, and the traffic resolves through it.
 //!
 //! Everything it starts is registered with a [`processes::Supervisor`], which stops it on every
 //! exit path. This module drives and observes; it must not make migration decisions (the
@@ -752,11 +754,15 @@ async fn demo(
         traffic::TrafficRun::start(target, options.load.write_rate_per_sec, traffic::writes())
     });
     progress(&format!(
-        "traffic: {} reads/s of the seeded keys and {} writes/s of fresh keys at http://{}:{} via the orchestrators' DNS",
+        "traffic: {} reads/s of the seeded keys and {} writes/s of fresh keys at http://{}:{} via {}",
         options.load.rate_per_sec,
         options.load.write_rate_per_sec,
         scenario::HOSTNAME.trim_end_matches('.'),
-        topology.front_port
+        topology.front_port,
+        match options.dns {
+            DemoDns::Embedded => "the orchestrators' DNS",
+            DemoDns::Bind { .. } => "BIND",
+        }
     ));
     let outcome = migrate(
         options,
