@@ -307,4 +307,190 @@ mod tests {
         log.record(&a, Ok(()));
         assert_eq!(log.failure_of(&a), None, "a later success clears it");
     }
+
+    /// An authority in memory: what it holds, how many updates it took, and a switch that
+    /// makes it refuse every update as BIND refuses a wrong key.
+    #[derive(Default)]
+    struct MemoryAuthority {
+        held: Mutex<BTreeMap<String, WeightedRecordSet>>,
+        updates: std::sync::atomic::AtomicU32,
+        refuse: std::sync::atomic::AtomicBool,
+    }
+
+    impl MemoryAuthority {
+        fn updates(&self) -> u32 {
+            self.updates.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
+        fn held(&self) -> Option<WeightedRecordSet> {
+            self.held.lock().unwrap().get("shop.umbra.test.").cloned()
+        }
+    }
+
+    impl DnsProvider for MemoryAuthority {
+        fn set_record_set<'a>(
+            &'a self,
+            set: &'a WeightedRecordSet,
+        ) -> futures::future::BoxFuture<'a, Result<(), umbra_dns::DnsError>> {
+            Box::pin(async move {
+                if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(umbra_dns::DnsError::Rejected {
+                        server: "127.0.0.1:53".parse().unwrap(),
+                        what: format!("the update of {}", set.name),
+                        rcode: "NOTAUTH (Not authorized)".into(),
+                    });
+                }
+                self.updates
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.held
+                    .lock()
+                    .unwrap()
+                    .insert(set.name.clone(), set.clone());
+                Ok(())
+            })
+        }
+
+        fn record_set<'a>(
+            &'a self,
+            name: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<Option<WeightedRecordSet>, umbra_dns::DnsError>>
+        {
+            Box::pin(async move { Ok(self.held.lock().unwrap().get(name).cloned()) })
+        }
+
+        fn authoritative_servers(&self) -> Vec<SocketAddr> {
+            vec!["127.0.0.1:53".parse().unwrap()]
+        }
+    }
+
+    fn status(role: RaftRole, term: u64) -> NodeStatus {
+        NodeStatus {
+            id: 1,
+            role,
+            term,
+            leader: None,
+            commit_index: 0,
+            applied_index: 0,
+            last_index: 0,
+            voters: vec![1, 2, 3],
+            led_terms: Vec::new(),
+            term_proposers: BTreeMap::new(),
+            failure: None,
+        }
+    }
+
+    /// The example plan with `shop`'s weights set to `weights` (region → weight).
+    fn overview(weights: &[(&str, u32)], index: u64) -> Arc<Overview> {
+        let mut state = crate::state::OrchestratorState::default();
+        state
+            .apply_command(
+                1,
+                &crate::state::Command::ApplyPlan {
+                    plan: crate::state::Plan::example(),
+                    at_ms: 1,
+                },
+            )
+            .expect("the example plan applies");
+        let mut overview = state.overview();
+        overview.dns.insert(
+            "shop".to_owned(),
+            DnsWeights {
+                weights: weights.iter().map(|&(r, w)| (r.to_owned(), w)).collect(),
+                ttl_secs: 30,
+            },
+        );
+        overview.applied_index = index;
+        Arc::new(overview)
+    }
+
+    fn served(set: Option<WeightedRecordSet>) -> Vec<String> {
+        set.map(|s| s.served_addresses().iter().map(|a| a.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Time is tokio's paused clock: each `settle` lets the publisher run until it waits.
+    async fn settle(ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_leader_writes_and_a_new_leader_republishes_what_the_server_lost() {
+        let authority = Arc::new(MemoryAuthority::default());
+        let (overview_tx, overviews) = watch::channel(overview(&[("us-east", 100)], 1));
+        let (status_tx, statuses) = watch::channel(status(RaftRole::Follower, 1));
+        let (stop_tx, stop) = watch::channel(false);
+        let log = PublishLog::default();
+        let task = spawn(
+            authority.clone(),
+            umbra_dns::parse_fqdn("umbra.test.").unwrap(),
+            overviews,
+            statuses,
+            log.clone(),
+            stop,
+        );
+        settle(1_000).await;
+        assert_eq!(authority.updates(), 0, "a follower never writes");
+
+        status_tx.send_replace(status(RaftRole::Leader, 2));
+        settle(50).await;
+        assert_eq!(served(authority.held()), ["127.0.0.11"]);
+        assert_eq!(authority.updates(), 1);
+        // Status changes of the same leadership (every applied entry) write nothing again.
+        for applied in 1..20 {
+            status_tx.send_modify(|s| s.applied_index = applied);
+            settle(10).await;
+        }
+        assert_eq!(authority.updates(), 1, "an unchanged set is not sent again");
+
+        overview_tx.send_replace(overview(&[("us-east", 90), ("eu-west", 10)], 2));
+        settle(50).await;
+        assert_eq!(served(authority.held()), ["127.0.0.11", "127.0.0.12"]);
+
+        // The server lost the set (restarted without its journal): the next read-back puts it
+        // back.
+        authority.held.lock().unwrap().clear();
+        settle(RECHECK_INTERVAL.as_millis() as u64 + 500).await;
+        assert_eq!(served(authority.held()), ["127.0.0.11", "127.0.0.12"]);
+
+        // A refusal is kept for the executor's check, then retried until the server takes it.
+        authority
+            .refuse
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let moved = overview(&[("eu-west", 100)], 3);
+        overview_tx.send_replace(moved.clone());
+        settle(50).await;
+        let set = zone_sync::record_set_for(&moved, "shop", &moved.dns["shop"]).unwrap();
+        let refused = log.failure_of(&set).expect("the refusal is kept");
+        assert!(refused.contains("NOTAUTH"), "{refused}");
+        assert_eq!(served(authority.held()), ["127.0.0.11", "127.0.0.12"]);
+        authority
+            .refuse
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        settle(MAX_RETRY_DELAY.as_millis() as u64 + 500).await;
+        assert_eq!(served(authority.held()), ["127.0.0.12"]);
+        assert_eq!(log.failure_of(&set), None);
+
+        // Deposed: a newer state is not written by this node.
+        status_tx.send_replace(status(RaftRole::Follower, 3));
+        overview_tx.send_replace(overview(&[("us-east", 100)], 4));
+        settle(RECHECK_INTERVAL.as_millis() as u64 * 2).await;
+        assert_eq!(
+            served(authority.held()),
+            ["127.0.0.12"],
+            "a follower never writes"
+        );
+
+        // Leading again: everything is published once, whatever the server holds.
+        let before = authority.updates();
+        status_tx.send_replace(status(RaftRole::Leader, 5));
+        settle(50).await;
+        assert_eq!(served(authority.held()), ["127.0.0.11"]);
+        assert_eq!(authority.updates(), before + 1);
+
+        stop_tx.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("the publisher stops when told")
+            .unwrap();
+    }
 }
