@@ -16,4 +16,5 @@ pub mod migration;
 pub mod node;
 pub mod state;
 pub mod store;
+pub mod zone_publish;
 pub mod zone_sync;

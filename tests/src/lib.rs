@@ -175,6 +175,7 @@ impl NodeProcess {
             .as_ref()
             .expect("only orchestrator-mode nodes serve DNS")
             .listen
+            .expect("the cluster's nodes run the embedded DNS server")
     }
 
     pub fn pid(&self) -> Option<Pid> {
@@ -299,10 +300,7 @@ impl Cluster {
                         loopback(free_port()?),
                         self.token_file.clone(),
                     )),
-                    Some(DnsSection {
-                        listen: dns,
-                        zone: self.options.zone.clone(),
-                    }),
+                    Some(DnsSection::embedded(dns, self.options.zone.clone())),
                     ExecutorSection {
                         dns_servers: self.dns_addresses.values().copied().collect(),
                         ..ExecutorSection::default()

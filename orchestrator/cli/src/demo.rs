@@ -1,5 +1,5 @@
-//! `umbra demo [--json] [--inject-fault] [--kill-leader] [--no-warm] [--front KIND]`: one real region
-//! migration on this machine (three orchestrators, three region agents with their fronts and
+//! `umbra demo [--json] [--inject-fault] [--kill-leader] [--no-warm]
+//! [--front embedded|haproxy] [--dns embedded|bind]`: one real region migration on this machine (three orchestrators, three region agents with their fronts and
 //! sample instances, traffic through the orchestrators' DNS). The work is
 //! `umbra_demo`; this file parses flags, prints progress on stderr and the final
 //! report on stdout (`--json`: one JSON object), and turns Ctrl-C into a clean stop.
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use umbra_demo::report::DemoReport;
-use umbra_demo::{DemoOptions, FrontKind, run as run_demo};
+use umbra_demo::{DemoDns, DemoOptions, FrontKind, run as run_demo};
 
 /// Arguments of `umbra demo`.
 #[derive(Debug, clap::Args)]
@@ -45,6 +45,17 @@ pub struct DemoArgs {
     /// a real haproxy, which must be installed).
     #[arg(long, default_value_t = FrontKind::Embedded)]
     front: FrontKind,
+    /// Who answers for the service zone: each orchestrator's embedded server, or BIND 9
+    /// (`named`, started by the demo) updated by the leader with RFC 2136 + TSIG.
+    #[arg(long, value_enum, default_value_t = DnsChoice::Embedded)]
+    dns: DnsChoice,
+}
+
+/// `--dns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DnsChoice {
+    Embedded,
+    Bind,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -62,6 +73,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     options.min_requests = args.min_requests;
     options.work_dir = args.keep.clone();
     options.front = args.front;
+    options.dns = match args.dns {
+        DnsChoice::Embedded => DemoDns::Embedded,
+        DnsChoice::Bind => DemoDns::Bind {
+            port: 0,
+            wrong_key: false,
+        },
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

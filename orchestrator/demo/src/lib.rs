@@ -8,12 +8,15 @@
 //! follow-the-sun migration on a compressed clock, prints every transition from the
 //! replicated audit log as it happens, and builds the final [`report::DemoReport`].
 //! `--inject-fault` flips the target's fault switch at the 50 % step; `--kill-leader`
-//! SIGKILLs the leading orchestrator at that step; `--no-warm` skips the warm-up.
+//! SIGKILLs the leading orchestrator at that step; `--no-warm` skips the warm-up. With
+//! `--dns bind` ([`DemoDns::Bind`]), `named` ([`bind`]) replaces the embedded servers as the
+//! zone's one authority, and the traffic resolves through it.
 //!
 //! Everything it starts is registered with a [`processes::Supervisor`], which stops it on every
 //! exit path. This module drives and observes; it must not make migration decisions (the
 //! leader's executor does, from replicated state) nor change state except through the API.
 
+pub mod bind;
 pub mod history;
 pub mod processes;
 pub mod report;
@@ -99,6 +102,21 @@ pub struct DemoOptions {
     pub pool_lead_margin_ms: u64,
     /// What each agent runs as its region's front (`[front] kind`).
     pub front: FrontKind,
+    /// Who answers for the service zone.
+    pub dns: DemoDns,
+}
+
+/// Who answers for `umbra.test.` in the demo (`umbra demo --dns embedded|bind`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DemoDns {
+    /// Every orchestrator's embedded server (`[dns] provider = "embedded"`).
+    #[default]
+    Embedded,
+    /// BIND 9's `named`, started by the demo on loopback (port 0: a free one), as the one
+    /// authority, updated by the leader with RFC 2136 + TSIG (`provider = "rfc2136"`).
+    /// `wrong_key` is a drill: the orchestrators hold a key of the right name with another
+    /// secret, so every update is refused (NOTAUTH) and the migration must roll back.
+    Bind { port: u16, wrong_key: bool },
 }
 
 impl DemoOptions {
@@ -120,6 +138,7 @@ impl DemoOptions {
                 .shrink_after_slices,
             pool_lead_margin_ms: umbra_orchestrator::executor::pools::DEFAULT_LEAD_MARGIN_MS,
             front: FrontKind::default(),
+            dns: DemoDns::Embedded,
         }
     }
 
@@ -210,6 +229,7 @@ struct Orchestrator {
     id: u64,
     quic: SocketAddr,
     admin: SocketAddr,
+    /// Where its zone is answered: its embedded server, or the one authority (BIND).
     dns: SocketAddr,
     api: ApiClient,
     /// The API's URL, for the `umbra` CLI.
@@ -354,6 +374,42 @@ async fn start_cluster(
     for _ in &peers {
         dns_addresses.push(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)));
     }
+    // With BIND, its address is every orchestrator's DNS address: the one authority.
+    let bind = match options.dns {
+        DemoDns::Embedded => None,
+        DemoDns::Bind { port, wrong_key } => {
+            let port = if port == 0 { free_port()? } else { port };
+            let primary = &topology.regions[0];
+            let initial = format!(
+                "{} {} IN A {}",
+                scenario::HOSTNAME,
+                options.timing.dns_ttl_secs,
+                primary.front_ip
+            );
+            let bind = bind::start(
+                &dir.join("bind"),
+                bind::loopback(port),
+                scenario::ZONE,
+                &[initial],
+                wrong_key,
+                supervisor,
+            )
+            .await?;
+            progress(&format!(
+                "started named on {} as the authority for {} (TSIG key {}{})",
+                bind.addr,
+                scenario::ZONE,
+                bind::KEY_NAME,
+                if wrong_key {
+                    "; the orchestrators hold a WRONG secret"
+                } else {
+                    ""
+                }
+            ));
+            dns_addresses = vec![bind.addr; peers.len()];
+            Some(bind)
+        }
+    };
     let mut orchestrators = Vec::new();
     for peer in &peers {
         let node_dir = dir.join(format!("orchestrator-{}", peer.id));
@@ -373,12 +429,20 @@ async fn start_cluster(
             raft: umbra_consensus::Config::default(),
             api: Some(ApiConfig::new(api_listen, token_file.clone())),
             gateway: GatewaySection::default(),
-            dns: Some(DnsSection {
-                listen: dns_addresses[(peer.id - 1) as usize],
-                zone: scenario::ZONE.to_owned(),
+            dns: Some(match &bind {
+                None => DnsSection::embedded(dns_addresses[(peer.id - 1) as usize], scenario::ZONE),
+                Some(bind) => DnsSection::rfc2136(
+                    bind.addr,
+                    scenario::ZONE,
+                    bind.orchestrator_key_file.clone(),
+                ),
             }),
             executor: ExecutorSection {
-                dns_servers: dns_addresses.clone(),
+                // BIND: the node checks its [dns] server.
+                dns_servers: match &bind {
+                    None => dns_addresses.clone(),
+                    Some(_) => Vec::new(),
+                },
                 demand_csv_dir: Some(demand_dir.clone()),
                 demand_slice_secs,
                 shadow_keep_ms: SHADOW_KEEP_MS,
@@ -686,7 +750,7 @@ async fn demo(
     let target = Target::Service(ServiceTarget {
         name: scenario::HOSTNAME.to_owned(),
         port: topology.front_port,
-        dns_servers: orchestrators.iter().map(|o| o.dns).collect(),
+        dns_servers: distinct_dns(orchestrators.iter()),
     });
     let mix = Arc::new(mix);
     let traffic = traffic::TrafficRun::start(
@@ -698,11 +762,15 @@ async fn demo(
         traffic::TrafficRun::start(target, options.load.write_rate_per_sec, traffic::writes())
     });
     progress(&format!(
-        "traffic: {} reads/s of the seeded keys and {} writes/s of fresh keys at http://{}:{} via the orchestrators' DNS",
+        "traffic: {} reads/s of the seeded keys and {} writes/s of fresh keys at http://{}:{} via {}",
         options.load.rate_per_sec,
         options.load.write_rate_per_sec,
         scenario::HOSTNAME.trim_end_matches('.'),
-        topology.front_port
+        topology.front_port,
+        match options.dns {
+            DemoDns::Embedded => "the orchestrators' DNS",
+            DemoDns::Bind { .. } => "BIND",
+        }
     ));
     let outcome = migrate(
         options,
@@ -1064,7 +1132,7 @@ async fn same_state_everywhere(
         })
         .collect();
     let set = WeightedRecordSet::new(scenario::HOSTNAME, dns.ttl_secs, addresses);
-    let servers: Vec<SocketAddr> = live.iter().map(|o| o.dns).collect();
+    let servers = distinct_dns(live.iter().copied());
     let dns_agree = umbra_dns::verify::verify_served(&servers, &set, Duration::from_secs(10))
         .await
         .is_ok();
@@ -1276,6 +1344,13 @@ fn agent_toml(
         certs_dir.display(),
         sample_binary.display()
     )
+}
+
+/// The DNS servers clients ask: each orchestrator's own, or the one authority once.
+fn distinct_dns<'a>(orchestrators: impl Iterator<Item = &'a Orchestrator>) -> Vec<SocketAddr> {
+    let mut servers: Vec<SocketAddr> = orchestrators.map(|o| o.dns).collect();
+    servers.dedup();
+    servers
 }
 
 /// A loopback port free for both UDP and TCP (QUIC, the admin and API endpoints, DNS), drawn

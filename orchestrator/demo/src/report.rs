@@ -60,6 +60,8 @@ pub struct PhaseSpan {
     pub start: u64,
     /// Left; `None` for the phase the migration is still in (or ended in).
     pub end: Option<u64>,
+    /// Why it was entered, as the audit log says (e.g. a rollback's cause).
+    pub reason: String,
 }
 
 /// The phases of migration `id` in order, from its audit entries (its creation opens
@@ -79,6 +81,7 @@ pub fn phases_from_audit(audit: &[AuditEntry], id: &str) -> Vec<PhaseSpan> {
             name: entered.to_string(),
             start: entry.at_ms,
             end: None,
+            reason: entry.reason.clone(),
         });
     }
     phases

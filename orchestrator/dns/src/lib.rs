@@ -9,7 +9,8 @@
 //! follows the load balancers in a cutover: clients cache answers for the TTL, so this crate
 //! must not decide when to change records or to what (the orchestrator does, through its
 //! replicated log; its `zone_sync` keeps each orchestrator's embedded zone equal to the
-//! replicated weights) and must never report a change as done before it was seen served.
+//! replicated weights, or its `zone_publish` sends them to a standard server with `rfc2136`)
+//! and must never report a change as done before it was seen served.
 //! Architecture invariant: this crate knows nothing of the orchestrator's replicated state.
 
 pub mod embedded;

@@ -33,6 +33,9 @@ pub const DEFAULT_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Allowed clock difference between us and the server, in seconds; RFC 8945 § 10 recommends
 /// 300.
 pub const TSIG_FUDGE_SECS: u16 = 300;
+/// Shortest secret accepted: 128 bits, out of reach of guessing; `tsig-keygen -a hmac-sha256`
+/// makes 256.
+pub const MIN_SECRET_BYTES: usize = 16;
 const WEIGHT_TXT_PREFIX: &str = "umbra-weight";
 
 /// A TSIG key as the server knows it (`key "name" { algorithm hmac-sha256; secret "..."; }`).
@@ -68,6 +71,167 @@ impl TsigKey {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(&self.secret)
     }
+}
+
+/// The TSIG algorithms updates can be signed with (hickory signs only these three); BIND's
+/// names for them, as `tsig-keygen -a` takes them.
+const SIGNING_ALGORITHMS: [(&str, TsigAlgorithm); 3] = [
+    ("hmac-sha256", TsigAlgorithm::HmacSha256),
+    ("hmac-sha384", TsigAlgorithm::HmacSha384),
+    ("hmac-sha512", TsigAlgorithm::HmacSha512),
+];
+
+impl TsigKey {
+    /// The one key a BIND key file declares, as `tsig-keygen -a hmac-sha256 NAME` writes it:
+    ///
+    /// ```text
+    /// key "umbra-update" {
+    ///     algorithm hmac-sha256;
+    ///     secret "base64...";
+    /// };
+    /// ```
+    ///
+    /// Comments (`#`, `//`, `/* */`) are allowed. `what` names the file in errors; no error
+    /// ever quotes the secret.
+    pub fn from_bind_key_file(text: &str, what: &str) -> Result<Self, DnsError> {
+        let expected = "write it as `tsig-keygen -a hmac-sha256 NAME` does: \
+                        key \"NAME\" { algorithm hmac-sha256; secret \"BASE64\"; };";
+        let bad =
+            |why: String| DnsError::Invalid(format!("TSIG key file {what}: {why}; {expected}"));
+        let tokens = key_file_tokens(text).map_err(bad)?;
+        let mut tokens = tokens.iter().map(String::as_str);
+        let mut next = |wanted: &str| {
+            tokens
+                .next()
+                .ok_or_else(|| bad(format!("it ends where {wanted} should come")))
+        };
+        if next("`key`")? != "key" {
+            return Err(bad("it does not start with `key`".into()));
+        }
+        let name = next("the key's name")?.to_owned();
+        if next("`{`")? != "{" {
+            return Err(bad(format!("`{{` should follow the name {name:?}")));
+        }
+        let (mut algorithm, mut secret) = (None, None);
+        loop {
+            match next("`algorithm`, `secret` or `}`")? {
+                "}" => break,
+                "algorithm" => algorithm = Some(next("the algorithm")?.to_ascii_lowercase()),
+                "secret" => secret = Some(next("the secret")?.to_owned()),
+                other => {
+                    return Err(bad(format!(
+                        "unexpected {other:?} in key {name:?} (only algorithm and secret)"
+                    )));
+                }
+            }
+            if next("`;`")? != ";" {
+                return Err(bad(format!(
+                    "a `;` should end each statement of key {name:?}"
+                )));
+            }
+        }
+        if next("`;`")? != ";" {
+            return Err(bad("a `;` should follow the key's closing `}`".into()));
+        }
+        if let Some(extra) = tokens.next() {
+            return Err(bad(format!(
+                "{extra:?} follows the key; the file must declare exactly one key"
+            )));
+        }
+        let algorithm = algorithm.ok_or_else(|| bad(format!("key {name:?} has no algorithm")))?;
+        let secret = secret.ok_or_else(|| bad(format!("key {name:?} has no secret")))?;
+        let Some((_, algorithm)) = SIGNING_ALGORITHMS.iter().find(|(n, _)| *n == algorithm) else {
+            return Err(bad(format!(
+                "algorithm {algorithm:?} cannot sign updates here; use one of hmac-sha256, \
+                 hmac-sha384, hmac-sha512"
+            )));
+        };
+        parse_fqdn(&name).map_err(|e| bad(e.to_string()))?;
+        let key =
+            Self::from_base64(&name, algorithm.clone(), &secret).map_err(|e| bad(e.to_string()))?;
+        if key.secret.len() < MIN_SECRET_BYTES {
+            return Err(bad(format!(
+                "the secret of key {name:?} is {} bytes; use at least {MIN_SECRET_BYTES}",
+                key.secret.len()
+            )));
+        }
+        Ok(key)
+    }
+
+    /// [`TsigKey::from_bind_key_file`] on the file at `path`.
+    pub fn read_bind_key_file(path: &std::path::Path) -> Result<Self, DnsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DnsError::Io {
+            what: format!("TSIG key file {}", path.display()),
+            source,
+        })?;
+        Self::from_bind_key_file(&text, &path.display().to_string())
+    }
+}
+
+/// The tokens of a BIND configuration fragment: quoted strings (unquoted), `{`, `}`, `;` and
+/// words, with comments removed.
+fn key_file_tokens(text: &str) -> Result<Vec<String>, String> {
+    let mut tokens = Vec::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {}
+            '#' => while chars.next_if(|&c| c != '\n').is_some() {},
+            '/' if chars.peek() == Some(&'/') => while chars.next_if(|&c| c != '\n').is_some() {},
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut last = ' ';
+                loop {
+                    match chars.next() {
+                        None => return Err("a `/*` comment is never closed".into()),
+                        Some('/') if last == '*' => break,
+                        Some(c) => last = c,
+                    }
+                }
+            }
+            '{' | '}' | ';' => tokens.push(c.to_string()),
+            '"' => {
+                let mut s = String::new();
+                loop {
+                    match chars.next() {
+                        None => return Err("a quoted string is never closed".into()),
+                        Some('"') => break,
+                        Some(c) => s.push(c),
+                    }
+                }
+                tokens.push(s);
+            }
+            c => {
+                let mut s = c.to_string();
+                while let Some(c) = chars.next_if(|&c| !c.is_whitespace() && !"{};\"#".contains(c))
+                {
+                    s.push(c);
+                }
+                tokens.push(s);
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+/// A response code by its RFC mnemonic and hickory's words, e.g. `NOTAUTH (Not authorized)`,
+/// so an operator can match what `named` logs and what RFC 2136 § 2.2 calls it.
+pub fn rcode_name(rcode: ResponseCode) -> String {
+    let mnemonic = match rcode {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        ResponseCode::YXDomain => "YXDOMAIN",
+        ResponseCode::YXRRSet => "YXRRSET",
+        ResponseCode::NXRRSet => "NXRRSET",
+        ResponseCode::NotAuth => "NOTAUTH",
+        ResponseCode::NotZone => "NOTZONE",
+        _ => return rcode.to_string(),
+    };
+    format!("{mnemonic} ({rcode})")
 }
 
 impl fmt::Debug for TsigKey {
@@ -123,9 +287,9 @@ impl Rfc2136Provider {
         let signer = match &config.key {
             None => None,
             Some(key) => {
-                if key.secret.len() < 16 {
+                if key.secret.len() < MIN_SECRET_BYTES {
                     return Err(DnsError::Invalid(format!(
-                        "TSIG key {} is {} bytes; use at least 16 (e.g. `tsig-keygen -a hmac-sha256`)",
+                        "TSIG key {} is {} bytes; use at least {MIN_SECRET_BYTES} (e.g. `tsig-keygen -a hmac-sha256`)",
                         key.name,
                         key.secret.len()
                     )));
@@ -345,7 +509,7 @@ impl DnsProvider for Rfc2136Provider {
                 return Err(DnsError::Rejected {
                     server: self.config.server,
                     what: format!("the update of {}", set.name),
-                    rcode: rcode.to_string(),
+                    rcode: rcode_name(rcode),
                 });
             }
             tracing::info!(

@@ -32,7 +32,7 @@ use super::pools::{self, PoolForecast, PoolSpec, PoolView};
 use super::reconcile::{self, CommandContext, DueCommand, OpView};
 use super::shadow_sizing::ShadowSize;
 use crate::capacity::ClaimFulfilment;
-use crate::migration::{self, MigrationRecord, Observations, Phase, SloReading};
+use crate::migration::{self, DnsObserved, MigrationRecord, Observations, Phase, SloReading};
 use crate::state::claims;
 use crate::state::{
     CapacityClaim, Command, DnsWeights, MigrationRequest, Overview, PoolMode, RegionSpec,
@@ -207,7 +207,7 @@ pub enum Event {
     },
     /// A rollback started.
     RollbackStarted {
-        /// `slo`, `operator` or `deadline`.
+        /// `slo`, `operator`, `dns` or `deadline`.
         cause: &'static str,
     },
     /// Traffic is back on the source: breach detected → share 0 confirmed.
@@ -225,7 +225,9 @@ pub enum Event {
         /// Seconds.
         seconds: f64,
     },
-    /// New DNS weights applied: check every DNS server serves them.
+    /// New DNS weights applied (or, when DNS gates steps, weights this leadership has not
+    /// checked yet): check every DNS server serves them, and when DNS gates steps hand the
+    /// result to [`Controller::handle_dns_checked`].
     DnsChanged {
         /// The service.
         service: String,
@@ -263,6 +265,11 @@ pub struct ControllerConfig {
     /// Added to the measured activation and provisioning times: how much earlier than
     /// measured a pool moves ahead of a slice.
     pub pool_lead_margin: Duration,
+    /// The zone has one authority this leader writes (`[dns] provider = "rfc2136"`): a
+    /// cutover step counts only once it serves the step's weights ([`DnsObserved`]), and
+    /// checks are asked for with [`Event::DnsChanged`] and answered with
+    /// [`Controller::handle_dns_checked`].
+    pub dns_gate: bool,
 }
 
 impl From<&ExecutorConfig> for ControllerConfig {
@@ -282,6 +289,7 @@ impl From<&ExecutorConfig> for ControllerConfig {
             },
             max_dormant_age: Duration::from_secs(c.max_dormant_age_secs),
             pool_lead_margin: Duration::from_millis(c.pool_lead_margin_ms),
+            dns_gate: c.dns_authority,
         }
     }
 }
@@ -433,6 +441,9 @@ pub struct Controller {
     rollback_started: BTreeMap<String, Instant>,
     stages: BTreeMap<String, &'static str>,
     dns_proposed: BTreeMap<String, DnsWeights>,
+    /// When DNS gates steps: each service's latest weights asked to be checked, and how the
+    /// check went.
+    dns_checks: BTreeMap<String, (DnsWeights, DnsObserved)>,
     schedule_keys: BTreeSet<String>,
     observed: BTreeSet<String>,
     steps: BTreeMap<String, u32>,
@@ -461,6 +472,7 @@ impl Controller {
             rollback_started: BTreeMap::new(),
             stages: BTreeMap::new(),
             dns_proposed: BTreeMap::new(),
+            dns_checks: BTreeMap::new(),
             schedule_keys: BTreeSet::new(),
             observed: BTreeSet::new(),
             steps: BTreeMap::new(),
@@ -619,15 +631,95 @@ impl Controller {
             }
             OnApplied::Dns { service, dns } => {
                 self.dns_proposed.insert(service.clone(), dns.clone());
-                if let Some(overview) = &self.overview {
-                    self.events.push_back(Event::DnsChanged {
-                        service,
-                        dns,
-                        overview: Box::new(overview.clone()),
-                    });
-                }
+                self.check_dns(service, dns);
             }
             OnApplied::Schedule => {}
+        }
+    }
+
+    /// How the check of `service`'s weights `dns` (asked for with [`Event::DnsChanged`])
+    /// ended: `Err` says why the authority does not serve them. A result for weights other
+    /// than the latest asked for is stale and ignored.
+    pub fn handle_dns_checked(
+        &mut self,
+        service: &str,
+        dns: &DnsWeights,
+        result: Result<(), String>,
+        now: Now,
+    ) {
+        self.now = now;
+        if !self.config.dns_gate {
+            return;
+        }
+        let Some((checked, state)) = self.dns_checks.get_mut(service) else {
+            return;
+        };
+        if checked != dns {
+            return;
+        }
+        *state = match result {
+            Ok(()) => DnsObserved::Served,
+            Err(why) => DnsObserved::Failed(why),
+        };
+        let ids: Vec<String> = self
+            .overview
+            .iter()
+            .flat_map(|o| o.migrations.values())
+            .filter(|r| r.spec.service == service && !r.phase.is_terminal())
+            .map(|r| r.spec.id.clone())
+            .collect();
+        for id in ids {
+            self.step(&id);
+        }
+    }
+
+    /// Asks the driver to check that `service`'s weights `dns` are served.
+    fn check_dns(&mut self, service: String, dns: DnsWeights) {
+        let Some(overview) = &self.overview else {
+            return;
+        };
+        if self.config.dns_gate {
+            self.dns_checks
+                .insert(service.clone(), (dns.clone(), DnsObserved::Pending));
+        }
+        self.events.push_back(Event::DnsChanged {
+            service,
+            dns,
+            overview: Box::new(overview.clone()),
+        });
+    }
+
+    /// What this leadership knows of the DNS authority serving the weights `record`'s
+    /// current step wants; asks for a check of weights already replicated that it has not
+    /// checked (a new leader, or an earlier leader's last change).
+    fn observe_dns(
+        &mut self,
+        record: &MigrationRecord,
+        service: &ServiceState,
+        share_applied: Option<u8>,
+    ) -> DnsObserved {
+        if !self.config.dns_gate {
+            return DnsObserved::Ungated;
+        }
+        let Some(want) = reconcile::desired_dns(record, service, share_applied, self.now.unix_ms)
+        else {
+            return DnsObserved::Pending;
+        };
+        let name = &record.spec.service;
+        let replicated = self
+            .overview
+            .as_ref()
+            .and_then(|o| o.dns.get(name))
+            .is_some_and(|d| d == &want);
+        if !replicated {
+            return DnsObserved::Pending;
+        }
+        match self.dns_checks.get(name) {
+            Some((checked, state)) if checked == &want => state.clone(),
+            _ => {
+                self.check_dns(name.clone(), want);
+                DnsObserved::Pending
+            }
         }
     }
 
@@ -1025,6 +1117,7 @@ impl Controller {
         let mut seen =
             reconcile::observe(&record, &service, overview, &self.reports, &Ops(&self.ops));
         seen.slo = slo_reading(&mut self.slo, &record, &seen, &self.reports);
+        seen.dns = self.observe_dns(&record, &service, seen.share_applied);
         self.export_stage(&record);
         if !record.phase.is_terminal() {
             self.observed.insert(id.to_owned());
@@ -1179,6 +1272,8 @@ impl Controller {
                 "slo"
             } else if reason.starts_with("operator") {
                 "operator"
+            } else if reason.starts_with("DNS") {
+                "dns"
             } else {
                 "deadline"
             };

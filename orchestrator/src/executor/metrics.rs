@@ -26,7 +26,7 @@ pub struct ExecutorMetrics {
     pub phase: IntGaugeVec,
     /// Seconds spent in each phase, observed when the migration leaves it.
     pub phase_seconds: HistogramVec,
-    /// Rollbacks started, by cause (`slo`, `deadline`, `operator`).
+    /// Rollbacks started, by cause (`slo`, `deadline`, `operator`, `dns`).
     pub rollbacks: IntCounterVec,
     /// Agent commands by action and outcome class.
     pub commands: IntCounterVec,

@@ -7,7 +7,9 @@
 //! commands through the [`AgentGateway`], shadow-pool sizing from the forecast
 //! ([`shadow_sizing`], on a blocking thread), and its events: Prometheus metrics
 //! ([`metrics`]), the observation board behind `GET /v1/status`, and the check that every
-//! configured DNS server serves new weights.
+//! configured DNS server serves new weights (advisory with the embedded servers; with one
+//! authority, `[dns] provider = "rfc2136"`, its result goes back to the controller and a
+//! cutover step counts only once it passed).
 //!
 //! A new leader starts from nothing but the replicated state and fresh reports. This module
 //! must not change the replicated state except through proposals, and must not act while this
@@ -77,11 +79,16 @@ pub struct ExecutorConfig {
     pub retry_max_ms: u64,
     /// Distinct operation ids per operation at most.
     pub max_attempts: u32,
-    /// DNS servers that must serve new weights (every orchestrator's embedded server); empty:
-    /// no verification.
+    /// DNS servers that must serve new weights (every orchestrator's embedded server, or the
+    /// one authority and its secondaries); empty: no verification.
     pub dns_servers: Vec<SocketAddr>,
     /// How long they have, ms.
     pub dns_verify_timeout_ms: u64,
+    /// `dns_servers` are the zone's one authority, which this leader writes (`[dns] provider
+    /// = "rfc2136"`): a cutover step counts only once they serve its weights, and weights they
+    /// do not serve in time roll the migration back. Off (the embedded servers): checks are
+    /// advisory, counted and logged.
+    pub dns_authority: bool,
     /// Run follow-the-sun schedules.
     pub schedules: bool,
     /// How long a rolled-back migration's shadows are kept out of the front before they are
@@ -110,6 +117,7 @@ impl Default for ExecutorConfig {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             dns_servers: Vec::new(),
             dns_verify_timeout_ms: DEFAULT_DNS_VERIFY_TIMEOUT_MS,
+            dns_authority: false,
             schedules: true,
             shadow_keep_ms: DEFAULT_SHADOW_KEEP_MS,
             pools: true,
@@ -131,6 +139,12 @@ pub enum ExecutorConfigError {
     /// The retry bounds are inverted.
     #[error("executor.retry_min_ms must not exceed executor.retry_max_ms")]
     RetryBounds,
+    /// One DNS authority gates the steps, but no server is listed to check it.
+    #[error(
+        "executor.dns_servers is empty but the DNS authority gates the cutover steps; list the \
+         authority's address (the node does so from [dns] server)"
+    )]
+    NoDnsAuthority,
     /// The shrink band is not a fraction.
     #[error("executor.pool_shrink_band {0} must be at least 0 and below 1 (0.1 is 10 %)")]
     ShrinkBand(f64),
@@ -155,6 +169,9 @@ impl ExecutorConfig {
             if value == 0 {
                 return Err(ExecutorConfigError::Zero(name));
             }
+        }
+        if self.dns_authority && self.dns_servers.is_empty() {
+            return Err(ExecutorConfigError::NoDnsAuthority);
         }
         if self.retry_min_ms > self.retry_max_ms {
             return Err(ExecutorConfigError::RetryBounds);
@@ -185,6 +202,9 @@ pub struct ExecutorContext {
     pub metrics: ExecutorMetrics,
     /// Settings.
     pub config: ExecutorConfig,
+    /// With one DNS authority: what this node's publisher last sent it, so a failed check
+    /// can say why (`None` with the embedded servers).
+    pub dns_published: Option<crate::zone_publish::PublishLog>,
 }
 
 /// Starts the executor. It idles while this node follows, runs while it leads, and returns
@@ -279,6 +299,11 @@ enum Finished {
         region: String,
         forecast: PoolForecast,
     },
+    DnsChecked {
+        service: String,
+        dns: crate::state::DnsWeights,
+        result: Result<(), String>,
+    },
 }
 
 /// One term of leadership: the controller and the tasks it asked for. Dropped when it ends.
@@ -335,6 +360,13 @@ impl Leadership {
             } => self
                 .controller
                 .handle_pool_forecast(&service, &region, forecast, now),
+            Finished::DnsChecked {
+                service,
+                dns,
+                result,
+            } => self
+                .controller
+                .handle_dns_checked(&service, &dns, result, now),
         }
     }
 
@@ -537,30 +569,48 @@ impl Leadership {
         dns: crate::state::DnsWeights,
         overview: crate::state::Overview,
     ) {
-        let servers = self.context.config.dns_servers.clone();
+        let config = &self.context.config;
+        let servers = config.dns_servers.clone();
         if servers.is_empty() {
+            // validate() refuses an authority without servers: nothing is gated on this.
             return;
         }
-        let timeout = Duration::from_millis(self.context.config.dns_verify_timeout_ms);
+        let authority = config.dns_authority;
+        let timeout = Duration::from_millis(config.dns_verify_timeout_ms);
         let counter = self.context.metrics.dns_verifications.clone();
+        let published = self.context.dns_published.clone().unwrap_or_default();
+        let done = self.done.clone();
         tokio::spawn(
             async move {
-                let verified = crate::zone_sync::verify_weights_served(
-                    &servers, &overview, &service, &dns, timeout,
+                let verified = crate::zone_publish::verify_published(
+                    &servers, &published, &overview, &service, &dns, timeout,
                 )
                 .await;
-                match verified {
+                let result = match verified {
                     Ok(verified) => {
                         tracing::info!(
                             servers = verified.len(),
                             "every DNS server serves the new weights"
                         );
                         counter.with_label_values(&["ok"]).inc();
+                        Ok(())
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "DNS servers do not serve the new weights yet");
+                        if authority {
+                            tracing::error!(%error, "the DNS authority does not serve the new weights: the step fails");
+                        } else {
+                            tracing::warn!(%error, "DNS servers do not serve the new weights yet");
+                        }
                         counter.with_label_values(&["failed"]).inc();
+                        Err(error)
                     }
+                };
+                if authority {
+                    let _ = done.send(Finished::DnsChecked {
+                        service,
+                        dns,
+                        result,
+                    });
                 }
             }
             .in_current_span(),

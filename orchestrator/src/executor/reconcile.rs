@@ -16,7 +16,9 @@ use umbra_proto::agent::{
     AgentAction, AgentReport, CommandOutcome, CommandResult, InstanceState, WarmupPhase, WarmupSpec,
 };
 
-use crate::migration::{Action, MigrationRecord, Observations, Phase, ReplicationObserved};
+use crate::migration::{
+    Action, DnsObserved, MigrationRecord, Observations, Phase, ReplicationObserved,
+};
 use crate::state::{DnsWeights, MigrationRequest, Overview, ReplicationKind, ServiceState};
 
 /// One agent command the executor wants to hold, with its deterministic id.
@@ -222,6 +224,8 @@ pub fn observe(
         share_applied,
         slo: None,
         rollback_requested: None,
+        // The controller fills it in when DNS gates steps (`ControllerConfig::dns_gate`).
+        dns: DnsObserved::Ungated,
     }
 }
 

@@ -347,6 +347,25 @@ pub struct Observations {
     pub slo: Option<SloReading>,
     /// An operator asked for a rollback, with this reason.
     pub rollback_requested: Option<String>,
+    /// Whether the zone's authority serves the current step's DNS weights.
+    pub dns: DnsObserved,
+}
+
+/// The DNS check of the current step's weights, as the executor knows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum DnsObserved {
+    /// DNS does not gate steps: the embedded servers of every orchestrator serve the
+    /// replicated weights by themselves, so their check is advisory (a killed orchestrator's
+    /// server must not hold a cutover back).
+    #[default]
+    Ungated,
+    /// The zone has one authority (a standard server the leader updates), and it is not yet
+    /// confirmed to serve the step's weights: they are being proposed, published or checked.
+    Pending,
+    /// The authority was seen serving exactly the step's weights.
+    Served,
+    /// The authority did not serve them in time, or refused the update: why.
+    Failed(String),
 }
 
 /// Replication as observed.
@@ -642,6 +661,17 @@ fn cutting_over(
     if let Some(reason) = seen.slo.as_ref().and_then(|r| spec.slo.breach(r)) {
         let reason = format!("SLO breach at {percent}%: {reason}");
         return Decision::advance(to(Phase::RollingBack, reason), actions);
+    }
+    // With one DNS authority a step counts only once clients can be sent to it by name: the
+    // authority must serve the step's weights. A refusal (a wrong key, a zone the server does
+    // not hold) will not heal by waiting, and clients would never follow, so it rolls back.
+    match &seen.dns {
+        DnsObserved::Ungated | DnsObserved::Served => {}
+        DnsObserved::Pending => return Decision::hold(actions),
+        DnsObserved::Failed(why) => {
+            let reason = format!("DNS not served at {percent}%: {why}");
+            return Decision::advance(to(Phase::RollingBack, reason), actions);
+        }
     }
     // A step passes on evidence, not on time alone: the window must have passed AND the SLO
     // must have judged at least `min_samples` requests at this share. Without the second half,

@@ -274,6 +274,51 @@ fn decisions_table() {
             actions: vec![shadow.clone(), EnsureReplication, SetShare { percent: 10 }],
         },
         Row {
+            name: "with one DNS authority a step holds until it serves the step's weights",
+            phase: Phase::CuttingOver { step: 0 },
+            promoted: false,
+            elapsed_ms: 60_000,
+            seen: Observations {
+                share_applied: Some(10),
+                slo: healthy(500),
+                dns: DnsObserved::Pending,
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication, SetShare { percent: 10 }],
+        },
+        Row {
+            name: "with one DNS authority serving the step's weights, the step passes",
+            phase: Phase::CuttingOver { step: 0 },
+            promoted: false,
+            elapsed_ms: 60_000,
+            seen: Observations {
+                share_applied: Some(10),
+                slo: healthy(500),
+                dns: DnsObserved::Served,
+                ..Observations::default()
+            },
+            to: Some(Phase::CuttingOver { step: 1 }),
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication, SetShare { percent: 10 }],
+        },
+        Row {
+            name: "a DNS authority that refused the step's weights rolls the migration back",
+            phase: Phase::CuttingOver { step: 1 },
+            promoted: false,
+            elapsed_ms: 100,
+            seen: Observations {
+                share_applied: Some(50),
+                slo: healthy(500),
+                dns: DnsObserved::Failed("NOTAUTH".to_owned()),
+                ..Observations::default()
+            },
+            to: Some(Phase::RollingBack),
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication, SetShare { percent: 50 }],
+        },
+        Row {
             name: "a step with no reading at all holds (e.g. a new leader just took over)",
             phase: Phase::CuttingOver { step: 1 },
             promoted: false,
@@ -709,6 +754,7 @@ mod properties {
                 share_applied: share,
                 slo: Some(SloReading { samples, error_rate, p99_ms: p99 }),
                 rollback_requested: rollback.then(|| "drill".to_owned()),
+                dns: DnsObserved::Ungated,
             };
             let decision = decide(&record, &seen, T0 + elapsed);
             if let Some(t) = &decision.transition {

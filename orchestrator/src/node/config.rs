@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::ApiConfig;
 use crate::executor::ExecutorConfig;
 use crate::gateway::GatewayConfig;
+use umbra_dns::rfc2136::{Rfc2136Config, Rfc2136Provider, TsigKey};
 
 /// Which state machine the Raft group replicates.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,15 +68,128 @@ impl GatewaySection {
     }
 }
 
-/// `[dns]`: the embedded authoritative server for the service zone. It serves the replicated
-/// DNS weights, so every orchestrator answers the same.
+/// Which authority serves the service zone (`[dns] provider`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsProviderKind {
+    /// Every orchestrator runs its own authoritative server (hickory-server) on `listen`,
+    /// answering one address per query by weight; all of them serve the replicated weights.
+    #[default]
+    Embedded,
+    /// A standard server (BIND 9) at `server` is the zone's only authority; the leader sends
+    /// it RFC 2136 updates signed with the TSIG key in `tsig_key_file`, and this orchestrator
+    /// serves no DNS itself.
+    Rfc2136,
+}
+
+/// `[dns]`: who answers for the service zone, kept equal to the replicated DNS weights.
+///
+/// ```toml
+/// [dns]                       # the default provider
+/// listen = "127.0.0.1:5353"
+/// zone = "umbra.test."
+///
+/// [dns]                       # BIND as the authority
+/// provider = "rfc2136"
+/// server = "127.0.0.1:53"
+/// zone = "umbra.test."
+/// tsig_key_file = "/etc/umbra/umbra-update.key"   # what `tsig-keygen` writes
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsSection {
-    /// UDP and TCP address (one port for both; port 0 picks a free one).
-    pub listen: SocketAddr,
+    /// `embedded` (the default) or `rfc2136`.
+    #[serde(default)]
+    pub provider: DnsProviderKind,
+    /// Embedded only: UDP and TCP address (one port for both; port 0 picks a free one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
     /// The zone served, e.g. `umbra.test.`; services' hostnames must lie inside it.
     pub zone: String,
+    /// rfc2136 only: the primary server that takes the updates (address:port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<SocketAddr>,
+    /// rfc2136 only: a BIND key file declaring one key (`tsig-keygen -a hmac-sha256 NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tsig_key_file: Option<PathBuf>,
+}
+
+impl DnsSection {
+    /// An embedded server for `zone` on `listen`.
+    pub fn embedded(listen: SocketAddr, zone: impl Into<String>) -> Self {
+        Self {
+            provider: DnsProviderKind::Embedded,
+            listen: Some(listen),
+            zone: zone.into(),
+            server: None,
+            tsig_key_file: None,
+        }
+    }
+
+    /// `zone` on the standard server `server`, updated with the key in `tsig_key_file`.
+    pub fn rfc2136(server: SocketAddr, zone: impl Into<String>, tsig_key_file: PathBuf) -> Self {
+        Self {
+            provider: DnsProviderKind::Rfc2136,
+            listen: None,
+            zone: zone.into(),
+            server: Some(server),
+            tsig_key_file: Some(tsig_key_file),
+        }
+    }
+
+    /// The update provider's settings with the key read from `tsig_key_file`; an error says
+    /// what to write. `Ok(None)` for the embedded provider.
+    pub fn rfc2136_config(&self) -> Result<Option<Rfc2136Config>, NodeConfigError> {
+        let fix = |reason: String| NodeConfigError::Dns(reason);
+        match self.provider {
+            DnsProviderKind::Embedded => {
+                if self.server.is_some() || self.tsig_key_file.is_some() {
+                    return Err(fix(
+                        "server and tsig_key_file are for provider = \"rfc2136\"; with the \
+                         embedded provider write only listen and zone"
+                            .into(),
+                    ));
+                }
+                if self.listen.is_none() {
+                    return Err(fix(
+                        "the embedded provider needs listen = \"IP:PORT\", where this \
+                         orchestrator answers DNS (or set provider = \"rfc2136\")"
+                            .into(),
+                    ));
+                }
+                Ok(None)
+            }
+            DnsProviderKind::Rfc2136 => {
+                if self.listen.is_some() {
+                    return Err(fix(
+                        "provider = \"rfc2136\" makes the server the zone's one authority, so \
+                         this orchestrator serves no DNS: remove listen"
+                            .into(),
+                    ));
+                }
+                let Some(server) = self.server else {
+                    return Err(fix(
+                        "provider = \"rfc2136\" needs server = \"IP:PORT\", the primary server \
+                         that takes updates for the zone"
+                            .into(),
+                    ));
+                };
+                let Some(path) = &self.tsig_key_file else {
+                    return Err(fix(
+                        "provider = \"rfc2136\" needs tsig_key_file = \"PATH\", a BIND key file \
+                         as `tsig-keygen -a hmac-sha256 NAME` writes it (the server's \
+                         allow-update must name that key)"
+                            .into(),
+                    ));
+                };
+                let key = TsigKey::read_bind_key_file(path).map_err(|e| fix(e.to_string()))?;
+                let config = Rfc2136Config::new(server, self.zone.clone(), Some(key));
+                // Checks the zone's name and the key's length.
+                Rfc2136Provider::new(config.clone()).map_err(|e| fix(e.to_string()))?;
+                Ok(Some(config))
+            }
+        }
+    }
 }
 
 /// `[executor]`: the migration executor, which acts only while this node leads.
@@ -95,7 +209,9 @@ pub struct ExecutorSection {
     #[serde(default = "default_retry_max_ms")]
     pub retry_max_ms: u64,
     /// Every orchestrator's DNS server (`[dns] listen` of each node), checked after each
-    /// change of weights; empty: no verification.
+    /// change of weights; empty: no verification. With `[dns] provider = "rfc2136"`, empty
+    /// means the `[dns] server` (list it with its secondaries to check them too), and a
+    /// cutover step counts only once they all serve its weights.
     #[serde(default)]
     pub dns_servers: Vec<SocketAddr>,
     /// How long every DNS server has to serve new weights, ms.
@@ -269,7 +385,8 @@ pub struct NodeConfig {
     /// Agent gateway limits (the gateway runs in orchestrator mode).
     #[serde(default)]
     pub gateway: GatewaySection,
-    /// The embedded DNS server; none unless set.
+    /// Who answers for the service zone (embedded servers or a standard server); none unless
+    /// set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsSection>,
     /// The migration executor (orchestrator mode; runs on the leader only).
@@ -322,6 +439,8 @@ pub enum NodeConfigError {
     Api(#[from] crate::api::ApiConfigError),
     #[error("[gateway]: {0}")]
     Gateway(#[from] crate::gateway::GatewayError),
+    #[error("[dns]: {0}")]
+    Dns(String),
     #[error("[dns] zone {zone:?}: {reason}")]
     DnsZone { zone: String, reason: String },
     #[error("[dns] listen {listen} and [api] listen {api} are one address; give each its own port")]
@@ -404,19 +523,22 @@ impl NodeConfig {
         self.gateway
             .gateway_config(self.id, &self.peers)
             .validate()?;
-        if let Some(dns) = &self.dns {
-            umbra_dns::embedded::EmbeddedDnsConfig::new(dns.zone.clone(), dns.listen)
+        if let Some(dns) = &self.dns
+            && dns.rfc2136_config()?.is_none()
+            && let Some(listen) = dns.listen
+        {
+            umbra_dns::embedded::EmbeddedDnsConfig::new(dns.zone.clone(), listen)
                 .validate()
                 .map_err(|e| NodeConfigError::DnsZone {
                     zone: dns.zone.clone(),
                     reason: e.to_string(),
                 })?;
             if let Some(api) = &self.api
-                && api.listen == dns.listen
+                && api.listen == listen
                 && api.listen.port() != 0
             {
                 return Err(NodeConfigError::DnsApiClash {
-                    listen: dns.listen,
+                    listen,
                     api: api.listen,
                 });
             }
@@ -588,10 +710,7 @@ demand_csv_dir = "{d}"
             );
         }
         let api = ApiConfig::new("127.0.0.1:8443".parse().unwrap(), dir.path().join("token"));
-        let dns = DnsSection {
-            listen: "127.0.0.1:8443".parse().unwrap(),
-            zone: "umbra.test.".into(),
-        };
+        let dns = DnsSection::embedded("127.0.0.1:8443".parse().unwrap(), "umbra.test.");
         let service_cases: Vec<(NodeConfig, &str)> = vec![
             (
                 NodeConfig {
@@ -642,7 +761,7 @@ demand_csv_dir = "{d}"
             (
                 NodeConfig {
                     executor: ExecutorSection {
-                        dns_servers: vec![dns.listen, dns.listen],
+                        dns_servers: vec![dns.listen.unwrap(), dns.listen.unwrap()],
                         ..ExecutorSection::default()
                     },
                     ..good.clone()
@@ -661,5 +780,107 @@ demand_csv_dir = "{d}"
         let unknown = dir.path().join("bad.toml");
         std::fs::write(&unknown, format!("{}\nbogus = 1\n", good.to_toml())).unwrap();
         assert!(NodeConfig::load(&unknown).is_err());
+    }
+
+    #[test]
+    fn dns_provider_is_chosen_in_the_file_and_mistakes_say_what_to_write() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+        let key_file = dir.path().join("umbra-update.key");
+        let secret = "nQfVU/x8lKoGrSssq8YNvSVgdnTyp/mX2NN8Z/nnzKU=";
+        std::fs::write(
+            &key_file,
+            format!(
+                "key \"umbra-update\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{secret}\";\n}};\n"
+            ),
+        )
+        .unwrap();
+        let base = config(dir.path()).to_toml();
+        let path = dir.path().join("node.toml");
+        let load = |dns: &str| {
+            std::fs::write(&path, format!("{base}\n[dns]\n{dns}")).unwrap();
+            NodeConfig::load(&path)
+        };
+
+        let embedded = load("listen = \"127.0.0.1:5353\"\nzone = \"umbra.test.\"\n").unwrap();
+        let dns = embedded.dns.as_ref().unwrap();
+        assert_eq!(
+            dns.provider,
+            DnsProviderKind::Embedded,
+            "embedded is the default"
+        );
+        assert!(dns.rfc2136_config().unwrap().is_none());
+
+        let bind = load(&format!(
+            "provider = \"rfc2136\"\nserver = \"127.0.0.1:5300\"\nzone = \"umbra.test.\"\ntsig_key_file = \"{}\"\n",
+            key_file.display()
+        ))
+        .unwrap();
+        let update = bind
+            .dns
+            .as_ref()
+            .unwrap()
+            .rfc2136_config()
+            .unwrap()
+            .unwrap();
+        assert_eq!(update.server, "127.0.0.1:5300".parse().unwrap());
+        assert_eq!(update.key.as_ref().unwrap().name, "umbra-update");
+        assert!(
+            !format!("{bind:?}{update:?}").contains(secret),
+            "the secret is never shown"
+        );
+        std::fs::write(&path, bind.to_toml()).unwrap();
+        assert_eq!(NodeConfig::load(&path).unwrap(), bind, "round trip");
+
+        let key = format!("tsig_key_file = \"{}\"\n", key_file.display());
+        let cases = [
+            ("zone = \"umbra.test.\"\n".to_owned(), "needs listen"),
+            (
+                format!("listen = \"127.0.0.1:5353\"\nzone = \"umbra.test.\"\n{key}"),
+                "are for provider = \"rfc2136\"",
+            ),
+            (
+                format!("provider = \"rfc2136\"\nzone = \"umbra.test.\"\n{key}"),
+                "needs server = \"IP:PORT\"",
+            ),
+            (
+                "provider = \"rfc2136\"\nserver = \"127.0.0.1:53\"\nzone = \"umbra.test.\"\n"
+                    .to_owned(),
+                "needs tsig_key_file",
+            ),
+            (
+                format!(
+                    "provider = \"rfc2136\"\nlisten = \"127.0.0.1:5353\"\nserver = \"127.0.0.1:53\"\nzone = \"umbra.test.\"\n{key}"
+                ),
+                "remove listen",
+            ),
+            (
+                "provider = \"rfc2136\"\nserver = \"127.0.0.1:53\"\nzone = \"umbra.test.\"\ntsig_key_file = \"/nonexistent.key\"\n"
+                    .to_owned(),
+                "/nonexistent.key",
+            ),
+            (
+                "provider = \"bind\"\nzone = \"umbra.test.\"\n".to_owned(),
+                "expected `embedded` or `rfc2136`",
+            ),
+        ];
+        for (dns, expected) in cases {
+            let message = load(&dns).expect_err(expected).to_string();
+            assert!(
+                message.contains(expected),
+                "{message:?} should say {expected:?}"
+            );
+        }
+        std::fs::write(
+            &key_file,
+            "key \"k\" { algorithm hmac-md5; secret \"c2hvcnQ=\"; };",
+        )
+        .unwrap();
+        let message = load(&format!(
+            "provider = \"rfc2136\"\nserver = \"127.0.0.1:53\"\nzone = \"umbra.test.\"\n{key}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains("tsig-keygen -a hmac-sha256"), "{message}");
     }
 }

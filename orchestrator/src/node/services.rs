@@ -1,6 +1,7 @@
 //! The services an orchestrator node runs on top of its Raft node when it replicates
 //! `state::OrchestratorState`: the agent gateway (agent streams on the node's QUIC endpoint),
-//! the operator API, the embedded DNS server kept equal to the replicated weights, and the
+//! the operator API, DNS (the embedded server kept equal to the replicated weights, or, with
+//! `[dns] provider = "rfc2136"`, the leader's publisher to a standard server), and the
 //! migration executor (which acts only while this node leads). Also the node's "applied state
 //! changed" hook: a `watch` of the latest [`Overview`], refreshed by a local read whenever the
 //! Raft node's applied index moves, so consensus never learns what the state means.
@@ -29,8 +30,11 @@ use crate::executor::{self, ExecutorContext};
 use crate::gateway::AgentGateway;
 use crate::state::{Overview, Query, QueryAnswer, decode_answer, encode_query};
 use crate::store::{Clock, ObservationBoard, RaftReplicated, Replicated, SystemClock};
+use crate::zone_publish::{self, PublishLog};
 use crate::zone_sync::{self as dns_sync, ZoneSync, ZoneSyncMetrics};
+use umbra_dns::DnsProvider;
 use umbra_dns::embedded::{EmbeddedDns, EmbeddedDnsConfig};
+use umbra_dns::rfc2136::Rfc2136Provider;
 
 /// How long the services have to stop after a shutdown before the process gives up on them:
 /// the DNS server's own graceful stop is bounded at 5 s, the executor's round by its store
@@ -131,26 +135,51 @@ impl NodeServices {
             None => None,
         };
 
+        let mut executor_config = config.executor.executor_config();
+        let mut dns_published = None;
         let dns = match &config.dns {
-            Some(section) => {
-                let server = EmbeddedDns::start(EmbeddedDnsConfig::new(
-                    section.zone.clone(),
-                    section.listen,
-                ))
-                .await
-                .with_context(|| {
-                    format!(
-                        "starting the DNS server for {} on {}",
-                        section.zone, section.listen
-                    )
-                })?;
-                let server = Arc::new(server);
-                let sync = ZoneSync::new(server.clone())
-                    .with_metrics(ZoneSyncMetrics::new(registry).context("DNS zone metrics")?);
-                tasks.push(dns_sync::spawn(sync, overviews.clone()));
-                tracing::info!(dns = %server.local_addr(), zone = %section.zone, "DNS server started; it serves the replicated weights");
-                Some(server)
-            }
+            Some(section) => match section.rfc2136_config()? {
+                // One authority: the standard server. This node serves no DNS; while it
+                // leads, it publishes the replicated weights there, and its executor's steps
+                // wait until the server answers with them.
+                Some(update) => {
+                    let provider = Arc::new(Rfc2136Provider::new(update.clone())?);
+                    let zone = umbra_dns::parse_fqdn(&section.zone)?;
+                    if executor_config.dns_servers.is_empty() {
+                        executor_config.dns_servers = provider.authoritative_servers();
+                    }
+                    executor_config.dns_authority = true;
+                    let log = PublishLog::default();
+                    tasks.push(zone_publish::spawn(
+                        provider,
+                        zone,
+                        overviews.clone(),
+                        raft.watch_status(),
+                        log.clone(),
+                        stopped.clone(),
+                    ));
+                    dns_published = Some(log);
+                    tracing::info!(server = %update.server, zone = %section.zone, key = ?update.key, "DNS: the leader publishes the replicated weights to this server by RFC 2136; no embedded DNS server runs");
+                    None
+                }
+                None => {
+                    let listen = section
+                        .listen
+                        .context("[dns] listen is checked by validate()")?;
+                    let server =
+                        EmbeddedDns::start(EmbeddedDnsConfig::new(section.zone.clone(), listen))
+                            .await
+                            .with_context(|| {
+                                format!("starting the DNS server for {} on {listen}", section.zone)
+                            })?;
+                    let server = Arc::new(server);
+                    let sync = ZoneSync::new(server.clone())
+                        .with_metrics(ZoneSyncMetrics::new(registry).context("DNS zone metrics")?);
+                    tasks.push(dns_sync::spawn(sync, overviews.clone()));
+                    tracing::info!(dns = %server.local_addr(), zone = %section.zone, "DNS server started; it serves the replicated weights");
+                    Some(server)
+                }
+            },
             None => None,
         };
 
@@ -171,7 +200,8 @@ impl NodeServices {
                     demand,
                     clock: environment.clock.clone(),
                     metrics: ExecutorMetrics::new(registry).context("executor metrics")?,
-                    config: config.executor.executor_config(),
+                    config: executor_config,
+                    dns_published,
                 },
                 stopped,
             )

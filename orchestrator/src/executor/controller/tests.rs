@@ -31,6 +31,7 @@ fn config() -> ControllerConfig {
         },
         max_dormant_age: Duration::from_secs(3_600),
         pool_lead_margin: Duration::from_secs(3),
+        dns_gate: false,
     }
 }
 
@@ -1001,6 +1002,106 @@ mod properties {
         ) {
             let first = run(&inputs);
             prop_assert_eq!(run(&inputs), first);
+        }
+    }
+}
+
+/// A front report: `requests` served so far, none failed, and `shares` applied.
+fn front(
+    requests: u64,
+    shares: Vec<umbra_proto::agent::ShareReport>,
+) -> umbra_proto::agent::FrontReport {
+    umbra_proto::agent::FrontReport {
+        listen: "127.0.0.1:9".to_owned(),
+        requests_total: requests,
+        errors_total: 0,
+        window_ms: 250,
+        window_requests: 0,
+        window_errors: 0,
+        window_p99_ms: Some(5.0),
+        shares,
+    }
+}
+
+/// With one DNS authority (`dns_gate`, `[dns] provider = "rfc2136"`), a step whose share,
+/// window and SLO evidence all hold still waits until the authority is seen serving its
+/// weights; a failed check rolls the migration back and says why. A new leader, which finds
+/// the step's weights already replicated, asks for the check itself.
+#[test]
+fn with_one_dns_authority_a_step_counts_only_once_the_authority_serves_it() {
+    for checked in [Ok(()), Err("NOTAUTH (Not authorized)".to_owned())] {
+        let (mut overview, id) = overview_with(Phase::CuttingOver { step: 0 }, 1);
+        let record = overview.migrations[&id].clone();
+        let service = overview.services["shop"].clone();
+        let percent = record.spec.steps_percent[0];
+        let want =
+            reconcile::desired_dns(&record, &service, Some(percent), T0_MS).expect("weights");
+        // An earlier leader already proposed this step's weights.
+        overview.dns.insert("shop".to_owned(), want.clone());
+        let mut clock = Clock::new();
+        let mut c = Controller::new(
+            ControllerConfig {
+                dns_gate: true,
+                ..config()
+            },
+            3,
+            clock.now(),
+        );
+        let share = umbra_proto::agent::ShareReport {
+            service: "shop".to_owned(),
+            target_front: "127.0.0.12:9".to_owned(),
+            percent,
+        };
+        let source = AgentReport {
+            front: Some(front(0, vec![share])),
+            ..home_serving()
+        };
+        let shadow = format!("{id}-1");
+        let target = |requests| AgentReport {
+            front: Some(front(requests, Vec::new())),
+            ..report("eu-west", vec![instance(&shadow, InstanceState::Active)])
+        };
+        c.handle_report("us-east", source.clone(), clock.now().at);
+        c.handle_report("eu-west", target(0), clock.now().at);
+        c.handle_overview(overview.clone(), clock.advance(1));
+        // The window passes with enough requests judged at the step's share.
+        let later = clock.advance(record.spec.analysis_window_ms + 1);
+        c.handle_report("us-east", source, later.at);
+        c.handle_report("eu-west", target(1_000), later.at);
+        c.handle_overview(overview.clone(), later);
+        let asked: Vec<DnsWeights> = std::iter::from_fn(|| c.poll_event())
+            .filter_map(|e| match e {
+                Event::DnsChanged { service, dns, .. } if service == "shop" => Some(dns),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(asked, vec![want.clone()], "the check is asked for once");
+        let transitions = |c: &mut Controller| -> Vec<(Phase, String)> {
+            std::iter::from_fn(|| c.poll_proposal())
+                .filter_map(|p| match p.command {
+                    Command::Transition { to, reason, .. } => Some((to, reason)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(transitions(&mut c), vec![], "the step waits for DNS");
+        c.handle_overview(overview.clone(), clock.advance(100));
+        assert_eq!(transitions(&mut c), vec![], "still waiting for the check");
+
+        let failed = checked.is_err();
+        c.handle_dns_checked("shop", &want, checked, clock.advance(1));
+        let proposed = transitions(&mut c);
+        assert_eq!(proposed.len(), 1, "{proposed:?}");
+        let (to, reason) = &proposed[0];
+        if failed {
+            assert_eq!(*to, Phase::RollingBack);
+            assert!(
+                reason.starts_with(&format!("DNS not served at {percent}%"))
+                    && reason.contains("NOTAUTH"),
+                "{reason}"
+            );
+        } else {
+            assert_eq!(*to, Phase::CuttingOver { step: 1 }, "{reason}");
         }
     }
 }
