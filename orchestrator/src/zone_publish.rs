@@ -7,8 +7,8 @@
 //! What clients see: a standard server has no weighted answers, so each set is the front
 //! addresses of the regions with a non-zero share, all in every answer (BIND rotates their
 //! order); the exact shares are applied by the source front, which passes the target's share
-//! on. During a migration from region S to T that is {S} before the cutover (the TTL lowered
-//! to the cutover TTL from provisioning on), {S, T} at every step below 100 %, {T} from the
+//! on. During a migration from region S to T that is {S} before the cutover (with the cutover
+//! TTL from the migration's TTL plan lowering time on), {S, T} at every step below 100 %, {T} from the
 //! 100 % step on, and {T} with the service's normal TTL once completed ({S} again after a
 //! rollback). The weights themselves ride along in TXT records (`umbra-weight ADDR W`).
 //!
