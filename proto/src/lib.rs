@@ -43,6 +43,7 @@ pub mod agent;
 pub mod certs;
 pub mod endpoint;
 pub mod envelope;
+pub mod exit;
 pub mod frame;
 pub mod identity;
 pub mod ports;

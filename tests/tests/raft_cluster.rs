@@ -585,13 +585,31 @@ async fn a_missing_binary_or_a_bad_config_gets_a_clear_message() -> anyhow::Resu
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("node.toml");
     std::fs::write(&config, "id = 0\n")?;
+    // Many Rust machines set RUST_BACKTRACE: a user's mistake still gets no backtrace.
     let output = std::process::Command::new(umbra_tests::binary("umbra-orchestrator")?)
         .arg("--config")
         .arg(&config)
+        .env("RUST_BACKTRACE", "1")
         .output()?;
-    ensure!(!output.status.success());
+    ensure!(output.status.code() == Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(stderr.contains("node.toml"), "{stderr}");
+    ensure!(
+        stderr.starts_with("error: reading the node config") && stderr.contains("node.toml"),
+        "{stderr}"
+    );
+    ensure!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+    let output = std::process::Command::new(umbra_tests::binary("umbra-agent")?)
+        .args(["run", "--config"])
+        .arg(dir.path().join("no-such-agent.toml"))
+        .env("RUST_BACKTRACE", "1")
+        .output()?;
+    ensure!(output.status.code() == Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        stderr.starts_with("error: cannot read agent config")
+            && !stderr.to_lowercase().contains("backtrace"),
+        "{stderr}"
+    );
     Ok(())
 }
 

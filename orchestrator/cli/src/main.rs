@@ -57,33 +57,9 @@ enum Command {
     Predict(capacity::PredictArgs),
 }
 
-/// Runs the subcommand; a failure is printed as one line per distinct cause, never with a
-/// backtrace (a user's mistake is not a crash, whatever `RUST_BACKTRACE` says), and exits 1.
+/// Runs the subcommand; a failure is its causes on stderr and status 1, never a backtrace.
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("{}", described(&error));
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// `error: TOP`, then `  because: CAUSE` for each cause whose words the line before does not
-/// already carry (errors often repeat their source in their own message).
-fn described(error: &anyhow::Error) -> String {
-    let mut out = String::new();
-    let mut previous = String::new();
-    for (i, cause) in error.chain().enumerate() {
-        let text = cause.to_string();
-        if i > 0 && previous.contains(&text) {
-            continue;
-        }
-        out.push_str(if i == 0 { "error: " } else { "\n  because: " });
-        out.push_str(&text);
-        previous = text;
-    }
-    out
+    umbra_proto::exit::code(run())
 }
 
 fn run() -> anyhow::Result<()> {
@@ -112,22 +88,5 @@ fn run() -> anyhow::Result<()> {
         Command::Rollback(args) => rollback::run(args),
         Command::Capacity(args) => capacity::run(args),
         Command::Predict(args) => capacity::predict(args),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::described;
-
-    #[test]
-    fn an_error_is_its_causes_once_each_without_a_backtrace() {
-        let inner = std::io::Error::other("connection refused");
-        let error = anyhow::Error::new(inner)
-            .context("the API at https://127.0.0.1:9 did not answer: connection refused")
-            .context("applying plan.toml");
-        assert_eq!(
-            described(&error),
-            "error: applying plan.toml\n  because: the API at https://127.0.0.1:9 did not answer: connection refused"
-        );
     }
 }

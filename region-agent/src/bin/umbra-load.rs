@@ -91,7 +91,11 @@ struct RunArgs {
     progress: bool,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    umbra_proto::exit::code(dispatch())
+}
+
+fn dispatch() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
