@@ -334,6 +334,50 @@ pub struct WarmupSpec {
     pub allow_writes: bool,
 }
 
+/// Length of one window the readiness gate measures (ms): one second gives a p99 over hundreds
+/// of requests at the rates warm-ups use, and a gate decision every second.
+pub const GATE_WINDOW_MS: u64 = 1_000;
+/// Windows the gate judges together: three seconds of traffic, so readiness is sustained
+/// rather than one lucky window.
+pub const GATE_WINDOWS: usize = 3;
+/// Fewest answered requests across the judged windows for their p99 to count: below a few
+/// hundred, the 99th percentile is the maximum of a handful of samples.
+pub const MIN_GATE_SAMPLES: u64 = 300;
+
+impl WarmupSpec {
+    /// Whether the declared numbers let the gate ever hold: enough requests in its windows for
+    /// a p99, a cap no shorter than its windows, and `min_requests` within the cap. `Err` says
+    /// which number falls short and what to raise. (Answers that fail or miss still count
+    /// against it at run time; this is the part a plan can be checked for.)
+    pub fn feasible(&self) -> Result<(), String> {
+        let rate = self.mix.rate_per_sec;
+        let judged_ms = GATE_WINDOWS as u64 * GATE_WINDOW_MS;
+        let in_windows = rate * judged_ms as f64 / 1_000.0;
+        if in_windows < MIN_GATE_SAMPLES as f64 {
+            return Err(format!(
+                "warmup.mix.rate_per_sec {rate} sends {in_windows:.0} requests in the readiness gate's {} s of windows, fewer than the {MIN_GATE_SAMPLES} its p99 needs, so the gate never holds; raise rate_per_sec to at least {}",
+                judged_ms / 1_000,
+                MIN_GATE_SAMPLES * 1_000 / judged_ms
+            ));
+        }
+        let cap_ms = self.mix.max_duration_ms;
+        if cap_ms < judged_ms {
+            return Err(format!(
+                "warmup.mix.max_duration_ms {cap_ms} is shorter than the readiness gate's {judged_ms} ms of windows; raise it to at least {judged_ms}"
+            ));
+        }
+        let sent = rate * cap_ms as f64 / 1_000.0;
+        let needed = self.gate.min_requests.max(MIN_GATE_SAMPLES);
+        if sent < needed as f64 {
+            return Err(format!(
+                "at warmup.mix.rate_per_sec {rate} for max_duration_ms {cap_ms} a warm-up sends {sent:.0} requests, fewer than the {needed} the gate needs (gate.min_requests {}); raise rate_per_sec or max_duration_ms, or lower min_requests",
+                self.gate.min_requests
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Where a warm-up stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WarmupPhase {

@@ -30,15 +30,9 @@ use umbra_proto::agent::{ReadinessGate, RequestMix, WarmupPhase, WarmupProgress,
 
 use crate::loadgen::{LoadConfig, LoadError, LoadGenerator, LoadReport, RequestSpec, Target};
 
-/// Length of one measured window: one second gives a p99 over hundreds of requests at the
-/// rates warm-ups use, and a gate decision every second.
-pub const WINDOW: Duration = Duration::from_secs(1);
-/// Windows judged together by the gate: three seconds of traffic, so readiness is sustained
-/// rather than one lucky window.
-pub const GATE_WINDOWS: usize = 3;
-/// Fewest answered requests across the judged windows for their p99 to count: below a few
-/// hundred, the 99th percentile is the maximum of a handful of samples.
-pub const MIN_WINDOW_REQUESTS: u64 = 300;
+/// Length of one measured window ([`umbra_proto::agent::GATE_WINDOW_MS`]).
+pub const WINDOW: Duration = Duration::from_millis(umbra_proto::agent::GATE_WINDOW_MS);
+pub use umbra_proto::agent::{GATE_WINDOWS, MIN_GATE_SAMPLES as MIN_WINDOW_REQUESTS};
 /// Longest warm-up cap accepted (1 hour).
 pub const MAX_DURATION_MS: u64 = 3_600_000;
 /// Highest rate accepted for a warm-up, req/s.

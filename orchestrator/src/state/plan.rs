@@ -444,6 +444,7 @@ impl ServiceSpec {
         if self.warmup.mix.rate_per_sec.is_nan() || self.warmup.mix.rate_per_sec <= 0.0 {
             return Err(invalid(what(), "warmup.mix.rate_per_sec must be > 0"));
         }
+        self.warmup.feasible().map_err(|e| invalid(what(), e))?;
         if self.analysis_window_secs == 0 {
             return Err(invalid(what(), "analysis_window_secs must be > 0"));
         }

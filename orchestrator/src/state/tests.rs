@@ -537,3 +537,34 @@ fn a_cutover_time_long_past_is_refused_and_changes_nothing() {
             .is_ok()
     );
 }
+
+#[test]
+fn a_warm_up_whose_gate_can_never_hold_is_refused_with_the_numbers() {
+    let state = planned();
+    let refused = |mutate: &dyn Fn(&mut Plan), wanted: &[&str]| {
+        let mut after = state.clone();
+        let mut plan = Plan::example();
+        mutate(&mut plan);
+        let err = after
+            .apply_command(2, &Command::ApplyPlan { plan, at_ms: 2 })
+            .expect_err("an infeasible warm-up");
+        assert_eq!(err.kind, RejectKind::Invalid, "{err}");
+        for w in wanted {
+            assert!(err.message.contains(w), "{w:?} in {err}");
+        }
+        assert_eq!(after.overview().services, state.overview().services);
+    };
+    // 50 requests a second give 150 in the gate's 3 s, short of the 300 a p99 needs.
+    refused(
+        &|p| p.services[0].warmup.mix.rate_per_sec = 50.0,
+        &["rate_per_sec 50", "150 requests", "at least 100"],
+    );
+    refused(
+        &|p| p.services[0].warmup.mix.max_duration_ms = 2_000,
+        &["max_duration_ms 2000", "at least 3000"],
+    );
+    refused(
+        &|p| p.services[0].warmup.gate.min_requests = 10_000,
+        &["sends 6000 requests", "min_requests 10000"],
+    );
+}
