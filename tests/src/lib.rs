@@ -53,7 +53,7 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 const LOG_TAIL_LINES: usize = 15;
 
 pub use memory_api::{MemoryApi, plan_without_schedules};
-pub use umbra_testkit::{Process, binary, free_port, wait_for};
+pub use umbra_testkit::{Process, bin_dir, binary, free_port, wait_for};
 use umbra_testkit::{Secrets, TEST_TOKEN, write_secrets};
 
 /// Raft tuning for tests: 50 ms ticks so elections take about a second on a loaded 2-core

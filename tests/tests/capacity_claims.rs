@@ -13,7 +13,7 @@
 //! drives load through its front: the pool grows to what the load needs, and falls back once
 //! it stops. Run `cargo build --workspace --bins` first.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
@@ -51,10 +51,7 @@ fn json<T: serde::de::DeserializeOwned>(output: &Output) -> anyhow::Result<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capacity_request_is_served_from_dormant_and_claims_past_the_region_limit_are_refused()
 -> anyhow::Result<()> {
-    let bin_dir: PathBuf = umbra_tests::binary("umbra-orchestrator")?
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let bin_dir: PathBuf = umbra_tests::bin_dir()?;
     let cluster =
         IdleCluster::start(&DemoOptions::new(bin_dir), &|line| eprintln!("{line}")).await?;
     let region = cluster.regions()[0].clone();
@@ -249,10 +246,7 @@ async fn load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reactive_pool_follows_the_load_its_front_measured() -> anyhow::Result<()> {
-    let bin_dir: PathBuf = umbra_tests::binary("umbra-orchestrator")?
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let bin_dir: PathBuf = umbra_tests::bin_dir()?;
     let mut options = DemoOptions::new(bin_dir);
     // Shrink after one quiet minute (a reactive pool's hysteresis counts minutes).
     options.pool_shrink_after_slices = 1;

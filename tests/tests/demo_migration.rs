@@ -16,10 +16,7 @@ use umbra_demo::report::DemoReport;
 use umbra_demo::{DemoOptions, run};
 
 fn options(work_dir: &Path) -> anyhow::Result<DemoOptions> {
-    let bin_dir = umbra_tests::binary("umbra-orchestrator")?
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let bin_dir = umbra_tests::bin_dir()?;
     let mut options = DemoOptions::new(bin_dir);
     options.work_dir = Some(work_dir.to_owned());
     // Smaller than `umbra demo`: 200 req/s, a 6 s baseline, no minimum request count.

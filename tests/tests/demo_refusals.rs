@@ -2,18 +2,13 @@
 //! agents): a plan naming an unknown region, and a migration to one, are refused with a message
 //! that names the region, and change nothing; the demo's own plan is then accepted.
 
-use std::path::Path;
-
 use umbra_demo::scenario::{DemoTiming, migration_request};
 use umbra_demo::{DemoOptions, IdleCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_or_migration_naming_an_unknown_region_is_refused_and_changes_nothing()
 -> anyhow::Result<()> {
-    let bin_dir = umbra_tests::binary("umbra-orchestrator")?
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let bin_dir = umbra_tests::bin_dir()?;
     let mut cluster =
         IdleCluster::start(&DemoOptions::new(bin_dir), &|line| eprintln!("{line}")).await?;
     let good = cluster.demo_plan();

@@ -25,10 +25,7 @@ use umbra_testkit::{free_port, installed};
 const HOSTNAME: &str = "shop.umbra.test.";
 
 fn options(work_dir: &Path, dns: DemoDns) -> anyhow::Result<DemoOptions> {
-    let bin_dir = umbra_tests::binary("umbra-orchestrator")?
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let bin_dir = umbra_tests::bin_dir()?;
     let mut options = DemoOptions::new(bin_dir);
     options.work_dir = Some(work_dir.to_owned());
     options.dns = dns;

@@ -99,10 +99,7 @@ async fn watch(work_dir: &Path, seen: &mut Seen) {
 /// 200 req/s, a 6 s baseline. Fails at once when haproxy is not installed.
 fn options(work_dir: &Path) -> anyhow::Result<DemoOptions> {
     umbra_testkit::installed("haproxy", "haproxy")?;
-    let bin_dir = umbra_tests::binary("umbra-orchestrator")?
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let bin_dir = umbra_tests::bin_dir()?;
     let mut options = DemoOptions::new(bin_dir);
     options.work_dir = Some(work_dir.to_owned());
     options.front = FrontKind::Haproxy;

@@ -94,10 +94,7 @@ fn secs_to(at: chrono::DateTime<chrono::Utc>) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_rises_before_its_forecast_peak_heals_a_killed_instance_and_falls_after()
 -> anyhow::Result<()> {
-    let bin_dir: PathBuf = umbra_tests::binary("umbra-orchestrator")?
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let bin_dir: PathBuf = umbra_tests::bin_dir()?;
     let history = tempfile::tempdir()?;
     let mut options = DemoOptions::new(bin_dir);
     options.demand_history = Some((history.path().to_owned(), SLICE_SECS));

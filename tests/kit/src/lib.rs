@@ -57,6 +57,16 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The directory holding the workspace's binaries (`umbra-orchestrator`, `umbra-agent`,
+/// `umbra-sample`, ...), as [`binary`] finds them: what the demo's `bin_dir` names.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let orchestrator = binary("umbra-orchestrator")?;
+    Ok(orchestrator
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default())
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout` naming `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
 where
