@@ -73,7 +73,8 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
 fn readiness_text(migration: &MigrationStatus) -> String {
     match &migration.readiness {
         Some(readiness) => format!("readiness {}/100", readiness.score),
-        None => "readiness n/a".to_owned(),
+        None if migration.terminal => "readiness n/a".to_owned(),
+        None => "readiness on the leader".to_owned(),
     }
 }
 
@@ -135,11 +136,22 @@ fn print_report(report: &StatusReport) {
                 }
             );
         }
-        if let Some(readiness) = &migration.readiness {
-            for gate in &readiness.gates {
-                let mark = if gate.holds { "ok" } else { ".." };
-                println!("    [{mark}] {}: {}", gate.name, gate.detail);
+        match &migration.readiness {
+            Some(readiness) => {
+                for gate in &readiness.gates {
+                    let mark = if gate.holds { "ok" } else { ".." };
+                    println!("    [{mark}] {}: {}", gate.name, gate.detail);
+                }
             }
+            // Only the leader's executor observes the agents; another node has no gates to show.
+            None if !migration.terminal => match (leader.leader, leader.this_node) {
+                (Some(id), Some(this)) if id != this => println!(
+                    "    readiness gates: observed by the leader, orchestrator {id}; this API is \
+                     orchestrator {this}'s: point --api at the leader's to see each gate"
+                ),
+                _ => println!("    readiness gates: not observed yet"),
+            },
+            None => {}
         }
     }
     for pool in &report.pools {
