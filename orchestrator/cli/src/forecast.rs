@@ -43,8 +43,9 @@ pub struct SourceArgs {
     /// Region name (picks the series of a long CSV; names the series otherwise).
     #[arg(long)]
     pub region: Option<String>,
-    /// Slice width in seconds (must divide a day). Default: a CSV's own spacing (the median
-    /// spacing of its timestamps); for Prometheus, the query step of 300 s.
+    /// Slice width in seconds (must divide a day). Default: the data's own spacing (the
+    /// median spacing of a CSV's timestamps, or of the Prometheus samples behind the query,
+    /// no finer than 300 s).
     #[arg(long)]
     pub slice_secs: Option<u32>,
     /// Longest gap filled by interpolation; longer gaps are errors.
@@ -87,9 +88,9 @@ pub enum SliceWidthFrom {
     Data,
     /// `--slice-secs`.
     Flag,
-    /// A Prometheus range is answered at the step asked for; without `--slice-secs` that is
-    /// [`DEFAULT_SLICE_SECS`].
-    PrometheusStep,
+    /// The spacing of the Prometheus samples behind the query
+    /// (`prometheus::sample_spacing`): a computed expression's is the probe's step.
+    PrometheusSamples,
 }
 
 impl SliceWidth {
@@ -131,9 +132,10 @@ impl SliceWidth {
                 self.secs
             ),
             (SliceWidthFrom::Flag, _) => format!("slice width {} s from --slice-secs", self.secs),
-            (SliceWidthFrom::PrometheusStep, _) => format!(
-                "slice width {} s: the Prometheus query step (--slice-secs sets it)",
-                self.secs
+            (SliceWidthFrom::PrometheusSamples, _) => format!(
+                "slice width {} s, inferred from the spacing of the Prometheus samples behind the query (a computed expression is read at {} s; --slice-secs overrides it)",
+                self.secs,
+                prometheus::SPACING_PROBE_STEP_SECS
             ),
         }
     }
@@ -148,7 +150,8 @@ pub fn load_series(args: &SourceArgs) -> anyhow::Result<LoadedSeries> {
         }
         .validate()?;
     }
-    let (key, observations, default_id, from) = if let Some(path) = &args.csv {
+    // A CSV's slice width comes from its rows once read; Prometheus's before the query.
+    let (key, observations, default_id, slice) = if let Some(path) = &args.csv {
         let header = std::fs::read_to_string(path)
             .with_context(|| format!("reading {}", path.display()))?
             .lines()
@@ -197,7 +200,7 @@ pub fn load_series(args: &SourceArgs) -> anyhow::Result<LoadedSeries> {
             .with_context(|| format!("{} has no rows for {key}", path.display()))?;
         let default_id = value_column.filter(|_| args.service.is_none() && args.region.is_none());
         let id = default_id.unwrap_or_else(|| key_string(&key));
-        (key, observations, id, SliceWidthFrom::Data)
+        (key, observations, id, None)
     } else if let (Some(url), Some(query)) = (&args.prometheus, &args.query) {
         let end = args.end.unwrap_or_else(Utc::now);
         let start = args.start.unwrap_or(end - chrono::Duration::days(28));
@@ -209,30 +212,45 @@ pub fn load_series(args: &SourceArgs) -> anyhow::Result<LoadedSeries> {
             .enable_all()
             .build()?;
         let client = reqwest::Client::new();
-        let range = prometheus::RangeQuery {
+        let mut range = prometheus::RangeQuery {
             query: query.clone(),
             start,
             end,
             step_secs: args.slice_secs.unwrap_or(DEFAULT_SLICE_SECS),
         };
+        let slice = match args.slice_secs {
+            Some(secs) => SliceWidth {
+                secs,
+                from: SliceWidthFrom::Flag,
+                data_spacing_secs: None,
+            },
+            None => {
+                let Some((spacing, last)) =
+                    runtime.block_on(prometheus::sample_spacing(&client, url, &range))?
+                else {
+                    bail!(
+                        "Prometheus has fewer than two samples of {query} in the last day of the range ({start} to {end}), so no slice width can be inferred; check --start and --end, or give --slice-secs"
+                    );
+                };
+                let mut slice = SliceWidth::choose(None, Some(spacing))?;
+                slice.from = SliceWidthFrom::PrometheusSamples;
+                // Evaluate on the samples' own phase: a range query looks back only 5
+                // minutes from each step, so steps between sparse samples would find none.
+                let offset = (last.timestamp() - start.timestamp()).rem_euclid(i64::from(spacing));
+                range.start = start + chrono::Duration::seconds(offset);
+                range.step_secs = spacing;
+                slice
+            }
+        };
         let observations = runtime.block_on(prometheus::query_range(&client, url, &range))?;
         let id = key_string(&key);
-        (key, observations, id, SliceWidthFrom::PrometheusStep)
+        (key, observations, id, Some(slice))
     } else {
         bail!("give a series: --csv FILE, or --prometheus URL --query PROMQL");
     };
-    let data_spacing_secs = median_spacing_secs(&observations);
-    let slice = match from {
-        SliceWidthFrom::PrometheusStep => SliceWidth {
-            secs: args.slice_secs.unwrap_or(DEFAULT_SLICE_SECS),
-            from: if args.slice_secs.is_some() {
-                SliceWidthFrom::Flag
-            } else {
-                SliceWidthFrom::PrometheusStep
-            },
-            data_spacing_secs,
-        },
-        _ => SliceWidth::choose(args.slice_secs, data_spacing_secs)?,
+    let slice = match slice {
+        Some(slice) => slice,
+        None => SliceWidth::choose(args.slice_secs, median_spacing_secs(&observations))?,
     };
     let config = HistoryConfig {
         slice_secs: slice.secs,
