@@ -551,6 +551,22 @@ impl CoreRun<'_> {
     }
 }
 
+/// `value` rounded, with thin spaces between thousands: `1 548 487`.
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push('\u{2009}');
+        }
+        out.push(c);
+    }
+    if value < -0.5 {
+        out.insert(0, '-');
+    }
+    out
+}
+
 /// `color` halfway to white, for a line that goes with `color`'s but matters less.
 fn lighter(color: plotters::style::RGBColor) -> plotters::style::RGBColor {
     let half = |c: u8| c + (255 - c) / 2;
@@ -646,9 +662,9 @@ fn simulation_figure(
         }
         panels.push(Panel {
             title: format!(
-                "{}: missed {:.0} requests ({:.3} %) in {} steps, idle {:.1} inst-h, dormant {:.1} inst-h (whole replay)",
+                "{}: missed {} requests ({:.4} %) in {} steps, idle {:.1} inst-h, dormant {:.1} inst-h (whole replay)",
                 r.policy,
-                r.missed,
+                thousands(r.missed),
                 100.0 * (1.0 - r.served_share),
                 r.steps_with_misses,
                 r.idle_instance_hours,
@@ -671,5 +687,21 @@ fn simulation_figure(
             steps,
         },
         panels,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands_are_spaced() {
+        let cases = [
+            (0.0, "0"),
+            (999.4, "999"),
+            (1_548_487.0, "1 548 487"),
+            (-12_345.0, "-12 345"),
+        ];
+        for (value, want) in cases {
+            assert_eq!(super::thousands(value), want.replace(' ', "\u{2009}"));
+        }
     }
 }
