@@ -127,8 +127,12 @@ impl SliceWidth {
                 "slice width {} s, inferred from the data (the median spacing of its timestamps; --slice-secs overrides it)",
                 self.secs
             ),
-            (SliceWidthFrom::Flag, Some(data)) if data != self.secs => format!(
+            (SliceWidthFrom::Flag, Some(data)) if data > self.secs => format!(
                 "slice width {} s from --slice-secs; the data's timestamps are {data} s apart, so slices between them are filled by interpolation",
+                self.secs
+            ),
+            (SliceWidthFrom::Flag, Some(data)) if data < self.secs => format!(
+                "slice width {} s from --slice-secs; the data's timestamps are {data} s apart, so the rows in each slice are averaged",
                 self.secs
             ),
             (SliceWidthFrom::Flag, _) => format!("slice width {} s from --slice-secs", self.secs),
