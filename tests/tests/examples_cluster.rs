@@ -4,6 +4,10 @@
 //! operator. The assertions are what the user would check: the script exits 0, its summary
 //! shows the completed and the rolled-back migration, and nothing it started is left running.
 //!
+//! A light test beside it reads the example's files with the product's own parsers and checks
+//! that they agree with each other (peers, DNS servers, fronts), so a change of format or a
+//! port edited in one file only is caught without starting anything.
+//!
 //! The script runs in a process group of its own, so that a run past the deadline is ended
 //! whole (the script's own trap stops its children on every other exit). Heavy: nextest runs
 //! this package's tests one at a time (`.ci/nextest.toml`).
@@ -98,6 +102,81 @@ fn run_with_deadline(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The example's directory.
+fn example_dir() -> PathBuf {
+    repo_root().join("examples").join("cluster")
+}
+
+#[test]
+fn the_example_files_parse_agree_and_the_plan_applies() -> anyhow::Result<()> {
+    use umbra_orchestrator::node::config::NodeConfig;
+    use umbra_orchestrator::state::{Command as StateCommand, OrchestratorState, Plan};
+
+    let dir = example_dir();
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).with_context(|| format!("reading {name}"))
+    };
+    // The nodes validate as the binary does, with certificates where their certs_dir says.
+    let certs = tempfile::tempdir()?;
+    umbra_proto::certs::init(
+        &umbra_proto::certs::Layout {
+            orchestrators: 3,
+            regions: vec!["us-east".into(), "eu-west".into()],
+            operators: vec!["admin".into()],
+        },
+        certs.path(),
+    )?;
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let name = format!("node-{id}.toml");
+        let mut node: NodeConfig =
+            toml::from_str(&read(&name)?).with_context(|| format!("parsing {name}"))?;
+        node.certs_dir = certs.path().to_owned();
+        node.validate()
+            .with_context(|| format!("{name} is refused"))?;
+        assert_eq!(node.id, id, "{name}");
+        nodes.push(node);
+    }
+    let peers: Vec<_> = nodes[0].peers.iter().map(|p| p.address).collect();
+    let dns: Vec<_> = nodes
+        .iter()
+        .map(|n| n.dns.as_ref().and_then(|d| d.listen).expect("[dns] listen"))
+        .collect();
+    for node in &nodes {
+        assert_eq!(
+            node.peers, nodes[0].peers,
+            "every node lists the same peers"
+        );
+        assert_eq!(
+            node.executor.dns_servers, dns,
+            "node {} checks every DNS server",
+            node.id
+        );
+    }
+
+    let plan = Plan::from_toml(&read("plan.toml")?)?;
+    let mut state = OrchestratorState::default();
+    state
+        .apply_command(1, &StateCommand::ApplyPlan { plan, at_ms: 1 })
+        .map_err(|e| anyhow::anyhow!("plan.toml is refused: {e}"))?;
+    let overview = state.overview();
+    for region in ["us-east", "eu-west"] {
+        let name = format!("agent-{region}.toml");
+        let agent = umbra_agent::agent::config::AgentConfig::load(&dir.join(&name))?;
+        assert_eq!(agent.region, region, "{name}");
+        assert_eq!(
+            agent.orchestrators, peers,
+            "{name} lists every orchestrator"
+        );
+        assert_eq!(
+            agent.front.as_ref().map(|f| f.listen),
+            Some(overview.regions[region].front_addr()),
+            "{name}'s front is the plan's front of {region}"
+        );
+    }
+    Ok(())
 }
 
 #[test]
