@@ -171,10 +171,12 @@ check_alive() {
 
 # --- the files: copied from examples/cluster, ports moved to the chosen base ---------------
 
+# Every port 171NN becomes BASE+NN, in one pass (a port is marked first, so that a new port
+# is never moved again by a later expression).
 render() {
-    local expressions=() n
-    for n in $(seq 0 99); do
-        expressions+=(-e "s/\\b171$(printf %02d "$n")\\b/$((port_base + n))/g")
+    local expressions=(-e 's/\b171\([0-9][0-9]\)\b/@PORT\1@/g') n
+    for n in $(seq -w 0 99); do
+        expressions+=(-e "s/@PORT$n@/$((port_base + 10#$n))/g")
     done
     sed "${expressions[@]}" "$here/$1" >"$state/$1"
 }
