@@ -1211,13 +1211,13 @@ impl Controller {
             };
             let ms = match self.rollback_started.get(&id) {
                 Some(started) => confirmed.saturating_duration_since(*started).as_millis() as u64,
-                // This leader did not see the breach: the phase start is the best it knows.
+                // This leader did not see the rollback begin: the phase start is the best it
+                // knows.
                 None => self.now.unix_ms.saturating_sub(record.phase_since_ms),
             };
             rollback_ms = Some(ms);
-            reason = format!(
-                "{reason}; traffic back on the source {ms} ms after the breach was detected"
-            );
+            reason =
+                format!("{reason}; traffic back on the source {ms} ms after the rollback began");
         }
         let from = record.phase;
         self.propose(
