@@ -70,6 +70,15 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     })
 }
 
+/// `1 service`, `2 services`.
+fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn readiness_text(migration: &MigrationStatus) -> String {
     match &migration.readiness {
         Some(readiness) => format!("readiness {}/100", readiness.score),
@@ -102,10 +111,10 @@ fn print_report(report: &StatusReport) {
         (None, None) => println!("leader: not a Raft cluster"),
     }
     println!(
-        "{} regions, {} services, {} schedules; applied index {}",
-        report.overview.regions.len(),
-        report.overview.services.len(),
-        report.overview.schedules.len(),
+        "{}, {}, {}; applied index {}",
+        counted(report.overview.regions.len(), "region"),
+        counted(report.overview.services.len(), "service"),
+        counted(report.overview.schedules.len(), "schedule"),
         report.overview.applied_index
     );
     if report.migrations.is_empty() {

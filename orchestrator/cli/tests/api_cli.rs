@@ -91,7 +91,7 @@ async fn apply_migrate_status_rollback_as_an_operator_sees_them() {
     let run = h.umbra(&["apply", "-f", plan]).await;
     assert!(run.success, "{}", run.stderr);
     assert!(
-        run.stdout.contains("2 regions, 1 services, 0 schedules"),
+        run.stdout.contains("2 regions, 1 service, 0 schedules"),
         "{}",
         run.stdout
     );
@@ -244,7 +244,7 @@ async fn the_example_plan_parses_and_applies() {
     let run = h.umbra(&["apply", "-f", file.to_str().unwrap()]).await;
     assert!(run.success, "{}", run.stderr);
     assert!(
-        run.stdout.contains("2 regions, 1 services, 1 schedules"),
+        run.stdout.contains("2 regions, 1 service, 1 schedule"),
         "{}",
         run.stdout
     );
