@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use umbra_orchestrator::state::{Applied, Plan};
 
-use crate::operator::{ApiArgs, print_json};
+use crate::operator::{ApiArgs, counted, print_json};
 
 /// Arguments of `umbra apply`.
 #[derive(Debug, clap::Args)]
@@ -29,7 +29,20 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{} is not a valid plan", file.display()))?;
         let applied = client.apply_plan_toml(&text).await?;
         if args.api.json {
-            return print_json(&applied);
+            // The plan's summary as a plain object: `{"regions": 2, "services": 1, ...}`.
+            let summary = match &applied {
+                Applied::Plan {
+                    regions,
+                    services,
+                    schedules,
+                } => serde_json::json!({
+                    "regions": regions,
+                    "services": services,
+                    "schedules": schedules,
+                }),
+                other => anyhow::bail!("the API answered {other:?} to a plan"),
+            };
+            return print_json(&summary);
         }
         match applied {
             Applied::Plan {
@@ -37,8 +50,11 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
                 services,
                 schedules,
             } => println!(
-                "applied {}: {regions} regions, {services} services, {schedules} schedules",
-                file.display()
+                "applied {}: {}, {}, {}",
+                file.display(),
+                counted(regions, "region"),
+                counted(services, "service"),
+                counted(schedules, "schedule")
             ),
             other => println!("applied {}: {other:?}", file.display()),
         }

@@ -5,7 +5,7 @@
 use anyhow::Context;
 use umbra_orchestrator::state::{Applied, MigrationRequest};
 
-use crate::operator::{ApiArgs, print_json, rfc3339};
+use crate::operator::{ApiArgs, migration_resource, print_json, rfc3339};
 
 /// Arguments of `umbra migrate`.
 #[derive(Debug, clap::Args)]
@@ -67,8 +67,10 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
     args.api.run(async |client| {
         let request = request?;
         let applied = client.migrate(&request).await?;
-        if args.api.json {
-            return print_json(&applied);
+        if args.api.json
+            && let Applied::Migration { id } = &applied
+        {
+            return print_json(&migration_resource(&client, id).await?);
         }
         match applied {
             Applied::Migration { id } => println!(

@@ -73,6 +73,34 @@ impl ApiArgs {
     }
 }
 
+/// The migration `id` as `umbra status --json` lists it (`migrations[]`): the one shape of a
+/// migration that `migrate`, `rollback` and `status` print. The node that answered a write has
+/// applied it, so the migration is there; a moment of grace covers a node catching up.
+pub async fn migration_resource(
+    client: &ApiClient,
+    id: &str,
+) -> anyhow::Result<umbra_orchestrator::api::MigrationStatus> {
+    for _ in 0..20 {
+        let report = client.status().await?;
+        if let Some(found) = report.migrations.into_iter().find(|m| m.id == id) {
+            return Ok(found);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::bail!(
+        "migration {id} was accepted but the API's status does not list it yet; run `umbra status` in a moment"
+    )
+}
+
+/// `1 service`, `2 services`.
+pub fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Prints `value` as pretty JSON on stdout.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

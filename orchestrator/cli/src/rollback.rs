@@ -1,7 +1,7 @@
 //! `umbra rollback ID --reason ...`: ask the cluster to roll a migration back. The leader's
 //! executor puts the traffic back on the source; `umbra status` shows it happen.
 
-use crate::operator::{ApiArgs, print_json};
+use crate::operator::{ApiArgs, migration_resource, print_json};
 
 /// Arguments of `umbra rollback`.
 #[derive(Debug, clap::Args)]
@@ -17,9 +17,9 @@ pub struct RollbackArgs {
 
 pub fn run(args: RollbackArgs) -> anyhow::Result<()> {
     args.api.run(async |client| {
-        let applied = client.rollback(&args.id, &args.reason).await?;
+        client.rollback(&args.id, &args.reason).await?;
         if args.api.json {
-            return print_json(&applied);
+            return print_json(&migration_resource(&client, &args.id).await?);
         }
         println!(
             "migration {} is rolling back; follow it with `umbra status --watch`",

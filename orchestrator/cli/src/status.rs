@@ -12,7 +12,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use umbra_orchestrator::api::{MigrationStatus, StatusReport};
 
-use crate::operator::{ApiArgs, print_json, rfc3339};
+use crate::operator::{ApiArgs, counted, print_json, rfc3339};
 
 /// Default pause between polls of `--watch`: 500 ms, fast enough to see a 10 % step of a
 /// demo with a few-second analysis window.
@@ -68,15 +68,6 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             }
         }
     })
-}
-
-/// `1 service`, `2 services`.
-fn counted(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
 }
 
 fn readiness_text(migration: &MigrationStatus) -> String {

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use umbra_orchestrator::api::StatusReport;
+use umbra_orchestrator::api::{MigrationStatus, StatusReport};
 use umbra_orchestrator::migration::{Phase, happy_path};
 use umbra_orchestrator::state::plan::EXAMPLE_PLAN_TOML;
 use umbra_orchestrator::state::{Command, Plan};
@@ -137,11 +137,17 @@ async fn apply_migrate_status_rollback_as_an_operator_sees_them() {
         ])
         .await;
     assert!(run.success, "{}", run.stderr);
-    let applied: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
-    let id = applied["Migration"]["id"]
-        .as_str()
-        .expect("an id")
-        .to_owned();
+    // The migration as `umbra status --json` lists it: one shape per resource.
+    let created: MigrationStatus = serde_json::from_str(&run.stdout).expect("a migration");
+    assert_eq!(
+        (
+            created.service.as_str(),
+            created.to.as_str(),
+            created.phase.as_str()
+        ),
+        ("shop", "eu-west", "planned")
+    );
+    let id = created.id.clone();
 
     let run = h.umbra(&["status", "--json"]).await;
     assert!(run.success, "{}", run.stderr);
@@ -172,9 +178,14 @@ async fn apply_migrate_status_rollback_as_an_operator_sees_them() {
     );
 
     let run = h
-        .umbra(&["rollback", &id, "--reason", "change freeze"])
+        .umbra(&["rollback", &id, "--reason", "change freeze", "--json"])
         .await;
     assert!(run.success, "{}", run.stderr);
+    let rolling: MigrationStatus = serde_json::from_str(&run.stdout).expect("the migration");
+    assert_eq!(
+        (rolling.id.as_str(), rolling.phase.as_str()),
+        (id.as_str(), "rolling_back")
+    );
     let run = h
         .umbra(&["rollback", "shop-99", "--reason", "x", "--json"])
         .await;
@@ -353,8 +364,8 @@ async fn status_watch_follows_a_migration_through_every_phase_and_exits_when_it_
         .umbra(&["migrate", "shop", "--to", "eu-west", "--json"])
         .await;
     assert!(run.success, "{}", run.stderr);
-    let applied: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let id = applied["Migration"]["id"].as_str().unwrap().to_owned();
+    let created: MigrationStatus = serde_json::from_str(&run.stdout).unwrap();
+    let id = created.id;
 
     let watcher = {
         let api = format!("https://{}", h.api.local_addr());
