@@ -118,11 +118,16 @@ impl Agent {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => CommandCore::new(region),
             Err(e) => return Err(err(e.to_string())),
         };
+        let metrics = metrics::AgentMetrics::new(region);
+        if let Some(front) = &front {
+            front.telemetry().set_region(region);
+            metrics.register_front(front.telemetry());
+        }
         Ok(Agent {
             core: Mutex::new(core),
             ledger_path,
             executor: Executor::new(provider, front),
-            metrics: metrics::AgentMetrics::new(),
+            metrics,
         })
     }
 
