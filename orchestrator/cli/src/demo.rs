@@ -1,5 +1,5 @@
 //! `umbra demo [--json] [--inject-fault] [--kill-leader] [--no-warm]
-//! [--front embedded|haproxy] [--dns embedded|bind]`: one real region migration on this machine (three orchestrators, three region agents with their fronts and
+//! [--front embedded|haproxy] [--dns embedded|bind] [--slo-source fronts|prometheus]`: one real region migration on this machine (three orchestrators, three region agents with their fronts and
 //! sample instances, traffic through the orchestrators' DNS). The work is
 //! `umbra_demo`; this file parses flags, prints progress on stderr and the final
 //! report on stdout (`--json`: one JSON object), and turns Ctrl-C into a clean stop.
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use umbra_demo::report::DemoReport;
-use umbra_demo::{DemoDns, DemoOptions, FrontKind, run as run_demo};
+use umbra_demo::{DemoDns, DemoOptions, DemoSloSource, FrontKind, run as run_demo};
 
 /// Arguments of `umbra demo`.
 #[derive(Debug, clap::Args)]
@@ -49,6 +49,18 @@ pub struct DemoArgs {
     /// (`named`, started by the demo) updated by the leader with RFC 2136 + TSIG.
     #[arg(long, value_enum, default_value_t = DnsChoice::Embedded)]
     dns: DnsChoice,
+    /// Where each cutover step's SLO is read from: the target front's counters as its agent
+    /// reports them, or a real Prometheus (started by the demo, scraping every agent's
+    /// metrics once a second; `/usr/bin/prometheus` must be installed).
+    #[arg(long, value_enum, default_value_t = SloSourceChoice::Fronts)]
+    slo_source: SloSourceChoice,
+}
+
+/// `--slo-source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SloSourceChoice {
+    Fronts,
+    Prometheus,
 }
 
 /// `--dns`.
@@ -79,6 +91,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             port: 0,
             wrong_key: false,
         },
+    };
+    options.slo_source = match args.slo_source {
+        SloSourceChoice::Fronts => DemoSloSource::Fronts,
+        SloSourceChoice::Prometheus => DemoSloSource::Prometheus,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -140,6 +156,14 @@ fn print_report(r: &DemoReport) {
         if r.warm_up { "with" } else { "without" }
     );
     println!("shadow instances: {}", r.shadow_instances);
+    if r.slo_source == "prometheus" {
+        println!(
+            "slo_source: prometheus ({} queries with data, {} without)",
+            r.slo_queries_with_data, r.slo_queries_no_data
+        );
+    } else {
+        println!("slo_source: {}", r.slo_source);
+    }
     if let Some(ms) = r.rollback_ms {
         println!("rollback: breach detected → all weights restored in {ms} ms");
     }
