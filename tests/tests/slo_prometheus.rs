@@ -5,7 +5,7 @@
 //!
 //! - The demo with `--slo-source prometheus` completes with no failed request, and every step
 //!   was passed on a Prometheus answer ("judged by Prometheus" in the audit), with queries that
-//!   had data counted by the leader.
+//!   had data counted by the leader: over the embedded fronts, and over haproxy fronts.
 //! - A service whose error-ratio query names a metric that does not exist gets no data: its
 //!   migration reaches `cutting_over[0]` and stays there, neither passed nor rolled back, while
 //!   several analysis windows pass, and the executor's `no_data` count rises; an operator's
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use umbra_demo::report::DemoReport;
 use umbra_demo::scenario::{DemoTiming, migration_request};
-use umbra_demo::{DemoOptions, DemoSloSource, IdleCluster, run};
+use umbra_demo::{DemoOptions, DemoSloSource, FrontKind, IdleCluster, run};
 use umbra_orchestrator::api::StatusReport;
 use umbra_orchestrator::state::Applied;
 
@@ -80,8 +80,19 @@ fn phase_of(env: &[(&'static str, String)], id: &str) -> anyhow::Result<String> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_completes_with_every_step_judged_by_prometheus() -> anyhow::Result<()> {
+    completes_judged_by_prometheus(FrontKind::Embedded).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_on_haproxy_fronts_completes_judged_by_prometheus() -> anyhow::Result<()> {
+    completes_judged_by_prometheus(FrontKind::Haproxy).await
+}
+
+async fn completes_judged_by_prometheus(front: FrontKind) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let report = run_demo(&options(dir.path())?).await?;
+    let mut options = options(dir.path())?;
+    options.front = front;
+    let report = run_demo(&options).await?;
     assert_eq!(report.outcome, "completed", "{report:#?}");
     assert_eq!(report.requests_failed, 0, "{:?}", report.failures);
     assert_eq!(report.slo_source, "prometheus");
