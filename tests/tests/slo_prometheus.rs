@@ -10,6 +10,8 @@
 //!   migration reaches `cutting_over[0]` and stays there, neither passed nor rolled back, while
 //!   several analysis windows pass, and the executor's `no_data` count rises; an operator's
 //!   rollback then ends it `rolled_back`.
+//! - With the comparison judgement (`slo.judgement = "compare"`), each step passes on the
+//!   target's latency samples compared with the source's (Mann-Whitney U), not on the bound.
 //! - With the target failing at the 50 % step, Prometheus sees the errors and the migration
 //!   rolls back by itself, the reason naming Prometheus.
 //!
@@ -24,6 +26,7 @@ use umbra_demo::report::DemoReport;
 use umbra_demo::scenario::{DemoTiming, migration_request};
 use umbra_demo::{DemoOptions, DemoSloSource, FrontKind, IdleCluster, run};
 use umbra_orchestrator::api::StatusReport;
+use umbra_orchestrator::migration::SloJudgement;
 use umbra_orchestrator::state::Applied;
 
 /// Longest any stage may take on a loaded 2-core machine (a liveness deadline).
@@ -109,6 +112,33 @@ async fn completes_judged_by_prometheus(front: FrontKind) -> anyhow::Result<()> 
             .unwrap_or_else(|| panic!("no {next} in {:?}", report.phases));
         assert!(
             phase.reason.contains("judged by Prometheus"),
+            "{next}: {}",
+            phase.reason
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_judged_by_comparison_with_the_source_completes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut options = options(dir.path())?;
+    options.slo_judgement = SloJudgement::Compare;
+    // Warmed shadows: a cold one is slower than the source, which the comparison would
+    // rightly catch.
+    options.no_warm = false;
+    let report = run_demo(&options).await?;
+    assert_eq!(report.outcome, "completed", "{report:#?}");
+    assert_eq!(report.requests_failed, 0, "{:?}", report.failures);
+    for next in ["cutting_over[1]", "cutting_over[2]", "draining"] {
+        let phase = report
+            .phases
+            .iter()
+            .find(|p| p.name == next)
+            .unwrap_or_else(|| panic!("no {next} in {:?}", report.phases));
+        assert!(
+            phase.reason.contains("judged by Prometheus")
+                && phase.reason.contains("Mann-Whitney U"),
             "{next}: {}",
             phase.reason
         );

@@ -1,5 +1,5 @@
 //! `umbra demo [--json] [--inject-fault] [--kill-leader] [--no-warm]
-//! [--front embedded|haproxy] [--dns embedded|bind] [--slo-source fronts|prometheus]`: one real region migration on this machine (three orchestrators, three region agents with their fronts and
+//! [--front embedded|haproxy] [--dns embedded|bind] [--slo-source fronts|prometheus] [--slo-judgement thresholds|compare]`: one real region migration on this machine (three orchestrators, three region agents with their fronts and
 //! sample instances, traffic through the orchestrators' DNS). The work is
 //! `umbra_demo`; this file parses flags, prints progress on stderr and the final
 //! report on stdout (`--json`: one JSON object), and turns Ctrl-C into a clean stop.
@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use umbra_demo::report::DemoReport;
 use umbra_demo::{DemoDns, DemoOptions, DemoSloSource, FrontKind, run as run_demo};
+use umbra_orchestrator::migration::SloJudgement;
 
 /// Arguments of `umbra demo`.
 #[derive(Debug, clap::Args)]
@@ -54,6 +55,18 @@ pub struct DemoArgs {
     /// metrics once a second; `/usr/bin/prometheus` must be installed).
     #[arg(long, value_enum, default_value_t = SloSourceChoice::Fronts)]
     slo_source: SloSourceChoice,
+    /// How each step's latency is judged: against the plan's p99 bound, or against the
+    /// source region's latency over the same step (Mann-Whitney U, as Kayenta judges a
+    /// canary; needs `--slo-source prometheus`).
+    #[arg(long, value_enum, default_value_t = JudgementChoice::Thresholds)]
+    slo_judgement: JudgementChoice,
+}
+
+/// `--slo-judgement`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum JudgementChoice {
+    Thresholds,
+    Compare,
 }
 
 /// `--slo-source`.
@@ -95,6 +108,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     options.slo_source = match args.slo_source {
         SloSourceChoice::Fronts => DemoSloSource::Fronts,
         SloSourceChoice::Prometheus => DemoSloSource::Prometheus,
+    };
+    options.slo_judgement = match args.slo_judgement {
+        JudgementChoice::Thresholds => SloJudgement::Thresholds,
+        JudgementChoice::Compare => SloJudgement::Compare,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

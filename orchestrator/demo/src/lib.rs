@@ -107,6 +107,8 @@ pub struct DemoOptions {
     pub dns: DemoDns,
     /// Where the cutover steps' SLO is read from (`umbra demo --slo-source`).
     pub slo_source: DemoSloSource,
+    /// How the latency is judged (`umbra demo --slo-judgement`; `compare` needs Prometheus).
+    pub slo_judgement: umbra_orchestrator::migration::SloJudgement,
 }
 
 /// Where the demo's plan reads the SLO from (`umbra demo --slo-source fronts|prometheus`).
@@ -153,11 +155,21 @@ impl DemoOptions {
             front: FrontKind::default(),
             dns: DemoDns::Embedded,
             slo_source: DemoSloSource::Fronts,
+            slo_judgement: Default::default(),
         }
     }
 
     /// Checks the options fit together and the binaries exist.
     pub fn validate(&self) -> Result<(), DemoError> {
+        if self.slo_judgement == umbra_orchestrator::migration::SloJudgement::Compare
+            && self.slo_source != DemoSloSource::Prometheus
+        {
+            return Err(DemoError::Setup(
+                "--slo-judgement compare needs --slo-source prometheus: it compares the target's \
+                 latency samples with the source's, which only Prometheus holds"
+                    .to_owned(),
+            ));
+        }
         for binary in ["umbra-orchestrator", "umbra-agent", "umbra-sample"] {
             if !self.bin_dir.join(binary).is_file() {
                 return Err(DemoError::Setup(format!(
@@ -306,8 +318,11 @@ struct Cluster {
     /// What the `umbra` CLI needs besides the API's URL: the certificates and token.
     certs_dir: PathBuf,
     token_file: PathBuf,
-    /// The Prometheus judging the SLO (`--slo-source prometheus`).
-    prometheus: Option<prometheus::DemoPrometheus>,
+    /// The Prometheus judging the SLO (`--slo-source prometheus`), and how.
+    prometheus: Option<(
+        prometheus::DemoPrometheus,
+        umbra_orchestrator::migration::SloJudgement,
+    )>,
 }
 
 impl Cluster {
@@ -315,7 +330,7 @@ impl Cluster {
     fn plan(&self, timing: &DemoTiming, load: &DemoLoad) -> String {
         let plan = scenario::plan_toml(&self.topology, timing, load);
         match &self.prometheus {
-            Some(p) => prometheus::plan_with_source(&plan, &p.url),
+            Some((p, judgement)) => prometheus::plan_with_source(&plan, &p.url, *judgement),
             None => plan,
         }
     }
@@ -562,7 +577,7 @@ async fn start_cluster(
                 p.url,
                 prometheus::SCRAPE_INTERVAL_SECS
             ));
-            Some(p)
+            Some((p, options.slo_judgement))
         }
     };
 

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use umbra_orchestrator::migration::SloJudgement;
+
 use crate::processes::Supervisor;
 use crate::{DemoError, io};
 
@@ -93,12 +95,17 @@ pub async fn start(
 }
 
 /// `plan` (the demo's) with its service's SLO judged by the Prometheus at `url`: the same
-/// bounds, read from the fronts' metrics instead of the agents' reports.
-pub fn plan_with_source(plan: &str, url: &str) -> String {
+/// bounds, read from the fronts' metrics instead of the agents' reports, the latency judged as
+/// `judgement` says.
+pub fn plan_with_source(plan: &str, url: &str, judgement: SloJudgement) -> String {
+    let judgement = match judgement {
+        SloJudgement::Thresholds => "thresholds",
+        SloJudgement::Compare => "compare",
+    };
     plan.lines()
         .map(|line| match line.strip_prefix("slo = { ") {
             Some(rest) => format!(
-                "slo = {{ {} source = {{ prometheus = {{ url = \"{url}\", error_ratio_query = '{ERROR_RATIO_QUERY}', latency_p99_query = '{LATENCY_P99_QUERY}' }} }} }}",
+                "slo = {{ {} judgement = \"{judgement}\", source = {{ prometheus = {{ url = \"{url}\", error_ratio_query = '{ERROR_RATIO_QUERY}', latency_p99_query = '{LATENCY_P99_QUERY}' }} }} }}",
                 rest.trim_end_matches('}').trim_end().to_owned() + ","
             ),
             None => line.to_owned(),
@@ -137,7 +144,7 @@ pub async fn slo_queries(admins: &[SocketAddr], result: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use umbra_orchestrator::migration::SloSource;
+    use umbra_orchestrator::migration::{SloJudgement, SloSource};
     use umbra_orchestrator::state::{Command, OrchestratorState, Plan};
 
     use crate::scenario::{DemoLoad, DemoTiming, DemoTopology, plan_toml};
@@ -149,13 +156,15 @@ mod tests {
             &DemoTiming::default(),
             &DemoLoad::default(),
         );
-        let text = super::plan_with_source(&text, "http://127.0.0.1:9090");
-        let plan = Plan::from_toml(&text).expect("parses");
-        let slo = &plan.services[0].slo;
-        assert!(matches!(slo.source, SloSource::Prometheus(_)), "{slo:?}");
-        assert_eq!(slo.min_samples, 100);
-        OrchestratorState::default()
-            .apply_command(1, &Command::ApplyPlan { plan, at_ms: 1 })
-            .expect("applies");
+        for judgement in [SloJudgement::Thresholds, SloJudgement::Compare] {
+            let text = super::plan_with_source(&text, "http://127.0.0.1:9090", judgement);
+            let plan = Plan::from_toml(&text).expect("parses");
+            let slo = &plan.services[0].slo;
+            assert!(matches!(slo.source, SloSource::Prometheus(_)), "{slo:?}");
+            assert_eq!((slo.min_samples, slo.judgement), (100, judgement));
+            OrchestratorState::default()
+                .apply_command(1, &Command::ApplyPlan { plan, at_ms: 1 })
+                .expect("applies");
+        }
     }
 }

@@ -346,6 +346,7 @@ mod tests {
                     max_p99_ms: 100.0,
                     min_samples: 10,
                     source: Default::default(),
+                    judgement: Default::default(),
                 },
                 deadlines: PhaseDeadlines {
                     provisioning_ms: 1,

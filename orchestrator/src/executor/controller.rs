@@ -33,8 +33,8 @@ use super::reconcile::{self, CommandContext, DueCommand, OpView};
 use super::shadow_sizing::ShadowSize;
 use crate::capacity::ClaimFulfilment;
 use crate::migration::{
-    self, DnsObserved, MigrationRecord, Observations, Phase, QueriedSlo, SloAnswer, SloReading,
-    SloSource,
+    self, DnsObserved, MigrationRecord, Observations, Phase, QueriedSlo, SloAnswer, SloJudgement,
+    SloReading, SloSource,
 };
 use crate::state::claims;
 use crate::state::{
@@ -140,6 +140,9 @@ pub struct SizingJob {
 /// How often a step judged by Prometheus is asked about: once a second, Prometheus's
 /// shortest usual scrape interval (nothing newer can be in it sooner).
 pub const SLO_QUERY_INTERVAL: Duration = Duration::from_secs(1);
+/// Most (target, source) p99 pairs kept per step for the comparison judgement: ten minutes of
+/// one a second, longer than any sensible analysis window.
+const MAX_P99_SAMPLES: usize = 600;
 /// Fewest seconds between two log lines about a step's SLO source having no data or failing.
 const SLO_PROBLEM_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -159,6 +162,8 @@ pub struct SloQueryJob {
     pub error_ratio_query: String,
     /// The p99-latency query (seconds), placeholders filled in.
     pub latency_p99_query: String,
+    /// For the comparison judgement, the same p99 query over the source region.
+    pub source_latency_p99_query: Option<String>,
 }
 
 /// A step judged by Prometheus, as this leadership follows it.
@@ -167,6 +172,7 @@ struct SloQueries {
     phase: Phase,
     share_applied_at_ms: u64,
     newest: Option<(u64, SloAnswer)>,
+    p99_samples_ms: Vec<(f64, f64)>,
     asked_at: Option<Instant>,
     in_flight: bool,
     logged_at: Option<Instant>,
@@ -838,6 +844,15 @@ impl Controller {
             }
         }
         if asked_at_ms >= queries.share_applied_at_ms {
+            if let SloAnswer::Data {
+                p99_ms,
+                source_p99_ms: Some(source),
+                ..
+            } = &answer
+                && queries.p99_samples_ms.len() < MAX_P99_SAMPLES
+            {
+                queries.p99_samples_ms.push((*p99_ms, *source));
+            }
             queries.newest = Some((asked_at_ms, answer));
         }
     }
@@ -1287,6 +1302,7 @@ impl Controller {
                 phase: record.phase,
                 share_applied_at_ms: now.unix_ms,
                 newest: None,
+                p99_samples_ms: Vec::new(),
                 asked_at: None,
                 in_flight: false,
                 logged_at: None,
@@ -1296,6 +1312,7 @@ impl Controller {
                 phase: record.phase,
                 share_applied_at_ms: now.unix_ms,
                 newest: None,
+                p99_samples_ms: Vec::new(),
                 asked_at: None,
                 in_flight: false,
                 logged_at: queries.logged_at,
@@ -1312,6 +1329,16 @@ impl Controller {
                 &record.spec.to,
                 record.spec.analysis_window_ms,
             );
+            let source_latency_p99_query = (record.spec.slo.judgement == SloJudgement::Compare)
+                .then(|| {
+                    source
+                        .render(
+                            &record.spec.service,
+                            &record.spec.from,
+                            record.spec.analysis_window_ms,
+                        )
+                        .1
+                });
             self.slo_query_jobs.push_back(SloQueryJob {
                 migration: id.clone(),
                 phase: record.phase,
@@ -1319,11 +1346,13 @@ impl Controller {
                 url: source.url.clone(),
                 error_ratio_query,
                 latency_p99_query,
+                source_latency_p99_query,
             });
         }
         Some(QueriedSlo {
             share_applied_at_ms: queries.share_applied_at_ms,
             newest: queries.newest.clone(),
+            p99_samples_ms: queries.p99_samples_ms.clone(),
         })
     }
 

@@ -124,16 +124,29 @@ async fn query(client: &reqwest::Client, url: &str, promql: &str) -> Value {
     }
 }
 
-/// Asks both of `job`'s queries; the latency query's seconds become milliseconds.
+/// Asks `job`'s queries (the source's p99 too, for the comparison judgement); the latency
+/// queries' seconds become milliseconds.
 pub async fn ask(client: &reqwest::Client, job: &SloQueryJob) -> SloAnswer {
-    let (errors, latency) = tokio::join!(
+    let source_latency = async {
+        match &job.source_latency_p99_query {
+            Some(promql) => Some(query(client, &job.url, promql).await),
+            None => None,
+        }
+    };
+    let (errors, latency, source_latency) = tokio::join!(
         query(client, &job.url, &job.error_ratio_query),
-        query(client, &job.url, &job.latency_p99_query)
+        query(client, &job.url, &job.latency_p99_query),
+        source_latency
     );
     match (errors, latency) {
         (Value::Number(error_ratio), Value::Number(p99_secs)) => SloAnswer::Data {
             error_ratio,
             p99_ms: p99_secs * 1_000.0,
+            // Without data for the source this answer adds no pair to compare.
+            source_p99_ms: match source_latency {
+                Some(Value::Number(secs)) => Some(secs * 1_000.0),
+                _ => None,
+            },
         },
         (Value::Error(why), _) => SloAnswer::Error(format!("error_ratio_query: {why}")),
         (_, Value::Error(why)) => SloAnswer::Error(format!("latency_p99_query: {why}")),

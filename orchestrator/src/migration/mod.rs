@@ -9,6 +9,7 @@
 //! where its predecessor was. This module must not do I/O or read a clock: time comes in as
 //! `now_ms` (Unix milliseconds, from the proposer), so replay and tests are deterministic.
 
+pub mod compare;
 mod readiness;
 
 pub use readiness::{Gate, Readiness, readiness};
@@ -118,6 +119,23 @@ pub struct Slo {
     /// written before the field existed read as before).
     #[serde(default)]
     pub source: SloSource,
+    /// How the latency is judged: against `max_p99_ms` (`"thresholds"`, the default), or
+    /// against the source region's over the same step (`"compare"`, Prometheus only).
+    #[serde(default)]
+    pub judgement: SloJudgement,
+}
+
+/// How a step's latency is judged. The error ratio is always held to `max_error_rate`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SloJudgement {
+    /// The p99 must stay within `max_p99_ms`.
+    #[default]
+    Thresholds,
+    /// The target's p99 samples must not be significantly above the source's over the step
+    /// (one-sided Mann-Whitney U, [`compare`]), as Kayenta judges a canary against its
+    /// baseline; `max_p99_ms` is not used.
+    Compare,
 }
 
 /// Where a service's SLO readings come from.
@@ -319,9 +337,12 @@ impl Slo {
                 self.max_p99_ms
             )));
         }
-        match &self.source {
-            SloSource::Fronts => Ok(()),
-            SloSource::Prometheus(prometheus) => prometheus.validate(),
+        match (&self.source, self.judgement) {
+            (SloSource::Fronts, SloJudgement::Compare) => Err(SpecError::BadSlo(
+                "judgement = \"compare\" needs source = { prometheus = { ... } }: the fronts give one reading per step, not latency samples of both regions".to_owned(),
+            )),
+            (SloSource::Fronts, SloJudgement::Thresholds) => Ok(()),
+            (SloSource::Prometheus(prometheus), _) => prometheus.validate(),
         }
     }
 }
@@ -476,6 +497,9 @@ pub struct QueriedSlo {
     pub share_applied_at_ms: u64,
     /// The newest answer to a query asked since then, and when it was asked (Unix ms).
     pub newest: Option<(u64, SloAnswer)>,
+    /// Every (target, source) p99 pair, milliseconds, answered since then, oldest first (for
+    /// the comparison judgement; bounded by the controller).
+    pub p99_samples_ms: Vec<(f64, f64)>,
 }
 
 /// One answer of an SLO source queried apart from the fronts.
@@ -487,6 +511,9 @@ pub enum SloAnswer {
         error_ratio: f64,
         /// 99th-percentile latency, milliseconds.
         p99_ms: f64,
+        /// The source region's 99th-percentile latency by the same query, milliseconds (asked
+        /// for the comparison judgement; `None` otherwise or without data).
+        source_p99_ms: Option<f64>,
     },
     /// A query gave no sample or NaN (nothing scraped yet, a metric that does not exist):
     /// which one.
@@ -886,6 +913,7 @@ fn judged_by_query(
         SloAnswer::Data {
             error_ratio,
             p99_ms,
+            ..
         },
     )) = &queried.newest
     else {
@@ -895,12 +923,13 @@ fn judged_by_query(
     if !error_ratio.is_finite() || !p99_ms.is_finite() {
         return Decision::hold(actions);
     }
-    let judged = format!(
+    let mut judged = format!(
         "judged by Prometheus: error ratio {:.2} %, p99 {:.1} ms",
         error_ratio * 100.0,
         p99_ms
     );
-    if *error_ratio > spec.slo.max_error_rate || *p99_ms > spec.slo.max_p99_ms {
+    let compare = spec.slo.judgement == SloJudgement::Compare;
+    if *error_ratio > spec.slo.max_error_rate || (!compare && *p99_ms > spec.slo.max_p99_ms) {
         let reason = format!(
             "SLO breach at {percent}%: {judged}, over the SLO's {:.2} % and {:.1} ms",
             spec.slo.max_error_rate * 100.0,
@@ -920,6 +949,26 @@ fn judged_by_query(
     let covers_window = *asked_at_ms >= queried.share_applied_at_ms.saturating_add(window);
     if elapsed_ms < window || !covers_window {
         return Decision::hold(actions);
+    }
+    if compare {
+        let (target, source): (Vec<f64>, Vec<f64>) = queried.p99_samples_ms.iter().copied().unzip();
+        let Some(comparison) = compare::mann_whitney_greater(&target, &source) else {
+            return Decision::hold(actions);
+        };
+        let versus = format!(
+            "p99 against the source's over {} samples each: Mann-Whitney U {:.1}, p {:.3}",
+            target.len(),
+            comparison.u,
+            comparison.p_value
+        );
+        if comparison.target_greater() {
+            let reason = format!(
+                "SLO breach at {percent}%: judged by Prometheus: the target's {versus}, significantly slower (p < {})",
+                compare::ALPHA
+            );
+            return Decision::advance(to(Phase::RollingBack, reason), actions);
+        }
+        judged = format!("{judged}; {versus}");
     }
     let transition = match spec.steps_percent.get(step + 1) {
         Some(next) => to(

@@ -30,6 +30,7 @@ fn spec() -> MigrationSpec {
             max_p99_ms: 100.0,
             min_samples: 50,
             source: SloSource::Fronts,
+            judgement: SloJudgement::Thresholds,
         },
         deadlines: PhaseDeadlines {
             provisioning_ms: 20_000,
@@ -825,6 +826,7 @@ fn prometheus_judgement_table() {
     let data = |error_ratio: f64, p99_ms: f64| SloAnswer::Data {
         error_ratio,
         p99_ms,
+        source_p99_ms: None,
     };
     let applied = T0 + 1_000;
     let after_window = applied + 5_000;
@@ -917,6 +919,7 @@ fn prometheus_judgement_table() {
             slo_queried: share.filter(|s| *s == 10).map(|_| QueriedSlo {
                 share_applied_at_ms: applied,
                 newest,
+                p99_samples_ms: Vec::new(),
             }),
             ..Observations::default()
         };
@@ -987,4 +990,109 @@ fn prometheus_sources_are_validated_and_rendered() {
         let error = bad.validate().expect_err("refused").to_string();
         assert!(error.contains(expected), "{error}");
     }
+}
+
+/// The comparison judgement: the error ratio keeps its bound, the p99 is judged against the
+/// source's samples over the step (not against `max_p99_ms`), and too few samples hold.
+#[test]
+fn comparison_judgement_table() {
+    let applied = T0 + 1_000;
+    let after_window = applied + 5_000;
+    let pairs = |target: f64, source: f64| -> Vec<(f64, f64)> {
+        (0..6)
+            .map(|i| (target + f64::from(i), source + f64::from(i) * 0.5))
+            .collect()
+    };
+    let interleaved: Vec<(f64, f64)> = (0..6)
+        .map(|i| (20.0 + f64::from(i), 20.5 + f64::from(i)))
+        .collect();
+    // (name, error ratio, newest p99 ms, pairs, expected next phase, reason contains)
+    type Case = (
+        &'static str,
+        f64,
+        f64,
+        Vec<(f64, f64)>,
+        Option<Phase>,
+        &'static str,
+    );
+    let rows: Vec<Case> = vec![
+        (
+            "alike: passes",
+            0.0,
+            21.0,
+            interleaved.clone(),
+            Some(Phase::CuttingOver { step: 1 }),
+            "Mann-Whitney U",
+        ),
+        (
+            "above max_p99_ms but alike: passes",
+            0.0,
+            500.0,
+            pairs(500.0, 495.0)
+                .into_iter()
+                .map(|(t, _)| (t, t))
+                .collect(),
+            Some(Phase::CuttingOver { step: 1 }),
+            "Mann-Whitney U",
+        ),
+        (
+            "slower than the source: rolls back",
+            0.0,
+            90.0,
+            pairs(90.0, 20.0),
+            Some(Phase::RollingBack),
+            "significantly slower",
+        ),
+        (
+            "too few samples: holds",
+            0.0,
+            90.0,
+            pairs(90.0, 20.0)[..4].to_vec(),
+            None,
+            "",
+        ),
+        (
+            "errors still breach",
+            0.5,
+            21.0,
+            interleaved.clone(),
+            Some(Phase::RollingBack),
+            "error ratio 50.00 %",
+        ),
+    ];
+    for (name, error_ratio, p99_ms, samples, expected, says) in rows {
+        let mut r = record(Phase::CuttingOver { step: 0 }, false);
+        r.spec.slo.source = prometheus_source();
+        r.spec.slo.judgement = SloJudgement::Compare;
+        let seen = Observations {
+            shadow_serving: 3,
+            shadow_warm: 3,
+            replication: caught_up(false),
+            share_applied: Some(10),
+            slo_queried: Some(QueriedSlo {
+                share_applied_at_ms: applied,
+                newest: Some((
+                    after_window,
+                    SloAnswer::Data {
+                        error_ratio,
+                        p99_ms,
+                        source_p99_ms: Some(20.0),
+                    },
+                )),
+                p99_samples_ms: samples,
+            }),
+            ..Observations::default()
+        };
+        let decision = decide(&r, &seen, T0 + 60_000);
+        let transition = decision.transition.as_ref();
+        assert_eq!(transition.map(|t| t.to), expected, "{name}: {decision:?}");
+        if let Some(t) = transition {
+            assert!(t.reason.contains(says), "{name}: {}", t.reason);
+        }
+    }
+    // Compare needs samples of both regions: the fronts cannot give them.
+    let mut slo = spec().slo;
+    slo.judgement = SloJudgement::Compare;
+    let error = slo.validate().expect_err("refused").to_string();
+    assert!(error.contains("needs source = { prometheus"), "{error}");
 }
