@@ -140,9 +140,12 @@ pub struct SizingJob {
 /// How often a step judged by Prometheus is asked about: once a second, Prometheus's
 /// shortest usual scrape interval (nothing newer can be in it sooner).
 pub const SLO_QUERY_INTERVAL: Duration = Duration::from_secs(1);
-/// Most (target, source) p99 pairs kept per step for the comparison judgement: ten minutes of
-/// one a second, longer than any sensible analysis window.
+/// Most target p99 samples kept per step for the comparison judgement: ten minutes of one a
+/// second, longer than any sensible analysis window.
 const MAX_P99_SAMPLES: usize = 600;
+/// The source's baseline for the comparison judgement: its latest 60 p99 samples with data, a
+/// minute at one query a second (the default analysis window).
+const MAX_BASELINE_SAMPLES: usize = 60;
 /// Fewest seconds between two log lines about a step's SLO source having no data or failing.
 const SLO_PROBLEM_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -172,7 +175,7 @@ struct SloQueries {
     phase: Phase,
     share_applied_at_ms: u64,
     newest: Option<(u64, SloAnswer)>,
-    p99_samples_ms: Vec<(f64, f64)>,
+    target_p99_ms: Vec<f64>,
     asked_at: Option<Instant>,
     in_flight: bool,
     logged_at: Option<Instant>,
@@ -488,6 +491,8 @@ pub struct Controller {
     pools: BTreeMap<(String, String), Pool>,
     slo: BTreeMap<String, SloBase>,
     slo_queries: BTreeMap<String, SloQueries>,
+    /// Each migration's source p99 baseline for the comparison judgement, across its steps.
+    slo_baselines: BTreeMap<String, VecDeque<f64>>,
     slo_query_jobs: VecDeque<SloQueryJob>,
     rollback_started: BTreeMap<String, Instant>,
     stages: BTreeMap<String, &'static str>,
@@ -521,6 +526,7 @@ impl Controller {
             pools: BTreeMap::new(),
             slo: BTreeMap::new(),
             slo_queries: BTreeMap::new(),
+            slo_baselines: BTreeMap::new(),
             slo_query_jobs: VecDeque::new(),
             rollback_started: BTreeMap::new(),
             stages: BTreeMap::new(),
@@ -577,6 +583,7 @@ impl Controller {
                 self.unobserve(&id);
                 self.slo.remove(&id);
                 self.slo_queries.remove(&id);
+                self.slo_baselines.remove(&id);
                 if !is_latest {
                     self.superseded(&id);
                     continue;
@@ -843,15 +850,23 @@ impl Controller {
                 tracing::warn!(migration, %phase, %problem, "the step holds: its SLO cannot be judged");
             }
         }
+        if let SloAnswer::Data {
+            source_p99_ms: Some(source),
+            ..
+        } = &answer
+            && source.is_finite()
+        {
+            let baseline = self.slo_baselines.entry(migration.to_owned()).or_default();
+            if baseline.len() == MAX_BASELINE_SAMPLES {
+                baseline.pop_front();
+            }
+            baseline.push_back(*source);
+        }
         if asked_at_ms >= queries.share_applied_at_ms {
-            if let SloAnswer::Data {
-                p99_ms,
-                source_p99_ms: Some(source),
-                ..
-            } = &answer
-                && queries.p99_samples_ms.len() < MAX_P99_SAMPLES
+            if let SloAnswer::Data { p99_ms, .. } = &answer
+                && queries.target_p99_ms.len() < MAX_P99_SAMPLES
             {
-                queries.p99_samples_ms.push((*p99_ms, *source));
+                queries.target_p99_ms.push(*p99_ms);
             }
             queries.newest = Some((asked_at_ms, answer));
         }
@@ -1290,6 +1305,9 @@ impl Controller {
             return None;
         };
         let judged = matches!(record.phase, Phase::CuttingOver { .. } | Phase::Draining);
+        if !judged {
+            self.slo_baselines.remove(id);
+        }
         if !judged || applied != Some(record.spec.target_share(record.phase)) {
             self.slo_queries.remove(id);
             return None;
@@ -1302,7 +1320,7 @@ impl Controller {
                 phase: record.phase,
                 share_applied_at_ms: now.unix_ms,
                 newest: None,
-                p99_samples_ms: Vec::new(),
+                target_p99_ms: Vec::new(),
                 asked_at: None,
                 in_flight: false,
                 logged_at: None,
@@ -1312,7 +1330,7 @@ impl Controller {
                 phase: record.phase,
                 share_applied_at_ms: now.unix_ms,
                 newest: None,
-                p99_samples_ms: Vec::new(),
+                target_p99_ms: Vec::new(),
                 asked_at: None,
                 in_flight: false,
                 logged_at: queries.logged_at,
@@ -1352,7 +1370,12 @@ impl Controller {
         Some(QueriedSlo {
             share_applied_at_ms: queries.share_applied_at_ms,
             newest: queries.newest.clone(),
-            p99_samples_ms: queries.p99_samples_ms.clone(),
+            target_p99_ms: queries.target_p99_ms.clone(),
+            source_p99_ms: self
+                .slo_baselines
+                .get(id)
+                .map(|b| b.iter().copied().collect())
+                .unwrap_or_default(),
         })
     }
 

@@ -497,9 +497,13 @@ pub struct QueriedSlo {
     pub share_applied_at_ms: u64,
     /// The newest answer to a query asked since then, and when it was asked (Unix ms).
     pub newest: Option<(u64, SloAnswer)>,
-    /// Every (target, source) p99 pair, milliseconds, answered since then, oldest first (for
-    /// the comparison judgement; bounded by the controller).
-    pub p99_samples_ms: Vec<(f64, f64)>,
+    /// The target's p99 samples, milliseconds, answered since then (for the comparison
+    /// judgement; bounded by the controller).
+    pub target_p99_ms: Vec<f64>,
+    /// The source's latest p99 samples with data, milliseconds, over this migration's steps:
+    /// the baseline. It carries over from earlier steps because at 100 % the source serves
+    /// nothing of its own to measure.
+    pub source_p99_ms: Vec<f64>,
 }
 
 /// One answer of an SLO source queried apart from the fronts.
@@ -951,13 +955,14 @@ fn judged_by_query(
         return Decision::hold(actions);
     }
     if compare {
-        let (target, source): (Vec<f64>, Vec<f64>) = queried.p99_samples_ms.iter().copied().unzip();
-        let Some(comparison) = compare::mann_whitney_greater(&target, &source) else {
+        let (target, source) = (&queried.target_p99_ms, &queried.source_p99_ms);
+        let Some(comparison) = compare::mann_whitney_greater(target, source) else {
             return Decision::hold(actions);
         };
         let versus = format!(
-            "p99 against the source's over {} samples each: Mann-Whitney U {:.1}, p {:.3}",
+            "p99 against the source's over {} and {} samples: Mann-Whitney U {:.1}, p {:.3}",
             target.len(),
+            source.len(),
             comparison.u,
             comparison.p_value
         );

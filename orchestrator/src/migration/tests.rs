@@ -919,7 +919,8 @@ fn prometheus_judgement_table() {
             slo_queried: share.filter(|s| *s == 10).map(|_| QueriedSlo {
                 share_applied_at_ms: applied,
                 newest,
-                p99_samples_ms: Vec::new(),
+                target_p99_ms: Vec::new(),
+                source_p99_ms: Vec::new(),
             }),
             ..Observations::default()
         };
@@ -1079,7 +1080,8 @@ fn comparison_judgement_table() {
                         source_p99_ms: Some(20.0),
                     },
                 )),
-                p99_samples_ms: samples,
+                target_p99_ms: samples.iter().map(|(t, _)| *t).collect(),
+                source_p99_ms: samples.iter().map(|(_, s)| *s).collect(),
             }),
             ..Observations::default()
         };
