@@ -32,11 +32,42 @@ pub const ALPN_PROTOCOL: &[u8] = b"umbra/1";
 pub enum CredentialError {
     /// A file does not exist.
     #[error(
-        "{path} does not exist; create the cluster's certificates with `umbra certs init --out DIR`"
+        "{path} does not exist; copy the cluster's CA certificate (ca.pem) there, or for a new \
+         cluster create the CA and every member's certificate with `umbra certs init --out DIR`"
     )]
     Missing {
         /// The missing file.
         path: PathBuf,
+    },
+    /// A member's own certificate or key does not exist.
+    #[error(
+        "{path} does not exist; issue {identity}'s certificate from the cluster CA with \
+         `{}`",
+        add_command(dir, identity)
+    )]
+    MissingMember {
+        /// The missing file.
+        path: PathBuf,
+        /// The credentials directory.
+        dir: PathBuf,
+        /// The member whose file it is.
+        identity: Identity,
+    },
+    /// A member's certificate names another member.
+    #[error(
+        "{path} is the certificate of {found}, not of {identity}; issue {identity}'s own with \
+         `{}`",
+        add_command(dir, identity)
+    )]
+    WrongIdentity {
+        /// The certificate file.
+        path: PathBuf,
+        /// The credentials directory.
+        dir: PathBuf,
+        /// The member loading it.
+        identity: Identity,
+        /// The identity the certificate carries.
+        found: Identity,
     },
     /// A file exists but could not be read.
     #[error("cannot read {path}: {source}")]
@@ -48,7 +79,10 @@ pub enum CredentialError {
         source: std::io::Error,
     },
     /// A file does not hold what it should (PEM certificate or PKCS#8/SEC1 key).
-    #[error("{what} in {path} is garbled ({reason}); re-issue it with `umbra certs init`")]
+    #[error(
+        "{what} in {path} cannot be parsed ({reason}); replace it with the cluster's own file, \
+         or re-issue a member's with `umbra certs add --dir DIR --role ROLE --id ID`"
+    )]
     Garbled {
         /// The file (or a description of the in-memory source).
         path: PathBuf,
@@ -103,19 +137,25 @@ impl Credentials {
     pub fn load(dir: &Path, identity: &Identity) -> Result<Credentials, CredentialError> {
         let stem = identity.file_stem();
         let cert_path = dir.join(format!("{stem}.pem"));
-        let credentials = Credentials::load_files(
-            &dir.join(CA_CERT_FILE),
-            &cert_path,
-            &dir.join(format!("{stem}.key")),
-        )?;
+        let ca_path = dir.join(CA_CERT_FILE);
+        let credentials =
+            Credentials::load_files(&ca_path, &cert_path, &dir.join(format!("{stem}.key")))
+                .map_err(|err| match err {
+                    CredentialError::Missing { path } if path != ca_path => {
+                        CredentialError::MissingMember {
+                            path,
+                            dir: dir.to_owned(),
+                            identity: identity.clone(),
+                        }
+                    }
+                    other => other,
+                })?;
         if &credentials.identity != identity {
-            return Err(CredentialError::Garbled {
+            return Err(CredentialError::WrongIdentity {
                 path: cert_path,
-                what: "certificate",
-                reason: format!(
-                    "it names {} but the file name says {identity}",
-                    credentials.identity
-                ),
+                dir: dir.to_owned(),
+                identity: identity.clone(),
+                found: credentials.identity,
             });
         }
         Ok(credentials)
@@ -260,6 +300,16 @@ impl Credentials {
         config.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
         Ok(config)
     }
+}
+
+/// The command that issues `identity`'s certificate from the CA in `dir`.
+fn add_command(dir: &Path, identity: &Identity) -> String {
+    format!(
+        "umbra certs add --dir {} --role {} --id {}",
+        dir.display(),
+        identity.role().as_str(),
+        identity.id()
+    )
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CredentialError> {

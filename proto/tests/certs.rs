@@ -107,12 +107,28 @@ fn loading_names_the_missing_garbled_or_mismatched_file() -> anyhow::Result<()> 
 
     let missing = Credentials::load(dir.path(), &Identity::orchestrator(9)).unwrap_err();
     assert!(
-        matches!(missing, CredentialError::Missing { .. }),
+        matches!(missing, CredentialError::MissingMember { .. }),
         "{missing}"
     );
+    // A missing member is issued from the cluster's CA, never by a new CA.
+    let add = format!(
+        "umbra certs add --dir {} --role orchestrator --id 9",
+        dir.path().display()
+    );
+    assert!(missing.to_string().contains(&add), "{missing}");
+    assert!(!missing.to_string().contains("certs init"), "{missing}");
+
+    let no_ca = tempfile::tempdir()?;
+    let missing_ca = Credentials::load(no_ca.path(), &one).unwrap_err();
     assert!(
-        missing.to_string().contains("umbra certs init"),
-        "{missing}"
+        matches!(missing_ca, CredentialError::Missing { .. }),
+        "{missing_ca}"
+    );
+    assert!(
+        missing_ca
+            .to_string()
+            .contains("copy the cluster's CA certificate"),
+        "{missing_ca}"
     );
 
     let copy = tempfile::tempdir()?;
@@ -158,7 +174,13 @@ fn loading_names_the_missing_garbled_or_mismatched_file() -> anyhow::Result<()> 
     )?;
     let renamed = Credentials::load(copy.path(), &one).unwrap_err();
     assert!(
-        renamed.to_string().contains("names orchestrator/2"),
+        renamed
+            .to_string()
+            .contains("is the certificate of orchestrator/2, not of orchestrator/1"),
+        "{renamed}"
+    );
+    assert!(
+        renamed.to_string().contains("--role orchestrator --id 1"),
         "{renamed}"
     );
     Ok(())

@@ -205,6 +205,115 @@ async fn replicate_fence_promote_and_warm_through_commands() -> anyhow::Result<(
     Ok(())
 }
 
+/// A restarted agent drives and reports the replications it had started, before any command:
+/// the instance kept following its source, and the leader's repeated `StartReplication` is
+/// answered from the ledger. Without the kept list, the restarted agent reported no
+/// replication and the migration waited for a catch-up it could never see; the writer's move
+/// (fence, lag 0, promote) then had no driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_drives_the_replications_it_started() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let source = SampleProcess::start(
+        common::sample_binary(),
+        &dir.path().join("source"),
+        BACKING_LATENCY_MS,
+    )
+    .await?;
+    let src_url = source.url();
+    let http = reqwest::Client::new();
+    let write = |i: u32| {
+        let http = http.clone();
+        let url = format!("{src_url}/kv/key-{i}");
+        async move {
+            http.put(url)
+                .body(format!("v{i}"))
+                .send()
+                .await?
+                .error_for_status()?;
+            anyhow::Ok(())
+        }
+    };
+    for i in 0..20 {
+        write(i).await?;
+    }
+    let state = dir.path().join("agent");
+    let _reaper = common::reaper(&state);
+    let t = || "t-1".to_string();
+    let start = AgentAction::StartReplication {
+        instance: t(),
+        source: src_url.clone(),
+    };
+    {
+        let agent = agent(&state).await?;
+        for (op, action) in [
+            (
+                "p",
+                AgentAction::Provision {
+                    instances: vec![t()],
+                },
+            ),
+            ("a", AgentAction::Activate { instance: t() }),
+            ("r", start.clone()),
+        ] {
+            let out = agent.handle_command(&cmd(op, action)).await;
+            assert!(matches!(out, CommandOutcome::Done(_)), "{op}: {out:?}");
+        }
+        assert_eq!(agent.report().await.replication.len(), 1);
+    }
+
+    // A new agent on the same state directory: the replication is reported at once.
+    let restarted = agent(&state).await?;
+    let report = restarted.report().await;
+    assert_eq!(report.replication.len(), 1, "{report:?}");
+    assert_eq!(report.replication[0].instance, t());
+    assert_eq!(report.replication[0].source, src_url);
+    // The instance went on following: writes after the restart reach it.
+    for i in 20..40 {
+        write(i).await?;
+    }
+    umbra_testkit::wait_for(
+        "the target to hold every write",
+        std::time::Duration::from_secs(30),
+        || async {
+            let r = restarted.report().await.replication.pop()?;
+            (r.target_position == 40 && r.source_position == 40).then_some(())
+        },
+    )
+    .await?;
+    let repeated = restarted.handle_command(&cmd("r", start)).await;
+    assert!(
+        matches!(
+            repeated,
+            CommandOutcome::Done(CommandResult::Replication(_))
+        ),
+        "{repeated:?}"
+    );
+    // The writer's move works on the kept driver.
+    for (op, action) in [
+        ("f", AgentAction::FenceSource { instance: t() }),
+        (
+            "w0",
+            AgentAction::WaitForZeroLag {
+                instance: t(),
+                timeout_ms: 30_000,
+            },
+        ),
+        ("pr", AgentAction::Promote { instance: t() }),
+    ] {
+        let out = restarted.handle_command(&cmd(op, action)).await;
+        assert!(
+            matches!(out, CommandOutcome::Done(CommandResult::Replication(_))),
+            "{op}: {out:?}"
+        );
+    }
+    drop(restarted);
+    let again = agent(&state).await?;
+    let report = again.report().await;
+    assert!(report.replication[0].promoted, "{report:?}");
+    again.executor().provider().remove("t-1").await?;
+    Ok(())
+}
+
 #[test]
 fn an_unknown_provider_stops_the_agent_before_it_creates_anything() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

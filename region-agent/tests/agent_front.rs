@@ -342,3 +342,77 @@ async fn a_haproxy_front_without_haproxy_says_how_to_get_it() -> anyhow::Result<
     assert!(err.contains("front.haproxy_binary"), "{err}");
     Ok(())
 }
+
+/// An agent that restarts (its embedded front with it) forwards the shares it had set before
+/// any orchestrator answers: they are kept in the state directory, not only in memory. Without
+/// that, a restarted source agent after a cutover answered every request with 503 until the
+/// leader sent a new command, and the leader's repeated `SetShare` was answered from the
+/// ledger without acting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_forwards_the_shares_it_had_before_any_leader_answers()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _reapers = [
+        common::reaper(&dir.path().join("us-east")),
+        common::reaper(&dir.path().join("eu-west")),
+    ];
+    let west = region("eu-west", dir.path(), FrontKind::Embedded).await?;
+    let west_front = west.executor().front().unwrap().local_addr();
+    // The source's front on a port of its own, so the restarted agent listens where it did.
+    let section = FrontSection {
+        listen: format!("127.0.0.1:{}", umbra_testkit::free_port()?).parse()?,
+        ..front_section(FrontKind::Embedded)?
+    };
+    let state = dir.path().join("us-east");
+    let provider = common::sample_provider(&state, BACKING_LATENCY_MS).await?;
+    let east = Agent::with_parts(
+        "us-east",
+        &state,
+        AnyProvider::Process(provider),
+        Some(Front::from_config(&section, &state).await?),
+    )?;
+    let all = AgentAction::SetShare {
+        service: "shop".into(),
+        target_front: west_front.to_string(),
+        percent: 100,
+    };
+    let out = east
+        .handle_command(&cmd("us-east", "share-100", all.clone()))
+        .await;
+    assert!(matches!(out, CommandOutcome::Done(_)), "{out:?}");
+    west.report().await;
+    send(section.listen, 100).await?;
+    assert_eq!(west.report().await.front.unwrap().window_requests, 100);
+
+    // The agent stops (its front with it) and a new one starts on the same state directory,
+    // once the old front's listener is closed (its task ends asynchronously after the drop;
+    // a process restart frees the port at exit).
+    drop(east);
+    umbra_testkit::wait_for(
+        "the old front's port to be free",
+        Duration::from_secs(10),
+        || async { std::net::TcpListener::bind(section.listen).ok().map(drop) },
+    )
+    .await?;
+    let provider = common::sample_provider(&state, BACKING_LATENCY_MS).await?;
+    let east = Agent::with_parts(
+        "us-east",
+        &state,
+        AnyProvider::Process(provider),
+        Some(Front::from_config(&section, &state).await?),
+    )?;
+    let report = east.report().await.front.unwrap();
+    assert_eq!(report.shares.len(), 1, "{report:?}");
+    assert_eq!(report.shares[0].percent, 100);
+    send(section.listen, 100).await?;
+    assert_eq!(
+        west.report().await.front.unwrap().window_requests,
+        100,
+        "every request reached the target region with no command sent"
+    );
+    // The leader's repeated command is answered from the ledger, and now that is the truth.
+    let again = east.handle_command(&cmd("us-east", "share-100", all)).await;
+    assert!(matches!(again, CommandOutcome::Done(_)), "{again:?}");
+    west.executor().provider().remove("eu-west-1").await?;
+    Ok(())
+}

@@ -11,8 +11,17 @@ use umbra_forecast::backtest::{BacktestConfig, run_backtest, write_forecasts_csv
 use umbra_forecast::{DEFAULT_CALIBRATION_ORIGINS, ForecastConfig, Forecaster};
 
 use crate::forecast::{
-    SourceArgs, load_calendar, load_series, monotonic_timer, print_history_report, progress_bar,
+    SliceWidth, SourceArgs, load_calendar, load_series, monotonic_timer, print_history_report,
+    progress_bar,
 };
+
+/// `umbra backtest --json`: the library's report and the slice width it ran at.
+#[derive(serde::Serialize)]
+struct BacktestOutput<'a> {
+    slice: &'a SliceWidth,
+    #[serde(flatten)]
+    report: &'a umbra_forecast::backtest::BacktestReport,
+}
 
 /// Arguments of `umbra backtest`.
 #[derive(Debug, clap::Args)]
@@ -47,7 +56,7 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<()> {
     let loaded = load_series(&args.source)?;
     let series = &loaded.series;
     if !args.json {
-        print_history_report(&loaded.unique_id, series, &loaded.report);
+        print_history_report(&loaded);
     }
     let forecast_config = ForecastConfig::for_slice_secs(series.slice_secs);
     let daily = forecast_config.seasons.daily;
@@ -84,7 +93,11 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let out = BacktestOutput {
+            slice: &loaded.slice,
+            report: &report,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     println!(

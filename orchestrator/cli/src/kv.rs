@@ -81,14 +81,8 @@ pub fn run(args: KvArgs) -> anyhow::Result<()> {
         .certs
         .context("--certs DIR is required: the directory written by `umbra certs init`")?;
     let identity = Identity::new(Role::Operator, target.operator.clone())?;
-    let credentials = Credentials::load(&certs, &identity).with_context(|| {
-        format!(
-            "loading {identity}'s certificate from {} (issue one with `umbra certs add --dir {} --role operator --id {}`)",
-            certs.display(),
-            certs.display(),
-            target.operator
-        )
-    })?;
+    let credentials = Credentials::load(&certs, &identity)
+        .with_context(|| format!("loading {identity}'s certificate from {}", certs.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

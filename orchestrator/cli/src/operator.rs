@@ -39,10 +39,8 @@ impl ApiArgs {
             .with_context(|| format!("--as {:?}", self.operator))?;
         let credentials = Credentials::load(&self.certs, &identity).with_context(|| {
             format!(
-                "loading {identity}'s certificate from {} (issue one with `umbra certs add --dir {} --role operator --id {}`)",
-                self.certs.display(),
-                self.certs.display(),
-                self.operator
+                "loading {identity}'s certificate from {}",
+                self.certs.display()
             )
         })?;
         let token = match &self.token_file {

@@ -9,12 +9,14 @@
 
 use std::path::PathBuf;
 
-use crate::plot::{PlotInput, PlotSeries, render_svg};
+use crate::plot::{
+    Band, FORECAST_COLOR, Figure, INK, Line, PALETTE, Panel, TimeAxis, render_svg, spans_where,
+};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use umbra_forecast::backtest::forecasts_at_origins;
 use umbra_forecast::calendar::EventCalendar;
-use umbra_forecast::history::{DEFAULT_MAX_GAP_SECS, DEFAULT_SLICE_SECS};
+use umbra_forecast::history::DEFAULT_MAX_GAP_SECS;
 use umbra_forecast::simulate::{
     DEFAULT_ACTIVATION_SECS, DEFAULT_LAUNCH_DELAY_SECS, DEFAULT_PRICES, DemandOutlook, Fixed,
     ForecastOutlook, HybridHistogram, KeepAlive, PoolSample, PredictiveMean, PriceTable, Reactive,
@@ -31,7 +33,8 @@ use umbra_orchestrator::executor::simulated_agent::replay::{ReplayCounts, Replay
 use umbra_orchestrator::state::{Plan, PoolMode, ReplicationKind};
 
 use crate::forecast::{
-    SourceArgs, load_series, monotonic_timer, print_history_report, progress_bar,
+    SliceWidth, SourceArgs, load_series, monotonic_timer, print_history_report, progress_bar,
+    write_plot,
 };
 
 const POLICIES: [&str; 6] = [
@@ -55,9 +58,10 @@ pub struct SimulateArgs {
     /// Region of a long CSV trace.
     #[arg(long)]
     pub region: Option<String>,
-    /// Slice width of the trace and of the forecasts, seconds.
-    #[arg(long, default_value_t = DEFAULT_SLICE_SECS)]
-    pub slice_secs: u32,
+    /// Slice width of the trace and of the forecasts, seconds. Default: the trace's own
+    /// spacing (the median spacing of its timestamps).
+    #[arg(long)]
+    pub slice_secs: Option<u32>,
     #[arg(long, default_value_t = DEFAULT_MAX_GAP_SECS)]
     pub max_gap_secs: u32,
     /// Policies to run: comma list of reactive, fixed, keepalive, predictive-mean,
@@ -115,7 +119,8 @@ pub struct SimulateArgs {
     /// Scored past origins used to calibrate the forecasts before the replayed window.
     #[arg(long, default_value_t = DEFAULT_CALIBRATION_ORIGINS)]
     pub calibration_origins: usize,
-    /// Draw demand, forecast band and pools as SVG.
+    /// Draw the demand and the forecast, then one panel per policy of the instances it held
+    /// against those needed, with its misses shaded, as SVG.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
     /// Days drawn by --plot, from the start of the replayed window.
@@ -128,6 +133,9 @@ pub struct SimulateArgs {
 
 #[derive(Serialize)]
 struct SimulateOutput<'a> {
+    slice: &'a SliceWidth,
+    /// The SVG written by `--plot` (absolute path).
+    plot: Option<String>,
     config: &'a SimConfig,
     days: usize,
     umbra_quantile: Option<f64>,
@@ -180,7 +188,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let loaded = load_series(&source)?;
     let series = &loaded.series;
     if !args.json {
-        print_history_report(&loaded.unique_id, series, &loaded.report);
+        print_history_report(&loaded);
     }
     let forecast_config = ForecastConfig::for_slice_secs(series.slice_secs);
     let daily = forecast_config.seasons.daily;
@@ -239,6 +247,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let core = CoreRun {
         args: &args,
         config: &config,
+        slice_secs: series.slice_secs,
         start_ms: series.slice_start(first).timestamp_millis().max(0) as u64,
         peak: series.values.iter().copied().fold(0.0, f64::max) * args.scale,
     };
@@ -311,19 +320,27 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         };
         results.push(r);
     }
-    if let Some(path) = &args.plot {
-        let steps = (args.plot_days.max(1) * 86_400 / args.step_secs as usize).min(demand.len());
-        draw(
-            path,
-            &demand[..steps],
-            &outlook,
-            &results,
-            &config,
-            &loaded.unique_id,
-        )?;
-    }
+    let plot = match &args.plot {
+        Some(path) => {
+            let steps =
+                (args.plot_days.max(1) * 86_400 / args.step_secs as usize).min(demand.len());
+            let figure = simulation_figure(
+                series.slice_start(first),
+                &demand[..steps],
+                &outlook,
+                &results,
+                &config,
+                &loaded.unique_id,
+            );
+            let svg = render_svg(&figure, 1400, 250)?;
+            Some(write_plot(path, &svg)?)
+        }
+        None => None,
+    };
     if args.json {
         let out = SimulateOutput {
+            slice: &loaded.slice,
+            plot,
             config: &config,
             days: args.days,
             umbra_quantile,
@@ -374,6 +391,9 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             r.resizes
         );
     }
+    if let Some(plot) = plot {
+        println!("plot written to {plot}");
+    }
     Ok(())
 }
 
@@ -382,6 +402,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
 struct CoreRun<'a> {
     args: &'a SimulateArgs,
     config: &'a SimConfig,
+    /// The trace's slice width, seconds.
+    slice_secs: u32,
     /// Unix ms of the first replayed step (the trace's own time, which the forecasts share).
     start_ms: u64,
     /// The trace's peak, demand units per step.
@@ -403,7 +425,7 @@ impl CoreRun<'_> {
     fn setup(&self, initial_serving: u32) -> (Option<f64>, ReplaySetup) {
         let (args, config) = (self.args, self.config);
         let step_secs = f64::from(config.step_secs);
-        let slice_secs = f64::from(args.slice_secs);
+        let slice_secs = f64::from(self.slice_secs);
         let plan = Plan::example();
         let mut service = plan.services[0].clone();
         service.name = SERVICE.to_owned();
@@ -529,77 +551,157 @@ impl CoreRun<'_> {
     }
 }
 
-fn draw(
-    path: &PathBuf,
+/// `value` rounded, with thin spaces between thousands: `1 548 487`.
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push('\u{2009}');
+        }
+        out.push(c);
+    }
+    if value < -0.5 {
+        out.insert(0, '-');
+    }
+    out
+}
+
+/// `color` halfway to white, for a line that goes with `color`'s but matters less.
+fn lighter(color: plotters::style::RGBColor) -> plotters::style::RGBColor {
+    let half = |c: u8| c + (255 - c) / 2;
+    plotters::style::RGBColor(half(color.0), half(color.1), half(color.2))
+}
+
+/// The simulation's figure: demand and the day-ahead forecast in requests per second, then
+/// one panel per policy in instances: what it held serving (and dormant, where it keeps
+/// any) against what the demand needed, its misses shaded and its totals in the title.
+fn simulation_figure(
+    start: chrono::DateTime<chrono::Utc>,
     demand: &[f64],
     outlook: &ForecastOutlook,
     results: &[SimResult],
     config: &SimConfig,
     unique_id: &str,
-) -> anyhow::Result<()> {
+) -> Figure {
     let steps = demand.len();
-    let lo: Vec<f64> = (0..steps).map(|s| outlook.quantile(s, 0.1)).collect();
-    let hi: Vec<f64> = (0..steps).map(|s| outlook.quantile(s, 0.9)).collect();
-    let mean: Vec<f64> = (0..steps).map(|s| outlook.mean(s)).collect();
-    let capacity_lines: Vec<(String, Vec<f64>)> = results
+    let step_secs = f64::from(config.step_secs);
+    // Demand counts requests per step; the top panel shows requests per second.
+    let per_second = |values: &mut dyn Iterator<Item = f64>| -> Vec<f64> {
+        values.map(|v| v / step_secs).collect()
+    };
+    let line = |label: String, values: Vec<f64>, color, stroke_px| Line {
+        label,
+        values,
+        color,
+        stroke_px,
+    };
+    let needed: Vec<f64> = demand
         .iter()
-        .filter(|r| r.policy == "umbra" || r.policy == "reactive" || r.policy.starts_with("fixed"))
-        .map(|r| {
-            let values = r
+        .map(|d| d / config.capacity_per_step)
+        .collect();
+    let mut panels = vec![Panel {
+        title: "demand and the day-ahead forecast the policies saw".into(),
+        unit: "requests/s",
+        band: Some(Band {
+            label: "forecast p10–p90".into(),
+            lower: per_second(&mut (0..steps).map(|s| outlook.quantile(s, 0.1))),
+            upper: per_second(&mut (0..steps).map(|s| outlook.quantile(s, 0.9))),
+            color: FORECAST_COLOR,
+        }),
+        lines: vec![
+            line(
+                "demand".into(),
+                per_second(&mut demand.iter().copied()),
+                INK,
+                1,
+            ),
+            line(
+                "forecast mean".into(),
+                per_second(&mut (0..steps).map(|s| outlook.mean(s))),
+                FORECAST_COLOR,
+                2,
+            ),
+        ],
+        misses: Vec::new(),
+    }];
+    for (i, r) in results.iter().enumerate() {
+        let serving: Vec<f64> = r
+            .warm_by_step
+            .iter()
+            .take(steps)
+            .map(|&w| f64::from(w))
+            .collect();
+        // A miss is a step whose demand the serving instances could not all serve, the
+        // Scorer's rule.
+        let misses = spans_where(
+            demand
+                .iter()
+                .zip(&serving)
+                .map(|(d, s)| d - d.min(s * config.capacity_per_step) > 1e-9),
+        );
+        let color = PALETTE[i % PALETTE.len()];
+        let mut lines = vec![
+            line("needed (demand ÷ capacity)".into(), needed.clone(), INK, 1),
+            line("held: serving".into(), serving.clone(), color, 2),
+        ];
+        if r.dormant_by_step.iter().take(steps).any(|&d| d > 0) {
+            let total = r
                 .warm_by_step
                 .iter()
+                .zip(&r.dormant_by_step)
                 .take(steps)
-                .map(|&w| f64::from(w) * config.capacity_per_step)
+                .map(|(&w, &d)| f64::from(w + d))
                 .collect();
-            (format!("{} warm capacity", r.policy), values)
-        })
-        .collect();
-    let mut pools: Vec<PlotSeries<'_>> = capacity_lines
-        .iter()
-        .map(|(label, values)| PlotSeries { label, values })
-        .collect();
-    let umbra_total: Option<Vec<f64>> = results.iter().find(|r| r.policy == "umbra").map(|r| {
-        r.warm_by_step
-            .iter()
-            .zip(&r.dormant_by_step)
-            .take(steps)
-            .map(|(&w, &d)| f64::from(w + d) * config.capacity_per_step)
-            .collect()
-    });
-    if let Some(values) = &umbra_total {
-        pools.push(PlotSeries {
-            label: "umbra warm + dormant capacity",
-            values,
+            lines.push(line(
+                "held: serving + dormant".into(),
+                total,
+                lighter(color),
+                1,
+            ));
+        }
+        panels.push(Panel {
+            title: format!(
+                "{}: missed {} requests ({:.4} %) in {} steps, idle {:.1} inst-h, dormant {:.1} inst-h (whole replay)",
+                r.policy,
+                thousands(r.missed),
+                100.0 * (1.0 - r.served_share),
+                r.steps_with_misses,
+                r.idle_instance_hours,
+                r.dormant_instance_hours
+            ),
+            unit: "instances",
+            band: None,
+            lines,
+            misses,
         });
     }
-    let title = format!("{unique_id}: demand, forecast p10–p90, pool capacity");
-    let svg = render_svg(
-        &PlotInput {
-            title: &title,
-            y_label: "demand per step",
-            hours_per_step: f64::from(config.step_secs) / 3600.0,
-            demand: PlotSeries {
-                label: "demand",
-                values: demand,
-            },
-            band: Some((
-                PlotSeries {
-                    label: "p10",
-                    values: &lo,
-                },
-                PlotSeries {
-                    label: "p90",
-                    values: &hi,
-                },
-            )),
-            forecast_mean: Some(PlotSeries {
-                label: "forecast mean",
-                values: &mean,
-            }),
-            pools,
+    Figure {
+        title: format!(
+            "{unique_id}: instances each policy held against those needed ({:.1} requests/s per instance)",
+            config.capacity_per_step / step_secs
+        ),
+        axis: TimeAxis {
+            start,
+            step_secs: config.step_secs,
+            steps,
         },
-        1600,
-        600,
-    )?;
-    std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))
+        panels,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands_are_spaced() {
+        let cases = [
+            (0.0, "0"),
+            (999.4, "999"),
+            (1_548_487.0, "1 548 487"),
+            (-12_345.0, "-12 345"),
+        ];
+        for (value, want) in cases {
+            assert_eq!(super::thousands(value), want.replace(' ', "\u{2009}"));
+        }
+    }
 }

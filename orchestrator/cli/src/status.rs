@@ -70,10 +70,20 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     })
 }
 
+/// `1 service`, `2 services`.
+fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn readiness_text(migration: &MigrationStatus) -> String {
     match &migration.readiness {
         Some(readiness) => format!("readiness {}/100", readiness.score),
-        None => "readiness n/a".to_owned(),
+        None if migration.terminal => "readiness n/a".to_owned(),
+        None => "readiness on the leader".to_owned(),
     }
 }
 
@@ -101,10 +111,10 @@ fn print_report(report: &StatusReport) {
         (None, None) => println!("leader: not a Raft cluster"),
     }
     println!(
-        "{} regions, {} services, {} schedules; applied index {}",
-        report.overview.regions.len(),
-        report.overview.services.len(),
-        report.overview.schedules.len(),
+        "{}, {}, {}; applied index {}",
+        counted(report.overview.regions.len(), "region"),
+        counted(report.overview.services.len(), "service"),
+        counted(report.overview.schedules.len(), "schedule"),
         report.overview.applied_index
     );
     if report.migrations.is_empty() {
@@ -135,11 +145,22 @@ fn print_report(report: &StatusReport) {
                 }
             );
         }
-        if let Some(readiness) = &migration.readiness {
-            for gate in &readiness.gates {
-                let mark = if gate.holds { "ok" } else { ".." };
-                println!("    [{mark}] {}: {}", gate.name, gate.detail);
+        match &migration.readiness {
+            Some(readiness) => {
+                for gate in &readiness.gates {
+                    let mark = if gate.holds { "ok" } else { ".." };
+                    println!("    [{mark}] {}: {}", gate.name, gate.detail);
+                }
             }
+            // Only the leader's executor observes the agents; another node has no gates to show.
+            None if !migration.terminal => match (leader.leader, leader.this_node) {
+                (Some(id), Some(this)) if id != this => println!(
+                    "    readiness gates: observed by the leader, orchestrator {id}; this API is \
+                     orchestrator {this}'s: point --api at the leader's to see each gate"
+                ),
+                _ => println!("    readiness gates: not observed yet"),
+            },
+            None => {}
         }
     }
     for pool in &report.pools {

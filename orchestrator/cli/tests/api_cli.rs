@@ -91,7 +91,7 @@ async fn apply_migrate_status_rollback_as_an_operator_sees_them() {
     let run = h.umbra(&["apply", "-f", plan]).await;
     assert!(run.success, "{}", run.stderr);
     assert!(
-        run.stdout.contains("2 regions, 1 services, 0 schedules"),
+        run.stdout.contains("2 regions, 1 service, 0 schedules"),
         "{}",
         run.stdout
     );
@@ -244,7 +244,7 @@ async fn the_example_plan_parses_and_applies() {
     let run = h.umbra(&["apply", "-f", file.to_str().unwrap()]).await;
     assert!(run.success, "{}", run.stderr);
     assert!(
-        run.stdout.contains("2 regions, 1 services, 1 schedules"),
+        run.stdout.contains("2 regions, 1 service, 1 schedule"),
         "{}",
         run.stdout
     );
@@ -268,6 +268,18 @@ async fn a_malformed_plan_is_reported_with_file_line_and_column() {
     assert!(run.stderr.contains("bad.toml"), "{}", run.stderr);
     let place = format!("line {line}, column 9");
     assert!(run.stderr.contains(&place), "{place} in {}", run.stderr);
+
+    // A negative count is explained in words, not as serde's `expected u32`.
+    let text = EXAMPLE_PLAN_TOML.replacen("max_instances = 4", "max_instances = -4", 1);
+    let bad = h.write("negative.toml", &text);
+    let run = h.umbra(&["apply", "-f", bad.to_str().unwrap()]).await;
+    assert!(!run.success);
+    assert!(
+        run.stderr.contains("expected a whole number from 0 to"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("u32"), "{}", run.stderr);
     assert!(h.store.state().audit().is_empty());
 }
 
@@ -309,6 +321,23 @@ async fn an_unreachable_api_and_a_foreign_certificate_get_clear_errors() {
         .await;
     assert!(!run.success);
     assert!(run.stderr.contains("same cluster CA"), "{}", run.stderr);
+
+    // An operator without a certificate is told how to issue one from THIS cluster's CA,
+    // once, and never to make a new CA.
+    let run = h
+        .umbra_with(
+            &["status", "--as", "carol"],
+            &format!("https://{}", h.api.local_addr()),
+            &h.secrets.certs_dir,
+        )
+        .await;
+    assert!(!run.success);
+    let add = format!(
+        "umbra certs add --dir {} --role operator --id carol",
+        h.secrets.certs_dir.display()
+    );
+    assert_eq!(run.stderr.matches(&add).count(), 1, "{}", run.stderr);
+    assert!(!run.stderr.contains("certs init"), "{}", run.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -186,7 +186,260 @@ fn simulate_rejects_unknown_policy_and_prints_a_table() {
     assert_eq!(results[1]["policy"], "umbra");
     assert_eq!(results[1]["steps"], 2 * 1440);
     let drawing = std::fs::read_to_string(&svg).unwrap();
-    assert!(drawing.starts_with("<svg") && drawing.contains("umbra warm capacity"));
+    assert!(drawing.starts_with("<svg"));
+    let titles = svg_texts(&drawing);
+    assert!(
+        titles.iter().any(|t| t.starts_with("umbra: missed")),
+        "{titles:?}"
+    );
+}
+
+/// The text of every `<text>` element of an SVG plotters wrote, trimmed.
+fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|element| {
+            let body = &element[element.find('>')? + 1..];
+            Some(body[..body.find("</text>")?].trim().to_string())
+        })
+        .collect()
+}
+
+/// A UTC tick label as the plots print them: `08-27 12:00`.
+fn is_date_tick(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 11
+        && b.iter().enumerate().all(|(i, c)| match i {
+            2 => *c == b'-',
+            5 => *c == b' ',
+            8 => *c == b':',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+/// `umbra ARGS...`, which must succeed: standard output and standard error.
+fn output_of(args: &[&str]) -> (String, String) {
+    let out = umbra(args);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr(&out),
+    )
+}
+
+/// On the half-hourly Taylor file, with no `--slice-secs`, the slice width is the data's
+/// 1800 s, printed and in `--json`, with no gap filled; an explicit narrower width is still
+/// honoured, and its thousands of interpolated slices are summed up in one line.
+#[test]
+fn slice_width_is_inferred_from_the_data_and_gaps_are_summed_up() {
+    let data = taylor();
+    let quick = ["--horizon", "4", "--calibration-origins", "0"];
+    let mut args = vec!["forecast", "--csv", &data];
+    args.extend(quick);
+    let (_, err) = output_of(&args);
+    assert!(
+        err.contains("slice width 1800 s, inferred from the data"),
+        "{err}"
+    );
+    assert!(err.contains("no gaps"), "{err}");
+    assert!(!err.contains("gap:"), "{err}");
+    args.push("--json");
+    let v = json_of(&args);
+    assert_eq!(v["slice"]["secs"], 1800, "{}", v["slice"]);
+    assert_eq!(v["slice"]["from"], "data");
+    assert_eq!(v["history"]["filled_slices"], 0);
+    assert_eq!(v["slices"][1]["start"], "2000-08-28T00:30:00Z");
+
+    // --slice-secs 900 halves every slice: 4,031 gaps of one slice, in one line.
+    let mut args = vec!["forecast", "--csv", &data, "--slice-secs", "900"];
+    args.extend(quick);
+    let (_, err) = output_of(&args);
+    assert!(
+        err.contains("slice width 900 s from --slice-secs; the data's timestamps are 1800 s apart"),
+        "{err}"
+    );
+    let gap_lines: Vec<&str> = err.lines().filter(|l| l.contains("gap")).collect();
+    assert_eq!(gap_lines.len(), 1, "{err}");
+    assert!(
+        gap_lines[0]
+            .contains("4031 gaps filled by interpolation (4031 slices, 41 d 23 h 45 min in all)"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 2, "{err}");
+    args.push("--json");
+    assert_eq!(json_of(&args)["slice"]["from"], "flag");
+
+    // A spacing that does not divide a day cannot be a slice width: the error says what to do.
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("odd.csv");
+    let rows: String = (0..400)
+        .map(|i| format!("{},{}\n", 1_767_225_600 + i * 420, 100 + i % 9))
+        .collect();
+    std::fs::write(&odd, format!("timestamp,requests\n{rows}")).unwrap();
+    let err = forecast_error(odd.to_str().unwrap(), &[]);
+    assert!(
+        err.contains("420 s apart") && err.contains("give --slice-secs"),
+        "{err}"
+    );
+}
+
+/// `umbra simulate --plot` on Taylor: the plot's path is printed and in `--json`, and the
+/// SVG has the demand panel in requests/s, then one panel per policy in instances (each
+/// titled with the policy's totals), dates on the time axis, and the misses of the reactive
+/// and umbra policies shaded.
+#[test]
+fn simulate_plot_has_a_panel_per_policy_with_dates_units_and_misses() {
+    let data = taylor();
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("sim.svg");
+    let svg_arg = svg.to_str().unwrap();
+    let args = [
+        "simulate",
+        "--trace",
+        &data,
+        "--days",
+        "2",
+        "--calibration-origins",
+        "3",
+        "--plot",
+        svg_arg,
+    ];
+    let (out, err) = output_of(&args);
+    let written = std::fs::canonicalize(&svg).unwrap();
+    assert!(
+        out.contains(&format!("plot written to {}", written.display())),
+        "{out}"
+    );
+    assert!(err.contains("slice width 1800 s, inferred"), "{err}");
+    std::fs::remove_file(&svg).unwrap();
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let v = json_of(&json_args);
+    assert_eq!(v["slice"]["secs"], 1800);
+    assert_eq!(v["plot"], written.display().to_string());
+
+    let drawing = std::fs::read_to_string(&written).unwrap();
+    let texts = svg_texts(&drawing);
+    let panels: Vec<&String> = texts
+        .iter()
+        .filter(|t| t.contains(": missed ") && t.contains("idle"))
+        .collect();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6);
+    assert_eq!(panels.len(), results.len(), "{panels:?}");
+    for r in results {
+        let policy = r["policy"].as_str().unwrap();
+        assert!(
+            panels
+                .iter()
+                .any(|t| t.starts_with(&format!("{policy}: missed "))),
+            "no panel for {policy}: {panels:?}"
+        );
+    }
+    let count = |text: &str| texts.iter().filter(|t| *t == text).count();
+    assert_eq!(count("requests/s"), 1, "{texts:?}");
+    assert_eq!(count("instances"), results.len(), "{texts:?}");
+    assert_eq!(count("time (UTC)"), results.len() + 1, "{texts:?}");
+    let ticks: Vec<&String> = texts.iter().filter(|t| is_date_tick(t)).collect();
+    assert!(ticks.len() >= 4 * (results.len() + 1), "{ticks:?}");
+    assert!(ticks.iter().any(|t| t.starts_with("08-27")), "{ticks:?}");
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("2000-08-26 00:00 to 2000-08-28 00:00 UTC")),
+        "{texts:?}"
+    );
+
+    // Misses: the reactive policy misses on Taylor's morning ramps (its JSON says so), and the
+    // plot shades them: a legend row per panel with misses, and a shaded span for each.
+    let missed = |policy: &str| {
+        results
+            .iter()
+            .find(|r| r["policy"] == policy)
+            .and_then(|r| r["missed"].as_f64())
+            .unwrap()
+    };
+    assert!(missed("reactive") > 0.0);
+    let miss_legends: Vec<usize> = texts
+        .iter()
+        .filter_map(|t| {
+            t.strip_prefix("missed in ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        !miss_legends.is_empty() && miss_legends.iter().all(|&n| n > 0),
+        "{miss_legends:?}"
+    );
+    let miss_rects = drawing
+        .split("<rect")
+        .filter(|r| r.contains(r##"fill="#D62728""##))
+        .count();
+    assert!(miss_rects > miss_legends.len(), "{miss_rects} shaded spans");
+}
+
+/// `umbra forecast --plot`: the path is printed and in `--json`; the SVG has the demand
+/// panel in requests/s with the forecast band, and the pool panel in instances.
+#[test]
+fn forecast_plot_shows_demand_and_the_pool_in_instances() {
+    let data = taylor();
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("forecast.svg");
+    let args = [
+        "forecast",
+        "--csv",
+        &data,
+        "--horizon",
+        "48",
+        "--calibration-origins",
+        "0",
+        "--capacity-rps",
+        "500",
+        "--plot",
+        svg.to_str().unwrap(),
+    ];
+    let (out, _) = output_of(&args);
+    let written = std::fs::canonicalize(&svg).unwrap();
+    assert!(
+        out.contains(&format!("plot written to {}", written.display())),
+        "{out}"
+    );
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    assert_eq!(json_of(&json_args)["plot"], written.display().to_string());
+    let texts = svg_texts(&std::fs::read_to_string(&written).unwrap());
+    for label in [
+        "requests/s",
+        "instances",
+        "actual demand",
+        "forecast mean",
+        "forecast p10–p90",
+        "target: warm (serving)",
+        "needed by the actuals",
+    ] {
+        assert!(
+            texts.iter().any(|t| t == label),
+            "no {label:?} in {texts:?}"
+        );
+    }
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("pool: instances at 500 requests/s each")),
+        "{texts:?}"
+    );
+    let ticks: Vec<&String> = texts.iter().filter(|t| is_date_tick(t)).collect();
+    assert!(ticks.iter().any(|t| t.starts_with("08-28")), "{ticks:?}");
+
+    // A capacity that is no number of requests is refused before anything is read.
+    let err = forecast_error(&data, &["--capacity-rps", "0"]);
+    assert!(
+        err.contains("--capacity-rps must be a positive number"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -110,14 +110,13 @@ async fn prometheus_history_and_forecast_equal_the_csv_path() -> anyhow::Result<
     assert!(prom_report.is_clean(), "{prom_report:?}");
     assert_eq!(prom_series, csv_series);
 
-    // CLI: `umbra forecast` prints the same forecast from either source.
+    // CLI: `umbra forecast` prints the same forecast from either source, each at the data's
+    // own half-hourly slices (no --slice-secs): Prometheus's found by probing the samples.
     let common = [
         "--service",
         "taylor",
         "--region",
         "uk",
-        "--slice-secs",
-        "1800",
         "--horizon",
         "48",
         "--calibration-origins",
@@ -144,10 +143,30 @@ async fn prometheus_history_and_forecast_equal_the_csv_path() -> anyhow::Result<
         "{}",
         String::from_utf8_lossy(&csv_out.stderr)
     );
-    let a: serde_json::Value = serde_json::from_slice(&prom_out.stdout)?;
-    let b: serde_json::Value = serde_json::from_slice(&csv_out.stdout)?;
+    let mut a: serde_json::Value = serde_json::from_slice(&prom_out.stdout)?;
+    let mut b: serde_json::Value = serde_json::from_slice(&csv_out.stdout)?;
     assert_eq!(a["slices"].as_array().map(Vec::len), Some(48));
+    let (prom_slice, csv_slice) = (a["slice"].take(), b["slice"].take());
+    assert_eq!(prom_slice["secs"], 1800, "{prom_slice}");
+    assert_eq!(prom_slice["from"], "prometheus_samples", "{prom_slice}");
+    assert_eq!(csv_slice["secs"], 1800, "{csv_slice}");
     assert_eq!(a, b);
+
+    // The range need not start on a sample: the query follows the samples' phase.
+    let late_start = (start + chrono::Duration::minutes(10)).to_rfc3339();
+    let mut late_args = vec!["forecast", "--prometheus", url, "--query", query];
+    late_args.extend(["--start", &late_start, "--end", &end_arg]);
+    late_args.extend(common);
+    let late = umbra(&late_args)?;
+    assert!(
+        late.status.success(),
+        "{}",
+        String::from_utf8_lossy(&late.stderr)
+    );
+    let late: serde_json::Value = serde_json::from_slice(&late.stdout)?;
+    assert_eq!(late["slice"]["secs"], 1800);
+    assert_eq!(late["history"]["filled_slices"], 0, "{}", late["history"]);
+    assert_eq!(late["history_slices"], DAYS * 48 - 1);
 
     // A bad PromQL expression: Prometheus's own message reaches the user.
     let bad = umbra(&[

@@ -49,9 +49,13 @@ use self::processes::{ProcessError, Supervisor};
 use self::report::{DemoReport, TrafficSegment};
 use self::scenario::{DemoLoad, DemoTiming, DemoTopology};
 
-/// The whole demo must finish within three minutes (the issue's bound); the run gives up
-/// with an error a little before, leaving time to stop everything.
+/// The default demo must finish within three minutes (the issue's bound); the run gives up
+/// with an error a little before, leaving time to stop everything. A run asked for more
+/// traffic than that fits gets longer: see [`DemoOptions::deadline`].
 pub const DEMO_DEADLINE: Duration = Duration::from_secs(170);
+/// Seconds of traffic [`DEMO_DEADLINE`] already holds beside the cluster's start and the
+/// migration (the default 20,000 requests at 400/s take 50 s).
+const TRAFFIC_SECS_IN_DEADLINE: f64 = 60.0;
 /// How long the cluster may take to start and elect a leader on a loaded laptop.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(40);
 /// How often the demo polls the API for new audit entries.
@@ -205,6 +209,15 @@ impl DemoOptions {
         }
         Ok(())
     }
+
+    /// How long the whole run may take: [`DEMO_DEADLINE`], plus the time `min_requests`
+    /// take at the read rate past what the default already holds, with half again for a
+    /// traffic loop that falls behind its rate on a loaded machine.
+    pub fn deadline(&self) -> Duration {
+        let traffic_secs = self.min_requests as f64 / self.load.rate_per_sec;
+        let extra = (1.5 * traffic_secs - TRAFFIC_SECS_IN_DEADLINE).max(0.0);
+        DEMO_DEADLINE + Duration::from_secs_f64(extra.ceil())
+    }
 }
 
 /// Why the demo stopped early.
@@ -287,15 +300,16 @@ pub async fn run(
         }
     };
     let mut supervisor = Supervisor::new();
+    let deadline = options.deadline();
     let result = tokio::time::timeout(
-        DEMO_DEADLINE,
+        deadline,
         demo(options, &dir, &mut supervisor, started, progress),
     )
     .await
     .unwrap_or_else(|_| {
         Err(DemoError::Timeout {
             what: "the whole demo".into(),
-            waited_secs: DEMO_DEADLINE.as_secs(),
+            waited_secs: deadline.as_secs(),
             dir: dir.display().to_string(),
         })
     });
@@ -941,7 +955,7 @@ async fn migrate(
     let mut fault_injected = false;
     let mut killed_leader = None;
     let mut terminal_since: Option<Instant> = None;
-    let watch_deadline = started + DEMO_DEADLINE - Duration::from_secs(10);
+    let watch_deadline = started + options.deadline() - Duration::from_secs(10);
     let mut pools: Vec<report::PoolSample> = Vec::new();
     let mut pools_sampled: Option<Instant> = None;
     loop {
@@ -1028,8 +1042,20 @@ async fn migrate(
             }
         }
         if Instant::now() > watch_deadline {
+            let sent = traffic.totals().requests;
+            let what = if terminal_since.is_none() {
+                format!("migration {id} reaching an end (it is {phase})")
+            } else if sent < options.min_requests {
+                format!(
+                    "the traffic reaching {} requests after migration {id} ended {phase} \
+                     (it sent {sent}; lower --min-requests or raise --rate)",
+                    options.min_requests
+                )
+            } else {
+                format!("migration {id}'s leftover instances being released (it ended {phase})")
+            };
             return Err(DemoError::Timeout {
-                what: format!("migration {id} reaching an end (it is {phase})"),
+                what,
                 waited_secs: watch_deadline.duration_since(started).as_secs(),
                 dir: dir.display().to_string(),
             });

@@ -1243,6 +1243,9 @@ impl Controller {
         seen.slo = slo_reading(&mut self.slo, &record, &seen, &self.reports);
         seen.slo_queried = self.slo_queried(&record, seen.share_applied);
         seen.dns = self.observe_dns(&record, &service, seen.share_applied);
+        if record.phase == Phase::Warming {
+            seen.warmup = warmup_reading(&record, &service, &self.reports);
+        }
         self.export_stage(&record);
         if !record.phase.is_terminal() {
             self.observed.insert(id.to_owned());
@@ -1415,13 +1418,13 @@ impl Controller {
             };
             let ms = match self.rollback_started.get(&id) {
                 Some(started) => confirmed.saturating_duration_since(*started).as_millis() as u64,
-                // This leader did not see the breach: the phase start is the best it knows.
+                // This leader did not see the rollback begin: the phase start is the best it
+                // knows.
                 None => self.now.unix_ms.saturating_sub(record.phase_since_ms),
             };
             rollback_ms = Some(ms);
-            reason = format!(
-                "{reason}; traffic back on the source {ms} ms after the breach was detected"
-            );
+            reason =
+                format!("{reason}; traffic back on the source {ms} ms after the rollback began");
         }
         let from = record.phase;
         self.propose(
@@ -1746,6 +1749,33 @@ fn slo_reading(
         error_rate: errors as f64 / samples as f64,
         p99_ms: front.window_p99_ms.unwrap_or(0.0),
     })
+}
+
+/// The warm-up gate's last reading on the shadow furthest from passing (fewest requests
+/// among those not ready), with the thresholds of the plan the warmer runs.
+fn warmup_reading(
+    record: &MigrationRecord,
+    service: &ServiceState,
+    reports: &BTreeMap<String, AgentReport>,
+) -> Option<migration::WarmupReading> {
+    let shadows = reconcile::shadow_ids(record);
+    let gate = warm_plan(record, service, reports).gate;
+    reports
+        .get(&record.spec.to)?
+        .warmups
+        .iter()
+        .filter(|w| shadows.contains(&w.instance) && w.phase != WarmupPhase::Ready)
+        .min_by_key(|w| w.requests)
+        .map(|w| migration::WarmupReading {
+            instance: w.instance.clone(),
+            elapsed_ms: w.elapsed_ms,
+            requests: w.requests,
+            min_requests: gate.min_requests,
+            window_p99_ms: w.window_p99_ms,
+            max_p99_ms: gate.reference_p99_ms * (1.0 + gate.p99_tolerance_pct / 100.0),
+            window_error_rate: w.window_error_rate,
+            max_error_rate: gate.max_error_rate,
+        })
 }
 
 /// The warm-up plan with its reference p99: the source front's p99 when it is known, but

@@ -228,6 +228,8 @@ pub fn observe(
         dns: DnsObserved::Ungated,
         // The controller fills it in for a Prometheus SLO source.
         slo_queried: None,
+        // The controller fills it in while warming, with the plan's thresholds.
+        warmup: None,
     }
 }
 

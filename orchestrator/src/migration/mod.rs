@@ -487,6 +487,65 @@ pub struct Observations {
     /// With a Prometheus SLO source, what it answered since the step's share applied
     /// (`None` with the fronts as source, or before the share applied).
     pub slo_queried: Option<QueriedSlo>,
+    /// While warming: the warm-up gate's last reading on the shadow instance furthest from
+    /// passing it, against the gate's thresholds (what `umbra status` shows as the reason a
+    /// migration waits).
+    pub warmup: Option<WarmupReading>,
+}
+
+/// One shadow instance's warm-up, as its gate last measured it, beside the gate's thresholds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmupReading {
+    /// The instance.
+    pub instance: String,
+    /// How long its warm-up has run, ms.
+    pub elapsed_ms: u64,
+    /// Requests answered so far.
+    pub requests: u64,
+    /// Requests the gate needs before it may hold.
+    pub min_requests: u64,
+    /// p99 over the gate's recent windows, ms.
+    pub window_p99_ms: f64,
+    /// The highest p99 the gate accepts, ms (the reference p99 plus its tolerance).
+    pub max_p99_ms: f64,
+    /// Failed share over the recent windows, 0..1.
+    pub window_error_rate: f64,
+    /// The highest failed share the gate accepts, 0..1.
+    pub max_error_rate: f64,
+}
+
+impl WarmupReading {
+    /// What an operator reads: each number against its threshold, with what still falls
+    /// short named.
+    pub fn describe(&self) -> String {
+        let mut short = Vec::new();
+        if self.requests < self.min_requests {
+            short.push("requests");
+        }
+        if self.window_p99_ms > self.max_p99_ms {
+            short.push("p99");
+        }
+        if self.window_error_rate > self.max_error_rate {
+            short.push("errors");
+        }
+        let verdict = if short.is_empty() {
+            "within every threshold, waiting for the gate's windows".to_owned()
+        } else {
+            format!("short on {}", short.join(", "))
+        };
+        format!(
+            "{} after {:.1} s: {} of {} requests, p99 {:.1} ms (limit {:.1} ms), errors {:.2} % \
+             (limit {:.2} %): {verdict}",
+            self.instance,
+            self.elapsed_ms as f64 / 1_000.0,
+            self.requests,
+            self.min_requests,
+            self.window_p99_ms,
+            self.max_p99_ms,
+            self.window_error_rate * 100.0,
+            self.max_error_rate * 100.0,
+        )
+    }
 }
 
 /// A Prometheus SLO source's answers for the current step.

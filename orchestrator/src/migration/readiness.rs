@@ -52,10 +52,17 @@ pub fn readiness(record: &MigrationRecord, seen: &Observations) -> Readiness {
             name: "warm".to_owned(),
             holds: u64::from(seen.shadow_warm) >= n,
             progress: fraction(seen.shadow_warm.into(), n),
-            detail: format!(
-                "{} of {n} shadow instances pass the warm-up gate",
-                seen.shadow_warm
-            ),
+            detail: match &seen.warmup {
+                Some(reading) if u64::from(seen.shadow_warm) < n => format!(
+                    "{} of {n} shadow instances pass the warm-up gate; {}",
+                    seen.shadow_warm,
+                    reading.describe()
+                ),
+                _ => format!(
+                    "{} of {n} shadow instances pass the warm-up gate",
+                    seen.shadow_warm
+                ),
+            },
         });
     }
     let bound = spec.max_replication_lag;

@@ -710,6 +710,38 @@ fn readiness_is_100_only_when_every_gate_holds() {
     assert_eq!(cold.score, 0, "{cold:?}");
 }
 
+#[test]
+fn a_waiting_warm_gate_shows_its_reading_against_each_threshold() {
+    let record = record(Phase::Warming, false);
+    let seen = Observations {
+        shadow_serving: 3,
+        shadow_warm: 2,
+        warmup: Some(WarmupReading {
+            instance: "shop-1-s2".to_owned(),
+            elapsed_ms: 4_100,
+            requests: 540,
+            min_requests: 2_000,
+            window_p99_ms: 9.31,
+            max_p99_ms: 6.0,
+            window_error_rate: 0.0,
+            max_error_rate: 0.001,
+        }),
+        ..Observations::default()
+    };
+    let warm = readiness(&record, &seen)
+        .gates
+        .into_iter()
+        .find(|g| g.name == "warm")
+        .expect("a warm gate");
+    assert!(!warm.holds);
+    assert_eq!(
+        warm.detail,
+        "2 of 3 shadow instances pass the warm-up gate; shop-1-s2 after 4.1 s: 540 of 2000 \
+         requests, p99 9.3 ms (limit 6.0 ms), errors 0.00 % (limit 0.10 %): short on \
+         requests, p99"
+    );
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
@@ -758,6 +790,7 @@ mod properties {
                 rollback_requested: rollback.then(|| "drill".to_owned()),
                 dns: DnsObserved::Ungated,
                 slo_queried: None,
+                warmup: None,
             };
             let decision = decide(&record, &seen, T0 + elapsed);
             if let Some(t) = &decision.transition {

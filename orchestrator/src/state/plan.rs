@@ -252,7 +252,8 @@ impl Plan {
 
     /// Parses a plan file. Errors carry the line and column (the toml crate's spans).
     pub fn from_toml(text: &str) -> Result<Plan, PlanError> {
-        toml::from_str(text).map_err(|e| PlanError::Syntax(e.to_string()))
+        toml::from_str(text)
+            .map_err(|e| PlanError::Syntax(umbra_proto::exit::plain_words(&e.to_string())))
     }
 
     /// Checks the plan on its own. `known_regions` are regions already in the replicated

@@ -3,11 +3,19 @@
 //! positions). It must not decide whether a command may run: [`super::core`] did that.
 //!
 //! Replication here is the sample service's log shipping: the target is one of this agent's
-//! instances and the source is the URL the leader names.
+//! instances and the source is the URL the leader names. The replications driven are kept in
+//! [`REPLICATIONS_FILE`] in the state directory: the instances outlive an agent restart and go
+//! on following (or serving as promoted writers), so the next agent drives and reports the
+//! same replications. Without it a restarted agent reported none, and the leader's repeated
+//! command was answered from the ledger without acting: the migration waited for a catch-up
+//! it could not see.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -25,11 +33,23 @@ use crate::warmer::{self, WarmError, WarmupTracker};
 /// for more than ten minutes is a mistake.
 pub const MAX_LAG_WAIT_MS: u64 = 600_000;
 
+/// The file in the agent's state directory that lists the replications it drives.
+pub const REPLICATIONS_FILE: &str = "replications.json";
+
+/// One replication as [`REPLICATIONS_FILE`] keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct KeptReplication {
+    source: String,
+    target: String,
+}
+
 /// Executes commands for one region.
 pub struct Executor {
     provider: AnyProvider,
     front: Option<Front>,
     replications: Mutex<BTreeMap<String, Arc<SampleLogShipping>>>,
+    /// Where the replications are kept (`None`: in memory only, for tests of the parts).
+    replications_file: Option<PathBuf>,
     warmups: Mutex<BTreeMap<String, watch::Receiver<WarmupProgress>>>,
     shutdown: CancellationToken,
 }
@@ -66,9 +86,57 @@ impl Executor {
             provider,
             front,
             replications: Mutex::new(BTreeMap::new()),
+            replications_file: None,
             warmups: Mutex::new(BTreeMap::new()),
             shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Keeps the replications in `state_dir`, and drives those a previous agent kept there.
+    pub fn kept_in(mut self, state_dir: &Path) -> Result<Self, String> {
+        let path = state_dir.join(REPLICATIONS_FILE);
+        let kept: BTreeMap<String, KeptReplication> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{}: {e}; move it away to start over", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let mut drivers = BTreeMap::new();
+        for (instance, k) in kept {
+            let driver = SampleLogShipping::new(&k.source, &k.target)
+                .map_err(|e| format!("{}: {instance}: {e}", path.display()))?;
+            tracing::info!(%instance, source = %k.source, "driving the replication a previous agent started");
+            drivers.insert(instance, Arc::new(driver));
+        }
+        self.replications = Mutex::new(drivers);
+        self.replications_file = Some(path);
+        Ok(self)
+    }
+
+    /// Writes the replications driven to [`REPLICATIONS_FILE`] (write, fsync, rename), so a
+    /// restarted agent drives the same ones.
+    fn keep_replications(&self) -> std::io::Result<()> {
+        let Some(path) = &self.replications_file else {
+            return Ok(());
+        };
+        let kept: BTreeMap<String, KeptReplication> = self
+            .replications
+            .lock()
+            .expect("replications lock")
+            .iter()
+            .map(|(id, d)| {
+                let k = KeptReplication {
+                    source: d.source().to_owned(),
+                    target: d.target().to_owned(),
+                };
+                (id.clone(), k)
+            })
+            .collect();
+        let tmp = path.with_extension("json.tmp");
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, &serde_json::to_vec(&kept)?)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
     }
 
     /// The provider.
@@ -143,6 +211,9 @@ impl Executor {
             .lock()
             .expect("replications lock")
             .insert(id.to_owned(), moved.clone());
+        if let Err(e) = self.keep_replications() {
+            tracing::warn!(error = %e, "the replication's new address is not kept");
+        }
         Ok(moved)
     }
 
@@ -235,6 +306,9 @@ impl Executor {
                     .lock()
                     .expect("replications lock")
                     .insert(instance.clone(), driver.clone());
+                if let Err(e) = self.keep_replications() {
+                    return failed(format!("cannot keep the replication in the state dir: {e}"));
+                }
                 return self.replication_result(instance, &driver).await;
             }
             AgentAction::FenceSource { instance } => {
@@ -313,6 +387,11 @@ impl Executor {
                     .lock()
                     .expect("replications lock")
                     .remove(instance);
+                if let Err(e) = self.keep_replications() {
+                    return failed(format!(
+                        "cannot keep the replications in the state dir: {e}"
+                    ));
+                }
                 return out;
             }
         };

@@ -53,8 +53,13 @@ use crate::lb::{BackendWeight, LbError, LoadBalancer, MAX_WEIGHT};
 /// Prefix of a remote front's backend name (followed by the service).
 const REMOTE_PREFIX: &str = "front-";
 
+/// The file in the agent's state directory holding the shares last set, so a restarted agent's
+/// front forwards the same shares before any orchestrator answers (and the leader's repeated
+/// `SetShare`, answered from the ledger, is true again).
+pub const SHARES_FILE: &str = "front-shares.json";
+
 /// A share as requested.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Share {
     /// The other region's front.
     pub target_front: SocketAddr,
@@ -77,6 +82,14 @@ pub enum ShareError {
     /// The service name cannot be a backend name.
     #[error("service {0:?} must be ASCII letters, digits, '-', '_' or '.'")]
     Service(String),
+    /// The share could not be kept in the state directory (nothing changed).
+    #[error("cannot keep the shares in {path}: {message}")]
+    Keep {
+        /// The shares file.
+        path: String,
+        /// What failed.
+        message: String,
+    },
 }
 
 fn gcd(a: u32, b: u32) -> u32 {
@@ -222,6 +235,8 @@ pub enum FrontError {
 pub struct Front {
     balancer: Balancer,
     state: Mutex<FrontState>,
+    /// Where the shares are kept ([`SHARES_FILE`]; `None`: in memory only).
+    shares_file: Option<std::path::PathBuf>,
     telemetry: Arc<FrontTelemetry>,
 }
 
@@ -248,7 +263,7 @@ impl Front {
         section: &FrontSection,
         state_dir: &Path,
     ) -> Result<Front, FrontError> {
-        Ok(match section.front_kind()? {
+        let mut front = match section.front_kind()? {
             FrontKind::Embedded => Front::start(section.listen).await?,
             FrontKind::Haproxy => {
                 let settings = section.haproxy(state_dir);
@@ -262,7 +277,29 @@ impl Front {
                 .await?;
                 Front::with(Balancer::Haproxy(Box::new(haproxy)), telemetry)
             }
-        })
+        };
+        let path = state_dir.join(SHARES_FILE);
+        let shares: BTreeMap<String, Share> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                FrontError::Config(ConfigError::Invalid(format!(
+                    "{}: {e}; move it away to start with no shares",
+                    path.display()
+                )))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                return Err(FrontError::Config(ConfigError::Invalid(format!(
+                    "{}: {e}",
+                    path.display()
+                ))));
+            }
+        };
+        if !shares.is_empty() {
+            tracing::info!(?shares, "restoring the shares a previous agent set");
+        }
+        front.state.get_mut().expect("front lock").shares = shares;
+        front.shares_file = Some(path);
+        Ok(front)
     }
 
     fn with(balancer: Balancer, telemetry: Arc<FrontTelemetry>) -> Front {
@@ -274,12 +311,31 @@ impl Front {
                 applied: None,
                 last: None,
             }),
+            shares_file: None,
         }
     }
 
     /// The front's Prometheus families (the agent registers them).
     pub fn telemetry(&self) -> &FrontTelemetry {
         &self.telemetry
+    }
+
+    /// Writes `shares` to [`SHARES_FILE`] (write, fsync, rename).
+    fn keep_shares(&self, shares: &BTreeMap<String, Share>) -> Result<(), ShareError> {
+        let Some(path) = &self.shares_file else {
+            return Ok(());
+        };
+        let keep = || -> std::io::Result<()> {
+            let tmp = path.with_extension("json.tmp");
+            let mut file = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut file, &serde_json::to_vec(shares)?)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        keep().map_err(|e| ShareError::Keep {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
     }
 
     /// The address clients reach the front on.
@@ -318,16 +374,21 @@ impl Front {
         if others + u32::from(percent) > 100 {
             return Err(ShareError::Total(others + u32::from(percent)));
         }
+        let mut shares = state.shares.clone();
         if percent == 0 {
-            state.shares.remove(service);
+            shares.remove(service);
         } else {
-            state.shares.insert(
+            shares.insert(
                 service.to_owned(),
                 Share {
                     target_front: target,
                     percent,
                 },
             );
+        }
+        if shares != state.shares {
+            self.keep_shares(&shares)?;
+            state.shares = shares;
         }
         Ok(())
     }

@@ -51,6 +51,14 @@ pub enum AgentError {
         /// What failed.
         message: String,
     },
+    /// Other state the agent keeps (the replications it drives) could not be read.
+    #[error("agent state {path}: {message}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
 }
 
 /// One region's agent: command core plus executor.
@@ -126,7 +134,12 @@ impl Agent {
         Ok(Agent {
             core: Mutex::new(core),
             ledger_path,
-            executor: Executor::new(provider, front),
+            executor: Executor::new(provider, front)
+                .kept_in(state_dir)
+                .map_err(|message| AgentError::State {
+                    path: state_dir.join(executor::REPLICATIONS_FILE),
+                    message,
+                })?,
             metrics,
         })
     }

@@ -162,6 +162,45 @@ pub enum HistoryError {
     OutOfRange { key: SeriesKey, at: String },
 }
 
+/// The data's own slice width: the median spacing, in whole seconds, between consecutive
+/// distinct timestamps of `observations` (in any order). The median, not the minimum, so a
+/// few duplicated or jittered rows and a few gaps do not change it. `None` with fewer than two
+/// distinct timestamps. Callers still check the width with [`HistoryConfig::validate`].
+pub fn median_spacing_secs(observations: &[Observation]) -> Option<u32> {
+    let mut times: Vec<i64> = observations.iter().map(|o| o.at.timestamp()).collect();
+    times.sort_unstable();
+    times.dedup();
+    let mut spacings: Vec<i64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    if spacings.is_empty() {
+        return None;
+    }
+    let middle = (spacings.len() - 1) / 2;
+    let (_, median, _) = spacings.select_nth_unstable(middle);
+    u32::try_from(*median).ok()
+}
+
+/// Gaps a report filled, in one line's worth: how many and how long in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GapSummary {
+    /// Gaps filled by interpolation.
+    pub count: usize,
+    /// Slices they held.
+    pub slices: usize,
+    /// Their total length in seconds.
+    pub total_secs: u64,
+}
+
+impl HistoryReport {
+    /// The filled gaps summed up, for slices of `slice_secs`.
+    pub fn gap_summary(&self, slice_secs: u32) -> GapSummary {
+        GapSummary {
+            count: self.gaps.len(),
+            slices: self.filled_slices,
+            total_secs: self.filled_slices as u64 * u64::from(slice_secs),
+        }
+    }
+}
+
 /// Bucket observations into slices of `config.slice_secs` (floor of the timestamp), average
 /// duplicates, interpolate gaps up to `config.max_gap_secs`, and report what was done.
 pub fn build_series(
@@ -281,6 +320,27 @@ mod tests {
             report.gaps,
             vec![("1970-01-01T00:05:00+00:00".to_string(), 2)]
         );
+    }
+
+    #[test]
+    fn median_spacing_is_the_datas_slice_width() {
+        let every = |secs: i64, n: i64| -> Vec<Observation> {
+            (0..n)
+                .map(|i| Observation {
+                    at: at(i * secs),
+                    value: 1.0,
+                })
+                .collect()
+        };
+        assert_eq!(median_spacing_secs(&every(1800, 48)), Some(1800));
+        // A duplicated row, a missing one and unsorted input leave the median alone.
+        let mut obs = every(300, 20);
+        obs.remove(7);
+        obs.push(obs[3]);
+        obs.reverse();
+        assert_eq!(median_spacing_secs(&obs), Some(300));
+        assert_eq!(median_spacing_secs(&every(60, 1)), None);
+        assert_eq!(median_spacing_secs(&[]), None);
     }
 
     #[test]

@@ -110,6 +110,55 @@ pub async fn query_range(
     Ok(observations)
 }
 
+/// Step of the probe [`sample_spacing`] runs: the planning default, so data sampled more
+/// often than this is read at this width (a finer slice would only slow the forecaster).
+pub const SPACING_PROBE_STEP_SECS: u32 = super::DEFAULT_SLICE_SECS;
+/// Stretch of the range, at its end, that [`sample_spacing`] probes: a day shows any
+/// sampling period that divides one.
+pub const SPACING_PROBE_SECS: i64 = 86_400;
+
+/// How the samples behind `range.query` are spaced, found without reading them all: the
+/// query wrapped in `timestamp()` is evaluated at [`SPACING_PROBE_STEP_SECS`] over the last
+/// [`SPACING_PROBE_SECS`] of the range. A stored series (a selector or a recording rule's
+/// output) answers with its samples' own times, so their distinct values are as far apart as
+/// the samples are; a computed expression (`sum(rate(...))`) answers with the evaluation
+/// times, so the probe's step. Returns the median spacing in seconds and the time of the
+/// last sample, whose phase a range query at that spacing must keep to land on the samples
+/// (it looks back only 5 minutes); `None` with fewer than two samples in the probe.
+pub async fn sample_spacing(
+    client: &reqwest::Client,
+    base_url: &str,
+    range: &RangeQuery,
+) -> Result<Option<(u32, DateTime<Utc>)>, PromError> {
+    let probe = RangeQuery {
+        query: format!("timestamp({})", range.query),
+        start: range
+            .start
+            .max(range.end - chrono::Duration::seconds(SPACING_PROBE_SECS)),
+        end: range.end,
+        step_secs: SPACING_PROBE_STEP_SECS,
+    };
+    let stamps: Vec<Observation> = query_range(client, base_url, &probe)
+        .await
+        .map_err(|e| match e {
+            // Name the user's query, not the wrapper, in what the user reads.
+            PromError::SeriesCount { count, .. } => PromError::SeriesCount {
+                query: range.query.clone(),
+                count,
+            },
+            other => other,
+        })?
+        .into_iter()
+        .filter(|o| o.value.is_finite())
+        .filter_map(|o| {
+            let at = Utc.timestamp_opt(o.value.round() as i64, 0).single()?;
+            Some(Observation { at, value: 0.0 })
+        })
+        .collect();
+    let last = stamps.iter().map(|o| o.at).max();
+    Ok(super::median_spacing_secs(&stamps).zip(last))
+}
+
 async fn query_chunk(
     client: &reqwest::Client,
     url: &str,

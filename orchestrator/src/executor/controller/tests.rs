@@ -1105,3 +1105,52 @@ fn with_one_dns_authority_a_step_counts_only_once_the_authority_serves_it() {
         }
     }
 }
+
+/// While warming, what the leader publishes for `umbra status` carries the warm-up gate's
+/// reading on the shadow furthest from passing, beside the plan's thresholds.
+#[test]
+fn a_warming_migration_publishes_the_gates_reading_against_the_plans_thresholds() {
+    let (overview, id) = overview_with(Phase::Warming, 2);
+    let clock = Clock::new();
+    let mut c = Controller::new(config(), 3, clock.now());
+    let (s1, s2) = (format!("{id}-1"), format!("{id}-2"));
+    let progress = |instance: &str, phase, requests| umbra_proto::agent::WarmupProgress {
+        instance: instance.to_owned(),
+        phase,
+        requests,
+        errors: 0,
+        window_p99_ms: 9.0,
+        window_error_rate: 0.0,
+        elapsed_ms: 2_500,
+    };
+    let mut target = report(
+        "eu-west",
+        vec![
+            instance(&s1, InstanceState::Active),
+            instance(&s2, InstanceState::Active),
+        ],
+    );
+    target.warmups = vec![
+        progress(&s1, WarmupPhase::Ready, 900),
+        progress(&s2, WarmupPhase::Running, 120),
+    ];
+    c.handle_report("us-east", home_serving(), clock.now().at);
+    c.handle_report("eu-west", target, clock.now().at);
+    c.handle_overview(overview.clone(), clock.now());
+    let seen = std::iter::from_fn(|| c.poll_event())
+        .find_map(|e| match e {
+            Event::Observed { migration, seen } if migration == id => Some(seen),
+            _ => None,
+        })
+        .expect("the migration is observed");
+    let gate = &overview.services["shop"].spec.warmup.gate;
+    let reading = seen.warmup.expect("a reading while warming");
+    assert_eq!(reading.instance, s2, "the shadow furthest from passing");
+    assert_eq!(reading.requests, 120);
+    assert_eq!(reading.min_requests, gate.min_requests);
+    assert_eq!(
+        reading.max_p99_ms,
+        gate.reference_p99_ms * (1.0 + gate.p99_tolerance_pct / 100.0)
+    );
+    assert_eq!(reading.max_error_rate, gate.max_error_rate);
+}
