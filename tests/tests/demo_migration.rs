@@ -233,3 +233,27 @@ async fn a_warm_migration_survives_killing_the_leader_mid_cutover_with_no_failed
     assert_nothing_left(dir.path());
     Ok(())
 }
+
+/// The target region's agent SIGKILLed while the migration warms and started again 5 s later
+/// (a process manager's restart): the restarted agent adopts its instances and goes on driving
+/// the replication it had started, so the migration completes with no failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_agent_killed_while_warming_and_back_5_s_later_still_completes()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut options = options(dir.path())?;
+    options.restart_target_agent = true;
+    let report = run_demo(&options).await?;
+    assert_eq!(
+        report.restarted_agent.as_deref(),
+        Some(report.to.as_str()),
+        "the target's agent was not restarted"
+    );
+    assert_eq!(report.outcome, "completed", "{report:#?}");
+    assert_no_failure_outside_the_fence(&report);
+    assert_writes_all_there(&report);
+    assert_steps_once(&report);
+    assert!(report.identical_state, "the orchestrators disagree");
+    assert_nothing_left(dir.path());
+    Ok(())
+}

@@ -1,5 +1,6 @@
-//! `umbra demo [--json] [--inject-fault] [--kill-leader] [--no-warm]
-//! [--front embedded|haproxy] [--dns embedded|bind] [--slo-source fronts|prometheus] [--slo-judgement thresholds|compare]`: one real region migration on this machine (three orchestrators, three region agents with their fronts and
+//! `umbra demo [--json] [--inject-fault] [--kill-leader] [--restart-target-agent] [--no-warm]
+//! [--front embedded|haproxy] [--dns embedded|bind] [--slo-source fronts|prometheus]
+//! [--slo-judgement thresholds|compare]`: one real region migration on this machine (three orchestrators, three region agents with their fronts and
 //! sample instances, traffic through the orchestrators' DNS). The work is
 //! `umbra_demo`; this file parses flags, prints progress on stderr and the final
 //! report on stdout (`--json`: one JSON object), and turns Ctrl-C into a clean stop.
@@ -24,6 +25,10 @@ pub struct DemoArgs {
     /// SIGKILL the leading orchestrator mid-cutover (at the 50 % step).
     #[arg(long)]
     kill_leader: bool,
+    /// SIGKILL the target region's agent while the migration warms and start it again 5 s
+    /// later: the migration must still complete.
+    #[arg(long)]
+    restart_target_agent: bool,
     /// Skip the warm-up of the shadow pool (the cold baseline).
     #[arg(long)]
     no_warm: bool,
@@ -92,6 +97,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut options = DemoOptions::new(bin_dir);
     options.inject_fault = args.inject_fault;
     options.kill_leader = args.kill_leader;
+    options.restart_target_agent = args.restart_target_agent;
     options.no_warm = args.no_warm;
     options.load.rate_per_sec = args.rate;
     options.load.write_rate_per_sec = args.write_rate;
@@ -192,6 +198,9 @@ fn print_report(r: &DemoReport) {
     }
     if let Some(id) = r.killed_leader {
         println!("killed orchestrator {id} (the leader) mid-cutover");
+    }
+    if let Some(region) = &r.restarted_agent {
+        println!("killed {region}'s agent while warming and started it again");
     }
     println!("traffic at the end by front: {:?}", r.by_front_at_end);
     println!(

@@ -56,6 +56,17 @@ pub const DEMO_DEADLINE: Duration = Duration::from_secs(170);
 /// Seconds of traffic [`DEMO_DEADLINE`] already holds beside the cluster's start and the
 /// migration (the default 20,000 requests at 400/s take 50 s).
 const TRAFFIC_SECS_IN_DEADLINE: f64 = 60.0;
+/// Whether the agent on `state_dir` keeps a replication it drives.
+fn replicating(state_dir: &Path) -> bool {
+    std::fs::read(state_dir.join(umbra_agent::agent::executor::REPLICATIONS_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|kept| kept.as_object().map(|o| !o.is_empty()))
+        .unwrap_or(false)
+}
+
+/// How long the target agent stays down under `--restart-target-agent`.
+pub const AGENT_RESTART_AFTER: Duration = Duration::from_secs(5);
 /// How long the cluster may take to start and elect a leader on a loaded laptop.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(40);
 /// How often the demo polls the API for new audit entries.
@@ -81,6 +92,9 @@ pub struct DemoOptions {
     pub inject_fault: bool,
     /// SIGKILL the leading orchestrator at the 50 % step.
     pub kill_leader: bool,
+    /// SIGKILL the target region's agent once the migration warms, and start it again
+    /// [`AGENT_RESTART_AFTER`] later, as a process manager would.
+    pub restart_target_agent: bool,
     /// Skip the warm-up (the cold baseline).
     pub no_warm: bool,
     /// Directory holding `umbra-orchestrator`, `umbra-agent` and `umbra-sample`.
@@ -144,6 +158,7 @@ impl DemoOptions {
         Self {
             inject_fault: false,
             kill_leader: false,
+            restart_target_agent: false,
             no_warm: false,
             bin_dir,
             work_dir: None,
@@ -902,6 +917,7 @@ struct Watched {
     audit: Vec<AuditEntry>,
     overview: Overview,
     killed_leader: Option<u64>,
+    restarted_agent: Option<String>,
     instances_left: BTreeMap<String, usize>,
     shadow_instances_left: usize,
     pools: Vec<report::PoolSample>,
@@ -954,6 +970,9 @@ async fn migrate(
     let mut audit: Vec<AuditEntry> = Vec::new();
     let mut fault_injected = false;
     let mut killed_leader = None;
+    let mut agent_killed_at: Option<Instant> = None;
+    let mut replicating_since: Option<Instant> = None;
+    let mut restarted_agent = None;
     let mut terminal_since: Option<Instant> = None;
     let watch_deadline = started + options.deadline() - Duration::from_secs(10);
     let mut pools: Vec<report::PoolSample> = Vec::new();
@@ -1002,6 +1021,35 @@ async fn migrate(
         }
         let phases = report::phases_from_audit(&audit, &id);
         let phase = phases.last().map(|p| p.name.as_str()).unwrap_or("planned");
+        if options.restart_target_agent {
+            let agent = format!("agent-{to}");
+            if replicating_since.is_none() && replicating(&agent_state_dirs[&to]) {
+                replicating_since = Some(Instant::now());
+            }
+            match agent_killed_at {
+                // Once it has driven the replication (started with the warm-up) for a second,
+                // so the leader holds its success and will not ask again: what a restart
+                // must not lose.
+                None if matches!(phase, "warming" | "replicating")
+                    && replicating_since
+                        .is_some_and(|since| since.elapsed() >= Duration::from_secs(1)) =>
+                {
+                    supervisor.kill(&agent)?;
+                    agent_killed_at = Some(Instant::now());
+                    progress(&format!(
+                        "SIGKILLed {agent} while the migration is {phase} and its replication \
+                         runs; it starts again in {} s",
+                        AGENT_RESTART_AFTER.as_secs()
+                    ));
+                }
+                Some(at) if restarted_agent.is_none() && at.elapsed() >= AGENT_RESTART_AFTER => {
+                    let pid = supervisor.restart(&agent)?;
+                    restarted_agent = Some(to.clone());
+                    progress(&format!("started {agent} again (pid {pid})"));
+                }
+                _ => {}
+            }
+        }
         if phase == "cutting_over[1]" {
             if options.inject_fault && !fault_injected {
                 let flipped = flip_fault_switch(&agent_state_dirs[&to]).await;
@@ -1085,6 +1133,7 @@ async fn migrate(
         audit,
         overview: status.overview,
         killed_leader,
+        restarted_agent,
         instances_left,
         shadow_instances_left,
         pools,
@@ -1180,6 +1229,7 @@ async fn finish(
         by_front_at_end: summary.by_front_at_end,
         audit_step_counts: report::step_counts(&watched.audit, &watched.id, steps),
         killed_leader: watched.killed_leader,
+        restarted_agent: watched.restarted_agent,
         instances_left: watched.instances_left,
         shadow_instances_left: watched.shadow_instances_left,
         pools: watched.pools,

@@ -53,12 +53,52 @@ pub enum ProcessError {
 
 struct Supervised {
     name: String,
+    /// How it was started, to start it again ([`Supervisor::restart`]).
+    recipe: Recipe,
     child: Child,
     log: PathBuf,
     /// Instance state directory of an agent, whose sample processes must go too.
     instances_of: Option<PathBuf>,
     /// Killed on purpose (`--kill-leader`): not an unexpected exit.
     killed: bool,
+}
+
+/// A command's program, arguments, environment and directory: what starting it again needs
+/// (a `Command` cannot be cloned).
+struct Recipe {
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+    envs: Vec<(std::ffi::OsString, Option<std::ffi::OsString>)>,
+    dir: Option<PathBuf>,
+}
+
+impl Recipe {
+    fn of(command: &Command) -> Self {
+        Recipe {
+            program: command.get_program().to_owned(),
+            args: command.get_args().map(ToOwned::to_owned).collect(),
+            envs: command
+                .get_envs()
+                .map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned)))
+                .collect(),
+            dir: command.get_current_dir().map(Path::to_owned),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command.args(&self.args);
+        for (key, value) in &self.envs {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        command
+    }
 }
 
 /// Every process the demo started.
@@ -90,33 +130,44 @@ impl Supervisor {
             program: command_program(&command),
             source,
         };
+        let recipe = Recipe::of(&command);
         let file = std::fs::File::create(log).map_err(spawn_error)?;
-        let err = file.try_clone().map_err(spawn_error)?;
-        let child = command
-            // A child that fails prints its error, not a backtrace (which RUST_BACKTRACE in
-            // a test environment would add): the last lines of its log are what the demo shows.
-            .env("RUST_LIB_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(err)
-            .spawn()
-            .map_err(|source| ProcessError::Spawn {
-                name: name.to_owned(),
-                program: command_program(&command),
-                source,
-            })?;
+        let child = start(&mut command, name, file)?;
         let pid = child.id();
         if let Some(dir) = instances_of {
             self.instance_dirs.push(dir.to_owned());
         }
         self.children.push(Supervised {
             name: name.to_owned(),
+            recipe,
             child,
             log: log.to_owned(),
             instances_of: instances_of.map(Path::to_owned),
             killed: false,
         });
         Ok(pid)
+    }
+
+    /// Starts `name` again the way it was first started (a process manager restarting a
+    /// crashed service), its output appended to the same log. Only a process killed on
+    /// purpose ([`Supervisor::kill`]) is restarted.
+    pub fn restart(&mut self, name: &str) -> Result<u32, ProcessError> {
+        let s = self
+            .children
+            .iter_mut()
+            .find(|s| s.name == name && s.killed)
+            .ok_or_else(|| ProcessError::Unknown(name.to_owned()))?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&s.log)
+            .map_err(|source| ProcessError::Spawn {
+                name: name.to_owned(),
+                program: s.recipe.program.to_string_lossy().into_owned(),
+                source,
+            })?;
+        s.child = start(&mut s.recipe.command(), name, file)?;
+        s.killed = false;
+        Ok(s.child.id())
     }
 
     /// An error for the first process that exited without being asked to.
@@ -190,6 +241,29 @@ impl Drop for Supervisor {
     fn drop(&mut self) {
         self.stop_all();
     }
+}
+
+/// Spawns `command` with stdout and stderr into `log`.
+fn start(command: &mut Command, name: &str, log: std::fs::File) -> Result<Child, ProcessError> {
+    let spawn_error = |source| ProcessError::Spawn {
+        name: name.to_owned(),
+        program: command_program(command),
+        source,
+    };
+    let err = log.try_clone().map_err(spawn_error)?;
+    command
+        // A child that fails prints its error, not a backtrace (which RUST_BACKTRACE in
+        // a test environment would add): the last lines of its log are what the demo shows.
+        .env("RUST_LIB_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .map_err(|source| ProcessError::Spawn {
+            name: name.to_owned(),
+            program: command_program(command),
+            source,
+        })
 }
 
 fn command_program(command: &Command) -> String {

@@ -394,6 +394,9 @@ pub struct DemoReport {
     pub audit_step_counts: BTreeMap<String, usize>,
     /// The orchestrator killed mid-cutover (`--kill-leader`).
     pub killed_leader: Option<u64>,
+    /// The region whose agent was SIGKILLed while warming and started again
+    /// (`--restart-target-agent`).
+    pub restarted_agent: Option<String>,
     /// The write traffic, read back where the service ended up.
     pub writes: WriteCheck,
     /// Instances each region's agent still keeps when the demo ends, by region: the old

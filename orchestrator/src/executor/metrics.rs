@@ -18,6 +18,13 @@ const WRITER_MOVE_SECONDS_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0,
 ];
 
+/// Buckets of a rollback (rollback started → all traffic back on the source), seconds: one
+/// share change confirmed by the source's agent takes milliseconds; past a few seconds the
+/// agent was slow or unreachable.
+const ROLLBACK_SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// The executor's metric families.
 #[derive(Clone)]
 pub struct ExecutorMetrics {
@@ -30,8 +37,9 @@ pub struct ExecutorMetrics {
     pub rollbacks: IntCounterVec,
     /// Agent commands by action and outcome class.
     pub commands: IntCounterVec,
-    /// Last rollback time per migration: breach detected → share 0 confirmed, milliseconds.
-    pub rollback_ms: GaugeVec,
+    /// Rollback time: rollback started → share 0 confirmed, seconds (one observation per
+    /// rollback; the id of each is in the audit log, not in a label).
+    pub rollback_seconds: prometheus::Histogram,
     /// Transitions proposed, by result (`applied`, `rejected`, `error`).
     pub proposals: IntCounterVec,
     /// DNS verifications after a weight change, by result.
@@ -103,12 +111,12 @@ impl ExecutorMetrics {
                 ),
                 &["action", "outcome"],
             )?,
-            rollback_ms: GaugeVec::new(
-                Opts::new(
-                    "umbra_executor_rollback_ms",
-                    "Breach detected to all traffic back on the source (share 0 confirmed), ms",
-                ),
-                &["migration"],
+            rollback_seconds: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "umbra_executor_rollback_seconds",
+                    "Rollback started to all traffic back on the source (share 0 confirmed), seconds",
+                )
+                .buckets(ROLLBACK_SECONDS_BUCKETS.to_vec()),
             )?,
             proposals: IntCounterVec::new(
                 Opts::new(
@@ -169,7 +177,7 @@ impl ExecutorMetrics {
         registry.register(Box::new(metrics.phase_seconds.clone()))?;
         registry.register(Box::new(metrics.rollbacks.clone()))?;
         registry.register(Box::new(metrics.commands.clone()))?;
-        registry.register(Box::new(metrics.rollback_ms.clone()))?;
+        registry.register(Box::new(metrics.rollback_seconds.clone()))?;
         registry.register(Box::new(metrics.proposals.clone()))?;
         registry.register(Box::new(metrics.dns_verifications.clone()))?;
         registry.register(Box::new(metrics.slo_queries.clone()))?;

@@ -576,13 +576,9 @@ impl Leadership {
                 Event::RollbackStarted { cause } => {
                     metrics.rollbacks.with_label_values(&[cause]).inc()
                 }
-                Event::RolledBack {
-                    migration,
-                    rollback_ms,
-                } => metrics
-                    .rollback_ms
-                    .with_label_values(&[migration.as_str()])
-                    .set(rollback_ms as f64),
+                Event::RolledBack { rollback_ms, .. } => metrics
+                    .rollback_seconds
+                    .observe(rollback_ms as f64 / 1_000.0),
                 Event::WriterMoved { direction, seconds } => metrics
                     .writer_move_seconds
                     .with_label_values(&[direction])
