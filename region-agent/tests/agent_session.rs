@@ -276,7 +276,7 @@ async fn the_agent_follows_the_leader_and_fences_stale_terms() -> anyhow::Result
         InstanceState::Active
     );
 
-    // The agent's /metrics says the same.
+    // The agent's /metrics says the same, every series labelled with its region.
     let (metrics_addr, metrics_task) =
         umbra_agent::agent::metrics::serve(agent.clone(), "127.0.0.1:0".parse()?).await?;
     let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
@@ -284,10 +284,10 @@ async fn the_agent_follows_the_leader_and_fences_stale_terms() -> anyhow::Result
         .text()
         .await?;
     for line in [
-        "umbra_agent_newest_term 4",
-        "umbra_agent_instances{state=\"active\"} 1",
-        "umbra_agent_commands_total{result=\"replayed\"} 1",
-        "umbra_agent_commands_total{result=\"refused\"} 2",
+        "umbra_agent_newest_term{region=\"eu-west\"} 4",
+        "umbra_agent_instances{state=\"active\",region=\"eu-west\"} 1",
+        "umbra_agent_commands_total{result=\"replayed\",region=\"eu-west\"} 1",
+        "umbra_agent_commands_total{result=\"refused\",region=\"eu-west\"} 2",
     ] {
         assert!(
             text.lines().any(|l| l == line),
@@ -295,7 +295,7 @@ async fn the_agent_follows_the_leader_and_fences_stale_terms() -> anyhow::Result
         );
     }
     assert!(text.contains(
-        "umbra_agent_last_transition_ms{from=\"dormant\",instance=\"s-1\",to=\"active\"}"
+        "umbra_agent_last_transition_ms{from=\"dormant\",instance=\"s-1\",to=\"active\",region=\"eu-west\"}"
     ));
     metrics_task.abort();
 

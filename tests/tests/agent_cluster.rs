@@ -129,7 +129,7 @@ fn stand_in(
     })
 }
 
-/// The agent's `umbra_agent_newest_term` gauge.
+/// The agent's `umbra_agent_newest_term` gauge (labelled with the agent's region).
 async fn agent_newest_term(http: &reqwest::Client, metrics: SocketAddr) -> Option<u64> {
     let text = http
         .get(format!("http://{metrics}/metrics"))
@@ -140,7 +140,9 @@ async fn agent_newest_term(http: &reqwest::Client, metrics: SocketAddr) -> Optio
         .await
         .ok()?;
     text.lines()
-        .find_map(|line| line.strip_prefix("umbra_agent_newest_term "))
+        .find_map(|line| {
+            line.strip_prefix(&format!("umbra_agent_newest_term{{region=\"{REGION}\"}} "))
+        })
         .and_then(|v| v.trim().parse().ok())
 }
 

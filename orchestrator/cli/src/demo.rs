@@ -1,5 +1,6 @@
 //! `umbra demo [--json] [--inject-fault] [--kill-leader] [--restart-target-agent] [--no-warm]
-//! [--front embedded|haproxy] [--dns embedded|bind]`: one real region migration on this machine (three orchestrators, three region agents with their fronts and
+//! [--front embedded|haproxy] [--dns embedded|bind] [--slo-source fronts|prometheus]
+//! [--slo-judgement thresholds|compare]`: one real region migration on this machine (three orchestrators, three region agents with their fronts and
 //! sample instances, traffic through the orchestrators' DNS). The work is
 //! `umbra_demo`; this file parses flags, prints progress on stderr and the final
 //! report on stdout (`--json`: one JSON object), and turns Ctrl-C into a clean stop.
@@ -8,7 +9,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use umbra_demo::report::DemoReport;
-use umbra_demo::{DemoDns, DemoOptions, FrontKind, run as run_demo};
+use umbra_demo::{DemoDns, DemoOptions, DemoSloSource, FrontKind, run as run_demo};
+use umbra_orchestrator::migration::SloJudgement;
 
 /// Arguments of `umbra demo`.
 #[derive(Debug, clap::Args)]
@@ -53,6 +55,30 @@ pub struct DemoArgs {
     /// (`named`, started by the demo) updated by the leader with RFC 2136 + TSIG.
     #[arg(long, value_enum, default_value_t = DnsChoice::Embedded)]
     dns: DnsChoice,
+    /// Where each cutover step's SLO is read from: the target front's counters as its agent
+    /// reports them, or a real Prometheus (started by the demo, scraping every agent's
+    /// metrics once a second; `/usr/bin/prometheus` must be installed).
+    #[arg(long, value_enum, default_value_t = SloSourceChoice::Fronts)]
+    slo_source: SloSourceChoice,
+    /// How each step's latency is judged: against the plan's p99 bound, or against the
+    /// source region's latency over the same step (Mann-Whitney U, as Kayenta judges a
+    /// canary; needs `--slo-source prometheus`).
+    #[arg(long, value_enum, default_value_t = JudgementChoice::Thresholds)]
+    slo_judgement: JudgementChoice,
+}
+
+/// `--slo-judgement`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum JudgementChoice {
+    Thresholds,
+    Compare,
+}
+
+/// `--slo-source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SloSourceChoice {
+    Fronts,
+    Prometheus,
 }
 
 /// `--dns`.
@@ -84,6 +110,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             port: 0,
             wrong_key: false,
         },
+    };
+    options.slo_source = match args.slo_source {
+        SloSourceChoice::Fronts => DemoSloSource::Fronts,
+        SloSourceChoice::Prometheus => DemoSloSource::Prometheus,
+    };
+    options.slo_judgement = match args.slo_judgement {
+        JudgementChoice::Thresholds => SloJudgement::Thresholds,
+        JudgementChoice::Compare => SloJudgement::Compare,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -145,6 +179,14 @@ fn print_report(r: &DemoReport) {
         if r.warm_up { "with" } else { "without" }
     );
     println!("shadow instances: {}", r.shadow_instances);
+    if r.slo_source == "prometheus" {
+        println!(
+            "slo_source: prometheus ({} queries with data, {} without)",
+            r.slo_queries_with_data, r.slo_queries_no_data
+        );
+    } else {
+        println!("slo_source: {}", r.slo_source);
+    }
     if let Some(ms) = r.rollback_ms {
         println!("rollback: breach detected → all weights restored in {ms} ms");
     }

@@ -19,6 +19,7 @@
 pub mod bind;
 pub mod history;
 pub mod processes;
+pub mod prometheus;
 pub mod report;
 pub mod scenario;
 pub mod traffic;
@@ -122,6 +123,20 @@ pub struct DemoOptions {
     pub front: FrontKind,
     /// Who answers for the service zone.
     pub dns: DemoDns,
+    /// Where the cutover steps' SLO is read from (`umbra demo --slo-source`).
+    pub slo_source: DemoSloSource,
+    /// How the latency is judged (`umbra demo --slo-judgement`; `compare` needs Prometheus).
+    pub slo_judgement: umbra_orchestrator::migration::SloJudgement,
+}
+
+/// Where the demo's plan reads the SLO from (`umbra demo --slo-source fronts|prometheus`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DemoSloSource {
+    /// The target front's counters as its agent reports them.
+    #[default]
+    Fronts,
+    /// A real Prometheus the demo starts, scraping every agent's metrics ([`prometheus`]).
+    Prometheus,
 }
 
 /// Who answers for `umbra.test.` in the demo (`umbra demo --dns embedded|bind`).
@@ -158,11 +173,22 @@ impl DemoOptions {
             pool_lead_margin_ms: umbra_orchestrator::executor::pools::DEFAULT_LEAD_MARGIN_MS,
             front: FrontKind::default(),
             dns: DemoDns::Embedded,
+            slo_source: DemoSloSource::Fronts,
+            slo_judgement: Default::default(),
         }
     }
 
     /// Checks the options fit together and the binaries exist.
     pub fn validate(&self) -> Result<(), DemoError> {
+        if self.slo_judgement == umbra_orchestrator::migration::SloJudgement::Compare
+            && self.slo_source != DemoSloSource::Prometheus
+        {
+            return Err(DemoError::Setup(
+                "--slo-judgement compare needs --slo-source prometheus: it compares the target's \
+                 latency samples with the source's, which only Prometheus holds"
+                    .to_owned(),
+            ));
+        }
         for binary in ["umbra-orchestrator", "umbra-agent", "umbra-sample"] {
             if !self.bin_dir.join(binary).is_file() {
                 return Err(DemoError::Setup(format!(
@@ -321,6 +347,22 @@ struct Cluster {
     /// What the `umbra` CLI needs besides the API's URL: the certificates and token.
     certs_dir: PathBuf,
     token_file: PathBuf,
+    /// The Prometheus judging the SLO (`--slo-source prometheus`), and how.
+    prometheus: Option<(
+        prometheus::DemoPrometheus,
+        umbra_orchestrator::migration::SloJudgement,
+    )>,
+}
+
+impl Cluster {
+    /// The demo's plan, with the SLO source asked for.
+    fn plan(&self, timing: &DemoTiming, load: &DemoLoad) -> String {
+        let plan = scenario::plan_toml(&self.topology, timing, load);
+        match &self.prometheus {
+            Some((p, judgement)) => prometheus::plan_with_source(&plan, &p.url, *judgement),
+            None => plan,
+        }
+    }
 }
 
 /// Certificates, demand history, three orchestrators and three agents, until one leads.
@@ -512,12 +554,15 @@ async fn start_cluster(
     // Agents, one per region, each with its front.
     let agent_bin = options.bin_dir.join("umbra-agent");
     let mut agent_state_dirs = BTreeMap::new();
+    let mut agent_metrics = Vec::new();
     for region in &regions {
         let agent_dir = dir.join(format!("agent-{region}"));
         let state_dir = agent_dir.join("state");
         std::fs::create_dir_all(&state_dir).map_err(io("creating an agent dir"))?;
         let front = topology.front(region).expect("a region of the topology");
         let path = agent_dir.join("agent.toml");
+        let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        agent_metrics.push(metrics);
         std::fs::write(
             &path,
             agent_toml(
@@ -525,7 +570,7 @@ async fn start_cluster(
                 &state_dir,
                 &orchestrators.iter().map(|o| o.quic).collect::<Vec<_>>(),
                 &certs_dir,
-                front,
+                (front, metrics),
                 options.front,
                 &options.bin_dir.join("umbra-sample"),
             ),
@@ -549,6 +594,21 @@ async fn start_cluster(
             options.front
         ));
     }
+
+    let prometheus = match options.slo_source {
+        DemoSloSource::Fronts => None,
+        DemoSloSource::Prometheus => {
+            let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+            let p = prometheus::start(&dir.join("prometheus"), listen, &agent_metrics, supervisor)
+                .await?;
+            progress(&format!(
+                "started Prometheus on {} scraping the agents' metrics every {} s: it judges the SLO",
+                p.url,
+                prometheus::SCRAPE_INTERVAL_SECS
+            ));
+            Some((p, options.slo_judgement))
+        }
+    };
 
     // A leader, then the plan.
     let leader = wait_for(supervisor, dir, "a leader", STARTUP_DEADLINE, || async {
@@ -576,6 +636,7 @@ async fn start_cluster(
         demand,
         certs_dir,
         token_file,
+        prometheus,
     })
 }
 
@@ -621,7 +682,13 @@ impl IdleCluster {
 
     /// The plan `umbra demo` would apply to this cluster.
     pub fn demo_plan(&self) -> String {
-        scenario::plan_toml(&self.cluster.topology, &self.timing, &self.load)
+        self.cluster.plan(&self.timing, &self.load)
+    }
+
+    /// The sum over the live orchestrators of `umbra_executor_slo_queries_total{result}`.
+    pub async fn slo_queries(&self, result: &str) -> u64 {
+        let admins: Vec<SocketAddr> = self.cluster.orchestrators.iter().map(|o| o.admin).collect();
+        prometheus::slo_queries(&admins, result).await
     }
 
     /// `POST /v1/plan` through any live orchestrator; the error is the API's message.
@@ -707,6 +774,8 @@ async fn demo(
     started: Instant,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<DemoReport, DemoError> {
+    let cluster = start_cluster(options, dir, supervisor, started, progress).await?;
+    let plan_text = cluster.plan(&options.timing, &options.load);
     let Cluster {
         topology,
         regions,
@@ -714,8 +783,7 @@ async fn demo(
         agent_state_dirs,
         demand,
         ..
-    } = start_cluster(options, dir, supervisor, started, progress).await?;
-    let plan_text = scenario::plan_toml(&topology, &options.timing, &options.load);
+    } = cluster;
     std::fs::write(dir.join("plan.toml"), &plan_text).map_err(io("writing plan.toml"))?;
     Plan::from_toml(&plan_text).map_err(|e| DemoError::Setup(format!("demo plan: {e}")))?;
     let applied = call_any(&orchestrators, |api| {
@@ -1121,6 +1189,18 @@ async fn finish(
         "every live orchestrator holds the same state: {}",
         if identical_state { "yes" } else { "NO" }
     ));
+    let (slo_source, slo_queries_with_data, slo_queries_no_data) = match options.slo_source {
+        DemoSloSource::Fronts => ("fronts", 0, 0),
+        DemoSloSource::Prometheus => {
+            let admins: Vec<SocketAddr> = orchestrators.iter().map(|o| o.admin).collect();
+            let ok = prometheus::slo_queries(&admins, "ok").await;
+            let no_data = prometheus::slo_queries(&admins, "no_data").await;
+            progress(&format!(
+                "Prometheus SLO queries: {ok} with data, {no_data} without (live orchestrators)"
+            ));
+            ("prometheus", ok, no_data)
+        }
+    };
     let timeline = report::timeline(&segments);
     let writer_move = report::writer_move(&watched.audit, &watched.id);
     let fence_window_ms = writer_move.and_then(|(_, window)| window);
@@ -1157,6 +1237,9 @@ async fn finish(
         identical_state,
         demo_secs: started.elapsed().as_secs_f64(),
         timeline,
+        slo_source: slo_source.to_owned(),
+        slo_queries_with_data,
+        slo_queries_no_data,
     })
 }
 
@@ -1398,21 +1481,22 @@ where
     Err(last)
 }
 
-/// An agent's config: its region, the orchestrators' QUIC addresses, the front and its kind,
+/// An agent's config: its region, the orchestrators' QUIC addresses, the front (and its
+/// metrics endpoint's address) and its kind,
 /// and the process provider running `umbra-sample`.
 fn agent_toml(
     region: &str,
     state_dir: &Path,
     orchestrators: &[SocketAddr],
     certs_dir: &Path,
-    front: SocketAddr,
+    (front, metrics_listen): (SocketAddr, SocketAddr),
     front_kind: FrontKind,
     sample_binary: &Path,
 ) -> String {
     let list: Vec<String> = orchestrators.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
         "region = \"{region}\"\nstate_dir = \"{}\"\norchestrators = [{}]\ncerts_dir = \"{}\"\n\
-         heartbeat_ms = {AGENT_HEARTBEAT_MS}\n\n[front]\nlisten = \"{front}\"\n\
+         heartbeat_ms = {AGENT_HEARTBEAT_MS}\nmetrics_listen = \"{metrics_listen}\"\n\n[front]\nlisten = \"{front}\"\n\
          kind = \"{front_kind}\"\n\n[provider]\n\
          kind = \"process\"\nsample_binary = \"{}\"\n",
         state_dir.display(),
@@ -1459,7 +1543,10 @@ mod tests {
             &dir.path().join("state"),
             &["127.0.0.1:7001".parse().unwrap()],
             dir.path(),
-            "127.0.0.12:18080".parse().unwrap(),
+            (
+                "127.0.0.12:18080".parse().unwrap(),
+                "127.0.0.1:9464".parse().unwrap(),
+            ),
             FrontKind::Haproxy,
             Path::new("/bin/umbra-sample"),
         );
@@ -1468,6 +1555,10 @@ mod tests {
         let parsed = umbra_agent::agent::config::AgentConfig::load(&path).unwrap();
         assert_eq!(parsed.region, "eu-west");
         assert_eq!(parsed.heartbeat_ms, AGENT_HEARTBEAT_MS);
+        assert_eq!(
+            parsed.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
         let front = parsed.front.unwrap();
         assert_eq!(front.listen, "127.0.0.12:18080".parse().unwrap());
         assert_eq!(front.front_kind().unwrap(), FrontKind::Haproxy);

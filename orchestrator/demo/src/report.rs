@@ -342,6 +342,12 @@ impl PoolSample {
 pub struct DemoReport {
     /// `completed`, `rolled_back` or `failed`.
     pub outcome: String,
+    /// Where the cutover steps' SLO was read from: `fronts` or `prometheus`.
+    pub slo_source: String,
+    /// Prometheus SLO queries that had data, summed over the orchestrators alive at the end.
+    pub slo_queries_with_data: u64,
+    /// Those that had none (the step held).
+    pub slo_queries_no_data: u64,
     /// The migration's id.
     pub migration: String,
     /// Source region.

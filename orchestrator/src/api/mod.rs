@@ -345,6 +345,8 @@ mod tests {
                     max_error_rate: 0.01,
                     max_p99_ms: 100.0,
                     min_samples: 10,
+                    source: Default::default(),
+                    judgement: Default::default(),
                 },
                 deadlines: PhaseDeadlines {
                     provisioning_ms: 1,

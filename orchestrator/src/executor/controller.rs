@@ -32,7 +32,10 @@ use super::pools::{self, PoolForecast, PoolSpec, PoolView};
 use super::reconcile::{self, CommandContext, DueCommand, OpView};
 use super::shadow_sizing::ShadowSize;
 use crate::capacity::ClaimFulfilment;
-use crate::migration::{self, DnsObserved, MigrationRecord, Observations, Phase, SloReading};
+use crate::migration::{
+    self, DnsObserved, MigrationRecord, Observations, Phase, QueriedSlo, SloAnswer, SloJudgement,
+    SloReading, SloSource,
+};
 use crate::state::claims;
 use crate::state::{
     CapacityClaim, Command, DnsWeights, MigrationRequest, Overview, PoolMode, RegionSpec,
@@ -134,6 +137,50 @@ pub struct SizingJob {
     pub cutover_at_ms: u64,
 }
 
+/// How often a step judged by Prometheus is asked about: once a second, Prometheus's
+/// shortest usual scrape interval (nothing newer can be in it sooner).
+pub const SLO_QUERY_INTERVAL: Duration = Duration::from_secs(1);
+/// Most target p99 samples kept per step for the comparison judgement: ten minutes of one a
+/// second, longer than any sensible analysis window.
+const MAX_P99_SAMPLES: usize = 600;
+/// The source's baseline for the comparison judgement: its latest 60 p99 samples with data, a
+/// minute at one query a second (the default analysis window).
+const MAX_BASELINE_SAMPLES: usize = 60;
+/// Fewest seconds between two log lines about a step's SLO source having no data or failing.
+const SLO_PROBLEM_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Two PromQL queries to evaluate for a migration's step (the driver asks Prometheus and hands
+/// the answer to [`Controller::handle_slo_answer`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SloQueryJob {
+    /// The migration.
+    pub migration: String,
+    /// The phase the answer is for (an answer for an earlier step is dropped).
+    pub phase: Phase,
+    /// When it was asked, Unix ms: hand it back.
+    pub asked_at_ms: u64,
+    /// The Prometheus server's base URL.
+    pub url: String,
+    /// The error-ratio query, placeholders filled in.
+    pub error_ratio_query: String,
+    /// The p99-latency query (seconds), placeholders filled in.
+    pub latency_p99_query: String,
+    /// For the comparison judgement, the same p99 query over the source region.
+    pub source_latency_p99_query: Option<String>,
+}
+
+/// A step judged by Prometheus, as this leadership follows it.
+#[derive(Debug, Clone, PartialEq)]
+struct SloQueries {
+    phase: Phase,
+    share_applied_at_ms: u64,
+    newest: Option<(u64, SloAnswer)>,
+    target_p99_ms: Vec<f64>,
+    asked_at: Option<Instant>,
+    in_flight: bool,
+    logged_at: Option<Instant>,
+}
+
 /// A pool's coming slices to forecast (the forecast runs outside the controller).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolJob {
@@ -152,6 +199,11 @@ pub struct PoolJob {
 /// Something the driver reports or exports. Nothing here changes the replicated state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// An SLO source answered a step's queries: `ok`, `no_data` or `error`.
+    SloQueried {
+        /// The answer's label.
+        result: &'static str,
+    },
     /// What was observed of a live migration (for `GET /v1/status`).
     Observed {
         /// The migration.
@@ -438,6 +490,10 @@ pub struct Controller {
     sizing: BTreeMap<String, Sizing>,
     pools: BTreeMap<(String, String), Pool>,
     slo: BTreeMap<String, SloBase>,
+    slo_queries: BTreeMap<String, SloQueries>,
+    /// Each migration's source p99 baseline for the comparison judgement, across its steps.
+    slo_baselines: BTreeMap<String, VecDeque<f64>>,
+    slo_query_jobs: VecDeque<SloQueryJob>,
     rollback_started: BTreeMap<String, Instant>,
     stages: BTreeMap<String, &'static str>,
     dns_proposed: BTreeMap<String, DnsWeights>,
@@ -469,6 +525,9 @@ impl Controller {
             sizing: BTreeMap::new(),
             pools: BTreeMap::new(),
             slo: BTreeMap::new(),
+            slo_queries: BTreeMap::new(),
+            slo_baselines: BTreeMap::new(),
+            slo_query_jobs: VecDeque::new(),
             rollback_started: BTreeMap::new(),
             stages: BTreeMap::new(),
             dns_proposed: BTreeMap::new(),
@@ -523,6 +582,8 @@ impl Controller {
             if phase.is_terminal() {
                 self.unobserve(&id);
                 self.slo.remove(&id);
+                self.slo_queries.remove(&id);
+                self.slo_baselines.remove(&id);
                 if !is_latest {
                     self.superseded(&id);
                     continue;
@@ -745,6 +806,69 @@ impl Controller {
         if let Some(pool) = self.pools.get_mut(&(service.to_owned(), region.to_owned())) {
             pool.asked = false;
             pool.forecast = Some(forecast);
+        }
+    }
+
+    /// The next SLO query to ask Prometheus. Hand its answer to
+    /// [`Controller::handle_slo_answer`].
+    pub fn poll_slo_query(&mut self) -> Option<SloQueryJob> {
+        self.slo_query_jobs.pop_front()
+    }
+
+    /// Prometheus's answer to a [`SloQueryJob`]. It counts for the step only when the
+    /// migration is still in `phase`; the next round judges with it.
+    pub fn handle_slo_answer(
+        &mut self,
+        migration: &str,
+        phase: Phase,
+        asked_at_ms: u64,
+        answer: SloAnswer,
+        now: Now,
+    ) {
+        self.now = now;
+        self.events.push_back(Event::SloQueried {
+            result: answer.label(),
+        });
+        let Some(queries) = self.slo_queries.get_mut(migration) else {
+            return;
+        };
+        if queries.phase != phase {
+            return;
+        }
+        queries.in_flight = false;
+        let problem = match &answer {
+            SloAnswer::Data { .. } => None,
+            SloAnswer::NoData(why) => Some(format!("no data ({why})")),
+            SloAnswer::Error(why) => Some(format!("Prometheus unreachable or refused ({why})")),
+        };
+        if let Some(problem) = problem {
+            let due = queries
+                .logged_at
+                .is_none_or(|at| now.at.saturating_duration_since(at) >= SLO_PROBLEM_LOG_INTERVAL);
+            if due {
+                queries.logged_at = Some(now.at);
+                tracing::warn!(migration, %phase, %problem, "the step holds: its SLO cannot be judged");
+            }
+        }
+        if let SloAnswer::Data {
+            source_p99_ms: Some(source),
+            ..
+        } = &answer
+            && source.is_finite()
+        {
+            let baseline = self.slo_baselines.entry(migration.to_owned()).or_default();
+            if baseline.len() == MAX_BASELINE_SAMPLES {
+                baseline.pop_front();
+            }
+            baseline.push_back(*source);
+        }
+        if asked_at_ms >= queries.share_applied_at_ms {
+            if let SloAnswer::Data { p99_ms, .. } = &answer
+                && queries.target_p99_ms.len() < MAX_P99_SAMPLES
+            {
+                queries.target_p99_ms.push(*p99_ms);
+            }
+            queries.newest = Some((asked_at_ms, answer));
         }
     }
 
@@ -1117,6 +1241,7 @@ impl Controller {
         let mut seen =
             reconcile::observe(&record, &service, overview, &self.reports, &Ops(&self.ops));
         seen.slo = slo_reading(&mut self.slo, &record, &seen, &self.reports);
+        seen.slo_queried = self.slo_queried(&record, seen.share_applied);
         seen.dns = self.observe_dns(&record, &service, seen.share_applied);
         if record.phase == Phase::Warming {
             seen.warmup = warmup_reading(&record, &service, &self.reports);
@@ -1173,6 +1298,88 @@ impl Controller {
             self.ensure(command, timeout);
         }
         self.ensure_dns(&record, &service, seen.share_applied);
+    }
+
+    /// A step judged by Prometheus: what it answered since the share applied, and a query
+    /// job when one is due (at most one in flight, one a [`SLO_QUERY_INTERVAL`]).
+    fn slo_queried(&mut self, record: &MigrationRecord, applied: Option<u8>) -> Option<QueriedSlo> {
+        let id = &record.spec.id;
+        let SloSource::Prometheus(source) = &record.spec.slo.source else {
+            return None;
+        };
+        let judged = matches!(record.phase, Phase::CuttingOver { .. } | Phase::Draining);
+        if !judged {
+            self.slo_baselines.remove(id);
+        }
+        if !judged || applied != Some(record.spec.target_share(record.phase)) {
+            self.slo_queries.remove(id);
+            return None;
+        }
+        let now = self.now;
+        let queries = self
+            .slo_queries
+            .entry(id.clone())
+            .or_insert_with(|| SloQueries {
+                phase: record.phase,
+                share_applied_at_ms: now.unix_ms,
+                newest: None,
+                target_p99_ms: Vec::new(),
+                asked_at: None,
+                in_flight: false,
+                logged_at: None,
+            });
+        if queries.phase != record.phase {
+            *queries = SloQueries {
+                phase: record.phase,
+                share_applied_at_ms: now.unix_ms,
+                newest: None,
+                target_p99_ms: Vec::new(),
+                asked_at: None,
+                in_flight: false,
+                logged_at: queries.logged_at,
+            };
+        }
+        let due = queries
+            .asked_at
+            .is_none_or(|at| now.at.saturating_duration_since(at) >= SLO_QUERY_INTERVAL);
+        if due && !queries.in_flight {
+            queries.asked_at = Some(now.at);
+            queries.in_flight = true;
+            let (error_ratio_query, latency_p99_query) = source.render(
+                &record.spec.service,
+                &record.spec.to,
+                record.spec.analysis_window_ms,
+            );
+            let source_latency_p99_query = (record.spec.slo.judgement == SloJudgement::Compare)
+                .then(|| {
+                    source
+                        .render(
+                            &record.spec.service,
+                            &record.spec.from,
+                            record.spec.analysis_window_ms,
+                        )
+                        .1
+                });
+            self.slo_query_jobs.push_back(SloQueryJob {
+                migration: id.clone(),
+                phase: record.phase,
+                asked_at_ms: now.unix_ms,
+                url: source.url.clone(),
+                error_ratio_query,
+                latency_p99_query,
+                source_latency_p99_query,
+            });
+        }
+        Some(QueriedSlo {
+            share_applied_at_ms: queries.share_applied_at_ms,
+            newest: queries.newest.clone(),
+            target_p99_ms: queries.target_p99_ms.clone(),
+            source_p99_ms: self
+                .slo_baselines
+                .get(id)
+                .map(|b| b.iter().copied().collect())
+                .unwrap_or_default(),
+        })
     }
 
     /// What command planning needs for `record`; `None` when its service left the state.

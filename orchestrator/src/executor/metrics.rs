@@ -44,6 +44,8 @@ pub struct ExecutorMetrics {
     pub proposals: IntCounterVec,
     /// DNS verifications after a weight change, by result.
     pub dns_verifications: IntCounterVec,
+    /// Prometheus SLO queries by result (`ok`, `no_data`, `error`).
+    pub slo_queries: IntCounterVec,
     /// The single writer's move (first fence → last promotion confirmed), by direction.
     pub writer_move_seconds: HistogramVec,
     /// Instances a serving pool should hold, by service, region and state (warm, dormant).
@@ -123,6 +125,13 @@ impl ExecutorMetrics {
                 ),
                 &["command", "result"],
             )?,
+            slo_queries: IntCounterVec::new(
+                Opts::new(
+                    "umbra_executor_slo_queries_total",
+                    "Prometheus SLO queries of cutover steps by result: ok (data), no_data (empty or NaN: the step holds), error (unreachable or refused: the step holds).",
+                ),
+                &["result"],
+            )?,
             dns_verifications: IntCounterVec::new(
                 Opts::new(
                     "umbra_executor_dns_verifications_total",
@@ -171,6 +180,7 @@ impl ExecutorMetrics {
         registry.register(Box::new(metrics.rollback_seconds.clone()))?;
         registry.register(Box::new(metrics.proposals.clone()))?;
         registry.register(Box::new(metrics.dns_verifications.clone()))?;
+        registry.register(Box::new(metrics.slo_queries.clone()))?;
         Ok(metrics)
     }
 }

@@ -21,6 +21,7 @@ pub mod pools;
 pub mod reconcile;
 pub mod shadow_sizing;
 pub mod simulated_agent;
+pub mod slo_source;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -304,6 +305,10 @@ enum Finished {
         dns: crate::state::DnsWeights,
         result: Result<(), String>,
     },
+    SloAnswered {
+        job: controller::SloQueryJob,
+        answer: crate::migration::SloAnswer,
+    },
 }
 
 /// One term of leadership: the controller and the tasks it asked for. Dropped when it ends.
@@ -312,6 +317,8 @@ struct Leadership {
     controller: Controller,
     done: mpsc::UnboundedSender<Finished>,
     finished: mpsc::UnboundedReceiver<Finished>,
+    /// Asks the Prometheus SLO sources.
+    http: reqwest::Client,
 }
 
 impl Leadership {
@@ -329,6 +336,7 @@ impl Leadership {
             controller,
             done,
             finished,
+            http: reqwest::Client::new(),
         }
     }
 
@@ -367,6 +375,13 @@ impl Leadership {
             } => self
                 .controller
                 .handle_dns_checked(&service, &dns, result, now),
+            Finished::SloAnswered { job, answer } => self.controller.handle_slo_answer(
+                &job.migration,
+                job.phase,
+                job.asked_at_ms,
+                answer,
+                now,
+            ),
         }
     }
 
@@ -392,6 +407,9 @@ impl Leadership {
             }
             while let Some(job) = self.controller.poll_pool_job() {
                 self.forecast_pool(job);
+            }
+            while let Some(job) = self.controller.poll_slo_query() {
+                self.ask_slo(job);
             }
             while let Some(outgoing) = self.controller.poll_command() {
                 self.send(outgoing);
@@ -463,6 +481,18 @@ impl Leadership {
         );
     }
 
+    fn ask_slo(&self, job: controller::SloQueryJob) {
+        let http = self.http.clone();
+        let done = self.done.clone();
+        tokio::spawn(
+            async move {
+                let answer = slo_source::ask(&http, &job).await;
+                let _ = done.send(Finished::SloAnswered { job, answer });
+            }
+            .in_current_span(),
+        );
+    }
+
     fn size(&self, job: controller::SizingJob) {
         let demand = self.context.demand.clone();
         let done = self.done.clone();
@@ -505,6 +535,9 @@ impl Leadership {
         let metrics = &self.context.metrics;
         while let Some(event) = self.controller.poll_event() {
             match event {
+                Event::SloQueried { result } => {
+                    metrics.slo_queries.with_label_values(&[result]).inc()
+                }
                 Event::Observed { migration, seen } => {
                     self.context.board.publish(&migration, *seen)
                 }

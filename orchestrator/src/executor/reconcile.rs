@@ -226,6 +226,8 @@ pub fn observe(
         rollback_requested: None,
         // The controller fills it in when DNS gates steps (`ControllerConfig::dns_gate`).
         dns: DnsObserved::Ungated,
+        // The controller fills it in for a Prometheus SLO source.
+        slo_queried: None,
         // The controller fills it in while warming, with the plan's thresholds.
         warmup: None,
     }

@@ -9,6 +9,7 @@
 //! where its predecessor was. This module must not do I/O or read a clock: time comes in as
 //! `now_ms` (Unix milliseconds, from the proposer), so replay and tests are deterministic.
 
+pub mod compare;
 mod readiness;
 
 pub use readiness::{Gate, Readiness, readiness};
@@ -111,8 +112,136 @@ pub struct Slo {
     pub max_p99_ms: f64,
     /// Fewest requests a reading needs before it can judge: fewer gives no verdict, and a
     /// step does not pass until this many requests were judged at its share (0: a step may
-    /// pass on time alone, for services that may see no traffic).
+    /// pass on time alone, for services that may see no traffic). Fronts only: a Prometheus
+    /// query gives a ratio, not a count.
     pub min_samples: u64,
+    /// Where the readings come from (`"fronts"` when absent: plans and replicated records
+    /// written before the field existed read as before).
+    #[serde(default)]
+    pub source: SloSource,
+    /// How the latency is judged: against `max_p99_ms` (`"thresholds"`, the default), or
+    /// against the source region's over the same step (`"compare"`, Prometheus only).
+    #[serde(default)]
+    pub judgement: SloJudgement,
+}
+
+/// How a step's latency is judged. The error ratio is always held to `max_error_rate`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SloJudgement {
+    /// The p99 must stay within `max_p99_ms`.
+    #[default]
+    Thresholds,
+    /// The target's p99 samples must not be significantly above the source's over the step
+    /// (one-sided Mann-Whitney U, [`compare`]), as Kayenta judges a canary against its
+    /// baseline; `max_p99_ms` is not used.
+    Compare,
+}
+
+/// Where a service's SLO readings come from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SloSource {
+    /// The target region's front, as its agent reports it (requests since the step's share
+    /// applied, and the front's recent p99).
+    #[default]
+    Fronts,
+    /// Two PromQL queries evaluated about once a second while a step is judged.
+    Prometheus(PrometheusSlo),
+}
+
+/// The placeholders a [`PrometheusSlo`] query may hold.
+pub const SLO_QUERY_PLACEHOLDERS: [&str; 3] = ["service", "region", "window"];
+
+/// An SLO judged from Prometheus. In each query `{service}` becomes the service, `{region}`
+/// the target region and `{window}` the step's analysis window as a PromQL duration (`5s`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusSlo {
+    /// The server's base URL, `http://` or `https://` (its `/api/v1/query` is asked).
+    pub url: String,
+    /// An instant query giving the target's failed share of requests, 0..1.
+    pub error_ratio_query: String,
+    /// An instant query giving the target's 99th-percentile latency in seconds.
+    pub latency_p99_query: String,
+}
+
+/// A duration in PromQL's syntax: whole seconds when it is a whole number of them.
+pub fn promql_duration(ms: u64) -> String {
+    if ms.is_multiple_of(1_000) {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+impl PrometheusSlo {
+    /// Checks the URL and the queries; the error says what to change.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let bad = |m: String| Err(SpecError::BadSlo(m));
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) if url.scheme() == "http" && url.host().is_some() => {}
+            Ok(url) if url.scheme() == "https" => {
+                return bad(format!(
+                    "source.prometheus.url {:?}: https is not supported yet (the orchestrator's HTTP client has no TLS); use an http:// URL, e.g. a Prometheus on the orchestrator's host or behind a local proxy",
+                    self.url
+                ));
+            }
+            Ok(_) | Err(_) => {
+                return bad(format!(
+                    "source.prometheus.url {:?} must be the http:// URL of the Prometheus server, e.g. \"http://127.0.0.1:9090\"",
+                    self.url
+                ));
+            }
+        }
+        for (name, query) in [
+            ("error_ratio_query", &self.error_ratio_query),
+            ("latency_p99_query", &self.latency_p99_query),
+        ] {
+            if query.trim().is_empty() {
+                return bad(format!(
+                    "source.prometheus.{name} is empty: give a PromQL query, e.g. one over umbra_front_requests_total{{service=\"{{service}}\",region=\"{{region}}\"}}"
+                ));
+            }
+            if let Some(unknown) = placeholders(query)
+                .into_iter()
+                .find(|p| !SLO_QUERY_PLACEHOLDERS.contains(p))
+            {
+                return bad(format!(
+                    "source.prometheus.{name} has the placeholder {{{unknown}}}; the known ones are {{service}}, {{region}} and {{window}}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The two queries for `service` in `region` over a window of `window_ms`: (error ratio,
+    /// p99 latency).
+    pub fn render(&self, service: &str, region: &str, window_ms: u64) -> (String, String) {
+        let window = promql_duration(window_ms);
+        let fill = |q: &str| {
+            q.replace("{service}", service)
+                .replace("{region}", region)
+                .replace("{window}", &window)
+        };
+        (fill(&self.error_ratio_query), fill(&self.latency_p99_query))
+    }
+}
+
+/// The `{name}` placeholders of a query: a brace around a bare word (a PromQL label matcher
+/// always holds `=` or quotes, so it is never one).
+fn placeholders(query: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    let mut rest = query;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        match after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            Some(end) if end > 0 && after[end..].starts_with('}') => found.push(&after[..end]),
+            _ => {}
+        }
+        rest = after;
+    }
+    found
 }
 
 /// How long each phase may take before the migration gives up and rolls back.
@@ -208,7 +337,13 @@ impl Slo {
                 self.max_p99_ms
             )));
         }
-        Ok(())
+        match (&self.source, self.judgement) {
+            (SloSource::Fronts, SloJudgement::Compare) => Err(SpecError::BadSlo(
+                "judgement = \"compare\" needs source = { prometheus = { ... } }: the fronts give one reading per step, not latency samples of both regions".to_owned(),
+            )),
+            (SloSource::Fronts, SloJudgement::Thresholds) => Ok(()),
+            (SloSource::Prometheus(prometheus), _) => prometheus.validate(),
+        }
     }
 }
 
@@ -349,6 +484,9 @@ pub struct Observations {
     pub rollback_requested: Option<String>,
     /// Whether the zone's authority serves the current step's DNS weights.
     pub dns: DnsObserved,
+    /// With a Prometheus SLO source, what it answered since the step's share applied
+    /// (`None` with the fronts as source, or before the share applied).
+    pub slo_queried: Option<QueriedSlo>,
     /// While warming: the warm-up gate's last reading on the shadow instance furthest from
     /// passing it, against the gate's thresholds (what `umbra status` shows as the reason a
     /// migration waits).
@@ -407,6 +545,54 @@ impl WarmupReading {
             self.window_error_rate * 100.0,
             self.max_error_rate * 100.0,
         )
+    }
+}
+
+/// A Prometheus SLO source's answers for the current step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueriedSlo {
+    /// When this leadership first saw the step's share applied (Unix ms): the analysis
+    /// window counts from here.
+    pub share_applied_at_ms: u64,
+    /// The newest answer to a query asked since then, and when it was asked (Unix ms).
+    pub newest: Option<(u64, SloAnswer)>,
+    /// The target's p99 samples, milliseconds, answered since then (for the comparison
+    /// judgement; bounded by the controller).
+    pub target_p99_ms: Vec<f64>,
+    /// The source's latest p99 samples with data, milliseconds, over this migration's steps:
+    /// the baseline. It carries over from earlier steps because at 100 % the source serves
+    /// nothing of its own to measure.
+    pub source_p99_ms: Vec<f64>,
+}
+
+/// One answer of an SLO source queried apart from the fronts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SloAnswer {
+    /// Both queries gave a number.
+    Data {
+        /// Failed share, 0..1.
+        error_ratio: f64,
+        /// 99th-percentile latency, milliseconds.
+        p99_ms: f64,
+        /// The source region's 99th-percentile latency by the same query, milliseconds (asked
+        /// for the comparison judgement; `None` otherwise or without data).
+        source_p99_ms: Option<f64>,
+    },
+    /// A query gave no sample or NaN (nothing scraped yet, a metric that does not exist):
+    /// which one.
+    NoData(String),
+    /// The server could not be asked or answered badly: why.
+    Error(String),
+}
+
+impl SloAnswer {
+    /// `ok`, `no_data` or `error` (a metric label).
+    pub fn label(&self) -> &'static str {
+        match self {
+            SloAnswer::Data { .. } => "ok",
+            SloAnswer::NoData(_) => "no_data",
+            SloAnswer::Error(_) => "error",
+        }
     }
 }
 
@@ -717,6 +903,9 @@ fn cutting_over(
     if seen.share_applied != Some(percent) {
         return Decision::hold(actions);
     }
+    if let SloSource::Prometheus(_) = &spec.slo.source {
+        return judged_by_query(record, seen, step, elapsed_ms, actions);
+    }
     if let Some(reason) = seen.slo.as_ref().and_then(|r| spec.slo.breach(r)) {
         let reason = format!("SLO breach at {percent}%: {reason}");
         return Decision::advance(to(Phase::RollingBack, reason), actions);
@@ -753,6 +942,98 @@ fn cutting_over(
         },
     );
     let window = spec.analysis_window_ms;
+    let transition = match spec.steps_percent.get(step + 1) {
+        Some(next) => to(
+            Phase::CuttingOver { step: step + 1 },
+            format!("{percent}% held {window} ms within the SLO ({judged}); next {next}%"),
+        ),
+        None => to(
+            Phase::Draining,
+            format!("100% held {window} ms within the SLO ({judged})"),
+        ),
+    };
+    Decision::advance(transition, actions)
+}
+
+/// A cutover step judged by Prometheus. A breach rolls back as with the fronts. No data and
+/// an unreachable server are neither a pass nor a rollback: the step holds until an answer
+/// with data, asked once the window elapsed since the share applied, says it is within the
+/// SLO.
+fn judged_by_query(
+    record: &MigrationRecord,
+    seen: &Observations,
+    step: usize,
+    elapsed_ms: u64,
+    actions: Vec<Action>,
+) -> Decision {
+    let spec = &record.spec;
+    let percent = spec.steps_percent[step];
+    let Some(queried) = &seen.slo_queried else {
+        return Decision::hold(actions);
+    };
+    let Some((
+        asked_at_ms,
+        SloAnswer::Data {
+            error_ratio,
+            p99_ms,
+            ..
+        },
+    )) = &queried.newest
+    else {
+        return Decision::hold(actions);
+    };
+    // NaN is no data (0/0 over a window with no requests), never a number within the SLO.
+    if !error_ratio.is_finite() || !p99_ms.is_finite() {
+        return Decision::hold(actions);
+    }
+    let mut judged = format!(
+        "judged by Prometheus: error ratio {:.2} %, p99 {:.1} ms",
+        error_ratio * 100.0,
+        p99_ms
+    );
+    let compare = spec.slo.judgement == SloJudgement::Compare;
+    if *error_ratio > spec.slo.max_error_rate || (!compare && *p99_ms > spec.slo.max_p99_ms) {
+        let reason = format!(
+            "SLO breach at {percent}%: {judged}, over the SLO's {:.2} % and {:.1} ms",
+            spec.slo.max_error_rate * 100.0,
+            spec.slo.max_p99_ms
+        );
+        return Decision::advance(to(Phase::RollingBack, reason), actions);
+    }
+    match &seen.dns {
+        DnsObserved::Ungated | DnsObserved::Served => {}
+        DnsObserved::Pending => return Decision::hold(actions),
+        DnsObserved::Failed(why) => {
+            let reason = format!("DNS not served at {percent}%: {why}");
+            return Decision::advance(to(Phase::RollingBack, reason), actions);
+        }
+    }
+    let window = spec.analysis_window_ms;
+    let covers_window = *asked_at_ms >= queried.share_applied_at_ms.saturating_add(window);
+    if elapsed_ms < window || !covers_window {
+        return Decision::hold(actions);
+    }
+    if compare {
+        let (target, source) = (&queried.target_p99_ms, &queried.source_p99_ms);
+        let Some(comparison) = compare::mann_whitney_greater(target, source) else {
+            return Decision::hold(actions);
+        };
+        let versus = format!(
+            "p99 against the source's over {} and {} samples: Mann-Whitney U {:.1}, p {:.3}",
+            target.len(),
+            source.len(),
+            comparison.u,
+            comparison.p_value
+        );
+        if comparison.target_greater() {
+            let reason = format!(
+                "SLO breach at {percent}%: judged by Prometheus: the target's {versus}, significantly slower (p < {})",
+                compare::ALPHA
+            );
+            return Decision::advance(to(Phase::RollingBack, reason), actions);
+        }
+        judged = format!("{judged}; {versus}");
+    }
     let transition = match spec.steps_percent.get(step + 1) {
         Some(next) => to(
             Phase::CuttingOver { step: step + 1 },

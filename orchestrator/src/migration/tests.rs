@@ -29,6 +29,8 @@ fn spec() -> MigrationSpec {
             max_error_rate: 0.01,
             max_p99_ms: 100.0,
             min_samples: 50,
+            source: SloSource::Fronts,
+            judgement: SloJudgement::Thresholds,
         },
         deadlines: PhaseDeadlines {
             provisioning_ms: 20_000,
@@ -787,6 +789,7 @@ mod properties {
                 slo: Some(SloReading { samples, error_rate, p99_ms: p99 }),
                 rollback_requested: rollback.then(|| "drill".to_owned()),
                 dns: DnsObserved::Ungated,
+                slo_queried: None,
                 warmup: None,
             };
             let decision = decide(&record, &seen, T0 + elapsed);
@@ -838,4 +841,293 @@ fn the_drain_follows_the_ttl_plan() {
     r.spec.dns_ttl.low_ttl_secs = 300;
     let done = decide(&r, &Observations::default(), T0 + 360_000);
     assert_eq!(done.transition.map(|t| t.to), Some(Phase::Completed));
+}
+
+fn prometheus_source() -> SloSource {
+    SloSource::Prometheus(PrometheusSlo {
+        url: "http://127.0.0.1:9090".to_owned(),
+        error_ratio_query: "sum(rate(umbra_front_request_errors_total{service=\"{service}\",region=\"{region}\"}[{window}]))".to_owned(),
+        latency_p99_query: "histogram_quantile(0.99, sum by (le) (rate(umbra_front_request_duration_seconds_bucket{region=\"{region}\"}[{window}])))".to_owned(),
+    })
+}
+
+/// The rules of a step judged by Prometheus: a breach rolls back; no data, NaN and an
+/// unreachable server hold (never a pass, never a rollback) however long it lasts; a pass
+/// needs an answer with data asked once the window elapsed since the share applied.
+#[test]
+fn prometheus_judgement_table() {
+    let data = |error_ratio: f64, p99_ms: f64| SloAnswer::Data {
+        error_ratio,
+        p99_ms,
+        source_p99_ms: None,
+    };
+    let applied = T0 + 1_000;
+    let after_window = applied + 5_000;
+    // (name, elapsed ms, share applied, answers (asked at, answer), expected next phase)
+    type Case = (
+        &'static str,
+        u64,
+        Option<u8>,
+        Option<(u64, SloAnswer)>,
+        Option<Phase>,
+    );
+    let next = Some(Phase::CuttingOver { step: 1 });
+    let back = Some(Phase::RollingBack);
+    let rows: Vec<Case> = vec![
+        (
+            "share not applied yet",
+            60_000,
+            Some(0),
+            Some((after_window, data(0.0, 5.0))),
+            None,
+        ),
+        ("no answer yet", 60_000, Some(10), None, None),
+        (
+            "healthy within the window",
+            3_000,
+            Some(10),
+            Some((applied + 2_000, data(0.0, 5.0))),
+            None,
+        ),
+        (
+            "healthy but asked before the window elapsed",
+            60_000,
+            Some(10),
+            Some((after_window - 1, data(0.0, 5.0))),
+            None,
+        ),
+        (
+            "healthy, asked after the window",
+            60_000,
+            Some(10),
+            Some((after_window, data(0.0, 5.0))),
+            next,
+        ),
+        (
+            "no data holds, long past the window",
+            600_000,
+            Some(10),
+            Some((T0 + 590_000, SloAnswer::NoData("empty vector".into()))),
+            None,
+        ),
+        (
+            "unreachable holds, long past the window",
+            600_000,
+            Some(10),
+            Some((T0 + 590_000, SloAnswer::Error("connection refused".into()))),
+            None,
+        ),
+        (
+            "NaN holds",
+            60_000,
+            Some(10),
+            Some((after_window, data(f64::NAN, 5.0))),
+            None,
+        ),
+        (
+            "error ratio breach rolls back at once",
+            2_000,
+            Some(10),
+            Some((applied + 500, data(0.5, 5.0))),
+            back,
+        ),
+        (
+            "latency breach rolls back",
+            60_000,
+            Some(10),
+            Some((after_window, data(0.0, 250.0))),
+            back,
+        ),
+    ];
+    for (name, elapsed_ms, share, newest, expected) in rows {
+        let mut r = record(Phase::CuttingOver { step: 0 }, false);
+        r.spec.slo.source = prometheus_source();
+        let seen = Observations {
+            shadow_serving: 3,
+            shadow_warm: 3,
+            replication: caught_up(false),
+            share_applied: share,
+            // The fronts' reading is ignored when Prometheus judges.
+            slo: healthy(1_000),
+            slo_queried: share.filter(|s| *s == 10).map(|_| QueriedSlo {
+                share_applied_at_ms: applied,
+                newest,
+                target_p99_ms: Vec::new(),
+                source_p99_ms: Vec::new(),
+            }),
+            ..Observations::default()
+        };
+        let decision = decide(&r, &seen, T0 + elapsed_ms);
+        let to = decision.transition.as_ref().map(|t| t.to);
+        assert_eq!(to, expected, "{name}: {decision:?}");
+        if let Some(t) = &decision.transition {
+            assert!(
+                t.reason.contains("judged by Prometheus"),
+                "{name}: {}",
+                t.reason
+            );
+        }
+    }
+}
+
+#[test]
+fn prometheus_sources_are_validated_and_rendered() {
+    let SloSource::Prometheus(good) = prometheus_source() else {
+        unreachable!()
+    };
+    assert_eq!(good.validate(), Ok(()));
+    let (errors, latency) = good.render("shop", "eu-west", 5_000);
+    assert!(
+        errors.contains("service=\"shop\",region=\"eu-west\"}[5s]"),
+        "{errors}"
+    );
+    assert!(latency.contains("region=\"eu-west\"}[5s]"), "{latency}");
+    assert_eq!(promql_duration(2_500), "2500ms");
+    let rows: Vec<(PrometheusSlo, &str)> = vec![
+        (
+            PrometheusSlo {
+                url: "ftp://x".into(),
+                ..good.clone()
+            },
+            "must be the http:// URL",
+        ),
+        (
+            PrometheusSlo {
+                url: "not a url".into(),
+                ..good.clone()
+            },
+            "must be the http:// URL",
+        ),
+        (
+            PrometheusSlo {
+                url: "https://prom:9090".into(),
+                ..good.clone()
+            },
+            "https is not supported",
+        ),
+        (
+            PrometheusSlo {
+                error_ratio_query: " ".into(),
+                ..good.clone()
+            },
+            "error_ratio_query is empty",
+        ),
+        (
+            PrometheusSlo {
+                latency_p99_query: "up{job=\"{job}\"}".into(),
+                ..good.clone()
+            },
+            "placeholder {job}",
+        ),
+    ];
+    for (bad, expected) in rows {
+        let error = bad.validate().expect_err("refused").to_string();
+        assert!(error.contains(expected), "{error}");
+    }
+}
+
+/// The comparison judgement: the error ratio keeps its bound, the p99 is judged against the
+/// source's samples over the step (not against `max_p99_ms`), and too few samples hold.
+#[test]
+fn comparison_judgement_table() {
+    let applied = T0 + 1_000;
+    let after_window = applied + 5_000;
+    let pairs = |target: f64, source: f64| -> Vec<(f64, f64)> {
+        (0..6)
+            .map(|i| (target + f64::from(i), source + f64::from(i) * 0.5))
+            .collect()
+    };
+    let interleaved: Vec<(f64, f64)> = (0..6)
+        .map(|i| (20.0 + f64::from(i), 20.5 + f64::from(i)))
+        .collect();
+    // (name, error ratio, newest p99 ms, pairs, expected next phase, reason contains)
+    type Case = (
+        &'static str,
+        f64,
+        f64,
+        Vec<(f64, f64)>,
+        Option<Phase>,
+        &'static str,
+    );
+    let rows: Vec<Case> = vec![
+        (
+            "alike: passes",
+            0.0,
+            21.0,
+            interleaved.clone(),
+            Some(Phase::CuttingOver { step: 1 }),
+            "Mann-Whitney U",
+        ),
+        (
+            "above max_p99_ms but alike: passes",
+            0.0,
+            500.0,
+            pairs(500.0, 495.0)
+                .into_iter()
+                .map(|(t, _)| (t, t))
+                .collect(),
+            Some(Phase::CuttingOver { step: 1 }),
+            "Mann-Whitney U",
+        ),
+        (
+            "slower than the source: rolls back",
+            0.0,
+            90.0,
+            pairs(90.0, 20.0),
+            Some(Phase::RollingBack),
+            "significantly slower",
+        ),
+        (
+            "too few samples: holds",
+            0.0,
+            90.0,
+            pairs(90.0, 20.0)[..4].to_vec(),
+            None,
+            "",
+        ),
+        (
+            "errors still breach",
+            0.5,
+            21.0,
+            interleaved.clone(),
+            Some(Phase::RollingBack),
+            "error ratio 50.00 %",
+        ),
+    ];
+    for (name, error_ratio, p99_ms, samples, expected, says) in rows {
+        let mut r = record(Phase::CuttingOver { step: 0 }, false);
+        r.spec.slo.source = prometheus_source();
+        r.spec.slo.judgement = SloJudgement::Compare;
+        let seen = Observations {
+            shadow_serving: 3,
+            shadow_warm: 3,
+            replication: caught_up(false),
+            share_applied: Some(10),
+            slo_queried: Some(QueriedSlo {
+                share_applied_at_ms: applied,
+                newest: Some((
+                    after_window,
+                    SloAnswer::Data {
+                        error_ratio,
+                        p99_ms,
+                        source_p99_ms: Some(20.0),
+                    },
+                )),
+                target_p99_ms: samples.iter().map(|(t, _)| *t).collect(),
+                source_p99_ms: samples.iter().map(|(_, s)| *s).collect(),
+            }),
+            ..Observations::default()
+        };
+        let decision = decide(&r, &seen, T0 + 60_000);
+        let transition = decision.transition.as_ref();
+        assert_eq!(transition.map(|t| t.to), expected, "{name}: {decision:?}");
+        if let Some(t) = transition {
+            assert!(t.reason.contains(says), "{name}: {}", t.reason);
+        }
+    }
+    // Compare needs samples of both regions: the fronts cannot give them.
+    let mut slo = spec().slo;
+    slo.judgement = SloJudgement::Compare;
+    let error = slo.validate().expect_err("refused").to_string();
+    assert!(error.contains("needs source = { prometheus"), "{error}");
 }

@@ -568,3 +568,56 @@ fn a_warm_up_whose_gate_can_never_hold_is_refused_with_the_numbers() {
         &["sends 6000 requests", "min_requests 10000"],
     );
 }
+
+/// The Prometheus SLO source commented out in `examples/plan.toml` applies as written, reaches
+/// the migrations it creates, and a bad one is refused at apply with what to change.
+#[test]
+fn a_prometheus_slo_source_applies_and_a_bad_one_is_refused() {
+    use crate::migration::SloSource;
+    use crate::state::plan::EXAMPLE_PLAN_TOML;
+    let commented = EXAMPLE_PLAN_TOML
+        .lines()
+        .find(|l| l.starts_with("# slo = ") && l.contains("prometheus"))
+        .expect("examples/plan.toml documents the Prometheus SLO source");
+    let line = commented.trim_start_matches("# ");
+    let original = EXAMPLE_PLAN_TOML
+        .lines()
+        .find(|l| l.starts_with("slo = "))
+        .expect("the example's SLO");
+    let text = EXAMPLE_PLAN_TOML.replace(original, line);
+    let plan = Plan::from_toml(&text).expect("the documented source parses");
+    let mut state = OrchestratorState::default();
+    state
+        .apply_command(1, &Command::ApplyPlan { plan, at_ms: 1 })
+        .expect("the documented source applies");
+    migrate(&mut state, 2, "eu-west").expect("a migration is created");
+    let overview = state.overview();
+    let migration = overview.migrations.values().next().expect("one migration");
+    assert!(matches!(
+        migration.spec.slo.source,
+        SloSource::Prometheus(_)
+    ));
+    // The old form, without a source, is the fronts.
+    assert_eq!(Plan::example().services[0].slo.source, SloSource::Fronts);
+
+    let rows = [
+        (
+            "{region}\"}[{window}])) /",
+            "{regoin}\"}[{window}])) /",
+            "placeholder {regoin}",
+        ),
+        ("http://127.0.0.1:9090", "127.0.0.1:9090", "http:// URL"),
+    ];
+    for (from, to, expected) in rows {
+        let bad = text.replacen(from, to, 1);
+        let mut state = OrchestratorState::default();
+        let error = match Plan::from_toml(&bad) {
+            Ok(plan) => state
+                .apply_command(1, &Command::ApplyPlan { plan, at_ms: 1 })
+                .expect_err("refused")
+                .to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains(expected), "{error}");
+    }
+}

@@ -339,6 +339,8 @@ pub fn plan(fronts: &BTreeMap<&str, SocketAddr>) -> Plan {
         max_error_rate: 0.05,
         max_p99_ms: 500.0,
         min_samples: 20,
+        source: Default::default(),
+        judgement: Default::default(),
     };
     let mix = &mut shop.warmup.mix;
     mix.requests.push(RequestTemplate {

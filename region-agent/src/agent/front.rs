@@ -34,18 +34,20 @@
 //! seconds of samples behind it.
 
 pub mod haproxy;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use umbra_proto::agent::{FrontReport, InstanceReport, InstanceState, ShareReport};
 
 use self::haproxy::HaproxyFront;
+pub use self::telemetry::{FrontTelemetry, LocalRow};
 use super::config::{ConfigError, FrontKind, FrontSection};
-use crate::lb::proxy::{EmbeddedProxy, ProxyConfig};
+use crate::lb::proxy::{EmbeddedProxy, LatencyObserver, ProxyConfig};
 use crate::lb::{BackendWeight, LbError, LoadBalancer, MAX_WEIGHT};
 
 /// Prefix of a remote front's backend name (followed by the service).
@@ -166,16 +168,34 @@ impl Balancer {
         }
     }
 
-    /// (requests, errors) of local backends since the balancer started.
-    async fn local_totals(&self) -> Result<(u64, u64), LbError> {
+    /// Each local backend's requests and errors since the balancer started.
+    async fn local_rows(&self) -> Result<Vec<LocalRow>, LbError> {
         match self {
             Balancer::Embedded(proxy) => Ok(proxy
                 .stats()
                 .await?
-                .iter()
+                .into_iter()
                 .filter(|s| !s.name.starts_with(REMOTE_PREFIX))
-                .fold((0, 0), |(r, e), s| (r + s.requests, e + s.errors))),
-            Balancer::Haproxy(haproxy) => haproxy.local_totals().await,
+                .map(|s| LocalRow {
+                    key: s.name.clone(),
+                    backend: Some(s.name),
+                    requests: s.requests,
+                    errors: s.errors,
+                })
+                .collect()),
+            Balancer::Haproxy(haproxy) => haproxy.local_rows().await,
+        }
+    }
+
+    /// (balancer key, instance) of each local backend in the balancer now.
+    fn local_keys(&self, wanted: &[BackendWeight]) -> Vec<(String, String)> {
+        match self {
+            Balancer::Embedded(_) => wanted
+                .iter()
+                .filter(|b| !b.name.starts_with(REMOTE_PREFIX))
+                .map(|b| (b.name.clone(), b.name.clone()))
+                .collect(),
+            Balancer::Haproxy(haproxy) => haproxy.slot_backends(),
         }
     }
 
@@ -217,14 +237,23 @@ pub struct Front {
     state: Mutex<FrontState>,
     /// Where the shares are kept ([`SHARES_FILE`]; `None`: in memory only).
     shares_file: Option<std::path::PathBuf>,
+    telemetry: Arc<FrontTelemetry>,
+}
+
+fn observer(telemetry: &Arc<FrontTelemetry>) -> LatencyObserver {
+    let telemetry = telemetry.clone();
+    LatencyObserver(Arc::new(move |key, took| telemetry.observe(key, took)))
 }
 
 impl Front {
     /// Starts the embedded proxy on `listen` with no backends (requests fail until instances
     /// are active, which is the truth).
     pub async fn start(listen: SocketAddr) -> Result<Front, LbError> {
-        let proxy = EmbeddedProxy::start(ProxyConfig::new(listen), &[]).await?;
-        Ok(Front::with(Balancer::Embedded(proxy)))
+        let telemetry = Arc::new(FrontTelemetry::new());
+        let mut config = ProxyConfig::new(listen);
+        config.latency_observer = Some(observer(&telemetry));
+        let proxy = EmbeddedProxy::start(config, &[]).await?;
+        Ok(Front::with(Balancer::Embedded(proxy), telemetry))
     }
 
     /// Starts the front `section` configures, for the agent whose state directory is
@@ -238,8 +267,15 @@ impl Front {
             FrontKind::Embedded => Front::start(section.listen).await?,
             FrontKind::Haproxy => {
                 let settings = section.haproxy(state_dir);
-                let haproxy = HaproxyFront::start(section.listen, &settings, state_dir).await?;
-                Front::with(Balancer::Haproxy(Box::new(haproxy)))
+                let telemetry = Arc::new(FrontTelemetry::new());
+                let haproxy = HaproxyFront::start(
+                    section.listen,
+                    &settings,
+                    state_dir,
+                    Some(observer(&telemetry)),
+                )
+                .await?;
+                Front::with(Balancer::Haproxy(Box::new(haproxy)), telemetry)
             }
         };
         let path = state_dir.join(SHARES_FILE);
@@ -266,9 +302,10 @@ impl Front {
         Ok(front)
     }
 
-    fn with(balancer: Balancer) -> Front {
+    fn with(balancer: Balancer, telemetry: Arc<FrontTelemetry>) -> Front {
         Front {
             balancer,
+            telemetry,
             state: Mutex::new(FrontState {
                 shares: BTreeMap::new(),
                 applied: None,
@@ -276,6 +313,11 @@ impl Front {
             }),
             shares_file: None,
         }
+    }
+
+    /// The front's Prometheus families (the agent registers them).
+    pub fn telemetry(&self) -> &FrontTelemetry {
+        &self.telemetry
     }
 
     /// Writes `shares` to [`SHARES_FILE`] (write, fsync, rename).
@@ -374,6 +416,8 @@ impl Front {
             wanted
         };
         self.balancer.set_backends(&wanted).await?;
+        self.telemetry
+            .set_backends(self.balancer.local_keys(&wanted));
         tracing::info!(backends = ?wanted, "front backends set");
         self.state.lock().expect("front lock").applied = Some(wanted);
         Ok(())
@@ -383,7 +427,11 @@ impl Front {
     /// advancing call to now and the next window starts here (heartbeats); without, the window
     /// is reported but not restarted (command outcomes).
     pub async fn report(&self, advance: bool) -> Result<FrontReport, LbError> {
-        let (requests_total, errors_total) = self.balancer.local_totals().await?;
+        let rows = self.balancer.local_rows().await?;
+        self.telemetry.count(&rows);
+        let (requests_total, errors_total) = rows
+            .iter()
+            .fold((0, 0), |(r, e), row| (r + row.requests, e + row.errors));
         let p99 = self.balancer.local_p99_ms();
         let now = Instant::now();
         let mut state = self.state.lock().expect("front lock");
@@ -398,6 +446,7 @@ impl Front {
         if advance {
             state.last = Some((now, requests_total, errors_total));
         }
+        self.telemetry.set_shares(&state.shares);
         Ok(FrontReport {
             listen: self.local_addr().to_string(),
             requests_total,

@@ -1,4 +1,5 @@
-//! The agent's Prometheus endpoint (`/metrics`, plus `/healthz`): commands by result, the
+//! The agent's Prometheus endpoint (`/metrics`, plus `/healthz`): the region front's families
+//! ([`super::front::FrontTelemetry`]), commands by result, the
 //! newest leader term, instances by state with their last measured transition times, warm-up
 //! progress and replication lag. Gauges are refreshed from [`Agent::report`] at scrape time, so
 //! they can never drift from what the leader is told. It must not do work on its own schedule.
@@ -31,16 +32,11 @@ pub struct AgentMetrics {
     replication_lag: IntGaugeVec,
 }
 
-impl Default for AgentMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl AgentMetrics {
-    /// Registers every family in a registry of its own.
-    pub fn new() -> Self {
-        let registry = Registry::new();
+    /// Registers every family in a registry of its own, each series labelled with `region`.
+    pub fn new(region: &str) -> Self {
+        let labels = std::collections::HashMap::from([("region".to_owned(), region.to_owned())]);
+        let registry = Registry::new_custom(None, Some(labels)).expect("a valid region label");
         let commands = IntCounterVec::new(
             Opts::new("umbra_agent_commands_total", "Commands by result."),
             &["result"],
@@ -112,6 +108,15 @@ impl AgentMetrics {
             warmup_ready,
             warmup_p99_ms,
             replication_lag,
+        }
+    }
+
+    /// Adds the region front's families (`umbra_front_*`) to the endpoint.
+    pub fn register_front(&self, front: &super::front::FrontTelemetry) {
+        for c in front.collectors() {
+            self.registry
+                .register(c)
+                .expect("front metric names are unique");
         }
     }
 

@@ -126,6 +126,11 @@ impl Agent {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => CommandCore::new(region),
             Err(e) => return Err(err(e.to_string())),
         };
+        let metrics = metrics::AgentMetrics::new(region);
+        if let Some(front) = &front {
+            front.telemetry().set_region(region);
+            metrics.register_front(front.telemetry());
+        }
         Ok(Agent {
             core: Mutex::new(core),
             ledger_path,
@@ -135,7 +140,7 @@ impl Agent {
                     path: state_dir.join(executor::REPLICATIONS_FILE),
                     message,
                 })?,
-            metrics: metrics::AgentMetrics::new(),
+            metrics,
         })
     }
 

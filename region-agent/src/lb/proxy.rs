@@ -101,6 +101,22 @@ pub struct ProxyConfig {
     /// Rotating histograms over `latency_window`; a sample leaves the window between
     /// `latency_window − latency_window / buckets` and `latency_window` after it was taken.
     pub latency_window_buckets: usize,
+    /// Told the backend's name and the time to response headers of every answered request
+    /// (the region front feeds its Prometheus histogram with it).
+    pub latency_observer: Option<LatencyObserver>,
+}
+
+/// What a [`LatencyObserver`] calls: backend name and time to response headers.
+pub type ObserveLatency = dyn Fn(&str, Duration) + Send + Sync;
+
+/// A callback for each answered request: backend name and time to response headers.
+#[derive(Clone)]
+pub struct LatencyObserver(pub Arc<ObserveLatency>);
+
+impl std::fmt::Debug for LatencyObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LatencyObserver")
+    }
 }
 
 impl ProxyConfig {
@@ -115,6 +131,7 @@ impl ProxyConfig {
             eject_duration: DEFAULT_EJECT_DURATION,
             latency_window: DEFAULT_LATENCY_WINDOW,
             latency_window_buckets: DEFAULT_LATENCY_WINDOW_BUCKETS,
+            latency_observer: None,
         }
     }
 
@@ -659,6 +676,9 @@ async fn handle_request(
                     let mut latency = c.latency.lock().expect("latency lock");
                     latency.total_us.saturating_record(us);
                     latency.recent_us.record(us, now_ms);
+                }
+                if let Some(observer) = &inner.config.latency_observer {
+                    (observer.0)(&slot.name, Duration::from_micros(us));
                 }
                 if response.status().is_server_error() {
                     c.errors.fetch_add(1, Ordering::Relaxed);

@@ -35,12 +35,13 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::net::UnixDatagram;
 
-use super::REMOTE_PREFIX;
+use super::{LocalRow, REMOTE_PREFIX};
 use crate::agent::config::HaproxySettings;
 use crate::lb::haproxy::{Haproxy, HaproxyConfig};
 use crate::lb::proxy::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_LATENCY_WINDOW, DEFAULT_LATENCY_WINDOW_BUCKETS,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONNECTIONS, DEFAULT_RESPONSE_TIMEOUT, WindowHistogram,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONNECTIONS, DEFAULT_RESPONSE_TIMEOUT, LatencyObserver,
+    WindowHistogram,
 };
 use crate::lb::{BackendWeight, LbError, LoadBalancer, MAX_BACKENDS};
 use crate::provider::process::ENV_PROVIDER_STATE;
@@ -246,6 +247,7 @@ impl HaproxyFront {
         listen: SocketAddr,
         settings: &HaproxySettings,
         state_dir: &Path,
+        observer: Option<LatencyObserver>,
     ) -> Result<HaproxyFront, LbError> {
         let io = |what: String| move |source| LbError::Io { what, source };
         std::fs::create_dir_all(&settings.dir)
@@ -269,7 +271,7 @@ impl HaproxyFront {
             DEFAULT_LATENCY_WINDOW_BUCKETS,
         )));
         let started = Instant::now();
-        let log_task = tokio::spawn(receive_log(log, latency.clone(), started));
+        let log_task = tokio::spawn(receive_log(log, latency.clone(), started, observer));
         let lb = Haproxy::new(HaproxyConfig::new(settings.dir.join("admin.sock"), BACKEND))?;
         let mut front = HaproxyFront {
             listen,
@@ -447,13 +449,35 @@ impl HaproxyFront {
         self.lb.set_backends(&slotted).await
     }
 
-    /// Requests and errors of the `local-*` slots since haproxy started, from `show stat`.
-    pub async fn local_totals(&self) -> Result<(u64, u64), LbError> {
+    /// Requests and errors of each `local-*` slot since haproxy started, from `show stat`,
+    /// with the backend the slot holds now (`None`: empty).
+    pub async fn local_rows(&self) -> Result<Vec<LocalRow>, LbError> {
         let stats = self.lb.stats().await?;
+        let slots = self.slots.lock().expect("slots lock");
         Ok(stats
             .iter()
             .filter(|s| s.name.starts_with(LOCAL_SLOT))
-            .fold((0, 0), |(r, e), s| (r + s.requests, e + s.errors)))
+            .map(|s| LocalRow {
+                key: s.name.clone(),
+                backend: s.name[LOCAL_SLOT.len()..]
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| slots.local.get(i).cloned().flatten()),
+                requests: s.requests,
+                errors: s.errors,
+            })
+            .collect())
+    }
+
+    /// The backend each `local-*` slot holds now.
+    pub fn slot_backends(&self) -> Vec<(String, String)> {
+        let slots = self.slots.lock().expect("slots lock");
+        slots
+            .local
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| Some((format!("{LOCAL_SLOT}{i}"), b.clone()?)))
+            .collect()
     }
 
     /// p99 time to response headers of the `local-*` slots' requests logged in the recent
@@ -468,7 +492,12 @@ impl HaproxyFront {
 }
 
 /// Records each logged request of a local slot into `latency` until the task is aborted.
-async fn receive_log(socket: UnixDatagram, latency: Arc<Mutex<WindowHistogram>>, started: Instant) {
+async fn receive_log(
+    socket: UnixDatagram,
+    latency: Arc<Mutex<WindowHistogram>>,
+    started: Instant,
+    observer: Option<LatencyObserver>,
+) {
     let mut buf = vec![0u8; MAX_LOG_LINE];
     loop {
         let n = match socket.recv(&mut buf).await {
@@ -487,6 +516,9 @@ async fn receive_log(socket: UnixDatagram, latency: Arc<Mutex<WindowHistogram>>,
                 .lock()
                 .expect("latency lock")
                 .record((ms * 1000).max(1), now_ms);
+            if let Some(observer) = &observer {
+                (observer.0)(slot, Duration::from_millis(ms));
+            }
         }
     }
 }
