@@ -941,18 +941,7 @@ fn cutting_over(
             )
         },
     );
-    let window = spec.analysis_window_ms;
-    let transition = match spec.steps_percent.get(step + 1) {
-        Some(next) => to(
-            Phase::CuttingOver { step: step + 1 },
-            format!("{percent}% held {window} ms within the SLO ({judged}); next {next}%"),
-        ),
-        None => to(
-            Phase::Draining,
-            format!("100% held {window} ms within the SLO ({judged})"),
-        ),
-    };
-    Decision::advance(transition, actions)
+    step_held(spec, step, &judged, actions)
 }
 
 /// A cutover step judged by Prometheus. A breach rolls back as with the fronts. No data and
@@ -1034,6 +1023,14 @@ fn judged_by_query(
         }
         judged = format!("{judged}; {versus}");
     }
+    step_held(spec, step, &judged, actions)
+}
+
+/// Step `step` held its window within the SLO (`judged` says on what): on to the next step,
+/// or to draining after the last.
+fn step_held(spec: &MigrationSpec, step: usize, judged: &str, actions: Vec<Action>) -> Decision {
+    let percent = spec.steps_percent[step];
+    let window = spec.analysis_window_ms;
     let transition = match spec.steps_percent.get(step + 1) {
         Some(next) => to(
             Phase::CuttingOver { step: step + 1 },
