@@ -181,6 +181,22 @@ struct SloQueries {
     logged_at: Option<Instant>,
 }
 
+impl SloQueries {
+    /// Nothing asked yet for `phase`, whose share applied at `now_ms`; `logged_at` carries the
+    /// log's rate limit over from the step before.
+    fn fresh(phase: Phase, now_ms: u64, logged_at: Option<Instant>) -> Self {
+        SloQueries {
+            phase,
+            share_applied_at_ms: now_ms,
+            newest: None,
+            target_p99_ms: Vec::new(),
+            asked_at: None,
+            in_flight: false,
+            logged_at,
+        }
+    }
+}
+
 /// A pool's coming slices to forecast (the forecast runs outside the controller).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolJob {
@@ -1319,25 +1335,9 @@ impl Controller {
         let queries = self
             .slo_queries
             .entry(id.clone())
-            .or_insert_with(|| SloQueries {
-                phase: record.phase,
-                share_applied_at_ms: now.unix_ms,
-                newest: None,
-                target_p99_ms: Vec::new(),
-                asked_at: None,
-                in_flight: false,
-                logged_at: None,
-            });
+            .or_insert_with(|| SloQueries::fresh(record.phase, now.unix_ms, None));
         if queries.phase != record.phase {
-            *queries = SloQueries {
-                phase: record.phase,
-                share_applied_at_ms: now.unix_ms,
-                newest: None,
-                target_p99_ms: Vec::new(),
-                asked_at: None,
-                in_flight: false,
-                logged_at: queries.logged_at,
-            };
+            *queries = SloQueries::fresh(record.phase, now.unix_ms, queries.logged_at);
         }
         let due = queries
             .asked_at

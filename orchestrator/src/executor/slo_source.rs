@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use umbra_forecast::history::prometheus::ApiAnswer;
+
 use super::controller::SloQueryJob;
 use crate::migration::SloAnswer;
 
@@ -18,24 +20,6 @@ use crate::migration::SloAnswer;
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest answer accepted: an instant vector of one aggregated series is a few hundred bytes.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-#[derive(Deserialize)]
-struct Answer {
-    status: String,
-    #[serde(default)]
-    data: Option<AnswerData>,
-    #[serde(default, rename = "errorType")]
-    error_type: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct AnswerData {
-    #[serde(rename = "resultType")]
-    result_type: String,
-    result: serde_json::Value,
-}
 
 #[derive(Deserialize)]
 struct Sample {
@@ -52,7 +36,7 @@ enum Value {
 
 /// The value of an instant query's answer body (`status` from the HTTP response).
 fn parse(status: u16, body: &[u8]) -> Value {
-    let answer: Answer = match serde_json::from_slice(body) {
+    let answer: ApiAnswer<serde_json::Value> = match serde_json::from_slice(body) {
         Ok(answer) => answer,
         Err(e) => return Value::Error(format!("HTTP {status}, not a Prometheus answer: {e}")),
     };

@@ -913,14 +913,10 @@ fn cutting_over(
     // With one DNS authority a step counts only once clients can be sent to it by name: the
     // authority must serve the step's weights. A refusal (a wrong key, a zone the server does
     // not hold) will not heal by waiting, and clients would never follow, so it rolls back.
-    match &seen.dns {
-        DnsObserved::Ungated | DnsObserved::Served => {}
-        DnsObserved::Pending => return Decision::hold(actions),
-        DnsObserved::Failed(why) => {
-            let reason = format!("DNS not served at {percent}%: {why}");
-            return Decision::advance(to(Phase::RollingBack, reason), actions);
-        }
-    }
+    let actions = match dns_gate(&seen.dns, percent, actions) {
+        Ok(actions) => actions,
+        Err(decision) => return decision,
+    };
     // A step passes on evidence, not on time alone: the window must have passed AND the SLO
     // must have judged at least `min_samples` requests at this share. Without the second half,
     // a new leader (whose reading starts from zero) would pass a step whose window elapsed
@@ -989,14 +985,10 @@ fn judged_by_query(
         );
         return Decision::advance(to(Phase::RollingBack, reason), actions);
     }
-    match &seen.dns {
-        DnsObserved::Ungated | DnsObserved::Served => {}
-        DnsObserved::Pending => return Decision::hold(actions),
-        DnsObserved::Failed(why) => {
-            let reason = format!("DNS not served at {percent}%: {why}");
-            return Decision::advance(to(Phase::RollingBack, reason), actions);
-        }
-    }
+    let actions = match dns_gate(&seen.dns, percent, actions) {
+        Ok(actions) => actions,
+        Err(decision) => return decision,
+    };
     let window = spec.analysis_window_ms;
     let covers_window = *asked_at_ms >= queried.share_applied_at_ms.saturating_add(window);
     if elapsed_ms < window || !covers_window {
@@ -1024,6 +1016,20 @@ fn judged_by_query(
         judged = format!("{judged}; {versus}");
     }
     step_held(spec, step, &judged, actions)
+}
+
+/// The DNS gate of a step at `percent`: `Ok` gives the actions back when DNS does not hold the
+/// step; `Err` is the decision when the authority has not served the weights yet (hold) or
+/// refused them (roll back).
+fn dns_gate(dns: &DnsObserved, percent: u8, actions: Vec<Action>) -> Result<Vec<Action>, Decision> {
+    match dns {
+        DnsObserved::Ungated | DnsObserved::Served => Ok(actions),
+        DnsObserved::Pending => Err(Decision::hold(actions)),
+        DnsObserved::Failed(why) => {
+            let reason = format!("DNS not served at {percent}%: {why}");
+            Err(Decision::advance(to(Phase::RollingBack, reason), actions))
+        }
+    }
 }
 
 /// Step `step` held its window within the SLO (`judged` says on what): on to the next step,

@@ -46,22 +46,32 @@ pub enum PromError {
     Range(String),
 }
 
-#[derive(Deserialize)]
-struct Answer {
-    status: String,
-    #[serde(default)]
-    data: Option<AnswerData>,
+/// The envelope of every Prometheus HTTP API answer (`/api/v1/query`,
+/// `/api/v1/query_range`); `R` is the shape of its result. The orchestrator's SLO source reads
+/// instant queries with it too.
+#[derive(Debug, Deserialize)]
+pub struct ApiAnswer<R> {
+    /// `success` or `error`.
+    pub status: String,
+    /// The result, on success (a missing field is `None`).
+    pub data: Option<ApiData<R>>,
+    /// Prometheus's error class (e.g. `bad_data`), on error.
     #[serde(default, rename = "errorType")]
-    error_type: Option<String>,
+    pub error_type: Option<String>,
+    /// What Prometheus said, on error.
     #[serde(default)]
-    error: Option<String>,
+    pub error: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct AnswerData {
+/// The `data` of an answer: the result's type (`vector`, `matrix`, `scalar`...) and the
+/// result.
+#[derive(Debug, Deserialize)]
+pub struct ApiData<R> {
+    /// `vector`, `matrix`, `scalar` or `string`.
     #[serde(rename = "resultType")]
-    result_type: String,
-    result: Vec<MatrixSeries>,
+    pub result_type: String,
+    /// The result itself.
+    pub result: R,
 }
 
 #[derive(Deserialize)]
@@ -195,7 +205,7 @@ async fn query_chunk(
             body.len()
         )));
     }
-    let answer: Answer = serde_json::from_slice(&body).map_err(|e| {
+    let answer: ApiAnswer<Vec<MatrixSeries>> = serde_json::from_slice(&body).map_err(|e| {
         let preview: String = String::from_utf8_lossy(&body).chars().take(200).collect();
         bad(format!(
             "HTTP {status}, not a Prometheus API answer ({e}): {preview:?}; is the URL the server's root?"
