@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::rr::{LowerName, Name};
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -211,6 +211,8 @@ pub struct ZoneSyncMetrics {
     pub skipped_services: IntGauge,
     /// Applied index of the last overview applied.
     pub applied_index: IntGauge,
+    /// Each served service's regions and the share of its weight each has.
+    pub weight_ratio: GaugeVec,
 }
 
 impl ZoneSyncMetrics {
@@ -236,11 +238,19 @@ impl ZoneSyncMetrics {
                 "umbra_dns_zone_applied_index",
                 "Raft index of the replicated state the embedded DNS zone serves",
             )?,
+            weight_ratio: GaugeVec::new(
+                Opts::new(
+                    "umbra_dns_weight_ratio",
+                    "Share of a service's DNS weight each region has in the zone served, 0 to 1",
+                ),
+                &["service", "region"],
+            )?,
         };
         registry.register(Box::new(metrics.applies.clone()))?;
         registry.register(Box::new(metrics.record_sets.clone()))?;
         registry.register(Box::new(metrics.skipped_services.clone()))?;
         registry.register(Box::new(metrics.applied_index.clone()))?;
+        registry.register(Box::new(metrics.weight_ratio.clone()))?;
         Ok(metrics)
     }
 }
@@ -329,6 +339,19 @@ impl ZoneSync {
             m.skipped_services.set(report.skipped.len() as i64);
             m.applied_index
                 .set(i64::try_from(report.applied_index).unwrap_or(i64::MAX));
+            m.weight_ratio.reset();
+            let skipped: Vec<&str> = report.skipped.iter().map(|s| s.service.as_str()).collect();
+            for (service, dns) in &overview.dns {
+                let total: u64 = dns.weights.values().map(|&w| u64::from(w)).sum();
+                if total == 0 || skipped.contains(&service.as_str()) {
+                    continue;
+                }
+                for (region, &weight) in &dns.weights {
+                    m.weight_ratio
+                        .with_label_values(&[service, region])
+                        .set(f64::from(weight) / total as f64);
+                }
+            }
         }
         Ok(report)
     }

@@ -300,6 +300,7 @@ async fn the_zone_serves_the_replicated_weights_and_shares_follow_them() -> Resu
         "umbra_dns_zone_applies_total{result=\"stale\"} 1",
         "umbra_dns_zone_record_sets 2",
         "umbra_dns_zone_skipped_services 1",
+        "umbra_dns_weight_ratio{region=\"us-east\",service=\"shop\"} 1",
     ] {
         ensure!(exported.contains(line), "missing {line:?} in\n{exported}");
     }

@@ -255,6 +255,28 @@ pub enum InstanceState {
     Stopped,
 }
 
+impl InstanceState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [InstanceState; 5] = [
+        InstanceState::Dormant,
+        InstanceState::Paused,
+        InstanceState::Warm,
+        InstanceState::Active,
+        InstanceState::Stopped,
+    ];
+
+    /// The state's name in lower case, as metrics and logs show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            InstanceState::Dormant => "dormant",
+            InstanceState::Paused => "paused",
+            InstanceState::Warm => "warm",
+            InstanceState::Active => "active",
+            InstanceState::Stopped => "stopped",
+        }
+    }
+}
+
 /// The measured time of one state transition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransitionTiming {
@@ -387,6 +409,17 @@ pub enum WarmupPhase {
     Ready,
     /// The duration cap was hit before the gate held.
     CapReached,
+}
+
+impl WarmupPhase {
+    /// The phase's name in snake case, as metrics show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            WarmupPhase::Running => "running",
+            WarmupPhase::Ready => "ready",
+            WarmupPhase::CapReached => "cap_reached",
+        }
+    }
 }
 
 /// Progress of one warm-up.

@@ -345,13 +345,73 @@ impl MixSource {
     }
 }
 
+/// What every warm-up sent, for the agent's metrics endpoint (unregistered until the agent
+/// registers [`WarmupTelemetry::collectors`]): requests by result and the answered requests'
+/// latency, with no per-instance label so the series stay bounded.
+#[derive(Clone)]
+pub struct WarmupTelemetry {
+    requests: prometheus::IntCounterVec,
+    duration: prometheus::Histogram,
+}
+
+impl Default for WarmupTelemetry {
+    fn default() -> Self {
+        let requests = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "umbra_agent_warmup_requests_total",
+                "Warm-up requests by result (error: 5xx, timeout or connection failure).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let duration = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "umbra_agent_warmup_request_duration_seconds",
+                "Latency of answered warm-up requests.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .expect("valid metric");
+        WarmupTelemetry { requests, duration }
+    }
+}
+
+impl WarmupTelemetry {
+    /// The families, for registering.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.requests.clone()),
+            Box::new(self.duration.clone()),
+        ]
+    }
+
+    fn observe(&self, window: &WindowStats) {
+        self.requests
+            .with_label_values(&["ok"])
+            .inc_by(window.requests.saturating_sub(window.errors));
+        self.requests
+            .with_label_values(&["error"])
+            .inc_by(window.errors);
+        for value in window.latency_us.iter_recorded() {
+            let seconds = value.value_iterated_to() as f64 / 1e6;
+            for _ in 0..value.count_at_value() {
+                self.duration.observe(seconds);
+            }
+        }
+    }
+}
+
 /// Warms the instance at `base_url` with `plan` until the gate holds or the cap is hit.
-/// Progress is published on `progress` after every window; `cancel` stops it between windows.
+/// Progress is published on `progress` after every window and counted in `telemetry`;
+/// `cancel` stops it between windows.
 pub async fn warm(
     instance: &str,
     base_url: &str,
     plan: &WarmupSpec,
     progress: &watch::Sender<WarmupProgress>,
+    telemetry: &WarmupTelemetry,
     cancel: &CancellationToken,
 ) -> Result<WarmupProgress, WarmError> {
     check_plan(plan)?;
@@ -388,9 +448,9 @@ pub async fn warm(
             }
         };
         offset += count;
-        let now = tracker
-            .handle_window(WindowStats::from_report(&report), started.elapsed())
-            .clone();
+        let window = WindowStats::from_report(&report);
+        telemetry.observe(&window);
+        let now = tracker.handle_window(window, started.elapsed()).clone();
         tracing::info!(
             instance,
             phase = ?now.phase,

@@ -285,7 +285,8 @@ async fn the_agent_follows_the_leader_and_fences_stale_terms() -> anyhow::Result
         .await?;
     for line in [
         "umbra_agent_newest_term{region=\"eu-west\"} 4",
-        "umbra_agent_instances{state=\"active\",region=\"eu-west\"} 1",
+        "umbra_agent_instances{service=\"s\",state=\"active\",region=\"eu-west\"} 1",
+        "umbra_agent_instances{service=\"s\",state=\"dormant\",region=\"eu-west\"} 0",
         "umbra_agent_commands_total{result=\"replayed\",region=\"eu-west\"} 1",
         "umbra_agent_commands_total{result=\"refused\",region=\"eu-west\"} 2",
     ] {
@@ -294,9 +295,28 @@ async fn the_agent_follows_the_leader_and_fences_stale_terms() -> anyhow::Result
             "missing {line:?} in:\n{text}"
         );
     }
-    assert!(text.contains(
-        "umbra_agent_last_transition_ms{from=\"dormant\",instance=\"s-1\",to=\"active\",region=\"eu-west\"}"
-    ));
+    assert!(
+        text.contains(
+            "umbra_agent_instance_transition_seconds_count{from=\"dormant\",to=\"active\",region=\"eu-west\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("instance=\""),
+        "no series per instance:\n{text}"
+    );
+    // It follows node 3 now, and got there through a hint.
+    assert!(
+        text.lines()
+            .any(|l| l == "umbra_agent_leader_connected{region=\"eu-west\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "umbra_agent_leader_attempts_total{result=\"redirected\",region=\"eu-west\"}"
+        ),
+        "{text}"
+    );
     metrics_task.abort();
 
     // The deposed node 2 still claims term 3: the agent does not follow it...

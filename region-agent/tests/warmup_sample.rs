@@ -12,7 +12,7 @@ mod common;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use umbra_agent::loadgen::{LoadConfig, LoadGenerator, Target};
-use umbra_agent::warmer::{MixSource, WarmupTracker, warm};
+use umbra_agent::warmer::{MixSource, WarmupTelemetry, WarmupTracker, warm};
 use umbra_proto::agent::{ReadinessGate, RequestMix, RequestTemplate, WarmupPhase, WarmupSpec};
 use umbra_testkit::sample::SampleProcess;
 
@@ -133,7 +133,16 @@ async fn the_warmer_runs_until_its_gate_holds_and_leaves_every_key_cached() -> a
         updates
     });
     let url = target.url();
-    let done = warm("target", &url, &plan, &tx, &CancellationToken::new()).await?;
+    let telemetry = WarmupTelemetry::default();
+    let done = warm(
+        "target",
+        &url,
+        &plan,
+        &tx,
+        &telemetry,
+        &CancellationToken::new(),
+    )
+    .await?;
     drop(tx);
     let updates = watcher.await?;
     // Figures for the reader; latency bounds belong to benchmarks, not to this test (a loaded
@@ -154,6 +163,27 @@ async fn the_warmer_runs_until_its_gate_holds_and_leaves_every_key_cached() -> a
         done.requests
     );
     assert!(updates >= 2, "progress is reported along the way");
+    // The agent's metrics count the same requests, without a per-instance label.
+    let registry = prometheus::Registry::new();
+    for c in telemetry.collectors() {
+        registry.register(c)?;
+    }
+    let mut text = Vec::new();
+    prometheus::Encoder::encode(
+        &prometheus::TextEncoder::new(),
+        &registry.gather(),
+        &mut text,
+    )?;
+    let text = String::from_utf8(text)?;
+    let ok = format!(
+        "umbra_agent_warmup_requests_total{{result=\"ok\"}} {}",
+        done.requests - done.errors
+    );
+    assert!(text.lines().any(|l| l == ok), "missing {ok:?} in:\n{text}");
+    assert!(
+        text.contains("umbra_agent_warmup_request_duration_seconds_count"),
+        "{text}"
+    );
     // What warm means for this service: the mix's keys are in the read cache, so client reads
     // after the gate seldom pay the backing store's latency. At Zipf 0.5 over 200 keys, 1,000
     // requests (the gate's minimum) leave about 5 keys untouched in expectation (the rarest
@@ -183,13 +213,14 @@ async fn a_mix_with_writes_is_refused_before_any_request() -> anyhow::Result<()>
     plan.mix.requests[0].method = "PUT".into();
     let (tx, _rx) = watch::channel(WarmupTracker::new("t", &plan).progress().clone());
     let url = target.url();
-    let err = warm("t", &url, &plan, &tx, &CancellationToken::new())
+    let (telemetry, cancel) = (WarmupTelemetry::default(), CancellationToken::new());
+    let err = warm("t", &url, &plan, &tx, &telemetry, &cancel)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("replay writes"), "{err}");
     plan.mix.requests[0].method = "GET".into();
     plan.mix.rate_per_sec = -1.0;
-    let err = warm("t", &url, &plan, &tx, &CancellationToken::new())
+    let err = warm("t", &url, &plan, &tx, &telemetry, &cancel)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("rate_per_sec -1"), "{err}");

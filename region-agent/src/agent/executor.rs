@@ -27,7 +27,7 @@ use umbra_proto::agent::{
 use super::front::Front;
 use crate::provider::{AnyProvider, Operation, ProviderError};
 use crate::replication::{ReplicationDriver, ReplicationError, SampleLogShipping};
-use crate::warmer::{self, WarmError, WarmupTracker};
+use crate::warmer::{self, WarmError, WarmupTelemetry, WarmupTracker};
 
 /// Longest `WaitForZeroLag` accepted: a cutover holds writes while it waits, so a plan asking
 /// for more than ten minutes is a mistake.
@@ -51,6 +51,7 @@ pub struct Executor {
     /// Where the replications are kept (`None`: in memory only, for tests of the parts).
     replications_file: Option<PathBuf>,
     warmups: Mutex<BTreeMap<String, watch::Receiver<WarmupProgress>>>,
+    warmup_telemetry: WarmupTelemetry,
     shutdown: CancellationToken,
 }
 
@@ -88,8 +89,20 @@ impl Executor {
             replications: Mutex::new(BTreeMap::new()),
             replications_file: None,
             warmups: Mutex::new(BTreeMap::new()),
+            warmup_telemetry: WarmupTelemetry::default(),
             shutdown: CancellationToken::new(),
         }
+    }
+
+    /// The metric families the executor's parts keep as they act (the front's, the
+    /// instances' transition times, the warm-ups'), for the agent's metrics endpoint.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        let mut all = self.warmup_telemetry.collectors();
+        all.push(Box::new(self.provider.transition_seconds().clone()));
+        if let Some(front) = &self.front {
+            all.extend(front.telemetry().collectors());
+        }
+        all
     }
 
     /// Keeps the replications in `state_dir`, and drives those a previous agent kept there.
@@ -284,7 +297,16 @@ impl Executor {
                     .lock()
                     .expect("warmups lock")
                     .insert(instance.clone(), rx);
-                return match warmer::warm(instance, &url, plan, &tx, &self.shutdown).await {
+                return match warmer::warm(
+                    instance,
+                    &url,
+                    plan,
+                    &tx,
+                    &self.warmup_telemetry,
+                    &self.shutdown,
+                )
+                .await
+                {
                     Ok(p) => CommandOutcome::Done(CommandResult::Warmup(p)),
                     Err(WarmError::Plan(e)) => refused(e.to_string()),
                     Err(e) => failed(e),

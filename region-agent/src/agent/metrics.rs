@@ -1,9 +1,13 @@
-//! The agent's Prometheus endpoint (`/metrics`, plus `/healthz`): the region front's families
-//! ([`super::front::FrontTelemetry`]), commands by result, the
-//! newest leader term, instances by state with their last measured transition times, warm-up
-//! progress and replication lag. Gauges are refreshed from [`Agent::report`] at scrape time, so
-//! they can never drift from what the leader is told. It must not do work on its own schedule.
+//! The agent's Prometheus endpoint (`/metrics`, plus `/healthz`). Families kept by the parts as
+//! they act are registered here ([`AgentMetrics::register`]): the region front's
+//! (`umbra_front_*`), the instances' transition times and the warm-ups' requests. The rest are
+//! gauges refreshed from [`Agent::report`] at scrape time, so they can never drift from what the
+//! leader is told: instances by service and state, warm-ups by phase, replications and their
+//! largest lag, the newest leader term; plus the link to the leader, set by the session. Labels
+//! stay bounded: region (on every series), service, state, phase, result; never an instance.
+//! It must not do work on its own schedule.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -12,28 +16,53 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus::{
-    Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::core::Collector;
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use umbra_proto::agent::{AgentReport, CommandOutcome, InstanceState, WarmupPhase};
 
 use super::Agent;
+use super::front::telemetry::service_of_instance;
+
+/// What became of one attempt to follow the leader (the `result` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkAttempt {
+    /// It led, and the agent followed it until the link ended.
+    Followed,
+    /// It does not lead and named (or did not know) who does.
+    Redirected,
+    /// It claimed leadership for a term older than the newest seen.
+    Stale,
+    /// It could not be reached or did not answer the hello.
+    Failed,
+}
+
+impl LinkAttempt {
+    fn name(self) -> &'static str {
+        match self {
+            LinkAttempt::Followed => "followed",
+            LinkAttempt::Redirected => "redirected",
+            LinkAttempt::Stale => "stale",
+            LinkAttempt::Failed => "failed",
+        }
+    }
+}
 
 /// The agent's metric families.
 pub struct AgentMetrics {
     registry: Registry,
     commands: IntCounterVec,
     newest_term: IntGauge,
+    leader_connected: IntGauge,
+    leader_attempts: IntCounterVec,
     instances: IntGaugeVec,
-    transition_ms: GaugeVec,
-    warmup_requests: IntGaugeVec,
-    warmup_ready: IntGaugeVec,
-    warmup_p99_ms: GaugeVec,
-    replication_lag: IntGaugeVec,
+    warmups: IntGaugeVec,
+    replications: IntGauge,
+    replication_lag: IntGauge,
 }
 
 impl AgentMetrics {
-    /// Registers every family in a registry of its own, each series labelled with `region`.
+    /// Registers the agent's own families in a registry of its own, each series labelled with
+    /// `region`.
     pub fn new(region: &str) -> Self {
         let labels = std::collections::HashMap::from([("region".to_owned(), region.to_owned())]);
         let registry = Registry::new_custom(None, Some(labels)).expect("a valid region label");
@@ -44,79 +73,72 @@ impl AgentMetrics {
         .expect("valid metric");
         let newest_term =
             IntGauge::new("umbra_agent_newest_term", "Newest leader term seen.").expect("valid");
+        let leader_connected = IntGauge::new(
+            "umbra_agent_leader_connected",
+            "1 while the agent follows a leader over a live link, 0 while it looks for one.",
+        )
+        .expect("valid metric");
+        let leader_attempts = IntCounterVec::new(
+            Opts::new(
+                "umbra_agent_leader_attempts_total",
+                "Attempts to follow the leader by result (followed, redirected, stale, failed).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         let instances = IntGaugeVec::new(
-            Opts::new("umbra_agent_instances", "Instances by state."),
-            &["state"],
+            Opts::new("umbra_agent_instances", "Instances by service and state."),
+            &["service", "state"],
         )
         .expect("valid metric");
-        let transition_ms = GaugeVec::new(
+        let warmups = IntGaugeVec::new(
             Opts::new(
-                "umbra_agent_last_transition_ms",
-                "Last measured transition time per instance and transition.",
+                "umbra_agent_warmups",
+                "Warm-ups in progress or finished recently, by phase (running, ready, \
+                 cap_reached).",
             ),
-            &["instance", "from", "to"],
+            &["phase"],
         )
         .expect("valid metric");
-        let warmup_requests = IntGaugeVec::new(
-            Opts::new("umbra_agent_warmup_requests", "Warm-up requests completed."),
-            &["instance"],
+        let replications = IntGauge::new(
+            "umbra_agent_replications",
+            "Replications this agent drives into its region's instances.",
         )
         .expect("valid metric");
-        let warmup_ready = IntGaugeVec::new(
-            Opts::new(
-                "umbra_agent_warmup_ready",
-                "1 once the readiness gate held.",
-            ),
-            &["instance"],
+        let replication_lag = IntGauge::new(
+            "umbra_agent_replication_lag_records",
+            "Largest lag among the replications driven: the source's last record minus the \
+             target's, in records (0 with none).",
         )
         .expect("valid metric");
-        let warmup_p99_ms = GaugeVec::new(
-            Opts::new(
-                "umbra_agent_warmup_p99_ms",
-                "p99 over the gate's windows, ms.",
-            ),
-            &["instance"],
-        )
-        .expect("valid metric");
-        let replication_lag = IntGaugeVec::new(
-            Opts::new(
-                "umbra_agent_replication_lag",
-                "Source position minus target position.",
-            ),
-            &["instance"],
-        )
-        .expect("valid metric");
-        for c in [
-            Box::new(commands.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(newest_term.clone()),
-            Box::new(instances.clone()),
-            Box::new(transition_ms.clone()),
-            Box::new(warmup_requests.clone()),
-            Box::new(warmup_ready.clone()),
-            Box::new(warmup_p99_ms.clone()),
-            Box::new(replication_lag.clone()),
-        ] {
-            registry.register(c).expect("metric names are unique");
-        }
-        AgentMetrics {
+        let metrics = AgentMetrics {
             registry,
             commands,
             newest_term,
+            leader_connected,
+            leader_attempts,
             instances,
-            transition_ms,
-            warmup_requests,
-            warmup_ready,
-            warmup_p99_ms,
+            warmups,
+            replications,
             replication_lag,
-        }
+        };
+        metrics.register(vec![
+            Box::new(metrics.commands.clone()),
+            Box::new(metrics.newest_term.clone()),
+            Box::new(metrics.leader_connected.clone()),
+            Box::new(metrics.leader_attempts.clone()),
+            Box::new(metrics.instances.clone()),
+            Box::new(metrics.warmups.clone()),
+            Box::new(metrics.replications.clone()),
+            Box::new(metrics.replication_lag.clone()),
+        ]);
+        metrics
     }
 
-    /// Adds the region front's families (`umbra_front_*`) to the endpoint.
-    pub fn register_front(&self, front: &super::front::FrontTelemetry) {
-        for c in front.collectors() {
-            self.registry
-                .register(c)
-                .expect("front metric names are unique");
+    /// Adds families kept elsewhere (the executor's parts) to the endpoint.
+    pub fn register(&self, collectors: Vec<Box<dyn Collector>>) {
+        for c in collectors {
+            self.registry.register(c).expect("metric names are unique");
         }
     }
 
@@ -131,53 +153,60 @@ impl AgentMetrics {
         self.commands.with_label_values(&[result]).inc();
     }
 
-    /// Sets every gauge from a report.
+    /// Counts one attempt to follow the leader.
+    pub fn count_leader_attempt(&self, attempt: LinkAttempt) {
+        self.leader_attempts
+            .with_label_values(&[attempt.name()])
+            .inc();
+    }
+
+    /// Whether the agent follows a leader over a live link now.
+    pub fn set_leader_connected(&self, connected: bool) {
+        self.leader_connected.set(i64::from(connected));
+    }
+
+    /// Sets every report-derived gauge from a report.
     pub fn update(&self, report: &AgentReport) {
         self.newest_term.set(report.newest_term as i64);
         self.instances.reset();
-        for state in [
-            InstanceState::Dormant,
-            InstanceState::Paused,
-            InstanceState::Warm,
-            InstanceState::Active,
-            InstanceState::Stopped,
-        ] {
-            let n = report.instances.iter().filter(|i| i.state == state).count();
-            self.instances
-                .with_label_values(&[&format!("{state:?}").to_lowercase()])
-                .set(n as i64);
-        }
-        self.transition_ms.reset();
-        for i in &report.instances {
-            for t in &i.transitions {
-                let from = format!("{:?}", t.from).to_lowercase();
-                let to = format!("{:?}", t.to).to_lowercase();
-                self.transition_ms
-                    .with_label_values(&[i.id.as_str(), &from, &to])
-                    .set(t.millis as f64);
+        let services: BTreeSet<&str> = report
+            .instances
+            .iter()
+            .map(|i| service_of_instance(&i.id, Some(&report.region)))
+            .collect();
+        for service in services {
+            for state in InstanceState::ALL {
+                let n = report
+                    .instances
+                    .iter()
+                    .filter(|i| {
+                        i.state == state
+                            && service_of_instance(&i.id, Some(&report.region)) == service
+                    })
+                    .count();
+                self.instances
+                    .with_label_values(&[service, state.name()])
+                    .set(n as i64);
             }
         }
-        self.warmup_requests.reset();
-        self.warmup_ready.reset();
-        self.warmup_p99_ms.reset();
-        for w in &report.warmups {
-            let l = [w.instance.as_str()];
-            self.warmup_requests
-                .with_label_values(&l)
-                .set(w.requests as i64);
-            self.warmup_ready
-                .with_label_values(&l)
-                .set(i64::from(w.phase == WarmupPhase::Ready));
-            self.warmup_p99_ms
-                .with_label_values(&l)
-                .set(w.window_p99_ms);
+        for phase in [
+            WarmupPhase::Running,
+            WarmupPhase::Ready,
+            WarmupPhase::CapReached,
+        ] {
+            let n = report.warmups.iter().filter(|w| w.phase == phase).count();
+            self.warmups
+                .with_label_values(&[phase.name()])
+                .set(n as i64);
         }
-        self.replication_lag.reset();
-        for r in &report.replication {
-            self.replication_lag
-                .with_label_values(&[r.instance.as_str()])
-                .set(r.source_position.saturating_sub(r.target_position) as i64);
-        }
+        self.replications.set(report.replication.len() as i64);
+        let lag = report
+            .replication
+            .iter()
+            .map(|r| r.source_position.saturating_sub(r.target_position))
+            .max()
+            .unwrap_or(0);
+        self.replication_lag.set(lag as i64);
     }
 
     /// The text exposition.

@@ -126,20 +126,21 @@ impl Agent {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => CommandCore::new(region),
             Err(e) => return Err(err(e.to_string())),
         };
-        let metrics = metrics::AgentMetrics::new(region);
         if let Some(front) = &front {
             front.telemetry().set_region(region);
-            metrics.register_front(front.telemetry());
         }
+        let executor = Executor::new(provider, front)
+            .kept_in(state_dir)
+            .map_err(|message| AgentError::State {
+                path: state_dir.join(executor::REPLICATIONS_FILE),
+                message,
+            })?;
+        let metrics = metrics::AgentMetrics::new(region);
+        metrics.register(executor.collectors());
         Ok(Agent {
             core: Mutex::new(core),
             ledger_path,
-            executor: Executor::new(provider, front)
-                .kept_in(state_dir)
-                .map_err(|message| AgentError::State {
-                    path: state_dir.join(executor::REPLICATIONS_FILE),
-                    message,
-                })?,
+            executor,
             metrics,
         })
     }

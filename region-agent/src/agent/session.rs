@@ -30,6 +30,7 @@ use umbra_proto::agent::{AgentHello, FromAgent, HelloReply, ToAgent};
 use umbra_proto::{Credentials, Endpoint, Identity, LinkError, Role, StreamKind, TransportConfig};
 
 use super::config::AgentConfig;
+use super::metrics::LinkAttempt;
 use super::{Agent, AgentError};
 
 /// Longest pause between reconnection rounds.
@@ -287,18 +288,24 @@ pub async fn run_session(
         };
         match attempt {
             Attempt::Redirect(h) => {
+                agent
+                    .metrics()
+                    .count_leader_attempt(LinkAttempt::Redirected);
                 tracing::info!(%addr, hint = ?h, "not the leader; following the hint");
                 search.redirected(h);
             }
             Attempt::Served { gone } => {
+                agent.metrics().count_leader_attempt(LinkAttempt::Followed);
                 tracing::warn!(%addr, gone, "link to the leader ended; looking for the leader");
                 search.served(addr, gone, Instant::now());
             }
             Attempt::Stale(reason) => {
+                agent.metrics().count_leader_attempt(LinkAttempt::Stale);
                 tracing::warn!(%addr, %reason, "not following a deposed leader");
                 search.refused(addr, Instant::now());
             }
             Attempt::Failed(reason) => {
+                agent.metrics().count_leader_attempt(LinkAttempt::Failed);
                 tracing::warn!(%addr, %reason, "orchestrator unavailable");
                 search.unreachable(addr, Instant::now());
             }
@@ -364,6 +371,7 @@ async fn attempt(
         ));
     }
     tracing::info!(%addr, node_id, term, "following the leader");
+    agent.metrics().set_leader_connected(true);
     let (mut tx, mut rx) = stream.split();
     let (out_tx, mut out_rx) = mpsc::channel::<FromAgent>(OUTGOING_QUEUE);
     let writer = tokio::spawn(async move {
@@ -412,6 +420,7 @@ async fn attempt(
             }
         }
     }
+    agent.metrics().set_leader_connected(false);
     reporter.abort();
     drop(out_tx);
     writer.abort();

@@ -313,6 +313,24 @@ pub struct Provider<R: Runtime> {
     health_timeout: Duration,
     http: reqwest::Client,
     instances: Mutex<BTreeMap<String, Slot>>,
+    transition_seconds: prometheus::HistogramVec,
+}
+
+/// The histogram of measured transition times, by `from` and `to` state (unregistered: the
+/// agent's metrics endpoint registers it).
+fn transition_histogram() -> prometheus::HistogramVec {
+    prometheus::HistogramVec::new(
+        prometheus::HistogramOpts::new(
+            "umbra_agent_instance_transition_seconds",
+            "Time from a lifecycle command to the new state holding (for a start or resume: \
+             until the instance answered its health check), by from and to state.",
+        )
+        .buckets(vec![
+            0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ]),
+        &["from", "to"],
+    )
+    .expect("valid metric")
 }
 
 fn check_id(id: &str) -> Result<(), ProviderError> {
@@ -350,6 +368,7 @@ impl<R: Runtime> Provider<R> {
                     message: format!("HTTP client: {e}"),
                 })?,
             instances: Mutex::new(BTreeMap::new()),
+            transition_seconds: transition_histogram(),
         };
         let entries = std::fs::read_dir(&dir).map_err(|e| ProviderError::State {
             path: dir.clone(),
@@ -474,7 +493,7 @@ impl<R: Runtime> Provider<R> {
                 let _ = std::fs::remove_file(self.record_path(id));
                 return Err(e);
             }
-            push_timing(&mut rec, InstanceState::Stopped, started);
+            self.push_timing(&mut rec, InstanceState::Stopped, started);
             // "Created" is recorded as a transition from Stopped (nothing) to Dormant.
             rec.state = InstanceState::Dormant;
             self.persist(&rec)?;
@@ -485,6 +504,27 @@ impl<R: Runtime> Provider<R> {
                 .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(rec)));
         }
         Ok(out)
+    }
+
+    /// The measured transition times (see [`transition_histogram`]).
+    pub fn transition_seconds(&self) -> &prometheus::HistogramVec {
+        &self.transition_seconds
+    }
+
+    /// Keeps a transition's measured time on the record (the newest ones) and observes it.
+    fn push_timing(&self, rec: &mut InstanceRecord, from: InstanceState, started: Instant) {
+        let elapsed = started.elapsed();
+        if rec.transitions.len() >= MAX_TRANSITIONS_KEPT {
+            rec.transitions.remove(0);
+        }
+        rec.transitions.push(TransitionTiming {
+            from,
+            to: rec.state,
+            millis: elapsed.as_millis() as u64,
+        });
+        self.transition_seconds
+            .with_label_values(&[from.name(), rec.state.name()])
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Applies an operation to an instance, measuring it. Idempotent: an instance already in
@@ -529,7 +569,7 @@ impl<R: Runtime> Provider<R> {
                 rec.paused_from = None;
             }
         }
-        push_timing(&mut rec, from, started);
+        self.push_timing(&mut rec, from, started);
         self.persist(&rec)?;
         tracing::info!(id, ?from, to = ?rec.state, ms = started.elapsed().as_millis() as u64, "instance transition");
         Ok(rec.report())
@@ -657,17 +697,6 @@ impl<R: Runtime> Provider<R> {
     }
 }
 
-fn push_timing(rec: &mut InstanceRecord, from: InstanceState, started: Instant) {
-    if rec.transitions.len() >= MAX_TRANSITIONS_KEPT {
-        rec.transitions.remove(0);
-    }
-    rec.transitions.push(TransitionTiming {
-        from,
-        to: rec.state,
-        millis: started.elapsed().as_millis() as u64,
-    });
-}
-
 /// A provider on either runtime, chosen by configuration.
 pub enum AnyProvider {
     /// Local processes.
@@ -692,6 +721,10 @@ impl AnyProvider {
             AnyProvider::Process(_) => ProviderKind::Process,
             AnyProvider::Docker(_) => ProviderKind::Docker,
         }
+    }
+    /// See [`Provider::transition_seconds`].
+    pub fn transition_seconds(&self) -> &prometheus::HistogramVec {
+        dispatch!(self, p => p.transition_seconds())
     }
     /// See [`Provider::provision`].
     pub async fn provision(&self, ids: &[String]) -> Result<Vec<InstanceReport>, ProviderError> {

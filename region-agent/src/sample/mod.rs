@@ -51,7 +51,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -196,6 +197,9 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Every mode's name, as [`Mode::name`] gives it.
+    const NAMES: [&'static str; 3] = ["primary", "fenced", "replica"];
+
     fn name(&self) -> &'static str {
         match self {
             Mode::Primary => "primary",
@@ -297,6 +301,7 @@ struct SampleMetrics {
     cache: IntCounterVec,
     wal_last_seq: IntGauge,
     source_last_seq: IntGauge,
+    mode: IntGaugeVec,
 }
 
 impl SampleMetrics {
@@ -333,12 +338,21 @@ impl SampleMetrics {
             "A replica's view of its source's last seq.",
         )
         .expect("valid metric");
+        let mode = IntGaugeVec::new(
+            Opts::new(
+                "umbra_sample_mode",
+                "1 for the mode the instance is in (primary, fenced, replica), 0 for the others.",
+            ),
+            &["mode"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(cache.clone()),
             Box::new(wal_last_seq.clone()),
             Box::new(source_last_seq.clone()),
+            Box::new(mode.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -349,6 +363,16 @@ impl SampleMetrics {
             cache,
             wal_last_seq,
             source_last_seq,
+            mode,
+        }
+    }
+
+    /// Sets the mode gauge: one series per mode, so a scrape always shows all three.
+    fn set_mode(&self, current: &Mode) {
+        for name in Mode::NAMES {
+            self.mode
+                .with_label_values(&[name])
+                .set(i64::from(name == current.name()));
         }
     }
 }
@@ -1044,6 +1068,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .metrics
         .source_last_seq
         .set(shared.source_last_seq.load(Ordering::Relaxed) as i64);
+    shared.metrics.set_mode(&shared.mode.borrow());
     let mut buf = Vec::new();
     let encoder = TextEncoder::new();
     if let Err(e) = encoder.encode(&shared.metrics.registry.gather(), &mut buf) {
