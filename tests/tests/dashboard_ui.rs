@@ -141,10 +141,13 @@ async fn the_dashboard_shows_a_live_migration_and_every_phase_it_went_through() 
         ensure!(after.contains(needle), "the page shows no {needle}");
     }
 
+    // The demo exits 1 when its migration did not complete (a slow machine can breach the
+    // SLO and roll back); the page showed what happened either way, which is what this test
+    // is about.
     let status = demo.wait_exit(DEMO_EXIT_DEADLINE)?;
     ensure!(
-        status.success(),
-        "umbra demo failed ({status}):\n{}",
+        status.success() || phase != "completed",
+        "umbra demo failed ({status}) after its migration completed:\n{}",
         demo.log_tail()
     );
     for shot in ["during.png", "after.png"] {
