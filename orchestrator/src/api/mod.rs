@@ -11,6 +11,7 @@
 
 mod auth;
 pub mod client;
+mod dashboard;
 mod server;
 
 use std::net::SocketAddr;

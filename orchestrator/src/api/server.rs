@@ -97,7 +97,7 @@ impl RunningApi {
 /// Who is calling, from the verified client certificate (`None`: it carries no Umbra
 /// identity, which only a certificate from the cluster CA made by other tools can do).
 #[derive(Debug, Clone)]
-struct Caller(Option<Identity>);
+pub(super) struct Caller(pub(super) Option<Identity>);
 
 #[derive(Clone)]
 struct AppState {
@@ -214,6 +214,7 @@ fn router(state: AppState) -> axum::Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     axum::Router::new()
         .merge(v1)
+        .merge(super::dashboard::routes())
         .route("/healthz", get(healthz))
         .fallback(|| async {
             error(
