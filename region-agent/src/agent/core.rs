@@ -10,9 +10,12 @@
 //!    executing answers `InProgress`.
 //!
 //! Refusals are not recorded: a refused command changed nothing, so its id stays free. The
-//! ledger keeps the newest [`DEFAULT_LEDGER_CAPACITY`] finished operations; the whole core is
-//! serde so the driver persists it and a restarted agent keeps both its fencing term and its
-//! idempotency.
+//! ledger keeps the newest [`DEFAULT_LEDGER_CAPACITY`] finished operations. Every durable
+//! change is also queued as a [`LedgerRecord`] (a raised term, a finished operation) for the
+//! driver to append to its journal ([`CommandCore::take_records`]); replaying those records in
+//! order ([`CommandCore::replay`]) rebuilds the same core, so a restarted agent keeps both its
+//! fencing term and its idempotency. Operations still executing are not recorded: after a
+//! restart their effects are unknown and a retry must run them again.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -32,6 +35,23 @@ pub enum Admission {
     Reply(CommandOutcome),
 }
 
+/// One durable change of the core, in the order it happened. Variants are only appended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerRecord {
+    /// The region the records belong to (the first record of a journal).
+    Region(String),
+    /// The newest leader term seen rose to this.
+    Term(u64),
+    /// An operation finished with this outcome (not a refusal).
+    Finished {
+        /// The operation id.
+        op_id: String,
+        /// Its outcome.
+        outcome: CommandOutcome,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Entry {
     InProgress,
@@ -46,6 +66,8 @@ pub struct CommandCore {
     ledger: BTreeMap<String, Entry>,
     finished: VecDeque<String>,
     capacity: usize,
+    #[serde(skip)]
+    records: Vec<LedgerRecord>,
 }
 
 impl CommandCore {
@@ -63,6 +85,70 @@ impl CommandCore {
             ledger: BTreeMap::new(),
             finished: VecDeque::new(),
             capacity,
+            records: Vec::new(),
+        }
+    }
+
+    /// The core that `records` (as [`CommandCore::take_records`] gave them, oldest first)
+    /// describe, with nothing left to take.
+    pub fn replay(
+        region: &str,
+        capacity: usize,
+        records: impl IntoIterator<Item = LedgerRecord>,
+    ) -> Self {
+        let mut core = Self::with_capacity(region, capacity);
+        for record in records {
+            core.apply_record(record);
+        }
+        core
+    }
+
+    /// Applies one record as [`CommandCore::replay`] does (a region record changes nothing:
+    /// checking it is the journal's job); it adds nothing to take.
+    pub fn apply_record(&mut self, record: LedgerRecord) {
+        let pending = self.records.len();
+        match record {
+            LedgerRecord::Region(_) => {}
+            LedgerRecord::Term(term) => {
+                self.handle_leader_term(term);
+            }
+            LedgerRecord::Finished { op_id, outcome } => self.handle_outcome(&op_id, &outcome),
+        }
+        self.records.truncate(pending);
+    }
+
+    /// How many records [`CommandCore::snapshot`] gives.
+    pub fn snapshot_len(&self) -> usize {
+        2 + self.finished.len()
+    }
+
+    /// The records that describe this core whole (its region, its term, then its finished
+    /// operations, oldest first): what a compacted journal holds.
+    pub fn snapshot(&self) -> Vec<LedgerRecord> {
+        let mut all = vec![
+            LedgerRecord::Region(self.region.clone()),
+            LedgerRecord::Term(self.newest_term),
+        ];
+        for op_id in &self.finished {
+            if let Some(Entry::Done(outcome)) = self.ledger.get(op_id) {
+                all.push(LedgerRecord::Finished {
+                    op_id: op_id.clone(),
+                    outcome: outcome.clone(),
+                });
+            }
+        }
+        all
+    }
+
+    /// The durable changes made since the last call, oldest first.
+    pub fn take_records(&mut self) -> Vec<LedgerRecord> {
+        std::mem::take(&mut self.records)
+    }
+
+    fn raise_term(&mut self, term: u64) {
+        if term > self.newest_term {
+            self.newest_term = term;
+            self.records.push(LedgerRecord::Term(term));
         }
     }
 
@@ -82,7 +168,7 @@ impl CommandCore {
         if term < self.newest_term {
             return false;
         }
-        self.newest_term = term;
+        self.raise_term(term);
         true
     }
 
@@ -108,7 +194,7 @@ impl CommandCore {
                 ),
             }));
         }
-        self.newest_term = cmd.term;
+        self.raise_term(cmd.term);
         match self.ledger.get(&cmd.op_id) {
             Some(Entry::Done(outcome)) => Admission::Reply(outcome.clone()),
             Some(Entry::InProgress) => {
@@ -129,6 +215,10 @@ impl CommandCore {
         }
         self.ledger
             .insert(op_id.to_owned(), Entry::Done(outcome.clone()));
+        self.records.push(LedgerRecord::Finished {
+            op_id: op_id.to_owned(),
+            outcome: outcome.clone(),
+        });
         self.finished.push_back(op_id.to_owned());
         while self.finished.len() > self.capacity {
             if let Some(old) = self.finished.pop_front() {
@@ -234,18 +324,50 @@ mod tests {
             Admission::Execute,
             "a was evicted"
         );
+        // "a" is executing again: a restart forgets it, whether the core comes back from its
+        // journal's records or from an old whole-core file.
+        let records = core.take_records();
         let json = serde_json::to_string(&core).unwrap();
-        let mut back: CommandCore = serde_json::from_str(&json).unwrap();
-        back.handle_restart();
-        assert_eq!(
-            back.handle_command(&cmd("a", 1, "r")),
-            Admission::Execute,
-            "in-progress forgotten"
-        );
-        assert_eq!(
-            back.handle_command(&cmd("c", 1, "r")),
-            Admission::Reply(done())
-        );
-        assert_eq!(back.newest_term(), 1);
+        let mut from_file: CommandCore = serde_json::from_str(&json).unwrap();
+        from_file.handle_restart();
+        for mut back in [CommandCore::replay("r", 2, records), from_file] {
+            assert_eq!(
+                back.handle_command(&cmd("a", 1, "r")),
+                Admission::Execute,
+                "in-progress forgotten"
+            );
+            assert_eq!(
+                back.handle_command(&cmd("c", 1, "r")),
+                Admission::Reply(done())
+            );
+            assert_eq!(
+                back.handle_command(&cmd("b", 1, "r")),
+                Admission::Reply(done())
+            );
+            assert_eq!(back.newest_term(), 1);
+        }
+    }
+
+    #[test]
+    fn records_replay_into_the_same_core_and_a_snapshot_into_an_equal_one() {
+        let mut core = CommandCore::with_capacity("r", 3);
+        core.handle_leader_term(2);
+        for (i, op) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+            assert_eq!(
+                core.handle_command(&cmd(op, 2 + i as u64 / 2, "r")),
+                Admission::Execute
+            );
+            core.handle_outcome(op, &done());
+        }
+        // A stale term and a refusal record nothing.
+        core.handle_command(&cmd("f", 1, "r"));
+        core.handle_command(&cmd("g", 4, "r"));
+        core.handle_outcome("g", &CommandOutcome::Refused(Refusal::InProgress));
+        let records = core.take_records();
+        assert!(core.take_records().is_empty(), "taken once");
+        let replayed = CommandCore::replay("r", 3, records);
+        assert_eq!(replayed, core);
+        assert_eq!(CommandCore::replay("r", 3, core.snapshot()), core);
+        assert_eq!(core.newest_term(), 4);
     }
 }

@@ -4,14 +4,15 @@
 //! follows the orchestrators' leader ([`session`]), the region front ([`front`]: the embedded
 //! proxy or a haproxy the agent runs, over this region's active instances plus cutover
 //! shares), and its Prometheus endpoint ([`metrics`]). [`Agent`] ties core and executor
-//! together and persists the core (newest term and finished operations) in `<state_dir>/ledger.json`,
-//! so a restarted agent still refuses a deposed leader and still answers a retried operation
-//! with its first outcome.
+//! together and journals the core's durable changes (newest term, finished operations) in
+//! `<state_dir>/ledger.jsonl` ([`ledger`]) before it acts on them, so a restarted agent still
+//! refuses a deposed leader and still answers a retried operation with its first outcome.
 
 pub mod config;
 pub mod core;
 pub mod executor;
 pub mod front;
+pub mod ledger;
 pub mod metrics;
 pub mod session;
 
@@ -19,15 +20,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use umbra_proto::agent::{AgentCommand, AgentReport, CommandOutcome};
+use umbra_proto::agent::{AgentCommand, AgentReport, CommandOutcome, Refusal};
 
 use self::config::{AgentConfig, ConfigError};
 use self::core::{Admission, CommandCore};
 use self::executor::Executor;
+use self::ledger::Journal;
 use crate::provider::AnyProvider;
-
-/// The ledger file in the state directory.
-pub const LEDGER_FILE: &str = "ledger.json";
 
 /// Errors opening an agent.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +63,7 @@ pub enum AgentError {
 /// One region's agent: command core plus executor.
 pub struct Agent {
     core: Mutex<CommandCore>,
-    ledger_path: PathBuf,
+    journal: Journal,
     executor: Executor,
     metrics: metrics::AgentMetrics,
 }
@@ -104,28 +103,10 @@ impl Agent {
         provider: AnyProvider,
         front: Option<front::Front>,
     ) -> Result<Agent, AgentError> {
-        let ledger_path = state_dir.join(LEDGER_FILE);
-        let err = |message: String| AgentError::Ledger {
-            path: ledger_path.clone(),
-            message,
-        };
-        let core = match std::fs::read(&ledger_path) {
-            Ok(bytes) => {
-                let mut core: CommandCore =
-                    serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
-                if core.region() != region {
-                    return Err(err(format!(
-                        "it belongs to region {:?}, this agent serves {region:?}; use another \
-                         state directory",
-                        core.region()
-                    )));
-                }
-                core.handle_restart();
-                core
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => CommandCore::new(region),
-            Err(e) => return Err(err(e.to_string())),
-        };
+        let (journal, core) = Journal::open(state_dir, region).map_err(|e| AgentError::Ledger {
+            path: e.path,
+            message: e.message,
+        })?;
         if let Some(front) = &front {
             front.telemetry().set_region(region);
         }
@@ -139,7 +120,7 @@ impl Agent {
         metrics.register(executor.collectors());
         Ok(Agent {
             core: Mutex::new(core),
-            ledger_path,
+            journal,
             executor,
             metrics,
         })
@@ -165,48 +146,44 @@ impl Agent {
         self.core.lock().expect("core lock").region().to_owned()
     }
 
-    fn persist(&self, core: &CommandCore) -> Result<(), std::io::Error> {
-        let tmp = self.ledger_path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(core).expect("the core serializes"))?;
-        std::fs::rename(&tmp, &self.ledger_path)
-    }
-
     /// A leader announced `term`; false (and nothing changes) if it is older than the newest
-    /// seen.
-    pub fn handle_leader_term(&self, term: u64) -> bool {
-        let mut core = self.core.lock().expect("core lock");
-        let before = core.newest_term();
-        if !core.handle_leader_term(term) {
-            return false;
-        }
-        if core.newest_term() != before
-            && let Err(e) = self.persist(&core)
-        {
-            tracing::error!(error = %e, "cannot persist the newest term");
+    /// seen. Returns once a raised term is on disk.
+    pub async fn handle_leader_term(&self, term: u64) -> bool {
+        let written = {
+            let mut core = self.core.lock().expect("core lock");
+            if !core.handle_leader_term(term) {
+                return false;
+            }
+            self.journal.append(core.take_records())
+        };
+        if let Err(e) = written.await {
+            tracing::error!(error = %e, "cannot journal the newest term");
         }
         true
     }
 
     /// Admits, executes and records one command.
     pub async fn handle_command(&self, cmd: &AgentCommand) -> CommandOutcome {
-        let admission = {
+        let (admission, written) = {
             let mut core = self.core.lock().expect("core lock");
-            let before = core.clone();
             let admission = core.handle_command(cmd);
-            if *core != before
-                && let Err(e) = self.persist(&core)
-            {
-                // Without a durable term and ledger entry, running the command could break
-                // fencing or idempotency after a crash: do not run it.
-                *core = before;
-                let outcome = CommandOutcome::Failed {
-                    reason: format!("cannot persist the command ledger: {e}"),
-                };
-                self.metrics.count_command(&outcome, false);
-                return outcome;
-            }
-            admission
+            (admission, self.journal.append(core.take_records()))
         };
+        if let Err(e) = written.await {
+            // Without a durable term, running the command (or answering for it) could break
+            // fencing after a crash: do neither, and free the id for a retry.
+            if admission == Admission::Execute {
+                self.core
+                    .lock()
+                    .expect("core lock")
+                    .handle_outcome(&cmd.op_id, &CommandOutcome::Refused(Refusal::InProgress));
+            }
+            let outcome = CommandOutcome::Failed {
+                reason: format!("cannot journal the command ledger: {e}"),
+            };
+            self.metrics.count_command(&outcome, false);
+            return outcome;
+        }
         match admission {
             Admission::Reply(outcome) => {
                 tracing::info!(op_id = %cmd.op_id, term = cmd.term, ?outcome, "answered without acting");
@@ -217,10 +194,13 @@ impl Agent {
             Admission::Execute => {
                 tracing::info!(op_id = %cmd.op_id, term = cmd.term, action = ?cmd.action, "executing");
                 let outcome = self.executor.execute(&cmd.action).await;
-                let mut core = self.core.lock().expect("core lock");
-                core.handle_outcome(&cmd.op_id, &outcome);
-                if let Err(e) = self.persist(&core) {
-                    tracing::error!(error = %e, "cannot persist the command ledger");
+                let written = {
+                    let mut core = self.core.lock().expect("core lock");
+                    core.handle_outcome(&cmd.op_id, &outcome);
+                    self.journal.append(core.take_records())
+                };
+                if let Err(e) = written.await {
+                    tracing::error!(error = %e, "cannot journal the command's outcome");
                 }
                 self.metrics.count_command(&outcome, false);
                 outcome

@@ -363,7 +363,7 @@ async fn attempt(
             (conn, stream, node_id, term)
         }
     };
-    if !agent.handle_leader_term(term) {
+    if !agent.handle_leader_term(term).await {
         conn.close(0, "stale leader term");
         return Attempt::Stale(format!(
             "orchestrator {node_id} claims leadership for term {term}, older than {}",
