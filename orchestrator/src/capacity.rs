@@ -83,7 +83,9 @@ impl ClaimMember {
 }
 
 /// What an instance was when a claim took effect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum MemberWas {
     /// Serving already.

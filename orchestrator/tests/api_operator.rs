@@ -11,9 +11,10 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use umbra_orchestrator::api::{self, ApiClient, ApiConfig, BearerToken, ClientError};
+use umbra_orchestrator::api::{AuditEventView, Written};
 use umbra_orchestrator::migration::{Observations, ReplicationObserved};
 use umbra_orchestrator::state::plan::EXAMPLE_PLAN_TOML;
-use umbra_orchestrator::state::{Applied, AuditEvent, MigrationRequest, Plan};
+use umbra_orchestrator::state::{MigrationRequest, Plan};
 use umbra_orchestrator::store::MemoryReplicated;
 use umbra_proto::certs::{self, Layout};
 use umbra_proto::{Credentials, Identity, Role};
@@ -186,7 +187,7 @@ async fn a_plan_naming_an_unknown_region_is_refused_with_the_states_message() {
         .expect("the plan applies");
     assert_eq!(
         applied,
-        Applied::Plan {
+        Written::Plan {
             regions: 2,
             services: 1,
             schedules: 0
@@ -233,7 +234,7 @@ async fn migrate_then_status_shows_it_planned_with_readiness_once_observed() {
         .apply_plan_toml(&text(&plan_without_schedules()))
         .await
         .unwrap();
-    let Applied::Migration { id } = client.migrate(&migration("eu-west")).await.unwrap() else {
+    let Written::Migration { id } = client.migrate(&migration("eu-west")).await.unwrap() else {
         panic!("expected a migration id");
     };
     let report = client.status().await.unwrap();
@@ -257,7 +258,7 @@ async fn migrate_then_status_shows_it_planned_with_readiness_once_observed() {
         report
             .recent_audit
             .iter()
-            .any(|e| e.subject == id && matches!(e.event, AuditEvent::MigrationCreated { .. })),
+            .any(|e| e.subject == id && matches!(e.event, AuditEventView::MigrationCreated { .. })),
         "{:?}",
         report.recent_audit
     );
@@ -302,7 +303,7 @@ async fn rollback_of_an_unknown_id_is_404_and_of_a_known_one_is_recorded() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(message.contains("shop-99"), "{message}");
 
-    let Applied::Migration { id } = client.migrate(&migration("eu-west")).await.unwrap() else {
+    let Written::Migration { id } = client.migrate(&migration("eu-west")).await.unwrap() else {
         panic!("expected a migration id");
     };
     let (status, message) = refused(client.rollback(&id, "  ").await);

@@ -7,8 +7,9 @@
 //! processes; this test is where a follower's forwarded writes and refusals are checked.
 
 use umbra_orchestrator::api;
+use umbra_orchestrator::api::Written;
 use umbra_orchestrator::node::NodeEnvironment;
-use umbra_orchestrator::state::{Applied, MigrationRequest, Plan};
+use umbra_orchestrator::state::{MigrationRequest, Plan};
 
 mod executor_support;
 
@@ -30,14 +31,14 @@ async fn writes_through_a_follower_are_forwarded_and_every_node_ends_the_same() 
         .await
         .expect("forwarded");
     assert!(
-        matches!(applied, Applied::Plan { services: 1, .. }),
+        matches!(applied, Written::Plan { services: 1, .. }),
         "{applied:?}"
     );
     let request = MigrationRequest {
         from: Some("us-east".to_owned()),
         ..MigrationRequest::new("shop", "eu-west", 4_000_000_000_000)
     };
-    let Applied::Migration { id } = via_follower.migrate(&request).await.expect("forwarded") else {
+    let Written::Migration { id } = via_follower.migrate(&request).await.expect("forwarded") else {
         panic!("a migration id");
     };
 

@@ -28,12 +28,12 @@ use anyhow::{Context, bail};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use umbra_consensus::Role as RaftRole;
+use umbra_orchestrator::api::OverviewView;
 use umbra_orchestrator::api::{ApiClient, ApiConfig, BearerToken};
 use umbra_orchestrator::node::{
     AdminStatus, DnsSection, ExecutorSection, GatewaySection, NodeConfig, PeerConfig,
     StateMachineKind,
 };
-use umbra_orchestrator::state::Overview;
 use umbra_orchestrator::store::StoreClient;
 use umbra_proto::certs::Layout;
 use umbra_proto::{
@@ -593,7 +593,7 @@ impl Cluster {
     /// services and DNS weights (orchestrator mode); returns how many nodes were compared.
     pub async fn wait_for_replicas(
         &self,
-        expected: &Overview,
+        expected: &OverviewView,
         timeout: Duration,
     ) -> anyhow::Result<usize> {
         let live = self.live();

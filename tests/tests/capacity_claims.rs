@@ -18,9 +18,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use umbra_demo::{DemoOptions, IdleCluster};
+use umbra_orchestrator::api::Written;
 use umbra_orchestrator::api::{CapacityReport, ClaimStatus, ForecastReport};
 use umbra_orchestrator::capacity::MemberWas;
-use umbra_orchestrator::state::Applied;
 
 /// Longest any stage may take on a loaded 2-core machine (a liveness deadline, not a bound on
 /// latency).
@@ -73,7 +73,7 @@ async fn a_capacity_request_is_served_from_dormant_and_claims_past_the_region_li
     let now = chrono::Utc::now();
     let start = (now + chrono::Duration::seconds(45)).to_rfc3339();
     let end = (now + chrono::Duration::minutes(10)).to_rfc3339();
-    let reserved: Applied = json(&umbra(
+    let reserved: Written = json(&umbra(
         &env,
         &[
             "capacity",
@@ -90,7 +90,7 @@ async fn a_capacity_request_is_served_from_dormant_and_claims_past_the_region_li
             "--json",
         ],
     )?)?;
-    let Applied::Capacity { id: reservation } = reserved else {
+    let Written::Capacity { id: reservation } = reserved else {
         anyhow::bail!("not a claim: {reserved:?}");
     };
 
@@ -122,7 +122,7 @@ async fn a_capacity_request_is_served_from_dormant_and_claims_past_the_region_li
         "no backtrace for a user error"
     );
     let listed: CapacityReport = json(&umbra(&env, &["capacity", "list", "--json"])?)?;
-    let ids: Vec<&str> = listed.claims.iter().map(|c| c.claim.id.as_str()).collect();
+    let ids: Vec<&str> = listed.claims.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(
         ids,
         [reservation.as_str()],
@@ -145,7 +145,7 @@ async fn a_capacity_request_is_served_from_dormant_and_claims_past_the_region_li
         predicted.model,
         predicted.slices.len(),
         predicted.slices[0].start,
-        predicted.slices[0].slice.mean
+        predicted.slices[0].mean
     );
 
     // One lead time before the window, the pool holds dormant instances for it.
@@ -183,7 +183,7 @@ async fn a_capacity_request_is_served_from_dormant_and_claims_past_the_region_li
         ],
     )?)?;
     let fulfilment = served.fulfilment.as_ref().expect("the leader tracked it");
-    assert!(fulfilment.fulfilled(), "{fulfilment:?}");
+    assert!(fulfilment.fulfilled, "{fulfilment:?}");
     let was: Vec<MemberWas> = fulfilment.members.iter().map(|m| m.was).collect();
     assert_eq!(
         was,
@@ -195,7 +195,7 @@ async fn a_capacity_request_is_served_from_dormant_and_claims_past_the_region_li
             "{} {:?}: serving {:.1} s after the request",
             m.instance,
             m.was,
-            m.ready_after_ms(fulfilment.start_ms).unwrap_or_default() as f64 / 1e3
+            m.ready_after_ms.unwrap_or_default() as f64 / 1e3
         );
     }
     let pool = cluster.pools().await.into_iter().next().expect("a pool");

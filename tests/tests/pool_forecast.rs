@@ -17,7 +17,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use umbra_agent::provider::InstanceRecord;
 use umbra_demo::{DemoOptions, IdleCluster};
-use umbra_orchestrator::capacity::PoolView;
+use umbra_orchestrator::api::PoolStatus;
 use umbra_proto::agent::InstanceState;
 
 const SLICE_SECS: u32 = 10;
@@ -83,7 +83,7 @@ fn activated_from_dormant(record: &InstanceRecord) -> bool {
     })
 }
 
-async fn pool(cluster: &IdleCluster) -> Option<PoolView> {
+async fn pool(cluster: &IdleCluster) -> Option<PoolStatus> {
     cluster.pools().await.into_iter().next()
 }
 
@@ -159,7 +159,7 @@ async fn a_pool_rises_before_its_forecast_peak_heals_a_killed_instance_and_falls
     let slice = rose.slice.as_ref().expect("the pool has a forecast");
     eprintln!(
         "forecast ({}): q {:.0} rps for the slice at {}",
-        rose.forecast, slice.quantile, slice.start_ms
+        rose.forecast, slice.quantile, slice.start
     );
 
     // At the peak: SIGKILL a serving follower; it is replaced and the pool is back at target.

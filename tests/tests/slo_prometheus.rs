@@ -26,8 +26,8 @@ use umbra_demo::report::DemoReport;
 use umbra_demo::scenario::{DemoTiming, migration_request};
 use umbra_demo::{DemoOptions, DemoSloSource, FrontKind, IdleCluster, run};
 use umbra_orchestrator::api::StatusReport;
+use umbra_orchestrator::api::Written;
 use umbra_orchestrator::migration::SloJudgement;
-use umbra_orchestrator::state::Applied;
 
 /// Longest any stage may take on a loaded 2-core machine (a liveness deadline).
 const DEADLINE: Duration = Duration::from_secs(180);
@@ -189,7 +189,7 @@ async fn a_step_without_prometheus_data_holds_until_an_operator_rolls_it_back() 
         .migrate(&request)
         .await
         .map_err(anyhow::Error::msg)?;
-    let Applied::Migration { id } = applied else {
+    let Written::Migration { id } = applied else {
         anyhow::bail!("not a migration: {applied:?}");
     };
 

@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use umbra_orchestrator::state::{Applied, Plan};
+use umbra_orchestrator::api::Written;
+use umbra_orchestrator::state::Plan;
 
 use crate::operator::{ApiArgs, counted, print_json};
 
@@ -29,23 +30,11 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{} is not a valid plan", file.display()))?;
         let applied = client.apply_plan_toml(&text).await?;
         if args.api.json {
-            // The plan's summary as a plain object: `{"regions": 2, "services": 1, ...}`.
-            let summary = match &applied {
-                Applied::Plan {
-                    regions,
-                    services,
-                    schedules,
-                } => serde_json::json!({
-                    "regions": regions,
-                    "services": services,
-                    "schedules": schedules,
-                }),
-                other => anyhow::bail!("the API answered {other:?} to a plan"),
-            };
-            return print_json(&summary);
+            // The API's answer as it is: `{"resource": "plan", "regions": 2, ...}`.
+            return print_json(&applied);
         }
         match applied {
-            Applied::Plan {
+            Written::Plan {
                 regions,
                 services,
                 schedules,

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use umbra_orchestrator::api::{ApiClient, CapacityBody, CapacityReport, ClaimStatus};
-use umbra_orchestrator::capacity::{ClaimFulfilment, MemberWas};
-use umbra_orchestrator::state::Applied;
+use umbra_orchestrator::api::{FulfilmentView, Written};
+use umbra_orchestrator::capacity::MemberWas;
 
 use crate::operator::{ApiArgs, print_json};
 
@@ -190,11 +190,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
         for s in &report.slices {
             println!(
                 "  {}  mean {:>8.1} rps  held {:>8.1} rps  warm {} dormant {}",
-                s.start,
-                s.slice.mean,
-                s.slice.quantile,
-                s.slice.target.warm,
-                s.slice.target.dormant
+                s.start, s.mean, s.quantile, s.target.warm, s.target.dormant
             );
         }
         Ok(())
@@ -212,7 +208,7 @@ enum Print {
 /// Proposes the claim, shows it as `print` says, and returns its id.
 async fn claim(client: &ApiClient, body: &CapacityBody, print: Print) -> anyhow::Result<String> {
     let applied = client.claim_capacity(body).await?;
-    let Applied::Capacity { id } = &applied else {
+    let Written::Capacity { id } = &applied else {
         bail!("the API answered {applied:?} to a capacity claim");
     };
     if print == Print::Json {
@@ -252,17 +248,17 @@ async fn wait_fulfilled(
     let deadline = Instant::now() + limit;
     loop {
         let report = client.capacity().await?;
-        let Some(claim) = report.claims.into_iter().find(|c| c.claim.id == id) else {
+        let Some(claim) = report.claims.into_iter().find(|c| c.id == id) else {
             bar.finish_and_clear();
             bail!("claim {id} is gone (released, or its window ended)");
         };
         match &claim.fulfilment {
             Some(f) => {
                 bar.set_length(f.members.len() as u64);
-                let serving = f.members.iter().filter(|m| m.serving_at_ms.is_some());
+                let serving = f.members.iter().filter(|m| m.serving_at.is_some());
                 bar.set_position(serving.count() as u64);
                 bar.set_message(id.to_owned());
-                if f.fulfilled() {
+                if f.fulfilled {
                     bar.finish_and_clear();
                     return Ok(claim);
                 }
@@ -291,9 +287,9 @@ fn was(w: MemberWas) -> &'static str {
     }
 }
 
-fn print_fulfilment(f: &ClaimFulfilment) {
+fn print_fulfilment(f: &FulfilmentView) {
     for m in &f.members {
-        let ready = match m.ready_after_ms(f.start_ms) {
+        let ready = match m.ready_after_ms {
             Some(ms) => format!("serving {:.1} s after the window opened", ms as f64 / 1e3),
             None => "not serving yet".to_owned(),
         };
@@ -302,10 +298,10 @@ fn print_fulfilment(f: &ClaimFulfilment) {
 }
 
 fn print_claim(claim: &ClaimStatus) {
-    let c = &claim.claim;
+    let c = claim;
     println!(
         "{} {:?} {} instances of {} in {} from {} to {}",
-        c.id, c.kind, c.instances, c.service, c.region, claim.start, claim.end
+        c.id, c.kind, c.instances, c.service, c.region, c.start, c.end
     );
     match &claim.fulfilment {
         Some(f) => print_fulfilment(f),

@@ -3,7 +3,8 @@
 //! (known service and regions, nothing in flight) and answers with the migration's id.
 
 use anyhow::Context;
-use umbra_orchestrator::state::{Applied, MigrationRequest};
+use umbra_orchestrator::api::Written;
+use umbra_orchestrator::state::MigrationRequest;
 
 use crate::operator::{ApiArgs, migration_resource, print_json, rfc3339};
 
@@ -68,12 +69,12 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
         let request = request?;
         let applied = client.migrate(&request).await?;
         if args.api.json
-            && let Applied::Migration { id } = &applied
+            && let Written::Migration { id } = &applied
         {
             return print_json(&migration_resource(&client, id).await?);
         }
         match applied {
-            Applied::Migration { id } => println!(
+            Written::Migration { id } => println!(
                 "migration {id}: {} → {} at {}; follow it with `umbra status --watch`",
                 request.service,
                 request.to,

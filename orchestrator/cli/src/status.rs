@@ -12,7 +12,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use umbra_orchestrator::api::{MigrationStatus, StatusReport};
 
-use crate::operator::{ApiArgs, counted, print_json, rfc3339};
+use crate::operator::{ApiArgs, counted, print_json};
 
 /// Default pause between polls of `--watch`: 500 ms, fast enough to see a 10 % step of a
 /// demo with a few-second analysis window.
@@ -115,20 +115,19 @@ fn print_report(report: &StatusReport) {
         println!("{}", line(migration));
         println!(
             "    cutover at {}, phase since {}",
-            rfc3339(migration.cutover_at_ms),
-            rfc3339(migration.phase_since_ms)
+            migration.cutover_at, migration.phase_since
         );
         let ttl = &migration.dns_ttl;
         if ttl.low_ttl_secs < ttl.old_ttl_secs {
-            let lowered = match ttl.lowered_at_ms {
-                Some(at) => format!("lowered at {}", rfc3339(at)),
-                None => format!("to be lowered at {}", rfc3339(ttl.lower_at_ms)),
+            let lowered = match ttl.lowered_at {
+                Some(at) => format!("lowered at {at}"),
+                None => format!("to be lowered at {}", ttl.lower_at),
             };
             println!(
                 "    dns ttl {} s → {} s, {lowered}; every cache holds it from {}{}",
                 ttl.old_ttl_secs,
                 ttl.low_ttl_secs,
-                rfc3339(ttl.low_ttl_everywhere_at_ms),
+                ttl.low_ttl_everywhere_at,
                 if ttl.late {
                     " (LATE: after the cutover starts; earlier steps take up to the old TTL to reach every client)"
                 } else {
@@ -166,9 +165,7 @@ fn print_report(report: &StatusReport) {
             match &pool.slice {
                 Some(slice) => format!(
                     "forecast {:.0} req/s for the slice at {} ({})",
-                    slice.quantile,
-                    rfc3339(slice.start_ms),
-                    pool.forecast
+                    slice.quantile, slice.start, pool.forecast
                 ),
                 None => format!("no forecast: {}", pool.forecast),
             }
@@ -179,11 +176,7 @@ fn print_report(report: &StatusReport) {
         for entry in &report.recent_audit {
             println!(
                 "  #{} {} {}: {} ({})",
-                entry.index,
-                rfc3339(entry.at_ms),
-                entry.subject,
-                entry.event,
-                entry.reason
+                entry.index, entry.at, entry.subject, entry.summary, entry.reason
             );
         }
     }
@@ -204,10 +197,7 @@ impl Watch {
                 self.bars.suspend(|| {
                     println!(
                         "{} {}: {} ({})",
-                        rfc3339(entry.at_ms),
-                        entry.subject,
-                        entry.event,
-                        entry.reason
+                        entry.at, entry.subject, entry.summary, entry.reason
                     )
                 });
                 self.last_audit = entry.index;

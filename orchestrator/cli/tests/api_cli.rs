@@ -164,14 +164,14 @@ async fn apply_migrate_status_rollback_as_an_operator_sees_them() {
         run.stdout
     );
     assert!(
-        run.stdout.contains("cutover at 2100-01-01T00:00:00Z"),
+        run.stdout.contains("cutover at 2100-01-01T00:00:00.000Z"),
         "{}",
         run.stdout
     );
     // The TTL plan: 300 s answers go down to 5 s one TTL plus the 60 s margin ahead.
     assert!(
         run.stdout.contains(
-            "dns ttl 300 s → 5 s, to be lowered at 2099-12-31T23:54:00Z; every cache holds it from 2099-12-31T23:59:00Z\n"
+            "dns ttl 300 s → 5 s, to be lowered at 2099-12-31T23:54:00.000Z; every cache holds it from 2099-12-31T23:59:00.000Z\n"
         ),
         "{}",
         run.stdout

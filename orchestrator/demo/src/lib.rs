@@ -39,11 +39,12 @@ use umbra_proto::{Credentials, Identity, Role};
 
 use umbra_dns::{WeightedAddress, WeightedRecordSet};
 use umbra_orchestrator::api::{ApiClient, ApiConfig, BearerToken};
+use umbra_orchestrator::api::{MigrationStatus, OverviewView, PoolStatus, Written};
 use umbra_orchestrator::node::{
     AdminStatus, DnsSection, ExecutorSection, GatewaySection, NodeConfig, PeerConfig,
     StateMachineKind,
 };
-use umbra_orchestrator::state::{Applied, AuditEntry, Overview, Plan};
+use umbra_orchestrator::state::{AuditEntry, Plan};
 
 use self::processes::{ProcessError, Supervisor};
 use self::report::{DemoReport, TrafficSegment};
@@ -692,7 +693,7 @@ impl IdleCluster {
     }
 
     /// `POST /v1/plan` through any live orchestrator; the error is the API's message.
-    pub async fn apply_plan_toml(&self, text: &str) -> Result<Applied, String> {
+    pub async fn apply_plan_toml(&self, text: &str) -> Result<Written, String> {
         call_any(&self.cluster.orchestrators, |api| {
             let text = text.to_owned();
             async move { api.apply_plan_toml(&text).await }
@@ -704,7 +705,7 @@ impl IdleCluster {
     pub async fn migrate(
         &self,
         request: &umbra_orchestrator::state::MigrationRequest,
-    ) -> Result<Applied, String> {
+    ) -> Result<Written, String> {
         call_any(&self.cluster.orchestrators, |api| {
             let request = request.clone();
             async move { api.migrate(&request).await }
@@ -713,7 +714,7 @@ impl IdleCluster {
     }
 
     /// The replicated state, as `GET /v1/status` shows it.
-    pub async fn overview(&self) -> Result<Overview, String> {
+    pub async fn overview(&self) -> Result<OverviewView, String> {
         call_live(&self.cluster.orchestrators, |api| async move {
             api.status().await
         })
@@ -721,9 +722,18 @@ impl IdleCluster {
         .map(|status| status.overview)
     }
 
+    /// Every migration, newest first, as `GET /v1/status` shows them.
+    pub async fn migrations(&self) -> Result<Vec<MigrationStatus>, String> {
+        call_live(&self.cluster.orchestrators, |api| async move {
+            api.status().await
+        })
+        .await
+        .map(|status| status.migrations)
+    }
+
     /// The serving pools as the leading orchestrator's `GET /v1/status` shows them (a node
     /// that does not lead shows none); empty while no node leads.
-    pub async fn pools(&self) -> Vec<umbra_orchestrator::capacity::PoolView> {
+    pub async fn pools(&self) -> Vec<PoolStatus> {
         leader_pools(&self.cluster.orchestrators).await
     }
 
@@ -915,7 +925,9 @@ struct Watched {
     from: String,
     to: String,
     audit: Vec<AuditEntry>,
-    overview: Overview,
+    overview: OverviewView,
+    /// The migration as the final status showed it.
+    migration: Option<MigrationStatus>,
     killed_leader: Option<u64>,
     restarted_agent: Option<String>,
     instances_left: BTreeMap<String, usize>,
@@ -955,7 +967,7 @@ async fn migrate(
     })
     .await
     .map_err(|e| DemoError::Api(format!("requesting the migration: {e}")))?;
-    let Applied::Migration { id } = applied else {
+    let Written::Migration { id } = applied else {
         return Err(DemoError::Api(format!(
             "the API answered {applied:?} to a migration request"
         )));
@@ -1126,11 +1138,13 @@ async fn migrate(
                 .count()
         })
         .unwrap_or(0);
+    let migration = status.migrations.iter().find(|m| m.id == id).cloned();
     Ok(Watched {
         id,
         from: source.to_owned(),
         to,
         audit,
+        migration,
         overview: status.overview,
         killed_leader,
         restarted_agent,
@@ -1156,8 +1170,10 @@ async fn finish(
         .last()
         .map(|p| p.name.clone())
         .unwrap_or_else(|| "planned".into());
-    let record = watched.overview.migrations.get(&watched.id);
-    let steps = record.map_or(3, |r| r.spec.steps_percent.len());
+    let steps = watched
+        .migration
+        .as_ref()
+        .map_or(3, |m| m.steps_percent.len());
     let cutover = report::cutover_start(&phases);
     // Where the traffic ended up: once the migration ended and cached DNS answers expired.
     let settled_at_ms = phases
@@ -1220,7 +1236,7 @@ async fn finish(
         traffic_secs: segments.len() as f64 * traffic::SEGMENT.as_secs_f64(),
         p99_ms_steady: summary.p99_ms_steady,
         p99_ms_first_10s_after_cutover: summary.p99_ms_first_10s_after_cutover,
-        shadow_instances: record.map_or(0, |r| r.shadow_instances),
+        shadow_instances: watched.migration.as_ref().map_or(0, |m| m.shadow_instances),
         rollback_ms: report::rollback_ms(&phases),
         fence_window_ms,
         failed_in_fence_window,
@@ -1247,7 +1263,7 @@ async fn finish(
 /// they agree for up to 10 s) and its own DNS server serves the weights the state holds.
 async fn same_state_everywhere(
     orchestrators: &[Orchestrator],
-    overview: &Overview,
+    overview: &OverviewView,
     topology: &DemoTopology,
 ) -> bool {
     let http = match reqwest::Client::builder()
@@ -1442,9 +1458,7 @@ where
 
 /// A read from the first live orchestrator that answers.
 /// The pools the leading orchestrator publishes (its `GET /v1/status`), or none.
-async fn leader_pools(
-    orchestrators: &[Orchestrator],
-) -> Vec<umbra_orchestrator::capacity::PoolView> {
+async fn leader_pools(orchestrators: &[Orchestrator]) -> Vec<PoolStatus> {
     leader_status(orchestrators)
         .await
         .map(|(_, status)| status.pools)

@@ -319,15 +319,11 @@ pub struct PoolSample {
 
 impl PoolSample {
     /// The sample of `view`.
-    pub fn of(view: &umbra_orchestrator::capacity::PoolView) -> Self {
+    pub fn of(view: &umbra_orchestrator::api::PoolStatus) -> Self {
         let slice = view.slice.as_ref();
         Self {
             region: view.region.clone(),
-            slice_start: slice.map(|s| {
-                chrono::DateTime::from_timestamp_millis(s.start_ms as i64)
-                    .unwrap_or_default()
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            }),
+            slice_start: slice.map(|s| s.start.to_string()),
             forecast_rps: slice.map(|s| s.quantile),
             target_warm: view.target.warm,
             target_dormant: view.target.dormant,

@@ -20,10 +20,10 @@ use serde::de::DeserializeOwned;
 use umbra_proto::{Credentials, Role};
 
 use super::{
-    BearerToken, CapacityBody, CapacityReport, ErrorBody, ForecastReport, Health, RollbackRequest,
-    StatusReport,
+    AuditEntryView, BearerToken, CapacityBody, CapacityReport, ErrorBody, ForecastReport, Health,
+    MigrationBody, RollbackRequest, StatusReport, Written,
 };
-use crate::state::{Applied, AuditEntry, MigrationRequest};
+use crate::state::{AuditEntry, MigrationRequest};
 
 /// Longest one request may take: longer than the server's own 15 s limit, so the server's
 /// verdict (including its timeout answer) arrives first.
@@ -150,7 +150,7 @@ impl ApiClient {
     }
 
     /// `POST /v1/plan` with a TOML plan.
-    pub async fn apply_plan_toml(&self, toml: &str) -> Result<Applied, ClientError> {
+    pub async fn apply_plan_toml(&self, toml: &str) -> Result<Written, ClientError> {
         self.call(
             Method::POST,
             "/v1/plan",
@@ -160,8 +160,9 @@ impl ApiClient {
     }
 
     /// `POST /v1/migrations`.
-    pub async fn migrate(&self, request: &MigrationRequest) -> Result<Applied, ClientError> {
-        let body = serde_json::to_vec(request).expect("a migration request always encodes");
+    pub async fn migrate(&self, request: &MigrationRequest) -> Result<Written, ClientError> {
+        let body = serde_json::to_vec(&MigrationBody::from(request))
+            .expect("a migration request always encodes");
         self.call(
             Method::POST,
             "/v1/migrations",
@@ -171,7 +172,7 @@ impl ApiClient {
     }
 
     /// `POST /v1/migrations/{id}/rollback`.
-    pub async fn rollback(&self, id: &str, reason: &str) -> Result<Applied, ClientError> {
+    pub async fn rollback(&self, id: &str, reason: &str) -> Result<Written, ClientError> {
         let body = serde_json::to_vec(&RollbackRequest {
             reason: reason.to_owned(),
         })
@@ -197,18 +198,25 @@ impl ApiClient {
         self.call(Method::GET, "/v1/status", None).await
     }
 
-    /// `GET /v1/audit?after=N&limit=M`.
+    /// `GET /v1/audit?after=N&limit=M`, as the typed entries the state keeps (callers match
+    /// on events).
     pub async fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, ClientError> {
-        self.call(
-            Method::GET,
-            &format!("/v1/audit?after={after}&limit={limit}"),
-            None,
-        )
-        .await
+        let entries: Vec<AuditEntryView> = self
+            .call(
+                Method::GET,
+                &format!("/v1/audit?after={after}&limit={limit}"),
+                None,
+            )
+            .await?;
+        entries
+            .into_iter()
+            .map(AuditEntry::try_from)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.protocol(format!("undecodable audit entry: {e}")))
     }
 
     /// `POST /v1/capacity`.
-    pub async fn claim_capacity(&self, body: &CapacityBody) -> Result<Applied, ClientError> {
+    pub async fn claim_capacity(&self, body: &CapacityBody) -> Result<Written, ClientError> {
         let body = serde_json::to_vec(body).expect("a capacity claim always encodes");
         self.call(
             Method::POST,
@@ -224,7 +232,7 @@ impl ApiClient {
     }
 
     /// `DELETE /v1/capacity/{id}`.
-    pub async fn release_capacity(&self, id: &str) -> Result<Applied, ClientError> {
+    pub async fn release_capacity(&self, id: &str) -> Result<Written, ClientError> {
         // Ids are `cap-N`; anything else cannot exist, and must not change the path.
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(ClientError::Refused {

@@ -12,7 +12,9 @@
 mod auth;
 pub mod client;
 mod dashboard;
+mod openapi;
 mod server;
+mod views;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,13 +22,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::migration::{MigrationRecord, Observations, Readiness, progress};
-use crate::state::{AuditEntry, Overview};
-use crate::store::LeaderInfo;
-
 pub use auth::{BearerToken, TokenError};
 pub use client::{ApiClient, ClientError};
 pub use server::{RunningApi, ServeError, serve};
+pub use views::{
+    AuditEntryView, AuditEventView, CapacityReport, ClaimStatus, DnsTtlStatus, ForecastReport,
+    FulfilmentView, Health, MemberView, MigrationBody, MigrationStatus, OverviewView, PoolSize,
+    PoolStatus, SliceView, StatusReport, Timestamp, Written,
+};
 
 /// Largest request body accepted: 1 MiB. A plan of a few hundred services is tens of KiB;
 /// anything near this bound is a mistake, not a plan.
@@ -119,14 +122,14 @@ impl ApiConfig {
 }
 
 /// The JSON body of every error answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What went wrong and what to do about it.
     pub error: String,
 }
 
 /// The body of `POST /v1/migrations/{id}/rollback`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     /// Why (kept in the audit log).
@@ -135,7 +138,7 @@ pub struct RollbackRequest {
 
 /// The body of `POST /v1/capacity`: serving capacity to hold for a service in its serving
 /// region, from now (a request) or for a window (a reservation: `start` and `end`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CapacityBody {
     /// The service.
@@ -155,177 +158,12 @@ pub struct CapacityBody {
     pub hold_secs: Option<u64>,
 }
 
-/// One capacity claim as `GET /v1/capacity` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClaimStatus {
-    /// The claim as replicated.
-    #[serde(flatten)]
-    pub claim: crate::state::CapacityClaim,
-    /// Window start and end, RFC 3339.
-    pub start: String,
-    /// Window end, RFC 3339.
-    pub end: String,
-    /// How the pool met it, as the leader's executor saw it (`None` before it takes effect,
-    /// or on a node that does not lead).
-    pub fulfilment: Option<crate::capacity::ClaimFulfilment>,
-}
-
-/// The answer of `GET /v1/capacity`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CapacityReport {
-    /// Who leads (fulfilment and pools come from the leader's executor only).
-    pub leader: LeaderInfo,
-    /// The claims in force or ahead, in the order they were made.
-    pub claims: Vec<ClaimStatus>,
-    /// Each service's serving pool.
-    pub pools: Vec<crate::capacity::PoolView>,
-}
-
-/// One slice of `GET /v1/forecast`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ForecastSlice {
-    /// Slice start, RFC 3339.
-    pub start: String,
-    /// The slice's target and the demand it was sized for.
-    #[serde(flatten)]
-    pub slice: crate::capacity::SliceTarget,
-}
-
-/// The answer of `GET /v1/forecast?service=S&region=R`: the demand forecast the leader holds
-/// for a serving pool, slice by slice from now's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ForecastReport {
-    /// The service.
-    pub service: String,
-    /// The region.
-    pub region: String,
-    /// The model, or why there is no forecast.
-    pub model: String,
-    /// The coming slices.
-    pub slices: Vec<ForecastSlice>,
-}
-
-/// The answer of `GET /healthz`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Health {
-    /// Always true when the API answers.
-    pub ok: bool,
-    /// Who leads.
-    pub leader: LeaderInfo,
-}
-
-/// One migration as `GET /v1/status` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MigrationStatus {
-    /// Its id.
-    pub id: String,
-    /// The service it moves.
-    pub service: String,
-    /// Source region.
-    pub from: String,
-    /// Target region.
-    pub to: String,
-    /// Where it is, e.g. `cutting_over[1]`.
-    pub phase: String,
-    /// Since when (Unix ms).
-    pub phase_since_ms: u64,
-    /// Nothing more will happen to it.
-    pub terminal: bool,
-    /// Share of traffic (percent) the target should carry in this phase.
-    pub target_share_percent: u8,
-    /// Lifecycle stages finished (see [`progress`]).
-    pub stages_done: u64,
-    /// Lifecycle stages in all: planned, provisioning, warming, replicating, ready, one per
-    /// cutover step, draining, completed.
-    pub stages_total: u64,
-    /// When the traffic should be in the target (Unix ms).
-    pub cutover_at_ms: u64,
-    /// Shadow pool size.
-    pub shadow_instances: u32,
-    /// Whether the target is the single writer.
-    pub promoted: bool,
-    /// Readiness of the target before cutover, when this node's executor observed it.
-    pub readiness: Option<Readiness>,
-    /// The DNS TTL plan: when the record's TTL goes down and whether that is late.
-    pub dns_ttl: DnsTtlStatus,
-}
-
-/// A migration's DNS TTL, as `umbra status` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DnsTtlStatus {
-    /// TTL outside migrations, seconds.
-    pub old_ttl_secs: u32,
-    /// TTL during the cutover, seconds (equal to the old one: never lowered).
-    pub low_ttl_secs: u32,
-    /// When the TTL plan lowers it (Unix ms).
-    pub lower_at_ms: u64,
-    /// When the low TTL was first published (Unix ms), once it was.
-    pub lowered_at_ms: Option<u64>,
-    /// From when every cache holds the low TTL (Unix ms; as planned until it was published).
-    pub low_ttl_everywhere_at_ms: u64,
-    /// That time is after the cutover starts: steps before it take up to the old TTL to reach
-    /// every client.
-    pub late: bool,
-}
-
-/// The answer of `GET /v1/status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StatusReport {
-    /// Who leads.
-    pub leader: LeaderInfo,
-    /// Regions, services, schedules, DNS weights (and migrations, in full).
-    pub overview: Overview,
-    /// Every migration, newest first.
-    pub migrations: Vec<MigrationStatus>,
-    /// The most recent audit entries, oldest first.
-    pub recent_audit: Vec<AuditEntry>,
-    /// Each service's serving pool: target and what its region holds (from the leader's
-    /// executor; empty on a node that does not lead).
-    #[serde(default)]
-    pub pools: Vec<crate::capacity::PoolView>,
-}
-
-impl MigrationStatus {
-    /// The status of `record`, with the readiness computed from `seen` when given.
-    pub fn of(record: &MigrationRecord, seen: Option<&Observations>) -> Self {
-        let (stages_done, stages_total) = progress(record);
-        let spec = &record.spec;
-        Self {
-            id: spec.id.clone(),
-            service: spec.service.clone(),
-            from: spec.from.clone(),
-            to: spec.to.clone(),
-            phase: record.phase.to_string(),
-            phase_since_ms: record.phase_since_ms,
-            terminal: record.phase.is_terminal(),
-            target_share_percent: spec.target_share(record.phase),
-            stages_done,
-            stages_total,
-            cutover_at_ms: spec.cutover_at_ms,
-            shadow_instances: record.shadow_instances,
-            promoted: record.promoted,
-            readiness: seen.map(|seen| crate::migration::readiness(record, seen)),
-            dns_ttl: {
-                let plan = &spec.dns_ttl;
-                let lowered = record.ttl_lowered_at_ms;
-                DnsTtlStatus {
-                    old_ttl_secs: plan.old_ttl_secs,
-                    low_ttl_secs: plan.low_ttl_secs,
-                    lower_at_ms: plan.lower_at_ms,
-                    lowered_at_ms: lowered,
-                    low_ttl_everywhere_at_ms: plan
-                        .low_ttl_everywhere_at_ms(lowered.unwrap_or(plan.lower_at_ms)),
-                    late: plan.lowers() && plan.late(lowered, spec.cutover_at_ms),
-                }
-            },
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migration::{MigrationSpec, Phase, PhaseDeadlines, Slo};
+    use crate::migration::{
+        MigrationRecord, MigrationSpec, Observations, Phase, PhaseDeadlines, Slo, progress,
+    };
 
     fn record(phase: Phase) -> MigrationRecord {
         MigrationRecord {

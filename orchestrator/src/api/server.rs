@@ -23,20 +23,28 @@ use axum::extract::{Extension, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use umbra_proto::{Credentials, Identity, Role};
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{ApiDoc, OpenApiJson};
+use super::views::{
+    AuditEntryView, MAX_MIGRATION_OVERRIDE_MS, MigrationBody, OverviewView, PoolStatus, SliceView,
+    Subject,
+};
 use super::{
     ApiConfig, ApiConfigError, BearerToken, CapacityBody, CapacityReport, ClaimStatus,
-    DEFAULT_AUDIT_LIMIT, ErrorBody, ForecastReport, ForecastSlice, Health, MAX_AUDIT_LIMIT,
-    MigrationStatus, RollbackRequest, STATUS_AUDIT_ENTRIES, StatusReport, TokenError,
+    DEFAULT_AUDIT_LIMIT, ErrorBody, ForecastReport, Health, MAX_AUDIT_LIMIT, MigrationStatus,
+    RollbackRequest, STATUS_AUDIT_ENTRIES, StatusReport, TokenError, Written,
 };
-use crate::state::claims::{self, MAX_CLAIM_MS};
+use crate::state::claims::MAX_CLAIM_MS;
 use crate::state::{
     ClaimRequest, Command, MigrationRequest, Overview, Plan, Query, QueryAnswer, RejectKind,
     Rejected, find_service,
@@ -147,7 +155,9 @@ fn route_label(path: &str) -> &'static str {
         "/v1/audit" => "/v1/audit",
         "/v1/capacity" => "/v1/capacity",
         "/v1/forecast" => "/v1/forecast",
+        "/v1/openapi.json" => "/v1/openapi.json",
         "/healthz" => "/healthz",
+        p if p == "/ui" || p.starts_with("/ui/") => "/ui/",
         p if p.starts_with("/v1/capacity/") => "/v1/capacity/{id}",
         p if p.starts_with("/v1/migrations/") && p.ends_with("/rollback") => {
             "/v1/migrations/{id}/rollback"
@@ -201,25 +211,34 @@ pub async fn serve(
     Ok(RunningApi { local_addr, stop })
 }
 
-fn router(state: AppState) -> axum::Router {
-    let v1 = axum::Router::new()
-        .route("/v1/plan", post(apply_plan))
-        .route("/v1/migrations", post(create_migration))
-        .route("/v1/migrations/{id}/rollback", post(rollback))
-        .route("/v1/status", get(status))
-        .route("/v1/audit", get(audit))
-        .route("/v1/capacity", post(claim_capacity).get(capacity))
-        .route("/v1/capacity/{id}", delete(release_capacity))
-        .route("/v1/forecast", get(forecast))
+/// The API's routes and their OpenAPI description, built from the same `#[utoipa::path]`
+/// annotations so that a route cannot be served undocumented. Every `/v1` route is behind
+/// the operator certificate and the token ([`guard`]); `/healthz` needs a certificate only.
+fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(apply_plan))
+        .routes(routes!(create_migration))
+        .routes(routes!(rollback))
+        .routes(routes!(status))
+        .routes(routes!(audit))
+        .routes(routes!(claim_capacity, capacity))
+        .routes(routes!(release_capacity))
+        .routes(routes!(forecast))
+        .routes(routes!(openapi_json))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
-    axum::Router::new()
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .merge(v1)
+        .routes(routes!(healthz))
+}
+
+fn router(state: AppState) -> axum::Router {
+    let (routes, document) = documented_routes(&state).split_for_parts();
+    routes
         .merge(super::dashboard::routes())
-        .route("/healthz", get(healthz))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; the API serves POST /v1/plan, POST /v1/migrations, POST /v1/migrations/{id}/rollback, GET /v1/status, GET /v1/audit, POST and GET /v1/capacity, DELETE /v1/capacity/{id}, GET /v1/forecast and GET /healthz",
+                "no such endpoint; GET /v1/openapi.json describes every endpoint the API serves (POST /v1/plan, POST /v1/migrations, POST /v1/migrations/{id}/rollback, GET /v1/status, GET /v1/audit, POST and GET /v1/capacity, DELETE /v1/capacity/{id}, GET /v1/forecast, GET /healthz; the web dashboard is GET /ui/)",
             )
         })
         .method_not_allowed_fallback(|| async {
@@ -228,6 +247,7 @@ fn router(state: AppState) -> axum::Router {
                 "wrong method for this endpoint: writes are POST (DELETE releases a capacity claim), reads are GET",
             )
         })
+        .layer(Extension(OpenApiJson::of(&document)))
         .layer(middleware::from_fn_with_state(state.clone(), time_limit))
         .with_state(state)
 }
@@ -298,23 +318,33 @@ async fn serve_connection(
         .and_then(|chain| chain.first())
         .and_then(|cert| Identity::from_certificate(cert).ok());
     let app = router.layer(Extension(Caller(caller)));
+    let mut tls = tls;
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // Also the idle limit between requests of a kept-alive connection: hyper starts it
+    // whenever it waits for a request head.
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(handshake_timeout);
-    let connection = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(app));
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(error) = result {
-                tracing::debug!(%remote, %error, "operator API connection ended");
+    {
+        let connection =
+            builder.serve_connection(TokioIo::new(&mut tls), TowerToHyperService::new(app));
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%remote, %error, "operator API connection ended");
+                }
+            }
+            _ = stopped.changed() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, connection).await;
             }
         }
-        _ = stopped.changed() => {
-            connection.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, connection).await;
-        }
     }
+    // However the connection ended (an idle one timed out, a request could not be parsed),
+    // end TLS with close_notify, so the client reads a clean end rather than a truncation
+    // and drops the connection from its pool instead of failing its next request on it.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, tls.shutdown()).await;
 }
 
 /// An error answer: a status and a message that says what to do, sent as `{"error": ...}`.
@@ -467,15 +497,22 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Resul
 /// Dry-runs `command`, then proposes it. A refusal by either answers with its kind's
 /// status: the state may have moved between the two (another operator's write), and the
 /// refusal at apply time describes what happened (e.g. a migration created in between is
-/// a conflict, 409).
-async fn write(store: &dyn Replicated, command: Command) -> Result<Response, Refusal> {
+/// a conflict, 409). `subject` names what a command without an id of its own acted on.
+async fn write(
+    store: &dyn Replicated,
+    command: Command,
+    subject: Subject,
+) -> Result<Response, Refusal> {
     match store.query(Query::Check(Box::new(command.clone()))).await? {
         QueryAnswer::Check(Ok(())) => {}
         QueryAnswer::Check(Err(refusal)) => return Err(refusal.into()),
         other => return Err(garbled(&other)),
     }
     match store.propose(command).await? {
-        Ok(applied) => Ok((StatusCode::OK, Json(applied)).into_response()),
+        Ok(applied) => match Written::of(applied.clone(), subject) {
+            Some(written) => Ok(Json(written).into_response()),
+            None => Err(StoreError::Garbled(format!("unexpected answer {applied:?}")).into()),
+        },
         Err(refusal) => Err(refusal.into()),
     }
 }
@@ -487,6 +524,31 @@ async fn overview(store: &dyn Replicated) -> Result<Overview, Refusal> {
     }
 }
 
+/// Applies a plan: regions, services and schedules, created or updated.
+#[utoipa::path(
+    post,
+    path = "/v1/plan",
+    tag = "plan",
+    request_body(
+        description = "The plan, as examples/plan.toml shows it: TOML text (any content type but JSON), or the same as JSON",
+        content(
+            (String = "text/plain"),
+            (Plan = "application/json"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "Applied: how many regions, services and schedules it holds", body = Written),
+        (status = 400, description = "Not a valid plan (the message names the setting)", body = ErrorBody),
+        (status = 404, description = "It names something that does not exist", body = ErrorBody),
+        (status = 409, description = "It clashes with the current state, e.g. it would move a service", body = ErrorBody),
+        (status = 413, description = "The body is larger than the API's limit", body = ErrorBody),
+        (status = 401, description = "No bearer token, or not this cluster's", body = ErrorBody),
+        (status = 403, description = "The client certificate is not an operator's", body = ErrorBody),
+        (status = 500, description = "The cluster's answer was not understood (version skew or a bug)", body = ErrorBody),
+        (status = 503, description = "No leader, or the cluster is unavailable: retry", body = ErrorBody),
+        (status = 504, description = "No answer in time: the write may or may not have applied", body = ErrorBody),
+    ),
+)]
 async fn apply_plan(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -517,25 +579,66 @@ async fn apply_plan(
         plan,
         at_ms: SystemClock.now_ms(),
     };
-    write(state.store.as_ref(), command).await
+    write(state.store.as_ref(), command, Subject::InAnswer).await
 }
 
+/// Creates a migration of a service to another region.
+#[utoipa::path(
+    post,
+    path = "/v1/migrations",
+    tag = "migrations",
+    request_body = MigrationBody,
+    responses(
+        (status = 200, description = "The migration exists (new, or the one a schedule made for the same slice)", body = Written),
+        (status = 400, description = "Not a valid migration request, e.g. an undeclared region or a cutover time in the past", body = ErrorBody),
+        (status = 404, description = "No such service", body = ErrorBody),
+        (status = 409, description = "A migration of the service is in flight, or the service is not where `from` says", body = ErrorBody),
+        (status = 413, description = "The body is larger than the API's limit", body = ErrorBody),
+        (status = 401, description = "No bearer token, or not this cluster's", body = ErrorBody),
+        (status = 403, description = "The client certificate is not an operator's", body = ErrorBody),
+        (status = 500, description = "The cluster's answer was not understood (version skew or a bug)", body = ErrorBody),
+        (status = 503, description = "No leader, or the cluster is unavailable: retry", body = ErrorBody),
+        (status = 504, description = "No answer in time: the write may or may not have applied", body = ErrorBody),
+    ),
+)]
 async fn create_migration(State(state): State<AppState>, body: Body) -> Result<Response, Refusal> {
     let bytes = read_body(body, state.max_body_bytes).await?;
-    let request = parse_json::<MigrationRequest>(&bytes, "migration request")?;
-    if request.schedule_key.is_some() {
+    let body = parse_json::<MigrationBody>(&bytes, "migration request")?;
+    if let Some((field, ms)) = body.too_long() {
         return Err(Refusal(
             StatusCode::BAD_REQUEST,
-            "schedule_key is set by schedules only; leave it out".to_owned(),
+            format!(
+                "{field} {ms} is longer than a day ({MAX_MIGRATION_OVERRIDE_MS} ms); durations are milliseconds"
+            ),
         ));
     }
     let command = Command::CreateMigration {
-        request,
+        request: MigrationRequest::from(body),
         at_ms: SystemClock.now_ms(),
     };
-    write(state.store.as_ref(), command).await
+    write(state.store.as_ref(), command, Subject::InAnswer).await
 }
 
+/// Asks a migration to roll back: traffic returns to the source.
+#[utoipa::path(
+    post,
+    path = "/v1/migrations/{id}/rollback",
+    tag = "migrations",
+    params(("id" = String, Path, description = "The migration, e.g. `shop-2`")),
+    request_body = RollbackRequest,
+    responses(
+        (status = 200, description = "The rollback is recorded; the migration ends `rolled_back`", body = Written),
+        (status = 400, description = "No reason given, or not a valid rollback request", body = ErrorBody),
+        (status = 404, description = "No such migration", body = ErrorBody),
+        (status = 409, description = "The migration has ended or is rolling back already", body = ErrorBody),
+        (status = 413, description = "The body is larger than the API's limit", body = ErrorBody),
+        (status = 401, description = "No bearer token, or not this cluster's", body = ErrorBody),
+        (status = 403, description = "The client certificate is not an operator's", body = ErrorBody),
+        (status = 500, description = "The cluster's answer was not understood (version skew or a bug)", body = ErrorBody),
+        (status = 503, description = "No leader, or the cluster is unavailable: retry", body = ErrorBody),
+        (status = 504, description = "No answer in time: the write may or may not have applied", body = ErrorBody),
+    ),
+)]
 async fn rollback(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -552,11 +655,11 @@ async fn rollback(
     // An unknown id is the state's NotFound (404), from the same check as every other
     // refusal, so no separate lookup can disagree with it.
     let command = Command::RequestRollback {
-        id,
+        id: id.clone(),
         reason: request.reason,
         at_ms: SystemClock.now_ms(),
     };
-    write(state.store.as_ref(), command).await
+    write(state.store.as_ref(), command, Subject::Migration(id)).await
 }
 
 /// The numeric suffix of a migration id (`shop-12` → 12): the state numbers migrations in
@@ -568,6 +671,21 @@ fn creation_order(id: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// What the cluster is doing: the leader, every migration, the serving pools and the most
+/// recent audit entries.
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "status",
+    responses(
+        (status = 200, description = "The cluster's status", body = StatusReport),
+        (status = 401, description = "No bearer token, or not this cluster's", body = ErrorBody),
+        (status = 403, description = "The client certificate is not an operator's", body = ErrorBody),
+        (status = 500, description = "The cluster's answer was not understood (version skew or a bug)", body = ErrorBody),
+        (status = 503, description = "No leader, or the cluster is unavailable: retry", body = ErrorBody),
+        (status = 504, description = "No answer in time", body = ErrorBody),
+    ),
+)]
 async fn status(State(state): State<AppState>) -> Result<Response, Refusal> {
     let store = state.store.as_ref();
     let overview = overview(store).await?;
@@ -592,21 +710,42 @@ async fn status(State(state): State<AppState>) -> Result<Response, Refusal> {
     migrations.sort_by_key(|m| std::cmp::Reverse(creation_order(&m.id)));
     Ok(Json(StatusReport {
         leader: store.leader(),
-        overview,
+        overview: OverviewView::from(overview),
         migrations,
-        recent_audit,
-        pools: store.pools(),
+        recent_audit: recent_audit.iter().map(AuditEntryView::from).collect(),
+        pools: store.pools().into_iter().map(PoolStatus::from).collect(),
     })
     .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `GET /v1/audit`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AuditParams {
+    /// Entries after this Raft log index (default 0: from the start).
     after: Option<u64>,
+    /// Most entries returned, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
+/// The audit log: every change with its reason, oldest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "status",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "Audit entries with index > `after`, oldest first", body = Vec<AuditEntryView>),
+        (status = 400, description = "`after` or `limit` is not a whole number in range", body = ErrorBody),
+        (status = 401, description = "No bearer token, or not this cluster's", body = ErrorBody),
+        (status = 403, description = "The client certificate is not an operator's", body = ErrorBody),
+        (status = 500, description = "The cluster's answer was not understood (version skew or a bug)", body = ErrorBody),
+        (status = 503, description = "No leader, or the cluster is unavailable: retry", body = ErrorBody),
+        (status = 504, description = "No answer in time", body = ErrorBody),
+    ),
+)]
 async fn audit(
     State(state): State<AppState>,
     params: Result<axum::extract::Query<AuditParams>, QueryRejection>,
@@ -629,7 +768,10 @@ async fn audit(
         limit,
     };
     match state.store.query(query).await? {
-        QueryAnswer::Audit(entries) => Ok(Json(entries).into_response()),
+        QueryAnswer::Audit(entries) => {
+            let entries: Vec<AuditEntryView> = entries.iter().map(AuditEntryView::from).collect();
+            Ok(Json(entries).into_response())
+        }
         other => Err(garbled(&other)),
     }
 }
@@ -649,6 +791,26 @@ fn unix_ms(field: &str, text: &str) -> Result<u64, Refusal> {
         })
 }
 
+/// Claims serving capacity for a service in its serving region: from now (a request) or for
+/// a window (a reservation).
+#[utoipa::path(
+    post,
+    path = "/v1/capacity",
+    tag = "capacity",
+    request_body = CapacityBody,
+    responses(
+        (status = 200, description = "The claim exists", body = Written),
+        (status = 400, description = "Not a valid claim, e.g. a window in the past or too long", body = ErrorBody),
+        (status = 404, description = "No such service", body = ErrorBody),
+        (status = 409, description = "Past the service's or the region's limit (the message says how many fit), or not the serving region", body = ErrorBody),
+        (status = 413, description = "The body is larger than the API's limit", body = ErrorBody),
+        (status = 401, description = "No bearer token, or not this cluster's", body = ErrorBody),
+        (status = 403, description = "The client certificate is not an operator's", body = ErrorBody),
+        (status = 500, description = "The cluster's answer was not understood (version skew or a bug)", body = ErrorBody),
+        (status = 503, description = "No leader, or the cluster is unavailable: retry", body = ErrorBody),
+        (status = 504, description = "No answer in time: the write may or may not have applied", body = ErrorBody),
+    ),
+)]
 async fn claim_capacity(State(state): State<AppState>, body: Body) -> Result<Response, Refusal> {
     let bytes = read_body(body, state.max_body_bytes).await?;
     let body = parse_json::<CapacityBody>(&bytes, "capacity claim")?;
@@ -685,55 +847,103 @@ async fn claim_capacity(State(state): State<AppState>, body: Body) -> Result<Res
         },
         at_ms,
     };
-    write(state.store.as_ref(), command).await
+    write(state.store.as_ref(), command, Subject::InAnswer).await
 }
 
+/// Gives a capacity claim back.
+#[utoipa::path(
+    delete,
+    path = "/v1/capacity/{id}",
+    tag = "capacity",
+    params(("id" = String, Path, description = "The claim, e.g. `cap-2`")),
+    responses(
+        (status = 200, description = "The claim is released", body = Written),
+        (status = 400, description = "Not a valid release", body = ErrorBody),
+        (status = 404, description = "No such claim", body = ErrorBody),
+        (status = 409, description = "It clashes with the current state", body = ErrorBody),
+        (status = 401, description = "No bearer token, or not this cluster's", body = ErrorBody),
+        (status = 403, description = "The client certificate is not an operator's", body = ErrorBody),
+        (status = 500, description = "The cluster's answer was not understood (version skew or a bug)", body = ErrorBody),
+        (status = 503, description = "No leader, or the cluster is unavailable: retry", body = ErrorBody),
+        (status = 504, description = "No answer in time: the write may or may not have applied", body = ErrorBody),
+    ),
+)]
 async fn release_capacity(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, Refusal> {
     let command = Command::ReleaseCapacity {
-        id,
+        id: id.clone(),
         at_ms: SystemClock.now_ms(),
     };
-    write(state.store.as_ref(), command).await
+    write(state.store.as_ref(), command, Subject::Capacity(id)).await
 }
 
+/// The capacity claims in force or ahead, how the pools met them, and the pools.
+#[utoipa::path(
+    get,
+    path = "/v1/capacity",
+    tag = "capacity",
+    responses(
+        (status = 200, description = "Claims and pools", body = CapacityReport),
+        (status = 401, description = "No bearer token, or not this cluster's", body = ErrorBody),
+        (status = 403, description = "The client certificate is not an operator's", body = ErrorBody),
+        (status = 500, description = "The cluster's answer was not understood (version skew or a bug)", body = ErrorBody),
+        (status = 503, description = "No leader, or the cluster is unavailable: retry", body = ErrorBody),
+        (status = 504, description = "No answer in time", body = ErrorBody),
+    ),
+)]
 async fn capacity(State(state): State<AppState>) -> Result<Response, Refusal> {
     let store = state.store.as_ref();
     let overview = overview(store).await?;
     let pools = store.pools();
     let now = SystemClock.now_ms();
-    let mut claims: Vec<ClaimStatus> = overview
+    let mut claims: Vec<_> = overview
         .capacity
         .into_values()
         .filter(|c| c.end_ms > now)
-        .map(|claim| ClaimStatus {
-            start: claims::rfc3339(claim.start_ms),
-            end: claims::rfc3339(claim.end_ms),
-            fulfilment: pools
-                .iter()
-                .flat_map(|p| &p.claims)
-                .find(|f| f.claim == claim.id)
-                .cloned(),
-            claim,
-        })
         .collect();
-    claims.sort_by_key(|c| (c.claim.created_ms, c.claim.id.len(), c.claim.id.clone()));
+    claims.sort_by_key(|c| (c.created_ms, c.id.len(), c.id.clone()));
     Ok(Json(CapacityReport {
         leader: store.leader(),
-        claims,
-        pools,
+        claims: claims
+            .into_iter()
+            .map(|claim| ClaimStatus::of(claim, &pools))
+            .collect(),
+        pools: pools.into_iter().map(PoolStatus::from).collect(),
     })
     .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `GET /v1/forecast`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ForecastParams {
+    /// The service.
     service: String,
+    /// Its serving region (the default; another region is refused).
     region: Option<String>,
 }
+
+/// The demand forecast the leader holds for a service's serving pool, slice by slice.
+#[utoipa::path(
+    get,
+    path = "/v1/forecast",
+    tag = "capacity",
+    params(ForecastParams),
+    responses(
+        (status = 200, description = "The coming slices of the forecast", body = ForecastReport),
+        (status = 400, description = "No `service`, or an unknown parameter", body = ErrorBody),
+        (status = 404, description = "No such service", body = ErrorBody),
+        (status = 409, description = "The region is not the service's serving region", body = ErrorBody),
+        (status = 401, description = "No bearer token, or not this cluster's", body = ErrorBody),
+        (status = 403, description = "The client certificate is not an operator's", body = ErrorBody),
+        (status = 500, description = "The cluster's answer was not understood (version skew or a bug)", body = ErrorBody),
+        (status = 503, description = "This node does not lead, or has no forecast yet: ask the leader, or again", body = ErrorBody),
+        (status = 504, description = "No answer in time", body = ErrorBody),
+    ),
+)]
 
 async fn forecast(
     State(state): State<AppState>,
@@ -786,24 +996,163 @@ async fn forecast(
         service: pool.service,
         region: pool.region,
         model: pool.forecast,
-        slices: pool
-            .upcoming
-            .into_iter()
-            .map(|slice| ForecastSlice {
-                start: claims::rfc3339(slice.start_ms),
-                slice,
-            })
-            .collect(),
+        slices: pool.upcoming.into_iter().map(SliceView::from).collect(),
     })
     .into_response())
 }
 
-/// Needs a certificate from the cluster CA (the TLS layer checks it) but no token or role,
-/// so health checkers hold no operator secrets.
+/// This description of the API, OpenAPI 3.1.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "meta",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document", body = Object, content_type = "application/json"),
+        (status = 401, description = "No bearer token, or not this cluster's", body = ErrorBody),
+        (status = 403, description = "The client certificate is not an operator's", body = ErrorBody),
+        (status = 504, description = "No answer in time", body = ErrorBody),
+    ),
+)]
+async fn openapi_json(Extension(document): Extension<OpenApiJson>) -> Response {
+    document.into_response()
+}
+
+/// Whether the API answers, and who leads. Needs a certificate from the cluster CA (the TLS
+/// layer checks it) but no token or role, so health checkers hold no operator secrets.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    security(("operator_certificate" = [])),
+    responses(
+        (status = 200, description = "The API answers", body = Health),
+        (status = 504, description = "No answer in time", body = ErrorBody),
+    ),
+)]
 async fn healthz(State(state): State<AppState>) -> Response {
     Json(Health {
         ok: true,
         leader: state.store.leader(),
     })
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use axum::http::Method;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::store::MemoryReplicated;
+
+    const METHODS: [Method; 5] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+    ];
+
+    fn state() -> AppState {
+        AppState {
+            store: Arc::new(MemoryReplicated::new()),
+            metrics: ApiMetrics::register(&prometheus::Registry::new()).expect("a new registry"),
+            token: Arc::new(BearerToken::new("0123456789abcdef0123").expect("a usable token")),
+            max_body_bytes: 1 << 10,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The path templates the served router holds. axum keeps no public list of its routes;
+    /// its `Debug` form names every path it matches (its routes first, then the fallback
+    /// router's catch-all paths, which are not routes), which is what a new route changes.
+    fn served_paths(router: &axum::Router) -> BTreeSet<String> {
+        let debug = format!("{router:?}");
+        let routes = debug
+            .split("fallback_router")
+            .next()
+            .expect("split yields at least one part");
+        routes
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|text| text.starts_with('/'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_route_the_router_serves_is_in_the_openapi_document() {
+        let state = state();
+        let (_, document) = documented_routes(&state).split_for_parts();
+        let router = router(state);
+        // The dashboard's page and assets are not part of the operator API (api::dashboard).
+        let paths: BTreeSet<String> = served_paths(&router)
+            .into_iter()
+            .filter(|path| path != "/ui" && !path.starts_with("/ui/"))
+            .collect();
+        assert!(
+            paths.contains("/v1/status") && paths.contains("/healthz"),
+            "the router's paths could not be read from its Debug form: {paths:?}"
+        );
+        // Ask the router itself which methods each path answers: a method it does not route
+        // gets the method-not-allowed fallback, whatever the document says.
+        let mut served = BTreeSet::new();
+        for path in &paths {
+            let uri = path.replace("{id}", "x-1");
+            for method in METHODS {
+                let request = Request::builder()
+                    .method(method.clone())
+                    .uri(&uri)
+                    .body(Body::empty())
+                    .expect("a valid request");
+                let answer = router.clone().oneshot(request).await.expect("infallible");
+                if answer.status() != StatusCode::METHOD_NOT_ALLOWED {
+                    served.insert((method.to_string(), path.clone()));
+                }
+            }
+        }
+        let mut documented = BTreeSet::new();
+        for (path, item) in &document.paths.paths {
+            for (method, operation) in [
+                (Method::GET, &item.get),
+                (Method::POST, &item.post),
+                (Method::PUT, &item.put),
+                (Method::DELETE, &item.delete),
+                (Method::PATCH, &item.patch),
+            ] {
+                if operation.is_some() {
+                    documented.insert((method.to_string(), path.clone()));
+                }
+            }
+        }
+        assert_eq!(served, documented, "served routes vs documented operations");
+        assert!(documented.contains(&("GET".to_owned(), "/v1/openapi.json".to_owned())));
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_with_both_credentials_required_on_v1() {
+        let (_, document) = documented_routes(&state()).split_for_parts();
+        let json = serde_json::to_value(&document).expect("encodes");
+        assert!(
+            json["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3.1"))
+        );
+        let schemes = &json["components"]["securitySchemes"];
+        assert_eq!(schemes["bearer_token"]["scheme"], "bearer");
+        assert_eq!(schemes["operator_certificate"]["type"], "mutualTLS");
+        assert_eq!(
+            json["security"],
+            serde_json::json!([{"operator_certificate": [], "bearer_token": []}])
+        );
+        let instant = &json["components"]["schemas"]["MigrationStatus"]["properties"]["cutover_at"];
+        assert!(instant.to_string().contains("Timestamp"), "{instant}");
+        assert_eq!(
+            json["components"]["schemas"]["Timestamp"]["format"],
+            "date-time"
+        );
+    }
 }

@@ -104,7 +104,7 @@ impl std::fmt::Display for Phase {
 }
 
 /// The service-level objective judged during each cutover step, on the target's traffic.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Slo {
     /// Highest tolerated share of failed requests, 0..1.
     pub max_error_rate: f64,
@@ -126,7 +126,7 @@ pub struct Slo {
 }
 
 /// How a step's latency is judged. The error ratio is always held to `max_error_rate`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SloJudgement {
     /// The p99 must stay within `max_p99_ms`.
@@ -139,7 +139,7 @@ pub enum SloJudgement {
 }
 
 /// Where a service's SLO readings come from.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SloSource {
     /// The target region's front, as its agent reports it (requests since the step's share
@@ -155,7 +155,7 @@ pub const SLO_QUERY_PLACEHOLDERS: [&str; 3] = ["service", "region", "window"];
 
 /// An SLO judged from Prometheus. In each query `{service}` becomes the service, `{region}`
 /// the target region and `{window}` the step's analysis window as a PromQL duration (`5s`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrometheusSlo {
     /// The server's base URL, `http://` or `https://` (its `/api/v1/query` is asked).

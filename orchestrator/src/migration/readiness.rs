@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{MigrationRecord, Observations};
 
 /// One gate's state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Gate {
     /// Which gate: `shadow_serving`, `warm`, `replication`.
     pub name: String,
@@ -21,7 +21,7 @@ pub struct Gate {
 }
 
 /// The readiness of a migration's target region.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Readiness {
     /// 0–100: the mean progress of the gates, 100 only when every gate holds.
     pub score: u8,

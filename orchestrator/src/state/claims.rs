@@ -37,7 +37,7 @@ pub struct ClaimRequest {
 }
 
 /// Whether a claim was for now or for a window ahead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClaimKind {
     /// From when it applied.

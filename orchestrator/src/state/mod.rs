@@ -55,7 +55,7 @@ pub const DEFAULT_DEADLINES: PhaseDeadlines = PhaseDeadlines {
 };
 
 /// A service as replicated: its spec and where it lives now.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceState {
     /// What the operator applied.
     pub spec: ServiceSpec,
@@ -66,7 +66,7 @@ pub struct ServiceState {
 }
 
 /// The weights a service's DNS record should carry, by region.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DnsWeights {
     /// Weight per region name (relative).
     pub weights: BTreeMap<String, u32>,

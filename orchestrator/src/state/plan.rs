@@ -27,7 +27,7 @@ pub const DEFAULT_ANALYSIS_WINDOW_SECS: u64 = 60;
 pub const DEFAULT_LEAD_TIME_SECS: u64 = 900;
 
 /// A whole plan file.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     /// Regions, by name.
@@ -42,7 +42,7 @@ pub struct Plan {
 }
 
 /// One region.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegionSpec {
     /// Region name, e.g. `eu-west`; the agent's certificate names it.
@@ -72,7 +72,7 @@ fn default_dormant_cost() -> f64 {
 }
 
 /// How a service's data follows it between regions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReplicationKind {
     /// Stateless: nothing to replicate.
@@ -82,7 +82,7 @@ pub enum ReplicationKind {
 }
 
 /// One service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// Service name, e.g. `shop`.
@@ -100,6 +100,7 @@ pub struct ServiceSpec {
     /// Largest shadow pool.
     pub max_instances: u32,
     /// How much capacity is guaranteed.
+    #[schema(value_type = Object)]
     pub tier: Tier,
     /// DNS TTL outside migrations.
     #[serde(default = "default_dns_ttl")]
@@ -124,6 +125,7 @@ pub struct ServiceSpec {
     /// The SLO judged at each step.
     pub slo: Slo,
     /// Synthetic warm-up traffic and its readiness gate.
+    #[schema(value_type = Object)]
     pub warmup: WarmupSpec,
     /// How data follows the service.
     pub replication: ReplicationKind,
@@ -144,7 +146,7 @@ pub struct ServiceSpec {
 }
 
 /// The range an instance's adaptive limits move in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSpec {
     /// CPU at no load, thousandths of a core.
@@ -158,7 +160,7 @@ pub struct LimitsSpec {
 }
 
 /// How a service's serving pool is sized.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PoolMode {
     /// From the demand forecast, one measured lead time ahead; capacity claims on top.
@@ -191,7 +193,7 @@ fn default_lead() -> u64 {
 }
 
 /// A schedule that creates migrations.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
     /// Schedule name, unique.
@@ -203,7 +205,7 @@ pub struct ScheduleSpec {
 }
 
 /// One leg of a follow-the-sun schedule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleLeg {
     /// Hour of the day (UTC, 0–23) the region becomes primary.

@@ -46,7 +46,7 @@ pub enum StoreError {
 }
 
 /// Who leads the cluster, as this node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LeaderInfo {
     /// This node's Raft id (`None` for a store that is not a Raft member).
     pub this_node: Option<u64>,

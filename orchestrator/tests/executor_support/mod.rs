@@ -32,7 +32,7 @@ use umbra_agent::agent::session::{SessionConfig, run_session, transport_config};
 use umbra_agent::provider::process::{ENV_PROVIDER_STATE, ProcessConfig, ProcessRuntime};
 use umbra_agent::provider::{AnyProvider, Provider};
 use umbra_consensus::Role as RaftRole;
-use umbra_orchestrator::api::{ApiClient, ApiConfig, BearerToken, MAX_AUDIT_LIMIT};
+use umbra_orchestrator::api::{ApiClient, ApiConfig, BearerToken, MAX_AUDIT_LIMIT, Written};
 use umbra_orchestrator::gateway::AgentGateway;
 use umbra_orchestrator::migration::{Phase, Slo, happy_path};
 use umbra_orchestrator::node::{
@@ -40,7 +40,7 @@ use umbra_orchestrator::node::{
     StateMachineKind,
 };
 use umbra_orchestrator::state::{
-    Applied, AuditEntry, AuditEvent, MigrationRequest, Overview, Plan, ServiceSpec,
+    AuditEntry, AuditEvent, MigrationRequest, Overview, Plan, ServiceSpec,
 };
 use umbra_proto::agent::{ReadinessGate, RequestTemplate};
 use umbra_proto::certs::Layout;
@@ -263,9 +263,21 @@ impl Cluster {
         self.client(first)
     }
 
-    /// The replicated state, read through the API (linearizable).
+    /// The replicated state, whole (migration records included), as of an API read: a
+    /// live node's own replica once it has applied everything the API's answer had (the
+    /// API shows the operator's view of the state, not its records).
     pub async fn overview(&self) -> anyhow::Result<Overview> {
-        Ok(self.api().status().await?.overview)
+        let applied = self.api().status().await?.overview.applied_index;
+        wait_for(
+            "a replica to apply what the API answered",
+            CLUSTER_DEADLINE,
+            || async {
+                self.local_overviews()
+                    .into_values()
+                    .find(|o| o.applied_index >= applied)
+            },
+        )
+        .await
     }
 
     /// The whole audit log, read through the API.
@@ -527,7 +539,7 @@ impl World {
             ..MigrationRequest::new("shop", to, now_ms())
         };
         match self.api().migrate(&request).await? {
-            Applied::Migration { id } => Ok(id),
+            Written::Migration { id } => Ok(id),
             other => bail!("creating a migration answered {other:?}"),
         }
     }

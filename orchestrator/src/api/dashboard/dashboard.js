@@ -45,19 +45,12 @@
 
   // ---- Instants -------------------------------------------------------------------------
 
-  /**
-   * The instant `name` of `record` in Unix ms, or null. The API is moving from `<name>_ms`
-   * numbers to RFC 3339 strings named `<name>`; every instant is read here, RFC 3339 first.
-   */
+  /** The instant `name` of `record` (an RFC 3339 string in every API answer) in Unix ms, or null. */
   function instant(record, name) {
-    if (!record) return null;
-    const text = record[name];
-    if (typeof text === 'string') {
-      const ms = Date.parse(text);
-      if (!Number.isNaN(ms)) return ms;
-    }
-    const ms = record[`${name}_ms`];
-    return typeof ms === 'number' ? ms : null;
+    const text = record ? record[name] : null;
+    if (typeof text !== 'string') return null;
+    const ms = Date.parse(text);
+    return Number.isNaN(ms) ? null : ms;
   }
 
   function clock(ms) {
@@ -362,11 +355,6 @@
     );
   }
 
-  function migrationSpec(id) {
-    const record = (page.status.overview.migrations || {})[id];
-    return record ? record.spec : null;
-  }
-
   function renderMigrations() {
     const migrations = page.status.migrations || [];
     if (!migrations.length) {
@@ -380,7 +368,6 @@
     const spans = phaseSpans(m.id);
     const since = instant(m, 'phase_since');
     const cutover = instant(m, 'cutover_at');
-    const spec = migrationSpec(m.id);
     const tone = m.phase === 'completed' ? 'good' : /roll|fail/.test(m.phase) ? 'bad' : 'warn';
     return el('article', {
       class: 'migration', id: `migration-${m.id}`, 'data-migration': m.id,
@@ -398,7 +385,7 @@
       el('span', {}, 'writer ', el('b', { text: m.promoted ? 'target (promoted)' : 'source' })),
       el('span', {}, 'stages ', el('b', { text: `${m.stages_done} of ${m.stages_total}` })),
       renderTtl(m.dns_ttl)),
-    renderSteps(m, spec, spans),
+    renderSteps(m, spans),
     renderReadiness(m.readiness),
     renderGantt(spans, m.terminal),
     renderTimeline(m.id, spans, m.terminal));
@@ -415,8 +402,8 @@
   }
 
   /** Each cutover step: done, current, reverted by a rollback, or still to come. */
-  function renderSteps(m, spec, spans) {
-    const shares = spec && Array.isArray(spec.steps_percent) ? spec.steps_percent : [];
+  function renderSteps(m, spans) {
+    const shares = Array.isArray(m.steps_percent) ? m.steps_percent : [];
     if (!shares.length) return null;
     const reached = spans.map((s) => phaseStep(s.name)).filter((s) => s !== null);
     const highest = reached.length ? Math.max(...reached) : -1;
