@@ -790,6 +790,13 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             };
             match entry.get_entry_type() {
                 EntryType::EntryNormal => {
+                    // A newer version's entry stops the node before it is applied (see
+                    // `StateMachine::readable`); the entry stays in the log for the upgrade.
+                    if !entry.data.is_empty() {
+                        self.state_machine
+                            .readable(&entry.data)
+                            .map_err(|e| Fatal(format!("log entry {index}: {e}")))?;
+                    }
                     // Empty entries are the no-ops new leaders append; nothing to apply.
                     let result = (!entry.data.is_empty())
                         .then(|| self.state_machine.apply(index, &entry.data));

@@ -8,7 +8,8 @@ use anyhow::{Context, bail};
 use umbra_consensus::kv::{KvAnswer, KvCommand, KvQuery, KvStateMachine};
 use umbra_consensus::memory::MemoryNetwork;
 use umbra_consensus::{
-    Config, MembershipChange, NodeOptions, RaftNode, RequestError, Role, mailbox,
+    Config, MembershipChange, NodeOptions, RaftNode, RequestError, RestoreError, Role,
+    StateMachine, UnreadableEntry, mailbox,
 };
 
 /// Short ticks keep elections fast in tests; the ratios stay those of the defaults.
@@ -44,6 +45,15 @@ impl Cluster {
     }
 
     fn start(&mut self, id: u64, initial_voters: Vec<u64>) -> anyhow::Result<()> {
+        self.start_with(id, initial_voters, KvStateMachine::new())
+    }
+
+    fn start_with(
+        &mut self,
+        id: u64,
+        initial_voters: Vec<u64>,
+        machine: impl StateMachine,
+    ) -> anyhow::Result<()> {
         let (mailbox, inbox) = mailbox(4096);
         let transport = self.network.attach(id, mailbox);
         let node = RaftNode::start(
@@ -54,7 +64,7 @@ impl Cluster {
                 initial_voters,
                 peers: BTreeMap::new(),
             },
-            KvStateMachine::new(),
+            machine,
             transport,
             inbox,
             &prometheus::Registry::new(),
@@ -315,5 +325,65 @@ async fn add_a_fourth_node_then_remove_one() -> anyhow::Result<()> {
     cluster.stop(removed).await?;
     let index = cluster.put("after-remove", "1").await?;
     cluster.wait_same_digest(index).await?;
+    Ok(())
+}
+
+/// The key-value machine as an older build would run it: entries starting with 0xFF stand
+/// for a newer version of its encoding, which it cannot read.
+struct OlderBuild(KvStateMachine);
+
+const NEWER: u8 = 0xFF;
+
+impl StateMachine for OlderBuild {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        self.0.apply(index, command)
+    }
+    fn query(&self, query: &[u8]) -> Vec<u8> {
+        self.0.query(query)
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.snapshot()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        self.0.restore(snapshot)
+    }
+    fn readable(&self, command: &[u8]) -> Result<(), UnreadableEntry> {
+        match command.first() {
+            Some(&NEWER) => Err(UnreadableEntry(
+                "written by a newer build; upgrade this node".to_owned(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_a_node_cannot_read_stops_it_and_the_upgraded_node_applies_it()
+-> anyhow::Result<()> {
+    let mut cluster = Cluster::new(seed(), 1)?;
+    cluster.stop(1).await?;
+    cluster.start_with(1, vec![1], OlderBuild(KvStateMachine::new()))?;
+    let readable = cluster.put("a", "1").await?;
+    let leader = cluster.leader().await?;
+    let answer = cluster.nodes[&leader].propose(vec![NEWER, 1, 2]).await;
+    assert!(
+        answer.is_err(),
+        "the entry is not applied, so it has no answer: {answer:?}"
+    );
+    let status = cluster
+        .wait_for("the node to stop", Duration::from_secs(10), |c| {
+            let status = c.nodes[&1].status();
+            status.failure.is_some().then_some(status)
+        })
+        .await?;
+    let failure = status.failure.unwrap_or_default();
+    assert!(failure.contains("upgrade this node"), "{failure}");
+    assert_eq!(status.applied_index, readable, "nothing after it applied");
+
+    // The upgraded build reads the entry from the log and applies it: nothing was lost.
+    cluster.stop(1).await?;
+    cluster.start(1, vec![1])?;
+    cluster.leader().await?;
+    cluster.wait_same_digest(readable + 1).await?;
     Ok(())
 }

@@ -58,37 +58,24 @@ pub enum EnvelopeError {
 /// Encodes `body` as an envelope: the protocol version (varint) followed by the postcard
 /// encoding of the body.
 pub fn encode<T: Serialize + ?Sized>(body: &T) -> Result<Vec<u8>, EnvelopeError> {
-    let mut out = postcard::to_stdvec(&PROTOCOL_VERSION).map_err(EnvelopeError::Encode)?;
-    let body = postcard::to_stdvec(body).map_err(EnvelopeError::Encode)?;
-    out.extend_from_slice(&body);
-    Ok(out)
+    encode_with_version(PROTOCOL_VERSION, body)
 }
 
 /// Opens an envelope: checks the protocol version, then decodes the whole remainder as a `T`.
 pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, EnvelopeError> {
-    let expected = std::any::type_name::<T>();
-    let (theirs, rest) = postcard::take_from_bytes::<u16>(frame)
-        .map_err(|source| EnvelopeError::Malformed { expected, source })?;
+    let (theirs, body) = split_version::<T>(frame)?;
     if theirs != PROTOCOL_VERSION {
         return Err(EnvelopeError::VersionMismatch {
             theirs,
             ours: PROTOCOL_VERSION,
         });
     }
-    let (body, rest) = postcard::take_from_bytes::<T>(rest)
-        .map_err(|source| EnvelopeError::Malformed { expected, source })?;
-    if !rest.is_empty() {
-        return Err(EnvelopeError::TrailingBytes {
-            expected,
-            trailing: rest.len(),
-        });
-    }
-    Ok(body)
+    decode_body(body)
 }
 
-/// Encodes `body` under an arbitrary version number. Only for tests that need a frame from
-/// "another version" of Umbra; production code uses [`encode`].
-#[doc(hidden)]
+/// Encodes `body` under `version` instead of [`PROTOCOL_VERSION`]: for encodings that keep
+/// their own version numbers in the same shape (the Raft log schema, [`crate::log`]), and for
+/// tests that need a frame from "another version" of Umbra.
 pub fn encode_with_version<T: Serialize + ?Sized>(
     version: u16,
     body: &T,
@@ -96,6 +83,30 @@ pub fn encode_with_version<T: Serialize + ?Sized>(
     let mut out = postcard::to_stdvec(&version).map_err(EnvelopeError::Encode)?;
     out.extend_from_slice(&postcard::to_stdvec(body).map_err(EnvelopeError::Encode)?);
     Ok(out)
+}
+
+/// Reads the version an envelope starts with and returns it with the body's bytes, for a
+/// caller that picks the body's type by version. `T` names the type expected, for errors.
+pub fn split_version<T>(frame: &[u8]) -> Result<(u16, &[u8]), EnvelopeError> {
+    postcard::take_from_bytes::<u16>(frame).map_err(|source| EnvelopeError::Malformed {
+        expected: std::any::type_name::<T>(),
+        source,
+    })
+}
+
+/// Decodes the whole of `body` (what [`split_version`] left) as a `T`; bytes left over are
+/// refused.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, EnvelopeError> {
+    let expected = std::any::type_name::<T>();
+    let (value, rest) = postcard::take_from_bytes::<T>(body)
+        .map_err(|source| EnvelopeError::Malformed { expected, source })?;
+    if !rest.is_empty() {
+        return Err(EnvelopeError::TrailingBytes {
+            expected,
+            trailing: rest.len(),
+        });
+    }
+    Ok(value)
 }
 
 #[cfg(test)]

@@ -37,7 +37,8 @@
 //! [`identity`] (roles and ids in certificates), [`tls`] (credentials, rustls configs),
 //! [`certs`] (issuing with rcgen), [`endpoint`] (QUIC endpoints, connections, typed
 //! streams), [`raft`] and [`store`] (wire types for `consensus`), [`agent`] (orchestrator ⇄
-//! region agent wire types).
+//! region agent wire types), [`log`] (the schema of the orchestrators' Raft log entries and
+//! snapshots, versioned apart from the wire protocol).
 
 pub mod agent;
 pub mod certs;
@@ -46,6 +47,7 @@ pub mod envelope;
 pub mod exit;
 pub mod frame;
 pub mod identity;
+pub mod log;
 pub mod ports;
 pub mod raft;
 pub mod store;

@@ -1,6 +1,7 @@
 //! Property tests of decoding untrusted bytes: the envelope and every wire type `proto`
-//! defines, alone and behind the frame codec. Any input yields a value or a typed error,
-//! never a panic; encoded values come back equal; another version is always refused.
+//! defines (the Raft log schema's entries and snapshots too), alone and behind the frame
+//! codec. Any input yields a value or a typed error, never a panic; encoded values come back
+//! equal; another version is always refused.
 
 use bytes::BytesMut;
 use proptest::prelude::*;
@@ -77,6 +78,11 @@ proptest! {
         let _ = envelope::decode::<ClientResponse>(&input);
         let _ = envelope::decode::<RaftMessage>(&input);
         let _ = envelope::decode::<StreamKind>(&input);
+        // The Raft log's entries and snapshots: read back from disk, maybe written by another
+        // version, maybe damaged.
+        let _ = umbra_proto::log::decode_command(&input);
+        let _ = umbra_proto::log::decode_snapshot(&input);
+        let _ = umbra_proto::log::check_entry_version(&input);
     }
 
     #[test]

@@ -18,12 +18,14 @@
 
 pub mod audit;
 pub mod claims;
+mod log;
 pub mod plan;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use umbra_consensus::{RestoreError, StateMachine};
+use umbra_consensus::{RestoreError, StateMachine, UnreadableEntry};
+use umbra_proto::log::LogError;
 
 use crate::migration::{DnsTtlPlan, MigrationRecord, MigrationSpec, Phase, PhaseDeadlines};
 pub use audit::AuditEvent;
@@ -354,8 +356,9 @@ pub enum QueryAnswer {
     Malformed(String),
 }
 
-/// The replicated state machine.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The replicated state machine. Snapshots encode it through the log schema (`log`), never
+/// with serde directly.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct OrchestratorState {
     regions: BTreeMap<String, RegionSpec>,
     services: BTreeMap<String, ServiceState>,
@@ -1026,9 +1029,17 @@ pub fn find_service<'a>(
     })
 }
 
-/// Encodes a command for a proposal (versioned envelope, postcard).
+/// Encodes a command as the Raft log entry a proposal carries: the current log schema
+/// version and the command in its types (`umbra_proto::log`).
 pub fn encode_command(command: &Command) -> Vec<u8> {
-    umbra_proto::envelope::encode(command).expect("commands always serialise")
+    umbra_proto::log::encode_command(&log::Logged::to_log(command))
+        .expect("log schema types always encode")
+}
+
+/// Decodes a Raft log entry written by this or any earlier Umbra build. An entry of a newer
+/// schema version is [`LogError::Newer`], which says to upgrade this node.
+pub fn decode_command(entry: &[u8]) -> Result<Command, LogError> {
+    umbra_proto::log::decode_command(entry).map(log::Logged::from_log)
 }
 
 /// Decodes the outcome a proposal returned.
@@ -1047,8 +1058,12 @@ pub fn decode_answer(bytes: &[u8]) -> Result<QueryAnswer, umbra_proto::EnvelopeE
 }
 
 impl StateMachine for OrchestratorState {
+    fn readable(&self, entry: &[u8]) -> Result<(), UnreadableEntry> {
+        umbra_proto::log::check_entry_version(entry).map_err(|e| UnreadableEntry(e.to_string()))
+    }
+
     fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
-        let outcome = match umbra_proto::envelope::decode::<Command>(command) {
+        let outcome = match decode_command(command) {
             Ok(command) => self.apply_command(index, &command),
             Err(e) => {
                 self.applied_index = index;
@@ -1078,12 +1093,14 @@ impl StateMachine for OrchestratorState {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        umbra_proto::envelope::encode(self).expect("the state always serialises")
+        umbra_proto::log::encode_snapshot(&log::Logged::to_log(self))
+            .expect("log schema types always encode")
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
-        *self = umbra_proto::envelope::decode(snapshot)
+        let snapshot = umbra_proto::log::decode_snapshot(snapshot)
             .map_err(|e| RestoreError(format!("not an orchestrator snapshot: {e}")))?;
+        *self = log::Logged::from_log(snapshot);
         Ok(())
     }
 }
