@@ -11,8 +11,19 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use umbra_agent::loadgen::OutcomeCounts;
 
+use umbra_orchestrator::api::Timestamp;
 use umbra_orchestrator::migration::Phase;
 use umbra_orchestrator::state::{AuditEntry, AuditEvent};
+
+/// Writes an instant kept as Unix ms as a person reads it (RFC 3339, UTC, milliseconds), as
+/// the operator API does.
+fn rfc3339<S: serde::Serializer>(ms: &u64, to: S) -> Result<S::Ok, S::Error> {
+    Timestamp::from_unix_ms(*ms).serialize(to)
+}
+
+fn rfc3339_opt<S: serde::Serializer>(ms: &Option<u64>, to: S) -> Result<S::Ok, S::Error> {
+    ms.map(Timestamp::from_unix_ms).serialize(to)
+}
 
 /// How long after the first cutover step the "first 10 s after cutover" p99 looks.
 pub const AFTER_CUTOVER_WINDOW_MS: u64 = 10_000;
@@ -56,9 +67,11 @@ pub struct WriteCheck {
 pub struct PhaseSpan {
     /// Phase name as the state shows it, e.g. `warming` or `cutting_over[1]`.
     pub name: String,
-    /// Entered (Unix ms, the proposing leader's clock).
+    /// Entered (Unix ms, the proposing leader's clock; RFC 3339 in JSON).
+    #[serde(serialize_with = "rfc3339")]
     pub start: u64,
     /// Left; `None` for the phase the migration is still in (or ended in).
+    #[serde(serialize_with = "rfc3339_opt")]
     pub end: Option<u64>,
     /// Why it was entered, as the audit log says (e.g. a rollback's cause).
     pub reason: String,
@@ -263,7 +276,8 @@ pub fn summarize(
 /// One second of traffic as the client saw it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SecondOfTraffic {
-    /// Start of the second (Unix ms).
+    /// Start of the second (Unix ms; RFC 3339 in JSON).
+    #[serde(serialize_with = "rfc3339")]
     pub start: u64,
     /// Requests sent.
     pub requests: u64,
@@ -597,5 +611,28 @@ mod tests {
         assert!(no_cutover.p99_ms_first_10s_after_cutover.is_none());
         assert!((no_cutover.p99_ms_steady - 8.0).abs() < 0.01);
         assert_eq!(p99_ms(&[]), 0.0);
+    }
+
+    #[test]
+    fn instants_in_the_json_report_are_rfc3339() {
+        let span = PhaseSpan {
+            name: "warming".into(),
+            start: 1_764_579_600_123,
+            end: None,
+            reason: String::new(),
+        };
+        let json = serde_json::to_value(&span).unwrap();
+        assert_eq!(json["start"], "2025-12-01T09:00:00.123Z");
+        assert!(json["end"].is_null());
+        let second = SecondOfTraffic {
+            start: 1_764_579_601_000,
+            requests: 1,
+            failed: 0,
+            p99_ms: 1.0,
+        };
+        assert_eq!(
+            serde_json::to_value(&second).unwrap()["start"],
+            "2025-12-01T09:00:01.000Z"
+        );
     }
 }
