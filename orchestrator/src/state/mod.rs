@@ -6,9 +6,15 @@
 //! proposes (so bad input costs no log entry and gets its error at once) and again when it
 //! applies (the state may have moved between the two). A rejected command changes nothing
 //! and says why, with a [`RejectKind`] (invalid input, not found, conflict with the current
-//! state, a deposed leader's term) so callers need not parse the message. `apply` is
+//! state, a deposed leader's term) so callers need not parse the message. A command is
+//! validated against the state as it is (`&self`, which is all a dry run does: it changes and
+//! logs nothing), then committed in place by code that cannot fail, so no command copies the
+//! state and its cost does not grow with the archive or the audit log. `apply` is
 //! deterministic: time comes inside the command (the proposing
 //! leader's clock), maps are ordered, and nothing here does I/O.
+//!
+//! History is bounded (`retention`): the audit log is a ring, finished migrations move to an
+//! archive that drops its oldest past a cap, and a schedule key leaves with its migration.
 //!
 //! Fencing: every command from a leader carries its Raft term; the state remembers the
 //! highest term it has applied and rejects an executor command from an older term, so a
@@ -20,8 +26,9 @@ pub mod audit;
 pub mod claims;
 mod log;
 pub mod plan;
+mod retention;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use umbra_consensus::{RestoreError, StateMachine, UnreadableEntry};
@@ -34,15 +41,13 @@ pub use claims::{CapacityClaim, ClaimKind, ClaimRequest};
 pub use plan::{
     LimitsSpec, Plan, PlanError, PoolMode, RegionSpec, ReplicationKind, ScheduleSpec, ServiceSpec,
 };
+use retention::MigrationIndex;
+pub use retention::{MAX_ARCHIVED_MIGRATIONS, MAX_AUDIT_ENTRIES, Retention, migration_number};
 
 /// How far in the past a migration's cutover time may lie when it is created: the
 /// operator's `now` as the CLI's clock saw it, give or take clock skew and the round trip.
 /// Further back is a mistake (a date typed wrong), refused rather than started at once.
 pub const MAX_CUTOVER_IN_PAST_MS: u64 = 300_000;
-
-/// Largest audit log kept in the state (entries). Older entries are dropped from the
-/// replicated state only; each one is also a Raft log entry and a tracing event.
-pub const MAX_AUDIT_ENTRIES: usize = 100_000;
 
 /// Default phase deadlines for migrations the state creates: ten minutes to provision and
 /// to warm, five to catch up. Traffic goes back within a second in practice (the demo measures
@@ -310,7 +315,7 @@ pub type Outcome = Result<Applied, Rejected>;
 /// A read of the replicated state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Query {
-    /// Everything but the audit log.
+    /// What is current: everything but the audit log and the archived migrations.
     Overview,
     /// Audit entries with index > `after_index`, at most `limit`.
     Audit {
@@ -322,6 +327,18 @@ pub enum Query {
     /// Would this command apply now? A dry run on the current state, so the API rejects bad
     /// input before it costs a log entry.
     Check(Box<Command>),
+    /// One migration, current or archived.
+    Migration {
+        /// Its id.
+        id: String,
+    },
+    /// Archived migrations, newest first.
+    Archived {
+        /// Only those created before this migration number (`shop-12` → 12), to page on.
+        before: Option<u64>,
+        /// Most records returned.
+        limit: usize,
+    },
 }
 
 /// The answer to [`Query::Overview`].
@@ -331,7 +348,9 @@ pub struct Overview {
     pub regions: BTreeMap<String, RegionSpec>,
     /// Services by name.
     pub services: BTreeMap<String, ServiceState>,
-    /// Migrations by id.
+    /// Migrations by id: the live ones, and each service's latest and latest completed
+    /// (whose shadow pool serves it). Older finished ones are archived: [`Query::Migration`]
+    /// and [`Query::Archived`] read them.
     pub migrations: BTreeMap<String, MigrationRecord>,
     /// Schedules by name.
     pub schedules: BTreeMap<String, ScheduleSpec>,
@@ -352,6 +371,15 @@ pub enum QueryAnswer {
     Audit(Vec<AuditEntry>),
     /// The dry run's verdict.
     Check(Result<(), Rejected>),
+    /// The migration asked for, if the state still holds it, and whether it is archived.
+    Migration {
+        /// The record (`None`: no such migration, or dropped from the archive).
+        record: Option<Box<MigrationRecord>>,
+        /// Whether it is archived rather than in the overview.
+        archived: bool,
+    },
+    /// Archived migrations, newest first.
+    Migrations(Vec<MigrationRecord>),
     /// The query bytes were not understood.
     Malformed(String),
 }
@@ -362,26 +390,85 @@ pub enum QueryAnswer {
 pub struct OrchestratorState {
     regions: BTreeMap<String, RegionSpec>,
     services: BTreeMap<String, ServiceState>,
+    /// Live, current and archived migrations alike; `index` tells them apart.
     migrations: BTreeMap<String, MigrationRecord>,
     schedules: BTreeMap<String, ScheduleSpec>,
     dns: BTreeMap<String, DnsWeights>,
-    /// `schedule_key` → migration id, so a schedule fires once per slice.
+    /// `schedule_key` → migration id, so a schedule fires once per slice. A key leaves with
+    /// its migration when the archive drops it: a leader proposes a slice's key only while
+    /// the slice is due, at most [`MAX_CUTOVER_IN_PAST_MS`] after its start, and thousands of
+    /// migrations do not finish in that time.
     fired: BTreeMap<String, String>,
-    audit: Vec<AuditEntry>,
+    audit: VecDeque<AuditEntry>,
     capacity: BTreeMap<String, CapacityClaim>,
     next_migration: u64,
     next_claim: u64,
     highest_term: u64,
     applied_index: u64,
+    /// Derived from `migrations` and `fired`; rebuilt on restore.
+    index: MigrationIndex,
+    /// This node's caps (not replicated: every node runs the same build's defaults).
+    retention: Retention,
+}
+
+/// A command checked against the state, with what it will change: committing it cannot
+/// fail, so a command is all or nothing without copying the state.
+enum Change<'c> {
+    Plan(&'c Plan),
+    /// A schedule's migration exists already: nothing changes.
+    Existing(String),
+    Create {
+        request: &'c MigrationRequest,
+        record: Box<MigrationRecord>,
+        reason: String,
+    },
+    Transition {
+        id: &'c str,
+        to: Phase,
+        shadow_instances: Option<u32>,
+    },
+    Promote {
+        id: &'c str,
+        promoted: bool,
+    },
+    Rollback {
+        id: &'c str,
+        from: Phase,
+    },
+    Dns {
+        service: &'c str,
+        dns: &'c DnsWeights,
+        /// The migration in flight whose TTL clock this record starts.
+        lowers: Option<String>,
+    },
+    Claim(Box<CapacityClaim>),
+    Release(&'c str),
 }
 
 impl OrchestratorState {
-    /// A read-only view of everything but the audit log.
+    /// An empty state that keeps at most what `retention` says (the product runs
+    /// [`Retention::default`], which is also what [`Default`] builds).
+    pub fn with_retention(retention: Retention) -> Self {
+        Self {
+            retention: Retention {
+                audit_entries: retention.audit_entries.max(1),
+                ..retention
+            },
+            ..Self::default()
+        }
+    }
+
+    /// A read-only view of what is current: everything but the audit log and the archived
+    /// migrations, so its size does not grow with history.
     pub fn overview(&self) -> Overview {
         Overview {
             regions: self.regions.clone(),
             services: self.services.clone(),
-            migrations: self.migrations.clone(),
+            migrations: self
+                .index
+                .current()
+                .filter_map(|id| self.migrations.get(id).map(|r| (id.clone(), r.clone())))
+                .collect(),
             schedules: self.schedules.clone(),
             dns: self.dns.clone(),
             capacity: self.capacity.clone(),
@@ -390,62 +477,65 @@ impl OrchestratorState {
     }
 
     /// The audit log, oldest first.
-    pub fn audit(&self) -> &[AuditEntry] {
+    pub fn audit(&self) -> &VecDeque<AuditEntry> {
         &self.audit
+    }
+
+    /// Migration `id`, current or archived, and whether it is archived.
+    pub fn migration(&self, id: &str) -> Option<(&MigrationRecord, bool)> {
+        let record = self.migrations.get(id)?;
+        Some((record, self.index.is_archived(id)))
+    }
+
+    /// At most `limit` archived migrations created before migration number `before` (all
+    /// when `None`), newest first.
+    pub fn archived(&self, before: Option<u64>, limit: usize) -> Vec<MigrationRecord> {
+        self.index
+            .archived_before(before)
+            .filter_map(|id| self.migrations.get(id).cloned())
+            .take(limit)
+            .collect()
     }
 
     /// Checks `command` against the current state without changing it.
     pub fn check(&self, command: &Command) -> Result<(), Rejected> {
-        self.clone().execute(command, 0).map(|_| ())
+        self.validate(command).map(|_| ())
     }
 
     /// Applies `command` as log entry `index`: all or nothing.
     pub fn apply_command(&mut self, index: u64, command: &Command) -> Outcome {
-        let mut next = self.clone();
-        let outcome = next.execute(command, index);
-        if outcome.is_ok() {
-            next.applied_index = index;
-            // Logged here, not where recorded: `check` executes on a copy, which is no news.
-            let fresh = next
-                .audit
-                .iter()
-                .rev()
-                .take_while(|e| e.index == index)
-                .count();
-            for entry in &next.audit[next.audit.len() - fresh..] {
-                tracing::info!(
-                    subject = %entry.subject,
-                    index = entry.index,
-                    term = entry.term,
-                    "{}: {}",
-                    entry.event,
-                    entry.reason
-                );
-            }
-            *self = next;
-        } else {
-            self.applied_index = index;
-        }
+        let outcome = self
+            .validate(command)
+            .map(|change| self.commit(command, change, index));
+        self.applied_index = index;
         outcome
     }
 
-    fn stale_term(&mut self, term: u64) -> Result<(), Rejected> {
+    fn stale_term(&self, term: u64) -> Result<(), Rejected> {
         if term < self.highest_term {
             return Err(Rejected::stale(format!(
                 "term {term} is older than term {} already applied: a deposed leader's command",
                 self.highest_term
             )));
         }
-        self.highest_term = term;
         Ok(())
     }
 
+    /// Appends to the audit log (a ring at its cap) and logs the entry: only applied
+    /// commands get here, so a dry run logs nothing.
     fn record(&mut self, entry: AuditEntry) {
-        self.audit.push(entry);
-        if self.audit.len() > MAX_AUDIT_ENTRIES {
-            let excess = self.audit.len() - MAX_AUDIT_ENTRIES;
-            self.audit.drain(..excess);
+        tracing::info!(
+            subject = %entry.subject,
+            index = entry.index,
+            term = entry.term,
+            "{}: {}",
+            entry.event,
+            entry.reason
+        );
+        if self.audit.len() >= self.retention.audit_entries {
+            self.audit.pop_front();
         }
+        self.audit.push_back(entry);
     }
 
     fn unknown_region(&self, what: &str, region: &str) -> Rejected {
@@ -456,27 +546,30 @@ impl OrchestratorState {
         ))
     }
 
-    fn execute(&mut self, command: &Command, index: u64) -> Outcome {
+    fn found(&self, id: &str) -> Result<&MigrationRecord, Rejected> {
+        self.migrations
+            .get(id)
+            .ok_or_else(|| Rejected::not_found(format!("no migration {id:?}")))
+    }
+
+    /// Everything a command needs checked, against `&self`: a rejection here is the only
+    /// way a command fails.
+    fn validate<'c>(&self, command: &'c Command) -> Result<Change<'c>, Rejected> {
         match command {
-            Command::ApplyPlan { plan, at_ms } => self.apply_plan(plan, index, *at_ms),
-            Command::CreateMigration { request, at_ms } => {
-                self.create_migration(request, index, *at_ms)
+            Command::ApplyPlan { plan, .. } => {
+                self.validate_plan(plan).map(|()| Change::Plan(plan))
             }
+            Command::CreateMigration { request, at_ms } => self.validate_migration(request, *at_ms),
             Command::Transition {
                 id,
                 from,
                 to,
-                reason,
                 shadow_instances,
-                rollback_ms,
                 term,
-                at_ms,
+                ..
             } => {
                 self.stale_term(*term)?;
-                let record = self
-                    .migrations
-                    .get_mut(id)
-                    .ok_or_else(|| Rejected::not_found(format!("no migration {id:?}")))?;
+                let record = self.found(id)?;
                 if record.phase != *from {
                     return Err(Rejected::conflict(format!(
                         "migration {id} is {} now, not {from}: the transition was already made or overtaken",
@@ -488,75 +581,27 @@ impl OrchestratorState {
                         "migration {id} cannot go from {from} to {to}"
                     )));
                 }
-                if let Some(n) = shadow_instances {
-                    record.shadow_instances = *n;
-                }
-                record.phase = *to;
-                record.phase_since_ms = *at_ms;
-                let service_name = record.spec.service.clone();
-                let target = record.spec.to.clone();
-                if to.is_terminal() {
-                    let service = self
-                        .services
-                        .get_mut(&service_name)
-                        .expect("a migration's service exists while it is active");
-                    service.active_migration = None;
-                    if *to == Phase::Completed {
-                        service.primary_region = target;
-                    }
-                }
-                self.record(AuditEntry {
-                    index,
-                    at_ms: *at_ms,
-                    term: *term,
-                    subject: id.clone(),
-                    event: AuditEvent::Transition {
-                        from: *from,
-                        to: *to,
-                        shadow_instances: *shadow_instances,
-                        rollback_ms: *rollback_ms,
-                    },
-                    reason: reason.clone(),
-                });
-                Ok(Applied::Done)
+                Ok(Change::Transition {
+                    id,
+                    to: *to,
+                    shadow_instances: *shadow_instances,
+                })
             }
             Command::SetPromoted {
-                id,
-                promoted,
-                fence_window_ms,
-                term,
-                at_ms,
+                id, promoted, term, ..
             } => {
                 self.stale_term(*term)?;
-                let record = self
-                    .migrations
-                    .get_mut(id)
-                    .ok_or_else(|| Rejected::not_found(format!("no migration {id:?}")))?;
-                if record.promoted == *promoted {
+                if self.found(id)?.promoted == *promoted {
                     return Err(Rejected::conflict(format!(
                         "migration {id} already has promoted = {promoted}"
                     )));
                 }
-                record.promoted = *promoted;
-                let reason = if *promoted {
-                    "source fenced, lag 0, target promoted"
-                } else {
-                    "rollback moved the single writer back"
-                };
-                self.record(AuditEntry {
-                    index,
-                    at_ms: *at_ms,
-                    term: *term,
-                    subject: id.clone(),
-                    event: AuditEvent::WriterMoved {
-                        to_target: *promoted,
-                        fence_window_ms: *fence_window_ms,
-                    },
-                    reason: reason.to_owned(),
-                });
-                Ok(Applied::Done)
+                Ok(Change::Promote {
+                    id,
+                    promoted: *promoted,
+                })
             }
-            Command::RequestRollback { id, reason, at_ms } => {
+            Command::RequestRollback { id, .. } => {
                 let record = self.migrations.get(id).ok_or_else(|| {
                     Rejected::not_found(format!(
                         "no migration {id:?}; `umbra status` lists the migrations"
@@ -571,36 +616,18 @@ impl OrchestratorState {
                         record.phase
                     )));
                 }
-                let from = record.phase;
-                let record = self.migrations.get_mut(id).expect("checked above");
-                record.phase = Phase::RollingBack;
-                record.phase_since_ms = *at_ms;
-                self.record(AuditEntry {
-                    index,
-                    at_ms: *at_ms,
-                    term: 0,
-                    subject: id.clone(),
-                    event: AuditEvent::Transition {
-                        from,
-                        to: Phase::RollingBack,
-                        shadow_instances: None,
-                        rollback_ms: None,
-                    },
-                    reason: format!("operator asked: {reason}"),
-                });
-                Ok(Applied::Done)
+                Ok(Change::Rollback {
+                    id,
+                    from: record.phase,
+                })
             }
             Command::SetDnsWeights {
-                service,
-                dns,
-                reason,
-                term,
-                at_ms,
+                service, dns, term, ..
             } => {
                 self.stale_term(*term)?;
-                if !self.services.contains_key(service) {
+                let Some(state) = self.services.get(service) else {
                     return Err(Rejected::not_found(format!("no service {service:?}")));
-                }
+                };
                 if let Some(region) = dns.weights.keys().find(|r| !self.regions.contains_key(*r)) {
                     return Err(self.unknown_region("DNS weights", region));
                 }
@@ -609,63 +636,266 @@ impl OrchestratorState {
                         "DNS weights must give some region a weight above zero".to_owned(),
                     ));
                 }
-                let event = AuditEvent::DnsWeights {
-                    weights: dns.weights.clone(),
-                    ttl_secs: dns.ttl_secs,
-                };
-                self.dns.insert(service.clone(), dns.clone());
                 // The first low-TTL record of a migration in flight starts its TTL clock.
-                let state = &self.services[service];
-                let low = dns.ttl_secs < state.spec.dns_ttl_secs;
-                if let Some(record) = state
+                let lowers = state
                     .active_migration
                     .as_ref()
-                    .and_then(|id| self.migrations.get_mut(id))
-                    && low
-                    && record.ttl_lowered_at_ms.is_none()
-                {
-                    record.ttl_lowered_at_ms = Some(*at_ms);
-                }
-                self.record(AuditEntry {
-                    index,
-                    at_ms: *at_ms,
-                    term: *term,
-                    subject: service.clone(),
-                    event,
-                    reason: reason.clone(),
-                });
-                Ok(Applied::Done)
+                    .filter(|id| {
+                        dns.ttl_secs < state.spec.dns_ttl_secs
+                            && self
+                                .migrations
+                                .get(*id)
+                                .is_some_and(|r| r.ttl_lowered_at_ms.is_none())
+                    })
+                    .cloned();
+                Ok(Change::Dns {
+                    service,
+                    dns,
+                    lowers,
+                })
             }
-            Command::ClaimCapacity { request, at_ms } => {
-                self.claim_capacity(request, index, *at_ms)
-            }
+            Command::ClaimCapacity { request, at_ms } => self
+                .validate_claim(request, *at_ms)
+                .map(|claim| Change::Claim(Box::new(claim))),
             Command::ReleaseCapacity { id, at_ms } => {
-                self.capacity.retain(|_, c| c.end_ms > *at_ms);
-                let claim = self.capacity.remove(id).ok_or_else(|| {
-                    Rejected::not_found(format!(
+                if self.capacity.get(id).is_none_or(|c| c.end_ms <= *at_ms) {
+                    return Err(Rejected::not_found(format!(
                         "no capacity claim {id:?} in force; `umbra capacity list` shows them (an ended claim is gone already)"
-                    ))
-                })?;
-                self.record(AuditEntry {
-                    index,
-                    at_ms: *at_ms,
-                    term: 0,
-                    subject: id.clone(),
-                    event: AuditEvent::CapacityReleased {
-                        service: claim.service,
-                        region: claim.region,
-                        instances: claim.instances,
-                    },
-                    reason: "operator released the claim".to_owned(),
-                });
-                Ok(Applied::Done)
+                    )));
+                }
+                Ok(Change::Release(id))
             }
         }
     }
 
-    fn claim_capacity(&mut self, request: &ClaimRequest, index: u64, at_ms: u64) -> Outcome {
+    /// Makes a validated change; cannot fail.
+    fn commit(&mut self, command: &Command, change: Change<'_>, index: u64) -> Applied {
+        let (at_ms, term) = match command {
+            Command::ApplyPlan { at_ms, .. }
+            | Command::CreateMigration { at_ms, .. }
+            | Command::RequestRollback { at_ms, .. }
+            | Command::ClaimCapacity { at_ms, .. }
+            | Command::ReleaseCapacity { at_ms, .. } => (*at_ms, 0),
+            Command::Transition { at_ms, term, .. }
+            | Command::SetPromoted { at_ms, term, .. }
+            | Command::SetDnsWeights { at_ms, term, .. } => (*at_ms, *term),
+        };
+        self.highest_term = self.highest_term.max(term);
+        let entry = |subject: &str, event: AuditEvent, reason: String| AuditEntry {
+            index,
+            at_ms,
+            term,
+            subject: subject.to_owned(),
+            event,
+            reason,
+        };
+        match change {
+            Change::Plan(plan) => {
+                self.commit_plan(plan);
+                self.record(entry(
+                    "plan",
+                    AuditEvent::PlanApplied {
+                        regions: plan.regions.len(),
+                        services: plan.services.len(),
+                        schedules: plan.schedules.len(),
+                    },
+                    "operator applied a plan".to_owned(),
+                ));
+                Applied::Plan {
+                    regions: plan.regions.len(),
+                    services: plan.services.len(),
+                    schedules: plan.schedules.len(),
+                }
+            }
+            Change::Existing(id) => Applied::Migration { id },
+            Change::Create {
+                request,
+                record,
+                reason,
+            } => {
+                self.next_migration += 1;
+                let id = record.spec.id.clone();
+                let event = AuditEvent::MigrationCreated {
+                    service: request.service.clone(),
+                    from: record.spec.from.clone(),
+                    to: record.spec.to.clone(),
+                    cutover_at_ms: record.spec.cutover_at_ms,
+                };
+                self.migrations.insert(id.clone(), *record);
+                if let Some(service) = self.services.get_mut(&request.service) {
+                    service.active_migration = Some(id.clone());
+                }
+                let key = request.schedule_key.as_deref();
+                if let Some(key) = key {
+                    self.fired.insert(key.to_owned(), id.clone());
+                }
+                self.index.created(&request.service, &id, key);
+                self.retire();
+                self.record(entry(&id, event, reason));
+                Applied::Migration { id }
+            }
+            Change::Transition {
+                id,
+                to,
+                shadow_instances,
+            } => {
+                let Command::Transition {
+                    from,
+                    reason,
+                    rollback_ms,
+                    ..
+                } = command
+                else {
+                    unreachable!("a transition change comes from a transition command")
+                };
+                let record = self.migrations.get_mut(id).expect("validated");
+                if let Some(n) = shadow_instances {
+                    record.shadow_instances = n;
+                }
+                record.phase = to;
+                record.phase_since_ms = at_ms;
+                let service_name = record.spec.service.clone();
+                if to.is_terminal() {
+                    let target = record.spec.to.clone();
+                    if let Some(service) = self.services.get_mut(&service_name) {
+                        service.active_migration = None;
+                        if to == Phase::Completed {
+                            service.primary_region = target;
+                        }
+                    }
+                    self.index.finished(&service_name, id, to);
+                    self.retire();
+                }
+                self.record(entry(
+                    id,
+                    AuditEvent::Transition {
+                        from: *from,
+                        to,
+                        shadow_instances,
+                        rollback_ms: *rollback_ms,
+                    },
+                    reason.clone(),
+                ));
+                Applied::Done
+            }
+            Change::Promote { id, promoted } => {
+                let Command::SetPromoted {
+                    fence_window_ms, ..
+                } = command
+                else {
+                    unreachable!("a promote change comes from a promote command")
+                };
+                self.migrations.get_mut(id).expect("validated").promoted = promoted;
+                let reason = if promoted {
+                    "source fenced, lag 0, target promoted"
+                } else {
+                    "rollback moved the single writer back"
+                };
+                self.record(entry(
+                    id,
+                    AuditEvent::WriterMoved {
+                        to_target: promoted,
+                        fence_window_ms: *fence_window_ms,
+                    },
+                    reason.to_owned(),
+                ));
+                Applied::Done
+            }
+            Change::Rollback { id, from } => {
+                let Command::RequestRollback { reason, .. } = command else {
+                    unreachable!("a rollback change comes from a rollback command")
+                };
+                let record = self.migrations.get_mut(id).expect("validated");
+                record.phase = Phase::RollingBack;
+                record.phase_since_ms = at_ms;
+                self.record(entry(
+                    id,
+                    AuditEvent::Transition {
+                        from,
+                        to: Phase::RollingBack,
+                        shadow_instances: None,
+                        rollback_ms: None,
+                    },
+                    format!("operator asked: {reason}"),
+                ));
+                Applied::Done
+            }
+            Change::Dns {
+                service,
+                dns,
+                lowers,
+            } => {
+                let Command::SetDnsWeights { reason, .. } = command else {
+                    unreachable!("a DNS change comes from a DNS command")
+                };
+                self.dns.insert(service.to_owned(), dns.clone());
+                if let Some(record) = lowers.and_then(|id| self.migrations.get_mut(&id)) {
+                    record.ttl_lowered_at_ms = Some(at_ms);
+                }
+                self.record(entry(
+                    service,
+                    AuditEvent::DnsWeights {
+                        weights: dns.weights.clone(),
+                        ttl_secs: dns.ttl_secs,
+                    },
+                    reason.clone(),
+                ));
+                Applied::Done
+            }
+            Change::Claim(claim) => {
+                self.capacity.retain(|_, c| c.end_ms > at_ms);
+                self.next_claim += 1;
+                let id = claim.id.clone();
+                let event = AuditEvent::CapacityClaimed {
+                    service: claim.service.clone(),
+                    region: claim.region.clone(),
+                    instances: claim.instances,
+                    start_ms: claim.start_ms,
+                    end_ms: claim.end_ms,
+                };
+                let reason = match claim.kind {
+                    ClaimKind::Request => "operator requested capacity",
+                    ClaimKind::Reservation => "operator reserved capacity",
+                };
+                self.capacity.insert(id.clone(), *claim);
+                self.record(entry(&id, event, reason.to_owned()));
+                Applied::Capacity { id }
+            }
+            Change::Release(id) => {
+                self.capacity.retain(|_, c| c.end_ms > at_ms);
+                let claim = self.capacity.remove(id).expect("validated");
+                self.record(entry(
+                    id,
+                    AuditEvent::CapacityReleased {
+                        service: claim.service,
+                        region: claim.region,
+                        instances: claim.instances,
+                    },
+                    "operator released the claim".to_owned(),
+                ));
+                Applied::Done
+            }
+        }
+    }
+
+    /// Drops the archived migrations past the cap, with their schedule keys.
+    fn retire(&mut self) {
+        for (id, key) in self.index.retire(self.retention.archived_migrations) {
+            self.migrations.remove(&id);
+            if let Some(key) = key {
+                self.fired.remove(&key);
+            }
+        }
+    }
+
+    fn validate_claim(
+        &self,
+        request: &ClaimRequest,
+        at_ms: u64,
+    ) -> Result<CapacityClaim, Rejected> {
         use claims::{DEFAULT_REQUEST_HOLD_MS, MAX_CLAIM_MS, MAX_CLAIMS, START_SKEW_MS, peak};
-        self.capacity.retain(|_, c| c.end_ms > at_ms);
+        // Ended claims leave when this command commits; until then they count for nothing.
+        let in_force = || self.capacity.values().filter(move |c| c.end_ms > at_ms);
         let service = find_service(&self.services, &request.service)?;
         let region = self
             .regions
@@ -715,7 +945,7 @@ impl OrchestratorState {
                 MAX_CLAIM_MS / 86_400_000
             )));
         }
-        if self.capacity.len() >= MAX_CLAIMS {
+        if in_force().count() >= MAX_CLAIMS {
             return Err(Rejected::conflict(format!(
                 "{MAX_CLAIMS} claims are in force already; release some (`umbra capacity release ID`)"
             )));
@@ -726,9 +956,7 @@ impl OrchestratorState {
             claims::rfc3339(end_ms)
         );
         let same_service = peak(
-            self.capacity
-                .values()
-                .filter(|c| c.service == request.service && c.region == request.region),
+            in_force().filter(|c| c.service == request.service && c.region == request.region),
             start_ms,
             end_ms,
         );
@@ -742,9 +970,7 @@ impl OrchestratorState {
         }
         if let Some(limit) = region.max_instances {
             let held = peak(
-                self.capacity
-                    .values()
-                    .filter(|c| c.region == request.region),
+                in_force().filter(|c| c.region == request.region),
                 start_ms,
                 end_ms,
             );
@@ -756,10 +982,8 @@ impl OrchestratorState {
                 )));
             }
         }
-        self.next_claim += 1;
-        let id = format!("cap-{}", self.next_claim);
-        let claim = CapacityClaim {
-            id: id.clone(),
+        Ok(CapacityClaim {
+            id: format!("cap-{}", self.next_claim + 1),
             service: request.service.clone(),
             region: request.region.clone(),
             instances: request.instances,
@@ -767,29 +991,10 @@ impl OrchestratorState {
             start_ms,
             end_ms,
             created_ms: at_ms,
-        };
-        self.record(AuditEntry {
-            index,
-            at_ms,
-            term: 0,
-            subject: id.clone(),
-            event: AuditEvent::CapacityClaimed {
-                service: claim.service.clone(),
-                region: claim.region.clone(),
-                instances: claim.instances,
-                start_ms,
-                end_ms,
-            },
-            reason: match kind {
-                ClaimKind::Request => "operator requested capacity".to_owned(),
-                ClaimKind::Reservation => "operator reserved capacity".to_owned(),
-            },
-        });
-        self.capacity.insert(id.clone(), claim);
-        Ok(Applied::Capacity { id })
+        })
     }
 
-    fn apply_plan(&mut self, plan: &Plan, index: u64, at_ms: u64) -> Outcome {
+    fn validate_plan(&self, plan: &Plan) -> Result<(), Rejected> {
         plan.validate(
             self.regions.keys().map(String::as_str),
             self.services.keys().map(String::as_str),
@@ -811,6 +1016,10 @@ impl OrchestratorState {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn commit_plan(&mut self, plan: &Plan) {
         for region in &plan.regions {
             self.regions.insert(region.name.clone(), region.clone());
         }
@@ -836,31 +1045,17 @@ impl OrchestratorState {
             self.schedules
                 .insert(schedule.name.clone(), schedule.clone());
         }
-        let applied = Applied::Plan {
-            regions: plan.regions.len(),
-            services: plan.services.len(),
-            schedules: plan.schedules.len(),
-        };
-        self.record(AuditEntry {
-            index,
-            at_ms,
-            term: 0,
-            subject: "plan".to_owned(),
-            event: AuditEvent::PlanApplied {
-                regions: plan.regions.len(),
-                services: plan.services.len(),
-                schedules: plan.schedules.len(),
-            },
-            reason: "operator applied a plan".to_owned(),
-        });
-        Ok(applied)
     }
 
-    fn create_migration(&mut self, request: &MigrationRequest, index: u64, at_ms: u64) -> Outcome {
+    fn validate_migration<'c>(
+        &self,
+        request: &'c MigrationRequest,
+        at_ms: u64,
+    ) -> Result<Change<'c>, Rejected> {
         if let Some(key) = &request.schedule_key
             && let Some(id) = self.fired.get(key)
         {
-            return Ok(Applied::Migration { id: id.clone() });
+            return Ok(Change::Existing(id.clone()));
         }
         let service = find_service(&self.services, &request.service)?;
         if !self.regions.contains_key(&request.to) {
@@ -891,8 +1086,7 @@ impl OrchestratorState {
             )));
         }
         let spec = &service.spec;
-        self.next_migration += 1;
-        let id = format!("{}-{}", request.service, self.next_migration);
+        let id = format!("{}-{}", request.service, self.next_migration + 1);
         let mut migration = MigrationSpec {
             id: id.clone(),
             service: request.service.clone(),
@@ -932,39 +1126,18 @@ impl OrchestratorState {
                 spec.dns_ttl_secs
             ));
         }
-        let event = AuditEvent::MigrationCreated {
-            service: request.service.clone(),
-            from: migration.from.clone(),
-            to: migration.to.clone(),
-            cutover_at_ms: migration.cutover_at_ms,
-        };
-        self.migrations.insert(
-            id.clone(),
-            MigrationRecord {
+        Ok(Change::Create {
+            request,
+            record: Box::new(MigrationRecord {
                 spec: migration,
                 phase: Phase::Planned,
                 phase_since_ms: at_ms,
                 shadow_instances: spec.min_instances,
                 promoted: false,
                 ttl_lowered_at_ms: None,
-            },
-        );
-        self.services
-            .get_mut(&request.service)
-            .expect("checked above")
-            .active_migration = Some(id.clone());
-        if let Some(key) = &request.schedule_key {
-            self.fired.insert(key.clone(), id.clone());
-        }
-        self.record(AuditEntry {
-            index,
-            at_ms,
-            term: 0,
-            subject: id.clone(),
-            event,
+            }),
             reason,
-        });
-        Ok(Applied::Migration { id })
+        })
     }
 }
 
@@ -1078,15 +1251,25 @@ impl StateMachine for OrchestratorState {
     fn query(&self, query: &[u8]) -> Vec<u8> {
         let answer = match umbra_proto::envelope::decode::<Query>(query) {
             Ok(Query::Overview) => QueryAnswer::Overview(Box::new(self.overview())),
-            Ok(Query::Audit { after_index, limit }) => QueryAnswer::Audit(
-                self.audit
-                    .iter()
-                    .filter(|e| e.index > after_index)
-                    .take(limit)
-                    .cloned()
-                    .collect(),
-            ),
+            Ok(Query::Audit { after_index, limit }) => {
+                // Indices only grow along the log, so the first newer entry is found by halving.
+                let first = self.audit.partition_point(|e| e.index <= after_index);
+                QueryAnswer::Audit(self.audit.range(first..).take(limit).cloned().collect())
+            }
             Ok(Query::Check(command)) => QueryAnswer::Check(self.check(&command)),
+            Ok(Query::Migration { id }) => match self.migration(&id) {
+                Some((record, archived)) => QueryAnswer::Migration {
+                    record: Some(Box::new(record.clone())),
+                    archived,
+                },
+                None => QueryAnswer::Migration {
+                    record: None,
+                    archived: false,
+                },
+            },
+            Ok(Query::Archived { before, limit }) => {
+                QueryAnswer::Migrations(self.archived(before, limit))
+            }
             Err(e) => QueryAnswer::Malformed(e.to_string()),
         };
         umbra_proto::envelope::encode(&answer).expect("answers always serialise")
@@ -1100,7 +1283,9 @@ impl StateMachine for OrchestratorState {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
         let snapshot = umbra_proto::log::decode_snapshot(snapshot)
             .map_err(|e| RestoreError(format!("not an orchestrator snapshot: {e}")))?;
+        let retention = self.retention;
         *self = log::Logged::from_log(snapshot);
+        self.retention = retention;
         Ok(())
     }
 }

@@ -504,7 +504,7 @@ fn a_migration_asked_for_too_soon_says_its_ttl_is_lowered_late() {
     let record = &state.overview().migrations["shop-1"];
     assert_eq!(record.spec.dns_ttl.lower_at_ms, 0, "lowered at once");
     assert!(record.spec.dns_ttl.late(None, record.spec.cutover_at_ms));
-    let created = state.audit().last().unwrap();
+    let created = state.audit().back().unwrap();
     assert!(
         created.reason.contains("lowered late") && created.reason.contains("1970-01-01T00:05:00"),
         "the audit says when the low TTL is everywhere: {}",
@@ -620,4 +620,237 @@ fn a_prometheus_slo_source_applies_and_a_bad_one_is_refused() {
         };
         assert!(error.contains(expected), "{error}");
     }
+}
+
+/// A migration of shop to `to`, created by schedule key `key` at `index`, then rolled back
+/// by an operator and finished by the executor: a finished migration nothing depends on once
+/// a newer one exists.
+fn create_and_roll_back(state: &mut OrchestratorState, index: u64, to: &str, key: &str) -> String {
+    let request = MigrationRequest {
+        schedule_key: Some(key.to_owned()),
+        ..MigrationRequest::new("shop", to, 100_000)
+    };
+    let Ok(Applied::Migration { id }) =
+        state.apply_command(index, &Command::CreateMigration { request, at_ms: 10 })
+    else {
+        panic!("the migration is created");
+    };
+    let rollback = Command::RequestRollback {
+        id: id.clone(),
+        reason: "drill".to_owned(),
+        at_ms: 11,
+    };
+    assert_eq!(state.apply_command(index + 1, &rollback), Ok(Applied::Done));
+    let done = transition(&id, Phase::RollingBack, Phase::RolledBack, 1);
+    assert_eq!(state.apply_command(index + 2, &done), Ok(Applied::Done));
+    id
+}
+
+/// The index kept along apply is the one a restore derives from the same maps.
+fn assert_index_is_derived(state: &OrchestratorState) {
+    assert_eq!(
+        state.index,
+        MigrationIndex::of(&state.migrations, &state.fired),
+        "the incremental index drifted from the maps"
+    );
+}
+
+#[test]
+fn finished_migrations_move_to_a_bounded_archive_with_their_schedule_keys() {
+    let mut state = OrchestratorState::with_retention(Retention {
+        audit_entries: 1_000,
+        archived_migrations: 2,
+    });
+    state
+        .apply_command(
+            1,
+            &Command::ApplyPlan {
+                plan: Plan::example(),
+                at_ms: 1,
+            },
+        )
+        .unwrap();
+    let ids: Vec<String> = (0..4)
+        .map(|n| create_and_roll_back(&mut state, 10 + 3 * n, "eu-west", &format!("k/{n}")))
+        .collect();
+    assert_index_is_derived(&state);
+    // shop-4 is the service's latest: current. shop-2 and shop-3 are archived; shop-1, the
+    // oldest, left the archive at the cap, and its schedule key with it.
+    let overview = state.overview();
+    assert_eq!(
+        overview.migrations.keys().collect::<Vec<_>>(),
+        vec![&ids[3]]
+    );
+    assert!(state.migration(&ids[0]).is_none(), "dropped past the cap");
+    assert!(!state.fired.contains_key("k/0"), "its key left with it");
+    for id in &ids[1..3] {
+        let (record, archived) = state.migration(id).expect("archived ones are found");
+        assert!(archived && record.phase == Phase::RolledBack, "{id}");
+    }
+    assert_eq!(state.migration(&ids[3]).map(|(_, a)| a), Some(false));
+    let newest_first: Vec<String> = state
+        .archived(None, 10)
+        .into_iter()
+        .map(|r| r.spec.id)
+        .collect();
+    assert_eq!(newest_first, vec![ids[2].clone(), ids[1].clone()]);
+    let before_3 = state.archived(Some(migration_number(&ids[2])), 10);
+    assert_eq!(before_3.len(), 1, "paging by creation number");
+    assert_eq!(before_3[0].spec.id, ids[1]);
+
+    // A completed migration is the service's pool: it stays current while newer ones
+    // come and go, and leaves for the archive only when a newer one completes.
+    let completed = {
+        let Ok(Applied::Migration { id }) = migrate(&mut state, 30, "eu-west") else {
+            panic!("created");
+        };
+        for (i, pair) in happy_path(3).windows(2).enumerate() {
+            let step = transition(&id, pair[0], pair[1], 1);
+            assert_eq!(state.apply_command(31 + i as u64, &step), Ok(Applied::Done));
+        }
+        id
+    };
+    for n in 0..3 {
+        create_and_roll_back(&mut state, 60 + 3 * n, "us-east", &format!("later/{n}"));
+    }
+    assert_eq!(state.migration(&completed).map(|(_, a)| a), Some(false));
+    assert!(state.overview().migrations.contains_key(&completed));
+    assert_eq!(state.archived(None, 10).len(), 2, "the cap holds");
+    assert!(state.fired.len() <= 4, "keys: {:?}", state.fired);
+    assert_index_is_derived(&state);
+
+    let mut restored = OrchestratorState::with_retention(state.retention);
+    restored.restore(&StateMachine::snapshot(&state)).unwrap();
+    assert_eq!(restored, state, "a restore derives the same index");
+}
+
+#[test]
+fn the_audit_log_is_a_ring_at_its_cap() {
+    let mut state = OrchestratorState::with_retention(Retention {
+        audit_entries: 3,
+        archived_migrations: 10,
+    });
+    state
+        .apply_command(
+            1,
+            &Command::ApplyPlan {
+                plan: Plan::example(),
+                at_ms: 1,
+            },
+        )
+        .unwrap();
+    create_and_roll_back(&mut state, 2, "eu-west", "k");
+    migrate(&mut state, 5, "eu-west").unwrap();
+    let kept: Vec<u64> = state.audit().iter().map(|e| e.index).collect();
+    assert_eq!(kept, vec![3, 4, 5], "the newest three, oldest first");
+    let answer = decode_answer(&state.query(&encode_query(&Query::Audit {
+        after_index: 3,
+        limit: 10,
+    })))
+    .unwrap();
+    let QueryAnswer::Audit(after) = answer else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(
+        after.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+}
+
+/// A `tracing` writer into a shared buffer, to see what a call logs.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_rejected_command_leaves_the_state_byte_identical_and_a_dry_run_logs_nothing() {
+    let mut state = planned();
+    migrate(&mut state, 2, "eu-west").unwrap();
+    // Claims that ended leave at the next claim command, so a refused one must not drop them.
+    state.apply_command(3, &claim(None, None, 1)).unwrap();
+    let late = 1_000_001 + claims::DEFAULT_REQUEST_HOLD_MS;
+    let rejected = [
+        transition("shop-1", Phase::Planned, Phase::Provisioning, 0),
+        transition("shop-1", Phase::Ready, Phase::Draining, 5),
+        Command::SetPromoted {
+            id: "nope-1".to_owned(),
+            promoted: true,
+            fence_window_ms: None,
+            term: 5,
+            at_ms: 20,
+        },
+        Command::ApplyPlan {
+            plan: Plan::example(),
+            at_ms: 20,
+        },
+        Command::ClaimCapacity {
+            request: ClaimRequest {
+                instances: 0,
+                ..match claim(None, None, 1) {
+                    Command::ClaimCapacity { request, .. } => request,
+                    _ => unreachable!(),
+                }
+            },
+            at_ms: late,
+        },
+        Command::ReleaseCapacity {
+            id: "cap-1".to_owned(),
+            at_ms: late,
+        },
+        Command::CreateMigration {
+            request: MigrationRequest::new("shop", "eu-west", 100_000),
+            at_ms: 20,
+        },
+    ];
+    // Term 1 applied first, so term 0 is stale.
+    state
+        .apply_command(
+            4,
+            &transition("shop-1", Phase::Planned, Phase::Provisioning, 1),
+        )
+        .unwrap();
+    for (i, command) in rejected.iter().enumerate() {
+        let index = 10 + i as u64;
+        let mut expected = state.clone();
+        expected.applied_index = index;
+        let log = Captured::default();
+        let subscriber = tracing_subscriber::fmt().with_writer({
+            let log = log.clone();
+            move || log.clone()
+        });
+        let outcome = tracing::subscriber::with_default(subscriber.finish(), || {
+            assert!(state.check(command).is_err(), "{command:?}");
+            state.apply_command(index, command)
+        });
+        assert!(outcome.is_err(), "{command:?} is refused");
+        assert_eq!(state, expected, "{command:?} changed something");
+        assert_eq!(
+            StateMachine::snapshot(&state),
+            StateMachine::snapshot(&expected)
+        );
+        assert!(log.0.lock().unwrap().is_empty(), "{command:?} logged");
+    }
+
+    let command = transition("shop-1", Phase::Provisioning, Phase::Warming, 1);
+    let log = Captured::default();
+    let subscriber = tracing_subscriber::fmt().with_writer({
+        let log = log.clone();
+        move || log.clone()
+    });
+    tracing::subscriber::with_default(subscriber.finish(), || {
+        assert_eq!(state.check(&command), Ok(()));
+        assert!(log.0.lock().unwrap().is_empty(), "a dry run logs nothing");
+        state.apply_command(20, &command).unwrap();
+    });
+    let logged = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(logged.contains("provisioning → warming"), "{logged}");
 }

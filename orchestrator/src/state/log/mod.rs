@@ -18,7 +18,8 @@ use umbra_proto::log::current as schema;
 use super::{
     AuditEntry, AuditEvent, CapacityClaim, ClaimKind, ClaimRequest, Command, DnsWeights,
     LimitsSpec, MigrationRequest, OrchestratorState, Plan, PoolMode, RegionSpec, ReplicationKind,
-    ScheduleSpec, ServiceSpec, ServiceState, plan::ScheduleLeg,
+    Retention, ScheduleSpec, ServiceSpec, ServiceState, plan::ScheduleLeg,
+    retention::MigrationIndex,
 };
 use crate::migration::{
     DnsTtlPlan, MigrationRecord, MigrationSpec, Phase, PhaseDeadlines, PrometheusSlo, Slo,
@@ -224,6 +225,8 @@ impl Logged for OrchestratorState {
             next_claim,
             highest_term,
             applied_index,
+            index: _,
+            retention: _,
         } = self;
         schema::Snapshot {
             regions: regions.to_log(),
@@ -232,7 +235,7 @@ impl Logged for OrchestratorState {
             schedules: schedules.to_log(),
             dns: dns.to_log(),
             fired: fired.clone(),
-            audit: audit.to_log(),
+            audit: audit.iter().map(Logged::to_log).collect(),
             capacity: capacity.to_log(),
             next_migration: *next_migration,
             next_claim: *next_claim,
@@ -255,19 +258,23 @@ impl Logged for OrchestratorState {
             highest_term,
             applied_index,
         } = log;
+        let migrations = Logged::from_log(migrations);
+        let index = MigrationIndex::of(&migrations, &fired);
         OrchestratorState {
             regions: Logged::from_log(regions),
             services: Logged::from_log(services),
-            migrations: Logged::from_log(migrations),
+            migrations,
             schedules: Logged::from_log(schedules),
             dns: Logged::from_log(dns),
             fired,
-            audit: Logged::from_log(audit),
+            audit: audit.into_iter().map(Logged::from_log).collect(),
             capacity: Logged::from_log(capacity),
             next_migration,
             next_claim,
             highest_term,
             applied_index,
+            index,
+            retention: Retention::default(),
         }
     }
 }
