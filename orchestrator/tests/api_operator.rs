@@ -11,11 +11,12 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use umbra_orchestrator::api::{self, ApiClient, ApiConfig, BearerToken, ClientError};
-use umbra_orchestrator::api::{AuditEventView, Written};
+use umbra_orchestrator::api::{AuditEventView, MigrationAnswer, MigrationStatus, Written};
+use umbra_orchestrator::migration::Phase;
 use umbra_orchestrator::migration::{Observations, ReplicationObserved};
 use umbra_orchestrator::state::plan::EXAMPLE_PLAN_TOML;
-use umbra_orchestrator::state::{MigrationRequest, Plan};
-use umbra_orchestrator::store::MemoryReplicated;
+use umbra_orchestrator::state::{Command, MigrationRequest, Plan};
+use umbra_orchestrator::store::{MemoryReplicated, Replicated};
 use umbra_proto::certs::{self, Layout};
 use umbra_proto::{Credentials, Identity, Role};
 use umbra_testkit::TEST_TOKEN;
@@ -320,6 +321,95 @@ async fn rollback_of_an_unknown_id_is_404_and_of_a_known_one_is_recorded() {
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(message.contains("nothing to roll back"), "{message}");
     assert_eq!(h.store.state().audit().len(), entries);
+}
+
+#[tokio::test]
+async fn an_archived_migration_is_still_found_by_id_and_listed_with_archived_true() {
+    let h = Harness::start().await;
+    let client = h.operator();
+    client
+        .apply_plan_toml(&text(&plan_without_schedules()))
+        .await
+        .unwrap();
+    let Written::Migration { id: first } = client.migrate(&migration("eu-west")).await.unwrap()
+    else {
+        panic!("expected a migration id");
+    };
+    client.rollback(&first, "drill").await.unwrap();
+    // The executor's part: the rollback is confirmed and the migration ends.
+    let finished = h
+        .store
+        .propose(Command::Transition {
+            id: first.clone(),
+            from: Phase::RollingBack,
+            to: Phase::RolledBack,
+            reason: "share 0 confirmed on the source".to_owned(),
+            shadow_instances: None,
+            rollback_ms: Some(400),
+            term: 1,
+            at_ms: 1,
+        })
+        .await
+        .unwrap();
+    assert!(finished.is_ok(), "{finished:?}");
+    // Still the service's latest migration: current, not archived.
+    let answer: MigrationAnswer = client
+        .call(Method::GET, &format!("/v1/migrations/{first}"), None)
+        .await
+        .unwrap();
+    assert!(!answer.archived);
+    assert_eq!(answer.migration.phase, "rolled_back");
+
+    // A newer migration of the service makes it history.
+    let Written::Migration { id: second } = client.migrate(&migration("eu-west")).await.unwrap()
+    else {
+        panic!("expected a migration id");
+    };
+    let answer: MigrationAnswer = client
+        .call(Method::GET, &format!("/v1/migrations/{first}"), None)
+        .await
+        .unwrap();
+    assert!(answer.archived, "{answer:?}");
+    assert_eq!(answer.migration.id, first);
+    let report = client.status().await.unwrap();
+    let ids: Vec<&str> = report.migrations.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![second.as_str()],
+        "the status shows what is current"
+    );
+    let current: Vec<MigrationStatus> = client
+        .call(Method::GET, "/v1/migrations", None)
+        .await
+        .unwrap();
+    assert_eq!(current.len(), 1);
+    assert_eq!(current[0].id, second);
+    let archived: Vec<MigrationStatus> = client
+        .call(Method::GET, "/v1/migrations?archived=true&limit=10", None)
+        .await
+        .unwrap();
+    assert_eq!(archived.len(), 1);
+    assert_eq!(archived[0].id, first);
+
+    let (status, message) = refused(
+        client
+            .call::<MigrationAnswer>(Method::GET, "/v1/migrations/shop-99", None)
+            .await,
+    );
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(message.contains("archived=true"), "{message}");
+    for bad in ["?limit=0", "?archived=maybe", "?colour=blue"] {
+        let (status, message) = refused(
+            client
+                .call::<Vec<MigrationStatus>>(Method::GET, &format!("/v1/migrations{bad}"), None)
+                .await,
+        );
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {message}");
+        assert!(
+            message.contains("?archived=") || message.contains("limit"),
+            "{bad}: {message}"
+        );
+    }
 }
 
 #[tokio::test]

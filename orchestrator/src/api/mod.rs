@@ -27,8 +27,8 @@ pub use client::{ApiClient, ClientError};
 pub use server::{RunningApi, ServeError, serve};
 pub use views::{
     AuditEntryView, AuditEventView, CapacityReport, ClaimStatus, DnsTtlStatus, ForecastReport,
-    FulfilmentView, Health, MemberView, MigrationBody, MigrationStatus, OverviewView, PoolSize,
-    PoolStatus, SliceView, StatusReport, Timestamp, Written,
+    FulfilmentView, Health, MemberView, MigrationAnswer, MigrationBody, MigrationStatus,
+    OverviewView, PoolSize, PoolStatus, SliceView, StatusReport, Timestamp, Written,
 };
 
 /// Largest request body accepted: 1 MiB. A plan of a few hundred services is tens of KiB;

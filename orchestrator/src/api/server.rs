@@ -36,8 +36,8 @@ use utoipa_axum::routes;
 
 use super::openapi::{ApiDoc, OpenApiJson};
 use super::views::{
-    AuditEntryView, MAX_MIGRATION_OVERRIDE_MS, MigrationBody, OverviewView, PoolStatus, SliceView,
-    Subject,
+    AuditEntryView, DEFAULT_MIGRATION_PAGE, MAX_MIGRATION_OVERRIDE_MS, MAX_MIGRATION_PAGE,
+    MigrationAnswer, MigrationBody, OverviewView, PoolStatus, SliceView, Subject,
 };
 use super::{
     ApiConfig, ApiConfigError, BearerToken, CapacityBody, CapacityReport, ClaimStatus,
@@ -47,7 +47,7 @@ use super::{
 use crate::state::claims::MAX_CLAIM_MS;
 use crate::state::{
     ClaimRequest, Command, MigrationRequest, Overview, Plan, Query, QueryAnswer, RejectKind,
-    Rejected, find_service,
+    Rejected, find_service, migration_number,
 };
 use crate::store::{Clock, Replicated, StoreError, SystemClock};
 
@@ -162,6 +162,7 @@ fn route_label(path: &str) -> &'static str {
         p if p.starts_with("/v1/migrations/") && p.ends_with("/rollback") => {
             "/v1/migrations/{id}/rollback"
         }
+        p if p.starts_with("/v1/migrations/") => "/v1/migrations/{id}",
         _ => "other",
     }
 }
@@ -217,7 +218,8 @@ pub async fn serve(
 fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
     let v1 = OpenApiRouter::new()
         .routes(routes!(apply_plan))
-        .routes(routes!(create_migration))
+        .routes(routes!(create_migration, migrations))
+        .routes(routes!(migration))
         .routes(routes!(rollback))
         .routes(routes!(status))
         .routes(routes!(audit))
@@ -238,7 +240,7 @@ fn router(state: AppState) -> axum::Router {
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; GET /v1/openapi.json describes every endpoint the API serves (POST /v1/plan, POST /v1/migrations, POST /v1/migrations/{id}/rollback, GET /v1/status, GET /v1/audit, POST and GET /v1/capacity, DELETE /v1/capacity/{id}, GET /v1/forecast, GET /healthz; the web dashboard is GET /ui/)",
+                "no such endpoint; GET /v1/openapi.json describes every endpoint the API serves (POST /v1/plan, POST and GET /v1/migrations, GET /v1/migrations/{id}, POST /v1/migrations/{id}/rollback, GET /v1/status, GET /v1/audit, POST and GET /v1/capacity, DELETE /v1/capacity/{id}, GET /v1/forecast, GET /healthz; the web dashboard is GET /ui/)",
             )
         })
         .method_not_allowed_fallback(|| async {
@@ -662,13 +664,126 @@ async fn rollback(
     write(state.store.as_ref(), command, Subject::Migration(id)).await
 }
 
-/// The numeric suffix of a migration id (`shop-12` → 12): the state numbers migrations in
-/// creation order.
-fn creation_order(id: &str) -> u64 {
-    id.rsplit('-')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+/// The query of `GET /v1/migrations`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct MigrationParams {
+    /// `true`: the archive (finished migrations no service depends on any more, kept up to
+    /// a bound, the oldest dropped first); `false` (the default): the live migrations and
+    /// each service's latest and latest completed, as `GET /v1/status` lists them.
+    archived: Option<bool>,
+    /// Only migrations created before this one's number (`shop-12` → 12), to page on.
+    before: Option<u64>,
+    /// Most migrations returned, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+}
+
+/// Migrations, newest created first: the current ones, or with `?archived=true` the archive.
+#[utoipa::path(
+    get,
+    path = "/v1/migrations",
+    tag = "migrations",
+    params(MigrationParams),
+    responses(
+        (status = 200, description = "Migrations created before `before`, newest first", body = Vec<MigrationStatus>),
+        (status = 400, description = "`archived`, `before` or `limit` is not valid", body = ErrorBody),
+        (status = 401, description = "No bearer token, or not this cluster's", body = ErrorBody),
+        (status = 403, description = "The client certificate is not an operator's", body = ErrorBody),
+        (status = 500, description = "The cluster's answer was not understood (version skew or a bug)", body = ErrorBody),
+        (status = 503, description = "No leader, or the cluster is unavailable: retry", body = ErrorBody),
+        (status = 504, description = "No answer in time", body = ErrorBody),
+    ),
+)]
+async fn migrations(
+    State(state): State<AppState>,
+    params: Result<axum::extract::Query<MigrationParams>, QueryRejection>,
+) -> Result<Response, Refusal> {
+    let axum::extract::Query(params) = params.map_err(|rejection| {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("{rejection}; use ?archived=true|false&before=N&limit=M"),
+        )
+    })?;
+    let limit = params.limit.unwrap_or(DEFAULT_MIGRATION_PAGE);
+    if limit == 0 || limit > MAX_MIGRATION_PAGE {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "limit must be 1..={MAX_MIGRATION_PAGE}; page with ?before=<number of the last id seen>"
+            ),
+        ));
+    }
+    let store = state.store.as_ref();
+    let before = params.before.unwrap_or(u64::MAX);
+    let records = if params.archived == Some(true) {
+        match store
+            .query(Query::Archived {
+                before: params.before,
+                limit,
+            })
+            .await?
+        {
+            QueryAnswer::Migrations(records) => records,
+            other => return Err(garbled(&other)),
+        }
+    } else {
+        let mut current: Vec<_> = overview(store)
+            .await?
+            .migrations
+            .into_values()
+            .filter(|m| migration_number(&m.spec.id) < before)
+            .collect();
+        current.sort_by_key(|m| std::cmp::Reverse(migration_number(&m.spec.id)));
+        current.truncate(limit);
+        current
+    };
+    let list: Vec<MigrationStatus> = records
+        .iter()
+        .map(|record| MigrationStatus::of(record, store.observations(&record.spec.id).as_ref()))
+        .collect();
+    Ok(Json(list).into_response())
+}
+
+/// One migration, current or archived.
+#[utoipa::path(
+    get,
+    path = "/v1/migrations/{id}",
+    tag = "migrations",
+    params(("id" = String, Path, description = "The migration, e.g. `shop-2`")),
+    responses(
+        (status = 200, description = "The migration, and whether it is archived", body = MigrationAnswer),
+        (status = 404, description = "No such migration (never created, or dropped from the archive)", body = ErrorBody),
+        (status = 401, description = "No bearer token, or not this cluster's", body = ErrorBody),
+        (status = 403, description = "The client certificate is not an operator's", body = ErrorBody),
+        (status = 500, description = "The cluster's answer was not understood (version skew or a bug)", body = ErrorBody),
+        (status = 503, description = "No leader, or the cluster is unavailable: retry", body = ErrorBody),
+        (status = 504, description = "No answer in time", body = ErrorBody),
+    ),
+)]
+async fn migration(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Refusal> {
+    let store = state.store.as_ref();
+    match store.query(Query::Migration { id: id.clone() }).await? {
+        QueryAnswer::Migration {
+            record: Some(record),
+            archived,
+        } => Ok(Json(MigrationAnswer {
+            migration: MigrationStatus::of(&record, store.observations(&id).as_ref()),
+            archived,
+        })
+        .into_response()),
+        QueryAnswer::Migration { record: None, .. } => Err(Refusal(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no migration {id:?}; `GET /v1/migrations` lists the current ones and `?archived=true` the archive (the oldest finished ones leave it)"
+            ),
+        )),
+        other => Err(garbled(&other)),
+    }
 }
 
 /// What the cluster is doing: the leader, every migration, the serving pools and the most
@@ -707,7 +822,7 @@ async fn status(State(state): State<AppState>) -> Result<Response, Refusal> {
         .values()
         .map(|record| MigrationStatus::of(record, store.observations(&record.spec.id).as_ref()))
         .collect();
-    migrations.sort_by_key(|m| std::cmp::Reverse(creation_order(&m.id)));
+    migrations.sort_by_key(|m| std::cmp::Reverse(migration_number(&m.id)));
     Ok(Json(StatusReport {
         leader: store.leader(),
         overview: OverviewView::from(overview),

@@ -124,6 +124,22 @@ pub struct MigrationStatus {
     pub dns_ttl: DnsTtlStatus,
 }
 
+/// The answer to `GET /v1/migrations/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MigrationAnswer {
+    /// The migration.
+    pub migration: MigrationStatus,
+    /// It is finished and in the archive: `GET /v1/status` no longer lists it, and it leaves
+    /// the archive once enough newer ones finish.
+    pub archived: bool,
+}
+
+/// Default page of `GET /v1/migrations`.
+pub const DEFAULT_MIGRATION_PAGE: usize = 100;
+/// Largest page of `GET /v1/migrations`: a thousand records is about a megabyte of JSON,
+/// the same bound as an audit page.
+pub const MAX_MIGRATION_PAGE: usize = 1_000;
+
 /// A migration's DNS TTL plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DnsTtlStatus {
