@@ -14,18 +14,19 @@ use crate::migration::{MigrationRecord, Phase};
 
 /// Largest audit log kept in the state (entries), a ring: the oldest entry leaves as a new
 /// one comes. Sized against the snapshot budget, one frame of
-/// `umbra_proto::frame::DEFAULT_MAX_FRAME_BYTES` (16 MiB): an entry encodes to about
-/// 60–120 bytes (the apply bench prints the figure) and to about 400 with the longest reason
-/// the state writes (a late TTL lowering), so 32,768 entries take 2–4 MiB typically and at
-/// most 13 MiB, leaving room for the archive and the declared state. Every entry is also a
-/// Raft log entry and a tracing event, so nothing is lost to an operator who keeps those.
+/// `umbra_proto::frame::DEFAULT_MAX_FRAME_BYTES` (16 MiB): an entry encodes to about 30 bytes
+/// with a one-word reason (the apply bench measures it) and about 400 with the longest reason
+/// the state writes (a late TTL lowering), so 32,768 entries take 1–13 MiB, leaving room for
+/// the archive and the declared state. Every entry is also a Raft log entry and a tracing
+/// event, so nothing is lost to an operator who keeps those.
 pub const MAX_AUDIT_ENTRIES: usize = 32_768;
 
 /// Most finished migrations kept beyond the ones a service still depends on (its latest, and
-/// its latest completed, whose shadow pool serves it). A finished record encodes to about
-/// 250 bytes (the apply bench prints the figure), so the archive takes about 2 MiB of the
-/// 16 MiB snapshot frame; at one migration per service per hour it is a year of history for
-/// a service, or a month for a dozen.
+/// its latest completed, whose shadow pool serves it). A finished record of the example
+/// plan's service encodes to about 100 bytes (the apply bench measures 96 alone and about
+/// 113 in a snapshot), a few hundred with many steps or a Prometheus SLO source, so the
+/// archive takes 1–3 MiB of the 16 MiB snapshot frame; at one migration per service per
+/// hour it is a year of history for a service, or a month for a dozen.
 pub const MAX_ARCHIVED_MIGRATIONS: usize = 8_192;
 
 /// The caps the state enforces. The product runs [`Retention::default`] (the constants
