@@ -1286,6 +1286,12 @@ impl StateMachine for OrchestratorState {
         let retention = self.retention;
         *self = log::Logged::from_log(snapshot);
         self.retention = retention;
+        // A snapshot written before these caps (or under larger ones) is cut to them here, so
+        // a replica that restored it holds what one that replayed the log under the caps holds.
+        while self.audit.len() > retention.audit_entries {
+            self.audit.pop_front();
+        }
+        self.retire();
         Ok(())
     }
 }

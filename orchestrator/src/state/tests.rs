@@ -757,6 +757,37 @@ fn the_audit_log_is_a_ring_at_its_cap() {
     );
 }
 
+/// A snapshot written under larger caps (an older build kept 100,000 audit entries and every
+/// finished migration) restores to exactly what a replica that replayed the same log under
+/// today's caps holds, so replicas never differ by how they caught up.
+#[test]
+fn a_snapshot_from_larger_caps_restores_to_what_a_replay_under_the_caps_holds() {
+    let small = Retention {
+        audit_entries: 4,
+        archived_migrations: 1,
+    };
+    let mut large = OrchestratorState::with_retention(Retention {
+        audit_entries: 1_000,
+        archived_migrations: 100,
+    });
+    let mut replayed = OrchestratorState::with_retention(small);
+    for state in [&mut large, &mut replayed] {
+        let plan = Command::ApplyPlan {
+            plan: Plan::example(),
+            at_ms: 1,
+        };
+        state.apply_command(1, &plan).unwrap();
+        for n in 0..4 {
+            create_and_roll_back(state, 10 + 3 * n, "eu-west", &format!("k/{n}"));
+        }
+    }
+    assert!(large.audit().len() > small.audit_entries);
+    let mut restored = OrchestratorState::with_retention(small);
+    restored.restore(&StateMachine::snapshot(&large)).unwrap();
+    assert_eq!(restored, replayed);
+    assert_index_is_derived(&restored);
+}
+
 /// A `tracing` writer into a shared buffer, to see what a call logs.
 #[derive(Clone, Default)]
 struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
