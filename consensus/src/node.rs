@@ -45,6 +45,10 @@ pub struct NodeOptions {
     pub initial_voters: Vec<u64>,
     /// Addresses of peers known from the configuration file.
     pub peers: BTreeMap<u64, String>,
+    /// What the operator should do when this node finds that it lost entries it had
+    /// acknowledged (its data directory was wiped or replaced): said at the end of the
+    /// failure, in the words of the program that runs the node.
+    pub lost_log_advice: String,
 }
 
 /// A node that could not start.
@@ -261,6 +265,8 @@ impl RaftNode {
             term_proposers: BTreeMap::new(),
             leader: 0,
             status_tx: None,
+            lost_log: None,
+            lost_log_advice: options.lost_log_advice,
         };
         let status = driver.status(None);
         let (status_tx, status_rx) = watch::channel(status);
@@ -424,6 +430,10 @@ struct Driver<S, T: Transport> {
     term_proposers: BTreeMap<u64, BTreeSet<u64>>,
     leader: u64,
     status_tx: Option<watch::Sender<NodeStatus>>,
+    /// Set when a leader counts this node as holding entries its log lacks; the driver stops
+    /// at its next turn, before raft-rs would panic on the commit index.
+    lost_log: Option<String>,
+    lost_log_advice: String,
 }
 
 /// A failure that stops the driver: the store or raft-rs refused an operation, and going on
@@ -554,6 +564,10 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
     fn handle_inbound(&mut self, inbound: Inbound) {
         match inbound {
             Inbound::Message(message) => {
+                if let Some(lost) = self.lost_entries(&message) {
+                    self.lost_log.get_or_insert(lost);
+                    return;
+                }
                 // Errors here are messages from unknown peers or for the wrong node: raft-rs
                 // ignores them and so do we, they are not ours to act on.
                 if let Err(error) = self.raw.step(message) {
@@ -570,6 +584,26 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 self.raw.report_snapshot(to, status);
             }
         }
+    }
+
+    /// A heartbeat carries `min(what the leader counts as replicated here, its commit)`. A
+    /// commit beyond this node's last index means the leader saw this node acknowledge
+    /// entries that are gone (its data directory was lost): raft-rs would panic on it, and
+    /// a node that forgot its log and its votes must not take part until it is removed and
+    /// added back as a new member.
+    fn lost_entries(&self, message: &raft::eraftpb::Message) -> Option<String> {
+        let last = self.raw.raft.raft_log.last_index();
+        let lost = message.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat
+            && message.term >= self.raw.raft.term
+            && message.commit > last;
+        lost.then(|| {
+            format!(
+                "node {} holds the log up to index {last}, but leader {} counts it as holding \
+                 entries up to {}: this node's data directory was lost or replaced since it \
+                 last ran, and it cannot rejoin as the member it was. {}",
+                self.id, message.from, message.commit, self.lost_log_advice
+            )
+        })
     }
 
     fn handle_request(&mut self, request: Request) {
@@ -678,6 +712,9 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
     }
 
     fn handle_ready(&mut self) -> Result<(), Fatal> {
+        if let Some(lost) = self.lost_log.take() {
+            return Err(Fatal(lost));
+        }
         if !self.raw.has_ready() {
             return Ok(());
         }
@@ -765,7 +802,12 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
         }
         self.applied = index;
-        tracing::info!(node = self.id, index, "installed snapshot from the leader");
+        tracing::info!(
+            node = self.id,
+            index,
+            bytes = snapshot.data.len(),
+            "installed snapshot from the leader"
+        );
         Ok(())
     }
 
