@@ -3,6 +3,12 @@
 //! checks each message really comes from the certificate's node before handing it to the
 //! mailbox. Only orchestrator-role certificates may open Raft streams; `umbra-proto` enforces
 //! that at accept time. It must not interpret messages beyond their addressing.
+//!
+//! A snapshot (`MsgSnapshot`) travels on a `StreamKind::RaftSnapshot` stream of its own, its
+//! data in chunks, so a state larger than one frame still reaches a follower and heartbeats
+//! are not held up behind it. The receiver (`SnapshotInbox`) reassembles the data within a
+//! bound, checks its CRC-32 and only then steps the message into Raft; a transfer cut off
+//! mid-way is dropped whole and raft-rs sends the snapshot again after it hears of the loss.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -10,7 +16,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use raft::eraftpb::{Message, MessageType};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+use umbra_proto::raft::{SnapshotChunk, SnapshotHeader, SnapshotReceipt};
 use umbra_proto::{Endpoint, FramedStream, Identity, RaftMessage, Role, StreamKind};
 
 use crate::transport::{Mailbox, Transport, decode_message, encode_message};
@@ -23,6 +30,23 @@ const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest reconnect delay: a restarted peer is reached within a second of coming back,
 /// about one default election timeout.
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Snapshot data per chunk frame: far below the 16 MiB frame limit, and large enough that
+/// framing costs nothing next to the data (TiKV streams snapshots in 1 MiB chunks too).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES * 2 <= umbra_proto::frame::DEFAULT_MAX_FRAME_BYTES);
+/// Largest snapshot a node accepts. The receiver holds the whole data in memory while it
+/// reassembles it (the state machine restores from one buffer), so this bounds the memory one
+/// transfer may take; 1 GiB leaves room above the several hundred MiB of state the control
+/// plane is sized for.
+pub const MAX_SNAPSHOT_BYTES: u64 = 1024 * 1024 * 1024;
+/// Snapshots received at once by one node: each may hold up to `MAX_SNAPSHOT_BYTES` in
+/// memory, and a node only ever needs the one its leader sends.
+const MAX_CONCURRENT_SNAPSHOT_RECEIVES: usize = 1;
+/// How long one step of a snapshot transfer (connecting, one chunk, the receipt) may take
+/// before the transfer is abandoned, on either side, and raft-rs is told it failed (it sends
+/// again). A stalled peer must not hold the leader's snapshot slot for that follower, or the
+/// receiver's memory, for ever; 30 s is far above a chunk's time on any link a cluster runs on.
+const SNAPSHOT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Peers whose Raft traffic this node drops, both ways, as a partitioned network would.
 /// Empty unless fault injection (tests, drills) cuts links; consulted per message.
@@ -168,6 +192,30 @@ impl PeerSender {
         let mut stream: Option<FramedStream> = None;
         let mut backoff = RECONNECT_BACKOFF_MIN;
         while let Some(message) = outbox.recv().await {
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                let transfer = SnapshotTransfer {
+                    from: self.from,
+                    to: self.to,
+                    address: self.address,
+                    endpoint: self.endpoint.clone(),
+                };
+                let mailbox = self.mailbox.clone();
+                tokio::spawn(async move {
+                    let to = transfer.to;
+                    match transfer.send(message).await {
+                        Ok(bytes) => {
+                            tracing::info!(peer = to, bytes, "snapshot sent");
+                            mailbox.report_snapshot(to, true);
+                        }
+                        Err(error) => {
+                            tracing::warn!(peer = to, %error, "snapshot not delivered; raft will send it again");
+                            mailbox.report_snapshot(to, false);
+                            mailbox.report_unreachable(to);
+                        }
+                    }
+                });
+                continue;
+            }
             if stream.is_none() {
                 match self.connect().await {
                     Ok(opened) => {
@@ -198,17 +246,91 @@ impl PeerSender {
                 message: encode_message(&message),
             };
             match open.send(&frame).await {
-                Ok(()) => {
-                    if message.get_msg_type() == MessageType::MsgSnapshot {
-                        self.mailbox.report_snapshot(self.to, true);
-                    }
-                }
+                Ok(()) => {}
                 Err(error) => {
                     tracing::debug!(peer = self.to, %error, "raft stream failed; reconnecting");
                     self.report_failure(&message);
                     stream = None;
                 }
             }
+        }
+    }
+}
+
+/// Why a snapshot did not reach its follower.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotSendError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error(transparent)]
+    Stream(#[from] umbra_proto::StreamError),
+    #[error("no progress within {timeout:?} while {0}", timeout = SNAPSHOT_STEP_TIMEOUT)]
+    Stalled(&'static str),
+    #[error("the receiver refused it: {0}")]
+    Refused(String),
+    #[error("the receiver ended the stream without a receipt")]
+    NoReceipt,
+}
+
+/// One snapshot on its way to one follower, on a connection of its own.
+struct SnapshotTransfer {
+    from: u64,
+    to: u64,
+    address: SocketAddr,
+    endpoint: Endpoint,
+}
+
+/// Runs one step of a snapshot transfer within `SNAPSHOT_STEP_TIMEOUT`.
+async fn step<T, E>(
+    doing: &'static str,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, SnapshotSendError>
+where
+    SnapshotSendError: From<E>,
+{
+    match tokio::time::timeout(SNAPSHOT_STEP_TIMEOUT, work).await {
+        Ok(done) => Ok(done?),
+        Err(_) => Err(SnapshotSendError::Stalled(doing)),
+    }
+}
+
+impl SnapshotTransfer {
+    /// Sends `message` (a `MsgSnapshot`): the header, the data in chunks, then waits for the
+    /// receiver's receipt. Returns the data's size.
+    async fn send(&self, mut message: Message) -> Result<usize, SnapshotSendError> {
+        let data = std::mem::take(&mut message.mut_snapshot().data);
+        let header = SnapshotHeader {
+            from: self.from,
+            to: self.to,
+            message: encode_message(&message),
+            data_bytes: data.len() as u64,
+            crc32: crc32fast::hash(&data),
+        };
+        let server_name = Identity::orchestrator(self.to).server_name();
+        let connection = step("connecting", async {
+            self.endpoint
+                .connect(self.address, &server_name)
+                .await
+                .map_err(|e| SnapshotSendError::Connect(e.to_string()))
+        })
+        .await?;
+        let mut stream = step(
+            "opening the stream",
+            connection.open_stream(StreamKind::RaftSnapshot),
+        )
+        .await?;
+        step("sending the header", stream.send(&header)).await?;
+        for chunk in data.chunks(SNAPSHOT_CHUNK_BYTES) {
+            let chunk = SnapshotChunk {
+                data: chunk.to_vec(),
+            };
+            step("sending a chunk", stream.send(&chunk)).await?;
+        }
+        stream.finish();
+        match step("awaiting the receipt", stream.recv::<SnapshotReceipt>()).await? {
+            Some(SnapshotReceipt::Delivered) => Ok(data.len()),
+            Some(SnapshotReceipt::Refused { reason }) => Err(SnapshotSendError::Refused(reason)),
+            None => Err(SnapshotSendError::NoReceipt),
         }
     }
 }
@@ -270,4 +392,397 @@ pub async fn serve_raft_stream(
         mailbox.deliver(message);
     }
     Ok(())
+}
+
+/// Why an inbound snapshot was refused. The sender hears the reason in its receipt (unless
+/// the stream itself failed); nothing reaches Raft.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotRefusal {
+    #[error("peer {peer} may not send raft snapshots (not an orchestrator)")]
+    NotOrchestrator { peer: Identity },
+    #[error("peer {peer} sent a snapshot claiming to be from node {claimed}")]
+    Impersonation { peer: Identity, claimed: u64 },
+    #[error("the snapshot is for node {to}, and this is node {id}")]
+    WrongNode { to: u64, id: u64 },
+    #[error("raft traffic from node {0} is cut (fault injection)")]
+    Cut(u64),
+    #[error(
+        "a snapshot of {bytes} bytes exceeds the {max} bytes a node accepts (MAX_SNAPSHOT_BYTES); shrink the replicated state",
+        max = MAX_SNAPSHOT_BYTES
+    )]
+    TooLarge { bytes: u64 },
+    #[error("another snapshot is being received; send again later")]
+    Busy,
+    #[error("not a snapshot message: {0}")]
+    Malformed(String),
+    #[error("the stream ended after {received} of {expected} bytes")]
+    Truncated { received: u64, expected: u64 },
+    #[error("the chunks hold more than the {expected} bytes the header announced")]
+    Overlong { expected: u64 },
+    #[error("the data's CRC-32 is {actual:08x}, the header says {expected:08x}")]
+    Checksum { expected: u32, actual: u32 },
+    #[error("no progress within {timeout:?}", timeout = SNAPSHOT_STEP_TIMEOUT)]
+    Stalled,
+    #[error("the node's mailbox is full or it has stopped")]
+    MailboxFull,
+    #[error(transparent)]
+    Stream(#[from] umbra_proto::StreamError),
+}
+
+/// Receives snapshots on accepted `StreamKind::RaftSnapshot` streams for node `id`, at most
+/// `MAX_CONCURRENT_SNAPSHOT_RECEIVES` at once. Cheap to clone.
+#[derive(Clone)]
+pub struct SnapshotInbox {
+    id: u64,
+    mailbox: Mailbox,
+    cut: TrafficCut,
+    receiving: Arc<Semaphore>,
+}
+
+impl SnapshotInbox {
+    /// An inbox delivering to node `id`'s `mailbox`, dropping snapshots from peers in `cut`.
+    pub fn new(id: u64, mailbox: Mailbox, cut: TrafficCut) -> Self {
+        Self {
+            id,
+            mailbox,
+            cut,
+            receiving: Arc::new(Semaphore::new(MAX_CONCURRENT_SNAPSHOT_RECEIVES)),
+        }
+    }
+
+    /// Reads one snapshot from `stream`, checks it whole and steps it into Raft, then answers
+    /// with a receipt. Returns the data's size; a refusal is answered with its reason (so the
+    /// leader logs why) and the data received so far is dropped.
+    pub async fn serve(&self, mut stream: FramedStream) -> Result<u64, SnapshotRefusal> {
+        let peer = stream.peer().clone();
+        if peer.role() != Role::Orchestrator {
+            stream.abort(umbra_proto::codes::ROLE_REFUSED);
+            return Err(SnapshotRefusal::NotOrchestrator { peer });
+        }
+        let outcome = self.receive(&mut stream, &peer).await;
+        let receipt = match &outcome {
+            Ok(_) => SnapshotReceipt::Delivered,
+            Err(SnapshotRefusal::Stream(_)) => return outcome,
+            Err(refusal) => SnapshotReceipt::Refused {
+                reason: refusal.to_string(),
+            },
+        };
+        // The receipt only tells the sender sooner; a lost one looks like a failed transfer,
+        // after which raft-rs sends again, which is safe.
+        if stream.send(&receipt).await.is_ok() {
+            stream.finish();
+        }
+        outcome
+    }
+
+    async fn receive(
+        &self,
+        stream: &mut FramedStream,
+        peer: &Identity,
+    ) -> Result<u64, SnapshotRefusal> {
+        let header: SnapshotHeader = match recv_step(stream).await? {
+            Some(header) => header,
+            None => return Err(SnapshotRefusal::Malformed("no header".into())),
+        };
+        if peer.id() != header.from.to_string() {
+            return Err(SnapshotRefusal::Impersonation {
+                peer: peer.clone(),
+                claimed: header.from,
+            });
+        }
+        if header.to != self.id {
+            return Err(SnapshotRefusal::WrongNode {
+                to: header.to,
+                id: self.id,
+            });
+        }
+        if self.cut.is_cut(header.from) {
+            return Err(SnapshotRefusal::Cut(header.from));
+        }
+        if header.data_bytes > MAX_SNAPSHOT_BYTES {
+            return Err(SnapshotRefusal::TooLarge {
+                bytes: header.data_bytes,
+            });
+        }
+        let _permit = self
+            .receiving
+            .try_acquire()
+            .map_err(|_| SnapshotRefusal::Busy)?;
+        let mut message = decode_message(&header.message)
+            .map_err(|e| SnapshotRefusal::Malformed(e.to_string()))?;
+        if message.get_msg_type() != MessageType::MsgSnapshot
+            || message.from != header.from
+            || message.to != self.id
+        {
+            return Err(SnapshotRefusal::Malformed(format!(
+                "a {:?} from {} to {} in a snapshot header from {} to {}",
+                message.get_msg_type(),
+                message.from,
+                message.to,
+                header.from,
+                header.to
+            )));
+        }
+        let expected = header.data_bytes;
+        // Grown as chunks arrive, not reserved from the header: a header alone must not
+        // claim memory.
+        let mut data: Vec<u8> = Vec::new();
+        while (data.len() as u64) < expected {
+            let chunk: SnapshotChunk = match recv_step(stream).await? {
+                Some(chunk) => chunk,
+                None => {
+                    return Err(SnapshotRefusal::Truncated {
+                        received: data.len() as u64,
+                        expected,
+                    });
+                }
+            };
+            if data.len() as u64 + chunk.data.len() as u64 > expected {
+                return Err(SnapshotRefusal::Overlong { expected });
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let actual = crc32fast::hash(&data);
+        if actual != header.crc32 {
+            return Err(SnapshotRefusal::Checksum {
+                expected: header.crc32,
+                actual,
+            });
+        }
+        message.mut_snapshot().data = data.into();
+        if !self.mailbox.deliver(message) {
+            return Err(SnapshotRefusal::MailboxFull);
+        }
+        Ok(expected)
+    }
+}
+
+/// Receives the next frame of a snapshot stream within `SNAPSHOT_STEP_TIMEOUT`.
+async fn recv_step<T: serde::de::DeserializeOwned>(
+    stream: &mut FramedStream,
+) -> Result<Option<T>, SnapshotRefusal> {
+    tokio::time::timeout(SNAPSHOT_STEP_TIMEOUT, stream.recv::<T>())
+        .await
+        .map_err(|_| SnapshotRefusal::Stalled)?
+        .map_err(SnapshotRefusal::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use raft::eraftpb::Snapshot;
+    use umbra_proto::certs::Layout;
+    use umbra_proto::{Credentials, TransportConfig};
+
+    use super::*;
+    use crate::transport::{Inbound, MailboxReceiver, mailbox};
+
+    /// Node 2 serving snapshot streams on loopback, and node 1's endpoint to send from.
+    struct Pair {
+        _certs: tempfile::TempDir,
+        sender: Endpoint,
+        receiver: SocketAddr,
+        inbox: MailboxReceiver,
+        refusals: mpsc::UnboundedReceiver<Result<u64, String>>,
+    }
+
+    impl Pair {
+        async fn new() -> Self {
+            let certs = tempfile::tempdir().unwrap();
+            let layout = Layout {
+                orchestrators: 2,
+                regions: Vec::new(),
+                operators: Vec::new(),
+            };
+            umbra_proto::certs::init(&layout, certs.path()).unwrap();
+            let load = |id| Credentials::load(certs.path(), &Identity::orchestrator(id)).unwrap();
+            let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+            let server = Endpoint::server(loopback, &load(2), TransportConfig::default()).unwrap();
+            let receiver = server.local_addr().unwrap();
+            let sender = Endpoint::client(loopback, &load(1), TransportConfig::default()).unwrap();
+            let (mailbox, inbox) = mailbox(16);
+            let snapshots = SnapshotInbox::new(2, mailbox, TrafficCut::default());
+            let (outcomes, refusals) = mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                while let Some(incoming) = server.accept().await {
+                    let snapshots = snapshots.clone();
+                    let outcomes = outcomes.clone();
+                    tokio::spawn(async move {
+                        let connection = incoming.establish().await.unwrap();
+                        while let Ok(stream) = connection.accept_stream().await {
+                            let served = snapshots.serve(stream).await;
+                            let _ = outcomes.send(served.map_err(|e| e.to_string()));
+                        }
+                    });
+                }
+            });
+            Self {
+                _certs: certs,
+                sender,
+                receiver,
+                inbox,
+                refusals,
+            }
+        }
+
+        fn transfer(&self) -> SnapshotTransfer {
+            SnapshotTransfer {
+                from: 1,
+                to: 2,
+                address: self.receiver,
+                endpoint: self.sender.clone(),
+            }
+        }
+
+        async fn open(&self) -> (umbra_proto::Connection, FramedStream) {
+            let connection = self
+                .sender
+                .connect(self.receiver, &Identity::orchestrator(2).server_name())
+                .await
+                .unwrap();
+            let stream = connection
+                .open_stream(StreamKind::RaftSnapshot)
+                .await
+                .unwrap();
+            (connection, stream)
+        }
+
+        /// The receiving side's outcome of the next stream.
+        async fn outcome(&mut self) -> Result<u64, String> {
+            tokio::time::timeout(Duration::from_secs(10), self.refusals.recv())
+                .await
+                .expect("the receiver finished the stream")
+                .expect("the receiver runs")
+        }
+    }
+
+    fn snapshot_message(data: Vec<u8>) -> Message {
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = 7;
+        snapshot.mut_metadata().term = 2;
+        snapshot.data = data.into();
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgSnapshot);
+        message.from = 1;
+        message.to = 2;
+        message.term = 2;
+        message.set_snapshot(snapshot);
+        message
+    }
+
+    fn header_for(data: &[u8]) -> SnapshotHeader {
+        SnapshotHeader {
+            from: 1,
+            to: 2,
+            message: encode_message(&snapshot_message(Vec::new())),
+            data_bytes: data.len() as u64,
+            crc32: crc32fast::hash(data),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_larger_than_a_frame_arrives_whole_in_chunks() {
+        let mut pair = Pair::new().await;
+        let data: Vec<u8> = (0..umbra_proto::frame::DEFAULT_MAX_FRAME_BYTES + 3 * 1000)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let sent = pair
+            .transfer()
+            .send(snapshot_message(data.clone()))
+            .await
+            .unwrap();
+        assert_eq!(sent, data.len());
+        assert_eq!(pair.outcome().await, Ok(data.len() as u64));
+        match pair.inbox.receiver.try_recv() {
+            Ok(Inbound::Message(message)) => {
+                assert_eq!(message.get_msg_type(), MessageType::MsgSnapshot);
+                assert_eq!(message.get_snapshot().get_metadata().index, 7);
+                assert!(message.get_snapshot().data[..] == data[..], "data differs");
+            }
+            other => panic!("expected the snapshot in the mailbox, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_forged_and_corrupt_transfers_are_refused_and_change_nothing() {
+        let mut pair = Pair::new().await;
+
+        let (_connection, mut stream) = pair.open().await;
+        let oversized = SnapshotHeader {
+            data_bytes: MAX_SNAPSHOT_BYTES + 1,
+            ..header_for(b"")
+        };
+        stream.send(&oversized).await.unwrap();
+        let refusal = pair.outcome().await.unwrap_err();
+        assert!(refusal.contains("MAX_SNAPSHOT_BYTES"), "{refusal}");
+        match stream.recv::<SnapshotReceipt>().await.unwrap() {
+            Some(SnapshotReceipt::Refused { reason }) => assert_eq!(reason, refusal),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+
+        let (_connection, mut stream) = pair.open().await;
+        let forged = SnapshotHeader {
+            from: 3,
+            ..header_for(b"")
+        };
+        stream.send(&forged).await.unwrap();
+        let refusal = pair.outcome().await.unwrap_err();
+        assert!(refusal.contains("claiming to be from node 3"), "{refusal}");
+
+        let (_connection, mut stream) = pair.open().await;
+        let data = vec![7u8; 1000];
+        let corrupt = SnapshotHeader {
+            crc32: crc32fast::hash(&data) ^ 1,
+            ..header_for(&data)
+        };
+        stream.send(&corrupt).await.unwrap();
+        stream.send(&SnapshotChunk { data }).await.unwrap();
+        let refusal = pair.outcome().await.unwrap_err();
+        assert!(refusal.contains("CRC-32"), "{refusal}");
+
+        let (_connection, mut stream) = pair.open().await;
+        stream.send(&header_for(&[1, 2, 3])).await.unwrap();
+        stream
+            .send(&SnapshotChunk {
+                data: vec![1, 2, 3, 4],
+            })
+            .await
+            .unwrap();
+        let refusal = pair.outcome().await.unwrap_err();
+        assert!(refusal.contains("more than the 3 bytes"), "{refusal}");
+
+        assert!(
+            pair.inbox.receiver.try_recv().is_err(),
+            "nothing reached raft"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transfer_cut_off_midway_frees_its_slot_and_the_next_one_succeeds() {
+        let mut pair = Pair::new().await;
+        let data = vec![9u8; 3 * SNAPSHOT_CHUNK_BYTES];
+        {
+            let (connection, mut stream) = pair.open().await;
+            stream.send(&header_for(&data)).await.unwrap();
+            stream
+                .send(&SnapshotChunk {
+                    data: data[..SNAPSHOT_CHUNK_BYTES].to_vec(),
+                })
+                .await
+                .unwrap();
+            // The sender dies mid-way: its connection goes, with the stream.
+            connection.close(umbra_proto::codes::NORMAL, "sender died");
+        }
+        assert!(pair.outcome().await.is_err());
+        assert!(pair.inbox.receiver.try_recv().is_err());
+        // raft-rs sends the whole snapshot again; the receiver's one slot is free for it.
+        let sent = pair.transfer().send(snapshot_message(data.clone())).await;
+        assert_eq!(sent.unwrap(), data.len());
+        assert_eq!(pair.outcome().await, Ok(data.len() as u64));
+        assert!(matches!(
+            pair.inbox.receiver.try_recv(),
+            Ok(Inbound::Message(_))
+        ));
+    }
 }

@@ -12,6 +12,10 @@ use umbra_consensus::{
     StateMachine, UnreadableEntry, mailbox,
 };
 
+/// What these tests' nodes tell an operator to do about a lost data directory; the failure
+/// must end with it.
+const LOST_LOG_ADVICE: &str = "Remove it, add it back and start it as a joining member.";
+
 /// Short ticks keep elections fast in tests; the ratios stay those of the defaults.
 fn test_config() -> Config {
     Config {
@@ -63,6 +67,7 @@ impl Cluster {
                 config: test_config(),
                 initial_voters,
                 peers: BTreeMap::new(),
+                lost_log_advice: LOST_LOG_ADVICE.into(),
             },
             machine,
             transport,
@@ -325,6 +330,47 @@ async fn add_a_fourth_node_then_remove_one() -> anyhow::Result<()> {
     cluster.stop(removed).await?;
     let index = cluster.put("after-remove", "1").await?;
     cluster.wait_same_digest(index).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_member_stops_with_advice_then_catches_up_once_removed_and_added_back()
+-> anyhow::Result<()> {
+    let mut cluster = Cluster::new(seed(), 3)?;
+    for i in 0..80 {
+        cluster.put(&format!("k{i}"), "v").await?;
+    }
+    let leader = cluster.leader().await?;
+    let wiped = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.stop(wiped).await?;
+    std::fs::remove_dir_all(cluster.dir.path().join(format!("node-{wiped}")))?;
+    // Restarted as the founding member it was, it must stop on the leader's first heartbeat
+    // (which counts entries the node no longer has) rather than panic or vote.
+    cluster.start(wiped, cluster.voters.clone())?;
+    let failure = cluster
+        .wait_for("the wiped node to stop", Duration::from_secs(10), |c| {
+            c.nodes[&wiped].status().failure
+        })
+        .await?;
+    assert!(failure.contains("data directory was lost"), "{failure}");
+    assert!(failure.ends_with(LOST_LOG_ADVICE), "{failure}");
+    cluster.stop(wiped).await?;
+    let leader = cluster.leader().await?;
+    cluster.nodes[&leader]
+        .change_membership(MembershipChange::Remove { id: wiped })
+        .await?;
+    let voters = cluster.nodes[&leader]
+        .change_membership(MembershipChange::AddVoter {
+            id: wiped,
+            address: format!("memory:{wiped}"),
+        })
+        .await?;
+    assert_eq!(voters, vec![1, 2, 3]);
+    // As a joining member, on the data directory the refused start left behind.
+    cluster.start(wiped, Vec::new())?;
+    let index = cluster.put("after-replace", "1").await?;
+    cluster.wait_same_digest(index).await?;
+    assert_eq!(cluster.nodes[&wiped].status().failure, None);
     Ok(())
 }
 

@@ -197,6 +197,12 @@ pub enum StreamKind {
     Agent,
     /// The operator API (the `umbra` CLI).
     Operator,
+    /// One Raft snapshot between orchestrators, in chunks
+    /// ([`SnapshotHeader`](crate::raft::SnapshotHeader), then
+    /// [`SnapshotChunk`](crate::raft::SnapshotChunk)s, answered by a
+    /// [`SnapshotReceipt`](crate::raft::SnapshotReceipt)), apart from the Raft stream so a
+    /// large transfer does not hold up heartbeats.
+    RaftSnapshot,
 }
 
 impl StreamKind {
@@ -210,6 +216,8 @@ impl StreamKind {
             // Agents dial in to the gateway; orchestrators dial agents.
             StreamKind::Agent => &[Role::Orchestrator, Role::Agent],
             StreamKind::Operator => &[Role::Operator],
+            // A snapshot replaces a member's whole state: Raft members only, as for `Raft`.
+            StreamKind::RaftSnapshot => &[Role::Orchestrator],
         }
     }
 
@@ -1082,6 +1090,9 @@ mod tests {
             (StreamKind::Operator, Role::Orchestrator, false),
             (StreamKind::Operator, Role::Agent, false),
             (StreamKind::Operator, Role::Operator, true),
+            (StreamKind::RaftSnapshot, Role::Orchestrator, true),
+            (StreamKind::RaftSnapshot, Role::Agent, false),
+            (StreamKind::RaftSnapshot, Role::Operator, false),
         ];
         for (kind, role, allowed) in table {
             assert_eq!(kind.permits(role), allowed, "{kind:?} by {role}");

@@ -419,20 +419,53 @@ impl Cluster {
             process.resume()?;
         }
         process.signal(Signal::SIGTERM)?;
-        let exited = wait_for(&format!("node {id} to exit"), timeout, || {
-            let exited = process.child_mut().try_wait();
-            async move {
-                match exited {
-                    Ok(None) => None,
-                    Ok(Some(status)) => Some(Ok(status)),
-                    Err(error) => Some(Err(error)),
-                }
-            }
-        })
-        .await;
-        exited
-            .and_then(|status| Ok(status?))
-            .with_context(|| format!("after SIGTERM; its log ends:\n{}", process.log_tail()))
+        wait_for_exit(&mut process, id, timeout)
+            .await
+            .context("after SIGTERM")
+    }
+
+    /// Waits until node `id` exits on its own within `timeout`; its exit status.
+    pub async fn wait_for_exit(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<ExitStatus> {
+        let node = self.node_mut(id)?;
+        let mut process = node
+            .process
+            .take()
+            .with_context(|| format!("node {id} is not running"))?;
+        wait_for_exit(&mut process, id, timeout).await
+    }
+
+    /// Deletes node `id`'s data directory, as a lost disk would (the node must not be running).
+    pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self.node(id)?;
+        if node.process.is_some() {
+            bail!("node {id} is running; kill it before wiping its data");
+        }
+        std::fs::remove_dir_all(&node.config.data_dir)
+            .with_context(|| format!("removing {}", node.config.data_dir.display()))
+    }
+
+    /// Rewrites node `id`'s config with `join` (a founding member or one added later).
+    pub fn set_join(&mut self, id: u64, join: bool) -> anyhow::Result<()> {
+        let node = self.node_mut(id)?;
+        node.config.join = join;
+        std::fs::write(&node.config_path, node.config.to_toml())?;
+        Ok(())
+    }
+
+    /// Every node's whole log, for checks over what the processes printed.
+    pub fn logs(&self) -> anyhow::Result<BTreeMap<u64, String>> {
+        self.nodes
+            .values()
+            .map(|node| {
+                let log = std::fs::read_to_string(&node.log_path)
+                    .with_context(|| format!("reading {}", node.log_path.display()))?;
+                Ok((node.id, log))
+            })
+            .collect()
     }
 
     /// SIGSTOP; returns once every thread of the node is stopped (its sockets stay open).
@@ -689,6 +722,23 @@ impl Cluster {
             _endpoint: endpoint,
         })
     }
+}
+
+/// Waits until `process` (node `id`) exits within `timeout`; its exit status, or an error
+/// with its log tail.
+async fn wait_for_exit(
+    process: &mut Process,
+    id: u64,
+    timeout: Duration,
+) -> anyhow::Result<ExitStatus> {
+    let exited = wait_for(&format!("node {id} to exit"), timeout, || {
+        let exited = process.child_mut().try_wait();
+        async move { exited.transpose() }
+    })
+    .await;
+    exited
+        .and_then(|status| Ok(status?))
+        .with_context(|| format!("its log ends:\n{}", process.log_tail()))
 }
 
 impl Drop for Cluster {

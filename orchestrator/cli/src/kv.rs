@@ -16,9 +16,9 @@ pub struct KvArgs {
     command: KvCommandArgs,
 }
 
-/// Which cluster to talk to, and as whom.
+/// Which cluster to talk to, and as whom (`umbra kv`, `umbra member`).
 #[derive(Debug, clap::Args)]
-struct Target {
+pub(crate) struct Target {
     /// Address of any node (QUIC, host:port); repeat or comma-separate for several.
     #[arg(long = "node", value_delimiter = ',', required = true)]
     nodes: Vec<SocketAddr>,
@@ -28,6 +28,29 @@ struct Target {
     /// Operator name whose certificate to use (`operator-<name>.pem` in --certs).
     #[arg(long = "as", default_value = "admin")]
     operator: String,
+}
+
+impl Target {
+    /// A store client for these nodes with the operator's certificate, and a runtime to drive
+    /// it (the CLI is synchronous).
+    pub(crate) fn client(self) -> anyhow::Result<(tokio::runtime::Runtime, StoreClient)> {
+        let certs = self
+            .certs
+            .context("--certs DIR is required: the directory written by `umbra certs init`")?;
+        let identity = Identity::new(Role::Operator, self.operator)?;
+        let credentials = Credentials::load(&certs, &identity).with_context(|| {
+            format!("loading {identity}'s certificate from {}", certs.display())
+        })?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // The client's endpoint binds a socket, which needs the runtime entered.
+        let client = {
+            let _entered = runtime.enter();
+            StoreClient::new(&credentials, self.nodes)?
+        };
+        Ok((runtime, client))
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -77,17 +100,8 @@ pub fn run(args: KvArgs) -> anyhow::Result<()> {
             (target, Request::Read(KvQuery::Get { key }.encode()))
         }
     };
-    let certs = target
-        .certs
-        .context("--certs DIR is required: the directory written by `umbra certs init`")?;
-    let identity = Identity::new(Role::Operator, target.operator.clone())?;
-    let credentials = Credentials::load(&certs, &identity)
-        .with_context(|| format!("loading {identity}'s certificate from {}", certs.display()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let (runtime, mut client) = target.client()?;
     runtime.block_on(async move {
-        let mut client = StoreClient::new(&credentials, target.nodes)?;
         let answer = match request {
             Request::Propose(command) => client.propose(command).await?,
             Request::Read(query) => client.read(query).await?,

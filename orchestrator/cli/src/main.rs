@@ -9,6 +9,7 @@ mod certs;
 mod demo;
 mod forecast;
 mod kv;
+mod member;
 mod migrate;
 mod operator;
 mod plot;
@@ -33,6 +34,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Put, get or delete a key in a running cluster's replicated store.
     Kv(kv::KvArgs),
+    /// Add or remove an orchestrator (Raft member); remove then add replaces a node's disk.
+    Member(member::MemberArgs),
     /// Issue a CA and per-node certificates for a cluster layout.
     Certs(certs::CertsArgs),
     /// Forecast a demand series (CSV or Prometheus): mean and quantiles per slice.
@@ -74,6 +77,7 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Kv(args) => kv::run(args),
+        Command::Member(args) => member::run(args),
         Command::Certs(args) => certs::run(args),
         Command::Forecast(args) => forecast::run(args),
         Command::Backtest(args) => backtest::run(args),

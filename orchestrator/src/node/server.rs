@@ -12,7 +12,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 use umbra_consensus::kv::{KvAnswer, KvDigest, KvQuery, KvStateMachine};
-use umbra_consensus::quic::{QuicTransport, TrafficCut, serve_raft_stream};
+use umbra_consensus::quic::{QuicTransport, SnapshotInbox, TrafficCut, serve_raft_stream};
 use umbra_consensus::{MembershipChange, NodeOptions, NodeStatus, RaftNode, RequestError};
 use umbra_proto::{
     ClientError, ClientErrorKind, ClientOutcome, ClientRequest, ClientRequestBody, ClientResponse,
@@ -108,6 +108,7 @@ pub async fn start(
         config: config.raft.clone(),
         initial_voters: config.initial_voters(),
         peers: peers.clone(),
+        lost_log_advice: lost_log_advice(&config),
     };
     let raft = match config.state_machine {
         StateMachineKind::Orchestrator => RaftNode::start(
@@ -137,6 +138,7 @@ pub async fn start(
     let server = Server {
         id: config.id,
         raft: raft.clone(),
+        snapshots: SnapshotInbox::new(config.id, mailbox.clone(), cut.clone()),
         mailbox,
         addresses,
         cut,
@@ -170,10 +172,25 @@ pub async fn start(
     })
 }
 
+/// The replace procedure, as a node that lost its data directory says it: the leader still
+/// counts the entries the node acknowledged, so it must leave the group and come back as a new
+/// member that catches up by snapshot.
+fn lost_log_advice(config: &NodeConfig) -> String {
+    let id = config.id;
+    format!(
+        "Replace its disk: run `umbra member remove {id} --node <a live member> --certs <dir>`, \
+         then `umbra member add {id} {} --node <a live member> --certs <dir>`, then start this \
+         node with `join = true` in its config (README, \"Replacing a node's disk\").",
+        config.listen
+    )
+}
+
 #[derive(Clone)]
 struct Server {
     id: u64,
     raft: RaftNode,
+    /// Where `StreamKind::RaftSnapshot` streams are reassembled and stepped into Raft.
+    snapshots: SnapshotInbox,
     mailbox: umbra_consensus::Mailbox,
     /// Peer addresses, for leader hints. Members added later are learnt from their
     /// membership change.
@@ -224,6 +241,10 @@ impl Server {
                     tracing::warn!(%peer, %error, "raft stream closed");
                 }
             }
+            StreamKind::RaftSnapshot => match self.snapshots.serve(stream).await {
+                Ok(bytes) => tracing::info!(%peer, bytes, "raft snapshot received"),
+                Err(error) => tracing::warn!(%peer, %error, "raft snapshot refused"),
+            },
             StreamKind::Client => self.serve_client_stream(stream).await,
             StreamKind::Agent if self.agents.is_some() => {
                 if let Some(gateway) = &self.agents {
@@ -330,6 +351,12 @@ impl Server {
             },
             ClientRequestBody::LeaderInfo => ClientOutcome::Leader(self.hint()),
             ClientRequestBody::ChangeMembership(change) => {
+                if let Some(refusal) = self.membership_refusal(&change) {
+                    return ClientOutcome::Failed(ClientError {
+                        kind: ClientErrorKind::Invalid,
+                        message: refusal,
+                    });
+                }
                 let (change, added) = match change {
                     umbra_proto::MembershipChange::AddNode { node_id, addr } => (
                         MembershipChange::AddVoter {
@@ -358,6 +385,36 @@ impl Server {
                     Err(error) => self.failure(error),
                 }
             }
+        }
+    }
+
+    /// Why the leader refuses `change` before proposing it (it would change nothing or break
+    /// the group). Followers pass the change on to Raft, which answers with the leader.
+    fn membership_refusal(&self, change: &umbra_proto::MembershipChange) -> Option<String> {
+        let status = self.raft.status();
+        if status.role != umbra_consensus::Role::Leader {
+            return None;
+        }
+        let voters = &status.voters;
+        match *change {
+            umbra_proto::MembershipChange::AddNode { node_id: 0, .. }
+            | umbra_proto::MembershipChange::RemoveNode { node_id: 0 } => {
+                Some("node ids start at 1; nothing changed".to_owned())
+            }
+            umbra_proto::MembershipChange::AddNode { node_id, .. } if voters.contains(&node_id) => {
+                Some(format!(
+                    "node {node_id} is already a member (members: {voters:?}); to replace its disk, remove it first; nothing changed"
+                ))
+            }
+            umbra_proto::MembershipChange::RemoveNode { node_id } if !voters.contains(&node_id) => {
+                Some(format!(
+                    "node {node_id} is not a member (members: {voters:?}); nothing changed"
+                ))
+            }
+            umbra_proto::MembershipChange::RemoveNode { .. } if voters.len() == 1 => {
+                Some("the last member cannot be removed; nothing changed".to_owned())
+            }
+            _ => None,
         }
     }
 
