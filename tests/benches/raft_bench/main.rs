@@ -1,112 +1,128 @@
-//! Raft benchmark on 3 local `umbra-orchestrator` processes (QUIC + mTLS, raft-engine with
-//! fsync on every node, default Raft tuning): commit latency with one sequential client,
-//! throughput with 64 concurrent proposers, and failover time (SIGKILL the leader → next
-//! committed entry) over repeated kills.
+//! Umbra's Raft against etcd's, side by side in one run: three local `umbra-orchestrator`
+//! processes (QUIC + mutual TLS, raft-engine with fsync on every node) and three `etcd`
+//! processes (Debian's etcd-server, fsync on, its JSON gateway over HTTP), with the same value
+//! size, client counts and kill pattern:
 //!
-//! `cargo build --release --workspace --bins && cargo bench -p umbra-tests --bench raft_bench`
-//! (options after `--`: `--kills 20 --latency-proposals 1000 --throughput-secs 10`).
+//! 1. commit latency of one sequential client;
+//! 2. throughput of concurrent clients for a fixed time;
+//! 3. failover, per election-timeout class: SIGKILL the leader, time until a survivor commits
+//!    the next entry (clients already connected to both survivors, trying each in turn with a
+//!    500 ms limit per attempt), restart the killed node, wait until all agree, repeat.
+//!
+//! Prints one table, then one JSON line with the same figures.
+//! `bash tests/benches/raft-vs-etcd.sh` (installs etcd, builds the release binaries, runs
+//! this; options after `--`, e.g. `--kills 20 --classes 1000,250`).
 
+mod etcd;
+mod umbra;
+
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use umbra_consensus::kv::KvCommand;
-use umbra_orchestrator::store::StoreClient;
-use umbra_tests::{Cluster, Options};
+use serde_json::json;
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Sequential proposals for the latency figure.
+    /// Sequential puts for the latency figure.
     #[arg(long, default_value_t = 1000)]
-    latency_proposals: u64,
-    /// Concurrent proposers for the throughput figure.
+    latency_puts: u64,
+    /// Concurrent clients for the throughput figure.
     #[arg(long, default_value_t = 64)]
-    proposers: u64,
+    clients: u64,
     /// Duration of the throughput run.
     #[arg(long, default_value_t = 10)]
     throughput_secs: u64,
-    /// Leader kills for the failover figure (the issue asks for at least 20).
+    /// Leader kills per election-timeout class.
     #[arg(long, default_value_t = 20)]
     kills: u32,
+    /// Election-timeout classes in ms. For each, etcd runs with that election timeout and a
+    /// heartbeat of a tenth of it; Umbra with ticks of a tenth of it, a heartbeat every tick
+    /// and an election timeout of ten ticks (both randomise it up to twice that).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1000, 250])]
+    classes: Vec<u64>,
     /// Value size in bytes.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 256)]
     value_bytes: usize,
+    /// The etcd binary.
+    #[arg(long, default_value = etcd::DEFAULT_BINARY)]
+    etcd: PathBuf,
     /// Accepted (and ignored) so `cargo bench` can pass `--bench`.
     #[arg(long, hide = true)]
     bench: bool,
 }
 
-/// No single measurement may take longer than this; the bench fails instead of hanging.
+/// No single wait may take longer than this; the bench fails instead of hanging.
 const STEP_DEADLINE: Duration = Duration::from_secs(60);
+/// One failover probe attempt's limit; the survivors are tried in turn until one commits.
+const PROBE_ATTEMPT: Duration = Duration::from_millis(500);
+/// Ticks per election timeout on the Umbra side (etcd's ratio of election to heartbeat).
+const ELECTION_TICKS: usize = 10;
 
-fn command(key: String, value_bytes: usize) -> Vec<u8> {
-    KvCommand::Put {
-        key,
-        value: vec![b'x'; value_bytes],
-    }
-    .encode()
+/// A client that writes one key.
+trait Putter: Send + 'static {
+    fn put(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// A three-node cluster under test.
+trait System {
+    type Client: Putter;
+    /// A client that starts at node `id` and reaches the leader from there.
+    fn client(&self, id: u64) -> anyhow::Result<Self::Client>;
+    /// A client that only ever talks to node `id`.
+    fn pinned(&self, id: u64) -> anyhow::Result<Self::Client>;
+    fn leader(&self, deadline: Duration) -> impl Future<Output = anyhow::Result<u64>>;
+    /// Waits until every node runs, agrees on the leader and holds the same log.
+    fn settle(&self, deadline: Duration) -> impl Future<Output = anyhow::Result<()>>;
+    fn kill(&mut self, id: u64) -> anyhow::Result<()>;
+    fn restart(&mut self, id: u64) -> anyhow::Result<()>;
 }
 
 fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     histogram.value_at_quantile(quantile) as f64 / 1000.0
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let mut cluster = Cluster::launch(Options {
-        raft: umbra_consensus::Config::default(),
-        ..Options::kv(3)
-    })
-    .await?;
-    let leader = cluster.wait_for_leader(STEP_DEADLINE).await?;
-    println!(
-        "3 nodes up, leader {leader}; fsync on; default raft tuning (100 ms ticks, election 10 ticks)"
-    );
+/// Commit latency and throughput of one system.
+struct Steady {
+    latency: Histogram<u64>,
+    commits_per_sec: f64,
+    under_load: Histogram<u64>,
+}
 
-    // 1. Commit latency, one sequential client.
-    let mut client = cluster.client_starting_at(leader)?;
+async fn steady<S: System>(system: &S, args: &Args) -> anyhow::Result<Steady> {
+    let leader = system.leader(STEP_DEADLINE).await?;
+    let mut client = system.client(leader)?;
+    let value = vec![b'x'; args.value_bytes];
     for i in 0..50 {
-        client
-            .propose(command(format!("warm-{i}"), args.value_bytes))
-            .await?;
+        client.put(format!("warm-{i}"), value.clone()).await?;
     }
     let mut latency = Histogram::<u64>::new(3)?;
-    for i in 0..args.latency_proposals {
+    for i in 0..args.latency_puts {
         let sent = Instant::now();
-        client
-            .propose(command(format!("seq-{i}"), args.value_bytes))
-            .await?;
+        client.put(format!("seq-{i}"), value.clone()).await?;
         latency.record(sent.elapsed().as_micros() as u64)?;
     }
-    println!(
-        "commit latency, 1 sequential client, {} proposals: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        args.latency_proposals,
-        ms(&latency, 0.5),
-        ms(&latency, 0.99),
-        latency.max() as f64 / 1000.0
-    );
-
-    // 2. Throughput, concurrent proposers for a fixed time.
     let committed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut proposers = Vec::new();
-    for p in 0..args.proposers {
-        let mut client = cluster.client_starting_at(leader)?;
-        let committed = committed.clone();
-        let stop = stop.clone();
-        let value_bytes = args.value_bytes;
-        proposers.push(tokio::spawn(async move {
+    let mut clients = Vec::new();
+    for c in 0..args.clients {
+        let mut client = system.client(leader)?;
+        let (committed, stop, value) = (committed.clone(), stop.clone(), value.clone());
+        clients.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new(3)?;
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let sent = Instant::now();
-                client
-                    .propose(command(format!("p{p}-{i}"), value_bytes))
-                    .await?;
+                client.put(format!("c{c}-{i}"), value.clone()).await?;
                 histogram.record(sent.elapsed().as_micros() as u64)?;
                 committed.fetch_add(1, Ordering::Relaxed);
                 i += 1;
@@ -118,82 +134,195 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(args.throughput_secs)).await;
     stop.store(true, Ordering::Relaxed);
     let mut under_load = Histogram::<u64>::new(3)?;
-    for proposer in proposers {
-        under_load.add(proposer.await??)?;
+    for client in clients {
+        under_load.add(client.await??)?;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let total = committed.load(Ordering::Relaxed);
-    println!(
-        "throughput, {} concurrent proposers, {:.1} s: {} commits, {:.0} commits/s (latency p50 {:.2} ms, p99 {:.2} ms)",
-        args.proposers,
-        elapsed,
-        total,
-        total as f64 / elapsed,
-        ms(&under_load, 0.5),
-        ms(&under_load, 0.99)
-    );
+    let commits_per_sec =
+        committed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    Ok(Steady {
+        latency,
+        commits_per_sec,
+        under_load,
+    })
+}
 
-    // 3. Failover: SIGKILL the leader, time until a survivor commits the next entry.
-    let credentials = cluster.operator_credentials()?;
-    let mut failover = Histogram::<u64>::new(3)?;
-    for kill in 1..=args.kills {
-        let leader = cluster.wait_for_leader(STEP_DEADLINE).await?;
-        let expected = cluster
-            .status(leader)
-            .await?
-            .digest
-            .map(|d| d.commands_applied)
-            .unwrap_or(0);
-        cluster
-            .wait_for_same_state(&[1, 2, 3], expected, STEP_DEADLINE)
-            .await?;
+/// Failover times over `kills` leader kills.
+async fn failover<S: System>(
+    system: &mut S,
+    name: &str,
+    kills: u32,
+    value_bytes: usize,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut times = Histogram::<u64>::new(3)?;
+    let value = vec![b'x'; value_bytes];
+    for kill in 1..=kills {
+        system.settle(STEP_DEADLINE).await?;
+        let leader = system.leader(STEP_DEADLINE).await?;
         let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
-        // Connections to the survivors are opened before the kill, so the figure is Raft's
-        // failover and not a QUIC handshake.
+        // Clients of the survivors connect before the kill, so the figure is the failover and
+        // not a handshake.
         let mut probes = Vec::new();
         for id in &survivors {
-            let mut probe = StoreClient::pinned(&credentials, cluster.nodes[id].listen())?;
-            let _ = probe.leader().await;
+            let mut probe = system.pinned(*id)?;
+            let _ = tokio::time::timeout(
+                PROBE_ATTEMPT,
+                probe.put(format!("connect-{kill}-{id}"), value.clone()),
+            )
+            .await;
             probes.push(probe);
         }
-        cluster.kill(leader)?;
+        system.kill(leader)?;
         let killed_at = Instant::now();
         let mut n = 0u64;
         'probe: loop {
             if killed_at.elapsed() > STEP_DEADLINE {
                 bail!(
-                    "kill {kill}: nothing committed {STEP_DEADLINE:?} after killing node {leader}"
+                    "{name} kill {kill}: nothing committed {STEP_DEADLINE:?} after killing node {leader}"
                 );
             }
             for probe in &mut probes {
                 n += 1;
                 let attempt = tokio::time::timeout(
-                    Duration::from_millis(500),
-                    probe.propose(command(format!("failover-{kill}-{n}"), args.value_bytes)),
+                    PROBE_ATTEMPT,
+                    probe.put(format!("failover-{kill}-{n}"), value.clone()),
                 )
                 .await;
-                if let Ok(Ok(_)) = attempt {
+                if let Ok(Ok(())) = attempt {
                     break 'probe;
                 }
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let took = killed_at.elapsed();
-        failover.record(took.as_micros() as u64)?;
-        println!(
-            "kill {kill}: node {leader} killed, next commit after {:.0} ms",
+        times.record(took.as_micros() as u64)?;
+        eprintln!(
+            "{name}: kill {kill}: node {leader} killed, next commit after {:.0} ms",
             took.as_secs_f64() * 1000.0
         );
-        cluster
-            .spawn(leader)
-            .context("restarting the killed node")?;
+        system.restart(leader)?;
     }
+    Ok(times)
+}
+
+/// One class's failover figures for both systems.
+struct Class {
+    election_ms: u64,
+    umbra: Histogram<u64>,
+    etcd: Histogram<u64>,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.classes.iter().any(|c| *c < 10 || *c % 10 != 0) {
+        bail!("--classes takes election timeouts in ms that are multiples of 10 (e.g. 1000,250)");
+    }
+    // Steady state on the default tuning of each: 100 ms heartbeat, 1 s election timeout.
+    eprintln!("steady state: Umbra");
+    let umbra_steady = steady(
+        &umbra::UmbraCluster::launch(100, ELECTION_TICKS).await?,
+        &args,
+    )
+    .await?;
+    eprintln!("steady state: etcd");
+    let etcd_steady = steady(
+        &etcd::EtcdCluster::launch(args.etcd.clone(), 100, 1000)?,
+        &args,
+    )
+    .await?;
+    let mut classes = Vec::new();
+    for &election_ms in &args.classes {
+        let tick_ms = election_ms / ELECTION_TICKS as u64;
+        let mut umbra = umbra::UmbraCluster::launch(tick_ms, ELECTION_TICKS).await?;
+        let umbra_times = failover(
+            &mut umbra,
+            &format!("umbra {election_ms} ms"),
+            args.kills,
+            args.value_bytes,
+        )
+        .await?;
+        drop(umbra);
+        let mut etcd = etcd::EtcdCluster::launch(args.etcd.clone(), tick_ms, election_ms)?;
+        let etcd_times = failover(
+            &mut etcd,
+            &format!("etcd {election_ms} ms"),
+            args.kills,
+            args.value_bytes,
+        )
+        .await?;
+        drop(etcd);
+        classes.push(Class {
+            election_ms,
+            umbra: umbra_times,
+            etcd: etcd_times,
+        });
+    }
+
     println!(
-        "failover (SIGKILL leader -> next committed entry), {} kills: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-        args.kills,
-        ms(&failover, 0.5),
-        ms(&failover, 0.99),
-        failover.max() as f64 / 1000.0
+        "3 nodes each on loopback, fsync on, {} B values; Umbra over QUIC + mTLS, etcd over its HTTP JSON gateway",
+        args.value_bytes
+    );
+    println!("| | Umbra | etcd |");
+    println!("|---|---|---|");
+    println!(
+        "| 1 client, sequential, {} puts: p50 / p99 | {:.2} / {:.2} ms | {:.2} / {:.2} ms |",
+        args.latency_puts,
+        ms(&umbra_steady.latency, 0.5),
+        ms(&umbra_steady.latency, 0.99),
+        ms(&etcd_steady.latency, 0.5),
+        ms(&etcd_steady.latency, 0.99)
+    );
+    println!(
+        "| {} clients, {} s: commits/s (p50) | {:.0} ({:.2} ms) | {:.0} ({:.2} ms) |",
+        args.clients,
+        args.throughput_secs,
+        umbra_steady.commits_per_sec,
+        ms(&umbra_steady.under_load, 0.5),
+        etcd_steady.commits_per_sec,
+        ms(&etcd_steady.under_load, 0.5)
+    );
+    for class in &classes {
+        println!(
+            "| failover, election timeout {} ms, {} kills: p50 / p99 | {:.0} / {:.0} ms | {:.0} / {:.0} ms |",
+            class.election_ms,
+            args.kills,
+            ms(&class.umbra, 0.5),
+            ms(&class.umbra, 0.99),
+            ms(&class.etcd, 0.5),
+            ms(&class.etcd, 0.99)
+        );
+    }
+    let failover: Vec<_> = classes
+        .iter()
+        .map(|c| {
+            json!({
+                "election_timeout_ms": c.election_ms,
+                "kills": args.kills,
+                "umbra_failover_p50_ms": ms(&c.umbra, 0.5),
+                "umbra_failover_p99_ms": ms(&c.umbra, 0.99),
+                "umbra_failover_max_ms": c.umbra.max() as f64 / 1000.0,
+                "etcd_failover_p50_ms": ms(&c.etcd, 0.5),
+                "etcd_failover_p99_ms": ms(&c.etcd, 0.99),
+                "etcd_failover_max_ms": c.etcd.max() as f64 / 1000.0,
+            })
+        })
+        .collect();
+    println!(
+        "{}",
+        json!({
+            "value_bytes": args.value_bytes,
+            "latency_puts": args.latency_puts,
+            "umbra_commit_p50_ms": ms(&umbra_steady.latency, 0.5),
+            "umbra_commit_p99_ms": ms(&umbra_steady.latency, 0.99),
+            "etcd_commit_p50_ms": ms(&etcd_steady.latency, 0.5),
+            "etcd_commit_p99_ms": ms(&etcd_steady.latency, 0.99),
+            "clients": args.clients,
+            "umbra_commits_per_sec": umbra_steady.commits_per_sec.round(),
+            "etcd_commits_per_sec": etcd_steady.commits_per_sec.round(),
+            "umbra_under_load_p50_ms": ms(&umbra_steady.under_load, 0.5),
+            "etcd_under_load_p50_ms": ms(&etcd_steady.under_load, 0.5),
+            "failover": failover,
+        })
     );
     Ok(())
 }
