@@ -153,4 +153,15 @@ impl Transport for MemoryTransport {
     fn set_peer(&mut self, _id: u64, _address: &str) {}
 
     fn remove_peer(&mut self, _id: u64) {}
+
+    /// A stopped node's mailbox is closed, as a killed process's port is; a cut link answers
+    /// nothing, as a partition would.
+    fn probe(&mut self, peer: u64) {
+        let state = self.network.lock();
+        let down = !state.cut.contains(&(self.id, peer))
+            && state.mailboxes.get(&peer).is_some_and(Mailbox::is_closed);
+        if let (true, Some(me)) = (down, state.mailboxes.get(&self.id)) {
+            me.report_down(peer);
+        }
+    }
 }

@@ -11,6 +11,7 @@ pub struct RaftMetrics {
     pub applied_index: IntGauge,
     pub is_leader: IntGauge,
     pub leader_changes: IntCounter,
+    pub dead_leader_campaigns: IntCounter,
     pub proposals: IntCounterVec,
     pub snapshots_taken: IntCounter,
 }
@@ -32,6 +33,10 @@ impl RaftMetrics {
                 "umbra_raft_leader_changes_total",
                 "Times this node saw the leader change.",
             )?,
+            dead_leader_campaigns: IntCounter::new(
+                "umbra_raft_dead_leader_campaigns_total",
+                "Campaigns started because the leader's port was found closed (its process gone), without waiting out the election timeout.",
+            )?,
             proposals: IntCounterVec::new(
                 Opts::new(
                     "umbra_raft_proposals_total",
@@ -49,6 +54,7 @@ impl RaftMetrics {
         registry.register(Box::new(metrics.applied_index.clone()))?;
         registry.register(Box::new(metrics.is_leader.clone()))?;
         registry.register(Box::new(metrics.leader_changes.clone()))?;
+        registry.register(Box::new(metrics.dead_leader_campaigns.clone()))?;
         registry.register(Box::new(metrics.proposals.clone()))?;
         registry.register(Box::new(metrics.snapshots_taken.clone()))?;
         Ok(metrics)

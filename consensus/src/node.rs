@@ -136,6 +136,10 @@ pub struct NodeStatus {
     pub term_proposers: BTreeMap<u64, BTreeSet<u64>>,
     /// Set when the driver stopped on an error it cannot recover from.
     pub failure: Option<String>,
+    /// Campaigns this node started because its leader's port was found closed, without
+    /// waiting out the election timeout (see `Driver::leader_down`).
+    #[serde(default)]
+    pub dead_leader_campaigns: u64,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, RequestError>>;
@@ -303,6 +307,9 @@ impl RaftNode {
             status_tx: None,
             lost_log: None,
             lost_log_advice: options.lost_log_advice,
+            ticks: 0,
+            succession: None,
+            dead_leader_campaigns: 0,
         };
         let status = driver.status(None);
         let (status_tx, status_rx) = watch::channel(status);
@@ -470,6 +477,31 @@ struct Driver<S, T: Transport> {
     /// at its next turn, before raft-rs would panic on the commit index.
     lost_log: Option<String>,
     lost_log_advice: String,
+    /// Ticks since the driver started: the clock of `succession`.
+    ticks: u64,
+    /// Set while this node helps elect a successor to a leader whose port was found closed.
+    succession: Option<Succession>,
+    dead_leader_campaigns: u64,
+}
+
+/// The succession of a leader whose process is gone (its port refused a probe). Its lease
+/// is void: nobody can hear from it again in its term. The surviving voters campaign in id
+/// order, one heartbeat apart, each again after every other survivor had its turn, so one of
+/// them wins at once instead of all waiting out a randomised election timeout. Pre-vote keeps
+/// this safe: a campaign never disrupts a live leader's term, and a node whose log is behind
+/// cannot win.
+#[derive(Debug, Clone, Copy)]
+struct Succession {
+    /// The dead leader.
+    dead: u64,
+    /// The term it led; a new term (anyone's campaign that got votes) ends the succession.
+    term: u64,
+    /// This node's next turn to campaign.
+    next_campaign_tick: u64,
+    /// Ticks between this node's turns: one heartbeat per survivor.
+    every: u64,
+    /// After one election timeout the ordinary randomised timer takes over.
+    until_tick: u64,
 }
 
 /// A failure that stops the driver: the store or raft-rs refused an operation, and going on
@@ -499,7 +531,10 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             tokio::select! {
                 _ = ticker.tick() => {
                     self.raw.tick();
+                    self.ticks += 1;
                     self.forget_abandoned();
+                    self.probe_leader();
+                    self.succeed_dead_leader();
                 }
                 inbound = inbox.recv() => match inbound {
                     Some(inbound) => self.handle_inbound(inbound),
@@ -569,6 +604,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             led_terms: self.led_terms.clone(),
             term_proposers: self.term_proposers.clone(),
             failure,
+            dead_leader_campaigns: self.dead_leader_campaigns,
         }
     }
 
@@ -611,6 +647,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 }
             }
             Inbound::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Inbound::PeerDown(peer) => self.leader_down(peer),
             Inbound::SnapshotStatus { to, delivered } => {
                 let status = if delivered {
                     raft::SnapshotStatus::Finish
@@ -620,6 +657,85 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 self.raw.report_snapshot(to, status);
             }
         }
+    }
+
+    /// A follower asks each tick whether its leader's process is still there (a one-datagram
+    /// probe, answered by the transport only when the port is closed).
+    fn probe_leader(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.state == StateRole::Follower
+            && raft.leader_id != raft::INVALID_ID
+            && raft.leader_id != self.id
+        {
+            let leader = raft.leader_id;
+            self.transport.probe(leader);
+        }
+    }
+
+    /// `peer`'s port is closed. If it is the leader this node follows, its lease is over here
+    /// (the election timer is moved to the timeout, so this node grants the survivors' votes
+    /// at once) and the succession starts: this node campaigns now if it has the lowest id of
+    /// the surviving voters, else at its turn.
+    fn leader_down(&mut self, peer: u64) {
+        let raft = &mut self.raw.raft;
+        if raft.state != StateRole::Follower || raft.leader_id != peer || peer == self.id {
+            return;
+        }
+        if self
+            .succession
+            .is_some_and(|s| s.term == raft.term && s.dead == peer)
+        {
+            return;
+        }
+        let mut survivors = self.raw.store().conf_state().voters.clone();
+        survivors.retain(|&v| v != peer);
+        survivors.sort_unstable();
+        let Some(rank) = survivors.iter().position(|&v| v == self.id) else {
+            return; // a learner does not campaign
+        };
+        let raft = &mut self.raw.raft;
+        let timeout = raft.election_timeout();
+        raft.election_elapsed = raft.election_elapsed.max(timeout);
+        let heartbeat = self.config.heartbeat_ticks as u64;
+        tracing::info!(
+            node = self.id,
+            leader = peer,
+            term = raft.term,
+            rank,
+            "the leader's port is closed: its lease is over, electing a successor"
+        );
+        self.succession = Some(Succession {
+            dead: peer,
+            term: raft.term,
+            next_campaign_tick: self.ticks + rank as u64 * heartbeat,
+            every: survivors.len() as u64 * heartbeat,
+            until_tick: self.ticks + timeout as u64,
+        });
+        self.succeed_dead_leader();
+    }
+
+    /// Campaigns at this node's turn in a succession, until a new term starts, a live leader
+    /// is heard, or one election timeout has passed.
+    fn succeed_dead_leader(&mut self) {
+        let Some(mut succession) = self.succession else {
+            return;
+        };
+        let raft = &self.raw.raft;
+        let live_leader = raft.leader_id != raft::INVALID_ID && raft.leader_id != succession.dead;
+        if raft.term != succession.term || live_leader || self.ticks > succession.until_tick {
+            self.succession = None;
+            return;
+        }
+        let may_campaign = matches!(raft.state, StateRole::Follower | StateRole::PreCandidate);
+        if may_campaign && self.ticks >= succession.next_campaign_tick {
+            succession.next_campaign_tick = self.ticks + succession.every;
+            self.dead_leader_campaigns += 1;
+            self.metrics.dead_leader_campaigns.inc();
+            if let Err(error) = self.raw.campaign() {
+                tracing::warn!(node = self.id, %error, "campaign refused");
+            }
+        }
+        self.succession = Some(succession);
     }
 
     /// A heartbeat carries `min(what the leader counts as replicated here, its commit)`. A

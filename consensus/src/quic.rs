@@ -12,11 +12,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::{Semaphore, mpsc};
+use umbra_proto::liveness::{self, PortState};
 use umbra_proto::raft::{SnapshotChunk, SnapshotHeader, SnapshotReceipt};
 use umbra_proto::{Endpoint, FramedStream, Identity, RaftMessage, Role, StreamKind};
 
@@ -94,6 +96,8 @@ pub struct QuicTransport {
 struct PeerLink {
     address: SocketAddr,
     queue: mpsc::Sender<Message>,
+    /// Set while a liveness probe of this peer is out, so probes never pile up.
+    probing: Arc<AtomicBool>,
 }
 
 impl QuicTransport {
@@ -151,11 +155,38 @@ impl Transport for QuicTransport {
         };
         self.runtime.spawn(link.run(outbox));
         // Replacing the entry drops the old queue, which ends the old task.
-        self.peers.insert(id, PeerLink { address, queue });
+        self.peers.insert(
+            id,
+            PeerLink {
+                address,
+                queue,
+                probing: Arc::default(),
+            },
+        );
     }
 
     fn remove_peer(&mut self, id: u64) {
         self.peers.remove(&id);
+    }
+
+    fn probe(&mut self, peer: u64) {
+        let Some(link) = self.peers.get(&peer) else {
+            return;
+        };
+        // A partitioned peer is not known dead: a cut (like a real partition) answers nothing.
+        if self.cut.is_cut(peer) || link.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (address, probing, mailbox) =
+            (link.address, link.probing.clone(), self.mailbox.clone());
+        self.runtime.spawn(async move {
+            let state = liveness::probe(address, liveness::PROBE_WAIT).await;
+            probing.store(false, Ordering::Release);
+            if let Ok(PortState::Closed) = state {
+                tracing::debug!(peer, %address, "peer's port is closed");
+                mailbox.report_down(peer);
+            }
+        });
     }
 }
 

@@ -21,6 +21,8 @@ pub enum Inbound {
     Unreachable(u64),
     /// A snapshot sent to this peer was delivered (`true`) or lost (`false`).
     SnapshotStatus { to: u64, delivered: bool },
+    /// A probe found this peer's port closed: its process is gone (see `Transport::probe`).
+    PeerDown(u64),
 }
 
 /// The sending side of a node's inbound queue. Cheap to clone; never blocks.
@@ -52,6 +54,15 @@ impl Mailbox {
         let _ = self.sender.try_send(Inbound::Unreachable(peer));
     }
 
+    /// Whether the receiving node has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    pub fn report_down(&self, peer: u64) {
+        let _ = self.sender.try_send(Inbound::PeerDown(peer));
+    }
+
     pub fn report_snapshot(&self, to: u64, delivered: bool) {
         let _ = self
             .sender
@@ -67,6 +78,10 @@ pub trait Transport: Send + 'static {
     fn set_peer(&mut self, id: u64, address: &str);
     /// Forgets a peer that left the cluster.
     fn remove_peer(&mut self, id: u64);
+    /// Checks, without waiting, whether the peer's process is gone; if it is (its port is
+    /// closed), reports `Inbound::PeerDown` through the mailbox. Reports nothing when in
+    /// doubt: only proof of a dead process may shorten an election.
+    fn probe(&mut self, peer: u64);
 }
 
 /// A peer message that could not be decoded.

@@ -31,16 +31,22 @@ struct Cluster {
     dir: tempfile::TempDir,
     nodes: BTreeMap<u64, RaftNode>,
     voters: Vec<u64>,
+    config: Config,
 }
 
 impl Cluster {
     fn new(seed: u64, size: u64) -> anyhow::Result<Self> {
+        Self::with_config(seed, size, test_config())
+    }
+
+    fn with_config(seed: u64, size: u64, config: Config) -> anyhow::Result<Self> {
         eprintln!("memory cluster seed: {seed} (set UMBRA_TEST_SEED to replay)");
         let mut cluster = Self {
             network: MemoryNetwork::new(seed),
             dir: tempfile::tempdir()?,
             nodes: BTreeMap::new(),
             voters: (1..=size).collect(),
+            config,
         };
         for id in 1..=size {
             cluster.start(id, cluster.voters.clone())?;
@@ -64,7 +70,7 @@ impl Cluster {
             NodeOptions {
                 id,
                 data_dir: self.dir.path().join(format!("node-{id}")),
-                config: test_config(),
+                config: self.config.clone(),
                 initial_voters,
                 peers: BTreeMap::new(),
                 lost_log_advice: LOST_LOG_ADVICE.into(),
@@ -113,7 +119,7 @@ impl Cluster {
 
     /// The one leader that every running voter agrees on.
     async fn leader(&self) -> anyhow::Result<u64> {
-        self.wait_for("an agreed leader", Duration::from_secs(10), |c| {
+        self.wait_for("an agreed leader", Duration::from_secs(30), |c| {
             let statuses: Vec<_> = c.nodes.values().map(|n| n.status()).collect();
             let leaders: Vec<_> = statuses.iter().filter(|s| s.role == Role::Leader).collect();
             match leaders.as_slice() {
@@ -239,6 +245,10 @@ async fn isolated_leader_cannot_commit_and_its_entry_is_discarded() -> anyhow::R
         )
         .await?;
     assert_ne!(new, old);
+    // A cut link is no proof of a dead process: nobody took the dead-leader shortcut.
+    for node in cluster.nodes.values() {
+        assert_eq!(node.status().dead_leader_campaigns, 0);
+    }
     let outcome = stranded.await;
     assert!(
         matches!(
@@ -264,6 +274,51 @@ async fn isolated_leader_cannot_commit_and_its_entry_is_discarded() -> anyhow::R
     assert_eq!(KvAnswer::decode(&answer)?, KvAnswer::Value(None));
     // The old leader stepped down and follows.
     assert_eq!(cluster.nodes[&old].status().role, Role::Follower);
+    Ok(())
+}
+
+/// A leader whose process is gone (its mailbox closed, as a killed process's port is) is
+/// succeeded through the dead-leader campaign: the lowest surviving id campaigns at once. The
+/// election timeout here is long (3 to 6 s) so the ordinary timer is not what elects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_leader_is_succeeded_by_the_survivors_campaign() -> anyhow::Result<()> {
+    let mut cluster = Cluster::with_config(
+        seed(),
+        3,
+        Config {
+            tick_interval_ms: 10,
+            election_ticks: 300,
+            ..test_config()
+        },
+    )?;
+    cluster.put("before", "1").await?;
+    let old = cluster.leader().await?;
+    let old_term = cluster.nodes[&old].status().term;
+    cluster.stop(old).await?;
+    let new = cluster
+        .wait_for(
+            "a new leader among the survivors",
+            Duration::from_secs(30),
+            |c| {
+                c.nodes
+                    .values()
+                    .map(|n| n.status())
+                    .find(|s| s.role == Role::Leader)
+                    .map(|s| s.id)
+            },
+        )
+        .await?;
+    let first = *cluster.nodes.keys().next().expect("two survivors");
+    let status = cluster.nodes[&first].status();
+    assert!(
+        status.dead_leader_campaigns >= 1,
+        "node {first}, the lowest surviving id, campaigned on the dead leader: {status:?}"
+    );
+    assert!(cluster.nodes[&new].status().term > old_term);
+    // The new leader commits, and the old one catches up when it comes back.
+    cluster.start(old, cluster.voters.clone())?;
+    let index = cluster.put("after", "2").await?;
+    cluster.wait_same_digest(index).await?;
     Ok(())
 }
 

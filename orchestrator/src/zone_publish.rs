@@ -376,6 +376,7 @@ mod tests {
             led_terms: Vec::new(),
             term_proposers: BTreeMap::new(),
             failure: None,
+            dead_leader_campaigns: 0,
         }
     }
 

@@ -38,7 +38,8 @@
 //! [`certs`] (issuing with rcgen), [`endpoint`] (QUIC endpoints, connections, typed
 //! streams), [`raft`] and [`store`] (wire types for `consensus`), [`agent`] (orchestrator ⇄
 //! region agent wire types), [`log`] (the schema of the orchestrators' Raft log entries and
-//! snapshots, versioned apart from the wire protocol).
+//! snapshots, versioned apart from the wire protocol), [`liveness`] (is a peer's port
+//! closed, i.e. its process gone).
 
 pub mod agent;
 pub mod certs;
@@ -47,6 +48,7 @@ pub mod envelope;
 pub mod exit;
 pub mod frame;
 pub mod identity;
+pub mod liveness;
 pub mod log;
 pub mod ports;
 pub mod raft;

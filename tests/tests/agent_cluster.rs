@@ -5,7 +5,8 @@
 //! 1. The agent reaches the Raft leader: the leader's own log says the agent connected in its
 //!    term, and the agent's `/metrics` shows that term as its newest.
 //! 2. The leader is SIGKILLed: the survivors elect a leader of a higher term, the agent follows
-//!    it (same two observations, new term). The test prints how long that took.
+//!    it (same two observations, new term), and its log shows it left the dead leader because
+//!    its port closed. The test prints how long that took.
 //! 3. Fencing. The agent's orchestrator list also names a stand-in endpoint holding a real
 //!    orchestrator certificate from the cluster's CA (a spare orchestrator identity beyond the
 //!    three nodes). Once the agent follows the second leader, the stand-in is armed to announce
@@ -47,10 +48,10 @@ const _: () = assert!(
     STAND_IN_ID <= MAX_NODES,
     "the cluster issues the stand-in's certificate"
 );
-/// Bound on each wait. An agent notices a SIGKILLed leader only through its connection's idle
-/// timeout (3 s for agent sessions: a dead process sends no close), each attempt at an
-/// orchestrator costs up to 1–5 s, and an election on a loaded 2-core machine adds seconds.
-/// 90 s leaves room for all of that several times over.
+/// Bound on each wait. An agent notices a SIGKILLed leader by its closed port (or else at its
+/// connection's 3 s idle timeout), each attempt at an orchestrator costs up to 1–5 s, and an
+/// election on a loaded 2-core machine adds seconds. 90 s leaves room for all of that several
+/// times over.
 const DEADLINE: Duration = Duration::from_secs(90);
 /// Agent heartbeat: frequent, so a report arrives soon after each command.
 const HEARTBEAT_MS: u64 = 200;
@@ -325,6 +326,12 @@ async fn the_agent_follows_a_real_leader_change_and_fences_a_stale_term() -> any
     println!(
         "leader {first_leader} (term {first_term}) SIGKILLed → agent following leader \
          {second_leader} in term {second_term} after {follow_time:?}"
+    );
+    // The agent left the killed leader because its port closed, not at its idle timeout.
+    let agent_log = std::fs::read_to_string(root.join("agent.log"))?;
+    assert!(
+        agent_log.contains("the orchestrator's port is closed"),
+        "the agent did not notice the killed leader's closed port; its log:\n{agent_log}"
     );
 
     // 3. The stand-in announces the next term; the second leader stops, so the agent's search

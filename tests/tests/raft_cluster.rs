@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use umbra_consensus::kv::{KvAnswer, KvCommand, KvQuery};
 use umbra_orchestrator::node::AdminStatus;
-use umbra_orchestrator::store::StoreClient;
+use umbra_orchestrator::store::{StoreClient, StoreClientError};
 use umbra_proto::certs::{self, Layout};
 use umbra_proto::{
     ClientOutcome, ClientRequest, ClientRequestBody, ClientResponse, Credentials, Endpoint,
@@ -202,6 +202,62 @@ async fn sigkill_the_leader_five_times_during_proposals() -> anyhow::Result<()> 
     }
     let statuses = cluster.statuses(&[1, 2, 3]).await;
     assert_one_leader_per_term(&statuses);
+    Ok(())
+}
+
+/// A killed process's port is closed, and that is noticed at once. A request in flight to a
+/// leader (frozen first, so it cannot answer) that is then SIGKILLed fails as "outcome
+/// unknown" naming the closed port, not after the client's response timeout; a read is then
+/// retried on the new leader. And when a running leader is SIGKILLed, the survivors elect its
+/// successor through the dead-leader campaign instead of waiting out the election timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_noticed_by_its_closed_port() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let leader = cluster.wait_for_leader(ELECTION).await?;
+    let mut client = cluster.client_starting_at(leader)?;
+    client.propose(put("before", "1")).await?;
+
+    cluster.pause(leader)?;
+    let in_flight = tokio::spawn(async move {
+        let outcome = client.propose(put("in-flight", "x")).await;
+        (client, outcome)
+    });
+    cluster.kill(leader)?;
+    let (mut client, outcome) = in_flight.await?;
+    match outcome {
+        Err(StoreClientError::OutcomeUnknown(reason)) if reason.contains("port is closed") => {}
+        other => bail!("expected an unknown outcome naming the closed port, got {other:?}"),
+    }
+    assert_eq!(get(&mut client, "before").await?, Some(b"1".to_vec()));
+
+    cluster.spawn(leader)?;
+    let leader = cluster.wait_for_leader(ELECTION).await?;
+    client.propose(put("settle", "2")).await?;
+    let commands = cluster
+        .status(leader)
+        .await?
+        .digest
+        .map(|d| d.commands_applied)
+        .unwrap_or(0);
+    cluster
+        .wait_for_same_state(&[1, 2, 3], commands, CATCH_UP)
+        .await?;
+    cluster.kill(leader)?;
+    let survivors = cluster.live();
+    let successor = cluster.wait_for_leader_among(&survivors, ELECTION).await?;
+    let statuses = cluster.statuses(&survivors).await;
+    let campaigns: u64 = statuses
+        .values()
+        .map(|s| s.raft.dead_leader_campaigns)
+        .sum();
+    ensure!(
+        campaigns >= 1,
+        "node {successor} leads, but no survivor campaigned on the dead leader: {statuses:#?}"
+    );
+    // `client` was talking to the killed leader: its next proposal would be of unknown outcome.
+    let mut fresh = cluster.client_starting_at(successor)?;
+    fresh.propose(put("after", "3")).await?;
+    assert_eq!(get(&mut fresh, "settle").await?, Some(b"2".to_vec()));
     Ok(())
 }
 

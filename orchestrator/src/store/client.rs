@@ -2,10 +2,16 @@
 //! follows `NotLeader` hints to the leader. Used by `umbra kv`, `umbra demo`, the end-to-end
 //! tests and the benchmark. One request at a time per client; open several clients for
 //! concurrency. It retries only when the request certainly was not applied.
+//!
+//! Every wait on a node (handshake, answer) is raced against a liveness probe of its port
+//! (`umbra_proto::liveness`): a node whose process is gone is given up on within a probe
+//! interval, not after the QUIC handshake or response timeout, so a client follows a killed
+//! leader's successor as soon as the election ends.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use umbra_proto::liveness;
 use umbra_proto::{
     ClientErrorKind, ClientOutcome, ClientRequest, ClientRequestBody, ClientResponse, Credentials,
     Endpoint, FramedStream, LeaderHint, MembershipChange, Role, StreamKind, TransportConfig,
@@ -20,6 +26,9 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(8);
 /// Pause between attempts, multiplied by the attempt number (bounded linear backoff): an
 /// election takes about one election timeout (1 s by default).
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Why an attempt ended early: the node's port refused a probe.
+const GONE: &str = "the node's port is closed (its process is gone)";
 
 /// Why a store request failed.
 #[derive(Debug, thiserror::Error)]
@@ -201,17 +210,23 @@ impl StoreClient {
     async fn attempt(&mut self, address: SocketAddr, body: ClientRequestBody) -> Attempt {
         if self.stream.as_ref().map(|(a, _)| *a) != Some(address) {
             self.stream = None;
-            let connection = match self
-                .endpoint
-                .connect(address, &Role::Orchestrator.server_name())
-                .await
-            {
-                Ok(connection) => connection,
-                Err(error) => return Attempt::Retry(None, error.to_string()),
+            let opened = tokio::select! {
+                opened = async {
+                    let connection = self
+                        .endpoint
+                        .connect(address, &Role::Orchestrator.server_name())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    connection
+                        .open_stream(StreamKind::Client)
+                        .await
+                        .map_err(|e| e.to_string())
+                } => opened,
+                () = liveness::closed(address) => Err(GONE.to_owned()),
             };
-            match connection.open_stream(StreamKind::Client).await {
+            match opened {
                 Ok(stream) => self.stream = Some((address, stream)),
-                Err(error) => return Attempt::Retry(None, error.to_string()),
+                Err(error) => return Attempt::Retry(None, error),
             }
         }
         let Some((_, stream)) = self.stream.as_mut() else {
@@ -225,14 +240,20 @@ impl StoreClient {
             return Attempt::Retry(None, error.to_string());
         }
         let response = tokio::time::timeout(RESPONSE_TIMEOUT, async {
-            loop {
-                match stream.recv::<ClientResponse>().await {
-                    Ok(Some(response)) if response.id == id => return Ok(response),
-                    // An answer to an abandoned earlier request on this stream.
-                    Ok(Some(_)) => continue,
-                    Ok(None) => return Err("node closed the stream".to_owned()),
-                    Err(error) => return Err(error.to_string()),
+            let answer = async {
+                loop {
+                    match stream.recv::<ClientResponse>().await {
+                        Ok(Some(response)) if response.id == id => return Ok(response),
+                        // An answer to an abandoned earlier request on this stream.
+                        Ok(Some(_)) => continue,
+                        Ok(None) => return Err("node closed the stream".to_owned()),
+                        Err(error) => return Err(error.to_string()),
+                    }
                 }
+            };
+            tokio::select! {
+                answer = answer => answer,
+                () = liveness::closed(address) => Err(GONE.to_owned()),
             }
         })
         .await;

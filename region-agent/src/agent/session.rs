@@ -9,9 +9,11 @@
 //! "leader" announcing a term older than the newest seen is not followed (a deposed leader),
 //! and each command's term is checked again by the core.
 //!
-//! Failover is fast and bounded ([`LeaderSearch`], the pure part): the connection sends
-//! keep-alives every [`KEEP_ALIVE_INTERVAL`] and is dropped after [`IDLE_TIMEOUT`] of silence,
-//! so a leader that died without a word is noticed within seconds; reaching an orchestrator
+//! Failover is fast and bounded ([`LeaderSearch`], the pure part): a leader whose process is
+//! gone (its port refuses a probe, `umbra_proto::liveness`) is left within a probe interval;
+//! one that went silent otherwise (a partition, a paused process) is dropped after
+//! [`IDLE_TIMEOUT`] of silence, the connection sending keep-alives every
+//! [`KEEP_ALIVE_INTERVAL`]; reaching an orchestrator
 //! (handshake, stream, hello reply) gets [`CONNECT_TIMEOUT`] — orchestrators are near — and
 //! only after a round in which none answered does the budget grow (up to [`HELLO_TIMEOUT`], for
 //! a loaded machine); an address that could not be reached is skipped for
@@ -27,7 +29,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use umbra_proto::agent::{AgentHello, FromAgent, HelloReply, ToAgent};
-use umbra_proto::{Credentials, Endpoint, Identity, LinkError, Role, StreamKind, TransportConfig};
+use umbra_proto::{
+    Credentials, Endpoint, Identity, LinkError, Role, StreamKind, TransportConfig, liveness,
+};
 
 use super::config::AgentConfig;
 use super::metrics::LinkAttempt;
@@ -61,6 +65,9 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// followers still hint the dead leader, short enough that a restarted orchestrator is tried
 /// again soon.
 pub const UNREACHABLE_SKIP: Duration = Duration::from_secs(2);
+
+/// Why a link ended early: the orchestrator's port refused a probe.
+const GONE: &str = "the orchestrator's port is closed (its process is gone)";
 
 /// Errors of the session.
 #[derive(Debug, thiserror::Error)]
@@ -329,21 +336,28 @@ async fn attempt(
     };
     // One budget for handshake, stream and hello: a dead address costs `budget`, not the sum
     // of three transport limits. Dropping a half-done handshake abandons that connection.
+    // A dead address (its port closed) fails at the first probe, not at the budget's end.
     let reached = tokio::time::timeout(budget, async {
-        let conn = endpoint
-            .connect(addr, &Role::Orchestrator.server_name())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut stream = conn
-            .open_stream(StreamKind::Agent)
-            .await
-            .map_err(|e| e.to_string())?;
-        stream.send(&hello).await.map_err(|e| e.to_string())?;
-        let reply = stream
-            .recv::<HelloReply>()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((conn, stream, reply))
+        let reach = async {
+            let conn = endpoint
+                .connect(addr, &Role::Orchestrator.server_name())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut stream = conn
+                .open_stream(StreamKind::Agent)
+                .await
+                .map_err(|e| e.to_string())?;
+            stream.send(&hello).await.map_err(|e| e.to_string())?;
+            let reply = stream
+                .recv::<HelloReply>()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((conn, stream, reply))
+        };
+        tokio::select! {
+            reached = reach => reached,
+            () = liveness::closed(addr) => Err(GONE.to_owned()),
+        }
     })
     .await;
     let (conn, stream, node_id, term) = match reached {
@@ -395,8 +409,21 @@ async fn attempt(
             }
         })
     };
+    // The leader's port closing ends the link at once: a killed leader is left within a probe
+    // interval, not after the idle timeout.
+    let mut leader_gone = false;
+    let dead = liveness::closed(addr);
+    tokio::pin!(dead);
     loop {
-        match rx.recv::<ToAgent>().await {
+        let received = tokio::select! {
+            received = rx.recv::<ToAgent>() => received,
+            () = &mut dead => {
+                tracing::warn!(%addr, "{GONE}");
+                leader_gone = true;
+                break;
+            }
+        };
+        match received {
             Ok(Some(ToAgent::Command(cmd))) => {
                 let (agent, out_tx) = (agent.clone(), out_tx.clone());
                 let Ok(permit) = commands.clone().acquire_owned().await else {
@@ -426,10 +453,11 @@ async fn attempt(
     writer.abort();
     // A connection that failed (idle timeout, closed or reset by the peer) means the address
     // is gone for now; a stream ended on a live connection means the leader stepped down.
-    let gone = conn.close_reason().is_some_and(|reason| {
-        tracing::info!(%addr, %reason, "connection to the leader lost");
-        !matches!(reason, LinkError::LocallyClosed)
-    });
+    let gone = leader_gone
+        || conn.close_reason().is_some_and(|reason| {
+            tracing::info!(%addr, %reason, "connection to the leader lost");
+            !matches!(reason, LinkError::LocallyClosed)
+        });
     conn.close(0, "agent stream ended");
     Attempt::Served { gone }
 }
