@@ -672,6 +672,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_serial_follows_the_version_only_forward_and_wraps_as_rfc_1982_says() {
+        assert!(serial_newer(2, 1) && !serial_newer(1, 2) && !serial_newer(5, 5));
+        assert!(serial_newer(1, u32::MAX), "1 follows 2^32 - 1");
+        let zone = WeightedZone::new(parse_fqdn("umbra.test.").unwrap(), 30);
+        let shop = |addr: &str| {
+            vec![WeightedRecordSet::new(
+                "shop.umbra.test.",
+                60,
+                vec![WeightedAddress {
+                    addr: addr.parse().unwrap(),
+                    weight: 1,
+                }],
+            )]
+        };
+        let serials = zone.subscribe_serial();
+        assert!(zone.replace_all_at(&shop("10.0.0.1"), 100).unwrap());
+        assert_eq!((zone.serial(), *serials.borrow()), (100, 100));
+        assert!(!zone.replace_all_at(&shop("10.0.0.1"), 120).unwrap());
+        assert_eq!(zone.serial(), 100, "no change, no bump");
+        assert!(zone.replace_all_at(&shop("10.0.0.2"), 90).unwrap());
+        assert_eq!(zone.serial(), 101, "an older version still moves forward");
+        assert!(
+            zone.replace_all_at(&shop("10.0.0.3"), (1 << 32) + 5)
+                .unwrap()
+        );
+        assert_eq!(
+            zone.serial(),
+            102,
+            "version 2^32 + 5 is serial 5, older than 101"
+        );
+    }
+
+    #[test]
     fn picker_shares_match_weights_exactly_per_cycle() {
         let addr = |s: &str| s.parse::<IpAddr>().unwrap();
         let p = Picker::new(
