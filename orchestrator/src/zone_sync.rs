@@ -4,7 +4,7 @@
 //! [`desired_zone`] is the sans-IO core: from a [`state::Overview`](crate::state::Overview) it
 //! computes each service's weighted record set (one address per region with weight > 0, the
 //! IP of the region's `front`, the replicated TTL). [`ZoneSync`] applies it to an
-//! [`EmbeddedDns`] as one change through `WeightedZone::replace_all` (queries see the old zone
+//! [`EmbeddedDns`] as one change through `WeightedZone::replace_all_at` (queries see the old zone
 //! or the new one, never half of a change; records of services that disappeared go; applying
 //! the same state again changes nothing), and [`spawn`] drives it from a `watch` of the latest
 //! overview. [`verify_weights_served`] is what the executor calls after proposing
@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::state::{DnsWeights, Overview};
 use umbra_dns::embedded::EmbeddedDns;
+use umbra_dns::transfer::{NotifyOutcome, TransferOutcome, ZoneEvents};
 use umbra_dns::verify::{ServerVerified, verify_served};
 use umbra_dns::{DnsError, MAX_ADDRESS_WEIGHT, WeightedAddress, WeightedRecordSet};
 
@@ -194,7 +195,9 @@ pub struct SyncReport {
     pub stale: bool,
     /// Record sets served after the apply.
     pub record_sets: usize,
-    /// SOA serial after the apply.
+    /// SOA serial after the apply: the applied index of the overview that last changed the
+    /// zone (modulo 2³²), so every orchestrator's serials come from one sequence and a
+    /// secondary fed by several of them never takes older records for newer ones.
     pub serial: u32,
     /// Services left out, with the reason.
     pub skipped: Vec<SkippedService>,
@@ -255,6 +258,57 @@ impl ZoneSyncMetrics {
     }
 }
 
+/// NOTIFY and zone transfer outcomes of the embedded server, on the node's registry:
+/// `umbra_dns_notify_total{outcome}` and `umbra_dns_zone_transfers_total{outcome}`, every
+/// label value present from the start (at 0) so a rate over them is defined.
+#[derive(Clone)]
+pub struct ZoneTransferMetrics {
+    pub notify: IntCounterVec,
+    pub transfers: IntCounterVec,
+}
+
+impl ZoneTransferMetrics {
+    /// Creates the families and registers them in `registry`.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = Self {
+            notify: IntCounterVec::new(
+                Opts::new(
+                    "umbra_dns_notify_total",
+                    "NOTIFY messages to DNS secondaries by final outcome, one per secondary \
+                     and serial: answered, rejected, unanswered (after every retry), failed",
+                ),
+                &["outcome"],
+            )?,
+            transfers: IntCounterVec::new(
+                Opts::new(
+                    "umbra_dns_zone_transfers_total",
+                    "AXFR/IXFR requests to the embedded DNS by outcome (served, or why refused)",
+                ),
+                &["outcome"],
+            )?,
+        };
+        for outcome in NotifyOutcome::ALL {
+            metrics.notify.with_label_values(&[outcome.as_str()]);
+        }
+        for outcome in TransferOutcome::ALL {
+            metrics.transfers.with_label_values(&[outcome.as_str()]);
+        }
+        registry.register(Box::new(metrics.notify.clone()))?;
+        registry.register(Box::new(metrics.transfers.clone()))?;
+        Ok(metrics)
+    }
+}
+
+impl ZoneEvents for ZoneTransferMetrics {
+    fn notify(&self, _secondary: SocketAddr, outcome: NotifyOutcome) {
+        self.notify.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    fn transfer(&self, _client: SocketAddr, outcome: TransferOutcome) {
+        self.transfers.with_label_values(&[outcome.as_str()]).inc();
+    }
+}
+
 /// Keeps one embedded server's zone equal to the replicated state.
 pub struct ZoneSync {
     dns: Arc<EmbeddedDns>,
@@ -308,7 +362,7 @@ impl ZoneSync {
                 "service left out of the DNS zone"
             );
         }
-        let changed = match zone.replace_all(&desired.sets) {
+        let changed = match zone.replace_all_at(&desired.sets, overview.applied_index) {
             Ok(changed) => changed,
             Err(e) => {
                 // desired_zone validated every set, so this is a bug, not an input problem.

@@ -110,6 +110,10 @@ pub struct Options {
     pub operators: Vec<String>,
     /// The zone each node's DNS server serves (orchestrator mode).
     pub zone: String,
+    /// Secondaries each node's DNS server notifies (`[dns] secondaries`; orchestrator mode).
+    pub dns_secondaries: Vec<SocketAddr>,
+    /// Each node's `[dns] transfer_key_file` (required with `dns_secondaries`).
+    pub dns_transfer_key_file: Option<PathBuf>,
 }
 
 impl Options {
@@ -122,6 +126,8 @@ impl Options {
             regions: vec!["us-east".into()],
             operators: vec![OPERATOR.into()],
             zone: ZONE.into(),
+            dns_secondaries: Vec::new(),
+            dns_transfer_key_file: None,
         }
     }
 
@@ -300,7 +306,11 @@ impl Cluster {
                         loopback(free_port()?),
                         self.token_file.clone(),
                     )),
-                    Some(DnsSection::embedded(dns, self.options.zone.clone())),
+                    Some(DnsSection {
+                        secondaries: self.options.dns_secondaries.clone(),
+                        transfer_key_file: self.options.dns_transfer_key_file.clone(),
+                        ..DnsSection::embedded(dns, self.options.zone.clone())
+                    }),
                     ExecutorSection {
                         dns_servers: self.dns_addresses.values().copied().collect(),
                         ..ExecutorSection::default()

@@ -7,8 +7,11 @@
 //! weighted routing at hosted DNS providers, without their randomness). Records are changed
 //! in-process: one set through `DnsProvider`, or the whole zone in one step with
 //! `WeightedZone::replace_all` (what `replicated` uses); every change bumps the SOA serial. It serves UDP and TCP
-//! on one port. It must not accept dynamic updates from the network (use `rfc2136` against a
-//! real server for that) and must not answer for names outside its zone.
+//! on one port. With a transfer key it serves AXFR/IXFR to requests signed with it and, with
+//! secondaries listed, sends them NOTIFY on each serial change (`transfer`), so BIND
+//! secondaries keep answering when every orchestrator is down. It must not accept dynamic
+//! updates from the network (use `rfc2136` against a real server for that), must not serve an
+//! unsigned transfer, and must not answer for names outside its zone.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -20,7 +23,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
-use hickory_proto::rr::{LowerName, Name, RData, RecordSet, RecordType};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordSet, RecordType};
 use hickory_server::Server;
 use hickory_server::server::{Request, RequestInfo};
 use hickory_server::zone_handler::{
@@ -28,7 +31,11 @@ use hickory_server::zone_handler::{
     ZoneHandler, ZoneType,
 };
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
+use super::rfc2136::TsigKey;
+use super::transfer::{NoEvents, NotifyPolicy, ZoneEvents, ZoneServer, spawn_notifier};
 use super::{DnsError, DnsProvider, WeightedAddress, WeightedRecordSet, parse_fqdn};
 
 /// TTL of negative answers (SOA minimum, RFC 2308) unless configured: short, because a name
@@ -51,6 +58,11 @@ pub struct EmbeddedDnsConfig {
     pub listen: SocketAddr,
     pub negative_ttl_secs: u32,
     pub tcp_idle_timeout: Duration,
+    /// Secondaries (BIND) sent NOTIFY on every serial change; needs `transfer_key`.
+    pub secondaries: Vec<SocketAddr>,
+    /// The TSIG key AXFR/IXFR requests must be signed with; `None` refuses every transfer.
+    pub transfer_key: Option<TsigKey>,
+    pub notify: NotifyPolicy,
 }
 
 impl EmbeddedDnsConfig {
@@ -60,7 +72,17 @@ impl EmbeddedDnsConfig {
             listen,
             negative_ttl_secs: DEFAULT_NEGATIVE_TTL_SECS,
             tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
+            secondaries: Vec::new(),
+            transfer_key: None,
+            notify: NotifyPolicy::default(),
         }
+    }
+
+    /// Notifies `secondaries` of every change and serves them transfers signed with `key`.
+    pub fn with_secondaries(mut self, secondaries: Vec<SocketAddr>, key: TsigKey) -> Self {
+        self.secondaries = secondaries;
+        self.transfer_key = Some(key);
+        self
     }
 
     pub fn validate(&self) -> Result<Name, DnsError> {
@@ -73,6 +95,39 @@ impl EmbeddedDnsConfig {
         if self.negative_ttl_secs == 0 || self.tcp_idle_timeout.is_zero() {
             return Err(DnsError::Invalid(
                 "negative_ttl_secs and tcp_idle_timeout must be positive".into(),
+            ));
+        }
+        if !self.secondaries.is_empty() && self.transfer_key.is_none() {
+            return Err(DnsError::Invalid(
+                "secondaries need a transfer key: they fetch the zone with TSIG-signed \
+                 transfers, and this server serves no unsigned transfer"
+                    .into(),
+            ));
+        }
+        for (i, secondary) in self.secondaries.iter().enumerate() {
+            if self.secondaries[..i].contains(secondary) {
+                return Err(DnsError::Invalid(format!(
+                    "secondary {secondary} is listed twice; list each once"
+                )));
+            }
+            if secondary.port() == 0 || secondary.ip().is_unspecified() {
+                return Err(DnsError::Invalid(format!(
+                    "secondary {secondary} is not an address NOTIFY can be sent to; give \
+                     the secondary's IP and DNS port"
+                )));
+            }
+            if *secondary == self.listen {
+                return Err(DnsError::Invalid(format!(
+                    "secondary {secondary} is this server's own listen address"
+                )));
+            }
+        }
+        if let Some(key) = &self.transfer_key {
+            key.signer()?;
+        }
+        if self.notify.attempts == 0 || self.notify.first_timeout.is_zero() {
+            return Err(DnsError::Invalid(
+                "NOTIFY needs at least one attempt and a positive timeout".into(),
             ));
         }
         Ok(zone)
@@ -142,6 +197,8 @@ pub struct WeightedZone {
     origin_name: Name,
     negative_ttl_secs: u32,
     state: RwLock<ZoneState>,
+    /// The serial after each change, for the NOTIFY sender (`transfer`).
+    serials: watch::Sender<u32>,
 }
 
 impl WeightedZone {
@@ -164,7 +221,14 @@ impl WeightedZone {
             origin_name: origin,
             negative_ttl_secs,
             state: RwLock::new(state),
+            serials: watch::Sender::new(serial),
         }
+    }
+
+    /// The serial after every change, as it happens (a receiver sees the latest; changes in
+    /// between coalesce, which is all a secondary needs).
+    pub fn subscribe_serial(&self) -> watch::Receiver<u32> {
+        self.serials.subscribe()
     }
 
     fn soa_set(origin: &Name, serial: u32, negative_ttl_secs: u32) -> RecordSet {
@@ -214,6 +278,29 @@ impl WeightedZone {
     /// position (so re-applying the same content does not skew the shares), and the serial is
     /// bumped once if anything changed. Returns whether anything changed.
     pub fn replace_all(&self, sets: &[WeightedRecordSet]) -> Result<bool, DnsError> {
+        self.replace_all_inner(sets, None)
+    }
+
+    /// [`WeightedZone::replace_all`] for content that is the replicated state at `version`
+    /// (a Raft applied index): if anything changed, the serial becomes `version` (modulo 2³²,
+    /// 0 skipped) when that is newer than the current serial in RFC 1982 arithmetic, else the
+    /// current serial plus one. So every orchestrator serving the same replicated state
+    /// reports a serial from the same index sequence, and a secondary that asks any of them
+    /// sees a higher serial only for newer content; a restarted node, whose zone starts at
+    /// serial 1, cannot make a secondary go back to older records.
+    pub fn replace_all_at(
+        &self,
+        sets: &[WeightedRecordSet],
+        version: u64,
+    ) -> Result<bool, DnsError> {
+        self.replace_all_inner(sets, Some((version & u64::from(u32::MAX)) as u32))
+    }
+
+    fn replace_all_inner(
+        &self,
+        sets: &[WeightedRecordSet],
+        serial_hint: Option<u32>,
+    ) -> Result<bool, DnsError> {
         let mut wanted: HashMap<LowerName, &WeightedRecordSet> = HashMap::with_capacity(sets.len());
         for set in sets {
             let name = LowerName::new(&set.validate(&self.origin_name)?);
@@ -237,19 +324,57 @@ impl WeightedZone {
             }
         }
         if changed {
-            self.bump_serial(&mut state);
+            self.bump_serial(&mut state, serial_hint);
         }
         Ok(changed)
     }
 
-    fn bump_serial(&self, state: &mut ZoneState) {
+    fn bump_serial(&self, state: &mut ZoneState, hint: Option<u32>) {
         // RFC 1982 serial arithmetic wraps; 0 is skipped because some tools treat it as unset.
-        state.serial = state.serial.wrapping_add(1).max(1);
+        state.serial = match hint {
+            Some(hint) if hint != 0 && serial_newer(hint, state.serial) => hint,
+            _ => state.serial.wrapping_add(1).max(1),
+        };
         state.soa = Arc::new(Self::soa_set(
             &self.origin_name,
             state.serial,
             self.negative_ttl_secs,
         ));
+        self.serials.send_replace(state.serial);
+    }
+
+    /// The whole zone as a transfer carries it (RFC 5936 § 2.2): the SOA, the NS, every
+    /// address with a non-zero weight (a standard secondary cannot weigh answers, so it serves
+    /// the addresses of every region with a share), names sorted, and the SOA again. Taken
+    /// under one read lock, so a transfer never mixes two versions of the zone.
+    pub fn transfer_records(&self) -> (u32, Vec<Record>) {
+        let state = self.state.read().expect("zone lock");
+        let mut names: Vec<&LowerName> = state.sets.keys().collect();
+        names.sort();
+        let soa: Vec<Record> = state.soa.records_without_rrsigs().cloned().collect();
+        let mut records = soa.clone();
+        records.extend(state.ns.records_without_rrsigs().cloned());
+        for name in names {
+            let served = &state.sets[name];
+            let owner = Name::from(name.clone());
+            let mut addresses = served.set.served_addresses();
+            addresses.sort_by_key(|a| (a.is_ipv6(), *a));
+            for addr in addresses {
+                records.push(Record::from_rdata(
+                    owner.clone(),
+                    served.set.ttl_secs,
+                    rdata_of(addr),
+                ));
+            }
+        }
+        records.extend(soa);
+        (state.serial, records)
+    }
+
+    /// The zone's SOA record (what an IXFR over UDP answers, RFC 1995 § 2).
+    pub fn soa_records(&self) -> Vec<Record> {
+        let state = self.state.read().expect("zone lock");
+        state.soa.records_without_rrsigs().cloned().collect()
     }
 
     /// Replaces a record set and bumps the serial.
@@ -258,7 +383,7 @@ impl WeightedZone {
         let served = ServedSet::new(set);
         let mut state = self.state.write().expect("zone lock");
         state.sets.insert(LowerName::new(&name), served);
-        self.bump_serial(&mut state);
+        self.bump_serial(&mut state, None);
         Ok(())
     }
 
@@ -273,7 +398,7 @@ impl WeightedZone {
             .map(|s| s.set.clone()))
     }
 
-    fn answer(
+    pub(crate) fn answer(
         &self,
         name: &LowerName,
         rtype: RecordType,
@@ -320,6 +445,11 @@ impl WeightedZone {
             None,
         ))
     }
+}
+
+/// RFC 1982 § 3.2: `a` is newer than `b`.
+fn serial_newer(a: u32, b: u32) -> bool {
+    a != b && (a.wrapping_sub(b) as i32) > 0
 }
 
 fn rdata_of(addr: IpAddr) -> RData {
@@ -389,12 +519,22 @@ impl ZoneHandler for WeightedZone {
 pub struct EmbeddedDns {
     zone: Arc<WeightedZone>,
     local_addr: SocketAddr,
-    server: tokio::sync::Mutex<Server<Catalog>>,
+    server: tokio::sync::Mutex<Server<ZoneServer>>,
+    notifier: Option<JoinHandle<()>>,
 }
 
 impl EmbeddedDns {
     /// Binds UDP and TCP on one port and starts answering for the zone.
     pub async fn start(config: EmbeddedDnsConfig) -> Result<Self, DnsError> {
+        Self::start_with_events(config, Arc::new(NoEvents)).await
+    }
+
+    /// [`EmbeddedDns::start`], reporting NOTIFY and transfer outcomes to `events`. With
+    /// secondaries configured, a task notifies them of every serial change.
+    pub async fn start_with_events(
+        config: EmbeddedDnsConfig,
+        events: Arc<dyn ZoneEvents>,
+    ) -> Result<Self, DnsError> {
         let origin = config.validate()?;
         let (udp, tcp) = bind_pair(config.listen).await?;
         let local_addr = udp.local_addr().map_err(|source| DnsError::Io {
@@ -407,14 +547,41 @@ impl EmbeddedDns {
             LowerName::new(&origin),
             vec![zone.clone() as Arc<dyn ZoneHandler>],
         );
-        let mut server = Server::new(catalog);
+        let signer = config
+            .transfer_key
+            .as_ref()
+            .map(TsigKey::signer)
+            .transpose()?;
+        let notifier = match &signer {
+            Some(signer) if !config.secondaries.is_empty() => Some(spawn_notifier(
+                zone.clone(),
+                config.secondaries.clone(),
+                signer.clone(),
+                config.notify,
+                events.clone(),
+            )),
+            _ => None,
+        };
+        let mut server = Server::new(ZoneServer {
+            catalog,
+            zone: zone.clone(),
+            signer,
+            events,
+        });
         server.register_socket(udp);
         server.register_listener(tcp, config.tcp_idle_timeout, TCP_RESPONSE_BUFFER);
-        tracing::info!(%local_addr, zone = %origin, "embedded DNS serving");
+        tracing::info!(
+            %local_addr,
+            zone = %origin,
+            secondaries = ?config.secondaries,
+            transfers = config.transfer_key.is_some(),
+            "embedded DNS serving"
+        );
         Ok(Self {
             zone,
             local_addr,
             server: tokio::sync::Mutex::new(server),
+            notifier,
         })
     }
 
@@ -428,8 +595,19 @@ impl EmbeddedDns {
 
     /// Stops serving (bounded wait for in-progress answers).
     pub async fn shutdown(&self) {
+        if let Some(notifier) = &self.notifier {
+            notifier.abort();
+        }
         let mut server = self.server.lock().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), server.shutdown_gracefully()).await;
+    }
+}
+
+impl Drop for EmbeddedDns {
+    fn drop(&mut self) {
+        if let Some(notifier) = &self.notifier {
+            notifier.abort();
+        }
     }
 }
 
@@ -492,6 +670,39 @@ impl DnsProvider for EmbeddedDns {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_serial_follows_the_version_only_forward_and_wraps_as_rfc_1982_says() {
+        assert!(serial_newer(2, 1) && !serial_newer(1, 2) && !serial_newer(5, 5));
+        assert!(serial_newer(1, u32::MAX), "1 follows 2^32 - 1");
+        let zone = WeightedZone::new(parse_fqdn("umbra.test.").unwrap(), 30);
+        let shop = |addr: &str| {
+            vec![WeightedRecordSet::new(
+                "shop.umbra.test.",
+                60,
+                vec![WeightedAddress {
+                    addr: addr.parse().unwrap(),
+                    weight: 1,
+                }],
+            )]
+        };
+        let serials = zone.subscribe_serial();
+        assert!(zone.replace_all_at(&shop("10.0.0.1"), 100).unwrap());
+        assert_eq!((zone.serial(), *serials.borrow()), (100, 100));
+        assert!(!zone.replace_all_at(&shop("10.0.0.1"), 120).unwrap());
+        assert_eq!(zone.serial(), 100, "no change, no bump");
+        assert!(zone.replace_all_at(&shop("10.0.0.2"), 90).unwrap());
+        assert_eq!(zone.serial(), 101, "an older version still moves forward");
+        assert!(
+            zone.replace_all_at(&shop("10.0.0.3"), (1 << 32) + 5)
+                .unwrap()
+        );
+        assert_eq!(
+            zone.serial(),
+            102,
+            "version 2^32 + 5 is serial 5, older than 101"
+        );
+    }
 
     #[test]
     fn picker_shares_match_weights_exactly_per_cycle() {

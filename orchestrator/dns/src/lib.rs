@@ -4,6 +4,7 @@
 //! Two providers implement `DnsProvider`: `embedded` (Umbra's own authoritative server on
 //! hickory-server, answering one address per query chosen by weight, the default for the demo)
 //! and `rfc2136` (dynamic update signed with TSIG, for BIND and other standard servers).
+//! `transfer` lets standard secondaries copy the embedded zone (signed AXFR/IXFR, NOTIFY).
 //! `verify` asks every authoritative server with hickory-resolver until the new records are
 //! served. `ttl_timeline` is the pure arithmetic of lowering a TTL ahead of a cutover. DNS
 //! follows the load balancers in a cutover: clients cache answers for the TTL, so this crate
@@ -15,6 +16,7 @@
 
 pub mod embedded;
 pub mod rfc2136;
+pub mod transfer;
 pub mod ttl_timeline;
 pub mod verify;
 

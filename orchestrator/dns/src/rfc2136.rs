@@ -66,6 +66,25 @@ impl TsigKey {
         })
     }
 
+    /// The signer hickory signs and verifies messages with; refuses a secret shorter than
+    /// [`MIN_SECRET_BYTES`].
+    pub fn signer(&self) -> Result<TSigner, DnsError> {
+        if self.secret.len() < MIN_SECRET_BYTES {
+            return Err(DnsError::Invalid(format!(
+                "TSIG key {} is {} bytes; use at least {MIN_SECRET_BYTES} (e.g. `tsig-keygen -a hmac-sha256`)",
+                self.name,
+                self.secret.len()
+            )));
+        }
+        TSigner::new(
+            self.secret.clone(),
+            self.algorithm.clone(),
+            parse_fqdn(&self.name)?,
+            TSIG_FUDGE_SECS,
+        )
+        .map_err(|e| DnsError::Invalid(format!("TSIG key {}: {e}", self.name)))
+    }
+
     /// The secret as base64, for writing a server's key file.
     pub fn secret_base64(&self) -> String {
         use base64::Engine as _;
@@ -284,27 +303,7 @@ impl Rfc2136Provider {
                 "timeout must be positive and at least one server listed".into(),
             ));
         }
-        let signer = match &config.key {
-            None => None,
-            Some(key) => {
-                if key.secret.len() < MIN_SECRET_BYTES {
-                    return Err(DnsError::Invalid(format!(
-                        "TSIG key {} is {} bytes; use at least {MIN_SECRET_BYTES} (e.g. `tsig-keygen -a hmac-sha256`)",
-                        key.name,
-                        key.secret.len()
-                    )));
-                }
-                Some(
-                    TSigner::new(
-                        key.secret.clone(),
-                        key.algorithm.clone(),
-                        parse_fqdn(&key.name)?,
-                        TSIG_FUDGE_SECS,
-                    )
-                    .map_err(|e| DnsError::Invalid(format!("TSIG key {}: {e}", key.name)))?,
-                )
-            }
-        };
+        let signer = config.key.as_ref().map(TsigKey::signer).transpose()?;
         Ok(Self {
             config,
             zone,
@@ -351,79 +350,6 @@ impl Rfc2136Provider {
         Ok((message.metadata.response_code, message))
     }
 
-    /// Sends a TSIG-signed message over UDP and returns the response code. hickory's client
-    /// stream rejects any response whose MAC it cannot verify, which hides the server's answer
-    /// to a wrongly signed request (RFC 8945 § 5.2: BADSIG/BADKEY replies carry an empty MAC).
-    /// So the exchange is done here: a refusal's code is returned as is (it can only make the
-    /// caller fail), while a success must carry a MAC that verifies with our key.
-    async fn signed_exchange(
-        &self,
-        mut message: Message,
-        signer: &TSigner,
-    ) -> Result<ResponseCode, DnsError> {
-        let server = self.config.server;
-        let fail = |reason: String| DnsError::Exchange { server, reason };
-        let now_secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_err(|e| fail(format!("system clock before 1970: {e}")))?
-            .as_secs();
-        let id = message.metadata.id;
-        let verifier = message
-            .finalize(signer, now_secs)
-            .map_err(|e| fail(format!("signing: {e}")))?;
-        let request = message
-            .to_vec()
-            .map_err(|e| fail(format!("encoding: {e}")))?;
-        let bind: SocketAddr = if server.is_ipv4() {
-            "0.0.0.0:0".parse()
-        } else {
-            "[::]:0".parse()
-        }
-        .expect("constant socket address");
-        let socket = tokio::net::UdpSocket::bind(bind)
-            .await
-            .map_err(|e| fail(format!("binding UDP: {e}")))?;
-        socket
-            .connect(server)
-            .await
-            .map_err(|e| fail(format!("connecting UDP: {e}")))?;
-        socket
-            .send(&request)
-            .await
-            .map_err(|e| fail(format!("sending: {e}")))?;
-        let mut buf = vec![0_u8; 65_535];
-        let deadline = tokio::time::Instant::now() + self.config.timeout;
-        loop {
-            let n = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
-                Err(_) => {
-                    return Err(fail(format!(
-                        "no answer within {} ms",
-                        self.config.timeout.as_millis()
-                    )));
-                }
-                Ok(Err(e)) => return Err(fail(format!("receiving: {e}"))),
-                Ok(Ok(n)) => n,
-            };
-            // A datagram that does not parse or answers another id is not our response.
-            let Ok(response) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            if response.metadata.id != id {
-                continue;
-            }
-            let rcode = response.metadata.response_code;
-            if rcode != ResponseCode::NoError {
-                return Ok(rcode);
-            }
-            let mut verifier =
-                verifier.ok_or_else(|| fail("the TSIG signer gave no response verifier".into()))?;
-            verifier
-                .verify(&buf[..n])
-                .map_err(|e| fail(format!("the success reply is not signed with our key: {e}")))?;
-            return Ok(rcode);
-        }
-    }
-
     /// Builds the UPDATE that replaces `set` at `name` in one transaction.
     fn update_message(&self, name: &Name, set: &WeightedRecordSet) -> Message {
         let mut zone = Query::new();
@@ -468,7 +394,9 @@ impl Rfc2136Provider {
         let name = set.validate(&self.zone)?;
         let message = self.update_message(&name, set);
         match (&self.signer, signed) {
-            (Some(signer), true) => self.signed_exchange(message, signer).await,
+            (Some(signer), true) => {
+                signed_exchange(self.config.server, self.config.timeout, message, signer).await
+            }
             _ => Ok(self.exchange(message).await?.0),
         }
     }
@@ -495,6 +423,76 @@ impl Rfc2136Provider {
                 rcode: other.to_string(),
             }),
         }
+    }
+}
+
+/// Sends a TSIG-signed message over UDP and returns the response code. hickory's client
+/// stream rejects any response whose MAC it cannot verify, which hides the server's answer
+/// to a wrongly signed request (RFC 8945 § 5.2: BADSIG/BADKEY replies carry an empty MAC).
+/// So the exchange is done here: a refusal's code is returned as is (it can only make the
+/// caller fail), while a success must carry a MAC that verifies with our key.
+pub(crate) async fn signed_exchange(
+    server: SocketAddr,
+    timeout: Duration,
+    mut message: Message,
+    signer: &TSigner,
+) -> Result<ResponseCode, DnsError> {
+    let fail = |reason: String| DnsError::Exchange { server, reason };
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| fail(format!("system clock before 1970: {e}")))?
+        .as_secs();
+    let id = message.metadata.id;
+    let verifier = message
+        .finalize(signer, now_secs)
+        .map_err(|e| fail(format!("signing: {e}")))?;
+    let request = message
+        .to_vec()
+        .map_err(|e| fail(format!("encoding: {e}")))?;
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse()
+    } else {
+        "[::]:0".parse()
+    }
+    .expect("constant socket address");
+    let socket = tokio::net::UdpSocket::bind(bind)
+        .await
+        .map_err(|e| fail(format!("binding UDP: {e}")))?;
+    socket
+        .connect(server)
+        .await
+        .map_err(|e| fail(format!("connecting UDP: {e}")))?;
+    socket
+        .send(&request)
+        .await
+        .map_err(|e| fail(format!("sending: {e}")))?;
+    let mut buf = vec![0_u8; 65_535];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
+            Err(_) => {
+                return Err(fail(format!("no answer within {} ms", timeout.as_millis())));
+            }
+            Ok(Err(e)) => return Err(fail(format!("receiving: {e}"))),
+            Ok(Ok(n)) => n,
+        };
+        // A datagram that does not parse or answers another id is not our response.
+        let Ok(response) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        if response.metadata.id != id {
+            continue;
+        }
+        let rcode = response.metadata.response_code;
+        if rcode != ResponseCode::NoError {
+            return Ok(rcode);
+        }
+        let mut verifier =
+            verifier.ok_or_else(|| fail("the TSIG signer gave no response verifier".into()))?;
+        verifier
+            .verify(&buf[..n])
+            .map_err(|e| fail(format!("the success reply is not signed with our key: {e}")))?;
+        return Ok(rcode);
     }
 }
 

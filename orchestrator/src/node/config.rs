@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::ApiConfig;
 use crate::executor::ExecutorConfig;
 use crate::gateway::GatewayConfig;
+use umbra_dns::embedded::EmbeddedDnsConfig;
 use umbra_dns::rfc2136::{Rfc2136Config, Rfc2136Provider, TsigKey};
 
 /// Which state machine the Raft group replicates.
@@ -88,6 +89,8 @@ pub enum DnsProviderKind {
 /// [dns]                       # the default provider
 /// listen = "127.0.0.1:5353"
 /// zone = "umbra.test."
+/// secondaries = ["127.0.0.1:5301"]                   # optional: BIND secondaries to NOTIFY
+/// transfer_key_file = "/etc/umbra/umbra-xfr.key"     # required with secondaries
 ///
 /// [dns]                       # BIND as the authority
 /// provider = "rfc2136"
@@ -112,6 +115,15 @@ pub struct DnsSection {
     /// rfc2136 only: a BIND key file declaring one key (`tsig-keygen -a hmac-sha256 NAME`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tsig_key_file: Option<PathBuf>,
+    /// Embedded only: standard secondaries (BIND, `IP:PORT`) sent NOTIFY on every change of
+    /// the zone; they copy it by AXFR/IXFR and keep answering while no orchestrator is up.
+    /// Needs `transfer_key_file`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secondaries: Vec<SocketAddr>,
+    /// Embedded only: a BIND key file (the `tsig_key_file` format); zone transfers are served
+    /// only to requests signed with this key, and NOTIFY is signed with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_key_file: Option<PathBuf>,
 }
 
 impl DnsSection {
@@ -123,7 +135,43 @@ impl DnsSection {
             zone: zone.into(),
             server: None,
             tsig_key_file: None,
+            secondaries: Vec::new(),
+            transfer_key_file: None,
         }
+    }
+
+    /// The embedded server's settings (listen, zone, secondaries and the transfer key read
+    /// from `transfer_key_file`); an error says what to write. `Ok(None)` for rfc2136.
+    pub fn embedded_config(&self) -> Result<Option<EmbeddedDnsConfig>, NodeConfigError> {
+        let fix = |reason: String| NodeConfigError::Dns(reason);
+        if self.rfc2136_config()?.is_some() {
+            return Ok(None);
+        }
+        let listen = self
+            .listen
+            .ok_or_else(|| fix("the embedded provider needs listen".into()))?;
+        let mut config = EmbeddedDnsConfig::new(self.zone.clone(), listen);
+        match (&self.transfer_key_file, self.secondaries.is_empty()) {
+            (None, false) => {
+                return Err(fix(
+                    "secondaries need transfer_key_file = \"PATH\", a BIND key file as \
+                     `tsig-keygen -a hmac-sha256 NAME` writes it: the secondaries sign their \
+                     transfer requests with it (BIND: `primaries { IP port PORT key NAME; }`)"
+                        .into(),
+                ));
+            }
+            (None, true) => {}
+            (Some(path), _) => {
+                let key = TsigKey::read_bind_key_file(path)
+                    .map_err(|e| fix(format!("transfer_key_file: {e}")))?;
+                config = config.with_secondaries(self.secondaries.clone(), key);
+            }
+        }
+        config.validate().map_err(|e| NodeConfigError::DnsZone {
+            zone: self.zone.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(config))
     }
 
     /// `zone` on the standard server `server`, updated with the key in `tsig_key_file`.
@@ -134,6 +182,8 @@ impl DnsSection {
             zone: zone.into(),
             server: Some(server),
             tsig_key_file: Some(tsig_key_file),
+            secondaries: Vec::new(),
+            transfer_key_file: None,
         }
     }
 
@@ -160,6 +210,14 @@ impl DnsSection {
                 Ok(None)
             }
             DnsProviderKind::Rfc2136 => {
+                if !self.secondaries.is_empty() || self.transfer_key_file.is_some() {
+                    return Err(fix(
+                        "secondaries and transfer_key_file are for the embedded provider; \
+                         with provider = \"rfc2136\" the standard server notifies its own \
+                         secondaries (BIND: also-notify)"
+                            .into(),
+                    ));
+                }
                 if self.listen.is_some() {
                     return Err(fix(
                         "provider = \"rfc2136\" makes the server the zone's one authority, so \
@@ -524,15 +582,9 @@ impl NodeConfig {
             .gateway_config(self.id, &self.peers)
             .validate()?;
         if let Some(dns) = &self.dns
-            && dns.rfc2136_config()?.is_none()
-            && let Some(listen) = dns.listen
+            && let Some(embedded) = dns.embedded_config()?
         {
-            umbra_dns::embedded::EmbeddedDnsConfig::new(dns.zone.clone(), listen)
-                .validate()
-                .map_err(|e| NodeConfigError::DnsZone {
-                    zone: dns.zone.clone(),
-                    reason: e.to_string(),
-                })?;
+            let listen = embedded.listen;
             if let Some(api) = &self.api
                 && api.listen == listen
                 && api.listen.port() != 0
@@ -810,6 +862,37 @@ demand_csv_dir = "{d}"
             "embedded is the default"
         );
         assert!(dns.rfc2136_config().unwrap().is_none());
+        let served = dns.embedded_config().unwrap().unwrap();
+        assert!(served.secondaries.is_empty() && served.transfer_key.is_none());
+
+        // Secondaries: notified, and served transfers signed with the key file's key.
+        let with_secondaries = load(&format!(
+            "listen = \"127.0.0.1:5353\"\nzone = \"umbra.test.\"\nsecondaries = [\"127.0.0.1:5301\", \"127.0.0.1:5302\"]\ntransfer_key_file = \"{}\"\n",
+            key_file.display()
+        ))
+        .unwrap();
+        let served = with_secondaries
+            .dns
+            .as_ref()
+            .unwrap()
+            .embedded_config()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            served.secondaries,
+            vec![
+                "127.0.0.1:5301".parse().unwrap(),
+                "127.0.0.1:5302".parse().unwrap()
+            ]
+        );
+        assert_eq!(served.transfer_key.as_ref().unwrap().name, "umbra-update");
+        assert!(!format!("{with_secondaries:?}{served:?}").contains(secret));
+        std::fs::write(&path, with_secondaries.to_toml()).unwrap();
+        assert_eq!(
+            NodeConfig::load(&path).unwrap(),
+            with_secondaries,
+            "round trip"
+        );
 
         let bind = load(&format!(
             "provider = \"rfc2136\"\nserver = \"127.0.0.1:5300\"\nzone = \"umbra.test.\"\ntsig_key_file = \"{}\"\n",
@@ -833,8 +916,37 @@ demand_csv_dir = "{d}"
         assert_eq!(NodeConfig::load(&path).unwrap(), bind, "round trip");
 
         let key = format!("tsig_key_file = \"{}\"\n", key_file.display());
+        let xfr_key = format!("transfer_key_file = \"{}\"\n", key_file.display());
         let cases = [
             ("zone = \"umbra.test.\"\n".to_owned(), "needs listen"),
+            (
+                "listen = \"127.0.0.1:5353\"\nzone = \"umbra.test.\"\nsecondaries = [\"127.0.0.1:5301\"]\n"
+                    .to_owned(),
+                "secondaries need transfer_key_file",
+            ),
+            (
+                format!(
+                    "listen = \"127.0.0.1:5353\"\nzone = \"umbra.test.\"\nsecondaries = [\"127.0.0.1:5301\", \"127.0.0.1:5301\"]\n{xfr_key}"
+                ),
+                "listed twice",
+            ),
+            (
+                format!(
+                    "listen = \"127.0.0.1:5353\"\nzone = \"umbra.test.\"\nsecondaries = [\"127.0.0.1:5353\"]\n{xfr_key}"
+                ),
+                "own listen address",
+            ),
+            (
+                "listen = \"127.0.0.1:5353\"\nzone = \"umbra.test.\"\nsecondaries = [\"127.0.0.1:5301\"]\ntransfer_key_file = \"/nonexistent-xfr.key\"\n"
+                    .to_owned(),
+                "/nonexistent-xfr.key",
+            ),
+            (
+                format!(
+                    "provider = \"rfc2136\"\nserver = \"127.0.0.1:53\"\nzone = \"umbra.test.\"\n{key}secondaries = [\"127.0.0.1:5301\"]\n"
+                ),
+                "are for the embedded provider",
+            ),
             (
                 format!("listen = \"127.0.0.1:5353\"\nzone = \"umbra.test.\"\n{key}"),
                 "are for provider = \"rfc2136\"",

@@ -31,9 +31,9 @@ use crate::gateway::AgentGateway;
 use crate::state::{Overview, Query, QueryAnswer, decode_answer, encode_query};
 use crate::store::{Clock, ObservationBoard, RaftReplicated, Replicated, SystemClock};
 use crate::zone_publish::{self, PublishLog};
-use crate::zone_sync::{self as dns_sync, ZoneSync, ZoneSyncMetrics};
+use crate::zone_sync::{self as dns_sync, ZoneSync, ZoneSyncMetrics, ZoneTransferMetrics};
 use umbra_dns::DnsProvider;
-use umbra_dns::embedded::{EmbeddedDns, EmbeddedDnsConfig};
+use umbra_dns::embedded::EmbeddedDns;
 use umbra_dns::rfc2136::Rfc2136Provider;
 
 /// How long the services have to stop after a shutdown before the process gives up on them:
@@ -163,20 +163,23 @@ impl NodeServices {
                     None
                 }
                 None => {
-                    let listen = section
-                        .listen
-                        .context("[dns] listen is checked by validate()")?;
-                    let server =
-                        EmbeddedDns::start(EmbeddedDnsConfig::new(section.zone.clone(), listen))
-                            .await
-                            .with_context(|| {
-                                format!("starting the DNS server for {} on {listen}", section.zone)
-                            })?;
+                    let embedded = section
+                        .embedded_config()?
+                        .context("[dns] is the embedded provider here")?;
+                    let listen = embedded.listen;
+                    let events = Arc::new(
+                        ZoneTransferMetrics::new(registry).context("DNS transfer metrics")?,
+                    );
+                    let server = EmbeddedDns::start_with_events(embedded, events)
+                        .await
+                        .with_context(|| {
+                            format!("starting the DNS server for {} on {listen}", section.zone)
+                        })?;
                     let server = Arc::new(server);
                     let sync = ZoneSync::new(server.clone())
                         .with_metrics(ZoneSyncMetrics::new(registry).context("DNS zone metrics")?);
                     tasks.push(dns_sync::spawn(sync, overviews.clone()));
-                    tracing::info!(dns = %server.local_addr(), zone = %section.zone, "DNS server started; it serves the replicated weights");
+                    tracing::info!(dns = %server.local_addr(), zone = %section.zone, secondaries = ?section.secondaries, "DNS server started; it serves the replicated weights");
                     Some(server)
                 }
             },

@@ -60,13 +60,38 @@ impl NamedProcess {
     /// log in the temporary directory with the zone), and waits until `dig` gets the zone's
     /// SOA from it.
     pub async fn start(zone: &Zone) -> anyhow::Result<NamedProcess> {
-        let named = installed("named", "bind9")?;
-        let checkconf = installed("named-checkconf", "bind9")?;
-        installed("dig", "bind9-dnsutils")?;
         let dir = tempfile::tempdir()?;
         // One port for UDP and TCP: free_port checks both.
         let port = free_port()?;
         let conf = write_config(dir.path(), port, zone)?;
+        Self::launch(dir, port, conf, &zone.name).await
+    }
+
+    /// `named` on `port` as a secondary of `zone` (`umbra.test`, no final dot): it copies the
+    /// zone by AXFR/IXFR from `primaries` (tried in order), signing every request to them with
+    /// `key`, and takes their NOTIFY. Returned once it answers the zone's SOA, that is after
+    /// its first transfer. `port` is chosen by the caller so the primaries can be told where
+    /// to send NOTIFY before it starts (use [`free_port`]).
+    pub async fn start_secondary(
+        zone: &str,
+        port: u16,
+        primaries: &[SocketAddr],
+        key: &TsigSecret,
+    ) -> anyhow::Result<NamedProcess> {
+        let dir = tempfile::tempdir()?;
+        let conf = write_secondary_config(dir.path(), port, zone, primaries, key)?;
+        Self::launch(dir, port, conf, zone).await
+    }
+
+    async fn launch(
+        dir: tempfile::TempDir,
+        port: u16,
+        conf: PathBuf,
+        zone: &str,
+    ) -> anyhow::Result<NamedProcess> {
+        let named = installed("named", "bind9")?;
+        let checkconf = installed("named-checkconf", "bind9")?;
+        installed("dig", "bind9-dnsutils")?;
         let check = Command::new(checkconf).arg(&conf).output()?;
         ensure!(
             check.status.success(),
@@ -80,8 +105,8 @@ impl NamedProcess {
         command.args(["-g", "-4", "-c"]).arg(&conf);
         let mut process = Process::spawn("named", command, &dir.path().join("named.log"))?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let soa_query = format!("{}. SOA +short +time=1 +tries=1", zone.name);
-        let what = format!("zone {} served on {addr}", zone.name);
+        let soa_query = format!("{zone}. SOA +short +time=1 +tries=1");
+        let what = format!("zone {zone} served on {addr}");
         process
             .wait_for(&what, START_TIMEOUT, || {
                 let query = soa_query.clone();
@@ -97,7 +122,7 @@ impl NamedProcess {
         Ok(NamedProcess {
             _process: process,
             addr,
-            zone: zone.name.clone(),
+            zone: zone.to_owned(),
             _dir: dir,
         })
     }
@@ -105,6 +130,11 @@ impl NamedProcess {
     /// Where it answers, UDP and TCP.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The end of `named`'s log, for a failure message.
+    pub fn log_tail(&self) -> String {
+        self._process.log_tail()
     }
 
     /// Sends the zone an unsigned update with `nsupdate` (for [`Updates::FromLoopback`]):
@@ -169,6 +199,54 @@ pub fn soa_serial(server: SocketAddr, zone: &str) -> anyhow::Result<u32> {
         .nth(2)
         .with_context(|| format!("the SOA answer of {zone} has no serial: {out:?}"))?;
     Ok(serial.parse()?)
+}
+
+fn write_secondary_config(
+    dir: &Path,
+    port: u16,
+    zone: &str,
+    primaries: &[SocketAddr],
+    key: &TsigSecret,
+) -> anyhow::Result<PathBuf> {
+    ensure!(
+        !primaries.is_empty(),
+        "a secondary needs at least one primary"
+    );
+    let d = dir.display();
+    let name = &key.name;
+    let primaries: String = primaries
+        .iter()
+        .map(|p| format!("{} port {} key \"{name}\"; ", p.ip(), p.port()))
+        .collect();
+    // notify no: it tells no one else. The copy is kept in a file of the temporary directory
+    // (raw format, as BIND writes secondaries by default).
+    let conf = format!(
+        r#"options {{
+    directory "{d}";
+    pid-file "{d}/named.pid";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+    notify no;
+}};
+controls {{ }};
+key "{name}" {{
+    algorithm {};
+    secret "{}";
+}};
+zone "{zone}" {{
+    type secondary;
+    file "{d}/{zone}.copy";
+    primaries {{ {primaries}}};
+    allow-notify {{ key "{name}"; }};
+}};
+"#,
+        key.algorithm, key.secret_base64
+    );
+    let path = dir.join("named.conf");
+    std::fs::write(&path, conf)?;
+    Ok(path)
 }
 
 fn write_config(dir: &Path, port: u16, zone: &Zone) -> anyhow::Result<PathBuf> {
