@@ -19,7 +19,7 @@ mod memory_api;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
@@ -771,4 +771,22 @@ impl Drop for Cluster {
             let _ = dir.keep();
         }
     }
+}
+
+/// The example plan without its follow-the-sun schedule: the zone changes only when a test
+/// changes it.
+pub fn unscheduled_plan() -> umbra_orchestrator::state::Plan {
+    let mut plan = umbra_orchestrator::state::Plan::example();
+    plan.schedules.clear();
+    plan
+}
+
+/// The IP of `region`'s front in `plan`.
+pub fn front_ip(plan: &umbra_orchestrator::state::Plan, region: &str) -> anyhow::Result<IpAddr> {
+    let spec = plan
+        .regions
+        .iter()
+        .find(|r| r.name == region)
+        .with_context(|| format!("the plan declares {region}"))?;
+    Ok(spec.front.parse::<SocketAddr>()?.ip())
 }

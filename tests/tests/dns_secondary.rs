@@ -20,31 +20,15 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use umbra_dns::rfc2136::TsigKey;
-use umbra_orchestrator::state::Plan;
 use umbra_testkit::bind::{NamedProcess, TsigSecret, dig, soa_serial};
 use umbra_testkit::installed;
-use umbra_tests::{Cluster, Options, ZONE, free_port, wait_for};
+use umbra_tests::{Cluster, Options, ZONE, free_port, front_ip, unscheduled_plan, wait_for};
 
 /// Election, plan and first transfer on a loaded 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(60);
 const REGION: &str = "us-east";
 /// The IP the operator moves `REGION`'s front to.
 const MOVED_FRONT: &str = "127.0.0.21";
-
-fn plan() -> Plan {
-    let mut plan = Plan::example();
-    plan.schedules.clear();
-    plan
-}
-
-fn front_ip(plan: &Plan, region: &str) -> anyhow::Result<IpAddr> {
-    let spec = plan
-        .regions
-        .iter()
-        .find(|r| r.name == region)
-        .with_context(|| format!("the plan declares {region}"))?;
-    Ok(spec.front.parse::<SocketAddr>()?.ip())
-}
 
 /// The A records `server` answers for `name`, asked once with `dig` (empty on no answer).
 fn answer(server: SocketAddr, name: &str) -> BTreeSet<IpAddr> {
@@ -149,7 +133,7 @@ async fn a_bind_secondary_follows_by_notify_and_answers_with_every_orchestrator_
     let all: Vec<u64> = cluster.nodes.keys().copied().collect();
     let leader = cluster.wait_for_api_leader(1, &all, DEADLINE).await?;
 
-    let mut plan = plan();
+    let mut plan = unscheduled_plan();
     let shop = plan.services[0].clone();
     assert_eq!(shop.primary_region, REGION);
     let first = BTreeSet::from([front_ip(&plan, REGION)?]);

@@ -21,10 +21,9 @@ use std::time::Duration;
 use anyhow::Context;
 use hickory_proto::rr::{RData, RecordType};
 use umbra_dns::verify::resolver_for;
-use umbra_orchestrator::state::Plan;
 use umbra_proto::agent::HelloReply;
 use umbra_proto::{Identity, Role};
-use umbra_tests::{Cluster, Options, wait_for};
+use umbra_tests::{Cluster, Options, front_ip, unscheduled_plan, wait_for};
 
 /// The region whose agent certificate the test uses to open agent streams.
 const REGION: &str = "us-east";
@@ -32,23 +31,6 @@ const REGION: &str = "us-east";
 const CLUSTER_DEADLINE: Duration = Duration::from_secs(60);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
 const SIGTERM_DEADLINE: Duration = Duration::from_secs(20);
-
-/// The example plan without its follow-the-sun schedule.
-fn plan() -> Plan {
-    let mut plan = Plan::example();
-    plan.schedules.clear();
-    plan
-}
-
-/// The IP of `region`'s front in `plan`.
-fn front_ip(plan: &Plan, region: &str) -> anyhow::Result<IpAddr> {
-    let spec = plan
-        .regions
-        .iter()
-        .find(|r| r.name == region)
-        .with_context(|| format!("the plan declares {region}"))?;
-    Ok(spec.front.parse::<SocketAddr>()?.ip())
-}
 
 /// Opens an agent stream (agent certificate of `REGION`) on node `id`'s QUIC endpoint and
 /// returns the gateway's answer to the hello.
@@ -111,7 +93,7 @@ async fn three_processes_serve_api_and_dns_and_survive_the_leader() -> anyhow::R
     let leader = cluster
         .wait_for_api_leader(1, &all, CLUSTER_DEADLINE)
         .await?;
-    let plan = plan();
+    let plan = unscheduled_plan();
     let shop = plan.services[0].clone();
     assert_eq!(shop.primary_region, REGION);
     let primary_front = front_ip(&plan, REGION)?;
