@@ -221,17 +221,7 @@ fn write_secondary_config(
     // notify no: it tells no one else. The copy is kept in a file of the temporary directory
     // (raw format, as BIND writes secondaries by default).
     let conf = format!(
-        r#"options {{
-    directory "{d}";
-    pid-file "{d}/named.pid";
-    listen-on port {port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    recursion no;
-    dnssec-validation no;
-    notify no;
-}};
-controls {{ }};
-key "{name}" {{
+        r#"{options}key "{name}" {{
     algorithm {};
     secret "{}";
 }};
@@ -242,11 +232,32 @@ zone "{zone}" {{
     allow-notify {{ key "{name}"; }};
 }};
 "#,
-        key.algorithm, key.secret_base64
+        key.algorithm,
+        key.secret_base64,
+        options = options(dir, port),
     );
     let path = dir.join("named.conf");
     std::fs::write(&path, conf)?;
     Ok(path)
+}
+
+/// The options every `named` the tests start shares: the directory, loopback only on `port`,
+/// authoritative only, and it notifies no one (no rndc control channel either).
+fn options(dir: &Path, port: u16) -> String {
+    let d = dir.display();
+    format!(
+        r#"options {{
+    directory "{d}";
+    pid-file "{d}/named.pid";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+    notify no;
+}};
+controls {{ }};
+"#
+    )
 }
 
 fn write_config(dir: &Path, port: u16, zone: &Zone) -> anyhow::Result<PathBuf> {
@@ -262,18 +273,9 @@ fn write_config(dir: &Path, port: u16, zone: &Zone) -> anyhow::Result<PathBuf> {
             format!("key \"{}\";", key.name),
         ),
     };
+    let options = options(dir, port);
     let conf = format!(
-        r#"options {{
-    directory "{d}";
-    pid-file "{d}/named.pid";
-    listen-on port {port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    recursion no;
-    dnssec-validation no;
-    notify no;
-}};
-controls {{ }};
-{key}zone "{name}" {{
+        r#"{options}{key}zone "{name}" {{
     type primary;
     file "{d}/{name}.zone";
     allow-update {{ {allow_update} }};
