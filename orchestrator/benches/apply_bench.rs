@@ -4,9 +4,10 @@
 //! Two states are built through `apply`, as a node builds them: one with 10 finished
 //! migrations and one with 100,000 (an archive cap raised to that size, far past the
 //! product's `MAX_ARCHIVED_MIGRATIONS`, to show the worst case), each with a full audit log
-//! (`MAX_AUDIT_ENTRIES`). On each, a bounded number of rounds measures, one call at a time:
-//! creating a migration, an operator's rollback, the executor's terminal transition (which
-//! archives a migration and, at the cap, drops the oldest), a dry-run `check`, and the
+//! (`MAX_AUDIT_ENTRIES`). Rounds alternate between the two states (so a warming CPU or a
+//! neighbour's load falls on both alike), and each measures, one call at a time: creating a
+//! migration (which archives the service's previous one and, at the cap, drops the oldest),
+//! an operator's rollback, the executor's terminal transition, a dry-run `check`, and the
 //! overview query the node's watcher runs after every applied entry (encoded and decoded
 //! as it crosses the Raft driver). For comparison, the figures of what the previous design
 //! paid per command: a copy of the whole state (its apply and check cloned it) and the
@@ -29,7 +30,7 @@ use umbra_orchestrator::state::{
 const SIZES: [usize; 2] = [10, 100_000];
 /// Rounds measured per size (each creates, rolls back and finishes one migration).
 const DEFAULT_ROUNDS: usize = 2_000;
-/// A bound on each size's measuring, whatever `--rounds` says.
+/// A bound on the measuring, whatever `--rounds` says.
 const MAX_MEASURE: Duration = Duration::from_secs(60);
 /// The cutover every bench migration asks for: far ahead, so none is refused as past.
 const CUTOVER_MS: u64 = 4_000_000_000_000;
@@ -156,53 +157,71 @@ fn overview_read(state: &OrchestratorState) -> Overview {
     }
 }
 
-fn measure(finished: usize, rounds: usize) -> Figures {
-    let mut driver = build(finished);
-    let mut figures = Figures {
-        finished,
-        rounds: 0,
-        create: Samples::default(),
-        rollback: Samples::default(),
-        finish: Samples::default(),
-        check: Samples::default(),
-        overview: Samples::default(),
-        full_clone: Samples::default(),
-        full_overview: Samples::default(),
-        snapshot_bytes: 0,
-        overview_migrations: 0,
-    };
+/// One round on `driver`: a dry run, then create, roll back and finish one migration, and
+/// the overview read after it.
+fn round(driver: &mut Driver, figures: &mut Figures, probe: &Command) {
+    figures
+        .check
+        .time(|| driver.state.check(probe))
+        .expect("the service is free");
+    let id = figures.create.time(|| driver.create());
+    let command = rollback(&id);
+    figures.rollback.time(|| driver.apply(&command));
+    let command = rolled_back(&id);
+    figures.finish.time(|| driver.apply(&command));
+    figures.overview.time(|| overview_read(&driver.state));
+    figures.rounds += 1;
+}
+
+/// Measures every size in `SIZES`. Both states are built first and the rounds alternate
+/// between them, so a warming CPU or another process's load falls on both alike.
+fn measure(rounds: usize) -> Vec<Figures> {
+    let mut drivers: Vec<Driver> = SIZES.iter().map(|&n| build(n)).collect();
+    let mut all: Vec<Figures> = SIZES
+        .iter()
+        .map(|&finished| Figures {
+            finished,
+            rounds: 0,
+            create: Samples::default(),
+            rollback: Samples::default(),
+            finish: Samples::default(),
+            check: Samples::default(),
+            overview: Samples::default(),
+            full_clone: Samples::default(),
+            full_overview: Samples::default(),
+            snapshot_bytes: 0,
+            overview_migrations: 0,
+        })
+        .collect();
     let started = Instant::now();
     let probe = Command::CreateMigration {
         request: MigrationRequest::new("shop", "eu-west", CUTOVER_MS),
         at_ms: 10,
     };
-    while figures.rounds < rounds && started.elapsed() < MAX_MEASURE {
-        figures
-            .check
-            .time(|| driver.state.check(&probe))
-            .expect("the service is free");
-        let id = figures.create.time(|| driver.create());
-        let command = rollback(&id);
-        figures.rollback.time(|| driver.apply(&command));
-        let command = rolled_back(&id);
-        figures.finish.time(|| driver.apply(&command));
-        figures.overview.time(|| overview_read(&driver.state));
-        figures.rounds += 1;
+    for _ in 0..rounds {
+        if started.elapsed() >= MAX_MEASURE {
+            break;
+        }
+        for (driver, figures) in drivers.iter_mut().zip(&mut all) {
+            round(driver, figures, &probe);
+        }
     }
-    // The previous design's costs: fewer samples, they are slow at size.
-    let full = full_overview(&driver.state);
-    for _ in 0..20.min(rounds) {
-        figures.full_clone.time(|| driver.state.clone());
-        figures.full_overview.time(|| {
-            let bytes =
-                umbra_proto::envelope::encode(&QueryAnswer::Overview(Box::new(full.clone())))
-                    .expect("encodes");
-            umbra_proto::envelope::decode::<QueryAnswer>(&bytes).expect("decodes")
-        });
+    for (driver, figures) in drivers.iter().zip(&mut all) {
+        // The previous design's costs: fewer samples, they are slow at size.
+        let full = full_overview(&driver.state);
+        for _ in 0..20.min(rounds) {
+            figures.full_clone.time(|| driver.state.clone());
+            figures.full_overview.time(|| {
+                let bytes =
+                    umbra_proto::envelope::encode(&QueryAnswer::Overview(Box::new(full.clone())))
+                        .expect("encodes");
+                umbra_proto::envelope::decode::<QueryAnswer>(&bytes).expect("decodes")
+            });
+        }
+        figures.snapshot_bytes = StateMachine::snapshot(&driver.state).len();
+        figures.overview_migrations = overview_read(&driver.state).migrations.len();
     }
-    figures.snapshot_bytes = StateMachine::snapshot(&driver.state).len();
-    figures.overview_migrations = overview_read(&driver.state).migrations.len();
-    figures
+    all
 }
 
 /// The overview as the previous design built it: every migration the state holds.
@@ -249,7 +268,7 @@ fn main() {
                 .expect("--rounds takes a whole number");
         }
     }
-    let all: Vec<Figures> = SIZES.iter().map(|&n| measure(n, rounds)).collect();
+    let all = measure(rounds);
     let (audit_bytes, migration_bytes) = record_sizes(&build(1_000).state);
 
     println!(

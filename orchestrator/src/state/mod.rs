@@ -41,7 +41,7 @@ pub use claims::{CapacityClaim, ClaimKind, ClaimRequest};
 pub use plan::{
     LimitsSpec, Plan, PlanError, PoolMode, RegionSpec, ReplicationKind, ScheduleSpec, ServiceSpec,
 };
-use retention::MigrationIndex;
+use retention::{Archive, MigrationIndex, ranked};
 pub use retention::{MAX_ARCHIVED_MIGRATIONS, MAX_AUDIT_ENTRIES, Retention, migration_number};
 
 /// How far in the past a migration's cutover time may lie when it is created: the
@@ -390,8 +390,11 @@ pub enum QueryAnswer {
 pub struct OrchestratorState {
     regions: BTreeMap<String, RegionSpec>,
     services: BTreeMap<String, ServiceState>,
-    /// Live, current and archived migrations alike; `index` tells them apart.
+    /// Current migrations: live ones, and each service's latest and latest completed.
     migrations: BTreeMap<String, MigrationRecord>,
+    /// Finished migrations nothing depends on, oldest created first (at most
+    /// `retention.archived_migrations`). A snapshot holds both maps as one.
+    archive: Archive,
     schedules: BTreeMap<String, ScheduleSpec>,
     dns: BTreeMap<String, DnsWeights>,
     /// `schedule_key` → migration id, so a schedule fires once per slice. A key leaves with
@@ -464,11 +467,7 @@ impl OrchestratorState {
         Overview {
             regions: self.regions.clone(),
             services: self.services.clone(),
-            migrations: self
-                .index
-                .current()
-                .filter_map(|id| self.migrations.get(id).map(|r| (id.clone(), r.clone())))
-                .collect(),
+            migrations: self.migrations.clone(),
             schedules: self.schedules.clone(),
             dns: self.dns.clone(),
             capacity: self.capacity.clone(),
@@ -483,16 +482,19 @@ impl OrchestratorState {
 
     /// Migration `id`, current or archived, and whether it is archived.
     pub fn migration(&self, id: &str) -> Option<(&MigrationRecord, bool)> {
-        let record = self.migrations.get(id)?;
-        Some((record, self.index.is_archived(id)))
+        match self.migrations.get(id) {
+            Some(record) => Some((record, false)),
+            None => self.archive.get(&ranked(id)).map(|record| (record, true)),
+        }
     }
 
     /// At most `limit` archived migrations created before migration number `before` (all
     /// when `None`), newest first.
     pub fn archived(&self, before: Option<u64>, limit: usize) -> Vec<MigrationRecord> {
-        self.index
-            .archived_before(before)
-            .filter_map(|id| self.migrations.get(id).cloned())
+        self.archive
+            .range(..(before.unwrap_or(u64::MAX), String::new()))
+            .rev()
+            .map(|(_, record)| record.clone())
             .take(limit)
             .collect()
     }
@@ -547,9 +549,17 @@ impl OrchestratorState {
     }
 
     fn found(&self, id: &str) -> Result<&MigrationRecord, Rejected> {
-        self.migrations
-            .get(id)
+        self.migration(id)
+            .map(|(record, _)| record)
             .ok_or_else(|| Rejected::not_found(format!("no migration {id:?}")))
+    }
+
+    /// Migration `id`, current or archived, which validation found.
+    fn found_mut(&mut self, id: &str) -> &mut MigrationRecord {
+        match self.migrations.get_mut(id) {
+            Some(record) => record,
+            None => self.archive.get_mut(&ranked(id)).expect("validated"),
+        }
     }
 
     /// Everything a command needs checked, against `&self`: a rejection here is the only
@@ -602,7 +612,7 @@ impl OrchestratorState {
                 })
             }
             Command::RequestRollback { id, .. } => {
-                let record = self.migrations.get(id).ok_or_else(|| {
+                let record = self.migration(id).map(|(r, _)| r).ok_or_else(|| {
                     Rejected::not_found(format!(
                         "no migration {id:?}; `umbra status` lists the migrations"
                     ))
@@ -729,8 +739,8 @@ impl OrchestratorState {
                 if let Some(key) = key {
                     self.fired.insert(key.to_owned(), id.clone());
                 }
-                self.index.created(&request.service, &id, key);
-                self.retire();
+                let unpinned = self.index.created(&request.service, &id, key);
+                self.archive(unpinned);
                 self.record(entry(&id, event, reason));
                 Applied::Migration { id }
             }
@@ -748,7 +758,7 @@ impl OrchestratorState {
                 else {
                     unreachable!("a transition change comes from a transition command")
                 };
-                let record = self.migrations.get_mut(id).expect("validated");
+                let record = self.found_mut(id);
                 if let Some(n) = shadow_instances {
                     record.shadow_instances = n;
                 }
@@ -763,8 +773,8 @@ impl OrchestratorState {
                             service.primary_region = target;
                         }
                     }
-                    self.index.finished(&service_name, id, to);
-                    self.retire();
+                    let unpinned = self.index.finished(&service_name, id, to);
+                    self.archive(unpinned);
                 }
                 self.record(entry(
                     id,
@@ -785,7 +795,7 @@ impl OrchestratorState {
                 else {
                     unreachable!("a promote change comes from a promote command")
                 };
-                self.migrations.get_mut(id).expect("validated").promoted = promoted;
+                self.found_mut(id).promoted = promoted;
                 let reason = if promoted {
                     "source fenced, lag 0, target promoted"
                 } else {
@@ -805,7 +815,7 @@ impl OrchestratorState {
                 let Command::RequestRollback { reason, .. } = command else {
                     unreachable!("a rollback change comes from a rollback command")
                 };
-                let record = self.migrations.get_mut(id).expect("validated");
+                let record = self.found_mut(id);
                 record.phase = Phase::RollingBack;
                 record.phase_since_ms = at_ms;
                 self.record(entry(
@@ -878,11 +888,24 @@ impl OrchestratorState {
         }
     }
 
-    /// Drops the archived migrations past the cap, with their schedule keys.
+    /// Moves a migration that is no longer current (`unpinned`, from the index) to the
+    /// archive, then retires what the archive holds past its cap.
+    fn archive(&mut self, unpinned: Option<retention::Ranked>) {
+        if let Some(key) = unpinned
+            && let Some(record) = self.migrations.remove(&key.1)
+        {
+            self.archive.insert(key, record);
+        }
+        self.retire();
+    }
+
+    /// Drops the oldest archived migrations past the cap, with their schedule keys.
     fn retire(&mut self) {
-        for (id, key) in self.index.retire(self.retention.archived_migrations) {
-            self.migrations.remove(&id);
-            if let Some(key) = key {
+        while self.archive.len() > self.retention.archived_migrations {
+            let Some(((_, id), _)) = self.archive.pop_first() else {
+                break;
+            };
+            if let Some(key) = self.index.retired(&id) {
                 self.fired.remove(&key);
             }
         }

@@ -1,12 +1,14 @@
 //! How much history the replicated state keeps, and the index that lets apply and the
 //! overview touch only what is live.
 //!
-//! Finished migrations stay in the state's one `migrations` map (the log schema is unchanged:
-//! a v1 snapshot decodes as it is), and [`MigrationIndex`], derived from that map and rebuilt
-//! on restore, says which are live, which a service still depends on, and which are archive.
-//! The archive is bounded: past [`MAX_ARCHIVED_MIGRATIONS`] the oldest created leaves the
-//! state, with its schedule key. Every replica derives the same index from the same map and
-//! changes it only in apply, so retention is as deterministic as the rest of apply.
+//! The state holds its current migrations (live ones, and those a service depends on) in one
+//! map and the finished rest in an [`Archive`] ordered by creation, so no command's cost
+//! grows with history. The log schema keeps them in one map (a v1 snapshot decodes as it
+//! is): a snapshot joins the two and a restore splits them again with [`MigrationIndex`],
+//! which says which are live and which a service still depends on. The archive is bounded:
+//! past [`MAX_ARCHIVED_MIGRATIONS`] the oldest created leaves the state, with its schedule
+//! key. Every replica derives the same split from the same map and changes it only in apply,
+//! so retention is as deterministic as the rest of apply.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -56,10 +58,23 @@ pub fn migration_number(id: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A migration as the index keys it: creation number, then id.
-type Ranked = (u64, String);
+/// A migration as the archive and the index key it: creation number, then id. The number
+/// decides every comparison (ids are unique per number), so a lookup in a large archive
+/// compares integers held in its nodes and never follows a string.
+pub(super) type Ranked = (u64, String);
 
-/// Where each migration stands; derived from the state's maps, never encoded.
+/// Finished migrations that no service depends on, oldest created first: kept apart from the
+/// state's current ones, so that creating, moving and finishing a migration work on maps
+/// whose size does not grow with history. Entering it is an insert at its newest end and
+/// leaving it a pop at its oldest, both on paths a busy state keeps in cache.
+pub(super) type Archive = BTreeMap<Ranked, MigrationRecord>;
+
+/// The key of migration `id` in an [`Archive`].
+pub(super) fn ranked(id: &str) -> Ranked {
+    (migration_number(id), id.to_owned())
+}
+
+/// Where each current migration stands; derived from the state's maps, never encoded.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct MigrationIndex {
     /// Migrations not finished.
@@ -68,21 +83,21 @@ pub(super) struct MigrationIndex {
     latest: BTreeMap<String, Ranked>,
     /// Per service, its latest completed migration (its shadow pool serves the service).
     latest_completed: BTreeMap<String, Ranked>,
-    /// Finished migrations that are neither of the above, oldest created first.
-    archived: BTreeSet<Ranked>,
     /// Migration id → its key in the state's `fired` map.
     fired_by: BTreeMap<String, String>,
 }
 
 impl MigrationIndex {
-    /// The index of `migrations` and the schedule keys `fired` (key → migration id).
-    pub(super) fn of(
-        migrations: &BTreeMap<String, MigrationRecord>,
+    /// Splits every migration the log holds (`all`, current and archived alike, as the log
+    /// schema keeps them in one map) into the current ones and the [`Archive`], with the
+    /// index of the current ones and of the schedule keys `fired` (key → migration id).
+    pub(super) fn split(
+        all: BTreeMap<String, MigrationRecord>,
         fired: &BTreeMap<String, String>,
-    ) -> Self {
+    ) -> (Self, BTreeMap<String, MigrationRecord>, Archive) {
         let mut index = Self::default();
-        for (id, record) in migrations {
-            let ranked = (migration_number(id), id.clone());
+        for (id, record) in &all {
+            let ranked = ranked(id);
             let service = &record.spec.service;
             if !record.phase.is_terminal() {
                 index.live.insert(id.clone());
@@ -92,89 +107,55 @@ impl MigrationIndex {
                 raise(&mut index.latest_completed, service, &ranked);
             }
         }
-        for (id, record) in migrations {
-            if record.phase.is_terminal() && !index.pinned(&record.spec.service, id) {
-                index.archived.insert((migration_number(id), id.clone()));
-            }
-        }
         index.fired_by = fired
             .iter()
             .map(|(key, id)| (id.clone(), key.clone()))
             .collect();
-        index
+        let mut current = BTreeMap::new();
+        let mut archive = Archive::new();
+        for (id, record) in all {
+            if record.phase.is_terminal() && !index.pinned(&record.spec.service, &id) {
+                archive.insert(ranked(&id), record);
+            } else {
+                current.insert(id, record);
+            }
+        }
+        (index, current, archive)
     }
 
-    /// Ids of the migrations the overview shows: live ones and those services depend on.
-    pub(super) fn current(&self) -> impl Iterator<Item = &String> {
-        self.live.iter().chain(
-            self.latest
-                .values()
-                .chain(self.latest_completed.values())
-                .map(|(_, id)| id),
-        )
-    }
-
-    /// Whether `id` is archived (finished, and no service depends on it).
-    pub(super) fn is_archived(&self, id: &str) -> bool {
-        self.archived
-            .contains(&(migration_number(id), id.to_owned()))
-    }
-
-    /// Archived ids created before `before` (creation number; all when `None`), newest
-    /// first.
-    pub(super) fn archived_before(&self, before: Option<u64>) -> impl Iterator<Item = &String> {
-        self.archived
-            .range(..(before.unwrap_or(u64::MAX), String::new()))
-            .rev()
-            .map(|(_, id)| id)
-    }
-
-    /// A new migration `id` of `service`, started by schedule key `key` if any.
-    pub(super) fn created(&mut self, service: &str, id: &str, key: Option<&str>) {
+    /// A new migration `id` of `service`, started by schedule key `key` if any. Returns the
+    /// migration that no longer counts as current (the service's previous latest, unless its
+    /// latest completed), for the state to archive.
+    pub(super) fn created(&mut self, service: &str, id: &str, key: Option<&str>) -> Option<Ranked> {
         self.live.insert(id.to_owned());
-        let previous = self
-            .latest
-            .insert(service.to_owned(), (migration_number(id), id.to_owned()));
-        self.unpin(service, previous);
+        let previous = self.latest.insert(service.to_owned(), ranked(id));
         if let Some(key) = key {
             self.fired_by.insert(id.to_owned(), key.to_owned());
         }
+        self.unpinned(service, previous)
     }
 
-    /// Migration `id` of `service` entered terminal `phase`.
-    pub(super) fn finished(&mut self, service: &str, id: &str, phase: Phase) {
+    /// Migration `id` of `service` entered terminal `phase`. Returns the migration that no
+    /// longer counts as current (a completed one replaces the previous latest completed),
+    /// for the state to archive.
+    pub(super) fn finished(&mut self, service: &str, id: &str, phase: Phase) -> Option<Ranked> {
         self.live.remove(id);
-        if phase == Phase::Completed {
-            let previous = self
-                .latest_completed
-                .insert(service.to_owned(), (migration_number(id), id.to_owned()));
-            self.unpin(service, previous);
+        if phase != Phase::Completed {
+            return None;
         }
+        let previous = self.latest_completed.insert(service.to_owned(), ranked(id));
+        self.unpinned(service, previous)
     }
 
-    /// Removes the oldest archived migrations past `cap`, returning each with its schedule
-    /// key, for the state to drop.
-    pub(super) fn retire(&mut self, cap: usize) -> Vec<(String, Option<String>)> {
-        let mut retired = Vec::new();
-        while self.archived.len() > cap {
-            let Some((_, id)) = self.archived.pop_first() else {
-                break;
-            };
-            let key = self.fired_by.remove(&id);
-            retired.push((id, key));
-        }
-        retired
+    /// Migration `id` left the archive: its schedule key, for the state to drop.
+    pub(super) fn retired(&mut self, id: &str) -> Option<String> {
+        self.fired_by.remove(id)
     }
 
-    /// `previous` was pinned for `service`; archives it if nothing pins it any more (a
-    /// finished migration is never live).
-    fn unpin(&mut self, service: &str, previous: Option<Ranked>) {
-        if let Some(ranked) = previous
-            && !self.live.contains(&ranked.1)
-            && !self.pinned(service, &ranked.1)
-        {
-            self.archived.insert(ranked);
-        }
+    /// `previous` was pinned for `service`: itself if nothing pins it any more (a finished
+    /// migration is never live).
+    fn unpinned(&self, service: &str, previous: Option<Ranked>) -> Option<Ranked> {
+        previous.filter(|(_, id)| !self.live.contains(id) && !self.pinned(service, id))
     }
 
     fn pinned(&self, service: &str, id: &str) -> bool {

@@ -646,12 +646,20 @@ fn create_and_roll_back(state: &mut OrchestratorState, index: u64, to: &str, key
     id
 }
 
-/// The index kept along apply is the one a restore derives from the same maps.
+/// The index and the current/archive split kept along apply are what a restore derives.
 fn assert_index_is_derived(state: &OrchestratorState) {
+    let mut every = state.migrations.clone();
+    every.extend(
+        state
+            .archive
+            .iter()
+            .map(|((_, id), record)| (id.clone(), record.clone())),
+    );
+    let (index, current, archive) = MigrationIndex::split(every, &state.fired);
     assert_eq!(
-        state.index,
-        MigrationIndex::of(&state.migrations, &state.fired),
-        "the incremental index drifted from the maps"
+        (&state.index, &state.migrations, &state.archive),
+        (&index, &current, &archive),
+        "the incremental index or split drifted from what a restore derives"
     );
 }
 
@@ -697,6 +705,35 @@ fn finished_migrations_move_to_a_bounded_archive_with_their_schedule_keys() {
     let before_3 = state.archived(Some(migration_number(&ids[2])), 10);
     assert_eq!(before_3.len(), 1, "paging by creation number");
     assert_eq!(before_3[0].spec.id, ids[1]);
+    // Commands naming an archived migration are validated against it where it is: a
+    // rollback or a transition is refused by its phase, and the writer flag a late
+    // proposal sets (which apply has always taken) changes it in the archive.
+    let archived = ids[1].clone();
+    let rollback = Command::RequestRollback {
+        id: archived.clone(),
+        reason: "late".to_owned(),
+        at_ms: 20,
+    };
+    let refused = state.apply_command(22, &rollback).expect_err("finished");
+    assert!(
+        refused.to_string().contains("nothing to roll back"),
+        "{refused}"
+    );
+    let late = transition(&archived, Phase::RolledBack, Phase::Completed, 1);
+    assert!(state.apply_command(23, &late).is_err());
+    let promote = Command::SetPromoted {
+        id: archived.clone(),
+        promoted: true,
+        fence_window_ms: None,
+        term: 1,
+        at_ms: 20,
+    };
+    assert_eq!(state.apply_command(24, &promote), Ok(Applied::Done));
+    assert_eq!(
+        state.migration(&archived).map(|(r, a)| (r.promoted, a)),
+        Some((true, true))
+    );
+    assert_index_is_derived(&state);
 
     // A completed migration is the service's pool: it stays current while newer ones
     // come and go, and leaves for the archive only when a newer one completes.

@@ -216,6 +216,7 @@ impl Logged for OrchestratorState {
             regions,
             services,
             migrations,
+            archive,
             schedules,
             dns,
             fired,
@@ -228,10 +229,16 @@ impl Logged for OrchestratorState {
             index: _,
             retention: _,
         } = self;
+        // The schema keeps current and archived migrations in one map.
+        let every_migration = migrations
+            .iter()
+            .chain(archive.iter().map(|((_, id), record)| (id, record)))
+            .map(|(id, record)| (id.clone(), record.to_log()))
+            .collect();
         schema::Snapshot {
             regions: regions.to_log(),
             services: services.to_log(),
-            migrations: migrations.to_log(),
+            migrations: every_migration,
             schedules: schedules.to_log(),
             dns: dns.to_log(),
             fired: fired.clone(),
@@ -258,12 +265,13 @@ impl Logged for OrchestratorState {
             highest_term,
             applied_index,
         } = log;
-        let migrations = Logged::from_log(migrations);
-        let index = MigrationIndex::of(&migrations, &fired);
+        let (index, migrations, archive) =
+            MigrationIndex::split(Logged::from_log(migrations), &fired);
         OrchestratorState {
             regions: Logged::from_log(regions),
             services: Logged::from_log(services),
             migrations,
+            archive,
             schedules: Logged::from_log(schedules),
             dns: Logged::from_log(dns),
             fired,
