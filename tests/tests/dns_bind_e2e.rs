@@ -8,7 +8,10 @@
 //! What a user must see: the answer moves from the source's front to the target's, with both
 //! served in between, and no request fails; with a key BIND does not accept, the step fails
 //! naming BIND's NOTAUTH, the migration rolls back, and BIND keeps answering with the source.
-//! `named` or `dig` missing fails the test with the command that installs them.
+//! With haproxy as every region's front as well (`umbra demo --front haproxy --dns bind`), the
+//! migration completes with no failed request, and a target failing at the 50 % step rolls it
+//! back with BIND's answer and the traffic on the source again.
+//! `named`, `dig` or `haproxy` missing fails the test with the command that installs them.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -18,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use umbra_demo::report::DemoReport;
-use umbra_demo::{DemoDns, DemoOptions, run};
+use umbra_demo::{DemoDns, DemoOptions, FrontKind, run};
 use umbra_testkit::bind::dig;
 use umbra_testkit::{free_port, installed};
 
@@ -101,13 +104,21 @@ impl AnswerWatch {
     }
 }
 
-/// Runs the demo with BIND (`wrong_key`: the orchestrators hold another secret;
-/// `kill_leader`: the leading orchestrator is SIGKILLed at the 50 % step), watching BIND's
-/// answers throughout.
-async fn run_with_bind(
+/// What a run changes from the BIND demo's defaults.
+#[derive(Default)]
+struct Drill {
+    /// The orchestrators hold another secret than BIND.
     wrong_key: bool,
+    /// The leading orchestrator is SIGKILLed at the 50 % step.
     kill_leader: bool,
-) -> anyhow::Result<(DemoReport, Vec<BTreeSet<IpAddr>>)> {
+    /// The target's instances fail from the 50 % step on.
+    inject_fault: bool,
+    /// Each region's front is a haproxy its agent runs (`[front] kind = "haproxy"`).
+    haproxy: bool,
+}
+
+/// Runs the demo with BIND as `drill` says, watching BIND's answers throughout.
+async fn run_with_bind(drill: Drill) -> anyhow::Result<(DemoReport, Vec<BTreeSet<IpAddr>>)> {
     // Loudly, before anything starts: this test drives the real BIND.
     installed("named", "bind9")?;
     installed("tsig-keygen", "bind9")?;
@@ -115,8 +126,14 @@ async fn run_with_bind(
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
     let server = SocketAddr::from(([127, 0, 0, 1], port));
+    let wrong_key = drill.wrong_key;
     let mut options = options(dir.path(), DemoDns::Bind { port, wrong_key })?;
-    options.kill_leader = kill_leader;
+    options.kill_leader = drill.kill_leader;
+    options.inject_fault = drill.inject_fault;
+    if drill.haproxy {
+        installed("haproxy", "haproxy")?;
+        options.front = FrontKind::Haproxy;
+    }
     let watch = AnswerWatch::start(server);
     let report = run(&options, &|line| eprintln!("{line}")).await;
     let seen = watch.stop().await;
@@ -154,10 +171,16 @@ fn assert_no_request_failed(report: &DemoReport) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_moves_the_answer_bind_serves_and_no_request_fails() -> anyhow::Result<()> {
-    let (report, seen) = run_with_bind(false, false).await?;
+    let (report, seen) = run_with_bind(Drill::default()).await?;
     assert_eq!(report.outcome, "completed", "{report:#?}");
     assert_no_request_failed(&report);
     assert_answer_moved(&report, &seen);
+    assert_phases_once_each(&report);
+    Ok(())
+}
+
+/// Every phase of a completed migration, each once, in order.
+fn assert_phases_once_each(report: &DemoReport) {
     // The phases the leader passed, each step only once BIND served its weights.
     let names: Vec<&str> = report.phases.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
@@ -178,12 +201,72 @@ async fn a_migration_moves_the_answer_bind_serves_and_no_request_fails() -> anyh
         report.identical_state,
         "the orchestrators and BIND disagree"
     );
+}
+
+/// Both real parts at once, as `umbra demo --front haproxy --dns bind` runs them: BIND holds
+/// the zone, haproxy carries each region's traffic, and the client follows BIND's answers
+/// into the haproxy fronts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_fronts_behind_bind_complete_the_migration_with_no_failed_request()
+-> anyhow::Result<()> {
+    let (report, seen) = run_with_bind(Drill {
+        haproxy: true,
+        ..Drill::default()
+    })
+    .await?;
+    assert_eq!(report.outcome, "completed", "{report:#?}");
+    assert_no_request_failed(&report);
+    assert_answer_moved(&report, &seen);
+    assert_phases_once_each(&report);
+    Ok(())
+}
+
+/// `umbra demo --front haproxy --dns bind --inject-fault`: the target fails at the 50 % step,
+/// haproxy's counters show it, the migration rolls back by itself, and both BIND's answer and
+/// the traffic end on the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_target_behind_haproxy_and_bind_rolls_back_to_the_source() -> anyhow::Result<()> {
+    let (report, seen) = run_with_bind(Drill {
+        haproxy: true,
+        inject_fault: true,
+        ..Drill::default()
+    })
+    .await?;
+    assert_eq!(report.outcome, "rolled_back", "{report:#?}");
+    println!(
+        "rolled back in {:?} ms; {} of {} requests failed",
+        report.rollback_ms, report.requests_failed, report.requests_total
+    );
+    let source = front_ip(&report.from);
+    assert_eq!(
+        seen.last(),
+        Some(&BTreeSet::from([source])),
+        "BIND answers with the source again: {seen:?}"
+    );
+    let source = source.to_string();
+    assert!(
+        !report.by_front_at_end.is_empty()
+            && report
+                .by_front_at_end
+                .keys()
+                .all(|a| a.starts_with(&source)),
+        "the traffic ends on the source: {:?}",
+        report.by_front_at_end
+    );
+    assert!(
+        report.identical_state,
+        "the orchestrators and BIND disagree"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_tsig_key_fails_the_step_naming_notauth_and_rolls_back() -> anyhow::Result<()> {
-    let (report, seen) = run_with_bind(true, false).await?;
+    let (report, seen) = run_with_bind(Drill {
+        wrong_key: true,
+        ..Drill::default()
+    })
+    .await?;
     assert_eq!(report.outcome, "rolled_back", "{report:#?}");
     let rolling_back = report
         .phases
@@ -209,7 +292,11 @@ async fn a_wrong_tsig_key_fails_the_step_naming_notauth_and_rolls_back() -> anyh
 /// before the step counts, and the migration completes with every step once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_takes_over_publishing_and_the_migration_completes() -> anyhow::Result<()> {
-    let (report, seen) = run_with_bind(false, true).await?;
+    let (report, seen) = run_with_bind(Drill {
+        kill_leader: true,
+        ..Drill::default()
+    })
+    .await?;
     assert!(report.killed_leader.is_some(), "no leader was killed");
     assert_eq!(report.outcome, "completed", "{report:#?}");
     assert_no_request_failed(&report);
