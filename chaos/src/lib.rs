@@ -1,3 +1,8 @@
-//! Fault injection that Umbra's transports and providers consult (drop, delay, duplicate,
-//! partition, kill, pause, clock skew), drill scenarios, and a history checker. Nothing here
-//! is compiled into a hot path unless a test or drill turns it on.
+//! Chaos for Umbra's control plane. [`sim`] is a seeded, one-thread simulation of a whole
+//! cluster: three Raft replicas of the orchestrator state (tikv raft-rs, the product's codec),
+//! the executor's controller on whichever replica leads, two simulated region agents and the
+//! clients, over a simulated network that drops, delays, duplicates and partitions, with
+//! crashes, restarts and clock jumps, and invariants checked after every event. Nothing here
+//! is compiled into the product; `umbra chaos simulate` runs it.
+
+pub mod sim;
