@@ -1036,10 +1036,11 @@ impl World {
             self.leaders.insert(term, n);
         }
         let current = self.nodes[n].leadership.as_ref().map(|l| l.term);
-        if current.is_some() && current != leads {
-            if let Some(mut old) = self.nodes[n].leadership.take() {
-                old.controller.stand_down();
-            }
+        if current.is_some()
+            && current != leads
+            && let Some(mut old) = self.nodes[n].leadership.take()
+        {
+            old.controller.stand_down();
         }
         if let Some(term) = leads
             && self.nodes[n].leadership.is_none()
@@ -1287,7 +1288,7 @@ impl World {
     /// Whether the run may end: faults over, every replica caught up, the operator done,
     /// every migration terminal and any rolled-back shadow past its release time.
     fn settled(&mut self) -> bool {
-        if !self.quiet() || !self.operator.commands.is_empty() || self.events % 64 != 0 {
+        if !self.quiet() || !self.operator.commands.is_empty() || !self.events.is_multiple_of(64) {
             return false;
         }
         let applied: Vec<Option<u64>> = (0..REPLICAS)
