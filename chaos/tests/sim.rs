@@ -8,7 +8,7 @@ use umbra_chaos::sim::{self, Bugs, SeedReport, SimConfig, Violation};
 
 /// Seeds run under faults. Sized for a few minutes of a debug build on a loaded two-core
 /// machine; `umbra chaos simulate --seeds 1000` runs the acceptance's thousand.
-const SEEDS: u64 = 100;
+const SEEDS: u64 = 200;
 
 /// Seeds a planted bug must be caught within.
 const BUG_SEEDS: u64 = 20;

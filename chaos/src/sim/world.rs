@@ -52,8 +52,8 @@ const READ_TIMEOUT_MS: u64 = 10_000;
 /// Faults happen within [`FAULTS_FROM_MS`, `FAULTS_UNTIL_MS`); then everything heals.
 const FAULTS_FROM_MS: u64 = 5_000;
 const FAULTS_UNTIL_MS: u64 = 120_000;
-/// The run ends this long after the faults at the latest: every migration must have ended and
-/// every replica caught up by then.
+/// The run ends at this simulated time at the latest (sooner once everything settled after
+/// the faults): every migration must have ended and every replica caught up by then.
 const HORIZON_MS: u64 = 600_000;
 /// The migration's cutover is this long after it is asked for (its lead time is 30 s).
 const CUTOVER_AFTER_MS: u64 = 40_000;

@@ -136,8 +136,9 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             print_run(report);
         }
         println!(
-            "{} seeds from {}: {} violations; {} migrations completed, {} rolled back; {:.1} s ({:.0} ms a seed, {} simulated s)",
+            "{} seed{} from {}: {} violations; {} migrations completed, {} rolled back; {:.1} s ({:.0} ms a seed, {} simulated s)",
             count,
+            if count == 1 { "" } else { "s" },
             first,
             summary.violations.len(),
             summary.completed,
