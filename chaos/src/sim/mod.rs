@@ -1,9 +1,10 @@
 //! A seeded, one-thread simulation of a whole Umbra cluster, in the style of FoundationDB's and
-//! TigerBeetle's simulators: three orchestrator replicas ([`replica`]: raft-rs and the
+//! TigerBeetle's simulators: three orchestrator replicas (`replica`: raft-rs and the
 //! product's state machine on the encoded path), the product's executor
 //! [`Controller`](umbra_orchestrator::executor::controller::Controller) on whichever replica
 //! leads (a new one per leadership, fed as the async driver feeds it), two
-//! [`SimulatedAgent`]s with heartbeats, clients sending requests to the regions' fronts, and an
+//! [`SimulatedAgent`](umbra_orchestrator::executor::simulated_agent::SimulatedAgent)s with
+//! heartbeats, clients sending requests to the regions' fronts, and an
 //! operator who applies a plan and asks for a migration. Everything happens on an event queue
 //! ordered by (simulated time, sequence number); every random choice comes from one
 //! `StdRng` seeded with the seed, so a seed is a complete description of a run and
@@ -70,7 +71,21 @@ pub struct Violation {
     pub detail: String,
 }
 
-/// Every invariant the simulation checks, by the name its violations carry.
+/// Every invariant the simulation checks, by the name its violations carry:
+/// - after every applied entry: replicas that applied the same index hold the same snapshot
+///   bytes (`replicas_differ`) and the same entry (`committed_entry_differs`); each replica
+///   applies each index once and in order (`entry_applied_twice`, `applied_out_of_order`);
+///   no transition applies at two indexes (`step_applied_twice`) and no migration leaves a
+///   terminal phase (`left_terminal_phase`);
+/// - every tick: one leader per term (`two_leaders_in_term`); every second: no migration
+///   stays in a phase a minute past the phase's own bound (`migration_stuck`);
+/// - at the end: every acknowledged proposal's entry is in every replica's log
+///   (`acknowledged_write_lost`), every replica applied as far as the others
+///   (`replica_behind`), every migration ended (`migration_not_terminal`), none Failed
+///   (`migration_failed`), it rolled back exactly when its target failed
+///   (`rolled_back_without_cause`), a rolled-back migration's shadows serve nothing and are
+///   gone after the keep time (`rolled_back_shadow_serves`), and every pool holds its target
+///   (`pool_not_converged`).
 pub const INVARIANTS: [&str; 15] = [
     "replicas_differ",
     "committed_entry_differs",
