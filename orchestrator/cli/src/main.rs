@@ -6,6 +6,7 @@ mod apply;
 mod backtest;
 mod capacity;
 mod certs;
+mod chaos;
 mod demo;
 mod forecast;
 mod kv;
@@ -44,6 +45,8 @@ enum Command {
     Backtest(backtest::BacktestArgs),
     /// Replay a demand trace against pool policies and compare misses, idle time and cost.
     Simulate(simulate::SimulateArgs),
+    /// Seeded simulation of the whole control plane under faults, with invariant checks.
+    Chaos(chaos::ChaosArgs),
     /// Apply a plan (regions, services, schedules) through the operator API.
     Apply(apply::ApplyArgs),
     /// Print the example plan (examples/plan.toml), a starting point for your own.
@@ -82,6 +85,7 @@ fn run() -> anyhow::Result<()> {
         Command::Forecast(args) => forecast::run(args),
         Command::Backtest(args) => backtest::run(args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Chaos(args) => chaos::run(args),
         Command::Apply(args) => apply::run(args),
         Command::ExamplePlan => {
             print!("{}", umbra_orchestrator::state::plan::EXAMPLE_PLAN_TOML);

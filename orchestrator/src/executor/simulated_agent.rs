@@ -2,8 +2,10 @@
 //! the controller's commands on simulated instances with the time they would take, answers
 //! each one, and builds heartbeat reports with instance states, measured transitions and a
 //! front that counts the traffic it is told about. It lets the product's own controller be
-//! replayed against a demand trace ([`replay`], behind `umbra simulate`) and, later, whole
-//! clusters be simulated with faults.
+//! replayed against a demand trace ([`replay`], behind `umbra simulate`) and whole clusters be
+//! simulated with faults (`umbra-chaos`, behind `umbra chaos simulate`): an agent can restart
+//! (losing the commands in progress, keeping its ledger), an instance can crash, and the
+//! front can be told that some requests failed.
 //!
 //! Sans-IO like the controller: `handle_command` and `handle_timeout` take the time in Unix
 //! ms, `poll_answer` and `poll_timeout` give back what happened and when to come back. No
@@ -23,7 +25,9 @@
 //!   older term is refused, and a repeated operation id gets its first outcome back (or
 //!   `InProgress` while it runs), from a ledger of the newest [`LEDGER_CAPACITY`] outcomes.
 //! - Replication is always caught up, a warm-up is ready at once, and shares are recorded:
-//!   enough for the controller's migration path to run, not a model of data movement.
+//!   enough for the controller's migration path to run, not a model of data movement. A
+//!   promotion is refused until the source is fenced, and the promoted writer stays in the
+//!   reports, as with the real agent.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -138,6 +142,8 @@ pub struct SimulatedAgent {
     front_listen: String,
     requests_total: u64,
     window_requests: u64,
+    errors_total: u64,
+    window_errors: u64,
     last_report_ms: Option<u64>,
     next_port: u32,
 }
@@ -160,6 +166,8 @@ impl SimulatedAgent {
             front_listen: format!("{region}.front:443"),
             requests_total: 0,
             window_requests: 0,
+            errors_total: 0,
+            window_errors: 0,
             last_report_ms: None,
             next_port: 20_000,
         }
@@ -204,6 +212,65 @@ impl SimulatedAgent {
     pub fn handle_requests(&mut self, requests: u64) {
         self.requests_total += requests;
         self.window_requests += requests;
+    }
+
+    /// `errors` of the requests handed to [`SimulatedAgent::handle_requests`] failed (a
+    /// target that breaks its SLO, for a simulation that must roll back).
+    pub fn handle_errors(&mut self, errors: u64) {
+        self.errors_total += errors;
+        self.window_errors += errors;
+    }
+
+    /// The agent process restarts at `now_ms`: commands in progress are lost and recorded in
+    /// the ledger as failed (the agent keeps its ledger, so a repeated id gets that failure
+    /// and the controller retries under a new id), answers not yet handed out are lost with
+    /// the connection, and the instances keep running (the provider finds them again).
+    pub fn restart(&mut self, now_ms: u64) {
+        self.handle_timeout(now_ms);
+        for pending in std::mem::take(&mut self.pending) {
+            let failed = CommandOutcome::Failed {
+                reason: "the agent restarted while the command ran".to_owned(),
+            };
+            self.finish(pending.op_id, now_ms, failed);
+        }
+        self.projected.clear();
+        self.answers.clear();
+    }
+
+    /// The process of instance `id` dies at `now_ms` (it is `Stopped`, out of every front;
+    /// the replication the agent drives into it is kept, as the real agent keeps it in its
+    /// state directory); whether there was such a running instance.
+    pub fn crash_instance(&mut self, id: &str, now_ms: u64) -> bool {
+        self.handle_timeout(now_ms);
+        let Some(i) = self.instances.get_mut(id) else {
+            return false;
+        };
+        if !matches!(i.state, InstanceState::Active | InstanceState::Warm) {
+            return false;
+        }
+        if i.transitions.len() >= MAX_TRANSITIONS_KEPT {
+            i.transitions.remove(0);
+        }
+        i.transitions.push(TransitionTiming {
+            from: i.state,
+            to: InstanceState::Stopped,
+            millis: 0,
+        });
+        i.state = InstanceState::Stopped;
+        i.paused_from = None;
+        i.addr = None;
+        true
+    }
+
+    /// Every instance and the state it is in now, by id.
+    pub fn instances(&self) -> impl Iterator<Item = (&str, InstanceState)> {
+        self.instances.iter().map(|(id, i)| (id.as_str(), i.state))
+    }
+
+    /// The share (percent) of `service` this region's front sends to another region's front,
+    /// and that front; `None` when it sends none.
+    pub fn share(&self, service: &str) -> Option<&ShareReport> {
+        self.shares.get(service)
     }
 
     /// A command from the leader, received at `now_ms`. Its answer is handed out by
@@ -296,7 +363,8 @@ impl SimulatedAgent {
         let window_ms = now_ms.saturating_sub(self.last_report_ms.unwrap_or(now_ms));
         self.last_report_ms = Some(now_ms);
         let window_requests = std::mem::take(&mut self.window_requests);
-        let front = self.front(window_ms, window_requests);
+        let window_errors = std::mem::take(&mut self.window_errors);
+        let front = self.front(window_ms, window_requests, window_errors);
         AgentReport {
             region: self.region.clone(),
             newest_term: self.newest_term,
@@ -452,10 +520,15 @@ impl SimulatedAgent {
                     report,
                 ))))
             }
+            // As the real agent: refused until the source is fenced, and the promoted writer
+            // keeps being reported (the controller observes the move in the reports).
             Promote { instance } => {
-                let mut report = self.replication_of(&instance)?.clone();
+                let report = self.replication_of(&instance)?;
+                if !report.source_fenced {
+                    return Err("the source still accepts writes; fence it first".into());
+                }
                 report.promoted = true;
-                self.replication.remove(&instance);
+                let report = report.clone();
                 Ok(Some(CommandOutcome::Done(CommandResult::Replication(
                     report,
                 ))))
@@ -488,20 +561,20 @@ impl SimulatedAgent {
                     );
                 }
                 Ok(Some(CommandOutcome::Done(CommandResult::Front(
-                    self.front(0, 0),
+                    self.front(0, 0, 0),
                 ))))
             }
         }
     }
 
-    fn front(&self, window_ms: u64, window_requests: u64) -> FrontReport {
+    fn front(&self, window_ms: u64, window_requests: u64, window_errors: u64) -> FrontReport {
         FrontReport {
             listen: self.front_listen.clone(),
             requests_total: self.requests_total,
-            errors_total: 0,
+            errors_total: self.errors_total,
             window_ms,
             window_requests,
-            window_errors: 0,
+            window_errors,
             window_p99_ms: None,
             shares: self.shares.values().cloned().collect(),
         }

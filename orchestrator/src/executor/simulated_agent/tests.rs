@@ -245,6 +245,54 @@ fn the_front_window_carries_the_requests_since_the_previous_report() {
 }
 
 /// The example plan's `shop`, stateless, served from `eu-west` at 10 rps per instance.
+#[test]
+fn a_restart_fails_the_commands_in_progress_and_keeps_the_ledger() {
+    let mut agent = SimulatedAgent::new(REGION, DELAYS);
+    agent.handle_command(command("p", provision(&["a-1"])), 0);
+    agent.restart(10);
+    assert!(
+        answers(&mut agent).is_empty(),
+        "the connection went with the process"
+    );
+    assert_eq!(agent.poll_timeout(), None, "nothing runs any more");
+    assert_eq!(state_of(&mut agent, "a-1", 200_000), None);
+    // The id is answered with the failure, so the controller retries under a new one.
+    agent.handle_command(command("p", provision(&["a-1"])), 20);
+    let again = answers(&mut agent);
+    assert!(matches!(&again[0].outcome, CommandOutcome::Failed { .. }));
+    agent.handle_command(command("p/r1", provision(&["a-1"])), 30);
+    agent.handle_timeout(100_030);
+    assert_eq!(
+        state_of(&mut agent, "a-1", 100_030),
+        Some(InstanceState::Dormant)
+    );
+}
+
+#[test]
+fn a_crashed_instance_is_stopped() {
+    let mut agent = SimulatedAgent::new(REGION, DELAYS).with_instance("a-1", InstanceState::Active);
+    assert!(!agent.crash_instance("a-2", 0), "no such instance");
+    assert!(agent.crash_instance("a-1", 0));
+    assert!(!agent.crash_instance("a-1", 1), "already stopped");
+    assert_eq!(state_of(&mut agent, "a-1", 2), Some(InstanceState::Stopped));
+    assert_eq!(
+        agent.instances().collect::<Vec<_>>(),
+        vec![("a-1", InstanceState::Stopped)]
+    );
+}
+
+#[test]
+fn failed_requests_count_in_the_front_report() {
+    let mut agent = SimulatedAgent::new(REGION, DELAYS);
+    agent.handle_requests(100);
+    agent.handle_errors(7);
+    let front = agent.report(1_000).front.expect("a front");
+    assert_eq!((front.requests_total, front.errors_total), (100, 7));
+    assert_eq!((front.window_requests, front.window_errors), (100, 7));
+    let next = agent.report(2_000).front.expect("a front");
+    assert_eq!((next.errors_total, next.window_errors), (7, 0));
+}
+
 fn replay_setup() -> super::replay::ReplaySetup {
     use crate::executor::ExecutorConfig;
     use crate::executor::controller::ControllerConfig;
