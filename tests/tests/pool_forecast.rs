@@ -6,8 +6,11 @@
 //! replaced; after the peak the pool falls back to one.
 //!
 //! The history is written before the plan is applied, so the leader's first forecast sees the
-//! peak. Times are measured and printed, never bounded: every wait has a generous deadline.
-//! Run `cargo build --workspace --bins` first.
+//! peak, and it grows by one slice of actuals every 10 s while the test runs, as a history
+//! source does: the leader scores its earlier forecasts against them, and its `/metrics`
+//! shows each pool's forecast error (`umbra_forecast_mase`), the 90 % interval's coverage and
+//! the chosen model. Times are measured and printed, never bounded: every wait has a generous
+//! deadline. Run `cargo build --workspace --bins` first.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,23 +35,88 @@ const PEAK: Duration = Duration::from_secs(60);
 /// on latency).
 const DEADLINE: Duration = Duration::from_secs(120);
 
-/// Two days of `SLICE_SECS` slices ending now, quiet except for a daily peak that starts at
-/// `peak_start`'s time of day. Returns the peak's start.
-fn write_history(dir: &Path, region: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+/// The demand history a test writes: quiet except for a daily peak.
+struct History {
+    dir: PathBuf,
+    region: String,
+    /// Unix seconds of the first slice, of the peak's start, and of the end (exclusive).
+    start: i64,
+    peak_start: i64,
+    end: i64,
+}
+
+impl History {
+    /// Two days of `SLICE_SECS` slices ending now, with the peak `PEAK_IN` from now.
+    fn new(dir: &Path, region: &str) -> Self {
+        let slice = i64::from(SLICE_SECS);
+        let now = chrono::Utc::now().timestamp();
+        let end = now - now.rem_euclid(slice);
+        Self {
+            dir: dir.to_owned(),
+            region: region.to_owned(),
+            start: end - 2 * 86_400,
+            peak_start: end + PEAK_IN.as_secs() as i64,
+            end,
+        }
+    }
+
+    fn peak_start(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp(self.peak_start, 0).expect("a valid time")
+    }
+
+    /// Adds the slices that ended since the last write (their actuals follow the same daily
+    /// pattern) and writes the file again; false when no slice ended.
+    fn catch_up(&mut self) -> anyhow::Result<bool> {
+        let now = chrono::Utc::now().timestamp();
+        let slice = i64::from(SLICE_SECS);
+        let end = now - now.rem_euclid(slice);
+        if end <= self.end {
+            return Ok(false);
+        }
+        self.end = end;
+        self.write()?;
+        Ok(true)
+    }
+
+    /// Writes the whole history to a temporary file and renames it over `demand.csv`, so a
+    /// reader never sees half a file.
+    fn write(&self) -> anyhow::Result<()> {
+        let csv = history_csv(&self.region, self.start, self.end, self.peak_start);
+        let tmp = self.dir.join("demand.csv.tmp");
+        std::fs::write(&tmp, csv)?;
+        std::fs::rename(&tmp, self.dir.join("demand.csv"))?;
+        Ok(())
+    }
+}
+
+/// Relative noise on every slice's demand: real demand is never exactly periodic, and a
+/// forecast's error is measured against the seasonal naive's, which would be 0.
+const NOISE: f64 = 0.05;
+
+/// A fixed pseudo-random number in [-1, 1] for slice `t` (splitmix64 of the time).
+fn noise(t: i64) -> f64 {
+    let mut z = (t as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+}
+
+/// The CSV of `SLICE_SECS` slices from `start` to `end` (Unix seconds), quiet except for a
+/// daily peak that starts at `peak_start`'s time of day, each slice off by up to `NOISE`.
+fn history_csv(region: &str, start: i64, end: i64, peak_start: i64) -> String {
     let slice = i64::from(SLICE_SECS);
-    let now = chrono::Utc::now().timestamp();
-    let end = now - now.rem_euclid(slice);
-    let peak_start = end + PEAK_IN.as_secs() as i64;
     let peak_secs = PEAK.as_secs() as i64;
     let mut csv = String::from("timestamp,service,region,value\n");
-    let mut t = end - 2 * 86_400;
+    let mut t = start;
     while t < end {
         let into_peak = (t - peak_start).rem_euclid(86_400);
-        let value = if into_peak < peak_secs {
+        let level = if into_peak < peak_secs {
             PEAK_RPS
         } else {
             QUIET_RPS
         };
+        let value = level * (1.0 + NOISE * noise(t));
         let at = chrono::DateTime::from_timestamp(t, 0).expect("a valid time");
         csv.push_str(&format!(
             "{},{},{region},{value}\n",
@@ -57,8 +125,37 @@ fn write_history(dir: &Path, region: &str) -> anyhow::Result<chrono::DateTime<ch
         ));
         t += slice;
     }
-    std::fs::write(dir.join("demand.csv"), csv)?;
-    Ok(chrono::DateTime::from_timestamp(peak_start, 0).expect("a valid time"))
+    csv
+}
+
+/// The first line of `metrics` whose series starts with `name{` and names `service`: its value.
+fn metric_value(metrics: &str, name: &str, service: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| l.contains(&format!("service=\"{service}\"")))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// The `/metrics` text of the orchestrator that exports forecast errors (the leader).
+async fn forecast_metrics(cluster: &IdleCluster) -> Option<String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    for admin in cluster.orchestrator_admins() {
+        let Ok(response) = http.get(format!("http://{admin}/metrics")).send().await else {
+            continue;
+        };
+        let Ok(text) = response.text().await else {
+            continue;
+        };
+        if text.contains("umbra_forecast_mase{") {
+            return Some(text);
+        }
+    }
+    None
 }
 
 /// The records of the pool's instances (`{service}-{region}-{k}`), by id.
@@ -110,8 +207,19 @@ async fn a_pool_rises_before_its_forecast_peak_heals_a_killed_instance_and_falls
         .to_owned();
     let prefix = format!("{}-{region}-", umbra_demo::scenario::SERVICE);
 
-    let peak_start = write_history(history.path(), &region)?;
+    let mut demand = History::new(history.path(), &region);
+    demand.write()?;
+    let peak_start = demand.peak_start();
     let peak_end = peak_start + chrono::Duration::from_std(PEAK)?;
+    // Actuals arrive as the test runs: a slice a slice width after it ended.
+    let appender = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Err(e) = demand.catch_up() {
+                eprintln!("cannot extend the demand history: {e}");
+            }
+        }
+    });
     cluster
         .apply_plan_toml(&cluster.demo_plan())
         .await
@@ -208,5 +316,33 @@ async fn a_pool_rises_before_its_forecast_peak_heals_a_killed_instance_and_falls
         fell.actual,
         -secs_to(peak_end)
     );
+
+    // The feedback loop: the leader scored its forecasts against the actuals that arrived.
+    let service = umbra_demo::scenario::SERVICE;
+    let metrics = umbra_tests::wait_for("the leader's forecast error metrics", DEADLINE, || {
+        forecast_metrics(&cluster)
+    })
+    .await?;
+    appender.abort();
+    let mase = metric_value(&metrics, "umbra_forecast_mase", service).expect("a MASE");
+    let coverage = metric_value(&metrics, "umbra_forecast_interval_coverage_ratio", service)
+        .expect("a coverage");
+    let scored = metric_value(&metrics, "umbra_forecast_scored_forecasts", service)
+        .expect("a count of scored forecasts");
+    let model = metrics
+        .lines()
+        .find(|l| l.starts_with("umbra_forecast_model_info{") && l.ends_with(" 1"))
+        .expect("the chosen model");
+    eprintln!(
+        "forecast error: MASE {mase:.3}, 90 % coverage {coverage:.2} over {scored} scored forecasts; {model}"
+    );
+    // Against the seasonal naive's error on 5 % noise: a sane forecast is far from 100.
+    assert!(
+        mase.is_finite() && mase > 0.0 && mase < 100.0,
+        "MASE {mase}"
+    );
+    assert!((0.0..=1.0).contains(&coverage), "coverage {coverage}");
+    assert!(scored >= 1.0, "scored {scored}");
+    assert!(model.contains(&format!("service=\"{service}\"")), "{model}");
     Ok(())
 }

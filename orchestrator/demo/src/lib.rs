@@ -688,8 +688,12 @@ impl IdleCluster {
 
     /// The sum over the live orchestrators of `umbra_executor_slo_queries_total{result}`.
     pub async fn slo_queries(&self, result: &str) -> u64 {
-        let admins: Vec<SocketAddr> = self.cluster.orchestrators.iter().map(|o| o.admin).collect();
-        prometheus::slo_queries(&admins, result).await
+        prometheus::slo_queries(&self.orchestrator_admins(), result).await
+    }
+
+    /// Each orchestrator's admin endpoint (`/metrics`, `/status`), killed ones included.
+    pub fn orchestrator_admins(&self) -> Vec<SocketAddr> {
+        self.cluster.orchestrators.iter().map(|o| o.admin).collect()
     }
 
     /// `POST /v1/plan` through any live orchestrator; the error is the API's message.

@@ -154,7 +154,41 @@ struct OriginRecord {
     sigma: Vec<f64>,
     /// In-sample MAE of the daily seasonal naive on the training data (the MASE scale).
     mase_scale: f64,
+    /// The 90 % interval the forecast gave, as normalised errors (5 % and 95 % quantiles of
+    /// its calibration at the time).
+    band_90: (f64, f64),
     scored: Option<ScoredOrigin>,
+    /// The steps whose actuals arrived while the rest of the horizon is still to come (not
+    /// used for the choice, which compares whole horizons; feedback sees it at once).
+    observed: Option<ScoredOrigin>,
+}
+
+impl OriginRecord {
+    /// Scores the forecast's first `actual.len()` steps against `actual`.
+    fn score(&self, actual: &[f64]) -> ScoredOrigin {
+        let mae = actual
+            .iter()
+            .zip(&self.mean)
+            .map(|(a, m)| (a - m).abs())
+            .sum::<f64>()
+            / actual.len().max(1) as f64;
+        let normalised_errors: Vec<f64> = actual
+            .iter()
+            .zip(&self.mean)
+            .zip(&self.sigma)
+            .map(|((a, m), s)| (a - m) / s)
+            .collect();
+        let (low, high) = self.band_90;
+        let inside_90 = normalised_errors
+            .iter()
+            .filter(|e| (low..=high).contains(*e))
+            .count();
+        ScoredOrigin {
+            mase: mae / self.mase_scale.max(f64::EPSILON),
+            normalised_errors,
+            inside_90,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +196,25 @@ struct ScoredOrigin {
     mase: f64,
     /// (actual − mean) / sigma per step.
     normalised_errors: Vec<f64>,
+    /// Steps whose actual fell inside the forecast's 90 % interval.
+    inside_90: usize,
+}
+
+/// How a model's past forecasts of one series fared once their actuals arrived: the
+/// feedback the running product exports (`umbra_forecast_*`). A forecast counts as soon as
+/// the actual of its first slice arrived, scored on the slices that did.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Accuracy {
+    /// The model.
+    pub model: ModelKind,
+    /// Forecasts scored, wholly or on the slices whose actuals arrived (the newest kept).
+    pub scored: usize,
+    /// Slices scored over those forecasts.
+    pub slices: usize,
+    /// Their mean MASE (against the daily seasonal naive's in-sample error).
+    pub mase: f64,
+    /// Share of their slices whose actual fell inside the 90 % interval given at the time.
+    pub coverage_90: f64,
 }
 
 /// What a series remembers between forecasts: each model's recent forecasts and errors.
@@ -169,6 +222,8 @@ struct ScoredOrigin {
 #[derive(Debug, Clone, Default)]
 pub struct SeriesState {
     records: BTreeMap<ModelKind, VecDeque<OriginRecord>>,
+    /// The model the latest forecast chose.
+    chosen: Option<ModelKind>,
 }
 
 impl SeriesState {
@@ -183,24 +238,23 @@ impl SeriesState {
                     continue;
                 }
                 let first = (offset / slice) as usize;
-                let Some(actual) = history.values.get(first..first + record.mean.len()) else {
+                let available = history.values.len().saturating_sub(first);
+                let Some(actual) = history
+                    .values
+                    .get(first..first + available.min(record.mean.len()))
+                else {
                     continue;
                 };
-                let mae = actual
-                    .iter()
-                    .zip(&record.mean)
-                    .map(|(a, m)| (a - m).abs())
-                    .sum::<f64>()
-                    / actual.len().max(1) as f64;
-                record.scored = Some(ScoredOrigin {
-                    mase: mae / record.mase_scale.max(f64::EPSILON),
-                    normalised_errors: actual
-                        .iter()
-                        .zip(&record.mean)
-                        .zip(&record.sigma)
-                        .map(|((a, m), s)| (a - m) / s)
-                        .collect(),
-                });
+                if actual.is_empty() {
+                    continue;
+                }
+                let score = record.score(actual);
+                if actual.len() == record.mean.len() {
+                    record.scored = Some(score);
+                    record.observed = None;
+                } else {
+                    record.observed = Some(score);
+                }
             }
             let scored = records.iter().filter(|r| r.scored.is_some()).count();
             let mut excess = scored.saturating_sub(keep);
@@ -228,6 +282,42 @@ impl SeriesState {
             .filter_map(|r| r.scored.as_ref().map(|s| s.mase))
             .collect();
         (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64)
+    }
+
+    /// Scores the earlier forecasts against `history`'s newer actuals, as the next forecast
+    /// would, without forecasting: what keeps the feedback current between forecasts.
+    /// `keep` is the forecaster's `calibration_origins`.
+    pub fn observe(&mut self, history: &DemandSeries, keep: usize) {
+        self.handle_history(history, keep);
+    }
+
+    /// How the model the latest forecast chose has fared: `None` before the actual of any
+    /// slice it forecast arrived.
+    pub fn chosen_accuracy(&self) -> Option<Accuracy> {
+        let model = self.chosen?;
+        let scored: Vec<&ScoredOrigin> = self
+            .records
+            .get(&model)?
+            .iter()
+            .filter_map(|r| r.scored.as_ref().or(r.observed.as_ref()))
+            .collect();
+        if scored.is_empty() {
+            return None;
+        }
+        let slices: usize = scored.iter().map(|s| s.normalised_errors.len()).sum();
+        let inside: usize = scored.iter().map(|s| s.inside_90).sum();
+        Some(Accuracy {
+            model,
+            scored: scored.len(),
+            slices,
+            mase: scored.iter().map(|s| s.mase).sum::<f64>() / scored.len() as f64,
+            coverage_90: inside as f64 / slices.max(1) as f64,
+        })
+    }
+
+    /// The model the latest forecast chose.
+    pub fn chosen(&self) -> Option<ModelKind> {
+        self.chosen
     }
 
     fn scored_origins(&self, model: ModelKind) -> usize {
@@ -440,7 +530,16 @@ impl Forecaster {
                 } else {
                     (Calibration::Parametric, Arc::from(Vec::new()))
                 };
-            if mase_scale.is_finite() {
+            // A history the seasonal naive forecasts exactly gives no scale: no record, so
+            // no MASE of infinity sways the choice or the feedback.
+            if mase_scale.is_finite() && mase_scale > 0.0 {
+                let z = |q: f64| {
+                    if sorted_errors.is_empty() {
+                        distrs::Normal::ppf(q, 0.0, 1.0)
+                    } else {
+                        empirical_quantile(&sorted_errors, q)
+                    }
+                };
                 state
                     .records
                     .entry(kind)
@@ -450,7 +549,9 @@ impl Forecaster {
                         mean: point.mean.clone(),
                         sigma: point.sigma.clone(),
                         mase_scale,
+                        band_90: (z(0.05), z(0.95)),
                         scored: None,
+                        observed: None,
                     });
             }
             let adjustments = (0..horizon)
@@ -509,6 +610,7 @@ impl Forecaster {
             })
             .expect("at least one candidate")
             .clone();
+        state.chosen = Some(chosen.model);
         Ok(ForecastSet {
             chosen,
             candidates,

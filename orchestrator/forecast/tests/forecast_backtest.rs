@@ -198,6 +198,16 @@ fn calibration_and_quantiles_are_ordered() {
     // The last calibration origin's horizon ends where the history ends, so all 10 are scored.
     assert_eq!(f.calibration, Calibration::Conformal { origins: 10 });
     assert!(f.model_errors.iter().all(|(_, e)| e.is_some()));
+    // What the running product exports: how the chosen model's past forecasts fared.
+    let accuracy = state
+        .chosen_accuracy()
+        .expect("the chosen model was scored");
+    assert_eq!((accuracy.model, accuracy.scored), (ModelKind::MstlEts, 10));
+    assert!(accuracy.mase > 0.0 && accuracy.mase < 0.5, "{accuracy:?}");
+    assert!(
+        (0.7..=1.0).contains(&accuracy.coverage_90),
+        "the 90 % intervals held most actuals: {accuracy:?}"
+    );
     for s in f.slices() {
         assert!(s.p50 <= s.p90 && s.p90 <= s.p99, "{s:?}");
         assert!(s.p50 > 10_000.0 && s.p99 < 60_000.0, "{s:?}");

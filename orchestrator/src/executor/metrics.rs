@@ -54,6 +54,15 @@ pub struct ExecutorMetrics {
     pub pool_instances: IntGaugeVec,
     /// The demand quantile the pool holds for the slice now, requests per second.
     pub pool_demand: GaugeVec,
+    /// Per pool (service, region): the mean MASE of the chosen model's scored forecasts.
+    pub forecast_mase: GaugeVec,
+    /// Per pool: the share of those forecasts' slices inside their 90 % interval.
+    pub forecast_coverage: GaugeVec,
+    /// Per pool: how many of the chosen model's recent forecasts were scored (wholly or in
+    /// part).
+    pub forecast_scored: IntGaugeVec,
+    /// Per pool: 1 for the model the latest forecast chose (service, region, model).
+    pub forecast_model: IntGaugeVec,
 }
 
 impl ExecutorMetrics {
@@ -75,6 +84,41 @@ impl ExecutorMetrics {
             self.pool_demand
                 .with_label_values(&[view.service.as_str(), view.region.as_str()])
                 .set(slice.quantile);
+        }
+    }
+
+    /// Exports how one pool's forecasts fare: the chosen `model`, and once its earlier
+    /// forecasts were scored against the actuals, their `accuracy`.
+    pub fn observe_forecast(
+        &self,
+        service: &str,
+        region: &str,
+        model: Option<umbra_forecast::ModelKind>,
+        accuracy: Option<&umbra_forecast::Accuracy>,
+    ) {
+        if let Some(model) = model {
+            for other in umbra_forecast::ModelKind::ALL {
+                if other != model {
+                    let _ =
+                        self.forecast_model
+                            .remove_label_values(&[service, region, other.name()]);
+                }
+            }
+            self.forecast_model
+                .with_label_values(&[service, region, model.name()])
+                .set(1);
+        }
+        if let Some(accuracy) = accuracy {
+            let labels = [service, region];
+            self.forecast_mase
+                .with_label_values(&labels)
+                .set(accuracy.mase);
+            self.forecast_coverage
+                .with_label_values(&labels)
+                .set(accuracy.coverage_90);
+            self.forecast_scored
+                .with_label_values(&labels)
+                .set(accuracy.scored as i64);
         }
     }
 
@@ -168,7 +212,39 @@ impl ExecutorMetrics {
                 ),
                 &["service", "region"],
             )?,
+            forecast_mase: GaugeVec::new(
+                Opts::new(
+                    "umbra_forecast_mase",
+                    "Mean absolute scaled error (against the daily seasonal naive) of the chosen model's recent forecasts of a pool, on the slices whose actuals arrived",
+                ),
+                &["service", "region"],
+            )?,
+            forecast_coverage: GaugeVec::new(
+                Opts::new(
+                    "umbra_forecast_interval_coverage_ratio",
+                    "Share of the scored forecast slices whose actual demand fell inside the 90 % interval given",
+                ),
+                &["service", "region"],
+            )?,
+            forecast_scored: IntGaugeVec::new(
+                Opts::new(
+                    "umbra_forecast_scored_forecasts",
+                    "Recent forecasts of the chosen model scored against actuals, wholly or on the slices that arrived",
+                ),
+                &["service", "region"],
+            )?,
+            forecast_model: IntGaugeVec::new(
+                Opts::new(
+                    "umbra_forecast_model_info",
+                    "1 for the model the latest forecast of a pool chose, by its rolling error",
+                ),
+                &["service", "region", "model"],
+            )?,
         };
+        registry.register(Box::new(metrics.forecast_mase.clone()))?;
+        registry.register(Box::new(metrics.forecast_coverage.clone()))?;
+        registry.register(Box::new(metrics.forecast_scored.clone()))?;
+        registry.register(Box::new(metrics.forecast_model.clone()))?;
         registry.register(Box::new(metrics.pool_target.clone()))?;
         registry.register(Box::new(metrics.pool_instances.clone()))?;
         registry.register(Box::new(metrics.pool_demand.clone()))?;

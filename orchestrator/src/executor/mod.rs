@@ -23,6 +23,7 @@ pub mod shadow_sizing;
 pub mod simulated_agent;
 pub mod slo_source;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -285,6 +286,11 @@ async fn wait_for_leadership(status: &mut watch::Receiver<NodeStatus>) -> Option
     }
 }
 
+/// How often the leader scores each pool's earlier forecasts against the actuals its demand
+/// history holds by then, between forecasts (which come about every 10 minutes): the
+/// `umbra_forecast_*` metrics follow the actuals within this.
+const FORECAST_SCORE_INTERVAL: Duration = Duration::from_secs(15);
+
 /// What a task the driver started brings back.
 enum Finished {
     Command {
@@ -299,6 +305,16 @@ enum Finished {
         service: String,
         region: String,
         forecast: PoolForecast,
+        /// The model the forecast chose, and how its earlier forecasts of this pool fared.
+        model: Option<umbra_forecast::ModelKind>,
+        accuracy: Option<umbra_forecast::Accuracy>,
+    },
+    /// A pool's earlier forecasts scored against newer actuals, between forecasts.
+    Scored {
+        service: String,
+        region: String,
+        model: Option<umbra_forecast::ModelKind>,
+        accuracy: Option<umbra_forecast::Accuracy>,
     },
     DnsChecked {
         service: String,
@@ -319,6 +335,21 @@ struct Leadership {
     finished: mpsc::UnboundedReceiver<Finished>,
     /// Asks the Prometheus SLO sources.
     http: reqwest::Client,
+    /// What each pool's series remembers of this leadership's forecasts (service, region):
+    /// scored against the newer actuals of the demand history, they choose the model and
+    /// calibrate its intervals, and their errors are exported.
+    series: BTreeMap<(String, String), PoolSeries>,
+    /// When the pools' forecasts were last scored between forecasts.
+    scored_at: Option<Instant>,
+}
+
+/// What the leader keeps of one pool's forecasts: the series' memory, and the service and
+/// region as the latest pool job named them (a scoring job reads their history).
+#[derive(Clone)]
+struct PoolSeries {
+    state: Arc<std::sync::Mutex<umbra_forecast::SeriesState>>,
+    service: crate::state::ServiceSpec,
+    region: crate::state::RegionSpec,
 }
 
 impl Leadership {
@@ -337,6 +368,8 @@ impl Leadership {
             done,
             finished,
             http: reqwest::Client::new(),
+            series: BTreeMap::new(),
+            scored_at: None,
         }
     }
 
@@ -365,9 +398,24 @@ impl Leadership {
                 service,
                 region,
                 forecast,
+                model,
+                accuracy,
+            } => {
+                self.context
+                    .metrics
+                    .observe_forecast(&service, &region, model, accuracy.as_ref());
+                self.controller
+                    .handle_pool_forecast(&service, &region, forecast, now)
+            }
+            Finished::Scored {
+                service,
+                region,
+                model,
+                accuracy,
             } => self
-                .controller
-                .handle_pool_forecast(&service, &region, forecast, now),
+                .context
+                .metrics
+                .observe_forecast(&service, &region, model, accuracy.as_ref()),
             Finished::DnsChecked {
                 service,
                 dns,
@@ -396,6 +444,40 @@ impl Leadership {
         let now = self.now();
         self.controller.handle_overview(overview, now);
         self.carry_out().await;
+        if self
+            .scored_at
+            .is_none_or(|at| at.elapsed() >= FORECAST_SCORE_INTERVAL)
+        {
+            self.scored_at = Some(Instant::now());
+            self.score_pools();
+        }
+    }
+
+    /// Scores every pool's earlier forecasts against the actuals that arrived since, off the
+    /// async threads, one series at a time (a forecast of the same series waits).
+    fn score_pools(&self) {
+        for series in self.series.values() {
+            let (demand, done, series) = (
+                self.context.demand.clone(),
+                self.done.clone(),
+                series.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let mut state = series.state.lock().unwrap_or_else(|e| e.into_inner());
+                let accuracy = shadow_sizing::score_pool(
+                    demand.as_ref(),
+                    &series.service,
+                    &series.region,
+                    &mut state,
+                );
+                let _ = done.send(Finished::Scored {
+                    service: series.service.name.clone(),
+                    region: series.region.name.clone(),
+                    model: state.chosen(),
+                    accuracy,
+                });
+            });
+        }
     }
 
     /// Does what the controller asks for until it asks for nothing more.
@@ -508,12 +590,28 @@ impl Leadership {
         });
     }
 
-    fn forecast_pool(&self, job: controller::PoolJob) {
+    fn forecast_pool(&mut self, job: controller::PoolJob) {
         let demand = self.context.demand.clone();
         let done = self.done.clone();
+        let series = self
+            .series
+            .entry((job.service.name.clone(), job.region.name.clone()))
+            .and_modify(|s| {
+                s.service = job.service.clone();
+                s.region = job.region.clone();
+            })
+            .or_insert_with(|| PoolSeries {
+                state: Arc::default(),
+                service: job.service.clone(),
+                region: job.region.clone(),
+            })
+            .state
+            .clone();
         tokio::task::spawn_blocking(move || {
             let from =
                 chrono::DateTime::from_timestamp_millis(job.from_ms as i64).unwrap_or_default();
+            // One forecast of a series at a time: a second job waits for the first's record.
+            let mut state = series.lock().unwrap_or_else(|e| e.into_inner());
             let forecast = shadow_sizing::forecast_pool(
                 demand.as_ref(),
                 &job.service,
@@ -521,11 +619,14 @@ impl Leadership {
                 from,
                 Duration::from_millis(job.ahead_ms),
                 job.activation_secs,
+                &mut state,
             );
             let _ = done.send(Finished::Pool {
                 service: job.service.name,
                 region: job.region.name,
                 forecast,
+                model: state.chosen(),
+                accuracy: state.chosen_accuracy(),
             });
         });
     }

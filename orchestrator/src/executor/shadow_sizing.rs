@@ -132,6 +132,7 @@ pub fn size_shadow_pool(
     region: &RegionSpec,
     cutover_at: DateTime<Utc>,
 ) -> ShadowSize {
+    // A one-off sizing: no memory of earlier forecasts of the target region.
     let forecast = forecast_pool(
         source,
         service,
@@ -139,6 +140,7 @@ pub fn size_shadow_pool(
         cutover_at,
         std::time::Duration::ZERO,
         DEFAULT_ACTIVATION_SECS,
+        &mut SeriesState::default(),
     );
     // The forecast slice may come as several pool slices: the largest of them.
     let Some(slice) = forecast.slices.iter().max_by_key(|s| s.target.total()) else {
@@ -177,7 +179,9 @@ pub fn size_shadow_pool(
 /// to the one containing `from + ahead_of_from`: the forecast quantile of the service's tier (newsvendor for probabilistic), split
 /// warm vs dormant by the region's costs and `activation_secs`, at most `max_instances` in
 /// all. No slices (and the reason) when there is no usable history or `from` lies beyond
-/// [`MAX_HORIZON_SECS`] of it.
+/// [`MAX_HORIZON_SECS`] of it. `state` is what the series remembers of its earlier forecasts:
+/// they are scored against the history's newer actuals, and the model is chosen and its
+/// intervals calibrated by those errors (the leader keeps one per pool).
 pub fn forecast_pool(
     source: &dyn DemandSource,
     service: &ServiceSpec,
@@ -185,6 +189,7 @@ pub fn forecast_pool(
     from: DateTime<Utc>,
     ahead_of_from: std::time::Duration,
     activation_secs: f64,
+    state: &mut SeriesState,
 ) -> PoolForecast {
     let key = SeriesKey::new(&service.name, &region.name);
     let nothing = |reason: String, slice_secs: u32| PoolForecast {
@@ -223,8 +228,7 @@ pub fn forecast_pool(
     };
     let started = std::time::Instant::now();
     let mut timer = move || started.elapsed().as_secs_f64();
-    let set = match forecaster.forecast(&mut SeriesState::default(), &history, horizon, &mut timer)
-    {
+    let set = match forecaster.forecast(state, &history, horizon, &mut timer) {
         Ok(set) => set,
         Err(e) => {
             return nothing(
@@ -244,6 +248,23 @@ pub fn forecast_pool(
         slices: pool_slices(&policy, &forecast, first, horizon - 1, 1.0),
         reason: forecast.model.name().to_string(),
     }
+}
+
+/// Scores the earlier forecasts `state` remembers of `service` in `region` against the
+/// actuals its demand history holds now (`umbra_forecast::SeriesState::observe`), and says
+/// how the chosen model has fared; `None` while nothing could be scored (no forecast yet, no
+/// newer actual, no usable history).
+pub fn score_pool(
+    source: &dyn DemandSource,
+    service: &ServiceSpec,
+    region: &RegionSpec,
+    state: &mut SeriesState,
+) -> Option<umbra_forecast::Accuracy> {
+    let key = SeriesKey::new(&service.name, &region.name);
+    let history = source.history(&key).ok().flatten()?;
+    let keep = ForecastConfig::for_slice_secs(history.slice_secs).calibration_origins;
+    state.observe(&history, keep);
+    state.chosen_accuracy()
 }
 
 /// How the product sizes `service` in `region` per slice of `slice_secs`: the service's tier
@@ -415,6 +436,7 @@ mod tests {
             morning,
             std::time::Duration::from_secs(3_600),
             DEFAULT_ACTIVATION_SECS,
+            &mut SeriesState::default(),
         );
         assert_eq!(f.slice_ms, 300_000, "{}", f.reason);
         assert_eq!(f.slices.len(), 3 * 6, "three half hours of six pool slices");
