@@ -260,6 +260,7 @@ fn the_product_library_depends_on_neither_the_agent_nor_the_demo_nor_plots() {
         "umbra-agent",
         "umbra-demo",
         "umbra-cli",
+        "umbra-chaos",
         "bollard",
         "plotters",
     ] {
@@ -269,6 +270,11 @@ fn the_product_library_depends_on_neither_the_agent_nor_the_demo_nor_plots() {
         );
     }
     assert!(closure.contains("umbra-forecast") && closure.contains("umbra-dns"));
+    // The simulator and the history checker are for the CLI and the tests, never a process.
+    assert!(
+        !normal_closure("umbra-agent").contains("umbra-chaos"),
+        "umbra-agent depends on umbra-chaos"
+    );
 }
 
 #[test]
