@@ -32,6 +32,8 @@ const DEFAULT_STATE_MIB: usize = 36;
 /// values in its snapshot (47 of 448 KiB), and the wiped node can only catch up from it.
 /// Snapshots are few because each encodes the whole state on the Raft driver's thread.
 const SNAPSHOT_INTERVAL: u64 = 48;
+/// Times one put is sent before the test gives up on it.
+const WRITE_ATTEMPTS: u32 = 5;
 /// The frame size a snapshot could not exceed before it was sent in chunks.
 const ONE_FRAME_BYTES: usize = umbra_proto::frame::DEFAULT_MAX_FRAME_BYTES;
 
@@ -129,11 +131,22 @@ async fn a_wiped_follower_is_refused_then_replaced_and_catches_up_from_a_large_s
         let command = KvCommand::Put {
             key: key(i),
             value: value(i),
-        };
-        client
-            .propose(command.encode())
-            .await
-            .with_context(|| format!("writing {}", key(i)))?;
+        }
+        .encode();
+        // A put is idempotent, so one whose outcome is unknown is sent again: at a few
+        // hundred MiB the leader's driver encodes and writes each snapshot of the whole state
+        // on its own thread, which can outlast a request's timeout (or an election).
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match client.propose(command.clone()).await {
+                Ok(_) => break,
+                Err(e) if attempt < WRITE_ATTEMPTS => {
+                    println!("writing {} again (attempt {attempt}: {e})", key(i));
+                }
+                Err(e) => return Err(e).with_context(|| format!("writing {}", key(i))),
+            }
+        }
     }
     println!(
         "state: {values} values of {VALUE_BYTES} bytes ({} MiB), written in {:.1} s",
