@@ -408,12 +408,7 @@ impl DemandForecast {
     /// negative.
     pub fn quantile(&self, step: usize, q: f64) -> f64 {
         assert!(q > 0.0 && q < 1.0, "quantile {q} must be inside (0, 1)");
-        let z = if self.sorted_errors.is_empty() {
-            distrs::Normal::ppf(q, 0.0, 1.0)
-        } else {
-            empirical_quantile(&self.sorted_errors, q)
-        };
-        let raw = self.mean[step] + z * self.sigma[step];
+        let raw = self.mean[step] + normalised_quantile(&self.sorted_errors, q) * self.sigma[step];
         self.adjustments[step].apply(raw).max(0.0)
     }
 
@@ -436,6 +431,16 @@ impl DemandForecast {
 
     pub fn slices(&self) -> Vec<SliceForecast> {
         (0..self.horizon()).map(|s| self.slice(s)).collect()
+    }
+}
+
+/// The `q` quantile of a forecast's normalised error: empirical over `sorted_errors` when the
+/// forecast is calibrated on them (conformal), the standard normal's when there are none.
+fn normalised_quantile(sorted_errors: &[f64], q: f64) -> f64 {
+    if sorted_errors.is_empty() {
+        distrs::Normal::ppf(q, 0.0, 1.0)
+    } else {
+        empirical_quantile(sorted_errors, q)
     }
 }
 
@@ -533,13 +538,7 @@ impl Forecaster {
             // A history the seasonal naive forecasts exactly gives no scale: no record, so
             // no MASE of infinity sways the choice or the feedback.
             if mase_scale.is_finite() && mase_scale > 0.0 {
-                let z = |q: f64| {
-                    if sorted_errors.is_empty() {
-                        distrs::Normal::ppf(q, 0.0, 1.0)
-                    } else {
-                        empirical_quantile(&sorted_errors, q)
-                    }
-                };
+                let z = |q: f64| normalised_quantile(&sorted_errors, q);
                 state
                     .records
                     .entry(kind)
