@@ -301,21 +301,13 @@ enum Finished {
         migration: String,
         size: ShadowSize,
     },
+    /// A pool's forecast, and how its earlier forecasts fared.
     Pool {
-        service: String,
-        region: String,
         forecast: PoolForecast,
-        /// The model the forecast chose, and how its earlier forecasts of this pool fared.
-        model: Option<umbra_forecast::ModelKind>,
-        accuracy: Option<umbra_forecast::Accuracy>,
+        score: PoolScore,
     },
     /// A pool's earlier forecasts scored against newer actuals, between forecasts.
-    Scored {
-        service: String,
-        region: String,
-        model: Option<umbra_forecast::ModelKind>,
-        accuracy: Option<umbra_forecast::Accuracy>,
-    },
+    Scored(PoolScore),
     DnsChecked {
         service: String,
         dns: crate::state::DnsWeights,
@@ -341,6 +333,27 @@ struct Leadership {
     series: BTreeMap<(String, String), PoolSeries>,
     /// When the pools' forecasts were last scored between forecasts.
     scored_at: Option<Instant>,
+}
+
+/// How one pool's forecasts fare, for its `umbra_forecast_*` metrics.
+struct PoolScore {
+    service: String,
+    region: String,
+    /// The model the latest forecast chose.
+    model: Option<umbra_forecast::ModelKind>,
+    /// How that model's earlier forecasts fared (`None`: none scored yet).
+    accuracy: Option<umbra_forecast::Accuracy>,
+}
+
+impl PoolScore {
+    fn of(service: &str, region: &str, state: &umbra_forecast::SeriesState) -> Self {
+        Self {
+            service: service.to_owned(),
+            region: region.to_owned(),
+            model: state.chosen(),
+            accuracy: state.chosen_accuracy(),
+        }
+    }
 }
 
 /// What the leader keeps of one pool's forecasts: the series' memory, and the service and
@@ -394,28 +407,12 @@ impl Leadership {
             Finished::Sizing { migration, size } => {
                 self.controller.handle_sizing(&migration, size, now)
             }
-            Finished::Pool {
-                service,
-                region,
-                forecast,
-                model,
-                accuracy,
-            } => {
-                self.context
-                    .metrics
-                    .observe_forecast(&service, &region, model, accuracy.as_ref());
+            Finished::Pool { forecast, score } => {
+                self.observe_forecast(&score);
                 self.controller
-                    .handle_pool_forecast(&service, &region, forecast, now)
+                    .handle_pool_forecast(&score.service, &score.region, forecast, now)
             }
-            Finished::Scored {
-                service,
-                region,
-                model,
-                accuracy,
-            } => self
-                .context
-                .metrics
-                .observe_forecast(&service, &region, model, accuracy.as_ref()),
+            Finished::Scored(score) => self.observe_forecast(&score),
             Finished::DnsChecked {
                 service,
                 dns,
@@ -453,6 +450,15 @@ impl Leadership {
         }
     }
 
+    fn observe_forecast(&self, score: &PoolScore) {
+        self.context.metrics.observe_forecast(
+            &score.service,
+            &score.region,
+            score.model,
+            score.accuracy.as_ref(),
+        );
+    }
+
     /// Scores every pool's earlier forecasts against the actuals that arrived since, off the
     /// async threads, one series at a time (a forecast of the same series waits).
     fn score_pools(&self) {
@@ -464,18 +470,14 @@ impl Leadership {
             );
             tokio::task::spawn_blocking(move || {
                 let mut state = series.state.lock().unwrap_or_else(|e| e.into_inner());
-                let accuracy = shadow_sizing::score_pool(
+                shadow_sizing::score_pool(
                     demand.as_ref(),
                     &series.service,
                     &series.region,
                     &mut state,
                 );
-                let _ = done.send(Finished::Scored {
-                    service: series.service.name.clone(),
-                    region: series.region.name.clone(),
-                    model: state.chosen(),
-                    accuracy,
-                });
+                let score = PoolScore::of(&series.service.name, &series.region.name, &state);
+                let _ = done.send(Finished::Scored(score));
             });
         }
     }
@@ -621,13 +623,8 @@ impl Leadership {
                 job.activation_secs,
                 &mut state,
             );
-            let _ = done.send(Finished::Pool {
-                service: job.service.name,
-                region: job.region.name,
-                forecast,
-                model: state.chosen(),
-                accuracy: state.chosen_accuracy(),
-            });
+            let score = PoolScore::of(&job.service.name, &job.region.name, &state);
+            let _ = done.send(Finished::Pool { forecast, score });
         });
     }
 

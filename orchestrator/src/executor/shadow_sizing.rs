@@ -251,20 +251,20 @@ pub fn forecast_pool(
 }
 
 /// Scores the earlier forecasts `state` remembers of `service` in `region` against the
-/// actuals its demand history holds now (`umbra_forecast::SeriesState::observe`), and says
-/// how the chosen model has fared; `None` while nothing could be scored (no forecast yet, no
-/// newer actual, no usable history).
+/// actuals its demand history holds now (`umbra_forecast::SeriesState::observe`); nothing
+/// changes without usable history. `state.chosen_accuracy()` then says how the chosen model
+/// has fared.
 pub fn score_pool(
     source: &dyn DemandSource,
     service: &ServiceSpec,
     region: &RegionSpec,
     state: &mut SeriesState,
-) -> Option<umbra_forecast::Accuracy> {
+) {
     let key = SeriesKey::new(&service.name, &region.name);
-    let history = source.history(&key).ok().flatten()?;
-    let keep = ForecastConfig::for_slice_secs(history.slice_secs).calibration_origins;
-    state.observe(&history, keep);
-    state.chosen_accuracy()
+    if let Ok(Some(history)) = source.history(&key) {
+        let keep = ForecastConfig::for_slice_secs(history.slice_secs).calibration_origins;
+        state.observe(&history, keep);
+    }
 }
 
 /// How the product sizes `service` in `region` per slice of `slice_secs`: the service's tier
