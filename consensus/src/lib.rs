@@ -26,5 +26,5 @@ pub use config::{Config, ConfigError};
 pub use node::{
     MembershipChange, NodeOptions, NodeStatus, RaftNode, RequestError, Role, StartError,
 };
-pub use state_machine::{RestoreError, StateMachine, UnreadableEntry};
+pub use state_machine::{RestoreError, SnapshotEncoder, StateMachine, UnreadableEntry};
 pub use transport::{Inbound, Mailbox, MailboxReceiver, Transport, mailbox};

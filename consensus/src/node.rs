@@ -8,10 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Snapshot, SnapshotMetadata};
 use raft::{RawNode, StateRole};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -20,7 +20,7 @@ use crate::config::{Config, ConfigError};
 use crate::logging::raft_logger;
 use crate::metrics::RaftMetrics;
 use crate::state_machine::StateMachine;
-use crate::storage::{DiskStorage, StorageOpenError};
+use crate::storage::{DiskStorage, SnapshotOrigin, StorageOpenError};
 use crate::transport::{Inbound, MailboxReceiver, Transport};
 
 /// Requests queued from handles to the driver. Proposers beyond this wait (backpressure)
@@ -288,6 +288,7 @@ impl RaftNode {
         )?;
         let (requests_tx, requests_rx) = mpsc::channel(REQUEST_QUEUE_CAPACITY);
         let (shutdown_tx, shutdown_rx) = mpsc::channel(1);
+        let (snapshots_tx, snapshots_rx) = mpsc::unbounded_channel();
         let mut driver = Driver {
             id: options.id,
             raw,
@@ -310,6 +311,9 @@ impl RaftNode {
             ticks: 0,
             succession: None,
             dead_leader_campaigns: 0,
+            snapshot_writing: None,
+            snapshot_retry_tick: 0,
+            snapshots_written: snapshots_tx,
         };
         let status = driver.status(None);
         let (status_tx, status_rx) = watch::channel(status);
@@ -324,7 +328,9 @@ impl RaftNode {
                     .enable_all()
                     .build();
                 match runtime {
-                    Ok(runtime) => runtime.block_on(driver.run(inbox, requests_rx, shutdown_rx)),
+                    Ok(runtime) => {
+                        runtime.block_on(driver.run(inbox, requests_rx, shutdown_rx, snapshots_rx))
+                    }
                     Err(error) => driver.fail(format!("cannot build the driver runtime: {error}")),
                 }
             })?;
@@ -482,6 +488,21 @@ struct Driver<S, T: Transport> {
     /// Set while this node helps elect a successor to a leader whose port was found closed.
     succession: Option<Succession>,
     dead_leader_campaigns: u64,
+    /// The index of the snapshot being encoded and written on its own thread, if any: one at
+    /// a time.
+    snapshot_writing: Option<u64>,
+    /// After a snapshot could not be written, the tick before which none is tried again.
+    snapshot_retry_tick: u64,
+    snapshots_written: mpsc::UnboundedSender<SnapshotWritten>,
+}
+
+/// A snapshot encoded and written by its own thread: the metadata captured with the state,
+/// and the data file's name (or why it could not be written).
+struct SnapshotWritten {
+    meta: SnapshotMetadata,
+    file: Result<String, String>,
+    bytes: usize,
+    took: Duration,
 }
 
 /// The succession of a leader whose process is gone (its port refused a probe). Its lease
@@ -522,6 +543,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         mut inbox: mpsc::Receiver<Inbound>,
         mut requests: mpsc::Receiver<Request>,
         mut shutdown: mpsc::Receiver<()>,
+        mut snapshots: mpsc::UnboundedReceiver<SnapshotWritten>,
     ) {
         let mut ticker = tokio::time::interval(self.config.tick_interval());
         // After a pause (SIGSTOP, a slow fsync) tick once, not in a burst: a burst would
@@ -545,6 +567,12 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                     None => break,
                 },
                 _ = shutdown.recv() => break,
+                Some(written) = snapshots.recv() => {
+                    if let Err(Fatal(reason)) = self.snapshot_written(written) {
+                        self.fail(reason);
+                        return;
+                    }
+                }
             }
             for _ in 0..MAX_DRAIN_PER_TURN {
                 match inbox.try_recv() {
@@ -1079,22 +1107,83 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         }
     }
 
+    /// Starts a snapshot when the log grew by the interval since the last one, or raft-rs
+    /// needs a newer one for a follower. The state is captured here, at the applied index;
+    /// encoding it and writing the file happen on a thread of their own, so a state of
+    /// hundreds of MiB never holds up heartbeats; the log is compacted once the file is on
+    /// disk ([`Self::snapshot_written`]).
     fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
+        if self.snapshot_writing.is_some() || self.ticks < self.snapshot_retry_tick {
+            return Ok(());
+        }
         let store = self.raw.store();
         let wanted = store.take_snapshot_wanted() && self.applied > store.snapshot_index();
         if !wanted && self.applied < store.snapshot_index() + self.config.snapshot_interval_entries
         {
             return Ok(());
         }
-        let data = SnapshotData {
-            peers: self.peers.clone(),
-            state: self.state_machine.snapshot(),
-        };
-        let bytes = postcard::to_stdvec(&data).map_err(|e| Fatal(e.to_string()))?;
-        let index = self.applied;
-        self.raw.mut_store().create_snapshot(index, bytes)?;
-        self.metrics.snapshots_taken.inc();
-        tracing::info!(node = self.id, index, "snapshot taken, log compacted");
+        let meta = store.snapshot_metadata(self.applied)?;
+        let files = store.snapshot_files();
+        let encode = self.state_machine.capture();
+        let peers = self.peers.clone();
+        let written = self.snapshots_written.clone();
+        let index = meta.index;
+        thread::Builder::new()
+            .name(format!("raft-{}-snapshot", self.id))
+            .spawn(move || {
+                let started = Instant::now();
+                let data = SnapshotData {
+                    peers,
+                    state: encode(),
+                };
+                let (file, bytes) = match postcard::to_stdvec(&data) {
+                    Ok(bytes) => (
+                        files
+                            .write(index, SnapshotOrigin::Taken, &bytes)
+                            .map_err(|e| format!("writing the snapshot file: {e}")),
+                        bytes.len(),
+                    ),
+                    Err(e) => (Err(format!("encoding the snapshot: {e}")), 0),
+                };
+                let took = started.elapsed();
+                // The driver is gone when the node stopped meanwhile; the file is then
+                // removed at the next start.
+                let _ = written.send(SnapshotWritten {
+                    meta,
+                    file,
+                    bytes,
+                    took,
+                });
+            })
+            .map_err(|e| Fatal(format!("cannot start a snapshot thread: {e}")))?;
+        self.snapshot_writing = Some(index);
+        Ok(())
+    }
+
+    /// Records a snapshot whose file its thread wrote, and compacts the log up to it.
+    fn snapshot_written(&mut self, written: SnapshotWritten) -> Result<(), Fatal> {
+        self.snapshot_writing = None;
+        let index = written.meta.index;
+        match written.file {
+            Ok(file) => {
+                if self.raw.mut_store().record_snapshot(written.meta, file)? {
+                    self.metrics.snapshots_taken.inc();
+                    tracing::info!(
+                        node = self.id,
+                        index,
+                        bytes = written.bytes,
+                        took_ms = written.took.as_millis() as u64,
+                        "snapshot taken, log compacted"
+                    );
+                }
+            }
+            Err(error) => {
+                // The log is kept whole, so nothing is lost; the next try waits an election
+                // timeout rather than spinning on a full or broken disk.
+                self.snapshot_retry_tick = self.ticks + self.config.election_ticks as u64;
+                tracing::warn!(node = self.id, index, %error, "snapshot not written; the log is kept");
+            }
+        }
         Ok(())
     }
 }

@@ -12,6 +12,10 @@ pub struct RestoreError(pub String);
 #[error("{0}")]
 pub struct UnreadableEntry(pub String);
 
+/// Serialises a state captured by [`StateMachine::capture`] into the bytes
+/// [`StateMachine::restore`] reads.
+pub type SnapshotEncoder = Box<dyn FnOnce() -> Vec<u8> + Send>;
+
 /// What a Raft node replicates. Every member applies the same commands in the same order and
 /// must reach the same state and produce the same results.
 pub trait StateMachine: Send + 'static {
@@ -34,8 +38,17 @@ pub trait StateMachine: Send + 'static {
     /// the answer is linearizable).
     fn query(&self, query: &[u8]) -> Vec<u8>;
 
-    /// Serialises the whole state.
-    fn snapshot(&self) -> Vec<u8>;
+    /// Captures the state as it is now, after the last applied entry, and returns the work
+    /// that serialises it. The node calls this on its driver thread and runs the returned
+    /// encoder on a thread of its own, so the capture must be cheap (a copy of shared
+    /// pointers, or of a state small enough to copy), while the encoder may take as long as
+    /// a state of hundreds of MiB needs: heartbeats go on meanwhile.
+    fn capture(&self) -> SnapshotEncoder;
+
+    /// Serialises the whole state (captures it and runs the encoder here).
+    fn snapshot(&self) -> Vec<u8> {
+        self.capture()()
+    }
 
     /// Replaces the whole state with a snapshot produced by `snapshot`.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError>;

@@ -1,11 +1,15 @@
 //! Durable Raft state on raft-engine (TiKV's log store for raft-rs): the log, the hard state,
-//! the configuration and the latest snapshot, all written through raft-engine's checksummed,
-//! fsynced log batches. Implements raft-rs's `Storage`. It must not apply entries or know
-//! what a command means; the node decides when to persist and when to snapshot.
+//! the configuration and the latest snapshot's metadata, all written through raft-engine's
+//! checksummed, fsynced log batches. The snapshot's data is a file of its own under
+//! `snapshots/` ([`SnapshotFiles`]), as TiKV keeps its snapshots beside its log: a state of
+//! hundreds of MiB is written once, by the thread that encoded it, and never passes through
+//! the log engine. Implements raft-rs's `Storage`. It must not apply entries or know what a
+//! command means; the node decides when to persist and when to snapshot.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -19,7 +23,13 @@ const LOG_GROUP: u64 = 1;
 const STATE_GROUP: u64 = 2;
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
+/// The latest snapshot: its metadata, and its data too when a build before snapshot files
+/// wrote it (read as before; the next snapshot moves the data to a file).
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// The name of the file in `snapshots/` holding the latest snapshot's data.
+const KEY_SNAPSHOT_FILE: &[u8] = b"snapshot_file";
+/// The directory, inside the node's data directory, holding snapshot data files.
+const SNAPSHOT_DIR: &str = "snapshots";
 const KEY_PEER_PREFIX: &[u8] = b"peer/";
 
 /// Tells raft-engine how to find the index of a raft-rs entry.
@@ -54,6 +64,10 @@ pub struct DiskStorage {
     hard_state: HardState,
     conf_state: ConfState,
     snapshot_metadata: SnapshotMetadata,
+    /// Where snapshot data is written, and the file holding the latest snapshot's (none when
+    /// there is no snapshot, or an older build stored its data in the log engine).
+    files: SnapshotFiles,
+    snapshot_file: Option<String>,
     /// Terms of the entries `first_index()..=last_index()`.
     terms: VecDeque<u64>,
     /// Set when raft-rs asked for a snapshot the stored one cannot serve (a peer newer than
@@ -92,11 +106,32 @@ impl DiskStorage {
         let snapshot: Option<Snapshot> = engine
             .get_message(STATE_GROUP, KEY_SNAPSHOT)
             .map_err(|e| corrupt(format!("snapshot: {e}")))?;
+        let snapshot_file = engine
+            .get(STATE_GROUP, KEY_SNAPSHOT_FILE)
+            .map(|name| {
+                String::from_utf8(name).map_err(|_| corrupt("snapshot file name".to_owned()))
+            })
+            .transpose()?;
+        let files = SnapshotFiles::open(&dir.join(SNAPSHOT_DIR))
+            .map_err(|e| corrupt(format!("snapshot directory: {e}")))?;
+        if let Some(name) = &snapshot_file
+            && !files.path(name).is_file()
+        {
+            return Err(corrupt(format!(
+                "the latest snapshot's data file {} is missing",
+                files.path(name).display()
+            )));
+        }
+        // Files of older snapshots, or of one whose metadata never got written (a crash in
+        // between), are of no use.
+        files.remove_all_but(snapshot_file.as_deref(), u64::MAX);
         let mut storage = Self {
             engine: Arc::new(engine),
             hard_state: hard_state.unwrap_or_default(),
             conf_state: conf_state.unwrap_or_default(),
             snapshot_metadata: snapshot.map(|mut s| s.take_metadata()).unwrap_or_default(),
+            files,
+            snapshot_file,
             terms: VecDeque::new(),
             snapshot_wanted: Cell::new(false),
         };
@@ -130,9 +165,34 @@ impl DiskStorage {
 
     /// The latest snapshot on disk, if any (data included).
     pub fn load_snapshot(&self) -> raft::Result<Option<Snapshot>> {
-        self.engine
-            .get_message(STATE_GROUP, KEY_SNAPSHOT)
-            .map_err(engine_error)
+        let Some(mut snapshot) = self
+            .engine
+            .get_message::<Snapshot>(STATE_GROUP, KEY_SNAPSHOT)
+            .map_err(engine_error)?
+        else {
+            return Ok(None);
+        };
+        if let Some(name) = &self.snapshot_file {
+            snapshot.set_data(self.files.read(name)?.into());
+        }
+        Ok(Some(snapshot))
+    }
+
+    /// Where a snapshot taken by this node writes its data (from any thread).
+    pub fn snapshot_files(&self) -> SnapshotFiles {
+        self.files.clone()
+    }
+
+    /// The metadata of a snapshot of the state after applying `index`: its term and the
+    /// configuration as of now (the node captures both with the state, at the same index).
+    pub fn snapshot_metadata(&self, index: u64) -> raft::Result<SnapshotMetadata> {
+        let mut meta = SnapshotMetadata {
+            index,
+            term: raft::Storage::term(self, index)?,
+            ..SnapshotMetadata::default()
+        };
+        meta.set_conf_state(self.conf_state.clone());
+        Ok(meta)
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -255,21 +315,22 @@ impl DiskStorage {
         Ok(peers)
     }
 
-    /// Installs a snapshot received from the leader: the log before and at its index is
-    /// dropped, and the hard state moves forward to it.
+    /// Installs a snapshot received from the leader: its data is written to a file, then the
+    /// log before and at its index is dropped, and the hard state moves forward to it.
     pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> raft::Result<()> {
         let meta = snapshot.get_metadata();
         if meta.index <= self.snapshot_metadata.index {
             return Err(raft::Error::Store(StorageError::SnapshotOutOfDate));
         }
+        let file = self
+            .files
+            .write(meta.index, SnapshotOrigin::Received, &snapshot.data)?;
         let mut hs = self.hard_state.clone();
         hs.term = hs.term.max(meta.term);
         hs.commit = hs.commit.max(meta.index);
         let mut batch = LogBatch::default();
         batch.add_command(LOG_GROUP, Command::Clean);
-        batch
-            .put_message(STATE_GROUP, KEY_SNAPSHOT.to_vec(), snapshot)
-            .map_err(engine_error)?;
+        self.put_snapshot(&mut batch, meta, &file)?;
         batch
             .put_message(STATE_GROUP, KEY_HARD_STATE.to_vec(), &hs)
             .map_err(engine_error)?;
@@ -281,38 +342,144 @@ impl DiskStorage {
         self.conf_state = meta.get_conf_state().clone();
         self.snapshot_metadata = meta.clone();
         self.terms.clear();
+        self.files.remove_all_but(Some(&file), meta.index);
+        self.snapshot_file = Some(file);
         Ok(())
     }
 
-    /// Stores a snapshot of the state machine taken after applying `index`, then compacts
-    /// the log up to it.
-    pub fn create_snapshot(&mut self, index: u64, data: Vec<u8>) -> raft::Result<()> {
+    /// Records a snapshot this node took (its data already in `file`, written by
+    /// [`SnapshotFiles::write`]) as the latest, then compacts the log up to it. A snapshot no
+    /// newer than the stored one (one from the leader was installed meanwhile) is dropped, and
+    /// `false` returned.
+    pub fn record_snapshot(&mut self, meta: SnapshotMetadata, file: String) -> raft::Result<bool> {
+        let index = meta.index;
         if index <= self.snapshot_metadata.index {
-            return Ok(());
+            if self.snapshot_file.as_deref() != Some(file.as_str()) {
+                self.files.remove(&file);
+            }
+            return Ok(false);
         }
-        let term = raft::Storage::term(self, index)?;
-        let mut snapshot = Snapshot::default();
-        snapshot.set_data(data.into());
-        let meta = snapshot.mut_metadata();
-        meta.index = index;
-        meta.term = term;
-        meta.set_conf_state(self.conf_state.clone());
         let mut batch = LogBatch::default();
-        batch
-            .put_message(STATE_GROUP, KEY_SNAPSHOT.to_vec(), &snapshot)
-            .map_err(engine_error)?;
+        self.put_snapshot(&mut batch, &meta, &file)?;
         self.engine.write(&mut batch, true).map_err(engine_error)?;
         // Entries up to the snapshot index are now redundant. `compact_to(i)` drops entries
         // before `i`.
         self.engine.compact_to(LOG_GROUP, index + 1);
         let dropped = (index + 1 - self.first()) as usize;
         self.terms.drain(..dropped.min(self.terms.len()));
-        self.snapshot_metadata = snapshot.take_metadata();
+        self.snapshot_metadata = meta;
+        self.files.remove_all_but(Some(&file), index);
+        self.snapshot_file = Some(file);
         // Reclaims whole log files whose entries are all compacted; best effort.
         if let Err(error) = self.engine.purge_expired_files() {
             tracing::warn!(%error, "raft log purge failed; will retry at the next snapshot");
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Adds the latest snapshot's metadata and data file name to `batch`.
+    fn put_snapshot(
+        &self,
+        batch: &mut LogBatch,
+        meta: &SnapshotMetadata,
+        file: &str,
+    ) -> raft::Result<()> {
+        let mut snapshot = Snapshot::default();
+        snapshot.set_metadata(meta.clone());
+        batch
+            .put_message(STATE_GROUP, KEY_SNAPSHOT.to_vec(), &snapshot)
+            .map_err(engine_error)?;
+        batch
+            .put(
+                STATE_GROUP,
+                KEY_SNAPSHOT_FILE.to_vec(),
+                file.as_bytes().to_vec(),
+            )
+            .map_err(engine_error)
+    }
+}
+
+/// Whether this node took a snapshot itself or received it from its leader; part of the
+/// file name, so the two never write the same file.
+#[derive(Debug, Clone, Copy)]
+pub enum SnapshotOrigin {
+    Taken,
+    Received,
+}
+
+/// Snapshot data files: `<index>-<origin>.snap`, each written whole to a temporary name,
+/// fsynced and renamed, so a file with its final name is complete. Only the file the store
+/// names as the latest snapshot's is kept.
+#[derive(Debug, Clone)]
+pub struct SnapshotFiles {
+    dir: PathBuf,
+}
+
+impl SnapshotFiles {
+    fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Writes the data of the snapshot at `index` and returns the file's name, once the file
+    /// and its directory entry are on disk.
+    pub fn write(
+        &self,
+        index: u64,
+        origin: SnapshotOrigin,
+        data: &[u8],
+    ) -> std::io::Result<String> {
+        let origin = match origin {
+            SnapshotOrigin::Taken => "taken",
+            SnapshotOrigin::Received => "received",
+        };
+        let name = format!("{index:020}-{origin}.snap");
+        let partial = self.dir.join(format!("{name}.partial"));
+        let mut file = std::fs::File::create(&partial)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&partial, self.path(&name))?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        Ok(name)
+    }
+
+    fn read(&self, name: &str) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.path(name))
+    }
+
+    fn remove(&self, name: &str) {
+        if let Err(error) = std::fs::remove_file(self.path(name)) {
+            tracing::warn!(%error, file = name, "cannot remove a stale snapshot file");
+        }
+    }
+
+    /// Removes the files other than `keep` of snapshots at or below `up_to` (and, with
+    /// `u64::MAX`, partial files: only at open, when no snapshot is being written).
+    fn remove_all_but(&self, keep: Option<&str>, up_to: u64) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if Some(name.as_str()) == keep {
+                continue;
+            }
+            let index = name.split('-').next().and_then(|i| i.parse::<u64>().ok());
+            let stale = match index {
+                Some(index) => index <= up_to && (up_to == u64::MAX || name.ends_with(".snap")),
+                None => false,
+            };
+            if stale {
+                self.remove(&name);
+            }
+        }
     }
 }
 
@@ -381,19 +548,16 @@ impl raft::Storage for DiskStorage {
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         // raft-rs refuses a snapshot whose configuration does not list the receiver, so a
-        // member added after the stored snapshot needs a fresh one.
-        match self.load_snapshot()? {
-            Some(snapshot)
-                if snapshot.get_metadata().index >= request_index
-                    && snapshot
-                        .get_metadata()
-                        .get_conf_state()
-                        .voters
-                        .contains(&to) =>
-            {
-                Ok(snapshot)
-            }
-            _ => {
+        // member added after the stored snapshot needs a fresh one. Judged from the metadata
+        // in memory: raft-rs asks again at every answer from the follower while a fresh one
+        // is being written, and reading hundreds of MiB each time would stall the leader.
+        let meta = &self.snapshot_metadata;
+        let usable = meta.index > 0
+            && meta.index >= request_index
+            && meta.get_conf_state().voters.contains(&to);
+        match usable.then(|| self.load_snapshot()).transpose()?.flatten() {
+            Some(snapshot) => Ok(snapshot),
+            None => {
                 self.snapshot_wanted.set(true);
                 Err(raft::Error::Store(
                     StorageError::SnapshotTemporarilyUnavailable,
@@ -466,7 +630,14 @@ mod tests {
             let mut s = DiskStorage::open(dir.path(), &[1, 2]).unwrap();
             let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
             s.persist(&ents, None, true).unwrap();
-            s.create_snapshot(6, b"state@6".to_vec()).unwrap();
+            let file = s
+                .snapshot_files()
+                .write(6, SnapshotOrigin::Taken, b"state@6")
+                .unwrap();
+            assert!(
+                s.record_snapshot(s.snapshot_metadata(6).unwrap(), file)
+                    .unwrap()
+            );
             assert_eq!(s.first_index().unwrap(), 7);
             assert_eq!(s.term(6).unwrap(), 1);
             assert!(
@@ -504,6 +675,59 @@ mod tests {
             vec![1, 2, 3, 4]
         );
         assert_eq!(s.initial_state().unwrap().hard_state.commit, 50);
+    }
+
+    #[test]
+    fn a_snapshot_taken_before_a_received_newer_one_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = DiskStorage::open(dir.path(), &[1, 2]).unwrap();
+        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
+        s.persist(&ents, None, true).unwrap();
+        // Captured at 8, written while the leader's snapshot at 20 was installed.
+        let meta = s.snapshot_metadata(8).unwrap();
+        let taken = s
+            .snapshot_files()
+            .write(8, SnapshotOrigin::Taken, b"state@8")
+            .unwrap();
+        let mut received = Snapshot::default();
+        received.mut_metadata().index = 20;
+        received.mut_metadata().term = 2;
+        received.mut_metadata().mut_conf_state().voters = vec![1, 2];
+        received.set_data(b"state@20".to_vec().into());
+        s.apply_snapshot(&received).unwrap();
+        assert!(!s.record_snapshot(meta, taken).unwrap());
+        drop(s);
+        let s = DiskStorage::open(dir.path(), &[]).unwrap();
+        let snapshot = s.load_snapshot().unwrap().unwrap();
+        assert_eq!(snapshot.get_metadata().index, 20);
+        assert_eq!(&snapshot.data[..], b"state@20");
+        let files: Vec<_> = std::fs::read_dir(dir.path().join(SNAPSHOT_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, vec![format!("{:020}-received.snap", 20)]);
+    }
+
+    #[test]
+    fn a_snapshot_stored_in_the_log_engine_by_an_older_build_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = DiskStorage::open(dir.path(), &[1]).unwrap();
+            let mut snapshot = Snapshot::default();
+            snapshot.mut_metadata().index = 6;
+            snapshot.mut_metadata().term = 1;
+            snapshot.mut_metadata().mut_conf_state().voters = vec![1];
+            snapshot.set_data(b"state@6".to_vec().into());
+            let mut batch = LogBatch::default();
+            batch
+                .put_message(STATE_GROUP, KEY_SNAPSHOT.to_vec(), &snapshot)
+                .unwrap();
+            s.engine.write(&mut batch, true).unwrap();
+        }
+        let s = DiskStorage::open(dir.path(), &[]).unwrap();
+        assert_eq!(s.first_index().unwrap(), 7);
+        let snapshot = s.load_snapshot().unwrap().unwrap();
+        assert_eq!(&snapshot.data[..], b"state@6");
     }
 
     #[test]

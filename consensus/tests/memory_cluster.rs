@@ -9,7 +9,7 @@ use umbra_consensus::kv::{KvAnswer, KvCommand, KvQuery, KvStateMachine};
 use umbra_consensus::memory::MemoryNetwork;
 use umbra_consensus::{
     Config, MembershipChange, NodeOptions, RaftNode, RequestError, RestoreError, Role,
-    StateMachine, UnreadableEntry, mailbox,
+    SnapshotEncoder, StateMachine, UnreadableEntry, mailbox,
 };
 
 /// What these tests' nodes tell an operator to do about a lost data directory; the failure
@@ -442,8 +442,8 @@ impl StateMachine for OlderBuild {
     fn query(&self, query: &[u8]) -> Vec<u8> {
         self.0.query(query)
     }
-    fn snapshot(&self) -> Vec<u8> {
-        self.0.snapshot()
+    fn capture(&self) -> SnapshotEncoder {
+        self.0.capture()
     }
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
         self.0.restore(snapshot)

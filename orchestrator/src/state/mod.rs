@@ -31,7 +31,7 @@ mod retention;
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
-use umbra_consensus::{RestoreError, StateMachine, UnreadableEntry};
+use umbra_consensus::{RestoreError, SnapshotEncoder, StateMachine, UnreadableEntry};
 use umbra_proto::log::LogError;
 
 use crate::migration::{DnsTtlPlan, MigrationRecord, MigrationSpec, Phase, PhaseDeadlines};
@@ -1298,9 +1298,13 @@ impl StateMachine for OrchestratorState {
         umbra_proto::envelope::encode(&answer).expect("answers always serialise")
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        umbra_proto::log::encode_snapshot(&log::Logged::to_log(self))
-            .expect("log schema types always encode")
+    fn capture(&self) -> SnapshotEncoder {
+        // The copy into the log schema is the capture; encoding it is the slow part, which
+        // runs off the driver thread.
+        let logged = log::Logged::to_log(self);
+        Box::new(move || {
+            umbra_proto::log::encode_snapshot(&logged).expect("log schema types always encode")
+        })
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
