@@ -19,7 +19,7 @@ use std::time::Duration;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::{Semaphore, mpsc};
 use umbra_proto::liveness::{self, PortState};
-use umbra_proto::raft::{SnapshotChunk, SnapshotHeader, SnapshotReceipt};
+use umbra_proto::raft::{SnapshotChunk, SnapshotHeader, SnapshotReceipt, SnapshotResume};
 use umbra_proto::{Endpoint, FramedStream, Identity, RaftMessage, Role, StreamKind};
 
 use crate::transport::{Mailbox, Transport, decode_message, encode_message};
@@ -49,6 +49,11 @@ const MAX_CONCURRENT_SNAPSHOT_RECEIVES: usize = 1;
 /// again). A stalled peer must not hold the leader's snapshot slot for that follower, or the
 /// receiver's memory, for ever; 30 s is far above a chunk's time on any link a cluster runs on.
 const SNAPSHOT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a receiver keeps the data of an interrupted transfer for the sender to resume:
+/// raft-rs sends again within a few heartbeats of hearing of the failure, and a leader that
+/// changed meanwhile sends another snapshot, which replaces it. Bounded in memory by
+/// `MAX_SNAPSHOT_BYTES`, as one transfer in progress is.
+const PARTIAL_SNAPSHOT_KEPT: Duration = Duration::from_secs(120);
 
 /// Peers whose Raft traffic this node drops, both ways, as a partitioned network would.
 /// Empty unless fault injection (tests, drills) cuts links; consulted per message.
@@ -326,8 +331,9 @@ where
 }
 
 impl SnapshotTransfer {
-    /// Sends `message` (a `MsgSnapshot`): the header, the data in chunks, then waits for the
-    /// receiver's receipt. Returns the data's size.
+    /// Sends `message` (a `MsgSnapshot`): the header, then the data in chunks from where the
+    /// receiver says it stopped before (the start, unless an earlier transfer of this very
+    /// snapshot was cut off), then waits for the receiver's receipt. Returns the data's size.
     async fn send(&self, mut message: Message) -> Result<usize, SnapshotSendError> {
         let data = std::mem::take(&mut message.mut_snapshot().data);
         let header = SnapshotHeader {
@@ -347,11 +353,35 @@ impl SnapshotTransfer {
         .await?;
         let mut stream = step(
             "opening the stream",
-            connection.open_stream(StreamKind::RaftSnapshot),
+            connection.open_stream(StreamKind::RaftSnapshotResumable),
         )
         .await?;
         step("sending the header", stream.send(&header)).await?;
-        for chunk in data.chunks(SNAPSHOT_CHUNK_BYTES) {
+        let resume = match step(
+            "awaiting the resume offset",
+            stream.recv::<SnapshotResume>(),
+        )
+        .await?
+        {
+            Some(resume) if resume.offset <= data.len() as u64 => resume.offset as usize,
+            Some(resume) => {
+                return Err(SnapshotSendError::Refused(format!(
+                    "the receiver asked to resume at byte {} of {}",
+                    resume.offset,
+                    data.len()
+                )));
+            }
+            None => return Err(SnapshotSendError::NoReceipt),
+        };
+        if resume > 0 {
+            tracing::info!(
+                peer = self.to,
+                resume,
+                bytes = data.len(),
+                "snapshot transfer resumed"
+            );
+        }
+        for chunk in data[resume..].chunks(SNAPSHOT_CHUNK_BYTES) {
             let chunk = SnapshotChunk {
                 data: chunk.to_vec(),
             };
@@ -460,14 +490,48 @@ pub enum SnapshotRefusal {
     Stream(#[from] umbra_proto::StreamError),
 }
 
-/// Receives snapshots on accepted `StreamKind::RaftSnapshot` streams for node `id`, at most
-/// `MAX_CONCURRENT_SNAPSHOT_RECEIVES` at once. Cheap to clone.
+/// Receives snapshots on accepted `StreamKind::RaftSnapshotResumable` (and, from a sender of
+/// the build before, `RaftSnapshot`) streams for node `id`, at most
+/// `MAX_CONCURRENT_SNAPSHOT_RECEIVES` at once, keeping the data of the last interrupted
+/// transfer for its sender to resume. Cheap to clone.
 #[derive(Clone)]
 pub struct SnapshotInbox {
     id: u64,
     mailbox: Mailbox,
     cut: TrafficCut,
     receiving: Arc<Semaphore>,
+    partial: Arc<std::sync::Mutex<Option<Partial>>>,
+}
+
+/// The data of a transfer that stopped mid-way, and which snapshot it belongs to.
+struct Partial {
+    from: u64,
+    /// The header's Raft message (index, term, configuration) with its size and CRC-32:
+    /// a resumed transfer must be of the very same snapshot.
+    message: Vec<u8>,
+    data_bytes: u64,
+    crc32: u32,
+    data: Vec<u8>,
+    kept_at: std::time::Instant,
+}
+
+impl Partial {
+    fn is_of(&self, header: &SnapshotHeader) -> bool {
+        self.from == header.from
+            && self.message == header.message
+            && self.data_bytes == header.data_bytes
+            && self.crc32 == header.crc32
+            && self.kept_at.elapsed() < PARTIAL_SNAPSHOT_KEPT
+    }
+}
+
+/// A snapshot received whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Size of its data.
+    pub bytes: u64,
+    /// Bytes kept from an earlier, interrupted transfer of it (0 when sent whole).
+    pub resumed_from: u64,
 }
 
 impl SnapshotInbox {
@@ -478,13 +542,15 @@ impl SnapshotInbox {
             mailbox,
             cut,
             receiving: Arc::new(Semaphore::new(MAX_CONCURRENT_SNAPSHOT_RECEIVES)),
+            partial: Arc::default(),
         }
     }
 
     /// Reads one snapshot from `stream`, checks it whole and steps it into Raft, then answers
-    /// with a receipt. Returns the data's size; a refusal is answered with its reason (so the
-    /// leader logs why) and the data received so far is dropped.
-    pub async fn serve(&self, mut stream: FramedStream) -> Result<u64, SnapshotRefusal> {
+    /// with a receipt. A refusal is answered with its reason (so the leader logs why); the data
+    /// received so far is dropped, unless the stream broke off (then it is kept for the sender
+    /// to resume).
+    pub async fn serve(&self, mut stream: FramedStream) -> Result<Received, SnapshotRefusal> {
         let peer = stream.peer().clone();
         if peer.role() != Role::Orchestrator {
             stream.abort(umbra_proto::codes::ROLE_REFUSED);
@@ -510,7 +576,8 @@ impl SnapshotInbox {
         &self,
         stream: &mut FramedStream,
         peer: &Identity,
-    ) -> Result<u64, SnapshotRefusal> {
+    ) -> Result<Received, SnapshotRefusal> {
+        let resumable = stream.kind() == StreamKind::RaftSnapshotResumable;
         let header: SnapshotHeader = match recv_step(stream).await? {
             Some(header) => header,
             None => return Err(SnapshotRefusal::Malformed("no header".into())),
@@ -556,22 +623,27 @@ impl SnapshotInbox {
         }
         let expected = header.data_bytes;
         // Grown as chunks arrive, not reserved from the header: a header alone must not
-        // claim memory.
-        let mut data: Vec<u8> = Vec::new();
-        while (data.len() as u64) < expected {
-            let chunk: SnapshotChunk = match recv_step(stream).await? {
-                Some(chunk) => chunk,
-                None => {
-                    return Err(SnapshotRefusal::Truncated {
-                        received: data.len() as u64,
-                        expected,
-                    });
-                }
+        // claim memory. A kept partial of another snapshot is of no use any more.
+        let kept = self.partial.lock().expect("partial lock").take();
+        let mut data = match kept {
+            Some(partial) if resumable && partial.is_of(&header) => partial.data,
+            _ => Vec::new(),
+        };
+        let resumed_from = data.len() as u64;
+        if resumable {
+            let resume = SnapshotResume {
+                offset: resumed_from,
             };
-            if data.len() as u64 + chunk.data.len() as u64 > expected {
-                return Err(SnapshotRefusal::Overlong { expected });
+            if let Err(error) = send_step(stream, &resume).await {
+                self.keep(&header, data);
+                return Err(error);
             }
-            data.extend_from_slice(&chunk.data);
+        }
+        if let Err(error) = read_chunks(stream, &mut data, expected).await {
+            if resumable && error.is_interruption() {
+                self.keep(&header, data);
+            }
+            return Err(error);
         }
         let actual = crc32fast::hash(&data);
         if actual != header.crc32 {
@@ -584,7 +656,73 @@ impl SnapshotInbox {
         if !self.mailbox.deliver(message) {
             return Err(SnapshotRefusal::MailboxFull);
         }
-        Ok(expected)
+        Ok(Received {
+            bytes: expected,
+            resumed_from,
+        })
+    }
+
+    /// Keeps the data of an interrupted transfer for its sender to resume.
+    fn keep(&self, header: &SnapshotHeader, data: Vec<u8>) {
+        if data.is_empty() {
+            return;
+        }
+        *self.partial.lock().expect("partial lock") = Some(Partial {
+            from: header.from,
+            message: header.message.clone(),
+            data_bytes: header.data_bytes,
+            crc32: header.crc32,
+            data,
+            kept_at: std::time::Instant::now(),
+        });
+    }
+}
+
+/// Appends chunks to `data` until it holds `expected` bytes.
+async fn read_chunks(
+    stream: &mut FramedStream,
+    data: &mut Vec<u8>,
+    expected: u64,
+) -> Result<(), SnapshotRefusal> {
+    while (data.len() as u64) < expected {
+        let chunk: SnapshotChunk = match recv_step(stream).await? {
+            Some(chunk) => chunk,
+            None => {
+                return Err(SnapshotRefusal::Truncated {
+                    received: data.len() as u64,
+                    expected,
+                });
+            }
+        };
+        if data.len() as u64 + chunk.data.len() as u64 > expected {
+            return Err(SnapshotRefusal::Overlong { expected });
+        }
+        data.extend_from_slice(&chunk.data);
+    }
+    Ok(())
+}
+
+/// Sends one frame of a snapshot stream within `SNAPSHOT_STEP_TIMEOUT`.
+async fn send_step<T: serde::Serialize>(
+    stream: &mut FramedStream,
+    frame: &T,
+) -> Result<(), SnapshotRefusal> {
+    tokio::time::timeout(SNAPSHOT_STEP_TIMEOUT, stream.send(frame))
+        .await
+        .map_err(|_| SnapshotRefusal::Stalled)?
+        .map_err(SnapshotRefusal::from)
+}
+
+impl SnapshotRefusal {
+    /// Whether the transfer broke off (the data so far is sound and worth resuming), rather
+    /// than being refused for what it held.
+    fn is_interruption(&self) -> bool {
+        matches!(
+            self,
+            SnapshotRefusal::Truncated { .. }
+                | SnapshotRefusal::Stalled
+                | SnapshotRefusal::Stream(_)
+        )
     }
 }
 
@@ -615,7 +753,7 @@ mod tests {
         sender: Endpoint,
         receiver: SocketAddr,
         inbox: MailboxReceiver,
-        refusals: mpsc::UnboundedReceiver<Result<u64, String>>,
+        refusals: mpsc::UnboundedReceiver<Result<Received, String>>,
     }
 
     impl Pair {
@@ -667,20 +805,41 @@ mod tests {
         }
 
         async fn open(&self) -> (umbra_proto::Connection, FramedStream) {
+            self.open_kind(StreamKind::RaftSnapshot).await
+        }
+
+        async fn open_kind(&self, kind: StreamKind) -> (umbra_proto::Connection, FramedStream) {
             let connection = self
                 .sender
                 .connect(self.receiver, &Identity::orchestrator(2).server_name())
                 .await
                 .unwrap();
-            let stream = connection
-                .open_stream(StreamKind::RaftSnapshot)
-                .await
-                .unwrap();
+            let stream = connection.open_stream(kind).await.unwrap();
             (connection, stream)
         }
 
+        /// A resumable transfer of `data` whose sender ends the stream after `chunks` chunks;
+        /// returns the offset the receiver offered.
+        async fn interrupt(&mut self, data: &[u8], chunks: usize) -> u64 {
+            let (_connection, mut stream) = self.open_kind(StreamKind::RaftSnapshotResumable).await;
+            stream.send(&header_for(data)).await.unwrap();
+            let resume: SnapshotResume = stream.recv().await.unwrap().unwrap();
+            for chunk in data.chunks(SNAPSHOT_CHUNK_BYTES).take(chunks) {
+                stream
+                    .send(&SnapshotChunk {
+                        data: chunk.to_vec(),
+                    })
+                    .await
+                    .unwrap();
+            }
+            stream.finish();
+            let refusal = self.outcome().await.unwrap_err();
+            assert!(refusal.contains("ended after"), "{refusal}");
+            resume.offset
+        }
+
         /// The receiving side's outcome of the next stream.
-        async fn outcome(&mut self) -> Result<u64, String> {
+        async fn outcome(&mut self) -> Result<Received, String> {
             tokio::time::timeout(Duration::from_secs(10), self.refusals.recv())
                 .await
                 .expect("the receiver finished the stream")
@@ -724,7 +883,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(sent, data.len());
-        assert_eq!(pair.outcome().await, Ok(data.len() as u64));
+        let whole = Received {
+            bytes: data.len() as u64,
+            resumed_from: 0,
+        };
+        assert_eq!(pair.outcome().await, Ok(whole));
         match pair.inbox.receiver.try_recv() {
             Ok(Inbound::Message(message)) => {
                 assert_eq!(message.get_msg_type(), MessageType::MsgSnapshot);
@@ -810,10 +973,53 @@ mod tests {
         // raft-rs sends the whole snapshot again; the receiver's one slot is free for it.
         let sent = pair.transfer().send(snapshot_message(data.clone())).await;
         assert_eq!(sent.unwrap(), data.len());
-        assert_eq!(pair.outcome().await, Ok(data.len() as u64));
+        assert_eq!(pair.outcome().await.map(|r| r.bytes), Ok(data.len() as u64));
         assert!(matches!(
             pair.inbox.receiver.try_recv(),
             Ok(Inbound::Message(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_transfer_resumes_where_it_stopped_and_only_for_the_same_snapshot() {
+        let mut pair = Pair::new().await;
+        let data: Vec<u8> = (0..3 * SNAPSHOT_CHUNK_BYTES + 77)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let other = vec![5u8; 2 * SNAPSHOT_CHUNK_BYTES];
+
+        assert_eq!(pair.interrupt(&data, 2).await, 0);
+        // Another snapshot (a new leader's, say) is not resumed from the kept data, and
+        // replaces it.
+        pair.transfer()
+            .send(snapshot_message(other.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            pair.outcome().await.map(|r| r.resumed_from),
+            Ok(0),
+            "another snapshot starts afresh"
+        );
+        assert!(matches!(
+            pair.inbox.receiver.try_recv(),
+            Ok(Inbound::Message(_))
+        ));
+
+        assert_eq!(pair.interrupt(&data, 1).await, 0);
+        let sent = pair.transfer().send(snapshot_message(data.clone())).await;
+        assert_eq!(sent.unwrap(), data.len());
+        assert_eq!(
+            pair.outcome().await,
+            Ok(Received {
+                bytes: data.len() as u64,
+                resumed_from: SNAPSHOT_CHUNK_BYTES as u64,
+            })
+        );
+        match pair.inbox.receiver.try_recv() {
+            Ok(Inbound::Message(message)) => {
+                assert!(message.get_snapshot().data[..] == data[..], "data differs");
+            }
+            other => panic!("expected the snapshot in the mailbox, got {other:?}"),
+        }
     }
 }

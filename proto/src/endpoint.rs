@@ -203,6 +203,12 @@ pub enum StreamKind {
     /// [`SnapshotReceipt`](crate::raft::SnapshotReceipt)), apart from the Raft stream so a
     /// large transfer does not hold up heartbeats.
     RaftSnapshot,
+    /// One Raft snapshot as in [`StreamKind::RaftSnapshot`], resumable: the receiver answers
+    /// the header with a [`SnapshotResume`](crate::raft::SnapshotResume) saying how much of
+    /// that very snapshot it kept from an interrupted transfer, and the sender sends only the
+    /// rest. What this build sends; `RaftSnapshot` is still served for a sender of the build
+    /// before.
+    RaftSnapshotResumable,
 }
 
 impl StreamKind {
@@ -217,7 +223,7 @@ impl StreamKind {
             StreamKind::Agent => &[Role::Orchestrator, Role::Agent],
             StreamKind::Operator => &[Role::Operator],
             // A snapshot replaces a member's whole state: Raft members only, as for `Raft`.
-            StreamKind::RaftSnapshot => &[Role::Orchestrator],
+            StreamKind::RaftSnapshot | StreamKind::RaftSnapshotResumable => &[Role::Orchestrator],
         }
     }
 
@@ -1093,6 +1099,9 @@ mod tests {
             (StreamKind::RaftSnapshot, Role::Orchestrator, true),
             (StreamKind::RaftSnapshot, Role::Agent, false),
             (StreamKind::RaftSnapshot, Role::Operator, false),
+            (StreamKind::RaftSnapshotResumable, Role::Orchestrator, true),
+            (StreamKind::RaftSnapshotResumable, Role::Agent, false),
+            (StreamKind::RaftSnapshotResumable, Role::Operator, false),
         ];
         for (kind, role, allowed) in table {
             assert_eq!(kind.permits(role), allowed, "{kind:?} by {role}");

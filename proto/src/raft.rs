@@ -38,7 +38,18 @@ pub struct SnapshotHeader {
     pub crc32: u32,
 }
 
-/// One piece of a snapshot's data, in order, after the [`SnapshotHeader`].
+/// The receiver's answer to a [`SnapshotHeader`] on a
+/// [`StreamKind::RaftSnapshotResumable`](crate::StreamKind::RaftSnapshotResumable) stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotResume {
+    /// How many bytes of this snapshot's data (the same sender, Raft index and term, size and
+    /// CRC-32) the receiver kept from an interrupted transfer: the sender's chunks start
+    /// there. 0 for a transfer that starts afresh.
+    pub offset: u64,
+}
+
+/// One piece of a snapshot's data, in order, after the [`SnapshotHeader`] (and, on a resumable
+/// stream, the [`SnapshotResume`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotChunk {
     /// The next bytes of the snapshot's data.

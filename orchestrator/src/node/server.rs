@@ -241,10 +241,17 @@ impl Server {
                     tracing::warn!(%peer, %error, "raft stream closed");
                 }
             }
-            StreamKind::RaftSnapshot => match self.snapshots.serve(stream).await {
-                Ok(bytes) => tracing::info!(%peer, bytes, "raft snapshot received"),
-                Err(error) => tracing::warn!(%peer, %error, "raft snapshot refused"),
-            },
+            StreamKind::RaftSnapshot | StreamKind::RaftSnapshotResumable => {
+                match self.snapshots.serve(stream).await {
+                    Ok(received) => tracing::info!(
+                        %peer,
+                        bytes = received.bytes,
+                        resumed_from = received.resumed_from,
+                        "raft snapshot received"
+                    ),
+                    Err(error) => tracing::warn!(%peer, %error, "raft snapshot refused"),
+                }
+            }
             StreamKind::Client => self.serve_client_stream(stream).await,
             StreamKind::Agent if self.agents.is_some() => {
                 if let Some(gateway) = &self.agents {
