@@ -27,10 +27,38 @@ pub struct Move {
     pub warm_instances: u32,
 }
 
-/// The order of `moves`: [`ORDER_REASON`].
-pub fn order(mut moves: Vec<Move>) -> Vec<Move> {
+/// The moves out of a region, in the drill's order ([`ORDER_REASON`]): `serving` is each
+/// service with traffic there and its warm instances; each goes to `to` when given, else to
+/// the region of `others` (region → services it serves) serving the fewest services, counting
+/// those the drill already sent there, then by name. `None` when there is no other region.
+pub fn plan_moves(
+    serving: Vec<(String, u32)>,
+    mut others: std::collections::BTreeMap<String, usize>,
+    to: Option<&str>,
+) -> Option<Vec<Move>> {
+    let mut moves: Vec<Move> = serving
+        .into_iter()
+        .map(|(service, warm_instances)| Move {
+            service,
+            to: String::new(),
+            warm_instances,
+        })
+        .collect();
     moves.sort_by(|a, b| (a.warm_instances, &a.service).cmp(&(b.warm_instances, &b.service)));
-    moves
+    for m in &mut moves {
+        m.to = match to {
+            Some(to) => to.to_owned(),
+            None => {
+                let least = others
+                    .iter()
+                    .min_by_key(|(name, n)| (**n, *name))
+                    .map(|(name, _)| name.clone())?;
+                *others.get_mut(&least).expect("just found") += 1;
+                least
+            }
+        };
+    }
+    Some(moves)
 }
 
 /// One service's requests at the region fronts: counts and the latency histogram's
@@ -514,15 +542,29 @@ umbra_front_request_duration_seconds_count{region=\"us-east\",service=\"shop\"} 
     }
 
     #[test]
-    fn services_leave_smallest_pool_first() {
-        let m = |service: &str, warm| Move {
-            service: service.into(),
-            to: "eu-west".into(),
-            warm_instances: warm,
-        };
-        let ordered = order(vec![m("shop", 3), m("cart", 1), m("auth", 3)]);
-        let names: Vec<&str> = ordered.iter().map(|m| m.service.as_str()).collect();
-        assert_eq!(names, ["cart", "auth", "shop"]);
+    fn services_leave_smallest_pool_first_for_the_least_busy_region() {
+        let serving = vec![("shop".into(), 3), ("cart".into(), 1), ("auth".into(), 3)];
+        let others = [("eu-west".to_owned(), 1), ("ap-south".to_owned(), 0)].into();
+        let moves = plan_moves(serving.clone(), others, None).unwrap();
+        let got: Vec<(&str, &str)> = moves
+            .iter()
+            .map(|m| (m.service.as_str(), m.to.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("cart", "ap-south"),
+                ("auth", "ap-south"),
+                ("shop", "eu-west")
+            ]
+        );
+        let pinned = plan_moves(serving.clone(), Default::default(), Some("eu-west")).unwrap();
+        assert!(pinned.iter().all(|m| m.to == "eu-west"));
+        assert_eq!(plan_moves(serving, Default::default(), None), None);
+        assert_eq!(
+            plan_moves(Vec::new(), Default::default(), None),
+            Some(Vec::new())
+        );
     }
 
     fn verdict() -> Verdict {
