@@ -11,10 +11,13 @@
 //! are injected only through mechanisms the product already has: the sample service's fault
 //! switch (instances found in `--agent-dir`, the process provider's state directory) and
 //! SIGSTOP/SIGCONT of a process whose pid it was given (`--pid`). It changes the cluster only
-//! through the API and leaves nothing of its own behind.
+//! through the API and leaves nothing of its own behind; Ctrl-C stops it the same way, with
+//! the faults undone and its moves rolled back before it exits.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -38,6 +41,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const P99_WINDOW: Duration = Duration::from_secs(5);
 /// Timeout of one call to the API, a front's metrics or an instance's fault switch.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Timeout of one scrape of a front's metrics: an agent answers in milliseconds, and a
+/// paused or dead one must not hold the drill's loop (its faults' timing, its judgement) for
+/// longer than a second.
+const METRICS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default longest wait for one migration (or rollback) to end: ten minutes, twice a
 /// production plan's default lead time plus its cutover steps.
 const DEFAULT_MIGRATION_TIMEOUT_SECS: u64 = 600;
@@ -165,8 +172,9 @@ struct ArmedFault {
     kind: FaultKind,
     when: Trigger,
     record: FaultRecord,
-    /// When a pause ends (SIGCONT due).
-    resume_at: Option<Instant>,
+    /// A pause's timer: sends SIGCONT when the pause is over, whatever the drill's loop is
+    /// waiting on, and answers when it did.
+    resume: Option<tokio::task::JoinHandle<Timestamp>>,
     fired: bool,
     undone: bool,
 }
@@ -198,6 +206,9 @@ struct Drill {
     rollbacks: Vec<Rollback>,
     started_ids: BTreeSet<String>,
     seen_phases: BTreeSet<String>,
+    /// Set on Ctrl-C: the drill stops as if a condition tripped, so its faults are undone and
+    /// what it moved is rolled back before it exits.
+    interrupted: Arc<AtomicBool>,
 }
 
 fn now() -> Timestamp {
@@ -332,7 +343,7 @@ impl Drill {
                 },
                 kind: f.kind,
                 when: f.when,
-                resume_at: None,
+                resume: None,
                 fired: false,
                 undone: false,
             })
@@ -362,6 +373,7 @@ impl Drill {
             rollbacks: Vec::new(),
             started_ids: BTreeSet::new(),
             seen_phases: BTreeSet::new(),
+            interrupted: Arc::new(AtomicBool::new(false)),
         };
         drill.baseline = drill.read_fronts().await?;
         Ok(drill)
@@ -369,6 +381,18 @@ impl Drill {
 
     /// Moves the services, stopping and rolling back when a condition trips; then the verdict.
     async fn execute(&mut self) -> anyhow::Result<Verdict> {
+        let interrupted = self.interrupted.clone();
+        let ctrl_c = tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                interrupted.store(true, Ordering::SeqCst);
+            }
+        });
+        let verdict = self.evacuate().await;
+        ctrl_c.abort();
+        verdict
+    }
+
+    async fn evacuate(&mut self) -> anyhow::Result<Verdict> {
         self.started = Instant::now();
         self.started_at = now();
         let services: Vec<String> = self.moves.iter().map(|m| m.service.clone()).collect();
@@ -385,6 +409,7 @@ impl Drill {
         ));
         let mut evacuated_at = None;
         for m in self.moves.clone() {
+            self.check_interrupted();
             if self.stopped.is_some() {
                 self.outcomes.push(ServiceOutcome {
                     service: m.service.clone(),
@@ -488,6 +513,7 @@ impl Drill {
             }
             self.fire_faults(&migration.phase).await;
             self.judge().await;
+            self.check_interrupted();
             if migration.terminal {
                 return Ok(migration);
             }
@@ -613,13 +639,13 @@ impl Drill {
             .collect())
     }
 
-    /// Scrapes every front and sums the moved services' series.
+    /// Scrapes every front at once and sums the moved services' series.
     async fn read_fronts(&self) -> anyhow::Result<FrontReading> {
-        let mut reading = FrontReading::default();
-        for url in &self.fronts {
+        let scrapes = self.fronts.iter().map(|url| async move {
             let text = self
                 .http
                 .get(url)
+                .timeout(METRICS_TIMEOUT)
                 .send()
                 .await
                 .and_then(|r| r.error_for_status())
@@ -627,6 +653,11 @@ impl Drill {
                 .text()
                 .await
                 .with_context(|| format!("reading the front's metrics at {url}"))?;
+            anyhow::Ok(text)
+        });
+        let mut reading = FrontReading::default();
+        for text in futures::future::join_all(scrapes).await {
+            let text = text?;
             for m in &self.moves {
                 reading.add_exposition(&text, &m.service);
             }
@@ -678,12 +709,12 @@ impl Drill {
     async fn fire_faults(&mut self, phase: &str) {
         let elapsed = self.started.elapsed();
         for i in 0..self.faults.len() {
-            let fault = &self.faults[i];
+            let fault = &mut self.faults[i];
             if fault.fired {
-                if let (Some(resume), false) = (fault.resume_at, fault.undone)
-                    && Instant::now() >= resume
-                {
-                    self.undo(i).await;
+                if let Some(resume) = fault.resume.take_if(|r| r.is_finished()) {
+                    let resumed = resume.await.ok().unwrap_or_else(now);
+                    fault.undone = true;
+                    fault.record.undone = Some(resumed.to_string());
                 }
                 continue;
             }
@@ -726,8 +757,12 @@ impl Drill {
                 let pid = self.pids[process];
                 match kill(pid, Signal::SIGSTOP) {
                     Ok(()) => {
-                        self.faults[i].resume_at =
-                            Some(Instant::now() + Duration::from_millis(*for_ms));
+                        let pause = Duration::from_millis(*for_ms);
+                        self.faults[i].resume = Some(tokio::spawn(async move {
+                            tokio::time::sleep(pause).await;
+                            let _ = kill(pid, Signal::SIGCONT);
+                            now()
+                        }));
                         format!("SIGSTOP to {process} (pid {pid})")
                     }
                     Err(e) => format!("SIGSTOP to {process} (pid {pid}) failed: {e}"),
@@ -765,6 +800,9 @@ impl Drill {
                 self.switch(region, service, &FaultSwitch::default()).await;
             }
             FaultKind::Pause { process, .. } => {
+                if let Some(resume) = self.faults[i].resume.take() {
+                    resume.abort();
+                }
                 let _ = kill(self.pids[process], Signal::SIGCONT);
             }
         }
@@ -779,6 +817,17 @@ impl Drill {
             if self.faults[i].fired && !self.faults[i].undone {
                 self.undo(i).await;
             }
+        }
+    }
+
+    /// Stops the drill once Ctrl-C was pressed.
+    fn check_interrupted(&mut self) {
+        if self.interrupted.load(Ordering::SeqCst) && self.stopped.is_none() {
+            self.say("STOP: interrupted (Ctrl-C); undoing the faults and rolling back");
+            self.stopped = Some(Stopped {
+                reason: "interrupted by the operator (Ctrl-C)".to_owned(),
+                at: now().to_string(),
+            });
         }
     }
 
