@@ -143,7 +143,7 @@ impl ServedDemo {
     }
 
     /// Stops the demo with SIGINT, as Ctrl-C would, and returns what its traffic client saw.
-    fn stop(mut self) -> anyhow::Result<Value> {
+    fn stop(&mut self) -> anyhow::Result<Value> {
         kill(self.process.pid(), Signal::SIGINT)?;
         let status = self.process.wait_exit(STOP_DEADLINE)?;
         ensure!(status.success(), "umbra demo --serve ended with {status}");
@@ -152,6 +152,17 @@ impl ServedDemo {
             .recv_timeout(Duration::from_secs(5))
             .context("umbra demo --serve printed no traffic summary")?;
         Ok(serde_json::from_str(&line)?)
+    }
+}
+
+/// A test that fails part way stops the demo as Ctrl-C would, so that it stops what it started
+/// (a SIGKILL would leave its orchestrators, agents and instances running).
+impl Drop for ServedDemo {
+    fn drop(&mut self) {
+        if matches!(self.process.has_exited(), Ok(false)) {
+            let _ = kill(self.process.pid(), Signal::SIGINT);
+            let _ = self.process.wait_exit(STOP_DEADLINE);
+        }
     }
 }
 
@@ -174,7 +185,7 @@ fn shadows_left(agent_dir: &Path, id: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evacuating_us_east_passes_with_no_failed_request() -> anyhow::Result<()> {
     let scratch = tempfile::Builder::new().prefix("umbra-drill-").tempdir()?;
-    let demo = ServedDemo::start(scratch.path())?;
+    let mut demo = ServedDemo::start(scratch.path())?;
     let (output, verdict) = demo.drill(&["--markdown", "/dev/null"])?;
     ensure!(
         output.status.success(),
@@ -220,7 +231,7 @@ async fn a_fault_plan_that_burns_the_budget_fails_and_rolls_everything_back() ->
         "[[faults]]\nkind = \"errors\"\nregion = \"us-east\"\nservice = \"shop\"\nrate = 0.2\n\
          at_phase = \"cutting_over[0]\"\n",
     )?;
-    let demo = ServedDemo::start(scratch.path())?;
+    let mut demo = ServedDemo::start(scratch.path())?;
 
     // A plan naming a region the cluster does not have is refused, and nothing starts.
     let bad = scratch.path().join("bad.toml");
