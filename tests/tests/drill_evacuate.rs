@@ -186,7 +186,8 @@ fn shadows_left(agent_dir: &Path, id: &str) -> usize {
 async fn evacuating_us_east_passes_with_no_failed_request() -> anyhow::Result<()> {
     let scratch = tempfile::Builder::new().prefix("umbra-drill-").tempdir()?;
     let mut demo = ServedDemo::start(scratch.path())?;
-    let (output, verdict) = demo.drill(&["--markdown", "/dev/null"])?;
+    let markdown = scratch.path().join("verdict.md");
+    let (output, verdict) = demo.drill(&["--markdown", markdown.to_str().context("path")?])?;
     ensure!(
         output.status.success(),
         "the drill failed: {:?}",
@@ -206,6 +207,15 @@ async fn evacuating_us_east_passes_with_no_failed_request() -> anyhow::Result<()
     assert!(verdict["evacuate_ms"].as_u64().is_some(), "{verdict}");
     assert_eq!(verdict["rollbacks"], serde_json::json!([]));
     let to = services[0]["to"].as_str().context("to")?.to_owned();
+    let report = std::fs::read_to_string(&markdown)?;
+    assert!(
+        report.starts_with("# Drill: evacuate us-east — PASS"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("| 1 | shop | {to} | shop-1 | completed |")),
+        "{report}"
+    );
 
     // The service is out of us-east: its DNS weight is all in the target.
     let status = demo.status()?;
