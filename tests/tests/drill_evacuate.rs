@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use nix::sys::signal::{Signal, kill};
 use serde_json::Value;
+use umbra_chaos::drill::FrontReading;
 use umbra_testkit::Process;
 
 /// Starting three orchestrators and three agents, applying the plan and seeding the data on a
@@ -299,7 +300,37 @@ async fn a_fault_plan_that_burns_the_budget_fails_and_rolls_everything_back() ->
     })
     .await?;
 
+    // The drill switched its fault off: us-east's front serves hundreds more requests with
+    // no new error.
+    let front = demo.reach["front_metrics"]["us-east"]
+        .as_str()
+        .context("us-east's front metrics")?
+        .to_owned();
+    let before = front_reading(&front).await?;
+    umbra_testkit::wait_for(
+        "us-east serving 400 more requests",
+        RELEASE_DEADLINE,
+        || {
+            let front = front.clone();
+            let before = before.clone();
+            async move {
+                let now = front_reading(&front).await.ok()?;
+                (now.requests >= before.requests + 400).then_some(now)
+            }
+        },
+    )
+    .await
+    .map(|after| assert_eq!(after.errors, before.errors, "errors after the drill"))?;
+
     let traffic = demo.stop()?;
     println!("the demo's traffic client: {traffic}");
     Ok(())
+}
+
+/// The `shop` series of one front's metrics.
+async fn front_reading(url: &str) -> anyhow::Result<FrontReading> {
+    let text = reqwest::get(url).await?.error_for_status()?.text().await?;
+    let mut reading = FrontReading::default();
+    reading.add_exposition(&text, "shop");
+    Ok(reading)
 }
