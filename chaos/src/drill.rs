@@ -209,7 +209,7 @@ pub struct ServiceOutcome {
     /// From the evacuated region to here.
     pub to: String,
     /// `completed`, `rolled_back`, `failed`, `moved_back` (completed, then moved back when the
-    /// drill aborted) or `not_started`.
+    /// drill aborted), `error` (the API refused it or stopped answering) or `not_started`.
     pub outcome: String,
     /// When its migration was requested (RFC 3339).
     pub started: Option<String>,

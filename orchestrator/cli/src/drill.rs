@@ -422,7 +422,28 @@ impl Drill {
                 });
                 continue;
             }
-            let outcome = self.move_service(&m).await?;
+            let outcome = match self.move_service(&m).await {
+                Ok(outcome) => outcome,
+                // The API refused the move or stopped answering while it ran: the drill stops
+                // and cleans up what it can (a refused move started nothing).
+                Err(error) => {
+                    let reason = format!("moving {}: {error:#}", m.service);
+                    self.say(&format!("STOP: {reason}"));
+                    self.stopped.get_or_insert_with(|| Stopped {
+                        reason,
+                        at: now().to_string(),
+                    });
+                    ServiceOutcome {
+                        service: m.service.clone(),
+                        migration: None,
+                        to: m.to.clone(),
+                        outcome: "error".to_owned(),
+                        started: None,
+                        ended: None,
+                        duration_ms: None,
+                    }
+                }
+            };
             let completed = outcome.outcome == "completed";
             self.outcomes.push(outcome);
             if !completed && self.stopped.is_none() {
@@ -438,7 +459,12 @@ impl Drill {
             self.abort().await?;
         }
         self.undo_faults().await;
-        let live = self.live_migrations().await?;
+        let live = self
+            .live_migrations()
+            .await?
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
         let total = self.latest.since(&self.baseline);
         let mut verdict = Verdict {
             verdict: String::new(),
@@ -572,6 +598,14 @@ impl Drill {
     /// already moved out goes back by a migration into the region, watched to its end.
     async fn abort(&mut self) -> anyhow::Result<()> {
         self.undo_faults().await;
+        // A migration of the drill's still live (its watch ended in an error) is rolled back
+        // and watched to its end here.
+        for live in self.live_migrations().await? {
+            if !self.rollbacks.iter().any(|r| r.migration == live.id) {
+                self.roll_back(&live.id, &live.service).await?;
+            }
+            self.watch(&live.id, false).await?;
+        }
         for rollback in &mut self.rollbacks {
             let status = self.client.status().await?;
             if let Some(m) = status
@@ -629,13 +663,12 @@ impl Drill {
     }
 
     /// Migrations the drill started that are still live.
-    async fn live_migrations(&self) -> anyhow::Result<Vec<String>> {
+    async fn live_migrations(&self) -> anyhow::Result<Vec<MigrationStatus>> {
         let status = self.client.status().await?;
         Ok(status
             .migrations
             .into_iter()
             .filter(|m| !m.terminal && self.started_ids.contains(&m.id))
-            .map(|m| m.id)
             .collect())
     }
 
