@@ -219,6 +219,21 @@ pub struct ServiceOutcome {
     pub duration_ms: Option<u64>,
 }
 
+impl ServiceOutcome {
+    /// A move that started no migration, ending `outcome` (`not_started`, `error`).
+    pub fn unstarted(m: &Move, outcome: &str) -> Self {
+        Self {
+            service: m.service.clone(),
+            migration: None,
+            to: m.to.clone(),
+            outcome: outcome.to_owned(),
+            started: None,
+            ended: None,
+            duration_ms: None,
+        }
+    }
+}
+
 /// A rollback the drill asked for.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Rollback {

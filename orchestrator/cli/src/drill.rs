@@ -411,15 +411,8 @@ impl Drill {
         for m in self.moves.clone() {
             self.check_interrupted();
             if self.stopped.is_some() {
-                self.outcomes.push(ServiceOutcome {
-                    service: m.service.clone(),
-                    migration: None,
-                    to: m.to.clone(),
-                    outcome: "not_started".to_owned(),
-                    started: None,
-                    ended: None,
-                    duration_ms: None,
-                });
+                self.outcomes
+                    .push(ServiceOutcome::unstarted(&m, "not_started"));
                 continue;
             }
             let outcome = match self.move_service(&m).await {
@@ -433,15 +426,7 @@ impl Drill {
                         reason,
                         at: now().to_string(),
                     });
-                    ServiceOutcome {
-                        service: m.service.clone(),
-                        migration: None,
-                        to: m.to.clone(),
-                        outcome: "error".to_owned(),
-                        started: None,
-                        ended: None,
-                        duration_ms: None,
-                    }
+                    ServiceOutcome::unstarted(&m, "error")
                 }
             };
             let completed = outcome.outcome == "completed";
