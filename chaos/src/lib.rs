@@ -4,8 +4,11 @@
 //! region agents and the clients, over a simulated network that drops, delays, duplicates and
 //! partitions, with crashes, restarts and clock jumps, and invariants checked after every
 //! event. [`history`] checks a history recorded from a real cluster for linearizability.
-//! Nothing here is compiled into the product's processes; `umbra chaos simulate` runs the
+//! [`plan`] is a fault plan (TOML, by hand or from a seed) and [`drill`] the judging core of
+//! `umbra drill evacuate`. Nothing here is compiled into the product's processes; `umbra chaos simulate` runs the
 //! simulation and the tests run both.
 
+pub mod drill;
 pub mod history;
+pub mod plan;
 pub mod sim;

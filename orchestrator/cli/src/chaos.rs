@@ -1,13 +1,18 @@
+//! `umbra chaos plan --seed S`: prints the fault plan a seed gives (`umbra_chaos::plan`), for
+//! `umbra drill --fault-plan`.
+//!
 //! `umbra chaos simulate`: runs the seeded whole-cluster simulation (`umbra_chaos::sim`) over a
 //! range of seeds and reports every invariant that did not hold, each with the one command
 //! that replays its seed. A table and a progress bar for people; `--json` prints one JSON
 //! object as the last line, for CI. It fails (status 1) when any invariant was violated.
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use umbra_chaos::plan::{FaultPlan, Scope};
 use umbra_chaos::sim::{self, SeedReport, SimConfig, Violation};
 
 /// Seeds run when neither `--seeds` nor `--seed` is given.
@@ -25,6 +30,26 @@ enum ChaosCommand {
     /// Simulate the whole control plane (3 Raft replicas, the executor, 2 agents, clients)
     /// under seeded faults, one seed after another, and check its invariants.
     Simulate(SimulateArgs),
+    /// Print the fault plan (TOML) a seed gives, for `umbra drill evacuate --fault-plan`.
+    Plan(PlanArgs),
+}
+
+/// Arguments of `umbra chaos plan`. The scope defaults to the demo's topology.
+#[derive(Debug, clap::Args)]
+struct PlanArgs {
+    /// The seed; the same seed and scope always give the same plan.
+    #[arg(long)]
+    seed: u64,
+    /// A region the plan may name (repeat; default: the demo's us-east, eu-west, ap-south).
+    #[arg(long = "region")]
+    regions: Vec<String>,
+    /// A service the plan may name (repeat; default: the demo's shop).
+    #[arg(long = "service")]
+    services: Vec<String>,
+    /// A process `pause` faults may stop, as the drill will be given its pid (`--pid
+    /// NAME=PID`; repeat; default: none, so no pauses).
+    #[arg(long = "process")]
+    processes: Vec<String>,
 }
 
 /// Arguments of `umbra chaos simulate`.
@@ -64,7 +89,29 @@ struct Summary {
 pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     match args.command {
         ChaosCommand::Simulate(args) => simulate(args),
+        ChaosCommand::Plan(args) => {
+            print!("{}", plan(args).to_toml());
+            Ok(())
+        }
     }
+}
+
+fn plan(args: PlanArgs) -> FaultPlan {
+    let or_demo = |given: Vec<String>, demo: Vec<String>| -> BTreeSet<String> {
+        if given.is_empty() { demo } else { given }
+            .into_iter()
+            .collect()
+    };
+    let demo_regions = umbra_demo::scenario::DemoTopology::new(0).region_names();
+    let scope = Scope {
+        regions: or_demo(args.regions, demo_regions),
+        services: or_demo(
+            args.services,
+            vec![umbra_demo::scenario::SERVICE.to_owned()],
+        ),
+        processes: args.processes.into_iter().collect(),
+    };
+    FaultPlan::generate(args.seed, &scope)
 }
 
 fn simulate(args: SimulateArgs) -> anyhow::Result<()> {

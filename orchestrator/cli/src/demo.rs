@@ -65,6 +65,12 @@ pub struct DemoArgs {
     /// canary; needs `--slo-source prometheus`).
     #[arg(long, value_enum, default_value_t = JudgementChoice::Thresholds)]
     slo_judgement: JudgementChoice,
+    /// Request no migration: keep the cluster up with its traffic running, print how to reach
+    /// it (with `--json`: one JSON line: API, certificates, token, each front's metrics, each
+    /// agent's directory, every pid, and an `umbra drill evacuate` command) and wait for
+    /// Ctrl-C or SIGTERM; then stop everything and print what the traffic client saw.
+    #[arg(long, conflicts_with_all = ["inject_fault", "kill_leader", "restart_target_agent"])]
+    serve: bool,
 }
 
 /// `--slo-judgement`.
@@ -124,6 +130,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let progress = |line: &str| eprintln!("{line}");
+    if args.serve {
+        return runtime.block_on(serve(&options, args.json));
+    }
     let result = runtime.block_on(async {
         tokio::select! {
             result = run_demo(&options, &progress) => result.map_err(anyhow::Error::from),
@@ -149,6 +158,48 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         bail!(
             "the migration ended {} (expected {expected}); see the phases above",
             report.outcome
+        );
+    }
+    Ok(())
+}
+
+/// `umbra demo --serve`: up until Ctrl-C or SIGTERM.
+async fn serve(options: &umbra_demo::DemoOptions, json: bool) -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    let stop = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    let reach = |reach: &umbra_demo::Reach| {
+        if json {
+            match serde_json::to_string(reach) {
+                Ok(line) => println!("{line}"),
+                Err(e) => eprintln!("error: printing how to reach the cluster: {e}"),
+            }
+        } else {
+            println!(
+                "the demo cluster is up, its traffic running; stop it with Ctrl-C\n\
+                 export UMBRA_API={} UMBRA_CERTS={} UMBRA_OPERATOR={} UMBRA_TOKEN_FILE={}\n\
+                 drill: {}",
+                reach.api,
+                reach.certs.display(),
+                reach.operator,
+                reach.token_file.display(),
+                reach.drill
+            );
+        }
+    };
+    let progress = |line: &str| eprintln!("{line}");
+    let traffic = umbra_demo::serve(options, &progress, &reach, stop).await?;
+    if json {
+        println!("{}", serde_json::to_string(&traffic)?);
+    } else {
+        println!(
+            "traffic: {} requests, {} failed {:?}",
+            traffic.requests_total, traffic.requests_failed, traffic.failures
         );
     }
     Ok(())

@@ -8,6 +8,7 @@ mod capacity;
 mod certs;
 mod chaos;
 mod demo;
+mod drill;
 mod forecast;
 mod kv;
 mod member;
@@ -47,6 +48,9 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Seeded simulation of the whole control plane under faults, with invariant checks.
     Chaos(chaos::ChaosArgs),
+    /// Drills against a running cluster: `evacuate` moves every service out of a region under
+    /// a fault plan and stop conditions, and prints a verdict.
+    Drill(drill::DrillArgs),
     /// Apply a plan (regions, services, schedules) through the operator API.
     Apply(apply::ApplyArgs),
     /// Print the example plan (examples/plan.toml), a starting point for your own.
@@ -86,6 +90,7 @@ fn run() -> anyhow::Result<()> {
         Command::Backtest(args) => backtest::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Chaos(args) => chaos::run(args),
+        Command::Drill(args) => drill::run(args),
         Command::Apply(args) => apply::run(args),
         Command::ExamplePlan => {
             print!("{}", umbra_orchestrator::state::plan::EXAMPLE_PLAN_TOML);

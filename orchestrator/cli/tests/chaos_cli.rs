@@ -1,5 +1,7 @@
 //! `umbra chaos simulate` as CI and a person run it: the real binary, its `--json` summary as
-//! the last line of standard output, one seed replayed exactly, and a mistake refused.
+//! the last line of standard output, one seed replayed exactly, and a mistake refused. And
+//! `umbra chaos plan --seed S`: one plan per seed, which `umbra drill --fault-plan` reads; a
+//! malformed plan is refused before the drill touches a cluster.
 
 use std::process::{Command, Output};
 
@@ -56,4 +58,46 @@ fn zero_seeds_is_refused_with_what_to_do() {
     let out = umbra(&["chaos", "simulate", "--seeds", "0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--seeds must be at least 1"));
+}
+
+#[test]
+fn a_seed_prints_one_fault_plan_the_drill_reads() {
+    let first = umbra(&["chaos", "plan", "--seed", "9", "--process", "agent-eu-west"]);
+    assert!(first.status.success());
+    let again = umbra(&["chaos", "plan", "--seed", "9", "--process", "agent-eu-west"]);
+    assert_eq!(stdout(&first), stdout(&again));
+    let plan = umbra_chaos::plan::FaultPlan::from_toml(&stdout(&first)).expect("a plan");
+    assert_eq!(plan.seed, Some(9));
+    assert!(!plan.faults.is_empty());
+    assert_ne!(
+        stdout(&first),
+        stdout(&umbra(&["chaos", "plan", "--seed", "10"]))
+    );
+}
+
+#[test]
+fn a_malformed_fault_plan_is_refused_before_the_drill_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(&plan, "[[faults]]\nkind = \"flood\"\nafter_ms = 1\n").unwrap();
+    let out = umbra(&[
+        "drill",
+        "evacuate",
+        "--region",
+        "us-east",
+        "--fault-plan",
+        plan.to_str().unwrap(),
+        "--front-metrics",
+        "127.0.0.1:1",
+        "--api",
+        "https://127.0.0.1:1",
+        "--certs",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown fault kind \"flood\"; the kinds are errors, latency, pause"),
+        "{stderr}"
+    );
 }

@@ -33,6 +33,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use umbra_agent::agent::config::FrontKind;
 use umbra_agent::loadgen::{ServiceTarget, Target};
+/// The sample service's fault switch, which [`set_fault_switch`] sets.
+pub use umbra_agent::sample::FaultSwitch;
 use umbra_agent::warmer::MixSource;
 use umbra_proto::certs::{self, Layout};
 use umbra_proto::{Credentials, Identity, Role};
@@ -301,20 +303,7 @@ pub async fn run(
 ) -> Result<DemoReport, DemoError> {
     options.validate()?;
     let started = Instant::now();
-    let temp;
-    let dir = match &options.work_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-            dir.clone()
-        }
-        None => {
-            temp = tempfile::Builder::new()
-                .prefix("umbra-demo-")
-                .tempdir()
-                .map_err(io("creating the demo's temp dir"))?;
-            temp.path().to_owned()
-        }
-    };
+    let (dir, _temp) = work_dir(options)?;
     let mut supervisor = Supervisor::new();
     let deadline = options.deadline();
     let result = tokio::time::timeout(
@@ -338,12 +327,149 @@ pub async fn run(
     result
 }
 
+/// The run's directory: `options.work_dir`, or a fresh temp dir (removed when the returned
+/// guard drops).
+fn work_dir(options: &DemoOptions) -> Result<(PathBuf, Option<tempfile::TempDir>), DemoError> {
+    match &options.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+            Ok((dir.clone(), None))
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("umbra-demo-")
+                .tempdir()
+                .map_err(io("creating the demo's temp dir"))?;
+            Ok((temp.path().to_owned(), Some(temp)))
+        }
+    }
+}
+
+/// How to reach a cluster `umbra demo --serve` keeps up: what `umbra drill` and the other
+/// operator commands need.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reach {
+    /// The leading orchestrator's operator API (`--api`, `UMBRA_API`).
+    pub api: String,
+    /// The certificates directory (`--certs`).
+    pub certs: PathBuf,
+    /// The operator certificate's name (`--as`).
+    pub operator: String,
+    /// The API token file (`--token-file`).
+    pub token_file: PathBuf,
+    /// Each region agent's metrics endpoint, with its front's counters (`--front-metrics`).
+    pub front_metrics: BTreeMap<String, String>,
+    /// Each region agent's process-provider state directory (`--agent-dir`).
+    pub agent_dirs: BTreeMap<String, PathBuf>,
+    /// The pid of every process the demo runs (`--pid`).
+    pub pids: BTreeMap<String, u32>,
+    /// A drill command that evacuates the demo's primary region.
+    pub drill: String,
+}
+
+/// What the traffic client saw while `umbra demo --serve` kept the cluster up.
+pub type ServeReport = report::TrafficSummary;
+
+/// `umbra demo --serve`: starts the cluster, applies the plan, seeds the data and runs the
+/// traffic as [`run`] does, hands `reach` how to reach it, and keeps it up until `stop`
+/// completes; then stops everything and reports what the traffic client saw. It requests no
+/// migration: that is for whoever reaches it (`umbra migrate`, `umbra drill`).
+pub async fn serve(
+    options: &DemoOptions,
+    progress: &(dyn Fn(&str) + Sync),
+    reach: &(dyn Fn(&Reach) + Sync),
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<ServeReport, DemoError> {
+    options.validate()?;
+    let (dir, _temp) = work_dir(options)?;
+    let mut supervisor = Supervisor::new();
+    let served = serving(options, &dir, &mut supervisor, progress, reach, stop).await;
+    supervisor.stop_all();
+    progress("stopped every process the demo started");
+    served
+}
+
+async fn serving(
+    options: &DemoOptions,
+    dir: &Path,
+    supervisor: &mut Supervisor,
+    progress: &(dyn Fn(&str) + Sync),
+    reach: &(dyn Fn(&Reach) + Sync),
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<ServeReport, DemoError> {
+    let cluster = start_cluster(options, dir, supervisor, Instant::now(), progress).await?;
+    let running = start_service(options, dir, supervisor, &cluster, progress).await?;
+    let (leader, _) = leader_status(&cluster.orchestrators)
+        .await
+        .ok_or_else(|| DemoError::Api("no orchestrator leads".to_owned()))?;
+    let front_metrics: BTreeMap<String, String> = cluster
+        .agent_metrics
+        .iter()
+        .map(|(region, addr)| (region.clone(), format!("http://{addr}/metrics")))
+        .collect();
+    let mut drill = format!(
+        "umbra drill evacuate --region {} --api {} --certs {} --as {OPERATOR} --token-file {}",
+        cluster.regions[0],
+        leader.api_url,
+        cluster.certs_dir.display(),
+        cluster.token_file.display()
+    );
+    for url in front_metrics.values() {
+        drill.push_str(&format!(" --front-metrics {url}"));
+    }
+    for (region, state) in &cluster.agent_state_dirs {
+        drill.push_str(&format!(" --agent-dir {region}={}", state.display()));
+    }
+    reach(&Reach {
+        api: leader.api_url.clone(),
+        certs: cluster.certs_dir.clone(),
+        operator: OPERATOR.to_owned(),
+        token_file: cluster.token_file.clone(),
+        front_metrics,
+        agent_dirs: cluster.agent_state_dirs.clone(),
+        pids: supervisor.pids(),
+        drill,
+    });
+    let mut stop = std::pin::pin!(stop);
+    let checked: Result<(), DemoError> = loop {
+        tokio::select! {
+            _ = &mut stop => break Ok(()),
+            _ = tokio::time::sleep(POLL_INTERVAL) => {
+                if let Err(e) = supervisor.check() {
+                    break Err(e.into());
+                }
+            }
+        }
+    };
+    let reads = running.reads.finish().await;
+    let writes = match running.writes {
+        Some(writes) => writes.finish().await,
+        None => Vec::new(),
+    };
+    checked?;
+    let segments = report::merge_runs(reads, &writes);
+    let summary = report::summarize(&segments, None, u64::MAX);
+    progress(&format!(
+        "traffic: {} requests, {} failed {:?}",
+        summary.requests_total, summary.requests_failed, summary.failures
+    ));
+    Ok(summary)
+}
+
+/// The traffic a cluster serves once [`start_service`] started it.
+struct Running {
+    reads: traffic::TrafficRun,
+    writes: Option<traffic::TrafficRun>,
+}
+
 /// The processes of a demo, started and with a leader, before any plan.
 struct Cluster {
     topology: DemoTopology,
     regions: Vec<String>,
     orchestrators: Vec<Orchestrator>,
     agent_state_dirs: BTreeMap<String, PathBuf>,
+    /// Each agent's metrics endpoint (its front's counters), by region.
+    agent_metrics: BTreeMap<String, SocketAddr>,
     demand: Vec<history::RegionDemand>,
     /// What the `umbra` CLI needs besides the API's URL: the certificates and token.
     certs_dir: PathBuf,
@@ -555,7 +681,7 @@ async fn start_cluster(
     // Agents, one per region, each with its front.
     let agent_bin = options.bin_dir.join("umbra-agent");
     let mut agent_state_dirs = BTreeMap::new();
-    let mut agent_metrics = Vec::new();
+    let mut agent_metrics = BTreeMap::new();
     for region in &regions {
         let agent_dir = dir.join(format!("agent-{region}"));
         let state_dir = agent_dir.join("state");
@@ -563,7 +689,7 @@ async fn start_cluster(
         let front = topology.front(region).expect("a region of the topology");
         let path = agent_dir.join("agent.toml");
         let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-        agent_metrics.push(metrics);
+        agent_metrics.insert(region.clone(), metrics);
         std::fs::write(
             &path,
             agent_toml(
@@ -600,8 +726,9 @@ async fn start_cluster(
         DemoSloSource::Fronts => None,
         DemoSloSource::Prometheus => {
             let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-            let p = prometheus::start(&dir.join("prometheus"), listen, &agent_metrics, supervisor)
-                .await?;
+            let scraped: Vec<SocketAddr> = agent_metrics.values().copied().collect();
+            let p =
+                prometheus::start(&dir.join("prometheus"), listen, &scraped, supervisor).await?;
             progress(&format!(
                 "started Prometheus on {} scraping the agents' metrics every {} s: it judges the SLO",
                 p.url,
@@ -634,6 +761,7 @@ async fn start_cluster(
         regions,
         orchestrators,
         agent_state_dirs,
+        agent_metrics,
         demand,
         certs_dir,
         token_file,
@@ -789,7 +917,7 @@ async fn demo(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<DemoReport, DemoError> {
     let cluster = start_cluster(options, dir, supervisor, started, progress).await?;
-    let plan_text = cluster.plan(&options.timing, &options.load);
+    let running = start_service(options, dir, supervisor, &cluster, progress).await?;
     let Cluster {
         topology,
         regions,
@@ -798,9 +926,60 @@ async fn demo(
         demand,
         ..
     } = cluster;
+    let source = regions[0].clone();
+    let outcome = migrate(
+        options,
+        dir,
+        supervisor,
+        &mut orchestrators,
+        &demand,
+        &source,
+        &agent_state_dirs,
+        &running.reads,
+        started,
+        progress,
+    )
+    .await;
+    let segments = running.reads.finish().await;
+    let write_segments = match running.writes {
+        Some(writes) => writes.finish().await,
+        None => Vec::new(),
+    };
+    let watched = outcome?;
+    finish(
+        options,
+        &orchestrators,
+        &topology,
+        watched,
+        Traffic {
+            reads: segments,
+            writes: write_segments,
+        },
+        started,
+        progress,
+    )
+    .await
+}
+
+/// Applies the demo plan, waits until the source front serves, seeds the data and starts the
+/// traffic for the rest of the run.
+async fn start_service(
+    options: &DemoOptions,
+    dir: &Path,
+    supervisor: &mut Supervisor,
+    cluster: &Cluster,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Running, DemoError> {
+    let plan_text = cluster.plan(&options.timing, &options.load);
+    let Cluster {
+        topology,
+        regions,
+        orchestrators,
+        ..
+    } = cluster;
     std::fs::write(dir.join("plan.toml"), &plan_text).map_err(io("writing plan.toml"))?;
     Plan::from_toml(&plan_text).map_err(|e| DemoError::Setup(format!("demo plan: {e}")))?;
-    let applied = call_any(&orchestrators, |api| {
+    let applied = call_any(orchestrators, |api| {
         let text = plan_text.clone();
         async move { api.apply_plan_toml(&text).await }
     })
@@ -883,38 +1062,10 @@ async fn demo(
             DemoDns::Bind { .. } => "BIND",
         }
     ));
-    let outcome = migrate(
-        options,
-        dir,
-        supervisor,
-        &mut orchestrators,
-        &demand,
-        &source,
-        &agent_state_dirs,
-        &traffic,
-        started,
-        progress,
-    )
-    .await;
-    let segments = traffic.finish().await;
-    let write_segments = match writes {
-        Some(writes) => writes.finish().await,
-        None => Vec::new(),
-    };
-    let watched = outcome?;
-    finish(
-        options,
-        &orchestrators,
-        &topology,
-        watched,
-        Traffic {
-            reads: segments,
-            writes: write_segments,
-        },
-        started,
-        progress,
-    )
-    .await
+    Ok(Running {
+        reads: traffic,
+        writes,
+    })
 }
 
 /// Every traffic segment of the run.
@@ -1068,7 +1219,11 @@ async fn migrate(
         }
         if phase == "cutting_over[1]" {
             if options.inject_fault && !fault_injected {
-                let flipped = flip_fault_switch(&agent_state_dirs[&to]).await;
+                let failing = FaultSwitch {
+                    error_rate: 1.0,
+                    added_latency_ms: 0,
+                };
+                let flipped = set_fault_switch(&agent_state_dirs[&to], "", &failing).await;
                 progress(&format!(
                     "fault injected: {to}'s sample instances now fail every request ({flipped} switched)"
                 ));
@@ -1318,16 +1473,21 @@ async fn same_state_everywhere(
     applied_agree && dns_agree
 }
 
-/// Sets the fault switch of every live sample instance in an agent's state directory to fail
-/// every request; returns how many were switched. The instances' ports come from the port
-/// files the process provider keeps.
-async fn flip_fault_switch(state_dir: &Path) -> usize {
+/// Sets the fault switch (`POST /admin/fault`) of every live sample instance in an agent's
+/// process-provider state directory whose id starts with `prefix` (`""`: all of them);
+/// returns how many were switched. The instances' ports come from the port files the process
+/// provider keeps. `umbra demo --inject-fault` and `umbra drill`'s `errors` and `latency`
+/// faults flip it.
+pub async fn set_fault_switch(state_dir: &Path, prefix: &str, switch: &FaultSwitch) -> usize {
     let http = reqwest::Client::new();
     let mut flipped = 0;
     let Ok(entries) = std::fs::read_dir(state_dir.join("processes")) else {
         return 0;
     };
     for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
         let Ok(port) = std::fs::read_to_string(entry.path().join("port")) else {
             continue;
         };
@@ -1336,7 +1496,7 @@ async fn flip_fault_switch(state_dir: &Path) -> usize {
         };
         let answered = http
             .post(format!("http://127.0.0.1:{port}/admin/fault"))
-            .json(&serde_json::json!({ "error_rate": 1.0 }))
+            .json(switch)
             .timeout(Duration::from_secs(2))
             .send()
             .await

@@ -226,6 +226,15 @@ impl Supervisor {
         }
     }
 
+    /// Each supervised process's pid by name (those not killed on purpose).
+    pub fn pids(&self) -> std::collections::BTreeMap<String, u32> {
+        self.children
+            .iter()
+            .filter(|s| !s.killed)
+            .map(|s| (s.name.clone(), s.child.id()))
+            .collect()
+    }
+
     /// Names of the processes still running (not killed on purpose).
     pub fn running(&mut self) -> Vec<String> {
         self.children
