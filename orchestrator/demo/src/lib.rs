@@ -779,6 +779,39 @@ impl IdleCluster {
     pub fn running(&mut self) -> Vec<String> {
         self.supervisor.running()
     }
+
+    /// The names of the orchestrator processes (`orchestrator-N`); the agents' are
+    /// `agent-REGION`.
+    pub fn orchestrator_names(&self) -> Vec<String> {
+        self.cluster
+            .orchestrators
+            .iter()
+            .map(|o| format!("orchestrator-{}", o.id))
+            .collect()
+    }
+
+    /// SIGKILLs the process `name` and reaps it, so it is gone when this returns; its pid.
+    pub fn kill(&mut self, name: &str) -> Result<u32, DemoError> {
+        let pid = self.supervisor.kill(name)?;
+        self.mark_killed(name, true);
+        Ok(pid)
+    }
+
+    /// Starts `name`, killed with [`Self::kill`], again as it was first started; its pid.
+    pub fn restart(&mut self, name: &str) -> Result<u32, DemoError> {
+        let pid = self.supervisor.restart(name)?;
+        self.mark_killed(name, false);
+        Ok(pid)
+    }
+
+    /// Whether the API calls skip orchestrator `name` (not an orchestrator: nothing).
+    fn mark_killed(&mut self, name: &str, killed: bool) {
+        for o in &mut self.cluster.orchestrators {
+            if format!("orchestrator-{}", o.id) == name {
+                o.killed = killed;
+            }
+        }
+    }
 }
 
 async fn demo(
