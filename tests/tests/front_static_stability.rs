@@ -1,21 +1,23 @@
-//! Static stability of the region fronts, end to end through the real binaries: the demo's
+//! Static stability of the data plane, end to end through the real binaries: the demo's
 //! three `umbra-orchestrator` and three `umbra-agent` processes (embedded fronts, each an
-//! `umbra-agent front` process the agent started), the demo plan applied, keys seeded, and a
-//! warm migration run to completion, with pinned traffic at the source's front feeding the
-//! cutover's analysis.
+//! `umbra-agent front` process the agent started), the orchestrators' embedded DNS with a real
+//! BIND `named` as its secondary (`[dns] secondaries`, transfers signed with a key made by
+//! `tsig-keygen`), the demo plan applied, keys seeded, and a warm migration run to completion,
+//! with pinned traffic at the source's front feeding the cutover's analysis.
 //!
 //! Then, for [`OUTAGE`], every orchestrator is SIGKILLed (each reaped, so its pid is gone)
 //! while a pinned client sends reads of the seeded keys and writes of fresh keys to both
 //! regions' fronts (the source's forwards everything to the target at the migration's 100 %
-//! share; the target's serves from its own instances). During the outage the source's agent,
+//! share; the target's serves from its own instances), and a DNS client reads the seeded keys
+//! at `shop.umbra.test` resolved through BIND alone. During the outage the source's agent,
 //! then the target's, is SIGKILLed, kept down, and started again: the front keeps serving with
 //! no agent and no orchestrator, and the restarted agent adopts the very same front process
-//! (same pid, no second one). The client counts every non-2xx answer, timeout and reset as
-//! failed and waits for its requests in flight before it reports; the test wants 0 failed, and
-//! then reads back every write it made through the target's front.
+//! (same pid, no second one). The clients count every non-2xx answer, timeout, reset and
+//! failed resolution as failed and wait for their requests in flight before they report; the
+//! test wants 0 failed, and then reads back every write made through the target's front.
 //!
-//! Not covered here: DNS clients during the outage (`dns_secondary.rs` shows a BIND secondary
-//! answering with every orchestrator down). Run `cargo build --workspace --bins` first.
+//! `named`, `dig` or `tsig-keygen` missing fails the test with the command that installs
+//! them. Run `cargo build --workspace --bins` first.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -24,12 +26,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, ensure};
-use umbra_agent::loadgen::{RequestSpec, Target};
+use umbra_agent::loadgen::{RequestSpec, ServiceTarget, Target};
 use umbra_agent::provider::process::ENV_PROVIDER_STATE;
 use umbra_demo::report::TrafficSegment;
 use umbra_demo::traffic::{TrafficRun, writes, written_key};
 use umbra_demo::{DemoOptions, IdleCluster, scenario};
 use umbra_orchestrator::api::Written;
+use umbra_testkit::bind::{NamedProcess, dig};
+use umbra_testkit::installed;
 
 /// How long every orchestrator stays down under traffic: the 60 s of the issue's acceptance
 /// ("every orchestrator SIGKILLed for 60 s under traffic").
@@ -106,6 +110,16 @@ fn reads() -> umbra_demo::traffic::Requests {
     Arc::new(|seq| RequestSpec::get(format!("/kv/key-{}", seq % KEYS)))
 }
 
+/// The A records BIND at `server` answers for the demo's service, asked once with `dig`.
+fn bind_answer(server: SocketAddr) -> BTreeSet<std::net::IpAddr> {
+    dig(
+        server,
+        &[format!("{} A +short +time=1 +tries=1", scenario::HOSTNAME)],
+    )
+    .map(|out| out.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    .unwrap_or_default()
+}
+
 /// SIGKILLs `region`'s agent, keeps it down for [`AGENT_DOWN`] while its front serves alone,
 /// starts it again, and checks that the new agent adopted the same front process.
 async fn restart_agent(
@@ -154,7 +168,15 @@ async fn restart_agent(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fronts_serve_through_a_control_plane_outage_and_agent_restarts() -> anyhow::Result<()>
 {
-    let options = DemoOptions::new(umbra_tests::bin_dir()?);
+    installed("named", "bind9")?;
+    installed("dig", "bind9-dnsutils")?;
+    let dir = tempfile::tempdir()?;
+    let (key_file, secret) = umbra_tests::transfer_key(dir.path())?;
+    // BIND's port first, so the orchestrators can be told where to send NOTIFY.
+    let bind_addr = SocketAddr::from(([127, 0, 0, 1], umbra_tests::free_port()?));
+    let mut options = DemoOptions::new(umbra_tests::bin_dir()?);
+    options.dns_secondaries = vec![bind_addr];
+    options.dns_transfer_key_file = Some(key_file);
     let mut cluster = IdleCluster::start(&options, &progress).await?;
     let regions = cluster.regions().to_vec();
     let (source, target) = (regions[0].clone(), regions[1].clone());
@@ -215,6 +237,21 @@ async fn the_fronts_serve_through_a_control_plane_outage_and_agent_restarts() ->
     })
     .await?;
     ensure!(done.phase == "completed", "{id} ended {}", done.phase);
+
+    // BIND, a secondary of every orchestrator, answers with the target's front alone.
+    let zone = scenario::ZONE.trim_end_matches('.');
+    let bind =
+        NamedProcess::start_secondary(zone, bind_addr.port(), &cluster.orchestrator_dns(), &secret)
+            .await?;
+    let target_only = BTreeSet::from([target_front.ip()]);
+    umbra_tests::wait_for("BIND to answer the target's front", DEADLINE, || async {
+        let found = tokio::task::spawn_blocking(move || bind_answer(bind_addr))
+            .await
+            .ok()?;
+        (found == target_only).then_some(())
+    })
+    .await
+    .with_context(|| format!("named's log: {}", bind.log_tail()))?;
     let (fed, fed_failed, _) = totals(&feed.finish().await);
     progress(&format!(
         "{id} completed; {fed} requests during it, {fed_failed} failed"
@@ -224,6 +261,12 @@ async fn the_fronts_serve_through_a_control_plane_outage_and_agent_restarts() ->
     let fronts = [source_front, target_front];
     let read_run = TrafficRun::start(urls(&fronts)?, READ_RATE, reads());
     let write_run = TrafficRun::start(urls(&fronts)?, WRITE_RATE, writes());
+    let by_name = Target::Service(ServiceTarget {
+        name: scenario::HOSTNAME.to_owned(),
+        port: target_front.port(),
+        dns_servers: vec![bind_addr],
+    });
+    let dns_run = TrafficRun::start(by_name, READ_RATE, reads());
     let outage_started = Instant::now();
     for name in cluster.orchestrator_names() {
         let pid = cluster.kill(&name)?;
@@ -253,14 +296,23 @@ async fn the_fronts_serve_through_a_control_plane_outage_and_agent_restarts() ->
 
     let (reads, reads_failed, read_fronts) = totals(&read_run.finish().await);
     let write_segments = write_run.finish().await;
+    let (resolved, resolved_failed, resolved_fronts) = totals(&dns_run.finish().await);
     let (written, writes_failed, write_fronts) = totals(&write_segments);
     let outage_secs = outage_started.elapsed().as_secs_f64();
     println!(
         "{outage_secs:.1} s with every orchestrator down: {reads} reads ({reads_failed} failed, \
          by front {read_fronts:?}), {written} writes ({writes_failed} failed, by front \
-         {write_fronts:?})"
+         {write_fronts:?}), {resolved} reads through BIND ({resolved_failed} failed, by front \
+         {resolved_fronts:?})"
     );
-    ensure!(reads_failed == 0 && writes_failed == 0, "failed requests");
+    ensure!(
+        reads_failed == 0 && writes_failed == 0 && resolved_failed == 0,
+        "failed requests"
+    );
+    ensure!(
+        resolved as f64 >= OUTAGE.as_secs_f64() * READ_RATE / 2.0,
+        "{resolved} requests through BIND"
+    );
     // At least half the offered rate answered, at both fronts: the client really ran.
     let offered = OUTAGE.as_secs_f64() * (READ_RATE + WRITE_RATE);
     ensure!(

@@ -124,6 +124,12 @@ pub struct DemoOptions {
     pub front: FrontKind,
     /// Who answers for the service zone.
     pub dns: DemoDns,
+    /// DNS secondaries every orchestrator's embedded server sends NOTIFY to and serves zone
+    /// transfers to (`[dns] secondaries`), signed with `dns_transfer_key_file`; embedded DNS
+    /// only.
+    pub dns_secondaries: Vec<SocketAddr>,
+    /// The TSIG key file of zone transfers (`[dns] transfer_key_file`).
+    pub dns_transfer_key_file: Option<PathBuf>,
     /// Where the cutover steps' SLO is read from (`umbra demo --slo-source`).
     pub slo_source: DemoSloSource,
     /// How the latency is judged (`umbra demo --slo-judgement`; `compare` needs Prometheus).
@@ -174,6 +180,8 @@ impl DemoOptions {
             pool_lead_margin_ms: umbra_orchestrator::executor::pools::DEFAULT_LEAD_MARGIN_MS,
             front: FrontKind::default(),
             dns: DemoDns::Embedded,
+            dns_secondaries: Vec::new(),
+            dns_transfer_key_file: None,
             slo_source: DemoSloSource::Fronts,
             slo_judgement: Default::default(),
         }
@@ -187,6 +195,13 @@ impl DemoOptions {
             return Err(DemoError::Setup(
                 "--slo-judgement compare needs --slo-source prometheus: it compares the target's \
                  latency samples with the source's, which only Prometheus holds"
+                    .to_owned(),
+            ));
+        }
+        if !self.dns_secondaries.is_empty() && self.dns != DemoDns::Embedded {
+            return Err(DemoError::Setup(
+                "DNS secondaries transfer the zone from the orchestrators' embedded DNS; with \
+                 --dns bind, BIND is the zone's authority: leave the secondaries out"
                     .to_owned(),
             ));
         }
@@ -502,7 +517,11 @@ async fn start_cluster(
             api: Some(ApiConfig::new(api_listen, token_file.clone())),
             gateway: GatewaySection::default(),
             dns: Some(match &bind {
-                None => DnsSection::embedded(dns_addresses[(peer.id - 1) as usize], scenario::ZONE),
+                None => DnsSection {
+                    secondaries: options.dns_secondaries.clone(),
+                    transfer_key_file: options.dns_transfer_key_file.clone(),
+                    ..DnsSection::embedded(dns_addresses[(peer.id - 1) as usize], scenario::ZONE)
+                },
                 Some(bind) => DnsSection::rfc2136(
                     bind.addr,
                     scenario::ZONE,
@@ -689,6 +708,11 @@ impl IdleCluster {
     /// The sum over the live orchestrators of `umbra_executor_slo_queries_total{result}`.
     pub async fn slo_queries(&self, result: &str) -> u64 {
         prometheus::slo_queries(&self.orchestrator_admins(), result).await
+    }
+
+    /// Each orchestrator's embedded DNS server, killed ones included.
+    pub fn orchestrator_dns(&self) -> Vec<SocketAddr> {
+        self.cluster.orchestrators.iter().map(|o| o.dns).collect()
     }
 
     /// Each orchestrator's admin endpoint (`/metrics`, `/status`), killed ones included.
