@@ -8,8 +8,7 @@
 //! ([`haproxy`]). Both are adopted by the next agent on the state directory, so an agent
 //! restart or crash never stops the region's traffic. Everything above the balancer — shares,
 //! weights, reconciling, the report's windows — is the same for both, so the executor does not
-//! know which one runs. [`Front::start`] runs the proxy inside the calling process instead:
-//! the orchestrator's executor tests run whole nodes and agents in one test process.
+//! know which one runs.
 //!
 //! [`weights`] is the pure part (instances and shares → backend weights, exact percentages);
 //! [`Front`] reconciles the balancer with it after every command and heartbeat, and reports
@@ -27,8 +26,8 @@
 //! - `window_p99_ms`: the p99 time to response headers of all local backends' requests merged,
 //!   over the recent-latency window ([`crate::lb::proxy::DEFAULT_LATENCY_WINDOW`], the last
 //!   4–5 s), so a cutover step is judged on how the instances answer now. Embedded: measured by
-//!   the proxy in µs (the front process sends each to the agent's log socket, as haproxy
-//!   does). HAProxy keeps no quantiles (`show stat` has only a mean over its last
+//!   the front process in µs, over its own window, and returned with its counters on the
+//!   control socket, so an agent restart loses no sample. HAProxy keeps no quantiles (`show stat` has only a mean over its last
 //!   1024 requests), so haproxy logs one line per request to a socket of the agent's, and the
 //!   agent puts `%Tw + %Tc + %Tr` (queue, connect and response-header times, whole ms as
 //!   haproxy measures them) of the `local-*` slots into the same windowed histogram. A log
@@ -55,8 +54,8 @@ use self::embedded::EmbeddedFront;
 use self::haproxy::HaproxyFront;
 pub use self::telemetry::{FrontTelemetry, LocalRow};
 use super::config::{ConfigError, FrontKind, FrontSection};
-use crate::lb::proxy::{EmbeddedProxy, LatencyObserver, ProxyConfig};
-use crate::lb::{BackendWeight, LbError, LoadBalancer, MAX_WEIGHT};
+use crate::lb::proxy::LatencyObserver;
+use crate::lb::{BackendWeight, LbError, MAX_WEIGHT};
 
 /// Prefix of a remote front's backend name (followed by the service).
 const REMOTE_PREFIX: &str = "front-";
@@ -156,8 +155,6 @@ struct FrontState {
 
 /// What balances the front's requests (module docs: how each reports).
 enum Balancer {
-    /// The proxy inside this process ([`Front::start`]).
-    InProcess(EmbeddedProxy),
     /// The proxy as `umbra-agent front` (`kind = "embedded"`).
     Embedded(Box<EmbeddedFront>),
     // Boxed: one front per agent, and the haproxy one is several times the proxy's size.
@@ -181,7 +178,6 @@ fn local_backend_rows(stats: Vec<crate::lb::BackendStats>) -> Vec<LocalRow> {
 impl Balancer {
     fn listen(&self) -> SocketAddr {
         match self {
-            Balancer::InProcess(proxy) => proxy.local_addr(),
             Balancer::Embedded(front) => front.listen(),
             Balancer::Haproxy(haproxy) => haproxy.listen(),
         }
@@ -189,25 +185,27 @@ impl Balancer {
 
     async fn set_backends(&self, backends: &[BackendWeight]) -> Result<(), LbError> {
         match self {
-            Balancer::InProcess(proxy) => proxy.set_backends(backends).await,
             Balancer::Embedded(front) => front.set_backends(backends).await,
             Balancer::Haproxy(haproxy) => haproxy.set_backends(backends).await,
         }
     }
 
-    /// Each local backend's requests and errors since the balancer started.
-    async fn local_rows(&self) -> Result<Vec<LocalRow>, LbError> {
+    /// Each local backend's requests and errors since the balancer started, and the p99 of
+    /// the local backends' recent requests, ms (module docs).
+    async fn local_reading(&self) -> Result<(Vec<LocalRow>, Option<f64>), LbError> {
         match self {
-            Balancer::InProcess(proxy) => Ok(local_backend_rows(proxy.stats().await?)),
-            Balancer::Embedded(front) => Ok(local_backend_rows(front.stats().await?)),
-            Balancer::Haproxy(haproxy) => haproxy.local_rows().await,
+            Balancer::Embedded(front) => {
+                let (stats, p99) = front.stats().await?;
+                Ok((local_backend_rows(stats), p99))
+            }
+            Balancer::Haproxy(haproxy) => Ok((haproxy.local_rows().await?, haproxy.local_p99_ms())),
         }
     }
 
     /// (balancer key, instance) of each local backend in the balancer now.
     fn local_keys(&self, wanted: &[BackendWeight]) -> Vec<(String, String)> {
         match self {
-            Balancer::InProcess(_) | Balancer::Embedded(_) => wanted
+            Balancer::Embedded(_) => wanted
                 .iter()
                 .filter(|b| !b.name.starts_with(REMOTE_PREFIX))
                 .map(|b| (b.name.clone(), b.name.clone()))
@@ -216,23 +214,10 @@ impl Balancer {
         }
     }
 
-    fn local_p99_ms(&self) -> Option<f64> {
-        match self {
-            Balancer::InProcess(proxy) => {
-                proxy
-                    .recent_latency(|name| !name.starts_with(REMOTE_PREFIX))
-                    .latency_ms_p99
-            }
-            Balancer::Embedded(front) => front.local_p99_ms(),
-            Balancer::Haproxy(haproxy) => haproxy.local_p99_ms(),
-        }
-    }
-
     /// Restarts a balancer process that died; true when it did (its counters restarted, and
     /// the weights must be set again).
     async fn ensure_running(&self) -> Result<bool, LbError> {
         match self {
-            Balancer::InProcess(_) => Ok(false),
             Balancer::Embedded(front) => front.ensure_running().await,
             Balancer::Haproxy(haproxy) => haproxy.ensure_running().await,
         }
@@ -265,18 +250,6 @@ fn observer(telemetry: &Arc<FrontTelemetry>) -> LatencyObserver {
 }
 
 impl Front {
-    /// Starts the embedded proxy inside this process on `listen` with no backends (requests
-    /// fail until instances are active, which is the truth). It ends with the process and
-    /// keeps nothing; agents started from a configuration run the front as a process of its
-    /// own instead ([`Front::from_config`]).
-    pub async fn start(listen: SocketAddr) -> Result<Front, LbError> {
-        let telemetry = Arc::new(FrontTelemetry::new());
-        let mut config = ProxyConfig::new(listen);
-        config.latency_observer = Some(observer(&telemetry));
-        let proxy = EmbeddedProxy::start(config, &[]).await?;
-        Ok(Front::with(Balancer::InProcess(proxy), telemetry))
-    }
-
     /// Starts the front `section` configures, for the agent whose state directory is
     /// `state_dir` (a haproxy front keeps its files under it by default and carries its
     /// marker).
@@ -458,12 +431,11 @@ impl Front {
     /// advancing call to now and the next window starts here (heartbeats); without, the window
     /// is reported but not restarted (command outcomes).
     pub async fn report(&self, advance: bool) -> Result<FrontReport, LbError> {
-        let rows = self.balancer.local_rows().await?;
+        let (rows, p99) = self.balancer.local_reading().await?;
         self.telemetry.count(&rows);
         let (requests_total, errors_total) = rows
             .iter()
             .fold((0, 0), |(r, e), row| (r + row.requests, e + row.errors));
-        let p99 = self.balancer.local_p99_ms();
         let now = Instant::now();
         let mut state = self.state.lock().expect("front lock");
         let (window_ms, window_requests, window_errors) = match state.last {

@@ -2,8 +2,8 @@
 //! `haproxy`, [`super::haproxy`]) share: knowing whether the process lives, recognising a
 //! process a previous agent started (its marker in the environment and its command line),
 //! stopping one that must be replaced, and the per-request latency log each front sends to a
-//! datagram socket of the agent's, which feeds the front's windowed p99 and its Prometheus
-//! histogram.
+//! datagram socket of the agent's, which feeds the front's Prometheus histogram (and, for
+//! haproxy, which keeps no quantiles, the front's windowed p99).
 //!
 //! It must not signal a pid it has not checked is ours.
 
@@ -161,7 +161,8 @@ pub(super) type ParseLine = fn(&str) -> Option<(&str, Duration)>;
 /// front could not send (the agent down, the socket full) is a sample missing from the p99,
 /// never a request missing from the counts (those come from the front's own counters).
 pub(super) struct RequestLog {
-    latency: Arc<Mutex<WindowHistogram>>,
+    /// The recent-latency window, when kept.
+    latency: Option<Arc<Mutex<WindowHistogram>>>,
     started: Instant,
     task: tokio::task::JoinHandle<()>,
 }
@@ -173,21 +174,26 @@ impl Drop for RequestLog {
 }
 
 impl RequestLog {
-    /// Binds `path` (replacing a stale socket) and records each line `parse` accepts.
+    /// Binds `path` (replacing a stale socket) and passes each line `parse` accepts to
+    /// `observer`. With `window`, it also keeps the recent-latency window [`Self::p99_ms`]
+    /// reads (haproxy's front; the embedded front keeps its own).
     pub(super) fn bind(
         path: &Path,
         observer: Option<LatencyObserver>,
         parse: ParseLine,
+        window: bool,
     ) -> Result<RequestLog, LbError> {
         let _ = std::fs::remove_file(path);
         let socket = UnixDatagram::bind(path).map_err(|source| LbError::Io {
             what: format!("binding the front's log socket {}", path.display()),
             source,
         })?;
-        let latency = Arc::new(Mutex::new(WindowHistogram::new(
-            DEFAULT_LATENCY_WINDOW,
-            DEFAULT_LATENCY_WINDOW_BUCKETS,
-        )));
+        let latency = window.then(|| {
+            Arc::new(Mutex::new(WindowHistogram::new(
+                DEFAULT_LATENCY_WINDOW,
+                DEFAULT_LATENCY_WINDOW_BUCKETS,
+            )))
+        });
         let started = Instant::now();
         let task = tokio::spawn(receive(socket, latency.clone(), started, observer, parse));
         Ok(RequestLog {
@@ -198,10 +204,10 @@ impl RequestLog {
     }
 
     /// p99 time to response headers of the requests logged in the recent window, ms; `None`
-    /// when none was.
+    /// when none was (or no window is kept).
     pub(super) fn p99_ms(&self) -> Option<f64> {
         let now_ms = self.started.elapsed().as_millis() as u64;
-        let window = self.latency.lock().expect("latency lock");
+        let window = self.latency.as_ref()?.lock().expect("latency lock");
         let mut merged: Histogram<u64> = window.empty_like();
         window.add_to(&mut merged, now_ms);
         (!merged.is_empty()).then(|| merged.value_at_quantile(0.99) as f64 / 1000.0)
@@ -211,7 +217,7 @@ impl RequestLog {
 /// Records each accepted line into `latency` until the task is aborted.
 async fn receive(
     socket: UnixDatagram,
-    latency: Arc<Mutex<WindowHistogram>>,
+    latency: Option<Arc<Mutex<WindowHistogram>>>,
     started: Instant,
     observer: Option<LatencyObserver>,
     parse: ParseLine,
@@ -227,9 +233,11 @@ async fn receive(
         };
         let line = String::from_utf8_lossy(&buf[..n]);
         if let Some((key, took)) = parse(&line) {
-            let now_ms = started.elapsed().as_millis() as u64;
-            let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
-            latency.lock().expect("latency lock").record(us, now_ms);
+            if let Some(latency) = &latency {
+                let now_ms = started.elapsed().as_millis() as u64;
+                let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+                latency.lock().expect("latency lock").record(us, now_ms);
+            }
             if let Some(observer) = &observer {
                 (observer.0)(key, took);
             }

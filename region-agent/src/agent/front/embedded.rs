@@ -19,9 +19,12 @@
 //! holds again is a no-op, an older one is refused (a late request of a previous agent never
 //! undoes a newer routing).
 //!
-//! Latency: the front sends one datagram per answered request (`backend microseconds`) to the
-//! agent's `DIR/log.sock`, read by [`super::child::RequestLog`] as haproxy's log is; counts come
-//! from the front's own per-backend counters (`Stats`).
+//! What the front served: `Stats` answers its per-backend counters and the p99 of the local
+//! backends' requests over its recent-latency window, both kept by the front itself, so they
+//! run on through an agent restart. For the agent's Prometheus histogram the front also sends
+//! one datagram per answered request (`backend microseconds`) to the agent's `DIR/log.sock`,
+//! read by [`super::child::RequestLog`] as haproxy's log is (a datagram sent while no agent
+//! listens is a sample missing from the histogram only).
 //!
 //! This module must not decide weights (`super::weights` does).
 
@@ -186,7 +189,7 @@ pub enum ControlRequest {
     Status,
     /// Serve this routing (kept in the routing file first).
     Set(Routing),
-    /// Every backend's counters since the front started.
+    /// Every backend's counters since the front started, and the local backends' recent p99.
     Stats,
 }
 
@@ -200,8 +203,14 @@ pub enum ControlReply {
         /// What it serves.
         routing: Routing,
     },
-    /// Per-backend counters.
-    Stats(Vec<BackendStats>),
+    /// Per-backend counters and the recent latency of the local backends.
+    Stats {
+        /// Every backend's counters since the front started.
+        backends: Vec<BackendStats>,
+        /// p99 time to response headers of the local backends' requests in the recent
+        /// window, ms; `None` when none was answered.
+        local_p99_ms: Option<f64>,
+    },
     /// The request was refused; nothing changed.
     Refused(String),
 }
@@ -316,7 +325,13 @@ async fn handle_request(served: &Served, request: ControlRequest) -> ControlRepl
     match request {
         ControlRequest::Status => status(&*served.routing.lock().await),
         ControlRequest::Stats => match served.proxy.stats().await {
-            Ok(stats) => ControlReply::Stats(stats),
+            Ok(backends) => ControlReply::Stats {
+                backends,
+                local_p99_ms: served
+                    .proxy
+                    .recent_latency(|name| !name.starts_with(REMOTE_PREFIX))
+                    .latency_ms_p99,
+            },
             Err(e) => ControlReply::Refused(e.to_string()),
         },
         ControlRequest::Set(new) => {
@@ -388,8 +403,8 @@ pub struct EmbeddedFront {
     process: std::sync::Mutex<Running>,
     /// The generation the front serves; held across a change so changes go out in order.
     generation: tokio::sync::Mutex<u64>,
-    /// The front's per-request latency log.
-    log: RequestLog,
+    /// The front's per-request latency log (the Prometheus histogram; held to keep it open).
+    _log: RequestLog,
 }
 
 impl EmbeddedFront {
@@ -412,7 +427,7 @@ impl EmbeddedFront {
             .map_err(io(format!("resolving {}", settings.dir.display())))?;
         let state_dir = std::fs::canonicalize(state_dir)
             .map_err(io(format!("resolving {}", state_dir.display())))?;
-        let log = RequestLog::bind(&dir.join(LOG_SOCKET), observer, local_log_line)?;
+        let log = RequestLog::bind(&dir.join(LOG_SOCKET), observer, local_log_line, false)?;
         let mut front = EmbeddedFront {
             configured: listen,
             listen,
@@ -427,7 +442,7 @@ impl EmbeddedFront {
                 child: None,
             }),
             generation: tokio::sync::Mutex::new(0),
-            log,
+            _log: log,
         };
         let running = match front.adoptable().await {
             Some(pid) => {
@@ -569,16 +584,20 @@ impl EmbeddedFront {
                 command: "set routing".into(),
                 reply,
             }),
-            ControlReply::Stats(_) => Err(LbError::Parse(
+            ControlReply::Stats { .. } => Err(LbError::Parse(
                 "the front answered a routing change with its counters".into(),
             )),
         }
     }
 
-    /// Every backend's counters since the front started.
-    pub async fn stats(&self) -> Result<Vec<BackendStats>, LbError> {
+    /// Every backend's counters since the front started, and the p99 of the local backends'
+    /// recent requests (ms).
+    pub async fn stats(&self) -> Result<(Vec<BackendStats>, Option<f64>), LbError> {
         match control(&self.control_path(), &ControlRequest::Stats).await? {
-            ControlReply::Stats(stats) => Ok(stats),
+            ControlReply::Stats {
+                backends,
+                local_p99_ms,
+            } => Ok((backends, local_p99_ms)),
             ControlReply::Refused(reply) => Err(LbError::Runtime {
                 command: "stats".into(),
                 reply,
@@ -587,12 +606,6 @@ impl EmbeddedFront {
                 "the front answered a stats request with its status".into(),
             )),
         }
-    }
-
-    /// p99 time to response headers of the local backends' requests logged in the recent
-    /// window, ms; `None` when none was.
-    pub fn local_p99_ms(&self) -> Option<f64> {
-        self.log.p99_ms()
     }
 }
 

@@ -214,7 +214,12 @@ impl HaproxyFront {
             binary: settings.binary.clone(),
             dir,
         };
-        let log = RequestLog::bind(&settings.dir.join("log.sock"), observer, local_log_line)?;
+        let log = RequestLog::bind(
+            &settings.dir.join("log.sock"),
+            observer,
+            local_log_line,
+            true,
+        )?;
         let lb = Haproxy::new(HaproxyConfig::new(settings.dir.join("admin.sock"), BACKEND))?;
         let mut front = HaproxyFront {
             listen,
