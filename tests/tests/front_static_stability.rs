@@ -12,7 +12,10 @@
 //! at `shop.umbra.test` resolved through BIND alone. During the outage the source's agent,
 //! then the target's, is SIGKILLed, kept down, and started again: the front keeps serving with
 //! no agent and no orchestrator, and the restarted agent adopts the very same front process
-//! (same pid, no second one). The clients count every non-2xx answer, timeout, reset and
+//! (same pid, no second one). Once the traffic ended, the source's front process itself is
+//! SIGKILLed: its agent starts it again with no leader, and the new front's first answer
+//! forwards to the target (the routing it kept in its file, which the agent, knowing its
+//! instances and shares, also sets again). The clients count every non-2xx answer, timeout, reset and
 //! failed resolution as failed and wait for their requests in flight before they report; the
 //! test wants 0 failed, and then reads back every write made through the target's front.
 //!
@@ -326,6 +329,42 @@ async fn the_fronts_serve_through_a_control_plane_outage_and_agent_restarts() ->
             "no reads reached {front}: {read_fronts:?}"
         );
     }
+
+    // The source's front process itself dies, every orchestrator still down: its agent starts
+    // it again on its own schedule, and the new front's very first answer forwards to the
+    // target (it restored its kept routing before it listened; the agent sets the same again).
+    let old = front_pids(&source_state);
+    for pid in &old {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+    }
+    let new = umbra_tests::wait_for(
+        "the source agent to start its front again",
+        DEADLINE,
+        || async {
+            let now = front_pids(&source_state);
+            (!now.is_empty() && now.is_disjoint(&old)).then_some(now)
+        },
+    )
+    .await?;
+    umbra_tests::wait_for("the new front to listen", DEADLINE, || async {
+        tokio::net::TcpStream::connect(source_front).await.ok()
+    })
+    .await?;
+    let first = http
+        .get(format!("http://{source_front}/kv/key-0"))
+        .send()
+        .await?;
+    ensure!(
+        first.status().is_success(),
+        "the restarted front's first answer: {}",
+        first.status()
+    );
+    progress(&format!(
+        "front {old:?} SIGKILLed; its agent started {new:?}, whose first answer was served"
+    ));
 
     // Every write made during the outage is there, read through the target's front.
     let sent: Vec<u64> = write_segments

@@ -244,6 +244,7 @@ struct Served {
 /// then listens on `listen`, and answers the agent on the control socket until killed.
 pub async fn serve(listen: SocketAddr, dir: &Path) -> Result<(), ServeError> {
     let io = |what: String| move |source| ServeError::Io { what, source };
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     let routing_path = dir.join(ROUTING_FILE);
     let routing = load_routing(&routing_path)?;
     let log = std::os::unix::net::UnixDatagram::unbound()
