@@ -3,8 +3,9 @@
 //! the embedded proxy and once with a real `haproxy` the agent starts (`[front] kind`).
 //! `SetShare` on the source region sends exactly that share of new requests to the target
 //! region's front; each front's report counts only what its own instances served; bad shares
-//! are refused and change nothing. For haproxy also: the agent restarts a haproxy that died,
-//! and a new agent adopts the running one.
+//! are refused and change nothing. For both kinds, each a process of its own: the agent
+//! restarts a front that died, a new agent adopts the running one, and the front keeps
+//! forwarding with no agent at all.
 
 use std::path::Path;
 use std::time::Duration;
@@ -21,21 +22,22 @@ use umbra_proto::agent::{AgentAction, AgentCommand, CommandOutcome, CommandResul
 /// A cold read's cost in the regions' instances: small, this test is about routing.
 const BACKING_LATENCY_MS: u64 = 1;
 
-/// The `[front]` section of a region of this test: haproxy needs a fixed port.
+/// The `[front]` section of a region of this test, on a fixed port, so a front started again
+/// listens where it did; the embedded front is this package's `umbra-agent front`.
 fn front_section(kind: FrontKind) -> anyhow::Result<FrontSection> {
-    let (port, haproxy_binary) = match kind {
-        FrontKind::Embedded => (0, None),
+    let port = umbra_testkit::free_port()?;
+    let haproxy_binary = match kind {
+        FrontKind::Embedded => None,
         // A missing haproxy fails the test with how to install it; it never skips.
-        FrontKind::Haproxy => (
-            umbra_testkit::free_port()?,
-            Some(umbra_testkit::installed("haproxy", "haproxy")?),
-        ),
+        FrontKind::Haproxy => Some(umbra_testkit::installed("haproxy", "haproxy")?),
     };
     Ok(FrontSection {
         listen: format!("127.0.0.1:{port}").parse()?,
         kind: kind.to_string(),
         haproxy_binary,
         haproxy_dir: None,
+        front_binary: (kind == FrontKind::Embedded)
+            .then(|| env!("CARGO_BIN_EXE_umbra-agent").into()),
     })
 }
 
@@ -212,13 +214,13 @@ async fn shares_move_traffic(kind: FrontKind) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The pid haproxy's front recorded in the agent's state directory.
-fn haproxy_pid(state: &Path) -> anyhow::Result<i32> {
-    Ok(
-        std::fs::read_to_string(state.join("front-haproxy/haproxy.pid"))?
-            .trim()
-            .parse()?,
-    )
+/// The pid of the front process the agent recorded in its state directory.
+fn front_pid(state: &Path, kind: FrontKind) -> anyhow::Result<i32> {
+    let file = match kind {
+        FrontKind::Embedded => "front-embedded/front.pid",
+        FrontKind::Haproxy => "front-haproxy/haproxy.pid",
+    };
+    Ok(std::fs::read_to_string(state.join(file))?.trim().parse()?)
 }
 
 fn alive(pid: i32) -> bool {
@@ -230,11 +232,21 @@ fn alive(pid: i32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_haproxy_is_restarted_and_a_new_agent_adopts_a_live_one() -> anyhow::Result<()> {
+    front_process_lifetime(FrontKind::Haproxy).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_embedded_front_is_restarted_and_a_new_agent_adopts_a_live_one() -> anyhow::Result<()>
+{
+    front_process_lifetime(FrontKind::Embedded).await
+}
+
+async fn front_process_lifetime(kind: FrontKind) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("us-east");
     let _reaper = common::reaper(&state);
-    let section = front_section(FrontKind::Haproxy)?;
-    let agent = region("us-east", dir.path(), FrontKind::Haproxy).await?;
+    let section = front_section(kind)?;
+    let agent = region("us-east", dir.path(), kind).await?;
     // `region` drew its own port: use the agent's.
     let front = agent.executor().front().unwrap().local_addr();
     let section = FrontSection {
@@ -243,33 +255,33 @@ async fn a_dead_haproxy_is_restarted_and_a_new_agent_adopts_a_live_one() -> anyh
     };
     agent.report().await;
     send(front, 100).await?;
-    let first = haproxy_pid(&state)?;
+    let first = front_pid(&state, kind)?;
 
-    // haproxy dies: the next heartbeat starts it again with every weight.
+    // The front dies: the next heartbeat starts it again with every weight.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(first),
         nix::sys::signal::Signal::SIGKILL,
     )?;
-    umbra_testkit::wait_for("haproxy to die", Duration::from_secs(10), || async {
+    umbra_testkit::wait_for("the front to die", Duration::from_secs(10), || async {
         (!alive(first)).then_some(())
     })
     .await?;
-    // A heartbeat notices and starts a new one. /proc shows the killed haproxy as a zombie
+    // A heartbeat notices and starts a new one. /proc shows the killed front as a zombie
     // while its other threads are still exiting, before its parent can wait for it, so this
     // may take a heartbeat more.
     let report = umbra_testkit::wait_for(
-        "the agent to start haproxy again",
+        "the agent to start the front again",
         Duration::from_secs(30),
         || async { agent.report().await.front },
     )
     .await?;
-    assert_eq!(report.requests_total, 0, "a new haproxy counts afresh");
-    let second = haproxy_pid(&state)?;
+    assert_eq!(report.requests_total, 0, "a new front counts afresh");
+    let second = front_pid(&state, kind)?;
     assert_ne!(first, second);
     send(front, 100).await?;
     assert_eq!(agent.report().await.front.unwrap().window_requests, 100);
 
-    // The agent goes away; haproxy keeps serving and the next agent adopts it.
+    // The agent goes away; the front keeps serving and the next agent adopts it.
     drop(agent);
     send(front, 100).await?;
     let provider = common::sample_provider(&state, BACKING_LATENCY_MS).await?;
@@ -280,7 +292,7 @@ async fn a_dead_haproxy_is_restarted_and_a_new_agent_adopts_a_live_one() -> anyh
         AnyProvider::Process(provider),
         Some(adopted),
     )?;
-    assert_eq!(haproxy_pid(&state)?, second, "adopted, not restarted");
+    assert_eq!(front_pid(&state, kind)?, second, "adopted, not restarted");
     let report = agent.report().await.front.unwrap();
     assert_eq!(report.requests_total, 200, "its counters went on");
     send(front, 100).await?;
@@ -299,7 +311,7 @@ async fn a_dead_haproxy_is_restarted_and_a_new_agent_adopts_a_live_one() -> anyh
         AnyProvider::Process(provider),
         Some(replaced),
     )?;
-    assert!(!alive(second), "the old haproxy was stopped");
+    assert!(!alive(second), "the old front was stopped");
     agent.report().await;
     send(moved.listen, 100).await?;
     agent.executor().provider().remove("us-east-1").await?;
@@ -343,11 +355,12 @@ async fn a_haproxy_front_without_haproxy_says_how_to_get_it() -> anyhow::Result<
     Ok(())
 }
 
-/// An agent that restarts (its embedded front with it) forwards the shares it had set before
-/// any orchestrator answers: they are kept in the state directory, not only in memory. Without
-/// that, a restarted source agent after a cutover answered every request with 503 until the
-/// leader sent a new command, and the leader's repeated `SetShare` was answered from the
-/// ledger without acting.
+/// A restarted agent forwards the shares it had set before any orchestrator answers: the
+/// embedded front, a process of its own, kept forwarding while no agent ran, the new agent
+/// adopts it, and the shares are kept in the state directory, not only in memory. Without that,
+/// a restarted source agent after a cutover answered every request with 503 until the leader
+/// sent a new command, and the leader's repeated `SetShare` was answered from the ledger
+/// without acting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_forwards_the_shares_it_had_before_any_leader_answers()
 -> anyhow::Result<()> {
@@ -384,16 +397,12 @@ async fn a_restarted_agent_forwards_the_shares_it_had_before_any_leader_answers(
     send(section.listen, 100).await?;
     assert_eq!(west.report().await.front.unwrap().window_requests, 100);
 
-    // The agent stops (its front with it) and a new one starts on the same state directory,
-    // once the old front's listener is closed (its task ends asynchronously after the drop;
-    // a process restart frees the port at exit).
+    // The agent stops; its front goes on forwarding with no agent, and a new agent on the same
+    // state directory adopts it.
+    let front = front_pid(&state, FrontKind::Embedded)?;
     drop(east);
-    umbra_testkit::wait_for(
-        "the old front's port to be free",
-        Duration::from_secs(10),
-        || async { std::net::TcpListener::bind(section.listen).ok().map(drop) },
-    )
-    .await?;
+    send(section.listen, 100).await?;
+    assert_eq!(west.report().await.front.unwrap().window_requests, 100);
     let provider = common::sample_provider(&state, BACKING_LATENCY_MS).await?;
     let east = Agent::with_parts(
         "us-east",
@@ -401,6 +410,7 @@ async fn a_restarted_agent_forwards_the_shares_it_had_before_any_leader_answers(
         AnyProvider::Process(provider),
         Some(Front::from_config(&section, &state).await?),
     )?;
+    assert_eq!(front_pid(&state, FrontKind::Embedded)?, front, "adopted");
     let report = east.report().await.front.unwrap();
     assert_eq!(report.shares.len(), 1, "{report:?}");
     assert_eq!(report.shares[0].percent, 100);

@@ -790,3 +790,26 @@ pub fn front_ip(plan: &umbra_orchestrator::state::Plan, region: &str) -> anyhow:
         .with_context(|| format!("the plan declares {region}"))?;
     Ok(spec.front.parse::<SocketAddr>()?.ip())
 }
+
+/// A zone-transfer TSIG key made as an operator makes it (`tsig-keygen -a hmac-sha256
+/// umbra-xfr`), written to `dir/umbra-xfr.key` for the orchestrators' `[dns]
+/// transfer_key_file`, and the same key for a BIND secondary's configuration. Fails with the
+/// install command when `tsig-keygen` is missing.
+pub fn transfer_key(
+    dir: &std::path::Path,
+) -> anyhow::Result<(PathBuf, umbra_testkit::bind::TsigSecret)> {
+    let keygen = umbra_testkit::installed("tsig-keygen", "bind9")?;
+    let generated = std::process::Command::new(keygen)
+        .args(["-a", "hmac-sha256", "umbra-xfr"])
+        .output()?;
+    anyhow::ensure!(generated.status.success(), "tsig-keygen failed");
+    let key_file = dir.join("umbra-xfr.key");
+    std::fs::write(&key_file, &generated.stdout)?;
+    let key = umbra_dns::rfc2136::TsigKey::read_bind_key_file(&key_file)?;
+    let secret = umbra_testkit::bind::TsigSecret {
+        name: key.name.clone(),
+        algorithm: "hmac-sha256".into(),
+        secret_base64: key.secret_base64(),
+    };
+    Ok((key_file, secret))
+}

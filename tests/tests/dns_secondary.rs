@@ -19,10 +19,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use umbra_dns::rfc2136::TsigKey;
-use umbra_testkit::bind::{NamedProcess, TsigSecret, dig, soa_serial};
+use umbra_testkit::bind::{NamedProcess, dig, soa_serial};
 use umbra_testkit::installed;
-use umbra_tests::{Cluster, Options, ZONE, free_port, front_ip, unscheduled_plan, wait_for};
+use umbra_tests::{
+    Cluster, Options, ZONE, free_port, front_ip, transfer_key, unscheduled_plan, wait_for,
+};
 
 /// Election, plan and first transfer on a loaded 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -104,23 +105,11 @@ async fn counter(cluster: &Cluster, id: u64, series: &str) -> anyhow::Result<f64
 async fn a_bind_secondary_follows_by_notify_and_answers_with_every_orchestrator_down()
 -> anyhow::Result<()> {
     installed("named", "bind9")?;
-    let keygen = installed("tsig-keygen", "bind9")?;
     installed("dig", "bind9-dnsutils")?;
 
     // The transfer key, as an operator makes it.
     let dir = tempfile::tempdir()?;
-    let key_file = dir.path().join("umbra-xfr.key");
-    let generated = std::process::Command::new(keygen)
-        .args(["-a", "hmac-sha256", "umbra-xfr"])
-        .output()?;
-    ensure!(generated.status.success(), "tsig-keygen failed");
-    std::fs::write(&key_file, &generated.stdout)?;
-    let key = TsigKey::read_bind_key_file(&key_file)?;
-    let secret = TsigSecret {
-        name: key.name.clone(),
-        algorithm: "hmac-sha256".into(),
-        secret_base64: key.secret_base64(),
-    };
+    let (key_file, secret) = transfer_key(dir.path())?;
 
     // BIND's port first, so the orchestrators can be told where to send NOTIFY.
     let bind_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));

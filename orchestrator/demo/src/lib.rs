@@ -126,6 +126,12 @@ pub struct DemoOptions {
     pub front: FrontKind,
     /// Who answers for the service zone.
     pub dns: DemoDns,
+    /// DNS secondaries every orchestrator's embedded server sends NOTIFY to and serves zone
+    /// transfers to (`[dns] secondaries`), signed with `dns_transfer_key_file`; embedded DNS
+    /// only.
+    pub dns_secondaries: Vec<SocketAddr>,
+    /// The TSIG key file of zone transfers (`[dns] transfer_key_file`).
+    pub dns_transfer_key_file: Option<PathBuf>,
     /// Where the cutover steps' SLO is read from (`umbra demo --slo-source`).
     pub slo_source: DemoSloSource,
     /// How the latency is judged (`umbra demo --slo-judgement`; `compare` needs Prometheus).
@@ -176,6 +182,8 @@ impl DemoOptions {
             pool_lead_margin_ms: umbra_orchestrator::executor::pools::DEFAULT_LEAD_MARGIN_MS,
             front: FrontKind::default(),
             dns: DemoDns::Embedded,
+            dns_secondaries: Vec::new(),
+            dns_transfer_key_file: None,
             slo_source: DemoSloSource::Fronts,
             slo_judgement: Default::default(),
         }
@@ -189,6 +197,13 @@ impl DemoOptions {
             return Err(DemoError::Setup(
                 "--slo-judgement compare needs --slo-source prometheus: it compares the target's \
                  latency samples with the source's, which only Prometheus holds"
+                    .to_owned(),
+            ));
+        }
+        if !self.dns_secondaries.is_empty() && self.dns != DemoDns::Embedded {
+            return Err(DemoError::Setup(
+                "DNS secondaries transfer the zone from the orchestrators' embedded DNS; with \
+                 --dns bind, BIND is the zone's authority: leave the secondaries out"
                     .to_owned(),
             ));
         }
@@ -628,7 +643,11 @@ async fn start_cluster(
             api: Some(ApiConfig::new(api_listen, token_file.clone())),
             gateway: GatewaySection::default(),
             dns: Some(match &bind {
-                None => DnsSection::embedded(dns_addresses[(peer.id - 1) as usize], scenario::ZONE),
+                None => DnsSection {
+                    secondaries: options.dns_secondaries.clone(),
+                    transfer_key_file: options.dns_transfer_key_file.clone(),
+                    ..DnsSection::embedded(dns_addresses[(peer.id - 1) as usize], scenario::ZONE)
+                },
                 Some(bind) => DnsSection::rfc2136(
                     bind.addr,
                     scenario::ZONE,
@@ -819,6 +838,11 @@ impl IdleCluster {
         prometheus::slo_queries(&self.orchestrator_admins(), result).await
     }
 
+    /// Each orchestrator's embedded DNS server, killed ones included.
+    pub fn orchestrator_dns(&self) -> Vec<SocketAddr> {
+        self.cluster.orchestrators.iter().map(|o| o.dns).collect()
+    }
+
     /// Each orchestrator's admin endpoint (`/metrics`, `/status`), killed ones included.
     pub fn orchestrator_admins(&self) -> Vec<SocketAddr> {
         self.cluster.orchestrators.iter().map(|o| o.admin).collect()
@@ -906,6 +930,39 @@ impl IdleCluster {
     /// Processes still running (all seven unless one died).
     pub fn running(&mut self) -> Vec<String> {
         self.supervisor.running()
+    }
+
+    /// The names of the orchestrator processes (`orchestrator-N`); the agents' are
+    /// `agent-REGION`.
+    pub fn orchestrator_names(&self) -> Vec<String> {
+        self.cluster
+            .orchestrators
+            .iter()
+            .map(|o| format!("orchestrator-{}", o.id))
+            .collect()
+    }
+
+    /// SIGKILLs the process `name` and reaps it, so it is gone when this returns; its pid.
+    pub fn kill(&mut self, name: &str) -> Result<u32, DemoError> {
+        let pid = self.supervisor.kill(name)?;
+        self.mark_killed(name, true);
+        Ok(pid)
+    }
+
+    /// Starts `name`, killed with [`Self::kill`], again as it was first started; its pid.
+    pub fn restart(&mut self, name: &str) -> Result<u32, DemoError> {
+        let pid = self.supervisor.restart(name)?;
+        self.mark_killed(name, false);
+        Ok(pid)
+    }
+
+    /// Whether the API calls skip orchestrator `name` (not an orchestrator: nothing).
+    fn mark_killed(&mut self, name: &str, killed: bool) {
+        for o in &mut self.cluster.orchestrators {
+            if format!("orchestrator-{}", o.id) == name {
+                o.killed = killed;
+            }
+        }
     }
 }
 

@@ -188,8 +188,9 @@ impl Supervisor {
         Ok(())
     }
 
-    /// SIGKILLs `name` (a crash on purpose) and reaps it.
-    pub fn kill(&mut self, name: &str) -> Result<(), ProcessError> {
+    /// SIGKILLs `name` (a crash on purpose) and reaps it: it is gone when this returns. Its
+    /// pid.
+    pub fn kill(&mut self, name: &str) -> Result<u32, ProcessError> {
         let s = self
             .children
             .iter_mut()
@@ -198,7 +199,7 @@ impl Supervisor {
         s.killed = true;
         let _ = s.child.kill();
         let _ = s.child.wait();
-        Ok(())
+        Ok(s.child.id())
     }
 
     /// Stops everything: SIGTERM, a grace period, SIGKILL; then the agents' instances.

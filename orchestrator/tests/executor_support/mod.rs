@@ -27,6 +27,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 use umbra_agent::agent::Agent;
+use umbra_agent::agent::config::{FrontKind, FrontSection};
 use umbra_agent::agent::front::Front;
 use umbra_agent::agent::session::{SessionConfig, run_session, transport_config};
 use umbra_agent::provider::process::{ENV_PROVIDER_STATE, ProcessConfig, ProcessRuntime};
@@ -464,7 +465,16 @@ impl World {
                 &state,
             )
             .await?;
-            let front = Front::start(localhost(0)).await?;
+            // The region's front as `umbra-agent run` starts it: `umbra-agent front`, a process
+            // of its own on a port the kernel chooses (stopped with the instances by the reaper).
+            let section = FrontSection {
+                listen: localhost(0),
+                kind: FrontKind::Embedded.to_string(),
+                haproxy_binary: None,
+                haproxy_dir: None,
+                front_binary: Some(umbra_testkit::binary("umbra-agent")?),
+            };
+            let front = Front::from_config(&section, &state).await?;
             let front_addr = front.local_addr();
             let agent = Arc::new(Agent::with_parts(
                 region,

@@ -13,6 +13,7 @@
 //! [front]                            # optional: the region front
 //! listen = "127.0.0.12:8000"
 //! kind = "embedded"                   # or "haproxy" (the agent runs and drives haproxy)
+//! # front_binary = "/usr/local/bin/umbra-agent"    (embedded; default: umbra-agent next to the agent)
 //! # haproxy_binary = "haproxy"                      (haproxy; found on PATH by default)
 //! # haproxy_dir = "/var/lib/umbra-agent/front-haproxy"  (haproxy; default: under state_dir)
 //! [provider]
@@ -149,15 +150,24 @@ pub struct FrontSection {
     /// (kind `haproxy`); [`DEFAULT_HAPROXY_DIR`] under `state_dir` by default.
     #[serde(default)]
     pub haproxy_dir: Option<PathBuf>,
+    /// The `umbra-agent` program that runs the embedded front (`umbra-agent front`, kind
+    /// `embedded`); the `umbra-agent` next to the running executable by default.
+    #[serde(default)]
+    pub front_binary: Option<PathBuf>,
 }
 
 /// The haproxy program unless configured: Debian's package installs it as `haproxy`.
 pub const DEFAULT_HAPROXY_BINARY: &str = "haproxy";
 /// The haproxy directory under the agent's `state_dir` unless configured.
 pub const DEFAULT_HAPROXY_DIR: &str = "front-haproxy";
-/// Longest socket path Linux accepts (`sun_path` is 108 bytes with its terminating NUL); the
-/// haproxy directory holds two sockets, so its path must leave room for their names.
+/// The embedded front's directory under the agent's `state_dir` (its routing, control and
+/// log sockets, pid and log).
+pub const EMBEDDED_FRONT_DIR: &str = "front-embedded";
+/// Longest socket path Linux accepts (`sun_path` is 108 bytes with its terminating NUL); a
+/// front's directory holds two sockets, so its path must leave room for their names.
 const MAX_UNIX_SOCKET_PATH: usize = 107;
+/// The longest socket name the agent puts in a front's directory.
+const LONGEST_SOCKET_NAME: &str = "/control.sock";
 
 fn default_front_kind() -> String {
     FrontKind::Embedded.as_str().into()
@@ -171,6 +181,15 @@ pub enum FrontKind {
     Embedded,
     /// A `haproxy` the agent configures, starts and drives through its runtime API.
     Haproxy,
+}
+
+/// What the embedded front needs, resolved from [`FrontSection`] and the state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedSettings {
+    /// The `umbra-agent` program that runs it.
+    pub binary: PathBuf,
+    /// Its routing file, sockets, pid file and log.
+    pub dir: PathBuf,
 }
 
 impl FrontKind {
@@ -238,6 +257,17 @@ impl FrontSection {
         }
     }
 
+    /// The embedded front's settings (kind `embedded`), with defaults filled in.
+    pub fn embedded(&self, state_dir: &Path) -> EmbeddedSettings {
+        EmbeddedSettings {
+            binary: self
+                .front_binary
+                .clone()
+                .unwrap_or_else(|| next_to_exe("umbra-agent")),
+            dir: state_dir.join(EMBEDDED_FRONT_DIR),
+        }
+    }
+
     fn validate(&self, state_dir: &Path) -> Result<(), ConfigError> {
         match self.front_kind()? {
             FrontKind::Embedded => {
@@ -248,8 +278,24 @@ impl FrontSection {
                             .into(),
                     ));
                 }
+                let dir = self.embedded(state_dir).dir;
+                if dir.as_os_str().len() + LONGEST_SOCKET_NAME.len() > MAX_UNIX_SOCKET_PATH {
+                    return Err(ConfigError::Invalid(format!(
+                        "the embedded front's directory {} is too long for the Unix sockets \
+                         it holds (at most {} bytes); set a shorter state_dir",
+                        dir.display(),
+                        MAX_UNIX_SOCKET_PATH - LONGEST_SOCKET_NAME.len()
+                    )));
+                }
             }
             FrontKind::Haproxy => {
+                if self.front_binary.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "front.front_binary is read only with kind = \"embedded\"; remove it \
+                         or set kind = \"embedded\""
+                            .into(),
+                    ));
+                }
                 if self.listen.port() == 0 {
                     return Err(ConfigError::Invalid(format!(
                         "front.listen {}: a haproxy front needs a fixed port (haproxy \
@@ -259,13 +305,12 @@ impl FrontSection {
                     )));
                 }
                 let dir = self.haproxy(state_dir).dir;
-                // "/admin.sock" is the longest name the agent puts there.
-                if dir.as_os_str().len() + "/admin.sock".len() > MAX_UNIX_SOCKET_PATH {
+                if dir.as_os_str().len() + LONGEST_SOCKET_NAME.len() > MAX_UNIX_SOCKET_PATH {
                     return Err(ConfigError::Invalid(format!(
                         "front.haproxy_dir {} is too long for the Unix sockets it holds \
                          (at most {} bytes); set a shorter front.haproxy_dir",
                         dir.display(),
-                        MAX_UNIX_SOCKET_PATH - "/admin.sock".len()
+                        MAX_UNIX_SOCKET_PATH - LONGEST_SOCKET_NAME.len()
                     )));
                 }
             }
@@ -334,10 +379,16 @@ impl AgentConfig {
 
 /// The sample binary next to the running executable (where cargo and packages put it).
 pub fn sample_binary_next_to_exe() -> PathBuf {
+    next_to_exe("umbra-sample")
+}
+
+/// The program `name` next to the running executable (where cargo and packages put Umbra's
+/// binaries), or `name` to be looked up on `PATH`.
+fn next_to_exe(name: &str) -> PathBuf {
     std::env::current_exe()
         .ok()
-        .and_then(|p| p.parent().map(|d| d.join("umbra-sample")))
-        .unwrap_or_else(|| PathBuf::from("umbra-sample"))
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// Builds a provider of `kind` on `state_dir`.

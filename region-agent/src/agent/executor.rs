@@ -162,9 +162,11 @@ impl Executor {
         self.front.as_ref()
     }
 
-    /// Aligns the front's backends with the active instances (logged, not fatal: the next
-    /// command or heartbeat retries).
-    async fn reconcile_front(&self) {
+    /// Aligns the front's backends with the active instances and the shares, starting a front
+    /// process that died again (logged, not fatal: the next round retries). Called after
+    /// commands, before heartbeats, and on the agent's own schedule whether a leader answers
+    /// or not (`agent::run`).
+    pub async fn reconcile_front(&self) {
         if let Some(front) = &self.front
             && let Err(e) = front.reconcile(&self.provider.list().await).await
         {

@@ -2,10 +2,13 @@
 //! instances plus — during a cutover away from this region — other regions' fronts with the
 //! share the leader set (`SetShare`). A load-balancer share applies to the very next request,
 //! which is why a cutover moves traffic here before DNS follows. Two kinds do the balancing
-//! (`[front] kind`): the embedded weighted proxy (`crate::lb::proxy`, the default) and a
-//! `haproxy` the agent runs and drives through its runtime API ([`haproxy`]). Everything
-//! above the balancer — shares, weights, reconciling, the report's windows — is the same for
-//! both, so the executor does not know which one runs.
+//! (`[front] kind`): the embedded weighted proxy (`crate::lb::proxy`, the default) in a
+//! process of its own, `umbra-agent front`, which keeps its routing in a file and outlives the
+//! agent ([`embedded`]), and a `haproxy` the agent runs and drives through its runtime API
+//! ([`haproxy`]). Both are adopted by the next agent on the state directory, so an agent
+//! restart or crash never stops the region's traffic. Everything above the balancer — shares,
+//! weights, reconciling, the report's windows — is the same for both, so the executor does not
+//! know which one runs.
 //!
 //! [`weights`] is the pure part (instances and shares → backend weights, exact percentages);
 //! [`Front`] reconciles the balancer with it after every command and heartbeat, and reports
@@ -23,7 +26,8 @@
 //! - `window_p99_ms`: the p99 time to response headers of all local backends' requests merged,
 //!   over the recent-latency window ([`crate::lb::proxy::DEFAULT_LATENCY_WINDOW`], the last
 //!   4–5 s), so a cutover step is judged on how the instances answer now. Embedded: measured by
-//!   the proxy in µs. HAProxy keeps no quantiles (`show stat` has only a mean over its last
+//!   the front process in µs, over its own window, and returned with its counters on the
+//!   control socket, so an agent restart loses no sample. HAProxy keeps no quantiles (`show stat` has only a mean over its last
 //!   1024 requests), so haproxy logs one line per request to a socket of the agent's, and the
 //!   agent puts `%Tw + %Tc + %Tr` (queue, connect and response-header times, whole ms as
 //!   haproxy measures them) of the `local-*` slots into the same windowed histogram. A log
@@ -33,6 +37,8 @@
 //! The two windows differ in length: the latency one is fixed so that a p99 always has a few
 //! seconds of samples behind it.
 
+mod child;
+pub mod embedded;
 pub mod haproxy;
 pub mod telemetry;
 
@@ -44,11 +50,12 @@ use std::time::Instant;
 
 use umbra_proto::agent::{FrontReport, InstanceReport, InstanceState, ShareReport};
 
+use self::embedded::EmbeddedFront;
 use self::haproxy::HaproxyFront;
 pub use self::telemetry::{FrontTelemetry, LocalRow};
 use super::config::{ConfigError, FrontKind, FrontSection};
-use crate::lb::proxy::{EmbeddedProxy, LatencyObserver, ProxyConfig};
-use crate::lb::{BackendWeight, LbError, LoadBalancer, MAX_WEIGHT};
+use crate::lb::proxy::LatencyObserver;
+use crate::lb::{BackendWeight, LbError, MAX_WEIGHT};
 
 /// Prefix of a remote front's backend name (followed by the service).
 const REMOTE_PREFIX: &str = "front-";
@@ -148,42 +155,50 @@ struct FrontState {
 
 /// What balances the front's requests (module docs: how each reports).
 enum Balancer {
-    Embedded(EmbeddedProxy),
+    /// The proxy as `umbra-agent front` (`kind = "embedded"`).
+    Embedded(Box<EmbeddedFront>),
     // Boxed: one front per agent, and the haproxy one is several times the proxy's size.
     Haproxy(Box<HaproxyFront>),
+}
+
+/// The counters of the local backends among `stats` (named after their instances).
+fn local_backend_rows(stats: Vec<crate::lb::BackendStats>) -> Vec<LocalRow> {
+    stats
+        .into_iter()
+        .filter(|s| !s.name.starts_with(REMOTE_PREFIX))
+        .map(|s| LocalRow {
+            key: s.name.clone(),
+            backend: Some(s.name),
+            requests: s.requests,
+            errors: s.errors,
+        })
+        .collect()
 }
 
 impl Balancer {
     fn listen(&self) -> SocketAddr {
         match self {
-            Balancer::Embedded(proxy) => proxy.local_addr(),
+            Balancer::Embedded(front) => front.listen(),
             Balancer::Haproxy(haproxy) => haproxy.listen(),
         }
     }
 
     async fn set_backends(&self, backends: &[BackendWeight]) -> Result<(), LbError> {
         match self {
-            Balancer::Embedded(proxy) => proxy.set_backends(backends).await,
+            Balancer::Embedded(front) => front.set_backends(backends).await,
             Balancer::Haproxy(haproxy) => haproxy.set_backends(backends).await,
         }
     }
 
-    /// Each local backend's requests and errors since the balancer started.
-    async fn local_rows(&self) -> Result<Vec<LocalRow>, LbError> {
+    /// Each local backend's requests and errors since the balancer started, and the p99 of
+    /// the local backends' recent requests, ms (module docs).
+    async fn local_reading(&self) -> Result<(Vec<LocalRow>, Option<f64>), LbError> {
         match self {
-            Balancer::Embedded(proxy) => Ok(proxy
-                .stats()
-                .await?
-                .into_iter()
-                .filter(|s| !s.name.starts_with(REMOTE_PREFIX))
-                .map(|s| LocalRow {
-                    key: s.name.clone(),
-                    backend: Some(s.name),
-                    requests: s.requests,
-                    errors: s.errors,
-                })
-                .collect()),
-            Balancer::Haproxy(haproxy) => haproxy.local_rows().await,
+            Balancer::Embedded(front) => {
+                let (stats, p99) = front.stats().await?;
+                Ok((local_backend_rows(stats), p99))
+            }
+            Balancer::Haproxy(haproxy) => Ok((haproxy.local_rows().await?, haproxy.local_p99_ms())),
         }
     }
 
@@ -199,22 +214,11 @@ impl Balancer {
         }
     }
 
-    fn local_p99_ms(&self) -> Option<f64> {
-        match self {
-            Balancer::Embedded(proxy) => {
-                proxy
-                    .recent_latency(|name| !name.starts_with(REMOTE_PREFIX))
-                    .latency_ms_p99
-            }
-            Balancer::Haproxy(haproxy) => haproxy.local_p99_ms(),
-        }
-    }
-
-    /// Restarts a balancer process that died; true when it did (its counters restarted and
-    /// it holds no weights).
+    /// Restarts a balancer process that died; true when it did (its counters restarted, and
+    /// the weights must be set again).
     async fn ensure_running(&self) -> Result<bool, LbError> {
         match self {
-            Balancer::Embedded(_) => Ok(false),
+            Balancer::Embedded(front) => front.ensure_running().await,
             Balancer::Haproxy(haproxy) => haproxy.ensure_running().await,
         }
     }
@@ -246,16 +250,6 @@ fn observer(telemetry: &Arc<FrontTelemetry>) -> LatencyObserver {
 }
 
 impl Front {
-    /// Starts the embedded proxy on `listen` with no backends (requests fail until instances
-    /// are active, which is the truth).
-    pub async fn start(listen: SocketAddr) -> Result<Front, LbError> {
-        let telemetry = Arc::new(FrontTelemetry::new());
-        let mut config = ProxyConfig::new(listen);
-        config.latency_observer = Some(observer(&telemetry));
-        let proxy = EmbeddedProxy::start(config, &[]).await?;
-        Ok(Front::with(Balancer::Embedded(proxy), telemetry))
-    }
-
     /// Starts the front `section` configures, for the agent whose state directory is
     /// `state_dir` (a haproxy front keeps its files under it by default and carries its
     /// marker).
@@ -264,7 +258,17 @@ impl Front {
         state_dir: &Path,
     ) -> Result<Front, FrontError> {
         let mut front = match section.front_kind()? {
-            FrontKind::Embedded => Front::start(section.listen).await?,
+            FrontKind::Embedded => {
+                let telemetry = Arc::new(FrontTelemetry::new());
+                let embedded = EmbeddedFront::start(
+                    section.listen,
+                    &section.embedded(state_dir),
+                    state_dir,
+                    Some(observer(&telemetry)),
+                )
+                .await?;
+                Front::with(Balancer::Embedded(Box::new(embedded)), telemetry)
+            }
             FrontKind::Haproxy => {
                 let settings = section.haproxy(state_dir);
                 let telemetry = Arc::new(FrontTelemetry::new());
@@ -427,12 +431,11 @@ impl Front {
     /// advancing call to now and the next window starts here (heartbeats); without, the window
     /// is reported but not restarted (command outcomes).
     pub async fn report(&self, advance: bool) -> Result<FrontReport, LbError> {
-        let rows = self.balancer.local_rows().await?;
+        let (rows, p99) = self.balancer.local_reading().await?;
         self.telemetry.count(&rows);
         let (requests_total, errors_total) = rows
             .iter()
             .fold((0, 0), |(r, e), row| (r + row.requests, e + row.errors));
-        let p99 = self.balancer.local_p99_ms();
         let now = Instant::now();
         let mut state = self.state.lock().expect("front lock");
         let (window_ms, window_requests, window_errors) = match state.last {

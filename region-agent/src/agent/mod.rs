@@ -248,6 +248,21 @@ pub async fn run(config: AgentConfig) -> Result<(), session::SessionError> {
         }
         None => None,
     };
+    // The front follows the instances and shares on the agent's own schedule, leader or not:
+    // with every orchestrator down, a front process that died is started again and its
+    // routing set from what this agent knows.
+    let _front_keeper = AbortOnDrop(tokio::spawn({
+        let agent = agent.clone();
+        let period = std::time::Duration::from_millis(config.heartbeat_ms);
+        async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                agent.executor().reconcile_front().await;
+            }
+        }
+    }));
     let session_config = session::SessionConfig::from_agent_config(&config);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! umbra-agent run --config agent.toml          # connect to the orchestrators and serve
+//! umbra-agent front --listen ADDR --dir DIR    # the embedded region front (the agent starts it)
 //! umbra-agent local --state-dir DIR [--provider process|docker] \
 //!     [--provision a,b] [--activate a] [--pause a] [--resume a] [--stop a] [--remove a] \
 //!     [--list] [--hold]
@@ -31,6 +32,17 @@ enum Cmd {
         /// The agent configuration file (TOML).
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Serve the region front (the embedded proxy) on `listen`, with the routing kept in
+    /// `dir`. The agent starts it (`[front] kind = "embedded"`) and drives it through
+    /// `dir/control.sock`; it outlives the agent.
+    Front {
+        /// Where clients reach the front.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The front's directory: its routing file and control socket.
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// Run provider operations locally, in this order: provision, activate, pause, resume,
     /// stop, remove, then list.
@@ -96,6 +108,9 @@ async fn run() -> anyhow::Result<()> {
         Cmd::Run { config } => {
             let config = AgentConfig::load(&config)?;
             Ok(umbra_agent::agent::run(config).await?)
+        }
+        Cmd::Front { listen, dir } => {
+            Ok(umbra_agent::agent::front::embedded::serve(listen, &dir).await?)
         }
         Cmd::Local(args) => {
             let LocalArgs {

@@ -12,7 +12,7 @@ pub mod proxy;
 use std::net::SocketAddr;
 
 use futures::future::BoxFuture;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Highest weight a backend may have. HAProxy's range is 0..=256; using the same range for
 /// the embedded proxy lets the orchestrator send one plan to either.
@@ -22,7 +22,7 @@ pub const MAX_WEIGHT: u32 = 256;
 pub const MAX_BACKENDS: usize = 64;
 
 /// A backend and the share of new requests it should get, relative to the others' weights.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendWeight {
     /// Stable name (HAProxy server name; counters are kept per name).
     pub name: String,
@@ -78,7 +78,7 @@ pub fn validate_backends(backends: &[BackendWeight]) -> Result<(), LbError> {
 }
 
 /// What a backend is doing, as the balancer sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendState {
     /// Taking new requests in proportion to its weight.
@@ -90,7 +90,7 @@ pub enum BackendState {
 }
 
 /// Per-backend counters, cumulative since the backend was first configured.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendStats {
     pub name: String,
     pub addr: Option<SocketAddr>,

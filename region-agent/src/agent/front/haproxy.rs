@@ -26,22 +26,19 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use tokio::net::UnixDatagram;
-
+use super::child::{
+    MAX_LOG_LINE, RequestLog, Running, not_ready, read_pid, runs_marked, spawn_marked, stop,
+};
 use super::{LocalRow, REMOTE_PREFIX};
 use crate::agent::config::HaproxySettings;
 use crate::lb::haproxy::{Haproxy, HaproxyConfig};
 use crate::lb::proxy::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_LATENCY_WINDOW, DEFAULT_LATENCY_WINDOW_BUCKETS,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONNECTIONS, DEFAULT_RESPONSE_TIMEOUT, LatencyObserver,
-    WindowHistogram,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_RESPONSE_TIMEOUT, LatencyObserver,
 };
 use crate::lb::{BackendWeight, LbError, LoadBalancer, MAX_BACKENDS};
 use crate::provider::process::ENV_PROVIDER_STATE;
@@ -59,10 +56,6 @@ const SPARE_ADDR: &str = "127.0.0.1:1";
 /// How long haproxy may take until its runtime API lists the backend: it starts in
 /// milliseconds; 15 s is room for a loaded machine.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a haproxy being replaced gets between SIGTERM and SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(5);
-/// Largest log line haproxy sends (`log ... len`); ours are under 64 bytes.
-const MAX_LOG_LINE: usize = 1024;
 
 /// Which slot each backend name holds. A name keeps its slot while it is wanted; a freed slot
 /// goes to the next new name of its kind.
@@ -186,38 +179,6 @@ fn parse_log_line(line: &str) -> Option<(&str, u64)> {
     Some((slot, total))
 }
 
-/// The process and how the agent knows it is alive.
-struct Running {
-    pid: u32,
-    /// `None` when adopted from a previous agent (not our child: its /proc state tells).
-    child: Option<Child>,
-}
-
-impl Running {
-    fn alive(&mut self) -> bool {
-        match &mut self.child {
-            Some(child) => match child.try_wait() {
-                Ok(None) => true,
-                Ok(Some(status)) => {
-                    tracing::warn!(pid = self.pid, %status, "the haproxy front exited");
-                    false
-                }
-                // Reaped elsewhere: whether it lives is /proc's to say.
-                Err(_) => proc_alive(self.pid),
-            },
-            None => proc_alive(self.pid),
-        }
-    }
-}
-
-fn proc_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
-}
-
 /// The running haproxy front.
 pub struct HaproxyFront {
     listen: SocketAddr,
@@ -228,16 +189,9 @@ pub struct HaproxyFront {
     lb: Haproxy,
     process: Mutex<Running>,
     slots: Mutex<Slots>,
-    latency: Arc<Mutex<WindowHistogram>>,
-    started: Instant,
-    log_task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for HaproxyFront {
-    fn drop(&mut self) {
-        // haproxy itself keeps serving: the next agent adopts it (see the module docs).
-        self.log_task.abort();
-    }
+    /// haproxy's per-request log (dropping it leaves haproxy serving: the next agent adopts
+    /// it, see the module docs).
+    log: RequestLog,
 }
 
 impl HaproxyFront {
@@ -260,18 +214,12 @@ impl HaproxyFront {
             binary: settings.binary.clone(),
             dir,
         };
-        let log_path = settings.dir.join("log.sock");
-        let _ = std::fs::remove_file(&log_path);
-        let log = UnixDatagram::bind(&log_path).map_err(io(format!(
-            "binding haproxy's log socket {}",
-            log_path.display()
-        )))?;
-        let latency = Arc::new(Mutex::new(WindowHistogram::new(
-            DEFAULT_LATENCY_WINDOW,
-            DEFAULT_LATENCY_WINDOW_BUCKETS,
-        )));
-        let started = Instant::now();
-        let log_task = tokio::spawn(receive_log(log, latency.clone(), started, observer));
+        let log = RequestLog::bind(
+            &settings.dir.join("log.sock"),
+            observer,
+            local_log_line,
+            true,
+        )?;
         let lb = Haproxy::new(HaproxyConfig::new(settings.dir.join("admin.sock"), BACKEND))?;
         let mut front = HaproxyFront {
             listen,
@@ -285,9 +233,7 @@ impl HaproxyFront {
                 child: None,
             }),
             slots: Mutex::new(Slots::new()),
-            latency,
-            started,
-            log_task,
+            log,
         };
         let running = match front.adoptable().await {
             Some(pid) => {
@@ -312,22 +258,13 @@ impl HaproxyFront {
 
     /// Whether `pid` is a haproxy this agent's state directory started with our config file.
     fn is_ours(&self, pid: u32) -> bool {
-        let marked = std::fs::read(format!("/proc/{pid}/environ"))
-            .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == self.marker.as_bytes()));
-        let config = self.config_path.to_string_lossy();
-        let runs_config = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|cmd| cmd.split(|b| *b == 0).any(|arg| arg == config.as_bytes()));
-        marked && runs_config && proc_alive(pid)
+        runs_marked(pid, &self.marker, &[&self.config_path.to_string_lossy()])
     }
 
     /// The pid of a live haproxy of ours running exactly the configuration we would write; a
     /// live one with another configuration is stopped.
     async fn adoptable(&self) -> Option<u32> {
-        let pid: u32 = std::fs::read_to_string(self.pid_path())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
+        let pid = read_pid(&self.pid_path())?;
         if !self.is_ours(pid) {
             return None;
         }
@@ -339,60 +276,37 @@ impl HaproxyFront {
             pid,
             "stopping the haproxy front of a previous agent: its configuration differs"
         );
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
-        while self.is_ours(pid) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if self.is_ours(pid) {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
+        stop(pid, |pid| self.is_ours(pid)).await;
         None
     }
 
-    /// Writes the configuration and starts haproxy in the foreground (`-db`), in a process
-    /// group of its own so a Ctrl-C at the agent's terminal does not reach it.
+    /// Writes the configuration and starts haproxy in the foreground (`-db`), marked as the
+    /// agent's (see [`spawn_marked`]).
     fn spawn(&self) -> Result<Running, LbError> {
-        use std::os::unix::process::CommandExt;
         let dir = &self.settings.dir;
-        let io = |what: String| move |source| LbError::Io { what, source };
-        std::fs::write(&self.config_path, config_text(self.listen, dir))
-            .map_err(io(format!("writing {}", self.config_path.display())))?;
-        let log_path = dir.join("haproxy.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(io(format!("opening {}", log_path.display())))?;
-        let err = log
-            .try_clone()
-            .map_err(io(format!("opening {}", log_path.display())))?;
-        let (var, value) = self.marker.split_once('=').expect("the marker is VAR=dir");
-        let child = Command::new(&self.settings.binary)
-            .arg("-db")
-            .arg("-f")
-            .arg(&self.config_path)
-            .env(var, value)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                LbError::Process(format!(
+        std::fs::write(&self.config_path, config_text(self.listen, dir)).map_err(|source| {
+            LbError::Io {
+                what: format!("writing {}", self.config_path.display()),
+                source,
+            }
+        })?;
+        let mut command = Command::new(&self.settings.binary);
+        command.arg("-db").arg("-f").arg(&self.config_path);
+        let running = spawn_marked(
+            command,
+            &self.marker,
+            &dir.join("haproxy.log"),
+            &self.pid_path(),
+            |e| {
+                format!(
                     "cannot run haproxy {:?}: {e}; install it (Debian: apt-get install haproxy) \
                      or set front.haproxy_binary to its path",
                     self.settings.binary
-                ))
-            })?;
-        let pid = child.id();
-        std::fs::write(self.pid_path(), format!("{pid}\n"))
-            .map_err(io(format!("writing {}", self.pid_path().display())))?;
-        tracing::info!(pid, listen = %self.listen, config = %self.config_path.display(), "haproxy front started");
-        Ok(Running {
-            pid,
-            child: Some(child),
-        })
+                )
+            },
+        )?;
+        tracing::info!(pid = running.pid, listen = %self.listen, config = %self.config_path.display(), "haproxy front started");
+        Ok(running)
     }
 
     /// Waits until the runtime API lists the backend's slots; an error quoting haproxy's log
@@ -410,20 +324,13 @@ impl HaproxyFront {
             }
             let alive = self.process.lock().expect("process lock").alive();
             if !alive || Instant::now() >= deadline {
-                let log = std::fs::read_to_string(self.settings.dir.join("haproxy.log"))
-                    .unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(10).collect();
-                return Err(LbError::Process(format!(
-                    "haproxy (config {}) {} its runtime API within {} s; its log ends:\n{}",
-                    self.config_path.display(),
-                    if alive {
-                        "did not open"
-                    } else {
-                        "exited before opening"
-                    },
-                    START_TIMEOUT.as_secs(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                )));
+                return Err(not_ready(
+                    &format!("haproxy (config {})", self.config_path.display()),
+                    "runtime API",
+                    alive,
+                    START_TIMEOUT,
+                    &self.settings.dir.join("haproxy.log"),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -483,44 +390,15 @@ impl HaproxyFront {
     /// p99 time to response headers of the `local-*` slots' requests logged in the recent
     /// window, ms; `None` when none was.
     pub fn local_p99_ms(&self) -> Option<f64> {
-        let now_ms = self.started.elapsed().as_millis() as u64;
-        let window = self.latency.lock().expect("latency lock");
-        let mut merged: Histogram<u64> = window.empty_like();
-        window.add_to(&mut merged, now_ms);
-        (!merged.is_empty()).then(|| merged.value_at_quantile(0.99) as f64 / 1000.0)
+        self.log.p99_ms()
     }
 }
 
-/// Records each logged request of a local slot into `latency` until the task is aborted.
-async fn receive_log(
-    socket: UnixDatagram,
-    latency: Arc<Mutex<WindowHistogram>>,
-    started: Instant,
-    observer: Option<LatencyObserver>,
-) {
-    let mut buf = vec![0u8; MAX_LOG_LINE];
-    loop {
-        let n = match socket.recv(&mut buf).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "haproxy's log socket failed; the front's p99 stops");
-                return;
-            }
-        };
-        let line = String::from_utf8_lossy(&buf[..n]);
-        if let Some((slot, ms)) = parse_log_line(&line)
-            && slot.starts_with(LOCAL_SLOT)
-        {
-            let now_ms = started.elapsed().as_millis() as u64;
-            latency
-                .lock()
-                .expect("latency lock")
-                .record((ms * 1000).max(1), now_ms);
-            if let Some(observer) = &observer {
-                (observer.0)(slot, Duration::from_millis(ms));
-            }
-        }
-    }
+/// A line of haproxy's log for a `local-*` slot: the slot and its time to response headers.
+fn local_log_line(line: &str) -> Option<(&str, Duration)> {
+    let (slot, ms) = parse_log_line(line)?;
+    slot.starts_with(LOCAL_SLOT)
+        .then(|| (slot, Duration::from_millis(ms)))
 }
 
 #[cfg(test)]
