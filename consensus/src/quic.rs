@@ -49,10 +49,10 @@ const MAX_CONCURRENT_SNAPSHOT_RECEIVES: usize = 1;
 /// again). A stalled peer must not hold the leader's snapshot slot for that follower, or the
 /// receiver's memory, for ever; 30 s is far above a chunk's time on any link a cluster runs on.
 const SNAPSHOT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a receiver keeps the data of an interrupted transfer for the sender to resume:
-/// raft-rs sends again within a few heartbeats of hearing of the failure, and a leader that
-/// changed meanwhile sends another snapshot, which replaces it. Bounded in memory by
-/// `MAX_SNAPSHOT_BYTES`, as one transfer in progress is.
+/// How long a receiver keeps the data of an interrupted transfer for the sender to resume,
+/// before it frees the memory: raft-rs sends again within a few heartbeats of hearing of the
+/// failure, and a leader that changed meanwhile sends another snapshot, which replaces it.
+/// Bounded in memory by `MAX_SNAPSHOT_BYTES`, as one transfer in progress is.
 const PARTIAL_SNAPSHOT_KEPT: Duration = Duration::from_secs(120);
 
 /// Peers whose Raft traffic this node drops, both ways, as a partitioned network would.
@@ -521,7 +521,6 @@ impl Partial {
             && self.message == header.message
             && self.data_bytes == header.data_bytes
             && self.crc32 == header.crc32
-            && self.kept_at.elapsed() < PARTIAL_SNAPSHOT_KEPT
     }
 }
 
@@ -662,18 +661,30 @@ impl SnapshotInbox {
         })
     }
 
-    /// Keeps the data of an interrupted transfer for its sender to resume.
+    /// Keeps the data of an interrupted transfer for its sender to resume, and frees it after
+    /// `PARTIAL_SNAPSHOT_KEPT` unless a transfer took it meanwhile.
     fn keep(&self, header: &SnapshotHeader, data: Vec<u8>) {
         if data.is_empty() {
             return;
         }
+        let kept_at = std::time::Instant::now();
         *self.partial.lock().expect("partial lock") = Some(Partial {
             from: header.from,
             message: header.message.clone(),
             data_bytes: header.data_bytes,
             crc32: header.crc32,
             data,
-            kept_at: std::time::Instant::now(),
+            kept_at,
+        });
+        let partial = Arc::downgrade(&self.partial);
+        tokio::spawn(async move {
+            tokio::time::sleep(PARTIAL_SNAPSHOT_KEPT).await;
+            if let Some(partial) = partial.upgrade() {
+                let mut partial = partial.lock().expect("partial lock");
+                if partial.as_ref().is_some_and(|p| p.kept_at == kept_at) {
+                    *partial = None;
+                }
+            }
         });
     }
 }
