@@ -52,6 +52,11 @@ const HISTOGRAM_SIGFIG: u8 = 3;
 /// Distinct status codes, addresses and tally values kept; more are folded into "other" so
 /// a misbehaving server cannot grow the report without bound.
 const MAX_DISTINCT_KEYS: usize = 256;
+/// Failed requests a report describes one by one (the first ones of a run); the rest are
+/// only counted.
+pub const MAX_FAILED_KEPT: usize = 8;
+/// Characters of a failed answer's body (or of the error) kept in its description.
+const FAILED_DETAIL_CHARS: usize = 200;
 
 /// Where requests go.
 #[derive(Clone, Debug)]
@@ -235,7 +240,8 @@ where
 }
 
 /// What happened to one request. Exactly one per scheduled request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// A 1xx/2xx/3xx response, body read in full.
     Ok,
@@ -281,6 +287,25 @@ impl OutcomeCounts {
             Outcome::IoError => self.io_error += 1,
         }
     }
+}
+
+/// One failed request as the client saw it, so a report can say what failed, where and when,
+/// not only how many.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FailedRequest {
+    /// The request's number in the run.
+    pub seq: u64,
+    /// When it was due, in milliseconds since the Unix epoch.
+    pub due_unix_ms: u64,
+    pub method: String,
+    pub path: String,
+    pub outcome: Outcome,
+    /// The answer's status, when there was an answer.
+    pub status: Option<u16>,
+    /// Where it was sent, when it got that far.
+    pub address: Option<String>,
+    /// The start of the answer's body, or the error.
+    pub detail: String,
 }
 
 /// Latency quantiles of successful requests, in microseconds from the scheduled send time.
@@ -349,6 +374,8 @@ pub struct LoadReport {
     pub by_status: BTreeMap<u16, u64>,
     pub by_tally: BTreeMap<String, u64>,
     pub by_address: BTreeMap<String, u64>,
+    /// The first [`MAX_FAILED_KEPT`] failed requests, in the order they finished.
+    pub failed_requests: Vec<FailedRequest>,
     pub latency_ok: LatencySummary,
     /// The full histogram of successful latencies (µs) for callers that merge or compare runs.
     #[serde(skip)]
@@ -423,6 +450,20 @@ impl fmt::Display for LoadReport {
                 .collect();
             writeln!(f, "addresses     {}", parts.join(" "))?;
         }
+        for failed in &self.failed_requests {
+            let answer = failed
+                .status
+                .map_or_else(|| format!("{:?}", failed.outcome), |s| s.to_string());
+            writeln!(
+                f,
+                "failed        #{} {} {} via {} → {answer}: {}",
+                failed.seq,
+                failed.method,
+                failed.path,
+                failed.address.as_deref().unwrap_or("-"),
+                failed.detail
+            )?;
+        }
         Ok(())
     }
 }
@@ -435,6 +476,7 @@ struct Tallies {
     by_status: BTreeMap<u16, u64>,
     by_tally: BTreeMap<String, u64>,
     by_address: BTreeMap<String, u64>,
+    failed_requests: Vec<FailedRequest>,
     latency_ok: Histogram<u64>,
 }
 
@@ -528,10 +570,12 @@ impl LoadGenerator {
             by_status: BTreeMap::new(),
             by_tally: BTreeMap::new(),
             by_address: BTreeMap::new(),
+            failed_requests: Vec::new(),
             latency_ok: new_histogram(),
         }));
 
         let start = Instant::now();
+        let start_unix_ms = unix_ms();
         let deadline = start + config.max_duration;
         let permits = Arc::new(Semaphore::new(config.max_in_flight));
         let done = CancellationToken::new();
@@ -575,8 +619,9 @@ impl LoadGenerator {
                 timeout: config.request_timeout,
                 tally_header: config.tally_header.clone(),
             };
+            let due_unix_ms = start_unix_ms + (due - start).as_millis() as u64;
             tokio::spawn(async move {
-                task.run(seq, due, spec).await;
+                task.run(seq, due, due_unix_ms, spec).await;
                 drop(permit);
             });
         }
@@ -602,6 +647,7 @@ impl LoadGenerator {
             by_status: t.by_status.clone(),
             by_tally: t.by_tally.clone(),
             by_address: t.by_address.clone(),
+            failed_requests: t.failed_requests.clone(),
             latency_ok: LatencySummary::from_histogram(&t.latency_ok),
             latency_ok_histogram: t.latency_ok.clone(),
         };
@@ -680,22 +726,56 @@ struct RequestTask {
 struct Response {
     status: u16,
     tally: Option<String>,
+    /// The start of the body of a 4xx/5xx answer.
+    error_body: Option<String>,
+}
+
+/// A request that failed before an answer: what happened, and the error's text.
+struct Failure {
+    outcome: Outcome,
+    detail: String,
+}
+
+impl Failure {
+    fn new(outcome: Outcome, detail: impl std::fmt::Display) -> Self {
+        Self {
+            outcome,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn cut(text: &str) -> String {
+    text.chars().take(FAILED_DETAIL_CHARS).collect()
 }
 
 impl RequestTask {
-    async fn run(self, seq: u64, due: Instant, spec: RequestSpec) {
+    async fn run(self, seq: u64, due: Instant, due_unix_ms: u64, spec: RequestSpec) {
+        let (method, path) = (spec.method.to_string(), spec.path.clone());
         let result = tokio::time::timeout(self.timeout, self.send(seq, spec)).await;
         let latency_us = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let (outcome, address, response) = match result {
-            Err(_) => (Outcome::Timeout, None, None),
-            Ok((address, Err(outcome))) => (outcome, address, None),
-            Ok((address, Ok(response))) => {
+        let (outcome, address, response, detail) = match result {
+            Err(_) => (
+                Outcome::Timeout,
+                None,
+                None,
+                format!("no whole answer within {} ms", self.timeout.as_millis()),
+            ),
+            Ok((address, Err(failure))) => (failure.outcome, address, None, failure.detail),
+            Ok((address, Ok(mut response))) => {
                 let outcome = if response.status < 400 {
                     Outcome::Ok
                 } else {
                     Outcome::HttpError
                 };
-                (outcome, address, Some(response))
+                let detail = response.error_body.take().unwrap_or_default();
+                (outcome, address, Some(response), detail)
             }
         };
         let mut t = self.tallies.lock().expect("tallies lock");
@@ -703,6 +783,17 @@ impl RequestTask {
         t.counts.count(outcome);
         if outcome == Outcome::Ok {
             t.latency_ok.saturating_record(latency_us.max(1));
+        } else if t.failed_requests.len() < MAX_FAILED_KEPT {
+            t.failed_requests.push(FailedRequest {
+                seq,
+                due_unix_ms,
+                method,
+                path,
+                outcome,
+                status: response.as_ref().map(|r| r.status),
+                address: address.clone(),
+                detail: cut(&detail),
+            });
         }
         if let Some(address) = address {
             bump(&mut t.by_address, address, "other".to_string());
@@ -722,7 +813,7 @@ impl RequestTask {
         &self,
         seq: u64,
         spec: RequestSpec,
-    ) -> (Option<String>, Result<Response, Outcome>) {
+    ) -> (Option<String>, Result<Response, Failure>) {
         let (base, host) = match &*self.addressing {
             Addressing::Urls(bases) => (bases[(seq % bases.len() as u64) as usize].clone(), None),
             Addressing::Service {
@@ -733,11 +824,15 @@ impl RequestTask {
             } => match resolver.lookup_ip(name.as_str()).await {
                 Ok(lookup) => match lookup.iter().next() {
                     Some(ip) => (base_url(ip, *port), Some(host_header.clone())),
-                    None => return (None, Err(Outcome::ResolveError)),
+                    None => {
+                        let failure =
+                            Failure::new(Outcome::ResolveError, "no address in the answer");
+                        return (None, Err(failure));
+                    }
                 },
                 Err(e) => {
                     tracing::debug!(error = %e, name, "service name did not resolve");
-                    return (None, Err(Outcome::ResolveError));
+                    return (None, Err(Failure::new(Outcome::ResolveError, e)));
                 }
             },
         };
@@ -748,7 +843,7 @@ impl RequestTask {
                 // A caller's mix produced a bad path: count it as a failed request rather than
                 // panicking inside a spawned task.
                 tracing::warn!(error = %e, path = spec.path, "request path does not form a URI");
-                return (Some(address), Err(Outcome::HttpError));
+                return (Some(address), Err(Failure::new(Outcome::HttpError, e)));
             }
         };
         let mut request = Request::builder().method(spec.method).uri(uri);
@@ -763,10 +858,16 @@ impl RequestTask {
             .expect("method, URI and headers are valid");
         let response = match self.client.request(request).await {
             Ok(r) => r,
-            Err(e) if e.is_connect() => return (Some(address), Err(Outcome::ConnectError)),
+            Err(e) if e.is_connect() => {
+                let failure = Failure::new(Outcome::ConnectError, error_chain(&e));
+                return (Some(address), Err(failure));
+            }
             Err(e) => {
                 tracing::debug!(error = %e, address, "request failed after connecting");
-                return (Some(address), Err(Outcome::IoError));
+                return (
+                    Some(address),
+                    Err(Failure::new(Outcome::IoError, error_chain(&e))),
+                );
             }
         };
         let status = response.status().as_u16();
@@ -777,10 +878,35 @@ impl RequestTask {
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         });
         match response.into_body().collect().await {
-            Ok(_) => (Some(address), Ok(Response { status, tally })),
-            Err(_) => (Some(address), Err(Outcome::IoError)),
+            Ok(body) => {
+                let error_body = (status >= 400)
+                    .then(|| String::from_utf8_lossy(&body.to_bytes()).trim().to_string());
+                let response = Response {
+                    status,
+                    tally,
+                    error_body,
+                };
+                (Some(address), Ok(response))
+            }
+            Err(e) => {
+                let failure = Failure::new(Outcome::IoError, error_chain(&e));
+                (Some(address), Err(failure))
+            }
         }
     }
+}
+
+/// An error with its sources ("connection error: connection reset by peer"): hyper's own
+/// text alone says only "client error (Connect)".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn base_url(ip: IpAddr, port: u16) -> String {
@@ -919,6 +1045,60 @@ mod tests {
         assert_eq!(report.counts.completed, 20);
         assert_eq!(report.counts.connect_error, 20, "{report}");
         assert_eq!(report.stopped_by, StopReason::RequestCount);
+        // Only the first few are described, each with the error's own text.
+        assert_eq!(report.failed_requests.len(), MAX_FAILED_KEPT);
+        for failed in &report.failed_requests {
+            assert_eq!(failed.outcome, Outcome::ConnectError);
+            assert_eq!(failed.status, None);
+            assert!(!failed.detail.is_empty(), "{failed:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_answer_is_described_with_its_status_body_address_and_time() {
+        let app = axum::Router::new()
+            .route("/ok", axum::routing::get(|| async { "ok" }))
+            .fallback(|| async {
+                (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "the instance is read-only",
+                )
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let before = unix_ms();
+        let config = LoadConfig::new(
+            urls(&[&format!("http://{addr}")]),
+            100.0,
+            10,
+            Duration::from_secs(10),
+        );
+        let report = LoadGenerator::new(config, |seq| {
+            RequestSpec::get(if seq % 2 == 0 { "/ok" } else { "/kv/gone" })
+        })
+        .unwrap()
+        .run()
+        .await
+        .unwrap();
+        let after = unix_ms();
+        assert_eq!((report.counts.ok, report.counts.http_error), (5, 5));
+        let mut seqs: Vec<u64> = report.failed_requests.iter().map(|f| f.seq).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, [1, 3, 5, 7, 9]);
+        for failed in &report.failed_requests {
+            assert_eq!(failed.outcome, Outcome::HttpError);
+            assert_eq!(failed.status, Some(503));
+            assert_eq!(
+                (failed.method.as_str(), failed.path.as_str()),
+                ("GET", "/kv/gone")
+            );
+            assert_eq!(failed.address.as_deref(), Some(addr.to_string().as_str()));
+            assert_eq!(failed.detail, "the instance is read-only");
+            assert!((before..=after).contains(&failed.due_unix_ms), "{failed:?}");
+        }
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["failed_requests"][0]["outcome"], "http_error");
     }
 
     #[tokio::test]

@@ -41,7 +41,7 @@ use umbra_proto::{Credentials, Identity, Role};
 
 use umbra_dns::{WeightedAddress, WeightedRecordSet};
 use umbra_orchestrator::api::{ApiClient, ApiConfig, BearerToken};
-use umbra_orchestrator::api::{MigrationStatus, OverviewView, PoolStatus, Written};
+use umbra_orchestrator::api::{MigrationStatus, OverviewView, PoolStatus, Timestamp, Written};
 use umbra_orchestrator::node::{
     AdminStatus, DnsSection, ExecutorSection, GatewaySection, NodeConfig, PeerConfig,
     StateMachineKind,
@@ -464,11 +464,30 @@ async fn serving(
     checked?;
     let segments = report::merge_runs(reads, &writes);
     let summary = report::summarize(&segments, None, u64::MAX);
+    say_failed_requests(&summary.failed_requests, progress);
     progress(&format!(
         "traffic: {} requests, {} failed {:?}",
         summary.requests_total, summary.requests_failed, summary.failures
     ));
     Ok(summary)
+}
+
+/// One progress line per failed request the report describes: when, what, where, and what
+/// came back, so a failure can be placed on the phases printed above.
+fn say_failed_requests(failed: &[report::FailedRequestSeen], progress: &(dyn Fn(&str) + Sync)) {
+    for f in failed {
+        let status = f
+            .status
+            .map_or_else(|| format!("{:?}", f.outcome), |s| s.to_string());
+        progress(&format!(
+            "failed: {} {} {} via {} → {status}: {}",
+            Timestamp::from_unix_ms(f.at),
+            f.method,
+            f.path,
+            f.front.as_deref().unwrap_or("-"),
+            f.detail
+        ));
+    }
 }
 
 /// The traffic a cluster serves once [`start_service`] started it.
@@ -1397,6 +1416,7 @@ async fn finish(
         .map_or(u64::MAX, |p| p.start)
         .saturating_add(u64::from(options.timing.cutover_ttl_secs) * 1000);
     let summary = report::summarize(&segments, cutover, settled_at_ms);
+    say_failed_requests(&summary.failed_requests, progress);
     // Every write sent is read back where the service ended up.
     let home = if outcome == "completed" {
         &watched.to
@@ -1459,6 +1479,7 @@ async fn finish(
         phases,
         by_front: summary.by_front,
         by_front_at_end: summary.by_front_at_end,
+        failed_requests: summary.failed_requests,
         audit_step_counts: report::step_counts(&watched.audit, &watched.id, steps),
         killed_leader: watched.killed_leader,
         restarted_agent: watched.restarted_agent,

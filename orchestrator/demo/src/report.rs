@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use umbra_agent::loadgen::OutcomeCounts;
+use umbra_agent::loadgen::{FailedRequest, Outcome, OutcomeCounts};
 
 use umbra_orchestrator::api::Timestamp;
 use umbra_orchestrator::migration::Phase;
@@ -24,6 +24,9 @@ fn rfc3339<S: serde::Serializer>(ms: &u64, to: S) -> Result<S::Ok, S::Error> {
 fn rfc3339_opt<S: serde::Serializer>(ms: &Option<u64>, to: S) -> Result<S::Ok, S::Error> {
     ms.map(Timestamp::from_unix_ms).serialize(to)
 }
+
+/// Failed requests the report describes one by one (the first ones of the run).
+pub const FAILED_REQUESTS_KEPT: usize = 10;
 
 /// How long after the first cutover step the "first 10 s after cutover" p99 looks.
 pub const AFTER_CUTOVER_WINDOW_MS: u64 = 10_000;
@@ -45,6 +48,8 @@ pub struct TrafficSegment {
     pub latency_us: Histogram<u64>,
     /// Requests by the front address DNS gave.
     pub by_address: BTreeMap<String, u64>,
+    /// The first failed requests of the segment, described one by one.
+    pub failed_requests: Vec<FailedRequest>,
 }
 
 /// Writes of fresh keys sent during the run, each read back at the end from the region the
@@ -180,6 +185,40 @@ pub struct TrafficSummary {
     pub by_front: BTreeMap<String, u64>,
     /// Requests by front address once the migration ended and one DNS TTL passed.
     pub by_front_at_end: BTreeMap<String, u64>,
+    /// The run's first failed requests ([`FAILED_REQUESTS_KEPT`] at most), in time order.
+    pub failed_requests: Vec<FailedRequestSeen>,
+}
+
+/// One failed request as the client saw it: what it was, when it was due, which front it
+/// reached and what came back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedRequestSeen {
+    /// When it was due (Unix ms; RFC 3339 in JSON).
+    #[serde(serialize_with = "rfc3339")]
+    pub at: u64,
+    pub method: String,
+    pub path: String,
+    pub outcome: Outcome,
+    /// The answer's status, when there was one.
+    pub status: Option<u16>,
+    /// The front address DNS gave, when it got that far.
+    pub front: Option<String>,
+    /// The start of the answer's body, or the error.
+    pub detail: String,
+}
+
+impl From<&FailedRequest> for FailedRequestSeen {
+    fn from(f: &FailedRequest) -> Self {
+        Self {
+            at: f.due_unix_ms,
+            method: f.method.clone(),
+            path: f.path.clone(),
+            outcome: f.outcome,
+            status: f.status,
+            front: f.address.clone(),
+            detail: f.detail.clone(),
+        }
+    }
 }
 
 fn add_counts(into: &mut OutcomeCounts, c: &OutcomeCounts) {
@@ -216,6 +255,7 @@ pub fn merge_runs(mut into: Vec<TrafficSegment>, extra: &[TrafficSegment]) -> Ve
         for (addr, n) in &e.by_address {
             *s.by_address.entry(addr.clone()).or_insert(0) += n;
         }
+        s.failed_requests.extend(e.failed_requests.iter().cloned());
     }
     into
 }
@@ -236,6 +276,13 @@ pub fn summarize(
             *by_front.entry(addr.clone()).or_insert(0) += n;
         }
     }
+    let mut failed_requests: Vec<FailedRequestSeen> = segments
+        .iter()
+        .flat_map(|s| &s.failed_requests)
+        .map(FailedRequestSeen::from)
+        .collect();
+    failed_requests.sort_by_key(|f| f.at);
+    failed_requests.truncate(FAILED_REQUESTS_KEPT);
     let mut by_front_at_end = BTreeMap::new();
     for s in segments.iter().filter(|s| s.start_ms >= settled_at_ms) {
         for (addr, n) in &s.by_address {
@@ -270,6 +317,7 @@ pub fn summarize(
         p99_ms_first_10s_after_cutover: after,
         by_front,
         by_front_at_end,
+        failed_requests,
     }
 }
 
@@ -400,6 +448,9 @@ pub struct DemoReport {
     /// Requests by front once the migration ended and one DNS TTL passed (where the traffic
     /// ended up).
     pub by_front_at_end: BTreeMap<String, u64>,
+    /// The run's first failed requests, described one by one (what, when, where, and what
+    /// came back), so a failure can be placed on the migration's timeline.
+    pub failed_requests: Vec<FailedRequestSeen>,
     /// How often the audit shows entering provisioning and each cutover step.
     pub audit_step_counts: BTreeMap<String, usize>,
     /// The orchestrator killed mid-cutover (`--kill-leader`).
@@ -468,6 +519,18 @@ mod tests {
             },
             latency_us,
             by_address: [(front.to_owned(), 100 + failed)].into(),
+            failed_requests: (0..failed)
+                .map(|k| FailedRequest {
+                    seq: k,
+                    due_unix_ms: start_ms + k,
+                    method: "PUT".to_owned(),
+                    path: format!("/kv/written-{k}"),
+                    outcome: Outcome::HttpError,
+                    status: Some(503),
+                    address: Some(front.to_owned()),
+                    detail: "read-only".to_owned(),
+                })
+                .collect(),
         }
     }
 
@@ -491,6 +554,12 @@ mod tests {
         );
         let failed: Vec<u64> = merged.iter().map(|s| s.counts.failed()).collect();
         assert_eq!(failed, [1, 0, 2]);
+        let described: Vec<usize> = merged.iter().map(|s| s.failed_requests.len()).collect();
+        assert_eq!(
+            described,
+            [1, 0, 2],
+            "failures are described where they are counted"
+        );
         assert_eq!(merged[1].counts.scheduled, 200);
         assert_eq!(
             merged[1].by_address,
@@ -599,6 +668,16 @@ mod tests {
         assert_eq!(summary.requests_total, 2501);
         assert_eq!(summary.requests_failed, 1);
         assert_eq!(summary.failures["http_error"], 1);
+        // The failure is described: when, what, which front, what came back.
+        let [failed] = summary.failed_requests.as_slice() else {
+            panic!("{:?}", summary.failed_requests);
+        };
+        assert_eq!(failed.at, 12_000);
+        assert_eq!(failed.front.as_deref(), Some("127.0.0.12:80"));
+        assert_eq!(
+            (failed.status, failed.detail.as_str()),
+            (Some(503), "read-only")
+        );
         assert!((summary.p99_ms_steady - 2.0).abs() < 0.01);
         let after = summary.p99_ms_first_10s_after_cutover.unwrap();
         assert!((after - 8.0).abs() < 0.01, "{after}");

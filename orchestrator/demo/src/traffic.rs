@@ -139,6 +139,7 @@ async fn run_segments(
                     counts: report.counts,
                     latency_us: report.latency_ok_histogram,
                     by_address: report.by_address,
+                    failed_requests: report.failed_requests,
                 },
                 Err(error) => {
                     // The generator could not even start (e.g. no resolver): every request of
@@ -157,6 +158,7 @@ async fn run_segments(
                         latency_us: hdrhistogram::Histogram::new(3)
                             .expect("3 significant figures is valid"),
                         by_address: Default::default(),
+                        failed_requests: Vec::new(),
                     }
                 }
             };
