@@ -1001,12 +1001,18 @@ impl Controller {
             .any(|shadow| target.is_some_and(|t| t.instances.iter().any(|i| &i.id == shadow)));
         if record.phase == Phase::RolledBack && left {
             let _span = tracing::info_span!("migration", migration = %id).entered();
+            // Without the share back: a newer migration of the service owns the fronts' shares
+            // now (its provisioning cleared the target's), and sending the target's traffic
+            // back could loop it between two fronts once the newer one completes.
             let due = self
                 .command_context(&record)
                 .map(|context| {
                     reconcile::commands(&record, &migration::Action::ReleaseShadow, &context)
                 })
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| !matches!(c.action, AgentAction::SetShare { .. }))
+                .map(|c| reconcile::DueCommand { after: None, ..c });
             for command in due {
                 self.ensure(command, self.config.command_timeout);
             }
@@ -1098,7 +1104,18 @@ impl Controller {
                 spec.max_instances,
             );
             let slice_now = forecast.and_then(|f| f.at(now.unix_ms)).cloned();
-            let hold = pool.hold.get_or_insert_with(|| PoolState::new(desired));
+            if pool.hold.is_none() && report.is_none() {
+                // A new leadership holds no target before the region reported: it adopts the
+                // pool as it stands (below), it does not start from the floor.
+                continue;
+            }
+            // A new leadership (or a new pool) starts from what the region runs, at least: the
+            // pool the previous leader sized shrinks only through the hysteresis, so a failover
+            // does not drop serving instances before the first forecast is back.
+            let running = pools::actual(&prefix, report);
+            let hold = pool
+                .hold
+                .get_or_insert_with(|| PoolState::new(pools::at_least(desired, running)));
             let grows = desired.warm > hold.current.warm || desired.total() > hold.current.total();
             // Shrinking waits whole slices: the forecast's, or minutes without one.
             let slice_start = Some(

@@ -156,6 +156,15 @@ pub fn raise(
     }
 }
 
+/// The larger of two targets, part by part: warm the larger warm, total the larger total.
+pub fn at_least(a: PoolTarget, b: PoolTarget) -> PoolTarget {
+    let warm = a.warm.max(b.warm);
+    PoolTarget {
+        warm,
+        dormant: a.total().max(b.total()) - warm,
+    }
+}
+
 /// Instances needed for `rps` at `capacity_rps` each (0 for no load).
 pub fn instances_for(rps: f64, capacity_rps: f64) -> u32 {
     if rps.is_finite() && rps > 0.0 && capacity_rps > 0.0 {
@@ -437,8 +446,10 @@ pub fn pool_commands(pool: &PoolSpec<'_>, report: Option<&AgentReport>) -> Vec<D
     out
 }
 
-/// The next stage of taking `instance` out of service: replication stopped, out of the front,
-/// stopped, then (with `remove`) removed.
+/// The next stage of taking `instance` out of service, one per report: out of the front
+/// (deactivated), then replication stopped, then stopped, then (with `remove`) removed. The
+/// front goes first: a follower that stopped following is read-only with no writer to pass
+/// writes to and its reads go stale, so it must not answer anyone by then.
 fn park(
     pool: &PoolSpec<'_>,
     report: &AgentReport,
@@ -453,37 +464,35 @@ fn park(
         after: None,
         observable: true,
     };
-    let mut out = Vec::new();
-    if report.replication.iter().any(|r| r.instance == id) {
-        out.push(cmd(
-            "unreplicate",
-            AgentAction::StopReplication {
-                instance: id.clone(),
-            },
-        ));
-    }
-    match instance.state {
-        InstanceState::Active => out.push(cmd(
+    let replicating = report.replication.iter().any(|r| r.instance == id);
+    let (stage, action) = match instance.state {
+        InstanceState::Active => (
             "deactivate",
             AgentAction::Deactivate {
                 instance: id.clone(),
             },
-        )),
-        InstanceState::Warm | InstanceState::Paused => out.push(cmd(
+        ),
+        _ if replicating => (
+            "unreplicate",
+            AgentAction::StopReplication {
+                instance: id.clone(),
+            },
+        ),
+        InstanceState::Warm | InstanceState::Paused => (
             "stop",
             AgentAction::Stop {
                 instance: id.clone(),
             },
-        )),
-        InstanceState::Dormant | InstanceState::Stopped if remove => out.push(cmd(
+        ),
+        InstanceState::Dormant | InstanceState::Stopped if remove => (
             "remove",
             AgentAction::Remove {
                 instance: id.clone(),
             },
-        )),
-        InstanceState::Dormant | InstanceState::Stopped => {}
-    }
-    out
+        ),
+        InstanceState::Dormant | InstanceState::Stopped => return Vec::new(),
+    };
+    vec![cmd(stage, action)]
 }
 
 #[cfg(test)]

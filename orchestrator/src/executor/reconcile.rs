@@ -484,17 +484,41 @@ pub fn commands(
             }
         }
         Action::ReleaseShadow => {
-            // Out of the front at once (a rolled-back shadow must never answer again: it
-            // stops replicating and would serve stale reads); stopped and removed once the
-            // keep time has passed.
+            // Clients whose DNS answer still names the target's front (up to one TTL) are
+            // sent on to the source's front: the target's front forwards the service there
+            // first. Then the shadows leave the front, and only then does their replication
+            // stop (a rolled-back shadow must never answer again: once it stops replicating
+            // its reads go stale); stopped and removed once the keep time has passed.
+            let share_back = op(record, Phase::RolledBack, "share_back");
+            let mut after = None;
+            if let Some(source_front) = front(&spec.from) {
+                out.push(cmd(
+                    share_back.clone(),
+                    &spec.to,
+                    AgentAction::SetShare {
+                        service: spec.service.clone(),
+                        target_front: source_front,
+                        percent: 100,
+                    },
+                    None,
+                ));
+                after = Some(share_back);
+            }
             let remove = ctx.now_ms >= record.phase_since_ms.saturating_add(ctx.shadow_keep_ms);
-            out.extend(release_pool(
-                &op(record, Phase::RolledBack, "release_shadow"),
-                &spec.to,
-                &shadows,
-                target,
-                remove,
-            ));
+            out.extend(
+                release_pool(
+                    &op(record, Phase::RolledBack, "release_shadow"),
+                    &spec.to,
+                    &shadows,
+                    target,
+                    remove,
+                )
+                .into_iter()
+                .map(|c| DueCommand {
+                    after: after.clone(),
+                    ..c
+                }),
+            );
         }
         Action::ReleaseSource => {
             // Every instance of the old pool: the ones it started with and the ones the pool
@@ -519,9 +543,11 @@ pub fn commands(
 }
 
 /// Commands that take `pool` out of service in `region` gracefully, one stage per report:
-/// replication into it stopped and out of the front (deactivated) first, then (with `remove`)
-/// stopped, then removed, so a heartbeat lists live instances only. Level-triggered: each
-/// instance gets the command for the stage its report shows.
+/// out of the front (deactivated) first, then replication into it stopped, then (with
+/// `remove`) stopped, then removed, so a heartbeat lists live instances only. The front goes
+/// first: an instance that stopped replicating is read-only with nobody to pass writes to and
+/// its reads go stale, so it must answer nobody by then. Level-triggered: each instance gets
+/// the command for the stage its report shows.
 pub fn release_pool(
     base: &str,
     region: &str,
@@ -530,49 +556,26 @@ pub fn release_pool(
     remove: bool,
 ) -> Vec<DueCommand> {
     let mut out = Vec::new();
-    let cmd = |op_id: String, action: AgentAction, observable: bool| DueCommand {
-        op_id,
-        region: region.to_owned(),
-        action,
-        after: None,
-        observable,
-    };
     for id in pool {
         let Some(found) = instance(report, id) else {
             continue;
         };
         let replicating = report.is_some_and(|r| r.replication.iter().any(|x| &x.instance == id));
-        if replicating {
-            out.push(cmd(
-                format!("{base}/unreplicate/{id}"),
-                AgentAction::StopReplication {
-                    instance: id.clone(),
-                },
-                true,
-            ));
-        }
+        let id = id.clone();
         let (stage, action) = match found.state {
-            InstanceState::Active => (
-                "deactivate",
-                AgentAction::Deactivate {
-                    instance: id.clone(),
-                },
-            ),
-            InstanceState::Stopped if remove => (
-                "remove",
-                AgentAction::Remove {
-                    instance: id.clone(),
-                },
-            ),
-            _ if remove => (
-                "stop",
-                AgentAction::Stop {
-                    instance: id.clone(),
-                },
-            ),
+            InstanceState::Active => ("deactivate", AgentAction::Deactivate { instance: id }),
+            _ if replicating => ("unreplicate", AgentAction::StopReplication { instance: id }),
+            InstanceState::Stopped if remove => ("remove", AgentAction::Remove { instance: id }),
+            _ if remove => ("stop", AgentAction::Stop { instance: id }),
             _ => continue,
         };
-        out.push(cmd(format!("{base}/{stage}/{id}"), action, true));
+        out.push(DueCommand {
+            op_id: format!("{base}/{stage}/{}", found.id),
+            region: region.to_owned(),
+            action,
+            after: None,
+            observable: true,
+        });
     }
     out
 }

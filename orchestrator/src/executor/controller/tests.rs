@@ -159,13 +159,28 @@ fn a_rolled_back_shadow_leaves_the_front_at_once_and_is_removed_after_the_keep_t
     );
     c.handle_report("eu-west", both(InstanceState::Active), clock.now().at);
     c.handle_overview(overview.clone(), clock.advance(1_000));
+    // First the target's front sends the service back to the source's front (clients whose
+    // DNS answer still names the target), and nothing leaves the front before it did.
     let sent = drain_commands(&mut c);
-    let released: Vec<_> = actions(&sent)
-        .into_iter()
-        .filter(|(_, a)| !matches!(a, AgentAction::SetShare { .. }))
+    let share_back = (
+        format!("{id}/rolled_back/0/share_back"),
+        AgentAction::SetShare {
+            service: "shop".into(),
+            target_front: overview.regions["us-east"].front.clone(),
+            percent: 100,
+        },
+    );
+    let to_target: Vec<_> = sent
+        .iter()
+        .filter(|o| o.command.region == "eu-west")
+        .map(|o| (o.command.op_id.clone(), o.command.action.clone()))
         .collect();
+    assert_eq!(to_target, vec![share_back]);
+    done(&mut c, &sent, clock.advance(10));
+    c.handle_overview(overview.clone(), clock.now());
+    let sent = drain_commands(&mut c);
     assert_eq!(
-        released,
+        actions(&sent),
         vec![
             (
                 format!("{id}/rolled_back/0/release_shadow/deactivate/{s1}"),
@@ -612,6 +627,60 @@ fn a_pool_grows_ahead_of_its_forecast_peak_and_shrinks_after_the_hysteresis() {
     assert!(
         drain_commands(&mut c).is_empty(),
         "without a forecast the pool holds min_instances"
+    );
+}
+
+#[test]
+fn a_new_leadership_adopts_the_pool_its_region_runs_and_shrinks_it_only_after_the_hysteresis() {
+    // The previous leader sized the pool to 3; this leadership has no forecast yet and the
+    // floor is 1. It must not take two serving instances out of the front at once (the
+    // failover cut writes short in the demo before this); it waits for its region's report,
+    // starts from the 3 it runs, and shrinks only after two (minute) slices.
+    let overview = stateless_home();
+    let mut clock = Clock::new();
+    let mut c = Controller::new(config(), 3, clock.now());
+    c.handle_overview(overview.clone(), clock.now());
+    assert!(
+        std::iter::from_fn(|| c.poll_event()).all(|e| !matches!(e, Event::Pool(_))),
+        "no target before the region reported"
+    );
+    let three = report(
+        "us-east",
+        (1..=3)
+            .map(|k| instance(&format!("shop-us-east-{k}"), InstanceState::Active))
+            .collect(),
+    );
+    let mut held = Vec::new();
+    for at in [0, 1_000, 30_000, 59_999, 60_000] {
+        let now = clock.advance(at - clock.ms);
+        c.handle_report("us-east", three.clone(), now.at);
+        c.handle_overview(overview.clone(), now);
+        let warm = std::iter::from_fn(|| c.poll_event())
+            .filter_map(|e| match e {
+                Event::Pool(view) => Some(view.target.warm),
+                _ => None,
+            })
+            .last()
+            .expect("a pool event every round");
+        let commands = drain_commands(&mut c);
+        let deactivated = actions(&commands)
+            .iter()
+            .filter(|(_, a)| matches!(a, AgentAction::Deactivate { .. }))
+            .count();
+        held.push((at, warm, deactivated));
+        done(&mut c, &commands, now);
+    }
+    // T0 sits on a minute boundary: the first round counts the first slice, +60 s the
+    // second, and the pool shrinks then, not before.
+    assert_eq!(
+        held,
+        [
+            (0, 3, 0),
+            (1_000, 3, 0),
+            (30_000, 3, 0),
+            (59_999, 3, 0),
+            (60_000, 1, 2)
+        ]
     );
 }
 

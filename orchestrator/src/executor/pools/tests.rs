@@ -230,21 +230,35 @@ fn a_follower_starts_follows_the_writer_catches_up_then_serves() {
             AgentAction::Activate { instance: w.into() }
         )]
     );
-    // Parked: replication stopped and out of the front, in the same round.
+    // Parked, one stage per report: out of the front while it still follows (a follower
+    // that stopped following refuses writes and serves stale reads, so it must answer
+    // nobody by then), then replication stopped, then stopped.
+    let parked = spec(t(1, 1), true);
     let mut r = report(&[(w, Active), (f, Active)]);
     r.replication = vec![follows(10)];
     assert_eq!(
-        actions(&pool_commands(&spec(t(1, 1), true), Some(&r))),
-        vec![
-            (
-                format!("unreplicate/{f}"),
-                AgentAction::StopReplication { instance: f.into() }
-            ),
-            (
-                format!("deactivate/{f}"),
-                AgentAction::Deactivate { instance: f.into() }
-            ),
-        ]
+        actions(&pool_commands(&parked, Some(&r))),
+        vec![(
+            format!("deactivate/{f}"),
+            AgentAction::Deactivate { instance: f.into() }
+        )]
+    );
+    let mut r = report(&[(w, Active), (f, Warm)]);
+    r.replication = vec![follows(10)];
+    assert_eq!(
+        actions(&pool_commands(&parked, Some(&r))),
+        vec![(
+            format!("unreplicate/{f}"),
+            AgentAction::StopReplication { instance: f.into() }
+        )]
+    );
+    let r = report(&[(w, Active), (f, Warm)]);
+    assert_eq!(
+        actions(&pool_commands(&parked, Some(&r))),
+        vec![(
+            format!("stop/{f}"),
+            AgentAction::Stop { instance: f.into() }
+        )]
     );
 }
 
