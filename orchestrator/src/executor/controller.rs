@@ -1109,14 +1109,6 @@ impl Controller {
                 // pool as it stands (below), it does not start from the floor.
                 continue;
             }
-            // A new leadership (or a new pool) starts from what the region runs, at least: the
-            // pool the previous leader sized shrinks only through the hysteresis, so a failover
-            // does not drop serving instances before the first forecast is back.
-            let running = pools::actual(&prefix, report);
-            let hold = pool
-                .hold
-                .get_or_insert_with(|| PoolState::new(pools::at_least(desired, running)));
-            let grows = desired.warm > hold.current.warm || desired.total() > hold.current.total();
             // Shrinking waits whole slices: the forecast's, or minutes without one.
             let slice_start = Some(
                 slice_now
@@ -1125,6 +1117,16 @@ impl Controller {
                         s.start_ms
                     }),
             );
+            // A new leadership (or a new pool) starts from what the region runs, at least: the
+            // pool the previous leader sized shrinks only through the hysteresis, so a failover
+            // does not drop serving instances before the first forecast is back.
+            let running = pools::actual(&prefix, report);
+            let hold = pool.hold.get_or_insert_with(|| {
+                // The slice under way counts as no shrink slice: it is only partly seen.
+                pool.counted_slice = slice_start;
+                PoolState::new(pools::at_least(desired, running))
+            });
+            let grows = desired.warm > hold.current.warm || desired.total() > hold.current.total();
             let target = if grows || slice_start != pool.counted_slice {
                 pool.counted_slice = slice_start;
                 hold.handle_target(desired, &self.config.hysteresis)

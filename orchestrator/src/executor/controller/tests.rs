@@ -635,7 +635,7 @@ fn a_new_leadership_adopts_the_pool_its_region_runs_and_shrinks_it_only_after_th
     // The previous leader sized the pool to 3; this leadership has no forecast yet and the
     // floor is 1. It must not take two serving instances out of the front at once (the
     // failover cut writes short in the demo before this); it waits for its region's report,
-    // starts from the 3 it runs, and shrinks only after two (minute) slices.
+    // starts from the 3 it runs, and shrinks only after two whole (minute) slices.
     let overview = stateless_home();
     let mut clock = Clock::new();
     let mut c = Controller::new(config(), 3, clock.now());
@@ -651,7 +651,7 @@ fn a_new_leadership_adopts_the_pool_its_region_runs_and_shrinks_it_only_after_th
             .collect(),
     );
     let mut held = Vec::new();
-    for at in [0, 1_000, 30_000, 59_999, 60_000] {
+    for at in [0, 1_000, 59_999, 60_000, 119_999, 120_000] {
         let now = clock.advance(at - clock.ms);
         c.handle_report("us-east", three.clone(), now.at);
         c.handle_overview(overview.clone(), now);
@@ -670,16 +670,17 @@ fn a_new_leadership_adopts_the_pool_its_region_runs_and_shrinks_it_only_after_th
         held.push((at, warm, deactivated));
         done(&mut c, &commands, now);
     }
-    // T0 sits on a minute boundary: the first round counts the first slice, +60 s the
-    // second, and the pool shrinks then, not before.
+    // The minute under way when it took over counts as no shrink slice (it saw only part
+    // of it): the next two minutes do, and the pool shrinks then, not before.
     assert_eq!(
         held,
         [
             (0, 3, 0),
             (1_000, 3, 0),
-            (30_000, 3, 0),
             (59_999, 3, 0),
-            (60_000, 1, 2)
+            (60_000, 3, 0),
+            (119_999, 3, 0),
+            (120_000, 1, 2)
         ]
     );
 }
