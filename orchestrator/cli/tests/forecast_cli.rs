@@ -71,6 +71,13 @@ fn forecast_json_has_quantiles_per_slice() {
     assert_eq!(v["unique_id"], "demand_mw");
     assert_eq!(v["model"], "mstl_ets");
     assert_eq!(v["calibration"]["kind"], "conformal");
+    // The reason of the choice, as the leader records it for each pool.
+    let reason = v["choice_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("lowest median MASE over its last 7 scored forecasts (mstl_ets "),
+        "{reason}"
+    );
+    assert_eq!(v["adjusted"]["declared_slices"], 0);
     let slices = v["slices"].as_array().unwrap();
     assert_eq!(slices.len(), 6);
     assert_eq!(slices[0]["start"], "2000-08-28T00:00:00Z");
