@@ -21,6 +21,9 @@ use crate::models::{Decomposition, decompose};
 /// hour is an anomaly. Ordinary days of the synthetic benchmark stay below 3.5; its holiday
 /// (−45 %) is about 15 and its campaign (+120 %) about 40.
 pub const ANOMALY_THRESHOLD: f64 = 5.0;
+/// Smallest hourly relative deviation from the fitted level that can be an anomaly (10 %): on a
+/// nearly noiseless series the robust deviation is close to zero, and rounding must not count.
+pub const MIN_ANOMALY_DEVIATION: f64 = 0.10;
 /// The fraction of a day at the end of the history never adjusted for an anomaly.
 pub const RECENT_UNTOUCHED_DAY_FRACTION: f64 = 0.25;
 
@@ -195,12 +198,13 @@ fn detect(values: &[f64], fitted: &[f64], skip: &[bool], hour: usize) -> Vec<boo
     let centre = median(&mut usable);
     let mut deviations: Vec<f64> = usable.iter().map(|v| (v - centre).abs()).collect();
     let mad = median(&mut deviations) * 1.4826;
-    if !(mad.is_finite() && mad > 0.0) {
+    if !mad.is_finite() {
         return vec![false; n];
     }
+    let threshold = (ANOMALY_THRESHOLD * mad).max(MIN_ANOMALY_DEVIATION);
     let mut out = vec![false; n];
     for (i, v) in smoothed.iter().enumerate() {
-        if (v - centre).abs() > ANOMALY_THRESHOLD * mad {
+        if (v - centre).abs() > threshold {
             let lo = i.saturating_sub(hour);
             let hi = (i + hour + 1).min(n);
             out[lo..hi].iter_mut().for_each(|o| *o = true);
