@@ -269,6 +269,13 @@ async fn a_pool_rises_before_its_forecast_peak_heals_a_killed_instance_and_falls
         "forecast ({}): q {:.0} rps for the slice at {}",
         rose.forecast, slice.quantile, slice.start
     );
+    // The pool shows the chosen model and why it was chosen.
+    assert!(
+        rose.forecast.contains("MASE over its last")
+            || rose.forecast.contains("order of preference"),
+        "{}",
+        rose.forecast
+    );
 
     // At the peak: SIGKILL a serving follower; it is replaced and the pool is back at target.
     let full = umbra_tests::wait_for("the pool to reach its peak target", DEADLINE, || async {

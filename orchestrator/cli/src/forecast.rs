@@ -381,6 +381,10 @@ struct ForecastOutput<'a> {
     periods: &'a [usize],
     calibration: &'a umbra_forecast::Calibration,
     model_errors: Vec<(&'static str, Option<f64>)>,
+    /// Why the model was chosen.
+    choice_reason: &'a str,
+    /// What robust training adjusted out of the history before fitting.
+    adjusted: umbra_forecast::Adjusted,
     slices: Vec<SliceForecast>,
 }
 
@@ -452,6 +456,8 @@ pub fn run(args: ForecastArgs) -> anyhow::Result<()> {
             periods: &f.periods,
             calibration: &f.calibration,
             model_errors: f.model_errors.iter().map(|(k, e)| (k.name(), *e)).collect(),
+            choice_reason: &f.choice_reason,
+            adjusted: f.adjusted,
             slices,
         };
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -472,6 +478,7 @@ pub fn run(args: ForecastArgs) -> anyhow::Result<()> {
         errors.join(", "),
         f.calibration
     );
+    println!("chosen: {}", f.choice_reason);
     println!(
         "{:<26} {:>12} {:>12} {:>12} {:>12}  event",
         "slice", "mean", "p50", "p90", "p99"

@@ -69,8 +69,19 @@ fn forecast_json_has_quantiles_per_slice() {
         ],
     );
     assert_eq!(v["unique_id"], "demand_mw");
-    assert_eq!(v["model"], "mstl_ets");
+    // Judged on seven 6-slice forecasts, MSTL+ETS or its combination with the weekly naive
+    // (over the 28 daily origins of the Taylor protocol, MSTL+ETS at every one).
+    let model = v["model"].as_str().unwrap();
+    assert!(["mstl_ets", "combined"].contains(&model), "{model}");
     assert_eq!(v["calibration"]["kind"], "conformal");
+    // The reason of the choice, as the leader records it for each pool.
+    let reason = v["choice_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("lowest median MASE over its last 7 scored forecasts (")
+            && reason.contains(&format!("{model} ")),
+        "{reason}"
+    );
+    assert_eq!(v["adjusted"]["declared_slices"], 0);
     let slices = v["slices"].as_array().unwrap();
     assert_eq!(slices.len(), 6);
     assert_eq!(slices[0]["start"], "2000-08-28T00:00:00Z");
@@ -141,12 +152,19 @@ fn backtest_emits_the_scorer_csv_and_json() {
         .iter()
         .map(|s| s["model"].as_str().unwrap())
         .collect();
-    for m in ["umbra", "mstl_ets", "snaive_weekly", "snaive_daily"] {
+    for m in [
+        "umbra",
+        "mstl_ets",
+        "combined",
+        "snaive_weekly",
+        "snaive_daily",
+    ] {
         assert!(models.contains(&m), "{models:?}");
     }
     let text = std::fs::read_to_string(&csv).unwrap();
     assert!(text.starts_with("unique_id,origin,step,model,mean,lo-80,hi-80,lo-90,hi-90,seconds\n"));
-    assert_eq!(text.lines().count(), 1 + 2 * 4 * 48);
+    // 2 origins × (4 candidates + umbra) × 48 steps.
+    assert_eq!(text.lines().count(), 1 + 2 * 5 * 48);
 }
 
 #[test]

@@ -174,7 +174,13 @@ pub fn run_backtest(
         *choices
             .entry(set.chosen.model.name().to_string())
             .or_default() += 1;
-        let total_seconds: f64 = set.seconds.iter().map(|(_, s)| s).sum();
+        // A combination's time is its parts'; the chosen forecast cost every single model.
+        let total_seconds: f64 = set
+            .seconds
+            .iter()
+            .filter(|(k, _)| k.parts().is_empty())
+            .map(|(_, s)| s)
+            .sum();
         let mut rows: Vec<(String, &DemandForecast, f64)> = set
             .candidates
             .iter()

@@ -102,8 +102,8 @@ fn forecast_csv_has_the_scorer_schema() {
         lines.next(),
         Some("unique_id,origin,step,model,mean,lo-80,hi-80,lo-90,hi-90,seconds")
     );
-    // 2 origins × 4 rows (3 candidates + umbra) × 48 steps.
-    assert_eq!(lines.clone().count(), 2 * 4 * 48);
+    // 2 origins × 5 rows (4 candidates + umbra) × 48 steps.
+    assert_eq!(lines.clone().count(), 2 * 5 * 48);
     let first: Vec<&str> = lines.next().unwrap().split(',').collect();
     assert_eq!(
         first[..4],
@@ -196,7 +196,14 @@ fn calibration_and_quantiles_are_ordered() {
     let f = &set.chosen;
     assert_eq!(f.model, ModelKind::MstlEts);
     // The last calibration origin's horizon ends where the history ends, so all 10 are scored.
-    assert_eq!(f.calibration, Calibration::Conformal { origins: 10 });
+    // 10 origins × 48 errors: four buckets of the day with at least 100 errors each.
+    assert_eq!(
+        f.calibration,
+        Calibration::Conformal {
+            origins: 10,
+            buckets: 4
+        }
+    );
     assert!(f.model_errors.iter().all(|(_, e)| e.is_some()));
     // What the running product exports: how the chosen model's past forecasts fared.
     let accuracy = state

@@ -460,7 +460,8 @@ impl Leadership {
     }
 
     /// Scores every pool's earlier forecasts against the actuals that arrived since, off the
-    /// async threads, one series at a time (a forecast of the same series waits).
+    /// async threads on rayon's pool, one series at a time (a forecast of the same series
+    /// waits).
     fn score_pools(&self) {
         for series in self.series.values() {
             let (demand, done, series) = (
@@ -468,7 +469,7 @@ impl Leadership {
                 self.done.clone(),
                 series.clone(),
             );
-            tokio::task::spawn_blocking(move || {
+            rayon::spawn(move || {
                 let mut state = series.state.lock().unwrap_or_else(|e| e.into_inner());
                 shadow_sizing::score_pool(
                     demand.as_ref(),
@@ -609,7 +610,9 @@ impl Leadership {
             })
             .state
             .clone();
-        tokio::task::spawn_blocking(move || {
+        // Fitting is CPU work: on rayon's pool (one thread per core), so a cycle of many
+        // pools' forecasts runs on every core without a thread per pool.
+        rayon::spawn(move || {
             let from =
                 chrono::DateTime::from_timestamp_millis(job.from_ms as i64).unwrap_or_default();
             // One forecast of a series at a time: a second job waits for the first's record.

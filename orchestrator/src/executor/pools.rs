@@ -40,7 +40,8 @@ pub struct PoolForecast {
     pub slice_ms: u64,
     /// Consecutive slices, oldest first (empty: no usable history).
     pub slices: Vec<SliceTarget>,
-    /// The model, or why there is no forecast.
+    /// The model and why it was chosen (`umbra_forecast::DemandForecast::choice_reason`), or
+    /// why there is no forecast.
     pub reason: String,
 }
 

@@ -246,7 +246,7 @@ pub fn forecast_pool(
     PoolForecast {
         slice_ms: u64::from(sub_secs) * 1_000,
         slices: pool_slices(&policy, &forecast, first, horizon - 1, 1.0),
-        reason: forecast.model.name().to_string(),
+        reason: format!("{} ({})", forecast.model.name(), forecast.choice_reason),
     }
 }
 
