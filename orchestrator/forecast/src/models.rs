@@ -115,6 +115,15 @@ pub fn decompose(history: &[f64], periods: &[usize]) -> Result<Decomposition, Fo
     })
 }
 
+/// Seasonal periods an MSTL fit of `len` slices can estimate: those with two full periods
+/// of history (stlrs refuses fewer).
+pub fn mstl_periods(seasons: crate::Seasons, len: usize) -> Vec<usize> {
+    [seasons.daily, seasons.weekly]
+        .into_iter()
+        .filter(|&p| p >= 2 && len >= 2 * p)
+        .collect()
+}
+
 /// Fit `kind` on `history` and forecast `horizon` slices. `decomposition`, when given, is
 /// `history`'s own MSTL decomposition with the periods `mstl_ets` would use (saves one).
 pub fn fit_predict(
@@ -129,7 +138,7 @@ pub fn fit_predict(
         ModelKind::MstlEts => {
             // Only seasons with two full periods of history can be estimated (stlrs refuses
             // fewer); with less than two days the caller falls back to a seasonal naive.
-            let periods = crate::robust::mstl_periods(seasons, history.len());
+            let periods = mstl_periods(seasons, history.len());
             if periods.is_empty() {
                 return Err(ForecastError::TooLittleHistory {
                     model: kind.name(),

@@ -15,7 +15,7 @@
 
 use crate::Seasons;
 use crate::calendar::SliceAdjustment;
-use crate::models::{Decomposition, decompose};
+use crate::models::{Decomposition, decompose, mstl_periods};
 
 /// Robust deviations (MAD × 1.4826) of the hourly-smoothed relative remainder beyond which an
 /// hour is an anomaly. Ordinary days of the synthetic benchmark stay below 3.5; its holiday
@@ -45,15 +45,6 @@ impl TrainingHistory {
     pub fn adjusted_slices(&self) -> usize {
         self.declared_slices + self.anomaly_slices
     }
-}
-
-/// Seasonal periods an MSTL fit of `len` slices can estimate: those with two full periods
-/// of history (stlrs refuses fewer).
-pub fn mstl_periods(seasons: Seasons, len: usize) -> Vec<usize> {
-    [seasons.daily, seasons.weekly]
-        .into_iter()
-        .filter(|&p| p >= 2 && len >= 2 * p)
-        .collect()
 }
 
 /// `history` with the declared events (`declared[i]` is the calendar's adjustment of slice
