@@ -1001,18 +1001,12 @@ impl Controller {
             .any(|shadow| target.is_some_and(|t| t.instances.iter().any(|i| &i.id == shadow)));
         if record.phase == Phase::RolledBack && left {
             let _span = tracing::info_span!("migration", migration = %id).entered();
-            // Without the share back: a newer migration of the service owns the fronts' shares
-            // now (its provisioning cleared the target's), and sending the target's traffic
-            // back could loop it between two fronts once the newer one completes.
             let due = self
                 .command_context(&record)
                 .map(|context| {
                     reconcile::commands(&record, &migration::Action::ReleaseShadow, &context)
                 })
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|c| !matches!(c.action, AgentAction::SetShare { .. }))
-                .map(|c| reconcile::DueCommand { after: None, ..c });
+                .unwrap_or_default();
             for command in due {
                 self.ensure(command, self.config.command_timeout);
             }

@@ -447,10 +447,26 @@ pub fn pool_commands(pool: &PoolSpec<'_>, report: Option<&AgentReport>) -> Vec<D
     out
 }
 
-/// The next stage of taking `instance` out of service, one per report: out of the front
-/// (deactivated), then replication stopped, then stopped, then (with `remove`) removed. The
-/// front goes first: a follower that stopped following is read-only with no writer to pass
-/// writes to and its reads go stale, so it must not answer anyone by then.
+/// The first stages of taking an instance out of service, in this order: out of the front
+/// (deactivated), then its replication stopped. A follower that stopped following is
+/// read-only with nobody to pass writes to and its reads go stale, so it must answer nobody by
+/// then. `None` once it is out of the front and replicates nothing. Shared by pool parking
+/// and by a migration's releases (`reconcile::release_pool`).
+pub fn leaving_stage(
+    id: &str,
+    state: InstanceState,
+    replicating: bool,
+) -> Option<(&'static str, AgentAction)> {
+    let instance = id.to_owned();
+    match state {
+        InstanceState::Active => Some(("deactivate", AgentAction::Deactivate { instance })),
+        _ if replicating => Some(("unreplicate", AgentAction::StopReplication { instance })),
+        _ => None,
+    }
+}
+
+/// The next stage of taking `instance` out of service, one per report: [`leaving_stage`],
+/// then stopped, then (with `remove`) removed.
 fn park(
     pool: &PoolSpec<'_>,
     report: &AgentReport,
@@ -458,42 +474,32 @@ fn park(
     remove: bool,
 ) -> Vec<DueCommand> {
     let id = instance.id.clone();
-    let cmd = |stage: &str, action: AgentAction| DueCommand {
+    let replicating = report.replication.iter().any(|r| r.instance == id);
+    let (stage, action) = match leaving_stage(&id, instance.state, replicating) {
+        Some(stage) => stage,
+        None => match instance.state {
+            InstanceState::Warm | InstanceState::Paused => (
+                "stop",
+                AgentAction::Stop {
+                    instance: id.clone(),
+                },
+            ),
+            InstanceState::Dormant | InstanceState::Stopped if remove => (
+                "remove",
+                AgentAction::Remove {
+                    instance: id.clone(),
+                },
+            ),
+            _ => return Vec::new(),
+        },
+    };
+    vec![DueCommand {
         op_id: format!("{}/{stage}/{id}", pool.base),
         region: pool.region.to_owned(),
         action,
         after: None,
         observable: true,
-    };
-    let replicating = report.replication.iter().any(|r| r.instance == id);
-    let (stage, action) = match instance.state {
-        InstanceState::Active => (
-            "deactivate",
-            AgentAction::Deactivate {
-                instance: id.clone(),
-            },
-        ),
-        _ if replicating => (
-            "unreplicate",
-            AgentAction::StopReplication {
-                instance: id.clone(),
-            },
-        ),
-        InstanceState::Warm | InstanceState::Paused => (
-            "stop",
-            AgentAction::Stop {
-                instance: id.clone(),
-            },
-        ),
-        InstanceState::Dormant | InstanceState::Stopped if remove => (
-            "remove",
-            AgentAction::Remove {
-                instance: id.clone(),
-            },
-        ),
-        InstanceState::Dormant | InstanceState::Stopped => return Vec::new(),
-    };
-    vec![cmd(stage, action)]
+    }]
 }
 
 #[cfg(test)]

@@ -112,6 +112,16 @@ pub fn migration_number(id: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether a newer migration of `record`'s service exists (the one [`latest_migrations`]
+/// names instead), so `record`'s terminal holds no longer apply.
+fn superseded(overview: &Overview, record: &MigrationRecord) -> bool {
+    let n = migration_number(&record.spec.id);
+    overview
+        .migrations
+        .values()
+        .any(|m| m.spec.service == record.spec.service && migration_number(&m.spec.id) > n)
+}
+
 /// The latest migration of every service (the one whose terminal holds still apply).
 pub fn latest_migrations(overview: &Overview) -> BTreeMap<String, String> {
     let mut latest: BTreeMap<String, (u64, String)> = BTreeMap::new();
@@ -488,10 +498,15 @@ pub fn commands(
             // sent on to the source's front: the target's front forwards the service there
             // first. Then the shadows leave the front, and only then does their replication
             // stop (a rolled-back shadow must never answer again: once it stops replicating
-            // its reads go stale); stopped and removed once the keep time has passed.
+            // its reads go stale); stopped and removed once the keep time has passed. Not
+            // once a newer migration of the service exists: it owns the fronts' shares now
+            // (its provisioning cleared the target's), and sending the target's traffic back
+            // could loop it between two fronts once the newer one completes.
             let share_back = op(record, Phase::RolledBack, "share_back");
             let mut after = None;
-            if let Some(source_front) = front(&spec.from) {
+            if !superseded(ctx.overview, record)
+                && let Some(source_front) = front(&spec.from)
+            {
                 out.push(cmd(
                     share_back.clone(),
                     &spec.to,
@@ -543,11 +558,9 @@ pub fn commands(
 }
 
 /// Commands that take `pool` out of service in `region` gracefully, one stage per report:
-/// out of the front (deactivated) first, then replication into it stopped, then (with
-/// `remove`) stopped, then removed, so a heartbeat lists live instances only. The front goes
-/// first: an instance that stopped replicating is read-only with nobody to pass writes to and
-/// its reads go stale, so it must answer nobody by then. Level-triggered: each instance gets
-/// the command for the stage its report shows.
+/// [`super::pools::leaving_stage`] (out of the front, then replication stopped), then (with
+/// `remove`) stopped, then removed, so a heartbeat lists live instances only.
+/// Level-triggered: each instance gets the command for the stage its report shows.
 pub fn release_pool(
     base: &str,
     region: &str,
@@ -562,12 +575,13 @@ pub fn release_pool(
         };
         let replicating = report.is_some_and(|r| r.replication.iter().any(|x| &x.instance == id));
         let id = id.clone();
-        let (stage, action) = match found.state {
-            InstanceState::Active => ("deactivate", AgentAction::Deactivate { instance: id }),
-            _ if replicating => ("unreplicate", AgentAction::StopReplication { instance: id }),
-            InstanceState::Stopped if remove => ("remove", AgentAction::Remove { instance: id }),
-            _ if remove => ("stop", AgentAction::Stop { instance: id }),
-            _ => continue,
+        let (stage, action) = match super::pools::leaving_stage(&id, found.state, replicating) {
+            Some(stage) => stage,
+            None if !remove => continue,
+            None if found.state == InstanceState::Stopped => {
+                ("remove", AgentAction::Remove { instance: id })
+            }
+            None => ("stop", AgentAction::Stop { instance: id }),
         };
         out.push(DueCommand {
             op_id: format!("{base}/{stage}/{}", found.id),
