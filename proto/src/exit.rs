@@ -66,14 +66,24 @@ pub fn described(error: &(dyn Error + 'static)) -> String {
 }
 
 fn described_raw(error: &(dyn Error + 'static)) -> String {
-    let mut out = format!("error: {error}");
+    format!("error: {}", causes(error).join("\n  because: "))
+}
+
+/// `TOP: CAUSE: …` on one line, each cause whose words the one before does not already carry
+/// (hyper's own text alone says only "client error (Connect)"; its causes say why).
+pub fn one_line(error: &(dyn Error + 'static)) -> String {
+    causes(error).join(": ")
+}
+
+/// The error's text, then each cause's whose words the text before does not already carry.
+fn causes(error: &(dyn Error + 'static)) -> Vec<String> {
+    let mut out = vec![error.to_string()];
     let mut previous = error.to_string();
     let mut cause = error.source();
     while let Some(next) = cause {
         let text = next.to_string();
         if !previous.contains(&text) {
-            out.push_str("\n  because: ");
-            out.push_str(&text);
+            out.push(text.clone());
         }
         previous = text;
         cause = next.source();
@@ -83,7 +93,7 @@ fn described_raw(error: &(dyn Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{described, plain_words};
+    use super::{described, one_line, plain_words};
 
     #[test]
     fn type_names_become_words() {
@@ -108,6 +118,10 @@ mod tests {
         assert_eq!(
             described(error.as_ref()),
             "error: applying plan.toml\n  because: the API at https://127.0.0.1:9 did not answer: connection refused"
+        );
+        assert_eq!(
+            one_line(error.as_ref()),
+            "applying plan.toml: the API at https://127.0.0.1:9 did not answer: connection refused"
         );
     }
 }

@@ -859,14 +859,17 @@ impl RequestTask {
         let response = match self.client.request(request).await {
             Ok(r) => r,
             Err(e) if e.is_connect() => {
-                let failure = Failure::new(Outcome::ConnectError, error_chain(&e));
+                let failure = Failure::new(Outcome::ConnectError, umbra_proto::exit::one_line(&e));
                 return (Some(address), Err(failure));
             }
             Err(e) => {
                 tracing::debug!(error = %e, address, "request failed after connecting");
                 return (
                     Some(address),
-                    Err(Failure::new(Outcome::IoError, error_chain(&e))),
+                    Err(Failure::new(
+                        Outcome::IoError,
+                        umbra_proto::exit::one_line(&e),
+                    )),
                 );
             }
         };
@@ -889,24 +892,11 @@ impl RequestTask {
                 (Some(address), Ok(response))
             }
             Err(e) => {
-                let failure = Failure::new(Outcome::IoError, error_chain(&e));
+                let failure = Failure::new(Outcome::IoError, umbra_proto::exit::one_line(&e));
                 (Some(address), Err(failure))
             }
         }
     }
-}
-
-/// An error with its sources ("connection error: connection reset by peer"): hyper's own
-/// text alone says only "client error (Connect)".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn base_url(ip: IpAddr, port: u16) -> String {
