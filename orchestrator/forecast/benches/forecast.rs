@@ -14,7 +14,9 @@
 //! The 5-minute series are the Taylor series interpolated to 5 minutes, scaled and perturbed
 //! by seeded noise per series, so every fit sees realistic daily and weekly shapes.
 
-use std::path::PathBuf;
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
@@ -25,7 +27,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use umbra_forecast::backtest::{BacktestConfig, CHOSEN_MODEL_NAME, run_backtest};
 use umbra_forecast::calendar::EventCalendar;
-use umbra_forecast::history::{DemandSeries, HistoryConfig, SeriesKey, csv_source};
+use umbra_forecast::history::{DemandSeries, SeriesKey};
 use umbra_forecast::models::fit_predict;
 use umbra_forecast::simulate::resample_linear;
 use umbra_forecast::sizing::{
@@ -36,17 +38,6 @@ use umbra_forecast::{DemandForecast, ForecastConfig, Forecaster, ModelKind, Seri
 const SERVICES: usize = 10_000;
 const REGIONS: usize = 10;
 const FIVE_MINUTES: u32 = 300;
-
-fn taylor() -> DemandSeries {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/taylor_halfhourly.csv");
-    let config = HistoryConfig {
-        slice_secs: 1800,
-        ..HistoryConfig::default()
-    };
-    csv_source::read_series(&path, &SeriesKey::new("taylor", "uk"), &config)
-        .unwrap()
-        .0
-}
 
 /// Four weeks at 5-minute slices: the last 28 days of Taylor, interpolated, scaled by
 /// `scale` and perturbed by ±`noise` relative Gaussian-ish noise from `seed`.
@@ -98,7 +89,7 @@ fn main() {
             "release"
         }
     );
-    let taylor = taylor();
+    let taylor = common::taylor();
 
     // 1. The Taylor protocol.
     let forecaster = Forecaster::new(

@@ -21,6 +21,9 @@
 //! forecast_baseline.py --merge sf.json,umbra.json --markdown-out table.md
 //! ```
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,7 +31,6 @@ use std::time::Instant;
 
 use umbra_forecast::backtest::{BacktestConfig, CHOSEN_MODEL_NAME, run_backtest};
 use umbra_forecast::calendar::{Event, EventCalendar};
-use umbra_forecast::history::{DemandSeries, HistoryConfig, SeriesKey, csv_source};
 use umbra_forecast::synthetic::{self, SyntheticSeries};
 use umbra_forecast::{ChoiceStatistic, DEFAULT_CALIBRATION_ORIGINS, ForecastConfig, Forecaster};
 
@@ -78,17 +80,6 @@ fn forecast_config(args: &[String], slice_secs: u32) -> ForecastConfig {
     config
 }
 
-fn taylor() -> DemandSeries {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/taylor_halfhourly.csv");
-    let config = HistoryConfig {
-        slice_secs: 1800,
-        ..HistoryConfig::default()
-    };
-    csv_source::read_series(&path, &SeriesKey::new("taylor", "uk"), &config)
-        .expect("the Taylor CSV reads")
-        .0
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let taylor_forecaster =
@@ -96,7 +87,7 @@ fn main() {
     let started = Instant::now();
     let report = run_backtest(
         &taylor_forecaster,
-        &taylor(),
+        &common::taylor(),
         &BacktestConfig {
             horizon: 48,
             n_origins: 28,
