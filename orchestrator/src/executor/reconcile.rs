@@ -195,21 +195,26 @@ pub fn observe(
     let source = reports.get(&spec.from);
     let shadows = shadow_ids(record);
     let shadow_serving = shadows.iter().filter(|id| is_active(target, id)).count() as u32;
-    let shadow_warm = shadows
-        .iter()
-        .filter(|id| {
-            let reported = target.is_some_and(|r| {
-                r.warmups
-                    .iter()
-                    .any(|w| &w.instance == *id && w.phase == WarmupPhase::Ready)
-            });
-            let answered = matches!(
-                ops.done(&warm_op(record, id)),
-                Some(CommandOutcome::Done(CommandResult::Warmup(p))) if p.phase == WarmupPhase::Ready
-            );
-            reported || answered
-        })
-        .count() as u32;
+    // A shadow's warm-up phase, as its agent reports it or answered this leadership's command.
+    let warmed = |phase: WarmupPhase| {
+        shadows
+            .iter()
+            .filter(|id| {
+                let reported = target.is_some_and(|r| {
+                    r.warmups
+                        .iter()
+                        .any(|w| &w.instance == *id && w.phase == phase)
+                });
+                let answered = matches!(
+                    ops.done(&warm_op(record, id)),
+                    Some(CommandOutcome::Done(CommandResult::Warmup(p))) if p.phase == phase
+                );
+                reported || answered
+            })
+            .count() as u32
+    };
+    let shadow_warm = warmed(WarmupPhase::Ready);
+    let shadow_warm_failed = warmed(WarmupPhase::CapReached);
     let replication = match service.spec.replication {
         ReplicationKind::None => Some(ReplicationObserved {
             lag: 0,
@@ -230,6 +235,7 @@ pub fn observe(
     Observations {
         shadow_serving,
         shadow_warm,
+        shadow_warm_failed,
         replication,
         share_applied,
         slo: None,

@@ -473,6 +473,9 @@ pub struct Observations {
     pub shadow_serving: u32,
     /// Shadow instances whose warm-up readiness gate holds.
     pub shadow_warm: u32,
+    /// Shadow instances whose warm-up ran its whole duration cap without the gate holding
+    /// (a shadow that cannot serve as the plan asks: failing or too slow).
+    pub shadow_warm_failed: u32,
     /// Replication from the source into the target, once it runs.
     pub replication: Option<ReplicationObserved>,
     /// Share (percent) the source region's load balancer currently sends to the target, as
@@ -803,6 +806,17 @@ pub fn decide(record: &MigrationRecord, seen: &Observations, now_ms: u64) -> Dec
                 to(
                     Phase::Replicating,
                     format!("readiness gate holds on all {n} shadow instances"),
+                )
+            } else if seen.shadow_warm_failed > 0 {
+                // The warm-up ran its cap and the gate still does not hold: waiting for the
+                // phase's deadline would only hold the service for nothing.
+                to(
+                    Phase::RollingBack,
+                    format!(
+                        "the warm-up of {} of {n} shadow instances reached its duration cap \
+                         without the readiness gate holding",
+                        seen.shadow_warm_failed
+                    ),
                 )
             } else {
                 deadline_passed(spec.deadlines.warming_ms, "warm-up")

@@ -154,6 +154,21 @@ fn decisions_table() {
             actions: vec![shadow.clone(), EnsureReplication, EnsureWarm],
         },
         Row {
+            name: "a warm-up that reached its cap without the gate rolls back",
+            phase: Phase::Warming,
+            promoted: false,
+            elapsed_ms: 1_000,
+            seen: Observations {
+                shadow_serving: 3,
+                shadow_warm: 2,
+                shadow_warm_failed: 1,
+                ..Observations::default()
+            },
+            to: Some(Phase::RollingBack),
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication, EnsureWarm],
+        },
+        Row {
             name: "all warm moves to replicating",
             phase: Phase::Warming,
             promoted: false,
@@ -779,11 +794,13 @@ mod properties {
             error_rate in 0.0f64..0.1,
             p99 in 1.0f64..300.0,
             rollback in any::<bool>(),
+            failed in 0u32..2,
         ) {
             let record = record(phase, promoted);
             let seen = Observations {
                 shadow_serving: serving,
                 shadow_warm: warm,
+                shadow_warm_failed: failed,
                 replication: lag.map(|lag| ReplicationObserved { lag, promoted: target_promoted }),
                 share_applied: share,
                 slo: Some(SloReading { samples, error_rate, p99_ms: p99 }),
