@@ -8,7 +8,9 @@
 //! `umbra drill evacuate`. Nothing here is compiled into the product's processes; `umbra chaos simulate` runs the
 //! simulation and the tests run both.
 
+pub mod campaign;
 pub mod drill;
 pub mod history;
+pub mod inject;
 pub mod plan;
 pub mod sim;

@@ -13,7 +13,15 @@
 //! at_phase = "cutting_over[1]" # or after_ms = 5000 (from the drill's start)
 //! ```
 //!
-//! This module only parses, checks and generates plans; it injects nothing (the drill does).
+//! `pause`, `kill`, `partition` and `loss` act on named processes. The drill knows only pids
+//! (`--pid NAME=PID`), so it pauses; `umbra demo --fault-plan` and `umbra chaos campaign` run
+//! the processes under their own supervisor, so they may also kill one (and start it again
+//! after `restart_after_ms`, as systemd would) and cut an orchestrator off the network or drop
+//! a share of its packets ([`crate::inject`]). Their plans may name roles that are resolved
+//! when a fault fires: `leader` (the orchestrator leading then), `agent-source` and
+//! `agent-target`, and the regions `source` and `target` of the migration.
+//!
+//! This module only parses, checks and generates plans; it injects nothing.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -23,7 +31,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 /// The fault kinds a plan may name, as they are spelled in TOML.
-pub const FAULT_KINDS: [&str; 3] = ["errors", "latency", "pause"];
+pub const FAULT_KINDS: [&str; 6] = ["errors", "latency", "pause", "kill", "partition", "loss"];
 
 /// Migration phases a generated plan fires faults at: the ones a migration always passes
 /// through with traffic at stake (the demo plan's three cutover steps included).
@@ -87,6 +95,71 @@ pub enum FaultKind {
         /// How long it stays stopped, ms.
         for_ms: u64,
     },
+    /// The named process is SIGKILLed and started again `restart_after_ms` later, the way it
+    /// was first started (a crash under a process manager).
+    Kill {
+        /// The process's name.
+        process: String,
+        /// How long it stays down, ms.
+        restart_after_ms: u64,
+    },
+    /// Every packet to or from the named orchestrator's QUIC port (its Raft peers, agents and
+    /// clients) is dropped for `for_ms`.
+    Partition {
+        /// The process's name.
+        process: String,
+        /// How long the cut lasts, ms.
+        for_ms: u64,
+    },
+    /// A share `percent` of the packets to the named orchestrator's QUIC port, and every
+    /// share of those it sends, is dropped for `for_ms`.
+    Loss {
+        /// The process's name.
+        process: String,
+        /// Share of packets dropped, 1..=100.
+        percent: u8,
+        /// How long the loss lasts, ms.
+        for_ms: u64,
+    },
+}
+
+impl FaultKind {
+    /// The kind as TOML spells it (one of [`FAULT_KINDS`]).
+    pub fn name(&self) -> &'static str {
+        match self {
+            FaultKind::Errors { .. } => "errors",
+            FaultKind::Latency { .. } => "latency",
+            FaultKind::Pause { .. } => "pause",
+            FaultKind::Kill { .. } => "kill",
+            FaultKind::Partition { .. } => "partition",
+            FaultKind::Loss { .. } => "loss",
+        }
+    }
+
+    /// The process the fault acts on (none for the instances' fault switch).
+    pub fn process(&self) -> Option<&str> {
+        match self {
+            FaultKind::Errors { .. } | FaultKind::Latency { .. } => None,
+            FaultKind::Pause { process, .. }
+            | FaultKind::Kill { process, .. }
+            | FaultKind::Partition { process, .. }
+            | FaultKind::Loss { process, .. } => Some(process),
+        }
+    }
+
+    /// How long the fault lasts before it is undone by itself, ms (`None`: until the run's
+    /// end).
+    pub fn lasts_ms(&self) -> Option<u64> {
+        match self {
+            FaultKind::Errors { .. } | FaultKind::Latency { .. } => None,
+            FaultKind::Pause { for_ms, .. }
+            | FaultKind::Partition { for_ms, .. }
+            | FaultKind::Loss { for_ms, .. } => Some(*for_ms),
+            FaultKind::Kill {
+                restart_after_ms, ..
+            } => Some(*restart_after_ms),
+        }
+    }
 }
 
 /// When a fault fires.
@@ -119,6 +192,24 @@ impl fmt::Display for FaultKind {
             FaultKind::Pause { process, for_ms } => {
                 write!(f, "pause: {process} stopped for {for_ms} ms")
             }
+            FaultKind::Kill {
+                process,
+                restart_after_ms,
+            } => write!(
+                f,
+                "kill: {process} SIGKILLed, started again {restart_after_ms} ms later"
+            ),
+            FaultKind::Partition { process, for_ms } => {
+                write!(f, "partition: {process} cut off for {for_ms} ms")
+            }
+            FaultKind::Loss {
+                process,
+                percent,
+                for_ms,
+            } => write!(
+                f,
+                "loss: {percent} % of {process}'s packets for {for_ms} ms"
+            ),
         }
     }
 }
@@ -174,18 +265,48 @@ pub enum PlanError {
         /// The names given.
         known: String,
     },
+    /// A kill, partition or loss names a process this runner cannot do it to.
+    #[error(
+        "fault {index} ({kind}) names process {process:?}, which this runner cannot {kind}: {kind} faults need a process started by Umbra's own supervisor (umbra demo --fault-plan, umbra chaos campaign){known}"
+    )]
+    NotSupervised {
+        /// Its position, from 1.
+        index: usize,
+        /// The fault kind.
+        kind: &'static str,
+        /// The name.
+        process: String,
+        /// `; it can: a, b` (empty when it can do none).
+        known: String,
+    },
 }
 
-/// What a plan may name: the cluster's regions and services, and the processes the drill
-/// knows a pid for.
+/// What a plan may name: the cluster's regions and services, and the processes the runner
+/// can act on.
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
     /// Region names.
     pub regions: BTreeSet<String>,
     /// Service names.
     pub services: BTreeSet<String>,
-    /// Process names.
+    /// Processes the runner can pause (it knows their pids).
     pub processes: BTreeSet<String>,
+    /// Processes the runner can kill and start again (its supervisor started them); they can
+    /// be paused too.
+    pub restartable: BTreeSet<String>,
+    /// Processes whose QUIC port the runner knows, to cut off or drop packets of; they can be
+    /// paused too.
+    pub partitionable: BTreeSet<String>,
+}
+
+impl Scope {
+    /// Every process a pause may name.
+    fn pausable(&self) -> BTreeSet<String> {
+        let mut all = self.processes.clone();
+        all.extend(self.restartable.iter().cloned());
+        all.extend(self.partitionable.iter().cloned());
+        all
+    }
 }
 
 impl FaultPlan {
@@ -234,11 +355,33 @@ impl FaultPlan {
                     }
                 }
                 FaultKind::Pause { process, .. } => {
-                    if !scope.processes.contains(process) {
+                    let pausable = scope.pausable();
+                    if !pausable.contains(process) {
                         return Err(PlanError::UnknownProcess {
                             index,
                             process: process.clone(),
-                            known: list(&scope.processes),
+                            known: list(&pausable),
+                        });
+                    }
+                }
+                FaultKind::Kill { process, .. }
+                | FaultKind::Partition { process, .. }
+                | FaultKind::Loss { process, .. } => {
+                    let (kind, able) = match &fault.kind {
+                        FaultKind::Kill { .. } => ("kill", &scope.restartable),
+                        FaultKind::Partition { .. } => ("partition", &scope.partitionable),
+                        _ => ("loss", &scope.partitionable),
+                    };
+                    if !able.contains(process) {
+                        return Err(PlanError::NotSupervised {
+                            index,
+                            kind,
+                            process: process.clone(),
+                            known: if able.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; it can {kind}: {}", list(able))
+                            },
                         });
                     }
                 }
@@ -248,7 +391,9 @@ impl FaultPlan {
     }
 
     /// A plan of one to three faults drawn from `seed` within `scope` (pauses only when it
-    /// names processes); the same seed and scope give the same plan.
+    /// names processes, kills, partitions and losses only when it names processes the runner
+    /// supervises); the same seed and scope give the same plan. A scope without supervised
+    /// processes draws exactly what it drew before those kinds existed.
     pub fn generate(seed: u64, scope: &Scope) -> Self {
         assert!(
             !scope.regions.is_empty() && !scope.services.is_empty(),
@@ -261,7 +406,13 @@ impl FaultPlan {
                 .expect("in range")
                 .clone()
         };
-        let kinds = if scope.processes.is_empty() { 2 } else { 3 };
+        let pausable = scope.pausable();
+        let supervised = !scope.restartable.is_empty() && !scope.partitionable.is_empty();
+        let kinds = match (pausable.is_empty(), supervised) {
+            (true, _) => 2,
+            (false, false) => 3,
+            (false, true) => 6,
+        };
         let faults = (0..rng.random_range(1..=3))
             .map(|_| {
                 let kind = match rng.random_range(0..kinds) {
@@ -276,9 +427,22 @@ impl FaultPlan {
                         service: pick(&mut rng, &scope.services),
                         added_ms: rng.random_range(5..=40) * 10,
                     },
-                    _ => FaultKind::Pause {
-                        process: pick(&mut rng, &scope.processes),
+                    2 => FaultKind::Pause {
+                        process: pick(&mut rng, &pausable),
                         for_ms: rng.random_range(5..=30) * 100,
+                    },
+                    3 => FaultKind::Kill {
+                        process: pick(&mut rng, &scope.restartable),
+                        restart_after_ms: rng.random_range(5..=80) * 100,
+                    },
+                    4 => FaultKind::Partition {
+                        process: pick(&mut rng, &scope.partitionable),
+                        for_ms: rng.random_range(10..=80) * 100,
+                    },
+                    _ => FaultKind::Loss {
+                        process: pick(&mut rng, &scope.partitionable),
+                        percent: rng.random_range(2..=10) * 5,
+                        for_ms: rng.random_range(20..=100) * 100,
                     },
                 };
                 let when = if rng.random_bool(0.5) {
@@ -316,6 +480,10 @@ struct RawFault {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     for_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    restart_after_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    percent: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     after_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     at_phase: Option<String>,
@@ -332,7 +500,9 @@ impl TryFrom<RawFault> for Fault {
         let allowed: &[&str] = match raw.kind.as_str() {
             "errors" => &["region", "service", "rate"],
             "latency" => &["region", "service", "added_ms"],
-            "pause" => &["process", "for_ms"],
+            "pause" | "partition" => &["process", "for_ms"],
+            "kill" => &["process", "restart_after_ms"],
+            "loss" => &["process", "percent", "for_ms"],
             other => {
                 return Err(format!(
                     "unknown fault kind {other:?}; the kinds are {}",
@@ -347,6 +517,8 @@ impl TryFrom<RawFault> for Fault {
             ("added_ms", raw.added_ms.is_some()),
             ("process", raw.process.is_some()),
             ("for_ms", raw.for_ms.is_some()),
+            ("restart_after_ms", raw.restart_after_ms.is_some()),
+            ("percent", raw.percent.is_some()),
         ];
         if let Some((stray, _)) = given
             .iter()
@@ -379,14 +551,27 @@ impl TryFrom<RawFault> for Fault {
                     Some(ms) => ms,
                 },
             },
+            "kill" => FaultKind::Kill {
+                process: need(raw.process, "process")?,
+                restart_after_ms: raw
+                    .restart_after_ms
+                    .ok_or("a \"kill\" fault needs `restart_after_ms` (0: at once)")?,
+            },
+            "loss" => FaultKind::Loss {
+                process: need(raw.process, "process")?,
+                percent: match raw.percent {
+                    Some(p @ 1..=100) => p,
+                    _ => return Err("a \"loss\" fault needs `percent` from 1 to 100".to_owned()),
+                },
+                for_ms: above_zero(raw.for_ms, &kind_name)?,
+            },
+            "partition" => FaultKind::Partition {
+                process: need(raw.process, "process")?,
+                for_ms: above_zero(raw.for_ms, &kind_name)?,
+            },
             _ => FaultKind::Pause {
                 process: need(raw.process, "process")?,
-                for_ms: match raw.for_ms {
-                    Some(0) | None => {
-                        return Err("a \"pause\" fault needs `for_ms` above 0".to_owned());
-                    }
-                    Some(ms) => ms,
-                },
+                for_ms: above_zero(raw.for_ms, &kind_name)?,
             },
         };
         let when = match (raw.after_ms, raw.at_phase) {
@@ -403,15 +588,24 @@ impl TryFrom<RawFault> for Fault {
     }
 }
 
+/// A `for_ms` above 0, or why not.
+fn above_zero(for_ms: Option<u64>, kind: &str) -> Result<u64, String> {
+    match for_ms {
+        Some(0) | None => Err(format!("a {kind:?} fault needs `for_ms` above 0")),
+        Some(ms) => Ok(ms),
+    }
+}
+
 impl From<Fault> for RawFault {
     fn from(fault: Fault) -> Self {
+        let kind_name = fault.kind.name();
         let mut raw = match fault.kind {
             FaultKind::Errors {
                 region,
                 service,
                 rate,
             } => RawFault {
-                kind: "errors".into(),
+                kind: kind_name.into(),
                 region: Some(region),
                 service: Some(service),
                 rate: Some(rate),
@@ -422,15 +616,41 @@ impl From<Fault> for RawFault {
                 service,
                 added_ms,
             } => RawFault {
-                kind: "latency".into(),
+                kind: kind_name.into(),
                 region: Some(region),
                 service: Some(service),
                 added_ms: Some(added_ms),
                 ..RawFault::default()
             },
             FaultKind::Pause { process, for_ms } => RawFault {
-                kind: "pause".into(),
+                kind: kind_name.into(),
                 process: Some(process),
+                for_ms: Some(for_ms),
+                ..RawFault::default()
+            },
+            FaultKind::Kill {
+                process,
+                restart_after_ms,
+            } => RawFault {
+                kind: kind_name.into(),
+                process: Some(process),
+                restart_after_ms: Some(restart_after_ms),
+                ..RawFault::default()
+            },
+            FaultKind::Partition { process, for_ms } => RawFault {
+                kind: kind_name.into(),
+                process: Some(process),
+                for_ms: Some(for_ms),
+                ..RawFault::default()
+            },
+            FaultKind::Loss {
+                process,
+                percent,
+                for_ms,
+            } => RawFault {
+                kind: kind_name.into(),
+                process: Some(process),
+                percent: Some(percent),
                 for_ms: Some(for_ms),
                 ..RawFault::default()
             },
@@ -452,6 +672,15 @@ mod tests {
             regions: ["us-east", "eu-west", "ap-south"].map(String::from).into(),
             services: ["shop".to_owned()].into(),
             processes: ["agent-eu-west".to_owned()].into(),
+            ..Scope::default()
+        }
+    }
+
+    fn supervised_scope() -> Scope {
+        Scope {
+            restartable: ["leader", "agent-target"].map(String::from).into(),
+            partitionable: ["leader".to_owned()].into(),
+            ..demo_scope()
         }
     }
 
@@ -503,7 +732,7 @@ mod tests {
         let table = [
             (
                 "[[faults]]\nkind = \"flood\"\nafter_ms = 1",
-                "unknown fault kind \"flood\"; the kinds are errors, latency, pause",
+                "unknown fault kind \"flood\"; the kinds are errors, latency, pause, kill, partition, loss",
             ),
             (
                 "[[faults]]\nkind = \"errors\"\nregion = \"us-east\"\nservice = \"shop\"\nafter_ms = 1",
@@ -570,8 +799,93 @@ mod tests {
     }
 
     #[test]
+    fn process_faults_parse_and_need_a_supervised_process() {
+        let plan = FaultPlan::from_toml(
+            r#"
+            [[faults]]
+            kind = "kill"
+            process = "leader"
+            restart_after_ms = 3000
+            at_phase = "cutting_over[1]"
+
+            [[faults]]
+            kind = "partition"
+            process = "leader"
+            for_ms = 2000
+            after_ms = 100
+
+            [[faults]]
+            kind = "loss"
+            process = "leader"
+            percent = 30
+            for_ms = 2000
+            after_ms = 200
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            plan.faults[0].kind,
+            FaultKind::Kill {
+                process: "leader".into(),
+                restart_after_ms: 3000
+            }
+        );
+        assert_eq!(plan.faults[2].kind.lasts_ms(), Some(2000));
+        assert_eq!(plan.faults[1].kind.process(), Some("leader"));
+        plan.check(&supervised_scope()).unwrap();
+        // The drill has pids only: it may pause, but it cannot start a process again.
+        let error = plan.check(&demo_scope()).unwrap_err().to_string();
+        assert!(
+            error.contains("fault 1 (kill) names process \"leader\"")
+                && error.contains("umbra chaos campaign"),
+            "{error}"
+        );
+        for (text, expected) in [
+            (
+                "kind = \"loss\"\nprocess = \"leader\"\npercent = 0\nfor_ms = 5",
+                "`percent` from 1 to 100",
+            ),
+            (
+                "kind = \"kill\"\nprocess = \"leader\"",
+                "needs `restart_after_ms`",
+            ),
+            (
+                "kind = \"kill\"\nprocess = \"leader\"\nfor_ms = 5",
+                "takes process, restart_after_ms, not `for_ms`",
+            ),
+            (
+                "kind = \"partition\"\nprocess = \"leader\"\nfor_ms = 0",
+                "`for_ms` above 0",
+            ),
+        ] {
+            let error = FaultPlan::from_toml(&format!("[[faults]]\n{text}\nafter_ms = 1"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_scope_without_supervised_processes_draws_no_process_fault_but_pauses() {
+        for seed in 0..200 {
+            for fault in FaultPlan::generate(seed, &demo_scope()).faults {
+                assert!(
+                    matches!(
+                        fault.kind,
+                        FaultKind::Errors { .. }
+                            | FaultKind::Latency { .. }
+                            | FaultKind::Pause { .. }
+                    ),
+                    "seed {seed}: {}",
+                    fault.kind
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_seed_gives_one_plan_that_reads_back_and_checks() {
-        let scope = demo_scope();
+        let scope = supervised_scope();
         let mut kinds = BTreeSet::new();
         for seed in 0..200 {
             let plan = FaultPlan::generate(seed, &scope);
