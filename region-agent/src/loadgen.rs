@@ -376,6 +376,10 @@ pub struct LoadReport {
     pub by_address: BTreeMap<String, u64>,
     /// The first [`MAX_FAILED_KEPT`] failed requests, in the order they finished.
     pub failed_requests: Vec<FailedRequest>,
+    /// The number of every failed request, in the order they finished (one `u64` per failure
+    /// of a bounded run), so a caller can tell exactly which writes were acknowledged.
+    #[serde(skip)]
+    pub failed_seqs: Vec<u64>,
     pub latency_ok: LatencySummary,
     /// The full histogram of successful latencies (µs) for callers that merge or compare runs.
     #[serde(skip)]
@@ -477,6 +481,7 @@ struct Tallies {
     by_tally: BTreeMap<String, u64>,
     by_address: BTreeMap<String, u64>,
     failed_requests: Vec<FailedRequest>,
+    failed_seqs: Vec<u64>,
     latency_ok: Histogram<u64>,
 }
 
@@ -571,6 +576,7 @@ impl LoadGenerator {
             by_tally: BTreeMap::new(),
             by_address: BTreeMap::new(),
             failed_requests: Vec::new(),
+            failed_seqs: Vec::new(),
             latency_ok: new_histogram(),
         }));
 
@@ -648,6 +654,7 @@ impl LoadGenerator {
             by_tally: t.by_tally.clone(),
             by_address: t.by_address.clone(),
             failed_requests: t.failed_requests.clone(),
+            failed_seqs: t.failed_seqs.clone(),
             latency_ok: LatencySummary::from_histogram(&t.latency_ok),
             latency_ok_histogram: t.latency_ok.clone(),
         };
@@ -769,7 +776,8 @@ impl RequestTask {
             ),
             Ok((address, Err(failure))) => (failure.outcome, address, None, failure.detail),
             Ok((address, Ok(mut response))) => {
-                let outcome = if response.status < 400 {
+                // Only a 2xx is a success: a redirect is not what the client asked for.
+                let outcome = if (200..300).contains(&response.status) {
                     Outcome::Ok
                 } else {
                     Outcome::HttpError
@@ -781,6 +789,9 @@ impl RequestTask {
         let mut t = self.tallies.lock().expect("tallies lock");
         t.in_flight -= 1;
         t.counts.count(outcome);
+        if outcome != Outcome::Ok {
+            t.failed_seqs.push(seq);
+        }
         if outcome == Outcome::Ok {
             t.latency_ok.saturating_record(latency_us.max(1));
         } else if t.failed_requests.len() < MAX_FAILED_KEPT {
@@ -1076,6 +1087,9 @@ mod tests {
         let mut seqs: Vec<u64> = report.failed_requests.iter().map(|f| f.seq).collect();
         seqs.sort_unstable();
         assert_eq!(seqs, [1, 3, 5, 7, 9]);
+        let mut all = report.failed_seqs.clone();
+        all.sort_unstable();
+        assert_eq!(all, seqs, "every failed request's number is kept");
         for failed in &report.failed_requests {
             assert_eq!(failed.outcome, Outcome::HttpError);
             assert_eq!(failed.status, Some(503));

@@ -1,5 +1,6 @@
 //! `umbra chaos plan --seed S`: prints the fault plan a seed gives (`umbra_chaos::plan`), for
-//! `umbra drill --fault-plan`.
+//! `umbra drill --fault-plan` (or, with `--campaign`, the one `umbra chaos campaign --seed S`
+//! runs; `campaign` is that command).
 //!
 //! `umbra chaos simulate`: runs the seeded whole-cluster simulation (`umbra_chaos::sim`) over a
 //! range of seeds and reports every invariant that did not hold, each with the one command
@@ -32,6 +33,10 @@ enum ChaosCommand {
     Simulate(SimulateArgs),
     /// Print the fault plan (TOML) a seed gives, for `umbra drill evacuate --fault-plan`.
     Plan(PlanArgs),
+    /// Run the demo's real processes through one migration per seed, each under the fault
+    /// plan its seed gives (kills and restarts, pauses, partitions, packet loss, failing
+    /// instances), and judge every run on the campaign's invariants.
+    Campaign(crate::campaign::CampaignArgs),
 }
 
 /// Arguments of `umbra chaos plan`. The scope defaults to the demo's topology.
@@ -50,6 +55,10 @@ struct PlanArgs {
     /// NAME=PID`; repeat; default: none, so no pauses).
     #[arg(long = "process")]
     processes: Vec<String>,
+    /// The plan `umbra chaos campaign --seed S` runs (the demo supervisor's processes, roles
+    /// included), instead of a drill's.
+    #[arg(long, conflicts_with_all = ["regions", "services", "processes"])]
+    campaign: bool,
 }
 
 /// Arguments of `umbra chaos simulate`.
@@ -93,10 +102,14 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
             print!("{}", plan(args).to_toml());
             Ok(())
         }
+        ChaosCommand::Campaign(args) => crate::campaign::run(args),
     }
 }
 
 fn plan(args: PlanArgs) -> FaultPlan {
+    if args.campaign {
+        return FaultPlan::generate(args.seed, &crate::campaign::demo_scope());
+    }
     let or_demo = |given: Vec<String>, demo: Vec<String>| -> BTreeSet<String> {
         if given.is_empty() { demo } else { given }
             .into_iter()
@@ -110,25 +123,32 @@ fn plan(args: PlanArgs) -> FaultPlan {
             vec![umbra_demo::scenario::SERVICE.to_owned()],
         ),
         processes: args.processes.into_iter().collect(),
+        ..Scope::default()
     };
     FaultPlan::generate(args.seed, &scope)
 }
 
-fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
-    let first = args.seed.unwrap_or(0);
-    let count = match (args.seeds, args.seed) {
+/// The seeds `--seeds N` and `--seed S` ask for: the first and how many (`--seed` alone is
+/// that one seed; neither is `default` seeds from 0).
+pub fn seed_range(
+    seeds: Option<u64>,
+    seed: Option<u64>,
+    default: u64,
+) -> anyhow::Result<(u64, u64)> {
+    let count = match (seeds, seed) {
         (Some(n), _) => n,
         (None, Some(_)) => 1,
-        (None, None) => DEFAULT_SEEDS,
+        (None, None) => default,
     };
     if count == 0 {
         bail!("--seeds must be at least 1");
     }
-    let config = SimConfig {
-        faults: !args.no_faults,
-        ..SimConfig::default()
-    };
-    let bar = if args.json {
+    Ok((seed.unwrap_or(0), count))
+}
+
+/// A progress bar over `count` seeds, hidden under `--json` (stdout is the summary's).
+pub fn seeds_bar(count: u64, json: bool) -> anyhow::Result<ProgressBar> {
+    let bar = if json {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(count)
@@ -137,6 +157,16 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         ProgressStyle::with_template("{spinner} seed {msg} [{bar:30}] {pos}/{len} ({eta})")
             .context("progress template")?,
     );
+    Ok(bar)
+}
+
+fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let (first, count) = seed_range(args.seeds, args.seed, DEFAULT_SEEDS)?;
+    let config = SimConfig {
+        faults: !args.no_faults,
+        ..SimConfig::default()
+    };
+    let bar = seeds_bar(count, args.json)?;
     let started = Instant::now();
     let mut summary = Summary {
         seeds: count,

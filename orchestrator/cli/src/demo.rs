@@ -71,6 +71,11 @@ pub struct DemoArgs {
     /// Ctrl-C or SIGTERM; then stop everything and print what the traffic client saw.
     #[arg(long, conflicts_with_all = ["inject_fault", "kill_leader", "restart_target_agent"])]
     serve: bool,
+    /// Inject the faults of this plan (TOML; `umbra chaos plan --campaign --seed S` prints
+    /// one) into the demo's own processes while the migration runs, and judge the run on the
+    /// chaos campaign's invariants (status 1 when one broke).
+    #[arg(long, conflicts_with = "serve")]
+    fault_plan: Option<PathBuf>,
 }
 
 /// `--slo-judgement`.
@@ -125,6 +130,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         JudgementChoice::Thresholds => SloJudgement::Thresholds,
         JudgementChoice::Compare => SloJudgement::Compare,
     };
+    if let Some(path) = &args.fault_plan {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the fault plan {}", path.display()))?;
+        let plan = umbra_chaos::plan::FaultPlan::from_toml(&text)
+            .with_context(|| format!("in {}", path.display()))?;
+        options.fault_plan = Some(plan);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -140,6 +152,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; stopped everything the demo started")),
         }
     });
+    if let Some(plan) = &options.fault_plan {
+        return judged(result, plan, &args);
+    }
     let report = result?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -161,6 +176,41 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A run under `--fault-plan`: the report, then the campaign's judgement of it.
+fn judged(
+    result: anyhow::Result<DemoReport>,
+    plan: &umbra_chaos::plan::FaultPlan,
+    args: &DemoArgs,
+) -> anyhow::Result<()> {
+    let result = match result {
+        Ok(report) => Ok(report),
+        Err(error) => match error.downcast::<umbra_demo::DemoError>() {
+            Ok(error) => Err(error),
+            Err(interrupted) => return Err(interrupted),
+        },
+    };
+    let violations =
+        umbra_chaos::campaign::judge(plan.seed, &crate::campaign::facts(&result, plan));
+    if let Ok(report) = &result {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(report)?);
+        } else {
+            print_report(report);
+        }
+    }
+    if let Some(dir) = &args.keep {
+        eprintln!("files kept in {}", dir.display());
+    }
+    for v in &violations {
+        eprintln!("VIOLATION {}: {}", v.invariant, v.detail);
+    }
+    match (result, violations.len()) {
+        (Err(error), _) => Err(error.into()),
+        (Ok(_), 0) => Ok(()),
+        (Ok(_), n) => bail!("{n} of the campaign's invariants broke under the fault plan"),
+    }
 }
 
 /// `umbra demo --serve`: up until Ctrl-C or SIGTERM.
@@ -253,12 +303,33 @@ fn print_report(r: &DemoReport) {
     if let Some(region) = &r.restarted_agent {
         println!("killed {region}'s agent while warming and started it again");
     }
+    for f in &r.faults {
+        println!(
+            "fault {}: {} ({}): {}",
+            f.index,
+            f.fault,
+            f.trigger,
+            match (&f.fired, &f.error) {
+                (_, Some(error)) => format!("FAILED: {error}"),
+                (Some(at), None) => format!(
+                    "fired {at} in {} on {}, undone {}; {}",
+                    f.phase.as_deref().unwrap_or("-"),
+                    f.hit.as_deref().unwrap_or("-"),
+                    f.undone.as_deref().unwrap_or("never"),
+                    f.detail
+                ),
+                (None, None) => "never came due".to_owned(),
+            }
+        );
+    }
     println!("traffic at the end by front: {:?}", r.by_front_at_end);
     println!(
-        "writes: {} sent, {} acknowledged, {} read back at the end{}",
+        "writes: {} sent, {} acknowledged, {} read back at the end, {} acknowledged and \
+         missing{}",
         r.writes.sent,
         r.writes.acknowledged,
         r.writes.found,
+        r.writes.acknowledged_missing,
         if r.writes.first_missing.is_empty() {
             String::new()
         } else {

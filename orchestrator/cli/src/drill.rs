@@ -253,6 +253,7 @@ impl Drill {
             regions: overview.regions.keys().cloned().collect(),
             services: overview.services.keys().cloned().collect(),
             processes: pids.keys().cloned().collect(),
+            ..Scope::default()
         };
         plan.check(&scope)?;
         let agent_dirs: BTreeMap<String, PathBuf> = args
@@ -773,7 +774,8 @@ impl Drill {
             }
             FaultKind::Pause { process, for_ms } => {
                 let pid = self.pids[process];
-                match kill(pid, Signal::SIGSTOP) {
+                // Returns once the kernel shows it stopped: the pause counts from there.
+                match umbra_chaos::inject::pause(pid.as_raw() as u32) {
                     Ok(()) => {
                         let pause = Duration::from_millis(*for_ms);
                         self.faults[i].resume = Some(tokio::spawn(async move {
@@ -785,6 +787,11 @@ impl Drill {
                     }
                     Err(e) => format!("SIGSTOP to {process} (pid {pid}) failed: {e}"),
                 }
+            }
+            // `prepare` refused them: the drill's scope names no process it could start again
+            // or whose port it knows.
+            FaultKind::Kill { .. } | FaultKind::Partition { .. } | FaultKind::Loss { .. } => {
+                format!("not injected: {kind} needs Umbra's own supervisor")
             }
         };
         let fault = &mut self.faults[i];
@@ -823,6 +830,7 @@ impl Drill {
                 }
                 let _ = kill(self.pids[process], Signal::SIGCONT);
             }
+            FaultKind::Kill { .. } | FaultKind::Partition { .. } | FaultKind::Loss { .. } => {}
         }
         let fault = &mut self.faults[i];
         fault.undone = true;

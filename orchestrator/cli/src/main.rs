@@ -4,6 +4,7 @@
 
 mod apply;
 mod backtest;
+mod campaign;
 mod capacity;
 mod certs;
 mod chaos;

@@ -17,6 +17,7 @@
 //! leader's executor does, from replicated state) nor change state except through the API.
 
 pub mod bind;
+pub mod faults;
 pub mod history;
 pub mod processes;
 pub mod prometheus;
@@ -87,6 +88,8 @@ const SHADOW_KEEP_MS: u64 = 2_000;
 const POOL_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// The operator certificate the demo uses.
 const OPERATOR: &str = "demo";
+/// Orchestrators the demo runs (`orchestrator-1` to `-3`).
+const ORCHESTRATORS: u64 = 3;
 
 /// What `umbra demo` was asked to do.
 #[derive(Debug, Clone)]
@@ -136,6 +139,9 @@ pub struct DemoOptions {
     pub slo_source: DemoSloSource,
     /// How the latency is judged (`umbra demo --slo-judgement`; `compare` needs Prometheus).
     pub slo_judgement: umbra_orchestrator::migration::SloJudgement,
+    /// Faults to inject into the run's own processes while the migration runs
+    /// (`umbra demo --fault-plan`, each run of `umbra chaos campaign`; [`faults`]).
+    pub fault_plan: Option<umbra_chaos::plan::FaultPlan>,
 }
 
 /// Where the demo's plan reads the SLO from (`umbra demo --slo-source fronts|prometheus`).
@@ -186,6 +192,7 @@ impl DemoOptions {
             dns_transfer_key_file: None,
             slo_source: DemoSloSource::Fronts,
             slo_judgement: Default::default(),
+            fault_plan: None,
         }
     }
 
@@ -206,6 +213,11 @@ impl DemoOptions {
                  --dns bind, BIND is the zone's authority: leave the secondaries out"
                     .to_owned(),
             ));
+        }
+        if let Some(plan) = &self.fault_plan {
+            let regions = DemoTopology::new(0).region_names();
+            plan.check(&faults::scope(&regions, ORCHESTRATORS))
+                .map_err(|e| DemoError::Setup(e.to_string()))?;
         }
         for binary in ["umbra-orchestrator", "umbra-agent", "umbra-sample"] {
             if !self.bin_dir.join(binary).is_file() {
@@ -596,7 +608,7 @@ async fn start_cluster(
     // Orchestrators.
     let orchestrator_bin = options.bin_dir.join("umbra-orchestrator");
     let mut peers = Vec::new();
-    for id in 1..=3 {
+    for id in 1..=ORCHESTRATORS {
         peers.push(PeerConfig {
             id,
             address: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)),
@@ -1164,6 +1176,7 @@ struct Watched {
     instances_left: BTreeMap<String, usize>,
     shadow_instances_left: usize,
     pools: Vec<report::PoolSample>,
+    faults: Vec<faults::FaultSeen>,
 }
 
 #[allow(clippy::too_many_arguments)] // One call site; a struct would only rename them.
@@ -1220,6 +1233,8 @@ async fn migrate(
     let watch_deadline = started + options.deadline() - Duration::from_secs(10);
     let mut pools: Vec<report::PoolSample> = Vec::new();
     let mut pools_sampled: Option<Instant> = None;
+    let mut plan_faults = options.fault_plan.as_ref().map(faults::Faults::arm);
+    let mut faults_undone = false;
     loop {
         supervisor.check()?;
         if pools_sampled.is_none_or(|at| at.elapsed() >= POOL_SAMPLE_INTERVAL) {
@@ -1264,6 +1279,31 @@ async fn migrate(
         }
         let phases = report::phases_from_audit(&audit, &id);
         let phase = phases.last().map(|p| p.name.as_str()).unwrap_or("planned");
+        let terminal = matches!(phase, "completed" | "rolled_back" | "failed");
+        if let Some(plan_faults) = &mut plan_faults
+            && !faults_undone
+        {
+            let mut reach = faults::Reach {
+                supervisor,
+                orchestrators,
+                agent_state_dirs,
+                source,
+                target: &to,
+            };
+            let said = if terminal {
+                faults_undone = true;
+                plan_faults.undo_all(&mut reach).await
+            } else {
+                let reached: Vec<&str> = phases.iter().map(|p| p.name.as_str()).collect();
+                plan_faults.step(phase, &reached, &mut reach).await
+            };
+            for line in said {
+                progress(&format!(
+                    "[{:6.1} s] {line}",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+        }
         if options.restart_target_agent {
             let agent = format!("agent-{to}");
             if replicating_since.is_none() && replicating(&agent_state_dirs[&to]) {
@@ -1322,7 +1362,7 @@ async fn migrate(
                 }
             }
         }
-        if matches!(phase, "completed" | "rolled_back" | "failed") {
+        if terminal {
             let since = *terminal_since.get_or_insert_with(Instant::now);
             let enough = traffic.totals().requests >= options.min_requests;
             // What the migration leaves behind is released: the old source's pool after a
@@ -1386,6 +1426,7 @@ async fn migrate(
         instances_left,
         shadow_instances_left,
         pools,
+        faults: plan_faults.map(|f| f.seen()).unwrap_or_default(),
     })
 }
 
@@ -1433,8 +1474,9 @@ async fn finish(
         None => report::WriteCheck::default(),
     };
     progress(&format!(
-        "writes: {} sent, {} acknowledged, {} found in {home} at the end",
-        writes.sent, writes.acknowledged, writes.found
+        "writes: {} sent, {} acknowledged, {} found in {home} at the end ({} acknowledged \
+         and missing)",
+        writes.sent, writes.acknowledged, writes.found, writes.acknowledged_missing
     ));
     let identical_state = same_state_everywhere(orchestrators, &watched.overview, topology).await;
     progress(&format!(
@@ -1486,6 +1528,7 @@ async fn finish(
         instances_left: watched.instances_left,
         shadow_instances_left: watched.shadow_instances_left,
         pools: watched.pools,
+        faults: watched.faults,
         writes,
         identical_state,
         demo_secs: started.elapsed().as_secs_f64(),
@@ -1586,11 +1629,16 @@ pub async fn set_fault_switch(state_dir: &Path, prefix: &str, switch: &FaultSwit
     flipped
 }
 
-/// Reads every key the write traffic sent back through `front` (16 at a time).
+/// Reads every key the write traffic sent back through `front` (16 at a time), and counts
+/// the acknowledged ones (every write but those the traffic client saw fail) not found.
 async fn read_back(front: SocketAddr, segments: &[TrafficSegment]) -> report::WriteCheck {
     let sent: Vec<u64> = segments
         .iter()
         .flat_map(|s| s.first_seq..s.first_seq + s.counts.scheduled)
+        .collect();
+    let not_acknowledged: std::collections::HashSet<u64> = segments
+        .iter()
+        .flat_map(|s| s.failed_seqs.iter().copied())
         .collect();
     let acknowledged = segments.iter().map(|s| s.counts.ok).sum();
     let http = reqwest::Client::builder()
@@ -1625,12 +1673,17 @@ async fn read_back(front: SocketAddr, segments: &[TrafficSegment]) -> report::Wr
         }
     }
     missing.sort_unstable();
+    let acknowledged_missing = missing
+        .iter()
+        .filter(|seq| !not_acknowledged.contains(seq))
+        .count() as u64;
     missing.truncate(20);
     report::WriteCheck {
         sent: sent.len() as u64,
         acknowledged,
         found,
         first_missing: missing,
+        acknowledged_missing,
     }
 }
 

@@ -50,6 +50,8 @@ pub struct TrafficSegment {
     pub by_address: BTreeMap<String, u64>,
     /// The first failed requests of the segment, described one by one.
     pub failed_requests: Vec<FailedRequest>,
+    /// The run's number of every failed request of the segment.
+    pub failed_seqs: Vec<u64>,
 }
 
 /// Writes of fresh keys sent during the run, each read back at the end from the region the
@@ -65,6 +67,8 @@ pub struct WriteCheck {
     pub found: u64,
     /// The first few written keys not found (their numbers).
     pub first_missing: Vec<u64>,
+    /// Writes answered 2xx and not found at the end: lost writes (0 is the promise).
+    pub acknowledged_missing: u64,
 }
 
 /// One phase of the migration, from the audit log.
@@ -458,6 +462,8 @@ pub struct DemoReport {
     /// The region whose agent was SIGKILLed while warming and started again
     /// (`--restart-target-agent`).
     pub restarted_agent: Option<String>,
+    /// The fault plan's faults (`--fault-plan`): what each hit, when it fired and was undone.
+    pub faults: Vec<crate::faults::FaultSeen>,
     /// The write traffic, read back where the service ended up.
     pub writes: WriteCheck,
     /// Instances each region's agent still keeps when the demo ends, by region: the old
@@ -531,6 +537,7 @@ mod tests {
                     detail: "read-only".to_owned(),
                 })
                 .collect(),
+            failed_seqs: (0..failed).collect(),
         }
     }
 

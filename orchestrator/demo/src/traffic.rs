@@ -140,6 +140,7 @@ async fn run_segments(
                     latency_us: report.latency_ok_histogram,
                     by_address: report.by_address,
                     failed_requests: report.failed_requests,
+                    failed_seqs: report.failed_seqs.iter().map(|k| first_seq + k).collect(),
                 },
                 Err(error) => {
                     // The generator could not even start (e.g. no resolver): every request of
@@ -159,6 +160,7 @@ async fn run_segments(
                             .expect("3 significant figures is valid"),
                         by_address: Default::default(),
                         failed_requests: Vec::new(),
+                        failed_seqs: (first_seq..first_seq + per_segment).collect(),
                     }
                 }
             };

@@ -1,0 +1,381 @@
+//! A fault plan carried out on the demo's own processes (`umbra demo --fault-plan`, and each
+//! run of `umbra chaos campaign`). The demo's supervisor started every process, so besides the
+//! instances' fault switch and pauses it can kill one and start it again after the plan's
+//! delay, as systemd would, and cut an orchestrator off the network (`umbra_chaos::inject`).
+//!
+//! Triggers count from the migration's request (`after_ms`) or fire once the migration has
+//! reached a phase (`at_phase`, from the audit, so a phase shorter than one poll still fires
+//! it). Each fault is undone by itself when its time is over, and every fault still in force
+//! when the migration ends is undone then, before the demo judges what is left.
+//!
+//! Role names are resolved when a fault fires: `leader` is the orchestrator leading then,
+//! `agent-source` and `agent-target` the migration's agents, and the regions `source` and
+//! `target` the migration's.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use umbra_agent::sample::FaultSwitch;
+use umbra_chaos::inject::{self, Cut};
+use umbra_chaos::plan::{Fault, FaultKind, FaultPlan, Scope, Trigger};
+use umbra_orchestrator::api::Timestamp;
+
+use crate::processes::Supervisor;
+use crate::{Orchestrator, call_live, scenario, set_fault_switch, unix_ms};
+
+/// What a plan may name in the demo: its regions and the migration's roles, its service, every
+/// orchestrator and agent (to pause or kill) and every orchestrator (to cut off).
+pub fn scope(regions: &[String], orchestrators: u64) -> Scope {
+    let orchestrator_names: Vec<String> = (1..=orchestrators)
+        .map(|id| format!("orchestrator-{id}"))
+        .chain(["leader".to_owned()])
+        .collect();
+    let mut restartable: std::collections::BTreeSet<String> =
+        orchestrator_names.iter().cloned().collect();
+    restartable.extend(regions.iter().map(|r| format!("agent-{r}")));
+    restartable.extend(["agent-source".to_owned(), "agent-target".to_owned()]);
+    Scope {
+        regions: regions
+            .iter()
+            .cloned()
+            .chain(["source".to_owned(), "target".to_owned()])
+            .collect(),
+        services: [scenario::SERVICE.to_owned()].into(),
+        processes: Default::default(),
+        restartable,
+        partitionable: orchestrator_names.into_iter().collect(),
+    }
+}
+
+/// One fault of the plan as the report shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaultSeen {
+    /// Its position in the plan, from 1.
+    pub index: usize,
+    /// What it does, as the plan says it.
+    pub fault: String,
+    /// When it was to fire.
+    pub trigger: String,
+    /// The process or region it hit, roles resolved (`orchestrator-2`, `eu-west`).
+    pub hit: Option<String>,
+    /// The migration's phase when it fired.
+    pub phase: Option<String>,
+    /// When it fired (RFC 3339); `null`: its trigger never came.
+    pub fired: Option<String>,
+    /// When it was undone (RFC 3339).
+    pub undone: Option<String>,
+    /// What the injector did.
+    pub detail: String,
+    /// Why it could not be injected or undone (a broken injector fails the run's judgement).
+    pub error: Option<String>,
+}
+
+/// How a fault in force is undone.
+enum Undo {
+    /// Switch the region's instances back to healthy.
+    Switch(PathBuf),
+    /// SIGCONT the process (and let the API calls reach it again).
+    Resume { name: String, pid: u32 },
+    /// Start the process again.
+    Restart(String),
+    /// Remove the nftables rules.
+    Heal(Cut),
+}
+
+struct Armed {
+    fault: Fault,
+    seen: FaultSeen,
+    /// In force: undone at this instant (or at the migration's end).
+    active: Option<(Option<Instant>, Undo)>,
+    fired: bool,
+}
+
+/// The faults of one run.
+pub struct Faults {
+    armed: Vec<Armed>,
+    requested: Instant,
+}
+
+/// What firing a fault may touch.
+pub(crate) struct Reach<'a> {
+    pub supervisor: &'a mut Supervisor,
+    pub orchestrators: &'a mut [Orchestrator],
+    pub agent_state_dirs: &'a BTreeMap<String, PathBuf>,
+    pub source: &'a str,
+    pub target: &'a str,
+}
+
+fn now() -> String {
+    Timestamp::from_unix_ms(unix_ms()).to_string()
+}
+
+impl Faults {
+    /// Arms `plan`; triggers count from now (the migration's request).
+    pub fn arm(plan: &FaultPlan) -> Self {
+        let armed = plan
+            .faults
+            .iter()
+            .enumerate()
+            .map(|(i, fault)| Armed {
+                seen: FaultSeen {
+                    index: i + 1,
+                    fault: fault.kind.to_string(),
+                    trigger: fault.when.to_string(),
+                    hit: None,
+                    phase: None,
+                    fired: None,
+                    undone: None,
+                    detail: String::new(),
+                    error: None,
+                },
+                fault: fault.clone(),
+                active: None,
+                fired: false,
+            })
+            .collect();
+        Self {
+            armed,
+            requested: Instant::now(),
+        }
+    }
+
+    /// Fires every fault now due and undoes every one whose time is over. `reached` holds
+    /// every phase the migration has been in, `phase` the current one. Returns one line per
+    /// fault fired or undone, for the progress output.
+    pub(crate) async fn step(
+        &mut self,
+        phase: &str,
+        reached: &[&str],
+        reach: &mut Reach<'_>,
+    ) -> Vec<String> {
+        let mut said = Vec::new();
+        for i in 0..self.armed.len() {
+            let expired = matches!(
+                &self.armed[i].active,
+                Some((Some(until), _)) if Instant::now() >= *until
+            );
+            if expired {
+                said.push(self.undo(i, reach).await);
+            }
+            let a = &self.armed[i];
+            let due = !a.fired
+                && match &a.fault.when {
+                    Trigger::AfterMs(ms) => self.requested.elapsed() >= Duration::from_millis(*ms),
+                    Trigger::AtPhase(p) => reached.contains(&p.as_str()),
+                };
+            if due && let Some(line) = self.fire(i, phase, reach).await {
+                said.push(line);
+            }
+        }
+        said
+    }
+
+    /// Undoes every fault still in force (the migration ended).
+    pub(crate) async fn undo_all(&mut self, reach: &mut Reach<'_>) -> Vec<String> {
+        let mut said = Vec::new();
+        for i in 0..self.armed.len() {
+            if self.armed[i].active.is_some() {
+                said.push(self.undo(i, reach).await);
+            }
+        }
+        said
+    }
+
+    /// Every fault as the report shows it.
+    pub fn seen(&self) -> Vec<FaultSeen> {
+        self.armed.iter().map(|a| a.seen.clone()).collect()
+    }
+
+    /// Fires fault `i`; `None` while a role it names cannot be resolved yet (no leader).
+    async fn fire(&mut self, i: usize, phase: &str, reach: &mut Reach<'_>) -> Option<String> {
+        let kind = self.armed[i].fault.kind.clone();
+        let lasts = kind.lasts_ms().map(Duration::from_millis);
+        let result: Result<(String, String, Undo), String> = match &kind {
+            FaultKind::Errors { region, rate, .. } => {
+                let switch = FaultSwitch {
+                    error_rate: *rate,
+                    added_latency_ms: 0,
+                };
+                Ok(switch_region(reach, region, &switch).await)
+            }
+            FaultKind::Latency {
+                region, added_ms, ..
+            } => {
+                let switch = FaultSwitch {
+                    error_rate: 0.0,
+                    added_latency_ms: *added_ms,
+                };
+                Ok(switch_region(reach, region, &switch).await)
+            }
+            FaultKind::Pause { process, .. } => {
+                let name = resolve_process(reach, process).await?;
+                let Some(pid) = reach.supervisor.pids().get(&name).copied() else {
+                    return None; // down (killed by another fault): fire once it runs
+                };
+                inject::pause(pid)
+                    .map(|()| {
+                        skip_orchestrator(reach, &name, true);
+                        (
+                            name.clone(),
+                            format!("SIGSTOP to {name} (pid {pid}), seen stopped"),
+                            Undo::Resume { name, pid },
+                        )
+                    })
+                    .map_err(|e| e.to_string())
+            }
+            FaultKind::Kill { process, .. } => {
+                let name = resolve_process(reach, process).await?;
+                if !reach.supervisor.pids().contains_key(&name) {
+                    return None;
+                }
+                reach
+                    .supervisor
+                    .kill(&name)
+                    .map(|pid| {
+                        skip_orchestrator(reach, &name, true);
+                        (
+                            name.clone(),
+                            format!("SIGKILLed {name} (pid {pid})"),
+                            Undo::Restart(name),
+                        )
+                    })
+                    .map_err(|e| e.to_string())
+            }
+            FaultKind::Partition { process, .. } | FaultKind::Loss { process, .. } => {
+                let name = resolve_process(reach, process).await?;
+                let port = reach
+                    .orchestrators
+                    .iter()
+                    .find(|o| format!("orchestrator-{}", o.id) == name)
+                    .map(|o| o.quic.port());
+                match port {
+                    None => Err(format!("{name} has no QUIC port the demo knows")),
+                    Some(port) => {
+                        let cut = match &kind {
+                            FaultKind::Loss { percent, .. } => Cut::loss(&[port], *percent),
+                            _ => Cut::partition(&[port]),
+                        };
+                        cut.map(|cut| {
+                            (
+                                name.clone(),
+                                format!("nftables drops {name}'s UDP port {port}"),
+                                Undo::Heal(cut),
+                            )
+                        })
+                        .map_err(|e| e.to_string())
+                    }
+                }
+            }
+        };
+        let a = &mut self.armed[i];
+        a.fired = true;
+        a.seen.fired = Some(now());
+        a.seen.phase = Some(phase.to_owned());
+        Some(match result {
+            Ok((hit, detail, undo)) => {
+                a.seen.hit = Some(hit);
+                a.seen.detail = detail;
+                a.active = Some((lasts.map(|d| Instant::now() + d), undo));
+                format!("fault {} fired: {} ({})", a.seen.index, kind, a.seen.detail)
+            }
+            Err(error) => {
+                a.seen.error = Some(error.clone());
+                format!(
+                    "fault {} could NOT be injected: {kind}: {error}",
+                    a.seen.index
+                )
+            }
+        })
+    }
+
+    async fn undo(&mut self, i: usize, reach: &mut Reach<'_>) -> String {
+        let Some((_, undo)) = self.armed[i].active.take() else {
+            return String::new();
+        };
+        let result = match undo {
+            Undo::Switch(dir) => {
+                let n = set_fault_switch(&dir, "", &FaultSwitch::default()).await;
+                Ok(format!("{n} instances switched back"))
+            }
+            Undo::Resume { name, pid } => {
+                skip_orchestrator(reach, &name, false);
+                inject::resume(pid)
+                    .map(|()| format!("SIGCONT to {name}"))
+                    .map_err(|e| e.to_string())
+            }
+            Undo::Restart(name) => reach
+                .supervisor
+                .restart(&name)
+                .map(|pid| {
+                    skip_orchestrator(reach, &name, false);
+                    format!("started {name} again (pid {pid})")
+                })
+                .map_err(|e| e.to_string()),
+            Undo::Heal(cut) => cut
+                .heal()
+                .map(|()| "the cut healed".to_owned())
+                .map_err(|e| e.to_string()),
+        };
+        let a = &mut self.armed[i];
+        a.seen.undone = Some(now());
+        match result {
+            Ok(line) => format!("fault {} undone: {line}", a.seen.index),
+            Err(error) => {
+                a.seen.error = Some(format!("undoing: {error}"));
+                format!("fault {} could NOT be undone: {error}", a.seen.index)
+            }
+        }
+    }
+}
+
+/// The region a fault names, roles resolved.
+fn resolve_region<'a>(reach: &'a Reach<'_>, region: &'a str) -> &'a str {
+    match region {
+        "source" => reach.source,
+        "target" => reach.target,
+        other => other,
+    }
+}
+
+/// The process a fault names, roles resolved; `None` while no orchestrator leads.
+async fn resolve_process(reach: &Reach<'_>, process: &str) -> Option<String> {
+    Some(match process {
+        "leader" => {
+            let health = call_live(reach.orchestrators, |api| async move { api.health().await })
+                .await
+                .ok()?;
+            format!("orchestrator-{}", health.leader.leader?)
+        }
+        "agent-source" => format!("agent-{}", reach.source),
+        "agent-target" => format!("agent-{}", reach.target),
+        other => other.to_owned(),
+    })
+}
+
+/// Sets the fault switch of every instance in a region; the undo switches it back.
+async fn switch_region(
+    reach: &Reach<'_>,
+    region: &str,
+    switch: &FaultSwitch,
+) -> (String, String, Undo) {
+    let region = resolve_region(reach, region).to_owned();
+    let dir = reach.agent_state_dirs[&region].clone();
+    let n = set_fault_switch(&dir, "", switch).await;
+    (
+        region.clone(),
+        format!("{n} instances in {region} switched"),
+        Undo::Switch(dir),
+    )
+}
+
+/// Whether the demo's API calls skip orchestrator `name` (killed or paused); not an
+/// orchestrator: nothing.
+fn skip_orchestrator(reach: &mut Reach<'_>, name: &str, skip: bool) {
+    for o in reach.orchestrators.iter_mut() {
+        if format!("orchestrator-{}", o.id) == name {
+            o.killed = skip;
+        }
+    }
+}
