@@ -83,6 +83,11 @@ impl MemoryNetwork {
         state.cut.insert((b, a));
     }
 
+    /// Cuts the link from `from` to `to` only: `to` still reaches `from`.
+    pub fn cut_one_way(&self, from: u64, to: u64) {
+        self.lock().cut.insert((from, to));
+    }
+
     /// Restores every link and removes random drops and delays.
     pub fn heal(&self) {
         let mut state = self.lock();

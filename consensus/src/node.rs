@@ -87,6 +87,14 @@ pub enum RequestError {
     Stopped,
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// The proposal's entry may or may not have been applied, and this node cannot tell: it
+    /// caught up from a snapshot that covers the entry's index, which holds the entry if a
+    /// follower had it when this node lost its leadership, and not if a newer leader's log
+    /// replaced it. Retry only commands that are safe to apply twice.
+    #[error(
+        "the outcome is unknown: this node caught up from a snapshot that may or may not hold the entry"
+    )]
+    OutcomeUnknown,
 }
 
 /// A membership change.
@@ -975,6 +983,14 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             .restore(&data.state)
             .map_err(|e| Fatal(format!("snapshot at {index}: {e}")))?;
         self.raw.mut_store().apply_snapshot(&snapshot)?;
+        // Proposals at or below the snapshot's index will never be applied one by one here, so
+        // `resolve_before` would call them dropped; but a leader that lost its leadership may
+        // have handed its entry to a follower, and the next leader commits it: unknown, not
+        // dropped.
+        let later = self.pending.split_off(&(index + 1));
+        for (_, covered) in std::mem::replace(&mut self.pending, later) {
+            covered.fail(RequestError::OutcomeUnknown);
+        }
         for (id, address) in data.peers {
             if id != self.id && !self.peers.contains_key(&id) {
                 self.transport.set_peer(id, &address);

@@ -277,6 +277,123 @@ async fn isolated_leader_cannot_commit_and_its_entry_is_discarded() -> anyhow::R
     Ok(())
 }
 
+/// A leader that loses its leadership after its entry reached the followers: the next leader
+/// commits the entry, and the old one catches up from a snapshot that holds it. Its proposer
+/// must not hear `Dropped` ("not applied"), which callers retry: the outcome is unknown to
+/// that node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_a_snapshot_covers_is_of_unknown_outcome_not_dropped() -> anyhow::Result<()> {
+    let cluster = Cluster::with_config(
+        seed(),
+        3,
+        Config {
+            // The proposal must still wait for its answer when the old leader catches up.
+            request_timeout_ms: 60_000,
+            ..test_config()
+        },
+    )?;
+    cluster.put("before", "1").await?;
+    let old = cluster.leader().await?;
+    let others: Vec<u64> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| *id != old)
+        .collect();
+    // The followers hear the leader, but it hears nothing back, so it cannot commit.
+    for other in &others {
+        cluster.network.cut_one_way(*other, old);
+    }
+    let before = cluster.nodes[&old].status().last_index;
+    let proposer = cluster.nodes[&old].clone();
+    let stranded = tokio::spawn(async move {
+        let command = KvCommand::Put {
+            key: "stranded".into(),
+            value: b"x".to_vec(),
+        };
+        proposer.propose(command.encode()).await
+    });
+    cluster
+        .wait_for(
+            "the entry on both followers",
+            Duration::from_secs(10),
+            |c| {
+                let last = c.nodes[&old].status().last_index;
+                (last > before
+                    && others
+                        .iter()
+                        .all(|id| c.nodes[id].status().last_index >= last))
+                .then_some(())
+            },
+        )
+        .await?;
+    cluster.network.isolate(old);
+    let new = cluster
+        .wait_for(
+            "a new leader among the others",
+            Duration::from_secs(20),
+            |c| {
+                others
+                    .iter()
+                    .map(|id| c.nodes[id].status())
+                    .find(|s| s.role == Role::Leader)
+                    .map(|s| s.id)
+            },
+        )
+        .await?;
+    let read = cluster.nodes[&new]
+        .read(
+            KvQuery::Get {
+                key: "stranded".into(),
+            }
+            .encode(),
+        )
+        .await?;
+    assert_eq!(
+        KvAnswer::decode(&read)?,
+        KvAnswer::Value(Some(b"x".to_vec())),
+        "the next leader commits the entry its follower held"
+    );
+    // Three snapshot intervals, so the new leader's log no longer holds what the old one
+    // lacks and it sends a snapshot.
+    for i in 0..150 {
+        let command = KvCommand::Put {
+            key: format!("k{i}"),
+            value: b"v".to_vec(),
+        };
+        cluster.nodes[&new].propose(command.encode()).await?;
+    }
+    // A snapshot taken at a later interval than the first means the first was recorded and
+    // the log compacted past the stranded entry (one snapshot is taken at a time).
+    let snapshots = cluster
+        .dir
+        .path()
+        .join(format!("node-{new}"))
+        .join("snapshots");
+    cluster
+        .wait_for(
+            "the new leader's second snapshot",
+            Duration::from_secs(20),
+            |_| {
+                let names = std::fs::read_dir(&snapshots).ok()?;
+                names
+                    .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                    .filter_map(|name| name.strip_suffix("-taken.snap")?.parse::<u64>().ok())
+                    .any(|index| index >= 2 * test_config().snapshot_interval_entries)
+                    .then_some(())
+            },
+        )
+        .await?;
+    cluster.network.heal();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), stranded).await??;
+    assert_eq!(
+        outcome,
+        Err(RequestError::OutcomeUnknown),
+        "applied by the next leader, and learnt by the old one from a snapshot"
+    );
+    Ok(())
+}
+
 /// A leader whose process is gone (its mailbox closed, as a killed process's port is) is
 /// succeeded through the dead-leader campaign: the lowest surviving id campaigns at once. The
 /// election timeout here is long (3 to 6 s) so the ordinary timer is not what elects.

@@ -335,7 +335,8 @@ impl Server {
         let kind = match &error {
             RequestError::NotLeader { .. } => return ClientOutcome::NotLeader(self.hint()),
             RequestError::Dropped => ClientErrorKind::Dropped,
-            RequestError::Timeout { .. } => ClientErrorKind::Timeout,
+            // The wire's Timeout says what a client needs to know: it may have applied.
+            RequestError::Timeout { .. } | RequestError::OutcomeUnknown => ClientErrorKind::Timeout,
             RequestError::Busy => ClientErrorKind::Dropped,
             RequestError::TooLarge { .. } | RequestError::Membership(_) => ClientErrorKind::Invalid,
             RequestError::Stopped => ClientErrorKind::ShuttingDown,

@@ -93,7 +93,9 @@ fn forward_error(error: StoreClientError) -> StoreError {
 fn local_error(error: RequestError) -> Option<StoreError> {
     match error {
         RequestError::NotLeader { .. } => None,
-        RequestError::Timeout { .. } => Some(StoreError::OutcomeUnknown(error.to_string())),
+        RequestError::Timeout { .. } | RequestError::OutcomeUnknown => {
+            Some(StoreError::OutcomeUnknown(error.to_string()))
+        }
         RequestError::Dropped | RequestError::Busy | RequestError::Stopped => {
             Some(StoreError::Unavailable(error.to_string()))
         }
