@@ -234,7 +234,7 @@ async fn run_seed(
 
 /// Runs `umbra chaos campaign`.
 pub fn run(args: CampaignArgs) -> anyhow::Result<()> {
-    let (first, count) = crate::chaos::seed_range(args.seeds, args.seed, DEFAULT_SEEDS)?;
+    let (first, count) = crate::seeds::seed_range(args.seeds, args.seed, DEFAULT_SEEDS)?;
     if !(1..=4).contains(&args.parallel) {
         bail!("--parallel must be 1 to 4 runs at a time on one machine");
     }
@@ -258,7 +258,7 @@ pub fn run(args: CampaignArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let bar = crate::chaos::seeds_bar(count, args.json)?;
+    let bar = crate::seeds::seeds_bar(count, args.json)?;
     let started = Instant::now();
     let mut summary = Summary {
         seeds: count,

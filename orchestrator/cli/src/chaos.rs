@@ -10,8 +10,7 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use anyhow::bail;
 use serde::Serialize;
 use umbra_chaos::plan::{FaultPlan, Scope};
 use umbra_chaos::sim::{self, SeedReport, SimConfig, Violation};
@@ -128,45 +127,13 @@ fn plan(args: PlanArgs) -> FaultPlan {
     FaultPlan::generate(args.seed, &scope)
 }
 
-/// The seeds `--seeds N` and `--seed S` ask for: the first and how many (`--seed` alone is
-/// that one seed; neither is `default` seeds from 0).
-pub fn seed_range(
-    seeds: Option<u64>,
-    seed: Option<u64>,
-    default: u64,
-) -> anyhow::Result<(u64, u64)> {
-    let count = match (seeds, seed) {
-        (Some(n), _) => n,
-        (None, Some(_)) => 1,
-        (None, None) => default,
-    };
-    if count == 0 {
-        bail!("--seeds must be at least 1");
-    }
-    Ok((seed.unwrap_or(0), count))
-}
-
-/// A progress bar over `count` seeds, hidden under `--json` (stdout is the summary's).
-pub fn seeds_bar(count: u64, json: bool) -> anyhow::Result<ProgressBar> {
-    let bar = if json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(count)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} seed {msg} [{bar:30}] {pos}/{len} ({eta})")
-            .context("progress template")?,
-    );
-    Ok(bar)
-}
-
 fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
-    let (first, count) = seed_range(args.seeds, args.seed, DEFAULT_SEEDS)?;
+    let (first, count) = crate::seeds::seed_range(args.seeds, args.seed, DEFAULT_SEEDS)?;
     let config = SimConfig {
         faults: !args.no_faults,
         ..SimConfig::default()
     };
-    let bar = seeds_bar(count, args.json)?;
+    let bar = crate::seeds::seeds_bar(count, args.json)?;
     let started = Instant::now();
     let mut summary = Summary {
         seeds: count,

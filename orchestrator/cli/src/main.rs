@@ -17,6 +17,7 @@ mod migrate;
 mod operator;
 mod plot;
 mod rollback;
+mod seeds;
 mod simulate;
 mod status;
 
