@@ -7,8 +7,10 @@
 //! omission). Everything is bounded: requests in flight, the request count, the run time and
 //! each request's time. Every request ends in exactly one counted outcome. The target is
 //! either fixed base URLs or a service name resolved through hickory-resolver against the
-//! given DNS servers; the resolver caches each answer for its TTL and asks again after it,
-//! which is how real clients follow a DNS cutover. This module must not decide what a
+//! given DNS servers (all of them asked at once, the first answer taken, so servers that are
+//! down cost no failed lookup while one answers); the resolver caches each answer for its TTL
+//! and asks again after it, which is how real clients follow a DNS cutover. A request that
+//! times out says whether it was still waiting on DNS or on which address. This module must not decide what a
 //! "good" result is: gates and assertions belong to its callers.
 
 use std::collections::BTreeMap;
@@ -678,6 +680,11 @@ fn build_resolver(servers: &[SocketAddr], timeout: Duration) -> Result<TokioReso
     opts.timeout = timeout;
     // Two tries per server: enough to ride out one lost UDP datagram on a loaded box.
     opts.attempts = 2;
+    // Ask every server at once and take the first answer. hickory's default asks two; a server
+    // that is down (killed, paused, cut off) never answers a UDP query, so with two of them in
+    // that pair a lookup would wait out the whole timeout although a third server answers.
+    // The servers are one service's own name servers (the orchestrators), a handful at most.
+    opts.num_concurrent_reqs = servers.len().max(1);
     // The TTL is the point of the exercise: never stretch it, never cache beyond it.
     opts.positive_min_ttl = None;
     opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
@@ -765,17 +772,11 @@ fn cut(text: &str) -> String {
 impl RequestTask {
     async fn run(self, seq: u64, due: Instant, due_unix_ms: u64, spec: RequestSpec) {
         let (method, path) = (spec.method.to_string(), spec.path.clone());
-        let result = tokio::time::timeout(self.timeout, self.send(seq, spec)).await;
+        let (address, result) = self.send(seq, spec).await;
         let latency_us = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let (outcome, address, response, detail) = match result {
-            Err(_) => (
-                Outcome::Timeout,
-                None,
-                None,
-                format!("no whole answer within {} ms", self.timeout.as_millis()),
-            ),
-            Ok((address, Err(failure))) => (failure.outcome, address, None, failure.detail),
-            Ok((address, Ok(mut response))) => {
+        let (outcome, response, detail) = match result {
+            Err(failure) => (failure.outcome, None, failure.detail),
+            Ok(mut response) => {
                 // Only a 2xx is a success: a redirect is not what the client asked for.
                 let outcome = if (200..300).contains(&response.status) {
                     Outcome::Ok
@@ -783,7 +784,7 @@ impl RequestTask {
                     Outcome::HttpError
                 };
                 let detail = response.error_body.take().unwrap_or_default();
-                (outcome, address, Some(response), detail)
+                (outcome, Some(response), detail)
             }
         };
         let mut t = self.tallies.lock().expect("tallies lock");
@@ -818,13 +819,22 @@ impl RequestTask {
         }
     }
 
-    /// Resolves (if needed) and sends; returns the address used and the response or the
-    /// failed outcome. The caller bounds the whole of it with the request timeout.
+    /// Resolves (if needed) and sends, all of it within the request timeout; returns the
+    /// address used (`None` when the name gave none) and the response or the failed outcome.
+    /// A timeout says which part it cut: the DNS lookup, or the exchange with the address.
     async fn send(
         &self,
         seq: u64,
         spec: RequestSpec,
     ) -> (Option<String>, Result<Response, Failure>) {
+        let deadline = Instant::now() + self.timeout;
+        let timed_out = |what: &str| {
+            let within = self.timeout.as_millis();
+            Err(Failure::new(
+                Outcome::Timeout,
+                format!("{what} within {within} ms"),
+            ))
+        };
         let (base, host) = match &*self.addressing {
             Addressing::Urls(bases) => (bases[(seq % bases.len() as u64) as usize].clone(), None),
             Addressing::Service {
@@ -832,8 +842,9 @@ impl RequestTask {
                 port,
                 host_header,
                 resolver,
-            } => match resolver.lookup_ip(name.as_str()).await {
-                Ok(lookup) => match lookup.iter().next() {
+            } => match tokio::time::timeout_at(deadline, resolver.lookup_ip(name.as_str())).await {
+                Err(_) => return (None, timed_out("no DNS answer")),
+                Ok(Ok(lookup)) => match lookup.iter().next() {
                     Some(ip) => (base_url(ip, *port), Some(host_header.clone())),
                     None => {
                         let failure =
@@ -841,7 +852,7 @@ impl RequestTask {
                         return (None, Err(failure));
                     }
                 },
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, name, "service name did not resolve");
                     return (None, Err(Failure::new(Outcome::ResolveError, e)));
                 }
@@ -867,21 +878,34 @@ impl RequestTask {
         let request = request
             .body(Full::new(spec.body))
             .expect("method, URI and headers are valid");
+        let result = match tokio::time::timeout_at(deadline, self.exchange(request, &address)).await
+        {
+            Ok(result) => result,
+            Err(_) => timed_out("no whole answer"),
+        };
+        (Some(address), result)
+    }
+
+    /// Sends `request` to `address` and reads the whole answer.
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        address: &str,
+    ) -> Result<Response, Failure> {
         let response = match self.client.request(request).await {
             Ok(r) => r,
             Err(e) if e.is_connect() => {
-                let failure = Failure::new(Outcome::ConnectError, umbra_proto::exit::one_line(&e));
-                return (Some(address), Err(failure));
+                return Err(Failure::new(
+                    Outcome::ConnectError,
+                    umbra_proto::exit::one_line(&e),
+                ));
             }
             Err(e) => {
                 tracing::debug!(error = %e, address, "request failed after connecting");
-                return (
-                    Some(address),
-                    Err(Failure::new(
-                        Outcome::IoError,
-                        umbra_proto::exit::one_line(&e),
-                    )),
-                );
+                return Err(Failure::new(
+                    Outcome::IoError,
+                    umbra_proto::exit::one_line(&e),
+                ));
             }
         };
         let status = response.status().as_u16();
@@ -895,17 +919,16 @@ impl RequestTask {
             Ok(body) => {
                 let error_body = (status >= 400)
                     .then(|| String::from_utf8_lossy(&body.to_bytes()).trim().to_string());
-                let response = Response {
+                Ok(Response {
                     status,
                     tally,
                     error_body,
-                };
-                (Some(address), Ok(response))
+                })
             }
-            Err(e) => {
-                let failure = Failure::new(Outcome::IoError, umbra_proto::exit::one_line(&e));
-                (Some(address), Err(failure))
-            }
+            Err(e) => Err(Failure::new(
+                Outcome::IoError,
+                umbra_proto::exit::one_line(&e),
+            )),
         }
     }
 }
@@ -1132,7 +1155,16 @@ mod tests {
             "{report}"
         );
         assert_eq!(report.by_tally.get("slowpoke"), Some(&5));
-        assert!(report.latency_ok.p99_us < 200_000, "{report}");
+        // A timeout names the address it was waiting on and the part it cut.
+        let addr = backend.local_addr().to_string();
+        for failed in &report.failed_requests {
+            assert_eq!(failed.address.as_deref(), Some(addr.as_str()), "{report}");
+            assert!(
+                failed.detail.starts_with("no whole answer within 200 ms"),
+                "{report}"
+            );
+        }
+        assert_eq!(report.failed_requests.len(), 5, "{report}");
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(json["counts"]["timeout"], 5);
         // The final snapshot is marked finished and agrees with the report.

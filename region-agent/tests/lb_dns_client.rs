@@ -81,3 +81,46 @@ async fn load_follows_a_dns_change_within_the_ttl() -> Result<()> {
     );
     Ok(())
 }
+
+/// A name server that never answers: a bound UDP socket nobody reads (a paused or cut-off
+/// server), or a closed port (a killed one: an unconnected UDP client is not told).
+fn silent_servers() -> Result<(Vec<std::net::UdpSocket>, Vec<SocketAddr>)> {
+    let paused: Vec<std::net::UdpSocket> = (0..2)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    let killed = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+    let mut addrs = paused
+        .iter()
+        .map(std::net::UdpSocket::local_addr)
+        .collect::<Result<Vec<_>, _>>()?;
+    addrs.push(killed);
+    Ok((paused, addrs))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_resolves_while_all_but_one_of_its_name_servers_are_silent() -> Result<()> {
+    // The demo's client asks the orchestrators' DNS, and a campaign kills or pauses two of
+    // three at once: the one left must answer every lookup, whatever order the resolver
+    // ranks its servers in. Each run is a fresh resolver (as each second of the demo's
+    // traffic is), so each draws its own first ranking.
+    let ip: IpAddr = "127.0.0.2".parse()?;
+    let port = umbra_testkit::free_tcp_port_on(&[ip])?;
+    let _backend = NamedBackend::start("a", SocketAddr::new(ip, port)).await?;
+    let named = start_named().await?;
+    let (_paused, mut servers) = silent_servers()?;
+    servers.push(named.addr());
+    for run in 0..5 {
+        let target = Target::Service(ServiceTarget {
+            name: "shop.umbra.test.".into(),
+            port,
+            dns_servers: servers.clone(),
+        });
+        let config = common::tallied_load(target, 50.0, Duration::from_millis(400));
+        let report = LoadGenerator::new(config, |_| RequestSpec::get("/"))?
+            .run()
+            .await?;
+        ensure!(report.counts.completed == 20, "run {run}: {report}");
+        ensure!(report.counts.failed() == 0, "run {run}: {report}");
+    }
+    Ok(())
+}
