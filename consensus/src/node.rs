@@ -87,12 +87,13 @@ pub enum RequestError {
     Stopped,
     #[error("membership change refused: {0}")]
     Membership(String),
-    /// The proposal's entry may or may not have been applied, and this node cannot tell: it
-    /// caught up from a snapshot that covers the entry's index, which holds the entry if a
+    /// The proposal's entry may or may not be applied, and this node cannot tell: either it
+    /// caught up from a snapshot that covers the entry's index (which holds the entry if a
     /// follower had it when this node lost its leadership, and not if a newer leader's log
-    /// replaced it. Retry only commands that are safe to apply twice.
+    /// replaced it), or it stopped while the entry waited to commit (a follower that holds it
+    /// may become leader and commit it). Retry only commands that are safe to apply twice.
     #[error(
-        "the outcome is unknown: this node caught up from a snapshot that may or may not hold the entry"
+        "the outcome is unknown: the entry was in this node's log, which may or may not reach the committed log"
     )]
     OutcomeUnknown,
 }
@@ -601,24 +602,28 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             self.publish_status(None);
         }
         tracing::info!(node = self.id, "raft node stopped");
-        self.fail_everything(RequestError::Stopped);
+        self.fail_everything();
     }
 
     fn fail(mut self, reason: String) {
         tracing::error!(node = self.id, %reason, "raft node stopped on an unrecoverable error");
-        self.fail_everything(RequestError::Stopped);
+        self.fail_everything();
         self.publish_status(Some(reason));
     }
 
-    fn fail_everything(&mut self, error: RequestError) {
+    /// Answers everything still waiting when the node stops. A pending proposal's entry is in
+    /// this node's log and may already be on a follower, which can commit it as the next
+    /// leader: its outcome is unknown, never "not applied". A read has no effect to be unsure
+    /// of: it just stopped.
+    fn fail_everything(&mut self) {
         for (_, pending) in std::mem::take(&mut self.pending) {
-            pending.fail(error.clone());
+            pending.fail(RequestError::OutcomeUnknown);
         }
         for (_, read) in std::mem::take(&mut self.reads_awaiting_index) {
-            let _ = read.reply.send(Err(error.clone()));
+            let _ = read.reply.send(Err(RequestError::Stopped));
         }
         for (_, read) in std::mem::take(&mut self.reads_awaiting_apply) {
-            let _ = read.reply.send(Err(error.clone()));
+            let _ = read.reply.send(Err(RequestError::Stopped));
         }
     }
 

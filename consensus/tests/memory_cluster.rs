@@ -34,6 +34,16 @@ struct Cluster {
     config: Config,
 }
 
+/// A proposal its leader could not commit, whose entry both followers hold.
+struct Stranded {
+    /// The leader that took the proposal.
+    old: u64,
+    /// The followers.
+    others: Vec<u64>,
+    /// The proposer, waiting for its answer.
+    task: tokio::task::JoinHandle<Result<Vec<u8>, RequestError>>,
+}
+
 impl Cluster {
     fn new(seed: u64, size: u64) -> anyhow::Result<Self> {
         Self::with_config(seed, size, test_config())
@@ -161,6 +171,40 @@ impl Cluster {
 
     /// Waits until every running node applied the same commands in the same order, up to
     /// at least `index`.
+    /// Cuts the leader's ears (the followers hear it, it hears nothing back, so it cannot
+    /// commit), proposes `stranded` through it and waits until both followers hold the entry.
+    async fn strand_on_followers(&self) -> anyhow::Result<Stranded> {
+        self.put("before", "1").await?;
+        let old = self.leader().await?;
+        let others: Vec<u64> = self.nodes.keys().copied().filter(|id| *id != old).collect();
+        for other in &others {
+            self.network.cut_one_way(*other, old);
+        }
+        let before = self.nodes[&old].status().last_index;
+        let proposer = self.nodes[&old].clone();
+        let task = tokio::spawn(async move {
+            let command = KvCommand::Put {
+                key: "stranded".into(),
+                value: b"x".to_vec(),
+            };
+            proposer.propose(command.encode()).await
+        });
+        self.wait_for(
+            "the entry on both followers",
+            Duration::from_secs(10),
+            |c| {
+                let last = c.nodes[&old].status().last_index;
+                (last > before
+                    && others
+                        .iter()
+                        .all(|id| c.nodes[id].status().last_index >= last))
+                .then_some(())
+            },
+        )
+        .await?;
+        Ok(Stranded { old, others, task })
+    }
+
     async fn wait_same_digest(&self, index: u64) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -219,114 +263,11 @@ async fn three_nodes_elect_and_replicate_in_order() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_leader_cannot_commit_and_its_entry_is_discarded() -> anyhow::Result<()> {
     let cluster = Cluster::new(seed(), 3)?;
-    cluster.put("before", "1").await?;
-    let old = cluster.leader().await?;
-    cluster.network.isolate(old);
-    // The cut-off leader appends but can never commit; the proposal must not succeed.
-    let stranded = cluster.nodes[&old].propose(
-        KvCommand::Put {
-            key: "stranded".into(),
-            value: b"x".to_vec(),
-        }
-        .encode(),
-    );
-    let new = cluster
-        .wait_for(
-            "a new leader among the others",
-            Duration::from_secs(10),
-            |c| {
-                c.nodes
-                    .iter()
-                    .filter(|(id, _)| **id != old)
-                    .map(|(_, n)| n.status())
-                    .find(|s| s.role == Role::Leader)
-                    .map(|s| s.id)
-            },
-        )
-        .await?;
-    assert_ne!(new, old);
-    // A cut link is no proof of a dead process: nobody took the dead-leader shortcut.
-    for node in cluster.nodes.values() {
-        assert_eq!(node.status().dead_leader_campaigns, 0);
-    }
-    let outcome = stranded.await;
-    assert!(
-        matches!(
-            outcome,
-            Err(RequestError::Dropped
-                | RequestError::Timeout { .. }
-                | RequestError::NotLeader { .. })
-        ),
-        "stranded proposal must not be acknowledged: {outcome:?}"
-    );
-    cluster.network.heal();
-    let index = cluster.put("after", "2").await?;
-    cluster.wait_same_digest(index).await?;
-    let leader = cluster.leader().await?;
-    let answer = cluster.nodes[&leader]
-        .read(
-            KvQuery::Get {
-                key: "stranded".into(),
-            }
-            .encode(),
-        )
-        .await?;
-    assert_eq!(KvAnswer::decode(&answer)?, KvAnswer::Value(None));
-    // The old leader stepped down and follows.
-    assert_eq!(cluster.nodes[&old].status().role, Role::Follower);
-    Ok(())
-}
-
-/// A leader that loses its leadership after its entry reached the followers: the next leader
-/// commits the entry, and the old one catches up from a snapshot that holds it. Its proposer
-/// must not hear `Dropped` ("not applied"), which callers retry: the outcome is unknown to
-/// that node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_proposal_a_snapshot_covers_is_of_unknown_outcome_not_dropped() -> anyhow::Result<()> {
-    let cluster = Cluster::with_config(
-        seed(),
-        3,
-        Config {
-            // The proposal must still wait for its answer when the old leader catches up.
-            request_timeout_ms: 60_000,
-            ..test_config()
-        },
-    )?;
-    cluster.put("before", "1").await?;
-    let old = cluster.leader().await?;
-    let others: Vec<u64> = cluster
-        .nodes
-        .keys()
-        .copied()
-        .filter(|id| *id != old)
-        .collect();
-    // The followers hear the leader, but it hears nothing back, so it cannot commit.
-    for other in &others {
-        cluster.network.cut_one_way(*other, old);
-    }
-    let before = cluster.nodes[&old].status().last_index;
-    let proposer = cluster.nodes[&old].clone();
-    let stranded = tokio::spawn(async move {
-        let command = KvCommand::Put {
-            key: "stranded".into(),
-            value: b"x".to_vec(),
-        };
-        proposer.propose(command.encode()).await
-    });
-    cluster
-        .wait_for(
-            "the entry on both followers",
-            Duration::from_secs(10),
-            |c| {
-                let last = c.nodes[&old].status().last_index;
-                (last > before
-                    && others
-                        .iter()
-                        .all(|id| c.nodes[id].status().last_index >= last))
-                .then_some(())
-            },
-        )
-        .await?;
+    let Stranded {
+        old,
+        others,
+        task: stranded,
+    } = cluster.strand_on_followers().await?;
     cluster.network.isolate(old);
     let new = cluster
         .wait_for(
@@ -390,6 +331,42 @@ async fn a_proposal_a_snapshot_covers_is_of_unknown_outcome_not_dropped() -> any
         outcome,
         Err(RequestError::OutcomeUnknown),
         "applied by the next leader, and learnt by the old one from a snapshot"
+    );
+    Ok(())
+}
+
+/// A leader that stops while its entry waits to commit, on followers that hold it: the next
+/// leader commits the entry, so its proposer must hear that the outcome is unknown, not that
+/// the node stopped (which reads as "not applied" and invites a retry that applies twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_pending_when_its_leader_stops_is_of_unknown_outcome() -> anyhow::Result<()> {
+    let mut cluster = Cluster::with_config(
+        seed(),
+        3,
+        Config {
+            // The proposal must still be waiting when its leader stops.
+            request_timeout_ms: 60_000,
+            ..test_config()
+        },
+    )?;
+    let Stranded { old, task, .. } = cluster.strand_on_followers().await?;
+    cluster.stop(old).await?;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), task).await??;
+    assert_eq!(outcome, Err(RequestError::OutcomeUnknown));
+    cluster.network.heal();
+    let new = cluster.leader().await?;
+    let read = cluster.nodes[&new]
+        .read(
+            KvQuery::Get {
+                key: "stranded".into(),
+            }
+            .encode(),
+        )
+        .await?;
+    assert_eq!(
+        KvAnswer::decode(&read)?,
+        KvAnswer::Value(Some(b"x".to_vec())),
+        "the next leader commits the entry its followers held"
     );
     Ok(())
 }
