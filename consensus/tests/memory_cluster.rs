@@ -171,6 +171,15 @@ impl Cluster {
 
     /// Waits until every running node applied the same commands in the same order, up to
     /// at least `index`.
+    /// `key`'s value, read through node `id`.
+    async fn get(&self, id: u64, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let query = KvQuery::Get { key: key.into() }.encode();
+        match KvAnswer::decode(&self.nodes[&id].read(query).await?)? {
+            KvAnswer::Value(value) => Ok(value),
+            other => bail!("a get answered {other:?}"),
+        }
+    }
+
     /// Cuts the leader's ears (the followers hear it, it hears nothing back, so it cannot
     /// commit), proposes `stranded` through it and waits until both followers hold the entry.
     async fn strand_on_followers(&self) -> anyhow::Result<Stranded> {
@@ -282,17 +291,9 @@ async fn isolated_leader_cannot_commit_and_its_entry_is_discarded() -> anyhow::R
             },
         )
         .await?;
-    let read = cluster.nodes[&new]
-        .read(
-            KvQuery::Get {
-                key: "stranded".into(),
-            }
-            .encode(),
-        )
-        .await?;
     assert_eq!(
-        KvAnswer::decode(&read)?,
-        KvAnswer::Value(Some(b"x".to_vec())),
+        cluster.get(new, "stranded").await?,
+        Some(b"x".to_vec()),
         "the next leader commits the entry its follower held"
     );
     // Three snapshot intervals, so the new leader's log no longer holds what the old one
@@ -355,17 +356,9 @@ async fn a_proposal_pending_when_its_leader_stops_is_of_unknown_outcome() -> any
     assert_eq!(outcome, Err(RequestError::OutcomeUnknown));
     cluster.network.heal();
     let new = cluster.leader().await?;
-    let read = cluster.nodes[&new]
-        .read(
-            KvQuery::Get {
-                key: "stranded".into(),
-            }
-            .encode(),
-        )
-        .await?;
     assert_eq!(
-        KvAnswer::decode(&read)?,
-        KvAnswer::Value(Some(b"x".to_vec())),
+        cluster.get(new, "stranded").await?,
+        Some(b"x".to_vec()),
         "the next leader commits the entry its followers held"
     );
     Ok(())
