@@ -24,6 +24,11 @@
 //! Before fitting, robust training ([`robust`]) adjusts declared past events of the calendar
 //! and detected anomalies out of the history; future events still scale the forecast.
 //!
+//! Fitting is full (robust training, the MSTL decomposition, every model) only now and then:
+//! between full refits, a series' next forecast takes in the new slices and refits only the
+//! level model on the last full refit's seasons ([`refit`]), and says which it was
+//! ([`DemandForecast::refit`]).
+//!
 //! All of this is plain computation on slices of numbers and timestamps passed in; it reads
 //! no clock and does no I/O. The event calendar ([`calendar`]) is applied last.
 
@@ -31,6 +36,7 @@ pub mod backtest;
 pub mod calendar;
 pub mod history;
 pub mod models;
+pub mod refit;
 pub mod robust;
 pub mod simulate;
 pub mod sizing;
@@ -45,6 +51,7 @@ use serde::Serialize;
 use crate::history::{DemandSeries, SeriesKey};
 use calendar::{EventCalendar, SliceAdjustment};
 pub use models::{ModelKind, PointForecast};
+pub use refit::Refit;
 
 /// Default calibration window: the last 28 origins (four weeks of daily forecasts). On the
 /// Taylor backtest, 7 origins under-cover (86 % in the 90 % band), 28 are close to nominal.
@@ -54,7 +61,7 @@ pub const MIN_CALIBRATION_ORIGINS: usize = 7;
 /// Scored origins a candidate needs before its rolling error can win the model choice (a
 /// week of daily origins, so every weekday has been seen once).
 pub const MIN_CHOICE_ORIGINS: usize = 7;
-/// Days of deseasonalised history AutoETS is fitted on (see `models::mstl_ets`). On the
+/// Days of deseasonalised history AutoETS is fitted on (see `models::MstlEtsFit`). On the
 /// Taylor backtest 7 and 14 days (and all history) give the same forecasts to four digits.
 pub const DEFAULT_ETS_WINDOW_DAYS: usize = 7;
 /// Cap on that window in slices: AutoETS's fit time is linear in it (measured at 5-minute
@@ -64,6 +71,10 @@ pub const DEFAULT_ETS_WINDOW_DAYS: usize = 7;
 /// the synthetic benchmark it forecast as well as 1,008 (chosen model's MASE 0.531 against
 /// 0.535, three seeds) at a third of the ETS time.
 pub const MAX_ETS_WINDOW_SLICES: usize = 336;
+/// A full refit at least every quarter of a day by default ([`ForecastConfig::for_seasons`]):
+/// robust training leaves the newest quarter of a day unadjusted anyway, so the slices an
+/// incremental refit takes in as they are are the ones a full refit would not have adjusted.
+pub const FULL_REFIT_DAY_DIVISOR: usize = 4;
 /// Most buckets of the day that quantiles are calibrated in (one per hour).
 pub const MAX_CALIBRATION_BUCKETS: usize = 24;
 /// Fewest normalised errors a time-of-day bucket calibrates on; with fewer scored errors the
@@ -108,6 +119,9 @@ pub struct ForecastConfig {
     /// Calibrate quantiles per time of day (up to [`MAX_CALIBRATION_BUCKETS`] buckets of the
     /// day, each with at least [`MIN_BUCKET_ERRORS`] errors) instead of pooled over the day.
     pub calibrate_by_time_of_day: bool,
+    /// New slices after which a series is refitted in full again; between full refits each
+    /// forecast refits incrementally ([`refit`]). 1: every forecast refits in full.
+    pub full_refit_every_slices: usize,
 }
 
 /// How a candidate's errors over its recent scored origins become the score the choice
@@ -156,6 +170,7 @@ impl ForecastConfig {
             choice: ChoiceStatistic::Median,
             robust_training: true,
             calibrate_by_time_of_day: true,
+            full_refit_every_slices: (seasons.daily / FULL_REFIT_DAY_DIVISOR).max(1),
         }
     }
 
@@ -173,6 +188,11 @@ impl ForecastConfig {
         }
         if self.calibration_origins == 0 {
             return bad("calibration_origins must be at least 1");
+        }
+        if self.full_refit_every_slices == 0 {
+            return bad(
+                "full_refit_every_slices must be at least 1 (1 refits every forecast in full)",
+            );
         }
         Ok(())
     }
@@ -292,6 +312,10 @@ pub struct SeriesState {
     records: BTreeMap<ModelKind, VecDeque<OriginRecord>>,
     /// The model the latest forecast chose.
     chosen: Option<ModelKind>,
+    /// What the latest full refit learned, for the incremental refits that follow it.
+    fit: Option<refit::FitCache>,
+    /// The refit of the latest forecast, until [`SeriesState::take_refit`] hands it out.
+    refit: Option<Refit>,
 }
 
 impl SeriesState {
@@ -388,6 +412,12 @@ impl SeriesState {
         self.chosen
     }
 
+    /// How the latest forecast refitted its models, once: `None` again until the next
+    /// forecast (a driver counts each refit once).
+    pub fn take_refit(&mut self) -> Option<Refit> {
+        self.refit.take()
+    }
+
     fn scored_origins(&self, model: ModelKind) -> usize {
         self.records
             .get(&model)
@@ -450,8 +480,11 @@ pub struct DemandForecast {
     pub model_errors: Vec<(ModelKind, Option<f64>)>,
     /// Why this model was chosen, for a person.
     pub choice_reason: String,
-    /// What robust training adjusted out of the history before fitting.
+    /// What robust training adjusted out of the history before fitting (at the latest full
+    /// refit).
     pub adjusted: Adjusted,
+    /// Whether the models were refitted in full or incrementally.
+    pub refit: Refit,
     mean: Vec<f64>,
     sigma: Vec<f64>,
     /// Sorted normalised errors per bucket of the day (none: normal-theory quantiles).
@@ -653,7 +686,8 @@ impl Forecaster {
 
     /// Forecast the `horizon` slices after the end of `history`, choosing the candidate with
     /// the lowest rolling error, and record every candidate's forecast in `state` for later
-    /// scoring. `timer` returns seconds on a monotonic clock and times each candidate's fit;
+    /// scoring. The models are refitted incrementally from the fit `state` keeps when
+    /// [`refit`] allows, else in full. `timer` returns seconds on a monotonic clock and times each candidate's fit;
     /// drivers pass one over `Instant`, tests may pass a fake.
     pub fn forecast(
         &self,
@@ -667,7 +701,6 @@ impl Forecaster {
         let mase_scale = seasonal_naive_mae(&history.values, self.config.seasons.daily);
         let mut candidates = Vec::new();
         let mut seconds = Vec::new();
-        let mut reasons = Vec::new();
         let statistic = self.config.choice;
         let model_errors: Vec<(ModelKind, Option<f64>)> = self
             .config
@@ -675,29 +708,7 @@ impl Forecaster {
             .iter()
             .map(|&k| (k, state.rolling_mase(k, statistic)))
             .collect();
-        let t0 = timer();
-        let training = if self.config.robust_training {
-            let declared: Vec<SliceAdjustment> = if self.calendar.events().is_empty() {
-                Vec::new()
-            } else {
-                (0..history.len())
-                    .map(|i| self.calendar.adjustment(history.slice_start(i)))
-                    .collect()
-            };
-            robust::training_history(&history.values, &declared, self.config.seasons)
-        } else {
-            robust::TrainingHistory {
-                values: history.values.clone(),
-                declared_slices: 0,
-                anomaly_slices: 0,
-                decomposition: None,
-            }
-        };
-        let adjusted = Adjusted {
-            declared_slices: training.declared_slices,
-            anomaly_slices: training.anomaly_slices,
-        };
-        // The decomposition that found the anomalies is shared by the single models' fits.
+        // Single models first, then combinations of them (which reuse their parts' fits).
         let mut singles: Vec<ModelKind> = self
             .config
             .candidates
@@ -707,24 +718,18 @@ impl Forecaster {
             .collect();
         singles.sort();
         singles.dedup();
-        let training_secs = (timer() - t0) / singles.len().max(1) as f64;
-        // Single models first, then combinations of them (which reuse their parts' fits).
-        let mut points: BTreeMap<ModelKind, (PointForecast, f64)> = BTreeMap::new();
-        for &part in &singles {
-            let t0 = timer();
-            match models::fit_predict(
-                part,
-                &training.values,
-                horizon,
-                &self.config,
-                training.decomposition.as_ref(),
-            ) {
-                Ok(p) => {
-                    points.insert(part, (p, timer() - t0 + training_secs));
-                }
-                Err(e) => reasons.push(e.to_string()),
-            }
-        }
+        let fitted = refit::fit_singles(
+            &mut state.fit,
+            history,
+            &singles,
+            horizon,
+            &self.config,
+            &self.calendar,
+            timer,
+        );
+        let (points, reasons, adjusted, refit) =
+            (fitted.points, fitted.reasons, fitted.adjusted, fitted.refit);
+        state.refit = Some(refit);
         for &kind in &self.config.candidates {
             let (point, secs) = if kind.parts().is_empty() {
                 match points.get(&kind) {
@@ -818,6 +823,7 @@ impl Forecaster {
                 model_errors: model_errors.clone(),
                 choice_reason: String::new(),
                 adjusted,
+                refit,
                 mean: point.mean,
                 sigma: point.sigma,
                 sorted_errors,

@@ -5,6 +5,9 @@
 //! the fallbacks and the yardsticks. This module knows nothing about calibration, model choice
 //! or events; `super` does that.
 
+use std::borrow::Cow;
+use std::collections::VecDeque;
+
 use augurs::ets::AutoETS;
 use augurs::mstl::stlrs;
 use augurs::{Fit, Predict};
@@ -136,28 +139,12 @@ pub fn fit_predict(
     let seasons = config.seasons;
     match kind {
         ModelKind::MstlEts => {
-            // Only seasons with two full periods of history can be estimated (stlrs refuses
-            // fewer); with less than two days the caller falls back to a seasonal naive.
-            let periods = mstl_periods(seasons, history.len());
-            if periods.is_empty() {
-                return Err(ForecastError::TooLittleHistory {
-                    model: kind.name(),
-                    have: history.len(),
-                    need: 2 * seasons.daily,
-                });
-            }
-            let owned;
-            let decomposition = match decomposition {
-                Some(d) if d.periods == periods && d.deseasonalised.len() == history.len() => d,
-                _ => {
-                    owned = decompose(history, &periods)?;
-                    &owned
-                }
-            };
-            mstl_ets(decomposition, horizon, config.ets_window_slices)
+            let decomposition = mstl_decomposition(history, seasons, decomposition)?;
+            MstlEtsFit::new(&decomposition, config.ets_window_slices).forecast(horizon)
         }
-        ModelKind::SeasonalNaiveWeekly => seasonal_naive(kind, history, horizon, seasons.weekly),
-        ModelKind::SeasonalNaiveDaily => seasonal_naive(kind, history, horizon, seasons.daily),
+        ModelKind::SeasonalNaiveWeekly | ModelKind::SeasonalNaiveDaily => {
+            Ok(SeasonalNaiveFit::new(kind, history, seasons)?.forecast(horizon))
+        }
         ModelKind::Combined => {
             let parts = kind
                 .parts()
@@ -191,85 +178,214 @@ pub fn combine(kind: ModelKind, parts: &[PointForecast]) -> PointForecast {
     }
 }
 
-fn mstl_ets(
-    decomposition: &Decomposition,
-    horizon: usize,
-    ets_window_slices: usize,
-) -> Result<PointForecast, ForecastError> {
-    let model_error = |message: String| ForecastError::Model {
-        model: ModelKind::MstlEts.name(),
-        message,
-    };
-    let deseasonalised = &decomposition.deseasonalised;
-    let periods = decomposition.periods.clone();
-    // The trend model only needs the recent level: on the Taylor series AutoETS picks a
-    // level-only model either way, and fitting it on the last week instead of all history
-    // gives the same forecasts at a tenth of the time.
-    let window_start = deseasonalised
-        .len()
-        .saturating_sub(ets_window_slices.max(1));
-    let ets = AutoETS::non_seasonal()
-        .fit(&deseasonalised[window_start..])
-        .map_err(|e| model_error(format!("AutoETS: {e}")))?;
-    let trend = ets
-        .predict(horizon, 0.9)
-        .map_err(|e| model_error(format!("AutoETS forecast: {e}")))?;
-    let intervals = trend
-        .intervals
-        .ok_or_else(|| model_error("AutoETS gave no intervals".into()))?;
-    let mut mean = trend.point;
-    let sigma: Vec<f64> = intervals
-        .upper
-        .iter()
-        .zip(&intervals.lower)
-        .map(|(u, l)| ((u - l) / (2.0 * Z_90)).max(f64::EPSILON))
-        .collect();
-    for (&period, component) in periods.iter().zip(&decomposition.seasonal) {
-        let last_cycle = &component[component.len() - period..];
-        for (step, m) in mean.iter_mut().enumerate() {
-            *m += f64::from(last_cycle[step % period]);
-        }
-    }
-    Ok(PointForecast {
-        model: ModelKind::MstlEts,
-        periods,
-        mean,
-        sigma,
-    })
-}
-
-fn seasonal_naive(
-    kind: ModelKind,
+/// The decomposition `mstl_ets` forecasts `history` from: `given` when it is `history`'s own
+/// with the periods `mstl_ets` uses, else a new one. Only seasons with two full periods of
+/// history can be estimated (stlrs refuses fewer); with less than two days the caller falls
+/// back to a seasonal naive.
+pub fn mstl_decomposition<'a>(
     history: &[f64],
-    horizon: usize,
-    period: usize,
-) -> Result<PointForecast, ForecastError> {
-    // One period to repeat and at least one more to measure the spread of the differences.
-    if period == 0 || history.len() <= period {
+    seasons: crate::Seasons,
+    given: Option<&'a Decomposition>,
+) -> Result<Cow<'a, Decomposition>, ForecastError> {
+    let periods = mstl_periods(seasons, history.len());
+    if periods.is_empty() {
         return Err(ForecastError::TooLittleHistory {
-            model: kind.name(),
+            model: ModelKind::MstlEts.name(),
             have: history.len(),
-            need: period + 1,
+            need: 2 * seasons.daily,
         });
     }
-    let n = history.len();
-    let diffs: Vec<f64> = (period..n)
-        .map(|i| history[i] - history[i - period])
-        .collect();
-    let sigma1 = (diffs.iter().map(|d| d * d).sum::<f64>() / diffs.len() as f64).sqrt();
-    let mean = (0..horizon)
-        .map(|h| history[n - period + h % period])
-        .collect();
-    // The h-step error of a seasonal naive forecast sums one difference per full period ahead.
-    let sigma = (0..horizon)
-        .map(|h| (sigma1 * ((h / period + 1) as f64).sqrt()).max(f64::EPSILON))
-        .collect();
-    Ok(PointForecast {
-        model: kind,
-        periods: vec![period],
-        mean,
-        sigma,
-    })
+    match given {
+        Some(d) if d.periods == periods && d.deseasonalised.len() == history.len() => {
+            Ok(Cow::Borrowed(d))
+        }
+        _ => decompose(history, &periods).map(Cow::Owned),
+    }
+}
+
+/// What `mstl_ets` learned from a decomposition: each season's last full cycle, carried
+/// forward periodically, and the recent deseasonalised history the ETS level model is fitted
+/// on. New slices extend it without a new decomposition: each is deseasonalised by the
+/// carried-forward seasons (an incremental refit, `crate::refit`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MstlEtsFit {
+    /// The seasonal periods, in slices.
+    pub periods: Vec<usize>,
+    /// One cycle per period: `cycles[p][i]` is the season of the slices `i` (mod the period)
+    /// after the end of the decomposed history.
+    cycles: Vec<Vec<f32>>,
+    /// Slices added since the decomposition (the phase of the cycles).
+    phase: usize,
+    /// The newest deseasonalised slices, at most `window_slices`.
+    window: VecDeque<f64>,
+    window_slices: usize,
+}
+
+impl MstlEtsFit {
+    /// The fit of `decomposition`, with ETS fitted on its last `ets_window_slices`.
+    pub fn new(decomposition: &Decomposition, ets_window_slices: usize) -> Self {
+        let window_slices = ets_window_slices.max(1);
+        let d = &decomposition.deseasonalised;
+        let cycles = decomposition
+            .periods
+            .iter()
+            .zip(&decomposition.seasonal)
+            .map(|(&period, component)| component[component.len() - period..].to_vec())
+            .collect();
+        Self {
+            periods: decomposition.periods.clone(),
+            cycles,
+            phase: 0,
+            window: d[d.len().saturating_sub(window_slices)..]
+                .iter()
+                .copied()
+                .collect(),
+            window_slices,
+        }
+    }
+
+    /// The seasons' sum `steps` slices after the end of the history seen so far.
+    fn season(&self, steps: usize) -> f64 {
+        self.periods
+            .iter()
+            .zip(&self.cycles)
+            .map(|(&period, cycle)| f64::from(cycle[(self.phase + steps) % period]))
+            .sum()
+    }
+
+    /// Adds the slices that followed the history, deseasonalised by the carried-forward seasons.
+    pub fn extend(&mut self, values: &[f64]) {
+        for &v in values {
+            let deseasonalised = v - self.season(0);
+            self.window.push_back(deseasonalised);
+            if self.window.len() > self.window_slices {
+                self.window.pop_front();
+            }
+            self.phase += 1;
+        }
+    }
+
+    /// Fits AutoETS on the deseasonalised window and forecasts `horizon` slices with the
+    /// seasons added back.
+    pub fn forecast(&self, horizon: usize) -> Result<PointForecast, ForecastError> {
+        let model_error = |message: String| ForecastError::Model {
+            model: ModelKind::MstlEts.name(),
+            message,
+        };
+        // The trend model only needs the recent level: on the Taylor series AutoETS picks a
+        // level-only model either way, and fitting it on the last week instead of all history
+        // gives the same forecasts at a tenth of the time.
+        let window: Vec<f64> = self.window.iter().copied().collect();
+        let ets = AutoETS::non_seasonal()
+            .fit(&window)
+            .map_err(|e| model_error(format!("AutoETS: {e}")))?;
+        let trend = ets
+            .predict(horizon, 0.9)
+            .map_err(|e| model_error(format!("AutoETS forecast: {e}")))?;
+        let intervals = trend
+            .intervals
+            .ok_or_else(|| model_error("AutoETS gave no intervals".into()))?;
+        let sigma: Vec<f64> = intervals
+            .upper
+            .iter()
+            .zip(&intervals.lower)
+            .map(|(u, l)| ((u - l) / (2.0 * Z_90)).max(f64::EPSILON))
+            .collect();
+        let mean = trend
+            .point
+            .iter()
+            .enumerate()
+            .map(|(step, m)| m + self.season(step))
+            .collect();
+        Ok(PointForecast {
+            model: ModelKind::MstlEts,
+            periods: self.periods.clone(),
+            mean,
+            sigma,
+        })
+    }
+}
+
+/// Sum of the squared seasonal differences `history[i] - history[i - period]`, and how many:
+/// the seasonal naive's one-step error, kept as a sum so that new slices add to it.
+pub fn naive_square_sum(history: &[f64], period: usize) -> (f64, usize) {
+    let sum = (period..history.len())
+        .map(|i| (history[i] - history[i - period]).powi(2))
+        .sum();
+    (sum, history.len().saturating_sub(period))
+}
+
+/// A seasonal naive model: the last period, repeated, and the squared one-step errors that
+/// give its spread. New slices extend it in constant time each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeasonalNaiveFit {
+    kind: ModelKind,
+    /// The newest `period` slices.
+    last_period: VecDeque<f64>,
+    square_sum: f64,
+    count: usize,
+}
+
+impl SeasonalNaiveFit {
+    /// The fit of seasonal naive `kind` on `history`.
+    pub fn new(
+        kind: ModelKind,
+        history: &[f64],
+        seasons: crate::Seasons,
+    ) -> Result<Self, ForecastError> {
+        let period = match kind {
+            ModelKind::SeasonalNaiveDaily => seasons.daily,
+            ModelKind::SeasonalNaiveWeekly => seasons.weekly,
+            ModelKind::MstlEts | ModelKind::Combined => {
+                unreachable!("{} is not a seasonal naive model", kind.name())
+            }
+        };
+        // One period to repeat and at least one more to measure the spread of the differences.
+        if period == 0 || history.len() <= period {
+            return Err(ForecastError::TooLittleHistory {
+                model: kind.name(),
+                have: history.len(),
+                need: period + 1,
+            });
+        }
+        let (square_sum, count) = naive_square_sum(history, period);
+        Ok(Self {
+            kind,
+            last_period: history[history.len() - period..].iter().copied().collect(),
+            square_sum,
+            count,
+        })
+    }
+
+    /// Adds the slices that followed the history.
+    pub fn extend(&mut self, values: &[f64]) {
+        for &v in values {
+            let before = self
+                .last_period
+                .pop_front()
+                .expect("a period is never empty");
+            self.square_sum += (v - before).powi(2);
+            self.count += 1;
+            self.last_period.push_back(v);
+        }
+    }
+
+    /// Forecasts `horizon` slices.
+    pub fn forecast(&self, horizon: usize) -> PointForecast {
+        let period = self.last_period.len();
+        let sigma1 = (self.square_sum / self.count as f64).sqrt();
+        let mean = (0..horizon).map(|h| self.last_period[h % period]).collect();
+        // The h-step error of a seasonal naive forecast sums one difference per full period ahead.
+        let sigma = (0..horizon)
+            .map(|h| (sigma1 * ((h / period + 1) as f64).sqrt()).max(f64::EPSILON))
+            .collect();
+        PointForecast {
+            model: self.kind,
+            periods: vec![period],
+            mean,
+            sigma,
+        }
+    }
 }
 
 #[cfg(test)]
