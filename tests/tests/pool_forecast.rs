@@ -8,9 +8,11 @@
 //! The history is written before the plan is applied, so the leader's first forecast sees the
 //! peak, and it grows by one slice of actuals every 10 s while the test runs, as a history
 //! source does: the leader scores its earlier forecasts against them, and its `/metrics`
-//! shows each pool's forecast error (`umbra_forecast_mase`), the 90 % interval's coverage and
-//! the chosen model. Times are measured and printed, never bounded: every wait has a generous
-//! deadline. Run `cargo build --workspace --bins` first.
+//! shows each pool's forecast error (`umbra_forecast_mase`), the 90 % interval's coverage,
+//! the chosen model and how its forecasts were refitted (`umbra_forecast_refits_total`: the
+//! first is a full refit; the test's few minutes hold one forecast of the pool, the next
+//! comes once it no longer reaches ten minutes ahead). Times are measured and printed, never
+//! bounded: every wait has a generous deadline. Run `cargo build --workspace --bins` first.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -128,12 +130,13 @@ fn history_csv(region: &str, start: i64, end: i64, peak_start: i64) -> String {
     csv
 }
 
-/// The first line of `metrics` whose series starts with `name{` and names `service`: its value.
-fn metric_value(metrics: &str, name: &str, service: &str) -> Option<f64> {
+/// The first line of `metrics` whose series starts with `name{` and has `label` (e.g.
+/// `service="shop"`): its value.
+fn metric_value(metrics: &str, name: &str, label: &str) -> Option<f64> {
     metrics
         .lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))
-        .find(|l| l.contains(&format!("service=\"{service}\"")))
+        .find(|l| l.contains(label))
         .and_then(|l| l.rsplit_once(' '))
         .and_then(|(_, v)| v.parse().ok())
 }
@@ -331,17 +334,26 @@ async fn a_pool_rises_before_its_forecast_peak_heals_a_killed_instance_and_falls
     })
     .await?;
     appender.abort();
-    let mase = metric_value(&metrics, "umbra_forecast_mase", service).expect("a MASE");
-    let coverage = metric_value(&metrics, "umbra_forecast_interval_coverage_ratio", service)
+    let pool = format!("service=\"{service}\"");
+    let mase = metric_value(&metrics, "umbra_forecast_mase", &pool).expect("a MASE");
+    let coverage = metric_value(&metrics, "umbra_forecast_interval_coverage_ratio", &pool)
         .expect("a coverage");
-    let scored = metric_value(&metrics, "umbra_forecast_scored_forecasts", service)
+    let scored = metric_value(&metrics, "umbra_forecast_scored_forecasts", &pool)
         .expect("a count of scored forecasts");
+    let refits = |kind: &str| {
+        metric_value(
+            &metrics,
+            "umbra_forecast_refits_total",
+            &format!("kind=\"{kind}\""),
+        )
+    };
+    let (full_refits, incremental_refits) = (refits("full"), refits("incremental"));
     let model = metrics
         .lines()
         .find(|l| l.starts_with("umbra_forecast_model_info{") && l.ends_with(" 1"))
         .expect("the chosen model");
     eprintln!(
-        "forecast error: MASE {mase:.3}, 90 % coverage {coverage:.2} over {scored} scored forecasts; {model}"
+        "forecast error: MASE {mase:.3}, 90 % coverage {coverage:.2} over {scored} scored forecasts; {model}; refits: full {full_refits:?}, incremental {incremental_refits:?}"
     );
     // Against the seasonal naive's error on 5 % noise: a sane forecast is far from 100.
     assert!(
@@ -350,6 +362,11 @@ async fn a_pool_rises_before_its_forecast_peak_heals_a_killed_instance_and_falls
     );
     assert!((0.0..=1.0).contains(&coverage), "coverage {coverage}");
     assert!(scored >= 1.0, "scored {scored}");
-    assert!(model.contains(&format!("service=\"{service}\"")), "{model}");
+    assert!(model.contains(&pool), "{model}");
+    // The pool's first forecast refitted in full.
+    assert!(
+        full_refits.is_some_and(|n| n >= 1.0),
+        "full refits {full_refits:?}"
+    );
     Ok(())
 }

@@ -63,6 +63,8 @@ pub struct ExecutorMetrics {
     pub forecast_scored: IntGaugeVec,
     /// Per pool: 1 for the model the latest forecast chose (service, region, model).
     pub forecast_model: IntGaugeVec,
+    /// Pool forecasts' refits by kind (`full`, `incremental`).
+    pub forecast_refits: IntCounterVec,
 }
 
 impl ExecutorMetrics {
@@ -240,11 +242,19 @@ impl ExecutorMetrics {
                 ),
                 &["service", "region", "model"],
             )?,
+            forecast_refits: IntCounterVec::new(
+                Opts::new(
+                    "umbra_forecast_refits_total",
+                    "Pool forecasts by how their models were refitted: full (robust training, decomposition, every model) or incremental (the last full refit's seasons carried over the new slices, the level model refitted)",
+                ),
+                &["kind"],
+            )?,
         };
         registry.register(Box::new(metrics.forecast_mase.clone()))?;
         registry.register(Box::new(metrics.forecast_coverage.clone()))?;
         registry.register(Box::new(metrics.forecast_scored.clone()))?;
         registry.register(Box::new(metrics.forecast_model.clone()))?;
+        registry.register(Box::new(metrics.forecast_refits.clone()))?;
         registry.register(Box::new(metrics.pool_target.clone()))?;
         registry.register(Box::new(metrics.pool_instances.clone()))?;
         registry.register(Box::new(metrics.pool_demand.clone()))?;

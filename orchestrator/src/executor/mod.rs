@@ -106,6 +106,9 @@ pub struct ExecutorConfig {
     pub max_dormant_age_secs: u64,
     /// Added to measured activation and provisioning times, ms.
     pub pool_lead_margin_ms: u64,
+    /// New demand slices after which a pool's forecast is refitted in full again (between
+    /// them, incrementally); unset: the forecaster's default, a quarter of a day.
+    pub forecast_full_refit_every_slices: Option<usize>,
 }
 
 impl Default for ExecutorConfig {
@@ -128,6 +131,7 @@ impl Default for ExecutorConfig {
             pool_shrink_band: umbra_forecast::sizing::DEFAULT_HYSTERESIS.shrink_band,
             max_dormant_age_secs: umbra_forecast::sizing::DEFAULT_LIMITS.max_dormant_age_secs,
             pool_lead_margin_ms: pools::DEFAULT_LEAD_MARGIN_MS,
+            forecast_full_refit_every_slices: None,
         }
     }
 }
@@ -167,6 +171,11 @@ impl ExecutorConfig {
                 u64::from(self.pool_shrink_after_slices),
             ),
             ("max_dormant_age_secs", self.max_dormant_age_secs),
+            (
+                "forecast_full_refit_every_slices",
+                self.forecast_full_refit_every_slices
+                    .map_or(1, |n| n as u64),
+            ),
         ] {
             if value == 0 {
                 return Err(ExecutorConfigError::Zero(name));
@@ -301,9 +310,10 @@ enum Finished {
         migration: String,
         size: ShadowSize,
     },
-    /// A pool's forecast, and how its earlier forecasts fared.
+    /// A pool's forecast, how its models were refitted, and how its earlier forecasts fared.
     Pool {
         forecast: PoolForecast,
+        refit: Option<umbra_forecast::Refit>,
         score: PoolScore,
     },
     /// A pool's earlier forecasts scored against newer actuals, between forecasts.
@@ -407,7 +417,18 @@ impl Leadership {
             Finished::Sizing { migration, size } => {
                 self.controller.handle_sizing(&migration, size, now)
             }
-            Finished::Pool { forecast, score } => {
+            Finished::Pool {
+                forecast,
+                refit,
+                score,
+            } => {
+                if let Some(refit) = refit {
+                    self.context
+                        .metrics
+                        .forecast_refits
+                        .with_label_values(&[refit.name()])
+                        .inc();
+                }
                 self.observe_forecast(&score);
                 self.controller
                     .handle_pool_forecast(&score.service, &score.region, forecast, now)
@@ -595,6 +616,7 @@ impl Leadership {
 
     fn forecast_pool(&mut self, job: controller::PoolJob) {
         let demand = self.context.demand.clone();
+        let full_refit_every_slices = self.context.config.forecast_full_refit_every_slices;
         let done = self.done.clone();
         let series = self
             .series
@@ -615,19 +637,25 @@ impl Leadership {
         rayon::spawn(move || {
             let from =
                 chrono::DateTime::from_timestamp_millis(job.from_ms as i64).unwrap_or_default();
+            let until = from + chrono::Duration::milliseconds(job.ahead_ms as i64);
             // One forecast of a series at a time: a second job waits for the first's record.
             let mut state = series.lock().unwrap_or_else(|e| e.into_inner());
             let forecast = shadow_sizing::forecast_pool(
                 demand.as_ref(),
                 &job.service,
                 &job.region,
-                from,
-                Duration::from_millis(job.ahead_ms),
+                from..=until,
                 job.activation_secs,
                 &mut state,
+                full_refit_every_slices,
             );
+            let refit = state.take_refit();
             let score = PoolScore::of(&job.service.name, &job.region.name, &state);
-            let _ = done.send(Finished::Pool { forecast, score });
+            let _ = done.send(Finished::Pool {
+                forecast,
+                refit,
+                score,
+            });
         });
     }
 

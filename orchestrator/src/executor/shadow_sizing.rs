@@ -132,15 +132,15 @@ pub fn size_shadow_pool(
     region: &RegionSpec,
     cutover_at: DateTime<Utc>,
 ) -> ShadowSize {
-    // A one-off sizing: no memory of earlier forecasts of the target region.
+    // A one-off sizing: no memory of earlier forecasts of the target region, so a full refit.
     let forecast = forecast_pool(
         source,
         service,
         region,
-        cutover_at,
-        std::time::Duration::ZERO,
+        cutover_at..=cutover_at,
         DEFAULT_ACTIVATION_SECS,
         &mut SeriesState::default(),
+        None,
     );
     // The forecast slice may come as several pool slices: the largest of them.
     let Some(slice) = forecast.slices.iter().max_by_key(|s| s.target.total()) else {
@@ -175,22 +175,25 @@ pub fn size_shadow_pool(
     }
 }
 
-/// The pool targets of `service` in `region` for the slices from the one containing `from`
-/// to the one containing `from + ahead_of_from`: the forecast quantile of the service's tier (newsvendor for probabilistic), split
-/// warm vs dormant by the region's costs and `activation_secs`, at most `max_instances` in
-/// all. No slices (and the reason) when there is no usable history or `from` lies beyond
-/// [`MAX_HORIZON_SECS`] of it. `state` is what the series remembers of its earlier forecasts:
-/// they are scored against the history's newer actuals, and the model is chosen and its
-/// intervals calibrated by those errors (the leader keeps one per pool).
+/// The pool targets of `service` in `region` for the slices from the one containing the start
+/// of `during` to the one containing its end: the forecast quantile of the service's tier
+/// (newsvendor for probabilistic), split warm vs dormant by the region's costs and
+/// `activation_secs`, at most `max_instances` in all. No slices (and the reason) when there is
+/// no usable history or `during` starts beyond [`MAX_HORIZON_SECS`] of it. `state` is what the
+/// series remembers of its earlier forecasts: they are scored against the history's newer
+/// actuals, the model is chosen and its intervals calibrated by those errors, and its last full
+/// refit is reused incrementally until `full_refit_every_slices` new slices (unset: the
+/// forecaster's default) call for another (the leader keeps one per pool).
 pub fn forecast_pool(
     source: &dyn DemandSource,
     service: &ServiceSpec,
     region: &RegionSpec,
-    from: DateTime<Utc>,
-    ahead_of_from: std::time::Duration,
+    during: std::ops::RangeInclusive<DateTime<Utc>>,
     activation_secs: f64,
     state: &mut SeriesState,
+    full_refit_every_slices: Option<usize>,
 ) -> PoolForecast {
+    let (from, until) = during.into_inner();
     let key = SeriesKey::new(&service.name, &region.name);
     let nothing = |reason: String, slice_secs: u32| PoolForecast {
         slice_ms: u64::from(slice_secs) * 1_000,
@@ -217,12 +220,13 @@ pub fn forecast_pool(
         );
     }
     let first = (ahead / slice_secs) as usize;
-    let last = ((ahead + ahead_of_from.as_secs() as i64) / slice_secs) as usize;
+    let last = ((ahead + (until - from).num_seconds().max(0)) / slice_secs) as usize;
     let horizon = last + 1;
-    let forecaster = match Forecaster::new(
-        ForecastConfig::for_slice_secs(history.slice_secs),
-        EventCalendar::default(),
-    ) {
+    let mut config = ForecastConfig::for_slice_secs(history.slice_secs);
+    if let Some(every) = full_refit_every_slices {
+        config.full_refit_every_slices = every;
+    }
+    let forecaster = match Forecaster::new(config, EventCalendar::default()) {
         Ok(f) => f,
         Err(e) => return nothing(format!("forecaster: {e}"), history.slice_secs),
     };
@@ -433,10 +437,10 @@ mod tests {
             &source,
             &service,
             &region,
-            morning,
-            std::time::Duration::from_secs(3_600),
+            morning..=morning + chrono::Duration::hours(1),
             DEFAULT_ACTIVATION_SECS,
             &mut SeriesState::default(),
+            None,
         );
         assert_eq!(f.slice_ms, 300_000, "{}", f.reason);
         assert_eq!(f.slices.len(), 3 * 6, "three half hours of six pool slices");

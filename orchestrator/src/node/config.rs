@@ -307,6 +307,11 @@ pub struct ExecutorSection {
     /// moves ahead of a slice, ms.
     #[serde(default = "default_pool_lead_margin_ms")]
     pub pool_lead_margin_ms: u64,
+    /// New demand slices after which a pool's forecast is refitted in full (robust training,
+    /// decomposition, every model) instead of incrementally; at least 1 (1: always in full).
+    /// Unset: a quarter of a day of slices.
+    #[serde(default)]
+    pub forecast_full_refit_every_slices: Option<usize>,
 }
 
 fn default_true() -> bool {
@@ -361,6 +366,7 @@ impl Default for ExecutorSection {
             pool_shrink_band: default_shrink_band(),
             max_dormant_age_secs: default_max_dormant_age_secs(),
             pool_lead_margin_ms: default_pool_lead_margin_ms(),
+            forecast_full_refit_every_slices: None,
         }
     }
 }
@@ -384,6 +390,7 @@ impl ExecutorSection {
             pool_shrink_band: self.pool_shrink_band,
             max_dormant_age_secs: self.max_dormant_age_secs,
             pool_lead_margin_ms: self.pool_lead_margin_ms,
+            forecast_full_refit_every_slices: self.forecast_full_refit_every_slices,
             ..ExecutorConfig::default()
         }
     }
@@ -686,6 +693,7 @@ zone = "umbra.test."
 [executor]
 dns_servers = ["127.0.0.1:5353"]
 demand_csv_dir = "{d}"
+forecast_full_refit_every_slices = 12
 "#,
             d = dir.path().display()
         );
@@ -699,6 +707,12 @@ demand_csv_dir = "{d}"
         let executor = config.executor.executor_config();
         assert_eq!(executor.dns_servers.len(), 1);
         assert_eq!(executor.tick_ms, crate::executor::DEFAULT_TICK_MS);
+        assert_eq!(executor.forecast_full_refit_every_slices, Some(12));
+        assert_eq!(
+            ExecutorSection::default().forecast_full_refit_every_slices,
+            None,
+            "unset: the forecaster's default"
+        );
         std::fs::write(&path, config.to_toml()).unwrap();
         assert_eq!(NodeConfig::load(&path).unwrap(), config);
 
@@ -809,6 +823,16 @@ demand_csv_dir = "{d}"
                     ..good.clone()
                 },
                 "tick_ms must be greater than zero",
+            ),
+            (
+                NodeConfig {
+                    executor: ExecutorSection {
+                        forecast_full_refit_every_slices: Some(0),
+                        ..ExecutorSection::default()
+                    },
+                    ..good.clone()
+                },
+                "executor.forecast_full_refit_every_slices must be greater than zero",
             ),
             (
                 NodeConfig {
