@@ -167,6 +167,7 @@ pub fn facts(result: &Result<DemoReport, DemoError>, plan: &FaultPlan) -> RunFac
         step_counts: report.audit_step_counts.clone(),
         identical_state: report.identical_state,
         shadow_instances_left: report.shadow_instances_left,
+        wals: report.wals.clone(),
     }
 }
 
