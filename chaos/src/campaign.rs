@@ -440,6 +440,18 @@ mod tests {
         }
     }
 
+    /// The instances of `region` (a role or a name) failing a share `rate`, fired on `hit`.
+    fn errors(region: &str, rate: f64, hit: &str) -> FaultFacts {
+        fired(
+            FaultKind::Errors {
+                region: region.into(),
+                service: "shop".into(),
+                rate,
+            },
+            hit,
+        )
+    }
+
     fn kill_leader() -> FaultFacts {
         fired(
             FaultKind::Kill {
@@ -545,14 +557,7 @@ mod tests {
         // followed it, was promoted once the target was fenced, and wrote on.
         let mut f = clean();
         f.outcome = "rolled_back".into();
-        f.faults = vec![fired(
-            FaultKind::Errors {
-                region: "target".into(),
-                service: "shop".into(),
-                rate: 1.0,
-            },
-            "eu-west",
-        )];
+        f.faults = vec![errors("target", 1.0, "eu-west")];
         let back = [
             ("shop-us-east-1", 1, 100, 1_000),
             ("m1-1", 101, 50, 1_150),
@@ -659,14 +664,7 @@ mod tests {
             ["rollback_explained"],
             "a leader kill explains none"
         );
-        f.faults.push(fired(
-            FaultKind::Errors {
-                region: "target".into(),
-                service: "shop".into(),
-                rate: 0.5,
-            },
-            "eu-west",
-        ));
+        f.faults.push(errors("target", 0.5, "eu-west"));
         assert_eq!(invariants(&f), Vec::<&str>::new());
         f.shadow_instances_left = 2;
         assert_eq!(invariants(&f), ["shadows_released"]);
@@ -725,14 +723,7 @@ mod tests {
     fn errors_in_the_source_explain_a_rollback_but_not_in_a_third_region() {
         let mut f = clean();
         f.outcome = "rolled_back".into();
-        f.faults = vec![fired(
-            FaultKind::Errors {
-                region: "us-east".into(),
-                service: "shop".into(),
-                rate: 0.1,
-            },
-            "us-east",
-        )];
+        f.faults = vec![errors("us-east", 0.1, "us-east")];
         assert_eq!(invariants(&f), Vec::<&str>::new());
         f.faults[0].hit = Some("ap-south".into());
         assert_eq!(invariants(&f), ["rollback_explained"]);

@@ -243,15 +243,19 @@ mod tests {
         }
     }
 
+    /// A data directory whose log file holds `text`.
+    fn log_holding(text: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(WAL_FILE_NAME), text).unwrap();
+        dir
+    }
+
     #[test]
     fn a_log_written_before_the_stamps_reads_back_unstamped_and_takes_stamped_records() {
-        let dir = tempfile::tempdir().unwrap();
         // Two lines exactly as builds before the stamps wrote them.
-        std::fs::write(
-            dir.path().join(WAL_FILE_NAME),
+        let dir = log_holding(
             "{\"seq\":1,\"key\":\"a\",\"value\":\"x\"}\n{\"seq\":2,\"key\":\"b\",\"value\":null}\n",
-        )
-        .unwrap();
+        );
         let (mut wal, recs) = Wal::open(dir.path(), FsyncPolicy::Always).unwrap();
         assert_eq!(recs.len(), 2);
         assert!(
@@ -307,12 +311,9 @@ mod tests {
 
     #[test]
     fn a_corrupt_middle_line_is_an_error_not_a_silent_cut() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join(WAL_FILE_NAME),
+        let dir = log_holding(
             "{\"seq\":1,\"key\":\"a\",\"value\":null}\nnot json\n{\"seq\":2,\"key\":\"b\",\"value\":null}\n",
-        )
-        .unwrap();
+        );
         let err = Wal::open(dir.path(), FsyncPolicy::Always).err().unwrap();
         assert!(matches!(err, WalError::Corrupt { line: 2, .. }), "{err}");
     }
