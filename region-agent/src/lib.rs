@@ -10,3 +10,11 @@ pub mod provider;
 pub mod replication;
 pub mod sample;
 pub mod warmer;
+
+/// The wall clock in Unix ms, for what is recorded with a time a person or another process
+/// reads (the traffic client's request log, the sample service's write stamps).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

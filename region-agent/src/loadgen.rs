@@ -35,6 +35,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::unix_ms;
+
 /// Requests allowed in flight at once unless configured: enough for 5,000 req/s at 50 ms,
 /// small enough that a dead target cannot make the client open thousands of sockets.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
@@ -757,12 +759,6 @@ impl Failure {
             detail: detail.to_string(),
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn cut(text: &str) -> String {

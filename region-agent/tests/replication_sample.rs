@@ -195,6 +195,16 @@ async fn ten_thousand_writes_replicate_through_a_replica_crash_then_fence_and_pr
     );
     assert_eq!(src_log.len() as u64, KEYS);
     assert!(dst_log == src_log, "target log differs from source log");
+    // Every record names the writer that accepted it (an unnamed instance is named by its
+    // data directory), and the replica kept those stamps.
+    let source_name = dir.path().join("source").display().to_string();
+    assert!(
+        src_log
+            .iter()
+            .all(|r| r.writer == source_name && r.at_ms > 0),
+        "every write stamped by the source: {:?}",
+        src_log.first()
+    );
     // The promoted target takes writes; the source still refuses them.
     let ok = http
         .put(format!("{dst_url}/kv/after"))
@@ -202,6 +212,14 @@ async fn ten_thousand_writes_replicate_through_a_replica_crash_then_fence_and_pr
         .send()
         .await?;
     assert_eq!(ok.status(), 200);
+    let dst_log = whole_log(&http, target_port).await?;
+    let after = dst_log.last().expect("the target's log");
+    assert_eq!(
+        (after.key.as_str(), after.writer.as_str()),
+        ("after", target_dir.display().to_string().as_str()),
+        "a write the promoted target accepted carries its name"
+    );
+    assert!(after.at_ms >= src_log.last().map_or(0, |r| r.at_ms));
     // The fenced source passes writes on to the new writer instead of refusing them, and
     // applies none itself.
     let passed_on = http

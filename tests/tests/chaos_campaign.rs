@@ -7,10 +7,12 @@
 //! run is judged on the campaign's invariants (`umbra_chaos::campaign::INVARIANTS`): the
 //! migration ends, a rollback has a data-plane fault behind it, steps apply once, no
 //! acknowledged write is lost, no request fails under control-plane faults, the replicas
-//! agree, a rolled-back shadow pool is gone, and every fault was injected and undone.
+//! agree, a rolled-back shadow pool is gone, every fault was injected and undone, and the
+//! instances' write-ahead logs show one writer at a time.
 //!
 //! Twenty seeds in two tests of ten (two runs at a time), so each stays within nextest's
-//! limit; `umbra chaos campaign --seeds 200` is the bench-sized run. Needs root and nftables
+//! limit; `umbra chaos campaign --seeds 200` is the bench-sized run. One more run carries out
+//! a plan written by hand (`--plan`): the single writer moves to the target and back. Needs root and nftables
 //! (`.ci/install-deps`), as the partitions do: without them the campaign fails, loudly.
 
 use std::collections::BTreeMap;
@@ -21,19 +23,17 @@ use serde_json::Value;
 
 /// Runs `umbra chaos campaign` over `seeds` seeds from `first`, two at a time; the summary.
 fn campaign(first: u64, seeds: u64) -> anyhow::Result<Value> {
+    let (first, seeds) = (first.to_string(), seeds.to_string());
+    let args = ["--seed", &first, "--seeds", &seeds, "--parallel", "2"];
+    campaign_with(&args)
+}
+
+/// Runs `umbra chaos campaign --json` with `args`; the summary, once it found no violation.
+fn campaign_with(args: &[&str]) -> anyhow::Result<Value> {
     let bin = umbra_testkit::bin_dir()?;
     let output = Command::new(bin.join("umbra"))
-        .args([
-            "chaos",
-            "campaign",
-            "--seed",
-            &first.to_string(),
-            "--seeds",
-            &seeds.to_string(),
-            "--parallel",
-            "2",
-            "--json",
-        ])
+        .args(["chaos", "campaign", "--json"])
+        .args(args)
         .output()
         .context("running umbra chaos campaign")?;
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -83,4 +83,68 @@ fn seeds_0_to_9_hold_every_invariant_under_kills_pauses_partitions_and_failing_i
 fn seeds_10_to_19_hold_every_invariant() -> anyhow::Result<()> {
     let summary = campaign(10, 10)?;
     check(&summary, 10, &["kill", "pause", "loss"])
+}
+
+/// The target's instances fail half their requests from the last step (100 %) on. The target
+/// is promoted before that step's share applies, so the migration rolls back only after the
+/// single writer moved: the source follows the target, the target is fenced and the source
+/// promoted again. Every invariant holds (`single_writer` included), no acknowledged write is
+/// lost, and the logs show the writer move to the target and back.
+#[test]
+fn a_rollback_after_the_promotion_hands_the_writer_back_with_one_writer_at_a_time()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "[[faults]]\nkind = \"errors\"\nregion = \"target\"\nservice = \"shop\"\n\
+         rate = 0.5\nat_phase = \"cutting_over[2]\"\n",
+    )?;
+    let keep = dir.path().join("runs");
+    let summary = campaign_with(&[
+        "--plan",
+        plan.to_str().context("plan path")?,
+        "--keep",
+        keep.to_str().context("keep path")?,
+    ])?;
+    check(&summary, 1, &["errors"])?;
+    assert_eq!(summary["runs"][0]["outcome"], "rolled_back", "{summary}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(keep.join("seed-0").join("report.json"))?)?;
+    let writes = &report["writes"];
+    assert_eq!(writes["acknowledged_missing"], 0, "{writes}");
+    ensure!(
+        writes["acknowledged"].as_u64() > Some(0),
+        "no write was acknowledged: {writes}"
+    );
+    // A log that saw it all: the source's writer, the target's promoted shadow (named after
+    // the migration), then the source's writer again.
+    let shadow = format!("{}-", report["migration"].as_str().context("migration id")?);
+    let hand_backs: Vec<Vec<&str>> = report["wals"]
+        .as_array()
+        .context("the report's logs")?
+        .iter()
+        .map(|wal| {
+            let mut writers: Vec<&str> = wal["runs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|run| run["writer"].as_str())
+                .collect();
+            writers.dedup();
+            writers
+        })
+        .filter(|writers| {
+            writers.len() >= 3
+                && writers[1].starts_with(&shadow)
+                && writers[0] == writers[2]
+                && !writers[0].starts_with(&shadow)
+        })
+        .collect();
+    ensure!(
+        !hand_backs.is_empty(),
+        "no log shows the writer moving to the target and back: {}",
+        report["wals"]
+    );
+    Ok(())
 }

@@ -7,7 +7,8 @@
 //! when any invariant broke; each failing seed's files are kept and named, with the command
 //! that runs it again.
 //!
-//! `umbra demo --fault-plan FILE` is one such run with a plan written by hand.
+//! `--plan FILE` runs one plan written by hand instead, on the same timeline and judged the
+//! same way; `umbra demo --fault-plan FILE` does it on the demo's own, longer timeline.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,10 @@ pub struct CampaignArgs {
     /// Print one JSON object (the last line) instead of the table.
     #[arg(long)]
     json: bool,
+    /// Run this fault plan (TOML, written by hand) once instead of seeded ones: a fault at
+    /// the moment a test or a bug report needs it.
+    #[arg(long, conflicts_with_all = ["seeds", "seed"])]
+    plan: Option<PathBuf>,
 }
 
 /// One run, as the summary shows it.
@@ -167,6 +172,7 @@ pub fn facts(result: &Result<DemoReport, DemoError>, plan: &FaultPlan) -> RunFac
         step_counts: report.audit_step_counts.clone(),
         identical_state: report.identical_state,
         shadow_instances_left: report.shadow_instances_left,
+        wals: report.wals.clone(),
     }
 }
 
@@ -179,15 +185,14 @@ struct SeedResult {
     dir: PathBuf,
 }
 
-/// One seed: its plan, the demo under it, the judgement.
+/// One run: the demo under `plan` (seed `seed`'s, or the one written by hand), the judgement.
 async fn run_seed(
     args: &CampaignArgs,
     bin_dir: &Path,
     root: &Path,
-    scope: &Scope,
+    plan: FaultPlan,
     seed: u64,
 ) -> anyhow::Result<SeedResult> {
-    let plan = FaultPlan::generate(seed, scope);
     let dir = root.join(format!("seed-{seed}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("fault-plan.toml"), plan.to_toml())
@@ -199,8 +204,13 @@ async fn run_seed(
     let result = umbra_demo::run(&options, &progress).await;
     let lines = log.into_inner().expect("log lock");
     let _ = std::fs::write(dir.join("progress.log"), lines.join("\n"));
+    if let Ok(report) = &result {
+        // Beside the progress, the whole report: which writes each instance accepted, when.
+        std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(report)?)
+            .with_context(|| format!("writing {}", dir.display()))?;
+    }
     let facts = facts(&result, &plan);
-    let violations = judge(Some(seed), &facts);
+    let violations = judge(plan.seed, &facts);
     let fired = facts
         .faults
         .iter()
@@ -234,7 +244,20 @@ async fn run_seed(
 
 /// Runs `umbra chaos campaign`.
 pub fn run(args: CampaignArgs) -> anyhow::Result<()> {
-    let (first, count) = crate::seeds::seed_range(args.seeds, args.seed, DEFAULT_SEEDS)?;
+    let written = match &args.plan {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the fault plan {}", path.display()))?;
+            let plan =
+                FaultPlan::from_toml(&text).with_context(|| format!("in {}", path.display()))?;
+            Some(plan)
+        }
+        None => None,
+    };
+    let (first, count) = match &written {
+        Some(plan) => (plan.seed.unwrap_or(0), 1),
+        None => crate::seeds::seed_range(args.seeds, args.seed, DEFAULT_SEEDS)?,
+    };
     if !(1..=4).contains(&args.parallel) {
         bail!("--parallel must be 1 to 4 runs at a time on one machine");
     }
@@ -272,7 +295,12 @@ pub fn run(args: CampaignArgs) -> anyhow::Result<()> {
     let mut kept = 0;
     let campaign = async {
         let mut runs = futures::stream::iter(first..first.saturating_add(count))
-            .map(|seed| run_seed(&args, &bin_dir, &root, &scope, seed))
+            .map(|seed| {
+                let plan = written
+                    .clone()
+                    .unwrap_or_else(|| FaultPlan::generate(seed, &scope));
+                run_seed(&args, &bin_dir, &root, plan, seed)
+            })
             .buffered(args.parallel);
         while let Some(result) = runs.next().await {
             let SeedResult {
@@ -316,9 +344,12 @@ pub fn run(args: CampaignArgs) -> anyhow::Result<()> {
                 }
             } else {
                 kept += 1;
+                let which = match &args.plan {
+                    Some(path) => format!("--plan {}", path.display()),
+                    None => format!("--seed {}", run.seed),
+                };
                 summary.replay.push(format!(
-                    "umbra chaos campaign --seed {} --rate {} --write-rate {} (files: {})",
-                    run.seed,
+                    "umbra chaos campaign {which} --rate {} --write-rate {} (files: {})",
                     args.rate,
                     args.write_rate,
                     dir.display()

@@ -24,6 +24,7 @@ pub mod prometheus;
 pub mod report;
 pub mod scenario;
 pub mod traffic;
+pub mod wals;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -1033,7 +1034,9 @@ async fn demo(
         Some(writes) => writes.finish().await,
         None => Vec::new(),
     };
-    let watched = outcome?;
+    let mut watched = outcome?;
+    // The last writes, once the traffic stopped.
+    watched.wals.read(&agent_state_dirs);
     finish(
         options,
         &orchestrators,
@@ -1177,6 +1180,8 @@ struct Watched {
     shadow_instances_left: usize,
     pools: Vec<report::PoolSample>,
     faults: Vec<faults::FaultSeen>,
+    /// The instances' write-ahead logs, read while the migration ran.
+    wals: wals::WalReader,
 }
 
 #[allow(clippy::too_many_arguments)] // One call site; a struct would only rename them.
@@ -1235,8 +1240,11 @@ async fn migrate(
     let mut pools_sampled: Option<Instant> = None;
     let mut plan_faults = options.fault_plan.as_ref().map(faults::Faults::arm);
     let mut faults_undone = false;
+    let mut logs = wals::WalReader::default();
     loop {
         supervisor.check()?;
+        // Before the agents remove what they release, with its log.
+        logs.read(agent_state_dirs);
         if pools_sampled.is_none_or(|at| at.elapsed() >= POOL_SAMPLE_INTERVAL) {
             pools_sampled = Some(Instant::now());
             for view in leader_pools(orchestrators).await {
@@ -1427,6 +1435,7 @@ async fn migrate(
         shadow_instances_left,
         pools,
         faults: plan_faults.map(|f| f.seen()).unwrap_or_default(),
+        wals: logs,
     })
 }
 
@@ -1477,6 +1486,12 @@ async fn finish(
         "writes: {} sent, {} acknowledged, {} found in {home} at the end ({} acknowledged \
          and missing)",
         writes.sent, writes.acknowledged, writes.found, writes.acknowledged_missing
+    ));
+    let wals = watched.wals.wals();
+    progress(&format!(
+        "write-ahead logs: {} records read from {} log files",
+        watched.wals.records(),
+        wals.len()
     ));
     let identical_state = same_state_everywhere(orchestrators, &watched.overview, topology).await;
     progress(&format!(
@@ -1529,6 +1544,7 @@ async fn finish(
         shadow_instances_left: watched.shadow_instances_left,
         pools: watched.pools,
         faults: watched.faults,
+        wals,
         writes,
         identical_state,
         demo_secs: started.elapsed().as_secs_f64(),

@@ -466,6 +466,10 @@ pub struct DemoReport {
     pub faults: Vec<crate::faults::FaultSeen>,
     /// The write traffic, read back where the service ended up.
     pub writes: WriteCheck,
+    /// Every sample instance's write-ahead log, read while the demo ran (a released
+    /// instance's before its removal), as runs of records by one writer: who accepted which
+    /// writes, and when.
+    pub wals: Vec<umbra_chaos::campaign::InstanceWal>,
     /// Instances each region's agent still keeps when the demo ends, by region: the old
     /// source's pool is removed after a completion, the shadow pool after a rollback.
     pub instances_left: BTreeMap<String, usize>,

@@ -50,6 +50,11 @@ pub struct Executor {
     replications: Mutex<BTreeMap<String, Arc<SampleLogShipping>>>,
     /// Where the replications are kept (`None`: in memory only, for tests of the parts).
     replications_file: Option<PathBuf>,
+    /// Held while the replications file is written. Commands run concurrently, and two
+    /// writers at once would share its temporary file (one truncating or renaming away what
+    /// the other wrote, leaving a torn file or a failed command) or rename an older list over
+    /// a newer one.
+    keeping: Mutex<()>,
     warmups: Mutex<BTreeMap<String, watch::Receiver<WarmupProgress>>>,
     warmup_telemetry: WarmupTelemetry,
     shutdown: CancellationToken,
@@ -88,6 +93,7 @@ impl Executor {
             front,
             replications: Mutex::new(BTreeMap::new()),
             replications_file: None,
+            keeping: Mutex::new(()),
             warmups: Mutex::new(BTreeMap::new()),
             warmup_telemetry: WarmupTelemetry::default(),
             shutdown: CancellationToken::new(),
@@ -132,6 +138,9 @@ impl Executor {
         let Some(path) = &self.replications_file else {
             return Ok(());
         };
+        // The list is taken under this lock too, so the last file written holds every change
+        // made before it.
+        let _keeping = self.keeping.lock().expect("keeping lock");
         let kept: BTreeMap<String, KeptReplication> = self
             .replications
             .lock()
@@ -462,5 +471,45 @@ impl Executor {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::Provider;
+    use crate::provider::process::{ProcessConfig, ProcessRuntime};
+
+    /// Commands keep replications from several threads at once: every write succeeds and the
+    /// file ends up holding every replication, as a restarted agent reads it.
+    #[tokio::test]
+    async fn concurrent_commands_keep_every_replication_in_a_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime =
+            ProcessRuntime::new(ProcessConfig::sample("/bin/true".into(), 1), dir.path()).unwrap();
+        let provider = AnyProvider::Process(Provider::open(runtime, dir.path()).await.unwrap());
+        let executor = Executor::new(provider, None).kept_in(dir.path()).unwrap();
+        const THREADS: usize = 8;
+        const EACH: usize = 40;
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let executor = &executor;
+                scope.spawn(move || {
+                    for i in 0..EACH {
+                        let target = format!("http://127.0.0.1:{}", 2_000 + t * EACH + i);
+                        let driver = SampleLogShipping::new("http://127.0.0.1:1", &target).unwrap();
+                        executor
+                            .replications
+                            .lock()
+                            .expect("replications lock")
+                            .insert(format!("i-{t}-{i}"), Arc::new(driver));
+                        executor.keep_replications().expect("the replications kept");
+                    }
+                });
+            }
+        });
+        let bytes = std::fs::read(dir.path().join(REPLICATIONS_FILE)).unwrap();
+        let kept: BTreeMap<String, KeptReplication> = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(kept.len(), THREADS * EACH);
     }
 }

@@ -5,8 +5,10 @@
 //! ```text
 //! umbra-sample --listen 127.0.0.1:0 --data-dir DIR [--port-file FILE]
 //!              [--backing-latency-ms 30] [--cache-capacity 100000]
-//!              [--fsync always|never] [--replica-of http://HOST:PORT]
+//!              [--fsync always|never] [--replica-of http://HOST:PORT] [--name NAME]
 //! ```
+//! `--name` (or `UMBRA_INSTANCE_ID`, which the agent's providers set) is stamped on every
+//! write the instance accepts from a client, in its write-ahead log.
 //! The first line on stdout is `umbra-sample listening on ADDR`; with `--port-file` the bound
 //! port is also written (atomically, decimal, newline) to FILE once the service accepts
 //! connections.
@@ -53,6 +55,9 @@ struct Args {
     /// Start as a replica of this primary (base URL).
     #[arg(long)]
     replica_of: Option<String>,
+    /// This instance's name, stamped on every write it accepts (default: the data directory).
+    #[arg(long, env = "UMBRA_INSTANCE_ID")]
+    name: Option<String>,
 }
 
 #[tokio::main]
@@ -74,6 +79,9 @@ async fn run() -> anyhow::Result<()> {
     config.fsync = args.fsync;
     config.max_value_bytes = args.max_value_bytes;
     config.replica_of = args.replica_of;
+    if let Some(name) = args.name {
+        config.name = name;
+    }
     let server = SampleServer::start(config).await?;
     let addr = server.local_addr();
     println!("umbra-sample listening on {addr}");

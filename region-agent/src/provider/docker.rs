@@ -5,7 +5,8 @@
 //! (bollard). The container's service port is published on 127.0.0.1 with a port Docker
 //! picks, read back after start.
 //!
-//! Containers are labelled `umbra.provider=<owner>` and `umbra.instance=<id>`, which is how an
+//! Containers carry `UMBRA_INSTANCE_ID` (the name the sample service stamps on its writes)
+//! and are labelled `umbra.provider=<owner>` and `umbra.instance=<id>`, which is how an
 //! agent restarted on the same state directory recognises and adopts them. It must not touch
 //! containers without its owner label.
 
@@ -21,6 +22,7 @@ use bollard::query_parameters::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::process::ENV_INSTANCE_ID;
 use super::{InstanceLimits, InstanceRecord, Observed, ProviderError, Runtime};
 
 /// The image the build script produces.
@@ -228,6 +230,9 @@ impl Runtime for DockerRuntime {
                 "--backing-latency-ms".into(),
                 self.config.backing_latency_ms.to_string(),
             ]),
+            // The name the sample service stamps on the writes it accepts, as the process
+            // runtime passes it.
+            env: Some(vec![format!("{ENV_INSTANCE_ID}={}", rec.id)]),
             exposed_ports: Some(vec![port_key.clone()]),
             labels: Some(HashMap::from([
                 (LABEL_OWNER.to_owned(), self.config.owner.clone()),

@@ -4,7 +4,8 @@
 //! It behaves like the services Umbra is for: a read of a key that is not cached waits for a
 //! backing store (a configurable latency, [`DEFAULT_BACKING_LATENCY_MS`]), so a fresh instance
 //! is slow until traffic has warmed its cache; writes go to a write-ahead log ([`wal`]) before
-//! they are acknowledged; a primary ships its log to a replica that pulls from an offset
+//! they are acknowledged, each stamped with the name of the instance that accepted it and
+//! when ([`SampleConfig::name`]); a primary ships its log to a replica that pulls from an offset
 //! ([`follower`]); a fence makes a primary read-only for a cutover, and `promote` makes a
 //! replica the writer. A fault switch adds errors and latency for drills.
 //!
@@ -70,6 +71,8 @@ pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Largest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
+/// Longest instance name, in bytes: it is stamped on every record, so it stays short.
+pub const MAX_NAME_BYTES: usize = 256;
 /// Most records one `GET /wal` answers with.
 pub const MAX_WAL_BATCH: usize = 5_000;
 /// Longest a `GET /wal` long poll waits for new records.
@@ -99,6 +102,10 @@ pub struct SampleConfig {
     pub max_value_bytes: usize,
     /// Start as a replica following this primary (persisted in the mode file).
     pub replica_of: Option<String>,
+    /// This instance's name, stamped on every write it accepts from a client
+    /// ([`WalRecord::writer`]). Defaults to the data directory, which no two instances on one
+    /// machine share; the agent's providers pass the instance id.
+    pub name: String,
 }
 
 impl SampleConfig {
@@ -106,12 +113,13 @@ impl SampleConfig {
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
         SampleConfig {
             listen,
-            data_dir,
             backing_latency_ms: DEFAULT_BACKING_LATENCY_MS,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             fsync: FsyncPolicy::Always,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             replica_of: None,
+            name: data_dir.display().to_string(),
+            data_dir,
         }
     }
 
@@ -132,6 +140,11 @@ impl SampleConfig {
         }
         if let Some(src) = &self.replica_of {
             check_source_url(src).map_err(SampleError::Config)?;
+        }
+        if self.name.is_empty() || self.name.len() > MAX_NAME_BYTES {
+            return bad(format!(
+                "the instance name must be 1 to {MAX_NAME_BYTES} bytes (--name)"
+            ));
         }
         Ok(())
     }
@@ -665,7 +678,14 @@ fn run_writer(
                         let _ = ack.send(Err(WriteRefused::ReadOnly(mode.name())));
                     } else {
                         let seq = wal.last_seq() + batch.len() as u64 + 1;
-                        batch.push((WalRecord { seq, key, value }, ack));
+                        let record = WalRecord {
+                            seq,
+                            key,
+                            value,
+                            writer: shared.config.name.clone(),
+                            at_ms: crate::unix_ms(),
+                        };
+                        batch.push((record, ack));
                     }
                 }
                 other => {
@@ -1271,5 +1291,12 @@ mod tests {
         let mut c = SampleConfig::new("127.0.0.1:0".parse().unwrap(), "/tmp/x".into());
         c.replica_of = Some("127.0.0.1:80".into());
         assert!(c.validate().unwrap_err().to_string().contains("http://"));
+        let mut c = SampleConfig::new("127.0.0.1:0".parse().unwrap(), "/tmp/x".into());
+        assert_eq!(
+            c.name, "/tmp/x",
+            "the data directory names an unnamed instance"
+        );
+        c.name = String::new();
+        assert!(c.validate().unwrap_err().to_string().contains("--name"));
     }
 }

@@ -35,6 +35,12 @@ pub enum FsyncPolicy {
 
 /// One logged change. `value: None` is a delete. `seq` starts at 1 and has no gaps: the
 /// replica's offset is simply the last `seq` it holds.
+///
+/// Each record is stamped with the instance that accepted the write first-hand and when
+/// (`writer`, `at_ms`); a replica keeps the stamp of the record it received, so every copy of
+/// a log says who wrote each position. That is what lets a chaos run check, from the data
+/// alone, that no two instances accepted writes at the same time. Records written before the
+/// stamps existed read back with an empty `writer` and `at_ms` 0 (see [`WalRecord::stamped`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WalRecord {
     /// Position in the log, 1-based, contiguous.
@@ -43,6 +49,28 @@ pub struct WalRecord {
     pub key: String,
     /// The new value, or `None` for a delete.
     pub value: Option<String>,
+    /// The name of the instance that accepted the write from a client (`umbra-sample
+    /// --name`); empty in a record written before records were stamped.
+    #[serde(default)]
+    pub writer: String,
+    /// When the writer accepted it, Unix ms (by the writer's clock); 0 when unstamped.
+    #[serde(default)]
+    pub at_ms: u64,
+}
+
+impl WalRecord {
+    /// Whether the record says who wrote it (false for one written before the stamps).
+    pub fn stamped(&self) -> bool {
+        !self.writer.is_empty()
+    }
+}
+
+/// Decodes one WAL line (without or with its newline).
+pub fn decode_line(line: &[u8]) -> Result<WalRecord, String> {
+    if line.len() > MAX_WAL_LINE_BYTES {
+        return Err(format!("line longer than {MAX_WAL_LINE_BYTES} bytes"));
+    }
+    serde_json::from_slice::<WalRecord>(line).map_err(|e| e.to_string())
 }
 
 /// Errors of the log file.
@@ -120,12 +148,7 @@ impl Wal {
                 }
                 line_no += 1;
                 let complete = line.last() == Some(&b'\n');
-                let parsed = if line.len() > MAX_WAL_LINE_BYTES {
-                    Err(format!("line longer than {MAX_WAL_LINE_BYTES} bytes"))
-                } else {
-                    serde_json::from_slice::<WalRecord>(&line).map_err(|e| e.to_string())
-                };
-                match parsed {
+                match decode_line(&line) {
                     Ok(rec) if complete => {
                         let expected = records.last().map_or(1, |r: &WalRecord| r.seq + 1);
                         if rec.seq != expected {
@@ -215,7 +238,37 @@ mod tests {
             seq,
             key: key.to_owned(),
             value: Some(format!("v{seq}")),
+            writer: "shop-us-east-1".to_owned(),
+            at_ms: 1_700_000_000_000 + seq,
         }
+    }
+
+    /// A data directory whose log file holds `text`.
+    fn log_holding(text: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(WAL_FILE_NAME), text).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_log_written_before_the_stamps_reads_back_unstamped_and_takes_stamped_records() {
+        // Two lines exactly as builds before the stamps wrote them.
+        let dir = log_holding(
+            "{\"seq\":1,\"key\":\"a\",\"value\":\"x\"}\n{\"seq\":2,\"key\":\"b\",\"value\":null}\n",
+        );
+        let (mut wal, recs) = Wal::open(dir.path(), FsyncPolicy::Always).unwrap();
+        assert_eq!(recs.len(), 2);
+        assert!(
+            recs.iter().all(|r| !r.stamped() && r.at_ms == 0),
+            "{recs:?}"
+        );
+        assert_eq!(recs[0].value.as_deref(), Some("x"));
+        assert_eq!(recs[1].value, None);
+        wal.append(&[rec(3, "c")]).unwrap();
+        drop(wal);
+        let (_, recs) = Wal::open(dir.path(), FsyncPolicy::Always).unwrap();
+        assert_eq!(recs[2], rec(3, "c"));
+        assert!(recs[2].stamped());
     }
 
     #[test]
@@ -258,12 +311,9 @@ mod tests {
 
     #[test]
     fn a_corrupt_middle_line_is_an_error_not_a_silent_cut() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join(WAL_FILE_NAME),
+        let dir = log_holding(
             "{\"seq\":1,\"key\":\"a\",\"value\":null}\nnot json\n{\"seq\":2,\"key\":\"b\",\"value\":null}\n",
-        )
-        .unwrap();
+        );
         let err = Wal::open(dir.path(), FsyncPolicy::Always).err().unwrap();
         assert!(matches!(err, WalError::Corrupt { line: 2, .. }), "{err}");
     }
