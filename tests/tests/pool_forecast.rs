@@ -9,9 +9,11 @@
 //! peak, and it grows by one slice of actuals every 10 s while the test runs, as a history
 //! source does: the leader scores its earlier forecasts against them, and its `/metrics`
 //! shows each pool's forecast error (`umbra_forecast_mase`), the 90 % interval's coverage,
-//! the chosen model and how its forecasts were refitted (`umbra_forecast_refits_total`: the
-//! first is a full refit; the test's few minutes hold one forecast of the pool, the next
-//! comes once it no longer reaches ten minutes ahead). Times are measured and printed, never
+//! the chosen model and how its forecasts were refitted (`umbra_forecast_refits_total`). A
+//! pool's forecast reaches `REACH` past its lead time here (`[executor]
+//! pool_forecast_reach_secs`), so the pool is forecast again every few slices while the test
+//! runs: the first forecast is a full refit, the later ones incremental (the slices that
+//! arrived since, on the full refit's seasons). Times are measured and printed, never
 //! bounded: every wait has a generous deadline. Run `cargo build --workspace --bins` first.
 
 use std::path::{Path, PathBuf};
@@ -36,6 +38,9 @@ const PEAK: Duration = Duration::from_secs(60);
 /// Longest any stage may take on a loaded 2-core machine (a liveness deadline, not a bound
 /// on latency).
 const DEADLINE: Duration = Duration::from_secs(120);
+/// How far past its lead time a pool's forecast reaches: three slices, so the pool is
+/// forecast again, incrementally, several times while the test runs.
+const REACH: Duration = Duration::from_secs(3 * SLICE_SECS as u64);
 
 /// The demand history a test writes: quiet except for a daily peak.
 struct History {
@@ -141,7 +146,8 @@ fn metric_value(metrics: &str, name: &str, label: &str) -> Option<f64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
-/// The `/metrics` text of the orchestrator that exports forecast errors (the leader).
+/// The `/metrics` text of the orchestrator that exports forecast errors (the leader), once
+/// it has refitted a forecast incrementally too.
 async fn forecast_metrics(cluster: &IdleCluster) -> Option<String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -154,7 +160,9 @@ async fn forecast_metrics(cluster: &IdleCluster) -> Option<String> {
         let Ok(text) = response.text().await else {
             continue;
         };
-        if text.contains("umbra_forecast_mase{") {
+        if text.contains("umbra_forecast_mase{")
+            && text.contains("umbra_forecast_refits_total{kind=\"incremental\"}")
+        {
             return Some(text);
         }
     }
@@ -199,6 +207,7 @@ async fn a_pool_rises_before_its_forecast_peak_heals_a_killed_instance_and_falls
     let mut options = DemoOptions::new(bin_dir);
     options.demand_history = Some((history.path().to_owned(), SLICE_SECS));
     options.pool_shrink_after_slices = 1;
+    options.pool_forecast_reach_secs = REACH.as_secs();
     // Move 10 s earlier than the agent measured: on a loaded machine a follower's start,
     // catch-up and activation take a few heartbeats.
     options.pool_lead_margin_ms = 10_000;
@@ -363,10 +372,14 @@ async fn a_pool_rises_before_its_forecast_peak_heals_a_killed_instance_and_falls
     assert!((0.0..=1.0).contains(&coverage), "coverage {coverage}");
     assert!(scored >= 1.0, "scored {scored}");
     assert!(model.contains(&pool), "{model}");
-    // The pool's first forecast refitted in full.
+    // The pool's first forecast refitted in full, a later one incrementally.
     assert!(
         full_refits.is_some_and(|n| n >= 1.0),
         "full refits {full_refits:?}"
+    );
+    assert!(
+        incremental_refits.is_some_and(|n| n >= 1.0),
+        "incremental refits {incremental_refits:?}"
     );
     Ok(())
 }

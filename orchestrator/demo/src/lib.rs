@@ -126,6 +126,9 @@ pub struct DemoOptions {
     pub pool_shrink_after_slices: u32,
     /// How much earlier than measured a pool moves ahead of a slice, ms.
     pub pool_lead_margin_ms: u64,
+    /// How far past its lead time a pool's forecast reaches, seconds (`[executor]
+    /// pool_forecast_reach_secs`).
+    pub pool_forecast_reach_secs: u64,
     /// What each agent runs as its region's front (`[front] kind`).
     pub front: FrontKind,
     /// Who answers for the service zone.
@@ -187,6 +190,8 @@ impl DemoOptions {
             pool_shrink_after_slices: umbra_forecast::sizing::DEFAULT_HYSTERESIS
                 .shrink_after_slices,
             pool_lead_margin_ms: umbra_orchestrator::executor::pools::DEFAULT_LEAD_MARGIN_MS,
+            pool_forecast_reach_secs:
+                umbra_orchestrator::executor::DEFAULT_POOL_FORECAST_REACH_SECS,
             front: FrontKind::default(),
             dns: DemoDns::Embedded,
             dns_secondaries: Vec::new(),
@@ -697,6 +702,7 @@ async fn start_cluster(
                 shadow_keep_ms: SHADOW_KEEP_MS,
                 pool_shrink_after_slices: options.pool_shrink_after_slices,
                 pool_lead_margin_ms: options.pool_lead_margin_ms,
+                pool_forecast_reach_secs: options.pool_forecast_reach_secs,
                 ..ExecutorSection::default()
             },
         };

@@ -338,6 +338,8 @@ pub struct ControllerConfig {
     /// checks are asked for with [`Event::DnsChanged`] and answered with
     /// [`Controller::handle_dns_checked`].
     pub dns_gate: bool,
+    /// How far past its lead time a pool's forecast reaches.
+    pub pool_forecast_reach: Duration,
 }
 
 impl From<&ExecutorConfig> for ControllerConfig {
@@ -358,6 +360,7 @@ impl From<&ExecutorConfig> for ControllerConfig {
             max_dormant_age: Duration::from_secs(c.max_dormant_age_secs),
             pool_lead_margin: Duration::from_millis(c.pool_lead_margin_ms),
             dns_gate: c.dns_authority,
+            pool_forecast_reach: Duration::from_secs(c.pool_forecast_reach_secs),
         }
     }
 }
@@ -1064,7 +1067,7 @@ impl Controller {
                     service: spec.clone(),
                     region: region_spec.clone(),
                     from_ms: now.unix_ms,
-                    ahead_ms: lookahead + FORECAST_AHEAD_MS,
+                    ahead_ms: lookahead + self.config.pool_forecast_reach.as_millis() as u64,
                     activation_secs: leads.activation_ms as f64 / 1_000.0,
                 });
             }
@@ -1655,10 +1658,6 @@ impl Controller {
         });
     }
 }
-
-/// How far past the lead time a pool forecast reaches: 10 minutes, so a pool with fine
-/// slices is not re-forecast every slice.
-const FORECAST_AHEAD_MS: u64 = 600_000;
 
 /// How long a pool without usable history waits before it asks for a forecast again.
 const FORECAST_RETRY_MS: u64 = 60_000;

@@ -62,6 +62,9 @@ pub const DEFAULT_DNS_VERIFY_TIMEOUT_MS: u64 = 10_000;
 /// How long a rolled-back migration's shadows stay (out of the front, so they serve nothing)
 /// before they are stopped and removed: 5 minutes, for an operator to look at them.
 pub const DEFAULT_SHADOW_KEEP_MS: u64 = 300_000;
+/// How far past its lead time a pool's forecast reaches: 10 minutes, so a pool with fine
+/// slices is not forecast again every slice.
+pub const DEFAULT_POOL_FORECAST_REACH_SECS: u64 = 600;
 /// Longest a proposal or read may take before the round gives up on it (the Raft node's own
 /// request timeout is 5 s).
 const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,6 +112,9 @@ pub struct ExecutorConfig {
     /// New demand slices after which a pool's forecast is refitted in full again (between
     /// them, incrementally); unset: the forecaster's default, a quarter of a day.
     pub forecast_full_refit_every_slices: Option<usize>,
+    /// How far past its lead time a pool's forecast reaches, seconds; the pool is forecast
+    /// again once the one it holds no longer covers its lead time.
+    pub pool_forecast_reach_secs: u64,
 }
 
 impl Default for ExecutorConfig {
@@ -132,6 +138,7 @@ impl Default for ExecutorConfig {
             max_dormant_age_secs: umbra_forecast::sizing::DEFAULT_LIMITS.max_dormant_age_secs,
             pool_lead_margin_ms: pools::DEFAULT_LEAD_MARGIN_MS,
             forecast_full_refit_every_slices: None,
+            pool_forecast_reach_secs: DEFAULT_POOL_FORECAST_REACH_SECS,
         }
     }
 }
@@ -171,6 +178,7 @@ impl ExecutorConfig {
                 u64::from(self.pool_shrink_after_slices),
             ),
             ("max_dormant_age_secs", self.max_dormant_age_secs),
+            ("pool_forecast_reach_secs", self.pool_forecast_reach_secs),
             (
                 "forecast_full_refit_every_slices",
                 self.forecast_full_refit_every_slices

@@ -312,6 +312,10 @@ pub struct ExecutorSection {
     /// Unset: a quarter of a day of slices.
     #[serde(default)]
     pub forecast_full_refit_every_slices: Option<usize>,
+    /// How far past its lead time (activation and provisioning) a pool's forecast reaches,
+    /// seconds: a pool is forecast again once the one it holds no longer covers its lead time.
+    #[serde(default = "default_pool_forecast_reach_secs")]
+    pub pool_forecast_reach_secs: u64,
 }
 
 fn default_true() -> bool {
@@ -344,6 +348,9 @@ fn default_max_dormant_age_secs() -> u64 {
 fn default_pool_lead_margin_ms() -> u64 {
     crate::executor::pools::DEFAULT_LEAD_MARGIN_MS
 }
+fn default_pool_forecast_reach_secs() -> u64 {
+    crate::executor::DEFAULT_POOL_FORECAST_REACH_SECS
+}
 fn default_slice_secs() -> u32 {
     umbra_forecast::history::HistoryConfig::default().slice_secs
 }
@@ -367,6 +374,7 @@ impl Default for ExecutorSection {
             max_dormant_age_secs: default_max_dormant_age_secs(),
             pool_lead_margin_ms: default_pool_lead_margin_ms(),
             forecast_full_refit_every_slices: None,
+            pool_forecast_reach_secs: default_pool_forecast_reach_secs(),
         }
     }
 }
@@ -391,6 +399,7 @@ impl ExecutorSection {
             max_dormant_age_secs: self.max_dormant_age_secs,
             pool_lead_margin_ms: self.pool_lead_margin_ms,
             forecast_full_refit_every_slices: self.forecast_full_refit_every_slices,
+            pool_forecast_reach_secs: self.pool_forecast_reach_secs,
             ..ExecutorConfig::default()
         }
     }
@@ -694,6 +703,7 @@ zone = "umbra.test."
 dns_servers = ["127.0.0.1:5353"]
 demand_csv_dir = "{d}"
 forecast_full_refit_every_slices = 12
+pool_forecast_reach_secs = 90
 "#,
             d = dir.path().display()
         );
@@ -708,6 +718,7 @@ forecast_full_refit_every_slices = 12
         assert_eq!(executor.dns_servers.len(), 1);
         assert_eq!(executor.tick_ms, crate::executor::DEFAULT_TICK_MS);
         assert_eq!(executor.forecast_full_refit_every_slices, Some(12));
+        assert_eq!(executor.pool_forecast_reach_secs, 90);
         assert_eq!(
             ExecutorSection::default().forecast_full_refit_every_slices,
             None,
@@ -833,6 +844,16 @@ forecast_full_refit_every_slices = 12
                     ..good.clone()
                 },
                 "executor.forecast_full_refit_every_slices must be greater than zero",
+            ),
+            (
+                NodeConfig {
+                    executor: ExecutorSection {
+                        pool_forecast_reach_secs: 0,
+                        ..ExecutorSection::default()
+                    },
+                    ..good.clone()
+                },
+                "executor.pool_forecast_reach_secs must be greater than zero",
             ),
             (
                 NodeConfig {

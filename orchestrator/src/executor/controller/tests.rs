@@ -32,6 +32,7 @@ fn config() -> ControllerConfig {
         max_dormant_age: Duration::from_secs(3_600),
         pool_lead_margin: Duration::from_secs(3),
         dns_gate: false,
+        pool_forecast_reach: Duration::from_secs(600),
     }
 }
 
