@@ -136,15 +136,7 @@ pub fn fit_predict(
     config: &ForecastConfig,
     decomposition: Option<&Decomposition>,
 ) -> Result<PointForecast, ForecastError> {
-    let seasons = config.seasons;
     match kind {
-        ModelKind::MstlEts => {
-            let decomposition = mstl_decomposition(history, seasons, decomposition)?;
-            MstlEtsFit::new(&decomposition, config.ets_window_slices).forecast(horizon)
-        }
-        ModelKind::SeasonalNaiveWeekly | ModelKind::SeasonalNaiveDaily => {
-            Ok(SeasonalNaiveFit::new(kind, history, seasons)?.forecast(horizon))
-        }
         ModelKind::Combined => {
             let parts = kind
                 .parts()
@@ -152,6 +144,57 @@ pub fn fit_predict(
                 .map(|&p| fit_predict(p, history, horizon, config, decomposition))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(combine(kind, &parts))
+        }
+        _ => SingleFit::new(kind, history, config, decomposition)?.forecast(horizon),
+    }
+}
+
+/// A single model (not a combination) fitted on a history: what its forecasts, and its
+/// incremental refits (`crate::refit`), start from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SingleFit {
+    /// MSTL + AutoETS.
+    MstlEts(MstlEtsFit),
+    /// A seasonal naive, daily or weekly.
+    SeasonalNaive(SeasonalNaiveFit),
+}
+
+impl SingleFit {
+    /// Fits single model `kind` on `history`; `decomposition` as for [`fit_predict`].
+    pub fn new(
+        kind: ModelKind,
+        history: &[f64],
+        config: &ForecastConfig,
+        decomposition: Option<&Decomposition>,
+    ) -> Result<Self, ForecastError> {
+        match kind {
+            ModelKind::MstlEts => {
+                let decomposition = mstl_decomposition(history, config.seasons, decomposition)?;
+                Ok(Self::MstlEts(MstlEtsFit::new(
+                    &decomposition,
+                    config.ets_window_slices,
+                )))
+            }
+            ModelKind::SeasonalNaiveWeekly | ModelKind::SeasonalNaiveDaily => Ok(
+                Self::SeasonalNaive(SeasonalNaiveFit::new(kind, history, config.seasons)?),
+            ),
+            ModelKind::Combined => unreachable!("a combination is made of its parts' fits"),
+        }
+    }
+
+    /// Adds the slices that followed the history.
+    pub fn extend(&mut self, values: &[f64]) {
+        match self {
+            Self::MstlEts(fit) => fit.extend(values),
+            Self::SeasonalNaive(fit) => fit.extend(values),
+        }
+    }
+
+    /// Forecasts `horizon` slices.
+    pub fn forecast(&self, horizon: usize) -> Result<PointForecast, ForecastError> {
+        match self {
+            Self::MstlEts(fit) => fit.forecast(horizon),
+            Self::SeasonalNaive(fit) => Ok(fit.forecast(horizon)),
         }
     }
 }

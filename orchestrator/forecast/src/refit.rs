@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::calendar::{EventCalendar, SliceAdjustment};
 use crate::history::DemandSeries;
-use crate::models::{self, MstlEtsFit, PointForecast, SeasonalNaiveFit};
+use crate::models::{self, PointForecast, SingleFit};
 use crate::{Adjusted, ForecastConfig, ForecastError, ModelKind, Seasons, robust};
 
 /// How a forecast's models were fitted.
@@ -52,8 +52,7 @@ impl Refit {
 /// incremental refits since.
 #[derive(Debug, Clone)]
 enum ModelFit {
-    MstlEts(MstlEtsFit),
-    SeasonalNaive(SeasonalNaiveFit),
+    Fitted(SingleFit),
     /// Too little history for it: `need` slices.
     Short {
         need: usize,
@@ -168,22 +167,13 @@ fn refit_full(
     for &kind in singles {
         let t0 = timer();
         // The decomposition that found the anomalies is reused when nothing was adjusted.
-        let fitted = match kind {
-            ModelKind::MstlEts => models::mstl_decomposition(
-                &training.values,
-                config.seasons,
-                training.decomposition.as_ref(),
-            )
-            .and_then(|d| {
-                let fit = MstlEtsFit::new(&d, config.ets_window_slices);
-                Ok((fit.forecast(horizon)?, ModelFit::MstlEts(fit)))
-            }),
-            ModelKind::SeasonalNaiveWeekly | ModelKind::SeasonalNaiveDaily => {
-                SeasonalNaiveFit::new(kind, &training.values, config.seasons)
-                    .map(|fit| (fit.forecast(horizon), ModelFit::SeasonalNaive(fit)))
-            }
-            ModelKind::Combined => unreachable!("a combination is made of its parts' fits"),
-        };
+        let fitted = SingleFit::new(
+            kind,
+            &training.values,
+            config,
+            training.decomposition.as_ref(),
+        )
+        .and_then(|fit| Ok((fit.forecast(horizon)?, ModelFit::Fitted(fit))));
         let fit = match fitted {
             Ok((point, fit)) => {
                 points.insert(kind, (point, timer() - t0 + training_secs));
@@ -250,10 +240,10 @@ impl FitCache {
         }
         for kind in singles {
             let fresh = match self.models.get(kind)? {
-                ModelFit::MstlEts(fit) => {
+                ModelFit::Fitted(SingleFit::MstlEts(fit)) => {
                     models::mstl_periods(config.seasons, history.len()) == fit.periods
                 }
-                ModelFit::SeasonalNaive(_) => true,
+                ModelFit::Fitted(SingleFit::SeasonalNaive(_)) => true,
                 ModelFit::Short { need } => history.len() < *need,
                 ModelFit::Failed => false,
             };
@@ -286,13 +276,9 @@ impl FitCache {
             };
             let t0 = timer();
             let point = match fit {
-                ModelFit::MstlEts(model) => {
+                ModelFit::Fitted(model) => {
                     model.extend(fresh);
                     model.forecast(horizon)
-                }
-                ModelFit::SeasonalNaive(model) => {
-                    model.extend(fresh);
-                    Ok(model.forecast(horizon))
                 }
                 ModelFit::Short { need } => Err(ForecastError::TooLittleHistory {
                     model: kind.name(),
