@@ -11,7 +11,7 @@
 //! This module must not judge the results; `report` does.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -57,12 +57,6 @@ pub struct TrafficRun {
     cancel: CancellationToken,
     totals: Arc<Mutex<LiveTotals>>,
     task: tokio::task::JoinHandle<Vec<TrafficSegment>>,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl TrafficRun {
@@ -128,7 +122,7 @@ async fn run_segments(
         };
         let totals = totals.clone();
         running.spawn(async move {
-            let start_ms = unix_ms();
+            let start_ms = crate::unix_ms();
             let report = generator.run().await;
             let end_ms = start_ms + SEGMENT.as_millis() as u64;
             let segment = match report {
