@@ -40,7 +40,7 @@ pub enum FsyncPolicy {
 /// (`writer`, `at_ms`); a replica keeps the stamp of the record it received, so every copy of
 /// a log says who wrote each position. That is what lets a chaos run check, from the data
 /// alone, that no two instances accepted writes at the same time. Records written before the
-/// stamps existed read back with an empty `writer` and `at_ms` 0 (see [`WalRecord::stamped`]).
+/// stamps existed read back with an empty `writer` and `at_ms` 0.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WalRecord {
     /// Position in the log, 1-based, contiguous.
@@ -56,13 +56,6 @@ pub struct WalRecord {
     /// When the writer accepted it, Unix ms (by the writer's clock); 0 when unstamped.
     #[serde(default)]
     pub at_ms: u64,
-}
-
-impl WalRecord {
-    /// Whether the record says who wrote it (false for one written before the stamps).
-    pub fn stamped(&self) -> bool {
-        !self.writer.is_empty()
-    }
 }
 
 /// Decodes one WAL line (without or with its newline).
@@ -259,7 +252,7 @@ mod tests {
         let (mut wal, recs) = Wal::open(dir.path(), FsyncPolicy::Always).unwrap();
         assert_eq!(recs.len(), 2);
         assert!(
-            recs.iter().all(|r| !r.stamped() && r.at_ms == 0),
+            recs.iter().all(|r| r.writer.is_empty() && r.at_ms == 0),
             "{recs:?}"
         );
         assert_eq!(recs[0].value.as_deref(), Some("x"));
@@ -268,7 +261,7 @@ mod tests {
         drop(wal);
         let (_, recs) = Wal::open(dir.path(), FsyncPolicy::Always).unwrap();
         assert_eq!(recs[2], rec(3, "c"));
-        assert!(recs[2].stamped());
+        assert!(!recs[2].writer.is_empty());
     }
 
     #[test]
