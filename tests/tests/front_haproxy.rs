@@ -101,6 +101,8 @@ fn options(work_dir: &Path) -> anyhow::Result<DemoOptions> {
     umbra_testkit::installed("haproxy", "haproxy")?;
     let bin_dir = umbra_tests::bin_dir()?;
     let mut options = DemoOptions::new(bin_dir);
+    // Judged on errors, not speed: a stalled shared machine must not roll it back.
+    options.load.slo_max_p99_ms = umbra_demo::scenario::SAFETY_ONLY_P99_MS;
     options.work_dir = Some(work_dir.to_owned());
     options.front = FrontKind::Haproxy;
     options.load.rate_per_sec = 200.0;

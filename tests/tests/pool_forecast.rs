@@ -205,6 +205,8 @@ async fn a_pool_rises_before_its_forecast_peak_heals_a_killed_instance_and_falls
     let bin_dir: PathBuf = umbra_tests::bin_dir()?;
     let history = tempfile::tempdir()?;
     let mut options = DemoOptions::new(bin_dir);
+    // Judged on errors, not speed: a stalled shared machine must not roll it back.
+    options.load.slo_max_p99_ms = umbra_demo::scenario::SAFETY_ONLY_P99_MS;
     options.demand_history = Some((history.path().to_owned(), SLICE_SECS));
     options.pool_shrink_after_slices = 1;
     options.pool_forecast_reach_secs = REACH.as_secs();

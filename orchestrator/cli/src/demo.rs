@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use umbra_demo::report::DemoReport;
+use umbra_demo::scenario::DemoLoad;
 use umbra_demo::{DemoDns, DemoOptions, DemoSloSource, FrontKind, run as run_demo};
 use umbra_orchestrator::migration::SloJudgement;
 
@@ -40,6 +41,10 @@ pub struct DemoArgs {
     /// only.
     #[arg(long, default_value_t = 50.0)]
     write_rate: f64,
+    /// The SLO's p99 bound on each cutover step, ms (the plan's `slo.max_p99_ms`): a step
+    /// whose target p99 exceeds it rolls the migration back.
+    #[arg(long, default_value_t = DemoLoad::default().slo_max_p99_ms, value_parser = positive_ms)]
+    slo_p99_ms: f64,
     /// Keep the traffic running until at least this many requests were sent.
     #[arg(long, default_value_t = 20_000)]
     min_requests: u64,
@@ -99,6 +104,16 @@ enum DnsChoice {
     Bind,
 }
 
+/// A p99 bound in milliseconds: a finite number above zero.
+fn positive_ms(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ms) if ms.is_finite() && ms > 0.0 => Ok(ms),
+        _ => Err(format!(
+            "{text:?} is not a p99 bound: give milliseconds above zero, e.g. 300"
+        )),
+    }
+}
+
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the umbra binary")?;
     let bin_dir = exe
@@ -112,6 +127,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     options.no_warm = args.no_warm;
     options.load.rate_per_sec = args.rate;
     options.load.write_rate_per_sec = args.write_rate;
+    options.load.slo_max_p99_ms = args.slo_p99_ms;
     options.min_requests = args.min_requests;
     options.work_dir = args.keep.clone();
     options.front = args.front;

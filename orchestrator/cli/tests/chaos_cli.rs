@@ -1,7 +1,8 @@
 //! `umbra chaos simulate` as CI and a person run it: the real binary, its `--json` summary as
 //! the last line of standard output, one seed replayed exactly, and a mistake refused. And
 //! `umbra chaos plan --seed S`: one plan per seed, which `umbra drill --fault-plan` reads; a
-//! malformed plan is refused before the drill touches a cluster.
+//! malformed plan is refused before the drill touches a cluster, as is a demo p99 bound that is
+//! not above zero.
 
 use std::process::{Command, Output};
 
@@ -100,4 +101,18 @@ fn a_malformed_fault_plan_is_refused_before_the_drill_starts() {
         stderr.contains("unknown fault kind \"flood\"; the kinds are errors, latency, pause"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_demo_p99_bound_that_is_not_above_zero_is_refused_before_anything_starts() {
+    for bad in ["0", "-5", "NaN", "fast"] {
+        let out = umbra(&["demo", &format!("--slo-p99-ms={bad}")]);
+        assert!(!out.status.success(), "--slo-p99-ms {bad} was taken");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("give milliseconds above zero"),
+            "--slo-p99-ms {bad}: {stderr}"
+        );
+        assert!(!stderr.contains("started orchestrator"), "{stderr}");
+    }
 }

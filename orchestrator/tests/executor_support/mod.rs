@@ -348,9 +348,11 @@ pub fn plan(fronts: &BTreeMap<&str, SocketAddr>) -> Plan {
     shop.max_instances = 2;
     shop.dns_ttl_secs = 60;
     shop.cutover_ttl_secs = 5;
+    // Judged on errors, not speed: a 2-core machine running other tests was seen to stall a
+    // step to a p99 of 1.7 s with nothing wrong; no test here rolls back on latency.
     shop.slo = Slo {
         max_error_rate: 0.05,
-        max_p99_ms: 500.0,
+        max_p99_ms: 10_000.0,
         min_samples: 20,
         source: Default::default(),
         judgement: Default::default(),
