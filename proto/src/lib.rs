@@ -50,6 +50,7 @@ pub mod frame;
 pub mod identity;
 pub mod liveness;
 pub mod log;
+pub mod logs;
 pub mod ports;
 pub mod raft;
 pub mod store;

@@ -33,15 +33,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
-        )
-        // Colours only on a terminal: node logs usually go to files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    umbra_proto::logs::init(DEFAULT_LOG_FILTER);
     let args = Args::parse();
     let config = NodeConfig::load(&args.config)
         .with_context(|| format!("reading the node config {}", args.config.display()))?;

@@ -98,12 +98,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    umbra_proto::logs::init("info");
     match Args::parse().command {
         Cmd::Run { config } => {
             let config = AgentConfig::load(&config)?;

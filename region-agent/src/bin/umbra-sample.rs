@@ -66,12 +66,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    umbra_proto::logs::init("info");
     let args = Args::parse();
     let mut config = SampleConfig::new(args.listen, args.data_dir);
     config.backing_latency_ms = args.backing_latency_ms;
