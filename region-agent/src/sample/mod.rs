@@ -407,6 +407,10 @@ pub enum WriteRefused {
     /// The log could not be written; the instance refuses all writes from now on.
     #[error("write-ahead log failed: {0}")]
     Failed(String),
+    /// The data disk is full: this write was refused and nothing of it kept; writes are taken
+    /// again once there is room.
+    #[error("{0}")]
+    DiskFull(String),
     /// The task that writes the log is gone (the instance is shutting down).
     #[error("the WAL writer has stopped")]
     WriterStopped,
@@ -717,6 +721,10 @@ fn run_writer(
                                     Err(e @ WalError::OutOfOrder { .. }) => {
                                         Err(WriteRefused::Failed(e.to_string()))
                                     }
+                                    // The follower sends the batch again from its offset.
+                                    Err(e @ WalError::Full { .. }) => {
+                                        Err(WriteRefused::DiskFull(e.to_string()))
+                                    }
                                     Err(e) => {
                                         failed = Some(e.to_string());
                                         Err(WriteRefused::Failed(e.to_string()))
@@ -765,6 +773,12 @@ fn flush(
             publish(shared, &records, cache_writes);
             for (rec, ack) in batch.drain(..) {
                 let _ = ack.send(Ok(rec.seq));
+            }
+        }
+        Err(e @ WalError::Full { .. }) => {
+            tracing::warn!(error = %e, writes = batch.len(), "the data disk is full; writes refused");
+            for (_, ack) in batch.drain(..) {
+                let _ = ack.send(Err(WriteRefused::DiskFull(e.to_string())));
             }
         }
         Err(e) => {
@@ -987,6 +1001,7 @@ fn write_response(result: Result<u64, WriteRefused>) -> Response {
         Ok(seq) => Json(serde_json::json!({ "seq": seq })).into_response(),
         Err(e @ WriteRefused::ReadOnly(_)) => read_only(e),
         Err(e @ WriteRefused::WriterStopped) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e @ WriteRefused::DiskFull(_)) => error(StatusCode::INSUFFICIENT_STORAGE, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

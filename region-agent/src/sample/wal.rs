@@ -91,6 +91,16 @@ pub enum WalError {
         /// What was wrong.
         reason: String,
     },
+    /// The disk is full: nothing of the refused records is in the file (it was cut back to
+    /// its last whole record), so the log can take writes again once there is room.
+    #[error(
+        "the disk holding write-ahead log {path} is full: the write was refused and nothing of it \
+         kept; free space on it and retry"
+    )]
+    Full {
+        /// The WAL file.
+        path: PathBuf,
+    },
     /// A record to append does not follow the last one (replication gap or overlap).
     #[error("record seq {got} does not follow the log's last seq {last}")]
     OutOfOrder {
@@ -105,6 +115,8 @@ pub enum WalError {
 pub struct Wal {
     path: PathBuf,
     file: File,
+    /// The file's length: whole records only.
+    len: u64,
     last_seq: u64,
     policy: FsyncPolicy,
 }
@@ -175,12 +187,13 @@ impl Wal {
             file.set_len(len).map_err(io)?;
             file.sync_data().map_err(io)?;
         }
-        file.seek(SeekFrom::End(0)).map_err(io)?;
+        let len = file.seek(SeekFrom::End(0)).map_err(io)?;
         let last_seq = records.last().map_or(0, |r| r.seq);
         Ok((
             Wal {
                 path,
                 file,
+                len,
                 last_seq,
                 policy,
             },
@@ -195,6 +208,12 @@ impl Wal {
 
     /// Appends records, which must continue the log without gap or overlap, and makes them
     /// durable under the policy before returning. One call is one sync.
+    ///
+    /// A write that fails because the disk is full is cut back off the file and answered
+    /// [`WalError::Full`]: the log stays whole and takes the next append once there is room.
+    /// Any other failure, and every failed sync, leaves the log unusable ([`WalError::Io`]):
+    /// after a failed `fsync` the kernel may have dropped the dirty pages, so what the file
+    /// holds is no longer known (PostgreSQL's lesson of 2018: it stops rather than retry).
     pub fn append(&mut self, records: &[WalRecord]) -> Result<(), WalError> {
         let mut buf = Vec::with_capacity(records.len() * 64);
         let mut expected = self.last_seq + 1;
@@ -213,10 +232,21 @@ impl Wal {
             path: self.path.clone(),
             source,
         };
-        self.file.write_all(&buf).map_err(io)?;
+        if let Err(e) = self.file.write_all(&buf) {
+            // Part of the batch may have landed: cut it off, so the file holds whole,
+            // acknowledged records only.
+            self.file.set_len(self.len).map_err(io)?;
+            return Err(match e.raw_os_error() {
+                Some(nix::libc::ENOSPC | nix::libc::EDQUOT) => WalError::Full {
+                    path: self.path.clone(),
+                },
+                _ => io(e),
+            });
+        }
         if self.policy == FsyncPolicy::Always {
             self.file.sync_data().map_err(io)?;
         }
+        self.len += buf.len() as u64;
         self.last_seq = expected - 1;
         Ok(())
     }
@@ -284,6 +314,59 @@ mod tests {
         wal.append(&[rec(3, "c")]).unwrap();
         let (_, recs) = Wal::open(dir.path(), FsyncPolicy::Always).unwrap();
         assert_eq!(recs.len(), 3);
+    }
+
+    /// Needs root (a tmpfs mount), as CI has: fails otherwise.
+    #[test]
+    fn a_full_disk_refuses_a_write_keeps_the_log_whole_and_takes_writes_once_freed() {
+        use nix::mount::{MntFlags, MsFlags, mount, umount2};
+        let scratch = tempfile::tempdir().unwrap();
+        let disk = scratch.path().join("disk");
+        std::fs::create_dir(&disk).unwrap();
+        mount(
+            Some("tmpfs"),
+            &disk,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=256k"),
+        )
+        .unwrap();
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = umount2(self.0, MntFlags::MNT_DETACH);
+            }
+        }
+        let _unmount = Unmount(&disk);
+        let big = |seq| WalRecord {
+            value: Some("x".repeat(3_000)),
+            ..rec(seq, "k")
+        };
+        let (mut wal, _) = Wal::open(&disk, FsyncPolicy::Always).unwrap();
+        wal.append(&[rec(1, "a")]).unwrap();
+        // Fill the disk, then free 4 KiB: room for part of the next batch, not all of it.
+        std::fs::write(disk.join("room"), vec![0u8; 4096]).unwrap();
+        let mut ballast = std::fs::File::create(disk.join("ballast")).unwrap();
+        let full = (0..1_000)
+            .find_map(|_| ballast.write_all(&[0u8; 4096]).err())
+            .expect("a 256 KiB disk fills");
+        assert_eq!(full.raw_os_error(), Some(nix::libc::ENOSPC));
+        std::fs::remove_file(disk.join("room")).unwrap();
+
+        let refused = wal.append(&[big(2), big(3), big(4)]).unwrap_err();
+        assert!(matches!(refused, WalError::Full { .. }), "{refused}");
+        assert!(refused.to_string().contains("free space on it and retry"));
+        assert_eq!(wal.last_seq(), 1);
+        // Nothing of the refused batch is in the file: it reads back whole, record 1 only.
+        let (_, recs) = Wal::open(&disk, FsyncPolicy::Always).unwrap();
+        assert_eq!(recs, vec![rec(1, "a")]);
+
+        drop(ballast);
+        std::fs::remove_file(disk.join("ballast")).unwrap();
+        wal.append(&[big(2), big(3)]).unwrap();
+        drop(wal);
+        let (_, recs) = Wal::open(&disk, FsyncPolicy::Always).unwrap();
+        assert_eq!(recs, vec![rec(1, "a"), big(2), big(3)]);
     }
 
     #[test]
