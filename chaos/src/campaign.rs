@@ -189,12 +189,13 @@ pub struct Violation {
 }
 
 impl FaultFacts {
-    /// Whether the fault fired and acts on the data plane: the instances' fault switch.
+    /// Whether the fault fired and acts on the data plane: the instances' fault switch, or
+    /// their full data disk (each write fails).
     fn data_plane(&self) -> bool {
         self.hit.is_some()
             && matches!(
                 self.kind,
-                FaultKind::Errors { .. } | FaultKind::Latency { .. }
+                FaultKind::Errors { .. } | FaultKind::Latency { .. } | FaultKind::DiskFull { .. }
             )
     }
 
@@ -204,7 +205,9 @@ impl FaultFacts {
             return false;
         };
         regions.iter().any(|region| match self.kind {
-            FaultKind::Errors { .. } | FaultKind::Latency { .. } => hit == region,
+            FaultKind::Errors { .. } | FaultKind::Latency { .. } | FaultKind::DiskFull { .. } => {
+                hit == region
+            }
             _ => *hit == format!("agent-{region}"),
         })
     }

@@ -1,6 +1,8 @@
 //! Injectors of faults into real processes on this machine: a pause (SIGSTOP, confirmed by
-//! the kernel before it counts, then SIGCONT), and a network cut or packet loss on a
-//! process's UDP ports through nftables (its QUIC traffic: Raft peers, agents, clients).
+//! the kernel before it counts, then SIGCONT), a network cut or packet loss on a
+//! process's UDP ports through nftables (its QUIC traffic: Raft peers, agents, clients), and
+//! a full data disk: a size-limited tmpfs ([`DataDisk`]) mounted where the processes keep
+//! their data, filled to the last byte by a ballast file and freed by removing it.
 //! Killing and starting again is the caller's supervisor's: it owns the child and its recipe.
 //!
 //! A cut is one nftables table of its own (`umbra_chaos_*`), so healing it removes exactly
@@ -12,10 +14,12 @@
 //! the `nft` program (Debian's `nftables`); without them a cut fails with what to do.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -44,6 +48,16 @@ pub enum InjectError {
         waited_ms: u64,
         /// Its last state letter in `/proc/PID/stat` (`gone` when it exited).
         state: String,
+    },
+    /// A data disk could not be mounted, filled or freed.
+    #[error("data disk {dir}: {action} failed: {source}; disk faults need root (a tmpfs mount)")]
+    Disk {
+        /// The mount point.
+        dir: String,
+        /// What was tried.
+        action: &'static str,
+        /// Why.
+        source: std::io::Error,
     },
     /// `nft` is missing or refused the rules.
     #[error(
@@ -92,6 +106,117 @@ fn signal(pid: u32, signal: Signal, name: &'static str) -> Result<(), InjectErro
         pid,
         source,
     })
+}
+
+/// The ballast file's name in a data disk's root.
+const BALLAST_FILE: &str = ".umbra-ballast";
+/// How much of the ballast one write adds.
+const BALLAST_CHUNK: usize = 1 << 20;
+
+/// A size-limited tmpfs mounted on a directory: the data disk of the processes that keep
+/// their files there, which a fault can fill. Unmounted (lazily, so files still open in it
+/// do not keep it) when dropped.
+#[derive(Debug)]
+pub struct DataDisk {
+    dir: PathBuf,
+    size_bytes: u64,
+}
+
+impl DataDisk {
+    /// Mounts a tmpfs of `size_bytes` on `dir` (created if missing; it should be empty, as
+    /// the mount hides what it holds).
+    pub fn mount(dir: &Path, size_bytes: u64) -> Result<Self, InjectError> {
+        let failed = |action, source| InjectError::Disk {
+            dir: dir.display().to_string(),
+            action,
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| failed("creating the mount point", e))?;
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(format!("size={size_bytes},mode=0755").as_str()),
+        )
+        .map_err(|e| failed("mounting a tmpfs", e.into()))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            size_bytes,
+        })
+    }
+
+    /// Where it is mounted.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Fills the disk to its last byte with a ballast file: every write that needs a new
+    /// page fails with ENOSPC until [`Ballast::remove`]. Returns the ballast and its size.
+    pub fn fill(&self) -> Result<Ballast, InjectError> {
+        let path = self.dir.join(BALLAST_FILE);
+        let failed = |action, source| InjectError::Disk {
+            dir: self.dir.display().to_string(),
+            action,
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| failed("creating the ballast", e))?;
+        let chunk = vec![0u8; BALLAST_CHUNK];
+        // Bounded: the disk holds at most its size, so one chunk more than that must fail.
+        for _ in 0..=self.size_bytes / BALLAST_CHUNK as u64 + 1 {
+            match file.write_all(&chunk) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => {
+                    let bytes = file
+                        .metadata()
+                        .map_err(|e| failed("measuring the ballast", e))?
+                        .len();
+                    return Ok(Ballast { path, bytes });
+                }
+                Err(e) => return Err(failed("writing the ballast", e)),
+            }
+        }
+        Err(failed(
+            "filling",
+            std::io::Error::other("more written than the disk's size: is it a tmpfs?"),
+        ))
+    }
+}
+
+impl Drop for DataDisk {
+    fn drop(&mut self) {
+        let _ = umount2(&self.dir, MntFlags::MNT_DETACH);
+    }
+}
+
+/// The file that fills a [`DataDisk`].
+#[derive(Debug)]
+pub struct Ballast {
+    path: PathBuf,
+    bytes: u64,
+}
+
+impl Ballast {
+    /// Its size, bytes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Removes it: the disk has room again.
+    pub fn remove(self) -> Result<(), InjectError> {
+        std::fs::remove_file(&self.path).map_err(|source| InjectError::Disk {
+            dir: self
+                .path
+                .parent()
+                .map_or_else(String::new, |d| d.display().to_string()),
+            action: "removing the ballast",
+            source,
+        })
+    }
 }
 
 /// Tables made by this process, numbered so that two cuts never share a name.
@@ -236,5 +361,24 @@ mod tests {
         let port = cut_off.local_addr().unwrap().port();
         drop(Cut::loss(&[port], 100).unwrap());
         assert!(delivered(&other, &cut_off));
+    }
+
+    /// Needs root, as CI has: fails otherwise.
+    #[test]
+    fn a_filled_disk_refuses_writes_until_its_ballast_is_removed() {
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().join("data");
+        let disk = DataDisk::mount(&dir, 4 << 20).unwrap();
+        std::fs::write(dir.join("before"), b"room").unwrap();
+        let ballast = disk.fill().unwrap();
+        assert!(ballast.bytes() > 3 << 20, "{} bytes", ballast.bytes());
+        let full = std::fs::write(dir.join("during"), vec![1u8; 8192]).unwrap_err();
+        assert_eq!(full.raw_os_error(), Some(nix::libc::ENOSPC), "{full}");
+        assert_eq!(std::fs::read(dir.join("before")).unwrap(), b"room");
+        ballast.remove().unwrap();
+        std::fs::write(dir.join("after"), vec![1u8; 8192]).unwrap();
+        drop(disk);
+        // Unmounted: the directory shows what was under the mount (nothing).
+        assert!(!dir.join("before").exists());
     }
 }

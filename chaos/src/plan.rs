@@ -13,6 +13,10 @@
 //! at_phase = "cutting_over[1]" # or after_ms = 5000 (from the drill's start)
 //! ```
 //!
+//! `disk_full` fills a region's data disk (where its instances keep their write-ahead logs)
+//! for `for_ms`; only a runner that mounted those disks can (`umbra demo --fault-plan`,
+//! `umbra chaos campaign`: each a size-limited tmpfs).
+//!
 //! `pause`, `kill`, `partition` and `loss` act on named processes. The drill knows only pids
 //! (`--pid NAME=PID`), so it pauses; `umbra demo --fault-plan` and `umbra chaos campaign` run
 //! the processes under their own supervisor, so they may also kill one (and start it again
@@ -31,7 +35,15 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 /// The fault kinds a plan may name, as they are spelled in TOML.
-pub const FAULT_KINDS: [&str; 6] = ["errors", "latency", "pause", "kill", "partition", "loss"];
+pub const FAULT_KINDS: [&str; 7] = [
+    "errors",
+    "latency",
+    "pause",
+    "kill",
+    "partition",
+    "loss",
+    "disk_full",
+];
 
 /// Migration phases a generated plan fires faults at: the ones a migration always passes
 /// through with traffic at stake (the demo plan's three cutover steps included).
@@ -42,6 +54,11 @@ const GENERATED_PHASES: [&str; 5] = [
     "cutting_over[1]",
     "cutting_over[2]",
 ];
+
+/// Share of generated plans that also fill a data disk, when the scope has disks.
+const DISK_FULL_SHARE: f64 = 0.25;
+/// Mixed into the seed of the stream that draws the disk fault.
+const DISK_DRAW_SALT: u64 = 0xd15c_f011;
 
 /// A set of faults and when each fires.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +138,15 @@ pub enum FaultKind {
         /// How long the loss lasts, ms.
         for_ms: u64,
     },
+    /// The data disk of every instance in `region` (a size-limited tmpfs the runner mounted)
+    /// is filled to its last byte with a ballast file, removed `for_ms` later: each write an
+    /// instance must make durable meanwhile fails.
+    DiskFull {
+        /// The region whose data disk fills.
+        region: String,
+        /// How long it stays full, ms.
+        for_ms: u64,
+    },
 }
 
 impl FaultKind {
@@ -133,13 +159,16 @@ impl FaultKind {
             FaultKind::Kill { .. } => "kill",
             FaultKind::Partition { .. } => "partition",
             FaultKind::Loss { .. } => "loss",
+            FaultKind::DiskFull { .. } => "disk_full",
         }
     }
 
     /// The process the fault acts on (none for the instances' fault switch).
     pub fn process(&self) -> Option<&str> {
         match self {
-            FaultKind::Errors { .. } | FaultKind::Latency { .. } => None,
+            FaultKind::Errors { .. } | FaultKind::Latency { .. } | FaultKind::DiskFull { .. } => {
+                None
+            }
             FaultKind::Pause { process, .. }
             | FaultKind::Kill { process, .. }
             | FaultKind::Partition { process, .. }
@@ -154,7 +183,8 @@ impl FaultKind {
             FaultKind::Errors { .. } | FaultKind::Latency { .. } => None,
             FaultKind::Pause { for_ms, .. }
             | FaultKind::Partition { for_ms, .. }
-            | FaultKind::Loss { for_ms, .. } => Some(*for_ms),
+            | FaultKind::Loss { for_ms, .. }
+            | FaultKind::DiskFull { for_ms, .. } => Some(*for_ms),
             FaultKind::Kill {
                 restart_after_ms, ..
             } => Some(*restart_after_ms),
@@ -210,6 +240,9 @@ impl fmt::Display for FaultKind {
                 f,
                 "loss: {percent} % of {process}'s packets for {for_ms} ms"
             ),
+            FaultKind::DiskFull { region, for_ms } => {
+                write!(f, "disk_full: {region}'s data disk full for {for_ms} ms")
+            }
         }
     }
 }
@@ -279,6 +312,18 @@ pub enum PlanError {
         /// `; it can: a, b` (empty when it can do none).
         known: String,
     },
+    /// A disk_full names a region whose data disk this runner did not mount.
+    #[error(
+        "fault {index} fills the data disk of {region:?}, which this runner did not mount: disk_full faults need the data disks of Umbra's own supervisor (umbra demo --fault-plan, umbra chaos campaign){known}"
+    )]
+    NoDisk {
+        /// Its position, from 1.
+        index: usize,
+        /// The region.
+        region: String,
+        /// `; it can fill: a, b` (empty when it can fill none).
+        known: String,
+    },
 }
 
 /// What a plan may name: the cluster's regions and services, and the processes the runner
@@ -297,6 +342,9 @@ pub struct Scope {
     /// Processes whose QUIC port the runner knows, to cut off or drop packets of; they can be
     /// paused too.
     pub partitionable: BTreeSet<String>,
+    /// Regions (or the roles `source` and `target`) whose instances' data disk the runner
+    /// mounted and can fill.
+    pub disks: BTreeSet<String>,
 }
 
 impl Scope {
@@ -330,6 +378,17 @@ impl FaultPlan {
                 set.iter().cloned().collect::<Vec<_>>().join(", ")
             }
         };
+        let known_region = |index, region: &String| {
+            if scope.regions.contains(region) {
+                Ok(())
+            } else {
+                Err(PlanError::UnknownRegion {
+                    index,
+                    region: region.clone(),
+                    known: list(&scope.regions),
+                })
+            }
+        };
         for (i, fault) in self.faults.iter().enumerate() {
             let index = i + 1;
             match &fault.kind {
@@ -339,18 +398,26 @@ impl FaultPlan {
                 | FaultKind::Latency {
                     region, service, ..
                 } => {
-                    if !scope.regions.contains(region) {
-                        return Err(PlanError::UnknownRegion {
-                            index,
-                            region: region.clone(),
-                            known: list(&scope.regions),
-                        });
-                    }
+                    known_region(index, region)?;
                     if !scope.services.contains(service) {
                         return Err(PlanError::UnknownService {
                             index,
                             service: service.clone(),
                             known: list(&scope.services),
+                        });
+                    }
+                }
+                FaultKind::DiskFull { region, .. } => {
+                    known_region(index, region)?;
+                    if !scope.disks.contains(region) {
+                        return Err(PlanError::NoDisk {
+                            index,
+                            region: region.clone(),
+                            known: if scope.disks.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; it can fill: {}", list(&scope.disks))
+                            },
                         });
                     }
                 }
@@ -392,8 +459,10 @@ impl FaultPlan {
 
     /// A plan of one to three faults drawn from `seed` within `scope` (pauses only when it
     /// names processes, kills, partitions and losses only when it names processes the runner
-    /// supervises); the same seed and scope give the same plan. A scope without supervised
-    /// processes draws exactly what it drew before those kinds existed.
+    /// supervises), plus in about a quarter of the plans a full data disk when it names disks;
+    /// the same seed and scope give the same plan. A scope without supervised processes draws
+    /// exactly what it drew before those kinds existed, and one without disks what it drew
+    /// before disks could fill.
     pub fn generate(seed: u64, scope: &Scope) -> Self {
         assert!(
             !scope.regions.is_empty() && !scope.services.is_empty(),
@@ -413,7 +482,7 @@ impl FaultPlan {
             (false, false) => 3,
             (false, true) => 6,
         };
-        let faults = (0..rng.random_range(1..=3))
+        let mut faults = (0..rng.random_range(1..=3))
             .map(|_| {
                 let kind = match rng.random_range(0..kinds) {
                     0 => FaultKind::Errors {
@@ -445,20 +514,38 @@ impl FaultPlan {
                         for_ms: rng.random_range(20..=100) * 100,
                     },
                 };
-                let when = if rng.random_bool(0.5) {
-                    Trigger::AfterMs(rng.random_range(2..=30) * 1_000)
-                } else {
-                    Trigger::AtPhase(
-                        GENERATED_PHASES[rng.random_range(0..GENERATED_PHASES.len())].to_owned(),
-                    )
-                };
-                Fault { kind, when }
+                Fault {
+                    kind,
+                    when: draw_trigger(&mut rng),
+                }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // A full data disk is drawn from a stream of its own, so the faults above stay what
+        // each seed drew before disks could fill; about one seed in four adds one.
+        if !scope.disks.is_empty() {
+            let mut rng = StdRng::seed_from_u64(seed ^ DISK_DRAW_SALT);
+            if rng.random_bool(DISK_FULL_SHARE) {
+                let region = pick(&mut rng, &scope.disks);
+                let for_ms = rng.random_range(20..=80) * 100;
+                faults.push(Fault {
+                    kind: FaultKind::DiskFull { region, for_ms },
+                    when: draw_trigger(&mut rng),
+                });
+            }
+        }
         Self {
             seed: Some(seed),
             faults,
         }
+    }
+}
+
+/// When a generated fault fires: 2 to 30 s after the start, or at one of [`GENERATED_PHASES`].
+fn draw_trigger(rng: &mut StdRng) -> Trigger {
+    if rng.random_bool(0.5) {
+        Trigger::AfterMs(rng.random_range(2..=30) * 1_000)
+    } else {
+        Trigger::AtPhase(GENERATED_PHASES[rng.random_range(0..GENERATED_PHASES.len())].to_owned())
     }
 }
 
@@ -503,6 +590,7 @@ impl TryFrom<RawFault> for Fault {
             "pause" | "partition" => &["process", "for_ms"],
             "kill" => &["process", "restart_after_ms"],
             "loss" => &["process", "percent", "for_ms"],
+            "disk_full" => &["region", "for_ms"],
             other => {
                 return Err(format!(
                     "unknown fault kind {other:?}; the kinds are {}",
@@ -567,6 +655,10 @@ impl TryFrom<RawFault> for Fault {
             },
             "partition" => FaultKind::Partition {
                 process: need(raw.process, "process")?,
+                for_ms: above_zero(raw.for_ms, &kind_name)?,
+            },
+            "disk_full" => FaultKind::DiskFull {
+                region: need(raw.region, "region")?,
                 for_ms: above_zero(raw.for_ms, &kind_name)?,
             },
             _ => FaultKind::Pause {
@@ -654,6 +746,12 @@ impl From<Fault> for RawFault {
                 for_ms: Some(for_ms),
                 ..RawFault::default()
             },
+            FaultKind::DiskFull { region, for_ms } => RawFault {
+                kind: kind_name.into(),
+                region: Some(region),
+                for_ms: Some(for_ms),
+                ..RawFault::default()
+            },
         };
         match fault.when {
             Trigger::AfterMs(ms) => raw.after_ms = Some(ms),
@@ -676,10 +774,22 @@ mod tests {
         }
     }
 
+    /// Each `(fault, expected)`: the fault's TOML lines (a trigger is added) are refused
+    /// with an error that says `expected`.
+    fn refused(cases: &[(&str, &str)]) {
+        for (text, expected) in cases {
+            let error = FaultPlan::from_toml(&format!("[[faults]]\n{text}\nafter_ms = 1"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{text:?}: {error}");
+        }
+    }
+
     fn supervised_scope() -> Scope {
         Scope {
             restartable: ["leader", "agent-target"].map(String::from).into(),
             partitionable: ["leader".to_owned()].into(),
+            disks: ["eu-west".to_owned()].into(),
             ..demo_scope()
         }
     }
@@ -840,7 +950,7 @@ mod tests {
                 && error.contains("umbra chaos campaign"),
             "{error}"
         );
-        for (text, expected) in [
+        refused(&[
             (
                 "kind = \"loss\"\nprocess = \"leader\"\npercent = 0\nfor_ms = 5",
                 "`percent` from 1 to 100",
@@ -857,12 +967,7 @@ mod tests {
                 "kind = \"partition\"\nprocess = \"leader\"\nfor_ms = 0",
                 "`for_ms` above 0",
             ),
-        ] {
-            let error = FaultPlan::from_toml(&format!("[[faults]]\n{text}\nafter_ms = 1"))
-                .unwrap_err()
-                .to_string();
-            assert!(error.contains(expected), "{text:?}: {error}");
-        }
+        ]);
     }
 
     #[test]
@@ -894,7 +999,7 @@ mod tests {
                 FaultPlan::generate(seed, &scope),
                 "seed {seed} replays"
             );
-            assert!((1..=3).contains(&plan.faults.len()));
+            assert!((1..=4).contains(&plan.faults.len()));
             assert_eq!(FaultPlan::from_toml(&plan.to_toml()).unwrap(), plan);
             plan.check(&scope).unwrap();
             for fault in &plan.faults {
@@ -906,5 +1011,63 @@ mod tests {
             FaultPlan::generate(1, &scope),
             FaultPlan::generate(2, &scope)
         );
+    }
+
+    #[test]
+    fn a_disk_fault_parses_and_needs_a_disk_the_runner_mounted() {
+        let plan = FaultPlan::from_toml(
+            "[[faults]]\nkind = \"disk_full\"\nregion = \"eu-west\"\nfor_ms = 4000\nat_phase = \"cutting_over[0]\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            plan.faults[0].kind,
+            FaultKind::DiskFull {
+                region: "eu-west".into(),
+                for_ms: 4000
+            }
+        );
+        assert_eq!(plan.faults[0].kind.lasts_ms(), Some(4000));
+        assert_eq!(FaultPlan::from_toml(&plan.to_toml()).unwrap(), plan);
+        plan.check(&supervised_scope()).unwrap();
+        // The drill mounted no disk: refused, saying which runners can.
+        let error = plan.check(&demo_scope()).unwrap_err().to_string();
+        assert!(
+            error.contains("fault 1 fills the data disk of \"eu-west\"")
+                && error.contains("umbra chaos campaign"),
+            "{error}"
+        );
+        refused(&[
+            (
+                "kind = \"disk_full\"\nregion = \"eu-west\"",
+                "`for_ms` above 0",
+            ),
+            ("kind = \"disk_full\"\nfor_ms = 5", "needs `region`"),
+            (
+                "kind = \"disk_full\"\nregion = \"eu-west\"\nfor_ms = 5\nprocess = \"leader\"",
+                "takes region, for_ms, not `process`",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn disks_add_a_disk_fault_to_some_seeds_and_change_no_other_fault() {
+        let with = supervised_scope();
+        let without = Scope {
+            disks: BTreeSet::new(),
+            ..supervised_scope()
+        };
+        let mut filled = 0;
+        for seed in 0..200 {
+            let mut plan = FaultPlan::generate(seed, &with);
+            if matches!(
+                plan.faults.last().map(|f| &f.kind),
+                Some(FaultKind::DiskFull { .. })
+            ) {
+                filled += 1;
+                plan.faults.pop();
+            }
+            assert_eq!(plan, FaultPlan::generate(seed, &without), "seed {seed}");
+        }
+        assert!((25..=75).contains(&filled), "{filled} of 200 seeds");
     }
 }

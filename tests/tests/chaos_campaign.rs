@@ -12,8 +12,9 @@
 //!
 //! Twenty seeds in two tests of ten (two runs at a time), so each stays within nextest's
 //! limit; `umbra chaos campaign --seeds 200` is the bench-sized run. One more run carries out
-//! a plan written by hand (`--plan`): the single writer moves to the target and back. Needs root and nftables
-//! (`.ci/install-deps`), as the partitions do: without them the campaign fails, loudly.
+//! a plan written by hand (`--plan`): the single writer moves to the target and back; and one
+//! more fills the source's data disk. Needs root (nftables for the partitions, a tmpfs mount
+//! for the disks; `.ci/install-deps`): without them the campaign fails, loudly.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -48,6 +49,23 @@ fn campaign_with(args: &[&str]) -> anyhow::Result<Value> {
         summary["violations"]
     );
     Ok(summary)
+}
+
+/// Runs the one hand-written plan `faults` (TOML) through `umbra chaos campaign --plan`; the
+/// summary, once it found no violation, and the run's `report.json`.
+fn one_plan(faults: &str) -> anyhow::Result<(Value, Value)> {
+    let dir = tempfile::tempdir()?;
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(&plan, faults)?;
+    let keep = dir.path().join("runs");
+    let summary = campaign_with(&[
+        "--plan",
+        plan.to_str().context("plan path")?,
+        "--keep",
+        keep.to_str().context("keep path")?,
+    ])?;
+    let report = serde_json::from_slice(&std::fs::read(keep.join("seed-0").join("report.json"))?)?;
+    Ok((summary, report))
 }
 
 /// The summary's checks: every seed ran, nothing broke, and the faults really fired.
@@ -93,24 +111,12 @@ fn seeds_10_to_19_hold_every_invariant() -> anyhow::Result<()> {
 #[test]
 fn a_rollback_after_the_promotion_hands_the_writer_back_with_one_writer_at_a_time()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let plan = dir.path().join("plan.toml");
-    std::fs::write(
-        &plan,
+    let (summary, report) = one_plan(
         "[[faults]]\nkind = \"errors\"\nregion = \"target\"\nservice = \"shop\"\n\
          rate = 0.5\nat_phase = \"cutting_over[2]\"\n",
     )?;
-    let keep = dir.path().join("runs");
-    let summary = campaign_with(&[
-        "--plan",
-        plan.to_str().context("plan path")?,
-        "--keep",
-        keep.to_str().context("keep path")?,
-    ])?;
     check(&summary, 1, &["errors"])?;
     assert_eq!(summary["runs"][0]["outcome"], "rolled_back", "{summary}");
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(keep.join("seed-0").join("report.json"))?)?;
     let writes = &report["writes"];
     assert_eq!(writes["acknowledged_missing"], 0, "{writes}");
     ensure!(
@@ -144,6 +150,62 @@ fn a_rollback_after_the_promotion_hands_the_writer_back_with_one_writer_at_a_tim
     ensure!(
         !hand_backs.is_empty(),
         "no log shows the writer moving to the target and back: {}",
+        report["wals"]
+    );
+    Ok(())
+}
+
+/// The source region's data disk (a 64 MiB tmpfs under its instances) filled to the last byte
+/// for 3 s from the first cutover step. Its instances refuse each write they cannot make
+/// durable with a 507 and keep nothing of it; reads go on; once the ballast is removed the
+/// same instances take writes again, without a restart. Every invariant holds: no
+/// acknowledged write is lost, one writer at a time.
+#[test]
+fn a_full_data_disk_refuses_writes_with_507_loses_none_and_takes_writes_once_freed()
+-> anyhow::Result<()> {
+    let (summary, report) = one_plan(
+        "[[faults]]\nkind = \"disk_full\"\nregion = \"source\"\nfor_ms = 3000\n\
+         at_phase = \"cutting_over[0]\"\n",
+    )?;
+    check(&summary, 1, &["disk_full"])?;
+    let writes = &report["writes"];
+    assert_eq!(writes["acknowledged_missing"], 0, "{writes}");
+    let failed = report["failed_requests"]
+        .as_array()
+        .context("failed_requests")?;
+    ensure!(
+        failed
+            .iter()
+            .any(|f| f["status"] == 507 && f["method"] == "PUT"),
+        "no write was refused for the full disk: {failed:?}"
+    );
+    ensure!(
+        !failed
+            .iter()
+            .any(|f| f["status"] == 507 && f["method"] == "GET"),
+        "a read failed for the full disk: {failed:?}"
+    );
+    // The source's logs took records stamped after the ballast was removed.
+    let fault = &report["faults"][0];
+    let source = report["from"].as_str().context("from")?;
+    assert_eq!(fault["hit"], source, "{fault}");
+    let undone = chrono::DateTime::parse_from_rfc3339(fault["undone"].as_str().context("undone")?)?
+        .timestamp_millis();
+    let written_after = report["wals"]
+        .as_array()
+        .context("the report's logs")?
+        .iter()
+        .filter(|wal| {
+            wal["instance"]
+                .as_str()
+                .is_some_and(|i| i.starts_with(&format!("{source}/")))
+        })
+        .flat_map(|wal| wal["runs"].as_array().into_iter().flatten())
+        .filter_map(|run| run["to_ms"].as_i64())
+        .any(|to_ms| to_ms > undone);
+    ensure!(
+        written_after,
+        "no log in {source} took a write after its disk was freed: {}",
         report["wals"]
     );
     Ok(())

@@ -789,8 +789,11 @@ impl Drill {
                 }
             }
             // `prepare` refused them: the drill's scope names no process it could start again
-            // or whose port it knows.
-            FaultKind::Kill { .. } | FaultKind::Partition { .. } | FaultKind::Loss { .. } => {
+            // or whose port it knows, and no data disk it mounted.
+            FaultKind::Kill { .. }
+            | FaultKind::Partition { .. }
+            | FaultKind::Loss { .. }
+            | FaultKind::DiskFull { .. } => {
                 format!("not injected: {kind} needs Umbra's own supervisor")
             }
         };
@@ -830,7 +833,10 @@ impl Drill {
                 }
                 let _ = kill(self.pids[process], Signal::SIGCONT);
             }
-            FaultKind::Kill { .. } | FaultKind::Partition { .. } | FaultKind::Loss { .. } => {}
+            FaultKind::Kill { .. }
+            | FaultKind::Partition { .. }
+            | FaultKind::Loss { .. }
+            | FaultKind::DiskFull { .. } => {}
         }
         let fault = &mut self.faults[i];
         fault.undone = true;

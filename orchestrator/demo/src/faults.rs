@@ -1,7 +1,8 @@
 //! A fault plan carried out on the demo's own processes (`umbra demo --fault-plan`, and each
 //! run of `umbra chaos campaign`). The demo's supervisor started every process, so besides the
 //! instances' fault switch and pauses it can kill one and start it again after the plan's
-//! delay, as systemd would, and cut an orchestrator off the network (`umbra_chaos::inject`).
+//! delay, as systemd would, cut an orchestrator off the network, and fill a region's data
+//! disk, which it mounted for the run (`umbra_chaos::inject`).
 //!
 //! Triggers count from the migration's request (`after_ms`) or fire once the migration has
 //! reached a phase (`at_phase`, from the audit, so a phase shorter than one poll still fires
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use umbra_agent::sample::FaultSwitch;
-use umbra_chaos::inject::{self, Cut};
+use umbra_chaos::inject::{self, Ballast, Cut};
 use umbra_chaos::plan::{Fault, FaultKind, FaultPlan, Scope, Trigger};
 use umbra_orchestrator::api::Timestamp;
 
@@ -36,12 +37,14 @@ pub fn scope(regions: &[String], orchestrators: u64) -> Scope {
         orchestrator_names.iter().cloned().collect();
     restartable.extend(regions.iter().map(|r| format!("agent-{r}")));
     restartable.extend(["agent-source".to_owned(), "agent-target".to_owned()]);
+    let regions: std::collections::BTreeSet<String> = regions
+        .iter()
+        .cloned()
+        .chain(["source".to_owned(), "target".to_owned()])
+        .collect();
     Scope {
-        regions: regions
-            .iter()
-            .cloned()
-            .chain(["source".to_owned(), "target".to_owned()])
-            .collect(),
+        disks: regions.clone(),
+        regions,
         services: [scenario::SERVICE.to_owned()].into(),
         processes: Default::default(),
         restartable,
@@ -82,6 +85,8 @@ enum Undo {
     Restart(String),
     /// Remove the nftables rules.
     Heal(Cut),
+    /// Remove the ballast from a region's data disk.
+    Free(Ballast),
 }
 
 struct Armed {
@@ -243,6 +248,26 @@ impl Faults {
                     })
                     .map_err(|e| e.to_string())
             }
+            FaultKind::DiskFull { region, .. } => {
+                let region = resolve_region(reach, region).to_owned();
+                match reach.supervisor.data_disk(&region) {
+                    None => Err(format!("{region} has no data disk the demo mounted")),
+                    Some(disk) => disk
+                        .fill()
+                        .map(|ballast| {
+                            (
+                                region.clone(),
+                                format!(
+                                    "{region}'s data disk {} filled with {} bytes of ballast",
+                                    disk.dir().display(),
+                                    ballast.bytes()
+                                ),
+                                Undo::Free(ballast),
+                            )
+                        })
+                        .map_err(|e| e.to_string()),
+                }
+            }
             FaultKind::Partition { process, .. } | FaultKind::Loss { process, .. } => {
                 let name = resolve_process(reach, process).await?;
                 let port = reach
@@ -316,6 +341,10 @@ impl Faults {
             Undo::Heal(cut) => cut
                 .heal()
                 .map(|()| "the cut healed".to_owned())
+                .map_err(|e| e.to_string()),
+            Undo::Free(ballast) => ballast
+                .remove()
+                .map(|()| "the ballast removed: the disk has room again".to_owned())
                 .map_err(|e| e.to_string()),
         };
         let a = &mut self.armed[i];

@@ -91,6 +91,9 @@ const POOL_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 const OPERATOR: &str = "demo";
 /// Orchestrators the demo runs (`orchestrator-1` to `-3`).
 const ORCHESTRATORS: u64 = 3;
+/// Size of each region's instances' data disk when a fault plan may fill one: far more than
+/// a run's logs take (a few MB), little enough to fill at once.
+const DATA_DISK_BYTES: u64 = 64 << 20;
 
 /// What `umbra demo` was asked to do.
 #[derive(Debug, Clone)]
@@ -735,7 +738,13 @@ async fn start_cluster(
         ));
     }
 
-    // Agents, one per region, each with its front.
+    // Agents, one per region, each with its front; their instances on a data disk of their
+    // own when the fault plan may fill one.
+    let fills_disks = options.fault_plan.as_ref().is_some_and(|plan| {
+        plan.faults
+            .iter()
+            .any(|f| matches!(f.kind, umbra_chaos::plan::FaultKind::DiskFull { .. }))
+    });
     let agent_bin = options.bin_dir.join("umbra-agent");
     let mut agent_state_dirs = BTreeMap::new();
     let mut agent_metrics = BTreeMap::new();
@@ -743,6 +752,11 @@ async fn start_cluster(
         let agent_dir = dir.join(format!("agent-{region}"));
         let state_dir = agent_dir.join("state");
         std::fs::create_dir_all(&state_dir).map_err(io("creating an agent dir"))?;
+        if fills_disks {
+            supervisor
+                .mount_data_disk(region, &state_dir, DATA_DISK_BYTES)
+                .map_err(|e| DemoError::Setup(e.to_string()))?;
+        }
         let front = topology.front(region).expect("a region of the topology");
         let path = agent_dir.join("agent.toml");
         let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));

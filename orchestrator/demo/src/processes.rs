@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use umbra_agent::provider::process::ENV_PROVIDER_STATE;
+use umbra_chaos::inject::DataDisk;
 
 /// How long a process gets to exit after SIGTERM before it is killed: the orchestrator and
 /// agent shut down in well under a second; five leave room on a loaded laptop.
@@ -108,6 +109,9 @@ pub struct Supervisor {
     /// Agent state directories whose instances are reaped at the end, also after the agent
     /// itself was stopped.
     instance_dirs: Vec<PathBuf>,
+    /// Each region's instances' data disk, when the run may fill one: declared after the
+    /// children, so it is unmounted only once every process is stopped.
+    disks: std::collections::BTreeMap<String, DataDisk>,
 }
 
 impl Supervisor {
@@ -225,6 +229,24 @@ impl Supervisor {
         for dir in std::mem::take(&mut self.instance_dirs) {
             kill_instances(&dir);
         }
+    }
+
+    /// Mounts a data disk of `size_bytes` where `region`'s agent keeps its instances (its
+    /// provider state directory's `processes`), before the agent starts.
+    pub fn mount_data_disk(
+        &mut self,
+        region: &str,
+        state_dir: &Path,
+        size_bytes: u64,
+    ) -> Result<(), umbra_chaos::inject::InjectError> {
+        let disk = DataDisk::mount(&state_dir.join("processes"), size_bytes)?;
+        self.disks.insert(region.to_owned(), disk);
+        Ok(())
+    }
+
+    /// `region`'s data disk, when one was mounted.
+    pub fn data_disk(&self, region: &str) -> Option<&DataDisk> {
+        self.disks.get(region)
     }
 
     /// Each supervised process's pid by name (those not killed on purpose).
