@@ -175,3 +175,13 @@ fn a_target_agent_that_ignores_shadow_release_is_caught() {
     });
     assert!(found.contains("rolled_back_shadow_serves"), "{found:?}");
 }
+
+#[test]
+fn a_fence_that_does_nothing_is_caught_as_two_writers_and_lost_writes() {
+    let found = caught(Bugs {
+        fence_ignored: true,
+        ..Bugs::default()
+    });
+    assert!(found.contains("single_writer"), "{found:?}");
+    assert!(found.contains("acknowledged_data_write_lost"), "{found:?}");
+}

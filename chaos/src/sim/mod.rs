@@ -40,6 +40,9 @@ pub struct Bugs {
     /// The target region's agent answers every command that releases a rolled-back
     /// migration's shadow instances with success and does nothing.
     pub ignore_shadow_release: bool,
+    /// Every agent answers `FenceSource` as done (and lets the promotion follow) while the
+    /// fenced store keeps accepting writes: after the promotion two regions take writes.
+    pub fence_ignored: bool,
 }
 
 /// What one run does besides its seed.

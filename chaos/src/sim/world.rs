@@ -1313,7 +1313,11 @@ impl World {
             AgentAction::StartReplication { .. } if after.is_some() && after != before => {
                 self.data.handle_follow(a, source);
             }
-            AgentAction::FenceSource { .. } if became(|r| r.source_fenced) => {
+            // Planted bug: the fence is answered as done (the agent lets the promotion
+            // follow) and the fenced store keeps accepting writes.
+            AgentAction::FenceSource { .. }
+                if became(|r| r.source_fenced) && !self.config.bugs.fence_ignored =>
+            {
                 self.data.handle_fence(source);
             }
             AgentAction::Promote { .. } if became(|r| r.promoted) => self.data.handle_promote(a),
