@@ -88,6 +88,21 @@ fn every_invariant_holds_under_faults_and_every_fault_and_outcome_occurs() {
         BTreeSet::from(["completed", "rolled_back"]),
         "both endings occur, and only they"
     );
+    for report in &reports {
+        assert_writer_follows_the_ending(report);
+    }
+}
+
+/// The service's data accepts writes where the migration left the service, and clients' writes
+/// were acknowledged.
+fn assert_writer_follows_the_ending(report: &SeedReport) {
+    let phases: Vec<&str> = report.migrations.iter().map(|(_, p)| p.as_str()).collect();
+    let writer = match phases.as_slice() {
+        ["completed"] => "eu-west",
+        _ => "us-east",
+    };
+    assert_eq!(report.writers, [writer], "seed {}: {phases:?}", report.seed);
+    assert!(report.writes_acknowledged > 0, "seed {}", report.seed);
 }
 
 #[test]
@@ -110,6 +125,7 @@ fn without_faults_a_healthy_target_completes_and_a_failing_one_rolls_back() {
         };
         let phases: Vec<&str> = report.migrations.iter().map(|(_, p)| p.as_str()).collect();
         assert_eq!(phases, vec![want], "seed {}", report.seed);
+        assert_writer_follows_the_ending(&report);
     }
 }
 
@@ -158,4 +174,14 @@ fn a_target_agent_that_ignores_shadow_release_is_caught() {
         ..Bugs::default()
     });
     assert!(found.contains("rolled_back_shadow_serves"), "{found:?}");
+}
+
+#[test]
+fn a_fence_that_does_nothing_is_caught_as_two_writers_and_lost_writes() {
+    let found = caught(Bugs {
+        fence_ignored: true,
+        ..Bugs::default()
+    });
+    assert!(found.contains("single_writer"), "{found:?}");
+    assert!(found.contains("acknowledged_data_write_lost"), "{found:?}");
 }

@@ -4,11 +4,12 @@
 //! [`Controller`](umbra_orchestrator::executor::controller::Controller) on whichever replica
 //! leads (a new one per leadership, fed as the async driver feeds it), two
 //! [`SimulatedAgent`](umbra_orchestrator::executor::simulated_agent::SimulatedAgent)s with
-//! heartbeats, clients sending requests to the regions' fronts, and an
-//! operator who applies a plan and asks for a migration. Everything happens on an event queue
-//! ordered by (simulated time, sequence number); every random choice comes from one
-//! `StdRng` seeded with the seed, so a seed is a complete description of a run and
-//! `umbra chaos simulate --seed S` replays it exactly.
+//! heartbeats, clients sending requests to the regions' fronts (some of them writes to the
+//! moved service's data, `data`: one store per region, moved only by the replication commands
+//! the controller sends the agents), and an operator who applies a plan and asks for a
+//! migration. Everything happens on an event queue ordered by (simulated time, sequence
+//! number); every random choice comes from one `StdRng` seeded with the seed, so a seed is a
+//! complete description of a run and `umbra chaos simulate --seed S` replays it exactly.
 //!
 //! Faults, drawn from the seed within a fault window: message drops, delays and duplicates, a
 //! replica (leader or follower) isolated from everything, a replica crashed and restarted
@@ -21,6 +22,7 @@
 //! clock for anything that shows in a run (the one `Instant` read is an origin only offsets
 //! are taken from) and must not iterate a hash map.
 
+mod data;
 mod replica;
 mod world;
 
@@ -38,6 +40,9 @@ pub struct Bugs {
     /// The target region's agent answers every command that releases a rolled-back
     /// migration's shadow instances with success and does nothing.
     pub ignore_shadow_release: bool,
+    /// Every agent answers `FenceSource` as done (and lets the promotion follow) while the
+    /// fenced store keeps accepting writes: after the promotion two regions take writes.
+    pub fence_ignored: bool,
 }
 
 /// What one run does besides its seed.
@@ -79,14 +84,17 @@ pub struct Violation {
 ///   terminal phase (`left_terminal_phase`);
 /// - every tick: one leader per term (`two_leaders_in_term`); every second: no migration
 ///   stays in a phase a minute past the phase's own bound (`migration_stuck`);
+/// - whenever an agent's replication command changes what a region's copy of the service's
+///   data does with writes: at most one region accepts writes (`single_writer`);
 /// - at the end: every acknowledged proposal's entry is in every replica's log
-///   (`acknowledged_write_lost`), every replica applied as far as the others
-///   (`replica_behind`), every migration ended (`migration_not_terminal`), none Failed
-///   (`migration_failed`), it rolled back exactly when its target failed
-///   (`rolled_back_without_cause`), a rolled-back migration's shadows serve nothing and are
-///   gone after the keep time (`rolled_back_shadow_serves`), and every pool holds its target
-///   (`pool_not_converged`).
-pub const INVARIANTS: [&str; 15] = [
+///   (`acknowledged_write_lost`), every client write acknowledged by the service is held by
+///   the region that accepts writes at the end, and one does (`acknowledged_data_write_lost`),
+///   every replica applied as far as the others (`replica_behind`), every migration ended
+///   (`migration_not_terminal`), none Failed (`migration_failed`), it rolled back exactly when
+///   its target failed (`rolled_back_without_cause`), a rolled-back migration's shadows serve
+///   nothing and are gone after the keep time (`rolled_back_shadow_serves`), and every pool
+///   holds its target (`pool_not_converged`).
+pub const INVARIANTS: [&str; 17] = [
     "replicas_differ",
     "committed_entry_differs",
     "entry_applied_twice",
@@ -94,7 +102,9 @@ pub const INVARIANTS: [&str; 15] = [
     "step_applied_twice",
     "left_terminal_phase",
     "two_leaders_in_term",
+    "single_writer",
     "acknowledged_write_lost",
+    "acknowledged_data_write_lost",
     "replica_behind",
     "migration_stuck",
     "migration_not_terminal",
@@ -119,6 +129,10 @@ pub struct SeedReport {
     pub migrations: Vec<(String, String)>,
     /// Whether the target region failed half its requests (the migration must roll back).
     pub target_fails: bool,
+    /// The regions whose copy of the service's data accepts writes at the end.
+    pub writers: Vec<String>,
+    /// Client writes the service acknowledged.
+    pub writes_acknowledged: usize,
     /// Faults injected, by kind.
     pub faults: Vec<(String, u32)>,
     /// A digest of every event handled, in order: two runs of one seed give the same.

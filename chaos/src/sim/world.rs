@@ -24,8 +24,12 @@ use umbra_orchestrator::state::{
     Command, MigrationRequest, Overview, Plan, PoolMode, decode_command, decode_outcome,
     encode_command,
 };
-use umbra_proto::agent::{AgentCommand, AgentReport, CommandOutcome, CommandResult, InstanceState};
+use umbra_proto::agent::{
+    AgentAction, AgentCommand, AgentReport, CommandOutcome, CommandResult, InstanceState,
+    ReplicationReport,
+};
 
+use super::data::Data;
 use super::replica::{AppliedEntry, Replica};
 use super::{SeedReport, SimConfig, Violation};
 
@@ -42,6 +46,9 @@ const HEARTBEAT_MS: u64 = 1_000;
 const TRAFFIC_MS: u64 = 1_000;
 /// Requests the clients send each second.
 const REQUESTS_PER_SEC: u64 = 100;
+/// Of those, writes to the service's data (each with a new id), split between the regions'
+/// fronts as its requests are.
+const WRITES_PER_SEC: u64 = 10;
 /// The operator retries every half second until its command applied.
 const OPERATOR_MS: u64 = 500;
 /// How long the operator (and the executor) wait for a proposal: the product's store-call
@@ -264,6 +271,10 @@ struct World {
     /// Each migration's latest phase, and the index that set it.
     phases: BTreeMap<String, (Phase, u64)>,
     acks: Vec<Ack>,
+    /// The moved service's data: which region's store accepts writes, and what each holds.
+    data: Data,
+    /// Whether two stores accept writes now (reported once each time it starts).
+    two_writers: bool,
     violations: Vec<Violation>,
     faults: BTreeMap<&'static str, u32>,
     /// Migrations and phases already reported stuck (once each).
@@ -398,6 +409,9 @@ impl World {
             steps: BTreeMap::new(),
             phases: BTreeMap::new(),
             acks: Vec::new(),
+            // The plan's primary region for the service is the first: its store is the writer.
+            data: Data::new(REGIONS.len(), 0),
+            two_writers: false,
             violations: Vec::new(),
             faults: BTreeMap::new(),
             stuck: BTreeSet::new(),
@@ -738,7 +752,12 @@ impl World {
         }
         let source = &mut self.agents[from].agent;
         source.handle_requests(REQUESTS_PER_SEC);
-        let Some(share) = source.share(SERVICE).cloned() else {
+        let share = source.share(SERVICE).cloned();
+        let forwarded_writes = share
+            .as_ref()
+            .map_or(0, |s| WRITES_PER_SEC * u64::from(s.percent) / 100);
+        self.client_writes(from, WRITES_PER_SEC - forwarded_writes);
+        let Some(share) = share else {
             return;
         };
         let front = self
@@ -756,6 +775,15 @@ impl World {
         self.agents[to].agent.handle_requests(forwarded);
         if self.target_fails && to == 1 {
             self.agents[to].agent.handle_errors(forwarded / 2);
+        }
+        self.client_writes(to, forwarded_writes);
+    }
+
+    /// `count` client writes reach region `r`'s front. Each is acknowledged by the store that
+    /// accepts writes or refused (the fence window); the refused are the client's to retry.
+    fn client_writes(&mut self, r: usize, count: u64) {
+        for _ in 0..count {
+            self.data.handle_write(r);
         }
     }
 
@@ -1248,9 +1276,70 @@ impl World {
             self.send(Endpoint::Agent(a), Endpoint::Replica(from), answer);
             return;
         }
+        let moves_data = replicated_instance(&command.action)
+            .map(|i| (command.action.clone(), slot.agent.replication(i).cloned()));
         slot.agent
             .handle_command(command, START_UNIX_MS + self.now_ms);
+        if let Some((action, before)) = moves_data {
+            self.data_moved(a, &action, before);
+        }
         self.agent_progress(a);
+    }
+
+    /// Agent `a` carried out `action` on a replication that was `before`: region `a`'s store
+    /// follows, is promoted or stops following, or the store it follows is fenced. Only what
+    /// the agent's replication state shows it did counts (a repeated operation id gets its
+    /// first outcome back and does nothing again), and only replication between regions (a
+    /// follower inside a region is part of its region's store).
+    fn data_moved(&mut self, a: usize, action: &AgentAction, before: Option<ReplicationReport>) {
+        let Some(instance) = replicated_instance(action) else {
+            return;
+        };
+        let after = self.agents[a].agent.replication(instance).cloned();
+        let Some(seen) = after.as_ref().or(before.as_ref()) else {
+            return;
+        };
+        let from = self
+            .agents
+            .iter()
+            .position(|slot| slot.agent.hands_out(&seen.source));
+        let Some(source) = from.filter(|&s| s != a) else {
+            return;
+        };
+        let became = |flag: fn(&ReplicationReport) -> bool| {
+            after.as_ref().is_some_and(flag) && !before.as_ref().is_some_and(flag)
+        };
+        match action {
+            AgentAction::StartReplication { .. } if after.is_some() && after != before => {
+                self.data.handle_follow(a, source);
+            }
+            // Planted bug: the fence is answered as done (the agent lets the promotion
+            // follow) and the fenced store keeps accepting writes.
+            AgentAction::FenceSource { .. }
+                if became(|r| r.source_fenced) && !self.config.bugs.fence_ignored =>
+            {
+                self.data.handle_fence(source);
+            }
+            AgentAction::Promote { .. } if became(|r| r.promoted) => self.data.handle_promote(a),
+            AgentAction::StopReplication { .. } if after.is_none() => {
+                self.data.handle_unfollow(a);
+            }
+            _ => return,
+        }
+        self.check_writers();
+    }
+
+    /// At most one writer at any instant, checked whenever a store changes what it does with
+    /// writes; reported when a second writer appears, not again while it lasts.
+    fn check_writers(&mut self) {
+        let writers = self.data.writers();
+        let two = writers.len() > 1;
+        if two && !self.two_writers {
+            let regions: Vec<&str> = writers.iter().map(|&r| REGIONS[r]).collect();
+            let detail = format!("the stores of {regions:?} all accept writes");
+            self.violation("single_writer", detail);
+        }
+        self.two_writers = two;
     }
 
     /// Agent `a`'s commands due by now complete; answers go back to their senders.
@@ -1354,6 +1443,13 @@ impl World {
             events: self.events,
             migrations,
             target_fails: self.target_fails,
+            writers: self
+                .data
+                .writers()
+                .into_iter()
+                .map(|r| REGIONS[r].to_owned())
+                .collect(),
+            writes_acknowledged: self.data.acknowledged(),
             faults: self
                 .faults
                 .iter()
@@ -1361,6 +1457,32 @@ impl World {
                 .collect(),
             trace_digest: self.digest.finish(),
             final_state,
+        }
+    }
+
+    /// No acknowledged client write lost: the store that accepts writes at the end holds
+    /// every write any store acknowledged (with none accepting, none is reachable).
+    fn check_data_kept(&mut self) {
+        let writers = self.data.writers();
+        if writers.is_empty() {
+            let detail = format!(
+                "no store accepts writes at the end: {} acknowledged writes are unreachable",
+                self.data.acknowledged()
+            );
+            self.violation("acknowledged_data_write_lost", detail);
+        }
+        for r in writers {
+            let missing = self.data.missing(r);
+            if !missing.is_empty() {
+                let detail = format!(
+                    "{} of {} acknowledged writes are not in the store of {}, a writer at the end (first: {:?})",
+                    missing.len(),
+                    self.data.acknowledged(),
+                    REGIONS[r],
+                    &missing[..missing.len().min(5)]
+                );
+                self.violation("acknowledged_data_write_lost", detail);
+            }
         }
     }
 
@@ -1381,6 +1503,7 @@ impl World {
                 }
             }
         }
+        self.check_data_kept();
         let applied: Vec<Option<u64>> = (0..REPLICAS)
             .map(|n| self.nodes[n].replica.applied())
             .collect();
@@ -1453,6 +1576,17 @@ impl World {
             self.violation("pool_not_converged", pool);
         }
         self.acks = acks;
+    }
+}
+
+/// The instance whose replication `action` changes, if it is a replication command.
+fn replicated_instance(action: &AgentAction) -> Option<&str> {
+    match action {
+        AgentAction::StartReplication { instance, .. }
+        | AgentAction::FenceSource { instance }
+        | AgentAction::Promote { instance }
+        | AgentAction::StopReplication { instance } => Some(instance),
+        _ => None,
     }
 }
 

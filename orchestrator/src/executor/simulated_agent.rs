@@ -267,6 +267,20 @@ impl SimulatedAgent {
         self.instances.iter().map(|(id, i)| (id.as_str(), i.state))
     }
 
+    /// The replication into instance `id`, as the next report will show it.
+    pub fn replication(&self, id: &str) -> Option<&ReplicationReport> {
+        self.replication.get(id)
+    }
+
+    /// Whether `url` (`http://host:port`) names an address this agent gives its instances,
+    /// whether or not one serves there now: a simulation routes a replication's source (and a
+    /// fence sent to it) to the source's region by it.
+    pub fn hands_out(&self, url: &str) -> bool {
+        let host = url.strip_prefix("http://").unwrap_or(url);
+        host.strip_prefix(self.instance_host().as_str())
+            .is_some_and(|rest| rest.starts_with(':'))
+    }
+
     /// The share (percent) of `service` this region's front sends to another region's front,
     /// and that front; `None` when it sends none.
     pub fn share(&self, service: &str) -> Option<&ShareReport> {
@@ -407,9 +421,16 @@ impl SimulatedAgent {
         census
     }
 
+    /// A new address, named for the region: addresses are unique across agents, as real
+    /// ones are, so a replication's source names one region's instance (see
+    /// [`SimulatedAgent::hands_out`]).
     fn new_addr(&mut self) -> String {
         self.next_port += 1;
-        format!("127.0.0.1:{}", self.next_port)
+        format!("{}:{}", self.instance_host(), self.next_port)
+    }
+
+    fn instance_host(&self) -> String {
+        format!("{}.instances", self.region)
     }
 
     fn finish(&mut self, op_id: String, at_ms: u64, outcome: CommandOutcome) {

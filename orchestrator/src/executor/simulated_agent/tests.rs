@@ -282,6 +282,50 @@ fn a_crashed_instance_is_stopped() {
 }
 
 #[test]
+fn a_replication_source_names_the_one_agent_that_handed_its_address_out() {
+    let url = |agent: &mut SimulatedAgent| {
+        let report = agent.report(0);
+        let addr = report.instances[0]
+            .addr
+            .clone()
+            .expect("a serving instance");
+        format!("http://{addr}")
+    };
+    let mut east =
+        SimulatedAgent::new("us-east", DELAYS).with_instance("a-1", InstanceState::Active);
+    let mut west = SimulatedAgent::new(REGION, DELAYS).with_instance("b-1", InstanceState::Active);
+    let (east_url, west_url) = (url(&mut east), url(&mut west));
+    assert_ne!(east_url, west_url, "each agent's first instance");
+    assert!(east.hands_out(&east_url) && !east.hands_out(&west_url));
+    assert!(west.hands_out(&west_url) && !west.hands_out(&east_url));
+    // A crashed instance's old address is still the region's: a fence sent there reaches it.
+    assert!(east.crash_instance("a-1", 1));
+    assert!(east.hands_out(&east_url));
+}
+
+#[test]
+fn replication_is_readable_as_the_next_report_shows_it() {
+    let mut agent = SimulatedAgent::new(REGION, DELAYS).with_instance("a-1", InstanceState::Active);
+    assert_eq!(agent.replication("a-1"), None);
+    let source = "http://us-east.instances:20001".to_owned();
+    let start = AgentAction::StartReplication {
+        instance: "a-1".to_owned(),
+        source: source.clone(),
+    };
+    agent.handle_command(command("r", start), 0);
+    let fence = AgentAction::FenceSource {
+        instance: "a-1".to_owned(),
+    };
+    agent.handle_command(command("f", fence), 0);
+    let seen = agent.replication("a-1").cloned().expect("replicating");
+    assert_eq!(
+        (seen.source.as_str(), seen.source_fenced),
+        (source.as_str(), true)
+    );
+    assert_eq!(agent.report(1).replication, vec![seen]);
+}
+
+#[test]
 fn failed_requests_count_in_the_front_report() {
     let mut agent = SimulatedAgent::new(REGION, DELAYS);
     agent.handle_requests(100);
