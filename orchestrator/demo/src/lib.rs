@@ -1531,10 +1531,16 @@ async fn finish(
         }
     };
     let timeline = report::timeline(&segments);
-    let writer_move = report::writer_move(&watched.audit, &watched.id);
-    let fence_window_ms = writer_move.and_then(|(_, window)| window);
-    let failed_in_fence_window = writer_move
-        .map(|(at, window)| report::failed_in_window(&timeline, at, window.unwrap_or(0)))
+    // The window one leader measured; when leaders changed during the move (a paused or
+    // killed leader stretches it), the one the instances' logs show.
+    let fence_window = match report::writer_move(&watched.audit, &watched.id) {
+        Some((at, Some(window))) => Some((at, window)),
+        Some((at, None)) => report::logged_writer_move(&wals, &watched.id).or(Some((at, 0))),
+        None => None,
+    };
+    let fence_window_ms = fence_window.map(|(_, window)| window);
+    let failed_in_fence_window = fence_window
+        .map(|(end, window)| report::failed_in_window(&timeline, end, window))
         .unwrap_or(0);
     Ok(DemoReport {
         outcome,

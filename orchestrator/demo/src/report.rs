@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use umbra_agent::loadgen::{FailedRequest, Outcome, OutcomeCounts};
+use umbra_chaos::campaign::InstanceWal;
 
 use umbra_orchestrator::api::Timestamp;
 use umbra_orchestrator::migration::Phase;
@@ -122,6 +123,25 @@ pub fn writer_move(audit: &[AuditEntry], id: &str) -> Option<(u64, Option<u64>)>
             } => Some((e.at_ms, fence_window_ms)),
             _ => None,
         })
+}
+
+/// The single writer's move to the target of migration `id` as the instances' logs show it:
+/// the end of the move (the first write a shadow of `id`, named `{id}-N`, accepted, Unix ms)
+/// and its length (from the last write another writer accepted before that). What the data
+/// saw, whichever leaders carried the move out; `None` when no shadow accepted a write.
+pub fn logged_writer_move(wals: &[InstanceWal], id: &str) -> Option<(u64, u64)> {
+    let shadow = format!("{id}-");
+    let runs = || wals.iter().flat_map(|w| &w.runs);
+    let first_on_target = runs()
+        .filter(|r| r.writer.starts_with(&shadow))
+        .map(|r| r.from_ms)
+        .min()?;
+    let last_before = runs()
+        .filter(|r| !r.writer.starts_with(&shadow) && r.to_ms <= first_on_target)
+        .map(|r| r.to_ms)
+        .max()
+        .unwrap_or(first_on_target);
+    Some((first_on_target, first_on_target - last_before))
 }
 
 /// Audit events of migration `id` that must appear exactly once in a run (entering
@@ -441,8 +461,9 @@ pub struct DemoReport {
     /// The single writer's move to the target: from the source's fence confirmed to the
     /// target's promotion confirmed, as the leader measured it (writes reaching the service
     /// meanwhile are held, up to the sample's hold time; any refused are counted in
-    /// `failed_in_fence_window`). `null` when the writer never moved, or leaders
-    /// changed during the move.
+    /// `failed_in_fence_window`). When leaders changed during the move, the window the
+    /// instances' logs show: from the last write the source's writer accepted to the first
+    /// the target's took. `null` when the writer never moved.
     pub fence_window_ms: Option<u64>,
     /// Failed requests in the traffic seconds that overlap the fence window (counted apart;
     /// `requests_failed` includes them).
@@ -724,5 +745,55 @@ mod tests {
             serde_json::to_value(&second).unwrap()["start"],
             "2025-12-01T09:00:01.000Z"
         );
+    }
+
+    /// Writer runs of one log: `(writer, from_ms, to_ms)`.
+    fn wal(instance: &str, runs: &[(&str, u64, u64)]) -> InstanceWal {
+        InstanceWal {
+            instance: instance.to_owned(),
+            runs: runs
+                .iter()
+                .enumerate()
+                .map(
+                    |(i, &(writer, from_ms, to_ms))| umbra_chaos::campaign::WriterRun {
+                        writer: writer.to_owned(),
+                        first_seq: i as u64 * 10 + 1,
+                        last_seq: i as u64 * 10 + 10,
+                        from_ms,
+                        to_ms,
+                    },
+                )
+                .collect(),
+            unstamped: 0,
+        }
+    }
+
+    #[test]
+    fn the_logs_show_the_writer_move_from_the_last_source_write_to_the_first_shadow_write() {
+        let wals = [
+            // The source's primary: its own writes, then the shadow's replicated back after a
+            // rollback, then its own again.
+            wal(
+                "us-east/shop-us-east-1",
+                &[
+                    ("shop-us-east-1", 1_000, 4_000),
+                    ("shop-1-1", 6_500, 7_000),
+                    ("shop-us-east-1", 9_000, 9_500),
+                ],
+            ),
+            // A source replica lagging behind, and the shadow itself.
+            wal(
+                "us-east/shop-us-east-2",
+                &[("shop-us-east-1", 1_000, 3_800)],
+            ),
+            wal(
+                "ap-south/shop-1-1",
+                &[("shop-us-east-1", 1_000, 4_000), ("shop-1-1", 6_500, 7_000)],
+            ),
+        ];
+        assert_eq!(logged_writer_move(&wals, "shop-1"), Some((6_500, 2_500)));
+        // No shadow of that migration ever wrote.
+        assert_eq!(logged_writer_move(&wals, "shop-2"), None);
+        assert_eq!(logged_writer_move(&wals[1..2], "shop-1"), None);
     }
 }
