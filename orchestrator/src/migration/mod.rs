@@ -1069,6 +1069,12 @@ fn step_held(spec: &MigrationSpec, step: usize, judged: &str, actions: Vec<Actio
 fn rolling_back(record: &MigrationRecord, seen: &Observations, elapsed_ms: u64) -> Decision {
     let spec = &record.spec;
     let mut actions = vec![Action::SetShare { percent: 0 }];
+    if !record.promoted && seen.replication.is_some_and(|r| r.promoted) {
+        // The promotion landed after the rollback began (an operator's, asked while the
+        // promotion's answer was on its way): the target is the writer and must hand it back
+        // before its shadow is released, or the writes it took would go with it.
+        return Decision::record_promoted(true);
+    }
     if record.promoted {
         if seen.replication.is_some_and(|r| !r.promoted) {
             return Decision::record_promoted(false);

@@ -525,6 +525,20 @@ fn decisions_table() {
             actions: vec![SetShare { percent: 0 }, shadow.clone(), PromoteSource],
         },
         Row {
+            name: "a promotion that landed after the rollback began is recorded, to hand it back",
+            phase: Phase::RollingBack,
+            promoted: false,
+            elapsed_ms: 10,
+            seen: Observations {
+                share_applied: Some(0),
+                replication: caught_up(true),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: Some(true),
+            actions: vec![],
+        },
+        Row {
             name: "a writer back on the source is recorded",
             phase: Phase::RollingBack,
             promoted: true,
