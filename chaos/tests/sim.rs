@@ -91,6 +91,12 @@ fn every_invariant_holds_under_faults_and_every_fault_and_outcome_occurs() {
     for report in &reports {
         assert_writer_follows_the_ending(report);
     }
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.target_fails_late && r.writers == ["us-east"]),
+        "some rollback handed the writer back after it moved"
+    );
 }
 
 /// The service's data accepts writes where the migration left the service, and clients' writes

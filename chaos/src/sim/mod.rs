@@ -14,8 +14,9 @@
 //! Faults, drawn from the seed within a fault window: message drops, delays and duplicates, a
 //! replica (leader or follower) isolated from everything, a replica crashed and restarted
 //! from its disk, an agent restarted, an instance crashed, a replica's wall clock jumping.
-//! Some seeds make the target region fail half its requests, so the SLO breaks and the
-//! migration must roll back. After the window everything heals and the run settles.
+//! Some seeds make the target region fail half its requests, from the first step or only
+//! once the writer moved there, so the SLO breaks and the migration must roll back (moving
+//! the writer back in the second case). After the window everything heals and the run settles.
 //!
 //! Invariants ([`Violation`]) are checked after every applied entry and tick, and at the end;
 //! they are data, each with the seed and the simulated time. This module must not read a
@@ -129,6 +130,9 @@ pub struct SeedReport {
     pub migrations: Vec<(String, String)>,
     /// Whether the target region failed half its requests (the migration must roll back).
     pub target_fails: bool,
+    /// Whether it failed them only once its store was the writer (the rollback must move the
+    /// writer back).
+    pub target_fails_late: bool,
     /// The regions whose copy of the service's data accepts writes at the end.
     pub writers: Vec<String>,
     /// Client writes the service acknowledged.

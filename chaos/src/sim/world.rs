@@ -260,6 +260,9 @@ struct World {
     dup_p: f64,
     max_delay_ms: u64,
     target_fails: bool,
+    /// The target fails only once its store is the writer: the rollback must hand the writer
+    /// back.
+    target_fails_late: bool,
     plan: Plan,
     operator: Operator,
     controller_config: ControllerConfig,
@@ -369,6 +372,7 @@ impl World {
             (0.0, 0.0, 5)
         };
         let target_fails = rng.random_bool(0.3);
+        let target_fails_late = target_fails && rng.random_bool(0.5);
         let executor = ExecutorConfig {
             command_timeout_ms: 5_000,
             schedules: false,
@@ -400,6 +404,7 @@ impl World {
             dup_p,
             max_delay_ms,
             target_fails,
+            target_fails_late,
             plan,
             operator,
             controller_config: ControllerConfig::from(&executor),
@@ -773,7 +778,9 @@ impl World {
         }
         let forwarded = REQUESTS_PER_SEC * u64::from(share.percent) / 100;
         self.agents[to].agent.handle_requests(forwarded);
-        if self.target_fails && to == 1 {
+        let failing =
+            self.target_fails && (!self.target_fails_late || self.data.writers().contains(&to));
+        if failing && to == 1 {
             self.agents[to].agent.handle_errors(forwarded / 2);
         }
         self.client_writes(to, forwarded_writes);
@@ -1443,6 +1450,7 @@ impl World {
             events: self.events,
             migrations,
             target_fails: self.target_fails,
+            target_fails_late: self.target_fails_late,
             writers: self
                 .data
                 .writers()

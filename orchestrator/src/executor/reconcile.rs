@@ -270,7 +270,7 @@ fn sample_replication(
         .unwrap_or(0);
     // The first shadow is the writer to be; the others follow it, so they never promote.
     let mut promoted = reports[0].promoted;
-    if record.phase == Phase::RollingBack && record.promoted {
+    if record.phase == Phase::RollingBack {
         // The writer is back on the source once the source's primary was promoted again.
         let pool = pool_of(
             overview,
@@ -285,7 +285,15 @@ fn sample_replication(
                     .any(|r| &r.instance == primary && r.promoted)
             })
         });
-        promoted = !source_promoted;
+        // A rollback recorded before the promotion (an operator's, while the promotion's
+        // answer was on its way) finds the target writing all the same, unless a hand-back
+        // already promoted the source: the shadow's report need not change when the source's
+        // agent fences it.
+        promoted = if record.promoted {
+            !source_promoted
+        } else {
+            promoted && !source_promoted
+        };
     }
     Some(ReplicationObserved { lag, promoted })
 }
@@ -1119,6 +1127,52 @@ mod tests {
                 lag: 0,
                 promoted: true
             })
+        );
+    }
+
+    #[test]
+    fn a_rollback_recorded_before_the_promotion_sees_the_target_writing_until_the_hand_back() {
+        let (overview, mut record) = migration(ReplicationKind::SampleLogShipping);
+        record.phase = Phase::RollingBack;
+        record.promoted = false;
+        let id = record.spec.id.clone();
+        let (w, f) = (format!("{id}-1"), format!("{id}-2"));
+        let home = "shop-us-east-1";
+        let writing = |instance: &str, promoted: bool| umbra_proto::agent::ReplicationReport {
+            instance: instance.to_owned(),
+            source: String::new(),
+            source_position: 5,
+            target_position: 5,
+            source_fenced: true,
+            promoted,
+        };
+        let mut target = report(
+            "eu-west",
+            &[(&w, InstanceState::Active), (&f, InstanceState::Active)],
+        );
+        target.replication = vec![writing(&w, true), writing(&f, false)];
+        let mut source = report("us-east", &[(home, InstanceState::Active)]);
+        let seen = |source: &AgentReport| {
+            let reports = BTreeMap::from([
+                ("eu-west".to_owned(), target.clone()),
+                ("us-east".to_owned(), source.clone()),
+            ]);
+            observe(
+                &record,
+                &overview.services["shop"],
+                &overview,
+                &reports,
+                &NoOps,
+            )
+            .replication
+            .map(|r| r.promoted)
+        };
+        assert_eq!(seen(&source), Some(true), "the promotion landed after all");
+        source.replication = vec![writing(home, true)];
+        assert_eq!(
+            seen(&source),
+            Some(false),
+            "the source is the writer again, whatever the fenced shadow still reports"
         );
     }
 

@@ -253,7 +253,9 @@ pub struct PhaseDeadlines {
     pub warming_ms: u64,
     /// Replication lag coming under its bound.
     pub replicating_ms: u64,
-    /// Traffic back on the source after a rollback starts; past it the migration is Failed.
+    /// Traffic back on the source after a rollback starts; past it the migration is Failed,
+    /// but never while the single writer is moving back to the source (a rollback after
+    /// promotion): that move is retried until it is done.
     pub rolling_back_ms: u64,
 }
 
@@ -1067,13 +1069,32 @@ fn step_held(spec: &MigrationSpec, step: usize, judged: &str, actions: Vec<Actio
 fn rolling_back(record: &MigrationRecord, seen: &Observations, elapsed_ms: u64) -> Decision {
     let spec = &record.spec;
     let mut actions = vec![Action::SetShare { percent: 0 }];
+    if !record.promoted && seen.replication.is_some_and(|r| r.promoted) {
+        // The promotion landed after the rollback began (an operator's, asked while the
+        // promotion's answer was on its way): the target is the writer and must hand it back
+        // before its shadow is released, or the writes it took would go with it.
+        return Decision::record_promoted(true);
+    }
     if record.promoted {
         if seen.replication.is_some_and(|r| !r.promoted) {
             return Decision::record_promoted(false);
         }
-        actions.push(Action::PromoteSource);
+        // No deadline while the writer goes back: Failed is terminal and ensures nothing, so
+        // giving up mid-move would leave the source following a fenced target and no region
+        // accepting writes. Each step of the move (follow, fence, wait for lag 0, promote) is
+        // idempotent, has its own timeout and is retried, so the move ends once the regions
+        // can be reached again. Only then does the deadline judge whether the traffic is back.
+        // The shadow pool is ensured as well: its writer holds the writes to hand back, and a
+        // crashed writer must serve again before the source can follow it.
+        actions.extend([
+            Action::EnsureShadow {
+                instances: record.shadow_instances,
+            },
+            Action::PromoteSource,
+        ]);
+        return Decision::hold(actions);
     }
-    let transition = if seen.share_applied == Some(0) && !record.promoted {
+    let transition = if seen.share_applied == Some(0) {
         to(Phase::RolledBack, "all traffic back on the source")
     } else if elapsed_ms > spec.deadlines.rolling_back_ms {
         to(

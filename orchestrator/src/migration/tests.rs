@@ -508,7 +508,35 @@ fn decisions_table() {
             },
             to: None,
             promoted_change: None,
-            actions: vec![SetShare { percent: 0 }, PromoteSource],
+            actions: vec![SetShare { percent: 0 }, shadow.clone(), PromoteSource],
+        },
+        Row {
+            name: "a writer hand-back that outlasts the deadline is not abandoned",
+            phase: Phase::RollingBack,
+            promoted: true,
+            elapsed_ms: 1_001,
+            seen: Observations {
+                share_applied: Some(0),
+                replication: caught_up(true),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![SetShare { percent: 0 }, shadow.clone(), PromoteSource],
+        },
+        Row {
+            name: "a promotion that landed after the rollback began is recorded, to hand it back",
+            phase: Phase::RollingBack,
+            promoted: false,
+            elapsed_ms: 10,
+            seen: Observations {
+                share_applied: Some(0),
+                replication: caught_up(true),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: Some(true),
+            actions: vec![],
         },
         Row {
             name: "a writer back on the source is recorded",

@@ -53,7 +53,8 @@ pub const MAX_CUTOVER_IN_PAST_MS: u64 = 300_000;
 /// to warm, five to catch up. Traffic goes back within a second in practice (the demo measures
 /// it); the 30 s rollback deadline only decides when a rollback that cannot be confirmed —
 /// agents unreachable across a leader change, say — is declared Failed for an operator, and
-/// Failed is terminal, so it must not fire on a slow reconnect.
+/// Failed is terminal, so it must not fire on a slow reconnect. It does not bound moving the
+/// single writer back after a promotion: that is retried until done (`migration::decide`).
 pub const DEFAULT_DEADLINES: PhaseDeadlines = PhaseDeadlines {
     provisioning_ms: 600_000,
     warming_ms: 600_000,

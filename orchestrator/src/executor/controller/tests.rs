@@ -516,6 +516,145 @@ fn the_writers_move_is_measured_from_the_first_fence_to_the_last_promotion() {
     assert!((moved[0].1 - 0.042).abs() < 1e-9, "{moved:?}");
 }
 
+/// Simulator seed 407: while the writer goes back to the source, the fence's answer is lost,
+/// then the wait for lag 0, and the promoted shadow crashes. The hand-back outlasts the 30 s
+/// rollback deadline, yet it is not given up (a Failed migration would leave the source
+/// fenced behind the target and no region accepting writes): the shadow is started again and
+/// the move resumes until the source is the writer.
+#[test]
+fn a_writer_hand_back_slowed_by_lost_answers_outlasts_the_rollback_deadline_and_completes() {
+    let (mut overview, id) = overview_with(Phase::RollingBack, 1);
+    overview.migrations.get_mut(&id).expect("there").promoted = true;
+    let config = ControllerConfig {
+        command_timeout: Duration::from_secs(5),
+        ..config()
+    };
+    let shadow = format!("{id}-1");
+    let home = "shop-us-east-1";
+    let mut clock = Clock::new();
+    let mut c = Controller::new(config, 3, clock.now());
+    // `instance` promoted after following `source` (fenced, lag 0).
+    let writer = |instance: &str, source: &str| umbra_proto::agent::ReplicationReport {
+        instance: instance.to_owned(),
+        source: source.to_owned(),
+        source_position: 10,
+        target_position: 10,
+        source_fenced: true,
+        promoted: true,
+    };
+    let shadow_writes = |state| AgentReport {
+        replication: vec![writer(&shadow, "http://127.0.0.1:1")],
+        ..report("eu-west", vec![instance(&shadow, state)])
+    };
+    c.handle_report(
+        "eu-west",
+        shadow_writes(InstanceState::Active),
+        clock.now().at,
+    );
+    c.handle_report("us-east", home_serving(), clock.now().at);
+    let base = format!("{id}/rolling_back/0/promote_source");
+    // One round, `advance_ms` after the last input: the hand-back sends the one command of
+    // `stage` (the others are answered at once).
+    let round = |c: &mut Controller, clock: &mut Clock, advance_ms: u64, stage: &str| {
+        c.handle_overview(overview.clone(), clock.advance(advance_ms));
+        let sent = drain_commands(c);
+        let (hand_back, others): (Vec<_>, Vec<_>) = sent
+            .into_iter()
+            .partition(|o| o.command.op_id.starts_with(&base));
+        done(c, &others, clock.now());
+        if let Some(p) = c.poll_proposal() {
+            assert!(
+                !matches!(
+                    p.command,
+                    Command::Transition {
+                        to: Phase::Failed,
+                        ..
+                    }
+                ),
+                "the hand-back was given up at +{} ms: {:?}",
+                clock.ms,
+                p.command
+            );
+            c.handle_proposal(&p.key, Proposed::Applied, clock.now());
+        }
+        let ops: Vec<_> = hand_back.iter().map(|o| &o.command.op_id).collect();
+        assert_eq!(
+            ops,
+            [&format!("{base}/{stage}/{home}")],
+            "at +{} ms",
+            clock.ms
+        );
+        hand_back
+    };
+    let lost = |c: &mut Controller, sent: &[Outgoing], now: Now| {
+        for o in sent {
+            c.handle_outcome(&o.operation, Delivery::Unanswered("timed out".into()), now);
+        }
+    };
+    let follow = round(&mut c, &mut clock, 1, "follow");
+    done(&mut c, &follow, clock.advance(10));
+    let fence = round(&mut c, &mut clock, 1, "fence");
+    // Its answer is lost: asked again under the same id once the backoff passed.
+    lost(&mut c, &fence, clock.advance(5_000));
+    let fence = round(&mut c, &mut clock, 300, "fence");
+    done(&mut c, &fence, clock.advance(10));
+    let wait = round(&mut c, &mut clock, 1, "zero_lag");
+    // The shadow crashes while the wait's command is lost.
+    c.handle_report(
+        "eu-west",
+        shadow_writes(InstanceState::Stopped),
+        clock.advance(2_000).at,
+    );
+    lost(&mut c, &wait, clock.advance(13_000));
+    // Past the deadline (30 s since the rollback began): the shadow is started again first,
+    // and nothing of the hand-back is asked while it has no address to follow.
+    clock.advance(10_000);
+    c.handle_overview(overview.clone(), clock.now());
+    let sent = drain_commands(&mut c);
+    assert!(
+        sent.iter().any(
+            |o| matches!(&o.command.action, AgentAction::Activate { instance } if *instance == shadow)
+        ),
+        "{:?}",
+        actions(&sent)
+    );
+    assert!(
+        sent.iter().all(|o| !o.command.op_id.starts_with(&base)),
+        "{:?}",
+        actions(&sent)
+    );
+    assert!(c.poll_proposal().is_none(), "not given up");
+    done(&mut c, &sent, clock.advance(10));
+    c.handle_report(
+        "eu-west",
+        shadow_writes(InstanceState::Active),
+        clock.advance(1_000).at,
+    );
+    let wait = round(&mut c, &mut clock, 1, "zero_lag");
+    done(&mut c, &wait, clock.advance(10));
+    let promote = round(&mut c, &mut clock, 1, "promote");
+    done(&mut c, &promote, clock.advance(10));
+    // The source reports its writer promoted: the move back is recorded.
+    let source_writes = AgentReport {
+        replication: vec![writer(home, "http://127.0.0.1:9")],
+        ..home_serving()
+    };
+    c.handle_report("us-east", source_writes, clock.advance(1_000).at);
+    c.handle_overview(overview, clock.now());
+    let proposal = c.poll_proposal().expect("the writer is back: SetPromoted");
+    assert!(
+        matches!(
+            proposal.command,
+            Command::SetPromoted {
+                promoted: false,
+                ..
+            }
+        ),
+        "{:?}",
+        proposal.command
+    );
+}
+
 /// A forecast of 10-second slices from `T0_MS` with these (warm, dormant) targets.
 fn pool_forecast(targets: &[(u32, u32)]) -> PoolForecast {
     PoolForecast {
