@@ -1531,16 +1531,20 @@ async fn finish(
         }
     };
     let timeline = report::timeline(&segments);
-    // The window one leader measured; when leaders changed during the move (a paused or
-    // killed leader stretches it), the one the instances' logs show.
-    let fence_window = match report::writer_move(&watched.audit, &watched.id) {
-        Some((at, Some(window))) => Some((at, window)),
-        Some((at, None)) => report::logged_writer_move(&wals, &watched.id).or(Some((at, 0))),
-        None => None,
-    };
-    let fence_window_ms = fence_window.map(|(_, window)| window);
-    let failed_in_fence_window = fence_window
-        .map(|(end, window)| report::failed_in_window(&timeline, end, window))
+    // The window the leader measured, or when leaders changed during the move the one the
+    // instances' logs show. Failures are counted over the wider of the two: a leader that
+    // took over a move half done measures only its own part (seed 12 of the campaign: the
+    // old leader fenced and was paused, the new one fenced again and promoted 140 ms later,
+    // while the logs show 4.4 s without a writer).
+    let measured = report::writer_move(&watched.audit, &watched.id);
+    let logged = report::logged_writer_move(&wals, &watched.id);
+    let fence_window_ms =
+        measured.map(|(_, window)| window.or(logged.map(|(_, l)| l)).unwrap_or(0));
+    let failed_in_fence_window = measured
+        .map(|(at, window)| {
+            let (end, len) = report::widest((at, window.unwrap_or(0)), logged);
+            report::failed_in_window(&timeline, end, len)
+        })
         .unwrap_or(0);
     Ok(DemoReport {
         outcome,

@@ -144,6 +144,16 @@ pub fn logged_writer_move(wals: &[InstanceWal], id: &str) -> Option<(u64, u64)> 
     Some((first_on_target, first_on_target - last_before))
 }
 
+/// The window, as `(end, length)` in ms, that covers both `window` and `other`.
+pub fn widest(window: (u64, u64), other: Option<(u64, u64)>) -> (u64, u64) {
+    let Some(other) = other else {
+        return window;
+    };
+    let start = (window.0 - window.1.min(window.0)).min(other.0 - other.1.min(other.0));
+    let end = window.0.max(other.0);
+    (end, end - start)
+}
+
 /// Audit events of migration `id` that must appear exactly once in a run (entering
 /// provisioning and each cutover step), with how often each did.
 pub fn step_counts(audit: &[AuditEntry], id: &str, steps: usize) -> BTreeMap<String, usize> {
@@ -465,8 +475,9 @@ pub struct DemoReport {
     /// instances' logs show: from the last write the source's writer accepted to the first
     /// the target's took. `null` when the writer never moved.
     pub fence_window_ms: Option<u64>,
-    /// Failed requests in the traffic seconds that overlap the fence window (counted apart;
-    /// `requests_failed` includes them).
+    /// Failed requests in the traffic seconds that overlap the fence window, or the logs'
+    /// window when it is wider (a leader that took over a move half done measures only its
+    /// own part), counted apart; `requests_failed` includes them.
     pub failed_in_fence_window: u64,
     /// Requests by front over the run.
     pub by_front: BTreeMap<String, u64>,
@@ -795,5 +806,13 @@ mod tests {
         // No shadow of that migration ever wrote.
         assert_eq!(logged_writer_move(&wals, "shop-2"), None);
         assert_eq!(logged_writer_move(&wals[1..2], "shop-1"), None);
+    }
+
+    #[test]
+    fn the_widest_window_covers_both() {
+        assert_eq!(widest((1_000, 140), None), (1_000, 140));
+        assert_eq!(widest((5_000, 140), Some((4_500, 3_000))), (5_000, 3_500));
+        assert_eq!(widest((5_000, 4_000), Some((4_500, 100))), (5_000, 4_000));
+        assert_eq!(widest((50, 100), Some((40, 10))), (50, 50));
     }
 }
