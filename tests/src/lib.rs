@@ -56,6 +56,15 @@ pub use memory_api::{MemoryApi, plan_without_schedules};
 pub use umbra_testkit::{Process, bin_dir, binary, free_port, wait_for};
 use umbra_testkit::{Secrets, TEST_TOKEN, write_secrets};
 
+/// The demo's options for an end-to-end test: the binaries next to the test's, and an SLO
+/// that judges errors, not speed (`umbra_demo::scenario::SAFETY_ONLY_P99_MS`), so a stalled
+/// shared machine does not roll the migration back.
+pub fn demo_options() -> anyhow::Result<umbra_demo::DemoOptions> {
+    let mut options = umbra_demo::DemoOptions::new(bin_dir()?);
+    options.load.slo_max_p99_ms = umbra_demo::scenario::SAFETY_ONLY_P99_MS;
+    Ok(options)
+}
+
 /// Raft tuning for tests: 50 ms ticks so elections take about a second on a loaded 2-core
 /// machine, frequent snapshots so catch-up by snapshot is exercised, and a long request
 /// timeout so a proposal stranded on a cut-off leader lives until the cut heals (the test

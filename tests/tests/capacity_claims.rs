@@ -246,10 +246,7 @@ async fn load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reactive_pool_follows_the_load_its_front_measured() -> anyhow::Result<()> {
-    let bin_dir: PathBuf = umbra_tests::bin_dir()?;
-    let mut options = DemoOptions::new(bin_dir);
-    // Judged on errors, not speed: a stalled shared machine must not roll it back.
-    options.load.slo_max_p99_ms = umbra_demo::scenario::SAFETY_ONLY_P99_MS;
+    let mut options = umbra_tests::demo_options()?;
     // Shrink after one quiet minute (a reactive pool's hysteresis counts minutes).
     options.pool_shrink_after_slices = 1;
     let cluster = IdleCluster::start(&options, &|line| eprintln!("{line}")).await?;

@@ -16,10 +16,7 @@ use umbra_demo::report::DemoReport;
 use umbra_demo::{DemoOptions, run};
 
 fn options(work_dir: &Path) -> anyhow::Result<DemoOptions> {
-    let bin_dir = umbra_tests::bin_dir()?;
-    let mut options = DemoOptions::new(bin_dir);
-    // Judged on errors, not speed: a stalled shared machine must not roll it back.
-    options.load.slo_max_p99_ms = umbra_demo::scenario::SAFETY_ONLY_P99_MS;
+    let mut options = umbra_tests::demo_options()?;
     options.work_dir = Some(work_dir.to_owned());
     // Smaller than `umbra demo`: 200 req/s, a 6 s baseline, no minimum request count.
     options.load.rate_per_sec = 200.0;

@@ -28,10 +28,7 @@ use umbra_testkit::{free_port, installed};
 const HOSTNAME: &str = "shop.umbra.test.";
 
 fn options(work_dir: &Path, dns: DemoDns) -> anyhow::Result<DemoOptions> {
-    let bin_dir = umbra_tests::bin_dir()?;
-    let mut options = DemoOptions::new(bin_dir);
-    // Judged on errors, not speed: a stalled shared machine must not roll it back.
-    options.load.slo_max_p99_ms = umbra_demo::scenario::SAFETY_ONLY_P99_MS;
+    let mut options = umbra_tests::demo_options()?;
     options.work_dir = Some(work_dir.to_owned());
     options.dns = dns;
     // Smaller than `umbra demo`: 200 reads/s, a 6 s baseline, no minimum request count.

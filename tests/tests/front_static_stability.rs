@@ -33,7 +33,7 @@ use umbra_agent::loadgen::{RequestSpec, ServiceTarget, Target};
 use umbra_agent::provider::process::ENV_PROVIDER_STATE;
 use umbra_demo::report::TrafficSegment;
 use umbra_demo::traffic::{TrafficRun, writes, written_key};
-use umbra_demo::{DemoOptions, IdleCluster, scenario};
+use umbra_demo::{IdleCluster, scenario};
 use umbra_orchestrator::api::Written;
 use umbra_testkit::bind::{NamedProcess, dig};
 use umbra_testkit::installed;
@@ -177,9 +177,7 @@ async fn the_fronts_serve_through_a_control_plane_outage_and_agent_restarts() ->
     let (key_file, secret) = umbra_tests::transfer_key(dir.path())?;
     // BIND's port first, so the orchestrators can be told where to send NOTIFY.
     let bind_addr = SocketAddr::from(([127, 0, 0, 1], umbra_tests::free_port()?));
-    let mut options = DemoOptions::new(umbra_tests::bin_dir()?);
-    // Judged on errors, not speed: a stalled shared machine must not roll it back.
-    options.load.slo_max_p99_ms = umbra_demo::scenario::SAFETY_ONLY_P99_MS;
+    let mut options = umbra_tests::demo_options()?;
     options.dns_secondaries = vec![bind_addr];
     options.dns_transfer_key_file = Some(key_file);
     let mut cluster = IdleCluster::start(&options, &progress).await?;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use umbra_agent::provider::InstanceRecord;
-use umbra_demo::{DemoOptions, IdleCluster};
+use umbra_demo::IdleCluster;
 use umbra_orchestrator::api::PoolStatus;
 use umbra_proto::agent::InstanceState;
 
@@ -202,11 +202,8 @@ fn secs_to(at: chrono::DateTime<chrono::Utc>) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_rises_before_its_forecast_peak_heals_a_killed_instance_and_falls_after()
 -> anyhow::Result<()> {
-    let bin_dir: PathBuf = umbra_tests::bin_dir()?;
     let history = tempfile::tempdir()?;
-    let mut options = DemoOptions::new(bin_dir);
-    // Judged on errors, not speed: a stalled shared machine must not roll it back.
-    options.load.slo_max_p99_ms = umbra_demo::scenario::SAFETY_ONLY_P99_MS;
+    let mut options = umbra_tests::demo_options()?;
     options.demand_history = Some((history.path().to_owned(), SLICE_SECS));
     options.pool_shrink_after_slices = 1;
     options.pool_forecast_reach_secs = REACH.as_secs();

@@ -35,9 +35,7 @@ const DEADLINE: Duration = Duration::from_secs(180);
 const WINDOWS_HELD: u32 = 4;
 
 fn options(work_dir: &Path) -> anyhow::Result<DemoOptions> {
-    let mut options = DemoOptions::new(umbra_tests::bin_dir()?);
-    // Judged on errors, not speed: a stalled shared machine must not roll it back.
-    options.load.slo_max_p99_ms = umbra_demo::scenario::SAFETY_ONLY_P99_MS;
+    let mut options = umbra_tests::demo_options()?;
     options.work_dir = Some(work_dir.to_owned());
     options.slo_source = DemoSloSource::Prometheus;
     // Smaller than `umbra demo`: 200 req/s, a 6 s baseline, no minimum request count.
@@ -169,9 +167,7 @@ async fn the_demo_judged_by_comparison_with_the_source_completes() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_without_prometheus_data_holds_until_an_operator_rolls_it_back() -> anyhow::Result<()>
 {
-    let mut options = DemoOptions::new(umbra_tests::bin_dir()?);
-    // Judged on errors, not speed: a stalled shared machine must not roll it back.
-    options.load.slo_max_p99_ms = umbra_demo::scenario::SAFETY_ONLY_P99_MS;
+    let mut options = umbra_tests::demo_options()?;
     options.slo_source = DemoSloSource::Prometheus;
     let cluster = IdleCluster::start(&options, &|line| eprintln!("{line}")).await?;
     let plan = cluster.demo_plan().replace(
