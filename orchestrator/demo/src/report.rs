@@ -149,7 +149,10 @@ pub fn widest(window: (u64, u64), other: Option<(u64, u64)>) -> (u64, u64) {
     let Some(other) = other else {
         return window;
     };
-    let start = (window.0 - window.1.min(window.0)).min(other.0 - other.1.min(other.0));
+    let start = window
+        .0
+        .saturating_sub(window.1)
+        .min(other.0.saturating_sub(other.1));
     let end = window.0.max(other.0);
     (end, end - start)
 }

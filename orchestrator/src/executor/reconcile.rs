@@ -289,11 +289,7 @@ fn sample_replication(
         // answer was on its way) finds the target writing all the same, unless a hand-back
         // already promoted the source: the shadow's report need not change when the source's
         // agent fences it.
-        promoted = if record.promoted {
-            !source_promoted
-        } else {
-            promoted && !source_promoted
-        };
+        promoted = (record.promoted || promoted) && !source_promoted;
     }
     Some(ReplicationObserved { lag, promoted })
 }
