@@ -97,6 +97,13 @@ fn every_invariant_holds_under_faults_and_every_fault_and_outcome_occurs() {
             .any(|r| r.target_fails_late && r.writers == ["us-east"]),
         "some rollback handed the writer back after it moved"
     );
+    assert!(
+        reports.iter().any(|r| r.aborted_in_fence
+            && !r.target_fails
+            && r.migrations.iter().all(|(_, p)| p == "rolled_back")
+            && r.writers == ["us-east"]),
+        "some operator's rollback in the fence window lifted the fence on a healthy target"
+    );
 }
 
 /// The service's data accepts writes where the migration left the service, and clients' writes
@@ -124,7 +131,7 @@ fn without_faults_a_healthy_target_completes_and_a_failing_one_rolls_back() {
             describe(&report.violations)
         );
         assert!(report.faults.is_empty());
-        let want = if report.target_fails {
+        let want = if report.target_fails || report.aborted_in_fence {
             "rolled_back"
         } else {
             "completed"

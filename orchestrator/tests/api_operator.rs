@@ -272,6 +272,8 @@ async fn migrate_then_status_shows_it_planned_with_readiness_once_observed() {
             replication: Some(ReplicationObserved {
                 lag: 0,
                 promoted: false,
+                source_fenced: false,
+                fence_lifted: false,
             }),
             ..Observations::default()
         },

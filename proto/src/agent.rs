@@ -176,6 +176,15 @@ pub enum AgentAction {
         /// The limits.
         limits: InstanceLimits,
     },
+    /// Lift the fence a `FenceSource` put on the source of an instance's replication (a
+    /// rollback after the fence, before the promotion): the source takes writes again.
+    /// Refused while the target is the writer (the writer must be handed back instead) and
+    /// failed while the target cannot be asked; run after any promotion of the same
+    /// instance the agent is running. Idempotent.
+    UnfenceSource {
+        /// The target instance.
+        instance: String,
+    },
 }
 
 /// CPU and memory limits of one instance.

@@ -10,9 +10,11 @@
 //! `sample::follower`), so a restarted target resumes without loss or duplication.
 //!
 //! Drivers must not promote a target that could lack acknowledged writes: [`promote`] checks
-//! that the source is fenced and the lag is zero first.
+//! that the source is fenced and the lag is zero first. Nor may they make two writers:
+//! [`unfence_source`] checks that the target is not promoted first.
 //!
 //! [`promote`]: ReplicationDriver::promote
+//! [`unfence_source`]: ReplicationDriver::unfence_source
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -51,6 +53,9 @@ pub enum ReplicationError {
     /// Promotion would lose acknowledged writes.
     #[error("refusing to promote: {0}")]
     UnsafePromote(String),
+    /// Lifting the fence would make a second writer: the target already is one.
+    #[error("refusing to lift the source's fence: {0}")]
+    UnsafeUnfence(String),
     /// The driver was given a bad endpoint.
     #[error("invalid replication endpoint {0:?}: use a base URL such as http://127.0.0.1:8080")]
     BadEndpoint(String),
@@ -84,7 +89,8 @@ pub trait ReplicationDriver: Send + Sync {
     fn positions(&self) -> impl Future<Output = Result<Positions, ReplicationError>> + Send;
     /// Makes the source refuse writes; every write it acknowledged before is in its log.
     fn fence_source(&self) -> impl Future<Output = Result<(), ReplicationError>> + Send;
-    /// Lifts the fence (rollback before promotion).
+    /// Lifts the fence (rollback before promotion). Refused while the target is the writer:
+    /// the source must not take writes beside it (hand the writer back instead).
     fn unfence_source(&self) -> impl Future<Output = Result<(), ReplicationError>> + Send;
     /// Makes the target the writer and stops replication. Refused unless the source is fenced
     /// and the lag is 0.
@@ -223,6 +229,17 @@ impl ReplicationDriver for SampleLogShipping {
     }
 
     async fn unfence_source(&self) -> Result<(), ReplicationError> {
+        // The target is asked first: while it cannot answer, it may be the writer.
+        let p = self.positions().await?;
+        if p.target_promoted {
+            return Err(ReplicationError::UnsafeUnfence(
+                "the target was promoted and takes writes; hand the writer back to the source"
+                    .into(),
+            ));
+        }
+        if !p.source_fenced {
+            return Ok(());
+        }
         let _: SampleStatus = self.call(&self.source, "/admin/unfence", None).await?;
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The agent's executor end to end, without the network: commands go through
 //! `Agent::handle_command` (core + executor) against real `umbra-sample` processes — provision,
-//! activate, replicate from a source, fence, lag 0, promote, warm — and bad input (an unknown
+//! activate, replicate from a source, fence, lift the fence, lag 0, promote, warm — and bad input (an unknown
 //! provider, a negative rate, another region, promotion before the fence) is refused with a
 //! clear message and changes nothing.
 
@@ -162,11 +162,96 @@ async fn replicate_fence_promote_and_warm_through_commands() -> anyhow::Result<(
         (r.source_position, r.target_position, r.source_fenced),
         (50, 50, true)
     );
+    // A rollback before the promotion lifts the fence (here through a second target of the
+    // same source): the source takes writes itself again, and no fence or promotion of that
+    // target is taken after it (one still on its way would undo the rollback).
+    let u = || "t-2".to_string();
+    run(
+        "p2",
+        AgentAction::Provision {
+            instances: vec![u()],
+        },
+    )
+    .await;
+    run("a2", AgentAction::Activate { instance: u() }).await;
+    let replicate = AgentAction::StartReplication {
+        instance: u(),
+        source: src_url.clone(),
+    };
+    run("r2", replicate).await;
+    run("f-u", AgentAction::FenceSource { instance: u() }).await;
+    let lifted = run("u0", AgentAction::UnfenceSource { instance: u() }).await;
+    let CommandOutcome::Done(CommandResult::Replication(r)) = &lifted else {
+        panic!("the fence was not lifted: {lifted:?}");
+    };
+    assert_eq!((r.source_fenced, r.promoted), (false, false));
+    http.put(format!("{src_url}/kv/after-unfence"))
+        .body("kept")
+        .send()
+        .await?
+        .error_for_status()?;
+    for (op, late) in [
+        ("f-late", AgentAction::FenceSource { instance: u() }),
+        ("pr-late", AgentAction::Promote { instance: u() }),
+    ] {
+        match run(op, late).await {
+            CommandOutcome::Refused(Refusal::BadRequest { reason }) => {
+                assert!(reason.contains("rolled back"), "{reason}")
+            }
+            other => panic!("{op} after the fence was lifted: {other:?}"),
+        }
+    }
+    // No replication into an instance: nothing fenced through it, done at once.
+    let never = run(
+        "u-none",
+        AgentAction::UnfenceSource {
+            instance: "t-9".into(),
+        },
+    )
+    .await;
+    assert!(
+        matches!(never, CommandOutcome::Done(CommandResult::Instances(ref v)) if v.is_empty()),
+        "{never:?}"
+    );
+    run("f2", AgentAction::FenceSource { instance: t() }).await;
+    let zero = run(
+        "w1",
+        AgentAction::WaitForZeroLag {
+            instance: t(),
+            timeout_ms: 30_000,
+        },
+    )
+    .await;
+    let CommandOutcome::Done(CommandResult::Replication(r)) = &zero else {
+        panic!("lag did not reach 0: {zero:?}");
+    };
+    assert_eq!((r.source_position, r.target_position), (51, 51));
     let promoted = run("pr2", AgentAction::Promote { instance: t() }).await;
     let CommandOutcome::Done(CommandResult::Replication(r)) = &promoted else {
         panic!("promote failed: {promoted:?}");
     };
     assert!(r.promoted);
+    // Once the target is the writer, lifting the source's fence would make two writers:
+    // refused, and the source stays fenced (the writer must be handed back instead).
+    let late = run("u1", AgentAction::UnfenceSource { instance: t() }).await;
+    match &late {
+        CommandOutcome::Refused(Refusal::BadRequest { reason }) => {
+            assert!(reason.contains("hand the writer back"), "{reason}")
+        }
+        other => panic!("a fence lifted beside a promoted target: {other:?}"),
+    }
+    let after = run(
+        "w2",
+        AgentAction::WaitForZeroLag {
+            instance: t(),
+            timeout_ms: 30_000,
+        },
+    )
+    .await;
+    assert!(
+        matches!(&after, CommandOutcome::Done(CommandResult::Replication(r)) if r.source_fenced && r.promoted),
+        "{after:?}"
+    );
 
     // Bad warm plans are refused before any traffic.
     let negative = run(
@@ -198,7 +283,11 @@ async fn replicate_fence_promote_and_warm_through_commands() -> anyhow::Result<(
     assert_eq!(p.phase, WarmupPhase::Ready);
     let report = agent.report().await;
     assert_eq!(report.warmups.len(), 1);
-    assert_eq!(report.replication.len(), 1);
+    assert_eq!(
+        report.replication.len(),
+        2,
+        "t-1's and the rolled-back t-2's"
+    );
 
     run("stop", AgentAction::Stop { instance: t() }).await;
     agent.executor().provider().remove("t-1").await?;

@@ -14,8 +14,11 @@
 pub(crate) enum Mode {
     /// It applies writes: the service's writer.
     Writer,
-    /// It refuses them: fenced, never written to, or no longer following.
+    /// It refuses them: never written to, or no longer following.
     ReadOnly,
+    /// It refuses them: the writer, fenced for a move; lifting the fence makes it the writer
+    /// again.
+    Fenced,
     /// It replicates region `.0`'s store and passes writes on to the writer.
     Follows(usize),
 }
@@ -70,11 +73,24 @@ impl Data {
         self.stores[r].held = self.stores[source].held.clone();
     }
 
-    /// Region `r`'s store is fenced: a writer becomes read-only (a follower already is).
+    /// Region `r`'s store is fenced: a writer stops accepting writes (a follower already
+    /// does not).
     pub fn handle_fence(&mut self, r: usize) {
         if self.stores[r].mode == Mode::Writer {
-            self.stores[r].mode = Mode::ReadOnly;
+            self.stores[r].mode = Mode::Fenced;
         }
+    }
+
+    /// Region `r`'s fence is lifted: a fenced writer accepts writes again, with what it holds.
+    pub fn handle_unfence(&mut self, r: usize) {
+        if self.stores[r].mode == Mode::Fenced {
+            self.stores[r].mode = Mode::Writer;
+        }
+    }
+
+    /// Whether region `r`'s store is a writer fenced for a move.
+    pub fn fenced(&self, r: usize) -> bool {
+        self.stores[r].mode == Mode::Fenced
     }
 
     /// Region `r`'s store is promoted: it accepts writes, with what it holds.
@@ -150,6 +166,30 @@ mod tests {
         assert_eq!(data.handle_write(1), Some(0));
         assert_eq!((data.writers(), data.missing(0)), (vec![0], Vec::new()));
         assert_eq!(data.acknowledged(), 4);
+    }
+
+    #[test]
+    fn a_lifted_fence_makes_the_fenced_writer_the_writer_again_and_nothing_else() {
+        let mut data = Data::new(2, 0);
+        data.handle_follow(1, 0);
+        data.handle_write(0);
+        data.handle_fence(0);
+        assert!(data.fenced(0));
+        assert_eq!(
+            data.handle_write(1),
+            None,
+            "nobody writes while the move waits"
+        );
+        data.handle_unfence(1);
+        assert_eq!(
+            data.writers(),
+            Vec::<usize>::new(),
+            "a follower is not lifted"
+        );
+        data.handle_unfence(0);
+        assert_eq!((data.writers(), data.fenced(0)), (vec![0], false));
+        assert_eq!(data.handle_write(1), Some(0));
+        assert_eq!(data.missing(0), Vec::<u64>::new());
     }
 
     #[test]

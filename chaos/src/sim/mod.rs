@@ -7,9 +7,12 @@
 //! heartbeats, clients sending requests to the regions' fronts (some of them writes to the
 //! moved service's data, `data`: one store per region, moved only by the replication commands
 //! the controller sends the agents), and an operator who applies a plan and asks for a
-//! migration. Everything happens on an event queue ordered by (simulated time, sequence
-//! number); every random choice comes from one `StdRng` seeded with the seed, so a seed is a
-//! complete description of a run and `umbra chaos simulate --seed S` replays it exactly.
+//! migration (and, in a quarter of the seeds, asks for a rollback the moment the source is
+//! fenced for the writer's move, before the target is promoted: the rollback must lift the
+//! fence, or hand the writer back if the promotion wins). Everything happens on an event queue
+//! ordered by (simulated time, sequence number); every random choice comes from `StdRng`s
+//! seeded with the seed, so a seed is a complete description of a run and
+//! `umbra chaos simulate --seed S` replays it exactly.
 //!
 //! Faults, drawn from the seed within a fault window: message drops, delays and duplicates, a
 //! replica (leader or follower) isolated from everything, a replica crashed and restarted
@@ -92,7 +95,7 @@ pub struct Violation {
 ///   the region that accepts writes at the end, and one does (`acknowledged_data_write_lost`),
 ///   every replica applied as far as the others (`replica_behind`), every migration ended
 ///   (`migration_not_terminal`), none Failed (`migration_failed`), it rolled back exactly when
-///   its target failed (`rolled_back_without_cause`), a rolled-back migration's shadows serve
+///   its target failed or the operator asked (`rolled_back_without_cause`), a rolled-back migration's shadows serve
 ///   nothing and are gone after the keep time (`rolled_back_shadow_serves`), and every pool
 ///   holds its target (`pool_not_converged`).
 pub const INVARIANTS: [&str; 17] = [
@@ -133,6 +136,9 @@ pub struct SeedReport {
     /// Whether it failed them only once its store was the writer (the rollback must move the
     /// writer back).
     pub target_fails_late: bool,
+    /// Whether the operator's rollback, asked as the source was fenced for the writer's move,
+    /// was applied (the migration may roll back with a healthy target).
+    pub aborted_in_fence: bool,
     /// The regions whose copy of the service's data accepts writes at the end.
     pub writers: Vec<String>,
     /// Client writes the service acknowledged.

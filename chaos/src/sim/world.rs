@@ -76,6 +76,12 @@ const SHADOW_GONE_AFTER_MS: u64 = SHADOW_KEEP_MS + 15_000;
 const STUCK_GRACE_MS: u64 = 60_000;
 /// The drain's bound when the TTL plan sets it: the sim plan's TTLs and margin are 20 s.
 const DRAIN_BOUND_MS: u64 = 30_000;
+/// Share of seeds whose operator rolls the migration back the moment the source is fenced
+/// for the writer's move, before the target is promoted (an SRE aborting a move that waits).
+const ABORT_IN_FENCE_SHARE: f64 = 0.25;
+/// Mixed into the seed of the stream that draws whether the operator aborts, so every other
+/// draw of every seed stays what it was.
+const ABORT_DRAW_SALT: u64 = 0xab0_47f3;
 /// The service the scenario moves, and its regions.
 const SERVICE: &str = "shop";
 const REGIONS: [&str; 2] = ["us-east", "eu-west"];
@@ -237,6 +243,12 @@ struct Operator {
     /// The replica proposed to and when the operator gives up on it (sim ms).
     in_flight: Option<(usize, u64)>,
     migration_asked: bool,
+    /// This seed's operator rolls back as the source is fenced for the writer's move.
+    aborts_in_fence: bool,
+    /// The operator asked for that rollback.
+    abort_asked: bool,
+    /// The rollback it asked for was applied.
+    abort_applied: bool,
 }
 
 /// A proposal whose result reached its proposer: the entry must never leave the log.
@@ -387,6 +399,10 @@ impl World {
             }],
             in_flight: None,
             migration_asked: false,
+            aborts_in_fence: StdRng::seed_from_u64(seed ^ ABORT_DRAW_SALT)
+                .random_bool(ABORT_IN_FENCE_SHARE),
+            abort_asked: false,
+            abort_applied: false,
         };
         World {
             seed,
@@ -859,6 +875,11 @@ impl World {
                 },
                 at_ms: wall,
             },
+            Command::RequestRollback { id, reason, .. } => Command::RequestRollback {
+                id,
+                reason,
+                at_ms: wall,
+            },
             other => other,
         };
         if let Some((index, term)) = self.nodes[n].replica.propose(encode_command(&command)) {
@@ -878,9 +899,20 @@ impl World {
     fn operator_done(&mut self, result: Proposed) {
         self.operator.in_flight = None;
         let command = self.operator.commands.first().cloned();
+        if matches!(
+            (&result, &command),
+            (Proposed::Applied, Some(Command::RequestRollback { .. }))
+        ) {
+            self.operator.abort_applied = true;
+        }
         match (&result, command) {
+            // A rollback asked once the migration ended (the promotion won and it completed)
+            // is refused: nothing to roll back.
             (Proposed::Applied, _)
-            | (Proposed::Rejected(_), Some(Command::CreateMigration { .. })) => {
+            | (
+                Proposed::Rejected(_),
+                Some(Command::CreateMigration { .. } | Command::RequestRollback { .. }),
+            ) => {
                 self.operator.commands.remove(0);
                 if !self.operator.migration_asked {
                     self.operator.migration_asked = true;
@@ -1326,14 +1358,43 @@ impl World {
                 if became(|r| r.source_fenced) && !self.config.bugs.fence_ignored =>
             {
                 self.data.handle_fence(source);
+                self.abort_in_fence();
             }
             AgentAction::Promote { .. } if became(|r| r.promoted) => self.data.handle_promote(a),
+            AgentAction::UnfenceSource { .. }
+                if before.as_ref().is_some_and(|r| r.source_fenced)
+                    && after.as_ref().is_some_and(|r| !r.source_fenced) =>
+            {
+                self.data.handle_unfence(source);
+            }
             AgentAction::StopReplication { .. } if after.is_none() => {
                 self.data.handle_unfollow(a);
             }
             _ => return,
         }
         self.check_writers();
+    }
+
+    /// This seed's operator asks for a rollback as the source's writer is fenced for the move
+    /// into the target, once: the rollback must lift the fence (or, if the promotion wins the
+    /// race, hand the writer back).
+    fn abort_in_fence(&mut self) {
+        if !self.operator.aborts_in_fence || self.operator.abort_asked || !self.data.fenced(0) {
+            return;
+        }
+        let moving = self
+            .phases
+            .iter()
+            .find(|(_, (phase, _))| matches!(phase, Phase::CuttingOver { .. }));
+        let Some((id, _)) = moving else {
+            return;
+        };
+        self.operator.abort_asked = true;
+        self.operator.commands.push(Command::RequestRollback {
+            id: id.clone(),
+            reason: "the writer's move waits; aborting".to_owned(),
+            at_ms: 0,
+        });
     }
 
     /// At most one writer at any instant, checked whenever a store changes what it does with
@@ -1451,6 +1512,7 @@ impl World {
             migrations,
             target_fails: self.target_fails,
             target_fails_late: self.target_fails_late,
+            aborted_in_fence: self.operator.abort_applied,
             writers: self
                 .data
                 .writers()
@@ -1539,7 +1601,7 @@ impl World {
             match m.phase {
                 Phase::Completed => {}
                 Phase::RolledBack => {
-                    if !self.target_fails {
+                    if !self.target_fails && !self.operator.abort_applied {
                         let detail = format!("{id} rolled back with a healthy target");
                         self.violation("rolled_back_without_cause", detail);
                     }
@@ -1593,6 +1655,7 @@ fn replicated_instance(action: &AgentAction) -> Option<&str> {
         AgentAction::StartReplication { instance, .. }
         | AgentAction::FenceSource { instance }
         | AgentAction::Promote { instance }
+        | AgentAction::UnfenceSource { instance }
         | AgentAction::StopReplication { instance } => Some(instance),
         _ => None,
     }

@@ -236,6 +236,8 @@ mod tests {
             replication: Some(crate::migration::ReplicationObserved {
                 lag: 0,
                 promoted: false,
+                source_fenced: false,
+                fence_lifted: false,
             }),
             ..Observations::default()
         };

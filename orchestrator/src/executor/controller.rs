@@ -389,6 +389,10 @@ struct Operation {
     backoff: Duration,
     state: OpState,
     kind: &'static str,
+    /// Given up after `max_attempts` failed answers in this leadership (a later leader tries
+    /// again). Not a rollback's: it has no deadline to hand the migration to an operator, so
+    /// it is retried at the backoff's cap until it is done.
+    capped: bool,
 }
 
 impl Operation {
@@ -412,6 +416,11 @@ impl OpView for Ops<'_> {
             OpState::Done { outcome, .. } => Some(outcome),
             _ => None,
         }
+    }
+
+    fn sent(&self, op_id: &str) -> bool {
+        // `ensure` keeps an operation only once it sends it.
+        self.0.contains_key(op_id)
     }
 }
 
@@ -923,7 +932,7 @@ impl Controller {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.ops
             .values()
-            .filter(|op| op.attempt < self.config.max_attempts)
+            .filter(|op| !op.capped || op.attempt < self.config.max_attempts)
             .filter_map(|op| match op.state {
                 OpState::Wait { until } if until > self.now.at => Some(until),
                 _ => None,
@@ -1321,13 +1330,17 @@ impl Controller {
             + Duration::from_millis(service.spec.warmup.mix.max_duration_ms);
         let lag_timeout =
             self.config.command_timeout + Duration::from_millis(self.config.zero_lag_timeout_ms);
+        // A rollback's commands are never given up: moving the writer back and lifting the
+        // source's fence have no deadline, and giving up would leave the migration waiting
+        // for the next leader with no region taking writes.
+        let capped = record.phase != Phase::RollingBack;
         for command in due {
             let timeout = match command.action {
                 AgentAction::Warm { .. } => warm_timeout,
                 AgentAction::WaitForZeroLag { .. } => lag_timeout,
                 _ => self.config.command_timeout,
             };
-            self.ensure(command, timeout);
+            self.ensure_with(command, timeout, capped);
         }
         self.ensure_dns(&record, &service, seen.share_applied);
     }
@@ -1600,6 +1613,11 @@ impl Controller {
     /// flight, waits for its backoff, depends on an operation that has not succeeded yet, or
     /// ran out of attempts.
     fn ensure(&mut self, command: DueCommand, timeout: Duration) {
+        self.ensure_with(command, timeout, true);
+    }
+
+    /// [`Controller::ensure`], given up after `max_attempts` failed answers only if `capped`.
+    fn ensure_with(&mut self, command: DueCommand, timeout: Duration, capped: bool) {
         let now = self.now.at;
         if let Some(after) = &command.after
             && !matches!(
@@ -1622,7 +1640,9 @@ impl Controller {
                 backoff: retry_min,
                 state: OpState::Wait { until: now },
                 kind: action_kind(&command.action),
+                capped,
             });
+        op.capped = capped;
         match op.state {
             OpState::InFlight => return,
             OpState::Done { at, .. } => {
@@ -1639,7 +1659,7 @@ impl Controller {
             OpState::Wait { until } if until > now => return,
             OpState::Wait { .. } => {}
         }
-        if op.attempt >= self.config.max_attempts {
+        if op.capped && op.attempt >= self.config.max_attempts {
             return;
         }
         op.state = OpState::InFlight;
@@ -1853,6 +1873,7 @@ fn action_kind(action: &AgentAction) -> &'static str {
         WaitForZeroLag { .. } => "wait_for_zero_lag",
         Promote { .. } => "promote",
         StopReplication { .. } => "stop_replication",
+        UnfenceSource { .. } => "unfence_source",
         SetShare { .. } => "set_share",
         SetLimits { .. } => "set_limits",
     }

@@ -179,6 +179,8 @@ pub fn share_in(front: &umbra_proto::agent::FrontReport, service: &str) -> u8 {
 pub trait OpView {
     /// The outcome of operation `op_id` (base id), if it succeeded.
     fn done(&self, op_id: &str) -> Option<&CommandOutcome>;
+    /// Whether this leadership sent operation `op_id` (base id), whatever came of it.
+    fn sent(&self, op_id: &str) -> bool;
 }
 
 /// Observations of `record` from the reports (by region) and this leadership's outcomes. The
@@ -226,9 +228,11 @@ pub fn observe(
                 }
                 _ => record.promoted,
             },
+            source_fenced: false,
+            fence_lifted: false,
         }),
         ReplicationKind::SampleLogShipping => {
-            sample_replication(record, &shadows, target, source, overview)
+            sample_replication(record, &shadows, target, source, overview, ops)
         }
     };
     let share_applied = share_applied(record, source, ops);
@@ -255,6 +259,7 @@ fn sample_replication(
     target: Option<&AgentReport>,
     source: Option<&AgentReport>,
     overview: &Overview,
+    ops: &dyn OpView,
 ) -> Option<ReplicationObserved> {
     let reports: Vec<_> = shadows
         .iter()
@@ -270,6 +275,8 @@ fn sample_replication(
         .unwrap_or(0);
     // The first shadow is the writer to be; the others follow it, so they never promote.
     let mut promoted = reports[0].promoted;
+    let mut source_fenced = reports[0].source_fenced;
+    let mut fence_lifted = false;
     if record.phase == Phase::RollingBack {
         // The writer is back on the source once the source's primary was promoted again.
         let pool = pool_of(
@@ -290,8 +297,20 @@ fn sample_replication(
         // already promoted the source: the shadow's report need not change when the source's
         // agent fences it.
         promoted = (record.promoted || promoted) && !source_promoted;
+        // A fence this leadership sent may have landed after the report it reads was taken
+        // (the report is up to a heartbeat old): it counts as landed. The source's writer took
+        // writes again by the hand-back, not by lifting its fence; the shadow's report may
+        // still show it fenced.
+        source_fenced =
+            (source_fenced || ops.sent(&forward_fence_op(record, &shadows[0]))) && !source_promoted;
+        fence_lifted = ops.done(&unfence_op(record, &shadows[0])).is_some();
     }
-    Some(ReplicationObserved { lag, promoted })
+    Some(ReplicationObserved {
+        lag,
+        promoted,
+        source_fenced,
+        fence_lifted,
+    })
 }
 
 fn share_applied(
@@ -318,6 +337,23 @@ fn op(record: &MigrationRecord, phase: Phase, action: &str) -> String {
         _ => 0,
     };
     format!("{}/{}/{step}/{action}", record.spec.id, phase.name())
+}
+
+/// The id of the fence on the source in the move of the single writer to `writer` (the last
+/// cutover step's; see [`move_writer`]).
+fn forward_fence_op(record: &MigrationRecord, writer: &str) -> String {
+    let last = Phase::CuttingOver {
+        step: record.spec.steps_percent.len().saturating_sub(1),
+    };
+    format!("{}/fence/{writer}", op(record, last, "promote_target"))
+}
+
+/// The id of the rollback's lifting of that fence.
+fn unfence_op(record: &MigrationRecord, writer: &str) -> String {
+    format!(
+        "{}/{writer}",
+        op(record, Phase::RollingBack, "unfence_source")
+    )
 }
 
 fn warm_op(record: &MigrationRecord, instance: &str) -> String {
@@ -487,6 +523,23 @@ pub fn commands(
                     first.after = Some(follow);
                 }
                 out.extend(moves);
+            }
+        }
+        Action::UnfenceSource => {
+            // Asked until done: the agent takes it after any fence or promotion of the writer
+            // it is running, and refuses both for that instance once it is done, so a fence
+            // still on its way cannot land after it.
+            if replication == ReplicationKind::SampleLogShipping
+                && let Some(writer) = shadows.first()
+            {
+                out.push(cmd(
+                    unfence_op(record, writer),
+                    &spec.to,
+                    AgentAction::UnfenceSource {
+                        instance: writer.clone(),
+                    },
+                    None,
+                ));
             }
         }
         Action::SetShare { percent } => {
@@ -927,6 +980,9 @@ mod tests {
         fn done(&self, _: &str) -> Option<&CommandOutcome> {
             None
         }
+        fn sent(&self, _: &str) -> bool {
+            false
+        }
     }
 
     #[test]
@@ -1025,7 +1081,9 @@ mod tests {
             seen.replication,
             Some(ReplicationObserved {
                 lag: 0,
-                promoted: true
+                promoted: true,
+                source_fenced: false,
+                fence_lifted: false
             }),
             "a stateless target counts as promoted at 100 %"
         );
@@ -1121,7 +1179,9 @@ mod tests {
             seen.replication,
             Some(ReplicationObserved {
                 lag: 0,
-                promoted: true
+                promoted: true,
+                source_fenced: true,
+                fence_lifted: false
             })
         );
     }
@@ -1170,6 +1230,124 @@ mod tests {
             Some(false),
             "the source is the writer again, whatever the fenced shadow still reports"
         );
+    }
+
+    #[test]
+    fn a_rollback_after_the_fence_sees_the_source_fenced_and_asks_the_targets_agent_to_lift_it() {
+        let (overview, mut record) = migration(ReplicationKind::SampleLogShipping);
+        record.phase = Phase::RollingBack;
+        record.promoted = false;
+        let id = record.spec.id.clone();
+        let (w, f) = (format!("{id}-1"), format!("{id}-2"));
+        let home = "shop-us-east-1";
+        let fenced = |instance: &str, promoted: bool| umbra_proto::agent::ReplicationReport {
+            instance: instance.to_owned(),
+            source: String::new(),
+            source_position: 5,
+            target_position: 5,
+            source_fenced: true,
+            promoted,
+        };
+        let mut target = report(
+            "eu-west",
+            &[(&w, InstanceState::Active), (&f, InstanceState::Active)],
+        );
+        target.replication = vec![fenced(&w, false), fenced(&f, false)];
+        let mut source = report("us-east", &[(home, InstanceState::Active)]);
+        let seen = |source: &AgentReport| {
+            let reports = BTreeMap::from([
+                ("eu-west".to_owned(), target.clone()),
+                ("us-east".to_owned(), source.clone()),
+            ]);
+            observe(
+                &record,
+                &overview.services["shop"],
+                &overview,
+                &reports,
+                &NoOps,
+            )
+            .replication
+        };
+        assert_eq!(
+            seen(&source),
+            Some(ReplicationObserved {
+                lag: 0,
+                promoted: false,
+                source_fenced: true,
+                fence_lifted: false
+            })
+        );
+        // After a hand-back the source's writer was promoted again: not fenced, whatever the
+        // fenced shadow's replication still reports.
+        source.replication = vec![fenced(home, true)];
+        assert!(seen(&source).is_some_and(|r| !r.source_fenced && !r.promoted));
+
+        let reports = BTreeMap::from([("eu-west".to_owned(), target.clone())]);
+        let ctx = CommandContext {
+            overview: &overview,
+            reports: &reports,
+            warm_plan: overview.services["shop"].spec.warmup.clone(),
+            zero_lag_timeout_ms: 1_000,
+            now_ms: 0,
+            shadow_keep_ms: 0,
+        };
+        let lift = commands(&record, &Action::UnfenceSource, &ctx);
+        assert_eq!(lift.len(), 1, "{lift:?}");
+        assert_eq!(
+            lift[0].region, "eu-west",
+            "the agent that drives the replication"
+        );
+        assert_eq!(
+            lift[0].action,
+            AgentAction::UnfenceSource {
+                instance: w.clone()
+            }
+        );
+        assert_eq!(
+            commands(&record, &Action::UnfenceSource, &ctx),
+            lift,
+            "the same operation each round"
+        );
+
+        // A fence this leadership sent counts before any report shows it (a report is up to a
+        // heartbeat old), and the lifting counts once the agent answered it done.
+        struct Sent(Vec<String>, BTreeMap<String, CommandOutcome>);
+        impl OpView for Sent {
+            fn done(&self, op_id: &str) -> Option<&CommandOutcome> {
+                self.1.get(op_id)
+            }
+            fn sent(&self, op_id: &str) -> bool {
+                self.0.iter().any(|o| o == op_id)
+            }
+        }
+        target.replication = vec![
+            umbra_proto::agent::ReplicationReport {
+                source_fenced: false,
+                ..fenced(&w, false)
+            },
+            umbra_proto::agent::ReplicationReport {
+                source_fenced: false,
+                ..fenced(&f, false)
+            },
+        ];
+        let reports = BTreeMap::from([("eu-west".to_owned(), target.clone())]);
+        let last = record.spec.steps_percent.len() - 1;
+        let fence = format!("{id}/cutting_over/{last}/promote_target/fence/{w}");
+        let mut ops = Sent(vec![fence], BTreeMap::new());
+        let seen = |ops: &Sent| {
+            observe(
+                &record,
+                &overview.services["shop"],
+                &overview,
+                &reports,
+                ops,
+            )
+            .replication
+        };
+        assert!(seen(&ops).is_some_and(|r| r.source_fenced && !r.fence_lifted));
+        let ok = CommandOutcome::Done(CommandResult::Instances(Vec::new()));
+        ops.1.insert(lift[0].op_id.clone(), ok);
+        assert!(seen(&ops).is_some_and(|r| r.fence_lifted));
     }
 
     #[test]

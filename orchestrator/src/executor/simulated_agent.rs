@@ -29,7 +29,7 @@
 //!   promotion is refused until the source is fenced, and the promoted writer stays in the
 //!   reports, as with the real agent.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use umbra_proto::agent::{
     AgentAction, AgentCommand, AgentReport, CommandOutcome, CommandResult, FrontReport,
@@ -138,6 +138,9 @@ pub struct SimulatedAgent {
     finished: VecDeque<String>,
     answers: VecDeque<Answer>,
     replication: BTreeMap<String, ReplicationReport>,
+    /// Replication targets whose source's fence a rollback lifted: as the real agent, no
+    /// fence or promotion of them after it, until the agent restarts.
+    lifted: BTreeSet<String>,
     shares: BTreeMap<String, ShareReport>,
     front_listen: String,
     requests_total: u64,
@@ -162,6 +165,7 @@ impl SimulatedAgent {
             finished: VecDeque::new(),
             answers: VecDeque::new(),
             replication: BTreeMap::new(),
+            lifted: BTreeSet::new(),
             shares: BTreeMap::new(),
             front_listen: format!("{region}.front:443"),
             requests_total: 0,
@@ -235,6 +239,7 @@ impl SimulatedAgent {
         }
         self.projected.clear();
         self.answers.clear();
+        self.lifted.clear();
     }
 
     /// The process of instance `id` dies at `now_ms` (it is `Stopped`, out of every front;
@@ -528,6 +533,7 @@ impl SimulatedAgent {
                 ))))
             }
             FenceSource { instance } => {
+                self.not_lifted(&instance)?;
                 let report = self.replication_of(&instance)?;
                 report.source_fenced = true;
                 let report = report.clone();
@@ -544,12 +550,31 @@ impl SimulatedAgent {
             // As the real agent: refused until the source is fenced, and the promoted writer
             // keeps being reported (the controller observes the move in the reports).
             Promote { instance } => {
+                self.not_lifted(&instance)?;
                 let report = self.replication_of(&instance)?;
                 if !report.source_fenced {
                     return Err("the source still accepts writes; fence it first".into());
                 }
                 report.promoted = true;
                 let report = report.clone();
+                Ok(Some(CommandOutcome::Done(CommandResult::Replication(
+                    report,
+                ))))
+            }
+            // As the real agent: refused while the target is the writer.
+            UnfenceSource { instance } => {
+                let Some(report) = self.replication.get_mut(&instance) else {
+                    self.lifted.insert(instance);
+                    return Ok(Some(CommandOutcome::Done(CommandResult::Instances(
+                        Vec::new(),
+                    ))));
+                };
+                if report.promoted {
+                    return Err("the target was promoted; hand the writer back instead".into());
+                }
+                report.source_fenced = false;
+                let report = report.clone();
+                self.lifted.insert(instance);
                 Ok(Some(CommandOutcome::Done(CommandResult::Replication(
                     report,
                 ))))
@@ -607,6 +632,15 @@ impl SimulatedAgent {
             Some(state) => Err(format!("instance {id:?} is {state:?}; start it first")),
             None => Err(format!("no instance {id:?}")),
         }
+    }
+
+    fn not_lifted(&self, id: &str) -> Result<(), String> {
+        if self.lifted.contains(id) {
+            return Err(format!(
+                "the replication into {id:?} was rolled back (its source's fence lifted)"
+            ));
+        }
+        Ok(())
     }
 
     fn replication_of(&mut self, id: &str) -> Result<&mut ReplicationReport, String> {

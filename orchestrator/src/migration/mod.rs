@@ -251,11 +251,13 @@ pub struct PhaseDeadlines {
     pub provisioning_ms: u64,
     /// Warming every shadow instance until its gate holds.
     pub warming_ms: u64,
-    /// Replication lag coming under its bound.
+    /// Replication lag coming under its bound; also, at the last step, the single writer's
+    /// move (source fenced, lag 0, target promoted).
     pub replicating_ms: u64,
     /// Traffic back on the source after a rollback starts; past it the migration is Failed,
     /// but never while the single writer is moving back to the source (a rollback after
-    /// promotion): that move is retried until it is done.
+    /// promotion) or the source's fence is being lifted (a rollback before it): those are
+    /// retried until they are done.
     pub rolling_back_ms: u64,
 }
 
@@ -625,6 +627,12 @@ pub struct ReplicationObserved {
     pub lag: u64,
     /// The target is the writer.
     pub promoted: bool,
+    /// The source may refuse writes: fenced for the writer's move, as the target's report
+    /// shows or as this leadership asked.
+    pub source_fenced: bool,
+    /// While rolling back: the target's agent lifted that fence for this leadership (and will
+    /// take no fence or promotion of the writer after it).
+    pub fence_lifted: bool,
 }
 
 /// One SLO reading: error rate and p99 over the requests in its window.
@@ -682,6 +690,9 @@ pub enum Action {
     /// Source fenced, lag 0, source promoted: the single writer moves back (rollback after
     /// promotion).
     PromoteSource,
+    /// The source's fence is lifted: it takes writes again (rollback after the fence, before
+    /// the promotion).
+    UnfenceSource,
     /// The source's load balancer sends `percent` % to the target's front, and DNS follows.
     SetShare {
         /// Share for the target, percent.
@@ -909,7 +920,18 @@ fn cutting_over(
             return Decision::record_promoted(true);
         }
         actions.extend([Action::EnsureReplication, Action::PromoteTarget]);
-        return Decision::hold(actions);
+        // While the move waits, the fenced source takes no write of its own: bounded like the
+        // catch-up it waits on. The rollback lifts the fence (or hands the writer back if the
+        // promotion lands after all).
+        let limit_ms = spec.deadlines.replicating_ms;
+        let transition = (elapsed_ms > limit_ms).then(|| Transition {
+            to: Phase::RollingBack,
+            reason: format!(
+                "the single writer did not move within {limit_ms} ms (source fenced, catch-up \
+                 to lag 0, target promoted)"
+            ),
+        });
+        return Decision::advance(transition, actions);
     }
     if !record.promoted {
         actions.push(Action::EnsureReplication);
@@ -1092,6 +1114,19 @@ fn rolling_back(record: &MigrationRecord, seen: &Observations, elapsed_ms: u64) 
             },
             Action::PromoteSource,
         ]);
+        return Decision::hold(actions);
+    }
+    if seen
+        .replication
+        .is_some_and(|r| r.source_fenced && !r.fence_lifted)
+    {
+        // Rolled back after the source was fenced and before the target was promoted (an
+        // operator's rollback while the writer's move waited): no region takes writes until
+        // the fence is lifted, and none will once the shadow is released. No deadline either:
+        // Failed ensures nothing. The target's agent lifts it only after any promotion it is
+        // running, and refuses if the target became the writer (then the writer is handed
+        // back, above).
+        actions.push(Action::UnfenceSource);
         return Decision::hold(actions);
     }
     let transition = if seen.share_applied == Some(0) {

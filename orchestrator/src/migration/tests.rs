@@ -61,7 +61,22 @@ fn healthy(samples: u64) -> Option<SloReading> {
 }
 
 fn caught_up(promoted: bool) -> Option<ReplicationObserved> {
-    Some(ReplicationObserved { lag: 0, promoted })
+    Some(ReplicationObserved {
+        lag: 0,
+        promoted,
+        source_fenced: false,
+        fence_lifted: false,
+    })
+}
+
+/// Caught up, the source fenced for the writer's move, the target not promoted yet.
+fn fenced() -> Option<ReplicationObserved> {
+    Some(ReplicationObserved {
+        lag: 0,
+        promoted: false,
+        source_fenced: true,
+        fence_lifted: false,
+    })
 }
 
 struct Row {
@@ -191,6 +206,8 @@ fn decisions_table() {
                 replication: Some(ReplicationObserved {
                     lag: 11,
                     promoted: false,
+                    source_fenced: false,
+                    fence_lifted: false,
                 }),
                 ..Observations::default()
             },
@@ -207,6 +224,8 @@ fn decisions_table() {
                 replication: Some(ReplicationObserved {
                     lag: 10,
                     promoted: false,
+                    source_fenced: false,
+                    fence_lifted: false,
                 }),
                 ..Observations::default()
             },
@@ -418,6 +437,34 @@ fn decisions_table() {
             actions: vec![shadow.clone(), EnsureReplication, PromoteTarget],
         },
         Row {
+            name: "a writer's move that waits on its catch-up holds within its bound",
+            phase: Phase::CuttingOver { step: 2 },
+            promoted: false,
+            elapsed_ms: 20_000,
+            seen: Observations {
+                share_applied: Some(50),
+                replication: fenced(),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication, PromoteTarget],
+        },
+        Row {
+            name: "a writer's move past the catch-up bound rolls back",
+            phase: Phase::CuttingOver { step: 2 },
+            promoted: false,
+            elapsed_ms: 20_001,
+            seen: Observations {
+                share_applied: Some(50),
+                replication: fenced(),
+                ..Observations::default()
+            },
+            to: Some(Phase::RollingBack),
+            promoted_change: None,
+            actions: vec![shadow.clone(), EnsureReplication, PromoteTarget],
+        },
+        Row {
             name: "a confirmed promotion is recorded first",
             phase: Phase::CuttingOver { step: 2 },
             promoted: false,
@@ -490,6 +537,51 @@ fn decisions_table() {
             elapsed_ms: 10,
             seen: Observations {
                 share_applied: Some(0),
+                ..Observations::default()
+            },
+            to: Some(Phase::RolledBack),
+            promoted_change: None,
+            actions: vec![SetShare { percent: 0 }],
+        },
+        Row {
+            name: "a rollback after the fence, before the promotion, lifts the source's fence",
+            phase: Phase::RollingBack,
+            promoted: false,
+            elapsed_ms: 10,
+            seen: Observations {
+                share_applied: Some(0),
+                replication: fenced(),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![SetShare { percent: 0 }, UnfenceSource],
+        },
+        Row {
+            name: "a source still fenced past the deadline is not abandoned fenced",
+            phase: Phase::RollingBack,
+            promoted: false,
+            elapsed_ms: 1_001,
+            seen: Observations {
+                share_applied: Some(0),
+                replication: fenced(),
+                ..Observations::default()
+            },
+            to: None,
+            promoted_change: None,
+            actions: vec![SetShare { percent: 0 }, UnfenceSource],
+        },
+        Row {
+            name: "rolled back once the target's agent lifted the fence",
+            phase: Phase::RollingBack,
+            promoted: false,
+            elapsed_ms: 10,
+            seen: Observations {
+                share_applied: Some(0),
+                replication: fenced().map(|r| ReplicationObserved {
+                    fence_lifted: true,
+                    ..r
+                }),
                 ..Observations::default()
             },
             to: Some(Phase::RolledBack),
@@ -655,7 +747,9 @@ fn a_whole_migration_walks_every_phase_once() {
                 Action::EnsureWarm => seen.shadow_warm = record.shadow_instances,
                 Action::EnsureReplication => seen.replication = caught_up(false),
                 Action::PromoteTarget => seen.replication = caught_up(true),
-                Action::PromoteSource => seen.replication = caught_up(false),
+                Action::PromoteSource | Action::UnfenceSource => {
+                    seen.replication = caught_up(false)
+                }
                 Action::SetShare { percent } => {
                     seen.share_applied = Some(*percent);
                     seen.slo = healthy(1_000);
@@ -736,6 +830,8 @@ fn readiness_is_100_only_when_every_gate_holds() {
         replication: Some(ReplicationObserved {
             lag: 11,
             promoted: false,
+            source_fenced: false,
+            fence_lifted: false,
         }),
         ..Observations::default()
     };
@@ -829,7 +925,7 @@ mod properties {
                 shadow_serving: serving,
                 shadow_warm: warm,
                 shadow_warm_failed: failed,
-                replication: lag.map(|lag| ReplicationObserved { lag, promoted: target_promoted }),
+                replication: lag.map(|lag| ReplicationObserved { lag, promoted: target_promoted, source_fenced: false , fence_lifted: false}),
                 share_applied: share,
                 slo: Some(SloReading { samples, error_rate, p99_ms: p99 }),
                 rollback_requested: rollback.then(|| "drill".to_owned()),

@@ -50,7 +50,7 @@ pub use retention::{MAX_ARCHIVED_MIGRATIONS, MAX_AUDIT_ENTRIES, Retention, migra
 pub const MAX_CUTOVER_IN_PAST_MS: u64 = 300_000;
 
 /// Default phase deadlines for migrations the state creates: ten minutes to provision and
-/// to warm, five to catch up. Traffic goes back within a second in practice (the demo measures
+/// to warm, five to catch up (and, at the last step, to move the single writer). Traffic goes back within a second in practice (the demo measures
 /// it); the 30 s rollback deadline only decides when a rollback that cannot be confirmed —
 /// agents unreachable across a leader change, say — is declared Failed for an operator, and
 /// Failed is terminal, so it must not fire on a slow reconnect. It does not bound moving the

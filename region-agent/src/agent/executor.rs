@@ -55,6 +55,16 @@ pub struct Executor {
     /// the other wrote, leaving a torn file or a failed command) or rename an older list over
     /// a newer one.
     keeping: Mutex<()>,
+    /// One lock per replication target, held while its writer moves (fence, promote, lift
+    /// the fence). A rollback's `UnfenceSource` may arrive while a `Promote` of the same
+    /// instance still runs; taken in turn, the unfence sees the promotion's outcome (and is
+    /// refused if the target became the writer) instead of racing it into two writers.
+    writer_moves: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Replication targets whose source's fence a rollback lifted: no fence or promotion of
+    /// them is taken after it (one still on its way from before the rollback would undo it).
+    /// Shadow ids are never reused by a later migration. Kept in memory: a command from before
+    /// the rollback reaching a restarted agent is a deposed leader's, refused by its term.
+    lifted: Mutex<std::collections::BTreeSet<String>>,
     warmups: Mutex<BTreeMap<String, watch::Receiver<WarmupProgress>>>,
     warmup_telemetry: WarmupTelemetry,
     shutdown: CancellationToken,
@@ -94,6 +104,8 @@ impl Executor {
             replications: Mutex::new(BTreeMap::new()),
             replications_file: None,
             keeping: Mutex::new(()),
+            writer_moves: Mutex::new(BTreeMap::new()),
+            lifted: Mutex::new(std::collections::BTreeSet::new()),
             warmups: Mutex::new(BTreeMap::new()),
             warmup_telemetry: WarmupTelemetry::default(),
             shutdown: CancellationToken::new(),
@@ -241,6 +253,27 @@ impl Executor {
         Ok(moved)
     }
 
+    /// Refuses a fence or promotion of `id` once a rollback lifted its source's fence.
+    fn check_not_lifted(&self, id: &str) -> Result<(), CommandOutcome> {
+        if self.lifted.lock().expect("lifted lock").contains(id) {
+            return Err(refused(format!(
+                "the replication into {id:?} was rolled back (its source's fence lifted); a new \
+                 migration moves the writer with new shadow instances"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The lock that orders the writer moves of replication target `id`.
+    fn writer_move(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.writer_moves
+            .lock()
+            .expect("writer moves lock")
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
     async fn replication_result(&self, id: &str, driver: &SampleLogShipping) -> CommandOutcome {
         match driver.positions().await {
             Ok(p) => CommandOutcome::Done(CommandResult::Replication(ReplicationReport {
@@ -349,6 +382,11 @@ impl Executor {
                     Ok(d) => d,
                     Err(o) => return o,
                 };
+                let moving = self.writer_move(instance);
+                let _moving = moving.lock().await;
+                if let Err(o) = self.check_not_lifted(instance) {
+                    return o;
+                }
                 if let Err(e) = driver.fence_source().await {
                     return failed(e);
                 }
@@ -380,9 +418,47 @@ impl Executor {
                     Ok(d) => d,
                     Err(o) => return o,
                 };
+                let moving = self.writer_move(instance);
+                let _moving = moving.lock().await;
+                if let Err(o) = self.check_not_lifted(instance) {
+                    return o;
+                }
                 return match driver.promote().await {
                     Ok(()) => self.replication_result(instance, &driver).await,
                     Err(e @ ReplicationError::UnsafePromote(_)) => refused(e.to_string()),
+                    Err(e) => failed(e),
+                };
+            }
+            AgentAction::UnfenceSource { instance } => {
+                let moving = self.writer_move(instance);
+                let _moving = moving.lock().await;
+                let known = self
+                    .replications
+                    .lock()
+                    .expect("replications lock")
+                    .contains_key(instance);
+                if !known {
+                    // No replication into it (never started, or stopped): nothing this agent
+                    // fenced through it; none will be after this.
+                    self.lifted
+                        .lock()
+                        .expect("lifted lock")
+                        .insert(instance.clone());
+                    return CommandOutcome::Done(CommandResult::Instances(Vec::new()));
+                }
+                let driver = match self.driver(instance).await {
+                    Ok(d) => d,
+                    Err(o) => return o,
+                };
+                return match driver.unfence_source().await {
+                    Ok(()) => {
+                        self.lifted
+                            .lock()
+                            .expect("lifted lock")
+                            .insert(instance.clone());
+                        self.replication_result(instance, &driver).await
+                    }
+                    Err(e @ ReplicationError::UnsafeUnfence(_)) => refused(e.to_string()),
                     Err(e) => failed(e),
                 };
             }

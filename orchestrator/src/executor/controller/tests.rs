@@ -656,6 +656,93 @@ fn a_writer_hand_back_slowed_by_lost_answers_outlasts_the_rollback_deadline_and_
 }
 
 /// A forecast of 10-second slices from `T0_MS` with these (warm, dormant) targets.
+/// A rollback after the source's fence and before the promotion (an operator aborting a move
+/// that waits): the target's agent, which drives the replication, is asked to lift the fence,
+/// again past the attempt cap while it fails (the target cannot be asked), and the migration
+/// ends only once its report shows the source taking writes again.
+#[test]
+fn a_rollback_after_the_fence_lifts_it_retrying_past_the_attempt_cap_before_it_ends() {
+    let (overview, id) = overview_with(Phase::RollingBack, 1);
+    let shadow = format!("{id}-1");
+    let mut clock = Clock::new();
+    let mut c = Controller::new(config(), 3, clock.now());
+    let target = |source_fenced: bool| AgentReport {
+        replication: vec![umbra_proto::agent::ReplicationReport {
+            instance: shadow.clone(),
+            source: "http://127.0.0.1:1".to_owned(),
+            source_position: 10,
+            target_position: 10,
+            source_fenced,
+            promoted: false,
+        }],
+        ..report("eu-west", vec![instance(&shadow, InstanceState::Active)])
+    };
+    let source = AgentReport {
+        front: Some(front(0, Vec::new())),
+        ..home_serving()
+    };
+    c.handle_report("eu-west", target(true), clock.now().at);
+    c.handle_report("us-east", source.clone(), clock.now().at);
+    let lift = format!("{id}/rolling_back/0/unfence_source/{shadow}");
+    let mut asked = 0;
+    for _ in 0..3 * config().max_attempts {
+        c.handle_overview(overview.clone(), clock.advance(5_000));
+        while let Some(p) = c.poll_proposal() {
+            assert!(
+                !matches!(p.command, Command::Transition { .. }),
+                "ended with the source fenced at +{} ms: {:?}",
+                clock.ms,
+                p.command
+            );
+        }
+        for o in drain_commands(&mut c) {
+            if o.operation != lift {
+                continue;
+            }
+            assert_eq!(
+                o.command.action,
+                AgentAction::UnfenceSource {
+                    instance: shadow.clone()
+                }
+            );
+            asked += 1;
+            let failed = CommandOutcome::Failed {
+                reason: "http://127.0.0.1:9/admin/status: connection refused".into(),
+            };
+            c.handle_outcome(&o.operation, Delivery::Answered(failed), clock.now());
+        }
+    }
+    assert!(
+        asked > config().max_attempts as usize,
+        "given up after {asked} attempts"
+    );
+    // The target answers again: the fence is lifted, and only then does the rollback end.
+    c.handle_overview(overview.clone(), clock.advance(5_000));
+    let sent = drain_commands(&mut c);
+    assert!(
+        sent.iter().any(|o| o.operation == lift),
+        "{:?}",
+        actions(&sent)
+    );
+    done(&mut c, &sent, clock.advance(10));
+    c.handle_report("eu-west", target(false), clock.advance(1_000).at);
+    c.handle_report("us-east", source, clock.now().at);
+    c.handle_overview(overview.clone(), clock.advance(10));
+    let proposed: Vec<_> = std::iter::from_fn(|| c.poll_proposal())
+        .map(|p| p.command)
+        .collect();
+    assert!(
+        proposed.iter().any(|p| matches!(
+            p,
+            Command::Transition {
+                to: Phase::RolledBack,
+                ..
+            }
+        )),
+        "the rollback ends once the fence is lifted: {proposed:?}"
+    );
+}
+
 fn pool_forecast(targets: &[(u32, u32)]) -> PoolForecast {
     PoolForecast {
         slice_ms: 10_000,
