@@ -19,7 +19,7 @@ pub const INVARIANTS: [(&str, &str); 9] = [
     ),
     (
         "rollback_explained",
-        "a rollback follows a fault in the migration's data plane: the source's or the target's instances (errors, latency) or agents",
+        "a rollback follows a fault in the migration's data plane: the source's or the target's instances (errors, latency) or agents (a clock jump explains none: nothing may depend on a wall clock being right)",
     ),
     ("steps_once", "each step of the migration is applied once"),
     (
@@ -199,7 +199,9 @@ impl FaultFacts {
             )
     }
 
-    /// Whether it fired on the instances or the agent of one of `regions`.
+    /// Whether it fired on the instances or the agent of one of `regions` in a way that may
+    /// make a migration roll back. A clock jump may not: a migration's deadlines and windows
+    /// must not hang on a wall clock being right, so a step of one is no reason to stop it.
     fn on_regions(&self, regions: [&str; 2]) -> bool {
         let Some(hit) = &self.hit else {
             return false;
@@ -208,6 +210,7 @@ impl FaultFacts {
             FaultKind::Errors { .. } | FaultKind::Latency { .. } | FaultKind::DiskFull { .. } => {
                 hit == region
             }
+            FaultKind::ClockJump { .. } => false,
             _ => *hit == format!("agent-{region}"),
         })
     }
@@ -745,6 +748,27 @@ mod tests {
         )];
         assert_eq!(invariants(&f), Vec::<&str>::new());
         f.faults[0].hit = Some("agent-ap-south".into());
+        assert_eq!(invariants(&f), ["rollback_explained"]);
+    }
+
+    #[test]
+    fn a_clock_jump_explains_no_rollback_and_no_failed_request() {
+        let jump = fired(
+            FaultKind::ClockJump {
+                process: "agent-target".into(),
+                ms: 600_000,
+                for_ms: Some(3000),
+            },
+            "agent-eu-west",
+        );
+        let mut f = clean();
+        f.faults.push(jump.clone());
+        assert_eq!(invariants(&f), Vec::<&str>::new());
+        f.requests_failed = 5;
+        assert_eq!(invariants(&f), ["no_failed_request"]);
+        let mut f = clean();
+        f.outcome = "rolled_back".into();
+        f.faults = vec![jump];
         assert_eq!(invariants(&f), ["rollback_explained"]);
     }
 }

@@ -12,7 +12,23 @@
 //! sees its datagram leave as on a real partition (a drop on the output hook would answer
 //! its `sendmsg` with EPERM instead). Partitions need root and
 //! the `nft` program (Debian's `nftables`); without them a cut fails with what to do.
+//!
+//! A clock jump steps one process's wall clock, as an NTP step would, through libfaketime
+//! (Debian's `faketime`): the standard, packaged way to give one process a clock the test
+//! controls, with no change to the process. A process the runner may jump is started with the
+//! environment of a [`ClockFile`], which preloads the library and points it at a file the
+//! runner owns holding the offset from the real clock (`+0` until a jump); the library reads
+//! the file again at every wall-clock call, so a jump is in force once [`ClockFile::jump`]
+//! returns. Only `CLOCK_REALTIME` and its kin move: the monotonic clock (tokio's timers,
+//! `Instant`) stays the kernel's. The processes it starts inherit the environment, and with it
+//! the clock, unless they are started through a launcher that removes it
+//! ([`write_real_clock_launcher`]): libfaketime's own way to leave a child alone,
+//! `FAKETIME_ONLY_CMDS`, makes every `clock_gettime` of that child fail with EAGAIN in Debian's
+//! 0.9.10 (measured: a threaded python3 so excluded failed 8,000 of 8,000 reads; a Rust child
+//! panics in `SystemTime::now`). Without the library, creating a clock file fails with what to
+//! install.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -58,6 +74,37 @@ pub enum InjectError {
         action: &'static str,
         /// Why.
         source: std::io::Error,
+    },
+    /// libfaketime is not installed.
+    #[error("clock jumps need libfaketime, and {LIBFAKETIME} is missing: apt-get install faketime")]
+    NoFaketime,
+    /// A clock file could not be written.
+    #[error("clock file {file}: {source}")]
+    Clock {
+        /// The file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Jumps added up past the bound of a clock's offset.
+    #[error(
+        "clock file {file}: an offset of {offset_ms} ms from the real clock is past the bound of {MAX_CLOCK_OFFSET_MS} ms (a day): the plan's jumps of one process add up to too much"
+    )]
+    ClockOffset {
+        /// The file.
+        file: String,
+        /// The offset the jump would have set.
+        offset_ms: i64,
+    },
+    /// A process that should read the runner's clock does not have libfaketime loaded.
+    #[error(
+        "pid {pid} does not have {LIBFAKETIME} loaded (not in /proc/{pid}/maps): it reads the \
+         real clock, so a jump would not reach it (is it statically linked, or was it started \
+         without the clock file's environment?)"
+    )]
+    NotPreloaded {
+        /// The process.
+        pid: u32,
     },
     /// `nft` is missing or refused the rules.
     #[error(
@@ -314,6 +361,166 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), InjectError> {
     }
 }
 
+/// Where Debian's `faketime` package puts libfaketime, its build for threaded programs: the
+/// plain `libfaketime.so.1` parses the offset into static buffers with no lock, which the
+/// threads of a tokio runtime reading the clock at once would tear.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+/// Largest offset a clock file takes, ms: a day, far past any step NTP would make.
+pub const MAX_CLOCK_OFFSET_MS: i64 = 24 * 60 * 60 * 1_000;
+
+/// The wall clock of the processes started with its [`ClockFile::env`]: the real clock plus
+/// an offset the runner sets, kept in a file libfaketime reads at every wall-clock call.
+#[derive(Debug)]
+pub struct ClockFile {
+    path: PathBuf,
+    offset_ms: i64,
+}
+
+impl ClockFile {
+    /// Creates the file at `path` with no offset (`+0`). Fails when libfaketime is missing,
+    /// as a process started with [`ClockFile::env`] would then not start at all.
+    pub fn create(path: &Path) -> Result<Self, InjectError> {
+        if !Path::new(LIBFAKETIME).is_file() {
+            return Err(InjectError::NoFaketime);
+        }
+        let clock = Self {
+            path: path.to_owned(),
+            offset_ms: 0,
+        };
+        clock.write()?;
+        Ok(clock)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The offset in force from the real clock, ms.
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms
+    }
+
+    /// Steps the clock by `ms` (back when negative) from where it is: in force for every
+    /// process reading it once this returns. Refused when the offset from the real clock
+    /// would pass [`MAX_CLOCK_OFFSET_MS`] either way (jumps that add up past a day).
+    pub fn jump(&mut self, ms: i64) -> Result<(), InjectError> {
+        let offset_ms = self.offset_ms.saturating_add(ms);
+        if offset_ms.abs() > MAX_CLOCK_OFFSET_MS {
+            return Err(InjectError::ClockOffset {
+                file: self.path.display().to_string(),
+                offset_ms,
+            });
+        }
+        let before = self.offset_ms;
+        self.offset_ms = offset_ms;
+        self.write().inspect_err(|_| self.offset_ms = before)
+    }
+
+    /// Sets the clock back to the real one (`+0`).
+    pub fn reset(&mut self) -> Result<(), InjectError> {
+        self.jump(-self.offset_ms)
+    }
+
+    /// The environment that makes a process read this clock: libfaketime preloaded, this file
+    /// re-read at every call, the monotonic clock and file times left alone.
+    pub fn env(&self) -> Vec<(OsString, OsString)> {
+        [
+            ("LD_PRELOAD", OsString::from(LIBFAKETIME)),
+            (
+                "FAKETIME_TIMESTAMP_FILE",
+                self.path.clone().into_os_string(),
+            ),
+            // Read at every call (about 20 µs a wall-clock read, measured, against 0.2 µs;
+            // monotonic reads cost nothing more): a jump is in force when it returns, not up
+            // to 10 s later as with the library's default cache.
+            ("FAKETIME_NO_CACHE", "1".into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+            // Files keep the times the kernel gave them, as across a real step (libfaketime
+            // would otherwise shift every `stat` by the offset).
+            ("NO_FAKE_STAT", "1".into()),
+        ]
+        .into_iter()
+        .map(|(key, value)| (OsString::from(key), value))
+        .collect()
+    }
+
+    /// Writes the offset as libfaketime reads it (seconds with a fraction, signed), through
+    /// a temporary file renamed over the old one: a reader sees the old offset or the new,
+    /// never a half-written one.
+    fn write(&self) -> Result<(), InjectError> {
+        let failed = |source| InjectError::Clock {
+            file: self.path.display().to_string(),
+            source,
+        };
+        let sign = if self.offset_ms < 0 { '-' } else { '+' };
+        let ms = self.offset_ms.unsigned_abs();
+        let text = format!("{sign}{}.{:03}\n", ms / 1_000, ms % 1_000);
+        let mut temporary = self.path.clone().into_os_string();
+        temporary.push(".new");
+        std::fs::write(&temporary, text).map_err(failed)?;
+        std::fs::rename(&temporary, &self.path).map_err(failed)
+    }
+}
+
+/// The environment variables that put a process on a clock file, with the one libfaketime
+/// adds for the processes a faked one starts.
+const CLOCK_VARS: [&str; 6] = [
+    "LD_PRELOAD",
+    "FAKETIME_TIMESTAMP_FILE",
+    "FAKETIME_NO_CACHE",
+    "FAKETIME_DONT_FAKE_MONOTONIC",
+    "NO_FAKE_STAT",
+    "FAKETIME_SHARED",
+];
+
+/// Writes an executable script at `launcher` that runs `program` with its arguments on the
+/// machine's real clock, whatever clock file its parent reads: for the processes a process
+/// under a [`ClockFile`] starts, such as an agent's instances.
+pub fn write_real_clock_launcher(program: &Path, launcher: &Path) -> Result<(), InjectError> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |source| InjectError::Clock {
+        file: launcher.display().to_string(),
+        source,
+    };
+    let unset: String = CLOCK_VARS.iter().map(|v| format!(" -u {v}")).collect();
+    // Single quotes keep the path as it is; a quote in it is closed, escaped and reopened.
+    let quoted = format!("'{}'", program.display().to_string().replace('\'', r"'\''"));
+    let script =
+        format!("#!/bin/sh\n# Runs {quoted} on the real clock.\nexec env{unset} {quoted} \"$@\"\n");
+    std::fs::write(launcher, script).map_err(failed)?;
+    std::fs::set_permissions(launcher, std::fs::Permissions::from_mode(0o755)).map_err(failed)
+}
+
+/// Removes the semaphore and shared memory libfaketime made in `/dev/shm` for `pid`, once
+/// the process is gone: the library makes them for every process it loads in and leaves them
+/// behind when the process is killed (and, in Debian's 0.9.10, often on a normal exit too),
+/// where a later process given the same pid would find them.
+pub fn remove_faketime_shm(pid: u32) {
+    let _ = std::fs::remove_file(format!("/dev/shm/faketime_shm_{pid}"));
+    let _ = std::fs::remove_file(format!("/dev/shm/sem.faketime_sem_{pid}"));
+}
+
+/// Longest wait for a process just started to show libfaketime loaded (it maps the library
+/// as it execs; a jump may come right after a restart).
+pub const PRELOAD_CONFIRM_WITHIN: Duration = Duration::from_secs(2);
+
+/// Checks that `pid` has libfaketime loaded, so it reads its clock file and not the real
+/// clock; waits up to [`PRELOAD_CONFIRM_WITHIN`] for a process still starting.
+pub fn check_preloaded(pid: u32) -> Result<(), InjectError> {
+    let started = Instant::now();
+    loop {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        if maps.lines().any(|line| line.ends_with(LIBFAKETIME)) {
+            return Ok(());
+        }
+        if started.elapsed() >= PRELOAD_CONFIRM_WITHIN {
+            return Err(InjectError::NotPreloaded { pid });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,5 +587,135 @@ mod tests {
         drop(disk);
         // Unmounted: the directory shows what was under the mount (nothing).
         assert!(!dir.join("before").exists());
+    }
+
+    /// A python3 under the clock file that prints its wall clock, its monotonic clock and
+    /// the wall clock of a `date` it starts through `date_launcher`, once per line it reads:
+    /// no sleeps, each reading is asked for. Four threads read the clock first, as a tokio
+    /// runtime's do.
+    struct ClockReader {
+        child: std::process::Child,
+        lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    }
+
+    impl ClockReader {
+        fn start(clock: &ClockFile, date_launcher: &Path) -> Self {
+            let script = "import subprocess, sys, threading, time\n\
+                          def read():\n\
+                          \x20   return [time.time() for _ in range(1000)]\n\
+                          for _ in sys.stdin:\n\
+                          \x20   threads = [threading.Thread(target=read) for _ in range(4)]\n\
+                          \x20   [t.start() for t in threads]; [t.join() for t in threads]\n\
+                          \x20   date = subprocess.check_output([sys.argv[1], '+%s%3N']).decode().strip()\n\
+                          \x20   print(int(time.time() * 1000), int(time.monotonic() * 1000), date, flush=True)\n";
+            let mut child = Command::new("python3")
+                .args(["-c", script])
+                .arg(date_launcher)
+                .envs(clock.env())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let lines =
+                std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+            Self { child, lines }
+        }
+
+        /// (wall, monotonic, its child's wall), ms.
+        fn read(&mut self) -> (i64, i64, i64) {
+            writeln!(self.child.stdin.as_mut().unwrap()).unwrap();
+            let line = self.lines.next().unwrap().unwrap();
+            let n: Vec<i64> = line.split(' ').map(|n| n.parse().unwrap()).collect();
+            (n[0], n[1], n[2])
+        }
+    }
+
+    fn real_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    }
+
+    /// Needs libfaketime and python3, as CI has (`.ci/install-deps`): fails otherwise.
+    #[test]
+    fn a_jump_moves_a_running_process_wall_clock_and_only_its_wall_clock() {
+        let scratch = tempfile::tempdir().unwrap();
+        let mut clock = ClockFile::create(&scratch.path().join("clock")).unwrap();
+        assert_eq!(std::fs::read_to_string(clock.path()).unwrap(), "+0.000\n");
+        let launcher = scratch.path().join("date on the real clock");
+        write_real_clock_launcher(Path::new("/bin/date"), &launcher).unwrap();
+        let mut reader = ClockReader::start(&clock, &launcher);
+        // Within a minute of the real clock: a liveness margin, the jumps are 10 minutes.
+        let near = |a: i64, b: i64| (a - b).abs() < 60_000;
+        let (wall, monotonic, child) = reader.read();
+        // It answered, so it runs python3, not the test's fork of itself before the exec.
+        check_preloaded(reader.child.id()).unwrap();
+        assert!(
+            near(wall, real_ms()) && near(child, real_ms()),
+            "{wall} {child}"
+        );
+
+        clock.jump(600_000).unwrap();
+        assert_eq!(std::fs::read_to_string(clock.path()).unwrap(), "+600.000\n");
+        let (jumped, monotonic_after, child_after) = reader.read();
+        assert!(near(jumped, real_ms() + 600_000), "{jumped}");
+        assert!(
+            near(monotonic_after, monotonic),
+            "the monotonic clock did not jump"
+        );
+        assert!(
+            near(child_after, real_ms()),
+            "the process it started keeps the real clock"
+        );
+
+        // A step back past the start, then back to the real clock.
+        clock.jump(-690_250).unwrap();
+        assert_eq!(clock.offset_ms(), -90_250);
+        assert_eq!(std::fs::read_to_string(clock.path()).unwrap(), "-90.250\n");
+        assert!(near(reader.read().0, real_ms() - 90_250));
+        clock.reset().unwrap();
+        assert_eq!(std::fs::read_to_string(clock.path()).unwrap(), "+0.000\n");
+        // Jumps that add up past a day are refused and change nothing.
+        clock.jump(MAX_CLOCK_OFFSET_MS).unwrap();
+        assert!(matches!(
+            clock.jump(1),
+            Err(InjectError::ClockOffset { offset_ms, .. }) if offset_ms == MAX_CLOCK_OFFSET_MS + 1
+        ));
+        assert_eq!(clock.offset_ms(), MAX_CLOCK_OFFSET_MS);
+        clock.reset().unwrap();
+        assert!(near(reader.read().0, real_ms()));
+
+        // A fresh process reads the offset in force when it starts.
+        clock.jump(-3_600_000).unwrap();
+        let date = Command::new("date")
+            .arg("+%s")
+            .envs(clock.env())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let date_pid = date.id();
+        let date = date.wait_with_output().unwrap();
+        remove_faketime_shm(date_pid);
+        let secs: i64 = String::from_utf8(date.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(near(secs * 1_000, real_ms() - 3_600_000), "{secs}");
+
+        let pid = reader.child.id();
+        reader.child.kill().unwrap();
+        reader.child.wait().unwrap();
+        remove_faketime_shm(pid);
+        assert!(!Path::new(&format!("/dev/shm/faketime_shm_{pid}")).exists());
+        // A process started without the environment does not read the clock file.
+        let mut plain = Command::new("sleep").arg("30").spawn().unwrap();
+        assert!(matches!(
+            check_preloaded(plain.id()),
+            Err(InjectError::NotPreloaded { .. })
+        ));
+        plain.kill().unwrap();
+        plain.wait().unwrap();
     }
 }

@@ -17,6 +17,12 @@
 //! for `for_ms`; only a runner that mounted those disks can (`umbra demo --fault-plan`,
 //! `umbra chaos campaign`: each a size-limited tmpfs).
 //!
+//! `clock_jump` steps a process's wall clock by `ms` (back when negative), as an NTP step
+//! would, and steps it back `for_ms` later (or at the run's end without `for_ms`); its
+//! monotonic clock does not move. Only a runner that started the process under a clock it
+//! controls can (`umbra demo --fault-plan`, `umbra chaos campaign`: libfaketime, through
+//! [`crate::inject::ClockFile`]).
+//!
 //! `pause`, `kill`, `partition` and `loss` act on named processes. The drill knows only pids
 //! (`--pid NAME=PID`), so it pauses; `umbra demo --fault-plan` and `umbra chaos campaign` run
 //! the processes under their own supervisor, so they may also kill one (and start it again
@@ -35,7 +41,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 /// The fault kinds a plan may name, as they are spelled in TOML.
-pub const FAULT_KINDS: [&str; 7] = [
+pub const FAULT_KINDS: [&str; 8] = [
     "errors",
     "latency",
     "pause",
@@ -43,6 +49,7 @@ pub const FAULT_KINDS: [&str; 7] = [
     "partition",
     "loss",
     "disk_full",
+    "clock_jump",
 ];
 
 /// Migration phases a generated plan fires faults at: the ones a migration always passes
@@ -59,6 +66,13 @@ const GENERATED_PHASES: [&str; 5] = [
 const DISK_FULL_SHARE: f64 = 0.25;
 /// Mixed into the seed of the stream that draws the disk fault.
 const DISK_DRAW_SALT: u64 = 0xd15c_f011;
+/// Share of generated plans that also jump a process's clock, when the scope has clocks.
+const CLOCK_JUMP_SHARE: f64 = 0.25;
+/// Mixed into the seed of the stream that draws the clock jump.
+const CLOCK_DRAW_SALT: u64 = 0xc10c_0001;
+/// Largest clock jump a plan may ask for, ms: a day either way, far past any step NTP makes
+/// (and the bound of [`crate::inject::ClockFile`]).
+pub const MAX_CLOCK_JUMP_MS: i64 = crate::inject::MAX_CLOCK_OFFSET_MS;
 
 /// A set of faults and when each fires.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +161,17 @@ pub enum FaultKind {
         /// How long it stays full, ms.
         for_ms: u64,
     },
+    /// The named process's wall clock steps by `ms` (back when negative), as an NTP step
+    /// would, and steps back `for_ms` later (at the run's end when `None`); its monotonic
+    /// clock does not move.
+    ClockJump {
+        /// The process's name.
+        process: String,
+        /// The step, ms: non-zero, at most [`MAX_CLOCK_JUMP_MS`] either way.
+        ms: i64,
+        /// How long the step lasts, ms.
+        for_ms: Option<u64>,
+    },
 }
 
 impl FaultKind {
@@ -160,6 +185,7 @@ impl FaultKind {
             FaultKind::Partition { .. } => "partition",
             FaultKind::Loss { .. } => "loss",
             FaultKind::DiskFull { .. } => "disk_full",
+            FaultKind::ClockJump { .. } => "clock_jump",
         }
     }
 
@@ -172,7 +198,8 @@ impl FaultKind {
             FaultKind::Pause { process, .. }
             | FaultKind::Kill { process, .. }
             | FaultKind::Partition { process, .. }
-            | FaultKind::Loss { process, .. } => Some(process),
+            | FaultKind::Loss { process, .. }
+            | FaultKind::ClockJump { process, .. } => Some(process),
         }
     }
 
@@ -188,6 +215,7 @@ impl FaultKind {
             FaultKind::Kill {
                 restart_after_ms, ..
             } => Some(*restart_after_ms),
+            FaultKind::ClockJump { for_ms, .. } => *for_ms,
         }
     }
 }
@@ -242,6 +270,17 @@ impl fmt::Display for FaultKind {
             ),
             FaultKind::DiskFull { region, for_ms } => {
                 write!(f, "disk_full: {region}'s data disk full for {for_ms} ms")
+            }
+            FaultKind::ClockJump {
+                process,
+                ms,
+                for_ms,
+            } => {
+                write!(f, "clock_jump: {process}'s wall clock {ms:+} ms")?;
+                match for_ms {
+                    Some(for_ms) => write!(f, " for {for_ms} ms"),
+                    None => write!(f, " until the end"),
+                }
             }
         }
     }
@@ -312,6 +351,18 @@ pub enum PlanError {
         /// `; it can: a, b` (empty when it can do none).
         known: String,
     },
+    /// A clock_jump names a process this runner did not start under a clock it controls.
+    #[error(
+        "fault {index} jumps the clock of process {process:?}, which this runner did not start under a clock it controls: clock_jump faults need a process started by Umbra's own supervisor (umbra demo --fault-plan, umbra chaos campaign){known}"
+    )]
+    NoClock {
+        /// Its position, from 1.
+        index: usize,
+        /// The name.
+        process: String,
+        /// `; it can jump: a, b` (empty when it can jump none).
+        known: String,
+    },
     /// A disk_full names a region whose data disk this runner did not mount.
     #[error(
         "fault {index} fills the data disk of {region:?}, which this runner did not mount: disk_full faults need the data disks of Umbra's own supervisor (umbra demo --fault-plan, umbra chaos campaign){known}"
@@ -345,6 +396,8 @@ pub struct Scope {
     /// Regions (or the roles `source` and `target`) whose instances' data disk the runner
     /// mounted and can fill.
     pub disks: BTreeSet<String>,
+    /// Processes the runner can start under a clock it controls, to jump.
+    pub clocks: BTreeSet<String>,
 }
 
 impl Scope {
@@ -376,6 +429,14 @@ impl FaultPlan {
                 "none".to_owned()
             } else {
                 set.iter().cloned().collect::<Vec<_>>().join(", ")
+            }
+        };
+        // `; it can VERB: a, b` for an error's end; nothing when it can do it to none.
+        let it_can = |verb: &str, able: &BTreeSet<String>| {
+            if able.is_empty() {
+                String::new()
+            } else {
+                format!("; it can {verb}: {}", list(able))
             }
         };
         let known_region = |index, region: &String| {
@@ -413,11 +474,16 @@ impl FaultPlan {
                         return Err(PlanError::NoDisk {
                             index,
                             region: region.clone(),
-                            known: if scope.disks.is_empty() {
-                                String::new()
-                            } else {
-                                format!("; it can fill: {}", list(&scope.disks))
-                            },
+                            known: it_can("fill", &scope.disks),
+                        });
+                    }
+                }
+                FaultKind::ClockJump { process, .. } => {
+                    if !scope.clocks.contains(process) {
+                        return Err(PlanError::NoClock {
+                            index,
+                            process: process.clone(),
+                            known: it_can("jump", &scope.clocks),
                         });
                     }
                 }
@@ -444,11 +510,7 @@ impl FaultPlan {
                             index,
                             kind,
                             process: process.clone(),
-                            known: if able.is_empty() {
-                                String::new()
-                            } else {
-                                format!("; it can {kind}: {}", list(able))
-                            },
+                            known: it_can(kind, able),
                         });
                     }
                 }
@@ -459,10 +521,11 @@ impl FaultPlan {
 
     /// A plan of one to three faults drawn from `seed` within `scope` (pauses only when it
     /// names processes, kills, partitions and losses only when it names processes the runner
-    /// supervises), plus in about a quarter of the plans a full data disk when it names disks;
-    /// the same seed and scope give the same plan. A scope without supervised processes draws
-    /// exactly what it drew before those kinds existed, and one without disks what it drew
-    /// before disks could fill.
+    /// supervises), plus in about a quarter of the plans a full data disk when it names disks,
+    /// and in about a quarter a clock jump when it names clocks; the same seed and scope give
+    /// the same plan. A scope without supervised processes draws exactly what it drew before
+    /// those kinds existed, one without disks what it drew before disks could fill, and one
+    /// without clocks what it drew before clocks could jump.
     pub fn generate(seed: u64, scope: &Scope) -> Self {
         assert!(
             !scope.regions.is_empty() && !scope.services.is_empty(),
@@ -533,6 +596,30 @@ impl FaultPlan {
                 });
             }
         }
+        // A clock jump too, from its own stream: 10 s to 15 min either way (NTP steps once
+        // the offset passes 128 ms; a VM resumed from a snapshot or a bad time source steps
+        // by minutes), for 2 to 8 s or, one time in three, until the end.
+        if !scope.clocks.is_empty() {
+            let mut rng = StdRng::seed_from_u64(seed ^ CLOCK_DRAW_SALT);
+            if rng.random_bool(CLOCK_JUMP_SHARE) {
+                let process = pick(&mut rng, &scope.clocks);
+                let step_ms = rng.random_range(1..=90) * 10_000;
+                let ms = if rng.random_bool(0.5) {
+                    step_ms
+                } else {
+                    -step_ms
+                };
+                let for_ms = (!rng.random_bool(1.0 / 3.0)).then(|| rng.random_range(20..=80) * 100);
+                faults.push(Fault {
+                    kind: FaultKind::ClockJump {
+                        process,
+                        ms,
+                        for_ms,
+                    },
+                    when: draw_trigger(&mut rng),
+                });
+            }
+        }
         Self {
             seed: Some(seed),
             faults,
@@ -571,6 +658,8 @@ struct RawFault {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     percent: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     after_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     at_phase: Option<String>,
@@ -591,6 +680,7 @@ impl TryFrom<RawFault> for Fault {
             "kill" => &["process", "restart_after_ms"],
             "loss" => &["process", "percent", "for_ms"],
             "disk_full" => &["region", "for_ms"],
+            "clock_jump" => &["process", "ms", "for_ms"],
             other => {
                 return Err(format!(
                     "unknown fault kind {other:?}; the kinds are {}",
@@ -607,6 +697,7 @@ impl TryFrom<RawFault> for Fault {
             ("for_ms", raw.for_ms.is_some()),
             ("restart_after_ms", raw.restart_after_ms.is_some()),
             ("percent", raw.percent.is_some()),
+            ("ms", raw.ms.is_some()),
         ];
         if let Some((stray, _)) = given
             .iter()
@@ -660,6 +751,23 @@ impl TryFrom<RawFault> for Fault {
             "disk_full" => FaultKind::DiskFull {
                 region: need(raw.region, "region")?,
                 for_ms: above_zero(raw.for_ms, &kind_name)?,
+            },
+            "clock_jump" => FaultKind::ClockJump {
+                process: need(raw.process, "process")?,
+                ms: match raw.ms {
+                    Some(ms) if ms != 0 && ms.abs() <= MAX_CLOCK_JUMP_MS => ms,
+                    _ => {
+                        return Err(format!(
+                            "a \"clock_jump\" fault needs `ms`, the step of the wall clock in \
+                             ms: not 0, at most {MAX_CLOCK_JUMP_MS} (a day) either way, negative \
+                             to step back (e.g. ms = 600000: ten minutes ahead)"
+                        ));
+                    }
+                },
+                for_ms: match raw.for_ms {
+                    None => None,
+                    Some(_) => Some(above_zero(raw.for_ms, &kind_name)?),
+                },
             },
             _ => FaultKind::Pause {
                 process: need(raw.process, "process")?,
@@ -752,6 +860,17 @@ impl From<Fault> for RawFault {
                 for_ms: Some(for_ms),
                 ..RawFault::default()
             },
+            FaultKind::ClockJump {
+                process,
+                ms,
+                for_ms,
+            } => RawFault {
+                kind: kind_name.into(),
+                process: Some(process),
+                ms: Some(ms),
+                for_ms,
+                ..RawFault::default()
+            },
         };
         match fault.when {
             Trigger::AfterMs(ms) => raw.after_ms = Some(ms),
@@ -790,6 +909,7 @@ mod tests {
             restartable: ["leader", "agent-target"].map(String::from).into(),
             partitionable: ["leader".to_owned()].into(),
             disks: ["eu-west".to_owned()].into(),
+            clocks: ["leader", "orchestrator-2"].map(String::from).into(),
             ..demo_scope()
         }
     }
@@ -999,7 +1119,7 @@ mod tests {
                 FaultPlan::generate(seed, &scope),
                 "seed {seed} replays"
             );
-            assert!((1..=4).contains(&plan.faults.len()));
+            assert!((1..=5).contains(&plan.faults.len()));
             assert_eq!(FaultPlan::from_toml(&plan.to_toml()).unwrap(), plan);
             plan.check(&scope).unwrap();
             for fault in &plan.faults {
@@ -1051,10 +1171,13 @@ mod tests {
 
     #[test]
     fn disks_add_a_disk_fault_to_some_seeds_and_change_no_other_fault() {
-        let with = supervised_scope();
+        let with = Scope {
+            clocks: BTreeSet::new(),
+            ..supervised_scope()
+        };
         let without = Scope {
             disks: BTreeSet::new(),
-            ..supervised_scope()
+            ..with.clone()
         };
         let mut filled = 0;
         for seed in 0..200 {
@@ -1069,5 +1192,121 @@ mod tests {
             assert_eq!(plan, FaultPlan::generate(seed, &without), "seed {seed}");
         }
         assert!((25..=75).contains(&filled), "{filled} of 200 seeds");
+    }
+
+    #[test]
+    fn a_clock_jump_parses_and_needs_a_clock_the_runner_controls() {
+        let plan = FaultPlan::from_toml(
+            r#"
+            [[faults]]
+            kind = "clock_jump"
+            process = "leader"
+            ms = 600000
+            at_phase = "cutting_over[0]"
+
+            [[faults]]
+            kind = "clock_jump"
+            process = "orchestrator-2"
+            ms = -90000
+            for_ms = 5000
+            after_ms = 100
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            plan.faults[0].kind,
+            FaultKind::ClockJump {
+                process: "leader".into(),
+                ms: 600_000,
+                for_ms: None
+            }
+        );
+        assert_eq!(plan.faults[0].kind.lasts_ms(), None);
+        assert_eq!(plan.faults[1].kind.lasts_ms(), Some(5000));
+        assert_eq!(plan.faults[1].kind.process(), Some("orchestrator-2"));
+        assert_eq!(
+            plan.faults[1].kind.to_string(),
+            "clock_jump: orchestrator-2's wall clock -90000 ms for 5000 ms"
+        );
+        assert_eq!(FaultPlan::from_toml(&plan.to_toml()).unwrap(), plan);
+        plan.check(&supervised_scope()).unwrap();
+        // The drill started no process: refused, saying which runners can.
+        let error = plan.check(&demo_scope()).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "fault 1 jumps the clock of process \"leader\", which this runner did not start under \
+             a clock it controls: clock_jump faults need a process started by Umbra's own \
+             supervisor (umbra demo --fault-plan, umbra chaos campaign)"
+        );
+        let only_leader = Scope {
+            clocks: ["leader".to_owned()].into(),
+            ..supervised_scope()
+        };
+        let error = plan.check(&only_leader).unwrap_err().to_string();
+        assert!(
+            error.starts_with("fault 2 jumps the clock of process \"orchestrator-2\"")
+                && error.ends_with("; it can jump: leader"),
+            "{error}"
+        );
+        refused(&[
+            ("kind = \"clock_jump\"\nprocess = \"leader\"", "needs `ms`"),
+            (
+                "kind = \"clock_jump\"\nprocess = \"leader\"\nms = 0",
+                "needs `ms`, the step of the wall clock in ms: not 0",
+            ),
+            (
+                "kind = \"clock_jump\"\nprocess = \"leader\"\nms = -86400001",
+                "at most 86400000 (a day) either way",
+            ),
+            (
+                "kind = \"clock_jump\"\nprocess = \"leader\"\nms = 5\nfor_ms = 0",
+                "`for_ms` above 0",
+            ),
+            ("kind = \"clock_jump\"\nms = 5", "needs `process`"),
+            (
+                "kind = \"clock_jump\"\nprocess = \"leader\"\nms = 5\nregion = \"eu-west\"",
+                "takes process, ms, for_ms, not `region`",
+            ),
+            (
+                "kind = \"pause\"\nprocess = \"leader\"\nfor_ms = 5\nms = 5",
+                "takes process, for_ms, not `ms`",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn clocks_add_a_clock_jump_to_some_seeds_and_change_no_other_fault() {
+        let with = supervised_scope();
+        let without = Scope {
+            clocks: BTreeSet::new(),
+            ..supervised_scope()
+        };
+        let (mut jumped, mut back, mut to_the_end) = (0, 0, 0);
+        for seed in 0..200 {
+            let mut plan = FaultPlan::generate(seed, &with);
+            if let Some(FaultKind::ClockJump {
+                process,
+                ms,
+                for_ms,
+            }) = plan.faults.last().map(|f| f.kind.clone())
+            {
+                jumped += 1;
+                back += usize::from(ms < 0);
+                to_the_end += usize::from(for_ms.is_none());
+                assert!(with.clocks.contains(&process), "seed {seed}: {process}");
+                assert!(
+                    (10_000..=900_000).contains(&ms.abs()),
+                    "seed {seed}: {ms} ms"
+                );
+                plan.faults.pop();
+            }
+            assert_eq!(plan, FaultPlan::generate(seed, &without), "seed {seed}");
+        }
+        assert!((25..=75).contains(&jumped), "{jumped} of 200 seeds");
+        assert!(back > 0 && back < jumped, "{back} of {jumped} step back");
+        assert!(
+            to_the_end > 0 && to_the_end < jumped,
+            "{to_the_end} of {jumped} last to the end"
+        );
     }
 }

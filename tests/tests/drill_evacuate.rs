@@ -248,20 +248,30 @@ async fn a_fault_plan_that_burns_the_budget_fails_and_rolls_everything_back() ->
     )?;
     let mut demo = ServedDemo::start(scratch.path())?;
 
-    // A plan naming a region the cluster does not have is refused, and nothing starts.
+    // A plan naming a region the cluster does not have is refused, and so is a clock jump (the
+    // drill did not start the processes, so it cannot give one a clock of its own); nothing
+    // starts.
     let bad = scratch.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        "[[faults]]\nkind = \"errors\"\nregion = \"mars\"\nservice = \"shop\"\nrate = 0.2\nafter_ms = 1\n",
-    )?;
-    let (refused, answer) = demo.drill(&["--fault-plan", bad.to_str().context("path")?])?;
-    assert!(!refused.status.success());
-    assert!(
-        answer["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("region \"mars\"")),
-        "{answer}"
-    );
+    for (faults, refusal) in [
+        (
+            "kind = \"errors\"\nregion = \"mars\"\nservice = \"shop\"\nrate = 0.2",
+            "region \"mars\"",
+        ),
+        (
+            "kind = \"clock_jump\"\nprocess = \"leader\"\nms = 600000",
+            "jumps the clock of process \"leader\", which this runner did not start",
+        ),
+    ] {
+        std::fs::write(&bad, format!("[[faults]]\n{faults}\nafter_ms = 1\n"))?;
+        let (refused, answer) = demo.drill(&["--fault-plan", bad.to_str().context("path")?])?;
+        assert!(!refused.status.success());
+        assert!(
+            answer["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(refusal)),
+            "{answer}"
+        );
+    }
     assert_eq!(demo.status()?["migrations"], serde_json::json!([]));
 
     let (output, verdict) = demo.drill(&["--fault-plan", plan.to_str().context("path")?])?;

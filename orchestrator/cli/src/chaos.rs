@@ -34,7 +34,8 @@ enum ChaosCommand {
     Plan(PlanArgs),
     /// Run the demo's real processes through one migration per seed, each under the fault
     /// plan its seed gives (kills and restarts, pauses, partitions, packet loss, failing
-    /// instances), and judge every run on the campaign's invariants.
+    /// instances, full data disks; wall-clock jumps in plans written by hand), and judge every
+    /// run on the campaign's invariants.
     Campaign(crate::campaign::CampaignArgs),
 }
 
@@ -107,7 +108,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
 
 fn plan(args: PlanArgs) -> FaultPlan {
     if args.campaign {
-        return FaultPlan::generate(args.seed, &crate::campaign::demo_scope());
+        return FaultPlan::generate(args.seed, &crate::campaign::generating_scope());
     }
     let or_demo = |given: Vec<String>, demo: Vec<String>| -> BTreeSet<String> {
         if given.is_empty() { demo } else { given }

@@ -788,12 +788,14 @@ impl Drill {
                     Err(e) => format!("SIGSTOP to {process} (pid {pid}) failed: {e}"),
                 }
             }
-            // `prepare` refused them: the drill's scope names no process it could start again
-            // or whose port it knows, and no data disk it mounted.
+            // `prepare` refused them: the drill's scope names no process it could start again,
+            // whose port it knows or that it started under a clock of its own, and no data
+            // disk it mounted.
             FaultKind::Kill { .. }
             | FaultKind::Partition { .. }
             | FaultKind::Loss { .. }
-            | FaultKind::DiskFull { .. } => {
+            | FaultKind::DiskFull { .. }
+            | FaultKind::ClockJump { .. } => {
                 format!("not injected: {kind} needs Umbra's own supervisor")
             }
         };
@@ -836,7 +838,8 @@ impl Drill {
             FaultKind::Kill { .. }
             | FaultKind::Partition { .. }
             | FaultKind::Loss { .. }
-            | FaultKind::DiskFull { .. } => {}
+            | FaultKind::DiskFull { .. }
+            | FaultKind::ClockJump { .. } => {}
         }
         let fault = &mut self.faults[i];
         fault.undone = true;

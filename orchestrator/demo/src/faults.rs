@@ -1,8 +1,9 @@
 //! A fault plan carried out on the demo's own processes (`umbra demo --fault-plan`, and each
 //! run of `umbra chaos campaign`). The demo's supervisor started every process, so besides the
 //! instances' fault switch and pauses it can kill one and start it again after the plan's
-//! delay, as systemd would, cut an orchestrator off the network, and fill a region's data
-//! disk, which it mounted for the run (`umbra_chaos::inject`).
+//! delay, as systemd would, cut an orchestrator off the network, fill a region's data
+//! disk, which it mounted for the run, and step the wall clock of an orchestrator or an agent,
+//! which it started under a clock file of the run's (`umbra_chaos::inject`).
 //!
 //! Triggers count from the migration's request (`after_ms`) or fire once the migration has
 //! reached a phase (`at_phase`, from the audit, so a phase shorter than one poll still fires
@@ -27,7 +28,8 @@ use crate::processes::Supervisor;
 use crate::{Orchestrator, call_live, scenario, set_fault_switch, unix_ms};
 
 /// What a plan may name in the demo: its regions and the migration's roles, its service, every
-/// orchestrator and agent (to pause or kill) and every orchestrator (to cut off).
+/// orchestrator and agent (to pause, kill or jump the clock of) and every orchestrator (to cut
+/// off).
 pub fn scope(regions: &[String], orchestrators: u64) -> Scope {
     let orchestrator_names: Vec<String> = (1..=orchestrators)
         .map(|id| format!("orchestrator-{id}"))
@@ -47,6 +49,7 @@ pub fn scope(regions: &[String], orchestrators: u64) -> Scope {
         regions,
         services: [scenario::SERVICE.to_owned()].into(),
         processes: Default::default(),
+        clocks: restartable.clone(),
         restartable,
         partitionable: orchestrator_names.into_iter().collect(),
     }
@@ -87,6 +90,8 @@ enum Undo {
     Heal(Cut),
     /// Remove the ballast from a region's data disk.
     Free(Ballast),
+    /// Step the process's wall clock back by what the jump stepped it.
+    StepBack { name: String, ms: i64 },
 }
 
 struct Armed {
@@ -268,6 +273,19 @@ impl Faults {
                         .map_err(|e| e.to_string()),
                 }
             }
+            FaultKind::ClockJump { process, ms, .. } => {
+                let name = resolve_process(reach, process).await?;
+                jump_clock(reach, &name, *ms).map(|detail| {
+                    (
+                        name.clone(),
+                        detail,
+                        Undo::StepBack {
+                            name: name.clone(),
+                            ms: -*ms,
+                        },
+                    )
+                })
+            }
             FaultKind::Partition { process, .. } | FaultKind::Loss { process, .. } => {
                 let name = resolve_process(reach, process).await?;
                 let port = reach
@@ -346,6 +364,7 @@ impl Faults {
                 .remove()
                 .map(|()| "the ballast removed: the disk has room again".to_owned())
                 .map_err(|e| e.to_string()),
+            Undo::StepBack { name, ms } => jump_clock(reach, &name, ms),
         };
         let a = &mut self.armed[i];
         a.seen.undone = Some(now());
@@ -357,6 +376,30 @@ impl Faults {
             }
         }
     }
+}
+
+/// Steps `name`'s wall clock by `ms`; what was done. A process that runs must show
+/// libfaketime loaded, or the jump could not reach it; one that is down (killed by another
+/// fault) reads the new offset when it starts again.
+fn jump_clock(reach: &mut Reach<'_>, name: &str, ms: i64) -> Result<String, String> {
+    let Some((clock, pid)) = reach.supervisor.clock(name) else {
+        return Err(format!(
+            "{name} was not started under a clock the demo controls"
+        ));
+    };
+    if let Some(pid) = pid {
+        inject::check_preloaded(pid).map_err(|e| e.to_string())?;
+    }
+    clock.jump(ms).map_err(|e| e.to_string())?;
+    let offset_ms = clock.offset_ms();
+    Ok(match pid {
+        Some(pid) => format!(
+            "{name}'s wall clock stepped {ms:+} ms (pid {pid}; now {offset_ms:+} ms from the real clock)"
+        ),
+        None => format!(
+            "{name}'s wall clock stepped {ms:+} ms while it is down (now {offset_ms:+} ms from the real clock)"
+        ),
+    })
 }
 
 /// The region a fault names, roles resolved.

@@ -614,7 +614,13 @@ async fn start_cluster(
         }
     };
 
-    // Orchestrators.
+    // Orchestrators, each on a wall clock of its own when the fault plan may jump one (roles
+    // such as `leader` resolve only when the fault fires, so every one of them).
+    let jumps_clocks = options.fault_plan.as_ref().is_some_and(|plan| {
+        plan.faults
+            .iter()
+            .any(|f| matches!(f.kind, umbra_chaos::plan::FaultKind::ClockJump { .. }))
+    });
     let orchestrator_bin = options.bin_dir.join("umbra-orchestrator");
     let mut peers = Vec::new();
     for id in 1..=ORCHESTRATORS {
@@ -714,12 +720,13 @@ async fn start_cluster(
         std::fs::write(&path, config.to_toml()).map_err(io("writing node.toml"))?;
         let mut command = Command::new(&orchestrator_bin);
         command.arg("--config").arg(&path).env("RUST_LOG", "info");
-        supervisor.spawn(
-            &format!("orchestrator-{}", peer.id),
-            command,
-            &node_dir.join("node.log"),
-            None,
-        )?;
+        let name = format!("orchestrator-{}", peer.id);
+        let log = node_dir.join("node.log");
+        if jumps_clocks {
+            supervisor.spawn_under_clock(&name, command, &log, None, &node_dir.join("clock"))?;
+        } else {
+            supervisor.spawn(&name, command, &log, None)?;
+        }
         let client = ApiClient::new(&format!("https://{api_listen}"), &operator, token.clone())
             .map_err(|e| DemoError::Setup(format!("API client: {e}")))?
             .with_timeout(API_CALL_TIMEOUT);
@@ -739,7 +746,10 @@ async fn start_cluster(
     }
 
     // Agents, one per region, each with its front; their instances on a data disk of their
-    // own when the fault plan may fill one.
+    // own when the fault plan may fill one; the agents on a wall clock of their own when it
+    // may jump one, their instances on the real clock all the same (through a launcher that
+    // takes the agent's clock out of their environment): their write stamps judge the single
+    // writer, and a jump names one process, not a machine.
     let fills_disks = options.fault_plan.as_ref().is_some_and(|plan| {
         plan.faults
             .iter()
@@ -759,6 +769,13 @@ async fn start_cluster(
         }
         let front = topology.front(region).expect("a region of the topology");
         let path = agent_dir.join("agent.toml");
+        let mut sample_binary = options.bin_dir.join("umbra-sample");
+        if jumps_clocks {
+            let launcher = agent_dir.join("umbra-sample-on-the-real-clock");
+            umbra_chaos::inject::write_real_clock_launcher(&sample_binary, &launcher)
+                .map_err(|e| DemoError::Setup(e.to_string()))?;
+            sample_binary = launcher;
+        }
         let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
         agent_metrics.insert(region.clone(), metrics);
         std::fs::write(
@@ -770,7 +787,7 @@ async fn start_cluster(
                 &certs_dir,
                 (front, metrics),
                 options.front,
-                &options.bin_dir.join("umbra-sample"),
+                &sample_binary,
             ),
         )
         .map_err(io("writing agent.toml"))?;
@@ -780,12 +797,14 @@ async fn start_cluster(
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "info");
-        supervisor.spawn(
-            &format!("agent-{region}"),
-            command,
-            &agent_dir.join("agent.log"),
-            Some(&state_dir),
-        )?;
+        let name = format!("agent-{region}");
+        let log = agent_dir.join("agent.log");
+        if jumps_clocks {
+            let clock = agent_dir.join("clock");
+            supervisor.spawn_under_clock(&name, command, &log, Some(&state_dir), &clock)?;
+        } else {
+            supervisor.spawn(&name, command, &log, Some(&state_dir))?;
+        }
         agent_state_dirs.insert(region.clone(), state_dir);
         progress(&format!(
             "started agent {region} ({} front http://{front})",

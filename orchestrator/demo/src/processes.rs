@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use umbra_agent::provider::process::ENV_PROVIDER_STATE;
-use umbra_chaos::inject::DataDisk;
+use umbra_chaos::inject::{self, ClockFile, DataDisk};
 
 /// How long a process gets to exit after SIGTERM before it is killed: the orchestrator and
 /// agent shut down in well under a second; five leave room on a loaded laptop.
@@ -50,6 +50,14 @@ pub enum ProcessError {
     /// No process of that name is running.
     #[error("no running process named {0}")]
     Unknown(String),
+    /// Its clock file could not be made.
+    #[error("cannot start {name} under a clock of its own: {reason}")]
+    Clock {
+        /// Which one.
+        name: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 struct Supervised {
@@ -62,6 +70,8 @@ struct Supervised {
     instances_of: Option<PathBuf>,
     /// Killed on purpose (`--kill-leader`): not an unexpected exit.
     killed: bool,
+    /// The wall clock it reads, when it was started under one the run controls.
+    clock: Option<ClockFile>,
 }
 
 /// A command's program, arguments, environment and directory: what starting it again needs
@@ -148,8 +158,40 @@ impl Supervisor {
             log: log.to_owned(),
             instances_of: instances_of.map(Path::to_owned),
             killed: false,
+            clock: None,
         });
         Ok(pid)
+    }
+
+    /// Starts `command` as [`Supervisor::spawn`] does, reading a wall clock of its own kept
+    /// in `clock_file` (`+0`: the real one until [`Supervisor::clock`] jumps it). A restart
+    /// reads the same clock, as a process started again on the same machine would. The
+    /// processes it starts read it too, unless started through
+    /// [`inject::write_real_clock_launcher`].
+    pub fn spawn_under_clock(
+        &mut self,
+        name: &str,
+        mut command: Command,
+        log: &Path,
+        instances_of: Option<&Path>,
+        clock_file: &Path,
+    ) -> Result<u32, ProcessError> {
+        let clock = ClockFile::create(clock_file).map_err(|e| ProcessError::Clock {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        command.envs(clock.env());
+        let pid = self.spawn(name, command, log, instances_of)?;
+        self.children.last_mut().expect("just spawned").clock = Some(clock);
+        Ok(pid)
+    }
+
+    /// The wall clock `name` reads, when it was started under one
+    /// ([`Supervisor::spawn_under_clock`]), and its pid while it runs.
+    pub fn clock(&mut self, name: &str) -> Option<(&mut ClockFile, Option<u32>)> {
+        let s = self.children.iter_mut().find(|s| s.name == name)?;
+        let pid = (!s.killed).then(|| s.child.id());
+        s.clock.as_mut().map(|clock| (clock, pid))
     }
 
     /// Starts `name` again the way it was first started (a process manager restarting a
@@ -203,6 +245,9 @@ impl Supervisor {
         s.killed = true;
         let _ = s.child.kill();
         let _ = s.child.wait();
+        if s.clock.is_some() {
+            inject::remove_faketime_shm(s.child.id());
+        }
         Ok(s.child.id())
     }
 
@@ -221,6 +266,9 @@ impl Supervisor {
             }
             let _ = s.child.kill();
             let _ = s.child.wait();
+            if s.clock.is_some() {
+                inject::remove_faketime_shm(s.child.id());
+            }
             if let Some(dir) = &s.instances_of {
                 kill_instances(dir);
             }
