@@ -253,11 +253,13 @@ fn log_shows_step(run: &Path, fault: &Value, stepped_ms: i64) -> anyhow::Result<
 }
 
 /// While the shadows warm, the source's agent's wall clock steps two minutes ahead for 3 s;
-/// at the first cutover step the leader's steps ten minutes ahead, and at the second the
-/// target's agent's five minutes back, both until the migration's end. libfaketime moves only
+/// at the first cutover step the target's agent's steps ten minutes ahead, and at the second
+/// the leader's five minutes back, both until the migration's end. libfaketime moves only
 /// the wall clock (tokio's timers and every `Instant` keep the kernel's monotonic clock), as
 /// an NTP step does. The migration completes and every invariant holds (no request fails for
-/// it). Each stepped process was seen with libfaketime loaded when its clock stepped, and the
+/// it): the leader times phases on its monotonic clock (the executor's phase clock), where a
+/// phase timed as its wall clock minus the replicated phase start would stall the step for
+/// the five minutes stepped back. Each stepped process was seen with libfaketime loaded when its clock stepped, and the
 /// two stepped until the end did read the stepped clock: their logs, stamped by their own
 /// wall clocks, hold lines that far off the real time (an agent may write nothing in 3 s).
 #[test]
@@ -265,8 +267,8 @@ fn wall_clock_jumps_of_the_leader_and_the_agents_break_no_invariant() -> anyhow:
     let dir = tempfile::tempdir()?;
     let steps = [
         ("agent-source", 120_000i64, "for_ms = 3000", "warming"),
-        ("leader", 600_000, "", "cutting_over[0]"),
-        ("agent-target", -300_000, "", "cutting_over[1]"),
+        ("agent-target", 600_000, "", "cutting_over[0]"),
+        ("leader", -300_000, "", "cutting_over[1]"),
     ];
     let plan: String = steps
         .iter()

@@ -87,18 +87,10 @@ struct Summary {
     elapsed_ms: u64,
 }
 
-/// What a seed's plan is drawn from: the scope of the demo's supervisor (what a campaign plan
-/// may name) without its clocks. A plan
-/// written by hand may jump clocks (`--plan`), but seeds draw no clock jump until a migration
-/// stops timing its phases on the leader's wall clock (`migration::decide` against the
-/// replicated `phase_since_ms`): a step back of the leader's clock stalls a migration for as
-/// long as the step, which would fail seeds for that one known bug (`tests/tests/
-/// chaos_campaign.rs`, the ignored test of a leader's clock stepped back).
+/// What a seed's plan is drawn from: the scope of the demo's supervisor, what a campaign plan
+/// may name.
 pub fn generating_scope() -> Scope {
-    Scope {
-        clocks: Default::default(),
-        ..umbra_demo::faults::scope(&DemoTopology::new(0).region_names(), 3)
-    }
+    umbra_demo::faults::scope(&DemoTopology::new(0).region_names(), 3)
 }
 
 /// The demo's options for one campaign run: its compressed timeline and a small load.

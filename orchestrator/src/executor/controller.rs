@@ -52,8 +52,23 @@ const STEPS_PER_ROUND: u32 = 4;
 pub struct Now {
     /// Monotonic time (backoff, rollback timing).
     pub at: Instant,
-    /// Wall-clock time, Unix ms (the proposer's clock in commands and phase deadlines).
+    /// Wall-clock time, Unix ms (stamped into commands; phase timers read it only through a
+    /// migration's [`PhaseClock`]).
     pub unix_ms: u64,
+}
+
+/// A migration's phase as this leadership first saw it. Phase timers (deadlines, analysis
+/// windows, the drain, the shadow's keep time) run from there on the monotonic clock: the
+/// replicated `phase_since_ms` is some proposer's wall clock, and a step of this leader's
+/// wall clock must neither stall a phase (a step back) nor skip its windows (a step
+/// forward). Only the phase's age when first seen is read off the wall clock, and a
+/// negative age counts as zero.
+#[derive(Debug, Clone, Copy)]
+struct PhaseClock {
+    phase: Phase,
+    since_ms: u64,
+    seen_at: Instant,
+    age_ms: u64,
 }
 
 /// An agent command to send.
@@ -157,7 +172,7 @@ pub struct SloQueryJob {
     pub migration: String,
     /// The phase the answer is for (an answer for an earlier step is dropped).
     pub phase: Phase,
-    /// When it was asked, Unix ms: hand it back.
+    /// When it was asked, Unix ms on the migration's phase clock: hand it back.
     pub asked_at_ms: u64,
     /// The Prometheus server's base URL.
     pub url: String,
@@ -523,6 +538,7 @@ pub struct Controller {
     slo_baselines: BTreeMap<String, VecDeque<f64>>,
     slo_query_jobs: VecDeque<SloQueryJob>,
     rollback_started: BTreeMap<String, Instant>,
+    phase_clocks: BTreeMap<String, PhaseClock>,
     stages: BTreeMap<String, &'static str>,
     dns_proposed: BTreeMap<String, DnsWeights>,
     /// When DNS gates steps: each service's latest weights asked to be checked, and how the
@@ -557,6 +573,7 @@ impl Controller {
             slo_baselines: BTreeMap::new(),
             slo_query_jobs: VecDeque::new(),
             rollback_started: BTreeMap::new(),
+            phase_clocks: BTreeMap::new(),
             stages: BTreeMap::new(),
             dns_proposed: BTreeMap::new(),
             dns_checks: BTreeMap::new(),
@@ -786,12 +803,12 @@ impl Controller {
         record: &MigrationRecord,
         service: &ServiceState,
         share_applied: Option<u8>,
+        now_ms: u64,
     ) -> DnsObserved {
         if !self.config.dns_gate {
             return DnsObserved::Ungated;
         }
-        let Some(want) = reconcile::desired_dns(record, service, share_applied, self.now.unix_ms)
-        else {
+        let Some(want) = reconcile::desired_dns(record, service, share_applied, now_ms) else {
             return DnsObserved::Pending;
         };
         let name = &record.spec.service;
@@ -1013,8 +1030,9 @@ impl Controller {
             .any(|shadow| target.is_some_and(|t| t.instances.iter().any(|i| &i.id == shadow)));
         if record.phase == Phase::RolledBack && left {
             let _span = tracing::info_span!("migration", migration = %id).entered();
+            let now_ms = self.phase_now_ms(&record);
             let due = self
-                .command_context(&record)
+                .command_context(&record, now_ms)
                 .map(|context| {
                     reconcile::commands(&record, &migration::Action::ReleaseShadow, &context)
                 })
@@ -1031,6 +1049,7 @@ impl Controller {
         let prefix = format!("{id}/");
         self.ops.retain(|op, _| !op.starts_with(&prefix));
         self.rollback_started.remove(id);
+        self.phase_clocks.remove(id);
         self.sizing.remove(id);
         if let Some(phase) = self.stages.remove(id) {
             self.events.push_back(Event::StageCleared {
@@ -1282,8 +1301,9 @@ impl Controller {
         let mut seen =
             reconcile::observe(&record, &service, overview, &self.reports, &Ops(&self.ops));
         seen.slo = slo_reading(&mut self.slo, &record, &seen, &self.reports);
-        seen.slo_queried = self.slo_queried(&record, seen.share_applied);
-        seen.dns = self.observe_dns(&record, &service, seen.share_applied);
+        let phase_now_ms = self.phase_now_ms(&record);
+        seen.slo_queried = self.slo_queried(&record, seen.share_applied, phase_now_ms);
+        seen.dns = self.observe_dns(&record, &service, seen.share_applied, phase_now_ms);
         if record.phase == Phase::Warming {
             seen.warmup = warmup_reading(&record, &service, &self.reports);
         }
@@ -1295,7 +1315,7 @@ impl Controller {
                 seen: Box::new(seen.clone()),
             });
         }
-        let decision = migration::decide(&record, &seen, self.now.unix_ms);
+        let decision = migration::decide(&record, &seen, phase_now_ms);
         if let Some(promoted) = decision.promoted {
             let window = self.writer_window(id, promoted);
             self.propose(
@@ -1321,7 +1341,7 @@ impl Controller {
             return;
         }
         let mut due = Vec::new();
-        if let Some(context) = self.command_context(&record) {
+        if let Some(context) = self.command_context(&record, phase_now_ms) {
             for action in &decision.actions {
                 due.extend(reconcile::commands(&record, action, &context));
             }
@@ -1342,12 +1362,18 @@ impl Controller {
             };
             self.ensure_with(command, timeout, capped);
         }
-        self.ensure_dns(&record, &service, seen.share_applied);
+        self.ensure_dns(&record, &service, seen.share_applied, phase_now_ms);
     }
 
     /// A step judged by Prometheus: what it answered since the share applied, and a query
-    /// job when one is due (at most one in flight, one a [`SLO_QUERY_INTERVAL`]).
-    fn slo_queried(&mut self, record: &MigrationRecord, applied: Option<u8>) -> Option<QueriedSlo> {
+    /// job when one is due (at most one in flight, one a [`SLO_QUERY_INTERVAL`]). Times are
+    /// on the migration's phase clock (`now_ms`), as the windows they are compared with.
+    fn slo_queried(
+        &mut self,
+        record: &MigrationRecord,
+        applied: Option<u8>,
+        now_ms: u64,
+    ) -> Option<QueriedSlo> {
         let id = &record.spec.id;
         let SloSource::Prometheus(source) = &record.spec.slo.source else {
             return None;
@@ -1364,9 +1390,9 @@ impl Controller {
         let queries = self
             .slo_queries
             .entry(id.clone())
-            .or_insert_with(|| SloQueries::fresh(record.phase, now.unix_ms, None));
+            .or_insert_with(|| SloQueries::fresh(record.phase, now_ms, None));
         if queries.phase != record.phase {
-            *queries = SloQueries::fresh(record.phase, now.unix_ms, queries.logged_at);
+            *queries = SloQueries::fresh(record.phase, now_ms, queries.logged_at);
         }
         let due = queries
             .asked_at
@@ -1392,7 +1418,7 @@ impl Controller {
             self.slo_query_jobs.push_back(SloQueryJob {
                 migration: id.clone(),
                 phase: record.phase,
-                asked_at_ms: now.unix_ms,
+                asked_at_ms: now_ms,
                 url: source.url.clone(),
                 error_ratio_query,
                 latency_p99_query,
@@ -1411,8 +1437,33 @@ impl Controller {
         })
     }
 
-    /// What command planning needs for `record`; `None` when its service left the state.
-    fn command_context(&self, record: &MigrationRecord) -> Option<CommandContext<'_>> {
+    /// `record`'s time by its phase clock, Unix ms: its phase's start, plus the phase's age
+    /// when this leadership first saw it, plus the monotonic time since. See [`PhaseClock`].
+    fn phase_now_ms(&mut self, record: &MigrationRecord) -> u64 {
+        let now = self.now;
+        let fresh = PhaseClock {
+            phase: record.phase,
+            since_ms: record.phase_since_ms,
+            seen_at: now.at,
+            age_ms: now.unix_ms.saturating_sub(record.phase_since_ms),
+        };
+        let clock = self
+            .phase_clocks
+            .entry(record.spec.id.clone())
+            .or_insert(fresh);
+        if clock.phase != record.phase || clock.since_ms != record.phase_since_ms {
+            *clock = fresh;
+        }
+        let since_seen = now.at.saturating_duration_since(clock.seen_at).as_millis() as u64;
+        record
+            .phase_since_ms
+            .saturating_add(clock.age_ms)
+            .saturating_add(since_seen)
+    }
+
+    /// What command planning needs for `record` at `now_ms` (its phase clock); `None` when
+    /// its service left the state.
+    fn command_context(&self, record: &MigrationRecord, now_ms: u64) -> Option<CommandContext<'_>> {
         let overview = self.overview.as_ref()?;
         let service = overview.services.get(&record.spec.service)?;
         Some(CommandContext {
@@ -1420,7 +1471,7 @@ impl Controller {
             reports: &self.reports,
             warm_plan: warm_plan(record, service, &self.reports),
             zero_lag_timeout_ms: self.config.zero_lag_timeout_ms,
-            now_ms: self.now.unix_ms,
+            now_ms,
             shadow_keep_ms: self.config.shadow_keep_ms,
         })
     }
@@ -1578,9 +1629,9 @@ impl Controller {
         record: &MigrationRecord,
         service: &ServiceState,
         share_applied: Option<u8>,
+        now_ms: u64,
     ) {
-        let Some(want) = reconcile::desired_dns(record, service, share_applied, self.now.unix_ms)
-        else {
+        let Some(want) = reconcile::desired_dns(record, service, share_applied, now_ms) else {
             return;
         };
         let name = &record.spec.service;

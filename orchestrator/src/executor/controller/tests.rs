@@ -1451,3 +1451,48 @@ fn a_warming_migration_publishes_the_gates_reading_against_the_plans_thresholds(
     );
     assert_eq!(reading.max_error_rate, gate.max_error_rate);
 }
+
+/// Every transition this round proposes.
+fn transitions(c: &mut Controller) -> Vec<(Phase, String)> {
+    std::iter::from_fn(|| c.poll_proposal())
+        .filter_map(|p| match p.command {
+            Command::Transition { to, reason, .. } => Some((to, reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_phase_deadline_runs_on_the_monotonic_clock_whatever_the_leaders_wall_clock_does() {
+    let (overview, id) = overview_with(Phase::Provisioning, 1);
+    let deadline_ms = overview.migrations[&id].spec.deadlines.provisioning_ms;
+    let mut clock = Clock::new();
+    let mut c = Controller::new(config(), 3, clock.now());
+    c.handle_report("us-east", home_serving(), clock.now().at);
+    c.handle_overview(overview.clone(), clock.advance(1_000));
+    assert_eq!(transitions(&mut c), vec![], "the shadow is still coming up");
+
+    // The wall clock jumps past the deadline; one real second passed.
+    let jumped = Now {
+        at: clock.advance(1_000).at,
+        unix_ms: T0_MS + 2_000 + deadline_ms + 60_000,
+    };
+    c.handle_overview(overview.clone(), jumped);
+    assert_eq!(transitions(&mut c), vec![], "a step forward skips nothing");
+
+    // The wall clock steps back behind the phase's start; the deadline passes on the
+    // monotonic clock all the same.
+    let stepped_back = Now {
+        at: clock.advance(deadline_ms).at,
+        unix_ms: T0_MS - 300_000,
+    };
+    c.handle_overview(overview, stepped_back);
+    let rolled_back = transitions(&mut c);
+    assert_eq!(rolled_back.len(), 1, "{rolled_back:?}");
+    assert_eq!(rolled_back[0].0, Phase::RollingBack);
+    assert!(
+        rolled_back[0].1.starts_with("provisioning did not finish"),
+        "{}",
+        rolled_back[0].1
+    );
+}
