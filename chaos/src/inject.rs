@@ -160,9 +160,14 @@ const BALLAST_FILE: &str = ".umbra-ballast";
 /// How much of the ballast one write adds.
 const BALLAST_CHUNK: usize = 1 << 20;
 
+/// The source name of a [`DataDisk`]'s tmpfs, before the mounting process's pid: what tells
+/// an orphan (its owner killed before it could unmount) from any other mount.
+const DISK_SOURCE_PREFIX: &str = "umbra-disk.";
+
 /// A size-limited tmpfs mounted on a directory: the data disk of the processes that keep
 /// their files there, which a fault can fill. Unmounted (lazily, so files still open in it
-/// do not keep it) when dropped.
+/// do not keep it) when dropped; one whose owner was killed first is unmounted by the next
+/// [`DataDisk::mount`] on the machine (see [`DataDisk::reap_orphans`]).
 #[derive(Debug)]
 pub struct DataDisk {
     dir: PathBuf,
@@ -179,8 +184,9 @@ impl DataDisk {
             source,
         };
         std::fs::create_dir_all(dir).map_err(|e| failed("creating the mount point", e))?;
+        Self::reap_orphans();
         mount(
-            Some("tmpfs"),
+            Some(format!("{DISK_SOURCE_PREFIX}{}", std::process::id()).as_str()),
             dir,
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
@@ -191,6 +197,43 @@ impl DataDisk {
             dir: dir.to_owned(),
             size_bytes,
         })
+    }
+
+    /// Unmounts (lazily) every data disk whose mounting process is gone: one killed
+    /// (SIGKILL, a crash) before its drop could unmount it leaves the tmpfs and its memory
+    /// behind. Returns the mount points it unmounted. A recycled pid keeps an orphan until
+    /// that process exits too.
+    pub fn reap_orphans() -> Vec<PathBuf> {
+        let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+            return Vec::new();
+        };
+        let mut reaped = Vec::new();
+        for line in mounts.lines() {
+            // `ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL…] - FSTYPE SOURCE …`
+            let fields: Vec<&str> = line.split(' ').collect();
+            let Some(dash) = fields.iter().position(|f| *f == "-") else {
+                continue;
+            };
+            let (Some(point), Some(&"tmpfs"), Some(source)) =
+                (fields.get(4), fields.get(dash + 1), fields.get(dash + 2))
+            else {
+                continue;
+            };
+            let Some(pid) = source
+                .strip_prefix(DISK_SOURCE_PREFIX)
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let point = PathBuf::from(unescape_mountinfo(point));
+            if umount2(&point, MntFlags::MNT_DETACH).is_ok() {
+                reaped.push(point);
+            }
+        }
+        reaped
     }
 
     /// Where it is mounted.
@@ -232,6 +275,32 @@ impl DataDisk {
             std::io::Error::other("more written than the disk's size: is it a tmpfs?"),
         ))
     }
+}
+
+/// A mount point as `/proc/self/mountinfo` writes it: space, tab, newline and backslash as
+/// three octal digits after a backslash.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|digits| {
+            std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Drop for DataDisk {
@@ -587,6 +656,38 @@ mod tests {
         drop(disk);
         // Unmounted: the directory shows what was under the mount (nothing).
         assert!(!dir.join("before").exists());
+    }
+
+    /// Needs root, as CI has: fails otherwise.
+    #[test]
+    fn a_disk_whose_owner_died_is_unmounted_by_the_next_mount() {
+        let scratch = tempfile::tempdir().unwrap();
+        let orphan = scratch.path().join("orphan dir");
+        std::fs::create_dir_all(&orphan).unwrap();
+        // A process that is gone, as a demo killed with SIGKILL is.
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        gone.wait().unwrap();
+        mount(
+            Some(format!("{DISK_SOURCE_PREFIX}{}", gone.id()).as_str()),
+            &orphan,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("size=1048576"),
+        )
+        .unwrap();
+        std::fs::write(orphan.join("left"), b"behind").unwrap();
+        let mine = DataDisk::mount(&scratch.path().join("mine"), 1 << 20).unwrap();
+        assert!(!orphan.join("left").exists(), "the orphan was unmounted");
+        // A live owner's disk is left alone.
+        assert_eq!(DataDisk::reap_orphans(), Vec::<PathBuf>::new());
+        std::fs::write(mine.dir().join("kept"), b"yes").unwrap();
+        assert!(mine.dir().join("kept").exists());
+    }
+
+    #[test]
+    fn mount_points_are_unescaped_as_mountinfo_escapes_them() {
+        assert_eq!(unescape_mountinfo(r"/tmp/a\040b\134c"), r"/tmp/a b\c");
+        assert_eq!(unescape_mountinfo(r"/plain\x"), r"/plain\x");
     }
 
     /// A python3 under the clock file that prints its wall clock, its monotonic clock and
