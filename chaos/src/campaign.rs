@@ -19,7 +19,7 @@ pub const INVARIANTS: [(&str, &str); 9] = [
     ),
     (
         "rollback_explained",
-        "a rollback follows a fault in the migration's data plane: the source's or the target's instances (errors, latency) or agents (a clock jump explains none: nothing may depend on a wall clock being right)",
+        "a rollback follows a fault in the migration's data plane: the source's or the target's instances (errors, latency) or agents (a clock jump explains none: nothing may depend on a wall clock being right), or the operator's abort",
     ),
     ("steps_once", "each step of the migration is applied once"),
     (
@@ -207,6 +207,7 @@ impl FaultFacts {
             return false;
         };
         regions.iter().any(|region| match self.kind {
+            FaultKind::Abort => false,
             FaultKind::Errors { .. } | FaultKind::Latency { .. } | FaultKind::DiskFull { .. } => {
                 hit == region
             }
@@ -243,7 +244,11 @@ pub fn judge(seed: Option<u64>, facts: &RunFacts) -> Vec<Violation> {
         "completed" => {}
         "rolled_back" => {
             let regions = [facts.source.as_str(), facts.target.as_str()];
-            if !facts.faults.iter().any(|f| f.on_regions(regions)) {
+            let aborted = facts
+                .faults
+                .iter()
+                .any(|f| f.kind == FaultKind::Abort && f.hit.is_some());
+            if !aborted && !facts.faults.iter().any(|f| f.on_regions(regions)) {
                 let fired: Vec<String> = facts
                     .faults
                     .iter()
@@ -253,7 +258,8 @@ pub fn judge(seed: Option<u64>, facts: &RunFacts) -> Vec<Violation> {
                 broke(
                     "rollback_explained",
                     format!(
-                        "rolled back with no fault on {}'s or {}'s instances or agents (fired: {})",
+                        "rolled back with no fault on {}'s or {}'s instances or agents and no \
+                         abort (fired: {})",
                         facts.source,
                         facts.target,
                         if fired.is_empty() {
@@ -769,6 +775,20 @@ mod tests {
         let mut f = clean();
         f.outcome = "rolled_back".into();
         f.faults = vec![jump];
+        assert_eq!(invariants(&f), ["rollback_explained"]);
+    }
+
+    #[test]
+    fn an_abort_the_api_took_explains_a_rollback_and_no_failed_request() {
+        let mut f = clean();
+        f.outcome = "rolled_back".into();
+        f.faults = vec![fired(FaultKind::Abort, "shop-1")];
+        assert_eq!(invariants(&f), Vec::<&str>::new());
+        f.requests_failed = 1;
+        assert_eq!(invariants(&f), ["no_failed_request"]);
+        f.requests_failed = 0;
+        // Refused (the migration was past rolling back): it explains nothing.
+        f.faults[0].hit = None;
         assert_eq!(invariants(&f), ["rollback_explained"]);
     }
 }

@@ -23,6 +23,11 @@
 //! controls can (`umbra demo --fault-plan`, `umbra chaos campaign`: libfaketime, through
 //! [`crate::inject::ClockFile`]).
 //!
+//! `abort` is the operator asking the migration to roll back (the operator API's
+//! rollback), as an SRE aborting a migration does; only a runner that requested the
+//! migration can (`umbra demo --fault-plan`, `umbra chaos campaign`; a drill rolls back on
+//! its own stop conditions).
+//!
 //! `pause`, `kill`, `partition` and `loss` act on named processes. The drill knows only pids
 //! (`--pid NAME=PID`), so it pauses; `umbra demo --fault-plan` and `umbra chaos campaign` run
 //! the processes under their own supervisor, so they may also kill one (and start it again
@@ -41,7 +46,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 /// The fault kinds a plan may name, as they are spelled in TOML.
-pub const FAULT_KINDS: [&str; 8] = [
+pub const FAULT_KINDS: [&str; 9] = [
     "errors",
     "latency",
     "pause",
@@ -50,6 +55,7 @@ pub const FAULT_KINDS: [&str; 8] = [
     "loss",
     "disk_full",
     "clock_jump",
+    "abort",
 ];
 
 /// Migration phases a generated plan fires faults at: the ones a migration always passes
@@ -70,6 +76,11 @@ const DISK_DRAW_SALT: u64 = 0xd15c_f011;
 const CLOCK_JUMP_SHARE: f64 = 0.25;
 /// Mixed into the seed of the stream that draws the clock jump.
 const CLOCK_DRAW_SALT: u64 = 0xc10c_0001;
+/// Share of generated plans in which the operator also aborts the migration, when the
+/// runner can.
+const ABORT_SHARE: f64 = 0.15;
+/// Mixed into the seed of the stream that draws the abort.
+const ABORT_DRAW_SALT: u64 = 0xab07_7001;
 /// Largest clock jump a plan may ask for, ms: a day either way, far past any step NTP makes
 /// (and the bound of [`crate::inject::ClockFile`]).
 pub const MAX_CLOCK_JUMP_MS: i64 = crate::inject::MAX_CLOCK_OFFSET_MS;
@@ -172,6 +183,10 @@ pub enum FaultKind {
         /// How long the step lasts, ms.
         for_ms: Option<u64>,
     },
+    /// The operator asks the migration to roll back, through the operator API, as an SRE
+    /// aborting it would. Nothing to undo; refused by the API once the migration is past
+    /// rolling back.
+    Abort,
 }
 
 impl FaultKind {
@@ -186,15 +201,17 @@ impl FaultKind {
             FaultKind::Loss { .. } => "loss",
             FaultKind::DiskFull { .. } => "disk_full",
             FaultKind::ClockJump { .. } => "clock_jump",
+            FaultKind::Abort => "abort",
         }
     }
 
     /// The process the fault acts on (none for the instances' fault switch).
     pub fn process(&self) -> Option<&str> {
         match self {
-            FaultKind::Errors { .. } | FaultKind::Latency { .. } | FaultKind::DiskFull { .. } => {
-                None
-            }
+            FaultKind::Errors { .. }
+            | FaultKind::Latency { .. }
+            | FaultKind::DiskFull { .. }
+            | FaultKind::Abort => None,
             FaultKind::Pause { process, .. }
             | FaultKind::Kill { process, .. }
             | FaultKind::Partition { process, .. }
@@ -204,10 +221,10 @@ impl FaultKind {
     }
 
     /// How long the fault lasts before it is undone by itself, ms (`None`: until the run's
-    /// end).
+    /// end, or, for an abort, never undone).
     pub fn lasts_ms(&self) -> Option<u64> {
         match self {
-            FaultKind::Errors { .. } | FaultKind::Latency { .. } => None,
+            FaultKind::Errors { .. } | FaultKind::Latency { .. } | FaultKind::Abort => None,
             FaultKind::Pause { for_ms, .. }
             | FaultKind::Partition { for_ms, .. }
             | FaultKind::Loss { for_ms, .. }
@@ -282,6 +299,7 @@ impl fmt::Display for FaultKind {
                     None => write!(f, " until the end"),
                 }
             }
+            FaultKind::Abort => write!(f, "abort: the operator asks the migration to roll back"),
         }
     }
 }
@@ -363,6 +381,14 @@ pub enum PlanError {
         /// `; it can jump: a, b` (empty when it can jump none).
         known: String,
     },
+    /// An abort in a plan for a runner that did not request the migration.
+    #[error(
+        "fault {index} (abort) asks the migration to roll back, which this runner cannot: abort faults need the runner that requested the migration (umbra demo --fault-plan, umbra chaos campaign); a drill rolls back what moved on its own stop conditions"
+    )]
+    NoAbort {
+        /// Its position, from 1.
+        index: usize,
+    },
     /// A disk_full names a region whose data disk this runner did not mount.
     #[error(
         "fault {index} fills the data disk of {region:?}, which this runner did not mount: disk_full faults need the data disks of Umbra's own supervisor (umbra demo --fault-plan, umbra chaos campaign){known}"
@@ -398,6 +424,8 @@ pub struct Scope {
     pub disks: BTreeSet<String>,
     /// Processes the runner can start under a clock it controls, to jump.
     pub clocks: BTreeSet<String>,
+    /// Whether the runner requested the migration and can ask it to roll back.
+    pub aborts: bool,
 }
 
 impl Scope {
@@ -476,6 +504,11 @@ impl FaultPlan {
                             region: region.clone(),
                             known: it_can("fill", &scope.disks),
                         });
+                    }
+                }
+                FaultKind::Abort => {
+                    if !scope.aborts {
+                        return Err(PlanError::NoAbort { index });
                     }
                 }
                 FaultKind::ClockJump { process, .. } => {
@@ -620,6 +653,16 @@ impl FaultPlan {
                 });
             }
         }
+        // And the operator's abort, from its own stream.
+        if scope.aborts {
+            let mut rng = StdRng::seed_from_u64(seed ^ ABORT_DRAW_SALT);
+            if rng.random_bool(ABORT_SHARE) {
+                faults.push(Fault {
+                    kind: FaultKind::Abort,
+                    when: draw_trigger(&mut rng),
+                });
+            }
+        }
         Self {
             seed: Some(seed),
             faults,
@@ -681,6 +724,7 @@ impl TryFrom<RawFault> for Fault {
             "loss" => &["process", "percent", "for_ms"],
             "disk_full" => &["region", "for_ms"],
             "clock_jump" => &["process", "ms", "for_ms"],
+            "abort" => &[],
             other => {
                 return Err(format!(
                     "unknown fault kind {other:?}; the kinds are {}",
@@ -703,9 +747,13 @@ impl TryFrom<RawFault> for Fault {
             .iter()
             .find(|(name, set)| *set && !allowed.contains(name))
         {
-            return Err(format!(
-                "a {kind_name:?} fault takes {}, not `{stray}`",
+            let takes = if allowed.is_empty() {
+                "only its trigger".to_owned()
+            } else {
                 allowed.join(", ")
+            };
+            return Err(format!(
+                "a {kind_name:?} fault takes {takes}, not `{stray}`"
             ));
         }
         let kind = match raw.kind.as_str() {
@@ -752,6 +800,7 @@ impl TryFrom<RawFault> for Fault {
                 region: need(raw.region, "region")?,
                 for_ms: above_zero(raw.for_ms, &kind_name)?,
             },
+            "abort" => FaultKind::Abort,
             "clock_jump" => FaultKind::ClockJump {
                 process: need(raw.process, "process")?,
                 ms: match raw.ms {
@@ -854,6 +903,10 @@ impl From<Fault> for RawFault {
                 for_ms: Some(for_ms),
                 ..RawFault::default()
             },
+            FaultKind::Abort => RawFault {
+                kind: kind_name.into(),
+                ..RawFault::default()
+            },
             FaultKind::DiskFull { region, for_ms } => RawFault {
                 kind: kind_name.into(),
                 region: Some(region),
@@ -910,6 +963,7 @@ mod tests {
             partitionable: ["leader".to_owned()].into(),
             disks: ["eu-west".to_owned()].into(),
             clocks: ["leader", "orchestrator-2"].map(String::from).into(),
+            aborts: true,
             ..demo_scope()
         }
     }
@@ -1119,7 +1173,7 @@ mod tests {
                 FaultPlan::generate(seed, &scope),
                 "seed {seed} replays"
             );
-            assert!((1..=5).contains(&plan.faults.len()));
+            assert!((1..=6).contains(&plan.faults.len()));
             assert_eq!(FaultPlan::from_toml(&plan.to_toml()).unwrap(), plan);
             plan.check(&scope).unwrap();
             for fault in &plan.faults {
@@ -1173,6 +1227,7 @@ mod tests {
     fn disks_add_a_disk_fault_to_some_seeds_and_change_no_other_fault() {
         let with = Scope {
             clocks: BTreeSet::new(),
+            aborts: false,
             ..supervised_scope()
         };
         let without = Scope {
@@ -1276,10 +1331,13 @@ mod tests {
 
     #[test]
     fn clocks_add_a_clock_jump_to_some_seeds_and_change_no_other_fault() {
-        let with = supervised_scope();
+        let with = Scope {
+            aborts: false,
+            ..supervised_scope()
+        };
         let without = Scope {
             clocks: BTreeSet::new(),
-            ..supervised_scope()
+            ..with.clone()
         };
         let (mut jumped, mut back, mut to_the_end) = (0, 0, 0);
         for seed in 0..200 {
@@ -1308,5 +1366,46 @@ mod tests {
             to_the_end > 0 && to_the_end < jumped,
             "{to_the_end} of {jumped} last to the end"
         );
+    }
+
+    #[test]
+    fn an_abort_parses_takes_only_its_trigger_and_needs_a_runner_that_can() {
+        let plan =
+            FaultPlan::from_toml("[[faults]]\nkind = \"abort\"\nat_phase = \"cutting_over[2]\"\n")
+                .unwrap();
+        assert_eq!(plan.faults[0].kind, FaultKind::Abort);
+        assert_eq!(FaultPlan::from_toml(&plan.to_toml()).unwrap(), plan);
+        let refused_here = plan.check(&demo_scope()).unwrap_err();
+        assert_eq!(refused_here, PlanError::NoAbort { index: 1 });
+        assert!(refused_here.to_string().contains("umbra chaos campaign"));
+        let runner = Scope {
+            aborts: true,
+            ..demo_scope()
+        };
+        plan.check(&runner).unwrap();
+        refused(&[(
+            "kind = \"abort\"\nprocess = \"leader\"",
+            "takes only its trigger, not `process`",
+        )]);
+    }
+
+    #[test]
+    fn aborts_add_an_abort_to_some_seeds_and_change_no_other_fault() {
+        let with = supervised_scope();
+        let without = Scope {
+            aborts: false,
+            ..supervised_scope()
+        };
+        let mut aborted = 0;
+        for seed in 0..200 {
+            let mut plan = FaultPlan::generate(seed, &with);
+            if plan.faults.last().map(|f| &f.kind) == Some(&FaultKind::Abort) {
+                aborted += 1;
+                plan.faults.pop();
+            }
+            assert_eq!(plan, FaultPlan::generate(seed, &without), "seed {seed}");
+            plan.check(&with).unwrap();
+        }
+        assert!((10..=50).contains(&aborted), "{aborted} of 200 seeds");
     }
 }

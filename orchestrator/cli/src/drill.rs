@@ -789,13 +789,14 @@ impl Drill {
                 }
             }
             // `prepare` refused them: the drill's scope names no process it could start again,
-            // whose port it knows or that it started under a clock of its own, and no data
-            // disk it mounted.
+            // whose port it knows or that it started under a clock of its own, no data disk it
+            // mounted, and no abort (it rolls back on its own stop conditions).
             FaultKind::Kill { .. }
             | FaultKind::Partition { .. }
             | FaultKind::Loss { .. }
             | FaultKind::DiskFull { .. }
-            | FaultKind::ClockJump { .. } => {
+            | FaultKind::ClockJump { .. }
+            | FaultKind::Abort => {
                 format!("not injected: {kind} needs Umbra's own supervisor")
             }
         };
@@ -839,7 +840,8 @@ impl Drill {
             | FaultKind::Partition { .. }
             | FaultKind::Loss { .. }
             | FaultKind::DiskFull { .. }
-            | FaultKind::ClockJump { .. } => {}
+            | FaultKind::ClockJump { .. }
+            | FaultKind::Abort => {}
         }
         let fault = &mut self.faults[i];
         fault.undone = true;

@@ -22,14 +22,14 @@ use serde::Serialize;
 use umbra_agent::sample::FaultSwitch;
 use umbra_chaos::inject::{self, Ballast, Cut};
 use umbra_chaos::plan::{Fault, FaultKind, FaultPlan, Scope, Trigger};
-use umbra_orchestrator::api::Timestamp;
+use umbra_orchestrator::api::{ClientError, Timestamp};
 
 use crate::processes::Supervisor;
 use crate::{Orchestrator, call_live, scenario, set_fault_switch, unix_ms};
 
 /// What a plan may name in the demo: its regions and the migration's roles, its service, every
 /// orchestrator and agent (to pause, kill or jump the clock of) and every orchestrator (to cut
-/// off).
+/// off); and the demo requested the migration, so it may abort it.
 pub fn scope(regions: &[String], orchestrators: u64) -> Scope {
     let orchestrator_names: Vec<String> = (1..=orchestrators)
         .map(|id| format!("orchestrator-{id}"))
@@ -52,6 +52,7 @@ pub fn scope(regions: &[String], orchestrators: u64) -> Scope {
         clocks: restartable.clone(),
         restartable,
         partitionable: orchestrator_names.into_iter().collect(),
+        aborts: true,
     }
 }
 
@@ -64,7 +65,8 @@ pub struct FaultSeen {
     pub fault: String,
     /// When it was to fire.
     pub trigger: String,
-    /// The process or region it hit, roles resolved (`orchestrator-2`, `eu-west`).
+    /// The process or region it hit, roles resolved (`orchestrator-2`, `eu-west`), or the
+    /// migration an abort rolled back; `null` when it hit nothing (an abort the API refused).
     pub hit: Option<String>,
     /// The migration's phase when it fired.
     pub phase: Option<String>,
@@ -115,6 +117,8 @@ pub(crate) struct Reach<'a> {
     pub agent_state_dirs: &'a BTreeMap<String, PathBuf>,
     pub source: &'a str,
     pub target: &'a str,
+    /// The migration's id.
+    pub migration: &'a str,
 }
 
 fn now() -> String {
@@ -202,7 +206,7 @@ impl Faults {
     async fn fire(&mut self, i: usize, phase: &str, reach: &mut Reach<'_>) -> Option<String> {
         let kind = self.armed[i].fault.kind.clone();
         let lasts = kind.lasts_ms().map(Duration::from_millis);
-        let result: Result<(String, String, Undo), String> = match &kind {
+        let result: Result<(String, String, Option<Undo>), String> = match &kind {
             FaultKind::Errors { region, rate, .. } => {
                 let switch = FaultSwitch {
                     error_rate: *rate,
@@ -210,6 +214,7 @@ impl Faults {
                 };
                 Ok(switch_region(reach, region, &switch).await)
             }
+            FaultKind::Abort => abort(reach, self.armed[i].seen.index).await,
             FaultKind::Latency {
                 region, added_ms, ..
             } => {
@@ -230,7 +235,7 @@ impl Faults {
                         (
                             name.clone(),
                             format!("SIGSTOP to {name} (pid {pid}), seen stopped"),
-                            Undo::Resume { name, pid },
+                            Some(Undo::Resume { name, pid }),
                         )
                     })
                     .map_err(|e| e.to_string())
@@ -248,7 +253,7 @@ impl Faults {
                         (
                             name.clone(),
                             format!("SIGKILLed {name} (pid {pid})"),
-                            Undo::Restart(name),
+                            Some(Undo::Restart(name)),
                         )
                     })
                     .map_err(|e| e.to_string())
@@ -267,7 +272,7 @@ impl Faults {
                                     disk.dir().display(),
                                     ballast.bytes()
                                 ),
-                                Undo::Free(ballast),
+                                Some(Undo::Free(ballast)),
                             )
                         })
                         .map_err(|e| e.to_string()),
@@ -279,10 +284,10 @@ impl Faults {
                     (
                         name.clone(),
                         detail,
-                        Undo::StepBack {
+                        Some(Undo::StepBack {
                             name: name.clone(),
                             ms: -*ms,
-                        },
+                        }),
                     )
                 })
             }
@@ -304,7 +309,7 @@ impl Faults {
                             (
                                 name.clone(),
                                 format!("nftables drops {name}'s UDP port {port}"),
-                                Undo::Heal(cut),
+                                Some(Undo::Heal(cut)),
                             )
                         })
                         .map_err(|e| e.to_string())
@@ -318,9 +323,9 @@ impl Faults {
         a.seen.phase = Some(phase.to_owned());
         Some(match result {
             Ok((hit, detail, undo)) => {
-                a.seen.hit = Some(hit);
+                a.seen.hit = (!hit.is_empty()).then_some(hit);
                 a.seen.detail = detail;
-                a.active = Some((lasts.map(|d| Instant::now() + d), undo));
+                a.active = undo.map(|undo| (lasts.map(|d| Instant::now() + d), undo));
                 format!("fault {} fired: {} ({})", a.seen.index, kind, a.seen.detail)
             }
             Err(error) => {
@@ -402,6 +407,29 @@ fn jump_clock(reach: &mut Reach<'_>, name: &str, ms: i64) -> Result<String, Stri
     })
 }
 
+/// Asks the migration to roll back, as its operator would: through the first live
+/// orchestrator that takes the request. A migration already past rolling back (the API
+/// answers 409 Conflict) is no injector's failure: the abort came too late, and the detail says so.
+async fn abort(reach: &Reach<'_>, index: usize) -> Result<(String, String, Option<Undo>), String> {
+    let id = reach.migration.to_owned();
+    let reason = format!("chaos: fault {index}, the operator aborts the migration");
+    let mut last = String::from("no orchestrator is alive");
+    for o in reach.orchestrators.iter().filter(|o| !o.killed) {
+        match o.api.rollback(&id, &reason).await {
+            Ok(_) => {
+                let detail = format!("the operator asked {id} to roll back");
+                return Ok((id, detail, None));
+            }
+            Err(ClientError::Refused { status, message }) if status.as_u16() == 409 => {
+                let detail = format!("the API refused the abort: {message}");
+                return Ok((String::new(), detail, None));
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
 /// The region a fault names, roles resolved.
 fn resolve_region<'a>(reach: &'a Reach<'_>, region: &'a str) -> &'a str {
     match region {
@@ -431,14 +459,14 @@ async fn switch_region(
     reach: &Reach<'_>,
     region: &str,
     switch: &FaultSwitch,
-) -> (String, String, Undo) {
+) -> (String, String, Option<Undo>) {
     let region = resolve_region(reach, region).to_owned();
     let dir = reach.agent_state_dirs[&region].clone();
     let n = set_fault_switch(&dir, "", switch).await;
     (
         region.clone(),
         format!("{n} instances in {region} switched"),
-        Undo::Switch(dir),
+        Some(Undo::Switch(dir)),
     )
 }
 

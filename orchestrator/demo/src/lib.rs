@@ -1336,6 +1336,7 @@ async fn migrate(
                 agent_state_dirs,
                 source,
                 target: &to,
+                migration: &id,
             };
             let said = if terminal {
                 faults_undone = true;
