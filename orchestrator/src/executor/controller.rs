@@ -52,17 +52,18 @@ const STEPS_PER_ROUND: u32 = 4;
 pub struct Now {
     /// Monotonic time (backoff, rollback timing).
     pub at: Instant,
-    /// Wall-clock time, Unix ms (stamped into commands; phase timers read it only through a
-    /// migration's [`PhaseClock`]).
+    /// Wall-clock time, Unix ms (stamped into commands, compared with scheduled times; phase
+    /// timers read it only through a migration's [`PhaseClock`]).
     pub unix_ms: u64,
 }
 
 /// A migration's phase as this leadership first saw it. Phase timers (deadlines, analysis
-/// windows, the drain, the shadow's keep time) run from there on the monotonic clock: the
-/// replicated `phase_since_ms` is some proposer's wall clock, and a step of this leader's
-/// wall clock must neither stall a phase (a step back) nor skip its windows (a step
-/// forward). Only the phase's age when first seen is read off the wall clock, and a
-/// negative age counts as zero.
+/// windows, the drain, the shadow's keep time, the Prometheus step windows) run from there on
+/// the monotonic clock: the replicated `phase_since_ms` is some proposer's wall clock, and a
+/// step of this leader's wall clock must neither stall a phase (a step back) nor skip its
+/// windows (a step forward). Only the phase's age when first seen is read off the wall clock
+/// (a negative age counts as zero), so a phase a stepped proposer stamped is timed off by
+/// that step for the leadership that takes it over. Rebuilt only when the phase changes.
 #[derive(Debug, Clone, Copy)]
 struct PhaseClock {
     phase: Phase,
@@ -803,12 +804,12 @@ impl Controller {
         record: &MigrationRecord,
         service: &ServiceState,
         share_applied: Option<u8>,
-        now_ms: u64,
     ) -> DnsObserved {
         if !self.config.dns_gate {
             return DnsObserved::Ungated;
         }
-        let Some(want) = reconcile::desired_dns(record, service, share_applied, now_ms) else {
+        let Some(want) = reconcile::desired_dns(record, service, share_applied, self.now.unix_ms)
+        else {
             return DnsObserved::Pending;
         };
         let name = &record.spec.service;
@@ -1030,9 +1031,9 @@ impl Controller {
             .any(|shadow| target.is_some_and(|t| t.instances.iter().any(|i| &i.id == shadow)));
         if record.phase == Phase::RolledBack && left {
             let _span = tracing::info_span!("migration", migration = %id).entered();
-            let now_ms = self.phase_now_ms(&record);
+            let in_phase_ms = self.in_phase_ms(&record);
             let due = self
-                .command_context(&record, now_ms)
+                .command_context(&record, in_phase_ms)
                 .map(|context| {
                     reconcile::commands(&record, &migration::Action::ReleaseShadow, &context)
                 })
@@ -1303,7 +1304,7 @@ impl Controller {
         seen.slo = slo_reading(&mut self.slo, &record, &seen, &self.reports);
         let phase_now_ms = self.phase_now_ms(&record);
         seen.slo_queried = self.slo_queried(&record, seen.share_applied, phase_now_ms);
-        seen.dns = self.observe_dns(&record, &service, seen.share_applied, phase_now_ms);
+        seen.dns = self.observe_dns(&record, &service, seen.share_applied);
         if record.phase == Phase::Warming {
             seen.warmup = warmup_reading(&record, &service, &self.reports);
         }
@@ -1315,7 +1316,11 @@ impl Controller {
                 seen: Box::new(seen.clone()),
             });
         }
-        let decision = migration::decide(&record, &seen, phase_now_ms);
+        let time = migration::DecisionTime {
+            wall_ms: self.now.unix_ms,
+            in_phase_ms: self.in_phase_ms(&record),
+        };
+        let decision = migration::decide_at(&record, &seen, time);
         if let Some(promoted) = decision.promoted {
             let window = self.writer_window(id, promoted);
             self.propose(
@@ -1341,7 +1346,7 @@ impl Controller {
             return;
         }
         let mut due = Vec::new();
-        if let Some(context) = self.command_context(&record, phase_now_ms) {
+        if let Some(context) = self.command_context(&record, time.in_phase_ms) {
             for action in &decision.actions {
                 due.extend(reconcile::commands(&record, action, &context));
             }
@@ -1362,7 +1367,7 @@ impl Controller {
             };
             self.ensure_with(command, timeout, capped);
         }
-        self.ensure_dns(&record, &service, seen.share_applied, phase_now_ms);
+        self.ensure_dns(&record, &service, seen.share_applied);
     }
 
     /// A step judged by Prometheus: what it answered since the share applied, and a query
@@ -1437,9 +1442,8 @@ impl Controller {
         })
     }
 
-    /// `record`'s time by its phase clock, Unix ms: its phase's start, plus the phase's age
-    /// when this leadership first saw it, plus the monotonic time since. See [`PhaseClock`].
-    fn phase_now_ms(&mut self, record: &MigrationRecord) -> u64 {
+    /// `record`'s phase clock, built when this leadership first sees its phase.
+    fn phase_clock(&mut self, record: &MigrationRecord) -> PhaseClock {
         let now = self.now;
         let fresh = PhaseClock {
             phase: record.phase,
@@ -1451,19 +1455,34 @@ impl Controller {
             .phase_clocks
             .entry(record.spec.id.clone())
             .or_insert(fresh);
-        if clock.phase != record.phase || clock.since_ms != record.phase_since_ms {
+        if clock.phase != record.phase {
             *clock = fresh;
         }
-        let since_seen = now.at.saturating_duration_since(clock.seen_at).as_millis() as u64;
-        record
-            .phase_since_ms
-            .saturating_add(clock.age_ms)
-            .saturating_add(since_seen)
+        *clock
     }
 
-    /// What command planning needs for `record` at `now_ms` (its phase clock); `None` when
+    /// How long `record` has been in its phase, ms: the phase's age when this leadership
+    /// first saw it plus the monotonic time since. See [`PhaseClock`].
+    fn in_phase_ms(&mut self, record: &MigrationRecord) -> u64 {
+        let clock = self.phase_clock(record);
+        let since_seen = self.now.at.saturating_duration_since(clock.seen_at);
+        clock.age_ms.saturating_add(since_seen.as_millis() as u64)
+    }
+
+    /// `record`'s time by its phase clock, Unix ms: its phase's start as first seen plus
+    /// [`Controller::in_phase_ms`].
+    fn phase_now_ms(&mut self, record: &MigrationRecord) -> u64 {
+        let since_ms = self.phase_clock(record).since_ms;
+        since_ms.saturating_add(self.in_phase_ms(record))
+    }
+
+    /// What command planning needs for `record`, `in_phase_ms` into its phase; `None` when
     /// its service left the state.
-    fn command_context(&self, record: &MigrationRecord, now_ms: u64) -> Option<CommandContext<'_>> {
+    fn command_context(
+        &self,
+        record: &MigrationRecord,
+        in_phase_ms: u64,
+    ) -> Option<CommandContext<'_>> {
         let overview = self.overview.as_ref()?;
         let service = overview.services.get(&record.spec.service)?;
         Some(CommandContext {
@@ -1471,7 +1490,7 @@ impl Controller {
             reports: &self.reports,
             warm_plan: warm_plan(record, service, &self.reports),
             zero_lag_timeout_ms: self.config.zero_lag_timeout_ms,
-            now_ms,
+            in_phase_ms,
             shadow_keep_ms: self.config.shadow_keep_ms,
         })
     }
@@ -1500,7 +1519,7 @@ impl Controller {
                 Some(started) => confirmed.saturating_duration_since(*started).as_millis() as u64,
                 // This leader did not see the rollback begin: the phase start is the best it
                 // knows.
-                None => self.now.unix_ms.saturating_sub(record.phase_since_ms),
+                None => self.in_phase_ms(record),
             };
             rollback_ms = Some(ms);
             reason =
@@ -1543,10 +1562,13 @@ impl Controller {
         let _span = tracing::info_span!("migration", migration = %id).entered();
         tracing::info!(%from, %to, %reason, "transition applied");
         let now = self.now;
+        let Some(left) = self.record_mut(id).map(|record| record.clone()) else {
+            return;
+        };
+        let seconds = self.in_phase_ms(&left) as f64 / 1_000.0;
         let Some(record) = self.record_mut(id) else {
             return;
         };
-        let seconds = now.unix_ms.saturating_sub(record.phase_since_ms) as f64 / 1_000.0;
         if let Some(n) = shadow_instances {
             record.shadow_instances = n;
         }
@@ -1629,9 +1651,9 @@ impl Controller {
         record: &MigrationRecord,
         service: &ServiceState,
         share_applied: Option<u8>,
-        now_ms: u64,
     ) {
-        let Some(want) = reconcile::desired_dns(record, service, share_applied, now_ms) else {
+        let Some(want) = reconcile::desired_dns(record, service, share_applied, self.now.unix_ms)
+        else {
             return;
         };
         let name = &record.spec.service;

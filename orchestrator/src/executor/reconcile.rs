@@ -375,8 +375,9 @@ pub struct CommandContext<'a> {
     pub warm_plan: WarmupSpec,
     /// `WaitForZeroLag` timeout.
     pub zero_lag_timeout_ms: u64,
-    /// The proposer's clock, Unix ms.
-    pub now_ms: u64,
+    /// How long the migration has been in its phase, ms, by the controller's phase clock
+    /// (monotonic).
+    pub in_phase_ms: u64,
     /// How long a rolled-back migration's shadows are kept out of the front before they are
     /// stopped and removed, ms.
     pub shadow_keep_ms: u64,
@@ -582,7 +583,7 @@ pub fn commands(
                 ));
                 after = Some(share_back);
             }
-            let remove = ctx.now_ms >= record.phase_since_ms.saturating_add(ctx.shadow_keep_ms);
+            let remove = ctx.in_phase_ms >= ctx.shadow_keep_ms;
             out.extend(
                 release_pool(
                     &op(record, Phase::RolledBack, "release_shadow"),
@@ -999,7 +1000,7 @@ mod tests {
             reports: &reports,
             warm_plan: overview.services["shop"].spec.warmup.clone(),
             zero_lag_timeout_ms: 1_000,
-            now_ms: 0,
+            in_phase_ms: 0,
             shadow_keep_ms: 0,
         };
         let got = commands(&record, &Action::EnsureShadow { instances: 2 }, &ctx);
@@ -1035,7 +1036,7 @@ mod tests {
             reports: &reports,
             warm_plan: overview.services["shop"].spec.warmup.clone(),
             zero_lag_timeout_ms: 1_000,
-            now_ms: 0,
+            in_phase_ms: 0,
             shadow_keep_ms: 0,
         };
         let got = commands(&record, &Action::PromoteTarget, &ctx);
@@ -1113,7 +1114,7 @@ mod tests {
             reports: &reports,
             warm_plan: overview.services["shop"].spec.warmup.clone(),
             zero_lag_timeout_ms: 1_000,
-            now_ms: 0,
+            in_phase_ms: 0,
             shadow_keep_ms: 0,
         };
         let sources: Vec<(String, String)> = commands(&record, &Action::EnsureReplication, &ctx)
@@ -1288,7 +1289,7 @@ mod tests {
             reports: &reports,
             warm_plan: overview.services["shop"].spec.warmup.clone(),
             zero_lag_timeout_ms: 1_000,
-            now_ms: 0,
+            in_phase_ms: 0,
             shadow_keep_ms: 0,
         };
         let lift = commands(&record, &Action::UnfenceSource, &ctx);

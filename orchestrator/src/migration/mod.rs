@@ -7,7 +7,9 @@
 //! migration, phase and step), not a one-shot list. A leader that takes over mid-migration
 //! calls it again on the replicated record and the agents' fresh reports and lands exactly
 //! where its predecessor was. This module must not do I/O or read a clock: time comes in as
-//! `now_ms` (Unix milliseconds, from the proposer), so replay and tests are deterministic.
+//! [`DecisionTime`] (the wall clock, Unix ms, for what the plan schedules; the phase's elapsed
+//! time from the leader's monotonic phase clock for its deadlines and windows), so replay and
+//! tests are deterministic.
 
 pub mod compare;
 mod readiness;
@@ -558,10 +560,11 @@ impl WarmupReading {
 /// A Prometheus SLO source's answers for the current step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueriedSlo {
-    /// When this leadership first saw the step's share applied (Unix ms): the analysis
-    /// window counts from here.
+    /// When this leadership first saw the step's share applied (Unix ms on the migration's
+    /// phase clock): the analysis window counts from here.
     pub share_applied_at_ms: u64,
-    /// The newest answer to a query asked since then, and when it was asked (Unix ms).
+    /// The newest answer to a query asked since then, and when it was asked (the same
+    /// clock).
     pub newest: Option<(u64, SloAnswer)>,
     /// The target's p99 samples, milliseconds, answered since then (for the comparison
     /// judgement; bounded by the controller).
@@ -763,11 +766,35 @@ fn to(phase: Phase, reason: impl Into<String>) -> Option<Transition> {
     })
 }
 
+/// When a decision is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecisionTime {
+    /// The wall clock, Unix ms: compared with what the plan schedules (the cutover time).
+    pub wall_ms: u64,
+    /// How long the migration has been in its phase, ms, by the leader's monotonic phase
+    /// clock: compared with deadlines, windows and the drain.
+    pub in_phase_ms: u64,
+}
+
+/// [`decide_at`] with the phase timed on the same wall clock (`now_ms` minus the record's
+/// `phase_since_ms`), as a single clock that never steps gives it.
+pub fn decide(record: &MigrationRecord, seen: &Observations, now_ms: u64) -> Decision {
+    decide_at(
+        record,
+        seen,
+        DecisionTime {
+            wall_ms: now_ms,
+            in_phase_ms: now_ms.saturating_sub(record.phase_since_ms),
+        },
+    )
+}
+
 /// The heart of the executor: given the replicated record, this round's observations and
 /// the time, what must hold and what comes next.
-pub fn decide(record: &MigrationRecord, seen: &Observations, now_ms: u64) -> Decision {
+pub fn decide_at(record: &MigrationRecord, seen: &Observations, time: DecisionTime) -> Decision {
     let spec = &record.spec;
-    let elapsed_ms = now_ms.saturating_sub(record.phase_since_ms);
+    let now_ms = time.wall_ms;
+    let elapsed_ms = time.in_phase_ms;
     let n = record.shadow_instances;
     let shadow = Action::EnsureShadow { instances: n };
 

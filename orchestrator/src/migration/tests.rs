@@ -1272,3 +1272,42 @@ fn comparison_judgement_table() {
     let error = slo.validate().expect_err("refused").to_string();
     assert!(error.contains("needs source = { prometheus"), "{error}");
 }
+
+/// The schedule is read off the wall clock, deadlines off the time in the phase: with the
+/// two apart (a leader whose wall clock stepped), each decides what it owns.
+#[test]
+fn the_schedule_follows_the_wall_clock_and_deadlines_the_time_in_the_phase() {
+    let seen = Observations::default();
+    let spec = spec();
+    let at = |wall_ms, in_phase_ms| DecisionTime {
+        wall_ms,
+        in_phase_ms,
+    };
+    // Planned: provisioning starts one lead time before the cutover, by the wall clock,
+    // however long the migration has been planned.
+    let planned = record(Phase::Planned, false);
+    let lead_reached = spec.cutover_at_ms - spec.lead_time_ms;
+    assert_eq!(
+        decide_at(&planned, &seen, at(lead_reached - 1, 3_600_000)).transition,
+        None
+    );
+    assert_eq!(
+        decide_at(&planned, &seen, at(lead_reached, 0))
+            .transition
+            .map(|t| t.to),
+        Some(Phase::Provisioning)
+    );
+    // Provisioning: the deadline counts the time in the phase, whatever the wall clock says.
+    let provisioning = record(Phase::Provisioning, false);
+    let deadline = spec.deadlines.provisioning_ms;
+    assert_eq!(
+        decide_at(&provisioning, &seen, at(T0 + 10 * deadline, deadline)).transition,
+        None
+    );
+    assert_eq!(
+        decide_at(&provisioning, &seen, at(T0 - 300_000, deadline + 1))
+            .transition
+            .map(|t| t.to),
+        Some(Phase::RollingBack)
+    );
+}
