@@ -787,7 +787,7 @@ mod tests {
         f.requests_failed = 1;
         assert_eq!(invariants(&f), ["no_failed_request"]);
         f.requests_failed = 0;
-        // Refused (the migration was past rolling back): it explains nothing.
+        // Refused (the migration was already rolling back or had ended): it explains nothing.
         f.faults[0].hit = None;
         assert_eq!(invariants(&f), ["rollback_explained"]);
     }

@@ -207,25 +207,32 @@ impl DataDisk {
         let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
             return Vec::new();
         };
+        // `ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL…] - FSTYPE SOURCE …`: each
+        // mount's point, type and source, in mount order.
+        let entries: Vec<(&str, &str, &str)> = mounts
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                let dash = fields.iter().position(|f| *f == "-")?;
+                Some((
+                    *fields.get(4)?,
+                    *fields.get(dash + 1)?,
+                    *fields.get(dash + 2)?,
+                ))
+            })
+            .collect();
         let mut reaped = Vec::new();
-        for line in mounts.lines() {
-            // `ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL…] - FSTYPE SOURCE …`
-            let fields: Vec<&str> = line.split(' ').collect();
-            let Some(dash) = fields.iter().position(|f| *f == "-") else {
-                continue;
-            };
-            let (Some(point), Some(&"tmpfs"), Some(source)) =
-                (fields.get(4), fields.get(dash + 1), fields.get(dash + 2))
-            else {
-                continue;
-            };
+        for (i, (point, fstype, source)) in entries.iter().enumerate() {
             let Some(pid) = source
                 .strip_prefix(DISK_SOURCE_PREFIX)
                 .and_then(|pid| pid.parse::<u32>().ok())
             else {
                 continue;
             };
-            if Path::new(&format!("/proc/{pid}")).exists() {
+            // Unmounting a point detaches its topmost mount: an orphan something else was
+            // mounted over is left alone.
+            let topmost = !entries[i + 1..].iter().any(|(p, _, _)| p == point);
+            if *fstype != "tmpfs" || !topmost || Path::new(&format!("/proc/{pid}")).exists() {
                 continue;
             }
             let point = PathBuf::from(unescape_mountinfo(point));

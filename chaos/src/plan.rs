@@ -184,8 +184,8 @@ pub enum FaultKind {
         for_ms: Option<u64>,
     },
     /// The operator asks the migration to roll back, through the operator API, as an SRE
-    /// aborting it would. Nothing to undo; refused by the API once the migration is past
-    /// rolling back.
+    /// aborting it would. Nothing to undo; refused by the API once the migration is rolling
+    /// back or has ended.
     Abort,
 }
 

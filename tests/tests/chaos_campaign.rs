@@ -13,9 +13,9 @@
 //! Twenty seeds in two tests of ten (two runs at a time), so each stays within nextest's
 //! limit; `umbra chaos campaign --seeds 200` is the bench-sized run. One more run carries out
 //! a plan written by hand (`--plan`): the single writer moves to the target and back; one
-//! more fills the source's data disk; and one more steps the wall clocks of the leader and of
-//! both agents, forward and back (and one, ignored until the migration stops timing its
-//! phases on the leader's wall clock, steps the leader's back). Needs root (nftables for
+//! more fills the source's data disk; one more steps the wall clocks of the leader (forward,
+//! then back) and of both agents; and one more has the operator abort the migration at its
+//! last step, where the single writer moves. Needs root (nftables for
 //! the partitions, a tmpfs mount for the disks) and libfaketime for the clocks
 //! (`.ci/install-deps`): without them the campaign fails, loudly.
 
@@ -253,8 +253,9 @@ fn log_shows_step(run: &Path, fault: &Value, stepped_ms: i64) -> anyhow::Result<
 }
 
 /// While the shadows warm, the source's agent's wall clock steps two minutes ahead for 3 s;
-/// at the first cutover step the target's agent's steps ten minutes ahead, and at the second
-/// the leader's five minutes back, both until the migration's end. libfaketime moves only
+/// at the first cutover step the leader's steps ten minutes ahead for 3 s and the target's
+/// agent's ten minutes ahead, and at the second the leader's five minutes back, these two
+/// until the migration's end. libfaketime moves only
 /// the wall clock (tokio's timers and every `Instant` keep the kernel's monotonic clock), as
 /// an NTP step does. The migration completes and every invariant holds (no request fails for
 /// it): the leader times phases on its monotonic clock (the executor's phase clock), where a
@@ -267,6 +268,7 @@ fn wall_clock_jumps_of_the_leader_and_the_agents_break_no_invariant() -> anyhow:
     let dir = tempfile::tempdir()?;
     let steps = [
         ("agent-source", 120_000i64, "for_ms = 3000", "warming"),
+        ("leader", 600_000, "for_ms = 3000", "cutting_over[0]"),
         ("agent-target", 600_000, "", "cutting_over[0]"),
         ("leader", -300_000, "", "cutting_over[1]"),
     ];
@@ -281,7 +283,7 @@ fn wall_clock_jumps_of_the_leader_and_the_agents_break_no_invariant() -> anyhow:
         .collect();
     let (summary, report, run) = one_plan_in(&dir, &plan)?;
     check(&summary, 1, &["clock_jump"])?;
-    assert_eq!(summary["fired"]["clock_jump"], 3, "{summary}");
+    assert_eq!(summary["fired"]["clock_jump"], 4, "{summary}");
     assert_eq!(summary["runs"][0]["outcome"], "completed", "{summary}");
     let faults = report["faults"].as_array().context("the report's faults")?;
     for (fault, (_, stepped_ms, lasts, _)) in faults.iter().zip(steps) {
@@ -300,5 +302,27 @@ fn wall_clock_jumps_of_the_leader_and_the_agents_break_no_invariant() -> anyhow:
             fault["hit"]
         );
     }
+    Ok(())
+}
+
+/// The operator aborts the migration (the API's rollback) once it reaches its last step,
+/// where the single writer moves to the target: before the fence, inside it or after the
+/// promotion, whichever the abort meets. The migration rolls back, and as an abort is a
+/// control-plane fault, every invariant holds with it: no request fails outside the fence
+/// window, no acknowledged write is lost, one writer at a time, the shadows are released.
+#[test]
+fn an_operator_abort_at_the_writers_move_rolls_back_losing_nothing() -> anyhow::Result<()> {
+    let (summary, report) =
+        one_plan("[[faults]]\nkind = \"abort\"\nat_phase = \"cutting_over[2]\"\n")?;
+    check(&summary, 1, &["abort"])?;
+    assert_eq!(summary["runs"][0]["outcome"], "rolled_back", "{summary}");
+    let fault = &report["faults"][0];
+    assert_eq!(fault["hit"], report["migration"], "{fault}");
+    let writes = &report["writes"];
+    assert_eq!(writes["acknowledged_missing"], 0, "{writes}");
+    ensure!(
+        writes["acknowledged"].as_u64() > Some(0),
+        "no write was acknowledged: {writes}"
+    );
     Ok(())
 }

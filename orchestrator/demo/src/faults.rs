@@ -407,27 +407,73 @@ fn jump_clock(reach: &mut Reach<'_>, name: &str, ms: i64) -> Result<String, Stri
     })
 }
 
+/// How long an abort keeps asking while no orchestrator takes the request (an election, a
+/// paused or cut-off leader).
+const ABORT_WITHIN: Duration = Duration::from_secs(15);
+
 /// Asks the migration to roll back, as its operator would: through the first live
-/// orchestrator that takes the request. A migration already past rolling back (the API
-/// answers 409 Conflict) is no injector's failure: the abort came too late, and the detail says so.
+/// orchestrator that takes the request, asking again while none does (up to
+/// [`ABORT_WITHIN`]). A 409 Conflict is the truth about an earlier attempt whose answer was
+/// lost (the migration is rolling back for it: the audit holds this abort's reason) or says
+/// the abort came too late (rolling back or ended for another reason): no injector's
+/// failure, and it hits nothing.
 async fn abort(reach: &Reach<'_>, index: usize) -> Result<(String, String, Option<Undo>), String> {
     let id = reach.migration.to_owned();
     let reason = format!("chaos: fault {index}, the operator aborts the migration");
+    let deadline = Instant::now() + ABORT_WITHIN;
     let mut last = String::from("no orchestrator is alive");
-    for o in reach.orchestrators.iter().filter(|o| !o.killed) {
-        match o.api.rollback(&id, &reason).await {
-            Ok(_) => {
-                let detail = format!("the operator asked {id} to roll back");
-                return Ok((id, detail, None));
+    loop {
+        for o in reach.orchestrators.iter().filter(|o| !o.killed) {
+            match o.api.rollback(&id, &reason).await {
+                Ok(_) => {
+                    let detail = format!("the operator asked {id} to roll back");
+                    return Ok((id, detail, None));
+                }
+                Err(ClientError::Refused { status, message }) if status.as_u16() == 409 => {
+                    if audit_holds(reach, &id, &reason).await {
+                        let detail = format!(
+                            "the operator asked {id} to roll back (an earlier attempt took; \
+                             its answer was lost)"
+                        );
+                        return Ok((id, detail, None));
+                    }
+                    let detail = format!("the API refused the abort: {message}");
+                    return Ok((String::new(), detail, None));
+                }
+                Err(e) => last = e.to_string(),
             }
-            Err(ClientError::Refused { status, message }) if status.as_u16() == 409 => {
-                let detail = format!("the API refused the abort: {message}");
-                return Ok((String::new(), detail, None));
-            }
-            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether the replicated audit holds an entry about migration `id` with `reason`.
+async fn audit_holds(reach: &Reach<'_>, id: &str, reason: &str) -> bool {
+    let mut after = 0;
+    // Bounded: a demo run's audit is a few hundred entries.
+    for _ in 0..100 {
+        let Ok(page) = call_live(reach.orchestrators, |api| async move {
+            api.audit(after, 500).await
+        })
+        .await
+        else {
+            return false;
+        };
+        if page
+            .iter()
+            .any(|e| e.subject == id && e.reason.contains(reason))
+        {
+            return true;
+        }
+        match page.last() {
+            Some(entry) => after = entry.index,
+            None => return false,
         }
     }
-    Err(last)
+    false
 }
 
 /// The region a fault names, roles resolved.
