@@ -232,7 +232,7 @@ pub fn observe(
             fence_lifted: false,
         }),
         ReplicationKind::SampleLogShipping => {
-            sample_replication(record, &shadows, target, source, overview, ops)
+            sample_replication(record, &shadows, target, overview, ops)
         }
     };
     let share_applied = share_applied(record, source, ops);
@@ -257,7 +257,6 @@ fn sample_replication(
     record: &MigrationRecord,
     shadows: &[String],
     target: Option<&AgentReport>,
-    source: Option<&AgentReport>,
     overview: &Overview,
     ops: &dyn OpView,
 ) -> Option<ReplicationObserved> {
@@ -278,20 +277,21 @@ fn sample_replication(
     let mut source_fenced = reports[0].source_fenced;
     let mut fence_lifted = false;
     if record.phase == Phase::RollingBack {
-        // The writer is back on the source once the source's primary was promoted again.
+        // The writer is back on the source once this rollback's hand-back promoted the
+        // source's primary. Only that promotion counts, not the primary's report: a primary
+        // that an earlier migration into the source region promoted keeps reporting itself
+        // promoted (its replication entry stays), which says nothing about this migration's
+        // writer. A leadership that did not see the hand-back asks for it again, and the
+        // agent answers each stage from its ledger.
         let pool = pool_of(
             overview,
             &record.spec.service,
             &record.spec.from,
             Some(&record.spec.id),
         );
-        let source_promoted = pool.first().is_some_and(|primary| {
-            source.is_some_and(|s| {
-                s.replication
-                    .iter()
-                    .any(|r| &r.instance == primary && r.promoted)
-            })
-        });
+        let source_promoted = pool
+            .first()
+            .is_some_and(|primary| ops.done(&hand_back_op(record, primary)).is_some());
         // A rollback recorded before the promotion (an operator's, while the promotion's
         // answer was on its way) finds the target writing all the same, unless a hand-back
         // already promoted the source: the shadow's report need not change when the source's
@@ -346,6 +346,14 @@ fn forward_fence_op(record: &MigrationRecord, writer: &str) -> String {
         step: record.spec.steps_percent.len().saturating_sub(1),
     };
     format!("{}/fence/{writer}", op(record, last, "promote_target"))
+}
+
+/// The id of the hand-back's last stage: the rollback's promotion of the source's `primary`.
+fn hand_back_op(record: &MigrationRecord, primary: &str) -> String {
+    format!(
+        "{}/promote/{primary}",
+        op(record, Phase::RollingBack, "promote_source")
+    )
 }
 
 /// The id of the rollback's lifting of that fence.
@@ -976,6 +984,25 @@ mod tests {
         (overview, record)
     }
 
+    /// This leadership saw the operations in `.0` done, and sent nothing else.
+    struct DoneOps(Vec<String>, CommandOutcome);
+    impl DoneOps {
+        fn of(ops: &[String]) -> Self {
+            DoneOps(
+                ops.to_vec(),
+                CommandOutcome::Done(CommandResult::Instances(Vec::new())),
+            )
+        }
+    }
+    impl OpView for DoneOps {
+        fn done(&self, op_id: &str) -> Option<&CommandOutcome> {
+            self.0.iter().any(|o| o == op_id).then_some(&self.1)
+        }
+        fn sent(&self, op_id: &str) -> bool {
+            self.0.iter().any(|o| o == op_id)
+        }
+    }
+
     struct NoOps;
     impl OpView for NoOps {
         fn done(&self, _: &str) -> Option<&CommandOutcome> {
@@ -1209,7 +1236,7 @@ mod tests {
         );
         target.replication = vec![writing(&w, true), writing(&f, false)];
         let mut source = report("us-east", &[(home, InstanceState::Active)]);
-        let seen = |source: &AgentReport| {
+        let seen = |source: &AgentReport, ops: &dyn OpView| {
             let reports = BTreeMap::from([
                 ("eu-west".to_owned(), target.clone()),
                 ("us-east".to_owned(), source.clone()),
@@ -1219,15 +1246,23 @@ mod tests {
                 &overview.services["shop"],
                 &overview,
                 &reports,
-                &NoOps,
+                ops,
             )
             .replication
             .map(|r| r.promoted)
         };
-        assert_eq!(seen(&source), Some(true), "the promotion landed after all");
-        source.replication = vec![writing(home, true)];
         assert_eq!(
-            seen(&source),
+            seen(&source, &NoOps),
+            Some(true),
+            "the promotion landed after all"
+        );
+        // The source's primary reporting itself promoted is not the hand-back: an earlier
+        // migration into us-east promoted it, and its replication entry stays.
+        source.replication = vec![writing(home, true)];
+        assert_eq!(seen(&source, &NoOps), Some(true), "an earlier promotion");
+        let handed_back = DoneOps::of(&[hand_back_op(&record, home)]);
+        assert_eq!(
+            seen(&source, &handed_back),
             Some(false),
             "the source is the writer again, whatever the fenced shadow still reports"
         );
@@ -1255,7 +1290,7 @@ mod tests {
         );
         target.replication = vec![fenced(&w, false), fenced(&f, false)];
         let mut source = report("us-east", &[(home, InstanceState::Active)]);
-        let seen = |source: &AgentReport| {
+        let seen = |source: &AgentReport, ops: &dyn OpView| {
             let reports = BTreeMap::from([
                 ("eu-west".to_owned(), target.clone()),
                 ("us-east".to_owned(), source.clone()),
@@ -1265,23 +1300,24 @@ mod tests {
                 &overview.services["shop"],
                 &overview,
                 &reports,
-                &NoOps,
+                ops,
             )
             .replication
         };
-        assert_eq!(
-            seen(&source),
-            Some(ReplicationObserved {
-                lag: 0,
-                promoted: false,
-                source_fenced: true,
-                fence_lifted: false
-            })
-        );
-        // After a hand-back the source's writer was promoted again: not fenced, whatever the
-        // fenced shadow's replication still reports.
+        let fenced_not_promoted = Some(ReplicationObserved {
+            lag: 0,
+            promoted: false,
+            source_fenced: true,
+            fence_lifted: false,
+        });
+        assert_eq!(seen(&source, &NoOps), fenced_not_promoted);
+        // The source's primary promoted by an earlier migration: still fenced by this one.
         source.replication = vec![fenced(home, true)];
-        assert!(seen(&source).is_some_and(|r| !r.source_fenced && !r.promoted));
+        assert_eq!(seen(&source, &NoOps), fenced_not_promoted);
+        // After this rollback's hand-back the source's writer was promoted again: not fenced,
+        // whatever the fenced shadow's replication still reports.
+        let handed_back = DoneOps::of(&[hand_back_op(&record, home)]);
+        assert!(seen(&source, &handed_back).is_some_and(|r| !r.source_fenced && !r.promoted));
 
         let reports = BTreeMap::from([("eu-west".to_owned(), target.clone())]);
         let ctx = CommandContext {
