@@ -1302,7 +1302,13 @@ impl Controller {
         let mut seen =
             reconcile::observe(&record, &service, overview, &self.reports, &Ops(&self.ops));
         seen.slo = slo_reading(&mut self.slo, &record, &seen, &self.reports);
-        let phase_now_ms = self.phase_now_ms(&record);
+        // One reading of the phase clock for the whole step: the Prometheus windows on its
+        // Unix-ms scale, the decision and the commands on the time in the phase.
+        let in_phase_ms = self.in_phase_ms(&record);
+        let phase_now_ms = self
+            .phase_clock(&record)
+            .since_ms
+            .saturating_add(in_phase_ms);
         seen.slo_queried = self.slo_queried(&record, seen.share_applied, phase_now_ms);
         seen.dns = self.observe_dns(&record, &service, seen.share_applied);
         if record.phase == Phase::Warming {
@@ -1318,7 +1324,7 @@ impl Controller {
         }
         let time = migration::DecisionTime {
             wall_ms: self.now.unix_ms,
-            in_phase_ms: self.in_phase_ms(&record),
+            in_phase_ms,
         };
         let decision = migration::decide_at(&record, &seen, time);
         if let Some(promoted) = decision.promoted {
@@ -1467,13 +1473,6 @@ impl Controller {
         let clock = self.phase_clock(record);
         let since_seen = self.now.at.saturating_duration_since(clock.seen_at);
         clock.age_ms.saturating_add(since_seen.as_millis() as u64)
-    }
-
-    /// `record`'s time by its phase clock, Unix ms: its phase's start as first seen plus
-    /// [`Controller::in_phase_ms`].
-    fn phase_now_ms(&mut self, record: &MigrationRecord) -> u64 {
-        let since_ms = self.phase_clock(record).since_ms;
-        since_ms.saturating_add(self.in_phase_ms(record))
     }
 
     /// What command planning needs for `record`, `in_phase_ms` into its phase; `None` when
