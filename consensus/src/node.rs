@@ -170,6 +170,10 @@ enum Request {
         change: MembershipChange,
         reply: Reply<Vec<u64>>,
     },
+    TransferLeader {
+        to: u64,
+        reply: Reply<()>,
+    },
 }
 
 /// A handle to a running node. Cloning is cheap; the node stops when `shutdown` is called or
@@ -407,6 +411,15 @@ impl RaftNode {
         change: MembershipChange,
     ) -> Result<Vec<u64>, RequestError> {
         self.call(|reply| Request::Membership { change, reply })
+            .await
+    }
+
+    /// Asks this node, if it leads, to hand leadership to voter `to` (raft-rs's leader
+    /// transfer: `to` is brought up to date, then told to campaign at once). Answers once the
+    /// transfer has started, not when it is over; the status shows the new leader. Proposals
+    /// are refused while a transfer is under way (for at most an election timeout).
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), RequestError> {
+        self.call(|reply| Request::TransferLeader { to, reply })
             .await
     }
 
@@ -844,6 +857,16 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
             Request::ReadLocal { query, reply } => {
                 let _ = reply.send(Ok(self.state_machine.query(&query)));
+            }
+            Request::TransferLeader { to, reply } => {
+                if !is_leader {
+                    let _ = reply.send(Err(RequestError::NotLeader {
+                        leader: self.leader_hint(),
+                    }));
+                    return;
+                }
+                self.raw.transfer_leader(to);
+                let _ = reply.send(Ok(()));
             }
             Request::Membership { change, reply } => {
                 if !is_leader {

@@ -410,6 +410,31 @@ async fn a_stopped_leader_is_succeeded_by_the_survivors_campaign() -> anyhow::Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_hands_leadership_to_the_voter_it_names() -> anyhow::Result<()> {
+    let cluster = Cluster::new(seed(), 3)?;
+    cluster.put("before", "1").await?;
+    let old = cluster.leader().await?;
+    let to = *cluster
+        .voters
+        .iter()
+        .find(|&&v| v != old)
+        .expect("three voters");
+    let Err(RequestError::NotLeader { .. }) = cluster.nodes[&to].transfer_leader(old).await else {
+        anyhow::bail!("a follower took a transfer it cannot make");
+    };
+    cluster.nodes[&old].transfer_leader(to).await?;
+    cluster
+        .wait_for("the named voter leading", Duration::from_secs(30), |c| {
+            let status = c.nodes[&to].status();
+            (status.role == Role::Leader).then_some(())
+        })
+        .await?;
+    let index = cluster.put("after", "2").await?;
+    cluster.wait_same_digest(index).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossy_network_still_commits_and_restart_keeps_everything() -> anyhow::Result<()> {
     let mut cluster = Cluster::new(seed(), 3)?;
     cluster.network.set_drop_probability(0.1);
