@@ -209,6 +209,10 @@ pub enum StreamKind {
     /// rest. What this build sends; `RaftSnapshot` is still served for a sender of the build
     /// before.
     RaftSnapshotResumable,
+    /// Wall-clock readings between orchestrators ([`ClockProbe`](crate::clock::ClockProbe)
+    /// answered by [`ClockReading`](crate::clock::ClockReading)), so that a node whose clock
+    /// disagrees with its peers' does not lead.
+    Clock,
 }
 
 impl StreamKind {
@@ -224,6 +228,8 @@ impl StreamKind {
             StreamKind::Operator => &[Role::Operator],
             // A snapshot replaces a member's whole state: Raft members only, as for `Raft`.
             StreamKind::RaftSnapshot | StreamKind::RaftSnapshotResumable => &[Role::Orchestrator],
+            // Only members judge each other's clocks.
+            StreamKind::Clock => &[Role::Orchestrator],
         }
     }
 

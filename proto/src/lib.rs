@@ -34,7 +34,8 @@
 //! ```
 //!
 //! Modules: [`envelope`] (version + postcard), [`frame`] (length-delimited framing),
-//! [`identity`] (roles and ids in certificates), [`tls`] (credentials, rustls configs),
+//! [`clock`] (wall-clock readings between orchestrators), [`identity`] (roles and ids in
+//! certificates), [`tls`] (credentials, rustls configs),
 //! [`certs`] (issuing with rcgen), [`endpoint`] (QUIC endpoints, connections, typed
 //! streams), [`raft`] and [`store`] (wire types for `consensus`), [`agent`] (orchestrator ⇄
 //! region agent wire types), [`log`] (the schema of the orchestrators' Raft log entries and
@@ -43,6 +44,7 @@
 
 pub mod agent;
 pub mod certs;
+pub mod clock;
 pub mod endpoint;
 pub mod envelope;
 pub mod exit;

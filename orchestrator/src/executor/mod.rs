@@ -209,6 +209,9 @@ pub struct ExecutorContext {
     /// This node's Raft status (`RaftNode::watch_status`): the executor acts only while it
     /// shows this node leading.
     pub status: watch::Receiver<NodeStatus>,
+    /// Whether this node's wall clock agrees with its peers' (`node::clock`): while it does
+    /// not, the executor stands down as if it did not lead, because it plans by that clock.
+    pub clock_agrees: watch::Receiver<bool>,
     /// The agent gateway of this node.
     pub gateway: AgentGateway,
     /// Where observations are published for `GET /v1/status`.
@@ -236,9 +239,10 @@ pub fn spawn(
     let context = Arc::new(context);
     Ok(tokio::spawn(async move {
         let mut status = context.status.clone();
+        let mut clock_agrees = context.clock_agrees.clone();
         loop {
             let term = tokio::select! {
-                term = wait_for_leadership(&mut status) => term,
+                term = wait_for_leadership(&mut status, &mut clock_agrees) => term,
                 _ = stopped(&mut shutdown) => return,
             };
             let Some(term) = term else { return };
@@ -258,11 +262,18 @@ pub fn spawn(
                     }
                 }
                 if !leads(&status.borrow(), term) {
+                    tracing::info!(term, "no longer leading: executor stands down");
+                    break;
+                }
+                if !*clock_agrees.borrow() {
+                    tracing::warn!(
+                        term,
+                        "this node's wall clock disagrees with its peers': executor stands down"
+                    );
                     break;
                 }
                 leadership.round().await;
             }
-            tracing::info!(term, "no longer leading: executor stands down");
             leadership.stand_down();
         }
     }))
@@ -290,16 +301,23 @@ fn leads(status: &NodeStatus, term: u64) -> bool {
     status.role == RaftRole::Leader && status.term == term
 }
 
-/// Waits until this node leads; its term, or `None` when the node stopped.
-async fn wait_for_leadership(status: &mut watch::Receiver<NodeStatus>) -> Option<u64> {
+/// Waits until this node leads with a clock that agrees with its peers'; its term, or `None`
+/// when the node stopped.
+async fn wait_for_leadership(
+    status: &mut watch::Receiver<NodeStatus>,
+    clock_agrees: &mut watch::Receiver<bool>,
+) -> Option<u64> {
     loop {
         {
             let s = status.borrow_and_update();
-            if s.role == RaftRole::Leader {
+            if s.role == RaftRole::Leader && *clock_agrees.borrow_and_update() {
                 return Some(s.term);
             }
         }
-        status.changed().await.ok()?;
+        tokio::select! {
+            changed = status.changed() => changed.ok()?,
+            changed = clock_agrees.changed() => changed.ok()?,
+        }
     }
 }
 

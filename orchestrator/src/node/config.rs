@@ -316,6 +316,11 @@ pub struct ExecutorSection {
     /// seconds: a pool is forecast again once the one it holds no longer covers its lead time.
     #[serde(default = "default_pool_forecast_reach_secs")]
     pub pool_forecast_reach_secs: u64,
+    /// How far this node's wall clock may be from most of its peers' before it stops
+    /// executing and hands leadership over, ms (it plans cutovers by that clock; see
+    /// `node::clock`).
+    #[serde(default = "default_max_clock_offset_ms")]
+    pub max_clock_offset_ms: u64,
 }
 
 fn default_true() -> bool {
@@ -351,6 +356,9 @@ fn default_pool_lead_margin_ms() -> u64 {
 fn default_pool_forecast_reach_secs() -> u64 {
     crate::executor::DEFAULT_POOL_FORECAST_REACH_SECS
 }
+fn default_max_clock_offset_ms() -> u64 {
+    super::clock::DEFAULT_MAX_CLOCK_OFFSET_MS
+}
 fn default_slice_secs() -> u32 {
     umbra_forecast::history::HistoryConfig::default().slice_secs
 }
@@ -375,6 +383,7 @@ impl Default for ExecutorSection {
             pool_lead_margin_ms: default_pool_lead_margin_ms(),
             forecast_full_refit_every_slices: None,
             pool_forecast_reach_secs: default_pool_forecast_reach_secs(),
+            max_clock_offset_ms: default_max_clock_offset_ms(),
         }
     }
 }
@@ -483,6 +492,11 @@ pub enum NodeConfigError {
     },
     #[error("id must be 1 or more (it is the Raft node id)")]
     ZeroId,
+    #[error(
+        "[executor] max_clock_offset_ms must be greater than zero; leave it out for the default of {} ms",
+        super::clock::DEFAULT_MAX_CLOCK_OFFSET_MS
+    )]
+    ZeroClockOffset,
     #[error(
         "node {id} is not among the [[peer]] entries; list every founding member, this node included, or set join = true for a node added later"
     )]
@@ -612,6 +626,9 @@ impl NodeConfig {
             }
         }
         self.executor.executor_config().validate()?;
+        if self.executor.max_clock_offset_ms == 0 {
+            return Err(NodeConfigError::ZeroClockOffset);
+        }
         let mut servers = BTreeSet::new();
         for server in &self.executor.dns_servers {
             if !servers.insert(server) {

@@ -5,6 +5,7 @@
 //! (`NodeEnvironment`: the executor's clock).
 //! The key-value state machine (`state_machine = "kv"`) remains for the Raft tests and benchmark.
 
+pub mod clock;
 pub mod config;
 pub mod server;
 pub mod services;

@@ -19,10 +19,12 @@ use umbra_proto::{
     Credentials, Endpoint, FramedStream, Identity, LeaderHint, StreamKind, TransportConfig,
 };
 
+use super::clock::{ClockVerdict, ClockWatch, serve_clock_stream};
 use super::config::{NodeConfig, StateMachineKind};
 use super::services::{NodeEnvironment, NodeServices, SERVICES_STOP_GRACE};
 use crate::gateway::AgentGateway;
 use crate::state::OrchestratorState;
+use crate::store::Clock;
 
 /// Requests served at once on one client stream; more wait for a slot (backpressure). 256
 /// matches `umbra-proto`'s stream limit per connection.
@@ -42,6 +44,10 @@ pub struct AdminStatus {
     /// this node holds, so replicas can be compared.
     #[serde(default)]
     pub overview: Option<crate::state::Overview>,
+    /// What this node concludes about its wall clock from its peers' (`node::clock`); `None`
+    /// from a build before the clock watch.
+    #[serde(default)]
+    pub clock: Option<ClockVerdict>,
 }
 
 /// A running node: its Raft handle and endpoints. Dropping it does not stop it; call
@@ -123,18 +129,36 @@ pub async fn start(
         }
     }
     .context("starting the raft node")?;
-    let services = match config.state_machine {
-        StateMachineKind::Orchestrator => {
-            Some(NodeServices::start(&config, &raft, &credentials, &registry, &environment).await?)
-        }
-        StateMachineKind::Kv => None,
-    };
     let addresses = Arc::new(std::sync::Mutex::new(
         peers
             .iter()
             .filter_map(|(id, a)| Some((*id, a.parse().ok()?)))
             .collect::<BTreeMap<u64, SocketAddr>>(),
     ));
+    let clock = ClockWatch {
+        id: config.id,
+        raft: raft.clone(),
+        endpoint: endpoint.clone(),
+        addresses: addresses.clone(),
+        clock: environment.clock().clone(),
+        max_offset_ms: config.executor.max_clock_offset_ms,
+    }
+    .spawn(&registry)
+    .context("starting the clock watch")?;
+    let services = match config.state_machine {
+        StateMachineKind::Orchestrator => Some(
+            NodeServices::start(
+                &config,
+                &raft,
+                &credentials,
+                &registry,
+                &environment,
+                clock.agrees.clone(),
+            )
+            .await?,
+        ),
+        StateMachineKind::Kv => None,
+    };
     let server = Server {
         id: config.id,
         raft: raft.clone(),
@@ -144,6 +168,8 @@ pub async fn start(
         cut,
         agents: services.as_ref().map(|s| s.gateway().clone()),
         overviews: services.as_ref().map(NodeServices::overviews),
+        clock: environment.clock().clone(),
+        clock_verdicts: clock.verdicts,
     };
     tokio::spawn(server.clone().accept_loop(endpoint.clone()));
     let admin_address = match config.admin_listen {
@@ -201,6 +227,10 @@ struct Server {
     agents: Option<AgentGateway>,
     /// The latest applied orchestrator state (orchestrator mode), for `/status`.
     overviews: Option<tokio::sync::watch::Receiver<Arc<crate::state::Overview>>>,
+    /// The clock peers read on `StreamKind::Clock` streams: the executor's.
+    clock: Arc<dyn Clock>,
+    /// What this node concludes about its clock from its peers' (`node::clock`).
+    clock_verdicts: tokio::sync::watch::Receiver<ClockVerdict>,
 }
 
 impl Server {
@@ -253,6 +283,7 @@ impl Server {
                 }
             }
             StreamKind::Client => self.serve_client_stream(stream).await,
+            StreamKind::Clock => serve_clock_stream(stream, self.clock.clone()).await,
             StreamKind::Agent if self.agents.is_some() => {
                 if let Some(gateway) = &self.agents {
                     gateway.serve_stream(stream).await;
@@ -442,6 +473,7 @@ impl Server {
                 .overviews
                 .as_ref()
                 .map(|o| crate::state::Overview::clone(&o.borrow())),
+            clock: Some(self.clock_verdicts.borrow().clone()),
         }
     }
 }

@@ -99,6 +99,7 @@ impl NodeServices {
         credentials: &Credentials,
         registry: &prometheus::Registry,
         environment: &NodeEnvironment,
+        clock_agrees: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -198,6 +199,7 @@ impl NodeServices {
                 ExecutorContext {
                     store: store.clone(),
                     status: raft.watch_status(),
+                    clock_agrees,
                     gateway: gateway.clone(),
                     board: board.clone(),
                     demand,

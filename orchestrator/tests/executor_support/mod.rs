@@ -104,6 +104,15 @@ impl Cluster {
     /// runs except: executor retries capped at 1 s, demand history read from
     /// [`Cluster::demand_dir`] in 30-minute slices, and `environment` (the executor's clock).
     pub async fn start(nodes: u64, environment: NodeEnvironment) -> anyhow::Result<Cluster> {
+        Self::start_each(nodes, |_| environment.clone()).await
+    }
+
+    /// As [`Cluster::start`], with node `id`'s environment from `environment(id)` (e.g. a
+    /// clock of its own).
+    pub async fn start_each(
+        nodes: u64,
+        environment: impl Fn(u64) -> NodeEnvironment,
+    ) -> anyhow::Result<Cluster> {
         init_tracing();
         let dir = tempfile::tempdir()?;
         let Secrets {
@@ -157,7 +166,7 @@ impl Cluster {
                     ..ExecutorSection::default()
                 },
             };
-            let started = node::start(config, environment.clone())
+            let started = node::start(config, environment(peer.id))
                 .await
                 .with_context(|| format!("starting node {}", peer.id))?;
             let api = started.services.as_ref().and_then(|s| s.api_address());
@@ -229,20 +238,25 @@ impl Cluster {
             "a leader every live node agrees on",
             CLUSTER_DEADLINE,
             || {
-                let statuses: Vec<_> = self.nodes().values().map(|n| n.raft.status()).collect();
-                let leaders: Vec<u64> = statuses
-                    .iter()
-                    .filter(|s| s.role == RaftRole::Leader)
-                    .map(|s| s.id)
-                    .collect();
-                let agreed = match leaders.as_slice() {
-                    [leader] if statuses.iter().all(|s| s.leader == Some(*leader)) => Some(*leader),
-                    _ => None,
-                };
+                let agreed = self.agreed_leader();
                 async move { agreed }
             },
         )
         .await
+    }
+
+    /// The node every live member says leads now, if they agree.
+    pub fn agreed_leader(&self) -> Option<u64> {
+        let statuses: Vec<_> = self.nodes().values().map(|n| n.raft.status()).collect();
+        let leaders: Vec<u64> = statuses
+            .iter()
+            .filter(|s| s.role == RaftRole::Leader)
+            .map(|s| s.id)
+            .collect();
+        match leaders.as_slice() {
+            [leader] if statuses.iter().all(|s| s.leader == Some(*leader)) => Some(*leader),
+            _ => None,
+        }
     }
 
     /// Stops node `id` the way its process would stop on SIGKILL, as far as the others can
