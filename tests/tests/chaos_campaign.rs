@@ -252,25 +252,26 @@ fn log_shows_step(run: &Path, fault: &Value, stepped_ms: i64) -> anyhow::Result<
     }))
 }
 
-/// While the shadows warm, the source's agent's wall clock steps two minutes ahead for 3 s;
-/// at the first cutover step the leader's steps ten minutes ahead for 3 s and the target's
-/// agent's ten minutes ahead, and at the second the leader's five minutes back, these two
-/// until the migration's end. libfaketime moves only
-/// the wall clock (tokio's timers and every `Instant` keep the kernel's monotonic clock), as
-/// an NTP step does. The migration completes and every invariant holds (no request fails for
-/// it): the leader times phases on its monotonic clock (the executor's phase clock), where a
-/// phase timed as its wall clock minus the replicated phase start would stall the step for
-/// the five minutes stepped back. Each stepped process was seen with libfaketime loaded when its clock stepped, and the
-/// two stepped until the end did read the stepped clock: their logs, stamped by their own
-/// wall clocks, hold lines that far off the real time (an agent may write nothing in 3 s).
+/// While the shadows warm, the source's agent's wall clock steps two minutes ahead for 3 s
+/// and the leader's five minutes back until the migration's end; at the first cutover step
+/// the leader then (another node) steps ten minutes ahead for 3 s and the target's agent ten
+/// minutes ahead until the end. libfaketime moves only the wall clock (tokio's timers and
+/// every `Instant` keep the kernel's monotonic clock), as an NTP step does. The migration
+/// completes and every invariant holds (no request fails for it): a leader whose clock
+/// disagrees with its peers' stops executing and hands leadership over (`node::clock`), where
+/// a leader five minutes behind would hold the cutover, scheduled on the wall clock, back by
+/// five minutes; and phases are timed on the leader's monotonic clock. Each stepped process
+/// was seen with libfaketime loaded when its clock stepped, and the two stepped until the end
+/// did read the stepped clock: their logs, stamped by their own wall clocks, hold lines that
+/// far off the real time (an agent may write nothing in 3 s).
 #[test]
 fn wall_clock_jumps_of_the_leader_and_the_agents_break_no_invariant() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let steps = [
         ("agent-source", 120_000i64, "for_ms = 3000", "warming"),
+        ("leader", -300_000, "", "warming"),
         ("leader", 600_000, "for_ms = 3000", "cutting_over[0]"),
         ("agent-target", 600_000, "", "cutting_over[0]"),
-        ("leader", -300_000, "", "cutting_over[1]"),
     ];
     let plan: String = steps
         .iter()
@@ -286,6 +287,12 @@ fn wall_clock_jumps_of_the_leader_and_the_agents_break_no_invariant() -> anyhow:
     assert_eq!(summary["fired"]["clock_jump"], 4, "{summary}");
     assert_eq!(summary["runs"][0]["outcome"], "completed", "{summary}");
     let faults = report["faults"].as_array().context("the report's faults")?;
+    ensure!(
+        faults[1]["hit"] != faults[2]["hit"],
+        "the leader stepped back five minutes still led at the first cutover step: {} then {}",
+        faults[1]["hit"],
+        faults[2]["hit"]
+    );
     for (fault, (_, stepped_ms, lasts, _)) in faults.iter().zip(steps) {
         ensure!(
             fault["error"].is_null() && fault["undone"].is_string(),

@@ -34,7 +34,7 @@ enum ChaosCommand {
     Plan(PlanArgs),
     /// Run the demo's real processes through one migration per seed, each under the fault
     /// plan its seed gives (kills and restarts, pauses, partitions, packet loss, failing
-    /// instances, full data disks; wall-clock jumps in plans written by hand), and judge every
+    /// instances, full data disks, wall-clock jumps, the operator's abort), and judge every
     /// run on the campaign's invariants.
     Campaign(crate::campaign::CampaignArgs),
 }
