@@ -21,7 +21,11 @@
 //!    first migration's shadow pool, the old source front's forwarding share is cleared
 //!    before it becomes the target, and the service ends on the home region with DNS there.
 //!
-//! 4. A shadow instance SIGKILLed at the 50 % step is activated again under a fresh operation
+//! 4. There and back, the way back rolled back after its writer moved (its new shadows fail
+//!    from the last step on): the away region's primary, promoted by the first migration, is
+//!    promoted again by the rollback's own hand-back, and takes writes again.
+//!
+//! 5. A shadow instance SIGKILLed at the 50 % step is activated again under a fresh operation
 //!    id (the agent would answer the old id from its ledger), resumes replicating on its new
 //!    address, and the migration completes instead of stalling at the writer's move.
 //!
@@ -32,7 +36,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use umbra_orchestrator::migration::Phase;
+use umbra_orchestrator::migration::{DEFAULT_STEPS_PERCENT, Phase};
 use umbra_orchestrator::state::AuditEvent;
 use umbra_proto::agent::InstanceState;
 use umbra_testkit::wait_for;
@@ -268,6 +272,109 @@ async fn a_second_migration_brings_the_service_back_home() -> anyhow::Result<()>
     // The way back replicated from the first migration's shadow (its pool in the target).
     let audit = world.audit().await?;
     assert_eq!(transitions(&audit, &back), happy_transitions());
+    Ok(())
+}
+
+/// There and back, the way back rolled back after its writer moved: the home region's new
+/// shadows fail every request from the last step on, after the writer moved to them. The
+/// away region's primary, which the first migration promoted, still reports itself promoted;
+/// the rollback must promote it again by its own hand-back, not take that earlier promotion
+/// for it, or the away region would stay fenced and refuse every write. After the rollback
+/// every request through the away region's front succeeds, writes included, and every write
+/// acknowledged on the way there and back reads back through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_way_back_rolled_back_after_its_writer_moved_hands_the_writer_back() -> anyhow::Result<()>
+{
+    let world = World::start(1).await?;
+    world.wait_source_serving().await?;
+    let outbound = Client::start(world.regions[SOURCE].front);
+    let there = world.migrate().await?;
+    let phases = world.follow(&there, async |_| Ok(())).await?;
+    let first = outbound.stop_and_report().await;
+    assert_eq!(phases.last(), Some(&Phase::Completed), "there: {phases:?}");
+
+    let client = Client::start(world.regions[TARGET].front);
+    let back = world.migrate_between(TARGET, SOURCE).await?;
+    let home = world.regions[SOURCE].agent.clone();
+    let http = reqwest::Client::new();
+    let last = Phase::CuttingOver {
+        step: DEFAULT_STEPS_PERCENT.len() - 1,
+    };
+    let phases = world
+        .follow(&back, async |phase| {
+            if phase == last {
+                for instance in home.executor().provider().list().await {
+                    if let (true, Some(addr)) = (instance.id.starts_with(&back), instance.addr) {
+                        http.post(format!("http://{addr}/admin/fault"))
+                            .json(&serde_json::json!({ "error_rate": 1.0 }))
+                            .send()
+                            .await?
+                            .error_for_status()?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    let second = client.stop_and_report().await;
+    eprintln!(
+        "way back: requests {}, failed {} (at the failing shadows before the rollback)",
+        second.total, second.failed
+    );
+    assert_eq!(phases.last(), Some(&Phase::RolledBack), "back: {phases:?}");
+    let audit = world.audit().await?;
+    ensure_rolled_back_at_the_last_step(&transitions(&audit, &back))?;
+    // The shadows' fault only fails requests: the writer moved to them at the last step
+    // before its share was judged, and was handed back.
+    let moves: Vec<bool> = audit
+        .iter()
+        .filter(|e| e.subject == back)
+        .filter_map(|e| match e.event {
+            AuditEvent::WriterMoved { to_target, .. } => Some(to_target),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(moves, [true, false], "the way back's writer moves");
+    let overview = world.overview().await?;
+    assert_eq!(overview.services["shop"].primary_region, TARGET);
+
+    // The away region's primary writes again: a second of traffic, a write every tenth
+    // request, all of it succeeds.
+    let after = Client::sending(world.regions[TARGET].front, CLIENT_RPS)
+        .finish_and_report()
+        .await;
+    assert_eq!(
+        (after.total, after.failed),
+        (CLIENT_RPS, 0),
+        "after the rollback every request through the away region's front succeeds"
+    );
+    let written: Vec<(String, String)> = first
+        .written
+        .into_iter()
+        .chain(second.written)
+        .chain(after.written)
+        .collect();
+    let missing = missing_writes(world.regions[TARGET].front, &written).await;
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes do not read back, first {:?}",
+        missing.len(),
+        written.len(),
+        missing.first()
+    );
+    Ok(())
+}
+
+/// The way back reached its last step (the writer's move) and rolled back from there.
+fn ensure_rolled_back_at_the_last_step(transitions: &[String]) -> anyhow::Result<()> {
+    let last = format!(
+        "cutting_over[{}] → rolling_back",
+        DEFAULT_STEPS_PERCENT.len() - 1
+    );
+    anyhow::ensure!(
+        transitions.contains(&last),
+        "no rollback from the last step in {transitions:?}"
+    );
     Ok(())
 }
 

@@ -758,8 +758,13 @@ impl Client {
 
     /// Waits until every request was sent and answered; (sent, failed).
     pub async fn finish(self) -> (u64, u64) {
-        let report = described(self.task.await.expect("the client task does not panic"));
+        let report = self.finish_and_report().await;
         (report.total, report.failed)
+    }
+
+    /// Waits until every request was sent and answered; everything it saw.
+    pub async fn finish_and_report(self) -> ClientReport {
+        described(self.task.await.expect("the client task does not panic"))
     }
 }
 
