@@ -298,7 +298,8 @@ async fn replicate_fence_promote_and_warm_through_commands() -> anyhow::Result<(
 /// the instance kept following its source, and the leader's repeated `StartReplication` is
 /// answered from the ledger. Without the kept list, the restarted agent reported no
 /// replication and the migration waited for a catch-up it could never see; the writer's move
-/// (fence, lag 0, promote) then had no driver.
+/// (fence, lag 0, promote) then had no driver. A fence a rollback lifted stays lifted across
+/// the restart: a fence or promotion of that target from before the rollback is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_drives_the_replications_it_started() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -395,11 +396,49 @@ async fn a_restarted_agent_drives_the_replications_it_started() -> anyhow::Resul
             "{op}: {out:?}"
         );
     }
+    // A second replication of the same source, fenced, then rolled back: the fence lifted.
+    let u = || "t-2".to_string();
+    for (op, action) in [
+        (
+            "p2",
+            AgentAction::Provision {
+                instances: vec![u()],
+            },
+        ),
+        ("a2", AgentAction::Activate { instance: u() }),
+        (
+            "r2",
+            AgentAction::StartReplication {
+                instance: u(),
+                source: src_url.clone(),
+            },
+        ),
+        ("f2", AgentAction::FenceSource { instance: u() }),
+        ("u2", AgentAction::UnfenceSource { instance: u() }),
+    ] {
+        let out = restarted.handle_command(&cmd(op, action)).await;
+        assert!(matches!(out, CommandOutcome::Done(_)), "{op}: {out:?}");
+    }
     drop(restarted);
     let again = agent(&state).await?;
     let report = again.report().await;
-    assert!(report.replication[0].promoted, "{report:?}");
-    again.executor().provider().remove("t-1").await?;
+    let promoted = report.replication.iter().find(|r| r.instance == t());
+    assert!(promoted.is_some_and(|r| r.promoted), "{report:?}");
+    // The restarted agent still refuses a fence or promotion from before that rollback.
+    for (op, late) in [
+        ("f2-late", AgentAction::FenceSource { instance: u() }),
+        ("pr2-late", AgentAction::Promote { instance: u() }),
+    ] {
+        match again.handle_command(&cmd(op, late)).await {
+            CommandOutcome::Refused(Refusal::BadRequest { reason }) => {
+                assert!(reason.contains("rolled back"), "{reason}")
+            }
+            other => panic!("{op} after the fence was lifted and the agent restarted: {other:?}"),
+        }
+    }
+    for id in ["t-1", "t-2"] {
+        again.executor().provider().remove(id).await?;
+    }
     Ok(())
 }
 

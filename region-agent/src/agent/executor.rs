@@ -36,6 +36,10 @@ pub const MAX_LAG_WAIT_MS: u64 = 600_000;
 /// The file in the agent's state directory that lists the replications it drives.
 pub const REPLICATIONS_FILE: &str = "replications.json";
 
+/// The file in the agent's state directory that lists the replication targets whose source's
+/// fence a rollback lifted (a JSON array of instance ids).
+pub const LIFTED_FILE: &str = "lifted.json";
+
 /// One replication as [`REPLICATIONS_FILE`] keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct KeptReplication {
@@ -62,9 +66,12 @@ pub struct Executor {
     writer_moves: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Replication targets whose source's fence a rollback lifted: no fence or promotion of
     /// them is taken after it (one still on its way from before the rollback would undo it).
-    /// Shadow ids are never reused by a later migration. Kept in memory: a command from before
-    /// the rollback reaching a restarted agent is a deposed leader's, refused by its term.
+    /// Shadow ids are never reused by a later migration. Kept in [`LIFTED_FILE`] beside the
+    /// replications, so a restarted agent refuses them too (one id per rolled-back shadow,
+    /// never forgotten: a replication started late would be fenced otherwise).
     lifted: Mutex<std::collections::BTreeSet<String>>,
+    /// Where `lifted` is kept (`None`: in memory only, with `replications_file`).
+    lifted_file: Option<PathBuf>,
     warmups: Mutex<BTreeMap<String, watch::Receiver<WarmupProgress>>>,
     warmup_telemetry: WarmupTelemetry,
     shutdown: CancellationToken,
@@ -106,6 +113,7 @@ impl Executor {
             keeping: Mutex::new(()),
             writer_moves: Mutex::new(BTreeMap::new()),
             lifted: Mutex::new(std::collections::BTreeSet::new()),
+            lifted_file: None,
             warmups: Mutex::new(BTreeMap::new()),
             warmup_telemetry: WarmupTelemetry::default(),
             shutdown: CancellationToken::new(),
@@ -141,7 +149,40 @@ impl Executor {
         }
         self.replications = Mutex::new(drivers);
         self.replications_file = Some(path);
+        let path = state_dir.join(LIFTED_FILE);
+        let lifted: std::collections::BTreeSet<String> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{}: {e}; move it away to start over", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        self.lifted = Mutex::new(lifted);
+        self.lifted_file = Some(path);
         Ok(self)
+    }
+
+    /// Writes the lifted fences to [`LIFTED_FILE`] (write, fsync, rename).
+    fn keep_lifted(&self) -> std::io::Result<()> {
+        let Some(path) = &self.lifted_file else {
+            return Ok(());
+        };
+        let _keeping = self.keeping.lock().expect("keeping lock");
+        let lifted = self.lifted.lock().expect("lifted lock").clone();
+        write_durably(path, &serde_json::to_vec(&lifted)?)
+    }
+
+    /// Marks the fence into `id` lifted, durably: a fence or promotion of `id` is refused from
+    /// now on, by this agent and by the next one on its state directory.
+    fn mark_lifted(&self, id: &str) -> Result<(), CommandOutcome> {
+        self.lifted
+            .lock()
+            .expect("lifted lock")
+            .insert(id.to_owned());
+        self.keep_lifted().map_err(|e| {
+            failed(format!(
+                "cannot keep the lifted fence in the state dir: {e}"
+            ))
+        })
     }
 
     /// Writes the replications driven to [`REPLICATIONS_FILE`] (write, fsync, rename), so a
@@ -166,11 +207,7 @@ impl Executor {
                 (id.clone(), k)
             })
             .collect();
-        let tmp = path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut file, &serde_json::to_vec(&kept)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        write_durably(path, &serde_json::to_vec(&kept)?)
     }
 
     /// The provider.
@@ -439,11 +476,11 @@ impl Executor {
                     .contains_key(instance);
                 if !known {
                     // No replication into it (never started, or stopped): nothing this agent
-                    // fenced through it; none will be after this.
-                    self.lifted
-                        .lock()
-                        .expect("lifted lock")
-                        .insert(instance.clone());
+                    // fenced through it; none will be after this (a replication started late
+                    // by a command from before the rollback is never fenced or promoted).
+                    if let Err(o) = self.mark_lifted(instance) {
+                        return o;
+                    }
                     return CommandOutcome::Done(CommandResult::Instances(Vec::new()));
                 }
                 let driver = match self.driver(instance).await {
@@ -451,13 +488,10 @@ impl Executor {
                     Err(o) => return o,
                 };
                 return match driver.unfence_source().await {
-                    Ok(()) => {
-                        self.lifted
-                            .lock()
-                            .expect("lifted lock")
-                            .insert(instance.clone());
-                        self.replication_result(instance, &driver).await
-                    }
+                    Ok(()) => match self.mark_lifted(instance) {
+                        Ok(()) => self.replication_result(instance, &driver).await,
+                        Err(o) => o,
+                    },
                     Err(e @ ReplicationError::UnsafeUnfence(_)) => refused(e.to_string()),
                     Err(e) => failed(e),
                 };
@@ -548,6 +582,16 @@ impl Executor {
         }
         out
     }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new one, whole: to a
+/// temporary file beside it, fsynced, then renamed over it.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    std::io::Write::write_all(&mut file, bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
