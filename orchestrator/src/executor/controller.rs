@@ -540,6 +540,10 @@ pub struct Controller {
     slo_query_jobs: VecDeque<SloQueryJob>,
     rollback_started: BTreeMap<String, Instant>,
     phase_clocks: BTreeMap<String, PhaseClock>,
+    /// The phases of each migration whose beginning this leadership saw (it saw the migration
+    /// in an earlier phase first): everything done in them was done by this leadership, since
+    /// a transition committed in an earlier term is in the log it started from.
+    phases_begun: BTreeMap<String, Vec<Phase>>,
     stages: BTreeMap<String, &'static str>,
     dns_proposed: BTreeMap<String, DnsWeights>,
     /// When DNS gates steps: each service's latest weights asked to be checked, and how the
@@ -575,6 +579,7 @@ impl Controller {
             slo_query_jobs: VecDeque::new(),
             rollback_started: BTreeMap::new(),
             phase_clocks: BTreeMap::new(),
+            phases_begun: BTreeMap::new(),
             stages: BTreeMap::new(),
             dns_proposed: BTreeMap::new(),
             dns_checks: BTreeMap::new(),
@@ -966,13 +971,25 @@ impl Controller {
     }
 
     /// The writer's move of `id` as this leadership's operations show it: from the first fence
-    /// confirmed to the last promotion confirmed. `None` when another leader did part of it.
-    fn writer_window(&self, id: &str, to_target: bool) -> Option<Duration> {
-        let action = if to_target {
-            "promote_target"
+    /// confirmed to the last promotion confirmed. `None` when another leader may have done part
+    /// of it: this leadership did not see the beginning of the phase the move runs in (the
+    /// last cutover step, or the rollback), so a fence it sent again may have been answered
+    /// from the agent's ledger, long after the first one held the writes.
+    fn writer_window(&self, record: &MigrationRecord, to_target: bool) -> Option<Duration> {
+        let id = record.spec.id.as_str();
+        let (action, phase) = if to_target {
+            let last = record.spec.steps_percent.len().saturating_sub(1);
+            ("promote_target", Phase::CuttingOver { step: last })
         } else {
-            "promote_source"
+            ("promote_source", Phase::RollingBack)
         };
+        if !self
+            .phases_begun
+            .get(id)
+            .is_some_and(|begun| begun.contains(&phase))
+        {
+            return None;
+        }
         let prefix = format!("{id}/");
         let done_at = |stage: &str| {
             let infix = format!("/{action}/{stage}/");
@@ -1051,6 +1068,7 @@ impl Controller {
         self.ops.retain(|op, _| !op.starts_with(&prefix));
         self.rollback_started.remove(id);
         self.phase_clocks.remove(id);
+        self.phases_begun.remove(id);
         self.sizing.remove(id);
         if let Some(phase) = self.stages.remove(id) {
             self.events.push_back(Event::StageCleared {
@@ -1328,7 +1346,7 @@ impl Controller {
         };
         let decision = migration::decide_at(&record, &seen, time);
         if let Some(promoted) = decision.promoted {
-            let window = self.writer_window(id, promoted);
+            let window = self.writer_window(&record, promoted);
             self.propose(
                 ProposalKey::Migration(id.to_owned()),
                 "set_promoted",
@@ -1463,6 +1481,10 @@ impl Controller {
             .or_insert(fresh);
         if clock.phase != record.phase {
             *clock = fresh;
+            self.phases_begun
+                .entry(record.spec.id.clone())
+                .or_default()
+                .push(record.phase);
         }
         *clock
     }

@@ -458,9 +458,11 @@ fn the_same_inputs_in_the_same_order_give_the_same_outputs() {
     }
 }
 
-#[test]
-fn the_writers_move_is_measured_from_the_first_fence_to_the_last_promotion() {
-    let (mut overview, id) = overview_with(Phase::CuttingOver { step: 2 }, 1);
+/// The writer's move at the last step, fence, lag 0 and promotion each answered 20 ms after
+/// it was sent; `seen_from` is the step this leadership first saw the migration at. Returns
+/// the `SetPromoted` proposal's window and the `WriterMoved` events.
+fn writers_move_seen_from(seen_from: usize) -> (Option<u64>, Vec<(&'static str, f64)>) {
+    let (mut overview, id) = overview_with(Phase::CuttingOver { step: seen_from }, 1);
     overview
         .migrations
         .get_mut(&id)
@@ -484,6 +486,12 @@ fn the_writers_move_is_measured_from_the_first_fence_to_the_last_promotion() {
     };
     c.handle_report("eu-west", target(false), clock.now().at);
     c.handle_report("us-east", home_serving(), clock.now().at);
+    if seen_from < 2 {
+        c.handle_overview(overview.clone(), clock.advance(1));
+        drain_commands(&mut c);
+    }
+    let last = Phase::CuttingOver { step: 2 };
+    overview.migrations.get_mut(&id).expect("there").phase = last;
     // Fence, wait for lag 0, promote: one after the other, each answered 20 ms later.
     for stage in ["fence", "zero_lag", "promote"] {
         c.handle_overview(overview.clone(), clock.advance(1));
@@ -499,10 +507,14 @@ fn the_writers_move_is_measured_from_the_first_fence_to_the_last_promotion() {
     c.handle_report("eu-west", target(true), clock.advance(1).at);
     c.handle_overview(overview, clock.now());
     let proposal = c.poll_proposal().expect("the writer moved: SetPromoted");
-    assert!(matches!(
-        proposal.command,
-        Command::SetPromoted { promoted: true, .. }
-    ));
+    let Command::SetPromoted {
+        promoted: true,
+        fence_window_ms,
+        ..
+    } = proposal.command
+    else {
+        panic!("{:?}", proposal.command);
+    };
     c.handle_proposal(&proposal.key, Proposed::Applied, clock.advance(5));
     let moved: Vec<_> = std::iter::from_fn(|| c.poll_event())
         .filter_map(|e| match e {
@@ -510,10 +522,27 @@ fn the_writers_move_is_measured_from_the_first_fence_to_the_last_promotion() {
             _ => None,
         })
         .collect();
-    // Fence answered at +21 ms, promotion at +63 ms (1 ms between the rounds).
+    (fence_window_ms, moved)
+}
+
+#[test]
+fn the_writers_move_is_measured_from_the_first_fence_to_the_last_promotion() {
+    // This leadership saw the last step begin.
+    let (window, moved) = writers_move_seen_from(1);
+    // Fence answered at +22 ms, promotion at +64 ms (1 ms between the rounds).
+    assert_eq!(window, Some(42));
     assert_eq!(moved.len(), 1, "{moved:?}");
     assert_eq!(moved[0].0, "to_target");
     assert!((moved[0].1 - 0.042).abs() < 1e-9, "{moved:?}");
+}
+
+#[test]
+fn a_leadership_that_took_the_last_step_over_does_not_measure_the_writers_move() {
+    // A previous leader may have fenced the source long before this leadership's fence was
+    // answered from the agent's ledger: the window would be short by that much.
+    let (window, moved) = writers_move_seen_from(2);
+    assert_eq!(window, None);
+    assert!(moved.is_empty(), "{moved:?}");
 }
 
 /// Simulator seed 407: while the writer goes back to the source, the fence's answer is lost,
