@@ -40,6 +40,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often this node checks its own wall clock against its monotonic clock (a step) and
 /// judges the readings.
 const STEP_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest time between the two monotonic readings around a wall-clock reading for the
+/// three to be compared.
+const SKEW_READ_WITHIN: Duration = Duration::from_millis(20);
 /// A reading older than this no longer counts (the peer stopped answering).
 const FRESH_FOR: Duration = Duration::from_secs(5);
 /// Least time between two leadership transfers this node asks for: about one election, so a
@@ -242,9 +245,17 @@ impl ClockWatch {
         let mut readers: BTreeMap<u64, (SocketAddr, tokio::task::JoinHandle<()>)> = BTreeMap::new();
         let mut last_transfer: Option<Instant> = None;
         // The wall clock minus the monotonic one: it changes only when the wall clock steps
-        // (NTP slews by well under a millisecond per tick).
+        // (NTP slews by well under a millisecond per tick). The wall clock is read between two
+        // monotonic readings; when they are far apart (the process was descheduled or
+        // SIGSTOPped in between) this tick does not judge.
         let origin = Instant::now();
-        let skew = || self.clock.now_ms() as i64 - origin.elapsed().as_millis() as i64;
+        let skew = || {
+            let before = origin.elapsed();
+            let wall_ms = self.clock.now_ms() as i64;
+            let after = origin.elapsed();
+            ((after - before) < SKEW_READ_WITHIN)
+                .then(|| wall_ms - ((before + after) / 2).as_millis() as i64)
+        };
         let mut last_skew = skew();
         let mut stepped: Option<(Instant, i64)> = None;
         let mut tick = tokio::time::interval(STEP_CHECK_INTERVAL);
@@ -291,8 +302,10 @@ impl ClockWatch {
                 });
             }
             let now_skew = skew();
-            if now_skew.abs_diff(last_skew) > self.max_offset_ms {
-                let by_ms = now_skew - last_skew;
+            if let (Some(now), Some(last)) = (now_skew, last_skew)
+                && now.abs_diff(last) > self.max_offset_ms
+            {
+                let by_ms = now - last;
                 tracing::warn!(
                     by_ms,
                     "this node's wall clock stepped: it stops executing until its peers' clocks \
@@ -300,7 +313,7 @@ impl ClockWatch {
                 );
                 stepped = Some((Instant::now(), by_ms));
             }
-            last_skew = now_skew;
+            last_skew = now_skew.or(last_skew);
             let snapshot = {
                 let mut readings = readings.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some((at, _)) = stepped {
