@@ -875,6 +875,16 @@ pool_forecast_reach_secs = 90
             (
                 NodeConfig {
                     executor: ExecutorSection {
+                        max_clock_offset_ms: 0,
+                        ..ExecutorSection::default()
+                    },
+                    ..good.clone()
+                },
+                "max_clock_offset_ms must be greater than zero; leave it out for the default",
+            ),
+            (
+                NodeConfig {
+                    executor: ExecutorSection {
                         dns_servers: vec![dns.listen.unwrap(), dns.listen.unwrap()],
                         ..ExecutorSection::default()
                     },
