@@ -118,12 +118,18 @@ pub struct WriterRun {
     pub to_ms: u64,
 }
 
+/// Longest time between two accepted writes of one writer run, ms: the campaign's traffic
+/// writes many times a second, so a longer pause is the service refusing or holding writes.
+pub const RUN_PAUSE_MS: u64 = 1_000;
+
 /// One instance's write-ahead log as the runner read it: its stamped records as writer runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct InstanceWal {
     /// The instance (`region/id`), as the runner names it.
     pub instance: String,
-    /// Its stamped records, in sequence order, cut at every change of writer and at every gap.
+    /// Its stamped records, in sequence order, cut at every change of writer, at every gap in
+    /// the sequence numbers and where no write was accepted for more than [`RUN_PAUSE_MS`]
+    /// (a fence that held every write).
     pub runs: Vec<WriterRun>,
     /// Records without a stamp (written before records were stamped): not judged.
     pub unstamped: u64,
@@ -148,7 +154,12 @@ impl InstanceWal {
                 continue;
             }
             match wal.runs.last_mut() {
-                Some(run) if open && run.writer == writer && run.last_seq + 1 == seq => {
+                Some(run)
+                    if open
+                        && run.writer == writer
+                        && run.last_seq + 1 == seq
+                        && at_ms <= run.to_ms + RUN_PAUSE_MS =>
+                {
                     run.last_seq = seq;
                     run.from_ms = run.from_ms.min(at_ms);
                     run.to_ms = run.to_ms.max(at_ms);

@@ -1560,12 +1560,26 @@ async fn finish(
     let logged = report::logged_writer_move(&wals, &watched.id);
     let fence_window_ms =
         measured.map(|(_, window)| window.or(logged.map(|(_, l)| l)).unwrap_or(0));
-    let failed_in_fence_window = measured
-        .map(|(at, window)| {
+    // A rollback from the last step before the writer moved may have found the source fenced
+    // (an abort while the move waited on a paused leader): its writes paused until the
+    // rollback lifted the fence. The leader records no move then; the logs show the pause.
+    let lifted = match (measured, phases.as_slice()) {
+        (None, [.., last_step, rolling_back, ended])
+            if last_step.name == format!("cutting_over[{}]", steps.saturating_sub(1))
+                && rolling_back.name == "rolling_back" =>
+        {
+            report::logged_source_pause(&wals, &watched.id, (last_step.start, ended.start))
+        }
+        _ => None,
+    };
+    let failed_in_fence_window = match (measured, lifted) {
+        (Some((at, window)), _) => {
             let (end, len) = report::widest((at, window.unwrap_or(0)), logged);
             report::failed_in_window(&timeline, end, len)
-        })
-        .unwrap_or(0);
+        }
+        (None, Some((end, len))) => report::failed_in_window(&timeline, end, len),
+        (None, None) => 0,
+    };
     Ok(DemoReport {
         outcome,
         migration: watched.id.clone(),

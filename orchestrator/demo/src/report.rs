@@ -144,6 +144,42 @@ pub fn logged_writer_move(wals: &[InstanceWal], id: &str) -> Option<(u64, u64)> 
     Some((first_on_target, first_on_target - last_before))
 }
 
+/// The longest pause, as `(end, length)` in ms, in the writes that writers other than the
+/// shadows of migration `id` accepted, among pauses that overlap `within` (Unix ms): a fence
+/// on the source that a rollback lifted before the writer moved, as the instances' logs show
+/// it (the leader records no writer move then). `None` when there is no such pause, or when
+/// writes never resumed (that is no fence window but a service left without a writer).
+pub fn logged_source_pause(
+    wals: &[InstanceWal],
+    id: &str,
+    within: (u64, u64),
+) -> Option<(u64, u64)> {
+    let shadow = format!("{id}-");
+    let mut spans: Vec<(u64, u64)> = wals
+        .iter()
+        .flat_map(|w| &w.runs)
+        .filter(|r| !r.writer.starts_with(&shadow))
+        .map(|r| (r.from_ms, r.to_ms))
+        .collect();
+    spans.sort_unstable();
+    // Replicas log the same records: merge the spans, then read the pauses between them.
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (from, to) in spans {
+        match merged.last_mut() {
+            Some(last) if from <= last.1 + umbra_chaos::campaign::RUN_PAUSE_MS => {
+                last.1 = last.1.max(to)
+            }
+            _ => merged.push((from, to)),
+        }
+    }
+    merged
+        .windows(2)
+        .map(|pair| (pair[0].1, pair[1].0))
+        .filter(|(paused, resumed)| *paused <= within.1 && *resumed >= within.0)
+        .max_by_key(|(paused, resumed)| resumed - paused)
+        .map(|(paused, resumed)| (resumed, resumed - paused))
+}
+
 /// The window, as `(end, length)` in ms, that covers both `window` and `other`.
 pub fn widest(window: (u64, u64), other: Option<(u64, u64)>) -> (u64, u64) {
     let Some(other) = other else {
@@ -480,7 +516,9 @@ pub struct DemoReport {
     pub fence_window_ms: Option<u64>,
     /// Failed requests in the traffic seconds that overlap the fence window, or the logs'
     /// window when it is wider (a leader that took over a move half done measures only its
-    /// own part), counted apart; `requests_failed` includes them.
+    /// own part), counted apart; `requests_failed` includes them. When a rollback from the
+    /// last step lifted the source's fence before the writer moved, the window is the pause
+    /// the logs show in the source's writes during that step and the rollback.
     pub failed_in_fence_window: u64,
     /// Requests by front over the run.
     pub by_front: BTreeMap<String, u64>,
@@ -809,6 +847,41 @@ mod tests {
         // No shadow of that migration ever wrote.
         assert_eq!(logged_writer_move(&wals, "shop-2"), None);
         assert_eq!(logged_writer_move(&wals[1..2], "shop-1"), None);
+    }
+
+    #[test]
+    fn the_logs_show_a_lifted_fence_as_a_pause_in_the_sources_writes() {
+        let wals = [
+            // The source's primary: fenced from 17,000 to 21,000, then writing again.
+            wal(
+                "us-east/shop-us-east-1",
+                &[
+                    ("shop-us-east-1", 1_000, 17_000),
+                    ("shop-us-east-1", 21_000, 25_000),
+                ],
+            ),
+            // A replica saw the same records, the last ones a little later.
+            wal(
+                "us-east/shop-us-east-2",
+                &[
+                    ("shop-us-east-1", 1_000, 16_950),
+                    ("shop-us-east-1", 21_000, 24_000),
+                ],
+            ),
+            // The shadow replicated the source's writes until the rollback.
+            wal("eu-west/shop-1-1", &[("shop-us-east-1", 1_000, 17_000)]),
+        ];
+        assert_eq!(
+            logged_source_pause(&wals, "shop-1", (16_000, 22_000)),
+            Some((21_000, 4_000))
+        );
+        // A pause outside the last step and the rollback is not that fence.
+        assert_eq!(logged_source_pause(&wals, "shop-1", (22_000, 30_000)), None);
+        // Writes that never resumed are no fence window.
+        assert_eq!(
+            logged_source_pause(&wals[2..], "shop-1", (16_000, 22_000)),
+            None
+        );
     }
 
     #[test]
