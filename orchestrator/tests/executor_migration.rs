@@ -36,6 +36,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
+use umbra_agent::agent::Agent;
 use umbra_orchestrator::migration::{DEFAULT_STEPS_PERCENT, Phase};
 use umbra_orchestrator::state::AuditEvent;
 use umbra_proto::agent::InstanceState;
@@ -95,20 +96,11 @@ async fn a_failing_target_at_the_50_percent_step_rolls_back() -> anyhow::Result<
     let client = Client::start(world.regions[SOURCE].front);
     let id = world.migrate().await?;
     let target = world.regions[TARGET].agent.clone();
-    let http = reqwest::Client::new();
     let phases = world
         .follow(&id, async |phase| {
             if phase == (Phase::CuttingOver { step: 1 }) {
                 // The target's sample instances start failing every request.
-                for instance in target.executor().provider().list().await {
-                    if let Some(addr) = instance.addr {
-                        http.post(format!("http://{addr}/admin/fault"))
-                            .json(&serde_json::json!({ "error_rate": 1.0 }))
-                            .send()
-                            .await?
-                            .error_for_status()?;
-                    }
-                }
+                fail_every_request(&target, "").await?;
             }
             Ok(())
         })
@@ -296,22 +288,13 @@ async fn a_way_back_rolled_back_after_its_writer_moved_hands_the_writer_back() -
     let client = Client::start(world.regions[TARGET].front);
     let back = world.migrate_between(TARGET, SOURCE).await?;
     let home = world.regions[SOURCE].agent.clone();
-    let http = reqwest::Client::new();
     let last = Phase::CuttingOver {
         step: DEFAULT_STEPS_PERCENT.len() - 1,
     };
     let phases = world
         .follow(&back, async |phase| {
             if phase == last {
-                for instance in home.executor().provider().list().await {
-                    if let (true, Some(addr)) = (instance.id.starts_with(&back), instance.addr) {
-                        http.post(format!("http://{addr}/admin/fault"))
-                            .json(&serde_json::json!({ "error_rate": 1.0 }))
-                            .send()
-                            .await?
-                            .error_for_status()?;
-                    }
-                }
+                fail_every_request(&home, &back).await?;
             }
             Ok(())
         })
@@ -362,6 +345,22 @@ async fn a_way_back_rolled_back_after_its_writer_moved_hands_the_writer_back() -
         written.len(),
         missing.first()
     );
+    Ok(())
+}
+
+/// Makes every sample instance of `agent` whose id starts with `prefix` fail every request
+/// (its fault switch).
+async fn fail_every_request(agent: &Agent, prefix: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    for instance in agent.executor().provider().list().await {
+        if let (true, Some(addr)) = (instance.id.starts_with(prefix), instance.addr) {
+            http.post(format!("http://{addr}/admin/fault"))
+                .json(&serde_json::json!({ "error_rate": 1.0 }))
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+    }
     Ok(())
 }
 
