@@ -405,9 +405,12 @@ struct Operation {
     backoff: Duration,
     state: OpState,
     kind: &'static str,
-    /// Given up after `max_attempts` failed answers in this leadership (a later leader tries
-    /// again). Not a rollback's: it has no deadline to hand the migration to an operator, so
-    /// it is retried at the backoff's cap until it is done.
+    /// Paused for [`CAPPED_PAUSE_FACTOR`] times the backoff's cap after every `max_attempts`
+    /// failed answers, then tried again: a fault that outlasts a few quick retries (a full
+    /// disk, an agent restarting) must not stall the step until its deadline, and a command
+    /// refused for good costs one attempt per pause. Not a rollback's: it has no deadline to
+    /// hand the migration to an operator, so it is retried at the backoff's cap until it is
+    /// done.
     capped: bool,
 }
 
@@ -684,8 +687,18 @@ impl Controller {
                 if new_id {
                     op.attempt += 1;
                 }
+                let pause = if op.capped && new_id && op.attempt % self.config.max_attempts == 0 {
+                    tracing::info!(
+                        operation,
+                        attempts = op.attempt,
+                        "failed every attempt so far: pausing before the next ones"
+                    );
+                    self.config.retry_max * CAPPED_PAUSE_FACTOR
+                } else {
+                    op.backoff
+                };
                 op.state = OpState::Wait {
-                    until: now.at + op.backoff,
+                    until: now.at + pause,
                 };
                 op.backoff = (op.backoff * 2).min(self.config.retry_max);
             }
@@ -955,7 +968,6 @@ impl Controller {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.ops
             .values()
-            .filter(|op| !op.capped || op.attempt < self.config.max_attempts)
             .filter_map(|op| match op.state {
                 OpState::Wait { until } if until > self.now.at => Some(until),
                 _ => None,
@@ -1704,13 +1716,14 @@ impl Controller {
     }
 
     /// Makes `command` hold: sends it unless it succeeded (and was not undone since), is in
-    /// flight, waits for its backoff, depends on an operation that has not succeeded yet, or
-    /// ran out of attempts.
+    /// flight, waits for its backoff (or its pause after failing `max_attempts` times), or
+    /// depends on an operation that has not succeeded yet.
     fn ensure(&mut self, command: DueCommand, timeout: Duration) {
         self.ensure_with(command, timeout, true);
     }
 
-    /// [`Controller::ensure`], given up after `max_attempts` failed answers only if `capped`.
+    /// [`Controller::ensure`], paused after every `max_attempts` failed answers only if
+    /// `capped`.
     fn ensure_with(&mut self, command: DueCommand, timeout: Duration, capped: bool) {
         let now = self.now.at;
         if let Some(after) = &command.after
@@ -1753,9 +1766,6 @@ impl Controller {
             OpState::Wait { until } if until > now => return,
             OpState::Wait { .. } => {}
         }
-        if op.capped && op.attempt >= self.config.max_attempts {
-            return;
-        }
         op.state = OpState::InFlight;
         let op_id = op.id(&command.op_id);
         tracing::debug!(%op_id, attempt = op.attempt, region = %command.region, "sending");
@@ -1772,6 +1782,10 @@ impl Controller {
         });
     }
 }
+
+/// A capped operation that failed `max_attempts` times in a row waits this many times the
+/// backoff's cap before its next attempts.
+const CAPPED_PAUSE_FACTOR: u32 = 4;
 
 /// How long a pool without usable history waits before it asks for a forecast again.
 const FORECAST_RETRY_MS: u64 = 60_000;

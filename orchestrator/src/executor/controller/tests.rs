@@ -545,6 +545,69 @@ fn a_leadership_that_took_the_last_step_over_does_not_measure_the_writers_move()
     assert!(moved.is_empty(), "{moved:?}");
 }
 
+/// Campaign seed 161: the source's disk was full when the writer's move fenced it. The fence
+/// failed five times within three seconds; it then pauses, and is asked again after the pause,
+/// instead of waiting for the step's deadline.
+#[test]
+fn a_fence_that_keeps_failing_pauses_and_is_asked_again() {
+    let (mut overview, id) = overview_with(Phase::CuttingOver { step: 2 }, 1);
+    overview
+        .migrations
+        .get_mut(&id)
+        .expect("there")
+        .spec
+        .steps_percent = vec![10, 50, 100];
+    let shadow = format!("{id}-1");
+    let mut clock = Clock::new();
+    let mut c = Controller::new(config(), 3, clock.now());
+    let target = AgentReport {
+        replication: vec![umbra_proto::agent::ReplicationReport {
+            instance: shadow.clone(),
+            source: "http://127.0.0.1:1".to_owned(),
+            source_position: 10,
+            target_position: 10,
+            source_fenced: false,
+            promoted: false,
+        }],
+        ..report("eu-west", vec![instance(&shadow, InstanceState::Active)])
+    };
+    c.handle_report("eu-west", target, clock.now().at);
+    c.handle_report("us-east", home_serving(), clock.now().at);
+    let fences = |sent: &[Outgoing]| -> Vec<Outgoing> {
+        sent.iter()
+            .filter(|o| o.operation.contains("/promote_target/fence/"))
+            .cloned()
+            .collect()
+    };
+    let full = CommandOutcome::Failed {
+        reason: "write-ahead log failed: data directory full".to_owned(),
+    };
+    let mut asked = 0;
+    // Rounds every 100 ms for 10 s: the fence fails each time it is asked.
+    for _ in 0..100 {
+        c.handle_overview(overview.clone(), clock.advance(100));
+        for o in fences(&drain_commands(&mut c)) {
+            asked += 1;
+            c.handle_outcome(
+                &o.operation,
+                Delivery::Answered(full.clone()),
+                clock.advance(1),
+            );
+        }
+    }
+    assert_eq!(asked, 5, "five quick attempts, then the pause");
+    // The pause is four times the backoff's cap (5 s): 20 s after the fifth failure.
+    let mut again = 0;
+    for _ in 0..150 {
+        c.handle_overview(overview.clone(), clock.advance(100));
+        again += fences(&drain_commands(&mut c)).len();
+        if again > 0 {
+            break;
+        }
+    }
+    assert_eq!(again, 1, "asked again after the pause");
+}
+
 /// Simulator seed 407: while the writer goes back to the source, the fence's answer is lost,
 /// then the wait for lag 0, and the promoted shadow crashes. The hand-back outlasts the 30 s
 /// rollback deadline, yet it is not given up (a Failed migration would leave the source
