@@ -6,7 +6,11 @@
 //! umbra-sample --listen 127.0.0.1:0 --data-dir DIR [--port-file FILE]
 //!              [--backing-latency-ms 30] [--cache-capacity 100000]
 //!              [--fsync always|never] [--replica-of http://HOST:PORT] [--name NAME]
+//!              [--postgres CONNINFO]
 //! ```
+//! `--postgres` keeps the data in the database `umbra_<name>` on that PostgreSQL server
+//! (created if missing) and replicates with PostgreSQL's logical replication
+//! (`umbra_agent::sample::postgres`).
 //! `--name` (or `UMBRA_INSTANCE_ID`, which the agent's providers set) is stamped on every
 //! write the instance accepts from a client, in its write-ahead log.
 //! The first line on stdout is `umbra-sample listening on ADDR`; with `--port-file` the bound
@@ -58,6 +62,10 @@ struct Args {
     /// This instance's name, stamped on every write it accepts (default: the data directory).
     #[arg(long, env = "UMBRA_INSTANCE_ID")]
     name: Option<String>,
+    /// Keep the data in PostgreSQL: the server's conninfo, such as
+    /// "host=127.0.0.1 port=5432 user=postgres" (no password).
+    #[arg(long, env = "UMBRA_SAMPLE_POSTGRES")]
+    postgres: Option<String>,
 }
 
 #[tokio::main]
@@ -74,6 +82,7 @@ async fn run() -> anyhow::Result<()> {
     config.fsync = args.fsync;
     config.max_value_bytes = args.max_value_bytes;
     config.replica_of = args.replica_of;
+    config.postgres = args.postgres;
     if let Some(name) = args.name {
         config.name = name;
     }

@@ -28,7 +28,8 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Starts the follower task if the instance is a replica and none is running.
 pub(super) fn ensure_running(shared: &Arc<Shared>) {
-    if !matches!(*shared.mode.borrow(), Mode::Replica { .. }) {
+    // In PostgreSQL mode the database's subscription follows the source.
+    if shared.pg.is_some() || !matches!(*shared.mode.borrow(), Mode::Replica { .. }) {
         return;
     }
     let mut slot = shared.follower.lock().expect("follower lock");

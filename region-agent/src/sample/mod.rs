@@ -7,7 +7,9 @@
 //! they are acknowledged, each stamped with the name of the instance that accepted it and
 //! when ([`SampleConfig::name`]); a primary ships its log to a replica that pulls from an offset
 //! ([`follower`]); a fence makes a primary read-only for a cutover, and `promote` makes a
-//! replica the writer. A fault switch adds errors and latency for drills.
+//! replica the writer. A fault switch adds errors and latency for drills. With
+//! [`SampleConfig::postgres`] it keeps its data in PostgreSQL instead, and replicates with
+//! PostgreSQL's logical replication behind the same API ([`postgres`]).
 //!
 //! HTTP API (all JSON unless noted):
 //! - `GET /kv/{key}` → the value as text, 404 when absent; `PUT /kv/{key}` (body: the value as
@@ -37,6 +39,7 @@
 //! (bodies, batches and waits are capped).
 
 pub mod follower;
+pub mod postgres;
 pub mod wal;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -59,6 +62,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use postgres::{PgError, PgStatus, PgStore};
 use wal::{FsyncPolicy, Wal, WalError, WalRecord};
 
 /// Default backing-store latency of a cold read: 30 ms, the middle of the 20–50 ms a
@@ -106,6 +110,9 @@ pub struct SampleConfig {
     /// ([`WalRecord::writer`]). Defaults to the data directory, which no two instances on one
     /// machine share; the agent's providers pass the instance id.
     pub name: String,
+    /// Keep the data in PostgreSQL instead of the WAL: the conninfo of the region's server
+    /// (see [`postgres`]); the instance's database is named after [`SampleConfig::name`].
+    pub postgres: Option<String>,
 }
 
 impl SampleConfig {
@@ -118,6 +125,7 @@ impl SampleConfig {
             fsync: FsyncPolicy::Always,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             replica_of: None,
+            postgres: None,
             name: data_dir.display().to_string(),
             data_dir,
         }
@@ -140,6 +148,13 @@ impl SampleConfig {
         }
         if let Some(src) = &self.replica_of {
             check_source_url(src).map_err(SampleError::Config)?;
+            if self.postgres.is_some() {
+                return bad(
+                    "--replica-of takes the write-ahead log's shipping; with --postgres \
+                     start the instance alone and POST /admin/follow"
+                        .into(),
+                );
+            }
         }
         if self.name.is_empty() || self.name.len() > MAX_NAME_BYTES {
             return bad(format!(
@@ -184,6 +199,9 @@ pub enum SampleError {
         /// The parse error.
         reason: String,
     },
+    /// The PostgreSQL database could not be set up.
+    #[error(transparent)]
+    Postgres(#[from] PgError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -267,6 +285,9 @@ pub struct SampleStatus {
     pub cached_keys: usize,
     /// The fault switch.
     pub fault: FaultSwitch,
+    /// The instance's database, in PostgreSQL mode (where `last_seq` is a WAL position).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PgStatus>,
 }
 
 /// An answer of `GET /wal`.
@@ -411,6 +432,9 @@ pub enum WriteRefused {
     /// again once there is room.
     #[error("{0}")]
     DiskFull(String),
+    /// PostgreSQL failed or refused the change; nothing of it was kept.
+    #[error("PostgreSQL: {0}")]
+    Store(String),
     /// The task that writes the log is gone (the instance is shutting down).
     #[error("the WAL writer has stopped")]
     WriterStopped,
@@ -495,6 +519,8 @@ struct Shared {
     /// Client for writes passed on to the writer.
     http: reqwest::Client,
     metrics: SampleMetrics,
+    /// The database, in PostgreSQL mode (then the store, the log and the WAL are unused).
+    pg: Option<Arc<PgStore>>,
 }
 
 /// A running sample service.
@@ -513,7 +539,17 @@ impl SampleServer {
             path: config.data_dir.clone(),
             source,
         })?;
-        let (wal, records) = Wal::open(&config.data_dir, config.fsync)?;
+        let pg = match &config.postgres {
+            Some(conninfo) => Some(Arc::new(PgStore::open(conninfo, &config.name).await?)),
+            None => None,
+        };
+        let (wal, records) = match pg {
+            Some(_) => (None, Vec::new()),
+            None => {
+                let (wal, records) = Wal::open(&config.data_dir, config.fsync)?;
+                (Some(wal), records)
+            }
+        };
         let mut mode = read_mode(&config.data_dir)?;
         if let Some(src) = &config.replica_of {
             mode = Mode::Replica {
@@ -525,7 +561,7 @@ impl SampleServer {
         for r in &records {
             apply(&mut store, r);
         }
-        let last = wal.last_seq();
+        let last = wal.as_ref().map_or(0, Wal::last_seq);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| SampleError::Bind {
@@ -560,16 +596,23 @@ impl SampleServer {
                 .build()
                 .map_err(|e| SampleError::Config(format!("HTTP client: {e}")))?,
             metrics,
+            pg: pg.clone(),
         });
-        {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("umbra-sample-wal".into())
-                .spawn(move || run_writer(shared, wal, mode, writer_rx))
-                .map_err(|source| SampleError::DataDir {
-                    path: PathBuf::from("<wal writer thread>"),
-                    source,
-                })?;
+        match (wal, pg) {
+            (Some(wal), _) => {
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name("umbra-sample-wal".into())
+                    .spawn(move || run_writer(shared, wal, mode, writer_rx))
+                    .map_err(|source| SampleError::DataDir {
+                        path: PathBuf::from("<wal writer thread>"),
+                        source,
+                    })?;
+            }
+            (None, Some(pg)) => {
+                tokio::spawn(run_pg_writer(shared.clone(), pg, mode, writer_rx));
+            }
+            (None, None) => unreachable!("a WAL is opened unless PostgreSQL keeps the data"),
         }
         follower::ensure_running(&shared);
         let app = router(shared.clone());
@@ -757,6 +800,140 @@ fn run_writer(
     }
 }
 
+/// A client write waiting for the PostgreSQL writer's transaction: key, value (`None`:
+/// delete), and where its answer goes.
+type PendingWrite = (
+    (String, Option<String>),
+    oneshot::Sender<Result<u64, WriteRefused>>,
+);
+
+/// The writer in PostgreSQL mode: the same order as [`run_writer`] (client writes grouped
+/// into one transaction, every mode change after the writes received before it), with the
+/// database doing what the WAL and the follower do otherwise.
+async fn run_pg_writer(
+    shared: Arc<Shared>,
+    pg: Arc<PgStore>,
+    mut mode: Mode,
+    mut rx: mpsc::Receiver<WriterMsg>,
+) {
+    let mut batch: Vec<PendingWrite> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                WriterMsg::Client { key, value, ack } => {
+                    if mode == Mode::Primary {
+                        batch.push(((key, value), ack));
+                    } else {
+                        let _ = ack.send(Err(WriteRefused::ReadOnly(mode.name())));
+                    }
+                }
+                WriterMsg::Replicated { ack, .. } => {
+                    let _ = ack.send(Err(WriteRefused::ReadOnly("postgres")));
+                }
+                WriterMsg::SetMode { action, ack } => {
+                    pg_flush(&shared, &pg, &mut batch).await;
+                    let r = match action.apply(&mode) {
+                        Ok(new) => {
+                            pg_transition(&shared, &pg, &mode, &action)
+                                .await
+                                .and_then(|()| {
+                                    write_mode(&shared.config.data_dir, &new)
+                                        .map_err(|e| WriteRefused::Failed(e.to_string()))?;
+                                    Ok(new)
+                                })
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if let Ok(new) = &r {
+                        mode = new.clone();
+                        shared.mode.send_replace(new.clone());
+                    }
+                    let _ = ack.send(r);
+                }
+            }
+            if batch.len() < MAX_GROUP_COMMIT {
+                next = rx.try_recv().ok();
+            }
+        }
+        pg_flush(&shared, &pg, &mut batch).await;
+    }
+}
+
+/// What a mode change does in the database (see [`postgres`]).
+async fn pg_transition(
+    shared: &Shared,
+    pg: &PgStore,
+    from: &Mode,
+    action: &ModeAction,
+) -> Result<(), WriteRefused> {
+    let store = |e: PgError| WriteRefused::Store(e.to_string());
+    match (action, from) {
+        (ModeAction::Fence, Mode::Primary) => pg.fence().await.map_err(store),
+        (ModeAction::Unfence, Mode::Fenced) => pg.unfence().await.map_err(store),
+        (ModeAction::Follow(source), _) => {
+            let url = format!("{source}/admin/status");
+            let upstream: SampleStatus = async {
+                shared
+                    .http
+                    .get(&url)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await
+            }
+            .await
+            .map_err(|e| WriteRefused::Store(format!("{url}: {e}")))?;
+            let Some(upstream) = upstream.postgres else {
+                return Err(WriteRefused::Store(format!(
+                    "{source} keeps its data in a write-ahead log, not PostgreSQL: both sides \
+                     of a replication must run with --postgres"
+                )));
+            };
+            pg.follow(&upstream).await.map_err(store)
+        }
+        (ModeAction::Unfollow, Mode::Replica { .. }) => pg.unfollow().await.map_err(store),
+        (ModeAction::Promote, Mode::Replica { .. }) => pg.promote().await.map_err(store),
+        _ => Ok(()),
+    }
+}
+
+/// Commits the grouped client writes in one transaction and answers each.
+async fn pg_flush(shared: &Shared, pg: &PgStore, batch: &mut Vec<PendingWrite>) {
+    if batch.is_empty() {
+        return;
+    }
+    let writes: Vec<(String, Option<String>)> = batch.iter().map(|(w, _)| w.clone()).collect();
+    match pg.write(&writes, &shared.config.name).await {
+        Ok(seqs) => {
+            {
+                let mut cache = shared.cache.lock().expect("cache lock");
+                for (key, _) in &writes {
+                    cache.insert(key);
+                }
+            }
+            if let Some(last) = seqs.iter().max() {
+                shared.metrics.wal_last_seq.set(*last as i64);
+                shared.last_seq.send_replace(*last);
+            }
+            for ((_, ack), seq) in batch.drain(..).zip(seqs) {
+                let _ = ack.send(Ok(seq));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, writes = batch.len(), "PostgreSQL refused the writes");
+            for (_, ack) in batch.drain(..) {
+                let refusal = match &e {
+                    PgError::ReadOnly => WriteRefused::ReadOnly("fenced"),
+                    other => WriteRefused::Store(other.to_string()),
+                };
+                let _ = ack.send(Err(refusal));
+            }
+        }
+    }
+}
+
 fn flush(
     shared: &Shared,
     wal: &mut Wal,
@@ -910,7 +1087,13 @@ async fn get_kv(State(shared): State<Arc<Shared>>, UrlPath(key): UrlPath<String>
             tokio::time::sleep(Duration::from_millis(shared.config.backing_latency_ms)).await;
             shared.cache.lock().expect("cache lock").insert(&key);
         }
-        let value = shared.store.read().expect("store lock").get(&key).cloned();
+        let value = match &shared.pg {
+            Some(pg) => match pg.read(&key).await {
+                Ok(value) => value,
+                Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+            },
+            None => shared.store.read().expect("store lock").get(&key).cloned(),
+        };
         match value {
             Some(v) => (StatusCode::OK, v).into_response(),
             None => error(StatusCode::NOT_FOUND, format!("no key {key:?}")),
@@ -1002,6 +1185,7 @@ fn write_response(result: Result<u64, WriteRefused>) -> Response {
         Err(e @ WriteRefused::ReadOnly(_)) => read_only(e),
         Err(e @ WriteRefused::WriterStopped) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         Err(e @ WriteRefused::DiskFull(_)) => error(StatusCode::INSUFFICIENT_STORAGE, e),
+        Err(e @ WriteRefused::Store(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
@@ -1124,15 +1308,36 @@ fn current_status(shared: &Shared) -> SampleStatus {
         keys: shared.store.read().expect("store lock").len(),
         cached_keys: shared.cache.lock().expect("cache lock").keys.len(),
         fault: *shared.fault.lock().expect("fault lock"),
+        postgres: None,
     }
 }
 
-async fn status(State(shared): State<Arc<Shared>>) -> Json<SampleStatus> {
-    Json(current_status(&shared))
+/// The status, with the database's position, keys and endpoint in PostgreSQL mode.
+async fn full_status(shared: &Shared) -> Result<SampleStatus, PgError> {
+    let mut status = current_status(shared);
+    if let Some(pg) = &shared.pg {
+        status.last_seq = pg.position(status.mode == Mode::Fenced).await?;
+        status.keys = pg.keys().await?;
+        status.postgres = Some(pg.status().await?);
+    }
+    Ok(status)
 }
 
-async fn dump(State(shared): State<Arc<Shared>>) -> Json<HashMap<String, String>> {
-    Json(shared.store.read().expect("store lock").clone())
+async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    match full_status(&shared).await {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn dump(State(shared): State<Arc<Shared>>) -> Response {
+    match &shared.pg {
+        Some(pg) => match pg.dump().await {
+            Ok(rows) => Json(rows.into_iter().collect::<HashMap<_, _>>()).into_response(),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        },
+        None => Json(shared.store.read().expect("store lock").clone()).into_response(),
+    }
 }
 
 async fn set_fault(State(shared): State<Arc<Shared>>, Json(fault): Json<FaultSwitch>) -> Response {
@@ -1202,7 +1407,7 @@ async fn mode_change(State(shared): State<Arc<Shared>>, action: ModeAction) -> R
                     let _ = h.await;
                 }
             }
-            Json(current_status(&shared)).into_response()
+            status(State(shared)).await
         }
         Err(e @ WriteRefused::BadTransition { .. }) => error(StatusCode::CONFLICT, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -1241,10 +1446,16 @@ async fn fence(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Re
     {
         return error(StatusCode::BAD_REQUEST, e);
     }
+    // Named before the fence takes effect: a write refused by the fence must find where to
+    // go at once, not in the moment between the fence and this handler's answer.
+    let writer = request.writer.map(|w| w.trim_end_matches('/').to_owned());
+    let before = std::mem::replace(
+        &mut *shared.fence_writer.lock().expect("fence lock"),
+        writer,
+    );
     let response = mode_change(State(shared.clone()), ModeAction::Fence).await;
-    if response.status().is_success() {
-        let writer = request.writer.map(|w| w.trim_end_matches('/').to_owned());
-        *shared.fence_writer.lock().expect("fence lock") = writer;
+    if !response.status().is_success() {
+        *shared.fence_writer.lock().expect("fence lock") = before;
     }
     response
 }
@@ -1257,7 +1468,7 @@ async fn follow(State(shared): State<Arc<Shared>>, Json(req): Json<FollowRequest
     match set_mode(&shared, ModeAction::Follow(source)).await {
         Ok(_) => {
             follower::ensure_running(&shared);
-            Json(current_status(&shared)).into_response()
+            status(State(shared)).await
         }
         Err(e @ WriteRefused::BadTransition { .. }) => error(StatusCode::CONFLICT, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
