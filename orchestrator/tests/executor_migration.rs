@@ -277,7 +277,23 @@ async fn a_second_migration_brings_the_service_back_home() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_way_back_rolled_back_after_its_writer_moved_hands_the_writer_back() -> anyhow::Result<()>
 {
-    let world = World::start(1).await?;
+    hand_the_writer_back(World::start(1).await?).await
+}
+
+/// The same way back with the data in PostgreSQL (a server per region, the sample's
+/// PostgreSQL mode): the writer moves to the target by logical replication, and back through
+/// the slot the target made at its promotion; every acknowledged write reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_way_back_rolled_back_after_its_writer_moved_loses_no_write()
+-> anyhow::Result<()> {
+    hand_the_writer_back(World::start_on_postgres(1).await?).await
+}
+
+/// Completes a migration to the target under traffic, then a way back whose shadows (the
+/// source's new instances) fail every request from its last step: it rolls back after the
+/// writer moved, the writer is handed back to the target, which takes writes again, and
+/// every acknowledged write of all three stretches reads back.
+async fn hand_the_writer_back(world: World) -> anyhow::Result<()> {
     world.wait_source_serving().await?;
     let outbound = Client::start(world.regions[SOURCE].front);
     let there = world.migrate().await?;

@@ -432,6 +432,8 @@ pub struct World {
     pub regions: BTreeMap<&'static str, Region>,
     stop_agents: CancellationToken,
     cluster: Cluster,
+    /// Each region's PostgreSQL server, when the instances keep their data there.
+    _databases: Vec<umbra_testkit::postgres::PostgresProcess>,
 }
 
 impl Drop for World {
@@ -461,6 +463,22 @@ impl World {
         environment: NodeEnvironment,
         edit: impl FnOnce(&mut Plan),
     ) -> anyhow::Result<World> {
+        Self::start_full(nodes, environment, edit, false).await
+    }
+
+    /// [`World::start`] with each region's instances keeping their data on a PostgreSQL
+    /// server of the region's (`[provider] postgres`), the replication lag bounded in bytes.
+    pub async fn start_on_postgres(nodes: u64) -> anyhow::Result<World> {
+        let edit = |plan: &mut Plan| plan.services[0].max_replication_lag = 1 << 20;
+        Self::start_full(nodes, NodeEnvironment::default(), edit, true).await
+    }
+
+    async fn start_full(
+        nodes: u64,
+        environment: NodeEnvironment,
+        edit: impl FnOnce(&mut Plan),
+        postgres: bool,
+    ) -> anyhow::Result<World> {
         let sample = umbra_testkit::binary("umbra-sample")?;
         let cluster = Cluster::start(nodes, environment).await?;
         write_history(cluster.demand_dir())?;
@@ -470,17 +488,23 @@ impl World {
             regions: BTreeMap::new(),
             stop_agents: CancellationToken::new(),
             cluster,
+            _databases: Vec::new(),
         };
         // The agents, each with its front, following the leader over QUIC.
         for region in [SOURCE, TARGET] {
             let state = world.dir().join(region);
             std::fs::create_dir_all(&state)?;
             let reaper = Reaper::new(ENV_PROVIDER_STATE, &state);
-            let provider = Provider::open(
-                ProcessRuntime::new(ProcessConfig::sample(sample.clone(), 5), &state)?,
-                &state,
-            )
-            .await?;
+            let conninfo = if postgres {
+                let server = umbra_testkit::postgres::PostgresProcess::start().await?;
+                let conninfo = server.conninfo();
+                world._databases.push(server);
+                Some(conninfo)
+            } else {
+                None
+            };
+            let config = ProcessConfig::sample(sample.clone(), 5, conninfo.as_deref());
+            let provider = Provider::open(ProcessRuntime::new(config, &state)?, &state).await?;
             // The region's front as `umbra-agent run` starts it: `umbra-agent front`, a process
             // of its own on a port the kernel chooses (stopped with the instances by the reaper).
             let section = FrontSection {

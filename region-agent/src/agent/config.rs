@@ -21,6 +21,7 @@
 //! backing_latency_ms = 30
 //! # sample_binary = "/usr/local/bin/umbra-sample"   (process; default: next to umbra-agent)
 //! # image = "umbra-sample:local"                    (docker)
+//! # postgres = "host=127.0.0.1 port=5432 user=postgres"  (process: data in PostgreSQL)
 //! ```
 
 use std::net::SocketAddr;
@@ -84,6 +85,11 @@ pub struct ProviderSection {
     /// from the forecast when the service declares `instance_limits`).
     #[serde(default)]
     pub initial_limits: Option<umbra_proto::agent::InstanceLimits>,
+    /// The region's PostgreSQL server (a conninfo without a password): the sample instances
+    /// keep their data there, one database each, and replicate with PostgreSQL's logical
+    /// replication (process provider).
+    #[serde(default)]
+    pub postgres: Option<String>,
 }
 
 fn default_kind() -> String {
@@ -101,6 +107,7 @@ impl Default for ProviderSection {
             sample_binary: None,
             image: None,
             initial_limits: None,
+            postgres: None,
         }
     }
 }
@@ -357,6 +364,17 @@ impl AgentConfig {
                 "provider.backing_latency_ms must be at most 60000".into(),
             ));
         }
+        if let Some(conninfo) = &self.provider.postgres {
+            crate::sample::postgres::parse_conninfo(conninfo)
+                .map_err(|e| ConfigError::Invalid(format!("provider.postgres: {e}")))?;
+            if self.provider_kind()? != ProviderKind::Process {
+                return Err(ConfigError::Invalid(
+                    "provider.postgres runs the sample instances on PostgreSQL, which only the \
+                     process provider does; remove it or use kind = \"process\""
+                        .into(),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -405,7 +423,11 @@ pub async fn build_provider(
                 .clone()
                 .unwrap_or_else(sample_binary_next_to_exe);
             let runtime = ProcessRuntime::new(
-                ProcessConfig::sample(binary, section.backing_latency_ms),
+                ProcessConfig::sample(
+                    binary,
+                    section.backing_latency_ms,
+                    section.postgres.as_deref(),
+                ),
                 state_dir,
             )?;
             AnyProvider::Process(Provider::open(runtime, state_dir).await?)
@@ -460,6 +482,29 @@ mod tests {
         ))
         .unwrap();
         config.validate().map(|()| config)
+    }
+
+    #[test]
+    fn a_postgres_server_is_checked_and_only_for_the_process_provider() {
+        let with = |provider: &str| {
+            let text =
+                format!("region = \"eu-west\"\nstate_dir = \"/tmp/x\"\n[provider]\n{provider}");
+            toml::from_str::<AgentConfig>(&text).unwrap().validate()
+        };
+        with("postgres = \"host=127.0.0.1 port=5432 user=postgres\"\n").unwrap();
+        let error = with("postgres = \"host=127.0.0.1 password=hunter2\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("password") && !error.contains("hunter2"),
+            "{error}"
+        );
+        let error = with("postgres = \"port=5432\"\n").unwrap_err().to_string();
+        assert!(error.contains("host"), "{error}");
+        let error = with("kind = \"docker\"\npostgres = \"host=127.0.0.1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("process"), "{error}");
     }
 
     #[test]

@@ -605,8 +605,11 @@ mod tests {
     #[tokio::test]
     async fn concurrent_commands_keep_every_replication_in_a_whole_file() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime =
-            ProcessRuntime::new(ProcessConfig::sample("/bin/true".into(), 1), dir.path()).unwrap();
+        let runtime = ProcessRuntime::new(
+            ProcessConfig::sample("/bin/true".into(), 1, None),
+            dir.path(),
+        )
+        .unwrap();
         let provider = AnyProvider::Process(Provider::open(runtime, dir.path()).await.unwrap());
         let executor = Executor::new(provider, None).kept_in(dir.path()).unwrap();
         const THREADS: usize = 8;

@@ -130,6 +130,7 @@ async fn run() -> anyhow::Result<()> {
                 sample_binary,
                 image: None,
                 initial_limits: None,
+                postgres: None,
             };
             let provider = build_provider(kind, &state_dir, &owner, &section).await?;
             if !provision.is_empty() {

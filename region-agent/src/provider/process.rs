@@ -48,23 +48,28 @@ pub struct ProcessConfig {
 }
 
 impl ProcessConfig {
-    /// Runs the sample service at `sample_binary` with the given backing latency.
-    pub fn sample(sample_binary: PathBuf, backing_latency_ms: u64) -> Self {
+    /// Runs the sample service at `sample_binary` with the given backing latency, keeping its
+    /// data in PostgreSQL on the server `postgres` names, if given (`--postgres`).
+    pub fn sample(sample_binary: PathBuf, backing_latency_ms: u64, postgres: Option<&str>) -> Self {
+        let mut args: Vec<String> = [
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "{data_dir}",
+            "--port-file",
+            "{port_file}",
+            "--backing-latency-ms",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([backing_latency_ms.to_string()])
+        .collect();
+        if let Some(conninfo) = postgres {
+            args.extend(["--postgres".to_owned(), conninfo.to_owned()]);
+        }
         ProcessConfig {
             command: sample_binary,
-            args: [
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                "{data_dir}",
-                "--port-file",
-                "{port_file}",
-                "--backing-latency-ms",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([backing_latency_ms.to_string()])
-            .collect(),
+            args,
         }
     }
 

@@ -35,7 +35,7 @@ pub async fn sample_provider(
     state: &Path,
     backing_latency_ms: u64,
 ) -> anyhow::Result<Provider<ProcessRuntime>> {
-    let config = ProcessConfig::sample(sample_binary().to_owned(), backing_latency_ms);
+    let config = ProcessConfig::sample(sample_binary().to_owned(), backing_latency_ms, None);
     Ok(Provider::open(ProcessRuntime::new(config, state)?, state).await?)
 }
 

@@ -8,8 +8,9 @@
 //! - [`Reaper`] kills the processes a product started in sessions of their own.
 //! - [`sample::SampleProcess`] runs `umbra-sample` on a data directory of the test's.
 //! - The real third-party parts, each started on loopback with files the test writes:
-//!   [`bind`] (`named`, `nsupdate`, `dig`), [`haproxy`], [`prometheus`]. A missing one fails
-//!   the test with a message saying how to install it ([`installed`]); none is ever skipped.
+//!   [`bind`] (`named`, `nsupdate`, `dig`), [`haproxy`], [`postgres`], [`prometheus`]. A
+//!   missing one fails the test with a message saying how to install it ([`installed`]); none
+//!   is ever skipped.
 //!
 //! It holds no product logic and depends on no product crate but `umbra-proto`, so the
 //! tests of every crate (agent, DNS, CLI) can use it without building the orchestrator.
@@ -17,6 +18,7 @@
 pub mod agent;
 pub mod bind;
 pub mod haproxy;
+pub mod postgres;
 mod process;
 pub mod prometheus;
 mod reaper;

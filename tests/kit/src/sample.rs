@@ -39,6 +39,28 @@ impl SampleProcess {
         backing_latency_ms: u64,
         port: u16,
     ) -> anyhow::Result<SampleProcess> {
+        SampleProcess::start_with(binary, data_dir, backing_latency_ms, port, &[]).await
+    }
+
+    /// [`SampleProcess::start`] keeping its data in PostgreSQL: the database `umbra_<name>` on
+    /// the server `conninfo` names (`umbra-sample --postgres`).
+    pub async fn start_postgres(
+        binary: &Path,
+        data_dir: &Path,
+        name: &str,
+        conninfo: &str,
+    ) -> anyhow::Result<SampleProcess> {
+        let args = ["--name", name, "--postgres", conninfo].map(str::to_owned);
+        SampleProcess::start_with(binary, data_dir, 1, 0, &args).await
+    }
+
+    async fn start_with(
+        binary: &Path,
+        data_dir: &Path,
+        backing_latency_ms: u64,
+        port: u16,
+        extra: &[String],
+    ) -> anyhow::Result<SampleProcess> {
         let port_file = data_dir.with_extension("port");
         // A file left by an earlier run of the same instance would name its old port.
         let _ = std::fs::remove_file(&port_file);
@@ -52,6 +74,7 @@ impl SampleProcess {
             .arg(data_dir)
             .arg("--port-file")
             .arg(&port_file)
+            .args(extra)
             .env("RUST_LOG", "warn");
         let mut process = Process::spawn("umbra-sample", command, &data_dir.with_extension("log"))?;
         let port = process
