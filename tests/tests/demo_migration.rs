@@ -161,6 +161,35 @@ async fn a_cold_migration_completes_without_a_failed_request_and_runs_twice() ->
     Ok(())
 }
 
+/// `umbra demo --data postgres`: each region's instances keep their data in a real
+/// PostgreSQL server the demo starts; the shadow copies and streams from the source by
+/// logical replication (its server's log shows the subscription at work), and the writer
+/// moves with the fence, the LSN catch-up and the promotion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_on_postgres_completes_with_every_acknowledged_write_on_the_target()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut options = options(dir.path())?;
+    options.data = umbra_demo::DemoData::Postgres;
+    let report = run_demo(&options).await?;
+    assert_eq!(report.outcome, "completed", "{report:#?}");
+    assert_no_failure_outside_the_fence(&report);
+    assert_writes_all_there(&report);
+    assert_steps_once(&report);
+    assert!(report.identical_state, "the orchestrators disagree");
+    let log = std::fs::read_to_string(
+        dir.path()
+            .join(format!("postgres-{}", report.to))
+            .join("postgres.log"),
+    )?;
+    assert!(
+        log.contains("logical replication table synchronization worker for subscription \"umbra_sub\", table \"umbra_kv\" has finished"),
+        "the target's PostgreSQL never copied the data by logical replication:\n{log}"
+    );
+    assert_nothing_left(dir.path());
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_failing_at_the_50_percent_step_rolls_back() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

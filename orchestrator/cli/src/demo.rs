@@ -1,6 +1,6 @@
 //! `umbra demo [--json] [--inject-fault] [--kill-leader] [--restart-target-agent] [--no-warm]
 //! [--front embedded|haproxy] [--dns embedded|bind] [--slo-source fronts|prometheus]
-//! [--slo-judgement thresholds|compare]`: one real region migration on this machine (three orchestrators, three region agents with their fronts and
+//! [--slo-judgement thresholds|compare] [--data wal|postgres]`: one real region migration on this machine (three orchestrators, three region agents with their fronts and
 //! sample instances, traffic through the orchestrators' DNS). The work is
 //! `umbra_demo`; this file parses flags, prints progress on stderr and the final
 //! report on stdout (`--json`: one JSON object), and turns Ctrl-C into a clean stop.
@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use umbra_demo::report::DemoReport;
 use umbra_demo::scenario::DemoLoad;
-use umbra_demo::{DemoDns, DemoOptions, DemoSloSource, FrontKind, run as run_demo};
+use umbra_demo::{DemoData, DemoDns, DemoOptions, DemoSloSource, FrontKind, run as run_demo};
 use umbra_orchestrator::migration::SloJudgement;
 
 /// Arguments of `umbra demo`.
@@ -70,6 +70,11 @@ pub struct DemoArgs {
     /// canary; needs `--slo-source prometheus`).
     #[arg(long, value_enum, default_value_t = JudgementChoice::Thresholds)]
     slo_judgement: JudgementChoice,
+    /// Where the sample instances keep their data: their own write-ahead logs, or a database
+    /// each on a PostgreSQL server per region (started by the demo; `postgresql` must be
+    /// installed), replicated with PostgreSQL's logical replication.
+    #[arg(long, value_enum, default_value_t = DataChoice::Wal)]
+    data: DataChoice,
     /// Request no migration: keep the cluster up with its traffic running, print how to reach
     /// it (with `--json`: one JSON line: API, certificates, token, each front's metrics, each
     /// agent's directory, every pid, and an `umbra drill evacuate` command) and wait for
@@ -95,6 +100,13 @@ enum JudgementChoice {
 enum SloSourceChoice {
     Fronts,
     Prometheus,
+}
+
+/// `--data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DataChoice {
+    Wal,
+    Postgres,
 }
 
 /// `--dns`.
@@ -141,6 +153,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     options.slo_source = match args.slo_source {
         SloSourceChoice::Fronts => DemoSloSource::Fronts,
         SloSourceChoice::Prometheus => DemoSloSource::Prometheus,
+    };
+    options.data = match args.data {
+        DataChoice::Wal => DemoData::Wal,
+        DataChoice::Postgres => DemoData::Postgres,
     };
     options.slo_judgement = match args.slo_judgement {
         JudgementChoice::Thresholds => SloJudgement::Thresholds,

@@ -10,7 +10,9 @@
 //! `--inject-fault` flips the target's fault switch at the 50 % step; `--kill-leader`
 //! SIGKILLs the leading orchestrator at that step; `--no-warm` skips the warm-up. With
 //! `--dns bind` ([`DemoDns::Bind`]), `named` ([`bind`]) replaces the embedded servers as the
-//! zone's one authority, and the traffic resolves through it.
+//! zone's one authority, and the traffic resolves through it. With `--data postgres`
+//! ([`DemoData::Postgres`]), each region gets a PostgreSQL server ([`postgres`]) and the sample
+//! instances keep their data there, replicating with PostgreSQL's logical replication.
 //!
 //! Everything it starts is registered with a [`processes::Supervisor`], which stops it on every
 //! exit path. This module drives and observes; it must not make migration decisions (the
@@ -19,6 +21,7 @@
 pub mod bind;
 pub mod faults;
 pub mod history;
+pub mod postgres;
 pub mod processes;
 pub mod prometheus;
 pub mod report;
@@ -149,6 +152,19 @@ pub struct DemoOptions {
     /// Faults to inject into the run's own processes while the migration runs
     /// (`umbra demo --fault-plan`, each run of `umbra chaos campaign`; [`faults`]).
     pub fault_plan: Option<umbra_chaos::plan::FaultPlan>,
+    /// Where the sample instances keep their data (`umbra demo --data wal|postgres`).
+    pub data: DemoData,
+}
+
+/// Where the demo's sample instances keep their data (`umbra demo --data`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DemoData {
+    /// Each instance's own write-ahead log, shipped to replicas over HTTP.
+    #[default]
+    Wal,
+    /// A database each on its region's PostgreSQL server, which the demo starts
+    /// ([`postgres`]); logical replication between regions.
+    Postgres,
 }
 
 /// Where the demo's plan reads the SLO from (`umbra demo --slo-source fronts|prometheus`).
@@ -202,6 +218,7 @@ impl DemoOptions {
             slo_source: DemoSloSource::Fronts,
             slo_judgement: Default::default(),
             fault_plan: None,
+            data: DemoData::Wal,
         }
     }
 
@@ -220,6 +237,14 @@ impl DemoOptions {
             return Err(DemoError::Setup(
                 "DNS secondaries transfer the zone from the orchestrators' embedded DNS; with \
                  --dns bind, BIND is the zone's authority: leave the secondaries out"
+                    .to_owned(),
+            ));
+        }
+        if self.fault_plan.is_some() && self.data == DemoData::Postgres {
+            return Err(DemoError::Setup(
+                "a fault plan's run is judged from the sample instances' write-ahead logs \
+                 (who took each write, and when); with --data postgres there are none: leave \
+                 out --fault-plan or --data postgres"
                     .to_owned(),
             ));
         }
@@ -534,12 +559,17 @@ struct Cluster {
         prometheus::DemoPrometheus,
         umbra_orchestrator::migration::SloJudgement,
     )>,
+    /// Where the instances keep their data.
+    data: DemoData,
 }
 
 impl Cluster {
     /// The demo's plan, with the SLO source asked for.
     fn plan(&self, timing: &DemoTiming, load: &DemoLoad) -> String {
-        let plan = scenario::plan_toml(&self.topology, timing, load);
+        let mut plan = scenario::plan_toml(&self.topology, timing, load);
+        if self.data == DemoData::Postgres {
+            plan = postgres::plan_on_postgres(&plan);
+        }
         match &self.prometheus {
             Some((p, judgement)) => prometheus::plan_with_source(&plan, &p.url, *judgement),
             None => plan,
@@ -755,6 +785,24 @@ async fn start_cluster(
             .iter()
             .any(|f| matches!(f.kind, umbra_chaos::plan::FaultKind::DiskFull { .. }))
     });
+    let mut databases = BTreeMap::new();
+    if options.data == DemoData::Postgres {
+        for region in &regions {
+            let port = free_port()?;
+            let server = postgres::start(
+                &dir.join(format!("postgres-{region}")),
+                region,
+                port,
+                supervisor,
+            )
+            .await?;
+            progress(&format!(
+                "started PostgreSQL for {region} on 127.0.0.1:{port}: its instances keep their \
+                 data there"
+            ));
+            databases.insert(region.clone(), server.conninfo);
+        }
+    }
     let agent_bin = options.bin_dir.join("umbra-agent");
     let mut agent_state_dirs = BTreeMap::new();
     let mut agent_metrics = BTreeMap::new();
@@ -787,7 +835,7 @@ async fn start_cluster(
                 &certs_dir,
                 (front, metrics),
                 options.front,
-                &sample_binary,
+                (&sample_binary, databases.get(region).map(String::as_str)),
             ),
         )
         .map_err(io("writing agent.toml"))?;
@@ -856,6 +904,7 @@ async fn start_cluster(
         certs_dir,
         token_file,
         prometheus,
+        data: options.data,
     })
 }
 
@@ -1880,14 +1929,17 @@ fn agent_toml(
     certs_dir: &Path,
     (front, metrics_listen): (SocketAddr, SocketAddr),
     front_kind: FrontKind,
-    sample_binary: &Path,
+    (sample_binary, postgres): (&Path, Option<&str>),
 ) -> String {
     let list: Vec<String> = orchestrators.iter().map(|a| format!("\"{a}\"")).collect();
+    let postgres = postgres
+        .map(|conninfo| format!("postgres = \"{conninfo}\"\n"))
+        .unwrap_or_default();
     format!(
         "region = \"{region}\"\nstate_dir = \"{}\"\norchestrators = [{}]\ncerts_dir = \"{}\"\n\
          heartbeat_ms = {AGENT_HEARTBEAT_MS}\nmetrics_listen = \"{metrics_listen}\"\n\n[front]\nlisten = \"{front}\"\n\
          kind = \"{front_kind}\"\n\n[provider]\n\
-         kind = \"process\"\nsample_binary = \"{}\"\n",
+         kind = \"process\"\nsample_binary = \"{}\"\n{postgres}",
         state_dir.display(),
         list.join(", "),
         certs_dir.display(),
@@ -1937,7 +1989,10 @@ mod tests {
                 "127.0.0.1:9464".parse().unwrap(),
             ),
             FrontKind::Haproxy,
-            Path::new("/bin/umbra-sample"),
+            (
+                Path::new("/bin/umbra-sample"),
+                Some("host=127.0.0.1 port=5433 user=postgres"),
+            ),
         );
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, agent).unwrap();
@@ -1951,6 +2006,10 @@ mod tests {
         let front = parsed.front.unwrap();
         assert_eq!(front.listen, "127.0.0.12:18080".parse().unwrap());
         assert_eq!(front.front_kind().unwrap(), FrontKind::Haproxy);
+        assert_eq!(
+            parsed.provider.postgres.as_deref(),
+            Some("host=127.0.0.1 port=5433 user=postgres")
+        );
     }
 
     #[test]
@@ -1967,6 +2026,17 @@ mod tests {
         }
         options.bin_dir = bin.path().to_owned();
         options.validate().unwrap();
+        // A fault plan is judged from the instances' WALs, which PostgreSQL mode has not.
+        options.data = DemoData::Postgres;
+        options.validate().unwrap();
+        options.fault_plan = Some(umbra_chaos::plan::FaultPlan {
+            seed: None,
+            faults: Vec::new(),
+        });
+        let error = options.validate().unwrap_err().to_string();
+        assert!(error.contains("--data postgres"), "{error}");
+        options.fault_plan = None;
+        options.data = DemoData::Wal;
         options.steady_secs = 200;
         assert!(options.validate().is_err());
     }
