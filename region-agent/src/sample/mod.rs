@@ -800,6 +800,10 @@ fn run_writer(
     }
 }
 
+/// Longest a mode change may take in PostgreSQL mode: the writer orders every client write
+/// after it, so a source out of reach must not stall them all.
+const PG_MODE_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A client write waiting for the PostgreSQL writer's transaction: key, value (`None`:
 /// delete), and where its answer goes.
 type PendingWrite = (
@@ -834,15 +838,24 @@ async fn run_pg_writer(
                 WriterMsg::SetMode { action, ack } => {
                     pg_flush(&shared, &pg, &mut batch).await;
                     let r = match action.apply(&mode) {
-                        Ok(new) => {
-                            pg_transition(&shared, &pg, &mode, &action)
-                                .await
-                                .and_then(|()| {
-                                    write_mode(&shared.config.data_dir, &new)
-                                        .map_err(|e| WriteRefused::Failed(e.to_string()))?;
-                                    Ok(new)
-                                })
-                        }
+                        Ok(new) => tokio::time::timeout(
+                            PG_MODE_CHANGE_TIMEOUT,
+                            pg_transition(&shared, &pg, &mode, &action),
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(WriteRefused::Store(format!(
+                                "{} took longer than {PG_MODE_CHANGE_TIMEOUT:?} (a source \
+                                     out of reach, or a long transaction holding a slot's \
+                                     creation); nothing was taken as done: ask again",
+                                action.name()
+                            )))
+                        })
+                        .and_then(|()| {
+                            write_mode(&shared.config.data_dir, &new)
+                                .map_err(|e| WriteRefused::Failed(e.to_string()))?;
+                            Ok(new)
+                        }),
                         Err(e) => Err(e),
                     };
                     if let Ok(new) = &r {
@@ -1316,7 +1329,8 @@ fn current_status(shared: &Shared) -> SampleStatus {
 async fn full_status(shared: &Shared) -> Result<SampleStatus, PgError> {
     let mut status = current_status(shared);
     if let Some(pg) = &shared.pg {
-        status.last_seq = pg.position(status.mode == Mode::Fenced).await?;
+        let replica = matches!(status.mode, Mode::Replica { .. });
+        status.last_seq = pg.position(status.mode == Mode::Fenced, replica).await?;
         status.keys = pg.keys().await?;
         status.postgres = Some(pg.status().await?);
     }

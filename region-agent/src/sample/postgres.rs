@@ -17,8 +17,12 @@
 //!   the database. A fenced source's position is that mark, a replica's the source position
 //!   it has applied (the mark copied to it, or what its subscription reported back), so lag 0
 //!   means every acknowledged write is on the target.
-//! - promote: reads the source's sequence, drops the subscription (and its slot), moves the
-//!   sequence past the source's, and makes a slot for the way back before taking writes.
+//! - promote: reads the source's sequence, moves its own past it, makes a slot for the way
+//!   back and records the promotion (the source, the slot, the source's fence mark), then
+//!   drops the subscription (and its slot) and takes writes. A retry finishes a promotion
+//!   that failed after the drop; a replica with no subscription and no such record is refused.
+//!   The way back takes the slot without a copy only for the database the target was promoted
+//!   from, still at the fence mark it was promoted at, and only while the slot exists.
 //! - unfence, unfollow: lift the database's read-only setting; drop the subscription.
 //!
 //! Positions (`last_seq` of `/admin/status`) are WAL positions in bytes (an LSN as a
@@ -93,6 +97,10 @@ pub struct PgStatus {
     /// The slot made at promotion for the way back.
     #[serde(default)]
     pub back_slot: Option<String>,
+    /// The source's fence mark this database held when it was promoted: only a database
+    /// whose own mark is this one may follow back through `back_slot` without a copy.
+    #[serde(default)]
+    pub promoted_at: Option<u64>,
 }
 
 /// One instance's database.
@@ -327,7 +335,7 @@ impl PgStore {
 
     /// The instance's position: the WAL end for a writer, its fence mark once fenced, and for
     /// a replica the source position it has applied (0 until the initial copy is done).
-    pub async fn position(&self, fenced: bool) -> Result<u64, PgError> {
+    pub async fn position(&self, fenced: bool, replica: bool) -> Result<u64, PgError> {
         let reader = self.reader().await?;
         let subscribed = reader
             .query_opt(
@@ -356,6 +364,11 @@ impl PgStore {
             }
             let mark = self.mark(&reader, &upstream).await?;
             return Ok(reported.max(mark));
+        }
+        if replica {
+            // A replica whose subscription is gone (a follow that failed half-way, a
+            // database lost under it) holds nothing that can be measured against its source.
+            return Ok(0);
         }
         if fenced {
             let mark = self.mark(&reader, &self.endpoint).await?;
@@ -395,6 +408,7 @@ impl PgStore {
             endpoint: self.endpoint.clone(),
             promoted_from: meta("promoted_from").await?,
             back_slot: meta("back_slot").await?,
+            promoted_at: meta("promoted_at").await?.and_then(|v| v.parse().ok()),
         })
     }
 
@@ -439,21 +453,39 @@ impl PgStore {
     /// Subscribes to `upstream` (the source's status). Idempotent for the same source.
     pub async fn follow(&self, upstream: &PgStatus) -> Result<(), PgError> {
         let client = self.writer().await?;
-        if let Some(current) = subscribed_to(&client).await? {
-            if current == upstream.endpoint {
-                return Ok(());
-            }
-            drop_subscription(&client).await?;
+        let current = subscribed_to(&client).await?;
+        if current.as_deref() == Some(upstream.endpoint.as_str()) {
+            return Ok(());
         }
         if upstream.endpoint == self.endpoint {
             return Err(PgError::Refused("an instance cannot follow itself".into()));
         }
-        let way_back = upstream.promoted_from.as_deref() == Some(self.endpoint.as_str());
-        let options = match (&upstream.back_slot, way_back) {
-            (Some(slot), true) => {
+        let source = source_config(&upstream.endpoint)?;
+        // The way back: the source was promoted from this very database, at the mark it still
+        // holds (nothing lost or written here since), and its slot for the way back exists.
+        let way_back = match (&upstream.back_slot, upstream.promoted_at) {
+            (Some(slot), Some(at))
+                if upstream.promoted_from.as_deref() == Some(self.endpoint.as_str())
+                    && at > 0
+                    && self.mark(&client, &self.endpoint).await? == at =>
+            {
+                let upstream_client = connect(&source).await?;
+                upstream_client
+                    .query_opt(
+                        "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&slot],
+                    )
+                    .await
+                    .map_err(db_error)?
+                    .map(|_| slot.clone())
+            }
+            _ => None,
+        };
+        let options = match way_back {
+            Some(slot) => {
                 format!(
                     "slot_name = {}, create_slot = false, copy_data = false",
-                    literal(slot)
+                    literal(&slot)
                 )
             }
             _ => {
@@ -473,8 +505,6 @@ impl PgStore {
                 // database of the same server cannot make its slot itself (PostgreSQL waits
                 // for the creating transaction, which is the subscription's own).
                 let slot = identifier("umbra_", &self.endpoint);
-                let source = Config::from_str(&upstream.endpoint)
-                    .map_err(|e| PgError::Db(format!("the source's conninfo: {e}")))?;
                 connect(&source)
                     .await?
                     .query(
@@ -490,6 +520,9 @@ impl PgStore {
                 )
             }
         };
+        if current.is_some() {
+            drop_subscription(&client).await?;
+        }
         // The apply worker writes under the database's settings: a fenced source following
         // its target back must take the stream (the instance itself refuses client writes).
         self.writable(&client).await?;
@@ -499,6 +532,13 @@ impl PgStore {
                  WITH ({options})",
                 literal(&upstream.endpoint)
             ))
+            .await
+            .map_err(db_error)?;
+        // A replica is no longer what it was promoted from.
+        client
+            .batch_execute(
+                "DELETE FROM umbra_meta WHERE key IN ('promoted_from', 'back_slot', 'promoted_at')",
+            )
             .await
             .map_err(db_error)
     }
@@ -514,18 +554,29 @@ impl PgStore {
     pub async fn promote(&self) -> Result<(), PgError> {
         let client = self.writer().await?;
         let Some(upstream) = subscribed_to(&client).await? else {
-            // Already the writer (a repeated promote), or never a replica.
-            return Ok(());
+            // A promotion records itself before it drops the subscription: one that failed
+            // after the drop is finished here; a replica that lost its subscription otherwise
+            // has nothing it could be promoted from.
+            let promoted = client
+                .query_opt("SELECT 1 FROM umbra_meta WHERE key = 'promoted_from'", &[])
+                .await
+                .map_err(db_error)?
+                .is_some();
+            if !promoted {
+                return Err(PgError::Refused(format!(
+                    "database {} follows no source (its subscription is gone), so it may lack \
+                     acknowledged writes: follow the source again before promoting",
+                    self.database
+                )));
+            }
+            return self.writable(&client).await;
         };
-        let source = Config::from_str(&upstream)
-            .map_err(|e| PgError::Db(format!("the subscription's conninfo: {e}")))?;
-        let source_seq: i64 = connect(&source)
+        let source_seq: i64 = connect(&source_config(&upstream)?)
             .await?
             .query_one("SELECT last_value FROM umbra_write_seq", &[])
             .await
             .map_err(db_error)?
             .get(0);
-        drop_subscription(&client).await?;
         client
             .query_one(
                 "SELECT setval('umbra_write_seq', \
@@ -534,7 +585,17 @@ impl PgStore {
             )
             .await
             .map_err(db_error)?;
+        // The slot for the way back, made afresh: one left by an earlier promotion would
+        // start the way back at an old position.
         let back_slot = identifier("umbra_back_", &self.endpoint);
+        client
+            .query(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND NOT active",
+                &[&back_slot],
+            )
+            .await
+            .map_err(db_error)?;
         client
             .query(
                 "SELECT pg_create_logical_replication_slot($1, 'pgoutput') \
@@ -543,16 +604,27 @@ impl PgStore {
             )
             .await
             .map_err(db_error)?;
+        let at = self.mark(&client, &upstream).await?.to_string();
         client
             .execute(
                 "INSERT INTO umbra_meta (key, value) VALUES ('promoted_from', $1), \
-                 ('back_slot', $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                &[&upstream, &back_slot],
+                 ('back_slot', $2), ('promoted_at', $3) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&upstream, &back_slot, &at],
             )
             .await
             .map_err(db_error)?;
+        drop_subscription(&client).await?;
         self.writable(&client).await
     }
+}
+
+/// A source's conninfo (as a subscription names it), with the connection timeout.
+fn source_config(conninfo: &str) -> Result<Config, PgError> {
+    let mut config = Config::from_str(conninfo)
+        .map_err(|e| PgError::Db(format!("the source's conninfo does not parse: {e}")))?;
+    config.connect_timeout(CONNECT_TIMEOUT);
+    Ok(config)
 }
 
 /// Parses a server's conninfo as `--postgres` takes it: it must name a host and carry no
