@@ -4,7 +4,8 @@
 //! WAL position, promote; then the way back, the source following its promoted target through
 //! the slot made at promotion. Every acknowledged write is found where the writer moved, the
 //! promoted side's sequence is past the source's, and a database holding data is never
-//! overwritten by a copy.
+//! overwritten by a copy. Removing the old writer's instance drops its database, and the new
+//! writer then drops the slot it kept for the way back.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,7 +15,9 @@ use std::time::Duration;
 mod common;
 
 use tokio::sync::Mutex;
+use tokio_postgres::NoTls;
 use umbra_agent::replication::{ReplicationDriver, SampleLogShipping};
+use umbra_agent::sample::postgres::drop_instance_database;
 use umbra_agent::sample::{Mode, SampleStatus};
 use umbra_testkit::postgres::PostgresProcess;
 use umbra_testkit::sample::SampleProcess;
@@ -244,7 +247,63 @@ async fn the_writer_moves_to_the_target_and_back_through_logical_replication_los
         all.len()
     );
     assert_eq!(status(&http, &source_url).await?.mode, Mode::Primary);
+
+    // The old writer's instance is removed, as a completed migration's source pool is: its
+    // database goes, and the new writer drops the slot it kept for a way back to it.
+    let source_pg = status(&http, &source_url)
+        .await?
+        .postgres
+        .expect("the source runs on PostgreSQL");
+    let back_slot = source_pg.back_slot.expect("a slot kept for the way back");
+    assert_eq!(slots(&east).await?, vec![back_slot.clone()]);
+    target.kill()?;
+    assert!(drop_instance_database(&west.conninfo(), "svc-west-1").await?);
+    assert!(!drop_instance_database(&west.conninfo(), "svc-west-1").await?);
+    let left = databases(&west).await?;
+    assert!(
+        !left.iter().any(|d| d.starts_with("umbra_svc_west_1")),
+        "the removed instance's database is still there: {left:?}"
+    );
+    assert!(
+        databases(&east)
+            .await?
+            .iter()
+            .any(|d| d.starts_with("umbra_svc_east_1")),
+        "the writer's database went too"
+    );
+    assert_eq!(slots(&west).await?, Vec::<String>::new());
+    wait_for(
+        "the new writer to drop its slot for the way back",
+        PROGRESS_TIMEOUT,
+        || async { slots(&east).await.ok().filter(Vec::is_empty).map(|_| ()) },
+    )
+    .await?;
+    let source_pg = status(&http, &source_url).await?.postgres;
+    assert_eq!(source_pg.and_then(|p| p.back_slot), None);
+    let seq = put(&http, &source_url, "after-release", "s").await?;
+    assert!(seq > 0);
     Ok(())
+}
+
+/// A query's first column on server `pg`'s `postgres` database.
+async fn names(pg: &PostgresProcess, query: &str) -> anyhow::Result<Vec<String>> {
+    let (client, connection) =
+        tokio_postgres::connect(&format!("{} dbname=postgres", pg.conninfo()), NoTls).await?;
+    tokio::spawn(connection);
+    let rows = client.query(query, &[]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+async fn slots(pg: &PostgresProcess) -> anyhow::Result<Vec<String>> {
+    names(
+        pg,
+        "SELECT slot_name::text FROM pg_replication_slots ORDER BY 1",
+    )
+    .await
+}
+
+async fn databases(pg: &PostgresProcess) -> anyhow::Result<Vec<String>> {
+    names(pg, "SELECT datname::text FROM pg_database ORDER BY 1").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

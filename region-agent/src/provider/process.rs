@@ -45,6 +45,10 @@ pub struct ProcessConfig {
     pub command: PathBuf,
     /// Its arguments; `{data_dir}`, `{port_file}` and `{id}` are replaced per instance.
     pub args: Vec<String>,
+    /// The PostgreSQL server the instances keep their data on (the sample's `--postgres`):
+    /// removing an instance drops its database there, as it deletes its directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<String>,
 }
 
 impl ProcessConfig {
@@ -70,6 +74,7 @@ impl ProcessConfig {
         ProcessConfig {
             command: sample_binary,
             args,
+            postgres: postgres.map(str::to_owned),
         }
     }
 
@@ -349,6 +354,19 @@ impl Runtime for ProcessRuntime {
     async fn remove(&self, rec: &InstanceRecord) -> Result<(), ProviderError> {
         let mut rec = rec.clone();
         self.stop(&mut rec).await?;
+        if let Some(conninfo) = &self.config.postgres {
+            let dropped = crate::sample::postgres::drop_instance_database(conninfo, &rec.id)
+                .await
+                .map_err(|e| {
+                    Self::err(format!(
+                        "dropping instance {}'s PostgreSQL database: {e}",
+                        rec.id
+                    ))
+                })?;
+            if dropped {
+                tracing::info!(id = %rec.id, "dropped the removed instance's PostgreSQL database");
+            }
+        }
         let dir = self.instance_dir(&rec.id);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),

@@ -531,6 +531,21 @@ pub struct SampleServer {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+/// How often a promoted PostgreSQL database checks whether its slot for the way back still
+/// serves anything.
+const BACK_SLOT_CHECK: Duration = Duration::from_secs(5);
+
+/// Drops the way-back slot once the database it was made for is gone, checking every
+/// [`BACK_SLOT_CHECK`] while the instance runs.
+async fn release_unused_back_slot(pg: Arc<PgStore>) {
+    loop {
+        tokio::time::sleep(BACK_SLOT_CHECK).await;
+        if let Err(e) = pg.release_unused_back_slot().await {
+            tracing::debug!(error = %e, "checking the slot for the way back");
+        }
+    }
+}
+
 impl SampleServer {
     /// Validates the configuration, recovers the WAL, binds, and starts serving.
     pub async fn start(config: SampleConfig) -> Result<SampleServer, SampleError> {
@@ -610,6 +625,7 @@ impl SampleServer {
                     })?;
             }
             (None, Some(pg)) => {
+                tokio::spawn(release_unused_back_slot(pg.clone()));
                 tokio::spawn(run_pg_writer(shared.clone(), pg, mode, writer_rx));
             }
             (None, None) => unreachable!("a WAL is opened unless PostgreSQL keeps the data"),

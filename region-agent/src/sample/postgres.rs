@@ -24,15 +24,21 @@
 //!   The way back takes the slot without a copy only for the database the target was promoted
 //!   from, still at the fence mark it was promoted at, and only while the slot exists.
 //! - unfence, unfollow: lift the database's read-only setting; drop the subscription.
+//! - removal: the process provider drops a removed instance's database
+//!   ([`drop_instance_database`]) with its subscription and its slots; a promoted database
+//!   drops its slot for the way back once the database it was promoted from is gone
+//!   ([`PgStore::release_unused_back_slot`], checked every few seconds), so a completed
+//!   migration leaves no slot keeping WAL.
 //!
 //! Positions (`last_seq` of `/admin/status`) are WAL positions in bytes (an LSN as a
 //! number), so a service's `max_replication_lag` is in bytes in this mode.
 //!
 //! Limits, stated: the conninfo carries no password (the subscription's connection string is
 //! readable in the catalog; use trust on loopback, peer or certificate authentication), the
-//! role must be a superuser (PostgreSQL 15 asks it of `CREATE SUBSCRIPTION`), and the slot
-//! for the way back stays on the new writer until someone drops it
-//! (`pg_drop_replication_slot`), keeping WAL meanwhile.
+//! role must be a superuser (PostgreSQL 15 asks it of `CREATE SUBSCRIPTION`), and a source
+//! that cannot be reached when a removed follower's subscription is dropped keeps the slot
+//! that subscription read (the agent's log says so) until someone drops it
+//! (`pg_drop_replication_slot`).
 
 use std::fmt::Write as _;
 use std::str::FromStr;
@@ -166,22 +172,39 @@ async fn connect(config: &Config) -> Result<Client, PgError> {
     Ok(client)
 }
 
+/// The region's server from `conninfo`, with the connection timeout, its maintenance
+/// database when the conninfo names none.
+fn server_config(conninfo: &str) -> Result<Config, PgError> {
+    let mut server = parse_conninfo(conninfo)?;
+    server.connect_timeout(CONNECT_TIMEOUT);
+    if server.get_dbname().is_none() {
+        server.dbname("postgres");
+    }
+    Ok(server)
+}
+
+/// Instance `instance`'s database on the server `conninfo` names: the server's config, a
+/// connection to its maintenance database, the database's name, and whether it exists.
+async fn instance_database(
+    conninfo: &str,
+    instance: &str,
+) -> Result<(Config, Client, String, bool), PgError> {
+    let server = server_config(conninfo)?;
+    let database = identifier("umbra_", instance);
+    let admin = connect(&server).await?;
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+        .await
+        .map_err(db_error)?
+        .is_some();
+    Ok((server, admin, database, exists))
+}
+
 impl PgStore {
     /// Parses `conninfo` (the region's server), creates the instance's database and schema if
     /// missing, and connects.
     pub async fn open(conninfo: &str, instance: &str) -> Result<PgStore, PgError> {
-        let mut server = parse_conninfo(conninfo)?;
-        server.connect_timeout(CONNECT_TIMEOUT);
-        if server.get_dbname().is_none() {
-            server.dbname("postgres");
-        }
-        let database = identifier("umbra_", instance);
-        let admin = connect(&server).await?;
-        let exists = admin
-            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
-            .await
-            .map_err(db_error)?
-            .is_some();
+        let (server, admin, database, exists) = instance_database(conninfo, instance).await?;
         if !exists {
             admin
                 .batch_execute(&format!("CREATE DATABASE {database}"))
@@ -617,6 +640,119 @@ impl PgStore {
         drop_subscription(&client).await?;
         self.writable(&client).await
     }
+}
+
+impl PgStore {
+    /// Drops the slot this database's promotion made for the way back once the database it
+    /// was promoted from is gone (its instance removed after the migration completed, which
+    /// drops its database): nothing can follow back through it any more, and an unused slot
+    /// makes the server keep every WAL segment from its position on. Whether the slot was
+    /// dropped; a source that cannot be reached keeps it (gone is only what the server says).
+    pub async fn release_unused_back_slot(&self) -> Result<bool, PgError> {
+        let status = self.status().await?;
+        let (Some(from), Some(slot)) = (status.promoted_from, status.back_slot) else {
+            return Ok(false);
+        };
+        match source_config(&from)?.connect(NoTls).await {
+            Err(e)
+                if e.as_db_error().map(|db| db.code())
+                    == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {}
+            _ => return Ok(false),
+        }
+        let client = self.writer().await?;
+        client
+            .query(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND NOT active",
+                &[&slot],
+            )
+            .await
+            .map_err(db_error)?;
+        client
+            .execute(
+                "DELETE FROM umbra_meta WHERE key IN ('promoted_from', 'back_slot', 'promoted_at')",
+                &[],
+            )
+            .await
+            .map_err(db_error)?;
+        tracing::info!(slot, database = %self.database,
+            "dropped the slot for the way back: the database it served is gone");
+        Ok(true)
+    }
+}
+
+/// Drops removed instance `instance`'s database from the server `conninfo` names, with what
+/// ties the server to it: its subscription (and so the slot it read on its source's server),
+/// and the slots made in it (the way back). Whether there was one. A slot a live subscriber
+/// still reads is not dropped, and then neither is the database: the error says so.
+pub async fn drop_instance_database(conninfo: &str, instance: &str) -> Result<bool, PgError> {
+    let (server, admin, database, exists) = instance_database(conninfo, instance).await?;
+    if !exists {
+        return Ok(false);
+    }
+    let mut own = server.clone();
+    own.dbname(&database);
+    let client = connect(&own).await?;
+    // A fenced database is read-only for new sessions; this one drops it.
+    client
+        .batch_execute("SET default_transaction_read_only = off")
+        .await
+        .map_err(db_error)?;
+    if subscribed_to(&client).await?.is_some()
+        && let Err(e) = client
+            .batch_execute(&format!("DROP SUBSCRIPTION {SUBSCRIPTION}"))
+            .await
+    {
+        // The source cannot be reached to drop the slot this subscription read: detach it
+        // and say so (that slot stays on the source's server).
+        tracing::warn!(%database, error = %db_error(e),
+            "the removed instance's source did not answer: its slot stays on that server");
+        client
+            .batch_execute(&format!(
+                "ALTER SUBSCRIPTION {SUBSCRIPTION} DISABLE; \
+                 ALTER SUBSCRIPTION {SUBSCRIPTION} SET (slot_name = NONE); \
+                 DROP SUBSCRIPTION {SUBSCRIPTION}"
+            ))
+            .await
+            .map_err(db_error)?;
+    }
+    drop(client);
+    admin
+        .query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE database = $1 AND NOT active",
+            &[&database],
+        )
+        .await
+        .map_err(db_error)?;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .await
+        .map_err(db_error)?;
+    Ok(true)
+}
+
+/// What the server `conninfo` names holds for Umbra: its instances' databases (`umbra_…`)
+/// and its replication slots that no subscriber reads at the moment (an in-region replica's
+/// slot is read; one kept for a way back that can no longer be taken is not), each sorted.
+pub async fn holdings(conninfo: &str) -> Result<(Vec<String>, Vec<String>), PgError> {
+    let client = connect(&server_config(conninfo)?).await?;
+    let names = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get(0)).collect();
+    let databases = client
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE 'umbra\\_%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(db_error)?;
+    let slots = client
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE NOT active ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok((names(databases), names(slots)))
 }
 
 /// A source's conninfo (as a subscription names it), with the connection timeout.
