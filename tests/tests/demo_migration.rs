@@ -76,6 +76,13 @@ fn assert_writes_all_there(report: &DemoReport) {
         w.found, w.acknowledged,
         "every acknowledged write found at the end: {w:?}"
     );
+    assert_eq!(report.writes_acknowledged, w.acknowledged);
+    assert_eq!(report.writes_acknowledged_missing, 0);
+    let found = match report.outcome.as_str() {
+        "completed" => report.writes_found_on_target,
+        _ => report.writes_found_on_source,
+    };
+    assert_eq!(found, Some(w.found), "{report:#?}");
 }
 
 /// Every request succeeded, except any refused in the seconds of the writer's move (the
@@ -95,6 +102,18 @@ fn assert_no_failure_outside_the_fence(report: &DemoReport) {
             report.failed_in_fence_window
         );
     }
+}
+
+/// After a rollback: the traffic is back on the source's front, and every orchestrator holds
+/// the same state.
+fn assert_back_on_the_source(report: &DemoReport) {
+    let source = front_ip(&report.from);
+    assert!(
+        report.by_front_at_end.keys().all(|a| a.starts_with(source)),
+        "{:?}",
+        report.by_front_at_end
+    );
+    assert!(report.identical_state, "the orchestrators disagree");
 }
 
 fn phase_names(report: &DemoReport) -> Vec<&str> {
@@ -186,8 +205,71 @@ async fn a_migration_on_postgres_completes_with_every_acknowledged_write_on_the_
         log.contains("logical replication table synchronization worker for subscription \"umbra_sub\", table \"umbra_kv\" has finished"),
         "the target's PostgreSQL never copied the data by logical replication:\n{log}"
     );
+    assert_postgres_released(&report);
     assert_nothing_left(dir.path());
     Ok(())
+}
+
+/// `umbra demo --data postgres --inject-fault=after-writer-moved`: the target fails every
+/// request once the single writer moved there (its PostgreSQL database promoted, taking the
+/// writes), so the rollback must hand the writer back: the source's database follows the
+/// target's through the slot the promotion left and is promoted again. No acknowledged write,
+/// including those the target took, is missing on the source at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_target_failing_after_the_writer_moved_hands_the_writer_back()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut options = options(dir.path())?;
+    options.data = umbra_demo::DemoData::Postgres;
+    options.inject_fault = Some(umbra_demo::FaultAt::AfterWriterMoved);
+    let report = run_demo(&options).await?;
+    assert_eq!(report.outcome, "rolled_back", "{report:#?}");
+    assert!(
+        report.fence_window_ms.is_some(),
+        "the writer moved before the fault: {report:#?}"
+    );
+    let names = phase_names(&report);
+    assert!(
+        names.ends_with(&["rolling_back", "rolled_back"])
+            && names[names.len() - 3].starts_with("cutting_over["),
+        "{names:?}"
+    );
+    // The failing target answered errors until the rollback: those requests failed, and
+    // none of the writes among them is counted as acknowledged.
+    assert!(report.requests_failed > 0, "the fault was never seen");
+    let w = &report.writes;
+    println!("writes {w:?}");
+    assert!(w.acknowledged > 0);
+    assert_eq!(
+        report.writes_acknowledged_missing, 0,
+        "an acknowledged write is missing on the source: {w:?}"
+    );
+    assert_eq!(report.writes_found_on_source, Some(w.found));
+    assert!(w.found >= w.acknowledged, "{w:?}");
+    assert_back_on_the_source(&report);
+    assert_eq!(report.instances_left[&report.to], 0, "{report:#?}");
+    assert_postgres_released(&report);
+    assert_nothing_left(dir.path());
+    Ok(())
+}
+
+/// On PostgreSQL, a removed instance's database went with it (a region holds no more
+/// databases than instances: none where every instance was removed), and no replication slot
+/// that no subscriber reads is left on any server (it would keep WAL for ever).
+fn assert_postgres_released(report: &DemoReport) {
+    let databases = report
+        .postgres_databases_left
+        .as_ref()
+        .expect("the report counts the PostgreSQL databases");
+    for (region, held) in databases {
+        let instances = report.instances_left.get(region).copied().unwrap_or(0);
+        assert!(
+            *held <= instances,
+            "{region}'s server holds {held} instance databases for {instances} instances"
+        );
+    }
+
+    assert_eq!(report.postgres_idle_slots_left, Some(0), "{report:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +277,7 @@ async fn a_target_failing_at_the_50_percent_step_rolls_back() -> anyhow::Result<
     let dir = tempfile::tempdir()?;
     let mut options = options(dir.path())?;
     options.no_warm = true;
-    options.inject_fault = true;
+    options.inject_fault = Some(umbra_demo::FaultAt::HalfWay);
     let report = run_demo(&options).await?;
     assert_eq!(report.outcome, "rolled_back", "{report:#?}");
     // The rollback time is measured and reported; how long it may take is a benchmark's claim
@@ -207,14 +289,7 @@ async fn a_target_failing_at_the_50_percent_step_rolls_back() -> anyhow::Result<
         names.ends_with(&["cutting_over[1]", "rolling_back", "rolled_back"]),
         "{names:?}"
     );
-    // Traffic is back on the source.
-    let source = front_ip(&report.from);
-    assert!(
-        report.by_front_at_end.keys().all(|a| a.starts_with(source)),
-        "{:?}",
-        report.by_front_at_end
-    );
-    assert!(report.identical_state, "the orchestrators disagree");
+    assert_back_on_the_source(&report);
     // No acknowledged write is lost: they were all applied on the source (the target's
     // shadows passed theirs on, or failed them by the fault switch before applying).
     println!("writes {:?}", report.writes);

@@ -128,7 +128,7 @@ async fn run_with_bind(drill: Drill) -> anyhow::Result<(DemoReport, Vec<BTreeSet
     let wrong_key = drill.wrong_key;
     let mut options = options(dir.path(), DemoDns::Bind { port, wrong_key })?;
     options.kill_leader = drill.kill_leader;
-    options.inject_fault = drill.inject_fault;
+    options.inject_fault = drill.inject_fault.then_some(umbra_demo::FaultAt::HalfWay);
     if drill.haproxy {
         installed("haproxy", "haproxy")?;
         options.front = FrontKind::Haproxy;

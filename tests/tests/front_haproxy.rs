@@ -209,7 +209,7 @@ async fn a_target_failing_behind_haproxy_rolls_the_migration_back() -> anyhow::R
     let dir = tempfile::tempdir()?;
     let mut options = options(dir.path())?;
     options.no_warm = true;
-    options.inject_fault = true;
+    options.inject_fault = Some(umbra_demo::FaultAt::HalfWay);
     let (report, _) = run_watched(&options, dir.path()).await?;
     assert_eq!(report.outcome, "rolled_back", "{report:#?}");
     let names: Vec<&str> = report.phases.iter().map(|p| p.name.as_str()).collect();

@@ -247,7 +247,7 @@ async fn a_step_without_prometheus_data_holds_until_an_operator_rolls_it_back() 
 async fn a_target_failing_under_prometheus_rolls_back_naming_it() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut options = options(dir.path())?;
-    options.inject_fault = true;
+    options.inject_fault = Some(umbra_demo::FaultAt::HalfWay);
     let report = run_demo(&options).await?;
     assert_eq!(report.outcome, "rolled_back", "{report:#?}");
     let rolling_back = report

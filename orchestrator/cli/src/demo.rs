@@ -1,4 +1,4 @@
-//! `umbra demo [--json] [--inject-fault] [--kill-leader] [--restart-target-agent] [--no-warm]
+//! `umbra demo [--json] [--inject-fault[=half-way|after-writer-moved]] [--kill-leader] [--restart-target-agent] [--no-warm]
 //! [--front embedded|haproxy] [--dns embedded|bind] [--slo-source fronts|prometheus]
 //! [--slo-judgement thresholds|compare] [--data wal|postgres]`: one real region migration on this machine (three orchestrators, three region agents with their fronts and
 //! sample instances, traffic through the orchestrators' DNS). The work is
@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use umbra_demo::report::DemoReport;
 use umbra_demo::scenario::DemoLoad;
-use umbra_demo::{DemoData, DemoDns, DemoOptions, DemoSloSource, FrontKind, run as run_demo};
+use umbra_demo::{
+    DemoData, DemoDns, DemoOptions, DemoSloSource, FaultAt, FrontKind, run as run_demo,
+};
 use umbra_orchestrator::migration::SloJudgement;
 
 /// Arguments of `umbra demo`.
@@ -19,10 +21,12 @@ pub struct DemoArgs {
     /// Print one JSON object (the final report) on stdout; progress stays on stderr.
     #[arg(long)]
     json: bool,
-    /// The target's sample service starts failing at the 50 % step: the migration must roll
-    /// back by itself.
-    #[arg(long)]
-    inject_fault: bool,
+    /// The target's sample service starts failing, and the migration must roll back by
+    /// itself: at the 50 % step (`half-way`, the default), or once the single writer moved to
+    /// the target (`after-writer-moved`: the rollback hands the writer back to the source).
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true,
+          default_missing_value = "half-way", value_name = "WHEN")]
+    inject_fault: Option<FaultAtChoice>,
     /// SIGKILL the leading orchestrator mid-cutover (at the 50 % step).
     #[arg(long)]
     kill_leader: bool,
@@ -88,6 +92,13 @@ pub struct DemoArgs {
     fault_plan: Option<PathBuf>,
 }
 
+/// `--inject-fault=WHEN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FaultAtChoice {
+    HalfWay,
+    AfterWriterMoved,
+}
+
 /// `--slo-judgement`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum JudgementChoice {
@@ -133,7 +144,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("the umbra binary has no directory")?
         .to_owned();
     let mut options = DemoOptions::new(bin_dir);
-    options.inject_fault = args.inject_fault;
+    options.inject_fault = args.inject_fault.map(|at| match at {
+        FaultAtChoice::HalfWay => FaultAt::HalfWay,
+        FaultAtChoice::AfterWriterMoved => FaultAt::AfterWriterMoved,
+    });
     options.kill_leader = args.kill_leader;
     options.restart_target_agent = args.restart_target_agent;
     options.no_warm = args.no_warm;
@@ -196,7 +210,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.keep {
         eprintln!("files kept in {}", dir.display());
     }
-    let expected = if args.inject_fault {
+    let expected = if args.inject_fault.is_some() {
         "rolled_back"
     } else {
         "completed"
@@ -325,10 +339,20 @@ fn print_report(r: &DemoReport) {
     }
     if let Some(ms) = r.fence_window_ms {
         println!(
-            "writer moved: fenced for {ms} ms (writes held meanwhile); {} failed in those seconds",
-            r.failed_in_fence_window
+            "writer moved: fenced for {ms} ms (writes held meanwhile); {} failed in those \
+             seconds, {} of them writes",
+            r.failed_in_fence_window, r.writes_refused_while_fenced
         );
     }
+    let found = match (r.writes_found_on_target, r.writes_found_on_source) {
+        (Some(n), _) => format!("{n} found on the target ({})", r.to),
+        (None, Some(n)) => format!("{n} found on the source ({})", r.from),
+        (None, None) => "not read back".to_owned(),
+    };
+    println!(
+        "writes: {} acknowledged, {found}, {} acknowledged and missing",
+        r.writes_acknowledged, r.writes_acknowledged_missing
+    );
     if let Some(id) = r.killed_leader {
         println!("killed orchestrator {id} (the leader) mid-cutover");
     }

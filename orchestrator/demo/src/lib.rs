@@ -7,7 +7,8 @@
 //! `shop.umbra.test` resolved through the orchestrators' DNS for the whole run, requests the
 //! follow-the-sun migration on a compressed clock, prints every transition from the
 //! replicated audit log as it happens, and builds the final [`report::DemoReport`].
-//! `--inject-fault` flips the target's fault switch at the 50 % step; `--kill-leader`
+//! `--inject-fault` flips the target's fault switch at the 50 % step (or, with
+//! [`FaultAt::AfterWriterMoved`], once the single writer moved to the target); `--kill-leader`
 //! SIGKILLs the leading orchestrator at that step; `--no-warm` skips the warm-up. With
 //! `--dns bind` ([`DemoDns::Bind`]), `named` ([`bind`]) replaces the embedded servers as the
 //! zone's one authority, and the traffic resolves through it. With `--data postgres`
@@ -101,8 +102,8 @@ const DATA_DISK_BYTES: u64 = 64 << 20;
 /// What `umbra demo` was asked to do.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// Flip the target's fault switch at the 50 % step (the demo must roll back by itself).
-    pub inject_fault: bool,
+    /// Flip the target's fault switch, and when (the demo must roll back by itself).
+    pub inject_fault: Option<FaultAt>,
     /// SIGKILL the leading orchestrator at the 50 % step.
     pub kill_leader: bool,
     /// SIGKILL the target region's agent once the migration warms, and start it again
@@ -156,6 +157,19 @@ pub struct DemoOptions {
     pub data: DemoData,
 }
 
+/// When `umbra demo --inject-fault` makes the target's instances fail every request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FaultAt {
+    /// At the 50 % step, while the source still holds the single writer: the rollback only
+    /// moves traffic back.
+    #[default]
+    HalfWay,
+    /// Once the leader recorded the single writer's move to the target (at the last step):
+    /// the rollback must also hand the writer back to the source, losing no write the target
+    /// acknowledged meanwhile.
+    AfterWriterMoved,
+}
+
 /// Where the demo's sample instances keep their data (`umbra demo --data`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DemoData {
@@ -194,7 +208,7 @@ impl DemoOptions {
     /// The defaults of `umbra demo`, with binaries in `bin_dir`.
     pub fn new(bin_dir: PathBuf) -> Self {
         Self {
-            inject_fault: false,
+            inject_fault: None,
             kill_leader: false,
             restart_target_agent: false,
             no_warm: false,
@@ -561,6 +575,8 @@ struct Cluster {
     )>,
     /// Where the instances keep their data.
     data: DemoData,
+    /// Each region's PostgreSQL server (`--data postgres`), as a conninfo.
+    databases: BTreeMap<String, String>,
 }
 
 impl Cluster {
@@ -905,6 +921,7 @@ async fn start_cluster(
         token_file,
         prometheus,
         data: options.data,
+        databases,
     })
 }
 
@@ -1101,6 +1118,7 @@ async fn demo(
         mut orchestrators,
         agent_state_dirs,
         demand,
+        databases,
         ..
     } = cluster;
     let source = regions[0].clone();
@@ -1112,6 +1130,7 @@ async fn demo(
         &demand,
         &source,
         &agent_state_dirs,
+        &databases,
         &running.reads,
         started,
         progress,
@@ -1270,6 +1289,8 @@ struct Watched {
     faults: Vec<faults::FaultSeen>,
     /// The instances' write-ahead logs, read while the migration ran.
     wals: wals::WalReader,
+    /// `--data postgres`: instance databases by region and idle replication slots at the end.
+    postgres_left: Option<(BTreeMap<String, usize>, usize)>,
 }
 
 #[allow(clippy::too_many_arguments)] // One call site; a struct would only rename them.
@@ -1281,6 +1302,7 @@ async fn migrate(
     demand: &[history::RegionDemand],
     source: &str,
     agent_state_dirs: &BTreeMap<String, PathBuf>,
+    databases: &BTreeMap<String, String>,
     traffic: &traffic::TrafficRun,
     started: Instant,
     progress: &(dyn Fn(&str) + Sync),
@@ -1430,33 +1452,39 @@ async fn migrate(
                 _ => {}
             }
         }
-        if phase == "cutting_over[1]" {
-            if options.inject_fault && !fault_injected {
-                let failing = FaultSwitch {
-                    error_rate: 1.0,
-                    added_latency_ms: 0,
-                };
-                let flipped = set_fault_switch(&agent_state_dirs[&to], "", &failing).await;
-                progress(&format!(
-                    "fault injected: {to}'s sample instances now fail every request ({flipped} switched)"
-                ));
-                fault_injected = true;
+        let fault_due = match options.inject_fault {
+            Some(FaultAt::HalfWay) => phase == "cutting_over[1]",
+            Some(FaultAt::AfterWriterMoved) => {
+                !terminal && report::writer_move(&audit, &id).is_some()
             }
-            if options.kill_leader && killed_leader.is_none() {
-                let leader = call_live(orchestrators, |api| async move { api.health().await })
-                    .await
-                    .ok()
-                    .and_then(|h| h.leader.leader);
-                if let Some(leader) = leader {
-                    supervisor.kill(&format!("orchestrator-{leader}"))?;
-                    if let Some(o) = orchestrators.iter_mut().find(|o| o.id == leader) {
-                        o.killed = true;
-                    }
-                    killed_leader = Some(leader);
-                    progress(&format!(
-                        "SIGKILLed orchestrator {leader}, the leader, mid-cutover"
-                    ));
+            None => false,
+        };
+        if fault_due && !fault_injected {
+            let failing = FaultSwitch {
+                error_rate: 1.0,
+                added_latency_ms: 0,
+            };
+            let flipped = set_fault_switch(&agent_state_dirs[&to], "", &failing).await;
+            progress(&format!(
+                "fault injected: {to}'s sample instances now fail every request ({flipped} \
+                 switched, {phase})"
+            ));
+            fault_injected = true;
+        }
+        if phase == "cutting_over[1]" && options.kill_leader && killed_leader.is_none() {
+            let leader = call_live(orchestrators, |api| async move { api.health().await })
+                .await
+                .ok()
+                .and_then(|h| h.leader.leader);
+            if let Some(leader) = leader {
+                supervisor.kill(&format!("orchestrator-{leader}"))?;
+                if let Some(o) = orchestrators.iter_mut().find(|o| o.id == leader) {
+                    o.killed = true;
                 }
+                killed_leader = Some(leader);
+                progress(&format!(
+                    "SIGKILLed orchestrator {leader}, the leader, mid-cutover"
+                ));
             }
         }
         if terminal {
@@ -1464,11 +1492,13 @@ async fn migrate(
             let enough = traffic.totals().requests >= options.min_requests;
             // What the migration leaves behind is released: the old source's pool after a
             // completion, the shadow pool after a rollback (once the keep time passed).
+            // On PostgreSQL, their databases are dropped with them and the slot kept for a
+            // way back that can no longer be taken is dropped too: no slot stays idle.
             let released = match phase {
                 "completed" => instances_left(&agent_state_dirs[source]) == 0,
                 "rolled_back" => instances_left(&agent_state_dirs[&to]) == 0,
                 _ => true,
-            };
+            } && (databases.is_empty() || postgres_held(databases).await.1 == 0);
             if since.elapsed() >= Duration::from_secs(options.settle_secs) && enough && released {
                 break;
             }
@@ -1511,6 +1541,7 @@ async fn migrate(
         })
         .unwrap_or(0);
     let migration = status.migrations.iter().find(|m| m.id == id).cloned();
+    let postgres_left = (!databases.is_empty()).then_some(postgres_held(databases).await);
     Ok(Watched {
         id,
         from: source.to_owned(),
@@ -1525,6 +1556,7 @@ async fn migrate(
         pools,
         faults: plan_faults.map(|f| f.seen()).unwrap_or_default(),
         wals: logs,
+        postgres_left,
     })
 }
 
@@ -1621,14 +1653,18 @@ async fn finish(
         }
         _ => None,
     };
-    let failed_in_fence_window = match (measured, lifted) {
-        (Some((at, window)), _) => {
-            let (end, len) = report::widest((at, window.unwrap_or(0)), logged);
-            report::failed_in_window(&timeline, end, len)
-        }
-        (None, Some((end, len))) => report::failed_in_window(&timeline, end, len),
-        (None, None) => 0,
+    let writes_held = match (measured, lifted) {
+        (Some((at, window)), _) => Some(report::widest((at, window.unwrap_or(0)), logged)),
+        (None, lifted) => lifted,
     };
+    let (failed_in_fence_window, writes_refused_while_fenced) =
+        writes_held.map_or((0, 0), |(end, len)| {
+            (
+                report::failed_in_window(&timeline, end, len),
+                report::failed_in_window(&report::timeline(&traffic.writes), end, len),
+            )
+        });
+    let completed = outcome == "completed";
     Ok(DemoReport {
         outcome,
         migration: watched.id.clone(),
@@ -1646,6 +1682,11 @@ async fn finish(
         rollback_ms: report::rollback_ms(&phases),
         fence_window_ms,
         failed_in_fence_window,
+        writes_acknowledged: writes.acknowledged,
+        writes_found_on_target: completed.then_some(writes.found),
+        writes_found_on_source: (!completed).then_some(writes.found),
+        writes_acknowledged_missing: writes.acknowledged_missing,
+        writes_refused_while_fenced,
         phases,
         by_front: summary.by_front,
         by_front_at_end: summary.by_front_at_end,
@@ -1657,6 +1698,8 @@ async fn finish(
         shadow_instances_left: watched.shadow_instances_left,
         pools: watched.pools,
         faults: watched.faults,
+        postgres_databases_left: watched.postgres_left.as_ref().map(|(d, _)| d.clone()),
+        postgres_idle_slots_left: watched.postgres_left.map(|(_, s)| s),
         wals,
         writes,
         identical_state,
@@ -1814,6 +1857,22 @@ async fn read_back(front: SocketAddr, segments: &[TrafficSegment]) -> report::Wr
         first_missing: missing,
         acknowledged_missing,
     }
+}
+
+/// What the regions' PostgreSQL servers hold for Umbra: instance databases by region, and
+/// replication slots no subscriber reads, on all of them (a server that does not answer counts as holding one of
+/// each, so a wait on it does not end on an error).
+async fn postgres_held(databases: &BTreeMap<String, String>) -> (BTreeMap<String, usize>, usize) {
+    let mut held = BTreeMap::new();
+    let mut slots = 0;
+    for (region, conninfo) in databases {
+        let (dbs, region_slots) = umbra_agent::sample::postgres::holdings(conninfo)
+            .await
+            .map_or((1, 1), |(d, s)| (d.len(), s.len()));
+        held.insert(region.clone(), dbs);
+        slots += region_slots;
+    }
+    (held, slots)
 }
 
 /// Instances an agent's process provider still keeps (one directory each; removing an

@@ -520,6 +520,21 @@ pub struct DemoReport {
     /// last step lifted the source's fence before the writer moved, the window is the pause
     /// the logs show in the source's writes during that step and the rollback.
     pub failed_in_fence_window: u64,
+    /// Writes the traffic client sent in the seconds of that window that failed (a fenced
+    /// writer holds writes until the new writer takes them; these are the ones it did not);
+    /// counted in `failed_in_fence_window` too.
+    pub writes_refused_while_fenced: u64,
+    /// Writes answered 2xx (`writes.acknowledged`).
+    pub writes_acknowledged: u64,
+    /// Written keys found with their value on the target at the end, read through its front;
+    /// set when the migration completed (`writes.found`).
+    pub writes_found_on_target: Option<u64>,
+    /// The same on the source, where the service ended up when the migration did not
+    /// complete (rolled back or failed).
+    pub writes_found_on_source: Option<u64>,
+    /// Acknowledged writes not found where the service ended up: 0 unless a write was lost
+    /// (`writes.acknowledged_missing`).
+    pub writes_acknowledged_missing: u64,
     /// Requests by front over the run.
     pub by_front: BTreeMap<String, u64>,
     /// Requests by front once the migration ended and one DNS TTL passed (where the traffic
@@ -537,6 +552,13 @@ pub struct DemoReport {
     pub restarted_agent: Option<String>,
     /// The fault plan's faults (`--fault-plan`): what each hit, when it fired and was undone.
     pub faults: Vec<crate::faults::FaultSeen>,
+    /// `--data postgres`: the instance databases (`umbra_…`) each region's server holds at
+    /// the end: one per instance left, since removing an instance drops its database.
+    pub postgres_databases_left: Option<BTreeMap<String, usize>>,
+    /// `--data postgres`: replication slots no subscriber reads, on every server at the end:
+    /// 0 once the migration released what it left behind (such a slot keeps WAL on its
+    /// server for ever; an in-region replica's slot is read and not counted).
+    pub postgres_idle_slots_left: Option<usize>,
     /// The write traffic, read back where the service ended up.
     pub writes: WriteCheck,
     /// Every sample instance's write-ahead log, read while the demo ran (a released
