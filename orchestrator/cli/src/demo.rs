@@ -1,7 +1,8 @@
-//! `umbra demo [--json] [--inject-fault[=half-way|after-writer-moved]] [--kill-leader] [--restart-target-agent] [--no-warm]
-//! [--front embedded|haproxy] [--dns embedded|bind] [--slo-source fronts|prometheus]
-//! [--slo-judgement thresholds|compare] [--data wal|postgres]`: one real region migration on this machine (three orchestrators, three region agents with their fronts and
-//! sample instances, traffic through the orchestrators' DNS). The work is
+//! `umbra demo [--json] [--inject-fault[=half-way|after-writer-moved]] [--kill-leader]
+//! [--restart-target-agent] [--no-warm] [--front embedded|haproxy] [--dns embedded|bind]
+//! [--slo-source fronts|prometheus] [--slo-judgement thresholds|compare] [--data wal|postgres]`:
+//! one real region migration on this machine (three orchestrators, three region agents with
+//! their fronts and sample instances, traffic through the orchestrators' DNS). The work is
 //! `umbra_demo`; this file parses flags, prints progress on stderr and the final
 //! report on stdout (`--json`: one JSON object), and turns Ctrl-C into a clean stop.
 
