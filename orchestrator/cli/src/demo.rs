@@ -193,10 +193,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         return runtime.block_on(serve(&options, args.json));
     }
     let result = runtime.block_on(async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("listening for SIGTERM")?;
         tokio::select! {
             result = run_demo(&options, &progress) => result.map_err(anyhow::Error::from),
-            // Dropping the demo future drops its supervisor, which stops every process.
+            // Dropping the demo future drops its supervisor, which stops every process: on
+            // Ctrl-C, and on the SIGTERM a process manager or `timeout` sends.
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; stopped everything the demo started")),
+            _ = terminate.recv() => Err(anyhow::anyhow!("terminated (SIGTERM); stopped everything the demo started")),
         }
     });
     if let Some(plan) = &options.fault_plan {
