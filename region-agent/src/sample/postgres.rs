@@ -558,12 +558,7 @@ impl PgStore {
             .await
             .map_err(db_error)?;
         // A replica is no longer what it was promoted from.
-        client
-            .batch_execute(
-                "DELETE FROM umbra_meta WHERE key IN ('promoted_from', 'back_slot', 'promoted_at')",
-            )
-            .await
-            .map_err(db_error)
+        forget_promotion(&client).await
     }
 
     /// Stops following without taking writes.
@@ -611,14 +606,7 @@ impl PgStore {
         // The slot for the way back, made afresh: one left by an earlier promotion would
         // start the way back at an old position.
         let back_slot = identifier("umbra_back_", &self.endpoint);
-        client
-            .query(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = $1 AND NOT active",
-                &[&back_slot],
-            )
-            .await
-            .map_err(db_error)?;
+        drop_idle_slot(&client, &back_slot).await?;
         client
             .query(
                 "SELECT pg_create_logical_replication_slot($1, 'pgoutput') \
@@ -640,9 +628,7 @@ impl PgStore {
         drop_subscription(&client).await?;
         self.writable(&client).await
     }
-}
 
-impl PgStore {
     /// Drops the slot this database's promotion made for the way back once the database it
     /// was promoted from is gone (its instance removed after the migration completed, which
     /// drops its database): nothing can follow back through it any more, and an unused slot
@@ -659,26 +645,50 @@ impl PgStore {
                     == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {}
             _ => return Ok(false),
         }
+        // Under the writer's lock, which every mode change holds throughout: only the
+        // promotion checked above is forgotten, not one a follow and promotion made meanwhile.
         let client = self.writer().await?;
-        client
-            .query(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = $1 AND NOT active",
-                &[&slot],
+        let still = client
+            .query_opt(
+                "SELECT 1 FROM umbra_meta WHERE key = 'promoted_from' AND value = $1",
+                &[&from],
             )
             .await
-            .map_err(db_error)?;
-        client
-            .execute(
-                "DELETE FROM umbra_meta WHERE key IN ('promoted_from', 'back_slot', 'promoted_at')",
-                &[],
-            )
-            .await
-            .map_err(db_error)?;
+            .map_err(db_error)?
+            .is_some();
+        if !still {
+            return Ok(false);
+        }
+        drop_idle_slot(&client, &slot).await?;
+        forget_promotion(&client).await?;
         tracing::info!(slot, database = %self.database,
             "dropped the slot for the way back: the database it served is gone");
         Ok(true)
     }
+}
+
+/// Drops the slot `slot` unless a subscriber reads it.
+async fn drop_idle_slot(client: &Client, slot: &str) -> Result<(), PgError> {
+    client
+        .query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1 AND NOT active",
+            &[&slot],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// Forgets this database's promotion record (where it was promoted from, its way-back slot,
+/// the mark it was promoted at).
+async fn forget_promotion(client: &Client) -> Result<(), PgError> {
+    client
+        .batch_execute(
+            "DELETE FROM umbra_meta WHERE key IN ('promoted_from', 'back_slot', 'promoted_at')",
+        )
+        .await
+        .map_err(db_error)
 }
 
 /// Drops removed instance `instance`'s database from the server `conninfo` names, with what
