@@ -350,15 +350,6 @@ fn print_report(r: &DemoReport) {
             r.failed_in_fence_window, r.writes_refused_while_fenced
         );
     }
-    let found = match (r.writes_found_on_target, r.writes_found_on_source) {
-        (Some(n), _) => format!("{n} found on the target ({})", r.to),
-        (None, Some(n)) => format!("{n} found on the source ({})", r.from),
-        (None, None) => "not read back".to_owned(),
-    };
-    println!(
-        "writes: {} acknowledged, {found}, {} acknowledged and missing",
-        r.writes_acknowledged, r.writes_acknowledged_missing
-    );
     if let Some(id) = r.killed_leader {
         println!("killed orchestrator {id} (the leader) mid-cutover");
     }
@@ -386,11 +377,16 @@ fn print_report(r: &DemoReport) {
     }
     println!("traffic at the end by front: {:?}", r.by_front_at_end);
     println!(
-        "writes: {} sent, {} acknowledged, {} read back at the end, {} acknowledged and \
-         missing{}",
+        "writes: {} sent, {} acknowledged, {} read back at the end on the {}, {} acknowledged \
+         and missing{}",
         r.writes.sent,
         r.writes.acknowledged,
         r.writes.found,
+        if r.writes_found_on_target.is_some() {
+            format!("target ({})", r.to)
+        } else {
+            format!("source ({})", r.from)
+        },
         r.writes.acknowledged_missing,
         if r.writes.first_missing.is_empty() {
             String::new()
