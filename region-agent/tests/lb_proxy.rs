@@ -147,13 +147,23 @@ async fn killed_backend_process_is_ejected_and_failures_are_bounded() -> Result<
     let probes = b_stats.requests - b_requests_settled;
     assert!(probes <= 2, "b got {probes} requests after it was ejected");
     // Stated bound: failures are requests already in flight on b when it died (at 250 req/s
-    // to b and ~1-2 ms service time, a handful); none after the first second.
+    // to b and ~1-2 ms service time, a handful), and no request sent once the kill settled
+    // fails. A request caught in flight may fail only when the client gives up on it (seen
+    // once in CI: the POST sent as b died got no answer within the client's 5 s), so failures
+    // are told apart by when they were sent, not by when they finished.
     let failed = report.counts.failed();
     assert!(failed <= 10, "{failed} failed requests: {report}");
-    assert_eq!(
-        after_kill.counts.failed(),
-        failed,
-        "failures after the kill settled: {report}"
+    let sent_before_settled = after_kill.counts.scheduled;
+    let late: Vec<u64> = report
+        .failed_seqs
+        .iter()
+        .copied()
+        .filter(|&seq| seq >= sent_before_settled)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "requests {late:?} were sent after the kill settled (the first {sent_before_settled}) \
+         and failed: {report}"
     );
     assert_eq!(
         served(&after_kill, "b"),
