@@ -1661,7 +1661,12 @@ async fn finish(
         writes_held.map_or((0, 0), |(end, len)| {
             (
                 report::failed_in_window(&timeline, end, len),
-                report::failed_in_window(&report::timeline(&traffic.writes), end, len),
+                report::failed_due_in_window(
+                    &traffic.writes,
+                    options.load.write_rate_per_sec,
+                    end,
+                    len,
+                ),
             )
         });
     let completed = outcome == "completed";

@@ -419,6 +419,30 @@ pub fn failed_in_window(timeline: &[SecondOfTraffic], end_ms: u64, window_ms: u6
         .sum()
 }
 
+/// Failed requests of `segments` that were due in the window of `window_ms` ending at `end_ms`
+/// (Unix ms), the window included: request `k` of a segment is due `k / rate_per_sec` after
+/// the segment's start, as the generator schedules it. Unlike [`failed_in_window`], a
+/// failure in the same second for another reason (a fault before a rollback) is not counted.
+pub fn failed_due_in_window(
+    segments: &[TrafficSegment],
+    rate_per_sec: f64,
+    end_ms: u64,
+    window_ms: u64,
+) -> u64 {
+    if rate_per_sec <= 0.0 {
+        return 0;
+    }
+    let start_ms = end_ms.saturating_sub(window_ms);
+    let due_ms = |s: &TrafficSegment, seq: u64| {
+        s.start_ms + (seq.saturating_sub(s.first_seq) as f64 * 1_000.0 / rate_per_sec) as u64
+    };
+    segments
+        .iter()
+        .flat_map(|s| s.failed_seqs.iter().map(move |&seq| due_ms(s, seq)))
+        .filter(|due| (start_ms..=end_ms).contains(due))
+        .count() as u64
+}
+
 /// The run second by second.
 pub fn timeline(segments: &[TrafficSegment]) -> Vec<SecondOfTraffic> {
     segments
@@ -520,9 +544,9 @@ pub struct DemoReport {
     /// last step lifted the source's fence before the writer moved, the window is the pause
     /// the logs show in the source's writes during that step and the rollback.
     pub failed_in_fence_window: u64,
-    /// Writes the traffic client sent in the seconds of that window that failed (a fenced
-    /// writer holds writes until the new writer takes them; these are the ones it did not);
-    /// counted in `failed_in_fence_window` too.
+    /// Writes the traffic client sent inside that window (by each write's scheduled send
+    /// time) that failed: a fenced writer holds writes until the new writer takes them, and
+    /// these are the ones it did not. Counted in `failed_in_fence_window` too.
     pub writes_refused_while_fenced: u64,
     /// Writes answered 2xx (`writes.acknowledged`).
     pub writes_acknowledged: u64,
@@ -638,6 +662,27 @@ mod tests {
                 .collect(),
             failed_seqs: (0..failed).collect(),
         }
+    }
+
+    #[test]
+    fn only_writes_due_inside_the_fence_window_count_as_refused_while_fenced() {
+        // 100 writes a second; the first second fails requests 5, 50 and 95 (due at +50,
+        // +500 and +950 ms), the next fails request 120 (due 200 ms into it).
+        let mut first = segment(10_000, 1, 3, "f");
+        first.failed_seqs = vec![5, 50, 95];
+        let mut second = segment(11_000, 1, 1, "f");
+        second.first_seq = 100;
+        second.failed_seqs = vec![120];
+        let segments = [first, second];
+        // The writer moved between 10,400 and 11,000 ms.
+        assert_eq!(failed_due_in_window(&segments, 100.0, 11_000, 600), 2);
+        // Both edges count: [10,950, 11,200] holds requests 95 and 120.
+        assert_eq!(failed_due_in_window(&segments, 100.0, 11_200, 250), 2);
+        assert_eq!(failed_due_in_window(&segments, 100.0, 11_200, 249), 1);
+        assert_eq!(failed_due_in_window(&segments, 100.0, 9_999, 5_000), 0);
+        // The seconds the window overlaps hold all four failures: that count is wider.
+        assert_eq!(failed_in_window(&timeline(&segments), 11_000, 600), 4);
+        assert_eq!(failed_due_in_window(&segments, 0.0, 11_000, 600), 0);
     }
 
     #[test]
