@@ -1,7 +1,8 @@
 //! Injectors of faults into real processes on this machine: a pause (SIGSTOP, confirmed by
 //! the kernel before it counts, then SIGCONT), a network cut or packet loss on a
-//! process's UDP ports through nftables (its QUIC traffic: Raft peers, agents, clients), and
-//! a full data disk: a size-limited tmpfs ([`DataDisk`]) mounted where the processes keep
+//! process's UDP ports through nftables (its QUIC traffic: Raft peers, agents, clients), a
+//! delay of each of those packets through a netfilter queue this process reads ([`Delay`]),
+//! and a full data disk: a size-limited tmpfs ([`DataDisk`]) mounted where the processes keep
 //! their data, filled to the last byte by a ballast file and freed by removing it.
 //! Killing and starting again is the caller's supervisor's: it owns the child and its recipe.
 //!
@@ -111,6 +112,11 @@ pub enum InjectError {
         "nftables refused the cut ({0}); partitions and packet loss need root and the nft program: apt-get install nftables"
     )]
     Nft(String),
+    /// The packet queue or the iptables rules that feed it could not be set up or removed.
+    #[error(
+        "could not delay packets ({0}); a delay needs root, the iptables program with its NFQUEUE target, and the kernel's nfnetlink_queue: apt-get install iptables"
+    )]
+    Delay(String),
 }
 
 /// A process's state letter from `/proc/PID/stat` (`R`, `S`, `T` for stopped, `Z`...);
@@ -437,6 +443,266 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), InjectError> {
     }
 }
 
+/// Longest delay a [`Delay`] adds to each packet, ms: far past any inter-region round trip.
+pub const MAX_DELAY_MS: u64 = 10_000;
+/// Packets a [`Delay`] holds at once; past that the kernel lets them through undelayed
+/// (fail-open), so a flood cannot grow the holder's memory without bound.
+const DELAY_QUEUE_MAX: u32 = 16_384;
+/// Bytes of each held packet copied to user space: the holder reads none of it, and the
+/// kernel sends the packet on as it was.
+const DELAY_COPY_BYTES: u16 = 64;
+/// Prefix of the iptables chains delays add (`UMBRA_DLY_<pid>_<n>`), so that a runner can
+/// find the chains a killed runner left behind.
+const DELAY_CHAIN_PREFIX: &str = "UMBRA_DLY_";
+/// First packet-queue number a delay tries; it takes the next free one.
+const DELAY_QUEUE_BASE: u16 = 31_000;
+
+/// Chains made by this process, numbered so that two delays never share a name.
+static NEXT_CHAIN: AtomicU64 = AtomicU64::new(0);
+
+/// Packets of some UDP ports held for a fixed time before the kernel delivers them, until
+/// healed (or dropped): a slow link to and from the process listening there.
+///
+/// The kernel has no delay of its own here (`tc netem` needs `sch_netem`, which this kind of
+/// machine lacks), so the packets go through a netfilter packet queue (NFQUEUE) that a thread
+/// of this process reads: it holds each packet `added` and then accepts it, in arrival order.
+/// The iptables rules (a chain of their own in the `mangle` table, jumped to from `INPUT`, so
+/// every loopback packet is matched once on arrival, by destination and by source port) send
+/// the packets to the queue with `--queue-bypass`: with nobody reading it, as after a runner
+/// was SIGKILLed, packets pass undelayed. Healing removes the rules, then lets every held
+/// packet go at once. The kernel drops the packets queued at the moment the machine's
+/// netfilter hooks change (an nftables table of a [`Cut`] added or removed): those few are
+/// lost, as they would be on a real link. IPv4 only, as the processes' QUIC endpoints here
+/// are.
+#[derive(Debug)]
+pub struct Delay {
+    chain: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    holder: Option<std::thread::JoinHandle<Result<u64, String>>>,
+    healed: bool,
+}
+
+impl Delay {
+    /// Holds every UDP packet to or from `ports` for `added` (1 ms to [`MAX_DELAY_MS`]) before
+    /// it is delivered.
+    pub fn install(ports: &[u16], added: Duration) -> Result<Self, InjectError> {
+        if ports.is_empty() {
+            return Err(InjectError::Delay("no port to delay".to_owned()));
+        }
+        if added.is_zero() || added > Duration::from_millis(MAX_DELAY_MS) {
+            return Err(InjectError::Delay(format!(
+                "a delay must be 1 to {MAX_DELAY_MS} ms, not {} ms",
+                added.as_millis()
+            )));
+        }
+        reap_orphan_delays();
+        let (queue, num) = bind_free_queue()?;
+        let chain = format!(
+            "{DELAY_CHAIN_PREFIX}{}_{}",
+            std::process::id(),
+            NEXT_CHAIN.fetch_add(1, Ordering::Relaxed)
+        );
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let holder = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("delay-{num}"))
+                .spawn(move || hold_packets(queue, added, &stop))
+                .map_err(|e| InjectError::Delay(format!("starting the packet holder: {e}")))?
+        };
+        let delay = Self {
+            chain,
+            stop,
+            holder: Some(holder),
+            healed: false,
+        };
+        // Dropping `delay` on an error below removes whatever part of the rules was added.
+        let queue_num = num.to_string();
+        iptables(&["-N", &delay.chain])?;
+        for port in ports {
+            let port = port.to_string();
+            for direction in ["--dport", "--sport"] {
+                iptables(&[
+                    "-A",
+                    &delay.chain,
+                    "-p",
+                    "udp",
+                    direction,
+                    &port,
+                    "-j",
+                    "NFQUEUE",
+                    "--queue-num",
+                    &queue_num,
+                    "--queue-bypass",
+                ])?;
+            }
+        }
+        iptables(&["-I", "INPUT", "-j", &delay.chain])?;
+        Ok(delay)
+    }
+
+    /// Removes the rules and lets every held packet go: the link is fast again. Returns how
+    /// many packets were held.
+    pub fn heal(mut self) -> Result<u64, InjectError> {
+        self.healed = true;
+        let removed = remove_delay_chain(&self.chain);
+        let held = self.stop_holder();
+        removed?;
+        held
+    }
+
+    fn stop_holder(&mut self) -> Result<u64, InjectError> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.holder.take().map(std::thread::JoinHandle::join) {
+            None => Ok(0),
+            Some(Ok(result)) => result.map_err(InjectError::Delay),
+            Some(Err(_)) => Err(InjectError::Delay("the packet holder panicked".to_owned())),
+        }
+    }
+}
+
+impl Drop for Delay {
+    fn drop(&mut self) {
+        if !self.healed {
+            let _ = remove_delay_chain(&self.chain);
+        }
+        let _ = self.stop_holder();
+    }
+}
+
+/// Opens a packet queue on the first free number from [`DELAY_QUEUE_BASE`] (another process,
+/// or another delay of this one, may hold a number).
+fn bind_free_queue() -> Result<(nfq::Queue, u16), InjectError> {
+    let mut queue = nfq::Queue::open()
+        .map_err(|e| InjectError::Delay(format!("opening a netfilter queue socket: {e}")))?;
+    let mut last = None;
+    for num in DELAY_QUEUE_BASE..DELAY_QUEUE_BASE + 256 {
+        match queue.bind(num) {
+            Ok(()) => {
+                let setup = queue
+                    .set_copy_range(num, DELAY_COPY_BYTES)
+                    .and_then(|()| queue.set_queue_max_len(num, DELAY_QUEUE_MAX))
+                    .and_then(|()| queue.set_fail_open(num, true));
+                setup.map_err(|e| InjectError::Delay(format!("setting up queue {num}: {e}")))?;
+                queue.set_nonblocking(true);
+                return Ok((queue, num));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(InjectError::Delay(format!(
+        "no free packet queue from {DELAY_QUEUE_BASE}: {}",
+        last.map_or_else(String::new, |e| e.to_string())
+    )))
+}
+
+/// The holder's loop: reads packets as they arrive and accepts each once it has been held
+/// `added`; when told to stop, accepts every one still held. Returns how many it held.
+fn hold_packets(
+    mut queue: nfq::Queue,
+    added: Duration,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<u64, String> {
+    let mut held: std::collections::VecDeque<(Instant, nfq::Message)> = Default::default();
+    let mut count = 0u64;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        loop {
+            match queue.recv() {
+                Ok(mut message) => {
+                    message.set_verdict(nfq::Verdict::Accept);
+                    held.push_back((Instant::now() + added, message));
+                    count += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // The answer to a verdict for a packet the kernel no longer holds: it drops
+                // every queued packet when the machine's netfilter hooks change (another
+                // cut healing, a container network going away), so those are lost, as on a
+                // real link.
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => {}
+                Err(e) => return Err(format!("reading the packet queue: {e}")),
+            }
+        }
+        let now = Instant::now();
+        while let Some((due, _)) = held.front() {
+            if *due > now && !stopping {
+                break;
+            }
+            let (_, message) = held.pop_front().expect("front exists");
+            queue
+                .verdict(message)
+                .map_err(|e| format!("letting a held packet go: {e}"))?;
+        }
+        if stopping {
+            return Ok(count);
+        }
+        // The queue socket is read without blocking, so the wait is bounded by the next
+        // packet due and by a millisecond for packets still to come.
+        let wait = held
+            .front()
+            .map_or(Duration::from_millis(1), |(due, _)| {
+                due.saturating_duration_since(now)
+            })
+            .min(Duration::from_millis(1));
+        std::thread::sleep(wait);
+    }
+}
+
+fn remove_delay_chain(chain: &str) -> Result<(), InjectError> {
+    // The first two may fail on a chain only half added; deleting it then says whether it
+    // is gone (a chain still jumped to cannot be deleted).
+    let _ = iptables(&["-D", "INPUT", "-j", chain]);
+    let _ = iptables(&["-F", chain]);
+    iptables(&["-X", chain])
+}
+
+/// Removes the chains of delays whose runner is gone (SIGKILLed before it healed them): their
+/// rules bypass a queue nobody reads, so they slow nothing, but they would stay for ever.
+fn reap_orphan_delays() {
+    let Ok(listing) = iptables_output(&["-S"]) else {
+        return;
+    };
+    for line in listing.lines() {
+        let Some(chain) = line.strip_prefix("-N ") else {
+            continue;
+        };
+        let Some(pid) = chain
+            .strip_prefix(DELAY_CHAIN_PREFIX)
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = remove_delay_chain(chain);
+        }
+    }
+}
+
+fn iptables(args: &[&str]) -> Result<(), InjectError> {
+    iptables_output(args).map(drop)
+}
+
+/// Runs `iptables -w -t mangle ARGS`; its standard output.
+fn iptables_output(args: &[&str]) -> Result<String, InjectError> {
+    let output = Command::new("iptables")
+        .args(["-w", "-t", "mangle"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| InjectError::Delay(format!("cannot run iptables: {e}")))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(InjectError::Delay(format!(
+            "iptables -t mangle {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
 /// Where Debian's `faketime` package puts libfaketime, its build for threaded programs: the
 /// plain `libfaketime.so.1` parses the offset into static buffers with no lock, which the
 /// threads of a tokio runtime reading the clock at once would tear.
@@ -644,6 +910,102 @@ mod tests {
         let port = cut_off.local_addr().unwrap().port();
         drop(Cut::loss(&[port], 100).unwrap());
         assert!(delivered(&other, &cut_off));
+    }
+
+    /// When a datagram from `from` reached `to`, after it was sent. A held datagram is lost
+    /// when any process changes the machine's netfilter hooks meanwhile (a cut of a test
+    /// running beside this one), so it is sent again, up to five times, a second apart (a
+    /// liveness limit, not a latency bound).
+    fn took(from: &UdpSocket, to: &UdpSocket) -> Option<Duration> {
+        to.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut buf = [0u8; 8];
+        (0..5).find_map(|_| {
+            let sent = Instant::now();
+            from.send_to(b"x", to.local_addr().unwrap()).unwrap();
+            to.recv_from(&mut buf).ok().map(|_| sent.elapsed())
+        })
+    }
+
+    /// Needs root and iptables with NFQUEUE, as CI has (`.ci/install-deps` installs iptables):
+    /// fails otherwise. Only lower bounds: a delay is a floor, a loaded machine adds to it.
+    #[test]
+    fn a_delay_holds_both_directions_until_healed_and_keeps_the_order() {
+        let slow = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = slow.local_addr().unwrap().port();
+        let added = Duration::from_millis(150);
+        let delay = Delay::install(&[port], added).unwrap();
+        let inbound = took(&other, &slow).expect("inbound delivered");
+        let outbound = took(&slow, &other).expect("outbound delivered");
+        assert!(inbound >= added, "inbound took {inbound:?}");
+        assert!(outbound >= added, "outbound took {outbound:?}");
+        let held = delay.heal().unwrap();
+        assert!(held >= 2, "held {held}");
+        // Packets held when a delay heals are delivered at once, in the order they came. A
+        // hook change elsewhere may drop some (see `took`): what arrives is still in order,
+        // and one of five rounds arrives whole.
+        slow.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let whole = (0..5).any(|_| {
+            let delay = Delay::install(&[port], Duration::from_secs(5)).unwrap();
+            for k in 0..20u8 {
+                other.send_to(&[k], slow.local_addr().unwrap()).unwrap();
+            }
+            delay.heal().unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 8];
+            while let Ok((n, _)) = slow.recv_from(&mut buf) {
+                got.push(buf[..n][0]);
+                if got.len() == 20 {
+                    break;
+                }
+            }
+            assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
+            got.len() == 20
+        });
+        assert!(whole, "no round of 20 held datagrams arrived whole");
+        // Healed: the rules are gone (the holder no longer reads the queue, so a rule left
+        // behind would bypass it and show only in the listing).
+        let mine = format!("{DELAY_CHAIN_PREFIX}{}_", std::process::id());
+        assert!(!iptables_output(&["-S"]).unwrap().contains(&mine));
+        // A dropped delay removes its rules too; bad arguments change nothing.
+        drop(Delay::install(&[port], added).unwrap());
+        assert!(!iptables_output(&["-S"]).unwrap().contains(&mine));
+        assert!(matches!(
+            Delay::install(&[port], Duration::ZERO),
+            Err(InjectError::Delay(_))
+        ));
+        assert!(matches!(
+            Delay::install(&[], added),
+            Err(InjectError::Delay(_))
+        ));
+        assert!(!iptables_output(&["-S"]).unwrap().contains(&mine));
+    }
+
+    /// Needs root, iptables and nft, as CI has. A cut healing while packets are held makes
+    /// the kernel drop them (it drops every queued packet when netfilter hooks change): the
+    /// delay goes on and heals without an error.
+    #[test]
+    fn a_delay_outlives_a_cut_healing_while_it_holds_packets() {
+        let slow = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let unrelated = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let added = Duration::from_millis(300);
+        let delay = Delay::install(&[slow.local_addr().unwrap().port()], added).unwrap();
+        for k in 0..5u8 {
+            other.send_to(&[k], slow.local_addr().unwrap()).unwrap();
+        }
+        Cut::partition(&[unrelated.local_addr().unwrap().port()])
+            .unwrap()
+            .heal()
+            .unwrap();
+        // Past the held packets' time (any the kernel kept are read and left aside), the
+        // delay still works and heals without an error.
+        std::thread::sleep(added * 2);
+        slow.set_nonblocking(true).unwrap();
+        while slow.recv_from(&mut [0u8; 8]).is_ok() {}
+        slow.set_nonblocking(false).unwrap();
+        assert!(took(&other, &slow).expect("delivered") >= added);
+        delay.heal().unwrap();
     }
 
     /// Needs root, as CI has: fails otherwise.

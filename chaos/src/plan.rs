@@ -28,11 +28,11 @@
 //! migration can (`umbra demo --fault-plan`, `umbra chaos campaign`; a drill rolls back on
 //! its own stop conditions).
 //!
-//! `pause`, `kill`, `partition` and `loss` act on named processes. The drill knows only pids
-//! (`--pid NAME=PID`), so it pauses; `umbra demo --fault-plan` and `umbra chaos campaign` run
-//! the processes under their own supervisor, so they may also kill one (and start it again
-//! after `restart_after_ms`, as systemd would) and cut an orchestrator off the network or drop
-//! a share of its packets ([`crate::inject`]). Their plans may name roles that are resolved
+//! `pause`, `kill`, `partition`, `loss` and `delay` act on named processes. The drill knows
+//! only pids (`--pid NAME=PID`), so it pauses; `umbra demo --fault-plan` and `umbra chaos
+//! campaign` run the processes under their own supervisor, so they may also kill one (and
+//! start it again after `restart_after_ms`, as systemd would) and cut an orchestrator off the
+//! network, drop a share of its packets or hold each of them `added_ms` ([`crate::inject`]). Their plans may name roles that are resolved
 //! when a fault fires: `leader` (the orchestrator leading then), `agent-source` and
 //! `agent-target`, and the regions `source` and `target` of the migration.
 //!
@@ -46,13 +46,14 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 /// The fault kinds a plan may name, as they are spelled in TOML.
-pub const FAULT_KINDS: [&str; 9] = [
+pub const FAULT_KINDS: [&str; 10] = [
     "errors",
     "latency",
     "pause",
     "kill",
     "partition",
     "loss",
+    "delay",
     "disk_full",
     "clock_jump",
     "abort",
@@ -81,6 +82,10 @@ const CLOCK_DRAW_SALT: u64 = 0xc10c_0001;
 const ABORT_SHARE: f64 = 0.15;
 /// Mixed into the seed of the stream that draws the abort.
 const ABORT_DRAW_SALT: u64 = 0xab07_7001;
+/// Share of generated plans (with processes the runner can cut off) that add a delay.
+const DELAY_SHARE: f64 = 0.25;
+/// Salt of the stream a generated delay is drawn from.
+const DELAY_DRAW_SALT: u64 = 0xde1a_7001;
 /// Largest clock jump a plan may ask for, ms: a day either way, far past any step NTP makes
 /// (and the bound of [`crate::inject::ClockFile`]).
 pub const MAX_CLOCK_JUMP_MS: i64 = crate::inject::MAX_CLOCK_OFFSET_MS;
@@ -163,6 +168,17 @@ pub enum FaultKind {
         /// How long the loss lasts, ms.
         for_ms: u64,
     },
+    /// Every packet to or from the named orchestrator's QUIC port is delivered `added_ms`
+    /// late for `for_ms` (a round trip with it takes `2 × added_ms` more), as over a slow
+    /// inter-region link.
+    Delay {
+        /// The process's name.
+        process: String,
+        /// Time each packet is held, ms: 1 to [`crate::inject::MAX_DELAY_MS`].
+        added_ms: u64,
+        /// How long the delay lasts, ms.
+        for_ms: u64,
+    },
     /// The data disk of every instance in `region` (a size-limited tmpfs the runner mounted)
     /// is filled to its last byte with a ballast file, removed `for_ms` later: each write an
     /// instance must make durable meanwhile fails.
@@ -199,6 +215,7 @@ impl FaultKind {
             FaultKind::Kill { .. } => "kill",
             FaultKind::Partition { .. } => "partition",
             FaultKind::Loss { .. } => "loss",
+            FaultKind::Delay { .. } => "delay",
             FaultKind::DiskFull { .. } => "disk_full",
             FaultKind::ClockJump { .. } => "clock_jump",
             FaultKind::Abort => "abort",
@@ -216,6 +233,7 @@ impl FaultKind {
             | FaultKind::Kill { process, .. }
             | FaultKind::Partition { process, .. }
             | FaultKind::Loss { process, .. }
+            | FaultKind::Delay { process, .. }
             | FaultKind::ClockJump { process, .. } => Some(process),
         }
     }
@@ -228,6 +246,7 @@ impl FaultKind {
             FaultKind::Pause { for_ms, .. }
             | FaultKind::Partition { for_ms, .. }
             | FaultKind::Loss { for_ms, .. }
+            | FaultKind::Delay { for_ms, .. }
             | FaultKind::DiskFull { for_ms, .. } => Some(*for_ms),
             FaultKind::Kill {
                 restart_after_ms, ..
@@ -284,6 +303,14 @@ impl fmt::Display for FaultKind {
             } => write!(
                 f,
                 "loss: {percent} % of {process}'s packets for {for_ms} ms"
+            ),
+            FaultKind::Delay {
+                process,
+                added_ms,
+                for_ms,
+            } => write!(
+                f,
+                "delay: {process}'s packets +{added_ms} ms for {for_ms} ms"
             ),
             FaultKind::DiskFull { region, for_ms } => {
                 write!(f, "disk_full: {region}'s data disk full for {for_ms} ms")
@@ -532,10 +559,12 @@ impl FaultPlan {
                 }
                 FaultKind::Kill { process, .. }
                 | FaultKind::Partition { process, .. }
-                | FaultKind::Loss { process, .. } => {
+                | FaultKind::Loss { process, .. }
+                | FaultKind::Delay { process, .. } => {
                     let (kind, able) = match &fault.kind {
                         FaultKind::Kill { .. } => ("kill", &scope.restartable),
                         FaultKind::Partition { .. } => ("partition", &scope.partitionable),
+                        FaultKind::Delay { .. } => ("delay", &scope.partitionable),
                         _ => ("loss", &scope.partitionable),
                     };
                     if !able.contains(process) {
@@ -555,10 +584,13 @@ impl FaultPlan {
     /// A plan of one to three faults drawn from `seed` within `scope` (pauses only when it
     /// names processes, kills, partitions and losses only when it names processes the runner
     /// supervises), plus in about a quarter of the plans a full data disk when it names disks,
-    /// and in about a quarter a clock jump when it names clocks; the same seed and scope give
-    /// the same plan. A scope without supervised processes draws exactly what it drew before
-    /// those kinds existed, one without disks what it drew before disks could fill, and one
-    /// without clocks what it drew before clocks could jump.
+    /// in about a quarter a clock jump when it names clocks, and in about a quarter a delay
+    /// when it names processes to cut off; the same seed and scope give the same plan. Each
+    /// kind added later is drawn from a stream of its own, after the earlier ones: a scope
+    /// without supervised processes draws exactly what it drew before those kinds existed,
+    /// one without disks what it drew before disks could fill, one without clocks what it
+    /// drew before clocks could jump, and every scope keeps the faults it drew before delays
+    /// existed, in the same places, a delay coming last.
     pub fn generate(seed: u64, scope: &Scope) -> Self {
         assert!(
             !scope.regions.is_empty() && !scope.services.is_empty(),
@@ -663,6 +695,21 @@ impl FaultPlan {
                 });
             }
         }
+        // A slow link to an orchestrator too, from its own stream: 50 to 300 ms each way for
+        // 2 to 10 s.
+        if !scope.partitionable.is_empty() {
+            let mut rng = StdRng::seed_from_u64(seed ^ DELAY_DRAW_SALT);
+            if rng.random_bool(DELAY_SHARE) {
+                faults.push(Fault {
+                    kind: FaultKind::Delay {
+                        process: pick(&mut rng, &scope.partitionable),
+                        added_ms: rng.random_range(5..=30) * 10,
+                        for_ms: rng.random_range(20..=100) * 100,
+                    },
+                    when: draw_trigger(&mut rng),
+                });
+            }
+        }
         Self {
             seed: Some(seed),
             faults,
@@ -722,6 +769,7 @@ impl TryFrom<RawFault> for Fault {
             "pause" | "partition" => &["process", "for_ms"],
             "kill" => &["process", "restart_after_ms"],
             "loss" => &["process", "percent", "for_ms"],
+            "delay" => &["process", "added_ms", "for_ms"],
             "disk_full" => &["region", "for_ms"],
             "clock_jump" => &["process", "ms", "for_ms"],
             "abort" => &[],
@@ -794,6 +842,20 @@ impl TryFrom<RawFault> for Fault {
             },
             "partition" => FaultKind::Partition {
                 process: need(raw.process, "process")?,
+                for_ms: above_zero(raw.for_ms, &kind_name)?,
+            },
+            "delay" => FaultKind::Delay {
+                process: need(raw.process, "process")?,
+                added_ms: match raw.added_ms {
+                    Some(ms @ 1..=crate::inject::MAX_DELAY_MS) => ms,
+                    _ => {
+                        return Err(format!(
+                            "a \"delay\" fault needs `added_ms`, the time each packet is held: \
+                             1 to {} ms",
+                            crate::inject::MAX_DELAY_MS
+                        ));
+                    }
+                },
                 for_ms: above_zero(raw.for_ms, &kind_name)?,
             },
             "disk_full" => FaultKind::DiskFull {
@@ -900,6 +962,17 @@ impl From<Fault> for RawFault {
                 kind: kind_name.into(),
                 process: Some(process),
                 percent: Some(percent),
+                for_ms: Some(for_ms),
+                ..RawFault::default()
+            },
+            FaultKind::Delay {
+                process,
+                added_ms,
+                for_ms,
+            } => RawFault {
+                kind: kind_name.into(),
+                process: Some(process),
+                added_ms: Some(added_ms),
                 for_ms: Some(for_ms),
                 ..RawFault::default()
             },
@@ -1223,6 +1296,117 @@ mod tests {
         ]);
     }
 
+    /// `plan` without the delay a generated plan may end with.
+    fn without_delay(mut plan: FaultPlan) -> FaultPlan {
+        if matches!(
+            plan.faults.last().map(|f| &f.kind),
+            Some(FaultKind::Delay { .. })
+        ) {
+            plan.faults.pop();
+        }
+        plan
+    }
+
+    #[test]
+    fn delays_come_last_in_some_seeds_and_only_where_the_runner_can_cut_off() {
+        let with = supervised_scope();
+        let mut delayed = 0;
+        for seed in 0..200 {
+            let plan = FaultPlan::generate(seed, &with);
+            let delays: Vec<&Fault> = plan
+                .faults
+                .iter()
+                .filter(|f| matches!(f.kind, FaultKind::Delay { .. }))
+                .collect();
+            assert!(delays.len() <= 1, "seed {seed}: {plan:?}");
+            if let Some(delay) = delays.first() {
+                delayed += 1;
+                assert_eq!(Some(*delay), plan.faults.last(), "seed {seed}");
+                let FaultKind::Delay {
+                    process,
+                    added_ms,
+                    for_ms,
+                } = &delay.kind
+                else {
+                    unreachable!()
+                };
+                assert!(with.partitionable.contains(process));
+                assert!((50..=300).contains(added_ms) && (2_000..=10_000).contains(for_ms));
+            }
+            plan.check(&with).unwrap();
+            assert_eq!(FaultPlan::from_toml(&plan.to_toml()).unwrap(), plan);
+        }
+        assert!((25..=75).contains(&delayed), "{delayed} of 200 seeds");
+        let uncut = Scope {
+            partitionable: BTreeSet::new(),
+            ..with
+        };
+        for seed in 0..200 {
+            let plan = FaultPlan::generate(seed, &uncut);
+            assert!(
+                !plan
+                    .faults
+                    .iter()
+                    .any(|f| matches!(f.kind, FaultKind::Delay { .. })),
+                "seed {seed}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_delay_parses_and_needs_a_process_the_runner_can_cut_off() {
+        let plan = FaultPlan::from_toml(
+            r#"
+            [[faults]]
+            kind = "delay"
+            process = "leader"
+            added_ms = 200
+            for_ms = 4000
+            at_phase = "cutting_over[1]"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            plan.faults[0].kind,
+            FaultKind::Delay {
+                process: "leader".to_owned(),
+                added_ms: 200,
+                for_ms: 4_000,
+            }
+        );
+        assert_eq!(
+            plan.faults[0].kind.to_string(),
+            "delay: leader's packets +200 ms for 4000 ms"
+        );
+        plan.check(&supervised_scope()).unwrap();
+        let drill = Scope {
+            partitionable: BTreeSet::new(),
+            ..supervised_scope()
+        };
+        let err = plan.check(&drill).unwrap_err().to_string();
+        assert!(err.contains("delay"), "{err}");
+        for (body, says) in [
+            ("process = \"leader\"\nfor_ms = 5", "needs `added_ms`"),
+            (
+                "process = \"leader\"\nadded_ms = 0\nfor_ms = 5",
+                "needs `added_ms`",
+            ),
+            (
+                "process = \"leader\"\nadded_ms = 10001\nfor_ms = 5",
+                "1 to 10000 ms",
+            ),
+            ("process = \"leader\"\nadded_ms = 10", "for_ms"),
+            (
+                "process = \"leader\"\nadded_ms = 10\nfor_ms = 5\npercent = 3",
+                "not `percent`",
+            ),
+        ] {
+            let text = format!("[[faults]]\nkind = \"delay\"\n{body}\nafter_ms = 1\n");
+            let err = FaultPlan::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(says), "{body:?}: {err}");
+        }
+    }
+
     #[test]
     fn disks_add_a_disk_fault_to_some_seeds_and_change_no_other_fault() {
         let with = Scope {
@@ -1236,7 +1420,7 @@ mod tests {
         };
         let mut filled = 0;
         for seed in 0..200 {
-            let mut plan = FaultPlan::generate(seed, &with);
+            let mut plan = without_delay(FaultPlan::generate(seed, &with));
             if matches!(
                 plan.faults.last().map(|f| &f.kind),
                 Some(FaultKind::DiskFull { .. })
@@ -1244,7 +1428,11 @@ mod tests {
                 filled += 1;
                 plan.faults.pop();
             }
-            assert_eq!(plan, FaultPlan::generate(seed, &without), "seed {seed}");
+            assert_eq!(
+                plan,
+                without_delay(FaultPlan::generate(seed, &without)),
+                "seed {seed}"
+            );
         }
         assert!((25..=75).contains(&filled), "{filled} of 200 seeds");
     }
@@ -1341,7 +1529,7 @@ mod tests {
         };
         let (mut jumped, mut back, mut to_the_end) = (0, 0, 0);
         for seed in 0..200 {
-            let mut plan = FaultPlan::generate(seed, &with);
+            let mut plan = without_delay(FaultPlan::generate(seed, &with));
             if let Some(FaultKind::ClockJump {
                 process,
                 ms,
@@ -1358,7 +1546,11 @@ mod tests {
                 );
                 plan.faults.pop();
             }
-            assert_eq!(plan, FaultPlan::generate(seed, &without), "seed {seed}");
+            assert_eq!(
+                plan,
+                without_delay(FaultPlan::generate(seed, &without)),
+                "seed {seed}"
+            );
         }
         assert!((25..=75).contains(&jumped), "{jumped} of 200 seeds");
         assert!(back > 0 && back < jumped, "{back} of {jumped} step back");
@@ -1398,12 +1590,16 @@ mod tests {
         };
         let mut aborted = 0;
         for seed in 0..200 {
-            let mut plan = FaultPlan::generate(seed, &with);
+            let mut plan = without_delay(FaultPlan::generate(seed, &with));
             if plan.faults.last().map(|f| &f.kind) == Some(&FaultKind::Abort) {
                 aborted += 1;
                 plan.faults.pop();
             }
-            assert_eq!(plan, FaultPlan::generate(seed, &without), "seed {seed}");
+            assert_eq!(
+                plan,
+                without_delay(FaultPlan::generate(seed, &without)),
+                "seed {seed}"
+            );
             plan.check(&with).unwrap();
         }
         assert!((10..=50).contains(&aborted), "{aborted} of 200 seeds");

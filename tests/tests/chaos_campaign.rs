@@ -3,7 +3,8 @@
 //! sample instances, reads and writes by name through DNS) through one migration per seed,
 //! under the fault plan the seed gives: orchestrators and agents SIGKILLed and started again
 //! by the demo's supervisor, paused (seen stopped in `/proc` before the pause counts),
-//! orchestrators cut off or losing packets through nftables, instances failing or slow. Each
+//! orchestrators cut off or losing packets through nftables or each packet held a while
+//! (iptables and a netfilter queue the campaign reads), instances failing or slow. Each
 //! run is judged on the campaign's invariants (`umbra_chaos::campaign::INVARIANTS`): the
 //! migration ends, a rollback has a data-plane fault behind it, steps apply once, no
 //! acknowledged write is lost, no request fails under control-plane faults, the replicas
@@ -16,7 +17,8 @@
 //! more fills the source's data disk; one more steps the wall clocks of the leader (forward,
 //! then back) and of both agents; and one more has the operator abort the migration at its
 //! last step, where the single writer moves. Needs root (nftables for
-//! the partitions, a tmpfs mount for the disks) and libfaketime for the clocks
+//! the partitions, iptables for the delays, a tmpfs mount for the disks) and libfaketime for
+//! the clocks
 //! (`.ci/install-deps`): without them the campaign fails, loudly.
 
 use std::collections::BTreeMap;
@@ -107,14 +109,14 @@ fn seeds_0_to_9_hold_every_invariant_under_kills_pauses_partitions_and_failing_i
     check(
         &summary,
         10,
-        &["kill", "pause", "partition", "loss", "errors"],
+        &["kill", "pause", "partition", "loss", "delay", "errors"],
     )
 }
 
 #[test]
 fn seeds_10_to_19_hold_every_invariant() -> anyhow::Result<()> {
     let summary = campaign(10, 10)?;
-    check(&summary, 10, &["kill", "pause", "loss"])
+    check(&summary, 10, &["kill", "pause", "loss", "delay"])
 }
 
 /// The target's instances fail half their requests from the last step (100 %) on. The target

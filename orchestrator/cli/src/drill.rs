@@ -794,6 +794,7 @@ impl Drill {
             FaultKind::Kill { .. }
             | FaultKind::Partition { .. }
             | FaultKind::Loss { .. }
+            | FaultKind::Delay { .. }
             | FaultKind::DiskFull { .. }
             | FaultKind::ClockJump { .. }
             | FaultKind::Abort => {
@@ -839,6 +840,7 @@ impl Drill {
             FaultKind::Kill { .. }
             | FaultKind::Partition { .. }
             | FaultKind::Loss { .. }
+            | FaultKind::Delay { .. }
             | FaultKind::DiskFull { .. }
             | FaultKind::ClockJump { .. }
             | FaultKind::Abort => {}

@@ -1,7 +1,8 @@
 //! A fault plan carried out on the demo's own processes (`umbra demo --fault-plan`, and each
 //! run of `umbra chaos campaign`). The demo's supervisor started every process, so besides the
 //! instances' fault switch and pauses it can kill one and start it again after the plan's
-//! delay, as systemd would, cut an orchestrator off the network, fill a region's data
+//! delay, as systemd would, cut an orchestrator off the network, drop a share of its packets
+//! or hold each of them a while (a slow link), fill a region's data
 //! disk, which it mounted for the run, and step the wall clock of an orchestrator or an agent,
 //! which it started under a clock file of the run's (`umbra_chaos::inject`).
 //!
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use umbra_agent::sample::FaultSwitch;
-use umbra_chaos::inject::{self, Ballast, Cut};
+use umbra_chaos::inject::{self, Ballast, Cut, Delay};
 use umbra_chaos::plan::{Fault, FaultKind, FaultPlan, Scope, Trigger};
 use umbra_orchestrator::api::{ClientError, Timestamp};
 
@@ -90,6 +91,8 @@ enum Undo {
     Restart(String),
     /// Remove the nftables rules.
     Heal(Cut),
+    /// Remove the iptables rules and let the held packets go.
+    Speed(Delay),
     /// Remove the ballast from a region's data disk.
     Free(Ballast),
     /// Step the process's wall clock back by what the jump stepped it.
@@ -291,16 +294,32 @@ impl Faults {
                     )
                 })
             }
-            FaultKind::Partition { process, .. } | FaultKind::Loss { process, .. } => {
+            FaultKind::Partition { process, .. }
+            | FaultKind::Loss { process, .. }
+            | FaultKind::Delay { process, .. } => {
                 let name = resolve_process(reach, process).await?;
                 let port = reach
                     .orchestrators
                     .iter()
                     .find(|o| format!("orchestrator-{}", o.id) == name)
                     .map(|o| o.quic.port());
-                match port {
-                    None => Err(format!("{name} has no QUIC port the demo knows")),
-                    Some(port) => {
+                match (port, &kind) {
+                    (None, _) => Err(format!("{name} has no QUIC port the demo knows")),
+                    (Some(port), FaultKind::Delay { added_ms, .. }) => {
+                        Delay::install(&[port], Duration::from_millis(*added_ms))
+                            .map(|delay| {
+                                (
+                                    name.clone(),
+                                    format!(
+                                        "each packet to or from {name}'s UDP port {port} held \
+                                         {added_ms} ms"
+                                    ),
+                                    Some(Undo::Speed(delay)),
+                                )
+                            })
+                            .map_err(|e| e.to_string())
+                    }
+                    (Some(port), _) => {
                         let cut = match &kind {
                             FaultKind::Loss { percent, .. } => Cut::loss(&[port], *percent),
                             _ => Cut::partition(&[port]),
@@ -364,6 +383,10 @@ impl Faults {
             Undo::Heal(cut) => cut
                 .heal()
                 .map(|()| "the cut healed".to_owned())
+                .map_err(|e| e.to_string()),
+            Undo::Speed(delay) => delay
+                .heal()
+                .map(|held| format!("the delay healed ({held} packets were held)"))
                 .map_err(|e| e.to_string()),
             Undo::Free(ballast) => ballast
                 .remove()
