@@ -382,7 +382,21 @@ pub enum PlanError {
         /// The names given.
         known: String,
     },
-    /// A kill, partition or loss names a process this runner cannot do it to.
+    /// A partition, loss or delay names a process whose UDP port this runner does not know.
+    #[error(
+        "fault {index} ({kind}) names process {process:?}, whose UDP port this runner does not know: give it to umbra drill as --udp-port {process}=PORT (an orchestrator's QUIC port), or run the plan under Umbra's own supervisor (umbra demo --fault-plan, umbra chaos campaign){known}"
+    )]
+    NoPort {
+        /// Its position, from 1.
+        index: usize,
+        /// The fault kind.
+        kind: &'static str,
+        /// The name.
+        process: String,
+        /// `; it knows the ports of: a, b` (empty when it knows none).
+        known: String,
+    },
+    /// A kill names a process this runner cannot start again.
     #[error(
         "fault {index} ({kind}) names process {process:?}, which this runner cannot {kind}: {kind} faults need a process started by Umbra's own supervisor (umbra demo --fault-plan, umbra chaos campaign){known}"
     )]
@@ -557,16 +571,24 @@ impl FaultPlan {
                         });
                     }
                 }
-                FaultKind::Kill { process, .. }
-                | FaultKind::Partition { process, .. }
+                FaultKind::Partition { process, .. }
                 | FaultKind::Loss { process, .. }
                 | FaultKind::Delay { process, .. } => {
-                    let (kind, able) = match &fault.kind {
-                        FaultKind::Kill { .. } => ("kill", &scope.restartable),
-                        FaultKind::Partition { .. } => ("partition", &scope.partitionable),
-                        FaultKind::Delay { .. } => ("delay", &scope.partitionable),
-                        _ => ("loss", &scope.partitionable),
-                    };
+                    if !scope.partitionable.contains(process) {
+                        return Err(PlanError::NoPort {
+                            index,
+                            kind: fault.kind.name(),
+                            process: process.clone(),
+                            known: if scope.partitionable.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; it knows the ports of: {}", list(&scope.partitionable))
+                            },
+                        });
+                    }
+                }
+                FaultKind::Kill { process, .. } => {
+                    let (kind, able) = ("kill", &scope.restartable);
                     if !able.contains(process) {
                         return Err(PlanError::NotSupervised {
                             index,

@@ -116,6 +116,11 @@ impl ServedDemo {
                 dir.as_str().context("an agent dir")?
             ));
         }
+        for (name, port) in self.reach["udp_ports"].as_object().context("udp_ports")? {
+            command
+                .arg("--udp-port")
+                .arg(format!("{name}={}", port.as_u64().context("a UDP port")?));
+        }
         let output = command
             .args(extra)
             .output()
@@ -239,12 +244,16 @@ async fn a_fault_plan_that_burns_the_budget_fails_and_rolls_everything_back() ->
 {
     let scratch = tempfile::Builder::new().prefix("umbra-drill-").tempdir()?;
     // A fifth of the source's requests fail from the first cutover step on: at 90 % of the
-    // traffic still in us-east, the error budget (the plan's 1 %) burns within seconds.
+    // traffic still in us-east, the error budget (the plan's 1 %) burns within seconds. From
+    // the start, every packet to or from orchestrator-1's QUIC port is held 100 ms, for
+    // longer than the drill lasts: the drill heals it when it stops.
     let plan = scratch.path().join("faults.toml");
     std::fs::write(
         &plan,
         "[[faults]]\nkind = \"errors\"\nregion = \"us-east\"\nservice = \"shop\"\nrate = 0.2\n\
-         at_phase = \"cutting_over[0]\"\n",
+         at_phase = \"cutting_over[0]\"\n\
+         [[faults]]\nkind = \"delay\"\nprocess = \"orchestrator-1\"\nadded_ms = 100\n\
+         for_ms = 600000\nafter_ms = 1\n",
     )?;
     let mut demo = ServedDemo::start(scratch.path())?;
 
@@ -261,6 +270,10 @@ async fn a_fault_plan_that_burns_the_budget_fails_and_rolls_everything_back() ->
             "kind = \"clock_jump\"\nprocess = \"leader\"\nms = 600000",
             "jumps the clock of process \"leader\", which this runner did not start",
         ),
+        (
+            "kind = \"partition\"\nprocess = \"orchestrator-9\"\nfor_ms = 1000",
+            "give it to umbra drill as --udp-port orchestrator-9=PORT",
+        ),
     ] {
         std::fs::write(&bad, format!("[[faults]]\n{faults}\nafter_ms = 1\n"))?;
         let (refused, answer) = demo.drill(&["--fault-plan", bad.to_str().context("path")?])?;
@@ -272,6 +285,14 @@ async fn a_fault_plan_that_burns_the_budget_fails_and_rolls_everything_back() ->
             "{answer}"
         );
     }
+    let (refused, answer) = demo.drill(&["--udp-port", "orchestrator-1=0"])?;
+    assert!(!refused.status.success());
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the port is not 1 to 65535")),
+        "{answer}"
+    );
     assert_eq!(demo.status()?["migrations"], serde_json::json!([]));
 
     let (output, verdict) = demo.drill(&["--fault-plan", plan.to_str().context("path")?])?;
@@ -291,9 +312,33 @@ async fn a_fault_plan_that_burns_the_budget_fails_and_rolls_everything_back() ->
     assert_eq!(rollbacks.len(), 1, "{verdict}");
     assert_eq!(rollbacks[0]["migration"], id.as_str());
     assert_eq!(rollbacks[0]["outcome"], "rolled_back", "{verdict}");
-    let fault = &verdict["faults"][0];
-    assert!(fault["fired"].is_string(), "{verdict}");
-    assert!(fault["undone"].is_string(), "{verdict}");
+    for fault in verdict["faults"].as_array().context("faults")? {
+        assert!(fault["fired"].is_string(), "{verdict}");
+        assert!(fault["undone"].is_string(), "{verdict}");
+    }
+    let delay = &verdict["faults"][1];
+    assert!(
+        delay["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("each packet held 100 ms")),
+        "{verdict}"
+    );
+    // Healed: the drill has exited, and no delay chain of a process that is gone is left in
+    // iptables (a test elsewhere may hold one of its own meanwhile).
+    let rules = Command::new("iptables")
+        .args(["-w", "-t", "mangle", "-S"])
+        .output()?;
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    for chain in rules
+        .lines()
+        .filter_map(|l| l.strip_prefix("-N UMBRA_DLY_"))
+    {
+        let pid = chain.split('_').next().unwrap_or_default();
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "a delay chain left behind: {rules}"
+        );
+    }
     assert_eq!(verdict["live_migrations_left"], serde_json::json!([]));
 
     // Through the API: no migration live, all of the weight back in us-east; and the shadow

@@ -9,8 +9,11 @@
 //! Failed requests and latency come from the region fronts' own counters (each agent's
 //! `/metrics`, `--front-metrics`), the numbers the product judges its cutover steps on. Faults
 //! are injected only through mechanisms the product already has: the sample service's fault
-//! switch (instances found in `--agent-dir`, the process provider's state directory) and
-//! SIGSTOP/SIGCONT of a process whose pid it was given (`--pid`). It changes the cluster only
+//! switch (instances found in `--agent-dir`, the process provider's state directory),
+//! SIGSTOP/SIGCONT of a process whose pid it was given (`--pid`), and a cut, a packet loss
+//! or a delay on a process's UDP port it was given (`--udp-port`: an orchestrator's QUIC
+//! port, its Raft peers' and agents' traffic), through `umbra_chaos::inject` on this machine,
+//! healed when the fault's time is over. It changes the cluster only
 //! through the API and leaves nothing of its own behind; Ctrl-C stops it the same way, with
 //! the faults undone and its moves rolled back before it exits.
 
@@ -27,6 +30,7 @@ use umbra_chaos::drill::{
     Budget, DEFAULT_MIN_REQUESTS, FaultRecord, FrontReading, Move, ORDER_REASON, Rollback,
     ServiceOutcome, Stopped, Verdict, plan_moves,
 };
+use umbra_chaos::inject::{Cut, Delay};
 use umbra_chaos::plan::{FaultKind, FaultPlan, Scope, Trigger};
 use umbra_demo::FaultSwitch;
 use umbra_orchestrator::api::{ApiClient, MigrationStatus, StatusReport, Timestamp, Written};
@@ -95,6 +99,11 @@ struct EvacuateArgs {
     /// NAME=PID: a process `pause` faults may stop.
     #[arg(long = "pid", value_parser = parse_pair)]
     pids: Vec<(String, String)>,
+    /// NAME=PORT: a process's UDP port on this machine (an orchestrator's QUIC `listen`
+    /// port) that `partition`, `loss` and `delay` faults act on (needs root, nft and
+    /// iptables).
+    #[arg(long = "udp-port", value_parser = parse_pair)]
+    udp_ports: Vec<(String, String)>,
     /// Longest wait for one migration or rollback to end, seconds.
     #[arg(long, default_value_t = DEFAULT_MIGRATION_TIMEOUT_SECS)]
     migration_timeout_secs: u64,
@@ -134,22 +143,31 @@ fn evacuate(args: EvacuateArgs) -> anyhow::Result<()> {
             faults: Vec::new(),
         },
     };
-    let mut pids = BTreeMap::new();
-    for (name, pid) in &args.pids {
-        let pid: i32 = pid
-            .parse()
-            .with_context(|| format!("--pid {name}={pid}: the pid is not a number"))?;
-        pids.insert(name.clone(), Pid::from_raw(pid));
-    }
-    if let Some(ratio) = args.max_failed_ratio {
-        anyhow::ensure!(
-            (0.0..1.0).contains(&ratio),
-            "--max-failed-ratio {ratio} must be at least 0 and below 1"
-        );
-    }
     let verdict = args.api.run(async |client| {
+        // Checked here, so that with --json a mistake is answered as JSON too.
+        let mut pids = BTreeMap::new();
+        for (name, pid) in &args.pids {
+            let pid: i32 = pid
+                .parse()
+                .with_context(|| format!("--pid {name}={pid}: the pid is not a number"))?;
+            pids.insert(name.clone(), Pid::from_raw(pid));
+        }
+        let mut udp_ports = BTreeMap::new();
+        for (name, port) in &args.udp_ports {
+            let port: u16 =
+                port.parse().ok().filter(|p| *p != 0).with_context(|| {
+                    format!("--udp-port {name}={port}: the port is not 1 to 65535")
+                })?;
+            udp_ports.insert(name.clone(), port);
+        }
+        if let Some(ratio) = args.max_failed_ratio {
+            anyhow::ensure!(
+                (0.0..1.0).contains(&ratio),
+                "--max-failed-ratio {ratio} must be at least 0 and below 1"
+            );
+        }
         let client = client.with_timeout(CALL_TIMEOUT);
-        let mut drill = Drill::prepare(&args, client, plan, pids).await?;
+        let mut drill = Drill::prepare(&args, client, plan, pids, udp_ports).await?;
         drill.execute().await
     })?;
     if args.api.json {
@@ -172,11 +190,27 @@ struct ArmedFault {
     kind: FaultKind,
     when: Trigger,
     record: FaultRecord,
-    /// A pause's timer: sends SIGCONT when the pause is over, whatever the drill's loop is
-    /// waiting on, and answers when it did.
+    /// A pause's or a network fault's timer: sends SIGCONT, or heals the cut or the delay,
+    /// when the fault's time is over, whatever the drill's loop is waiting on, and answers
+    /// when it did. A network fault's injector lives in the timer: aborting it heals.
     resume: Option<tokio::task::JoinHandle<Timestamp>>,
     fired: bool,
     undone: bool,
+}
+
+/// A cut or a delay in force on a process's UDP port.
+enum Network {
+    Cut(Cut),
+    Delay(Delay),
+}
+
+impl Network {
+    fn heal(self) -> Result<(), umbra_chaos::inject::InjectError> {
+        match self {
+            Network::Cut(cut) => cut.heal(),
+            Network::Delay(delay) => delay.heal().map(drop),
+        }
+    }
 }
 
 /// One drill in progress.
@@ -187,6 +221,7 @@ struct Drill {
     fronts: Vec<String>,
     agent_dirs: BTreeMap<String, PathBuf>,
     pids: BTreeMap<String, Pid>,
+    udp_ports: BTreeMap<String, u16>,
     faults: Vec<ArmedFault>,
     seed: Option<u64>,
     replay: Option<String>,
@@ -223,6 +258,7 @@ impl Drill {
         client: ApiClient,
         plan: FaultPlan,
         pids: BTreeMap<String, Pid>,
+        udp_ports: BTreeMap<String, u16>,
     ) -> anyhow::Result<Self> {
         let status = client.status().await?;
         let overview = &status.overview;
@@ -253,6 +289,7 @@ impl Drill {
             regions: overview.regions.keys().cloned().collect(),
             services: overview.services.keys().cloned().collect(),
             processes: pids.keys().cloned().collect(),
+            partitionable: udp_ports.keys().cloned().collect(),
             ..Scope::default()
         };
         plan.check(&scope)?;
@@ -356,6 +393,7 @@ impl Drill {
             fronts,
             agent_dirs,
             pids,
+            udp_ports,
             faults,
             seed: plan.seed,
             replay,
@@ -788,13 +826,47 @@ impl Drill {
                     Err(e) => format!("SIGSTOP to {process} (pid {pid}) failed: {e}"),
                 }
             }
-            // `prepare` refused them: the drill's scope names no process it could start again,
-            // whose port it knows or that it started under a clock of its own, no data disk it
-            // mounted, and no abort (it rolls back on its own stop conditions).
+            FaultKind::Partition { process, for_ms }
+            | FaultKind::Loss {
+                process, for_ms, ..
+            }
+            | FaultKind::Delay {
+                process, for_ms, ..
+            } => {
+                let port = self.udp_ports[process];
+                let lasts = Duration::from_millis(*for_ms);
+                let injected = match &kind {
+                    FaultKind::Delay { added_ms, .. } => {
+                        Delay::install(&[port], Duration::from_millis(*added_ms)).map(|d| {
+                            let held = format!("each packet held {added_ms} ms");
+                            (Network::Delay(d), held)
+                        })
+                    }
+                    FaultKind::Loss { percent, .. } => Cut::loss(&[port], *percent).map(|c| {
+                        (
+                            Network::Cut(c),
+                            format!("{percent} % of the packets dropped"),
+                        )
+                    }),
+                    _ => Cut::partition(&[port])
+                        .map(|c| (Network::Cut(c), "every packet dropped".to_owned())),
+                };
+                match injected {
+                    Ok((network, what)) => {
+                        self.faults[i].resume = Some(tokio::spawn(async move {
+                            tokio::time::sleep(lasts).await;
+                            let _ = tokio::task::spawn_blocking(move || network.heal()).await;
+                            now()
+                        }));
+                        format!("{process}'s UDP port {port}: {what}")
+                    }
+                    Err(e) => format!("{process}'s UDP port {port} could not be reached: {e}"),
+                }
+            }
+            // `prepare` refused them: the drill's scope names no process it could start again
+            // or that it started under a clock of its own, no data disk it mounted, and no
+            // abort (it rolls back on its own stop conditions).
             FaultKind::Kill { .. }
-            | FaultKind::Partition { .. }
-            | FaultKind::Loss { .. }
-            | FaultKind::Delay { .. }
             | FaultKind::DiskFull { .. }
             | FaultKind::ClockJump { .. }
             | FaultKind::Abort => {
@@ -837,10 +909,15 @@ impl Drill {
                 }
                 let _ = kill(self.pids[process], Signal::SIGCONT);
             }
+            FaultKind::Partition { .. } | FaultKind::Loss { .. } | FaultKind::Delay { .. } => {
+                // Cancelling the timer drops its injector, which heals; the join returns once
+                // it was dropped.
+                if let Some(timer) = self.faults[i].resume.take() {
+                    timer.abort();
+                    let _ = timer.await;
+                }
+            }
             FaultKind::Kill { .. }
-            | FaultKind::Partition { .. }
-            | FaultKind::Loss { .. }
-            | FaultKind::Delay { .. }
             | FaultKind::DiskFull { .. }
             | FaultKind::ClockJump { .. }
             | FaultKind::Abort => {}

@@ -438,6 +438,9 @@ pub struct Reach {
     pub agent_dirs: BTreeMap<String, PathBuf>,
     /// The pid of every process the demo runs (`--pid`).
     pub pids: BTreeMap<String, u32>,
+    /// Each orchestrator's QUIC port (`--udp-port`), which a drill's `partition`, `loss` and
+    /// `delay` faults act on.
+    pub udp_ports: BTreeMap<String, u16>,
     /// A drill command that evacuates the demo's primary region.
     pub drill: String,
 }
@@ -495,6 +498,14 @@ async fn serving(
     for (region, state) in &cluster.agent_state_dirs {
         drill.push_str(&format!(" --agent-dir {region}={}", state.display()));
     }
+    let udp_ports: BTreeMap<String, u16> = cluster
+        .orchestrators
+        .iter()
+        .map(|o| (format!("orchestrator-{}", o.id), o.quic.port()))
+        .collect();
+    for (name, port) in &udp_ports {
+        drill.push_str(&format!(" --udp-port {name}={port}"));
+    }
     reach(&Reach {
         api: leader.api_url.clone(),
         certs: cluster.certs_dir.clone(),
@@ -503,6 +514,7 @@ async fn serving(
         front_metrics,
         agent_dirs: cluster.agent_state_dirs.clone(),
         pids: supervisor.pids(),
+        udp_ports,
         drill,
     });
     let mut stop = std::pin::pin!(stop);
