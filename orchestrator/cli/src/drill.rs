@@ -30,9 +30,9 @@ use umbra_chaos::drill::{
     Budget, DEFAULT_MIN_REQUESTS, FaultRecord, FrontReading, Move, ORDER_REASON, Rollback,
     ServiceOutcome, Stopped, Verdict, plan_moves,
 };
-use umbra_chaos::inject::{Cut, Delay};
 use umbra_chaos::plan::{FaultKind, FaultPlan, Scope, Trigger};
 use umbra_demo::FaultSwitch;
+use umbra_demo::faults::NetworkFault;
 use umbra_orchestrator::api::{ApiClient, MigrationStatus, StatusReport, Timestamp, Written};
 use umbra_orchestrator::state::MigrationRequest;
 
@@ -196,21 +196,6 @@ struct ArmedFault {
     resume: Option<tokio::task::JoinHandle<Timestamp>>,
     fired: bool,
     undone: bool,
-}
-
-/// A cut or a delay in force on a process's UDP port.
-enum Network {
-    Cut(Cut),
-    Delay(Delay),
-}
-
-impl Network {
-    fn heal(self) -> Result<(), umbra_chaos::inject::InjectError> {
-        match self {
-            Network::Cut(cut) => cut.heal(),
-            Network::Delay(delay) => delay.heal().map(drop),
-        }
-    }
 }
 
 /// One drill in progress.
@@ -835,30 +820,16 @@ impl Drill {
             } => {
                 let port = self.udp_ports[process];
                 let lasts = Duration::from_millis(*for_ms);
-                let injected = match &kind {
-                    FaultKind::Delay { added_ms, .. } => {
-                        Delay::install(&[port], Duration::from_millis(*added_ms)).map(|d| {
-                            let held = format!("each packet held {added_ms} ms");
-                            (Network::Delay(d), held)
-                        })
-                    }
-                    FaultKind::Loss { percent, .. } => Cut::loss(&[port], *percent).map(|c| {
-                        (
-                            Network::Cut(c),
-                            format!("{percent} % of the packets dropped"),
-                        )
-                    }),
-                    _ => Cut::partition(&[port])
-                        .map(|c| (Network::Cut(c), "every packet dropped".to_owned())),
-                };
+                let injected =
+                    NetworkFault::inject(&kind, &[port]).expect("a partition, a loss or a delay");
                 match injected {
-                    Ok((network, what)) => {
+                    Ok((network, effect)) => {
                         self.faults[i].resume = Some(tokio::spawn(async move {
                             tokio::time::sleep(lasts).await;
                             let _ = tokio::task::spawn_blocking(move || network.heal()).await;
                             now()
                         }));
-                        format!("{process}'s UDP port {port}: {what}")
+                        format!("{process}'s UDP port {port}: {effect}")
                     }
                     Err(e) => format!("{process}'s UDP port {port} could not be reached: {e}"),
                 }

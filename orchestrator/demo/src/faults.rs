@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use umbra_agent::sample::FaultSwitch;
-use umbra_chaos::inject::{self, Ballast, Cut, Delay};
+use umbra_chaos::inject::{self, Ballast, Cut, Delay, InjectError};
 use umbra_chaos::plan::{Fault, FaultKind, FaultPlan, Scope, Trigger};
 use umbra_orchestrator::api::{ClientError, Timestamp};
 
@@ -57,6 +57,54 @@ pub fn scope(regions: &[String], orchestrators: u64) -> Scope {
     }
 }
 
+/// A plan's network fault in force on some UDP ports: a [`Cut`] for a partition or a loss, a
+/// [`Delay`] for a delay. What both runners of a plan, this module's and `umbra drill`, hold
+/// until the fault's time is over; dropping it heals it too.
+#[derive(Debug)]
+pub enum NetworkFault {
+    /// A partition or a packet loss.
+    Cut(Cut),
+    /// Each packet held a while.
+    Delay(Delay),
+}
+
+impl NetworkFault {
+    /// Injects `kind` on `ports` when it is a partition, a loss or a delay (`None` for any
+    /// other kind); with what it does to the packets, for the runner's report.
+    pub fn inject(kind: &FaultKind, ports: &[u16]) -> Option<Result<(Self, String), InjectError>> {
+        Some(match kind {
+            FaultKind::Partition { .. } => {
+                Cut::partition(ports).map(|cut| (Self::Cut(cut), "every packet dropped".to_owned()))
+            }
+            FaultKind::Loss { percent, .. } => Cut::loss(ports, *percent).map(|cut| {
+                (
+                    Self::Cut(cut),
+                    format!("{percent} % of the packets dropped"),
+                )
+            }),
+            FaultKind::Delay { added_ms, .. } => {
+                Delay::install(ports, Duration::from_millis(*added_ms)).map(|delay| {
+                    (
+                        Self::Delay(delay),
+                        format!("each packet held {added_ms} ms"),
+                    )
+                })
+            }
+            _ => return None,
+        })
+    }
+
+    /// Removes it: the packets flow as before. Says what was undone.
+    pub fn heal(self) -> Result<String, InjectError> {
+        match self {
+            Self::Cut(cut) => cut.heal().map(|()| "the cut healed".to_owned()),
+            Self::Delay(delay) => delay
+                .heal()
+                .map(|held| format!("the delay healed ({held} packets were held)")),
+        }
+    }
+}
+
 /// One fault of the plan as the report shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FaultSeen {
@@ -89,10 +137,8 @@ enum Undo {
     Resume { name: String, pid: u32 },
     /// Start the process again.
     Restart(String),
-    /// Remove the nftables rules.
-    Heal(Cut),
-    /// Remove the iptables rules and let the held packets go.
-    Speed(Delay),
+    /// Remove the cut's or the delay's rules (and let held packets go).
+    Heal(NetworkFault),
     /// Remove the ballast from a region's data disk.
     Free(Ballast),
     /// Step the process's wall clock back by what the jump stepped it.
@@ -303,36 +349,18 @@ impl Faults {
                     .iter()
                     .find(|o| format!("orchestrator-{}", o.id) == name)
                     .map(|o| o.quic.port());
-                match (port, &kind) {
-                    (None, _) => Err(format!("{name} has no QUIC port the demo knows")),
-                    (Some(port), FaultKind::Delay { added_ms, .. }) => {
-                        Delay::install(&[port], Duration::from_millis(*added_ms))
-                            .map(|delay| {
-                                (
-                                    name.clone(),
-                                    format!(
-                                        "each packet to or from {name}'s UDP port {port} held \
-                                         {added_ms} ms"
-                                    ),
-                                    Some(Undo::Speed(delay)),
-                                )
-                            })
-                            .map_err(|e| e.to_string())
-                    }
-                    (Some(port), _) => {
-                        let cut = match &kind {
-                            FaultKind::Loss { percent, .. } => Cut::loss(&[port], *percent),
-                            _ => Cut::partition(&[port]),
-                        };
-                        cut.map(|cut| {
+                match port {
+                    None => Err(format!("{name} has no QUIC port the demo knows")),
+                    Some(port) => NetworkFault::inject(&kind, &[port])
+                        .expect("a partition, a loss or a delay")
+                        .map(|(network, effect)| {
                             (
                                 name.clone(),
-                                format!("nftables drops {name}'s UDP port {port}"),
-                                Some(Undo::Heal(cut)),
+                                format!("{name}'s UDP port {port}: {effect}"),
+                                Some(Undo::Heal(network)),
                             )
                         })
-                        .map_err(|e| e.to_string())
-                    }
+                        .map_err(|e| e.to_string()),
                 }
             }
         };
@@ -380,14 +408,7 @@ impl Faults {
                     format!("started {name} again (pid {pid})")
                 })
                 .map_err(|e| e.to_string()),
-            Undo::Heal(cut) => cut
-                .heal()
-                .map(|()| "the cut healed".to_owned())
-                .map_err(|e| e.to_string()),
-            Undo::Speed(delay) => delay
-                .heal()
-                .map(|held| format!("the delay healed ({held} packets were held)"))
-                .map_err(|e| e.to_string()),
+            Undo::Heal(network) => network.heal().map_err(|e| e.to_string()),
             Undo::Free(ballast) => ballast
                 .remove()
                 .map(|()| "the ballast removed: the disk has room again".to_owned())
