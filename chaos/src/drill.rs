@@ -314,6 +314,11 @@ pub struct Verdict {
     pub replay: Option<String>,
     /// Migrations of the drill still live at the end (empty once it cleaned up).
     pub live_migrations_left: Vec<String>,
+    /// The id the cluster keeps this verdict under (`umbra status`, `GET /v1/drills`);
+    /// absent when it could not be recorded.
+    pub recorded: Option<String>,
+    /// Why the verdict could not be recorded in the cluster.
+    pub record_error: Option<String>,
 }
 
 /// A stop condition that tripped.
@@ -404,6 +409,15 @@ impl Verdict {
                     }
                 );
             }
+        }
+        match (&self.recorded, &self.record_error) {
+            (Some(id), _) => {
+                let _ = writeln!(md, "- recorded in the cluster as {id} (`umbra status`)");
+            }
+            (None, Some(error)) => {
+                let _ = writeln!(md, "- **not recorded in the cluster**: {error}");
+            }
+            (None, None) => {}
         }
         for reason in &self.reasons {
             let _ = writeln!(md, "- **fail**: {reason}");
@@ -617,6 +631,8 @@ umbra_front_request_duration_seconds_count{region=\"us-east\",service=\"shop\"} 
             seed: None,
             replay: None,
             live_migrations_left: Vec::new(),
+            recorded: None,
+            record_error: None,
         }
     }
 
@@ -662,5 +678,16 @@ umbra_front_request_duration_seconds_count{region=\"us-east\",service=\"shop\"} 
             "{md}"
         );
         assert!(md.contains("**fail**: shop ended rolled_back"), "{md}");
+        assert!(!md.contains("recorded"), "{md}");
+        v.record_error = Some("no leader".into());
+        assert!(
+            v.to_markdown()
+                .contains("**not recorded in the cluster**: no leader")
+        );
+        v.recorded = Some("drill-4".into());
+        assert!(
+            v.to_markdown()
+                .contains("recorded in the cluster as drill-4 (`umbra status`)")
+        );
     }
 }

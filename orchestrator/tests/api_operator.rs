@@ -560,3 +560,114 @@ async fn the_api_refuses_to_start_with_a_weak_token_or_zero_limits() {
         .expect_err("a zero limit is refused");
     assert!(error.to_string().contains("max_body_bytes"), "{error}");
 }
+
+#[tokio::test]
+async fn drill_verdicts_are_recorded_listed_newest_first_and_shown_in_the_status() {
+    let h = Harness::start().await;
+    let client = h.operator();
+    client
+        .apply_plan_toml(&text(&plan_without_schedules()))
+        .await
+        .unwrap();
+    let pass: api::DrillBody = serde_json::from_value(serde_json::json!({
+        "drill": "evacuate",
+        "region": "us-east",
+        "verdict": "pass",
+        "started": "2026-12-05T09:00:00Z",
+        "ended": "2026-12-05T09:00:41.500+01:00",
+        "evacuate_ms": 39_000,
+        "services": [
+            {"service": "shop", "to": "eu-west", "migration": "shop-1", "outcome": "completed"}
+        ],
+        "requests": 9_000,
+        "failed_requests": 0,
+        "max_failed_ratio": 0.01,
+        "max_p99_ms": 500.0,
+        "p99_ms_max": 31.5,
+        "rollbacks": 0,
+        "faults_fired": 0,
+        "faults_planned": 0
+    }))
+    .expect("a drill report");
+    // An end before the start (the +01:00 end is 08:00:41.5Z) is refused and records nothing.
+    let (status, message) = refused(client.record_drill(&pass).await);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("ends before it starts"), "{message}");
+    assert!(client.drills(10).await.unwrap().is_empty());
+
+    let mut pass = pass;
+    pass.ended = serde_json::from_value(serde_json::json!("2026-12-05T09:00:41.500Z")).unwrap();
+    let written = client.record_drill(&pass).await.unwrap();
+    assert_eq!(
+        written,
+        Written::Drill {
+            id: "drill-1".to_owned()
+        }
+    );
+    let mut fail = pass.clone();
+    fail.verdict = api::DrillVerdict::Fail;
+    fail.reasons = vec!["shop ended rolled_back".to_owned()];
+    fail.services[0].outcome = "rolled_back".to_owned();
+    fail.rollbacks = 1;
+    let (status, message) = refused(client.record_drill(&{
+        let mut mars = fail.clone();
+        mars.region = "mars-north".to_owned();
+        mars
+    })
+    .await);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("\"mars-north\""), "{message}");
+    assert_eq!(
+        client.record_drill(&fail).await.unwrap(),
+        Written::Drill {
+            id: "drill-2".to_owned()
+        }
+    );
+
+    let drills = client.drills(10).await.unwrap();
+    let ids: Vec<&str> = drills.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["drill-2", "drill-1"], "newest first");
+    assert_eq!(drills[1].report, pass, "kept as reported");
+    assert_eq!(drills[0].report, fail);
+    assert_eq!(client.drills(1).await.unwrap().len(), 1);
+    let status = client.status().await.unwrap();
+    assert_eq!(status.drills, drills);
+
+    // Unknown fields, a verdict that is neither pass nor fail, and a limit out of range.
+    let mut body = serde_json::to_value(&pass).unwrap();
+    body["by"] = "me".into();
+    let (status, message) = refused(
+        client
+            .call::<serde_json::Value>(
+                Method::POST,
+                "/v1/drills",
+                Some(("application/json", body.to_string().into())),
+            )
+            .await,
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("unknown field `by`"), "{message}");
+    body = serde_json::to_value(&pass).unwrap();
+    body["verdict"] = "maybe".into();
+    let (status, message) = refused(
+        client
+            .call::<serde_json::Value>(
+                Method::POST,
+                "/v1/drills",
+                Some(("application/json", body.to_string().into())),
+            )
+            .await,
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("drill report"), "{message}");
+    for query in ["limit=0", "limit=101", "limit=x", "count=3"] {
+        let (status, message) = refused(
+            client
+                .call::<serde_json::Value>(Method::GET, &format!("/v1/drills?{query}"), None)
+                .await,
+        );
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert!(message.contains("from 1 to 100"), "{query}: {message}");
+    }
+    assert_eq!(client.drills(100).await.unwrap().len(), 2, "nothing else recorded");
+}

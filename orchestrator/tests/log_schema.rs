@@ -3,11 +3,15 @@
 //! its own: every command of one scenario (each command variant at least once) as a proposal
 //! encodes it, and the snapshot of the state the scenario leaves (regions, services,
 //! schedules, migrations in several phases, DNS weights, capacity claims, the audit log).
-//! This build must decode them to the values written, field by field, and encode those
-//! values to the same bytes, so an edit of log schema v1 in place fails here; the fixtures'
-//! README says which commit wrote them and how.
+//! `fixtures/log-v2/` holds the same scenario and one recorded drill, as the build that
+//! introduced version 2 wrote them. This build must decode both to the values written, field
+//! by field (v1 upgraded to the current version), read and write each v1 file back through
+//! the frozen v1 types byte for byte, and encode the current scenario to the v2 bytes, so an
+//! edit of a released version in place fails here; each directory's README says which
+//! commit wrote it and how.
 //!
-//! `UMBRA_WRITE_LOG_FIXTURES=DIR` writes the scenario's bytes into DIR instead of comparing.
+//! `UMBRA_WRITE_LOG_FIXTURES=DIR` writes the current version's scenario bytes into DIR
+//! instead of comparing.
 
 use std::path::{Path, PathBuf};
 
@@ -15,13 +19,20 @@ use umbra_consensus::StateMachine;
 use umbra_forecast::sizing::Tier;
 use umbra_orchestrator::migration::{Phase, PrometheusSlo, SloJudgement, SloSource};
 use umbra_orchestrator::state::{
-    AuditEvent, ClaimKind, ClaimRequest, Command, DnsWeights, LimitsSpec, MigrationRequest,
-    OrchestratorState, Plan, PoolMode, RegionSpec, ReplicationKind, ServiceSpec, decode_command,
-    encode_command,
+    AuditEvent, ClaimKind, ClaimRequest, Command, DnsWeights, DrillReport, DrillService,
+    LimitsSpec, MigrationRequest, OrchestratorState, Plan, PoolMode, RegionSpec, ReplicationKind,
+    ServiceSpec, decode_command, encode_command,
 };
+use umbra_proto::envelope;
+use umbra_proto::log::{V1, v1};
 
 /// 2027-01-01T00:00:00Z, Unix ms: the scenario's clock starts here.
 const T0: u64 = 1_798_761_600_000;
+
+/// The time of the scenario's `n`th timed command, Unix ms.
+fn at(n: u64) -> u64 {
+    T0 + 10_000 + n * 1_000
+}
 
 /// The plan: the example's regions, service and schedule, plus a third region and two more
 /// services that use the other variants of every plan enum.
@@ -132,7 +143,6 @@ fn scenario() -> Vec<(String, Command)> {
             at_ms: T0 + 3_000,
         },
     ));
-    let at = |n: u64| T0 + 10_000 + n * 1_000;
     commands.push((
         "transition",
         Command::Transition {
@@ -308,10 +318,61 @@ fn scenario() -> Vec<(String, Command)> {
         .collect()
 }
 
-/// The state the scenario leaves, each command applied as its log index.
-fn scenario_state() -> OrchestratorState {
+/// The drill version 2 adds to the scenario: a failed evacuation under a generated fault
+/// plan, every optional field set.
+fn drill() -> DrillReport {
+    DrillReport {
+        drill: "evacuate".to_owned(),
+        region: "us-east".to_owned(),
+        passed: false,
+        reasons: vec!["stopped at 2027-01-01T00:00:40.000Z: error budget burnt".to_owned()],
+        started_ms: at(26),
+        ended_ms: at(31),
+        evacuate_ms: None,
+        services: vec![
+            DrillService {
+                service: "shop".to_owned(),
+                to: "eu-west".to_owned(),
+                migration: Some("shop-1".to_owned()),
+                outcome: "rolled_back".to_owned(),
+            },
+            DrillService {
+                service: "cart".to_owned(),
+                to: "ap-south".to_owned(),
+                migration: None,
+                outcome: "not_started".to_owned(),
+            },
+        ],
+        requests: 12_000,
+        failed_requests: 310,
+        max_failed_ratio: 0.01,
+        max_p99_ms: 300.0,
+        p99_ms_max: Some(812.5),
+        stopped: Some("error budget burnt (at 2027-01-01T00:00:40.000Z)".to_owned()),
+        rollbacks: 1,
+        faults_fired: 2,
+        faults_planned: 3,
+        seed: Some(7),
+    }
+}
+
+/// The version 2 scenario: version 1's, then a recorded drill (log index 31).
+fn scenario_v2() -> Vec<(String, Command)> {
+    let mut commands = scenario();
+    commands.push((
+        "31-record-drill".to_owned(),
+        Command::RecordDrill {
+            drill: drill(),
+            at_ms: at(32),
+        },
+    ));
+    commands
+}
+
+/// The state `commands` leave, each applied as its log index.
+fn state_of(commands: Vec<(String, Command)>) -> OrchestratorState {
     let mut state = OrchestratorState::default();
-    for (index, (name, command)) in (1u64..).zip(scenario()) {
+    for (index, (name, command)) in (1u64..).zip(commands) {
         if let Err(e) = state.apply_command(index, &command) {
             panic!("scenario command {name} is refused: {e}");
         }
@@ -319,25 +380,35 @@ fn scenario_state() -> OrchestratorState {
     state
 }
 
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/log-v1")
+/// The state the version 1 scenario leaves.
+fn scenario_state() -> OrchestratorState {
+    state_of(scenario())
 }
 
-/// Every fixture file: (file name, the bytes this build encodes for it).
+fn fixture_dir(version: u16) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/log-v{version}"))
+}
+
+/// Every current fixture file: (file name, the bytes this build encodes for it).
 fn encoded_now() -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = scenario()
+    let mut files: Vec<(String, Vec<u8>)> = scenario_v2()
         .into_iter()
         .map(|(name, command)| (format!("command-{name}.bin"), encode_command(&command)))
         .collect();
     files.push((
         "snapshot.bin".to_owned(),
-        StateMachine::snapshot(&scenario_state()),
+        StateMachine::snapshot(&state_of(scenario_v2())),
     ));
     files
 }
 
 #[test]
-fn this_build_encodes_the_log_and_snapshot_fixtures_byte_for_byte() {
+fn this_build_encodes_the_v2_log_and_snapshot_fixtures_byte_for_byte() {
+    assert_eq!(
+        umbra_proto::log::CURRENT_VERSION,
+        2,
+        "fixtures for a new version go in log-v3/"
+    );
     if let Some(dir) = std::env::var_os("UMBRA_WRITE_LOG_FIXTURES") {
         let dir = PathBuf::from(dir);
         std::fs::create_dir_all(&dir).expect("create the fixture directory");
@@ -346,22 +417,42 @@ fn this_build_encodes_the_log_and_snapshot_fixtures_byte_for_byte() {
         }
         return;
     }
-    let dir = fixture_dir();
     for (name, bytes) in encoded_now() {
-        let path = dir.join(&name);
-        let committed =
-            std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let committed = fixture(2, &name);
         assert!(
             committed == bytes,
-            "{name}: this build encodes {} bytes that differ from the {} committed ones. Log schema v1 is frozen: entries and snapshots already in data directories decode only as written. Add a new schema version (proto/src/log/) instead of editing v1",
+            "{name}: this build encodes {} bytes that differ from the {} committed ones. Log schema v2 is frozen: entries and snapshots already in data directories decode only as written. Add a new schema version (proto/src/log/) instead of editing v2",
             bytes.len(),
             committed.len()
         );
     }
 }
 
-fn fixture(name: &str) -> Vec<u8> {
-    let path = fixture_dir().join(name);
+/// Reads a v1 file as the frozen v1 type and writes it back: the same bytes, or v1 changed.
+fn v1_round_trip<T>(name: &str)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let bytes = fixture(V1, name);
+    let (version, body) = envelope::split_version::<T>(&bytes).expect("a version");
+    assert_eq!(version, V1, "{name}");
+    let value: T = envelope::decode_body(body).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert!(
+        envelope::encode_with_version(V1, &value).expect("encodes") == bytes,
+        "{name}: the v1 types no longer write the bytes they read. Log schema v1 is frozen: add a new schema version (proto/src/log/) instead of editing v1"
+    );
+}
+
+#[test]
+fn every_v1_file_reads_and_writes_back_through_the_frozen_v1_types_byte_for_byte() {
+    for (name, _) in scenario() {
+        v1_round_trip::<v1::Command>(&format!("command-{name}.bin"));
+    }
+    v1_round_trip::<v1::Snapshot>("snapshot.bin");
+}
+
+fn fixture(version: u16, name: &str) -> Vec<u8> {
+    let path = fixture_dir(version).join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
@@ -369,12 +460,13 @@ fn fixture(name: &str) -> Vec<u8> {
 fn every_committed_entry_decodes_to_the_command_that_wrote_it() {
     let scenario = scenario();
     for (name, command) in &scenario {
-        let decoded = decode_command(&fixture(&format!("command-{name}.bin")))
+        let decoded = decode_command(&fixture(V1, &format!("command-{name}.bin")))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(&decoded, command, "{name}");
     }
     // One entry of each variant, field by field against the values written, not the builder.
-    let decoded = |name: &str| decode_command(&fixture(&format!("command-{name}.bin"))).unwrap();
+    let decoded =
+        |name: &str| decode_command(&fixture(V1, &format!("command-{name}.bin"))).unwrap();
     let Command::ApplyPlan { plan, at_ms } = decoded("01-apply-plan") else {
         panic!("01 is a plan");
     };
@@ -615,7 +707,7 @@ fn every_committed_entry_decodes_to_the_command_that_wrote_it() {
 fn the_committed_snapshot_restores_the_state_its_committed_log_replays_to() {
     let mut restored = OrchestratorState::default();
     restored
-        .restore(&fixture("snapshot.bin"))
+        .restore(&fixture(V1, "snapshot.bin"))
         .expect("the v1 snapshot restores");
     assert_eq!(restored, scenario_state());
     // Replaying the committed entries through the state machine, as a node replays its log
@@ -625,7 +717,7 @@ fn the_committed_snapshot_restores_the_state_its_committed_log_replays_to() {
         StateMachine::apply(
             &mut replayed,
             index,
-            &fixture(&format!("command-{name}.bin")),
+            &fixture(V1, &format!("command-{name}.bin")),
         );
     }
     assert_eq!(replayed, restored);
@@ -756,4 +848,75 @@ fn the_committed_snapshot_restores_the_state_its_committed_log_replays_to() {
             instances: 1
         }
     );
+}
+
+#[test]
+fn every_v2_entry_and_the_v2_snapshot_read_back_as_written() {
+    for (name, command) in scenario_v2() {
+        let decoded = decode_command(&fixture(2, &format!("command-{name}.bin")))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(decoded, command, "{name}");
+    }
+    // The drill, field by field against the values written.
+    let Command::RecordDrill {
+        drill: report,
+        at_ms,
+    } = decode_command(&fixture(2, "command-31-record-drill.bin")).unwrap()
+    else {
+        panic!("31 records a drill");
+    };
+    assert_eq!(at_ms, 1_798_761_642_000);
+    assert_eq!(
+        (
+            report.drill.as_str(),
+            report.region.as_str(),
+            report.passed,
+            report.requests,
+            report.failed_requests,
+            report.p99_ms_max,
+            report.seed,
+            report.services.len(),
+            report.services[1].outcome.as_str(),
+        ),
+        (
+            "evacuate",
+            "us-east",
+            false,
+            12_000,
+            310,
+            Some(812.5),
+            Some(7),
+            2,
+            "not_started"
+        )
+    );
+
+    let mut restored = OrchestratorState::default();
+    restored
+        .restore(&fixture(2, "snapshot.bin"))
+        .expect("the v2 snapshot restores");
+    assert_eq!(restored, state_of(scenario_v2()));
+    let mut replayed = OrchestratorState::default();
+    for (index, (name, _)) in (1u64..).zip(scenario_v2()) {
+        StateMachine::apply(
+            &mut replayed,
+            index,
+            &fixture(2, &format!("command-{name}.bin")),
+        );
+    }
+    assert_eq!(replayed, restored);
+    let drills = restored.drills(10);
+    assert_eq!(drills.len(), 1);
+    assert_eq!(
+        (
+            drills[0].id.as_str(),
+            drills[0].index,
+            drills[0].recorded_ms
+        ),
+        ("drill-1", 31, 1_798_761_642_000)
+    );
+    assert_eq!(drills[0].report, drill());
+    // The v1 scenario's state is all there too, upgraded.
+    assert_eq!(restored.audit().len(), 30);
+    assert_eq!(restored.overview(), state_of(scenario_v2()).overview());
 }

@@ -233,6 +233,19 @@ async fn evacuating_us_east_passes_with_no_failed_request() -> anyhow::Result<()
     assert_eq!(weights["us-east"].as_u64().unwrap_or(0), 0, "{weights}");
     assert!(weights[&to].as_u64().unwrap_or(0) > 0, "{weights}");
 
+    // The verdict is kept in the cluster: every operator's `umbra status` shows it.
+    let recorded = recorded_drill(&demo, &verdict, &status)?;
+    assert_eq!(recorded["report"]["verdict"], "pass", "{recorded}");
+    assert_eq!(recorded["report"]["failed_requests"], 0, "{recorded}");
+    assert_eq!(recorded["report"]["services"][0]["outcome"], "completed");
+    assert!(
+        report.contains(&format!(
+            "recorded in the cluster as {}",
+            verdict["recorded"].as_str().unwrap_or_default()
+        )),
+        "{report}"
+    );
+
     let traffic = demo.stop()?;
     println!("the demo's traffic client: {traffic}");
     assert_eq!(traffic["requests_failed"], 0, "{traffic}");
@@ -342,8 +355,21 @@ async fn a_fault_plan_that_burns_the_budget_fails_and_rolls_everything_back() ->
     assert_eq!(verdict["live_migrations_left"], serde_json::json!([]));
 
     // Through the API: no migration live, all of the weight back in us-east; and the shadow
-    // pool leaves the target once its keep time passed.
+    // pool leaves the target once its keep time passed. The failed verdict is kept too.
     let status = demo.status()?;
+    let recorded = recorded_drill(&demo, &verdict, &status)?;
+    assert_eq!(recorded["report"]["verdict"], "fail", "{recorded}");
+    assert_eq!(recorded["report"]["rollbacks"], 1, "{recorded}");
+    assert_eq!(
+        recorded["report"]["faults_fired"], recorded["report"]["faults_planned"],
+        "{recorded}"
+    );
+    assert!(
+        recorded["report"]["reasons"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty()),
+        "{recorded}"
+    );
     let migrations = status["migrations"].as_array().context("migrations")?;
     assert!(
         migrations.iter().all(|m| m["terminal"] == true),
@@ -384,6 +410,31 @@ async fn a_fault_plan_that_burns_the_budget_fails_and_rolls_everything_back() ->
     let traffic = demo.stop()?;
     println!("the demo's traffic client: {traffic}");
     Ok(())
+}
+
+/// The drill the verdict says the cluster recorded it as, as `umbra status --json` shows it
+/// (the newest), after checking the plain `umbra status` prints it and its verdict too.
+fn recorded_drill(demo: &ServedDemo, verdict: &Value, status: &Value) -> anyhow::Result<Value> {
+    let id = verdict["recorded"]
+        .as_str()
+        .with_context(|| format!("the verdict names no record: {verdict}"))?;
+    let newest = status["drills"][0].clone();
+    ensure!(
+        newest["id"] == id,
+        "status's newest drill is not {id}: {status}"
+    );
+    let text = demo.umbra(&["status"])?.output()?;
+    let text = String::from_utf8_lossy(&text.stdout);
+    let mark = if verdict["verdict"] == "pass" {
+        "PASS"
+    } else {
+        "FAIL"
+    };
+    ensure!(
+        text.contains(&format!("{id} evacuate us-east: {mark}")),
+        "umbra status does not show {id}: {text}"
+    );
+    Ok(newest)
 }
 
 /// The `shop` series of one front's metrics.

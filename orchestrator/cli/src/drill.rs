@@ -33,7 +33,10 @@ use umbra_chaos::drill::{
 use umbra_chaos::plan::{FaultKind, FaultPlan, Scope, Trigger};
 use umbra_demo::FaultSwitch;
 use umbra_demo::faults::NetworkFault;
-use umbra_orchestrator::api::{ApiClient, MigrationStatus, StatusReport, Timestamp, Written};
+use umbra_orchestrator::api::{
+    ApiClient, DrillBody, DrillServiceView, DrillVerdict, MigrationStatus, StatusReport, Timestamp,
+    Written,
+};
 use umbra_orchestrator::state::MigrationRequest;
 
 use crate::operator::{ApiArgs, print_json};
@@ -168,7 +171,9 @@ fn evacuate(args: EvacuateArgs) -> anyhow::Result<()> {
         }
         let client = client.with_timeout(CALL_TIMEOUT);
         let mut drill = Drill::prepare(&args, client, plan, pids, udp_ports).await?;
-        drill.execute().await
+        let mut verdict = drill.execute().await?;
+        drill.record(&mut verdict).await;
+        Ok(verdict)
     })?;
     if args.api.json {
         print_json(&verdict)?;
@@ -183,6 +188,50 @@ fn evacuate(args: EvacuateArgs) -> anyhow::Result<()> {
         bail!("the drill failed: {}", verdict.reasons.join("; "));
     }
     Ok(())
+}
+
+/// The verdict as the cluster keeps it: the evidence's figures and each service's outcome.
+fn drill_body(verdict: &Verdict) -> anyhow::Result<DrillBody> {
+    let instant = |what: &str, text: &str| -> anyhow::Result<Timestamp> {
+        serde_json::from_value(serde_json::Value::String(text.to_owned()))
+            .with_context(|| format!("the verdict's {what} time {text:?}"))
+    };
+    Ok(DrillBody {
+        drill: verdict.drill.clone(),
+        region: verdict.region.clone(),
+        verdict: if verdict.passed() {
+            DrillVerdict::Pass
+        } else {
+            DrillVerdict::Fail
+        },
+        reasons: verdict.reasons.clone(),
+        started: instant("start", &verdict.started)?,
+        ended: instant("end", &verdict.ended)?,
+        evacuate_ms: verdict.evacuate_ms,
+        services: verdict
+            .services
+            .iter()
+            .map(|s| DrillServiceView {
+                service: s.service.clone(),
+                to: s.to.clone(),
+                migration: s.migration.clone(),
+                outcome: s.outcome.clone(),
+            })
+            .collect(),
+        requests: verdict.requests,
+        failed_requests: verdict.failed_requests,
+        max_failed_ratio: verdict.budget.max_failed_ratio,
+        max_p99_ms: verdict.budget.max_p99_ms,
+        p99_ms_max: verdict.p99_ms_max,
+        stopped: verdict
+            .stopped
+            .as_ref()
+            .map(|s| format!("{} (at {})", s.reason, s.at)),
+        rollbacks: verdict.rollbacks.len() as u64,
+        faults_fired: verdict.faults.iter().filter(|f| f.fired.is_some()).count() as u64,
+        faults_planned: verdict.faults.len() as u64,
+        seed: verdict.seed,
+    })
 }
 
 /// A fault of the plan as the drill carries it out.
@@ -497,9 +546,37 @@ impl Drill {
             seed: self.seed,
             replay: self.replay.clone(),
             live_migrations_left: live,
+            recorded: None,
+            record_error: None,
         };
         verdict.judge();
         Ok(verdict)
+    }
+
+    /// Records the verdict in the cluster (`POST /v1/drills`), so `umbra status` shows it to
+    /// every operator; says so in the verdict, or why it could not.
+    async fn record(&mut self, verdict: &mut Verdict) {
+        let answer = match drill_body(verdict) {
+            Ok(body) => self
+                .client
+                .record_drill(&body)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        match answer {
+            Ok(Written::Drill { id }) => {
+                self.say(&format!("verdict recorded in the cluster as {id}"));
+                verdict.recorded = Some(id);
+            }
+            Ok(other) => verdict.record_error = Some(format!("unexpected answer {other:?}")),
+            Err(error) => {
+                self.say(&format!(
+                    "the verdict was not recorded in the cluster: {error}"
+                ));
+                verdict.record_error = Some(error);
+            }
+        }
     }
 
     /// Requests one service's move and watches it to its end, firing faults and judging the

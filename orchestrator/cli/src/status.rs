@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use umbra_orchestrator::api::{MigrationStatus, StatusReport};
+use umbra_orchestrator::api::{DrillVerdict, DrillView, MigrationStatus, StatusReport};
 
 use crate::operator::{ApiArgs, counted, print_json};
 
@@ -171,6 +171,12 @@ fn print_report(report: &StatusReport) {
             }
         );
     }
+    if !report.drills.is_empty() {
+        println!("recent drills:");
+        for drill in &report.drills {
+            println!("  {}", drill_line(drill));
+        }
+    }
     if !report.recent_audit.is_empty() {
         println!("recent audit:");
         for entry in &report.recent_audit {
@@ -180,6 +186,52 @@ fn print_report(report: &StatusReport) {
             );
         }
     }
+}
+
+/// One recorded drill in a line: what, its verdict, when, and the evidence's figures.
+fn drill_line(drill: &DrillView) -> String {
+    let r = &drill.report;
+    let moved = r
+        .services
+        .iter()
+        .filter(|s| s.outcome == "completed")
+        .count();
+    let mut line = format!(
+        "{} {} {}: {}, {} to {}; {} of {} services moved out{}, {} of {} requests failed (budget {:.2} %)",
+        drill.id,
+        r.drill,
+        r.region,
+        match r.verdict {
+            DrillVerdict::Pass => "PASS",
+            DrillVerdict::Fail => "FAIL",
+        },
+        r.started,
+        r.ended,
+        moved,
+        r.services.len(),
+        r.evacuate_ms.map_or_else(String::new, |ms| format!(
+            " in {:.1} s",
+            ms as f64 / 1_000.0
+        )),
+        r.failed_requests,
+        r.requests,
+        r.max_failed_ratio * 100.0
+    );
+    if r.rollbacks > 0 {
+        line.push_str(&format!(", {} rolled back", r.rollbacks));
+    }
+    if r.faults_planned > 0 {
+        line.push_str(&format!(
+            ", {} of {} faults fired{}",
+            r.faults_fired,
+            r.faults_planned,
+            r.seed.map_or_else(String::new, |s| format!(" (seed {s})"))
+        ));
+    }
+    for reason in &r.reasons {
+        line.push_str(&format!("\n      fail: {reason}"));
+    }
+    line
 }
 
 /// The live view: one bar per migration, and a printed line whenever a phase changes.

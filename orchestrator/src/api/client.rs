@@ -20,8 +20,8 @@ use serde::de::DeserializeOwned;
 use umbra_proto::{Credentials, Role};
 
 use super::{
-    AuditEntryView, BearerToken, CapacityBody, CapacityReport, ErrorBody, ForecastReport, Health,
-    MigrationBody, RollbackRequest, StatusReport, Written,
+    AuditEntryView, BearerToken, CapacityBody, CapacityReport, DrillBody, DrillView, ErrorBody,
+    ForecastReport, Health, MigrationBody, RollbackRequest, StatusReport, Written,
 };
 use crate::state::{AuditEntry, MigrationRequest};
 
@@ -224,6 +224,23 @@ impl ApiClient {
             Some(("application/json", Bytes::from(body))),
         )
         .await
+    }
+
+    /// `POST /v1/drills`: records a drill's verdict.
+    pub async fn record_drill(&self, body: &DrillBody) -> Result<Written, ClientError> {
+        let body = serde_json::to_vec(body).expect("a drill report always encodes");
+        self.call(
+            Method::POST,
+            "/v1/drills",
+            Some(("application/json", Bytes::from(body))),
+        )
+        .await
+    }
+
+    /// `GET /v1/drills?limit=N`: recorded drills, newest first.
+    pub async fn drills(&self, limit: usize) -> Result<Vec<DrillView>, ClientError> {
+        self.call(Method::GET, &format!("/v1/drills?limit={limit}"), None)
+            .await
     }
 
     /// `GET /v1/capacity`.

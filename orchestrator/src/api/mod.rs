@@ -26,9 +26,10 @@ pub use auth::{BearerToken, TokenError};
 pub use client::{ApiClient, ClientError};
 pub use server::{RunningApi, ServeError, serve};
 pub use views::{
-    AuditEntryView, AuditEventView, CapacityReport, ClaimStatus, DnsTtlStatus, ForecastReport,
-    FulfilmentView, Health, MemberView, MigrationAnswer, MigrationBody, MigrationStatus,
-    OverviewView, PoolSize, PoolStatus, SliceView, StatusReport, Timestamp, Written,
+    AuditEntryView, AuditEventView, CapacityReport, ClaimStatus, DnsTtlStatus, DrillBody,
+    DrillServiceView, DrillVerdict, DrillView, ForecastReport, FulfilmentView, Health, MemberView,
+    MigrationAnswer, MigrationBody, MigrationStatus, OverviewView, PoolSize, PoolStatus, SliceView,
+    StatusReport, Timestamp, Written,
 };
 
 /// Largest request body accepted: 1 MiB. A plan of a few hundred services is tens of KiB;
@@ -48,6 +49,8 @@ pub const DEFAULT_AUDIT_LIMIT: usize = 100;
 pub const MAX_AUDIT_LIMIT: usize = 1_000;
 /// Audit entries `GET /v1/status` includes (the most recent ones).
 pub const STATUS_AUDIT_ENTRIES: usize = 20;
+/// Recorded drills `GET /v1/status` shows, newest first.
+pub const STATUS_DRILLS: usize = 5;
 
 /// How the operator API listens and what it accepts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -27,6 +27,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
         (name = "migrations", description = "Moving a service's traffic to another region"),
         (name = "status", description = "What the cluster is doing, and the audit log"),
         (name = "capacity", description = "Capacity claims and the forecast behind the pools"),
+        (name = "drills", description = "Verdicts of the drills run against the cluster"),
         (name = "meta", description = "Health and this description"),
     ),
 )]

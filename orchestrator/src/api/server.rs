@@ -36,18 +36,19 @@ use utoipa_axum::routes;
 
 use super::openapi::{ApiDoc, OpenApiJson};
 use super::views::{
-    AuditEntryView, DEFAULT_MIGRATION_PAGE, MAX_MIGRATION_OVERRIDE_MS, MAX_MIGRATION_PAGE,
-    MigrationAnswer, MigrationBody, OverviewView, PoolStatus, SliceView, Subject,
+    AuditEntryView, DEFAULT_MIGRATION_PAGE, DrillBody, DrillView, MAX_MIGRATION_OVERRIDE_MS,
+    MAX_MIGRATION_PAGE, MigrationAnswer, MigrationBody, OverviewView, PoolStatus, SliceView,
+    Subject,
 };
 use super::{
     ApiConfig, ApiConfigError, BearerToken, CapacityBody, CapacityReport, ClaimStatus,
     DEFAULT_AUDIT_LIMIT, ErrorBody, ForecastReport, Health, MAX_AUDIT_LIMIT, MigrationStatus,
-    RollbackRequest, STATUS_AUDIT_ENTRIES, StatusReport, TokenError, Written,
+    RollbackRequest, STATUS_AUDIT_ENTRIES, STATUS_DRILLS, StatusReport, TokenError, Written,
 };
 use crate::state::claims::MAX_CLAIM_MS;
 use crate::state::{
-    ClaimRequest, Command, MigrationRequest, Overview, Plan, Query, QueryAnswer, RejectKind,
-    Rejected, find_service, migration_number,
+    ClaimRequest, Command, MAX_DRILLS, MigrationRequest, Overview, Plan, Query, QueryAnswer,
+    RejectKind, Rejected, find_service, migration_number,
 };
 use crate::store::{Clock, Replicated, StoreError, SystemClock};
 
@@ -154,6 +155,7 @@ fn route_label(path: &str) -> &'static str {
         "/v1/status" => "/v1/status",
         "/v1/audit" => "/v1/audit",
         "/v1/capacity" => "/v1/capacity",
+        "/v1/drills" => "/v1/drills",
         "/v1/forecast" => "/v1/forecast",
         "/v1/openapi.json" => "/v1/openapi.json",
         "/healthz" => "/healthz",
@@ -225,6 +227,7 @@ fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(audit))
         .routes(routes!(claim_capacity, capacity))
         .routes(routes!(release_capacity))
+        .routes(routes!(record_drill, drills))
         .routes(routes!(forecast))
         .routes(routes!(openapi_json))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
@@ -829,8 +832,90 @@ async fn status(State(state): State<AppState>) -> Result<Response, Refusal> {
         migrations,
         recent_audit: recent_audit.iter().map(AuditEntryView::from).collect(),
         pools: store.pools().into_iter().map(PoolStatus::from).collect(),
+        drills: recorded_drills(store, STATUS_DRILLS).await?,
     })
     .into_response())
+}
+
+/// The newest `limit` recorded drills, newest first.
+async fn recorded_drills(store: &dyn Replicated, limit: usize) -> Result<Vec<DrillView>, Refusal> {
+    match store.query(Query::Drills { limit }).await? {
+        QueryAnswer::Drills(drills) => Ok(drills.into_iter().map(DrillView::from).collect()),
+        other => Err(garbled(&other)),
+    }
+}
+
+/// Records a drill's verdict in the replicated state: what `umbra drill` sends when it ends,
+/// so every operator sees the cluster's drills. The state keeps the newest 100.
+#[utoipa::path(
+    post,
+    path = "/v1/drills",
+    tag = "drills",
+    request_body = DrillBody,
+    responses(
+        (status = 200, description = "Recorded, with its id", body = Written),
+        (status = 400, description = "Not a valid drill report (the message names the field), or an undeclared region", body = ErrorBody),
+        (status = 413, description = "The body is larger than the API's limit", body = ErrorBody),
+        (status = 401, description = "No bearer token, or not this cluster's", body = ErrorBody),
+        (status = 403, description = "The client certificate is not an operator's", body = ErrorBody),
+        (status = 500, description = "The cluster's answer was not understood (version skew or a bug)", body = ErrorBody),
+        (status = 503, description = "No leader, or the cluster is unavailable: retry", body = ErrorBody),
+        (status = 504, description = "No answer in time: the write may or may not have applied", body = ErrorBody),
+    ),
+)]
+async fn record_drill(State(state): State<AppState>, body: Body) -> Result<Response, Refusal> {
+    let bytes = read_body(body, state.max_body_bytes).await?;
+    let body = parse_json::<DrillBody>(&bytes, "drill report")?;
+    let command = Command::RecordDrill {
+        drill: body.into(),
+        at_ms: SystemClock.now_ms(),
+    };
+    write(state.store.as_ref(), command, Subject::InAnswer).await
+}
+
+/// The query of `GET /v1/drills`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct DrillParams {
+    /// Most drills returned, 1..=100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<usize>,
+}
+
+/// The drills recorded in the cluster, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/drills",
+    tag = "drills",
+    params(DrillParams),
+    responses(
+        (status = 200, description = "Recorded drills, newest first", body = Vec<DrillView>),
+        (status = 400, description = "`limit` is not a whole number from 1 to 100", body = ErrorBody),
+        (status = 401, description = "No bearer token, or not this cluster's", body = ErrorBody),
+        (status = 403, description = "The client certificate is not an operator's", body = ErrorBody),
+        (status = 500, description = "The cluster's answer was not understood (version skew or a bug)", body = ErrorBody),
+        (status = 503, description = "No leader, or the cluster is unavailable: retry", body = ErrorBody),
+        (status = 504, description = "No answer in time", body = ErrorBody),
+    ),
+)]
+async fn drills(
+    State(state): State<AppState>,
+    params: Result<axum::extract::Query<DrillParams>, QueryRejection>,
+) -> Result<Response, Refusal> {
+    let out_of_range = || {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be a whole number from 1 to {MAX_DRILLS}"),
+        )
+    };
+    let axum::extract::Query(params) = params.map_err(|_| out_of_range())?;
+    let limit = params.limit.unwrap_or(20);
+    if !(1..=MAX_DRILLS).contains(&limit) {
+        return Err(out_of_range());
+    }
+    let drills = recorded_drills(state.store.as_ref(), limit).await?;
+    Ok(Json(drills).into_response())
 }
 
 /// The query of `GET /v1/audit`.

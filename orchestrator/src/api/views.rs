@@ -19,8 +19,8 @@ use utoipa::ToSchema;
 use crate::capacity::{ClaimFulfilment, ClaimMember, MemberWas, PoolView, SliceTarget};
 use crate::migration::{MigrationRecord, Observations, Phase, Readiness, progress};
 use crate::state::{
-    Applied, AuditEntry, AuditEvent, CapacityClaim, ClaimKind, DnsWeights, MigrationRequest,
-    Overview, RegionSpec, ScheduleSpec, ServiceState,
+    Applied, AuditEntry, AuditEvent, CapacityClaim, ClaimKind, DnsWeights, DrillRecord,
+    DrillReport, DrillService, MigrationRequest, Overview, RegionSpec, ScheduleSpec, ServiceState,
 };
 use crate::store::LeaderInfo;
 
@@ -303,6 +303,11 @@ pub enum Written {
         /// Its id.
         id: String,
     },
+    /// A drill's verdict was recorded.
+    Drill {
+        /// Its id, `drill-N`.
+        id: String,
+    },
 }
 
 impl Written {
@@ -329,6 +334,7 @@ impl Written {
             (Applied::Capacity { id }, _) | (Applied::Done, Subject::Capacity(id)) => {
                 Written::Capacity { id }
             }
+            (Applied::Drill { id }, _) => Written::Drill { id },
             (Applied::Done, Subject::InAnswer) => return None,
         })
     }
@@ -868,6 +874,175 @@ pub struct Health {
     pub leader: LeaderInfo,
 }
 
+/// A drill's verdict: the body of `POST /v1/drills` (what `umbra drill` sends when it ends)
+/// and the `report` of a recorded drill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrillBody {
+    /// The drill: `evacuate`.
+    pub drill: String,
+    /// The region it acted on (a declared region).
+    pub region: String,
+    /// `pass` or `fail`.
+    pub verdict: DrillVerdict,
+    /// Why it failed (empty on a pass, at least one on a fail).
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    /// When it started.
+    pub started: Timestamp,
+    /// When it ended (not before `started`).
+    pub ended: Timestamp,
+    /// From the start until every service was out of the region, ms.
+    #[serde(default)]
+    pub evacuate_ms: Option<u64>,
+    /// Each service's outcome, in the drill's order.
+    pub services: Vec<DrillServiceView>,
+    /// Requests the region fronts served during the drill.
+    pub requests: u64,
+    /// Of which failed (at most `requests`).
+    pub failed_requests: u64,
+    /// The error budget it judged against, a share from 0 to 1.
+    pub max_failed_ratio: f64,
+    /// The p99 bound it judged each window against, ms (above 0).
+    pub max_p99_ms: f64,
+    /// The highest window p99 it saw, ms.
+    #[serde(default)]
+    pub p99_ms_max: Option<f64>,
+    /// The stop condition that tripped, in words.
+    #[serde(default)]
+    pub stopped: Option<String>,
+    /// Rollbacks it asked for.
+    pub rollbacks: u64,
+    /// Faults of its plan that fired (at most `faults_planned`).
+    pub faults_fired: u64,
+    /// Faults in its plan.
+    pub faults_planned: u64,
+    /// The seed of a generated fault plan (`umbra chaos plan --seed S` prints it again).
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// Whether a drill passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DrillVerdict {
+    /// Every service moved out, within the budget, nothing left running.
+    Pass,
+    /// Anything else; `reasons` says what.
+    Fail,
+}
+
+/// One service of a drill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrillServiceView {
+    /// The service.
+    pub service: String,
+    /// The region it was moved to.
+    pub to: String,
+    /// The migration that moved it (absent when the drill stopped before it).
+    #[serde(default)]
+    pub migration: Option<String>,
+    /// `completed`, `rolled_back`, `failed`, `moved_back`, `error` or `not_started`.
+    pub outcome: String,
+}
+
+impl From<DrillBody> for DrillReport {
+    fn from(body: DrillBody) -> Self {
+        Self {
+            drill: body.drill,
+            region: body.region,
+            passed: body.verdict == DrillVerdict::Pass,
+            reasons: body.reasons,
+            started_ms: body.started.unix_ms(),
+            ended_ms: body.ended.unix_ms(),
+            evacuate_ms: body.evacuate_ms,
+            services: body
+                .services
+                .into_iter()
+                .map(|s| DrillService {
+                    service: s.service,
+                    to: s.to,
+                    migration: s.migration,
+                    outcome: s.outcome,
+                })
+                .collect(),
+            requests: body.requests,
+            failed_requests: body.failed_requests,
+            max_failed_ratio: body.max_failed_ratio,
+            max_p99_ms: body.max_p99_ms,
+            p99_ms_max: body.p99_ms_max,
+            stopped: body.stopped,
+            rollbacks: body.rollbacks,
+            faults_fired: body.faults_fired,
+            faults_planned: body.faults_planned,
+            seed: body.seed,
+        }
+    }
+}
+
+impl From<DrillReport> for DrillBody {
+    fn from(report: DrillReport) -> Self {
+        Self {
+            drill: report.drill,
+            region: report.region,
+            verdict: if report.passed {
+                DrillVerdict::Pass
+            } else {
+                DrillVerdict::Fail
+            },
+            reasons: report.reasons,
+            started: Timestamp::from_unix_ms(report.started_ms),
+            ended: Timestamp::from_unix_ms(report.ended_ms),
+            evacuate_ms: report.evacuate_ms,
+            services: report
+                .services
+                .into_iter()
+                .map(|s| DrillServiceView {
+                    service: s.service,
+                    to: s.to,
+                    migration: s.migration,
+                    outcome: s.outcome,
+                })
+                .collect(),
+            requests: report.requests,
+            failed_requests: report.failed_requests,
+            max_failed_ratio: report.max_failed_ratio,
+            max_p99_ms: report.max_p99_ms,
+            p99_ms_max: report.p99_ms_max,
+            stopped: report.stopped,
+            rollbacks: report.rollbacks,
+            faults_fired: report.faults_fired,
+            faults_planned: report.faults_planned,
+            seed: report.seed,
+        }
+    }
+}
+
+/// A recorded drill, as `GET /v1/drills` and `GET /v1/status` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DrillView {
+    /// `drill-N`, in the order drills were recorded.
+    pub id: String,
+    /// Raft log index of the command that recorded it.
+    pub index: u64,
+    /// When it was recorded.
+    pub recorded: Timestamp,
+    /// The verdict, as the drill reported it.
+    pub report: DrillBody,
+}
+
+impl From<DrillRecord> for DrillView {
+    fn from(record: DrillRecord) -> Self {
+        Self {
+            id: record.id,
+            index: record.index,
+            recorded: Timestamp::from_unix_ms(record.recorded_ms),
+            report: DrillBody::from(record.report),
+        }
+    }
+}
+
 /// The answer of `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StatusReport {
@@ -882,6 +1057,8 @@ pub struct StatusReport {
     /// Each service's serving pool: target and what its region holds (from the leader's
     /// executor; empty on a node that does not lead).
     pub pools: Vec<PoolStatus>,
+    /// The most recently recorded drills, newest first.
+    pub drills: Vec<DrillView>,
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@
 
 pub mod audit;
 pub mod claims;
+pub mod drills;
 mod log;
 pub mod plan;
 mod retention;
@@ -38,6 +39,7 @@ use crate::migration::{DnsTtlPlan, MigrationRecord, MigrationSpec, Phase, PhaseD
 pub use audit::AuditEvent;
 use claims::rfc3339;
 pub use claims::{CapacityClaim, ClaimKind, ClaimRequest};
+pub use drills::{DrillRecord, DrillReport, DrillService, MAX_DRILLS};
 pub use plan::{
     LimitsSpec, Plan, PlanError, PoolMode, RegionSpec, ReplicationKind, ScheduleSpec, ServiceSpec,
 };
@@ -227,6 +229,13 @@ pub enum Command {
         /// When.
         at_ms: u64,
     },
+    /// A drill that ran against the cluster records its verdict (see [`drills`]).
+    RecordDrill {
+        /// The verdict.
+        drill: DrillReport,
+        /// When.
+        at_ms: u64,
+    },
 }
 
 /// What applying a command produced.
@@ -250,6 +259,11 @@ pub enum Applied {
     Done,
     /// A capacity claim exists with this id.
     Capacity {
+        /// Its id.
+        id: String,
+    },
+    /// A drill was recorded with this id.
+    Drill {
         /// Its id.
         id: String,
     },
@@ -340,6 +354,11 @@ pub enum Query {
         /// Most records returned.
         limit: usize,
     },
+    /// Recorded drills, newest first.
+    Drills {
+        /// Most records returned.
+        limit: usize,
+    },
 }
 
 /// The answer to [`Query::Overview`].
@@ -383,6 +402,8 @@ pub enum QueryAnswer {
     Migrations(Vec<MigrationRecord>),
     /// The query bytes were not understood.
     Malformed(String),
+    /// Recorded drills, newest first.
+    Drills(Vec<DrillRecord>),
 }
 
 /// The replicated state machine. Snapshots encode it through the log schema (`log`), never
@@ -409,6 +430,9 @@ pub struct OrchestratorState {
     next_claim: u64,
     highest_term: u64,
     applied_index: u64,
+    /// Recorded drills, oldest first, at most [`MAX_DRILLS`].
+    drills: VecDeque<DrillRecord>,
+    next_drill: u64,
     /// Derived from `migrations` and `fired`; rebuilt on restore.
     index: MigrationIndex,
     /// This node's caps (not replicated: every node runs the same build's defaults).
@@ -447,6 +471,7 @@ enum Change<'c> {
     },
     Claim(Box<CapacityClaim>),
     Release(&'c str),
+    Drill(&'c DrillReport),
 }
 
 impl OrchestratorState {
@@ -498,6 +523,11 @@ impl OrchestratorState {
             .map(|(_, record)| record.clone())
             .take(limit)
             .collect()
+    }
+
+    /// The newest `limit` recorded drills, newest first.
+    pub fn drills(&self, limit: usize) -> Vec<DrillRecord> {
+        self.drills.iter().rev().take(limit).cloned().collect()
     }
 
     /// Checks `command` against the current state without changing it.
@@ -676,6 +706,13 @@ impl OrchestratorState {
                 }
                 Ok(Change::Release(id))
             }
+            Command::RecordDrill { drill, .. } => {
+                drills::validate(drill)?;
+                if !self.regions.contains_key(&drill.region) {
+                    return Err(self.unknown_region("the drill", &drill.region));
+                }
+                Ok(Change::Drill(drill))
+            }
         }
     }
 
@@ -686,7 +723,8 @@ impl OrchestratorState {
             | Command::CreateMigration { at_ms, .. }
             | Command::RequestRollback { at_ms, .. }
             | Command::ClaimCapacity { at_ms, .. }
-            | Command::ReleaseCapacity { at_ms, .. } => (*at_ms, 0),
+            | Command::ReleaseCapacity { at_ms, .. }
+            | Command::RecordDrill { at_ms, .. } => (*at_ms, 0),
             Command::Transition { at_ms, term, .. }
             | Command::SetPromoted { at_ms, term, .. }
             | Command::SetDnsWeights { at_ms, term, .. } => (*at_ms, *term),
@@ -885,6 +923,30 @@ impl OrchestratorState {
                     "operator released the claim".to_owned(),
                 ));
                 Applied::Done
+            }
+            Change::Drill(report) => {
+                self.next_drill += 1;
+                let id = format!("drill-{}", self.next_drill);
+                tracing::info!(
+                    drill = %id,
+                    index,
+                    region = %report.region,
+                    passed = report.passed,
+                    "drill recorded: {} {} {}",
+                    report.drill,
+                    report.region,
+                    if report.passed { "passed" } else { "failed" }
+                );
+                if self.drills.len() >= MAX_DRILLS {
+                    self.drills.pop_front();
+                }
+                self.drills.push_back(DrillRecord {
+                    id: id.clone(),
+                    index,
+                    recorded_ms: at_ms,
+                    report: report.clone(),
+                });
+                Applied::Drill { id }
             }
         }
     }
@@ -1294,6 +1356,7 @@ impl StateMachine for OrchestratorState {
             Ok(Query::Archived { before, limit }) => {
                 QueryAnswer::Migrations(self.archived(before, limit))
             }
+            Ok(Query::Drills { limit }) => QueryAnswer::Drills(self.drills(limit)),
             Err(e) => QueryAnswer::Malformed(e.to_string()),
         };
         umbra_proto::envelope::encode(&answer).expect("answers always serialise")
@@ -1318,6 +1381,9 @@ impl StateMachine for OrchestratorState {
         // a replica that restored it holds what one that replayed the log under the caps holds.
         while self.audit.len() > retention.audit_entries {
             self.audit.pop_front();
+        }
+        while self.drills.len() > MAX_DRILLS {
+            self.drills.pop_front();
         }
         self.retire();
         Ok(())

@@ -922,3 +922,66 @@ fn a_rejected_command_leaves_the_state_byte_identical_and_a_dry_run_logs_nothing
     let logged = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
     assert!(logged.contains("provisioning → warming"), "{logged}");
 }
+
+#[test]
+fn a_drill_is_recorded_numbered_and_capped_and_a_bad_one_changes_nothing() {
+    let mut state = planned();
+    let record = |state: &mut OrchestratorState, index: u64, drill: drills::DrillReport| {
+        state.apply_command(
+            index,
+            &Command::RecordDrill {
+                drill,
+                at_ms: 50_000,
+            },
+        )
+    };
+    let applied = record(&mut state, 2, drills::passed()).expect("a sound report");
+    assert_eq!(
+        applied,
+        Applied::Drill {
+            id: "drill-1".to_owned()
+        }
+    );
+    let recorded = state.drills(10);
+    assert_eq!(recorded.len(), 1);
+    assert_eq!((recorded[0].index, recorded[0].recorded_ms), (2, 50_000));
+    assert_eq!(recorded[0].report, drills::passed());
+
+    let before = state.clone();
+    let mut mars = drills::passed();
+    mars.region = "mars-1".to_owned();
+    let err = record(&mut state, 3, mars).expect_err("an undeclared region");
+    assert_eq!(err.kind, RejectKind::Invalid);
+    assert!(err.message.contains("\"mars-1\""), "{err}");
+    let mut nonsense = drills::passed();
+    nonsense.failed_requests = nonsense.requests + 1;
+    let err = record(&mut state, 4, nonsense).expect_err("more failed than sent");
+    assert_eq!(err.kind, RejectKind::Invalid);
+    assert_eq!(state.drills(10), before.drills(10), "nothing changed");
+
+    for index in 5..(5 + MAX_DRILLS as u64) {
+        record(&mut state, index, drills::passed()).expect("a sound report");
+    }
+    let kept = state.drills(usize::MAX);
+    assert_eq!(kept.len(), MAX_DRILLS, "the oldest leave past the cap");
+    assert_eq!(
+        kept[0].id,
+        format!("drill-{}", MAX_DRILLS + 1),
+        "newest first"
+    );
+    assert_eq!(kept[MAX_DRILLS - 1].id, "drill-2");
+
+    // A snapshot holds them and the numbering goes on from it.
+    let mut restored = OrchestratorState::default();
+    restored
+        .restore(&StateMachine::snapshot(&state))
+        .expect("restores");
+    assert_eq!(restored, state);
+    let applied = record(&mut restored, 500, drills::passed()).expect("a sound report");
+    assert_eq!(
+        applied,
+        Applied::Drill {
+            id: format!("drill-{}", MAX_DRILLS + 2)
+        }
+    );
+}

@@ -33,6 +33,7 @@
 //! This module does no I/O and knows nothing about what the state means.
 
 pub mod v1;
+pub mod v2;
 
 use crate::envelope::{self, EnvelopeError};
 
@@ -40,11 +41,14 @@ use crate::envelope::{self, EnvelopeError};
 /// (which wrote protocol version 1 in the same place).
 pub const V1: u16 = 1;
 
+/// Version 2: version 1 and recorded drills (see [`v2`]).
+pub const V2: u16 = 2;
+
 /// The version this build writes.
-pub const CURRENT_VERSION: u16 = V1;
+pub const CURRENT_VERSION: u16 = V2;
 
 /// The types of [`CURRENT_VERSION`], which the orchestrator converts to and from.
-pub use v1 as current;
+pub use v2 as current;
 
 /// Why a log entry or snapshot could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +121,8 @@ pub fn encode_command(command: &current::Command) -> Result<Vec<u8>, LogError> {
 pub fn decode_command(entry: &[u8]) -> Result<current::Command, LogError> {
     let (version, body) = versioned::<current::Command>(ENTRY, entry)?;
     match version {
-        V1 => body_of::<v1::Command>(ENTRY, version, body),
+        V1 => body_of::<v1::Command>(ENTRY, version, body).map(Into::into),
+        V2 => body_of::<v2::Command>(ENTRY, version, body),
         _ => Err(LogError::Unknown {
             what: ENTRY,
             theirs: version,
@@ -147,7 +152,8 @@ pub fn encode_snapshot(snapshot: &current::Snapshot) -> Result<Vec<u8>, LogError
 pub fn decode_snapshot(snapshot: &[u8]) -> Result<current::Snapshot, LogError> {
     let (version, body) = versioned::<current::Snapshot>(SNAPSHOT, snapshot)?;
     match version {
-        V1 => body_of::<v1::Snapshot>(SNAPSHOT, version, body),
+        V1 => body_of::<v1::Snapshot>(SNAPSHOT, version, body).map(Into::into),
+        V2 => body_of::<v2::Snapshot>(SNAPSHOT, version, body),
         _ => Err(LogError::Unknown {
             what: SNAPSHOT,
             theirs: version,
@@ -186,6 +192,26 @@ fn body_of<T: serde::de::DeserializeOwned>(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_version_1_entry_and_snapshot_read_as_version_2() {
+        let v1_release = v1::Command::ReleaseCapacity {
+            id: "cap-1".into(),
+            at_ms: 7,
+        };
+        let bytes = envelope::encode_with_version(V1, &v1_release).unwrap();
+        assert_eq!(decode_command(&bytes).unwrap(), release());
+        let v1_snapshot = v1::Snapshot {
+            next_claim: 3,
+            applied_index: 9,
+            ..Default::default()
+        };
+        let bytes = envelope::encode_with_version(V1, &v1_snapshot).unwrap();
+        let upgraded = decode_snapshot(&bytes).unwrap();
+        assert_eq!((upgraded.next_claim, upgraded.applied_index), (3, 9));
+        assert!(upgraded.drills.is_empty());
+        assert_eq!(upgraded.next_drill, 0);
+    }
+
     fn release() -> current::Command {
         current::Command::ReleaseCapacity {
             id: "cap-1".into(),
@@ -196,7 +222,7 @@ mod tests {
     #[test]
     fn an_entry_round_trips_at_the_current_version() {
         let bytes = encode_command(&release()).unwrap();
-        assert_eq!(bytes[0], 1, "version 1 leads, as a one-byte varint");
+        assert_eq!(bytes[0], 2, "version 2 leads, as a one-byte varint");
         assert_eq!(decode_command(&bytes).unwrap(), release());
         let snapshot = current::Snapshot {
             next_claim: 3,
@@ -236,6 +262,10 @@ mod tests {
         assert!(matches!(
             decode_command(b"\x01garbage"),
             Err(LogError::Malformed { version: 1, .. })
+        ));
+        assert!(matches!(
+            decode_command(b"\x02garbage"),
+            Err(LogError::Malformed { version: 2, .. })
         ));
         let mut long = encode_command(&release()).unwrap();
         long.push(0);

@@ -17,9 +17,9 @@ use umbra_proto::log::current as schema;
 
 use super::{
     AuditEntry, AuditEvent, CapacityClaim, ClaimKind, ClaimRequest, Command, DnsWeights,
-    LimitsSpec, MigrationRequest, OrchestratorState, Plan, PoolMode, RegionSpec, ReplicationKind,
-    Retention, ScheduleSpec, ServiceSpec, ServiceState, plan::ScheduleLeg,
-    retention::MigrationIndex,
+    DrillRecord, DrillReport, DrillService, LimitsSpec, MigrationRequest, OrchestratorState, Plan,
+    PoolMode, RegionSpec, ReplicationKind, Retention, ScheduleSpec, ServiceSpec, ServiceState,
+    plan::ScheduleLeg, retention::MigrationIndex,
 };
 use crate::migration::{
     DnsTtlPlan, MigrationRecord, MigrationSpec, Phase, PhaseDeadlines, PrometheusSlo, Slo,
@@ -139,6 +139,10 @@ impl Logged for Command {
                 at_ms,
             },
             Command::ReleaseCapacity { id, at_ms } => L::ReleaseCapacity { id, at_ms },
+            Command::RecordDrill { drill, at_ms } => L::RecordDrill {
+                drill: drill.to_log(),
+                at_ms,
+            },
         }
     }
     fn from_log(log: Self::Log) -> Self {
@@ -205,6 +209,10 @@ impl Logged for Command {
                 at_ms,
             },
             L::ReleaseCapacity { id, at_ms } => Command::ReleaseCapacity { id, at_ms },
+            L::RecordDrill { drill, at_ms } => Command::RecordDrill {
+                drill: DrillReport::from_log(drill),
+                at_ms,
+            },
         }
     }
 }
@@ -226,6 +234,8 @@ impl Logged for OrchestratorState {
             next_claim,
             highest_term,
             applied_index,
+            drills,
+            next_drill,
             index: _,
             retention: _,
         } = self;
@@ -248,6 +258,8 @@ impl Logged for OrchestratorState {
             next_claim: *next_claim,
             highest_term: *highest_term,
             applied_index: *applied_index,
+            drills: drills.iter().map(Logged::to_log).collect(),
+            next_drill: *next_drill,
         }
     }
     fn from_log(log: Self::Log) -> Self {
@@ -264,6 +276,8 @@ impl Logged for OrchestratorState {
             next_claim,
             highest_term,
             applied_index,
+            drills,
+            next_drill,
         } = log;
         let (index, migrations, archive) =
             MigrationIndex::split(Logged::from_log(migrations), &fired);
@@ -281,6 +295,8 @@ impl Logged for OrchestratorState {
             next_claim,
             highest_term,
             applied_index,
+            drills: drills.into_iter().map(Logged::from_log).collect(),
+            next_drill,
             index,
             retention: Retention::default(),
         }
@@ -1291,6 +1307,158 @@ impl Logged for CapacityClaim {
             start_ms,
             end_ms,
             created_ms,
+        }
+    }
+}
+
+impl Logged for DrillReport {
+    type Log = schema::DrillReport;
+    fn to_log(&self) -> Self::Log {
+        let DrillReport {
+            drill,
+            region,
+            passed,
+            reasons,
+            started_ms,
+            ended_ms,
+            evacuate_ms,
+            services,
+            requests,
+            failed_requests,
+            max_failed_ratio,
+            max_p99_ms,
+            p99_ms_max,
+            stopped,
+            rollbacks,
+            faults_fired,
+            faults_planned,
+            seed,
+        } = self.clone();
+        schema::DrillReport {
+            drill,
+            region,
+            passed,
+            reasons,
+            started_ms,
+            ended_ms,
+            evacuate_ms,
+            services: services.to_log(),
+            requests,
+            failed_requests,
+            max_failed_ratio,
+            max_p99_ms,
+            p99_ms_max,
+            stopped,
+            rollbacks,
+            faults_fired,
+            faults_planned,
+            seed,
+        }
+    }
+    fn from_log(log: Self::Log) -> Self {
+        let schema::DrillReport {
+            drill,
+            region,
+            passed,
+            reasons,
+            started_ms,
+            ended_ms,
+            evacuate_ms,
+            services,
+            requests,
+            failed_requests,
+            max_failed_ratio,
+            max_p99_ms,
+            p99_ms_max,
+            stopped,
+            rollbacks,
+            faults_fired,
+            faults_planned,
+            seed,
+        } = log;
+        DrillReport {
+            drill,
+            region,
+            passed,
+            reasons,
+            started_ms,
+            ended_ms,
+            evacuate_ms,
+            services: Logged::from_log(services),
+            requests,
+            failed_requests,
+            max_failed_ratio,
+            max_p99_ms,
+            p99_ms_max,
+            stopped,
+            rollbacks,
+            faults_fired,
+            faults_planned,
+            seed,
+        }
+    }
+}
+
+impl Logged for DrillService {
+    type Log = schema::DrillService;
+    fn to_log(&self) -> Self::Log {
+        let DrillService {
+            service,
+            to,
+            migration,
+            outcome,
+        } = self.clone();
+        schema::DrillService {
+            service,
+            to,
+            migration,
+            outcome,
+        }
+    }
+    fn from_log(log: Self::Log) -> Self {
+        let schema::DrillService {
+            service,
+            to,
+            migration,
+            outcome,
+        } = log;
+        DrillService {
+            service,
+            to,
+            migration,
+            outcome,
+        }
+    }
+}
+
+impl Logged for DrillRecord {
+    type Log = schema::DrillRecord;
+    fn to_log(&self) -> Self::Log {
+        let DrillRecord {
+            id,
+            index,
+            recorded_ms,
+            report,
+        } = self;
+        schema::DrillRecord {
+            id: id.clone(),
+            index: *index,
+            recorded_ms: *recorded_ms,
+            report: report.to_log(),
+        }
+    }
+    fn from_log(log: Self::Log) -> Self {
+        let schema::DrillRecord {
+            id,
+            index,
+            recorded_ms,
+            report,
+        } = log;
+        DrillRecord {
+            id,
+            index,
+            recorded_ms,
+            report: DrillReport::from_log(report),
         }
     }
 }

@@ -11,7 +11,9 @@ use umbra_proto::log::current as schema;
 
 use super::Logged;
 use crate::migration::MigrationRecord;
-use crate::state::{AuditEntry, CapacityClaim, Command, OrchestratorState, ServiceState};
+use crate::state::{
+    AuditEntry, CapacityClaim, Command, DrillRecord, OrchestratorState, ServiceState,
+};
 
 fn bytes<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("encodes")
@@ -339,7 +341,78 @@ fn command() -> impl Strategy<Value = schema::Command> {
         ),
         (claim, t()).prop_map(|(request, at_ms)| C::ClaimCapacity { request, at_ms }),
         (text(), t()).prop_map(|(id, at_ms)| C::ReleaseCapacity { id, at_ms }),
+        (drill_report(), t()).prop_map(|(drill, at_ms)| C::RecordDrill { drill, at_ms }),
     ]
+}
+
+fn drill_report() -> impl Strategy<Value = schema::DrillReport> {
+    let service = (text(), text(), proptest::option::of(text()), text()).prop_map(
+        |(service, to, migration, outcome)| schema::DrillService {
+            service,
+            to,
+            migration,
+            outcome,
+        },
+    );
+    let words = (
+        text(),
+        text(),
+        any::<bool>(),
+        vec(text(), 0..3),
+        vec(service, 0..3),
+        proptest::option::of(text()),
+    );
+    let figures = (
+        (
+            any::<u64>(),
+            any::<u64>(),
+            opt_u64(),
+            any::<u64>(),
+            any::<u64>(),
+        ),
+        (float(), float(), proptest::option::of(float())),
+        (any::<u64>(), any::<u64>(), any::<u64>(), opt_u64()),
+    );
+    (words, figures).prop_map(
+        |(
+            (drill, region, passed, reasons, services, stopped),
+            (
+                (started_ms, ended_ms, evacuate_ms, requests, failed_requests),
+                (max_failed_ratio, max_p99_ms, p99_ms_max),
+                (rollbacks, faults_fired, faults_planned, seed),
+            ),
+        )| schema::DrillReport {
+            drill,
+            region,
+            passed,
+            reasons,
+            started_ms,
+            ended_ms,
+            evacuate_ms,
+            services,
+            requests,
+            failed_requests,
+            max_failed_ratio,
+            max_p99_ms,
+            p99_ms_max,
+            stopped,
+            rollbacks,
+            faults_fired,
+            faults_planned,
+            seed,
+        },
+    )
+}
+
+fn drill_record() -> impl Strategy<Value = schema::DrillRecord> {
+    (text(), any::<u64>(), any::<u64>(), drill_report()).prop_map(
+        |(id, index, recorded_ms, report)| schema::DrillRecord {
+            id,
+            index,
+            recorded_ms,
+            report,
+        },
+    )
 }
 
 fn migration() -> impl Strategy<Value = schema::MigrationRecord> {
@@ -541,11 +614,18 @@ fn snapshot() -> impl Strategy<Value = schema::Snapshot> {
         vec(audit_entry(), 0..4),
         btree_map(text(), claim(), 0..3),
     );
-    let counters = (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>());
-    (maps, counters).prop_map(
+    let counters = (
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+    );
+    (maps, counters, vec(drill_record(), 0..3)).prop_map(
         |(
             (regions, services, migrations, schedules, dns, fired, audit, capacity),
-            (next_migration, next_claim, highest_term, applied_index),
+            (next_migration, next_claim, highest_term, applied_index, next_drill),
+            drills,
         )| schema::Snapshot {
             regions,
             services,
@@ -559,6 +639,8 @@ fn snapshot() -> impl Strategy<Value = schema::Snapshot> {
             next_claim,
             highest_term,
             applied_index,
+            drills,
+            next_drill,
         },
     )
 }
@@ -603,11 +685,13 @@ proptest! {
         service in service_state(),
         entry in audit_entry(),
         claim in claim(),
+        drill in drill_record(),
     ) {
         round_trips::<MigrationRecord>(&migration)?;
         round_trips::<ServiceState>(&service)?;
         round_trips::<AuditEntry>(&entry)?;
         round_trips::<CapacityClaim>(&claim)?;
+        round_trips::<DrillRecord>(&drill)?;
     }
 
     #[test]
