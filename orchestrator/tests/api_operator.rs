@@ -609,12 +609,15 @@ async fn drill_verdicts_are_recorded_listed_newest_first_and_shown_in_the_status
     fail.reasons = vec!["shop ended rolled_back".to_owned()];
     fail.services[0].outcome = "rolled_back".to_owned();
     fail.rollbacks = 1;
-    let (status, message) = refused(client.record_drill(&{
-        let mut mars = fail.clone();
-        mars.region = "mars-north".to_owned();
-        mars
-    })
-    .await);
+    let (status, message) = refused(
+        client
+            .record_drill(&{
+                let mut mars = fail.clone();
+                mars.region = "mars-north".to_owned();
+                mars
+            })
+            .await,
+    );
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(message.contains("\"mars-north\""), "{message}");
     assert_eq!(
@@ -634,32 +637,24 @@ async fn drill_verdicts_are_recorded_listed_newest_first_and_shown_in_the_status
     assert_eq!(status.drills, drills);
 
     // Unknown fields, a verdict that is neither pass nor fail, and a limit out of range.
-    let mut body = serde_json::to_value(&pass).unwrap();
-    body["by"] = "me".into();
-    let (status, message) = refused(
-        client
-            .call::<serde_json::Value>(
-                Method::POST,
-                "/v1/drills",
-                Some(("application/json", body.to_string().into())),
-            )
-            .await,
-    );
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(message.contains("unknown field `by`"), "{message}");
-    body = serde_json::to_value(&pass).unwrap();
-    body["verdict"] = "maybe".into();
-    let (status, message) = refused(
-        client
-            .call::<serde_json::Value>(
-                Method::POST,
-                "/v1/drills",
-                Some(("application/json", body.to_string().into())),
-            )
-            .await,
-    );
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(message.contains("drill report"), "{message}");
+    for (field, value, says) in [
+        ("by", "me", "unknown field `by`"),
+        ("verdict", "maybe", "not a valid drill report"),
+    ] {
+        let mut body = serde_json::to_value(&pass).unwrap();
+        body[field] = value.into();
+        let (status, message) = refused(
+            client
+                .call::<serde_json::Value>(
+                    Method::POST,
+                    "/v1/drills",
+                    Some(("application/json", body.to_string().into())),
+                )
+                .await,
+        );
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}");
+        assert!(message.contains(says), "{field}: {message}");
+    }
     for query in ["limit=0", "limit=101", "limit=x", "count=3"] {
         let (status, message) = refused(
             client
@@ -669,5 +664,9 @@ async fn drill_verdicts_are_recorded_listed_newest_first_and_shown_in_the_status
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
         assert!(message.contains("from 1 to 100"), "{query}: {message}");
     }
-    assert_eq!(client.drills(100).await.unwrap().len(), 2, "nothing else recorded");
+    assert_eq!(
+        client.drills(100).await.unwrap().len(),
+        2,
+        "nothing else recorded"
+    );
 }

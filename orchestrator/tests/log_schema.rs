@@ -20,8 +20,8 @@ use umbra_forecast::sizing::Tier;
 use umbra_orchestrator::migration::{Phase, PrometheusSlo, SloJudgement, SloSource};
 use umbra_orchestrator::state::{
     AuditEvent, ClaimKind, ClaimRequest, Command, DnsWeights, DrillReport, DrillService,
-    LimitsSpec, MigrationRequest, OrchestratorState, Plan, PoolMode, RegionSpec, ReplicationKind,
-    ServiceSpec, decode_command, encode_command,
+    GameDaySpec, LimitsSpec, MigrationRequest, OrchestratorState, Plan, PoolMode, RegionSpec,
+    ReplicationKind, ServiceSpec, decode_command, encode_command,
 };
 use umbra_proto::envelope;
 use umbra_proto::log::{V1, v1};
@@ -353,14 +353,40 @@ fn drill() -> DrillReport {
         faults_fired: 2,
         faults_planned: 3,
         seed: Some(7),
+        game_day: Some("q1".to_owned()),
     }
 }
 
-/// The version 2 scenario: version 1's, then a recorded drill (log index 31).
+/// The game day version 2 adds to the plan, which the drill above ran for.
+fn game_day() -> GameDaySpec {
+    GameDaySpec {
+        name: "q1".to_owned(),
+        drill: "evacuate".to_owned(),
+        region: "us-east".to_owned(),
+        to: Some("eu-west".to_owned()),
+        at_ms: at(31),
+    }
+}
+
+/// The version 2 scenario: version 1's, then a plan with a game day (log index 31) and the
+/// drill it recorded (32).
 fn scenario_v2() -> Vec<(String, Command)> {
     let mut commands = scenario();
+    // Its regions and the game day: the services are in flight and may not change now.
+    let plan = Plan {
+        regions: plan().regions,
+        game_days: vec![game_day()],
+        ..Plan::default()
+    };
     commands.push((
-        "31-record-drill".to_owned(),
+        "31-apply-plan".to_owned(),
+        Command::ApplyPlan {
+            plan,
+            at_ms: at(30),
+        },
+    ));
+    commands.push((
+        "32-record-drill".to_owned(),
         Command::RecordDrill {
             drill: drill(),
             at_ms: at(32),
@@ -861,10 +887,17 @@ fn every_v2_entry_and_the_v2_snapshot_read_back_as_written() {
     let Command::RecordDrill {
         drill: report,
         at_ms,
-    } = decode_command(&fixture(2, "command-31-record-drill.bin")).unwrap()
+    } = decode_command(&fixture(2, "command-32-record-drill.bin")).unwrap()
     else {
-        panic!("31 records a drill");
+        panic!("32 records a drill");
     };
+    assert_eq!(report.game_day.as_deref(), Some("q1"));
+    let Command::ApplyPlan { plan, .. } =
+        decode_command(&fixture(2, "command-31-apply-plan.bin")).unwrap()
+    else {
+        panic!("31 applies a plan");
+    };
+    assert_eq!(plan.game_days, [game_day()]);
     assert_eq!(at_ms, 1_798_761_642_000);
     assert_eq!(
         (
@@ -913,10 +946,15 @@ fn every_v2_entry_and_the_v2_snapshot_read_back_as_written() {
             drills[0].index,
             drills[0].recorded_ms
         ),
-        ("drill-1", 31, 1_798_761_642_000)
+        ("drill-1", 32, 1_798_761_642_000)
     );
     assert_eq!(drills[0].report, drill());
+    let q1 = &restored.overview().game_days["q1"];
+    assert_eq!(
+        (&q1.spec, q1.verdict.as_deref()),
+        (&game_day(), Some("drill-1"))
+    );
     // The v1 scenario's state is all there too, upgraded.
-    assert_eq!(restored.audit().len(), 30);
+    assert_eq!(restored.audit().len(), 31);
     assert_eq!(restored.overview(), state_of(scenario_v2()).overview());
 }

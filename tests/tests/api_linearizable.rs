@@ -187,7 +187,7 @@ fn register_plan(base: &Plan, value: u64) -> Plan {
     Plan {
         regions: base.regions.clone(),
         services: vec![register],
-        schedules: Vec::new(),
+        ..Plan::default()
     }
 }
 

@@ -3,10 +3,12 @@
 //! up and prints how to reach them; `umbra drill evacuate --region us-east --json` moves the
 //! demo's service out of us-east through the operator API and prints its verdict.
 //!
-//! Two heavy runs (seven processes plus instances each; nextest runs this binary's tests one at
-//! a time): a clean evacuation passes with no failed request, and one under a fault plan that
-//! burns the error budget fails, is rolled back through the API and leaves nothing of its own
-//! live (no migration, no shadow serving, no fault switched on).
+//! Three heavy runs (seven processes plus instances each; nextest runs this binary's tests one
+//! at a time): a clean evacuation passes with no failed request, and one under a fault plan
+//! that burns the error budget fails, is rolled back through the API and leaves nothing of its
+//! own live (no migration, no shadow serving, no fault switched on); each verdict is kept in
+//! the cluster. A game day in the plan (`umbra apply`) is run by the leader at its time and
+//! recorded the same way.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -25,6 +27,9 @@ use umbra_testkit::Process;
 const SERVE_DEADLINE: Duration = Duration::from_secs(120);
 /// How long a stopped demo may take to stop its processes and report.
 const STOP_DEADLINE: Duration = Duration::from_secs(60);
+/// A game day set 5 s ahead moves the demo's one service (its drill took 32 s on this
+/// machine), with room for a loaded 2-core machine.
+const GAME_DAY_DEADLINE: Duration = Duration::from_secs(240);
 /// The shadow pool's keep time is 2 s in the demo; removal follows at the next heartbeats.
 const RELEASE_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -409,6 +414,99 @@ async fn a_fault_plan_that_burns_the_budget_fails_and_rolls_everything_back() ->
 
     let traffic = demo.stop()?;
     println!("the demo's traffic client: {traffic}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_game_day_in_the_plan_evacuates_at_its_time_and_keeps_its_verdict() -> anyhow::Result<()>
+{
+    let scratch = tempfile::Builder::new()
+        .prefix("umbra-gameday-")
+        .tempdir()?;
+    let mut demo = ServedDemo::start(scratch.path())?;
+    // A plan holding only the game day: the demo's regions and service are applied already.
+    let at = chrono::Utc::now() + chrono::Duration::seconds(5);
+    let at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let plan = scratch.path().join("game-day.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            "[[game_day]]\nname = \"q1\"\ndrill = \"evacuate\"\nregion = \"us-east\"\nat = \"{at}\"\n"
+        ),
+    )?;
+    let applied = demo
+        .umbra(&["apply", "-f", plan.to_str().context("path")?])?
+        .output()?;
+    ensure!(
+        applied.status.success(),
+        "umbra apply: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let status = demo.status()?;
+    assert_eq!(status["overview"]["game_days"][0]["name"], "q1", "{status}");
+    assert_eq!(status["overview"]["game_days"][0]["state"], "scheduled");
+
+    // Once its time comes the leader runs it on its own; it ends with a recorded verdict.
+    let status = umbra_testkit::wait_for("the game day's verdict", GAME_DAY_DEADLINE, || {
+        let status = demo.status().ok();
+        async move { status.filter(|s| s["overview"]["game_days"][0]["state"] == "done") }
+    })
+    .await?;
+    let day = &status["overview"]["game_days"][0];
+    let drill = &status["drills"][0];
+    println!("the game day's verdict: {drill}");
+    assert_eq!(day["verdict"], drill["id"], "{status}");
+    assert_eq!(drill["game_day"], "q1", "{drill}");
+    let report = &drill["report"];
+    assert_eq!(report["verdict"], "pass", "{drill}");
+    assert_eq!(report["region"], "us-east");
+    assert_eq!(report["started"].as_str(), Some(at.as_str()), "{drill}");
+    assert_eq!(report["services"][0]["service"], "shop", "{drill}");
+    assert_eq!(report["services"][0]["outcome"], "completed", "{drill}");
+    assert_eq!(report["services"][0]["migration"], day["migrations"][0]);
+    assert!(report["requests"].as_u64().unwrap_or(0) > 1_000, "{drill}");
+    assert_eq!(report["failed_requests"], 0, "{drill}");
+    assert!(report["evacuate_ms"].as_u64().is_some(), "{drill}");
+    let to = report["services"][0]["to"].as_str().context("to")?;
+    let weights = &status["overview"]["dns"]["shop"]["weights"];
+    assert_eq!(weights["us-east"].as_u64().unwrap_or(0), 0, "{weights}");
+    assert!(weights[to].as_u64().unwrap_or(0) > 0, "{weights}");
+    let text = demo.umbra(&["status"])?.output()?;
+    let text = String::from_utf8_lossy(&text.stdout);
+    let id = drill["id"].as_str().context("id")?;
+    assert!(
+        text.contains(&format!(
+            "game day q1: evacuate us-east at {at}: done, verdict {id}"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{id} evacuate us-east (game day q1): PASS")),
+        "{text}"
+    );
+
+    // It ran once: applying the same plan again changes nothing, and a changed one is refused.
+    let again = demo
+        .umbra(&["apply", "-f", plan.to_str().context("path")?])?
+        .output()?;
+    ensure!(again.status.success(), "the same plan again: {again:?}");
+    std::fs::write(
+        &plan,
+        format!(
+            "[[game_day]]\nname = \"q1\"\ndrill = \"evacuate\"\nregion = \"{to}\"\nat = \"{at}\"\n"
+        ),
+    )?;
+    let changed = demo
+        .umbra(&["apply", "-f", plan.to_str().context("path")?])?
+        .output()?;
+    assert!(!changed.status.success());
+    let refusal = String::from_utf8_lossy(&changed.stderr);
+    assert!(refusal.contains("ran already"), "{refusal}");
+    assert_eq!(demo.status()?["drills"].as_array().map(Vec::len), Some(1));
+
+    let traffic = demo.stop()?;
+    println!("the demo's traffic client: {traffic}");
+    assert_eq!(traffic["requests_failed"], 0, "{traffic}");
     Ok(())
 }
 

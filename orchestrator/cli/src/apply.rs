@@ -14,7 +14,7 @@ use crate::operator::{ApiArgs, counted, print_json};
 /// Arguments of `umbra apply`.
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
-    /// The plan file (TOML: [[region]], [[service]], [[schedule]]).
+    /// The plan file (TOML: [[region]], [[service]], [[schedule]], [[game_day]]).
     #[arg(short = 'f', long = "file")]
     file: PathBuf,
     #[command(flatten)]

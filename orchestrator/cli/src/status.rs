@@ -108,6 +108,24 @@ fn print_report(report: &StatusReport) {
         counted(report.overview.schedules.len(), "schedule"),
         report.overview.applied_index
     );
+    for day in &report.overview.game_days {
+        println!(
+            "game day {}: {} {} at {}{}: {}{}",
+            day.name,
+            day.drill,
+            day.region,
+            day.at,
+            day.to
+                .as_ref()
+                .map_or_else(String::new, |to| format!(" to {to}")),
+            day.state,
+            match (&day.verdict, day.migrations.is_empty()) {
+                (Some(drill), _) => format!(", verdict {drill} (recent drills below)"),
+                (None, false) => format!(", {}", day.migrations.join(", ")),
+                (None, true) => String::new(),
+            }
+        );
+    }
     if report.migrations.is_empty() {
         println!("no migrations");
     }
@@ -191,13 +209,17 @@ fn print_report(report: &StatusReport) {
 /// One recorded drill in a line: what, its verdict, when, and the evidence's figures.
 fn drill_line(drill: &DrillView) -> String {
     let r = &drill.report;
+    let by = drill
+        .game_day
+        .as_ref()
+        .map_or_else(String::new, |day| format!(" (game day {day})"));
     let moved = r
         .services
         .iter()
         .filter(|s| s.outcome == "completed")
         .count();
     let mut line = format!(
-        "{} {} {}: {}, {} to {}; {} of {} services moved out{}, {} of {} requests failed (budget {:.2} %)",
+        "{} {} {}{by}: {}, {} to {}; {} of {} services moved out{}, {} of {} requests failed (budget {:.2} %)",
         drill.id,
         r.drill,
         r.region,

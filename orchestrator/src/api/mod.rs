@@ -27,9 +27,9 @@ pub use client::{ApiClient, ClientError};
 pub use server::{RunningApi, ServeError, serve};
 pub use views::{
     AuditEntryView, AuditEventView, CapacityReport, ClaimStatus, DnsTtlStatus, DrillBody,
-    DrillServiceView, DrillVerdict, DrillView, ForecastReport, FulfilmentView, Health, MemberView,
-    MigrationAnswer, MigrationBody, MigrationStatus, OverviewView, PoolSize, PoolStatus, SliceView,
-    StatusReport, Timestamp, Written,
+    DrillServiceView, DrillVerdict, DrillView, ForecastReport, FulfilmentView, GameDayView, Health,
+    MemberView, MigrationAnswer, MigrationBody, MigrationStatus, OverviewView, PoolSize,
+    PoolStatus, SliceView, StatusReport, Timestamp, Written,
 };
 
 /// Largest request body accepted: 1 MiB. A plan of a few hundred services is tens of KiB;

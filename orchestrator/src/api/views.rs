@@ -20,7 +20,8 @@ use crate::capacity::{ClaimFulfilment, ClaimMember, MemberWas, PoolView, SliceTa
 use crate::migration::{MigrationRecord, Observations, Phase, Readiness, progress};
 use crate::state::{
     Applied, AuditEntry, AuditEvent, CapacityClaim, ClaimKind, DnsWeights, DrillRecord,
-    DrillReport, DrillService, MigrationRequest, Overview, RegionSpec, ScheduleSpec, ServiceState,
+    DrillReport, DrillService, GameDayRun, MigrationRequest, Overview, RegionSpec, ScheduleSpec,
+    ServiceState,
 };
 use crate::store::LeaderInfo;
 
@@ -640,18 +641,74 @@ pub struct OverviewView {
     pub schedules: BTreeMap<String, ScheduleSpec>,
     /// DNS weights by service.
     pub dns: BTreeMap<String, DnsWeights>,
+    /// Game days (drills the plan schedules), by time.
+    pub game_days: Vec<GameDayView>,
     /// Index of the last applied command.
     pub applied_index: u64,
 }
 
 impl From<Overview> for OverviewView {
     fn from(overview: Overview) -> Self {
+        let mut game_days: Vec<GameDayView> = overview
+            .game_days
+            .into_values()
+            .map(GameDayView::from)
+            .collect();
+        game_days.sort_by(|a, b| (a.at, &a.name).cmp(&(b.at, &b.name)));
         Self {
             regions: overview.regions,
             services: overview.services,
             schedules: overview.schedules,
             dns: overview.dns,
+            game_days,
             applied_index: overview.applied_index,
+        }
+    }
+}
+
+/// A game day: a drill the plan schedules, which the leader runs at `at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GameDayView {
+    /// Its name.
+    pub name: String,
+    /// The drill: `evacuate`.
+    pub drill: String,
+    /// The region it acts on.
+    pub region: String,
+    /// Where the services go (absent: each to the least busy other region).
+    pub to: Option<String>,
+    /// When it starts.
+    pub at: Timestamp,
+    /// `scheduled`, `running` (it created a migration) or `done` (its verdict is recorded).
+    pub state: String,
+    /// The drill its verdict was recorded as (`GET /v1/drills`).
+    pub verdict: Option<String>,
+    /// The migrations it created: each service's move out and, after a failure, back.
+    pub migrations: Vec<String>,
+}
+
+impl From<GameDayRun> for GameDayView {
+    fn from(run: GameDayRun) -> Self {
+        let state = match (&run.verdict, run.moves.is_empty()) {
+            (Some(_), _) => "done",
+            (None, false) => "running",
+            (None, true) => "scheduled",
+        };
+        Self {
+            migrations: run
+                .moves
+                .iter()
+                .flat_map(|m| {
+                    std::iter::once(m.out.id.clone()).chain(m.back.as_ref().map(|b| b.id.clone()))
+                })
+                .collect(),
+            name: run.spec.name,
+            drill: run.spec.drill,
+            region: run.spec.region,
+            to: run.spec.to,
+            at: Timestamp::from_unix_ms(run.spec.at_ms),
+            state: state.to_owned(),
+            verdict: run.verdict,
         }
     }
 }
@@ -977,6 +1034,8 @@ impl From<DrillBody> for DrillReport {
             faults_fired: body.faults_fired,
             faults_planned: body.faults_planned,
             seed: body.seed,
+            // Only the leader runs game days; an operator's report is a drill of their own.
+            game_day: None,
         }
     }
 }
@@ -1028,6 +1087,9 @@ pub struct DrillView {
     pub index: u64,
     /// When it was recorded.
     pub recorded: Timestamp,
+    /// The game day the leader ran it for (absent for a drill an operator ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub game_day: Option<String>,
     /// The verdict, as the drill reported it.
     pub report: DrillBody,
 }
@@ -1038,6 +1100,7 @@ impl From<DrillRecord> for DrillView {
             id: record.id,
             index: record.index,
             recorded: Timestamp::from_unix_ms(record.recorded_ms),
+            game_day: record.report.game_day.clone(),
             report: DrillBody::from(record.report),
         }
     }

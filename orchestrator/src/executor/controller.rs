@@ -28,6 +28,7 @@ use umbra_proto::agent::{
 use umbra_forecast::sizing::{Hysteresis, PoolState, PoolTarget};
 
 use super::ExecutorConfig;
+use super::game_day::{self, Traffic};
 use super::pools::{self, PoolForecast, PoolSpec, PoolView};
 use super::reconcile::{self, CommandContext, DueCommand, OpView};
 use super::shadow_sizing::ShadowSize;
@@ -95,6 +96,8 @@ pub enum ProposalKey {
     Dns(String),
     /// A follow-the-sun schedule leg (its key).
     Schedule(String),
+    /// A game day's next step (its name).
+    GameDay(String),
 }
 
 /// A command to propose to the replicated state.
@@ -465,6 +468,7 @@ enum OnApplied {
         dns: DnsWeights,
     },
     Schedule,
+    GameDay(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -553,6 +557,8 @@ pub struct Controller {
     /// check went.
     dns_checks: BTreeMap<String, (DnsWeights, DnsObserved)>,
     schedule_keys: BTreeSet<String>,
+    /// What the fronts reported while each running game day ran, in this leadership.
+    game_day_traffic: BTreeMap<String, Traffic>,
     observed: BTreeSet<String>,
     steps: BTreeMap<String, u32>,
     commands: VecDeque<Outgoing>,
@@ -587,6 +593,7 @@ impl Controller {
             dns_proposed: BTreeMap::new(),
             dns_checks: BTreeMap::new(),
             schedule_keys: BTreeSet::new(),
+            game_day_traffic: BTreeMap::new(),
             observed: BTreeSet::new(),
             steps: BTreeMap::new(),
             commands: VecDeque::new(),
@@ -608,6 +615,20 @@ impl Controller {
             return;
         }
         self.received.insert(region.to_owned(), received_at);
+        if let (Some(front), Some(overview)) = (&report.front, &self.overview) {
+            for run in overview.game_days.values() {
+                if run.running(self.now.unix_ms) {
+                    self.game_day_traffic
+                        .entry(run.spec.name.clone())
+                        .or_default()
+                        .add(
+                            front.window_requests,
+                            front.window_errors,
+                            front.window_p99_ms,
+                        );
+                }
+            }
+        }
         self.reports.insert(region.to_owned(), report);
     }
 
@@ -621,6 +642,7 @@ impl Controller {
         if self.config.schedules {
             self.run_schedules();
         }
+        self.run_game_days();
         let overview = self.overview.as_ref().expect("just set");
         let latest = reconcile::latest_migrations(overview);
         let records: Vec<(String, Phase, bool)> = overview
@@ -716,6 +738,7 @@ impl Controller {
             OnApplied::Promoted { .. } => "set_promoted",
             OnApplied::Dns { .. } => "set_dns_weights",
             OnApplied::Schedule => "create_migration",
+            OnApplied::GameDay(kind) => kind,
         };
         self.events.push_back(Event::ProposalEnded {
             kind,
@@ -758,7 +781,7 @@ impl Controller {
                 self.dns_proposed.insert(service.clone(), dns.clone());
                 self.check_dns(service, dns);
             }
-            OnApplied::Schedule => {}
+            OnApplied::Schedule | OnApplied::GameDay(_) => {}
         }
     }
 
@@ -1298,6 +1321,55 @@ impl Controller {
                 },
                 OnApplied::Schedule,
             );
+        }
+    }
+
+    /// Each game day's next step ([`game_day::next`]), one proposal in flight per game day.
+    fn run_game_days(&mut self) {
+        let overview = self.overview.as_ref().expect("round has an overview");
+        let now_ms = self.now.unix_ms;
+        let mut steps = Vec::new();
+        for run in overview.game_days.values() {
+            let name = &run.spec.name;
+            if !run.running(now_ms) {
+                self.game_day_traffic.remove(name);
+                continue;
+            }
+            let key = ProposalKey::GameDay(name.clone());
+            if self.in_flight.contains_key(&key) {
+                continue;
+            }
+            let traffic = self.game_day_traffic.get(name).copied().unwrap_or_default();
+            match game_day::next(run, overview, &traffic, now_ms) {
+                game_day::Next::Wait => {}
+                game_day::Next::Migrate(request) => {
+                    tracing::info!(game_day = %name, service = %request.service, to = %request.to,
+                        "game day: creating its next migration");
+                    steps.push((
+                        key,
+                        "create_migration",
+                        Command::CreateMigration {
+                            request,
+                            at_ms: now_ms,
+                        },
+                    ));
+                }
+                game_day::Next::Record(report) => {
+                    tracing::info!(game_day = %name, passed = report.passed,
+                        "game day over: recording its verdict");
+                    steps.push((
+                        key,
+                        "record_drill",
+                        Command::RecordDrill {
+                            drill: *report,
+                            at_ms: now_ms,
+                        },
+                    ));
+                }
+            }
+        }
+        for (key, kind, command) in steps {
+            self.propose(key, kind, command, OnApplied::GameDay(kind));
         }
     }
 

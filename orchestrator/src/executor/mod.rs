@@ -16,6 +16,7 @@
 //! node is not the leader.
 
 pub mod controller;
+pub mod game_day;
 pub mod metrics;
 pub mod pools;
 pub mod reconcile;

@@ -332,6 +332,7 @@ fn empty_overview() -> Overview {
         schedules: Default::default(),
         dns: Default::default(),
         capacity: Default::default(),
+        game_days: Default::default(),
         applied_index: 0,
     }
 }

@@ -72,6 +72,8 @@ pub struct DrillReport {
     pub faults_planned: u64,
     /// The seed of a generated fault plan (`umbra chaos plan --seed S` prints it again).
     pub seed: Option<u64>,
+    /// The game day the leader ran it for (none for a drill an operator ran).
+    pub game_day: Option<String>,
 }
 
 /// One service of a drill and how its move ended.
@@ -167,6 +169,7 @@ pub fn validate(report: &DrillReport) -> Result<(), Rejected> {
         .iter()
         .chain(report.stopped.iter())
         .chain([&report.drill, &report.region])
+        .chain(report.game_day.iter())
         .chain(report.services.iter().flat_map(|s| {
             [&s.service, &s.to]
                 .into_iter()
@@ -210,6 +213,7 @@ pub(super) fn passed() -> DrillReport {
         faults_fired: 0,
         faults_planned: 0,
         seed: None,
+        game_day: None,
     }
 }
 

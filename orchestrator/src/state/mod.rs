@@ -25,6 +25,7 @@
 pub mod audit;
 pub mod claims;
 pub mod drills;
+pub mod game_days;
 mod log;
 pub mod plan;
 mod retention;
@@ -40,6 +41,7 @@ pub use audit::AuditEvent;
 use claims::rfc3339;
 pub use claims::{CapacityClaim, ClaimKind, ClaimRequest};
 pub use drills::{DrillRecord, DrillReport, DrillService, MAX_DRILLS};
+pub use game_days::{GameDayMove, GameDayRun, GameDaySpec, MoveState};
 pub use plan::{
     LimitsSpec, Plan, PlanError, PoolMode, RegionSpec, ReplicationKind, ScheduleSpec, ServiceSpec,
 };
@@ -378,6 +380,8 @@ pub struct Overview {
     pub dns: BTreeMap<String, DnsWeights>,
     /// Capacity claims by id (ended ones leave at the next claim command).
     pub capacity: BTreeMap<String, CapacityClaim>,
+    /// Game days by name, with their verdicts and migrations.
+    pub game_days: BTreeMap<String, GameDayRun>,
     /// Index of the last applied command.
     pub applied_index: u64,
 }
@@ -433,6 +437,10 @@ pub struct OrchestratorState {
     /// Recorded drills, oldest first, at most [`MAX_DRILLS`].
     drills: VecDeque<DrillRecord>,
     next_drill: u64,
+    /// Game days by name, as the plan declared them.
+    game_days: BTreeMap<String, GameDaySpec>,
+    /// Game day → the drill its verdict was recorded as.
+    game_day_verdicts: BTreeMap<String, String>,
     /// Derived from `migrations` and `fired`; rebuilt on restore.
     index: MigrationIndex,
     /// This node's caps (not replicated: every node runs the same build's defaults).
@@ -497,8 +505,47 @@ impl OrchestratorState {
             schedules: self.schedules.clone(),
             dns: self.dns.clone(),
             capacity: self.capacity.clone(),
+            game_days: self
+                .game_days
+                .values()
+                .map(|spec| self.game_day_run(spec))
+                .collect(),
             applied_index: self.applied_index,
         }
+    }
+
+    /// Game day `spec` with its verdict and the migrations it created (found by their keys,
+    /// current or archived).
+    fn game_day_run(&self, spec: &GameDaySpec) -> (String, GameDayRun) {
+        let state = |key: String| {
+            let id = self.fired.get(&key)?;
+            let (record, _) = self.migration(id)?;
+            Some(MoveState {
+                id: id.clone(),
+                to: record.spec.to.clone(),
+                phase: record.phase,
+                since_ms: record.phase_since_ms,
+            })
+        };
+        let moves = self
+            .services
+            .keys()
+            .filter_map(|service| {
+                Some(GameDayMove {
+                    service: service.clone(),
+                    out: state(game_days::forward_key(&spec.name, service))?,
+                    back: state(game_days::back_key(&spec.name, service)),
+                })
+            })
+            .collect();
+        (
+            spec.name.clone(),
+            GameDayRun {
+                spec: spec.clone(),
+                verdict: self.game_day_verdicts.get(&spec.name).cloned(),
+                moves,
+            },
+        )
     }
 
     /// The audit log, oldest first.
@@ -597,9 +644,9 @@ impl OrchestratorState {
     /// way a command fails.
     fn validate<'c>(&self, command: &'c Command) -> Result<Change<'c>, Rejected> {
         match command {
-            Command::ApplyPlan { plan, .. } => {
-                self.validate_plan(plan).map(|()| Change::Plan(plan))
-            }
+            Command::ApplyPlan { plan, at_ms } => self
+                .validate_plan(plan, *at_ms)
+                .map(|()| Change::Plan(plan)),
             Command::CreateMigration { request, at_ms } => self.validate_migration(request, *at_ms),
             Command::Transition {
                 id,
@@ -710,6 +757,16 @@ impl OrchestratorState {
                 drills::validate(drill)?;
                 if !self.regions.contains_key(&drill.region) {
                     return Err(self.unknown_region("the drill", &drill.region));
+                }
+                if let Some(name) = &drill.game_day {
+                    if !self.game_days.contains_key(name) {
+                        return Err(Rejected::not_found(format!("no game day {name:?}")));
+                    }
+                    if let Some(id) = self.game_day_verdicts.get(name) {
+                        return Err(Rejected::conflict(format!(
+                            "game day {name:?} is recorded already, as {id}"
+                        )));
+                    }
                 }
                 Ok(Change::Drill(drill))
             }
@@ -940,6 +997,9 @@ impl OrchestratorState {
                 if self.drills.len() >= MAX_DRILLS {
                     self.drills.pop_front();
                 }
+                if let Some(name) = &report.game_day {
+                    self.game_day_verdicts.insert(name.clone(), id.clone());
+                }
                 self.drills.push_back(DrillRecord {
                     id: id.clone(),
                     index,
@@ -1080,7 +1140,7 @@ impl OrchestratorState {
         })
     }
 
-    fn validate_plan(&self, plan: &Plan) -> Result<(), Rejected> {
+    fn validate_plan(&self, plan: &Plan, at_ms: u64) -> Result<(), Rejected> {
         plan.validate(
             self.regions.keys().map(String::as_str),
             self.services.keys().map(String::as_str),
@@ -1100,6 +1160,37 @@ impl OrchestratorState {
                         service.name
                     )));
                 }
+            }
+        }
+        let held = self.game_days.len()
+            + plan
+                .game_days
+                .iter()
+                .filter(|d| !self.game_days.contains_key(&d.name))
+                .count();
+        if held > game_days::MAX_GAME_DAYS {
+            return Err(Rejected::invalid(format!(
+                "the cluster would hold {held} game days; it keeps at most {}",
+                game_days::MAX_GAME_DAYS
+            )));
+        }
+        for day in &plan.game_days {
+            if self.game_days.get(&day.name) == Some(day) {
+                continue;
+            }
+            if let Some(id) = self.game_day_verdicts.get(&day.name) {
+                return Err(Rejected::conflict(format!(
+                    "game day {:?} ran already (its verdict is {id}); give the changed one a new name",
+                    day.name
+                )));
+            }
+            if day.at_ms.saturating_add(MAX_CUTOVER_IN_PAST_MS) < at_ms {
+                return Err(Rejected::invalid(format!(
+                    "game day {:?} is set for {}, {} s in the past; give a time to come",
+                    day.name,
+                    rfc3339(day.at_ms),
+                    (at_ms - day.at_ms) / 1_000
+                )));
             }
         }
         Ok(())
@@ -1130,6 +1221,9 @@ impl OrchestratorState {
         for schedule in &plan.schedules {
             self.schedules
                 .insert(schedule.name.clone(), schedule.clone());
+        }
+        for day in &plan.game_days {
+            self.game_days.insert(day.name.clone(), day.clone());
         }
     }
 

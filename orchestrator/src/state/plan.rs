@@ -1,5 +1,5 @@
 //! The desired configuration an operator applies with `umbra apply -f FILE.toml`: regions,
-//! services and schedules. serde lives here, at the file edge; `validate` checks what can be
+//! services, schedules and game days. serde lives here, at the file edge; `validate` checks what can be
 //! checked without the replicated state (names, ranges, references within the plan), and
 //! [`super::OrchestratorState`] checks the rest when the plan is applied.
 
@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use umbra_proto::agent::WarmupSpec;
 
+use super::game_days::{GAME_DAY_DRILLS, GameDaySpec};
 use crate::migration::Slo;
 use umbra_forecast::sizing::Tier;
 
@@ -39,6 +40,9 @@ pub struct Plan {
     /// Schedules that create migrations.
     #[serde(default, rename = "schedule")]
     pub schedules: Vec<ScheduleSpec>,
+    /// Drills the leader runs at a set time (see [`super::game_days`]).
+    #[serde(default, rename = "game_day")]
+    pub game_days: Vec<GameDaySpec>,
 }
 
 /// One region.
@@ -333,6 +337,34 @@ impl Plan {
                         format!("schedule {:?}", schedule.name),
                         format!("leg hour {} must be 0–23 and unique", leg.at_hour_utc),
                     ));
+                }
+            }
+        }
+        let mut declared = BTreeSet::new();
+        for day in &self.game_days {
+            check_name("game_day", &day.name)?;
+            if !declared.insert(day.name.as_str()) {
+                return Err(PlanError::Duplicate {
+                    kind: "game_day",
+                    name: day.name.clone(),
+                });
+            }
+            let what = || format!("game_day {:?}", day.name);
+            if !GAME_DAY_DRILLS.contains(&day.drill.as_str()) {
+                return Err(invalid(
+                    what(),
+                    format!(
+                        "drill {:?} is not one Umbra runs; drills: {}",
+                        day.drill,
+                        GAME_DAY_DRILLS.join(", ")
+                    ),
+                ));
+            }
+            region_exists(what(), &day.region)?;
+            if let Some(to) = &day.to {
+                region_exists(format!("game_day {:?} to", day.name), to)?;
+                if *to == day.region {
+                    return Err(invalid(what(), "to must be another region than region"));
                 }
             }
         }

@@ -1,12 +1,13 @@
-//! Log schema version 2: version 1 and the record of drills. A drill (`umbra drill
-//! evacuate`) records its verdict in the replicated state, so every operator sees the
-//! cluster's drills (`umbra status`, `GET /v1/drills`) and nobody's laptop holds the only
-//! copy.
+//! Log schema version 2: version 1, drills and game days. A drill (`umbra drill evacuate`)
+//! records its verdict in the replicated state, so every operator sees the cluster's drills
+//! (`umbra status`, `GET /v1/drills`) and nobody's laptop holds the only copy; a plan can
+//! schedule a drill (a game day), which the leader runs and records the same way.
 //!
 //! What changed from [version 1](super::v1): [`Command`] gained [`Command::RecordDrill`],
-//! and [`Snapshot`] gained `drills` and `next_drill`. Every other type is version 1's,
-//! unchanged (re-exported from there, so it cannot drift). A version 1 entry or snapshot
-//! upgrades through `From`: its command as the same command, its state with no drills.
+//! [`Plan`] gained `game_days`, and [`Snapshot`] gained `drills`, `next_drill`, `game_days`
+//! and `game_day_verdicts`. Every other type is version 1's, unchanged (re-exported from
+//! there, so it cannot drift). A version 1 entry or snapshot upgrades through `From`: its
+//! command as the same command (a plan with no game days), its state with no drills.
 //!
 //! Frozen once released, as every version is (see [`super`]).
 
@@ -16,10 +17,10 @@ use serde::{Deserialize, Serialize};
 
 pub use super::v1::{
     AuditEntry, AuditEvent, CapacityClaim, ClaimKind, ClaimRequest, DnsTtlPlan, DnsWeights,
-    LimitsSpec, MigrationRecord, MigrationRequest, MigrationSpec, Phase, PhaseDeadlines, Plan,
-    PoolMode, PrometheusSlo, ReadinessGate, RegionSpec, ReplicationKind, RequestMix,
-    RequestTemplate, ScheduleLeg, ScheduleSpec, ServiceSpec, ServiceState, Slo, SloJudgement,
-    SloSource, Tier, WarmupSpec,
+    LimitsSpec, MigrationRecord, MigrationRequest, MigrationSpec, Phase, PhaseDeadlines, PoolMode,
+    PrometheusSlo, ReadinessGate, RegionSpec, ReplicationKind, RequestMix, RequestTemplate,
+    ScheduleLeg, ScheduleSpec, ServiceSpec, ServiceState, Slo, SloJudgement, SloSource, Tier,
+    WarmupSpec,
 };
 
 use super::v1;
@@ -149,6 +150,38 @@ pub struct Snapshot {
     pub drills: Vec<DrillRecord>,
     /// The last drill number given out (new in version 2).
     pub next_drill: u64,
+    /// Game days by name (new in version 2).
+    pub game_days: BTreeMap<String, GameDaySpec>,
+    /// Game day → the drill that recorded its verdict (new in version 2).
+    pub game_day_verdicts: BTreeMap<String, String>,
+}
+
+/// A plan as applied (version 2: game days added).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Regions.
+    pub regions: Vec<RegionSpec>,
+    /// Services.
+    pub services: Vec<ServiceSpec>,
+    /// Schedules.
+    pub schedules: Vec<ScheduleSpec>,
+    /// Game days.
+    pub game_days: Vec<GameDaySpec>,
+}
+
+/// A drill the plan schedules: a game day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GameDaySpec {
+    /// Name.
+    pub name: String,
+    /// The drill.
+    pub drill: String,
+    /// The region it acts on.
+    pub region: String,
+    /// Where services go.
+    pub to: Option<String>,
+    /// When it starts, Unix ms.
+    pub at_ms: u64,
 }
 
 /// A drill's verdict as its runner reports it.
@@ -190,6 +223,8 @@ pub struct DrillReport {
     pub faults_planned: u64,
     /// The generated fault plan's seed.
     pub seed: Option<u64>,
+    /// The game day it ran for.
+    pub game_day: Option<String>,
 }
 
 /// One service of a drill.
@@ -222,7 +257,10 @@ impl From<v1::Command> for Command {
     fn from(command: v1::Command) -> Self {
         use v1::Command as V1;
         match command {
-            V1::ApplyPlan { plan, at_ms } => Command::ApplyPlan { plan, at_ms },
+            V1::ApplyPlan { plan, at_ms } => Command::ApplyPlan {
+                plan: plan.into(),
+                at_ms,
+            },
             V1::CreateMigration { request, at_ms } => Command::CreateMigration { request, at_ms },
             V1::Transition {
                 id,
@@ -309,6 +347,24 @@ impl From<v1::Snapshot> for Snapshot {
             applied_index,
             drills: Vec::new(),
             next_drill: 0,
+            game_days: BTreeMap::new(),
+            game_day_verdicts: BTreeMap::new(),
+        }
+    }
+}
+
+impl From<v1::Plan> for Plan {
+    fn from(plan: v1::Plan) -> Self {
+        let v1::Plan {
+            regions,
+            services,
+            schedules,
+        } = plan;
+        Plan {
+            regions,
+            services,
+            schedules,
+            game_days: Vec::new(),
         }
     }
 }

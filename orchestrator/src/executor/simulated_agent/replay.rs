@@ -86,7 +86,7 @@ pub fn replay(
     let plan = Plan {
         regions: vec![setup.region.clone()],
         services: vec![setup.service.clone()],
-        schedules: Vec::new(),
+        ..Plan::default()
     };
     state.apply_command(
         1,

@@ -17,9 +17,9 @@ use umbra_proto::log::current as schema;
 
 use super::{
     AuditEntry, AuditEvent, CapacityClaim, ClaimKind, ClaimRequest, Command, DnsWeights,
-    DrillRecord, DrillReport, DrillService, LimitsSpec, MigrationRequest, OrchestratorState, Plan,
-    PoolMode, RegionSpec, ReplicationKind, Retention, ScheduleSpec, ServiceSpec, ServiceState,
-    plan::ScheduleLeg, retention::MigrationIndex,
+    DrillRecord, DrillReport, DrillService, GameDaySpec, LimitsSpec, MigrationRequest,
+    OrchestratorState, Plan, PoolMode, RegionSpec, ReplicationKind, Retention, ScheduleSpec,
+    ServiceSpec, ServiceState, plan::ScheduleLeg, retention::MigrationIndex,
 };
 use crate::migration::{
     DnsTtlPlan, MigrationRecord, MigrationSpec, Phase, PhaseDeadlines, PrometheusSlo, Slo,
@@ -236,6 +236,8 @@ impl Logged for OrchestratorState {
             applied_index,
             drills,
             next_drill,
+            game_days,
+            game_day_verdicts,
             index: _,
             retention: _,
         } = self;
@@ -260,6 +262,8 @@ impl Logged for OrchestratorState {
             applied_index: *applied_index,
             drills: drills.iter().map(Logged::to_log).collect(),
             next_drill: *next_drill,
+            game_days: game_days.to_log(),
+            game_day_verdicts: game_day_verdicts.clone(),
         }
     }
     fn from_log(log: Self::Log) -> Self {
@@ -278,6 +282,8 @@ impl Logged for OrchestratorState {
             applied_index,
             drills,
             next_drill,
+            game_days,
+            game_day_verdicts,
         } = log;
         let (index, migrations, archive) =
             MigrationIndex::split(Logged::from_log(migrations), &fired);
@@ -297,6 +303,8 @@ impl Logged for OrchestratorState {
             applied_index,
             drills: drills.into_iter().map(Logged::from_log).collect(),
             next_drill,
+            game_days: Logged::from_log(game_days),
+            game_day_verdicts,
             index,
             retention: Retention::default(),
         }
@@ -310,11 +318,13 @@ impl Logged for Plan {
             regions,
             services,
             schedules,
+            game_days,
         } = self;
         schema::Plan {
             regions: regions.to_log(),
             services: services.to_log(),
             schedules: schedules.to_log(),
+            game_days: game_days.to_log(),
         }
     }
     fn from_log(log: Self::Log) -> Self {
@@ -322,11 +332,13 @@ impl Logged for Plan {
             regions,
             services,
             schedules,
+            game_days,
         } = log;
         Plan {
             regions: Logged::from_log(regions),
             services: Logged::from_log(services),
             schedules: Logged::from_log(schedules),
+            game_days: Logged::from_log(game_days),
         }
     }
 }
@@ -1333,6 +1345,7 @@ impl Logged for DrillReport {
             faults_fired,
             faults_planned,
             seed,
+            game_day,
         } = self.clone();
         schema::DrillReport {
             drill,
@@ -1353,6 +1366,7 @@ impl Logged for DrillReport {
             faults_fired,
             faults_planned,
             seed,
+            game_day,
         }
     }
     fn from_log(log: Self::Log) -> Self {
@@ -1375,6 +1389,7 @@ impl Logged for DrillReport {
             faults_fired,
             faults_planned,
             seed,
+            game_day,
         } = log;
         DrillReport {
             drill,
@@ -1395,6 +1410,7 @@ impl Logged for DrillReport {
             faults_fired,
             faults_planned,
             seed,
+            game_day,
         }
     }
 }
@@ -1459,6 +1475,42 @@ impl Logged for DrillRecord {
             index,
             recorded_ms,
             report: DrillReport::from_log(report),
+        }
+    }
+}
+
+impl Logged for GameDaySpec {
+    type Log = schema::GameDaySpec;
+    fn to_log(&self) -> Self::Log {
+        let GameDaySpec {
+            name,
+            drill,
+            region,
+            to,
+            at_ms,
+        } = self.clone();
+        schema::GameDaySpec {
+            name,
+            drill,
+            region,
+            to,
+            at_ms,
+        }
+    }
+    fn from_log(log: Self::Log) -> Self {
+        let schema::GameDaySpec {
+            name,
+            drill,
+            region,
+            to,
+            at_ms,
+        } = log;
+        GameDaySpec {
+            name,
+            drill,
+            region,
+            to,
+            at_ms,
         }
     }
 }

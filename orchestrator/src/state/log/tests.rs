@@ -226,13 +226,35 @@ fn plan() -> impl Strategy<Value = schema::Plan> {
             service,
             legs,
         });
-    (vec(region, 0..3), vec(service(), 0..2), vec(schedule, 0..2)).prop_map(
-        |(regions, services, schedules)| schema::Plan {
+    (
+        vec(region, 0..3),
+        vec(service(), 0..2),
+        vec(schedule, 0..2),
+        vec(game_day(), 0..2),
+    )
+        .prop_map(|(regions, services, schedules, game_days)| schema::Plan {
             regions,
             services,
             schedules,
-        },
+            game_days,
+        })
+}
+
+fn game_day() -> impl Strategy<Value = schema::GameDaySpec> {
+    (
+        text(),
+        text(),
+        text(),
+        proptest::option::of(text()),
+        any::<u64>(),
     )
+        .prop_map(|(name, drill, region, to, at_ms)| schema::GameDaySpec {
+            name,
+            drill,
+            region,
+            to,
+            at_ms,
+        })
 }
 
 fn opt_u64() -> impl Strategy<Value = Option<u64>> {
@@ -371,7 +393,13 @@ fn drill_report() -> impl Strategy<Value = schema::DrillReport> {
             any::<u64>(),
         ),
         (float(), float(), proptest::option::of(float())),
-        (any::<u64>(), any::<u64>(), any::<u64>(), opt_u64()),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            opt_u64(),
+            proptest::option::of(text()),
+        ),
     );
     (words, figures).prop_map(
         |(
@@ -379,7 +407,7 @@ fn drill_report() -> impl Strategy<Value = schema::DrillReport> {
             (
                 (started_ms, ended_ms, evacuate_ms, requests, failed_requests),
                 (max_failed_ratio, max_p99_ms, p99_ms_max),
-                (rollbacks, faults_fired, faults_planned, seed),
+                (rollbacks, faults_fired, faults_planned, seed, game_day),
             ),
         )| schema::DrillReport {
             drill,
@@ -400,6 +428,7 @@ fn drill_report() -> impl Strategy<Value = schema::DrillReport> {
             faults_fired,
             faults_planned,
             seed,
+            game_day,
         },
     )
 }
@@ -621,11 +650,16 @@ fn snapshot() -> impl Strategy<Value = schema::Snapshot> {
         any::<u64>(),
         any::<u64>(),
     );
-    (maps, counters, vec(drill_record(), 0..3)).prop_map(
+    let game_days = (
+        vec(drill_record(), 0..3),
+        btree_map(text(), game_day(), 0..3),
+        btree_map(text(), text(), 0..3),
+    );
+    (maps, counters, game_days).prop_map(
         |(
             (regions, services, migrations, schedules, dns, fired, audit, capacity),
             (next_migration, next_claim, highest_term, applied_index, next_drill),
-            drills,
+            (drills, game_days, game_day_verdicts),
         )| schema::Snapshot {
             regions,
             services,
@@ -641,6 +675,8 @@ fn snapshot() -> impl Strategy<Value = schema::Snapshot> {
             applied_index,
             drills,
             next_drill,
+            game_days,
+            game_day_verdicts,
         },
     )
 }
