@@ -155,9 +155,11 @@ fn report(
     unmoved: Option<DrillService>,
 ) -> DrillReport {
     let spec = &run.spec;
+    // A move back that did not complete leaves the service out of the region: `completed`,
+    // with a reason of its own below.
     let outcome = |m: &crate::state::GameDayMove| match (m.out.phase, &m.back) {
-        (Phase::Completed, Some(_)) => "moved_back",
-        (Phase::Completed, None) => "completed",
+        (Phase::Completed, Some(back)) if back.phase == Phase::Completed => "moved_back",
+        (Phase::Completed, _) => "completed",
         (Phase::RolledBack, _) => "rolled_back",
         _ => "failed",
     };
@@ -197,6 +199,13 @@ fn report(
         .filter(|m| outcome(m) != "completed")
         .map(|m| format!("{} ended {} ({})", m.service, outcome(m), m.out.id))
         .collect();
+    reasons.extend(run.moves.iter().filter_map(|m| {
+        let back = m.back.as_ref().filter(|b| b.phase != Phase::Completed)?;
+        Some(format!(
+            "{} could not be moved back: {} ended {}",
+            m.service, back.id, back.phase
+        ))
+    }));
     let stopped = run
         .moves
         .iter()

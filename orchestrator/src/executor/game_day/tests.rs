@@ -221,6 +221,44 @@ fn a_migration_that_does_not_complete_fails_the_day_and_what_moved_moves_back() 
 }
 
 #[test]
+fn a_move_back_that_does_not_complete_is_named_and_the_service_counts_as_still_out() {
+    let mut day = Day::new();
+    let (cart, _) = day.migrate(AT);
+    day.walk(&cart, &happy_path(3), AT + 30_000);
+    let (shop, _) = day.migrate(AT + 40_000);
+    let mut failed = happy_path(3)[..6].to_vec();
+    failed.extend([Phase::RollingBack, Phase::Failed]);
+    day.walk(&shop, &failed, AT + 50_000);
+    let (back, _) = day.migrate(AT + 60_000);
+    let mut path = happy_path(3)[..6].to_vec();
+    path.extend([Phase::RollingBack, Phase::RolledBack]);
+    day.walk(&back, &path, AT + 70_000);
+    let Next::Record(report) = day.next(AT + 75_000, &Traffic::default()) else {
+        panic!("a verdict: the move back ended, and is not asked for again");
+    };
+    let outcomes: Vec<(&str, &str)> = report
+        .services
+        .iter()
+        .map(|s| (s.service.as_str(), s.outcome.as_str()))
+        .collect();
+    assert_eq!(outcomes, [("cart", "completed"), ("shop", "failed")]);
+    assert!(!report.passed);
+    assert!(
+        report
+            .reasons
+            .iter()
+            .any(|r| r == &format!("cart could not be moved back: {back} ended rolled_back")),
+        "{:?}",
+        report.reasons
+    );
+    assert_eq!(report.rollbacks, 1);
+    day.apply(Command::RecordDrill {
+        drill: *report,
+        at_ms: AT + 75_000,
+    });
+}
+
+#[test]
 fn failed_requests_over_the_budget_fail_a_day_whose_moves_all_completed() {
     let mut day = Day::new();
     let (cart, _) = day.migrate(AT);
