@@ -15,8 +15,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::migration::Phase;
 
-/// The drills a game day can run.
-pub const GAME_DAY_DRILLS: [&str; 1] = ["evacuate"];
 /// Game days the state holds, run or to come: a quarterly game day per region for years. The
 /// overview walks each one's keys, so their number is bounded.
 pub const MAX_GAME_DAYS: usize = 100;

@@ -53,6 +53,12 @@ pub use retention::{MAX_ARCHIVED_MIGRATIONS, MAX_AUDIT_ENTRIES, Retention, migra
 /// Further back is a mistake (a date typed wrong), refused rather than started at once.
 pub const MAX_CUTOVER_IN_PAST_MS: u64 = 300_000;
 
+/// How many seconds `t_ms` lies before `now_ms`, when that is more than
+/// [`MAX_CUTOVER_IN_PAST_MS`]: a time typed wrong, not clock skew.
+fn too_far_past_secs(t_ms: u64, now_ms: u64) -> Option<u64> {
+    (t_ms.saturating_add(MAX_CUTOVER_IN_PAST_MS) < now_ms).then(|| (now_ms - t_ms) / 1_000)
+}
+
 /// Default phase deadlines for migrations the state creates: ten minutes to provision and
 /// to warm, five to catch up (and, at the last step, to move the single writer). Traffic goes back within a second in practice (the demo measures
 /// it); the 30 s rollback deadline only decides when a rollback that cannot be confirmed —
@@ -1184,12 +1190,11 @@ impl OrchestratorState {
                     day.name
                 )));
             }
-            if day.at_ms.saturating_add(MAX_CUTOVER_IN_PAST_MS) < at_ms {
+            if let Some(secs) = too_far_past_secs(day.at_ms, at_ms) {
                 return Err(Rejected::invalid(format!(
-                    "game day {:?} is set for {}, {} s in the past; give a time to come",
+                    "game day {:?} is set for {}, {secs} s in the past; give a time to come",
                     day.name,
                     rfc3339(day.at_ms),
-                    (at_ms - day.at_ms) / 1_000
                 )));
             }
         }
@@ -1258,11 +1263,10 @@ impl OrchestratorState {
                 request.service
             )));
         }
-        if request.cutover_at_ms.saturating_add(MAX_CUTOVER_IN_PAST_MS) < at_ms {
+        if let Some(secs) = too_far_past_secs(request.cutover_at_ms, at_ms) {
             return Err(Rejected::invalid(format!(
-                "the cutover time {} is {} s in the past; ask for `now` (`umbra migrate --at now`) or a time to come",
+                "the cutover time {} is {secs} s in the past; ask for `now` (`umbra migrate --at now`) or a time to come",
                 rfc3339(request.cutover_at_ms),
-                (at_ms - request.cutover_at_ms) / 1_000
             )));
         }
         let spec = &service.spec;

@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use umbra_proto::agent::WarmupSpec;
 
-use super::game_days::{GAME_DAY_DRILLS, GameDaySpec};
+use super::drills::DRILL_KINDS;
+use super::game_days::GameDaySpec;
 use crate::migration::Slo;
 use umbra_forecast::sizing::Tier;
 
@@ -350,13 +351,13 @@ impl Plan {
                 });
             }
             let what = || format!("game_day {:?}", day.name);
-            if !GAME_DAY_DRILLS.contains(&day.drill.as_str()) {
+            if !DRILL_KINDS.contains(&day.drill.as_str()) {
                 return Err(invalid(
                     what(),
                     format!(
                         "drill {:?} is not one Umbra runs; drills: {}",
                         day.drill,
-                        GAME_DAY_DRILLS.join(", ")
+                        DRILL_KINDS.join(", ")
                     ),
                 ));
             }
