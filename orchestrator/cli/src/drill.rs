@@ -564,19 +564,19 @@ impl Drill {
                 .map_err(|e| e.to_string()),
             Err(e) => Err(format!("{e:#}")),
         };
-        match answer {
+        let error = match answer {
             Ok(Written::Drill { id }) => {
                 self.say(&format!("verdict recorded in the cluster as {id}"));
                 verdict.recorded = Some(id);
+                return;
             }
-            Ok(other) => verdict.record_error = Some(format!("unexpected answer {other:?}")),
-            Err(error) => {
-                self.say(&format!(
-                    "the verdict was not recorded in the cluster: {error}"
-                ));
-                verdict.record_error = Some(error);
-            }
-        }
+            Ok(other) => format!("unexpected answer {other:?}"),
+            Err(error) => error,
+        };
+        self.say(&format!(
+            "the verdict was not recorded in the cluster: {error}"
+        ));
+        verdict.record_error = Some(error);
     }
 
     /// Requests one service's move and watches it to its end, firing faults and judging the
