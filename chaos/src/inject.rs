@@ -1,7 +1,8 @@
 //! Injectors of faults into real processes on this machine: a pause (SIGSTOP, confirmed by
 //! the kernel before it counts, then SIGCONT), a network cut or packet loss on a
-//! process's UDP ports through nftables (its QUIC traffic: Raft peers, agents, clients), a
-//! delay of each of those packets through a netfilter queue this process reads ([`Delay`]),
+//! process's UDP ports through nftables (its QUIC traffic: Raft peers, agents, clients), or
+//! only on the packets between two processes' ports ([`Link`]), a delay of such packets
+//! through a netfilter queue this process reads ([`Delay`]),
 //! and a full data disk: a size-limited tmpfs ([`DataDisk`]) mounted where the processes keep
 //! their data, filled to the last byte by a ballast file and freed by removing it.
 //! Killing and starting again is the caller's supervisor's: it owns the child and its recipe.
@@ -117,6 +118,9 @@ pub enum InjectError {
         "could not delay packets ({0}); a delay needs root, the iptables program with its NFQUEUE target, and the kernel's nfnetlink_queue: apt-get install iptables"
     )]
     Delay(String),
+    /// The packets to act on were badly named.
+    #[error("cannot act on these packets: {0}")]
+    Link(String),
 }
 
 /// A process's state letter from `/proc/PID/stat` (`R`, `S`, `T` for stopped, `Z`...);
@@ -348,10 +352,131 @@ impl Ballast {
     }
 }
 
+/// The packets a network fault acts on: every UDP packet to or from `ports` (the processes
+/// listening there are cut off from every other process on this machine), or, with `peers`,
+/// only those between a port of `ports` and a port of `peers`, both ways (a partition between
+/// named processes: each still reaches every other). A process's QUIC endpoint sends from the
+/// port it listens on (an orchestrator's peers, agents and clients all use it), so a pair of
+/// ports is a pair of processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    ports: Vec<u16>,
+    peers: Vec<u16>,
+}
+
+impl Link {
+    /// Every packet to or from `ports`.
+    pub fn all(ports: &[u16]) -> Result<Self, InjectError> {
+        Self::between(ports, &[])
+    }
+
+    /// The packets between `ports` and `peers` (every packet of `ports` when `peers` is
+    /// empty); a port on both sides is refused, as a process cannot be cut from itself.
+    pub fn between(ports: &[u16], peers: &[u16]) -> Result<Self, InjectError> {
+        if ports.is_empty() {
+            return Err(InjectError::Link("no port to act on".to_owned()));
+        }
+        if let Some(both) = ports.iter().find(|p| peers.contains(p)) {
+            return Err(InjectError::Link(format!(
+                "port {both} is on both ends of the link: name two different processes"
+            )));
+        }
+        Ok(Self {
+            ports: ports.to_vec(),
+            peers: peers.to_vec(),
+        })
+    }
+
+    /// The ports on the near end.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// The ports on the far end (empty: every other).
+    pub fn peers(&self) -> &[u16] {
+        &self.peers
+    }
+
+    /// The link as a reader says it: `UDP port 7001`, `UDP port 7001 and port 7002`.
+    pub fn describe(&self) -> String {
+        let list = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let ports = if self.ports.len() == 1 {
+            "port"
+        } else {
+            "ports"
+        };
+        match self.peers.len() {
+            0 => format!("UDP {ports} {}", list(&self.ports)),
+            n => format!(
+                "UDP {ports} {} and {} {}",
+                list(&self.ports),
+                if n == 1 { "port" } else { "ports" },
+                list(&self.peers)
+            ),
+        }
+    }
+
+    /// The nftables matches of the link's packets, one per rule: a packet passes the input
+    /// hook once, so a packet of the link matches one of them whichever way it goes.
+    fn nft_matches(&self) -> Vec<String> {
+        let set = |ports: &[u16]| {
+            let list = ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("{{ {list} }}")
+        };
+        let (near, far) = (set(&self.ports), set(&self.peers));
+        if self.peers.is_empty() {
+            vec![format!("udp dport {near}"), format!("udp sport {near}")]
+        } else {
+            vec![
+                format!("udp sport {near} udp dport {far}"),
+                format!("udp sport {far} udp dport {near}"),
+            ]
+        }
+    }
+
+    /// The iptables matches of the link's packets, one per rule (iptables matches one port
+    /// per option).
+    fn iptables_matches(&self) -> Vec<Vec<String>> {
+        let mut rules = Vec::new();
+        for near in &self.ports {
+            let near = near.to_string();
+            if self.peers.is_empty() {
+                rules.push(vec!["--dport".to_owned(), near.clone()]);
+                rules.push(vec!["--sport".to_owned(), near]);
+                continue;
+            }
+            for far in &self.peers {
+                let far = far.to_string();
+                let rule = |from: &str, to: &str| {
+                    vec![
+                        "--sport".to_owned(),
+                        from.to_owned(),
+                        "--dport".to_owned(),
+                        to.to_owned(),
+                    ]
+                };
+                rules.push(rule(&near, &far));
+                rules.push(rule(&far, &near));
+            }
+        }
+        rules
+    }
+}
+
 /// Tables made by this process, numbered so that two cuts never share a name.
 static NEXT_TABLE: AtomicU64 = AtomicU64::new(0);
 
-/// Packets of some UDP ports dropped, until healed (or dropped).
+/// Packets of a [`Link`] dropped, until healed (or dropped).
 #[derive(Debug)]
 pub struct Cut {
     table: String,
@@ -359,39 +484,34 @@ pub struct Cut {
 }
 
 impl Cut {
-    /// Drops every UDP packet to or from `ports`: the process listening there is cut off
-    /// from every other process on this machine.
-    pub fn partition(ports: &[u16]) -> Result<Self, InjectError> {
-        Self::install(ports, None)
+    /// Drops every UDP packet of `link`.
+    pub fn partition(link: &Link) -> Result<Self, InjectError> {
+        Self::install(link, None)
     }
 
-    /// Drops `percent` (1..=100) of the UDP packets to and from `ports`, each packet drawn
-    /// on its own.
-    pub fn loss(ports: &[u16], percent: u8) -> Result<Self, InjectError> {
-        Self::install(ports, Some(percent.clamp(1, 100)))
+    /// Drops `percent` (1..=100) of the UDP packets of `link`, each packet drawn on its own.
+    pub fn loss(link: &Link, percent: u8) -> Result<Self, InjectError> {
+        Self::install(link, Some(percent.clamp(1, 100)))
     }
 
-    fn install(ports: &[u16], percent: Option<u8>) -> Result<Self, InjectError> {
-        if ports.is_empty() {
-            return Err(InjectError::Nft("no port to cut".to_owned()));
-        }
+    fn install(link: &Link, percent: Option<u8>) -> Result<Self, InjectError> {
         let table = format!(
             "umbra_chaos_{}_{}",
             std::process::id(),
             NEXT_TABLE.fetch_add(1, Ordering::Relaxed)
         );
-        let set = ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
         // `numgen random mod 100` draws 0..=99 per packet: below `p` is a p % chance.
         let draw = match percent {
             Some(p) if p < 100 => format!("numgen random mod 100 < {p} "),
             _ => String::new(),
         };
+        let rules = link
+            .nft_matches()
+            .iter()
+            .map(|matches| format!("    {matches} {draw}drop\n"))
+            .collect::<String>();
         let rules = format!(
-            "table inet {table} {{\n  chain out {{\n    type filter hook input priority 0; policy accept;\n    udp dport {{ {set} }} {draw}drop\n    udp sport {{ {set} }} {draw}drop\n  }}\n}}\n"
+            "table inet {table} {{\n  chain out {{\n    type filter hook input priority 0; policy accept;\n{rules}  }}\n}}\n"
         );
         nft(&["-f", "-"], Some(&rules))?;
         Ok(Self {
@@ -460,14 +580,14 @@ const DELAY_QUEUE_BASE: u16 = 31_000;
 /// Chains made by this process, numbered so that two delays never share a name.
 static NEXT_CHAIN: AtomicU64 = AtomicU64::new(0);
 
-/// Packets of some UDP ports held for a fixed time before the kernel delivers them, until
-/// healed (or dropped): a slow link to and from the process listening there.
+/// Packets of a [`Link`] held for a fixed time before the kernel delivers them, until healed
+/// (or dropped): a slow link to and from the process listening there, or between two.
 ///
 /// The kernel has no delay of its own here (`tc netem` needs `sch_netem`, which this kind of
 /// machine lacks), so the packets go through a netfilter packet queue (NFQUEUE) that a thread
 /// of this process reads: it holds each packet `added` and then accepts it, in arrival order.
 /// The iptables rules (a chain of their own in the `mangle` table, jumped to from `INPUT`, so
-/// every loopback packet is matched once on arrival, by destination and by source port) send
+/// every loopback packet is matched once on arrival, by its ports) send
 /// the packets to the queue with `--queue-bypass`: with nobody reading it, as after a runner
 /// was SIGKILLed, packets pass undelayed. Healing removes the rules, then lets every held
 /// packet go at once. The kernel drops the packets queued at the moment the machine's
@@ -483,12 +603,9 @@ pub struct Delay {
 }
 
 impl Delay {
-    /// Holds every UDP packet to or from `ports` for `added` (1 ms to [`MAX_DELAY_MS`]) before
-    /// it is delivered.
-    pub fn install(ports: &[u16], added: Duration) -> Result<Self, InjectError> {
-        if ports.is_empty() {
-            return Err(InjectError::Delay("no port to delay".to_owned()));
-        }
+    /// Holds every UDP packet of `link` for `added` (1 ms to [`MAX_DELAY_MS`]) before it is
+    /// delivered.
+    pub fn install(link: &Link, added: Duration) -> Result<Self, InjectError> {
         if added.is_zero() || added > Duration::from_millis(MAX_DELAY_MS) {
             return Err(InjectError::Delay(format!(
                 "a delay must be 1 to {MAX_DELAY_MS} ms, not {} ms",
@@ -519,23 +636,11 @@ impl Delay {
         // Dropping `delay` on an error below removes whatever part of the rules was added.
         let queue_num = num.to_string();
         iptables(&["-N", &delay.chain])?;
-        for port in ports {
-            let port = port.to_string();
-            for direction in ["--dport", "--sport"] {
-                iptables(&[
-                    "-A",
-                    &delay.chain,
-                    "-p",
-                    "udp",
-                    direction,
-                    &port,
-                    "-j",
-                    "NFQUEUE",
-                    "--queue-num",
-                    &queue_num,
-                    "--queue-bypass",
-                ])?;
-            }
+        for matches in link.iptables_matches() {
+            let mut rule = vec!["-A", &delay.chain, "-p", "udp"];
+            rule.extend(matches.iter().map(String::as_str));
+            rule.extend(["-j", "NFQUEUE", "--queue-num", &queue_num, "--queue-bypass"]);
+            iptables(&rule)?;
         }
         iptables(&["-I", "INPUT", "-j", &delay.chain])?;
         Ok(delay)
@@ -901,15 +1006,68 @@ mod tests {
         let cut_off = UdpSocket::bind("127.0.0.1:0").unwrap();
         let other = UdpSocket::bind("127.0.0.1:0").unwrap();
         assert!(delivered(&other, &cut_off) && delivered(&cut_off, &other));
-        let cut = Cut::partition(&[cut_off.local_addr().unwrap().port()]).unwrap();
+        let cut =
+            Cut::partition(&Link::all(&[cut_off.local_addr().unwrap().port()]).unwrap()).unwrap();
         assert!(!delivered(&other, &cut_off), "inbound dropped");
         assert!(!delivered(&cut_off, &other), "outbound dropped");
         cut.heal().unwrap();
         assert!(delivered(&other, &cut_off) && delivered(&cut_off, &other));
         // A dropped cut heals too.
         let port = cut_off.local_addr().unwrap().port();
-        drop(Cut::loss(&[port], 100).unwrap());
+        drop(Cut::loss(&Link::all(&[port]).unwrap(), 100).unwrap());
         assert!(delivered(&other, &cut_off));
+    }
+
+    /// Needs root and nft, as CI has: fails otherwise.
+    #[test]
+    fn a_partition_between_two_processes_leaves_each_reaching_the_others() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = |s: &UdpSocket| s.local_addr().unwrap().port();
+        let link = Link::between(&[port(&a)], &[port(&b)]).unwrap();
+        assert_eq!(
+            link.describe(),
+            format!("UDP port {} and port {}", port(&a), port(&b))
+        );
+        let cut = Cut::partition(&link).unwrap();
+        assert!(
+            !delivered(&a, &b) && !delivered(&b, &a),
+            "a and b cut both ways"
+        );
+        for (from, to) in [(&a, &c), (&c, &a), (&b, &c), (&c, &b)] {
+            assert!(
+                delivered(from, to),
+                "a third process still reaches both and is reached"
+            );
+        }
+        cut.heal().unwrap();
+        assert!(delivered(&a, &b) && delivered(&b, &a));
+        // A process cannot be cut from itself, and a link needs a port: nothing installed.
+        assert!(matches!(
+            Link::between(&[port(&a)], &[port(&b), port(&a)]),
+            Err(InjectError::Link(_))
+        ));
+        assert!(matches!(Link::all(&[]), Err(InjectError::Link(_))));
+    }
+
+    /// Needs root and iptables with NFQUEUE, as CI has. Only lower bounds, and the third
+    /// process's packets are only checked to arrive.
+    #[test]
+    fn a_delay_between_two_processes_holds_only_their_packets() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = |s: &UdpSocket| s.local_addr().unwrap().port();
+        let added = Duration::from_millis(150);
+        let link = Link::between(&[port(&a)], &[port(&b)]).unwrap();
+        let delay = Delay::install(&link, added).unwrap();
+        assert!(took(&a, &b).expect("a to b delivered") >= added);
+        assert!(took(&b, &a).expect("b to a delivered") >= added);
+        assert!(took(&a, &c).is_some() && took(&c, &b).is_some());
+        let held = delay.heal().unwrap();
+        // Only a and b's packets went through the queue: the two above, and any sent again.
+        assert!((2..=10).contains(&held), "held {held}");
     }
 
     /// When a datagram from `from` reached `to`, after it was sent. A held datagram is lost
@@ -934,7 +1092,7 @@ mod tests {
         let other = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = slow.local_addr().unwrap().port();
         let added = Duration::from_millis(150);
-        let delay = Delay::install(&[port], added).unwrap();
+        let delay = Delay::install(&Link::all(&[port]).unwrap(), added).unwrap();
         let inbound = took(&other, &slow).expect("inbound delivered");
         let outbound = took(&slow, &other).expect("outbound delivered");
         assert!(inbound >= added, "inbound took {inbound:?}");
@@ -946,7 +1104,8 @@ mod tests {
         // and one of five rounds arrives whole.
         slow.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         let whole = (0..5).any(|_| {
-            let delay = Delay::install(&[port], Duration::from_secs(5)).unwrap();
+            let delay =
+                Delay::install(&Link::all(&[port]).unwrap(), Duration::from_secs(5)).unwrap();
             for k in 0..20u8 {
                 other.send_to(&[k], slow.local_addr().unwrap()).unwrap();
             }
@@ -968,14 +1127,10 @@ mod tests {
         let mine = format!("{DELAY_CHAIN_PREFIX}{}_", std::process::id());
         assert!(!iptables_output(&["-S"]).unwrap().contains(&mine));
         // A dropped delay removes its rules too; bad arguments change nothing.
-        drop(Delay::install(&[port], added).unwrap());
+        drop(Delay::install(&Link::all(&[port]).unwrap(), added).unwrap());
         assert!(!iptables_output(&["-S"]).unwrap().contains(&mine));
         assert!(matches!(
-            Delay::install(&[port], Duration::ZERO),
-            Err(InjectError::Delay(_))
-        ));
-        assert!(matches!(
-            Delay::install(&[], added),
+            Delay::install(&Link::all(&[port]).unwrap(), Duration::ZERO),
             Err(InjectError::Delay(_))
         ));
         assert!(!iptables_output(&["-S"]).unwrap().contains(&mine));
@@ -990,11 +1145,12 @@ mod tests {
         let other = UdpSocket::bind("127.0.0.1:0").unwrap();
         let unrelated = UdpSocket::bind("127.0.0.1:0").unwrap();
         let added = Duration::from_millis(300);
-        let delay = Delay::install(&[slow.local_addr().unwrap().port()], added).unwrap();
+        let link = Link::all(&[slow.local_addr().unwrap().port()]).unwrap();
+        let delay = Delay::install(&link, added).unwrap();
         for k in 0..5u8 {
             other.send_to(&[k], slow.local_addr().unwrap()).unwrap();
         }
-        Cut::partition(&[unrelated.local_addr().unwrap().port()])
+        Cut::partition(&Link::all(&[unrelated.local_addr().unwrap().port()]).unwrap())
             .unwrap()
             .heal()
             .unwrap();

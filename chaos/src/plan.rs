@@ -86,6 +86,11 @@ const ABORT_DRAW_SALT: u64 = 0xab07_7001;
 const DELAY_SHARE: f64 = 0.25;
 /// Salt of the stream a generated delay is drawn from.
 const DELAY_DRAW_SALT: u64 = 0xde1a_7001;
+/// Share of generated partitions, losses and delays that act only between two processes,
+/// when the runner knows the ports of two or more (and one of them is an orchestrator).
+const PEER_SHARE: f64 = 0.5;
+/// Salt of the stream a generated fault's peer is drawn from.
+const PEER_DRAW_SALT: u64 = 0x9ee2_7001;
 /// Largest clock jump a plan may ask for, ms: a day either way, far past any step NTP makes
 /// (and the bound of [`crate::inject::ClockFile`]).
 pub const MAX_CLOCK_JUMP_MS: i64 = crate::inject::MAX_CLOCK_OFFSET_MS;
@@ -151,18 +156,24 @@ pub enum FaultKind {
         restart_after_ms: u64,
     },
     /// Every packet to or from the named orchestrator's QUIC port (its Raft peers, agents and
-    /// clients) is dropped for `for_ms`.
+    /// clients) is dropped for `for_ms`; with `peer`, only the packets between the two, both
+    /// ways (each still reaches every other process).
     Partition {
         /// The process's name.
         process: String,
+        /// The process on the other side, when only the link between the two is cut.
+        peer: Option<String>,
         /// How long the cut lasts, ms.
         for_ms: u64,
     },
     /// A share `percent` of the packets to the named orchestrator's QUIC port, and every
-    /// share of those it sends, is dropped for `for_ms`.
+    /// share of those it sends, is dropped for `for_ms`; with `peer`, only of the packets
+    /// between the two.
     Loss {
         /// The process's name.
         process: String,
+        /// The process on the other side, when only the link between the two loses packets.
+        peer: Option<String>,
         /// Share of packets dropped, 1..=100.
         percent: u8,
         /// How long the loss lasts, ms.
@@ -170,10 +181,12 @@ pub enum FaultKind {
     },
     /// Every packet to or from the named orchestrator's QUIC port is delivered `added_ms`
     /// late for `for_ms` (a round trip with it takes `2 × added_ms` more), as over a slow
-    /// inter-region link.
+    /// inter-region link; with `peer`, only the packets between the two.
     Delay {
         /// The process's name.
         process: String,
+        /// The process on the other side, when only the link between the two is slow.
+        peer: Option<String>,
         /// Time each packet is held, ms: 1 to [`crate::inject::MAX_DELAY_MS`].
         added_ms: u64,
         /// How long the delay lasts, ms.
@@ -238,6 +251,16 @@ impl FaultKind {
         }
     }
 
+    /// The process on the other side of a partition, a loss or a delay between two processes.
+    pub fn peer(&self) -> Option<&str> {
+        match self {
+            FaultKind::Partition { peer, .. }
+            | FaultKind::Loss { peer, .. }
+            | FaultKind::Delay { peer, .. } => peer.as_deref(),
+            _ => None,
+        }
+    }
+
     /// How long the fault lasts before it is undone by itself, ms (`None`: until the run's
     /// end, or, for an abort, never undone).
     pub fn lasts_ms(&self) -> Option<u64> {
@@ -293,24 +316,38 @@ impl fmt::Display for FaultKind {
                 f,
                 "kill: {process} SIGKILLed, started again {restart_after_ms} ms later"
             ),
-            FaultKind::Partition { process, for_ms } => {
-                write!(f, "partition: {process} cut off for {for_ms} ms")
-            }
+            FaultKind::Partition {
+                process,
+                peer: None,
+                for_ms,
+            } => write!(f, "partition: {process} cut off for {for_ms} ms"),
+            FaultKind::Partition {
+                process,
+                peer: Some(peer),
+                for_ms,
+            } => write!(
+                f,
+                "partition: {process} cut off from {peer} for {for_ms} ms"
+            ),
             FaultKind::Loss {
                 process,
+                peer,
                 percent,
                 for_ms,
             } => write!(
                 f,
-                "loss: {percent} % of {process}'s packets for {for_ms} ms"
+                "loss: {percent} % of {process}'s packets{} for {for_ms} ms",
+                with_peer(peer.as_deref())
             ),
             FaultKind::Delay {
                 process,
+                peer,
                 added_ms,
                 for_ms,
             } => write!(
                 f,
-                "delay: {process}'s packets +{added_ms} ms for {for_ms} ms"
+                "delay: {process}'s packets{} +{added_ms} ms for {for_ms} ms",
+                with_peer(peer.as_deref())
             ),
             FaultKind::DiskFull { region, for_ms } => {
                 write!(f, "disk_full: {region}'s data disk full for {for_ms} ms")
@@ -329,6 +366,11 @@ impl fmt::Display for FaultKind {
             FaultKind::Abort => write!(f, "abort: the operator asks the migration to roll back"),
         }
     }
+}
+
+/// ` with PEER` after a network fault's packets, when it is between two processes.
+fn with_peer(peer: Option<&str>) -> String {
+    peer.map_or_else(String::new, |peer| format!(" with {peer}"))
 }
 
 impl fmt::Display for Trigger {
@@ -460,6 +502,10 @@ pub struct Scope {
     /// Processes whose QUIC port the runner knows, to cut off or drop packets of; they can be
     /// paused too.
     pub partitionable: BTreeSet<String>,
+    /// Those of them that are orchestrators, when the runner says (every other process talks
+    /// only to orchestrators): a generated fault between two processes names one as its
+    /// peer. Empty: any of them may be the peer.
+    pub orchestrators: BTreeSet<String>,
     /// Regions (or the roles `source` and `target`) whose instances' data disk the runner
     /// mounted and can fill.
     pub disks: BTreeSet<String>,
@@ -571,20 +617,25 @@ impl FaultPlan {
                         });
                     }
                 }
-                FaultKind::Partition { process, .. }
-                | FaultKind::Loss { process, .. }
-                | FaultKind::Delay { process, .. } => {
-                    if !scope.partitionable.contains(process) {
-                        return Err(PlanError::NoPort {
-                            index,
-                            kind: fault.kind.name(),
-                            process: process.clone(),
-                            known: if scope.partitionable.is_empty() {
-                                String::new()
-                            } else {
-                                format!("; it knows the ports of: {}", list(&scope.partitionable))
-                            },
-                        });
+                FaultKind::Partition { process, peer, .. }
+                | FaultKind::Loss { process, peer, .. }
+                | FaultKind::Delay { process, peer, .. } => {
+                    for named in std::iter::once(process).chain(peer) {
+                        if !scope.partitionable.contains(named) {
+                            return Err(PlanError::NoPort {
+                                index,
+                                kind: fault.kind.name(),
+                                process: named.clone(),
+                                known: if scope.partitionable.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(
+                                        "; it knows the ports of: {}",
+                                        list(&scope.partitionable)
+                                    )
+                                },
+                            });
+                        }
                     }
                 }
                 FaultKind::Kill { process, .. } => {
@@ -612,7 +663,8 @@ impl FaultPlan {
     /// without supervised processes draws exactly what it drew before those kinds existed,
     /// one without disks what it drew before disks could fill, one without clocks what it
     /// drew before clocks could jump, and every scope keeps the faults it drew before delays
-    /// existed, in the same places, a delay coming last.
+    /// existed, in the same places, a delay coming last; about half of the partitions,
+    /// losses and delays are then narrowed to the link with one other process.
     pub fn generate(seed: u64, scope: &Scope) -> Self {
         assert!(
             !scope.regions.is_empty() && !scope.services.is_empty(),
@@ -656,10 +708,12 @@ impl FaultPlan {
                     },
                     4 => FaultKind::Partition {
                         process: pick(&mut rng, &scope.partitionable),
+                        peer: None,
                         for_ms: rng.random_range(10..=80) * 100,
                     },
                     _ => FaultKind::Loss {
                         process: pick(&mut rng, &scope.partitionable),
+                        peer: None,
                         percent: rng.random_range(2..=10) * 5,
                         for_ms: rng.random_range(20..=100) * 100,
                     },
@@ -725,11 +779,32 @@ impl FaultPlan {
                 faults.push(Fault {
                     kind: FaultKind::Delay {
                         process: pick(&mut rng, &scope.partitionable),
+                        peer: None,
                         added_ms: rng.random_range(5..=30) * 10,
                         for_ms: rng.random_range(20..=100) * 100,
                     },
                     when: draw_trigger(&mut rng),
                 });
+            }
+        }
+        // About half of the partitions, losses and delays act only on the link to one other
+        // process, drawn last from a stream of its own so each keeps its other fields.
+        let mut rng = StdRng::seed_from_u64(seed ^ PEER_DRAW_SALT);
+        for fault in &mut faults {
+            if let FaultKind::Partition { process, peer, .. }
+            | FaultKind::Loss { process, peer, .. }
+            | FaultKind::Delay { process, peer, .. } = &mut fault.kind
+            {
+                let others: BTreeSet<String> = scope
+                    .partitionable
+                    .iter()
+                    .filter(|p| *p != process)
+                    .filter(|p| scope.orchestrators.is_empty() || scope.orchestrators.contains(*p))
+                    .cloned()
+                    .collect();
+                if !others.is_empty() && rng.random_bool(PEER_SHARE) {
+                    *peer = Some(pick(&mut rng, &others));
+                }
             }
         }
         Self {
@@ -764,6 +839,8 @@ struct RawFault {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     process: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    peer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     for_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     restart_after_ms: Option<u64>,
@@ -788,10 +865,11 @@ impl TryFrom<RawFault> for Fault {
         let allowed: &[&str] = match raw.kind.as_str() {
             "errors" => &["region", "service", "rate"],
             "latency" => &["region", "service", "added_ms"],
-            "pause" | "partition" => &["process", "for_ms"],
+            "pause" => &["process", "for_ms"],
+            "partition" => &["process", "peer", "for_ms"],
             "kill" => &["process", "restart_after_ms"],
-            "loss" => &["process", "percent", "for_ms"],
-            "delay" => &["process", "added_ms", "for_ms"],
+            "loss" => &["process", "peer", "percent", "for_ms"],
+            "delay" => &["process", "peer", "added_ms", "for_ms"],
             "disk_full" => &["region", "for_ms"],
             "clock_jump" => &["process", "ms", "for_ms"],
             "abort" => &[],
@@ -808,6 +886,7 @@ impl TryFrom<RawFault> for Fault {
             ("rate", raw.rate.is_some()),
             ("added_ms", raw.added_ms.is_some()),
             ("process", raw.process.is_some()),
+            ("peer", raw.peer.is_some()),
             ("for_ms", raw.for_ms.is_some()),
             ("restart_after_ms", raw.restart_after_ms.is_some()),
             ("percent", raw.percent.is_some()),
@@ -855,6 +934,7 @@ impl TryFrom<RawFault> for Fault {
                     .ok_or("a \"kill\" fault needs `restart_after_ms` (0: at once)")?,
             },
             "loss" => FaultKind::Loss {
+                peer: peer_of(&raw.process, raw.peer)?,
                 process: need(raw.process, "process")?,
                 percent: match raw.percent {
                     Some(p @ 1..=100) => p,
@@ -863,10 +943,12 @@ impl TryFrom<RawFault> for Fault {
                 for_ms: above_zero(raw.for_ms, &kind_name)?,
             },
             "partition" => FaultKind::Partition {
+                peer: peer_of(&raw.process, raw.peer)?,
                 process: need(raw.process, "process")?,
                 for_ms: above_zero(raw.for_ms, &kind_name)?,
             },
             "delay" => FaultKind::Delay {
+                peer: peer_of(&raw.process, raw.peer)?,
                 process: need(raw.process, "process")?,
                 added_ms: match raw.added_ms {
                     Some(ms @ 1..=crate::inject::MAX_DELAY_MS) => ms,
@@ -921,6 +1003,17 @@ impl TryFrom<RawFault> for Fault {
     }
 }
 
+/// A network fault's `peer`: another process than its own, or why not.
+fn peer_of(process: &Option<String>, peer: Option<String>) -> Result<Option<String>, String> {
+    match peer {
+        Some(peer) if peer.is_empty() => Err("`peer` is empty: name a process, or leave `peer` out to act on every packet of the process".to_owned()),
+        Some(peer) if Some(&peer) == process.as_ref() => Err(format!(
+            "`peer` names {peer:?}, the fault's own process: name another process, or leave `peer` out to act on every packet of {peer:?}"
+        )),
+        peer => Ok(peer),
+    }
+}
+
 /// A `for_ms` above 0, or why not.
 fn above_zero(for_ms: Option<u64>, kind: &str) -> Result<u64, String> {
     match for_ms {
@@ -970,30 +1063,39 @@ impl From<Fault> for RawFault {
                 restart_after_ms: Some(restart_after_ms),
                 ..RawFault::default()
             },
-            FaultKind::Partition { process, for_ms } => RawFault {
+            FaultKind::Partition {
+                process,
+                peer,
+                for_ms,
+            } => RawFault {
                 kind: kind_name.into(),
                 process: Some(process),
+                peer,
                 for_ms: Some(for_ms),
                 ..RawFault::default()
             },
             FaultKind::Loss {
                 process,
+                peer,
                 percent,
                 for_ms,
             } => RawFault {
                 kind: kind_name.into(),
                 process: Some(process),
+                peer,
                 percent: Some(percent),
                 for_ms: Some(for_ms),
                 ..RawFault::default()
             },
             FaultKind::Delay {
                 process,
+                peer,
                 added_ms,
                 for_ms,
             } => RawFault {
                 kind: kind_name.into(),
                 process: Some(process),
+                peer,
                 added_ms: Some(added_ms),
                 for_ms: Some(for_ms),
                 ..RawFault::default()
@@ -1348,6 +1450,7 @@ mod tests {
                     process,
                     added_ms,
                     for_ms,
+                    ..
                 } = &delay.kind
                 else {
                     unreachable!()
@@ -1392,6 +1495,7 @@ mod tests {
             plan.faults[0].kind,
             FaultKind::Delay {
                 process: "leader".to_owned(),
+                peer: None,
                 added_ms: 200,
                 for_ms: 4_000,
             }
@@ -1625,5 +1729,136 @@ mod tests {
             plan.check(&with).unwrap();
         }
         assert!((10..=50).contains(&aborted), "{aborted} of 200 seeds");
+    }
+
+    /// A scope whose runner knows the ports of three orchestrators (one of them by role).
+    fn three_ports() -> Scope {
+        Scope {
+            partitionable: ["leader", "orchestrator-1", "orchestrator-2"]
+                .map(String::from)
+                .into(),
+            ..supervised_scope()
+        }
+    }
+
+    #[test]
+    fn a_network_fault_between_two_processes_parses_and_needs_both_ports() {
+        let plan = FaultPlan::from_toml(
+            r#"
+            [[faults]]
+            kind = "partition"
+            process = "leader"
+            peer = "orchestrator-2"
+            for_ms = 3000
+            after_ms = 1000
+
+            [[faults]]
+            kind = "loss"
+            process = "orchestrator-1"
+            peer = "orchestrator-2"
+            percent = 30
+            for_ms = 2000
+            at_phase = "warming"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            plan.faults[0].kind,
+            FaultKind::Partition {
+                process: "leader".into(),
+                peer: Some("orchestrator-2".into()),
+                for_ms: 3000
+            }
+        );
+        assert_eq!(plan.faults[1].kind.peer(), Some("orchestrator-2"));
+        assert_eq!(
+            plan.faults[0].kind.to_string(),
+            "partition: leader cut off from orchestrator-2 for 3000 ms"
+        );
+        assert_eq!(
+            plan.faults[1].kind.to_string(),
+            "loss: 30 % of orchestrator-1's packets with orchestrator-2 for 2000 ms"
+        );
+        assert_eq!(FaultPlan::from_toml(&plan.to_toml()).unwrap(), plan);
+        plan.check(&three_ports()).unwrap();
+        // The peer's port must be known too, like the process's.
+        let error = plan.check(&supervised_scope()).unwrap_err().to_string();
+        assert!(
+            error.contains("fault 1 (partition) names process \"orchestrator-2\"")
+                && error.contains("--udp-port orchestrator-2=PORT"),
+            "{error}"
+        );
+        refused(&[
+            (
+                "kind = \"partition\"\nprocess = \"leader\"\npeer = \"leader\"\nfor_ms = 5",
+                "`peer` names \"leader\", the fault's own process",
+            ),
+            (
+                "kind = \"delay\"\nprocess = \"leader\"\npeer = \"\"\nadded_ms = 5\nfor_ms = 5",
+                "`peer` is empty",
+            ),
+            (
+                "kind = \"pause\"\nprocess = \"leader\"\npeer = \"orchestrator-2\"\nfor_ms = 5",
+                "takes process, for_ms, not `peer`",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn about_half_the_generated_network_faults_name_a_peer_only_with_two_ports_known() {
+        let with = three_ports();
+        let (mut network, mut paired) = (0, 0);
+        for seed in 0..300 {
+            let plan = FaultPlan::generate(seed, &with);
+            plan.check(&with).unwrap();
+            assert_eq!(FaultPlan::from_toml(&plan.to_toml()).unwrap(), plan);
+            for fault in &plan.faults {
+                if let FaultKind::Partition { process, peer, .. }
+                | FaultKind::Loss { process, peer, .. }
+                | FaultKind::Delay { process, peer, .. } = &fault.kind
+                {
+                    network += 1;
+                    if let Some(peer) = peer {
+                        paired += 1;
+                        assert_ne!(peer, process, "seed {seed}");
+                        assert!(with.partitionable.contains(peer), "seed {seed}");
+                    }
+                }
+            }
+        }
+        assert!(network >= 100, "{network} network faults in 300 seeds");
+        assert!(
+            (network * 3 / 10..=network * 7 / 10).contains(&paired),
+            "{paired} of {network} paired"
+        );
+        // Where the runner says which are orchestrators, every peer is one of them.
+        let with_agents = Scope {
+            partitionable: ["leader", "orchestrator-1", "agent-us-east", "agent-eu-west"]
+                .map(String::from)
+                .into(),
+            orchestrators: ["leader", "orchestrator-1"].map(String::from).into(),
+            ..supervised_scope()
+        };
+        let mut peers = BTreeSet::new();
+        for seed in 0..300 {
+            let plan = FaultPlan::generate(seed, &with_agents);
+            plan.check(&with_agents).unwrap();
+            peers.extend(
+                plan.faults
+                    .iter()
+                    .filter_map(|f| f.kind.peer().map(String::from)),
+            );
+        }
+        assert_eq!(peers, with_agents.orchestrators);
+        // With one port known, no peer.
+        for seed in 0..100 {
+            assert!(
+                FaultPlan::generate(seed, &supervised_scope())
+                    .faults
+                    .iter()
+                    .all(|f| f.kind.peer().is_none()),
+                "seed {seed}"
+            );
+        }
     }
 }

@@ -3,8 +3,9 @@
 //! sample instances, reads and writes by name through DNS) through one migration per seed,
 //! under the fault plan the seed gives: orchestrators and agents SIGKILLed and started again
 //! by the demo's supervisor, paused (seen stopped in `/proc` before the pause counts),
-//! orchestrators cut off or losing packets through nftables or each packet held a while
-//! (iptables and a netfilter queue the campaign reads), instances failing or slow. Each
+//! orchestrators and agents cut off, from everything or from one orchestrator only, or losing
+//! packets through nftables, or each packet held a while (iptables and a netfilter queue the
+//! campaign reads), instances failing or slow. Each
 //! run is judged on the campaign's invariants (`umbra_chaos::campaign::INVARIANTS`): the
 //! migration ends, a rollback has a data-plane fault behind it, steps apply once, no
 //! acknowledged write is lost, no request fails under control-plane faults, the replicas
@@ -110,7 +111,15 @@ fn seeds_0_to_9_hold_every_invariant_under_kills_pauses_partitions_and_failing_i
         &summary,
         10,
         &["kill", "pause", "partition", "loss", "delay", "errors"],
-    )
+    )?;
+    // Some of the network faults acted only between two processes (an agent and the leader,
+    // two orchestrators).
+    let between: BTreeMap<String, u64> = serde_json::from_value(summary["fired_between"].clone())?;
+    ensure!(
+        between.values().sum::<u64>() > 0,
+        "no fault between two processes fired: {between:?}"
+    );
+    Ok(())
 }
 
 #[test]

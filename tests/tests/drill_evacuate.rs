@@ -263,15 +263,15 @@ async fn a_fault_plan_that_burns_the_budget_fails_and_rolls_everything_back() ->
     let scratch = tempfile::Builder::new().prefix("umbra-drill-").tempdir()?;
     // A fifth of the source's requests fail from the first cutover step on: at 90 % of the
     // traffic still in us-east, the error budget (the plan's 1 %) burns within seconds. From
-    // the start, every packet to or from orchestrator-1's QUIC port is held 100 ms, for
-    // longer than the drill lasts: the drill heals it when it stops.
+    // the start, every packet between orchestrator-1's and orchestrator-2's QUIC ports is held
+    // 100 ms, for longer than the drill lasts: the drill heals it when it stops.
     let plan = scratch.path().join("faults.toml");
     std::fs::write(
         &plan,
         "[[faults]]\nkind = \"errors\"\nregion = \"us-east\"\nservice = \"shop\"\nrate = 0.2\n\
          at_phase = \"cutting_over[0]\"\n\
-         [[faults]]\nkind = \"delay\"\nprocess = \"orchestrator-1\"\nadded_ms = 100\n\
-         for_ms = 600000\nafter_ms = 1\n",
+         [[faults]]\nkind = \"delay\"\nprocess = \"orchestrator-1\"\npeer = \"orchestrator-2\"\n\
+         added_ms = 100\nfor_ms = 600000\nafter_ms = 1\n",
     )?;
     let mut demo = ServedDemo::start(scratch.path())?;
 
@@ -290,6 +290,10 @@ async fn a_fault_plan_that_burns_the_budget_fails_and_rolls_everything_back() ->
         ),
         (
             "kind = \"partition\"\nprocess = \"orchestrator-9\"\nfor_ms = 1000",
+            "give it to umbra drill as --udp-port orchestrator-9=PORT",
+        ),
+        (
+            "kind = \"loss\"\nprocess = \"orchestrator-1\"\npeer = \"orchestrator-9\"\npercent = 50\nfor_ms = 1000",
             "give it to umbra drill as --udp-port orchestrator-9=PORT",
         ),
     ] {
@@ -338,7 +342,8 @@ async fn a_fault_plan_that_burns_the_budget_fails_and_rolls_everything_back() ->
     assert!(
         delay["detail"]
             .as_str()
-            .is_some_and(|d| d.contains("each packet held 100 ms")),
+            .is_some_and(|d| d.contains("with orchestrator-2's port")
+                && d.contains("each packet held 100 ms")),
         "{verdict}"
     );
     // Healed: the drill has exited, and no delay chain of a process that is gone is left in

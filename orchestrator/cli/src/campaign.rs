@@ -81,6 +81,9 @@ struct Summary {
     runs: Vec<Run>,
     /// How many faults of each kind fired over the campaign.
     fired: BTreeMap<String, u64>,
+    /// How many of the partitions, losses and delays that fired acted only on the link
+    /// between two processes (a `peer`), by kind.
+    fired_between: BTreeMap<String, u64>,
     violations: Vec<Violation>,
     /// The command that runs each failing seed again, and where its files are.
     replay: Vec<String>,
@@ -181,6 +184,8 @@ struct SeedResult {
     violations: Vec<Violation>,
     /// The kinds of the faults that fired.
     fired: Vec<&'static str>,
+    /// The kinds of those that acted only between two processes.
+    fired_between: Vec<&'static str>,
     dir: PathBuf,
 }
 
@@ -210,12 +215,15 @@ async fn run_seed(
     }
     let facts = facts(&result, &plan);
     let violations = judge(plan.seed, &facts);
-    let fired = facts
-        .faults
-        .iter()
-        .filter(|f| f.hit.is_some())
-        .map(|f| f.kind.name())
-        .collect();
+    let fired_kinds = |between: bool| {
+        facts
+            .faults
+            .iter()
+            .filter(|f| f.hit.is_some() && (!between || f.kind.peer().is_some()))
+            .map(|f| f.kind.name())
+            .collect::<Vec<_>>()
+    };
+    let (fired, fired_between) = (fired_kinds(false), fired_kinds(true));
     let run = Run {
         seed,
         outcome: match &result {
@@ -237,6 +245,7 @@ async fn run_seed(
         run,
         violations,
         fired,
+        fired_between,
         dir,
     })
 }
@@ -287,6 +296,7 @@ pub fn run(args: CampaignArgs) -> anyhow::Result<()> {
         first_seed: first,
         runs: Vec::new(),
         fired: BTreeMap::new(),
+        fired_between: BTreeMap::new(),
         violations: Vec::new(),
         replay: Vec::new(),
         elapsed_ms: 0,
@@ -306,6 +316,7 @@ pub fn run(args: CampaignArgs) -> anyhow::Result<()> {
                 run,
                 violations,
                 fired,
+                fired_between,
                 dir,
             } = result?;
             bar.set_message(run.seed.to_string());
@@ -336,6 +347,9 @@ pub fn run(args: CampaignArgs) -> anyhow::Result<()> {
             });
             for kind in fired {
                 *summary.fired.entry(kind.to_owned()).or_insert(0) += 1;
+            }
+            for kind in fired_between {
+                *summary.fired_between.entry(kind.to_owned()).or_insert(0) += 1;
             }
             if violations.is_empty() {
                 if args.keep.is_none() {
@@ -381,7 +395,7 @@ pub fn run(args: CampaignArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         println!(
-            "{count} seeds from {first}: {} violations; {} completed, {} rolled back; faults fired: {:?}; {:.0} s",
+            "{count} seeds from {first}: {} violations; {} completed, {} rolled back; faults fired: {:?}, between two processes: {:?}; {:.0} s",
             summary.violations.len(),
             summary
                 .runs
@@ -394,6 +408,7 @@ pub fn run(args: CampaignArgs) -> anyhow::Result<()> {
                 .filter(|r| r.outcome == "rolled_back")
                 .count(),
             summary.fired,
+            summary.fired_between,
             summary.elapsed_ms as f64 / 1000.0
         );
     }

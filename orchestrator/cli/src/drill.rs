@@ -30,6 +30,7 @@ use umbra_chaos::drill::{
     Budget, DEFAULT_MIN_REQUESTS, FaultRecord, FrontReading, Move, ORDER_REASON, Rollback,
     ServiceOutcome, Stopped, Verdict, plan_moves,
 };
+use umbra_chaos::inject::Link;
 use umbra_chaos::plan::{FaultKind, FaultPlan, Scope, Trigger};
 use umbra_demo::FaultSwitch;
 use umbra_demo::faults::NetworkFault;
@@ -888,17 +889,38 @@ impl Drill {
                     Err(e) => format!("SIGSTOP to {process} (pid {pid}) failed: {e}"),
                 }
             }
-            FaultKind::Partition { process, for_ms }
+            FaultKind::Partition {
+                process,
+                peer,
+                for_ms,
+            }
             | FaultKind::Loss {
-                process, for_ms, ..
+                process,
+                peer,
+                for_ms,
+                ..
             }
             | FaultKind::Delay {
-                process, for_ms, ..
+                process,
+                peer,
+                for_ms,
+                ..
             } => {
                 let port = self.udp_ports[process];
                 let lasts = Duration::from_millis(*for_ms);
-                let injected =
-                    NetworkFault::inject(&kind, &[port]).expect("a partition, a loss or a delay");
+                let (link, what) = match peer {
+                    Some(peer) => {
+                        let peer_port = self.udp_ports[peer];
+                        (
+                            Link::between(&[port], &[peer_port]),
+                            format!("{process}'s UDP port {port} with {peer}'s port {peer_port}"),
+                        )
+                    }
+                    None => (Link::all(&[port]), format!("{process}'s UDP port {port}")),
+                };
+                let injected = link.and_then(|link| {
+                    NetworkFault::inject(&kind, &link).expect("a partition, a loss or a delay")
+                });
                 match injected {
                     Ok((network, effect)) => {
                         self.faults[i].resume = Some(tokio::spawn(async move {
@@ -906,9 +928,9 @@ impl Drill {
                             let _ = tokio::task::spawn_blocking(move || network.heal()).await;
                             now()
                         }));
-                        format!("{process}'s UDP port {port}: {effect}")
+                        format!("{what}: {effect}")
                     }
-                    Err(e) => format!("{process}'s UDP port {port} could not be reached: {e}"),
+                    Err(e) => format!("{what} could not be reached: {e}"),
                 }
             }
             // `prepare` refused them: the drill's scope names no process it could start again

@@ -1,8 +1,8 @@
 //! A fault plan carried out on the demo's own processes (`umbra demo --fault-plan`, and each
 //! run of `umbra chaos campaign`). The demo's supervisor started every process, so besides the
 //! instances' fault switch and pauses it can kill one and start it again after the plan's
-//! delay, as systemd would, cut an orchestrator off the network, drop a share of its packets
-//! or hold each of them a while (a slow link), fill a region's data
+//! delay, as systemd would, cut an orchestrator off the network or from one other orchestrator,
+//! drop a share of its packets or hold each of them a while (a slow link), fill a region's data
 //! disk, which it mounted for the run, and step the wall clock of an orchestrator or an agent,
 //! which it started under a clock file of the run's (`umbra_chaos::inject`).
 //!
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use umbra_agent::sample::FaultSwitch;
-use umbra_chaos::inject::{self, Ballast, Cut, Delay, InjectError};
+use umbra_chaos::inject::{self, Ballast, Cut, Delay, InjectError, Link};
 use umbra_chaos::plan::{Fault, FaultKind, FaultPlan, Scope, Trigger};
 use umbra_orchestrator::api::{ClientError, Timestamp};
 
@@ -29,8 +29,10 @@ use crate::processes::Supervisor;
 use crate::{Orchestrator, call_live, scenario, set_fault_switch, unix_ms};
 
 /// What a plan may name in the demo: its regions and the migration's roles, its service, every
-/// orchestrator and agent (to pause, kill or jump the clock of) and every orchestrator (to cut
-/// off); and the demo requested the migration, so it may abort it.
+/// orchestrator and agent (to pause, kill, jump the clock of, or cut off: each agent's QUIC
+/// traffic leaves from a port its config fixes); and the demo requested the migration, so it
+/// may abort it. A generated partition, loss or delay between two processes names an
+/// orchestrator as the peer, as agents talk only to orchestrators.
 pub fn scope(regions: &[String], orchestrators: u64) -> Scope {
     let orchestrator_names: Vec<String> = (1..=orchestrators)
         .map(|id| format!("orchestrator-{id}"))
@@ -51,14 +53,15 @@ pub fn scope(regions: &[String], orchestrators: u64) -> Scope {
         services: [scenario::SERVICE.to_owned()].into(),
         processes: Default::default(),
         clocks: restartable.clone(),
+        partitionable: restartable.clone(),
         restartable,
-        partitionable: orchestrator_names.into_iter().collect(),
+        orchestrators: orchestrator_names.into_iter().collect(),
         aborts: true,
     }
 }
 
-/// A plan's network fault in force on some UDP ports: a [`Cut`] for a partition or a loss, a
-/// [`Delay`] for a delay. What both runners of a plan, this module's and `umbra drill`, hold
+/// A plan's network fault in force on a [`Link`] (some UDP ports, or the packets between two
+/// processes' ports): a [`Cut`] for a partition or a loss, a [`Delay`] for a delay. What both runners of a plan, this module's and `umbra drill`, hold
 /// until the fault's time is over; dropping it heals it too.
 #[derive(Debug)]
 pub enum NetworkFault {
@@ -69,21 +72,21 @@ pub enum NetworkFault {
 }
 
 impl NetworkFault {
-    /// Injects `kind` on `ports` when it is a partition, a loss or a delay (`None` for any
+    /// Injects `kind` on `link` when it is a partition, a loss or a delay (`None` for any
     /// other kind); with what it does to the packets, for the runner's report.
-    pub fn inject(kind: &FaultKind, ports: &[u16]) -> Option<Result<(Self, String), InjectError>> {
+    pub fn inject(kind: &FaultKind, link: &Link) -> Option<Result<(Self, String), InjectError>> {
         Some(match kind {
             FaultKind::Partition { .. } => {
-                Cut::partition(ports).map(|cut| (Self::Cut(cut), "every packet dropped".to_owned()))
+                Cut::partition(link).map(|cut| (Self::Cut(cut), "every packet dropped".to_owned()))
             }
-            FaultKind::Loss { percent, .. } => Cut::loss(ports, *percent).map(|cut| {
+            FaultKind::Loss { percent, .. } => Cut::loss(link, *percent).map(|cut| {
                 (
                     Self::Cut(cut),
                     format!("{percent} % of the packets dropped"),
                 )
             }),
             FaultKind::Delay { added_ms, .. } => {
-                Delay::install(ports, Duration::from_millis(*added_ms)).map(|delay| {
+                Delay::install(link, Duration::from_millis(*added_ms)).map(|delay| {
                     (
                         Self::Delay(delay),
                         format!("each packet held {added_ms} ms"),
@@ -340,28 +343,15 @@ impl Faults {
                     )
                 })
             }
-            FaultKind::Partition { process, .. }
-            | FaultKind::Loss { process, .. }
-            | FaultKind::Delay { process, .. } => {
+            FaultKind::Partition { process, peer, .. }
+            | FaultKind::Loss { process, peer, .. }
+            | FaultKind::Delay { process, peer, .. } => {
                 let name = resolve_process(reach, process).await?;
-                let port = reach
-                    .orchestrators
-                    .iter()
-                    .find(|o| format!("orchestrator-{}", o.id) == name)
-                    .map(|o| o.quic.port());
-                match port {
-                    None => Err(format!("{name} has no QUIC port the demo knows")),
-                    Some(port) => NetworkFault::inject(&kind, &[port])
-                        .expect("a partition, a loss or a delay")
-                        .map(|(network, effect)| {
-                            (
-                                name.clone(),
-                                format!("{name}'s UDP port {port}: {effect}"),
-                                Some(Undo::Heal(network)),
-                            )
-                        })
-                        .map_err(|e| e.to_string()),
-                }
+                let peer = match peer {
+                    Some(peer) => Some((peer, resolve_process(reach, peer).await?)),
+                    None => None,
+                };
+                network_fault(reach, &kind, process, name, peer)
             }
         };
         let a = &mut self.armed[i];
@@ -542,6 +532,64 @@ async fn resolve_process(reach: &Reach<'_>, process: &str) -> Option<String> {
         "agent-target" => format!("agent-{}", reach.target),
         other => other.to_owned(),
     })
+}
+
+/// Injects a partition, a loss or a delay on orchestrator `name`'s QUIC port (`process` as the
+/// plan names it), or only on its link with `peer` (as the plan names it, and resolved).
+fn network_fault(
+    reach: &Reach<'_>,
+    kind: &FaultKind,
+    process: &str,
+    name: String,
+    peer: Option<(&String, String)>,
+) -> Result<(String, String, Option<Undo>), String> {
+    let port_of = |name: &str| {
+        reach
+            .orchestrators
+            .iter()
+            .find(|o| format!("orchestrator-{}", o.id) == name)
+            .map(|o| o.quic.port())
+            .or_else(|| agent_quic_port(reach, name.strip_prefix("agent-")?))
+            .ok_or_else(|| format!("{name} has no QUIC port the demo knows"))
+    };
+    let port = port_of(&name)?;
+    let (link, what) = match &peer {
+        // A role resolved to the other end (`leader` when the peer leads): no link to act on,
+        // so the fault hit nothing.
+        Some((planned, peer)) if *peer == name => {
+            return Ok((
+                String::new(),
+                format!(
+                    "{process} and {planned} are both {name} now: a process has no link with \
+                     itself, nothing done"
+                ),
+                None,
+            ));
+        }
+        Some((_, peer)) => {
+            let peer_port = port_of(peer)?;
+            (
+                Link::between(&[port], &[peer_port]),
+                format!("{name}'s UDP port {port} with {peer}'s port {peer_port}"),
+            )
+        }
+        None => (Link::all(&[port]), format!("{name}'s UDP port {port}")),
+    };
+    link.and_then(|link| NetworkFault::inject(kind, &link).expect("a partition, a loss or a delay"))
+        .map(|(network, effect)| (name, format!("{what}: {effect}"), Some(Undo::Heal(network))))
+        .map_err(|e| e.to_string())
+}
+
+/// The port region agent `region`'s QUIC traffic leaves from: its config's `quic_bind` (the
+/// demo's agent configs sit beside their state directories).
+fn agent_quic_port(reach: &Reach<'_>, region: &str) -> Option<u16> {
+    let config = reach
+        .agent_state_dirs
+        .get(region)?
+        .parent()?
+        .join("agent.toml");
+    let config = umbra_agent::agent::config::AgentConfig::load(&config).ok()?;
+    config.quic_bind.map(|bind| bind.port())
 }
 
 /// Sets the fault switch of every instance in a region; the undo switches it back.
