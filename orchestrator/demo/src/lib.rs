@@ -438,8 +438,8 @@ pub struct Reach {
     pub agent_dirs: BTreeMap<String, PathBuf>,
     /// The pid of every process the demo runs (`--pid`).
     pub pids: BTreeMap<String, u32>,
-    /// Each orchestrator's QUIC port (`--udp-port`), which a drill's `partition`, `loss` and
-    /// `delay` faults act on.
+    /// Each orchestrator's QUIC port and the port each agent's QUIC traffic leaves from
+    /// (`--udp-port`), which a drill's `partition`, `loss` and `delay` faults act on.
     pub udp_ports: BTreeMap<String, u16>,
     /// A drill command that evacuates the demo's primary region.
     pub drill: String,
@@ -498,11 +498,17 @@ async fn serving(
     for (region, state) in &cluster.agent_state_dirs {
         drill.push_str(&format!(" --agent-dir {region}={}", state.display()));
     }
-    let udp_ports: BTreeMap<String, u16> = cluster
+    let mut udp_ports: BTreeMap<String, u16> = cluster
         .orchestrators
         .iter()
         .map(|o| (format!("orchestrator-{}", o.id), o.quic.port()))
         .collect();
+    udp_ports.extend(
+        cluster
+            .agent_quic_ports
+            .iter()
+            .map(|(region, port)| (format!("agent-{region}"), *port)),
+    );
     for (name, port) in &udp_ports {
         drill.push_str(&format!(" --udp-port {name}={port}"));
     }
@@ -574,6 +580,8 @@ struct Cluster {
     regions: Vec<String>,
     orchestrators: Vec<Orchestrator>,
     agent_state_dirs: BTreeMap<String, PathBuf>,
+    /// The port each agent's QUIC traffic leaves from (its `quic_bind`), by region.
+    agent_quic_ports: BTreeMap<String, u16>,
     /// Each agent's metrics endpoint (its front's counters), by region.
     agent_metrics: BTreeMap<String, SocketAddr>,
     demand: Vec<history::RegionDemand>,
@@ -834,6 +842,7 @@ async fn start_cluster(
     let agent_bin = options.bin_dir.join("umbra-agent");
     let mut agent_state_dirs = BTreeMap::new();
     let mut agent_metrics = BTreeMap::new();
+    let mut agent_quic_ports = BTreeMap::new();
     for region in &regions {
         let agent_dir = dir.join(format!("agent-{region}"));
         let state_dir = agent_dir.join("state");
@@ -854,6 +863,9 @@ async fn start_cluster(
         }
         let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
         agent_metrics.insert(region.clone(), metrics);
+        // Its QUIC traffic leaves from a port of its own, so a fault plan can cut it off.
+        let quic_bind = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        agent_quic_ports.insert(region.clone(), quic_bind.port());
         std::fs::write(
             &path,
             agent_toml(
@@ -861,7 +873,7 @@ async fn start_cluster(
                 &state_dir,
                 &orchestrators.iter().map(|o| o.quic).collect::<Vec<_>>(),
                 &certs_dir,
-                (front, metrics),
+                (front, metrics, quic_bind),
                 options.front,
                 (&sample_binary, databases.get(region).map(String::as_str)),
             ),
@@ -927,6 +939,7 @@ async fn start_cluster(
         regions,
         orchestrators,
         agent_state_dirs,
+        agent_quic_ports,
         agent_metrics,
         demand,
         certs_dir,
@@ -1996,14 +2009,14 @@ where
 }
 
 /// An agent's config: its region, the orchestrators' QUIC addresses, the front (and its
-/// metrics endpoint's address) and its kind,
+/// metrics endpoint's address, and the address its QUIC traffic leaves from) and its kind,
 /// and the process provider running `umbra-sample`.
 fn agent_toml(
     region: &str,
     state_dir: &Path,
     orchestrators: &[SocketAddr],
     certs_dir: &Path,
-    (front, metrics_listen): (SocketAddr, SocketAddr),
+    (front, metrics_listen, quic_bind): (SocketAddr, SocketAddr, SocketAddr),
     front_kind: FrontKind,
     (sample_binary, postgres): (&Path, Option<&str>),
 ) -> String {
@@ -2013,7 +2026,7 @@ fn agent_toml(
         .unwrap_or_default();
     format!(
         "region = \"{region}\"\nstate_dir = \"{}\"\norchestrators = [{}]\ncerts_dir = \"{}\"\n\
-         heartbeat_ms = {AGENT_HEARTBEAT_MS}\nmetrics_listen = \"{metrics_listen}\"\n\n[front]\nlisten = \"{front}\"\n\
+         quic_bind = \"{quic_bind}\"\nheartbeat_ms = {AGENT_HEARTBEAT_MS}\nmetrics_listen = \"{metrics_listen}\"\n\n[front]\nlisten = \"{front}\"\n\
          kind = \"{front_kind}\"\n\n[provider]\n\
          kind = \"process\"\nsample_binary = \"{}\"\n{postgres}",
         state_dir.display(),
@@ -2063,6 +2076,7 @@ mod tests {
             (
                 "127.0.0.12:18080".parse().unwrap(),
                 "127.0.0.1:9464".parse().unwrap(),
+                "127.0.0.1:7201".parse().unwrap(),
             ),
             FrontKind::Haproxy,
             (
@@ -2079,6 +2093,7 @@ mod tests {
             parsed.metrics_listen,
             Some("127.0.0.1:9464".parse().unwrap())
         );
+        assert_eq!(parsed.quic_bind, Some("127.0.0.1:7201".parse().unwrap()));
         let front = parsed.front.unwrap();
         assert_eq!(front.listen, "127.0.0.12:18080".parse().unwrap());
         assert_eq!(front.front_kind().unwrap(), FrontKind::Haproxy);

@@ -431,14 +431,36 @@ pub struct World {
     /// The regions, by name.
     pub regions: BTreeMap<&'static str, Region>,
     stop_agents: CancellationToken,
+    /// The agents' sessions, waited for when the world ends.
+    sessions: Vec<tokio::task::JoinHandle<Result<(), umbra_agent::agent::session::SessionError>>>,
     cluster: Cluster,
     /// Each region's PostgreSQL server, when the instances keep their data there.
     _databases: Vec<umbra_testkit::postgres::PostgresProcess>,
 }
 
 impl Drop for World {
+    /// Stops the agents' sessions and waits until they are gone, before the regions' reapers
+    /// (dropped after this) kill the instances and fronts: a session still running on another
+    /// worker thread would otherwise start a killed front again, which nothing would reap.
     fn drop(&mut self) {
         self.stop_agents.cancel();
+        let sessions = std::mem::take(&mut self.sessions);
+        for session in &sessions {
+            session.abort();
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // On a runtime of one thread nothing runs beside this drop, and the runtime drops
+        // the aborted sessions without polling them again.
+        if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            tokio::task::block_in_place(|| {
+                runtime.block_on(async {
+                    let all = futures::future::join_all(sessions);
+                    let _ = tokio::time::timeout(Duration::from_secs(10), all).await;
+                })
+            });
+        }
     }
 }
 
@@ -487,6 +509,7 @@ impl World {
         let mut world = World {
             regions: BTreeMap::new(),
             stop_agents: CancellationToken::new(),
+            sessions: Vec::new(),
             cluster,
             _databases: Vec::new(),
         };
@@ -526,7 +549,7 @@ impl World {
                 Credentials::load(world.certs_dir(), &Identity::new(Role::Agent, region)?)?;
             // The agent's own transport (short idle timeout and keep-alive), as `umbra-agent` uses.
             let endpoint = Endpoint::client(localhost(0), &credentials, transport_config())?;
-            tokio::spawn(run_session(
+            world.sessions.push(tokio::spawn(run_session(
                 agent.clone(),
                 endpoint,
                 SessionConfig {
@@ -534,7 +557,7 @@ impl World {
                     heartbeat: Duration::from_millis(200),
                 },
                 world.stop_agents.clone(),
-            ));
+            )));
             world.regions.insert(
                 region,
                 Region {

@@ -8,6 +8,7 @@
 //! state_dir = "/var/lib/umbra-agent"
 //! orchestrators = ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
 //! certs_dir = "/etc/umbra/certs"     # ca.pem, agent-eu-west.pem/.key (umbra certs init)
+//! # quic_bind = "127.0.0.1:7201"      (where its QUIC traffic leaves from; default: a port the kernel picks)
 //! heartbeat_ms = 1000
 //! metrics_listen = "127.0.0.1:9464"   # Prometheus /metrics (optional)
 //! [front]                            # optional: the region front
@@ -126,6 +127,11 @@ pub struct AgentConfig {
     /// Directory with `ca.pem` and this agent's certificate and key.
     #[serde(default)]
     pub certs_dir: Option<PathBuf>,
+    /// The local address the agent's QUIC connections to the orchestrators leave from (a port
+    /// the kernel picks when absent): fixed, a firewall rule, or a fault plan's partition,
+    /// can name the agent's traffic by its port.
+    #[serde(default)]
+    pub quic_bind: Option<SocketAddr>,
     /// Heartbeat period in ms.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_ms: u64,
@@ -353,6 +359,15 @@ impl AgentConfig {
         if let Some(front) = &self.front {
             front.validate(&self.state_dir)?;
         }
+        if let (Some(bind), Some(first)) = (self.quic_bind, self.orchestrators.first())
+            && bind.is_ipv4() != first.is_ipv4()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "quic_bind {bind} is not of the orchestrators' address family ({first}); bind \
+                 to an address of the same family, e.g. 127.0.0.1:PORT for IPv4 orchestrators, \
+                 or remove quic_bind"
+            )));
+        }
         if !(100..=60_000).contains(&self.heartbeat_ms) {
             return Err(ConfigError::Invalid(format!(
                 "heartbeat_ms {} must be between 100 and 60000",
@@ -474,6 +489,26 @@ mod tests {
         let bad: AgentConfig =
             toml::from_str("region = \"EU West\"\nstate_dir = \"/tmp/x\"\n").unwrap();
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn a_quic_bind_must_be_of_the_orchestrators_family() {
+        let with = |bind: &str| {
+            let config: AgentConfig = toml::from_str(&format!(
+                "region = \"eu-west\"\nstate_dir = \"/tmp/x\"\norchestrators = [\"127.0.0.1:7101\"]\nquic_bind = \"{bind}\"\n"
+            ))
+            .unwrap();
+            config.validate().map(|()| config)
+        };
+        assert_eq!(
+            with("127.0.0.1:7201").unwrap().quic_bind,
+            Some("127.0.0.1:7201".parse().unwrap())
+        );
+        let err = with("[::1]:7201").unwrap_err().to_string();
+        assert!(
+            err.contains("quic_bind [::1]:7201 is not of the orchestrators' address family"),
+            "{err}"
+        );
     }
 
     fn front(section: &str) -> Result<AgentConfig, ConfigError> {

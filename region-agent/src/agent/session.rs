@@ -115,7 +115,8 @@ pub fn transport_config() -> TransportConfig {
     }
 }
 
-/// A client endpoint with this agent's certificate.
+/// A client endpoint with this agent's certificate, bound to its `quic_bind` (a port the
+/// kernel picks when absent).
 pub fn client_endpoint(config: &AgentConfig) -> Result<Endpoint, SessionError> {
     let dir = config.certs_dir.as_ref().ok_or_else(|| {
         SessionError::Endpoint(
@@ -126,12 +127,11 @@ pub fn client_endpoint(config: &AgentConfig) -> Result<Endpoint, SessionError> {
         .map_err(|e| SessionError::Endpoint(e.to_string()))?;
     let credentials =
         Credentials::load(dir, &identity).map_err(|e| SessionError::Endpoint(e.to_string()))?;
-    Endpoint::client(
-        "0.0.0.0:0".parse().expect("valid address"),
-        &credentials,
-        transport_config(),
-    )
-    .map_err(|e| SessionError::Endpoint(e.to_string()))
+    let bind = config
+        .quic_bind
+        .unwrap_or_else(|| "0.0.0.0:0".parse().expect("valid address"));
+    Endpoint::client(bind, &credentials, transport_config())
+        .map_err(|e| SessionError::Endpoint(format!("QUIC endpoint on {bind}: {e}")))
 }
 
 /// How one attempt ended.
