@@ -31,8 +31,10 @@
 //! `pause`, `kill`, `partition`, `loss` and `delay` act on named processes. The drill knows
 //! only pids (`--pid NAME=PID`), so it pauses; `umbra demo --fault-plan` and `umbra chaos
 //! campaign` run the processes under their own supervisor, so they may also kill one (and
-//! start it again after `restart_after_ms`, as systemd would) and cut an orchestrator off the
-//! network, drop a share of its packets or hold each of them `added_ms` ([`crate::inject`]). Their plans may name roles that are resolved
+//! start it again after `restart_after_ms`, as systemd would) and cut an orchestrator or an
+//! agent off the network, or from one other process (`peer`), drop a share of its packets or
+//! hold each of them `added_ms` ([`crate::inject`]); the drill does those three on the UDP
+//! ports it is given (`--udp-port`). Their plans may name roles that are resolved
 //! when a fault fires: `leader` (the orchestrator leading then), `agent-source` and
 //! `agent-target`, and the regions `source` and `target` of the migration.
 //!
@@ -155,8 +157,8 @@ pub enum FaultKind {
         /// How long it stays down, ms.
         restart_after_ms: u64,
     },
-    /// Every packet to or from the named orchestrator's QUIC port (its Raft peers, agents and
-    /// clients) is dropped for `for_ms`; with `peer`, only the packets between the two, both
+    /// Every packet to or from the named process's QUIC port (an orchestrator's Raft peers,
+    /// agents and clients; an agent's orchestrators) is dropped for `for_ms`; with `peer`, only the packets between the two, both
     /// ways (each still reaches every other process).
     Partition {
         /// The process's name.
@@ -166,7 +168,7 @@ pub enum FaultKind {
         /// How long the cut lasts, ms.
         for_ms: u64,
     },
-    /// A share `percent` of the packets to the named orchestrator's QUIC port, and every
+    /// A share `percent` of the packets to the named process's QUIC port, and every
     /// share of those it sends, is dropped for `for_ms`; with `peer`, only of the packets
     /// between the two.
     Loss {
@@ -179,7 +181,7 @@ pub enum FaultKind {
         /// How long the loss lasts, ms.
         for_ms: u64,
     },
-    /// Every packet to or from the named orchestrator's QUIC port is delivered `added_ms`
+    /// Every packet to or from the named process's QUIC port is delivered `added_ms`
     /// late for `for_ms` (a round trip with it takes `2 × added_ms` more), as over a slow
     /// inter-region link; with `peer`, only the packets between the two.
     Delay {
@@ -426,7 +428,7 @@ pub enum PlanError {
     },
     /// A partition, loss or delay names a process whose UDP port this runner does not know.
     #[error(
-        "fault {index} ({kind}) names process {process:?}, whose UDP port this runner does not know: give it to umbra drill as --udp-port {process}=PORT (an orchestrator's QUIC port), or run the plan under Umbra's own supervisor (umbra demo --fault-plan, umbra chaos campaign){known}"
+        "fault {index} ({kind}) names process {process:?}, whose UDP port this runner does not know: give it to umbra drill as --udp-port {process}=PORT (an orchestrator's QUIC port, or an agent's quic_bind port), or run the plan under Umbra's own supervisor (umbra demo --fault-plan, umbra chaos campaign){known}"
     )]
     NoPort {
         /// Its position, from 1.
@@ -1006,7 +1008,9 @@ impl TryFrom<RawFault> for Fault {
 /// A network fault's `peer`: another process than its own, or why not.
 fn peer_of(process: &Option<String>, peer: Option<String>) -> Result<Option<String>, String> {
     match peer {
-        Some(peer) if peer.is_empty() => Err("`peer` is empty: name a process, or leave `peer` out to act on every packet of the process".to_owned()),
+        Some(peer) if peer.is_empty() => Err("`peer` is empty: name a process, or leave `peer` \
+                                              out to act on every packet of the process"
+            .to_owned()),
         Some(peer) if Some(&peer) == process.as_ref() => Err(format!(
             "`peer` names {peer:?}, the fault's own process: name another process, or leave `peer` out to act on every packet of {peer:?}"
         )),

@@ -1,10 +1,11 @@
 //! A fault plan carried out on the demo's own processes (`umbra demo --fault-plan`, and each
 //! run of `umbra chaos campaign`). The demo's supervisor started every process, so besides the
 //! instances' fault switch and pauses it can kill one and start it again after the plan's
-//! delay, as systemd would, cut an orchestrator off the network or from one other orchestrator,
-//! drop a share of its packets or hold each of them a while (a slow link), fill a region's data
-//! disk, which it mounted for the run, and step the wall clock of an orchestrator or an agent,
-//! which it started under a clock file of the run's (`umbra_chaos::inject`).
+//! delay, as systemd would, cut an orchestrator or an agent off the network or from one
+//! orchestrator, drop a share of its packets or hold each of them a while (a slow link), fill
+//! a region's data disk, which it mounted for the run, and step the wall clock of an
+//! orchestrator or an agent, which it started under a clock file of the run's
+//! (`umbra_chaos::inject`).
 //!
 //! Triggers count from the migration's request (`after_ms`) or fire once the migration has
 //! reached a phase (`at_phase`, from the audit, so a phase shorter than one poll still fires
@@ -61,8 +62,9 @@ pub fn scope(regions: &[String], orchestrators: u64) -> Scope {
 }
 
 /// A plan's network fault in force on a [`Link`] (some UDP ports, or the packets between two
-/// processes' ports): a [`Cut`] for a partition or a loss, a [`Delay`] for a delay. What both runners of a plan, this module's and `umbra drill`, hold
-/// until the fault's time is over; dropping it heals it too.
+/// processes' ports): a [`Cut`] for a partition or a loss, a [`Delay`] for a delay. What both
+/// runners of a plan, this module's and `umbra drill`, hold until the fault's time is over;
+/// dropping it heals it too.
 #[derive(Debug)]
 pub enum NetworkFault {
     /// A partition or a packet loss.
@@ -534,8 +536,9 @@ async fn resolve_process(reach: &Reach<'_>, process: &str) -> Option<String> {
     })
 }
 
-/// Injects a partition, a loss or a delay on orchestrator `name`'s QUIC port (`process` as the
-/// plan names it), or only on its link with `peer` (as the plan names it, and resolved).
+/// Injects a partition, a loss or a delay on the QUIC port of `name`, an orchestrator or an
+/// agent (`process` as the plan names it), or only on its link with `peer` (as the plan names
+/// it, and resolved).
 fn network_fault(
     reach: &Reach<'_>,
     kind: &FaultKind,
