@@ -355,9 +355,9 @@ impl Ballast {
 /// The packets a network fault acts on: every UDP packet to or from `ports` (the processes
 /// listening there are cut off from every other process on this machine), or, with `peers`,
 /// only those between a port of `ports` and a port of `peers`, both ways (a partition between
-/// named processes: each still reaches every other). A process's QUIC endpoint sends from the
-/// port it listens on (an orchestrator's peers, agents and clients all use it), so a pair of
-/// ports is a pair of processes.
+/// named processes: each still reaches every other). An orchestrator's QUIC endpoint sends
+/// from the port it listens on (its peers, agents and clients all use it), and an agent's from
+/// the one its `quic_bind` fixes, so a pair of ports is a pair of processes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
     ports: Vec<u16>,
@@ -385,41 +385,6 @@ impl Link {
             ports: ports.to_vec(),
             peers: peers.to_vec(),
         })
-    }
-
-    /// The ports on the near end.
-    pub fn ports(&self) -> &[u16] {
-        &self.ports
-    }
-
-    /// The ports on the far end (empty: every other).
-    pub fn peers(&self) -> &[u16] {
-        &self.peers
-    }
-
-    /// The link as a reader says it: `UDP port 7001`, `UDP port 7001 and port 7002`.
-    pub fn describe(&self) -> String {
-        let list = |ports: &[u16]| {
-            ports
-                .iter()
-                .map(u16::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let ports = if self.ports.len() == 1 {
-            "port"
-        } else {
-            "ports"
-        };
-        match self.peers.len() {
-            0 => format!("UDP {ports} {}", list(&self.ports)),
-            n => format!(
-                "UDP {ports} {} and {} {}",
-                list(&self.ports),
-                if n == 1 { "port" } else { "ports" },
-                list(&self.peers)
-            ),
-        }
     }
 
     /// The nftables matches of the link's packets, one per rule: a packet passes the input
@@ -1026,10 +991,6 @@ mod tests {
         let c = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = |s: &UdpSocket| s.local_addr().unwrap().port();
         let link = Link::between(&[port(&a)], &[port(&b)]).unwrap();
-        assert_eq!(
-            link.describe(),
-            format!("UDP port {} and port {}", port(&a), port(&b))
-        );
         let cut = Cut::partition(&link).unwrap();
         assert!(
             !delivered(&a, &b) && !delivered(&b, &a),
