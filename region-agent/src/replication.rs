@@ -212,8 +212,15 @@ impl ReplicationDriver for SampleLogShipping {
         // is never under-reported.
         let source: SampleStatus = self.call(&self.source, "/admin/status", None).await?;
         let target: SampleStatus = self.call(&self.target, "/admin/status", None).await?;
+        // In PostgreSQL mode a replica's followers read its own server's WAL, not its
+        // source's: they are measured against the position it publishes.
+        let source_position = source
+            .postgres
+            .as_ref()
+            .and_then(|pg| pg.published_position)
+            .unwrap_or(source.last_seq);
         Ok(Positions {
-            source: source.last_seq,
+            source: source_position,
             target: target.last_seq,
             source_fenced: source.mode == Mode::Fenced,
             target_promoted: target.mode == Mode::Primary,

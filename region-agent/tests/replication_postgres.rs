@@ -332,3 +332,74 @@ async fn a_database_holding_data_is_not_overwritten_by_a_copy() -> anyhow::Resul
     assert_eq!(dump(&http, &b.url()).await?["k"], "from-b");
     Ok(())
 }
+
+/// A second shadow follows the first while that one still follows the source (the migration's
+/// chain: one writer per region once promoted). The second reads the first one's own server,
+/// whose WAL positions have nothing to do with the source server's: it is measured against
+/// the position the first one publishes, and catches up. The source's server is moved a WAL
+/// segment ahead first, so a measure against the first one's `last_seq` (a source position)
+/// could never come within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_of_a_replica_is_measured_on_the_replica_s_own_server() -> anyhow::Result<()> {
+    /// The bound the demo's plan gives a PostgreSQL migration's catch-up, bytes.
+    const BOUND: u64 = 1 << 20;
+    let (east, west) = tokio::try_join!(PostgresProcess::start(), PostgresProcess::start())?;
+    let dir = tempfile::tempdir()?;
+    let binary = common::sample_binary();
+    let start = |name: &'static str, pg: &PostgresProcess| {
+        let (state, conninfo) = (dir.path().join(name), pg.conninfo());
+        async move { SampleProcess::start_postgres(binary, &state, name, &conninfo).await }
+    };
+    let (source, first, second) = tokio::try_join!(
+        start("svc-east-1", &east),
+        start("svc-west-1", &west),
+        start("svc-west-2", &west)
+    )?;
+    let http = reqwest::Client::new();
+    let acked: Acked = Arc::default();
+    for i in 0..SEEDED {
+        let (key, value) = (format!("seed-{i}"), format!("s{i}"));
+        let seq = put(&http, &source.url(), &key, &value).await?;
+        acked.lock().await.insert(key, (value, seq));
+    }
+    let switched = names(&east, "SELECT pg_switch_wal()::text").await?;
+    eprintln!("the source's server switched WAL segments at {switched:?}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&http, &source.url(), "chain", &acked, &stop);
+    let to_first = SampleLogShipping::new(&source.url(), &first.url())?;
+    to_first.start().await?;
+    let to_second = SampleLogShipping::new(&first.url(), &second.url())?;
+    to_second.start().await?;
+    streaming(&to_first, BOUND).await?;
+    streaming(&to_second, BOUND).await?;
+    let failures = stop_writers(&stop, writers).await?;
+    assert!(failures.is_empty(), "writes failed: {failures:?}");
+
+    // Each replica holds every write the source acknowledged once it has caught up again.
+    let all = acked.lock().await.clone();
+    for (name, replica) in [("first", &first), ("second", &second)] {
+        wait_for(
+            "the replica to hold every acknowledged write",
+            PROGRESS_TIMEOUT,
+            || async {
+                let found = dump(&http, &replica.url()).await.ok()?;
+                (missing(&all, &found) == 0).then_some(())
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    }
+    let first_status = status(&http, &first.url()).await?;
+    let published = first_status
+        .postgres
+        .and_then(|pg| pg.published_position)
+        .expect("a replica on PostgreSQL publishes its own server's position");
+    assert!(
+        published < first_status.last_seq,
+        "the first shadow's server ({published}) should be behind the source's ({}), which \
+         switched WAL segments",
+        first_status.last_seq
+    );
+    Ok(())
+}

@@ -26,6 +26,19 @@ fn options(work_dir: &Path) -> anyhow::Result<DemoOptions> {
     Ok(options)
 }
 
+/// The PostgreSQL runs: two shadow instances whatever the hour's forecast (a capacity that
+/// any forecast exceeds, clamped to 2), so the second shadow follows the first while that one
+/// still follows the source, and is measured against the first one's own server. A forecast
+/// of one shadow (the hour decides it) once hid that a replica's followers could never catch
+/// up on PostgreSQL.
+fn postgres_options(work_dir: &Path) -> anyhow::Result<DemoOptions> {
+    let mut options = options(work_dir)?;
+    options.data = umbra_demo::DemoData::Postgres;
+    options.load.capacity_rps_per_instance = 1.0;
+    options.load.max_instances = 2;
+    Ok(options)
+}
+
 async fn run_demo(options: &DemoOptions) -> anyhow::Result<DemoReport> {
     let report = run(options, &|line| eprintln!("{line}")).await?;
     eprintln!("{}", serde_json::to_string_pretty(&report)?);
@@ -188,9 +201,9 @@ async fn a_cold_migration_completes_without_a_failed_request_and_runs_twice() ->
 async fn a_migration_on_postgres_completes_with_every_acknowledged_write_on_the_target()
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut options = options(dir.path())?;
-    options.data = umbra_demo::DemoData::Postgres;
+    let options = postgres_options(dir.path())?;
     let report = run_demo(&options).await?;
+    assert_eq!(report.shadow_instances, 2, "{report:#?}");
     assert_eq!(report.outcome, "completed", "{report:#?}");
     assert_no_failure_outside_the_fence(&report);
     assert_writes_all_there(&report);
@@ -219,10 +232,10 @@ async fn a_migration_on_postgres_completes_with_every_acknowledged_write_on_the_
 async fn on_postgres_a_target_failing_after_the_writer_moved_hands_the_writer_back()
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut options = options(dir.path())?;
-    options.data = umbra_demo::DemoData::Postgres;
+    let mut options = postgres_options(dir.path())?;
     options.inject_fault = Some(umbra_demo::FaultAt::AfterWriterMoved);
     let report = run_demo(&options).await?;
+    assert_eq!(report.shadow_instances, 2, "{report:#?}");
     assert_eq!(report.outcome, "rolled_back", "{report:#?}");
     assert!(
         report.fence_window_ms.is_some(),

@@ -1346,9 +1346,10 @@ async fn full_status(shared: &Shared) -> Result<SampleStatus, PgError> {
     let mut status = current_status(shared);
     if let Some(pg) = &shared.pg {
         let replica = matches!(status.mode, Mode::Replica { .. });
-        status.last_seq = pg.position(status.mode == Mode::Fenced, replica).await?;
+        let fenced = status.mode == Mode::Fenced;
+        status.last_seq = pg.position(fenced, replica).await?;
         status.keys = pg.keys().await?;
-        status.postgres = Some(pg.status().await?);
+        status.postgres = Some(pg.status(fenced).await?);
     }
     Ok(status)
 }

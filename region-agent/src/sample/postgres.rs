@@ -31,7 +31,9 @@
 //!   migration leaves no slot keeping WAL.
 //!
 //! Positions (`last_seq` of `/admin/status`) are WAL positions in bytes (an LSN as a
-//! number), so a service's `max_replication_lag` is in bytes in this mode.
+//! number), so a service's `max_replication_lag` is in bytes in this mode. A replica's
+//! `last_seq` is in its source server's WAL; its own followers read its server's WAL, so
+//! they are measured against its `published_position` instead.
 //!
 //! Limits, stated: the conninfo carries no password (the subscription's connection string is
 //! readable in the catalog; use trust on loopback, peer or certificate authentication), the
@@ -107,6 +109,12 @@ pub struct PgStatus {
     /// whose own mark is this one may follow back through `back_slot` without a copy.
     #[serde(default)]
     pub promoted_at: Option<u64>,
+    /// The position this database's own followers are measured against: its fence mark once
+    /// fenced, else its server's WAL end. It differs from `last_seq` for a replica, whose
+    /// `last_seq` is in its source server's WAL while its followers read its own server's
+    /// (a shadow following the writer to be, while that one still follows the source).
+    #[serde(default)]
+    pub published_position: Option<u64>,
 }
 
 /// One instance's database.
@@ -393,8 +401,15 @@ impl PgStore {
             // database lost under it) holds nothing that can be measured against its source.
             return Ok(0);
         }
+        self.published_position(&reader, fenced).await
+    }
+
+    /// The position this database's followers are measured against, whether it follows a
+    /// source itself or not: its fence mark once fenced, else its server's WAL end (the
+    /// position its followers' subscriptions report, as they read that WAL).
+    async fn published_position(&self, reader: &Client, fenced: bool) -> Result<u64, PgError> {
         if fenced {
-            let mark = self.mark(&reader, &self.endpoint).await?;
+            let mark = self.mark(reader, &self.endpoint).await?;
             if mark > 0 {
                 return Ok(mark);
             }
@@ -414,8 +429,8 @@ impl PgStore {
         Ok(lsn_number(row.map(|r| r.get(0))))
     }
 
-    /// What `/admin/status` shows of the database.
-    pub async fn status(&self) -> Result<PgStatus, PgError> {
+    /// What `/admin/status` shows of the database (`fenced`: whether the instance is).
+    pub async fn status(&self, fenced: bool) -> Result<PgStatus, PgError> {
         let reader = self.reader().await?;
         let meta = |key: &'static str| {
             let reader = reader.clone();
@@ -432,6 +447,7 @@ impl PgStore {
             promoted_from: meta("promoted_from").await?,
             back_slot: meta("back_slot").await?,
             promoted_at: meta("promoted_at").await?.and_then(|v| v.parse().ok()),
+            published_position: Some(self.published_position(&reader, fenced).await?),
         })
     }
 
@@ -635,7 +651,7 @@ impl PgStore {
     /// makes the server keep every WAL segment from its position on. Whether the slot was
     /// dropped; a source that cannot be reached keeps it (gone is only what the server says).
     pub async fn release_unused_back_slot(&self) -> Result<bool, PgError> {
-        let status = self.status().await?;
+        let status = self.status(false).await?;
         let (Some(from), Some(slot)) = (status.promoted_from, status.back_slot) else {
             return Ok(false);
         };
