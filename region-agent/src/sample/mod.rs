@@ -1346,10 +1346,13 @@ async fn full_status(shared: &Shared) -> Result<SampleStatus, PgError> {
     let mut status = current_status(shared);
     if let Some(pg) = &shared.pg {
         let replica = matches!(status.mode, Mode::Replica { .. });
-        let fenced = status.mode == Mode::Fenced;
-        status.last_seq = pg.position(fenced, replica).await?;
+        let positions = pg.positions(status.mode == Mode::Fenced, replica).await?;
+        status.last_seq = positions.last_seq;
         status.keys = pg.keys().await?;
-        status.postgres = Some(pg.status(fenced).await?);
+        status.postgres = Some(PgStatus {
+            published_position: Some(positions.published),
+            ..pg.status().await?
+        });
     }
     Ok(status)
 }

@@ -117,6 +117,15 @@ pub struct PgStatus {
     pub published_position: Option<u64>,
 }
 
+/// An instance's two positions ([`PgStore::positions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgPositions {
+    /// `last_seq` of `/admin/status`.
+    pub last_seq: u64,
+    /// The position its own followers are measured against (`published_position`).
+    pub published: u64,
+}
+
 /// One instance's database.
 pub struct PgStore {
     server: Config,
@@ -364,10 +373,29 @@ impl PgStore {
         Ok(row.get::<_, i64>(0) as usize)
     }
 
-    /// The instance's position: the WAL end for a writer, its fence mark once fenced, and for
-    /// a replica the source position it has applied (0 until the initial copy is done).
-    pub async fn position(&self, fenced: bool, replica: bool) -> Result<u64, PgError> {
+    /// The instance's positions. `last_seq`: the WAL end for a writer, its fence mark once
+    /// fenced, and for a replica the source position it has applied (0 until the initial copy
+    /// is done). `published`: what its own followers are measured against.
+    pub async fn positions(&self, fenced: bool, replica: bool) -> Result<PgPositions, PgError> {
         let reader = self.reader().await?;
+        let applied = self.applied_position(&reader).await?;
+        let published = self.published_position(&reader, fenced).await?;
+        let last_seq = match applied {
+            Some(applied) => applied,
+            // A replica whose subscription is gone (a follow that failed half-way, a
+            // database lost under it) holds nothing that can be measured against its source.
+            None if replica => 0,
+            None => published,
+        };
+        Ok(PgPositions {
+            last_seq,
+            published,
+        })
+    }
+
+    /// The source position a subscribed database has applied (0 while its initial copy
+    /// runs); `None` without a subscription.
+    async fn applied_position(&self, reader: &Client) -> Result<Option<u64>, PgError> {
         let subscribed = reader
             .query_opt(
                 "SELECT s.subconninfo, st.latest_end_lsn FROM pg_subscription s \
@@ -378,30 +406,25 @@ impl PgStore {
             )
             .await
             .map_err(db_error)?;
-        if let Some(row) = subscribed {
-            let upstream: String = row.get(0);
-            let reported = lsn_number(row.get(1));
-            let copying = reader
-                .query_one(
-                    "SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s \
-                     ON s.oid = r.srsubid WHERE s.subname = $1 AND r.srsubstate <> 'r'",
-                    &[&SUBSCRIPTION],
-                )
-                .await
-                .map_err(db_error)?
-                .get::<_, i64>(0);
-            if copying > 0 {
-                return Ok(0);
-            }
-            let mark = self.mark(&reader, &upstream).await?;
-            return Ok(reported.max(mark));
+        let Some(row) = subscribed else {
+            return Ok(None);
+        };
+        let upstream: String = row.get(0);
+        let reported = lsn_number(row.get(1));
+        let copying = reader
+            .query_one(
+                "SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s \
+                 ON s.oid = r.srsubid WHERE s.subname = $1 AND r.srsubstate <> 'r'",
+                &[&SUBSCRIPTION],
+            )
+            .await
+            .map_err(db_error)?
+            .get::<_, i64>(0);
+        if copying > 0 {
+            return Ok(Some(0));
         }
-        if replica {
-            // A replica whose subscription is gone (a follow that failed half-way, a
-            // database lost under it) holds nothing that can be measured against its source.
-            return Ok(0);
-        }
-        self.published_position(&reader, fenced).await
+        let mark = self.mark(reader, &upstream).await?;
+        Ok(Some(reported.max(mark)))
     }
 
     /// The position this database's followers are measured against, whether it follows a
@@ -429,8 +452,9 @@ impl PgStore {
         Ok(lsn_number(row.map(|r| r.get(0))))
     }
 
-    /// What `/admin/status` shows of the database (`fenced`: whether the instance is).
-    pub async fn status(&self, fenced: bool) -> Result<PgStatus, PgError> {
+    /// What `/admin/status` shows of the database, but for its published position
+    /// ([`PgStore::positions`]).
+    pub async fn status(&self) -> Result<PgStatus, PgError> {
         let reader = self.reader().await?;
         let meta = |key: &'static str| {
             let reader = reader.clone();
@@ -447,7 +471,7 @@ impl PgStore {
             promoted_from: meta("promoted_from").await?,
             back_slot: meta("back_slot").await?,
             promoted_at: meta("promoted_at").await?.and_then(|v| v.parse().ok()),
-            published_position: Some(self.published_position(&reader, fenced).await?),
+            published_position: None,
         })
     }
 
@@ -651,7 +675,7 @@ impl PgStore {
     /// makes the server keep every WAL segment from its position on. Whether the slot was
     /// dropped; a source that cannot be reached keeps it (gone is only what the server says).
     pub async fn release_unused_back_slot(&self) -> Result<bool, PgError> {
-        let status = self.status(false).await?;
+        let status = self.status().await?;
         let (Some(from), Some(slot)) = (status.promoted_from, status.back_slot) else {
             return Ok(false);
         };
